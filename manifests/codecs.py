@@ -1,0 +1,77 @@
+"""Encode and decode the binary columns of the manifest (images, masks, heatmaps).
+
+All arrays are numpy:
+- images: (H, W, 3) uint8 RGB;
+- masks: (H, W) bool or uint8 (any non-zero is hand), stored as PNG mode L with values 0/255;
+- heatmaps: (K, H, W) float, stored as raw C-order bytes plus shape and dtype columns.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image
+
+
+class DecodeError(ValueError):
+    """An encoded column value could not be decoded."""
+
+
+def encode_jpeg(image: np.ndarray, quality: int = 95) -> bytes:
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"expected (H, W, 3) uint8 RGB, got {image.shape} {image.dtype}")
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def decode_image(data: bytes) -> np.ndarray:
+    """Bytes of a JPEG/PNG -> (H, W, 3) uint8 RGB."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return np.asarray(im.convert("RGB"))
+    except Exception as exc:  # PIL raises many types for bad bytes
+        raise DecodeError(f"cannot decode image bytes ({len(data)} bytes): {exc}") from exc
+
+
+def encode_mask(mask: np.ndarray) -> bytes:
+    if mask.ndim != 2:
+        raise ValueError(f"expected a (H, W) mask, got shape {mask.shape}")
+    return encode_png(np.where(mask > 0, 255, 0).astype(np.uint8))
+
+
+def decode_mask(data: bytes) -> np.ndarray:
+    """PNG bytes -> (H, W) bool."""
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return np.asarray(im.convert("L")) > 127
+    except Exception as exc:
+        raise DecodeError(f"cannot decode mask bytes ({len(data)} bytes): {exc}") from exc
+
+
+def encode_heatmap(heatmap: np.ndarray, dtype: str = "float16") -> tuple[bytes, list[int], str]:
+    """(K, H, W) float -> (bytes, shape, dtype) for the heatmap, heatmap_shape, heatmap_dtype columns."""
+    if heatmap.ndim != 3:
+        raise ValueError(f"expected a (K, H, W) heatmap, got shape {heatmap.shape}")
+    arr = np.ascontiguousarray(heatmap, dtype=np.dtype(dtype).newbyteorder("<"))
+    return arr.tobytes(), [int(s) for s in arr.shape], np.dtype(dtype).name
+
+
+def decode_heatmap(data: bytes, shape, dtype: str) -> np.ndarray:
+    """Bytes plus shape and dtype -> (K, H, W) float32."""
+    try:
+        dt = np.dtype(dtype).newbyteorder("<")
+        shape = tuple(int(s) for s in shape)
+        expected = int(np.prod(shape)) * dt.itemsize
+        if len(data) != expected:
+            raise ValueError(f"{len(data)} bytes for shape {shape} {dtype} (expected {expected})")
+        return np.frombuffer(data, dtype=dt).reshape(shape).astype(np.float32)
+    except Exception as exc:
+        raise DecodeError(f"cannot decode heatmap: {exc}") from exc

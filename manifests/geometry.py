@@ -1,0 +1,128 @@
+"""Crop geometry and keypoint heatmaps, shared by prep (making crops) and generation (placing hands).
+
+A crop is a square box ``[x0, y0, x1, y1]`` in image pixels resampled to ``size x size``. The map
+from image to crop pixels is ``u = (x - x0) * size / (x1 - x0)``, exactly invertible.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+
+@dataclass(frozen=True)
+class CropBox:
+    x0: float
+    y0: float
+    side: float
+    size: int
+
+    @property
+    def box(self) -> list[float]:
+        return [self.x0, self.y0, self.x0 + self.side, self.y0 + self.side]
+
+    @property
+    def scale(self) -> float:
+        """Crop pixels per image pixel."""
+        return self.size / self.side
+
+    @classmethod
+    def from_box(cls, box, size: int) -> CropBox:
+        x0, y0, x1, y1 = (float(v) for v in box)
+        return cls(x0, y0, x1 - x0, int(size))
+
+    def to_crop(self, points: np.ndarray) -> np.ndarray:
+        """(N, >=2) image pixels -> crop pixels; extra columns (scores) are kept."""
+        out = np.array(points, dtype=np.float64, copy=True)
+        out[:, 0] = (out[:, 0] - self.x0) * self.scale
+        out[:, 1] = (out[:, 1] - self.y0) * self.scale
+        return out
+
+    def to_image(self, points: np.ndarray) -> np.ndarray:
+        """(N, >=2) crop pixels -> image pixels; the exact inverse of `to_crop`."""
+        out = np.array(points, dtype=np.float64, copy=True)
+        out[:, 0] = out[:, 0] / self.scale + self.x0
+        out[:, 1] = out[:, 1] / self.scale + self.y0
+        return out
+
+
+def keypoint_bbox(points: np.ndarray) -> np.ndarray:
+    """Tight [x0, y0, x1, y1] of (N, >=2) points."""
+    xy = np.asarray(points, dtype=np.float64)[:, :2]
+    return np.concatenate([xy.min(axis=0), xy.max(axis=0)])
+
+
+def square_crop_box(points: np.ndarray, size: int = 512, margin: float = 0.25, min_side: float = 8.0) -> CropBox:
+    """Square box centred on the keypoints' bbox, each side grown by `margin` x the longer bbox side.
+
+    The box may extend past the image; `crop_image` pads that area.
+    """
+    x0, y0, x1, y1 = keypoint_bbox(points)
+    side = max(x1 - x0, y1 - y0, min_side) * (1.0 + 2.0 * margin)
+    cx, cy = (x0 + x1) / 2.0, (y0 + y1) / 2.0
+    return CropBox(cx - side / 2.0, cy - side / 2.0, side, int(size))
+
+
+def crop_image(image: np.ndarray, crop: CropBox, resample=Image.BILINEAR, fill=0) -> np.ndarray:
+    """Resample `crop` out of (H, W[, C]) `image` to (size, size[, C]); outside the image is `fill`."""
+    pil = Image.fromarray(image)
+    out = pil.transform(
+        (crop.size, crop.size),
+        Image.EXTENT,
+        tuple(crop.box),
+        resample=resample,
+        fillcolor=fill,
+    )
+    return np.asarray(out)
+
+
+def paste_crop(canvas: np.ndarray, patch: np.ndarray, crop: CropBox, resample=Image.BILINEAR) -> tuple[np.ndarray, np.ndarray]:
+    """Resize a (size, size[, C]) `patch` back to its image box and return (patch_on_canvas, coverage).
+
+    Returns an array shaped like `canvas` with the patch placed (zeros elsewhere) and a bool (H, W)
+    coverage mask of the pixels the box covers. Used to paste generated hands at their place.
+    """
+    h, w = canvas.shape[:2]
+    x0, y0, x1, y1 = crop.box
+    ix0, iy0 = int(np.floor(max(x0, 0))), int(np.floor(max(y0, 0)))
+    ix1, iy1 = int(np.ceil(min(x1, w))), int(np.ceil(min(y1, h)))
+    placed = np.zeros_like(canvas)
+    coverage = np.zeros((h, w), dtype=bool)
+    if ix1 <= ix0 or iy1 <= iy0:
+        return placed, coverage
+    # Map the integer target window back into patch pixels so sub-pixel boxes stay aligned.
+    (u0, v0), (u1, v1) = crop.to_crop(np.array([[ix0, iy0], [ix1, iy1]], dtype=np.float64))
+    region = Image.fromarray(patch).transform((ix1 - ix0, iy1 - iy0), Image.EXTENT, (u0, v0, u1, v1), resample=resample)
+    placed[iy0:iy1, ix0:ix1] = np.asarray(region)
+    coverage[iy0:iy1, ix0:ix1] = True
+    return placed, coverage
+
+
+def render_heatmap(points: np.ndarray, crop_size: int, heatmap_size: int, sigma: float = 1.5) -> np.ndarray:
+    """Gaussian heatmaps for (K, >=2) crop-pixel keypoints -> (K, heatmap_size, heatmap_size) float32.
+
+    Each channel peaks at 1.0 at the keypoint (pixel centres at integer + 0.5 in crop space are
+    matched to heatmap pixel centres). `sigma` is in heatmap pixels. Keypoints with a score column
+    equal to 0 give an empty channel.
+    """
+    pts = np.asarray(points, dtype=np.float64)
+    scale = heatmap_size / float(crop_size)
+    grid = np.arange(heatmap_size, dtype=np.float64) + 0.5
+    hx = pts[:, 0] * scale
+    hy = pts[:, 1] * scale
+    gx = np.exp(-((grid[None, :] - hx[:, None]) ** 2) / (2 * sigma**2))
+    gy = np.exp(-((grid[None, :] - hy[:, None]) ** 2) / (2 * sigma**2))
+    hm = gy[:, :, None] * gx[:, None, :]
+    if pts.shape[1] > 2:
+        hm *= (pts[:, 2] > 0)[:, None, None]
+    return hm.astype(np.float32)
+
+
+def heatmap_peaks(heatmap: np.ndarray, crop_size: int) -> np.ndarray:
+    """(K, H, W) heatmap -> (K, 2) crop-pixel coordinates of each channel's argmax (pixel centres)."""
+    k, h, w = heatmap.shape
+    flat = heatmap.reshape(k, -1).argmax(axis=1)
+    ys, xs = np.divmod(flat, w)
+    return np.stack([(xs + 0.5) * crop_size / w, (ys + 0.5) * crop_size / h], axis=1)

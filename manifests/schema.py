@@ -1,0 +1,129 @@
+"""The manifest contract: two Parquet tables, `images` and `hands`, with explicit pyarrow schemas.
+
+Coordinates are pixels of the *original* image after EXIF orientation was applied (origin top-left,
+x right, y down) unless a field says "crop". Every field is documented in ``docs/manifest.md``;
+`FIELD_DOCS` below is the single source that document is checked against.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+SCHEMA_VERSION = "1.0"
+
+TABLES = ("images", "hands")
+STATUSES = ("ok", "no_hands", "error")
+
+NUM_HAND_KEYPOINTS = 21
+NUM_BODY_KEYPOINTS = 33
+
+_kp = pa.list_(pa.list_(pa.float32()))  # (N, 3) rows of [x, y, score]
+_box = pa.list_(pa.float32())  # [x0, y0, x1, y1]
+
+IMAGES_SCHEMA = pa.schema(
+    [
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("source_uri", pa.string(), nullable=False),
+        pa.field("dataset", pa.string(), nullable=False),
+        pa.field("split", pa.string()),
+        pa.field("width", pa.int32()),
+        pa.field("height", pa.int32()),
+        pa.field("label", pa.string()),
+        pa.field("caption", pa.string()),
+        pa.field("subject_id", pa.string()),
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("error", pa.string()),
+        pa.field("num_hands", pa.int16()),
+        pa.field("body_keypoints", _kp),
+        pa.field("body_score", pa.float32()),
+        pa.field("hands_mask", pa.binary()),
+        pa.field("image", pa.binary()),
+        pa.field("image_width", pa.int32()),
+        pa.field("image_height", pa.int32()),
+    ],
+    metadata={"handfirst.table": "images", "handfirst.schema_version": SCHEMA_VERSION},
+)
+
+HANDS_SCHEMA = pa.schema(
+    [
+        pa.field("hand_id", pa.string(), nullable=False),
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("hand_index", pa.int16()),
+        pa.field("handedness", pa.string()),
+        pa.field("handedness_score", pa.float32()),
+        pa.field("keypoints", _kp),
+        pa.field("keypoint_source", pa.string()),
+        pa.field("bbox", _box),
+        pa.field("hand_size", pa.float32()),
+        pa.field("crop_box", _box),
+        pa.field("crop_size", pa.int32()),
+        pa.field("crop", pa.binary()),
+        pa.field("crop_keypoints", _kp),
+        pa.field("mask", pa.binary()),
+        pa.field("mask_method", pa.string()),
+        pa.field("mask_score", pa.float32()),
+        pa.field("heatmap", pa.binary()),
+        pa.field("heatmap_shape", pa.list_(pa.int32())),
+        pa.field("heatmap_dtype", pa.string()),
+        pa.field("heatmap_sigma", pa.float32()),
+        pa.field("label", pa.string()),
+        pa.field("caption", pa.string()),
+    ],
+    metadata={"handfirst.table": "hands", "handfirst.schema_version": SCHEMA_VERSION},
+)
+
+SCHEMAS = {"images": IMAGES_SCHEMA, "hands": HANDS_SCHEMA}
+
+FIELD_DOCS = {
+    "images": {
+        "image_id": "Stable, filename-safe id, unique in the manifest (the dataset's own id where it has one).",
+        "source_uri": "fsspec URI or path of the input image as it was read.",
+        "dataset": "Source adapter name: folder, hagrid, coco, interhand.",
+        "split": "train / val / test. HaGRID splits follow user_id so no person is in two splits.",
+        "width": "Original image width in pixels, after EXIF orientation.",
+        "height": "Original image height in pixels, after EXIF orientation.",
+        "label": "Gesture label (HaGRID class, folder name) or null.",
+        "caption": "Natural-language caption built from the label and the detected hands.",
+        "subject_id": "Person id where the dataset has one (HaGRID user_id), else null.",
+        "status": "ok (hands found) / no_hands (image read, no hand) / error (see `error`).",
+        "error": "Why the image failed (exception type and message); null unless status == error.",
+        "num_hands": "Number of rows for this image in the hands table.",
+        "body_keypoints": "MediaPipe Pose 33 x [x, y, visibility] in original pixels, or null if no body.",
+        "body_score": "Mean landmark visibility of the body pose (0..1), or null.",
+        "hands_mask": "PNG, mode L (0 or 255), union of all hand masks at (image_height, image_width).",
+        "image": "JPEG of the image resized so its longest side is at most the configured bound.",
+        "image_width": "Width of the stored `image` (pixels). Scale to original = image_width / width.",
+        "image_height": "Height of the stored `image` (pixels).",
+    },
+    "hands": {
+        "hand_id": "`{image_id}_h{hand_index}`.",
+        "image_id": "The image row this hand belongs to.",
+        "hand_index": "0-based index of the hand within its image.",
+        "handedness": "left / right, as seen from the person (mirroring corrected).",
+        "handedness_score": "Classifier confidence of `handedness` (0..1).",
+        "keypoints": "21 x [x, y, score] in original image pixels, MediaPipe order (0 wrist, 1-4 thumb, ... 17-20 little).",
+        "keypoint_source": "mediapipe / mediapipe_wrist_crop / annotation.",
+        "bbox": "[x0, y0, x1, y1] tight box of the keypoints in original pixels.",
+        "hand_size": "max(bbox width, bbox height) in original pixels; used by size filters.",
+        "crop_box": "[x0, y0, x1, y1] square crop region in original pixels; may extend past the image (padded).",
+        "crop_size": "Side of the stored crop in pixels (crop is crop_size x crop_size).",
+        "crop": "JPEG of the crop, RGB, crop_size x crop_size; out-of-image area is zero padded.",
+        "crop_keypoints": "21 x [x, y, score] in crop pixels: (kp - crop_box[:2]) * crop_size / box side.",
+        "mask": "PNG, mode L (0 or 255), hand mask in crop coordinates, crop_size x crop_size.",
+        "mask_method": "Which method made the mask: sam_vit_b / sam_vit_l / sam_vit_h / grabcut.",
+        "mask_score": "Method's quality score (SAM predicted IoU; GrabCut keypoint coverage), 0..1.",
+        "heatmap": "Raw C-order bytes of a (21, H, W) array, one Gaussian per keypoint, peak 1.",
+        "heatmap_shape": "[21, H, W] of `heatmap`.",
+        "heatmap_dtype": "numpy dtype string of `heatmap` (float16).",
+        "heatmap_sigma": "Gaussian sigma in heatmap pixels.",
+        "label": "Gesture label of the image.",
+        "caption": "Caption for this hand crop.",
+    },
+}
+
+
+def schema_for(table: str) -> pa.Schema:
+    try:
+        return SCHEMAS[table]
+    except KeyError:
+        raise ValueError(f"unknown manifest table {table!r}; expected one of {TABLES}") from None

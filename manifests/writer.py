@@ -1,0 +1,140 @@
+"""Shard writer: one Parquet file per table per shard, written atomically, each with a stats file.
+
+Layout of a manifest root::
+
+    ROOT/_manifest.json                    dataset-level summary (both tables)
+    ROOT/images/shard-00000.parquet        one file per shard
+    ROOT/images/_stats/shard-00000.json    written last: its presence marks the shard complete
+    ROOT/images/_manifest.json             table-level summary
+    ROOT/hands/...                         the same for hands
+
+Names starting with ``_`` or ``.`` are ignored by pyarrow, dask and datasets when they list a table
+directory, so the tables load unchanged in all three.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from collections import Counter
+from collections.abc import Iterable, Mapping
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .schema import SCHEMA_VERSION, TABLES, schema_for
+from .storage import atomic_write_bytes, filesystem, join, read_json, write_json
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_FILE = "_manifest.json"
+STATS_DIR = "_stats"
+
+
+def shard_name(index: int) -> str:
+    return f"shard-{index:05d}"
+
+
+def code_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("handfirst")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def to_table(rows: Iterable[Mapping] | pa.Table, table: str) -> pa.Table:
+    """Rows (dicts) -> a pyarrow table with exactly the manifest schema; unknown keys are an error."""
+    schema = schema_for(table)
+    if isinstance(rows, pa.Table):
+        return rows.select(schema.names).cast(schema)
+    rows = list(rows)
+    extra = {k for r in rows for k in r} - set(schema.names)
+    if extra:
+        raise ValueError(f"{table} rows carry fields not in the schema: {sorted(extra)}")
+    return pa.Table.from_pylist(rows, schema=schema)
+
+
+def _table_stats(table_name: str, table: pa.Table) -> dict:
+    stats = {"rows": table.num_rows}
+    if table_name == "images":
+        stats["status_counts"] = dict(Counter(table.column("status").to_pylist()))
+    return stats
+
+
+class ManifestWriter:
+    """Writes shards of a manifest at `root` (local path or fsspec URL).
+
+    >>> w = ManifestWriter("out/manifest")
+    >>> if not w.shard_done(3):
+    ...     w.write_shard(3, {"images": image_rows, "hands": hand_rows})
+    >>> w.finalize(config={...})
+    """
+
+    def __init__(self, root: str, row_group_size: int = 32, compression: str = "zstd"):
+        self.root = str(root).rstrip("/")
+        self.fs, self.path = filesystem(self.root)
+        self.row_group_size = row_group_size
+        self.compression = compression
+
+    def _stats_path(self, table: str, index: int) -> str:
+        return join(self.path, table, STATS_DIR, shard_name(index) + ".json")
+
+    def shard_done(self, index: int) -> bool:
+        return all(self.fs.exists(self._stats_path(t, index)) for t in TABLES)
+
+    def done_shards(self) -> set[int]:
+        done = None
+        for t in TABLES:
+            d = join(self.path, t, STATS_DIR)
+            names = {p.rsplit("/", 1)[-1] for p in self.fs.glob(join(d, "shard-*.json"))} if self.fs.exists(d) else set()
+            idx = {int(n[len("shard-") : -len(".json")]) for n in names}
+            done = idx if done is None else done & idx
+        return done or set()
+
+    def write_shard(self, index: int, tables: Mapping[str, Iterable[Mapping] | pa.Table], extra_stats: Mapping | None = None) -> dict:
+        """Write every table's rows for shard `index`; stats files go last so a crash leaves it incomplete."""
+        name = shard_name(index)
+        stats = {}
+        for t in TABLES:
+            table = to_table(tables.get(t, []), t)
+            buf = io.BytesIO()
+            pq.write_table(table, buf, compression=self.compression, row_group_size=self.row_group_size)
+            self.fs.makedirs(join(self.path, t, STATS_DIR), exist_ok=True)
+            atomic_write_bytes(self.fs, join(self.path, t, name + ".parquet"), buf.getvalue())
+            stats[t] = {"shard": name, "file": name + ".parquet", "bytes": buf.tell(), **_table_stats(t, table)}
+        for t in TABLES:
+            write_json(self.fs, self._stats_path(t, index), {**stats[t], "written_at": time.time(), **(extra_stats or {})})
+        logger.debug("wrote %s: %s", name, {t: s["rows"] for t, s in stats.items()})
+        return stats
+
+    def finalize(self, config: Mapping | None = None) -> dict:
+        """Aggregate shard stats into `_manifest.json` files (per table and at the root)."""
+        created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        summary = {"schema_version": SCHEMA_VERSION, "code_version": code_version(), "created_at": created,
+                   "config": dict(config or {}), "tables": {}}  # fmt: skip
+        for t in TABLES:
+            shards = sorted(self.fs.glob(join(self.path, t, STATS_DIR, "shard-*.json")))
+            entries = [read_json(self.fs, p) for p in shards]
+            status = Counter()
+            for e in entries:
+                status.update(e.get("status_counts", {}))
+            info = {
+                "table": t,
+                "schema_version": SCHEMA_VERSION,
+                "code_version": summary["code_version"],
+                "created_at": created,
+                "config": summary["config"],
+                "num_rows": sum(e["rows"] for e in entries),
+                "num_shards": len(entries),
+                "shards": {e["file"]: e["rows"] for e in entries},
+            }
+            if t == "images":
+                info["status_counts"] = dict(status)
+            write_json(self.fs, join(self.path, t, MANIFEST_FILE), info)
+            summary["tables"][t] = {k: info[k] for k in ("num_rows", "num_shards") } | (
+                {"status_counts": info["status_counts"]} if t == "images" else {})
+        write_json(self.fs, join(self.path, MANIFEST_FILE), summary)
+        return summary
