@@ -1,0 +1,33 @@
+"""What a source adapter yields: one record per image, with whatever the dataset already annotates.
+
+Records are small, picklable and carry no pixels: a Dask task receives a shard's records and reads
+each image itself through fsspec, so no image data ever passes through the scheduler.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class HandAnnotation:
+    """What a dataset already knows about one hand. Every field is optional."""
+
+    keypoints: np.ndarray | None = None  # (21, 3) float [x, y, v] in original image pixels, MediaPipe order
+    bbox: list[float] | None = None  # [x0, y0, x1, y1] in original image pixels
+    handedness: str | None = None  # "left" / "right"
+
+
+@dataclass
+class ImageRecord:
+    """One input image. `source_uri` is an fsspec URI or local path; `image_id` is stable and filename-safe."""
+
+    image_id: str
+    source_uri: str
+    dataset: str
+    split: str | None = None
+    label: str | None = None
+    subject_id: str | None = None
+    hands: list[HandAnnotation] = field(default_factory=list)
