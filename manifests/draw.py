@@ -14,11 +14,14 @@ from .pose import HAND_EDGES, OPENPOSE_COLORS, OPENPOSE_LIMBS
 
 # One hue per finger chain, as in OpenPose's hand renderer.
 HAND_EDGE_COLORS = [
-    tuple(int(c * 255) for c in colorsys.hsv_to_rgb(i / len(HAND_EDGES), 1.0, 1.0)) for i in range(len(HAND_EDGES))
+    tuple(int(c * 255) for c in colorsys.hsv_to_rgb(i / len(HAND_EDGES), 1.0, 1.0))
+    for i in range(len(HAND_EDGES))
 ]
 
 
-def draw_hand(image: np.ndarray, keypoints: np.ndarray, thickness: int | None = None, radius: int | None = None) -> np.ndarray:
+def draw_hand(
+    image: np.ndarray, keypoints: np.ndarray, thickness: int | None = None, radius: int | None = None
+) -> np.ndarray:
     """Draw a 21-keypoint hand skeleton ((21, >=2) pixels) on a copy of `image`."""
     out = np.ascontiguousarray(image.copy())
     side = max(out.shape[:2])
@@ -26,13 +29,22 @@ def draw_hand(image: np.ndarray, keypoints: np.ndarray, thickness: int | None = 
     radius = radius or max(1, side // 160)
     pts = np.asarray(keypoints, dtype=np.float64)[:, :2]
     for (a, b), color in zip(HAND_EDGES, HAND_EDGE_COLORS):
-        cv2.line(out, tuple(int(round(v)) for v in pts[a]), tuple(int(round(v)) for v in pts[b]), color, thickness, cv2.LINE_AA)
+        cv2.line(
+            out,
+            tuple(int(round(v)) for v in pts[a]),
+            tuple(int(round(v)) for v in pts[b]),
+            color,
+            thickness,
+            cv2.LINE_AA,
+        )
     for p in pts:
         cv2.circle(out, (int(round(p[0])), int(round(p[1]))), radius, (0, 0, 255), -1, cv2.LINE_AA)
     return out
 
 
-def draw_openpose(image: np.ndarray, keypoints18: np.ndarray, stickwidth: int = 4, radius: int = 4) -> np.ndarray:
+def draw_openpose(
+    image: np.ndarray, keypoints18: np.ndarray, stickwidth: int = 4, radius: int = 4
+) -> np.ndarray:
     """Draw an (18, 3) OpenPose body in the standard ControlNet colours; score-0 points are skipped."""
     out = np.ascontiguousarray(image.copy())
     kp = np.asarray(keypoints18, dtype=np.float64)
@@ -63,8 +75,13 @@ def overlay_mask(image: np.ndarray, mask: np.ndarray, color=(0, 200, 255), alpha
     return out
 
 
-def contact_sheet(tiles: list[np.ndarray], columns: int = 8, tile: int = 128, captions: list[str] | None = None,
-                  background: int = 32) -> np.ndarray:
+def contact_sheet(
+    tiles: list[np.ndarray],
+    columns: int = 8,
+    tile: int = 128,
+    captions: list[str] | None = None,
+    background: int = 32,
+) -> np.ndarray:
     """Lay out RGB tiles in a grid, each resized to `tile` x `tile`, with an optional caption strip."""
     if not tiles:
         return np.full((tile, tile, 3), background, np.uint8)
@@ -80,6 +97,14 @@ def contact_sheet(tiles: list[np.ndarray], columns: int = 8, tile: int = 128, ca
         y, x = r * (tile + cap_h), c * tile
         sheet[y : y + small.shape[0], x : x + small.shape[1]] = small
         if captions:
-            cv2.putText(sheet, str(captions[i])[:22], (x + 2, y + tile + 11), cv2.FONT_HERSHEY_SIMPLEX, 0.33,
-                        (230, 230, 230), 1, cv2.LINE_AA)
+            cv2.putText(
+                sheet,
+                str(captions[i])[:22],
+                (x + 2, y + tile + 11),
+                cv2.FONT_HERSHEY_SIMPLEX,
+                0.33,
+                (230, 230, 230),
+                1,
+                cv2.LINE_AA,
+            )
     return sheet

@@ -54,7 +54,9 @@ def keypoint_bbox(points: np.ndarray) -> np.ndarray:
     return np.concatenate([xy.min(axis=0), xy.max(axis=0)])
 
 
-def square_crop_box(points: np.ndarray, size: int = 512, margin: float = 0.25, min_side: float = 8.0) -> CropBox:
+def square_crop_box(
+    points: np.ndarray, size: int = 512, margin: float = 0.25, min_side: float = 8.0
+) -> CropBox:
     """Square box centred on the keypoints' bbox, each side grown by `margin` x the longer bbox side.
 
     The box may extend past the image; `crop_image` pads that area.
@@ -78,7 +80,9 @@ def crop_image(image: np.ndarray, crop: CropBox, resample=Image.BILINEAR, fill=0
     return np.asarray(out)
 
 
-def paste_crop(canvas: np.ndarray, patch: np.ndarray, crop: CropBox, resample=Image.BILINEAR) -> tuple[np.ndarray, np.ndarray]:
+def paste_crop(
+    canvas: np.ndarray, patch: np.ndarray, crop: CropBox, resample=Image.BILINEAR
+) -> tuple[np.ndarray, np.ndarray]:
     """Resize a (size, size[, C]) `patch` back to its image box and return (patch_on_canvas, coverage).
 
     Returns an array shaped like `canvas` with the patch placed (zeros elsewhere) and a bool (H, W)
@@ -94,7 +98,9 @@ def paste_crop(canvas: np.ndarray, patch: np.ndarray, crop: CropBox, resample=Im
         return placed, coverage
     # Map the integer target window back into patch pixels so sub-pixel boxes stay aligned.
     (u0, v0), (u1, v1) = crop.to_crop(np.array([[ix0, iy0], [ix1, iy1]], dtype=np.float64))
-    region = Image.fromarray(patch).transform((ix1 - ix0, iy1 - iy0), Image.EXTENT, (u0, v0, u1, v1), resample=resample)
+    region = Image.fromarray(patch).transform(
+        (ix1 - ix0, iy1 - iy0), Image.EXTENT, (u0, v0, u1, v1), resample=resample
+    )
     placed[iy0:iy1, ix0:ix1] = np.asarray(region)
     coverage[iy0:iy1, ix0:ix1] = True
     return placed, coverage

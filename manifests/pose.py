@@ -18,7 +18,9 @@ HAND_KEYPOINT_NAMES = [
 
 # Each finger is a chain from the wrist, base to tip.
 HAND_EDGES = [(0, 1), (1, 2), (2, 3), (3, 4)] + [
-    e for base in (5, 9, 13, 17) for e in [(0, base), (base, base + 1), (base + 1, base + 2), (base + 2, base + 3)]
+    e
+    for base in (5, 9, 13, 17)
+    for e in [(0, base), (base, base + 1), (base + 1, base + 2), (base + 2, base + 3)]
 ]
 
 MEDIAPIPE_POSE_NAMES = [

@@ -46,9 +46,18 @@ def draw_synthetic_hand(image: np.ndarray, mask: np.ndarray, kps: np.ndarray, si
     image[mask > 0] = (224, 172, 138)
 
 
-def make_synthetic_manifest(root: str, num_images: int = 12, hands_per_image: int = 2, image_size=(256, 192),
-                            crop_size: int = 64, heatmap_size: int = 8, sigma: float = 1.0, shard_size: int = 4,
-                            seed: int = 0, no_hands_every: int = 5) -> str:
+def make_synthetic_manifest(
+    root: str,
+    num_images: int = 12,
+    hands_per_image: int = 2,
+    image_size=(256, 192),
+    crop_size: int = 64,
+    heatmap_size: int = 8,
+    sigma: float = 1.0,
+    shard_size: int = 4,
+    seed: int = 0,
+    no_hands_every: int = 5,
+) -> str:
     """Write a manifest of `num_images` drawn images to `root` and return `root`.
 
     Every `no_hands_every`-th image has no hands (status ``no_hands``); the rest have 1..hands_per_image.
@@ -64,7 +73,11 @@ def make_synthetic_manifest(root: str, num_images: int = 12, hands_per_image: in
             noise = rng.integers(40, 90, size=(h // 8, w // 8, 3), dtype=np.uint8)
             image = cv2.resize(noise, (w, h), interpolation=cv2.INTER_LINEAR)
             all_mask = np.zeros((h, w), np.uint8)
-            n = 0 if (no_hands_every and i % no_hands_every == no_hands_every - 1) else 1 + i % hands_per_image
+            n = (
+                0
+                if (no_hands_every and i % no_hands_every == no_hands_every - 1)
+                else 1 + i % hands_per_image
+            )
             for j in range(n):
                 size = rng.uniform(0.25, 0.4) * min(w, h)
                 cx = (j + 0.5) * w / n + rng.uniform(-0.05, 0.05) * w

@@ -89,12 +89,21 @@ class ManifestWriter:
         done = None
         for t in TABLES:
             d = join(self.path, t, STATS_DIR)
-            names = {p.rsplit("/", 1)[-1] for p in self.fs.glob(join(d, "shard-*.json"))} if self.fs.exists(d) else set()
+            names = (
+                {p.rsplit("/", 1)[-1] for p in self.fs.glob(join(d, "shard-*.json"))}
+                if self.fs.exists(d)
+                else set()
+            )
             idx = {int(n[len("shard-") : -len(".json")]) for n in names}
             done = idx if done is None else done & idx
         return done or set()
 
-    def write_shard(self, index: int, tables: Mapping[str, Iterable[Mapping] | pa.Table], extra_stats: Mapping | None = None) -> dict:
+    def write_shard(
+        self,
+        index: int,
+        tables: Mapping[str, Iterable[Mapping] | pa.Table],
+        extra_stats: Mapping | None = None,
+    ) -> dict:
         """Write every table's rows for shard `index`; stats files go last so a crash leaves it incomplete."""
         name = shard_name(index)
         stats = {}
@@ -104,9 +113,18 @@ class ManifestWriter:
             pq.write_table(table, buf, compression=self.compression, row_group_size=self.row_group_size)
             self.fs.makedirs(join(self.path, t, STATS_DIR), exist_ok=True)
             atomic_write_bytes(self.fs, join(self.path, t, name + ".parquet"), buf.getvalue())
-            stats[t] = {"shard": name, "file": name + ".parquet", "bytes": buf.tell(), **_table_stats(t, table)}
+            stats[t] = {
+                "shard": name,
+                "file": name + ".parquet",
+                "bytes": buf.tell(),
+                **_table_stats(t, table),
+            }
         for t in TABLES:
-            write_json(self.fs, self._stats_path(t, index), {**stats[t], "written_at": time.time(), **(extra_stats or {})})
+            write_json(
+                self.fs,
+                self._stats_path(t, index),
+                {**stats[t], "written_at": time.time(), **(extra_stats or {})},
+            )
         logger.debug("wrote %s: %s", name, {t: s["rows"] for t, s in stats.items()})
         return stats
 
@@ -134,7 +152,8 @@ class ManifestWriter:
             if t == "images":
                 info["status_counts"] = dict(status)
             write_json(self.fs, join(self.path, t, MANIFEST_FILE), info)
-            summary["tables"][t] = {k: info[k] for k in ("num_rows", "num_shards") } | (
-                {"status_counts": info["status_counts"]} if t == "images" else {})
+            summary["tables"][t] = {k: info[k] for k in ("num_rows", "num_shards")} | (
+                {"status_counts": info["status_counts"]} if t == "images" else {}
+            )
         write_json(self.fs, join(self.path, MANIFEST_FILE), summary)
         return summary

@@ -13,7 +13,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     if not (DATA / "hagrid_mini").is_dir():
-        pytest.skip(f"sample photos not found at {DATA} (set HANDFIRST_DATA or place ../shared/data beside the repo)")
+        pytest.skip(
+            f"sample photos not found at {DATA} (set HANDFIRST_DATA or place ../shared/data beside the repo)"
+        )
     return DATA
 
 
