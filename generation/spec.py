@@ -1,0 +1,145 @@
+"""The pose spec: what a user asks `handfirst-gen generate` for, as a JSON file.
+
+Schema (all coordinates in output-image pixels, origin top-left)::
+
+    {
+      "width": 512, "height": 512,
+      "body": {"format": "mediapipe33" | "openpose18",
+               "keypoints": [[x, y, score], ...]},          # 33 or 18 rows; score optional (default 1)
+      "hands": [{"handedness": "left" | "right",
+                 "keypoints": [[x, y], ...]}],               # 21 rows each, MediaPipe order
+      "prompt": "a person showing a peace sign", "negative_prompt": "", "seed": 0
+    }
+
+`body` may be null (hands only). Every problem is reported with its JSON path.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from manifests.pose import BODY_FORMATS
+from manifests.schema import NUM_HAND_KEYPOINTS
+
+
+HANDEDNESS = ("left", "right")
+
+
+class SpecError(ValueError):
+    """A pose spec is malformed; the message names the field."""
+
+
+@dataclass
+class HandSpec:
+    handedness: str
+    keypoints: np.ndarray  # (21, 3) [x, y, score] output pixels
+
+
+@dataclass
+class PoseSpec:
+    width: int
+    height: int
+    body: np.ndarray | None  # (33, 3) or (18, 3)
+    body_format: str | None
+    hands: list[HandSpec] = field(default_factory=list)
+    prompt: str = ""
+    negative_prompt: str = ""
+    seed: int = 0
+    name: str = "sample"
+
+    def to_dict(self) -> dict:
+        return {
+            "width": self.width,
+            "height": self.height,
+            "body": None
+            if self.body is None
+            else {"format": self.body_format, "keypoints": np.asarray(self.body).tolist()},
+            "hands": [{"handedness": h.handedness, "keypoints": h.keypoints.tolist()} for h in self.hands],
+            "prompt": self.prompt,
+            "negative_prompt": self.negative_prompt,
+            "seed": self.seed,
+        }
+
+
+def _points(value, count: int, where: str, width: int, height: int) -> np.ndarray:
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise SpecError(f"{where}: not a list of numbers ({exc})") from None
+    if arr.ndim != 2 or arr.shape[0] != count or arr.shape[1] not in (2, 3):
+        raise SpecError(f"{where}: expected {count} points of [x, y] or [x, y, score], got shape {arr.shape}")
+    if not np.isfinite(arr).all():
+        bad = sorted({int(i) for i in np.argwhere(~np.isfinite(arr))[:, 0]})
+        raise SpecError(f"{where}: NaN or infinite values at points {bad}")
+    if arr.shape[1] == 2:
+        arr = np.concatenate([arr, np.ones((count, 1))], axis=1)
+    visible = arr[:, 2] > 0
+    outside = visible & ((arr[:, 0] < 0) | (arr[:, 0] > width) | (arr[:, 1] < 0) | (arr[:, 1] > height))
+    if outside.any():
+        idx = np.flatnonzero(outside).tolist()
+        raise SpecError(
+            f"{where}: points {idx} lie outside the {width}x{height} canvas (e.g. {arr[idx[0], :2].tolist()})"
+        )
+    return arr
+
+
+def parse_spec(obj: dict, name: str = "sample") -> PoseSpec:
+    """Validate a spec dict and return a PoseSpec; raises SpecError naming the offending field."""
+    if not isinstance(obj, dict):
+        raise SpecError(f"spec must be a JSON object, got {type(obj).__name__}")
+    try:
+        width, height = int(obj["width"]), int(obj["height"])
+    except KeyError as exc:
+        raise SpecError(f"missing field {exc.args[0]!r}") from None
+    except (TypeError, ValueError):
+        raise SpecError("width and height must be integers") from None
+    if width < 8 or height < 8 or width * height > 8192 * 8192:
+        raise SpecError(f"canvas {width}x{height} is out of range")
+    body, body_format = None, None
+    if obj.get("body") is not None:
+        body_obj = obj["body"]
+        body_format = body_obj.get("format")
+        if body_format not in BODY_FORMATS:
+            raise SpecError(
+                f"body.format: unknown body format {body_format!r}; expected one of {sorted(BODY_FORMATS)}"
+            )
+        body = _points(body_obj.get("keypoints"), BODY_FORMATS[body_format], "body.keypoints", width, height)
+    hands = []
+    for i, h in enumerate(obj.get("hands") or []):
+        handed = (h.get("handedness") or "").lower()
+        if handed not in HANDEDNESS:
+            raise SpecError(f"hands[{i}].handedness: expected 'left' or 'right', got {h.get('handedness')!r}")
+        hands.append(
+            HandSpec(
+                handed,
+                _points(h.get("keypoints"), NUM_HAND_KEYPOINTS, f"hands[{i}].keypoints", width, height),
+            )
+        )
+    if body is None and not hands:
+        raise SpecError("spec has neither a body nor any hands")
+    seed = obj.get("seed", 0)
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise SpecError(f"seed must be an integer, got {seed!r}")
+    return PoseSpec(width, height, body, body_format, hands, str(obj.get("prompt", "")),
+                    str(obj.get("negative_prompt", "")), seed, name)  # fmt: skip
+
+
+def load_spec(path: str | Path) -> PoseSpec:
+    path = Path(path)
+    try:
+        obj = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise SpecError(f"{path}: no such spec file") from None
+    except json.JSONDecodeError as exc:
+        raise SpecError(f"{path}: not valid JSON ({exc})") from None
+    try:
+        return parse_spec(obj, name=path.stem)
+    except SpecError as exc:
+        raise SpecError(f"{path}: {exc}") from None
+
+
+__all__ = ["PoseSpec", "HandSpec", "SpecError", "parse_spec", "load_spec"]

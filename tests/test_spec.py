@@ -1,0 +1,68 @@
+"""Pose spec parsing: the committed example loads, and every malformed input names its field."""
+
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from generation.spec import SpecError, load_spec, parse_spec
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "pose.json"
+
+
+@pytest.fixture
+def spec():
+    return json.loads(EXAMPLE.read_text())
+
+
+def test_example_spec_loads(spec):
+    s = load_spec(EXAMPLE)
+    assert (s.width, s.height, s.body_format, s.name) == (512, 512, "mediapipe33", "pose")
+    assert [h.handedness for h in s.hands] == ["right", "left"]
+    assert s.hands[0].keypoints.shape == (21, 3) and s.body.shape == (33, 3)
+    assert parse_spec(s.to_dict()).to_dict() == s.to_dict()
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda s: s["hands"][0]["keypoints"].pop(), r"hands\[0\].keypoints: expected 21 points"),
+        (
+            lambda s: s["hands"][1]["keypoints"][4].__setitem__(0, float("nan")),
+            r"hands\[1\].keypoints: NaN .* \[4\]",
+        ),
+        (
+            lambda s: s["hands"][0]["keypoints"][8].__setitem__(1, -40),
+            r"points \[8\] lie outside the 512x512 canvas",
+        ),
+        (lambda s: s["body"].__setitem__("format", "coco17"), r"unknown body format 'coco17'"),
+        (
+            lambda s: s["hands"][0].__setitem__("handedness", "both"),
+            r"handedness: expected 'left' or 'right'",
+        ),
+        (lambda s: s.pop("width"), r"missing field 'width'"),
+        (lambda s: s.update(body=None, hands=[]), r"neither a body nor any hands"),
+        (lambda s: s.update(seed="7"), r"seed must be an integer"),
+    ],
+)
+def test_bad_specs_name_the_field(spec, mutate, message):
+    bad = copy.deepcopy(spec)
+    mutate(bad)
+    with pytest.raises(SpecError, match=message):
+        parse_spec(bad)
+
+
+def test_openpose18_body_and_scores(spec):
+    s = copy.deepcopy(spec)
+    s["body"] = {"format": "openpose18", "keypoints": np.full((18, 3), 100.0).tolist()}
+    assert parse_spec(s).body.shape == (18, 3)
+
+
+def test_missing_and_invalid_files(tmp_path):
+    with pytest.raises(SpecError, match="no such spec file"):
+        load_spec(tmp_path / "nope.json")
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(SpecError, match="bad.json: not valid JSON"):
+        load_spec(tmp_path / "bad.json")
