@@ -1,0 +1,178 @@
+"""The body outpainter's model: a diffusers `ControlNetModel` beside a frozen Stable Diffusion UNet.
+
+The ControlNet starts as a copy of the base UNet's encoder (`ControlNetModel.from_unet`) with
+zero-initialised output convolutions, so at step 0 it adds exactly nothing to the UNet. Its
+conditioning embedding takes the stacked condition image of `generation.condition` at pixel resolution.
+
+Two base kinds (`BASE_KINDS`):
+- ``standard``: a text-to-image UNet; the model input is the noisy latents (4 channels).
+- ``inpainting``: a 9-channel SD-inpainting UNet; the model input is, in diffusers' order, the noisy
+  latents, the repaint mask (1 = paint here, i.e. everywhere but the hands) and the latents of the
+  masked image (the hand pixels, the rest grey). The ControlNet, copied from that UNet, sees the same
+  9-channel input.
+
+`predict_noise` is the single forward pass used by both training and the pipeline's denoising loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from diffusers import ControlNetModel, UNet2DConditionModel
+
+log = logging.getLogger(__name__)
+
+# The conditioning embedding downsamples by 2 per entry after the first; ControlNet's default
+# (16, 32, 96, 256) matches SD's VAE factor of 8. Smaller VAEs (tiny test models) take a prefix.
+_EMBEDDING_CHANNELS = (16, 32, 96, 256)
+
+
+@dataclass(frozen=True)
+class BaseKind:
+    """How a base UNet's input is assembled from the latents; `in_channels(latent_channels)`."""
+
+    name: str
+    extra_channels: int  # beyond the noisy latents
+    takes_masked_image: bool
+
+    def in_channels(self, latent_channels: int) -> int:
+        return latent_channels + self.extra_channels
+
+
+BASE_KINDS = {
+    "standard": BaseKind("standard", 0, False),
+    # latents (4) + repaint mask (1) + masked-image latents (4)
+    "inpainting": BaseKind("inpainting", 5, True),
+}
+
+
+def base_kind(name: str) -> BaseKind:
+    try:
+        return BASE_KINDS[name]
+    except KeyError:
+        raise ValueError(f"unknown base kind {name!r}; expected one of {sorted(BASE_KINDS)}") from None
+
+
+def infer_base_kind(unet: UNet2DConditionModel, latent_channels: int) -> BaseKind:
+    """The base kind whose input width matches `unet.config.in_channels`, or a clear error."""
+    for kind in BASE_KINDS.values():
+        if kind.in_channels(latent_channels) == unet.config.in_channels:
+            return kind
+    expected = {k.name: k.in_channels(latent_channels) for k in BASE_KINDS.values()}
+    raise ValueError(
+        f"base UNet takes {unet.config.in_channels} input channels, which matches no base kind for "
+        f"{latent_channels}-channel latents (expected {expected})"
+    )
+
+
+def check_base_unet(unet: UNet2DConditionModel, kind: str, latent_channels: int) -> None:
+    """Refuse a UNet whose input width does not fit `kind` (e.g. inpainting asked, 4-channel weights given)."""
+    want = base_kind(kind).in_channels(latent_channels)
+    if unet.config.in_channels != want:
+        hint = (
+            " (inpainting needs SD-inpainting weights, e.g. a folder of stable-diffusion-inpainting)"
+            if kind == "inpainting"
+            else ""
+        )
+        raise ValueError(
+            f"base UNet has {unet.config.in_channels} input channels but base kind {kind!r} needs {want}{hint}"
+        )
+
+
+def vae_scale_factor(vae) -> int:
+    return 2 ** (len(vae.config.block_out_channels) - 1)
+
+
+def embedding_channels_for(scale_factor: int) -> tuple[int, ...]:
+    """ControlNet conditioning-embedding widths that downsample pixels by exactly `scale_factor`."""
+    steps = int(round(math.log2(scale_factor)))
+    if 2**steps != scale_factor or not 0 <= steps < len(_EMBEDDING_CHANNELS):
+        raise ValueError(
+            f"VAE scale factor {scale_factor} is not a power of two up to {2 ** (len(_EMBEDDING_CHANNELS) - 1)}"
+        )
+    return _EMBEDDING_CHANNELS[: steps + 1]
+
+
+def controlnet_from_unet(
+    unet: UNet2DConditionModel, conditioning_channels: int, scale_factor: int = 8
+) -> ControlNetModel:
+    """`ControlNetModel.from_unet` with the encoder weights copied and the zero convolutions at zero."""
+    return ControlNetModel.from_unet(
+        unet,
+        conditioning_channels=conditioning_channels,
+        conditioning_embedding_out_channels=embedding_channels_for(scale_factor),
+        load_weights_from_unet=True,
+    )
+
+
+def set_trainable(
+    unet: UNet2DConditionModel, controlnet: ControlNetModel, *frozen, train_base_unet: bool = False
+) -> list[torch.nn.Parameter]:
+    """Freeze the base UNet (unless `train_base_unet`) and everything in `frozen`; return the trainable parameters."""
+    for module in frozen:
+        if module is not None:
+            module.requires_grad_(False)
+    unet.requires_grad_(train_base_unet)
+    controlnet.requires_grad_(True)
+    params = list(controlnet.parameters())
+    if train_base_unet:
+        params += list(unet.parameters())
+    return params
+
+
+def repaint_mask(hand_mask: torch.Tensor, latent_hw: tuple[int, int]) -> torch.Tensor:
+    """(B, 1, H, W) hand mask in [0, 1] -> (B, 1, h, w) SD-inpainting mask: 1 where the model paints.
+
+    Nearest resize, as diffusers' inpainting pipeline does, then inverted: the hands are the known part.
+    """
+    return 1.0 - F.interpolate(hand_mask.float(), size=latent_hw, mode="nearest")
+
+
+def masked_image(hand_pixels: torch.Tensor, hand_mask: torch.Tensor) -> torch.Tensor:
+    """Hand pixels (B, 3, H, W) in [0, 1] -> the inpainting masked image in [-1, 1], 0 (grey) off the hands."""
+    return (hand_pixels * 2.0 - 1.0) * (hand_mask > 0.5)
+
+
+def model_input(
+    kind: BaseKind, latents: torch.Tensor, inpaint: tuple[torch.Tensor, torch.Tensor] | None
+) -> torch.Tensor:
+    """Assemble the UNet/ControlNet input: the latents, plus (mask, masked-image latents) for inpainting."""
+    if not kind.takes_masked_image:
+        return latents
+    if inpaint is None:
+        raise ValueError("an inpainting base needs the repaint mask and the masked-image latents")
+    mask, masked_latents = inpaint
+    return torch.cat([latents, mask.to(latents.dtype), masked_latents.to(latents.dtype)], dim=1)
+
+
+def predict_noise(
+    unet: UNet2DConditionModel,
+    controlnet: ControlNetModel,
+    sample: torch.Tensor,
+    timestep: torch.Tensor,
+    encoder_hidden_states: torch.Tensor,
+    condition: torch.Tensor,
+    conditioning_scale: float = 1.0,
+) -> torch.Tensor:
+    """One ControlNet + UNet forward: `sample` (B, in_ch, h, w) from `model_input`, condition (B, C, H, W)
+    in [0, 1] with H = h * VAE factor; returns the UNet prediction (B, latent_ch, h, w)."""
+    down, mid = controlnet(
+        sample,
+        timestep,
+        encoder_hidden_states=encoder_hidden_states,
+        controlnet_cond=condition.to(sample.dtype),
+        conditioning_scale=conditioning_scale,
+        return_dict=False,
+    )
+    return unet(
+        sample,
+        timestep,
+        encoder_hidden_states=encoder_hidden_states,
+        down_block_additional_residuals=down,
+        mid_block_additional_residual=mid,
+        return_dict=False,
+    )[0]
