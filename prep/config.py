@@ -43,9 +43,83 @@ class PrepConfig:
     sigma: float = 1.5  # in heatmap pixels
     # Captions
     caption_templates: dict = field(default_factory=dict)  # label -> template override
+    # Sources (additions)
+    annotations: str | None = None  # coco/interhand annotation file; default: found under `input`
+    hagrid_split: str = "user"  # user (hash of user_id) | annotation (the annotations/{split}/ folder)
+    split_fractions: dict = field(default_factory=lambda: {"train": 0.8, "val": 0.1, "test": 0.1})
+    # Running (additions)
+    annotator: str = "prep.annotate:Annotator"  # module:Class; the module also defines error_row
+    retries: int = 2  # extra attempts for a shard task that raised
+    preview: str | None = None  # write a preview sheet (PNG) of the finished manifest here
+    progress: bool = True  # tqdm bar over images
+
+    def fingerprint(self) -> str:
+        """Hash of the settings that change a shard's rows; a shard written under another is redone."""
+        import hashlib
+        import json
+
+        fields = {k: v for k, v in self.to_dict().items() if k not in RUNTIME_FIELDS}
+        return hashlib.sha1(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def resolved_heatmap_size(self) -> int:
         return self.heatmap_size or max(1, self.crop_size // 8)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+# Settings that change how a run executes but not a single output row (excluded from fingerprint()).
+RUNTIME_FIELDS = frozenset(
+    {
+        "input",
+        "out",
+        "limit",
+        "shard_size",
+        "workers",
+        "scheduler",
+        "gpu_resource",
+        "device",
+        "retries",
+        "preview",
+        "progress",
+    }
+)
+
+# Help text of every field: the CLI's --help is built from this, so the options are described in one place.
+FIELD_HELP = {
+    "input": "Input dataset: a folder (local path or fsspec URL) or, for coco, a keypoint JSON file.",
+    "out": "Output manifest root (local path or fsspec URL); rerunning on it resumes.",
+    "format": "Source adapter: folder, hagrid, coco or interhand.",
+    "label_from_dir": "folder format: take the gesture label from each image's parent folder name.",
+    "split": "Force this split name on every image (default: the dataset's own; HaGRID by user_id).",
+    "limit": "Process only the first N images of the deterministic order (quick tries).",
+    "shard_size": "Images per shard: the unit of work, retry and resume.",
+    "workers": "Worker processes of the local Dask cluster (ignored with --scheduler).",
+    "scheduler": "Address of an existing Dask scheduler, e.g. tcp://host:8786 (default: start a LocalCluster).",
+    "gpu_resource": "SAM shard tasks require a `GPU` Dask worker resource (local workers then advertise GPU=1).",
+    "max_pixels": "Refuse images with more pixels than this (decompression-bomb bound).",
+    "max_image_side": "Longest side of the JPEG stored in the images table's `image` column.",
+    "keypoint_source": "detect: MediaPipe; annotation: use the dataset's keypoints where present (no detector).",
+    "min_detection_confidence": "MediaPipe Hands min_detection_confidence (0..1).",
+    "min_hand_score": "Drop detected hands whose handedness score is below this (0..1).",
+    "max_hands": "Most hands kept per image.",
+    "wrist_refine": "Second detection pass on upscaled crops around the body pose's wrists (small hands).",
+    "wrist_crop_scale": "Side of the crop around a wrist, as a fraction of the image's longer side.",
+    "min_pose_confidence": "MediaPipe Pose min_detection_confidence (0..1).",
+    "mask_method": "Hand masks: auto (sam with a checkpoint, else grabcut), sam or grabcut.",
+    "sam_checkpoint": "Segment Anything checkpoint (.pth) for --mask-method sam/auto.",
+    "sam_model_type": "SAM architecture of the checkpoint: vit_b, vit_l or vit_h.",
+    "device": "Torch device for SAM (cpu, cuda, cuda:0, ...).",
+    "crop_size": "Side of the square hand crops, in pixels.",
+    "crop_margin": "Margin added around a hand's keypoint box before cropping, as a fraction of its size.",
+    "heatmap_size": "Side of the keypoint heatmaps (default: crop_size // 8, the latent size).",
+    "sigma": "Gaussian sigma of the keypoint heatmaps, in heatmap pixels.",
+    "caption_templates": "Per-label caption template overrides (Python API only).",
+    "annotations": "coco/interhand: the annotation file to read (default: found under --input).",
+    "hagrid_split": "hagrid: split by a stable hash of user_id (user) or keep the annotation folder's split (annotation).",
+    "split_fractions": "hagrid --hagrid-split user: split name -> fraction (Python API only).",
+    "annotator": "Per-image annotator as module:Class (the module also defines error_row).",
+    "retries": "Extra attempts for a shard task that raised an exception.",
+    "preview": "Also write a preview sheet (PNG) of the finished manifest to this path.",
+    "progress": "Show a tqdm progress bar over images.",
+}

@@ -1,0 +1,134 @@
+"""Helpers shared by the source adapters: safe paths, stable ids, annotation-file loading."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import posixpath
+import re
+from collections.abc import Iterable, Iterator
+
+from manifests.storage import filesystem, join
+
+from ..records import ImageRecord
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"})
+SPLIT_NAMES = ("train", "val", "test")
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+class AnnotationFileError(ValueError):
+    """An annotation file as a whole cannot be used (unreadable, not JSON, wrong top-level shape)."""
+
+
+class UnsafePathError(ValueError):
+    """An annotation names an image outside the dataset root."""
+
+
+def open_input(uri: str):
+    """(fs, root path) for a dataset root given as a local path or fsspec URL (local paths made absolute)."""
+    uri = str(uri)
+    if "://" not in uri:
+        uri = os.path.abspath(os.path.expanduser(uri))
+    return filesystem(uri.rstrip("/") or "/")
+
+
+def to_uri(fs, path: str) -> str:
+    """A path as the worker should open it: plain for local files, with the protocol otherwise."""
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return path if protocol in ("file", "local") else fs.unstrip_protocol(path)
+
+
+def relative(path: str, root: str) -> str:
+    return posixpath.relpath(path, root) if root else path
+
+
+def safe_relpath(name, root: str, what: str) -> str:
+    """`root`/`name` for a path read from an annotation file; refuse anything that could leave `root`.
+
+    Raises UnsafePathError for absolute paths, URLs, drive letters and any `..` component (backslashes
+    count as separators, so Windows-style traversal is refused too).
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise UnsafePathError(f"{what}: image path {name!r} is empty or not a string")
+    parts = name.replace("\\", "/").split("/")
+    if name.startswith(("/", "\\")) or "://" in name or re.match(r"^[A-Za-z]:", name):
+        raise UnsafePathError(
+            f"{what}: image path {name!r} is absolute; paths must be relative to the dataset root"
+        )
+    if ".." in parts:
+        raise UnsafePathError(f"{what}: image path {name!r} leaves the dataset root ('..' is refused)")
+    clean = posixpath.normpath("/".join(p for p in parts if p not in ("", ".")))
+    return join(root, clean)
+
+
+def safe_id(text: str) -> str:
+    """A filename-safe id from any text: [A-Za-z0-9._-] kept, path separators become `__`.
+
+    When characters had to be replaced, an 8-hex hash of the original is appended so that two names
+    differing only in unsafe characters stay distinct.
+    """
+    text = str(text)
+    parts = [p for p in text.replace("\\", "/").split("/") if p]
+    cleaned = "__".join(_UNSAFE.sub("_", p) for p in parts).strip(".") or "image"
+    if cleaned != "__".join(parts):
+        cleaned += "-" + short_hash(text)
+    return cleaned
+
+
+def short_hash(text: str, n: int = 8) -> str:
+    return hashlib.sha1(text.encode()).hexdigest()[:n]
+
+
+def split_from_name(name: str) -> str | None:
+    """train/val/test when it is a token of an annotation file's name (test_freihand.json -> test)."""
+    tokens = re.split(r"[^a-z0-9]+", posixpath.basename(name).lower())
+    for split in SPLIT_NAMES:
+        if split in tokens:
+            return split
+    return None
+
+
+def load_json(fs, path: str):
+    """Parse one annotation file; any failure names the file (and the position for bad JSON)."""
+    try:
+        with fs.open(path, "rb") as f:
+            raw = f.read()
+    except OSError as exc:
+        raise AnnotationFileError(f"{path}: cannot read annotation file: {exc}") from exc
+    try:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise AnnotationFileError(f"{path}: malformed annotation JSON: {exc}") from exc
+
+
+def expect(cond: bool, message: str) -> None:
+    if not cond:
+        raise ValueError(message)
+
+
+def error_record(image_id: str, source_uri: str, dataset: str, message: str, **kw) -> ImageRecord:
+    """A record the worker turns into an error row without opening anything."""
+    return ImageRecord(image_id=image_id, source_uri=source_uri, dataset=dataset, error=message, **kw)
+
+
+def dedupe(records: Iterable[ImageRecord]) -> Iterator[ImageRecord]:
+    """Keep image ids unique: a repeated id becomes an error record `{id}__dup{n}` naming the first."""
+    seen: dict[str, str] = {}
+    counts: dict[str, int] = {}
+    for r in records:
+        if r.image_id in seen:
+            counts[r.image_id] = n = counts.get(r.image_id, 0) + 1
+            message = f"duplicate image_id {r.image_id!r} (first from {seen[r.image_id]}); this entry from {r.source_uri} is not processed"
+            logger.warning(message)
+            yield error_record(
+                f"{r.image_id}__dup{n}", r.source_uri, r.dataset, message, split=r.split, label=r.label
+            )
+        else:
+            seen[r.image_id] = r.source_uri
+            yield r
