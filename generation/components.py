@@ -1,0 +1,282 @@
+"""Stable Diffusion components (UNet, VAE, text encoder, tokenizer, scheduler), tiny or full size.
+
+There is one code path. A *preset* only decides where the components come from:
+
+- ``sd``: a local diffusers folder of a Stable Diffusion checkpoint (``unet/``, ``vae/``,
+  ``text_encoder/``, ``tokenizer/``, ``scheduler/``), loaded with ``from_pretrained(path, subfolder=...)``.
+- ``tiny``: the same diffusers / transformers classes built from small configs with random weights
+  (UNet block_out_channels (32, 64), a 4-level VAE so latents are 1/8 of the pixels as in SD, a 2-layer
+  CLIP text encoder and a tiny byte-level BPE tokenizer written to a local folder at run time). Tests,
+  the demo and CI use it; a training step takes a fraction of a second on a CPU.
+
+Everything downstream (model widening, training, pipelines) sees the same `SDComponents` either way.
+Stage 1 (hands) and stage 2 (body) both build from here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, UNet2DConditionModel
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+logger = logging.getLogger(__name__)
+
+SD_SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+
+# Words the tiny tokenizer knows as whole tokens; anything else falls back to byte-level characters,
+# so every caption still tokenizes.
+TINY_WORDS = (
+    "a", "an", "the", "of", "hand", "hands", "showing", "gesture", "left", "right", "person", "photo",
+    "call", "dislike", "fist", "four", "like", "mute", "ok", "one", "palm", "peace", "rock", "stop",
+    "three", "two", "up", "inverted", "grabbing", "grip", "point", "thumb", "index", "middle", "little",
+)  # fmt: skip
+
+
+@dataclass
+class SDComponents:
+    """The five parts of a latent diffusion model, as diffusers / transformers objects.
+
+    - unet: `UNet2DConditionModel` (4 latent channels in and out for SD, before any widening).
+    - vae: `AutoencoderKL`; latents are ``vae.config.scaling_factor * vae.encode(x).latent_dist.sample()``.
+    - text_encoder: `CLIPTextModel`; tokenizer: `CLIPTokenizer` with ``model_max_length`` 77.
+    - scheduler: `DDPMScheduler` for training (sampling pipelines convert it with ``from_config``).
+    - source: "tiny" or the folder the weights came from, recorded in run configs.
+    """
+
+    unet: UNet2DConditionModel
+    vae: AutoencoderKL
+    text_encoder: CLIPTextModel
+    tokenizer: CLIPTokenizer
+    scheduler: DDPMScheduler
+    source: str
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+
+class ModelFolderError(FileNotFoundError):
+    """A model folder is missing or lacks a part it needs."""
+
+
+def check_model_folder(path: str, subfolders=SD_SUBFOLDERS, what: str = "Stable Diffusion folder") -> str:
+    """Raise `ModelFolderError` naming `path` and every missing subfolder; return the path."""
+    if not path:
+        raise ModelFolderError(
+            f"no {what} given: pass --pretrained PATH (a local diffusers folder) or use --preset tiny"
+        )
+    if not os.path.isdir(path):
+        raise ModelFolderError(f"{what} not found: {path!r} is not a directory")
+    missing = [s for s in subfolders if not os.path.isdir(os.path.join(path, s))]
+    if missing:
+        raise ModelFolderError(
+            f"{what} {path!r} lacks subfolder(s) {missing}; expected a diffusers layout with {list(subfolders)}"
+        )
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------
+# Tiny configs
+
+
+def tiny_unet_config(sample_size: int = 8, cross_attention_dim: int = 32) -> dict:
+    """A 2-level UNet2DConditionModel config (block_out_channels (32, 64)), as in diffusers' own tests."""
+    return {
+        "sample_size": sample_size,
+        "in_channels": 4,
+        "out_channels": 4,
+        "block_out_channels": (32, 64),
+        "layers_per_block": 1,
+        "down_block_types": ("CrossAttnDownBlock2D", "DownBlock2D"),
+        "up_block_types": ("UpBlock2D", "CrossAttnUpBlock2D"),
+        "cross_attention_dim": cross_attention_dim,
+        "attention_head_dim": 8,
+        "norm_num_groups": 32,
+    }
+
+
+def tiny_vae_config(sample_size: int = 64) -> dict:
+    """A 4-level AutoencoderKL config: 8x downsampling and 4 latent channels, exactly like SD's VAE."""
+    return {
+        "sample_size": sample_size,
+        "in_channels": 3,
+        "out_channels": 3,
+        "latent_channels": 4,
+        "block_out_channels": (32, 32, 32, 32),
+        "down_block_types": ("DownEncoderBlock2D",) * 4,
+        "up_block_types": ("UpDecoderBlock2D",) * 4,
+        "layers_per_block": 1,
+        "norm_num_groups": 32,
+        "scaling_factor": 0.18215,
+    }
+
+
+def tiny_text_config(
+    vocab_size: int, bos_token_id: int, eos_token_id: int, hidden_size: int = 32
+) -> CLIPTextConfig:
+    return CLIPTextConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        projection_dim=hidden_size,
+        bos_token_id=bos_token_id,
+        eos_token_id=eos_token_id,
+        pad_token_id=eos_token_id,
+    )
+
+
+def scheduler_config(prediction_type: str = "epsilon", num_train_timesteps: int = 1000) -> dict:
+    """SD 1.x's noise schedule (scaled linear betas 0.00085..0.012)."""
+    return {
+        "num_train_timesteps": num_train_timesteps,
+        "beta_start": 0.00085,
+        "beta_end": 0.012,
+        "beta_schedule": "scaled_linear",
+        "prediction_type": prediction_type,
+        "clip_sample": False,
+        "steps_offset": 1,
+        "set_alpha_to_one": False,
+    }
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2 / CLIP byte-level alphabet: every byte maps to a printable unicode character."""
+    bs = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, [chr(c) for c in cs]))
+
+
+def write_tiny_tokenizer_files(folder: str, words=TINY_WORDS) -> tuple[str, str]:
+    """Write a small CLIP BPE ``vocab.json`` and ``merges.txt`` into `folder`; return their paths.
+
+    The vocabulary is the 256 byte-level characters (plain and word-final), one merge chain per word
+    in `words`, and the start / end tokens, about 600 entries.
+    """
+    chars = list(_bytes_to_unicode().values())
+    vocab = chars + [c + "</w>" for c in chars]
+    merges: list[str] = []
+    for word in words:
+        symbols = list(word[:-1]) + [word[-1] + "</w>"]
+        while len(symbols) > 1:
+            merges.append(f"{symbols[0]} {symbols[1]}")
+            merged = symbols[0] + symbols[1]
+            if merged not in vocab:
+                vocab.append(merged)
+            symbols = [merged] + symbols[2:]
+    merges = list(dict.fromkeys(merges))
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    os.makedirs(folder, exist_ok=True)
+    vocab_path, merges_path = os.path.join(folder, "vocab.json"), os.path.join(folder, "merges.txt")
+    with open(vocab_path, "w", encoding="utf-8") as f:
+        json.dump({tok: i for i, tok in enumerate(vocab)}, f)
+    with open(merges_path, "w", encoding="utf-8") as f:
+        f.write("#version: 0.2\n" + "\n".join(merges) + "\n")
+    return vocab_path, merges_path
+
+
+def tiny_tokenizer(folder: str | None = None) -> CLIPTokenizer:
+    """A CLIPTokenizer over the tiny vocabulary (files written to `folder`, or a temporary folder).
+
+    transformers 5 ignores ``vocab_file=`` / ``merges_file=`` keywords, so the paths go positionally.
+    """
+    if folder is None:
+        with tempfile.TemporaryDirectory() as tmp:
+            return tiny_tokenizer(tmp)
+    vocab_path, merges_path = write_tiny_tokenizer_files(folder)
+    return CLIPTokenizer(vocab_path, merges_path, model_max_length=77)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Builders, one per preset
+
+
+def build_tiny(resolution: int = 64, prediction_type: str = "epsilon", seed: int = 0, **_) -> SDComponents:
+    """Randomly initialised small components for `resolution`-pixel images (a multiple of 8)."""
+    if resolution % 8:
+        raise ValueError(f"resolution must be a multiple of 8 (the VAE's downsampling), got {resolution}")
+    torch.manual_seed(seed)
+    tokenizer = tiny_tokenizer()
+    text_encoder = CLIPTextModel(
+        tiny_text_config(len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id)
+    )
+    vae = AutoencoderKL.from_config(tiny_vae_config(resolution))
+    unet = UNet2DConditionModel.from_config(
+        tiny_unet_config(resolution // 8, cross_attention_dim=text_encoder.config.hidden_size)
+    )
+    scheduler = DDPMScheduler.from_config(scheduler_config(prediction_type))
+    return SDComponents(unet, vae, text_encoder, tokenizer, scheduler, source="tiny")
+
+
+def build_sd(
+    pretrained: str | None = None, prediction_type: str | None = None, unet_subfolder: str = "unet", **_
+) -> SDComponents:
+    """Load a local Stable Diffusion folder; `prediction_type` overrides the scheduler's if given."""
+    check_model_folder(
+        pretrained, subfolders=("vae", "text_encoder", "tokenizer", "scheduler", unet_subfolder)
+    )
+    tokenizer = CLIPTokenizer.from_pretrained(pretrained, subfolder="tokenizer")
+    text_encoder = CLIPTextModel.from_pretrained(pretrained, subfolder="text_encoder")
+    vae = AutoencoderKL.from_pretrained(pretrained, subfolder="vae")
+    unet = UNet2DConditionModel.from_pretrained(pretrained, subfolder=unet_subfolder)
+    overrides = {"prediction_type": prediction_type} if prediction_type else {}
+    scheduler = DDPMScheduler.from_pretrained(pretrained, subfolder="scheduler", **overrides)
+    return SDComponents(unet, vae, text_encoder, tokenizer, scheduler, source=os.path.abspath(pretrained))
+
+
+PRESETS: dict[str, Callable[..., SDComponents]] = {"tiny": build_tiny, "sd": build_sd}
+
+
+def build_components(preset: str = "tiny", **kwargs) -> SDComponents:
+    """Components for `preset` ("tiny" or "sd"); kwargs go to the preset's builder.
+
+    >>> c = build_components("tiny", resolution=64)
+    >>> c = build_components("sd", pretrained="/models/stable-diffusion-v1-5")
+    """
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; expected one of {sorted(PRESETS)}")
+    return PRESETS[preset](**kwargs)
+
+
+def sampling_scheduler(train_scheduler, kind: str = "ddim"):
+    """A sampling scheduler sharing the training scheduler's noise schedule and prediction type."""
+    kinds = {"ddim": DDIMScheduler, "ddpm": DDPMScheduler}
+    if kind not in kinds:
+        raise ValueError(f"unknown sampling scheduler {kind!r}; expected one of {sorted(kinds)}")
+    return kinds[kind].from_config(train_scheduler.config)
+
+
+def tokenize(tokenizer, prompts: list[str]) -> torch.Tensor:
+    """(B,) captions -> (B, model_max_length) int64 token ids, padded and truncated like SD."""
+    return tokenizer(
+        list(prompts), padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+        return_tensors="pt",
+    ).input_ids  # fmt: skip
+
+
+@torch.no_grad()
+def encode_text(tokenizer, text_encoder, prompts: list[str], device=None) -> torch.Tensor:
+    """(B,) captions -> (B, 77, D) last hidden states of the CLIP text encoder (SD's conditioning)."""
+    device = device or text_encoder.device
+    ids = tokenize(tokenizer, prompts).to(device)
+    return text_encoder(ids)[0]
