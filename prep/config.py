@@ -32,7 +32,7 @@ class PrepConfig:
     # Body pose
     min_pose_confidence: float = 0.5
     # Masks
-    mask_method: str = "auto"  # auto | sam | grabcut
+    mask_method: str = "auto"  # auto | sam | grabcut | none
     sam_checkpoint: str | None = None
     sam_model_type: str = "vit_b"
     device: str = "cpu"
@@ -52,6 +52,17 @@ class PrepConfig:
     retries: int = 2  # extra attempts for a shard task that raised
     preview: str | None = None  # write a preview sheet (PNG) of the finished manifest here
     progress: bool = True  # tqdm bar over images
+    # Per-image annotation (additions)
+    body_pose: bool = True  # MediaPipe Pose; the wrist-guided hand pass needs it
+    hand_model_complexity: int = 1  # MediaPipe Hands landmark model: 0 lite, 1 full
+    wrist_min_visibility: float = 0.5  # pose wrists less visible than this start no wrist crop
+    wrist_crop_min_size: int = 256  # wrist crops are upscaled to at least this side (px)
+    wrist_match_dist: float = 0.25  # a wrist-crop hand's wrist must be this close to a pose wrist (x crop side)
+    dedupe_iou: float = 0.3  # box IoU above which two detections are the same hand
+    grabcut_size: int = 192  # GrabCut works on the hand region resampled to this side (px)
+    grabcut_iters: int = 4
+    grabcut_margin: float = 0.35  # GrabCut region: keypoint box grown by this x hand size on each side
+    jpeg_quality: int = 95  # stored image and crop JPEGs
 
     def fingerprint(self) -> str:
         """Hash of the settings that change a shard's rows; a shard written under another is redone."""
@@ -106,7 +117,7 @@ FIELD_HELP = {
     "wrist_refine": "Second detection pass on upscaled crops around the body pose's wrists (small hands).",
     "wrist_crop_scale": "Side of the crop around a wrist, as a fraction of the image's longer side.",
     "min_pose_confidence": "MediaPipe Pose min_detection_confidence (0..1).",
-    "mask_method": "Hand masks: auto (sam with a checkpoint, else grabcut), sam or grabcut.",
+    "mask_method": "Hand masks: auto (sam with a checkpoint, else grabcut), sam, grabcut or none (no mask columns).",
     "sam_checkpoint": "Segment Anything checkpoint (.pth) for --mask-method sam/auto.",
     "sam_model_type": "SAM architecture of the checkpoint: vit_b, vit_l or vit_h.",
     "device": "Torch device for SAM (cpu, cuda, cuda:0, ...).",
@@ -122,4 +133,14 @@ FIELD_HELP = {
     "retries": "Extra attempts for a shard task that raised an exception.",
     "preview": "Also write a preview sheet (PNG) of the finished manifest to this path.",
     "progress": "Show a tqdm progress bar over images.",
+    "body_pose": "Run MediaPipe Pose (body_keypoints; also needed by --wrist-refine).",
+    "hand_model_complexity": "MediaPipe Hands landmark model: 0 (lite, faster) or 1 (full).",
+    "wrist_min_visibility": "Pose wrists with a lower visibility (0..1) start no wrist-crop search.",
+    "wrist_crop_min_size": "Wrist crops are upscaled to at least this many pixels per side.",
+    "wrist_match_dist": "Keep a wrist-crop hand only if its wrist is within this fraction of the crop side of a pose wrist.",
+    "dedupe_iou": "Two detections whose keypoint boxes overlap by more than this IoU are one hand.",
+    "grabcut_size": "GrabCut masks: side (px) of the resampled hand region GrabCut works on.",
+    "grabcut_iters": "GrabCut masks: iterations.",
+    "grabcut_margin": "GrabCut masks: the region is the keypoint box grown by this fraction of the hand size per side; outside is background.",
+    "jpeg_quality": "JPEG quality of the stored images and hand crops (1..95).",
 }
