@@ -67,6 +67,7 @@ HANDS_SCHEMA = pa.schema(
         pa.field("heatmap_dtype", pa.string()),
         pa.field("heatmap_sigma", pa.float32()),
         pa.field("label", pa.string()),
+        pa.field("split", pa.string()),
         pa.field("caption", pa.string()),
     ],
     metadata={"handfirst.table": "hands", "handfirst.schema_version": SCHEMA_VERSION},
@@ -117,6 +118,7 @@ FIELD_DOCS = {
         "heatmap_dtype": "numpy dtype string of `heatmap` (float16).",
         "heatmap_sigma": "Gaussian sigma in heatmap pixels.",
         "label": "Gesture label of the image.",
+        "split": "Split of the image (copied from its images row so hand crops filter without a join).",
         "caption": "Caption for this hand crop.",
     },
 }

@@ -64,6 +64,20 @@ def _table_stats(table_name: str, table: pa.Table) -> dict:
     return stats
 
 
+def _fill_hand_splits(tables: Mapping) -> Mapping:
+    """Hand rows (dicts) without a `split` get their image's split from the same shard's image rows."""
+    hands, images = tables.get("hands"), tables.get("images")
+    if hands is None or isinstance(hands, pa.Table) or images is None:
+        return tables
+    hands = list(hands)
+    if all("split" in h for h in hands):
+        return {**tables, "hands": hands}
+    images = images.to_pylist() if isinstance(images, pa.Table) else list(images)
+    split_of = {r["image_id"]: r.get("split") for r in images}
+    hands = [h if "split" in h else {**h, "split": split_of.get(h.get("image_id"))} for h in hands]
+    return {**tables, "images": images, "hands": hands}
+
+
 class ManifestWriter:
     """Writes shards of a manifest at `root` (local path or fsspec URL).
 
@@ -107,6 +121,7 @@ class ManifestWriter:
         """Write every table's rows for shard `index`; stats files go last so a crash leaves it incomplete."""
         name = shard_name(index)
         stats = {}
+        tables = _fill_hand_splits(tables)
         for t in TABLES:
             table = to_table(tables.get(t, []), t)
             buf = io.BytesIO()

@@ -1,0 +1,360 @@
+"""Find and check the files of a manifest table: shards, their stats files, `_manifest.json`.
+
+`scan_table` reads only the small things (directory listings, JSON, Parquet footers) and returns
+every problem it sees, so that the reader can raise on them and `validate` can list them all. The
+row contents are checked elsewhere (`manifests.validate`).
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .errors import (
+    CorruptShardError,
+    CountMismatchError,
+    ManifestError,
+    MissingFileError,
+    Problem,
+    SchemaMismatchError,
+)
+from .schema import SCHEMA_VERSION, TABLES, schema_for
+from .storage import join, read_json
+from .writer import MANIFEST_FILE, STATS_DIR
+
+logger = logging.getLogger(__name__)
+
+SHARD_SUFFIX = ".parquet"
+
+# Problem.kind -> the exception the reader raises for it.
+PROBLEM_ERRORS = {
+    "missing": MissingFileError,
+    "corrupt": CorruptShardError,
+    "schema": SchemaMismatchError,
+    "counts": CountMismatchError,
+    "layout": ManifestError,
+}
+
+
+@dataclass
+class ShardFile:
+    """One Parquet shard of a table, as found on disk.
+
+    `path` is the filesystem path (protocol stripped), `url` the full location used in messages,
+    `row_groups` the number of rows in each row group (from the footer).
+    """
+
+    name: str
+    path: str
+    url: str
+    stats_path: str
+    stats: dict | None = None
+    num_rows: int | None = None
+    row_groups: list[int] = field(default_factory=list)
+    schema_version: str | None = None
+
+
+@dataclass
+class TableScan:
+    table: str
+    path: str
+    url: str
+    shards: list[ShardFile]
+    info: dict | None
+    problems: list[Problem]
+
+    @property
+    def num_rows(self) -> int:
+        return sum(s.num_rows or 0 for s in self.shards)
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in str(version).split("."))
+
+
+def _norm_type(t: pa.DataType) -> pa.DataType:
+    """List types compare by value type only (Parquet round trips may rename the list's item field)."""
+    if pa.types.is_list(t):
+        return pa.list_(_norm_type(t.value_type))
+    return t
+
+
+def schema_problems(schema: pa.Schema, table: str) -> list[str]:
+    """Reasons why a shard's arrow `schema` does not match this code's `table` schema (empty if it does).
+
+    A shard must carry `handfirst.schema_version` metadata with our major version and every field of
+    the schema with the same type. Extra fields are accepted only from a newer minor version (an
+    additive change); with the same version they mean the writer and the schema disagree.
+    """
+    reasons = []
+    md = schema.metadata or {}
+    raw_version = md.get(b"handfirst.schema_version")
+    version = raw_version.decode() if raw_version else None
+    if version is None:
+        reasons.append(
+            "no 'handfirst.schema_version' in the Parquet schema metadata (not written by handfirst?)"
+        )
+    else:
+        try:
+            ours, theirs = version_tuple(SCHEMA_VERSION), version_tuple(version)
+        except ValueError:
+            ours, theirs = (0,), (-1,)
+        if theirs[:1] != ours[:1]:
+            reasons.append(
+                f"schema version {version}, but this code reads version {SCHEMA_VERSION} (major {ours[0]})"
+            )
+    raw_table = md.get(b"handfirst.table")
+    if raw_table is not None and raw_table.decode() != table:
+        reasons.append(f"holds table {raw_table.decode()!r}, expected {table!r}")
+    expected = schema_for(table)
+    for f in expected:
+        if f.name not in schema.names:
+            reasons.append(f"field {f.name!r} is missing")
+        elif _norm_type(schema.field(f.name).type) != _norm_type(f.type):
+            reasons.append(f"field {f.name!r} has type {schema.field(f.name).type}, expected {f.type}")
+    extra = [n for n in schema.names if n not in expected.names]
+    if extra:
+        newer_minor = version is not None and version != SCHEMA_VERSION and not reasons
+        if newer_minor:
+            logger.info("ignoring fields %s of schema version %s", extra, version)
+        else:
+            reasons.append(f"fields not in schema {SCHEMA_VERSION}: {extra}")
+    return reasons
+
+
+def _is_local(fs) -> bool:
+    protocol = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    return "file" in protocol or "local" in protocol
+
+
+def url_for(fs, path: str) -> str:
+    """Location to show in messages: the plain path for local files, the full URL otherwise."""
+    return path if _is_local(fs) else fs.unstrip_protocol(path)
+
+
+def _read_footer(fs, shard: ShardFile, table: str) -> list[Problem]:
+    try:
+        with fs.open(shard.path, "rb") as f:
+            pf = pq.ParquetFile(f)
+            md = pf.metadata
+            schema = pf.schema_arrow
+    except Exception as exc:  # pyarrow raises ArrowInvalid / OSError for truncated or foreign files
+        return [Problem(shard.url, f"corrupt or truncated Parquet file: {exc}", kind="corrupt")]
+    shard.num_rows = md.num_rows
+    shard.row_groups = [md.row_group(i).num_rows for i in range(md.num_row_groups)]
+    raw = (schema.metadata or {}).get(b"handfirst.schema_version")
+    shard.schema_version = raw.decode() if raw else None
+    return [Problem(shard.url, r, kind="schema") for r in schema_problems(schema, table)]
+
+
+def shard_table(schema: pa.Schema, default: str | None = None) -> str | None:
+    raw = (schema.metadata or {}).get(b"handfirst.table")
+    return raw.decode() if raw else default
+
+
+def list_shards(fs, path: str) -> tuple[list[str], list[str]]:
+    """(shard names, unexpected names) in a table directory; names starting with `_` or `.` are ignored."""
+    names = sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False))
+    visible = [n for n in names if not n.startswith(("_", "."))]
+    return [n for n in visible if n.endswith(SHARD_SUFFIX)], [
+        n for n in visible if not n.endswith(SHARD_SUFFIX)
+    ]
+
+
+def infer_table(fs, path: str) -> str | None:
+    """Which table a table directory holds: from its `_manifest.json`, else from a shard's metadata."""
+    mpath = join(path, MANIFEST_FILE)
+    if fs.exists(mpath):
+        try:
+            t = read_json(fs, mpath).get("table")
+            if t in TABLES:
+                return t
+        except Exception:
+            pass
+    shards, _ = list_shards(fs, path)
+    for name in shards:
+        try:
+            with fs.open(join(path, name), "rb") as f:
+                t = shard_table(pq.read_schema(f))
+            if t in TABLES:
+                return t
+        except Exception:
+            continue
+    return None
+
+
+def scan_table(fs, path: str, table: str, require_manifest: bool = True) -> TableScan:
+    """List and check one table directory; every problem found is in the result, nothing is raised."""
+    url = url_for(fs, path)
+    problems: list[Problem] = []
+    if not fs.isdir(path):
+        return TableScan(
+            table,
+            path,
+            url,
+            [],
+            None,
+            [Problem(url, f"table directory for {table!r} is missing", kind="missing")],
+        )
+    names, unexpected = list_shards(fs, path)
+    for n in unexpected:
+        problems.append(
+            Problem(
+                join(url, n),
+                "unexpected file in a table directory (readers would try to load it)",
+                kind="layout",
+            )
+        )
+    shards = [
+        ShardFile(n, join(path, n), join(url, n), join(path, STATS_DIR, n[: -len(SHARD_SUFFIX)] + ".json"))
+        for n in names
+    ]
+
+    # Footers: one small read per shard, in threads so remote stores are not read one by one.
+    with ThreadPoolExecutor(max_workers=min(16, max(1, len(shards)))) as pool:
+        for found in pool.map(lambda s: _read_footer(fs, s, table), shards):
+            problems.extend(found)
+
+    for s in shards:
+        stats_url = url_for(fs, s.stats_path)
+        if not fs.exists(s.stats_path):
+            problems.append(
+                Problem(
+                    stats_url,
+                    f"stats file missing: shard {s.name} is incomplete or its stats were lost",
+                    kind="missing",
+                )
+            )
+            continue
+        try:
+            s.stats = read_json(fs, s.stats_path)
+        except Exception as exc:
+            problems.append(Problem(stats_url, f"unreadable stats file: {exc}", kind="corrupt"))
+            continue
+        if s.num_rows is not None and s.stats.get("rows") != s.num_rows:
+            problems.append(
+                Problem(
+                    s.url, f"{s.num_rows} rows, but {stats_url} says {s.stats.get('rows')}", kind="counts"
+                )
+            )
+    stats_dir = join(path, STATS_DIR)
+    if fs.isdir(stats_dir):
+        have = {s.name[: -len(SHARD_SUFFIX)] for s in shards}
+        for p in fs.ls(stats_dir, detail=False):
+            stem = p.rstrip("/").rsplit("/", 1)[-1].removesuffix(".json")
+            if stem.startswith("shard-") and stem not in have:
+                problems.append(
+                    Problem(
+                        url_for(fs, p), f"stats file without its shard {stem}{SHARD_SUFFIX}", kind="missing"
+                    )
+                )
+
+    info = None
+    mpath = join(path, MANIFEST_FILE)
+    murl = url_for(fs, mpath)
+    if not fs.exists(mpath):
+        if require_manifest:
+            problems.append(
+                Problem(murl, "_manifest.json missing: the manifest was never finalized", kind="missing")
+            )
+    else:
+        try:
+            info = read_json(fs, mpath)
+        except Exception as exc:
+            problems.append(Problem(murl, f"unreadable _manifest.json: {exc}", kind="corrupt"))
+    if info is not None:
+        problems.extend(_manifest_problems(info, murl, table, shards, url))
+    return TableScan(table, path, url, shards, info, problems)
+
+
+def _manifest_problems(info: dict, murl: str, table: str, shards: list[ShardFile], url: str) -> list[Problem]:
+    problems = []
+    version = str(info.get("schema_version"))
+    try:
+        same_major = version_tuple(version)[:1] == version_tuple(SCHEMA_VERSION)[:1]
+    except ValueError:
+        same_major = False
+    if not same_major:
+        problems.append(
+            Problem(
+                murl, f"schema version {version}, but this code reads version {SCHEMA_VERSION}", kind="schema"
+            )
+        )
+    if info.get("table", table) != table:
+        problems.append(
+            Problem(murl, f"describes table {info.get('table')!r}, expected {table!r}", kind="layout")
+        )
+    listed = dict(info.get("shards", {}))
+    present = {s.name: s for s in shards}
+    for name in sorted(set(listed) - set(present)):
+        problems.append(Problem(join(url, name), f"shard listed in {murl} is missing", kind="missing"))
+    for name in sorted(set(present) - set(listed)):
+        problems.append(
+            Problem(join(url, name), f"shard not listed in {murl} (written after finalize?)", kind="counts")
+        )
+    for name in sorted(set(listed) & set(present)):
+        rows = present[name].num_rows
+        if rows is not None and listed[name] != rows:
+            problems.append(
+                Problem(present[name].url, f"{rows} rows, but {murl} says {listed[name]}", kind="counts")
+            )
+    total = sum(s.num_rows or 0 for s in shards)
+    if "num_rows" in info and info["num_rows"] != total and all(s.num_rows is not None for s in shards):
+        problems.append(
+            Problem(murl, f"num_rows is {info['num_rows']}, but the shards hold {total} rows", kind="counts")
+        )
+    return problems
+
+
+def root_problems(fs, path: str, scans: dict[str, TableScan]) -> tuple[dict | None, list[Problem]]:
+    """Check the root `_manifest.json` against the tables it summarises."""
+    mpath = join(path, MANIFEST_FILE)
+    murl = url_for(fs, mpath)
+    if not fs.exists(mpath):
+        return None, [
+            Problem(murl, "_manifest.json missing: the manifest was never finalized", kind="missing")
+        ]
+    try:
+        info = read_json(fs, mpath)
+    except Exception as exc:
+        return None, [Problem(murl, f"unreadable _manifest.json: {exc}", kind="corrupt")]
+    problems = []
+    try:
+        same_major = version_tuple(str(info.get("schema_version")))[:1] == version_tuple(SCHEMA_VERSION)[:1]
+    except ValueError:
+        same_major = False
+    if not same_major:
+        problems.append(
+            Problem(
+                murl,
+                f"schema version {info.get('schema_version')}, but this code reads version {SCHEMA_VERSION}",
+                kind="schema",
+            )
+        )
+    for t, scan in scans.items():
+        summary = info.get("tables", {}).get(t)
+        if summary is None:
+            problems.append(Problem(murl, f"no summary for table {t!r}", kind="counts"))
+        elif all(s.num_rows is not None for s in scan.shards) and summary.get("num_rows") != scan.num_rows:
+            problems.append(
+                Problem(
+                    murl,
+                    f"says {t} has {summary.get('num_rows')} rows, but its shards hold {scan.num_rows}",
+                    kind="counts",
+                )
+            )
+    return info, problems
+
+
+def raise_for(problems: list[Problem], limit: int = 20) -> None:
+    """Raise the exception for the first problem's kind, listing up to `limit` problems."""
+    if not problems:
+        return
+    lines = [str(p) for p in problems[:limit]]
+    if len(problems) > limit:
+        lines.append(f"... and {len(problems) - limit} more (run `python -m manifests validate` for all)")
+    raise PROBLEM_ERRORS.get(problems[0].kind, ManifestError)("\n".join(lines))
