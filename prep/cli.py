@@ -1,2 +1,120 @@
-def main(argv=None):
-    raise SystemExit("not yet")
+"""`handfirst-prep` / `python -m prep`: a thin argparse layer over `prep.run`.
+
+Every `run` option is generated from a PrepConfig field: its name (underscores become dashes), its
+default, and its help from `prep.config.FIELD_HELP`, so the CLI and the Python API cannot drift.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+
+from .config import FIELD_CHOICES, FIELD_HELP, PrepConfig
+
+# Fields that only the Python API sets (structured values).
+API_ONLY = frozenset({"caption_templates", "split_fractions"})
+_TYPES = {"int": int, "float": float, "str": str}
+
+
+def _field_type(f: dataclasses.Field):
+    """The scalar type of a field annotated as e.g. "int", "int | None", "str | None"."""
+    names = [t.strip() for t in str(f.type).split("|") if t.strip() != "None"]
+    return _TYPES.get(names[0], str) if len(names) == 1 else str
+
+
+def add_config_options(parser: argparse.ArgumentParser) -> None:
+    defaults = PrepConfig()
+    for f in dataclasses.fields(PrepConfig):
+        if f.name in API_ONLY:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        default = getattr(defaults, f.name)
+        help_text = FIELD_HELP[f.name]  # the formatter appends the default
+        if str(f.type) == "bool":
+            parser.add_argument(
+                flag, dest=f.name, action=argparse.BooleanOptionalAction, default=default, help=help_text
+            )
+        else:
+            parser.add_argument(flag, dest=f.name, type=_field_type(f), default=default, choices=FIELD_CHOICES.get(f.name),
+                                metavar=None if f.name in FIELD_CHOICES else f.name.split("_")[-1].upper(), help=help_text)  # fmt: skip
+
+
+def config_from_args(args: argparse.Namespace) -> PrepConfig:
+    names = {f.name for f in dataclasses.fields(PrepConfig)} - API_ONLY
+    return PrepConfig(**{k: v for k, v in vars(args).items() if k in names})
+
+
+def format_summary(summary: dict) -> str:
+    lines = [
+        f"images      {summary['images']} this run ({summary['images_per_s']} images/s in {summary['seconds']} s)",
+        f"hands       {summary['hands']}",
+        f"status      {json.dumps(summary['status_counts'], sort_keys=True)}",
+        f"shards      {summary['shards']['run']} run, {summary['shards']['skipped']} already complete, "
+        f"{summary['shards']['failed']} failed",
+        f"manifest    {summary['out']}: {summary['manifest']['images']} images, {summary['manifest']['hands']} hands, "
+        f"{json.dumps(summary['manifest']['status_counts'], sort_keys=True)}",
+    ]
+    if summary.get("stage_ms_per_image"):
+        stages = ", ".join(f"{k} {v}" for k, v in summary["stage_ms_per_image"].items())
+        lines.append(f"ms/image    {stages}")
+    if summary.get("preview"):
+        lines.append(f"preview     {summary['preview']}")
+    for name, why in summary.get("failed_shards", {}).items():
+        lines.append(f"FAILED      {name}: {why}")
+    return "\n".join(lines)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .runner import run
+    from .sources import AnnotationFileError
+
+    config = config_from_args(args)
+    try:
+        summary = run(config)
+    except (FileNotFoundError, AnnotationFileError, ValueError) as exc:
+        print(f"handfirst-prep: error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary, indent=2, default=str) if args.json else format_summary(summary))
+    if summary["failed_shards"]:
+        print("some shards failed; rerun the same command to redo them", file=sys.stderr)
+        return 1
+    return 0
+
+
+COMMANDS = {"run": (cmd_run, "Annotate a dataset into Parquet manifests (resumable).", add_config_options)}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="handfirst-prep", description="handfirst annotation pipeline: photos -> Parquet manifests."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (_, help_text, add_options) in COMMANDS.items():
+        p = sub.add_parser(
+            name,
+            help=help_text,
+            description=help_text,
+            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        )
+        add_options(p)
+        p.add_argument("--json", action="store_true", help="Print the summary as JSON.")
+        p.add_argument(
+            "-v", "--verbose", action="count", default=0, help="More log output (-v info, -vv debug)."
+        )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("prep").setLevel(min(level, logging.INFO))  # the dashboard address and shard plan
+    logging.getLogger("distributed").setLevel(max(level, logging.WARNING))
+    return COMMANDS[args.command][0](args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -144,3 +144,12 @@ FIELD_HELP = {
     "grabcut_margin": "GrabCut masks: the region is the keypoint box grown by this fraction of the hand size per side; outside is background.",
     "jpeg_quality": "JPEG quality of the stored images and hand crops (1..95).",
 }
+
+# Allowed values of the fields that take one of a fixed set (the CLI offers them as choices).
+FIELD_CHOICES = {
+    "format": ("folder", "hagrid", "coco", "interhand"),
+    "keypoint_source": ("detect", "annotation"),
+    "mask_method": ("auto", "sam", "grabcut", "none"),
+    "sam_model_type": ("vit_b", "vit_l", "vit_h"),
+    "hagrid_split": ("user", "annotation"),
+}
