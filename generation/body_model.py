@@ -109,6 +109,30 @@ def controlnet_from_unet(
     )
 
 
+def fit_base_unet(components, kind: str) -> UNet2DConditionModel:
+    """Make `components.unet` fit base `kind` and return it.
+
+    Randomly initialised (tiny) components get a fresh UNet of the right input width; loaded weights
+    are only checked, because widening a text-to-image UNet does not make an inpainting model.
+    """
+    latent_channels = components.vae.config.latent_channels
+    want = base_kind(kind).in_channels(latent_channels)
+    if components.source == "tiny" and components.unet.config.in_channels != want:
+        components.unet = UNet2DConditionModel.from_config({**components.unet.config, "in_channels": want})
+    check_base_unet(components.unet, kind, latent_channels)
+    return components.unet
+
+
+def build_body_model(components, kind: str = "standard", condition_config=None) -> ControlNetModel:
+    """Fit the base UNet to `kind` (in place) and initialise a ControlNet from it for the condition image."""
+    from .condition import conditioning_channels
+
+    unet = fit_base_unet(components, kind)
+    return controlnet_from_unet(
+        unet, conditioning_channels(condition_config), vae_scale_factor(components.vae)
+    )
+
+
 def set_trainable(
     unet: UNet2DConditionModel, controlnet: ControlNetModel, *frozen, train_base_unet: bool = False
 ) -> list[torch.nn.Parameter]:

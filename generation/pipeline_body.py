@@ -31,6 +31,7 @@ from .body_model import (
     repaint_mask,
     vae_scale_factor,
 )
+from .components import sampling_scheduler
 from .condition import (
     ConditionConfig,
     ConditionInputs,
@@ -141,6 +142,23 @@ class BodyOutpaintPipeline(DiffusionPipeline):
                 f"config {self.condition_config.channels} draws {want}"
             )
         self.base_kind: BaseKind = infer_base_kind(unet, vae.config.latent_channels)
+
+    @classmethod
+    def from_components(
+        cls,
+        components,
+        controlnet: ControlNetModel,
+        condition_config: ConditionConfig | None = None,
+        scheduler: str = "ddim",
+    ) -> BodyOutpaintPipeline:
+        """Assemble from `generation.components.SDComponents` (training scheduler converted for sampling)."""
+        cfg = condition_config or ConditionConfig()
+        return cls(
+            vae=components.vae, text_encoder=components.text_encoder, tokenizer=components.tokenizer,
+            unet=components.unet, controlnet=controlnet, scheduler=sampling_scheduler(components.scheduler, scheduler),
+            condition_channels=",".join(cfg.channels), draw_hand_skeletons=cfg.draw_hand_skeletons,
+            min_visibility=cfg.min_visibility, stick_width=cfg.stick_width, joint_radius=cfg.joint_radius,
+        )  # fmt: skip
 
     @property
     def condition_config(self) -> ConditionConfig:

@@ -1,0 +1,128 @@
+"""The body outpainter's ControlNet on a frozen SD UNet: initialisation, base kinds, trainable parts."""
+
+import pytest
+import torch
+
+from generation.body_model import (
+    BASE_KINDS,
+    build_body_model,
+    embedding_channels_for,
+    fit_base_unet,
+    model_input,
+    predict_noise,
+    set_trainable,
+)
+from generation.components import ModelFolderError, build_components
+from generation.condition import ConditionConfig, conditioning_channels
+
+
+def _inputs(in_channels: int, cond_channels: int = 7, res: int = 64, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    latents = torch.randn(2, in_channels, res // 8, res // 8, generator=g)
+    cond = torch.rand(2, cond_channels, res, res, generator=g)
+    text = torch.randn(2, 77, 32, generator=g)
+    return latents, torch.tensor([10, 700]), text, cond
+
+
+@pytest.mark.parametrize("kind", sorted(BASE_KINDS))
+def test_from_unet_controlnet_adds_exactly_nothing_at_step_zero(kind):
+    torch.manual_seed(0)
+    comps = build_components("tiny", resolution=64)
+    controlnet = build_body_model(comps, kind)
+    unet = comps.unet
+    assert controlnet.config.conditioning_channels == 7
+    assert controlnet.config.in_channels == unet.config.in_channels == BASE_KINDS[kind].in_channels(4)
+    # The copied encoder really is the UNet's, not a fresh init.
+    assert torch.equal(controlnet.conv_in.weight, unet.conv_in.weight)
+    sample, t, text, cond = _inputs(unet.config.in_channels)
+    with torch.no_grad():
+        down, mid = controlnet(sample, t, encoder_hidden_states=text, controlnet_cond=cond, return_dict=False)
+        assert len(down) > 0
+        assert all(torch.count_nonzero(r) == 0 for r in down) and torch.count_nonzero(mid) == 0
+        with_cn = predict_noise(unet, controlnet, sample, t, text, cond)
+        alone = unet(sample, t, encoder_hidden_states=text).sample
+    assert torch.equal(with_cn, alone)
+    assert with_cn.shape == (2, 4, 8, 8)
+
+
+def test_controlnet_is_not_a_no_op_once_its_zero_convs_move():
+    torch.manual_seed(0)
+    comps = build_components("tiny", resolution=64)
+    controlnet = build_body_model(comps)
+    with torch.no_grad():
+        # The condition embedding's last conv starts at zero too: the condition matters once it moves.
+        zero_convs = [
+            *controlnet.controlnet_down_blocks,
+            controlnet.controlnet_mid_block,
+            controlnet.controlnet_cond_embedding.conv_out,
+        ]
+        for conv in zero_convs:
+            conv.weight.normal_(0, 0.02)
+    sample, t, text, cond = _inputs(4)
+    with torch.no_grad():
+        a = predict_noise(comps.unet, controlnet, sample, t, text, cond)
+        b = predict_noise(comps.unet, controlnet, sample, t, text, torch.zeros_like(cond))
+    assert not torch.allclose(a, b)
+
+
+def test_condition_config_sets_the_controlnet_input_width():
+    comps = build_components("tiny", resolution=64)
+    cfg = ConditionConfig(channels=("pose", "mask"))
+    assert (
+        build_body_model(comps, condition_config=cfg).config.conditioning_channels
+        == conditioning_channels(cfg)
+        == 4
+    )
+
+
+def test_embedding_downsamples_by_the_vae_factor():
+    assert embedding_channels_for(8) == (16, 32, 96, 256)
+    assert embedding_channels_for(2) == (16, 32)
+    with pytest.raises(ValueError, match="not a power of two"):
+        embedding_channels_for(6)
+
+
+def test_inpainting_needs_inpainting_weights_for_a_loaded_base():
+    comps = build_components("tiny", resolution=64)
+    comps.source = "/models/stable-diffusion-v1-5"  # as if loaded: fit_base_unet must not rebuild it
+    with pytest.raises(
+        ValueError,
+        match=r"base UNet has 4 input channels but base kind 'inpainting' needs 9 .*inpainting weights",
+    ):
+        fit_base_unet(comps, "inpainting")
+    with pytest.raises(ValueError, match="unknown base kind 'depth'"):
+        fit_base_unet(comps, "depth")
+
+
+def test_inpainting_input_is_latents_mask_masked_latents_in_diffusers_order():
+    latents, mask, masked = (
+        torch.full((1, 4, 2, 2), 1.0),
+        torch.full((1, 1, 2, 2), 2.0),
+        torch.full((1, 4, 2, 2), 3.0),
+    )
+    x = model_input(BASE_KINDS["inpainting"], latents, (mask, masked))
+    assert x.shape == (1, 9, 2, 2) and x[0, :, 0, 0].tolist() == [1] * 4 + [2] + [3] * 4
+    assert model_input(BASE_KINDS["standard"], latents, None) is latents
+    with pytest.raises(ValueError, match="inpainting base needs"):
+        model_input(BASE_KINDS["inpainting"], latents, None)
+
+
+def test_base_unet_frozen_unless_asked():
+    comps = build_components("tiny", resolution=64)
+    controlnet = build_body_model(comps)
+    params = set_trainable(comps.unet, controlnet, comps.vae, comps.text_encoder)
+    assert {id(p) for p in params} == {id(p) for p in controlnet.parameters()}
+    assert not any(
+        p.requires_grad for m in (comps.unet, comps.vae, comps.text_encoder) for p in m.parameters()
+    )
+    params = set_trainable(comps.unet, controlnet, comps.vae, comps.text_encoder, train_base_unet=True)
+    assert len(params) == len(list(controlnet.parameters())) + len(list(comps.unet.parameters()))
+    assert all(p.requires_grad for p in comps.unet.parameters())
+
+
+def test_missing_base_model_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(ModelFolderError, match="not found"):
+        build_components("sd", pretrained=str(tmp_path / "no-such-sd"))
+    (tmp_path / "half" / "unet").mkdir(parents=True)
+    with pytest.raises(ModelFolderError, match=r"lacks subfolder\(s\)"):
+        build_components("sd", pretrained=str(tmp_path / "half"))
