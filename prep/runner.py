@@ -76,7 +76,10 @@ def run_shards(todo, config: PrepConfig) -> tuple[list[dict], dict[int, str], st
         dashboard = client.dashboard_link
         hint = "" if importlib.util.find_spec("bokeh") else " (its plots need bokeh: pip install bokeh)"
         logger.info("Dask scheduler %s, dashboard %s%s", client.scheduler.address, dashboard, hint)
-        slots = max(2, 2 * sum(client.nthreads().values()))  # a bounded window keeps the graph small
+        # One shard in flight per worker thread: the graph stays small, and a worker that dies takes
+        # down only the shard it was running (Dask counts every task assigned to a dead worker as
+        # suspect, so queued bystanders would use up their retries too).
+        slots = max(1, sum(client.nthreads().values()))
         extra = {"resources": {"GPU": 1}} if config.gpu_resource and uses_sam(config) else {}
         token = f"{time.time_ns():x}"
         queue = list(reversed(todo))

@@ -1,0 +1,202 @@
+"""Shard planning, resume, worker death and the Dask runner, with a light stand-in annotator.
+
+`prep_standin.StandInAnnotator` reads every image through fsspec like the real annotator (so bad files
+really fail) but fakes the models, which keeps these Dask runs to a second or two each; it can also
+kill its worker process on demand. The real annotator's end-to-end run is `hagrid_manifest`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections import Counter
+
+import pyarrow.parquet as pq
+import pytest
+
+from manifests.reader import open_manifest
+from manifests.writer import ManifestWriter
+from prep.cli import main as cli_main
+from prep.config import PrepConfig
+from prep.process import process_shard
+from prep.runner import run
+from prep.shards import pending_shards, plan_shards
+from prep.sources import load_records
+
+STANDIN = "prep_standin:StandInAnnotator"
+
+
+@pytest.fixture
+def mixed_input(tmp_path, data_dir):
+    """12 hagrid_mini copies in 3 label folders plus 4 bad files (zero-byte, truncated, text, corrupt)."""
+    src = tmp_path / "in"
+    photos = sorted((data_dir / "hagrid_mini").rglob("*.jpg"))[:12]
+    for i, p in enumerate(photos):
+        (src / f"g{i % 3}").mkdir(parents=True, exist_ok=True)
+        shutil.copy(p, src / f"g{i % 3}" / p.name)
+    (src / "bad").mkdir()
+    (src / "bad" / "empty.jpg").write_bytes(b"")
+    (src / "bad" / "truncated.jpg").write_bytes(photos[0].read_bytes()[:300])
+    (src / "bad" / "text.png").write_text("not an image")
+    (src / "bad" / "garbage.jpg").write_bytes(b"\xff\xd8\xff" + bytes(range(256)) * 4)
+    return src
+
+
+def cfg(src, out, **kw):
+    base = dict(input=str(src), out=str(out), annotator=STANDIN, label_from_dir=True, shard_size=5, workers=2,
+                progress=False)  # fmt: skip
+    return PrepConfig(**{**base, **kw})
+
+
+def read_table(root, table):
+    return pq.read_table(f"{root}/{table}").to_pylist()
+
+
+def image_ids(root):
+    return sorted(r["image_id"] for r in read_table(root, "images"))
+
+
+def test_process_shard_turns_every_failure_into_a_row(mixed_input, tmp_path):
+    config = cfg(mixed_input, tmp_path / "m")
+    records = load_records(config)
+    bad = [r for r in records if r.label == "bad"]
+    assert len(bad) == 4
+    records = (
+        bad
+        + [r for r in records if r.label != "bad"][:2]
+        + [records[0].__class__(image_id="src-err", source_uri="?", dataset="folder", error="made up")]
+    )
+    stats = process_shard(0, records, config, "fp")
+    assert stats["images"] == len(records) and sum(stats["status_counts"].values()) == len(records)
+    assert stats["status_counts"]["error"] == 5 and {"decode", "annotate", "write"} <= set(stats["timings"])
+    rows = {r["image_id"]: r for r in read_table(config.out, "images")}
+    assert set(rows) == {r.image_id for r in records}
+    for r in bad:
+        assert rows[r.image_id]["status"] == "error" and rows[r.image_id]["error"]
+    assert rows["src-err"]["error"] == "SourceRecordError: made up"
+    on_disk = json.loads((tmp_path / "m" / "images" / "_stats" / "shard-00000.json").read_text())
+    assert (
+        on_disk["fingerprint"] == "fp"
+        and on_disk["rows"] == len(records)
+        and on_disk["status_counts"]["error"] == 5
+    )
+
+
+def test_resume_plan_skips_complete_redoes_dead_and_changed(mixed_input, tmp_path):
+    config = cfg(mixed_input, tmp_path / "m")
+    shards = plan_shards(load_records(config), config)
+    assert [s.num_images for s in shards] == [5, 5, 5, 1]
+    assert [s.fingerprint for s in shards] == [
+        s.fingerprint for s in plan_shards(load_records(config), config)
+    ]
+    writer = ManifestWriter(config.out)
+    for s in shards[:3]:
+        process_shard(s.index, s.records, config, s.fingerprint)
+    todo, skipped = pending_shards(shards, writer)
+    assert [s.index for s in todo] == [3] and sorted(skipped) == [0, 1, 2]
+    # a worker that died mid-write leaves a shard without stats: it is redone
+    (tmp_path / "m" / "hands" / "_stats" / "shard-00001.json").unlink()
+    assert [s.index for s in pending_shards(shards, writer)[0]] == [1, 3]
+    # settings that change rows invalidate complete shards; runtime settings do not
+    changed = plan_shards(load_records(config), cfg(mixed_input, tmp_path / "m", crop_size=256))
+    assert [s.index for s in pending_shards(changed, writer)[0]] == [0, 1, 2, 3]
+    same = plan_shards(load_records(config), cfg(mixed_input, tmp_path / "m", workers=7, retries=5))
+    assert [s.index for s in pending_shards(same, writer)[0]] == [1, 3]
+    # an output written from a larger input cannot be resumed by a smaller plan
+    with pytest.raises(ValueError, match="shard-00002..shard-00002 that this run does not plan"):
+        pending_shards(plan_shards(load_records(config)[:10], config), writer)
+
+
+def test_run_accounts_for_every_input_and_rerun_changes_nothing(mixed_input, tmp_path):
+    out = tmp_path / "m"
+    summary = run(cfg(mixed_input, out))
+    assert summary["images"] == 16 and summary["shards"] == {"run": 4, "skipped": 0, "failed": 0}
+    assert summary["status_counts"] == {"no_hands": 12, "error": 4}
+    assert summary["manifest"]["images"] == 16 and summary["failed_shards"] == {}
+    assert summary["images_per_s"] > 0 and "decode" in summary["stage_ms_per_image"]
+    rows = read_table(out, "images")
+    assert sorted(r["image_id"] for r in rows) == sorted(
+        r.image_id for r in load_records(cfg(mixed_input, out))
+    )
+    errors = {r["image_id"]: r["error"] for r in rows if r["status"] == "error"}
+    assert set(errors) == {"bad__empty", "bad__truncated", "bad__text", "bad__garbage"}
+    assert all(e for e in errors.values())
+    manifest = open_manifest(str(out))  # counts in shards, stats and _manifest.json agree
+    assert manifest.images.num_rows == 16
+    assert json.loads((out / "_manifest.json").read_text())["config"]["shard_size"] == 5
+
+    again = run(cfg(mixed_input, out))
+    assert again["images"] == 0 and again["shards"] == {"run": 0, "skipped": 4, "failed": 0}
+    assert read_table(out, "images") == rows
+
+
+def test_worker_killed_mid_run_is_retried_within_the_run(mixed_input, tmp_path):
+    victim = sorted((mixed_input / "g1").glob("*.jpg"))[0]
+    (victim.parent / (victim.name + ".die-once")).write_text("")
+    summary = run(cfg(mixed_input, tmp_path / "m", retries=2))
+    assert not (victim.parent / (victim.name + ".die-once")).exists()  # the worker really died once
+    assert summary["failed_shards"] == {} and summary["manifest"]["images"] == 16
+    ids = image_ids(tmp_path / "m")
+    assert len(ids) == len(set(ids)) == 16
+
+
+def test_worker_killed_then_resume_completes_without_duplicates(mixed_input, tmp_path):
+    out = tmp_path / "m"
+    records = load_records(cfg(mixed_input, out))
+    victim = next(r for r in records[5:10])  # lives in shard 1
+    marker = victim.source_uri + ".die"
+    open(marker, "w").close()
+    first = run(cfg(mixed_input, out, retries=0))
+    assert (
+        list(first["failed_shards"]) == ["shard-00001"]
+        and "KilledWorker" in first["failed_shards"]["shard-00001"]
+    )
+    assert first["shards"] == {"run": 3, "skipped": 0, "failed": 1}
+    assert first["manifest"]["images"] == 11  # the dead shard left nothing behind
+    assert victim.image_id not in image_ids(out)
+
+    shutil.os.remove(marker)
+    second = run(cfg(mixed_input, out))
+    assert second["shards"] == {"run": 1, "skipped": 3, "failed": 0} and second["images"] == 5
+    ids = image_ids(out)
+    assert ids == sorted(r.image_id for r in records) and len(ids) == len(set(ids))
+    assert open_manifest(str(out)).images.num_rows == 16
+    assert Counter(r["status"] for r in read_table(out, "images")) == {"no_hands": 12, "error": 4}
+
+
+def test_cli_runs_and_reports(mixed_input, tmp_path, capsys):
+    rc = cli_main(["run", "--input", str(mixed_input), "--out", str(tmp_path / "m"), "--annotator", STANDIN,
+                   "--label-from-dir", "--shard-size", "8", "--workers", "1", "--limit", "9", "--no-progress"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert rc == 0 and "images      9 this run" in out and "2 run, 0 already complete, 0 failed" in out
+    assert len(image_ids(tmp_path / "m")) == 9
+
+
+def test_cli_missing_input_exits_nonzero_with_a_clear_message(tmp_path, capsys):
+    rc = cli_main(["run", "--input", str(tmp_path / "missing"), "--out", str(tmp_path / "m")])
+    assert rc == 2
+    assert f"input folder not found: {tmp_path / 'missing'}" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()
+
+
+def test_cli_options_come_from_the_config():
+    from prep.cli import build_parser
+
+    args = build_parser().parse_args(["run"])
+    defaults = PrepConfig()
+    for name in (
+        "shard_size",
+        "workers",
+        "crop_size",
+        "sigma",
+        "max_pixels",
+        "mask_method",
+        "min_detection_confidence",
+    ):
+        assert getattr(args, name) == getattr(defaults, name)
+    args = build_parser().parse_args(
+        ["run", "--crop-size", "256", "--heatmap-size", "16", "--no-wrist-refine"]
+    )
+    assert (args.crop_size, args.heatmap_size, args.wrist_refine) == (256, 16, False)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["run", "--format", "voc"])
