@@ -1,0 +1,456 @@
+"""Torch datasets over a manifest, for training: hand crops (stage 1) and full bodies (stage 2).
+
+Both are `IterableDataset`s that stream row groups with pyarrow; the whole manifest is never loaded.
+The unit of work is one row group of one shard ((file, row_group), see `manifests.sharding`):
+
+- units are split over distributed ranks (``rank``/``world_size`` arguments, else
+  ``torch.distributed`` when it is initialised, else a single process) and then over DataLoader
+  workers, so every sample that passes the filters is yielded exactly once per epoch on exactly one
+  rank and one worker;
+- the unit order is shuffled with ``(seed, epoch)``, and the rows of ``shuffle_window`` consecutive
+  units are shuffled together; call ``set_epoch(epoch)`` before each epoch (with
+  ``persistent_workers=False``, the default, so workers pick it up);
+- ranks get nearly, not exactly, equal sample counts (greedy by row count). A DDP trainer that needs
+  equal step counts should stop all ranks at the shortest rank's ``num_samples()``, or use ``join``.
+
+Exact resume (the trainer's "data position"): iterate through `ManifestDataLoader`, which counts
+the samples it delivered. Save ``loader.state_dict()`` with the checkpoint; after a restart build
+the same dataset and loader (same seed, world size, batch_size, num_workers, drop_last) and call
+``loader.load_state_dict(state)``: the next iteration yields exactly the samples the interrupted
+epoch had not delivered yet, in the same order. A plain ``DataLoader`` works too:
+``dataset.load_state_dict({"epoch": e, "samples_seen": n, "batch_size": b, "num_workers": w})``
+with ``n`` counted by the trainer. With accelerate, do not pass these loaders through
+``accelerator.prepare`` (it would shard or dispatch the batches a second time); give the dataset
+``rank=accelerator.process_index, world_size=accelerator.num_processes`` instead.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import ClassVar
+
+import numpy as np
+import pyarrow as pa
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from .decode import (
+    body_keypoints,
+    crop_array,
+    crop_keypoints,
+    hand_keypoints,
+    hands_mask_array,
+    heatmap_array,
+    image_array,
+    mask_array,
+)
+from .errors import ManifestError, RowDecodeError
+from .geometry import render_heatmap
+from .pose import to_openpose18
+from .reader import Manifest, RowGroupUnit, build_filter, open_manifest
+from .sharding import epoch_rng, rank_units, resume_streams, windows, worker_units
+from .shards import url_for
+from .transforms import FitTransform
+
+logger = logging.getLogger(__name__)
+
+HANDEDNESS_CODES = {"left": 0, "right": 1}
+
+
+def resolve_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    """(rank, world_size): the arguments, else torch.distributed's when initialised, else (0, 1)."""
+    if rank is None or world_size is None:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            d_rank, d_world = dist.get_rank(), dist.get_world_size()
+        else:
+            d_rank, d_world = 0, 1
+        rank = d_rank if rank is None else rank
+        world_size = d_world if world_size is None else world_size
+    if not 0 <= int(rank) < int(world_size):
+        raise ValueError(f"rank {rank} must be in [0, world_size={world_size})")
+    return int(rank), int(world_size)
+
+
+def to_pixel_values(image: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) uint8 -> (3, H, W) float32 in [-1, 1]."""
+    return torch.from_numpy(image.astype(np.float32)).permute(2, 0, 1).div_(127.5).sub_(1.0)
+
+
+def to_mask_tensor(mask: np.ndarray) -> torch.Tensor:
+    """(H, W) bool -> (1, H, W) float32 in {0, 1}."""
+    return torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None]
+
+
+class ManifestIterableDataset(IterableDataset):
+    """Shared streaming, sharding, shuffling and resume logic; subclasses turn a row into a sample."""
+
+    table: ClassVar[str]
+    columns: ClassVar[list[str]]
+
+    def __init__(self, manifest: Manifest | str, *, label=None, split=None, status=None, min_hand_size=None,
+                 filter=None, shuffle: bool = True, seed: int = 0, rank: int | None = None,
+                 world_size: int | None = None, shuffle_window: int = 4):  # fmt: skip
+        super().__init__()
+        self.manifest = manifest if isinstance(manifest, Manifest) else open_manifest(manifest)
+        self.source = self.manifest.table(self.table)
+        self.filter = build_filter(self.table, label=label, split=split, status=status,
+                                   min_hand_size=min_hand_size, filter=filter)  # fmt: skip
+        self.shuffle = bool(shuffle)
+        self.seed = int(seed)
+        self.rank, self.world_size = resolve_rank(rank, world_size)
+        self.shuffle_window = max(1, int(shuffle_window))
+        self.units: list[RowGroupUnit] = self.source.units()
+        self.sizes = [u.num_rows for u in self.units]
+        self.epoch = 0
+        self._resume: dict | None = None
+        self._count_cache: dict[int, int] = {}
+
+    # ----- epoch and resume state -------------------------------------------------------------
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch's shuffle; a pending resume for another epoch is dropped."""
+        if self._resume is not None and self._resume["epoch"] != int(epoch):
+            self._resume = None
+        self.epoch = int(epoch)
+
+    def state_dict(self) -> dict:
+        """The dataset's part of the data position (the sample count comes from the loader)."""
+        state = {"epoch": self.epoch, "seed": self.seed, "rank": self.rank, "world_size": self.world_size,
+                 "samples_seen": 0}  # fmt: skip
+        if self._resume is not None:
+            state.update(self._resume)
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        """Resume at `state["samples_seen"]` samples into epoch `state["epoch"]` on this rank.
+
+        Also needs the ``batch_size``, ``num_workers`` (0 and 1 are the same) and ``drop_last`` of
+        the DataLoader that delivered them; seed and world size must match the saved ones.
+        """
+        for key in ("seed", "world_size", "rank"):
+            if key in state and state[key] != getattr(self, key):
+                raise ValueError(
+                    f"cannot resume: saved {key}={state[key]}, this dataset has {getattr(self, key)}"
+                )
+        self.epoch = int(state["epoch"])
+        seen = int(state.get("samples_seen", 0))
+        self._resume = None
+        if seen > 0:
+            self._resume = {"epoch": self.epoch, "samples_seen": seen, "batch_size": int(state.get("batch_size") or 1),
+                            "num_workers": max(1, int(state.get("num_workers", 0))),
+                            "drop_last": bool(state.get("drop_last", False))}  # fmt: skip
+
+    # ----- planning ---------------------------------------------------------------------------
+    def _count(self, unit: int) -> int:
+        if unit not in self._count_cache:
+            self._count_cache[unit] = self.source.count_unit(self.units[unit], self.filter)
+        return self._count_cache[unit]
+
+    def rank_plan(self) -> list[int]:
+        """Unit indices of this rank for the current epoch, in reading order."""
+        return rank_units(self.sizes, self.seed, self.epoch, self.shuffle, self.rank, self.world_size)
+
+    def worker_plan(self, num_workers: int) -> list[list[int]]:
+        return worker_units(self.sizes, self.rank_plan(), max(1, num_workers))
+
+    def num_samples(self) -> int:
+        """Samples this rank yields in the current epoch (with filters this reads the cheap columns)."""
+        return sum(self._count(u) for u in self.rank_plan())
+
+    # ----- iteration --------------------------------------------------------------------------
+    def __iter__(self):
+        info = get_worker_info()
+        worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        # Snapshot now: with num_workers=0 the generator body runs later, after the loader cleared it.
+        return self._generate(worker, num_workers, self.epoch, dict(self._resume) if self._resume else None)
+
+    def _generate(self, worker: int, num_workers: int, epoch: int, resume: dict | None):
+        plan = worker_units(self.sizes, rank_units(self.sizes, self.seed, epoch, self.shuffle, self.rank,
+                                                   self.world_size), num_workers)  # fmt: skip
+        skip = 0
+        if resume is not None:
+            if resume["num_workers"] != num_workers:
+                raise ValueError(f"cannot resume: the position was saved with {resume['num_workers']} DataLoader "
+                                 f"workers, this loader has {num_workers}")  # fmt: skip
+            counts = [sum(self._count(u) for u in units) for units in plan]
+            stream = resume_streams(
+                counts, resume["batch_size"], resume["samples_seen"], resume["drop_last"]
+            )[worker]
+            if stream is None:
+                return
+            worker, skip = stream
+        for window in windows(plan[worker], self.shuffle_window):
+            if skip:
+                n = sum(self._count(u) for u in window)
+                if skip >= n:
+                    skip -= n
+                    continue
+            parts = [self.source.read_unit(self.units[u], self.columns, self.filter) for u in window]
+            origin = [self.units[u] for u, t in zip(window, parts) for _ in range(t.num_rows)]
+            table = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
+            if table.num_rows == 0:
+                continue
+            order = (
+                epoch_rng(self.seed, epoch, window[0]).permutation(table.num_rows)
+                if self.shuffle
+                else np.arange(table.num_rows)
+            )
+            order, skip = order[skip:], 0
+            cols = {c: table.column(c).to_pylist() for c in self.columns}
+            for i in order:
+                row = {c: v[i] for c, v in cols.items()}
+                try:
+                    yield self.make_sample(row, origin[i])
+                except RowDecodeError as exc:
+                    raise RowDecodeError(
+                        f"{url_for(self.source.fs, origin[i].path)} row group {origin[i].row_group}: {exc}"
+                    ) from exc
+
+    def make_sample(self, row: dict, unit: RowGroupUnit) -> dict:
+        raise NotImplementedError
+
+
+class HandCropDataset(ManifestIterableDataset):
+    """Hand crops for the stage-1 hand generator.
+
+    Each sample is a dict:
+    - ``pixel_values``: (3, R, R) float32 in [-1, 1], the crop at resolution R;
+    - ``heatmap``: (21, h, w) float32 in [0, 1]; the stored heatmap, or re-rendered at
+      ``heatmap_size`` from the crop keypoints (sigma: ``heatmap_sigma``, else the stored sigma
+      scaled to the new heatmap size, so the blobs keep their size relative to the hand);
+    - ``mask``: (1, R, R) float32 in {0, 1}, the hand mask;
+    - ``keypoints``: (21, 3) float32, [x, y, score] in pixels of the R x R crop;
+    - ``caption``, ``label``, ``handedness``, ``hand_id``: str ("" where null).
+
+    ``resolution`` (default: the stored crop_size) resizes crop (bicubic), mask (bilinear then
+    threshold) and keypoints with the same scale R / crop_size.
+    """
+
+    table = "hands"
+    columns = ["hand_id", "crop", "crop_size", "mask", "heatmap", "heatmap_shape", "heatmap_dtype", "heatmap_sigma",
+               "crop_keypoints", "caption", "label", "handedness"]  # fmt: skip
+
+    def __init__(self, manifest: Manifest | str, *, resolution: int | None = None, heatmap_size: int | None = None,
+                 heatmap_sigma: float | None = None, label=None, split=None, min_hand_size=None, filter=None,
+                 shuffle: bool = True, seed: int = 0, rank: int | None = None, world_size: int | None = None,
+                 shuffle_window: int = 4):  # fmt: skip
+        super().__init__(manifest, label=label, split=split, min_hand_size=min_hand_size, filter=filter,
+                         shuffle=shuffle, seed=seed, rank=rank, world_size=world_size,
+                         shuffle_window=shuffle_window)  # fmt: skip
+        self.resolution = resolution
+        self.heatmap_size = heatmap_size
+        self.heatmap_sigma = heatmap_sigma
+
+    def make_sample(self, row: dict, unit: RowGroupUnit) -> dict:
+        crop, mask, kps = crop_array(row), mask_array(row), crop_keypoints(row)
+        size = int(row["crop_size"])
+        res = int(self.resolution or size)
+        if res != size:
+            crop = np.asarray(Image.fromarray(crop).resize((res, res), Image.BICUBIC))
+            mask = (
+                np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((res, res), Image.BILINEAR))
+                > 127
+            )
+            kps[:, :2] *= res / size
+        if self.heatmap_size is None:
+            heatmap = heatmap_array(row)
+        else:
+            sigma = self.heatmap_sigma
+            if sigma is None:
+                sigma = float(row["heatmap_sigma"]) * self.heatmap_size / float(row["heatmap_shape"][2])
+            heatmap = render_heatmap(kps, res, self.heatmap_size, sigma)
+        return {
+            "pixel_values": to_pixel_values(crop),
+            "heatmap": torch.from_numpy(heatmap),
+            "mask": to_mask_tensor(mask),
+            "keypoints": torch.from_numpy(kps),
+            "caption": row["caption"] or "",
+            "label": row["label"] or "",
+            "handedness": row["handedness"] or "",
+            "hand_id": row["hand_id"],
+        }
+
+
+class BodyDataset(ManifestIterableDataset):
+    """Full images for the stage-2 body outpainter, at a training resolution.
+
+    One `FitTransform` (aspect-preserving resize, then crop (``fit="cover"``) or pad
+    (``fit="contain"``)) maps the original image's pixel frame to the (H, W) canvas; it is applied
+    identically to the image, the hands mask and every keypoint. With ``crop="hands"`` the cover
+    crop is centred on the hands instead of the image centre. Each sample is a dict:
+    - ``pixel_values``: (3, H, W) float32 in [-1, 1];
+    - ``hands_mask``: (1, H, W) float32 in {0, 1};
+    - ``body_keypoints``: (33, 3) float32 MediaPipe Pose [x, y, visibility] in canvas pixels
+      (all zero with ``has_body`` False when no body was found);
+    - ``openpose``: (18, 3) float32 OpenPose [x, y, score] in canvas pixels (score 0 = not drawn);
+    - ``hand_keypoints``: (max_hands, 21, 3) float32 in canvas pixels; ``hand_valid`` (max_hands,)
+      bool; ``handedness`` (max_hands,) int64 (0 left, 1 right, -1 unknown or padding);
+    - ``transform``: (3,) float32 [scale, tx, ty]: canvas = scale * original + t;
+    - ``caption``, ``label``, ``image_id``: str.
+
+    The rendered pose condition is left to the trainer: `transform_for` gives the transform of
+    any row, and `manifests.draw.draw_openpose` draws ``openpose``. Hands come from the hands shard
+    with the same name as the image's shard (the writer keeps them together); an image whose
+    ``num_hands`` disagrees with the rows found there raises `ManifestError`, as does an image with
+    more than ``max_hands`` hands.
+    """
+
+    table = "images"
+    columns = ["image_id", "width", "height", "image", "image_width", "image_height", "hands_mask",
+               "body_keypoints", "caption", "label", "num_hands"]  # fmt: skip
+    hand_columns = ["image_id", "hand_index", "keypoints", "handedness"]
+
+    def __init__(self, manifest: Manifest | str, *, resolution: int | tuple[int, int] = 512, fit: str = "cover",
+                 crop: str = "center", max_hands: int = 4, label=None, split=None, status="ok", filter=None,
+                 shuffle: bool = True, seed: int = 0, rank: int | None = None, world_size: int | None = None,
+                 shuffle_window: int = 4):  # fmt: skip
+        super().__init__(manifest, label=label, split=split, status=status, filter=filter, shuffle=shuffle,
+                         seed=seed, rank=rank, world_size=world_size, shuffle_window=shuffle_window)  # fmt: skip
+        if crop not in ("center", "hands"):
+            raise ValueError(f"crop must be 'center' or 'hands', got {crop!r}")
+        self.out_h, self.out_w = (
+            (resolution, resolution) if isinstance(resolution, int) else tuple(resolution)
+        )
+        self.fit = fit
+        self.crop = crop
+        self.max_hands = int(max_hands)
+        FitTransform.fit(1, 1, self.out_w, self.out_h, fit)  # checks the mode early
+        self.hands = self.manifest.table("hands")
+        self._hand_shards = {s.name: i for i, s in enumerate(self.hands.shards)}
+        self._hand_cache: dict[str, dict[str, list]] = {}
+
+    def _hands_of_shard(self, name: str) -> dict[str, list]:
+        """image_id -> [(hand_index, keypoints, handedness), ...] for the hands shard `name`."""
+        if name not in self._hand_cache:
+            by_image: dict[str, list] = {}
+            if name in self._hand_shards:
+                idx = self._hand_shards[name]
+                for unit in [u for u in self.hands.units() if u.shard == idx]:
+                    for r in self.hands.read_unit(unit, self.hand_columns).to_pylist():
+                        by_image.setdefault(r["image_id"], []).append(r)
+            if len(self._hand_cache) >= 4:
+                self._hand_cache.pop(next(iter(self._hand_cache)))
+            self._hand_cache[name] = by_image
+        return self._hand_cache[name]
+
+    def transform_for(self, row: dict, hand_points: np.ndarray | None = None) -> FitTransform:
+        """The transform of an images row (original pixels -> canvas); `hand_points` (N, >=2) set the
+        focus when ``crop="hands"``."""
+        focus = None
+        if self.crop == "hands" and hand_points is not None and len(hand_points):
+            pts = np.asarray(hand_points)[:, :2]
+            focus = tuple((pts.min(axis=0) + pts.max(axis=0)) / 2.0)
+        return FitTransform.fit(
+            int(row["width"]), int(row["height"]), self.out_w, self.out_h, self.fit, focus
+        )
+
+    def make_sample(self, row: dict, unit: RowGroupUnit) -> dict:
+        where = f"{url_for(self.source.fs, unit.path)} image {row['image_id']}"
+        hands = sorted(
+            self._hands_of_shard(unit.name).get(row["image_id"], []), key=lambda r: r["hand_index"] or 0
+        )
+        expected = int(row["num_hands"] or 0)
+        if len(hands) != expected:
+            raise ManifestError(
+                f"{where}: num_hands={expected}, but hands/{unit.name} holds {len(hands)} rows for it"
+            )
+        if len(hands) > self.max_hands:
+            raise ManifestError(f"{where}: {len(hands)} hands, more than max_hands={self.max_hands}")
+        hand_kps = [hand_keypoints(h) for h in hands]
+        t = self.transform_for(row, np.concatenate(hand_kps) if hand_kps else None)
+
+        image = t.warp(image_array(row))
+        mask = (
+            t.warp_mask(hands_mask_array(row))
+            if row["hands_mask"] is not None
+            else np.zeros((self.out_h, self.out_w), bool)
+        )
+        body = body_keypoints(row)
+        has_body = body is not None
+        body = t.points(body) if has_body else np.zeros((33, 3), np.float32)
+        openpose = to_openpose18(body) if has_body else np.zeros((18, 3), np.float32)
+        hk = np.zeros((self.max_hands, 21, 3), np.float32)
+        valid = np.zeros(self.max_hands, bool)
+        handed = np.full(self.max_hands, -1, np.int64)
+        for i, (h, kps) in enumerate(zip(hands, hand_kps)):
+            hk[i], valid[i] = t.points(kps), True
+            handed[i] = HANDEDNESS_CODES.get(h["handedness"], -1)
+        return {
+            "pixel_values": to_pixel_values(image),
+            "hands_mask": to_mask_tensor(mask),
+            "body_keypoints": torch.from_numpy(body),
+            "has_body": has_body,
+            "openpose": torch.from_numpy(openpose),
+            "hand_keypoints": torch.from_numpy(hk),
+            "hand_valid": torch.from_numpy(valid),
+            "handedness": torch.from_numpy(handed),
+            "num_hands": len(hands),
+            "transform": torch.from_numpy(t.params),
+            "caption": row["caption"] or "",
+            "label": row["label"] or "",
+            "image_id": row["image_id"],
+        }
+
+
+def _batch_len(batch) -> int:
+    if isinstance(batch, dict):
+        for key in ("hand_id", "image_id"):
+            if key in batch:
+                v = batch[key]
+                return 1 if isinstance(v, str) else len(v)
+    return 1
+
+
+class ManifestDataLoader(DataLoader):
+    """A DataLoader that knows the data position: samples delivered in the current epoch.
+
+    >>> loader = ManifestDataLoader(HandCropDataset(root, seed=0), batch_size=8, num_workers=2)
+    >>> for epoch in range(start_epoch, epochs):
+    ...     loader.set_epoch(epoch)
+    ...     for batch in loader: ...          # checkpoint with loader.state_dict()
+    >>> loader.load_state_dict(saved)         # after a restart: continues where it stopped
+
+    `persistent_workers` is refused: persistent workers would keep the epoch they were started with.
+    """
+
+    def __init__(self, dataset: ManifestIterableDataset, batch_size: int | None = 1, **kwargs):
+        if not isinstance(dataset, ManifestIterableDataset):
+            raise TypeError(f"ManifestDataLoader needs a manifest dataset, got {type(dataset).__name__}")
+        if kwargs.get("persistent_workers"):
+            raise ValueError("persistent_workers=True would freeze the epoch and resume state in the workers")
+        super().__init__(dataset, batch_size=batch_size, **kwargs)
+        self.samples_seen = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.dataset.set_epoch(epoch)
+        self.samples_seen = 0
+
+    def state_dict(self) -> dict:
+        return {**self.dataset.state_dict(), "samples_seen": self.samples_seen, "batch_size": self.batch_size or 1,
+                "num_workers": self.num_workers, "drop_last": self.drop_last}  # fmt: skip
+
+    def load_state_dict(self, state: dict) -> None:
+        for key, mine in (("batch_size", self.batch_size or 1), ("num_workers", max(1, self.num_workers)),
+                          ("drop_last", self.drop_last)):  # fmt: skip
+            saved = state.get(key)
+            if key == "num_workers" and saved is not None:
+                saved = max(1, saved)
+            if saved is not None and saved != mine:
+                raise ValueError(f"cannot resume exactly: the position was saved with {key}={state.get(key)}, "
+                                 f"this loader has {key}={mine}")  # fmt: skip
+        self.dataset.load_state_dict(state)
+        self.samples_seen = int(state.get("samples_seen", 0))
+
+    def __iter__(self):
+        resumed = self.dataset._resume is not None
+        self.samples_seen = self.dataset._resume["samples_seen"] if resumed else 0
+        iterator = super().__iter__()  # workers get their copy of the dataset (with the resume) here
+        self.dataset._resume = None
+        return self._count(iterator)
+
+    def _count(self, iterator):
+        for batch in iterator:
+            self.samples_seen += _batch_len(batch)
+            yield batch
