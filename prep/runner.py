@@ -67,49 +67,55 @@ def _progress(total: int, enabled: bool):
     return tqdm(total=total, unit="img", desc="prep", disable=not enabled, smoothing=0.1)
 
 
-def run_shards(todo, config: PrepConfig) -> tuple[list[dict], dict[int, str], str | None]:
-    """Run the shard tasks; (stats of completed shards, {index: reason} of failed ones, dashboard URL)."""
+def run_shards(todo, config: PrepConfig, client=None) -> tuple[list[dict], dict[int, str], str | None]:
+    """Run the shard tasks; (stats of completed shards, {index: reason} of failed ones, dashboard URL).
+
+    Uses `client` when given (it stays open), else connects or starts a cluster for this call.
+    """
+    if client is None:
+        with dask_client(config) as own:
+            return run_shards(todo, config, own)
     from distributed import as_completed
 
     done, failed = [], {}
-    with dask_client(config) as client:
-        dashboard = client.dashboard_link
-        hint = "" if importlib.util.find_spec("bokeh") else " (its plots need bokeh: pip install bokeh)"
-        logger.info("Dask scheduler %s, dashboard %s%s", client.scheduler.address, dashboard, hint)
+    dashboard = client.dashboard_link
+    hint = "" if importlib.util.find_spec("bokeh") else " (its plots need bokeh: pip install bokeh)"
+    logger.info("Dask scheduler %s, dashboard %s%s", client.scheduler.address, dashboard, hint)
+    extra = {"resources": {"GPU": 1}} if config.gpu_resource and uses_sam(config) else {}
+    token = f"{time.time_ns():x}"
+    queue = list(reversed(todo))
+    futures = {}
+    pending = as_completed()
+
+    def fill():
         # One shard in flight per worker thread: the graph stays small, and a worker that dies takes
         # down only the shard it was running (Dask counts every task assigned to a dead worker as
-        # suspect, so queued bystanders would use up their retries too).
+        # suspect, so queued bystanders would use up their retries too). Re-read as workers come and go.
         slots = max(1, sum(client.nthreads().values()))
-        extra = {"resources": {"GPU": 1}} if config.gpu_resource and uses_sam(config) else {}
-        token = f"{time.time_ns():x}"
-        queue = list(reversed(todo))
-        futures = {}
-
-        def submit():
+        while queue and len(futures) < slots:
             shard = queue.pop()
             fut = client.submit(process_shard, shard.index, shard.records, config, shard.fingerprint,
                                 key=f"prep-{shard_name(shard.index)}-{token}", retries=config.retries, pure=False, **extra)  # fmt: skip
             futures[fut] = shard
-            return fut
+            pending.add(fut)
 
-        pending = as_completed([submit() for _ in range(min(slots, len(queue)))])
-        hands = errors = 0
-        with _progress(sum(s.num_images for s in todo), config.progress) as bar:
-            for fut in pending:
-                shard = futures.pop(fut)
-                try:
-                    stats = fut.result()
-                except Exception as exc:  # noqa: BLE001 - a lost shard is reported, the others go on
-                    failed[shard.index] = f"{type(exc).__name__}: {exc}"
-                    logger.error("%s failed after retries: %s", shard_name(shard.index), failed[shard.index])
-                else:
-                    done.append(stats)
-                    hands += stats["hands"]
-                    errors += stats["status_counts"].get("error", 0)
-                    bar.update(stats["images"])
-                    bar.set_postfix(hands=hands, errors=errors, refresh=False)
-                if queue:
-                    pending.add(submit())
+    fill()
+    hands = errors = 0
+    with _progress(sum(s.num_images for s in todo), config.progress) as bar:
+        for fut in pending:
+            shard = futures.pop(fut)
+            try:
+                stats = fut.result()
+            except Exception as exc:  # noqa: BLE001 - a lost shard is reported, the others go on
+                failed[shard.index] = f"{type(exc).__name__}: {exc}"
+                logger.error("%s failed after retries: %s", shard_name(shard.index), failed[shard.index])
+            else:
+                done.append(stats)
+                hands += stats["hands"]
+                errors += stats["status_counts"].get("error", 0)
+                bar.update(stats["images"])
+                bar.set_postfix(hands=hands, errors=errors, refresh=False)
+            fill()
     return done, failed, dashboard
 
 
