@@ -7,7 +7,6 @@ never models or pixels. Each record's image is read by the annotator itself thro
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import logging
 import os
@@ -16,13 +15,10 @@ import threading
 import time
 from collections import Counter
 
-import numpy as np
-
-from manifests.storage import filesystem
 from manifests.writer import ManifestWriter
 
 from .config import PrepConfig
-from .records import HandAnnotation, ImageRecord
+from .records import ImageRecord
 
 logger = logging.getLogger(__name__)
 
@@ -53,61 +49,6 @@ def get_annotator(config: PrepConfig):
         return _CACHE[key]
 
 
-def image_size(uri: str, max_pixels: int | None = None) -> tuple[int, int]:
-    """(width, height) after EXIF orientation, from the image header only (no pixel decode).
-
-    Raises ImageReadError / ImageDecodeError / ImageTooLargeError naming `uri`.
-    """
-    import warnings
-
-    from PIL import Image
-
-    from .errors import ImageDecodeError, ImageReadError, ImageTooLargeError
-
-    try:
-        fs, path = filesystem(uri)
-        f = fs.open(path, "rb")
-    except Exception as exc:  # fsspec backends raise their own types
-        raise ImageReadError(f"{uri}: cannot open ({type(exc).__name__}: {exc})") from exc
-    with f:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                im = Image.open(f)
-            w, h = im.size
-            orientation = im.getexif().get(0x0112, 1)
-        except Image.DecompressionBombError as exc:
-            raise ImageTooLargeError(f"{uri}: {exc}") from exc
-        except Exception as exc:
-            raise ImageDecodeError(
-                f"{uri}: cannot read the image header ({type(exc).__name__}: {exc})"
-            ) from exc
-    if max_pixels is not None and w * h > max_pixels:
-        raise ImageTooLargeError(f"{uri}: {w}x{h} = {w * h} pixels exceeds max_pixels={max_pixels}")
-    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)  # these orientations swap the axes
-
-
-def to_pixels(record: ImageRecord, max_pixels: int | None = None) -> ImageRecord:
-    """A record whose hands are normalised (HaGRID) with the same hands in pixels; others unchanged."""
-    if not record.normalized:
-        return record
-    w, h = image_size(record.source_uri, max_pixels)
-    scale = np.array([w, h], dtype=np.float64)
-    hands = []
-    for hand in record.hands:
-        kp = None
-        if hand.keypoints is not None:
-            kp = np.array(hand.keypoints, dtype=np.float32, copy=True)
-            kp[:, :2] = kp[:, :2] * scale
-        bbox = (
-            None
-            if hand.bbox is None
-            else [float(v) for v in np.asarray(hand.bbox, dtype=np.float64) * np.tile(scale, 2)]
-        )
-        hands.append(HandAnnotation(keypoints=kp, bbox=bbox, handedness=hand.handedness))
-    return dataclasses.replace(record, hands=hands, normalized=False)
-
-
 def _stage_snapshot(annotator) -> dict[str, float]:
     timings = getattr(annotator, "timings", None) or {}
     return {str(k): float(v) for k, v in dict(timings).items()}
@@ -118,24 +59,22 @@ def annotate_records(
 ) -> tuple[list[dict], list[dict], dict[str, float]]:
     """(image rows, hand rows, per-stage seconds) for a list of records. Never raises for a record.
 
-    Any exception while resolving or annotating a record becomes that record's status="error" row
+    Records may carry normalised hand coordinates (`record.normalized`, HaGRID): the annotator converts
+    them once it has decoded the image and knows its size. Any exception while annotating a record becomes that record's status="error" row
     (through the annotator module's `error_row`), so one bad image never loses the others.
     """
     module, _ = annotator_module(config)
     annotator = get_annotator(config)
     image_rows, hand_rows = [], []
     before = _stage_snapshot(annotator)
-    resolve_s = annotate_s = 0.0
+    annotate_s = 0.0
     for record in records:
         t0 = time.perf_counter()
         try:
             if record.error:
                 raise SourceRecordError(record.error)
-            resolved = to_pixels(record, config.max_pixels)
-            t1 = time.perf_counter()
-            resolve_s += t1 - t0
-            image_row, hands = annotator.annotate(resolved)
-            annotate_s += time.perf_counter() - t1
+            image_row, hands = annotator.annotate(record)
+            annotate_s += time.perf_counter() - t0
         except Exception as exc:  # noqa: BLE001 - every failure becomes a row, by design
             logger.debug("%s failed: %s: %s", record.source_uri, type(exc).__name__, exc)
             image_row, hands = module.error_row(record, exc), []
@@ -143,7 +82,6 @@ def annotate_records(
         hand_rows.extend(hands)
     after = _stage_snapshot(annotator)
     stages = {k: after[k] - before.get(k, 0.0) for k in after}
-    stages["resolve"] = resolve_s
     stages["annotate"] = annotate_s
     return image_rows, hand_rows, stages
 

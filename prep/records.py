@@ -32,8 +32,8 @@ class ImageRecord:
     subject_id: str | None = None
     hands: list[HandAnnotation] = field(default_factory=list)
     # True when the hands' keypoints/bbox are fractions of the image's (width, height) rather than pixels
-    # (HaGRID). The worker converts them to pixels from the image header just before annotation, so the
-    # annotator always sees pixels and enumerating a dataset never opens an image.
+    # (HaGRID). The annotator converts them to pixels once it has decoded the image, so enumerating a
+    # dataset never opens an image and each image is read once.
     normalized: bool = False
     # Why the source could not make a usable record (path traversal, malformed annotation entry, ...).
     # The worker turns such a record into a status="error" images row without reading anything.

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from prep.annotate import to_pixels
 from prep.config import PrepConfig
-from prep.process import to_pixels
 from prep.sources import SOURCES, AnnotationFileError, load_records
 from prep.sources.base import safe_id, safe_relpath
 from prep.sources.hagrid import split_for_user
@@ -266,13 +266,12 @@ def test_hagrid_split_by_user_and_hands(tmp_path, data_dir):
     assert rec.label == "call" and rec.normalized and len(rec.hands) == 2
     assert [h.handedness for h in rec.hands] == ["left", None]  # leading_hand only for the gesture hand
     np.testing.assert_allclose(rec.hands[0].bbox, [0.1, 0.2, 0.3, 0.45])
-    # resolved to pixels in the worker from the image header
-    px = to_pixels(rec)
+    # the annotator resolves them to pixels once it knows the decoded size
     with Image.open(rec.source_uri) as im:
         w, h = im.size
-    assert not px.normalized
-    np.testing.assert_allclose(px.hands[0].bbox, [0.1 * w, 0.2 * h, 0.3 * w, 0.45 * h], rtol=1e-6)
-    np.testing.assert_allclose(px.hands[1].keypoints[3, :2], [(0.5 + 0.03) * w, (0.2 + 0.03) * h], rtol=1e-5)
+    px = to_pixels(rec, w, h)
+    np.testing.assert_allclose(px[0].bbox, [0.1 * w, 0.2 * h, 0.3 * w, 0.45 * h], rtol=1e-6)
+    np.testing.assert_allclose(px[1].keypoints[3, :2], [(0.5 + 0.03) * w, (0.2 + 0.03) * h], rtol=1e-5)
     assert rec.hands[0].bbox == [0.1, 0.2, 0.1 + 0.2, 0.2 + 0.25]  # the record itself is unchanged
 
 

@@ -14,8 +14,8 @@ Choices:
 - Split (`hagrid_split`): "user" (default) puts every image of one `user_id` in the same split by a
   stable hash of the id, with `split_fractions`, so no person is in two splits whatever the annotation
   folders say; "annotation" keeps the `annotations/{split}/` folder name. `config.split` overrides both.
-- Coordinates stay normalised in the record (`normalized=True`): the worker converts them to pixels
-  from the image header just before annotation, so listing 550k images opens none of them.
+- Coordinates stay normalised in the record (`normalized=True`): the annotator converts them to
+  pixels after decoding the image, so listing 550k images opens none of them and each is read once.
 - `leading_hand` (v1) sets the handedness of the one hand whose label is the gesture; other hands
   get none. `united_bbox` and `meta` are not used.
 - A file that is not valid JSON, or not an object keyed by image id, stops the run before any work
