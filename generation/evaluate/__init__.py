@@ -1,0 +1,11 @@
+"""Evaluation of generated images: pose accuracy (hands, body), FID/KID, hand-crop FID-H/KID-H, CLIP score.
+
+>>> from generation.evaluate import evaluate, compare
+>>> report = evaluate("out/test_manifest", "out/generated", "out/report", inception="pt_inception.pth")
+>>> compare(["runs/none/report.json", "runs/sequential/report.json"], "out/compare")
+"""
+
+from .report import compare, load_report, markdown_table
+from .run import EvalConfig, evaluate
+
+__all__ = ["EvalConfig", "compare", "evaluate", "load_report", "markdown_table"]
