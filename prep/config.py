@@ -56,11 +56,13 @@ class PrepConfig:
     body_pose: bool = True  # MediaPipe Pose; the wrist-guided hand pass needs it
     hand_model_complexity: int = 1  # MediaPipe Hands landmark model: 0 lite, 1 full
     wrist_min_visibility: float = 0.5  # pose wrists less visible than this start no wrist crop
+    wrist_crop_retry: float = 1.3  # if a wrist crop finds nothing, retry at x and / this factor (1 = no retry)
     wrist_crop_min_size: int = 256  # wrist crops are upscaled to at least this side (px)
     wrist_match_dist: float = 0.25  # a wrist-crop hand's wrist must be this close to a pose wrist (x crop side)
+    wrist_min_hand_ratio: float = 0.2  # a wrist-crop hand must span this x the pose's shoulder width
     dedupe_iou: float = 0.3  # box IoU above which two detections are the same hand
-    grabcut_size: int = 192  # GrabCut works on the hand region resampled to this side (px)
-    grabcut_iters: int = 4
+    grabcut_size: int = 160  # GrabCut works on the hand region at most this many px per side
+    grabcut_iters: int = 3
     grabcut_margin: float = 0.35  # GrabCut region: keypoint box grown by this x hand size on each side
     jpeg_quality: int = 95  # stored image and crop JPEGs
 
@@ -136,10 +138,12 @@ FIELD_HELP = {
     "body_pose": "Run MediaPipe Pose (body_keypoints; also needed by --wrist-refine).",
     "hand_model_complexity": "MediaPipe Hands landmark model: 0 (lite, faster) or 1 (full).",
     "wrist_min_visibility": "Pose wrists with a lower visibility (0..1) start no wrist-crop search.",
+    "wrist_crop_retry": "A wrist crop that finds nothing is retried at its side times and divided by this factor (1: no retry).",
     "wrist_crop_min_size": "Wrist crops are upscaled to at least this many pixels per side.",
     "wrist_match_dist": "Keep a wrist-crop hand only if its wrist is within this fraction of the crop side of a pose wrist.",
+    "wrist_min_hand_ratio": "Drop wrist-crop hands smaller than this fraction of the body's shoulder width.",
     "dedupe_iou": "Two detections whose keypoint boxes overlap by more than this IoU are one hand.",
-    "grabcut_size": "GrabCut masks: side (px) of the resampled hand region GrabCut works on.",
+    "grabcut_size": "GrabCut masks: the hand region is worked on at its own resolution, at most this many pixels per side.",
     "grabcut_iters": "GrabCut masks: iterations.",
     "grabcut_margin": "GrabCut masks: the region is the keypoint box grown by this fraction of the hand size per side; outside is background.",
     "jpeg_quality": "JPEG quality of the stored images and hand crops (1..95).",

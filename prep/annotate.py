@@ -1,0 +1,222 @@
+"""The per-image annotator: one `ImageRecord` in, one `images` row and its `hands` rows out.
+
+Stages (each timed cumulatively in `Annotator.timings`, in seconds):
+
+- ``decode``: read through fsspec and decode (`prep.imageio`: EXIF orientation, every mode to RGB,
+  pixel bound checked before decoding);
+- ``pose``: MediaPipe Pose (`prep.body`);
+- ``hands``: MediaPipe Hands plus the wrist-guided pass, or the record's own keypoints (`prep.hands`);
+- ``masks``: SAM or GrabCut (`prep.masks`);
+- ``crops_heatmaps``: square crops, crop keypoints and heatmaps (`prep.crops`);
+- ``encode``: JPEG/PNG/heatmap bytes of the rows.
+
+Rows match `manifests.schema.IMAGES_SCHEMA` / `HANDS_SCHEMA` exactly (same keys, Python values).
+Status is ``ok`` when at least one hand was found and ``no_hands`` otherwise; anything that goes wrong
+raises (`prep.errors`), and the runner turns the exception into an error row with `error_row`.
+Models load once, on first use, and are not pickled with the annotator.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from contextlib import contextmanager
+
+import numpy as np
+
+from manifests.codecs import encode_jpeg, encode_mask
+from manifests.schema import HANDS_SCHEMA, IMAGES_SCHEMA
+
+from .body import BodyPose, BodyPoseDetector
+from .captions import hand_caption, image_caption
+from .config import PrepConfig
+from .crops import encode_crop, make_crop, stored_image, stored_size, union_mask
+from .hands import Hand, HandDetector, hands_from_annotation
+from .imageio import DecodedImage, load_image
+from .masks import make_masker
+from .records import HandAnnotation, ImageRecord
+
+log = logging.getLogger(__name__)
+
+STAGES = ("decode", "pose", "hands", "masks", "crops_heatmaps", "encode")
+KEYPOINT_SOURCES = ("detect", "annotation")
+IMAGE_COLUMNS = tuple(IMAGES_SCHEMA.names)
+HAND_COLUMNS = tuple(HANDS_SCHEMA.names)
+
+
+def _base_row(record: ImageRecord) -> dict:
+    row = dict.fromkeys(IMAGE_COLUMNS)
+    row.update(
+        image_id=record.image_id,
+        source_uri=record.source_uri,
+        dataset=record.dataset,
+        split=record.split,
+        label=record.label,
+        subject_id=record.subject_id,
+    )
+    return row
+
+
+def error_row(record: ImageRecord, exc: BaseException | str) -> dict:
+    """The images row of a record that failed: status "error", `error` = "ExcType: message"."""
+    row = _base_row(record)
+    reason = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
+    row.update(status="error", error=reason, num_hands=0)
+    return row
+
+
+def _kp_list(kps: np.ndarray) -> list[list[float]]:
+    return np.asarray(kps, dtype=np.float32).tolist()
+
+
+def gesture_hand(hands: list[Hand]) -> int | None:
+    """Index of the hand taken to make the image's gesture: the highest one in the frame.
+
+    In gesture photos (HaGRID) the gesturing hand is raised and the other hangs or rests lower, so the
+    hand whose keypoint box starts highest is the best guess when no per-hand label exists.
+    """
+    if not hands:
+        return None
+    return int(np.argmin([hand.bbox[1] for hand in hands]))
+
+
+def to_pixels(record: ImageRecord, width: int, height: int) -> list[HandAnnotation]:
+    """The record's hand annotations in pixels (sources may give HaGRID's normalised coordinates)."""
+    if not record.normalized:
+        return record.hands
+    scale = np.array([width, height], dtype=np.float64)
+    out = []
+    for ann in record.hands:
+        kps = None
+        if ann.keypoints is not None:
+            kps = np.array(ann.keypoints, dtype=np.float64, copy=True)
+            kps[:, :2] *= scale
+        bbox = None if ann.bbox is None else (np.asarray(ann.bbox, np.float64) * np.tile(scale, 2)).tolist()
+        out.append(dataclasses.replace(ann, keypoints=kps, bbox=bbox))
+    return out
+
+
+class Annotator:
+    """Turns image records into manifest rows. Build once per worker process; not thread-safe."""
+
+    def __init__(self, config: PrepConfig):
+        if config.keypoint_source not in KEYPOINT_SOURCES:
+            raise ValueError(
+                f"keypoint_source must be one of {KEYPOINT_SOURCES}, got {config.keypoint_source!r}"
+            )
+        self.config = config
+        self.body = BodyPoseDetector(config) if config.body_pose else None
+        self.hands = HandDetector(config)
+        self.masker = make_masker(config)  # SAM weights load on first use
+        self.timings = dict.fromkeys(STAGES, 0.0)
+        self.images = 0
+
+    # Models (MediaPipe graphs, torch modules) never travel: a pickled annotator rebuilds them lazily.
+    def __getstate__(self):
+        return {"config": self.config}
+
+    def __setstate__(self, state):
+        self.__init__(state["config"])
+
+    @contextmanager
+    def _timed(self, stage: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[stage] += time.perf_counter() - t0
+
+    def find_hands(self, image: np.ndarray, body: BodyPose | None, record: ImageRecord,
+                   annotations: list[HandAnnotation]) -> list[Hand]:  # fmt: skip
+        if self.config.keypoint_source == "annotation" and any(a.keypoints is not None for a in annotations):
+            hands = hands_from_annotation(annotations, (image.shape[1], image.shape[0]), record.source_uri)
+            return hands[: self.config.max_hands]
+        return self.hands.detect(image, body)
+
+    def annotate(self, record: ImageRecord) -> tuple[dict, list[dict]]:
+        """One record -> (images row, hands rows). Raises a `prep.errors.PrepError` for a bad image."""
+        cfg = self.config
+        with self._timed("decode"):
+            decoded, raw = load_image(record.source_uri, cfg.max_pixels)
+        image = decoded.pixels
+        height, width = image.shape[:2]
+        annotations = to_pixels(record, width, height)
+
+        body = None
+        if self.body is not None:
+            with self._timed("pose"):
+                body = self.body.detect(image)
+        with self._timed("hands"):
+            hands = self.find_hands(image, body, record, annotations)
+
+        gesture = gesture_hand(hands)
+        sides = [hand.handedness for hand in hands]
+        hand_rows, crop_masks = [], []
+        if self.masker is not None and hands:
+            with self._timed("masks"):
+                self.masker.set_image(image)
+        for i, hand in enumerate(hands):
+            with self._timed("crops_heatmaps"):
+                crop = make_crop(image, hand.keypoints, cfg)
+            hand_mask = None
+            if self.masker is not None:
+                with self._timed("masks"):
+                    hand_mask = self.masker.predict(image, hand, crop.box)
+                crop_masks.append((hand_mask.mask, crop.box))
+            with self._timed("encode"):
+                row = dict.fromkeys(HAND_COLUMNS)
+                row.update(encode_crop(crop, cfg))
+                x0, y0, x1, y1 = (float(v) for v in hand.bbox)
+                row.update(
+                    hand_id=f"{record.image_id}_h{i}",
+                    image_id=record.image_id,
+                    hand_index=i,
+                    handedness=hand.handedness,
+                    handedness_score=hand.handedness_score,
+                    keypoints=_kp_list(hand.keypoints),
+                    keypoint_source=hand.source,
+                    bbox=[x0, y0, x1, y1],
+                    hand_size=hand.size,
+                    label=record.label,
+                    caption=hand_caption(record.label, hand.handedness, i == gesture, cfg.caption_templates),
+                )
+                if hand_mask is not None:
+                    row.update(
+                        mask=encode_mask(hand_mask.mask),
+                        mask_method=hand_mask.method,
+                        mask_score=hand_mask.score,
+                    )
+            hand_rows.append(row)
+
+        with self._timed("encode"):
+            row = _base_row(record)
+            size = stored_size(width, height, cfg.max_image_side)
+            row.update(
+                width=width,
+                height=height,
+                caption=image_caption(record.label, sides, gesture, cfg.caption_templates),
+                status="ok" if hands else "no_hands",
+                num_hands=len(hands),
+                body_keypoints=None if body is None else _kp_list(body.keypoints),
+                body_score=None if body is None else body.score,
+                image=self._stored_bytes(decoded, raw, size),
+                image_width=size[0],
+                image_height=size[1],
+            )
+            if crop_masks:
+                row["hands_mask"] = encode_mask(union_mask(crop_masks, width, height, size))
+        self.images += 1
+        return row, hand_rows
+
+    def _stored_bytes(self, decoded: DecodedImage, raw: bytes, size: tuple[int, int]) -> bytes:
+        """JPEG of the image at `size`; an upright RGB JPEG that needs no resizing is kept byte for byte."""
+        unchanged = (decoded.width, decoded.height) == size
+        if unchanged and decoded.format == "JPEG" and decoded.source_mode == "RGB" and not decoded.oriented:
+            return raw
+        return encode_jpeg(stored_image(decoded.pixels, size), quality=self.config.jpeg_quality)
+
+    def close(self) -> None:
+        if self.body is not None:
+            self.body.close()
+        self.hands.close()

@@ -1,0 +1,96 @@
+"""Square hand crops, crop keypoints, keypoint heatmaps and the stored full image, as manifest bytes.
+
+Geometry comes from `manifests.geometry` (one implementation shared with generation): the crop box is
+`square_crop_box(keypoints, crop_size, crop_margin)` and may extend past the image, where the crop is
+zero padded; `CropBox.to_crop` / `to_image` map keypoints exactly both ways.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from manifests.codecs import encode_heatmap, encode_jpeg, encode_mask
+from manifests.geometry import CropBox, crop_image, paste_crop, render_heatmap, square_crop_box
+
+from .config import PrepConfig
+
+
+@dataclass
+class HandCrop:
+    box: CropBox
+    pixels: np.ndarray  # (S, S, 3) uint8
+    keypoints: np.ndarray  # (21, 3) [u, v, score] in crop pixels
+    heatmap: np.ndarray  # (21, Hh, Wh) float32, peak 1
+
+
+def hand_crop_box(keypoints: np.ndarray, config: PrepConfig) -> CropBox:
+    valid = keypoints[:, 2] > 0 if keypoints.shape[1] > 2 else np.ones(len(keypoints), bool)
+    return square_crop_box(
+        keypoints[valid] if valid.any() else keypoints, size=config.crop_size, margin=config.crop_margin
+    )
+
+
+def antialiased_crop(image: np.ndarray, box: CropBox) -> np.ndarray:
+    """`crop_image`, but a box shrunk more than 2x is first box-filtered by an integer factor, since
+    bilinear sampling alone aliases (large hands in large photos)."""
+    factor = int(np.floor(1.0 / box.scale)) if box.scale < 0.5 else 1
+    if factor <= 1:
+        return crop_image(image, box)
+    small = np.asarray(Image.fromarray(image).reduce(factor))
+    # reduce() averages factor x factor blocks, so image pixel x maps to x / factor.
+    return crop_image(small, CropBox(box.x0 / factor, box.y0 / factor, box.side / factor, box.size))
+
+
+def make_crop(image: np.ndarray, keypoints: np.ndarray, config: PrepConfig) -> HandCrop:
+    box = hand_crop_box(keypoints, config)
+    kps = box.to_crop(keypoints)
+    heat = render_heatmap(kps, config.crop_size, config.resolved_heatmap_size(), config.sigma)
+    return HandCrop(box, antialiased_crop(image, box), kps, heat)
+
+
+def encode_crop(crop: HandCrop, config: PrepConfig) -> dict:
+    """The hands-table columns of one crop (without the mask ones)."""
+    heat, shape, dtype = encode_heatmap(crop.heatmap)
+    return {
+        "crop_box": [float(v) for v in crop.box.box],
+        "crop_size": int(config.crop_size),
+        "crop": encode_jpeg(crop.pixels, quality=config.jpeg_quality),
+        "crop_keypoints": crop.keypoints.astype(np.float32).tolist(),
+        "heatmap": heat,
+        "heatmap_shape": shape,
+        "heatmap_dtype": dtype,
+        "heatmap_sigma": float(config.sigma),
+    }
+
+
+def stored_size(width: int, height: int, max_side: int) -> tuple[int, int]:
+    """(w, h) of the stored `image` column: longest side at most `max_side`, aspect kept."""
+    scale = min(1.0, max_side / float(max(width, height)))
+    return max(1, int(round(width * scale))), max(1, int(round(height * scale)))
+
+
+def stored_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    if (image.shape[1], image.shape[0]) == size:
+        return image
+    return np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR, reducing_gap=2.0))
+
+
+def union_mask(
+    masks: list[tuple[np.ndarray, CropBox]], width: int, height: int, size: tuple[int, int]
+) -> np.ndarray:
+    """(h, w) bool union of crop-space masks pasted back at the stored image size `size` = (w, h)."""
+    sw, sh = size
+    canvas = np.zeros((sh, sw), np.uint8)
+    scale = sw / float(width)  # the stored image keeps the aspect ratio, so one scale serves both axes
+    for mask, box in masks:
+        scaled = CropBox(box.x0 * scale, box.y0 * scale, box.side * scale, box.size)
+        placed, _ = paste_crop(canvas, np.where(mask, 255, 0).astype(np.uint8), scaled)
+        canvas = np.maximum(canvas, np.where(placed > 127, 255, 0).astype(np.uint8))
+    return canvas > 0
+
+
+def encode_union_mask(mask: np.ndarray) -> bytes:
+    return encode_mask(mask)

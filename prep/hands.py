@@ -1,0 +1,227 @@
+"""Hand keypoints and handedness: MediaPipe Hands, a wrist-guided second pass, or the dataset's own.
+
+Detection runs in two passes:
+
+1. MediaPipe Hands (static-image mode, the model bundled in the wheel) on the whole image.
+2. For small hands, which the palm detector misses after it shrinks the whole image to 192 px:
+   for each wrist of the body pose that no first-pass hand covers, a square region around the pose's
+   estimate of the hand centre (side ``wrist_crop_scale`` x the image's longer side) is upscaled to at
+   least ``wrist_crop_min_size`` px and searched again. A hand found there is kept only if its wrist
+   lies near a pose wrist and it does not duplicate a hand already found (box IoU).
+
+Handedness: MediaPipe Hands assumes a mirrored (selfie) image and so labels the person's right hand
+"Left" in an ordinary photo. On the 40 `hagrid_mini` photos its raw label was the opposite of the
+MediaPipe Pose wrist nearest to the hand on every one of 40 hands, and on a frontal photo with a
+palm-forward right hand (little finger on the image's outer side) Pose's side is the true one. The
+label is therefore swapped, so `handedness` is the person's own left/right.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from manifests.geometry import CropBox, keypoint_bbox
+
+from .body import POSE_ARM, BodyPose
+from .config import PrepConfig
+from .errors import AnnotationError
+from .records import HandAnnotation
+
+log = logging.getLogger(__name__)
+
+# MediaPipe's label (mirrored-image convention) -> the person's own side in an ordinary photo.
+UNMIRROR = {"Left": "right", "Right": "left"}
+
+SOURCE_FULL = "mediapipe"
+SOURCE_WRIST = "mediapipe_wrist_crop"
+SOURCE_ANNOTATION = "annotation"
+
+
+@dataclass
+class Hand:
+    """One hand in oriented-image pixels.
+
+    keypoints: (21, 3) float64 [x, y, score], MediaPipe order. Score is 1 for detector keypoints
+    (MediaPipe Hands gives no per-keypoint confidence) and the clipped visibility flag for annotations.
+    """
+
+    keypoints: np.ndarray
+    handedness: str | None
+    handedness_score: float | None
+    source: str
+
+    @property
+    def bbox(self) -> np.ndarray:
+        """Tight [x0, y0, x1, y1] of the keypoints."""
+        return keypoint_bbox(self.keypoints)
+
+    @property
+    def size(self) -> float:
+        x0, y0, x1, y1 = self.bbox
+        return float(max(x1 - x0, y1 - y0))
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return float(inter / union) if union > 0 else 0.0
+
+
+def hands_from_annotation(
+    annotations: list[HandAnnotation], image_size: tuple[int, int], uri: str
+) -> list[Hand]:
+    """The record's keypoint-bearing hand annotations as `Hand`s (source "annotation")."""
+    hands = []
+    for i, ann in enumerate(annotations):
+        if ann.keypoints is None:
+            continue
+        kps = np.asarray(ann.keypoints, dtype=np.float64)
+        if kps.ndim != 2 or kps.shape[0] != 21 or kps.shape[1] not in (2, 3):
+            raise AnnotationError(f"{uri}: hand {i} keypoints must have shape (21, 2|3), got {kps.shape}")
+        if not np.all(np.isfinite(kps[:, :2])):
+            raise AnnotationError(f"{uri}: hand {i} keypoints contain NaN or infinity")
+        score = np.clip(kps[:, 2], 0.0, 1.0) if kps.shape[1] == 3 else np.ones(21)
+        if not np.any(score > 0):
+            continue  # a hand with no labelled keypoint carries nothing to train on
+        out = np.column_stack([kps[:, :2], score])
+        handed = ann.handedness.lower() if ann.handedness else None
+        if handed not in (None, "left", "right"):
+            raise AnnotationError(f"{uri}: hand {i} handedness must be left/right, got {ann.handedness!r}")
+        hands.append(Hand(out, handed, 1.0 if handed else None, SOURCE_ANNOTATION))
+    return hands
+
+
+class HandDetector:
+    """MediaPipe Hands plus the wrist-guided second pass. Models load on first use."""
+
+    def __init__(self, config: PrepConfig):
+        self.config = config
+        self._hands = None
+
+    def _model(self):
+        if self._hands is None:
+            import mediapipe as mp
+
+            self._hands = mp.solutions.hands.Hands(
+                static_image_mode=True,
+                max_num_hands=self.config.max_hands,
+                model_complexity=self.config.hand_model_complexity,
+                min_detection_confidence=self.config.min_detection_confidence,
+            )
+        return self._hands
+
+    def _run(self, image: np.ndarray, crop: CropBox | None, source: str) -> list[Hand]:
+        """MediaPipe on `image` (a crop when `crop` is given) -> hands in oriented-image pixels."""
+        result = self._model().process(image)
+        if not result.multi_hand_landmarks:
+            return []
+        h, w = image.shape[:2]
+        hands = []
+        for landmarks, handedness in zip(result.multi_hand_landmarks, result.multi_handedness):
+            cls = handedness.classification[0]
+            if cls.score < self.config.min_hand_score:
+                continue
+            pts = np.array([[lm.x * w, lm.y * h, 1.0] for lm in landmarks.landmark], dtype=np.float64)
+            if crop is not None:
+                pts = crop.to_image(pts)
+            hands.append(Hand(pts, UNMIRROR.get(cls.label), float(cls.score), source))
+        return hands
+
+    def detect(self, image: np.ndarray, body: BodyPose | None = None) -> list[Hand]:
+        """(H, W, 3) uint8 RGB (+ optional body pose) -> hands, at most `max_hands`, best first."""
+        hands = self._run(image, None, SOURCE_FULL)
+        if self.config.wrist_refine and body is not None:
+            for extra in self._wrist_pass(image, body, hands):
+                if not any(self._duplicate(extra, kept) for kept in hands):
+                    hands.append(extra)
+        hands.sort(key=lambda hd: (hd.source != SOURCE_FULL, -(hd.handedness_score or 0.0)))
+        return hands[: self.config.max_hands]
+
+    def _duplicate(self, a: Hand, b: Hand) -> bool:
+        return box_iou(a.bbox, b.bbox) > self.config.dedupe_iou
+
+    def _covered(self, wrist: np.ndarray, hands: list[Hand]) -> bool:
+        """Whether a found hand already sits at this pose wrist (its box grown by half its size)."""
+        for hand in hands:
+            x0, y0, x1, y1 = hand.bbox
+            pad = 0.5 * hand.size
+            if x0 - pad <= wrist[0] <= x1 + pad and y0 - pad <= wrist[1] <= y1 + pad:
+                return True
+        return False
+
+    def wrist_crops(
+        self, image_shape: tuple[int, ...], body: BodyPose, hands: list[Hand]
+    ) -> list[tuple[np.ndarray, list[CropBox]]]:
+        """The regions the second pass searches: per visible pose wrist that no found hand covers, the
+        square at `wrist_crop_scale` followed by its retries at x `wrist_crop_retry` and / `wrist_crop_retry`
+        (searched only while nothing is found: the palm detector's hit rate depends on the hand's share
+        of the crop, and the best share varies with pose-estimate error)."""
+        h, w = image_shape[:2]
+        scales = [self.config.wrist_crop_scale]
+        if self.config.wrist_crop_retry and self.config.wrist_crop_retry != 1.0:
+            scales += [self.config.wrist_crop_scale * self.config.wrist_crop_retry,
+                       self.config.wrist_crop_scale / self.config.wrist_crop_retry]  # fmt: skip
+        out = []
+        for arm in POSE_ARM:
+            wrist, visibility = body.wrist(arm)
+            if visibility < self.config.wrist_min_visibility or self._covered(wrist, hands):
+                continue
+            cx, cy = body.hand_center(arm)
+            tries = []
+            for scale in scales:
+                side = scale * max(h, w)
+                size = max(self.config.wrist_crop_min_size, int(round(side)))
+                tries.append(CropBox(cx - side / 2.0, cy - side / 2.0, side, size))
+            out.append((wrist, tries))
+        return out
+
+    def _wrist_pass(self, image: np.ndarray, body: BodyPose, hands: list[Hand]) -> list[Hand]:
+        found: list[Hand] = []
+        wrists = [
+            body.wrist(arm)[0] for arm in POSE_ARM if body.wrist(arm)[1] >= self.config.wrist_min_visibility
+        ]
+        # A hand is rarely under a fifth of the shoulder width; smaller "hands" in the zoomed crop are
+        # background texture (seen on hagrid_mini: an 11 px false hand beside a 66 px true one).
+        min_size = self.config.wrist_min_hand_ratio * body.shoulder_width()
+        for wrist, tries in self.wrist_crops(image.shape, body, hands):
+            if self._covered(wrist, found):
+                continue  # the other wrist's crop already found the hand at this one
+            for crop in tries:
+                new = self._search(image, crop, wrists, min_size)
+                for hand in new:
+                    if not any(self._duplicate(hand, other) for other in found):
+                        found.append(hand)
+                if new:
+                    break
+        return found
+
+    def _search(
+        self, image: np.ndarray, crop: CropBox, wrists: list[np.ndarray], min_size: float
+    ) -> list[Hand]:
+        # Affine resample with zero padding outside the image.
+        m = np.array([[crop.scale, 0.0, -crop.x0 * crop.scale], [0.0, crop.scale, -crop.y0 * crop.scale]])
+        patch = cv2.warpAffine(image, m, (crop.size, crop.size), flags=cv2.INTER_LINEAR, borderValue=0)
+        kept = []
+        for hand in self._run(patch, crop, SOURCE_WRIST):
+            nearest = min(float(np.linalg.norm(hand.keypoints[0, :2] - wr)) for wr in wrists)
+            if nearest > self.config.wrist_match_dist * crop.side:
+                log.debug("dropping a wrist-crop hand %.0f px from every pose wrist", nearest)
+                continue
+            if hand.size < min_size:
+                log.debug(
+                    "dropping a %.0f px wrist-crop hand (body scale needs >= %.0f px)", hand.size, min_size
+                )
+                continue
+            kept.append(hand)
+        return kept
+
+    def close(self) -> None:
+        if self._hands is not None:
+            self._hands.close()
+            self._hands = None

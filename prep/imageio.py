@@ -1,0 +1,171 @@
+"""Read one image through fsspec and decode it robustly to (H, W, 3) uint8 RGB.
+
+- EXIF orientation is applied, so pixel coordinates everywhere downstream (keypoints, boxes, masks)
+  refer to the image as a viewer shows it.
+- Every PIL mode becomes RGB uint8: greyscale (L, LA, 1), palette (P, with or without transparency),
+  RGBA (composited over white, as viewers show it), CMYK, YCbCr/LAB/HSV, and 16-bit or 32-bit
+  integer greyscale (I;16*, I: scaled from their full range, not clipped), float (F).
+- The pixel count is checked from the header *before* any pixel is decoded, against `max_pixels`.
+- Empty, truncated, corrupt and non-image files raise `ImageDecodeError` naming the file.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import warnings
+from dataclasses import dataclass
+
+import fsspec
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from .errors import ImageDecodeError, ImageReadError, ImageTooLargeError
+
+log = logging.getLogger(__name__)
+
+EXIF_ORIENTATION_TAG = 0x0112
+
+
+@dataclass
+class DecodedImage:
+    """A decoded image and what is needed to store it again without needless re-encoding."""
+
+    pixels: np.ndarray  # (H, W, 3) uint8 RGB, EXIF orientation applied
+    format: str | None  # PIL format of the source bytes (JPEG, PNG, ...)
+    source_mode: str  # PIL mode before conversion (RGB, L, CMYK, I;16, ...)
+    oriented: bool  # True when an EXIF orientation other than 1 was applied
+
+    @property
+    def width(self) -> int:
+        return int(self.pixels.shape[1])
+
+    @property
+    def height(self) -> int:
+        return int(self.pixels.shape[0])
+
+
+def read_bytes(uri: str) -> bytes:
+    """All bytes of a local path or fsspec URL; `ImageReadError` naming the URI if that fails."""
+    try:
+        with fsspec.open(uri, "rb") as f:
+            return f.read()
+    except FileNotFoundError as exc:
+        raise ImageReadError(f"{uri}: file not found") from exc
+    except Exception as exc:  # fsspec backends raise their own types (PermissionError, ClientError, ...)
+        raise ImageReadError(f"{uri}: cannot read ({type(exc).__name__}: {exc})") from exc
+
+
+def _open_checked(data: bytes, max_pixels: int, uri: str) -> Image.Image:
+    """Open the header only and refuse empty data, unknown formats and oversized images."""
+    if len(data) == 0:
+        raise ImageDecodeError(f"{uri}: empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            # Our own bound (below) replaces PIL's DecompressionBombWarning.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLargeError(f"{uri}: {exc}") from exc
+    except UnidentifiedImageError as exc:
+        raise ImageDecodeError(f"{uri}: not a recognised image format ({len(data)} bytes)") from exc
+    except Exception as exc:
+        raise ImageDecodeError(f"{uri}: cannot parse image header ({type(exc).__name__}: {exc})") from exc
+    w, h = im.size
+    if w <= 0 or h <= 0:
+        raise ImageDecodeError(f"{uri}: image header declares an empty size {w}x{h}")
+    if w * h > max_pixels:
+        raise ImageTooLargeError(
+            f"{uri}: {w}x{h} = {w * h} pixels exceeds max_pixels={max_pixels} (possible decompression bomb)"
+        )
+    return im
+
+
+def _to_uint8(arr: np.ndarray, full_scale: float) -> np.ndarray:
+    return np.clip(np.round(arr.astype(np.float64) * (255.0 / full_scale)), 0, 255).astype(np.uint8)
+
+
+def _wide_grey_to_rgb(im: Image.Image) -> Image.Image:
+    """16/32-bit integer or float greyscale -> RGB uint8, scaled from the full range (not clipped at 255)."""
+    arr = np.asarray(im)
+    if im.mode.startswith("I;16"):
+        grey = _to_uint8(arr, 65535.0)
+    elif im.mode == "I":
+        # PNG 16-bit greyscale opens as I in some Pillow versions; 8-bit data stored in I stays as is.
+        grey = _to_uint8(arr, 65535.0 if arr.max(initial=0) > 255 else 255.0)
+    else:  # F: floats in 0..1 or an arbitrary positive range
+        peak = float(np.nanmax(arr)) if arr.size else 1.0
+        grey = _to_uint8(np.nan_to_num(arr), 1.0 if peak <= 1.0 else peak)
+    return Image.fromarray(grey, mode="L").convert("RGB")
+
+
+def _alpha_over_white(im: Image.Image) -> Image.Image:
+    rgba = im.convert("RGBA")
+    background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+    return Image.alpha_composite(background, rgba).convert("RGB")
+
+
+def _has_alpha(im: Image.Image) -> bool:
+    return im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (im.mode == "P" and "transparency" in im.info)
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """Any decoded PIL image -> mode RGB (see the module docstring for each mode)."""
+    if im.mode == "RGB":
+        return im
+    if im.mode.startswith("I") or im.mode == "F":
+        return _wide_grey_to_rgb(im)
+    if _has_alpha(im):
+        return _alpha_over_white(im)
+    return im.convert("RGB")
+
+
+def decode_image(data: bytes, max_pixels: int, uri: str = "<bytes>") -> DecodedImage:
+    """Encoded bytes -> `DecodedImage`; raises `ImageDecodeError` / `ImageTooLargeError` naming `uri`."""
+    im = _open_checked(data, max_pixels, uri)
+    fmt, mode = im.format, im.mode
+    try:
+        if getattr(im, "n_frames", 1) > 1:
+            im.seek(0)  # animated GIF / multi-page TIFF: the first frame
+        im.load()
+    except Exception as exc:  # truncated data raises OSError, corrupt data many other types
+        raise ImageDecodeError(
+            f"{uri}: corrupt or truncated {fmt or 'image'} data ({type(exc).__name__}: {exc})"
+        ) from exc
+    oriented = False
+    try:
+        orientation = im.getexif().get(EXIF_ORIENTATION_TAG, 1)
+        if orientation not in (1, None):
+            im = ImageOps.exif_transpose(im)
+            oriented = True
+    except Exception as exc:  # a broken EXIF block should not lose an otherwise good image
+        log.warning("%s: ignoring unreadable EXIF orientation (%s: %s)", uri, type(exc).__name__, exc)
+    try:
+        rgb = to_rgb(im)
+    except Exception as exc:
+        raise ImageDecodeError(
+            f"{uri}: cannot convert mode {mode} to RGB ({type(exc).__name__}: {exc})"
+        ) from exc
+    pixels = np.ascontiguousarray(np.asarray(rgb, dtype=np.uint8))
+    if pixels.ndim != 3 or pixels.shape[2] != 3:
+        raise ImageDecodeError(f"{uri}: decoded to unexpected shape {pixels.shape}")
+    return DecodedImage(pixels=pixels, format=fmt, source_mode=mode, oriented=oriented)
+
+
+def load_image(uri: str, max_pixels: int) -> tuple[DecodedImage, bytes]:
+    """Read and decode `uri`; returns the decoded image and the raw bytes (reused when storing it)."""
+    data = read_bytes(uri)
+    return decode_image(data, max_pixels, uri), data
+
+
+def image_size(data: bytes, uri: str = "<bytes>", max_pixels: int | None = None) -> tuple[int, int]:
+    """(width, height) after EXIF orientation, from the header only (no pixel decoding)."""
+    im = _open_checked(data, max_pixels or np.iinfo(np.int64).max, uri)
+    w, h = im.size
+    try:
+        # Orientations 5-8 swap the axes.
+        if im.getexif().get(EXIF_ORIENTATION_TAG, 1) in (5, 6, 7, 8):
+            return h, w
+    except Exception:
+        pass
+    return w, h
