@@ -107,12 +107,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def quiet_dask(level: int) -> None:
+    """Set the level of distributed's loggers (importing it first: its import sets their levels)."""
+    import distributed  # noqa: F401
+
+    for name in list(logging.root.manager.loggerDict):
+        if name == "distributed" or name.startswith("distributed."):
+            logging.getLogger(name).setLevel(level)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("prep").setLevel(min(level, logging.INFO))  # the dashboard address and shard plan
-    logging.getLogger("distributed").setLevel(max(level, logging.WARNING))
+    quiet_dask(logging.DEBUG if args.verbose >= 2 else logging.WARNING)
     return COMMANDS[args.command][0](args)
 
 

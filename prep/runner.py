@@ -120,12 +120,14 @@ def run_shards(todo, config: PrepConfig, client=None) -> tuple[list[dict], dict[
 
 
 def _write_preview(config: PrepConfig) -> str | None:
+    """Render the manifest's preview sheet to `config.preview`; a failure is logged, not raised."""
     try:
-        from manifests import preview
-    except ImportError:
-        logger.warning("no preview sheet: manifests.preview is not available")
+        from manifests.preview import make_preview
+
+        make_preview(config.out, out=config.preview)
+    except Exception as exc:  # noqa: BLE001 - the manifest is written; a missing picture must not hide that
+        logger.error("could not write the preview sheet %s: %s: %s", config.preview, type(exc).__name__, exc)
         return None
-    preview.write_preview(config.out, config.preview)
     return config.preview
 
 
