@@ -1,0 +1,233 @@
+"""`generation.evaluate`: real photos scored against their own prep annotations, perturbed targets,
+generated folders with misses, image-quality metrics with small models, and the comparison table."""
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from manifests.reader import open_manifest
+from manifests.writer import ManifestWriter
+
+LIMIT = 8  # images per evaluation: detection dominates and costs ~0.1 s per image per core
+REQUIRED_POSE_KEYS = {"detected_share", "pck_0.1", "pck_0.2", "mean_error_px", "oks_ap", "count"}
+
+
+@pytest.fixture(scope="module")
+def eval_manifest(request, data_dir, tmp_path_factory) -> Path:
+    """A prep manifest of hagrid_mini: the shared session fixture if there is one, else a small one."""
+    try:
+        return Path(request.getfixturevalue("hagrid_manifest"))
+    except pytest.FixtureLookupError:
+        pass
+    import prep
+
+    out = tmp_path_factory.mktemp("eval") / "hagrid"
+    prep.run(input=str(data_dir / "hagrid_mini"), out=str(out), label_from_dir=True, limit=2 * LIMIT, workers=1,
+             shard_size=LIMIT, mask_method="none", crop_size=64, progress=False)  # fmt: skip
+    return out
+
+
+def _rewrite(src: Path, dst: Path, hand_fn) -> Path:
+    """Copy manifest `src` to `dst` with every hands row passed through `hand_fn(row) -> row`."""
+    m = open_manifest(str(src))
+    images = m.read("images").to_pylist()
+    hands = [hand_fn(dict(r)) for r in m.read("hands").to_pylist()]
+    w = ManifestWriter(str(dst))
+    w.write_shard(0, {"images": images, "hands": hands})
+    w.finalize(m.config)
+    return dst
+
+
+def _selected(manifest: Path, limit: int = LIMIT) -> list[dict]:
+    """The light rows evaluate() selects with `limit` (status != error, manifest order)."""
+    rows = (
+        open_manifest(str(manifest)).read("images", columns=["image_id", "status", "num_hands"]).to_pylist()
+    )
+    return [r for r in rows if r["status"] != "error"][:limit]
+
+
+def test_real_images_against_their_own_annotations(eval_manifest, tmp_path):
+    from generation.evaluate import evaluate
+
+    out = tmp_path / "report"
+    r = evaluate(str(eval_manifest), "real", str(out), limit=LIMIT, progress=False)
+    assert REQUIRED_POSE_KEYS <= set(r["hands"]) and REQUIRED_POSE_KEYS <= set(r["body"])
+    assert r["images"] == {"evaluated": LIMIT, "missing": 0, "unreadable": 0}
+    assert r["hands"]["count"] == sum(row["num_hands"] for row in _selected(eval_manifest)) > 0
+    # The same detector on the same pixels: every target hand and body is found where it was.
+    for kind in ("hands", "body"):
+        assert r[kind]["detected_share"] >= 0.95, (kind, r[kind])
+        assert r[kind]["pck_0.1"] >= 0.95 and r[kind]["pck_0.2"] >= 0.95
+        assert r[kind]["mean_error_px"] < 1.0
+        assert r[kind]["oks_ap"] >= 0.9
+    assert r["hands"]["handedness_accuracy"] == 1.0
+    for key in ("fid", "kid", "fid_hands", "kid_hands", "clip_score"):
+        assert r[key] is None and "given" in r["reasons"][key]
+    saved = json.loads((out / "report.json").read_text())
+    assert saved["hands"] == r["hands"] and saved["label"] == "real"
+    assert "| real |" in (out / "report.md").read_text()
+    assert len((out / "per_image.jsonl").read_text().splitlines()) == LIMIT
+
+
+def test_shifted_and_swapped_targets(eval_manifest, tmp_path):
+    """Targets moved by a known amount lower PCK by exactly that; swapped handedness still matches."""
+    from generation.evaluate import evaluate
+
+    def perturb(row):
+        kp = np.asarray(row["keypoints"], dtype=np.float64)
+        size = max(np.ptp(kp[:, 0]), np.ptp(kp[:, 1]))
+        kp[[4, 8, 12, 16, 20], 1] += 0.15 * size  # fingertips: outside PCK@0.1, inside PCK@0.2
+        row["keypoints"] = kp.tolist()
+        row["handedness"] = {"left": "right", "right": "left"}[row["handedness"]]
+        return row
+
+    moved = _rewrite(eval_manifest, tmp_path / "moved", perturb)
+    r = evaluate(str(moved), "real", str(tmp_path / "report"), limit=LIMIT, progress=False)["hands"]
+    assert r["detected_share"] >= 0.95
+    assert r["pck_0.1"] == pytest.approx(16 / 21, abs=0.01)
+    assert r["pck_0.2"] >= 0.99
+    assert r["handedness_accuracy"] == 0.0
+
+
+def test_generated_folder_with_misses(eval_manifest, tmp_path):
+    """Blank image -> its hands are misses; corrupt file -> scored as a miss; absent file -> left out."""
+    from generation.evaluate import evaluate
+
+    m = open_manifest(str(eval_manifest))
+    rows = {r["image_id"]: r for r in m.read("images").to_pylist()}
+    selected = [r for r in _selected(eval_manifest) if r["num_hands"] > 0][:5]
+    blank, corrupt, absent, bigger, same = (r["image_id"] for r in selected)
+    gen = tmp_path / "gen"
+    gen.mkdir()
+    for image_id in (blank, bigger, same):
+        im = Image.open(__import__("io").BytesIO(rows[image_id]["image"])).convert("RGB")
+        if image_id == blank:
+            im = Image.new("RGB", im.size, (128, 128, 128))
+        if image_id == bigger:  # another resolution of the same frame: keypoints are mapped back
+            im = im.resize((im.width * 3 // 2, im.height * 3 // 2), Image.BICUBIC)
+        im.save(gen / f"{image_id}.png")
+    (gen / f"{corrupt}.png").write_bytes(b"this is not a png")
+    r = evaluate(str(eval_manifest), str(gen), str(tmp_path / "report"), limit=LIMIT, progress=False)
+    n_targets = {i: rows[i]["num_hands"] for i in (blank, corrupt, bigger, same)}
+    assert r["images"] == {"evaluated": 4, "missing": LIMIT - 4, "unreadable": 1}
+    assert r["hands"]["count"] == sum(n_targets.values())
+    per = {
+        p["image_id"]: p
+        for p in map(json.loads, (tmp_path / "report" / "per_image.jsonl").read_text().splitlines())
+    }
+    assert per[blank]["detected_hands"] == 0 and per[blank]["matched_hands"] == 0
+    assert per[corrupt]["matched_hands"] == 0 and "cannot identify image" in per[corrupt]["error"].lower()
+    assert per[same]["matched_hands"] == n_targets[same]
+    assert per[bigger]["matched_hands"] == n_targets[bigger]
+    expected_share = (n_targets[same] + n_targets[bigger]) / sum(n_targets.values())
+    assert r["hands"]["detected_share"] == pytest.approx(expected_share)
+    assert r["hands"]["pck_0.2"] >= 0.9
+    assert r["label"] == "gen" and absent in r["missing_images"]
+
+    with pytest.raises(ValueError, match="nothing to evaluate"):
+        evaluate(str(eval_manifest), str(tmp_path / "report"), str(tmp_path / "r2"), progress=False)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        evaluate(str(eval_manifest), str(tmp_path / "nope"), str(tmp_path / "r3"), progress=False)
+
+
+def _tiny_clip(folder: Path) -> str:
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    from generation.components import tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    text = dict(vocab_size=len(tok), hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
+                max_position_embeddings=77, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                pad_token_id=tok.eos_token_id)  # fmt: skip
+    vision = dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                  num_attention_heads=4)  # fmt: skip
+    CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(
+        folder
+    )
+    return str(folder)
+
+
+class _SmallExtractor(torch.nn.Module):
+    """Stands in for InceptionV3 (same interface: uint8 (N, 3, H, W) -> (N, D)); loading is tested elsewhere."""
+
+    num_features = 6
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 6, 5, stride=8)
+
+    def forward(self, x):
+        return self.conv(x.float() / 255.0).mean(dim=(2, 3))
+
+
+def test_quality_metrics_with_small_models(eval_manifest, tmp_path, monkeypatch):
+    import generation.evaluate.quality as quality
+    from generation.evaluate import evaluate
+
+    torch.manual_seed(0)
+    monkeypatch.setattr(quality, "load_inception", lambda path, device="cpu": _SmallExtractor())
+    clip = _tiny_clip(tmp_path / "clip")
+    weights = tmp_path / "inception.pth"
+    weights.write_bytes(b"")  # the path is recorded; the extractor above stands in for the network
+    kw = dict(limit=4, inception=str(weights), clip=clip, batch_size=3, progress=False)
+    real = evaluate(str(eval_manifest), "real", str(tmp_path / "real"), **kw)
+    assert real["fid"] == pytest.approx(0.0, abs=1e-6) and real["fid_hands"] == pytest.approx(0.0, abs=1e-6)
+    assert real["kid"] is not None and real["kid_hands"] is not None
+    assert 0.0 <= real["clip_score"] <= 100.0
+    assert not {"fid", "kid", "fid_hands", "kid_hands", "clip_score"} & set(real["reasons"])
+
+    gen = tmp_path / "gen"
+    gen.mkdir()
+    for row in _selected(eval_manifest, 4):
+        blob = (
+            open_manifest(str(eval_manifest))
+            .lookup("images", [row["image_id"]], ["image"])
+            .to_pylist()[0]["image"]
+        )
+        im = np.asarray(Image.open(__import__("io").BytesIO(blob)).convert("RGB")).astype(int)
+        Image.fromarray(np.clip(im + 60, 0, 255).astype(np.uint8)).save(gen / f"{row['image_id']}.png")
+    brighter = evaluate(str(eval_manifest), str(gen), str(tmp_path / "gen_report"), **kw)
+    assert brighter["fid"] > 1e-4 and brighter["fid_hands"] > 1e-4
+    md = (tmp_path / "gen_report" / "report.md").read_text()
+    assert f"{brighter['fid']:.2f}" in md
+
+
+def test_compare_table(tmp_path):
+    from generation.evaluate import compare, load_report
+
+    base = {"hands": {"detected_share": 0.5, "pck_0.1": 0.4, "pck_0.2": 0.6, "mean_error_px": 9.0, "oks_ap": 0.3,
+                      "count": 40},
+            "body": {"detected_share": 0.9, "pck_0.1": 0.5, "pck_0.2": 0.8, "mean_error_px": 12.0, "oks_ap": 0.6,
+                     "count": 38},
+            "fid": 80.0, "kid": 0.05, "fid_hands": 90.0, "kid_hands": None, "clip_score": 25.0,
+            "reasons": {"kid_hands": "hand crops: FID/KID need at least 2 images per side"},
+            "settings": {"generated": "gen"}, "images": {"evaluated": 20}}  # fmt: skip
+    paths = []
+    for i, label in enumerate(["none", "fixed", "sequential"]):
+        r = json.loads(json.dumps(base))
+        r["label"] = label
+        r["hands"]["pck_0.2"] = 0.6 + 0.1 * i
+        r["fid"] = 80.0 - 5 * i
+        d = tmp_path / label
+        d.mkdir()
+        (d / "report.json").write_text(json.dumps(r))
+        paths.append(str(d / "report.json"))
+    out = compare(paths, str(tmp_path / "cmp"))
+    md = (tmp_path / "cmp" / "compare.md").read_text()
+    table = [line for line in md.splitlines() if line.startswith("| ")]
+    assert [row.split("|")[1].strip() for row in table[1:]] == ["none", "fixed", "sequential"]
+    assert "**80.0**" in table[3] and "**70.00**" in table[3]  # best PCK@0.2 (x100) and FID are bold
+    assert "kid_hands not computed: hand crops" in md
+    assert [r["label"] for r in out["rows"]] == ["none", "fixed", "sequential"]
+    assert json.loads((tmp_path / "cmp" / "compare.json").read_text())["rows"][2]["FID ↓"] == 70.0
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(ValueError, match="not an evaluation report"):
+        load_report(str(tmp_path / "bad.json"))
+    assert os.path.isfile(tmp_path / "cmp" / "compare.json")
