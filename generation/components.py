@@ -211,7 +211,7 @@ def tiny_tokenizer(folder: str | None = None) -> CLIPTokenizer:
 # Builders, one per preset
 
 
-def build_tiny(resolution: int = 64, prediction_type: str = "epsilon", seed: int = 0, **_) -> SDComponents:
+def build_tiny(resolution: int = 64, prediction_type: str | None = None, seed: int = 0, **_) -> SDComponents:
     """Randomly initialised small components for `resolution`-pixel images (a multiple of 8)."""
     if resolution % 8:
         raise ValueError(f"resolution must be a multiple of 8 (the VAE's downsampling), got {resolution}")
@@ -224,7 +224,7 @@ def build_tiny(resolution: int = 64, prediction_type: str = "epsilon", seed: int
     unet = UNet2DConditionModel.from_config(
         tiny_unet_config(resolution // 8, cross_attention_dim=text_encoder.config.hidden_size)
     )
-    scheduler = DDPMScheduler.from_config(scheduler_config(prediction_type))
+    scheduler = DDPMScheduler.from_config(scheduler_config(prediction_type or "epsilon"))
     return SDComponents(unet, vae, text_encoder, tokenizer, scheduler, source="tiny")
 
 
@@ -256,6 +256,12 @@ def build_components(preset: str = "tiny", **kwargs) -> SDComponents:
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; expected one of {sorted(PRESETS)}")
     return PRESETS[preset](**kwargs)
+
+
+def freeze(module: torch.nn.Module, device, dtype: torch.dtype) -> torch.nn.Module:
+    """Eval mode, no gradients, on `device` in `dtype` (cast only when it differs)."""
+    module.requires_grad_(False).eval()
+    return module.to(device) if module.dtype == dtype else module.to(device, dtype=dtype)
 
 
 def sampling_scheduler(train_scheduler, kind: str = "ddim"):

@@ -1,0 +1,395 @@
+"""Stage-1 training task: the multi-task hand generator, trained from a manifest's hands table.
+
+Per micro-batch (all randomness from the loop's generator):
+
+1. latents: VAE posterior sample of the crop (or of its cached posterior) x scaling factor;
+2. condition dropout for classifier-free guidance: the caption becomes "" with probability
+   ``text_dropout``, the heatmaps become zeros with probability ``pose_dropout`` (independently, so
+   both are dropped together with the product of the two);
+3. noise and a uniform timestep; the model sees the noisy latents plus heatmaps and the caption;
+4. loss = noise MSE against the scheduler's target (epsilon / v / sample) + ``mask_loss_weight`` x
+   mask loss (BCE with logits, or BCE + Dice) against the hand mask area-downsampled to latent size.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow.dataset as ds
+import torch
+import torch.nn.functional as F
+
+from manifests.datasets import HandCropDataset
+from manifests.draw import contact_sheet, draw_hand, overlay_mask
+from manifests.reader import open_manifest
+
+from ..components import build_components, encode_text, freeze, sampling_scheduler
+from ..hand_model import HandUNet
+from ..pipeline_hand import HandGenerationPipeline
+from .config import TrainConfig, setting
+from .errors import DataCheckError
+from .latent_cache import LatentCache, fingerprint, vae_fingerprint
+from .loop import TrainResult, train, weight_dtype
+from .losses import diffusion_target, mask_loss
+from .task import TrainTask
+
+logger = logging.getLogger(__name__)
+
+# Columns the task reads; the binary ones must not be null.
+HAND_COLUMNS = ("hand_id", "crop", "crop_size", "mask", "heatmap", "heatmap_shape", "heatmap_dtype",
+                "heatmap_sigma", "crop_keypoints", "caption")  # fmt: skip
+BINARY_COLUMNS = ("crop", "mask", "heatmap")
+
+
+@dataclass
+class HandTrainConfig(TrainConfig):
+    """`TrainConfig` plus the hand generator's data, model and loss settings."""
+
+    out: str = setting(
+        "runs/hand", "run folder: checkpoints, metrics.jsonl, config.json, validation grids, final pipeline"
+    )
+    manifest: str = setting(
+        "", "manifest root (or its hands table) written by prep; local path or fsspec URL"
+    )
+    preset: str = setting(
+        "tiny",
+        "tiny (small random components, CPU friendly) or sd (load --pretrained)",
+        choices=("tiny", "sd"),
+    )
+    pretrained: str | None = setting(None, "local Stable Diffusion folder (diffusers layout) for --preset sd")
+    resolution: int | None = setting(
+        None, "crop side in pixels used for training (default: the manifest's crop_size)"
+    )
+    split: str | None = setting(None, "train only on hands of this split (e.g. train); default all")
+    labels: tuple[str, ...] | None = setting(None, "train only on these gesture labels")
+    min_hand_size: float | None = setting(None, "skip hands smaller than this (original pixels)")
+    min_mask_score: float | None = setting(None, "skip hands whose mask score is below this")
+    mask_loss_weight: float = setting(1.0, "lambda: weight of the mask loss added to the noise MSE")
+    mask_loss: str = setting("bce", "bce or bce+dice", choices=("bce", "bce+dice"))
+    text_dropout: float = setting(0.1, "probability of training with an empty caption (text CFG)")
+    pose_dropout: float = setting(0.1, "probability of training with zero heatmaps (pose CFG)")
+    prediction_type: str | None = setting(None, "epsilon / v_prediction / sample (default: the scheduler's)")
+    mask_head_type: str = setting(
+        "conv", "mask head: conv (conv3x3-SiLU-conv1x1) or channel (one conv)", choices=("conv", "channel")
+    )
+    mask_head_channels: int = setting(32, "hidden channels of the conv mask head")
+    cache_latents: bool = setting(False, "VAE-encode every crop once and train from the cached posteriors")
+    latent_cache_dir: str | None = setting(None, "where to keep the latent cache (default RUN/latent_cache)")
+    shuffle_window: int = setting(4, "row groups whose rows are shuffled together")
+    num_validation_poses: int = setting(4, "fixed poses drawn in each validation grid (val split first)")
+    validation_steps: int = setting(20, "denoising steps for validation images")
+    validation_guidance_scale: float = setting(5.0, "text guidance for validation images")
+    sampler: str = setting(
+        "ddim", "scheduler saved with the final pipeline: ddim or ddpm", choices=("ddim", "ddpm")
+    )
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.manifest:
+            raise ValueError("--manifest is required (a manifest written by prep)")
+        if self.preset == "sd" and not self.pretrained:
+            raise ValueError(
+                "--preset sd needs --pretrained PATH (a local Stable Diffusion folder in diffusers layout)"
+            )
+        for name in ("text_dropout", "pose_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.mask_loss_weight < 0:
+            raise ValueError(f"mask_loss_weight must be >= 0, got {self.mask_loss_weight}")
+
+
+def _null_counts(table, columns) -> dict[str, int]:
+    """Nulls per column over the whole table, from Parquet footers (no data read)."""
+    counts = dict.fromkeys(columns, 0)
+    for frag in table.dataset.get_fragments():
+        md = frag.metadata
+        names = [md.schema.column(i).name for i in range(md.num_columns)]
+        for g in range(md.num_row_groups):
+            rg = md.row_group(g)
+            for col in columns:
+                if col in names:
+                    stats = rg.column(names.index(col)).statistics
+                    if stats is not None and stats.has_null_count:
+                        counts[col] += stats.null_count
+    return counts
+
+
+class HandTask(TrainTask):
+    name = "hand"
+    oom_hints = ("--cache-latents (frees the VAE encoder's activations)", "--resolution")
+
+    def __init__(self, config: HandTrainConfig):
+        super().__init__(config)
+        self.facts: dict = {}
+        self.extra_filter = None
+        self.cache: LatentCache | None = None
+
+    # ---- data ------------------------------------------------------------------------------------
+    def _filter_kwargs(self) -> dict:
+        c = self.config
+        return {
+            "split": c.split,
+            "label": list(c.labels) if c.labels else None,
+            "min_hand_size": c.min_hand_size,
+        }
+
+    def _filter_expression(self):
+        expr = None
+        if self.config.min_mask_score is not None:
+            expr = ds.field("mask_score") >= float(self.config.min_mask_score)
+        if self.extra_filter is not None:
+            expr = self.extra_filter if expr is None else expr & self.extra_filter
+        return expr
+
+    def check_data(self) -> None:
+        """Open the manifest, check columns, nulls and the filter, and read the facts training needs."""
+        c = self.config
+        manifest = open_manifest(c.manifest)
+        if "hands" not in manifest.tables:
+            raise DataCheckError(
+                f"{manifest.url}: no hands table; train-hand needs a manifest with hand crops"
+            )
+        hands = manifest.hands
+        missing = [col for col in HAND_COLUMNS if col not in hands.schema.names]
+        if missing:
+            raise DataCheckError(
+                f"{hands.url}: the hands table lacks column(s) {missing} that train-hand needs"
+            )
+        total = hands.num_rows
+        nulls = _null_counts(hands, BINARY_COLUMNS)
+        full = [col for col, n in nulls.items() if total and n >= total]
+        if full:
+            raise DataCheckError(
+                f"{hands.url}: column(s) {full} are null in every one of the {total} rows (crops/masks/heatmaps not written by prep?)"
+            )
+        partial = {col: n for col, n in nulls.items() if n}
+        if partial:
+            logger.warning("%s: rows with null %s are skipped", hands.url, partial)
+            valid = [ds.field(col).is_valid() for col in partial]
+            self.extra_filter = valid[0]
+            for v in valid[1:]:
+                self.extra_filter = self.extra_filter & v
+        light = ["hand_id", "crop_size", "heatmap_shape", "heatmap_sigma", "caption", "split"]
+        rows = manifest.read("hands", light, filter=self._filter_expression(), **self._filter_kwargs())
+        if rows.num_rows == 0:
+            shown = {
+                k: v
+                for k, v in {**self._filter_kwargs(), "min_mask_score": c.min_mask_score}.items()
+                if v is not None
+            }
+            raise DataCheckError(
+                f"{hands.url}: no hand passes the filter {shown} ({total} hands in the table)"
+            )
+        sizes = sorted(set(rows.column("crop_size").to_pylist()))
+        if c.resolution is None and len(sizes) > 1:
+            raise DataCheckError(
+                f"{hands.url}: crops of several sizes {sizes}; pass --resolution to resize them to one"
+            )
+        resolution = int(c.resolution or sizes[0])
+        if resolution % 8:
+            raise DataCheckError(
+                f"training resolution {resolution} is not a multiple of 8 (the VAE's downsampling)"
+            )
+        first = rows.slice(0, 1).to_pylist()[0]
+        stored_size, stored_sigma = int(first["heatmap_shape"][2]), float(first["heatmap_sigma"] or 1.5)
+        latent = resolution // 8
+        self.facts = {
+            "manifest": manifest.url, "hands_total": total, "hands_selected": rows.num_rows, "null_rows": partial,
+            "resolution": resolution, "latent_size": latent, "stored_heatmap_size": stored_size,
+            # The dataset re-renders heatmaps at latent size when the stored ones differ, scaling sigma.
+            "heatmap_sigma": stored_sigma * latent / stored_size, "rerender_heatmaps": stored_size != latent,
+            "manifest_created_at": manifest.info.get("created_at"),
+        }  # fmt: skip
+        logger.info("train-hand data: %d of %d hands, %dpx crops", rows.num_rows, total, resolution)
+
+    def describe(self) -> dict:
+        return dict(self.facts)
+
+    def _dataset(self, rank: int, world_size: int, shuffle: bool = True) -> HandCropDataset:
+        f = self.facts
+        return HandCropDataset(
+            self.config.manifest, resolution=f["resolution"],
+            heatmap_size=f["latent_size"] if f["rerender_heatmaps"] else None,
+            filter=self._filter_expression(), shuffle=shuffle, seed=self.config.seed, rank=rank,
+            world_size=world_size, shuffle_window=self.config.shuffle_window, **self._filter_kwargs(),
+        )  # fmt: skip
+
+    def dataset(self, accelerator):
+        if self.config.cache_latents:
+            self._prepare_cache(accelerator)
+        return self._dataset(accelerator.process_index, accelerator.num_processes)
+
+    # ---- models ----------------------------------------------------------------------------------
+    def build(self, accelerator) -> None:
+        c = self.config
+        self.accelerator = accelerator
+        comps = build_components(c.preset, pretrained=c.pretrained, resolution=self.facts["resolution"],
+                                 prediction_type=c.prediction_type, seed=c.seed)  # fmt: skip
+        if comps.vae_scale_factor != 8:
+            raise ValueError(
+                f"the VAE downsamples by {comps.vae_scale_factor}, but manifest heatmaps assume 8"
+            )
+        unet_cfg = comps.unet.config
+        if unet_cfg.in_channels != comps.vae.config.latent_channels:
+            raise ValueError(
+                f"{c.pretrained}: the unet has {unet_cfg.in_channels} input channels; train-hand starts from a 4-channel text-to-image UNet"
+            )
+        self.model = HandUNet.from_unet(comps.unet, mask_head_type=c.mask_head_type,
+                                        mask_head_channels=c.mask_head_channels,
+                                        heatmap_sigma=self.facts["heatmap_sigma"])  # fmt: skip
+        del comps.unet
+        dtype = weight_dtype(accelerator)
+        self.vae = freeze(comps.vae, accelerator.device, dtype)
+        self.text_encoder = freeze(comps.text_encoder, accelerator.device, dtype)
+        self.tokenizer = comps.tokenizer
+        self.scheduler = comps.scheduler
+        self.source = comps.source
+        self.facts["components"] = comps.source
+        self.facts["prediction_type"] = self.scheduler.config.prediction_type
+        self.empty_embedding = encode_text(self.tokenizer, self.text_encoder, [""])
+
+    def trainable(self) -> torch.nn.Module:
+        return self.model
+
+    def _encode_moments(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.vae.encode(pixels.to(self.vae.device, self.vae.dtype)).latent_dist.parameters
+
+    def _prepare_cache(self, accelerator) -> None:
+        """Build (main process) or open the latent cache of the selected hands."""
+        c = self.config
+        path = c.latent_cache_dir or os.path.join(c.out, "latent_cache")
+        keys = {k: self.facts[k] for k in ("manifest", "manifest_created_at", "hands_selected", "resolution")}
+        expected = fingerprint({**keys, **self._filter_kwargs(), "min_mask_score": c.min_mask_score,
+                                "vae": vae_fingerprint(self.vae)})  # fmt: skip
+        if accelerator.is_main_process and LatentCache.open_if_valid(path, expected) is None:
+            data = self._dataset(0, 1, shuffle=False)
+            loader = torch.utils.data.DataLoader(
+                data, batch_size=max(c.batch_size, 8), num_workers=c.num_workers
+            )
+            batches = ((list(b["hand_id"]), b["pixel_values"]) for b in loader)
+            total = -(-self.facts["hands_selected"] // max(c.batch_size, 8))
+            LatentCache.build(path, batches, self._encode_moments, expected, total=total)
+        accelerator.wait_for_everyone()
+        self.cache = LatentCache(path)
+        self.facts["latent_cache"] = path
+
+    # ---- loss ------------------------------------------------------------------------------------
+    def prepare_batch(self, batch: dict, device) -> dict:
+        if self.cache is not None:
+            batch = dict(batch)
+            batch.pop("pixel_values", None)  # the cached posterior replaces the crop
+            batch["moments"] = self.cache.get(batch["hand_id"])
+        return super().prepare_batch(batch, device)
+
+    def latents(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
+        with torch.no_grad():
+            if "moments" in batch:
+                z = LatentCache.sample(batch["moments"], generator)
+            else:
+                z = self.vae.encode(batch["pixel_values"].to(self.vae.dtype)).latent_dist.sample(
+                    generator=generator
+                )
+        return z.float() * self.vae.config.scaling_factor
+
+    def loss(self, model, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        c = self.config
+        latents = self.latents(batch, generator)
+        b, device = latents.shape[0], latents.device
+        noise = torch.randn(latents.shape, generator=generator, device=device)
+        t = torch.randint(
+            0, self.scheduler.config.num_train_timesteps, (b,), generator=generator, device=device
+        )
+        noisy = self.scheduler.add_noise(latents, noise, t)
+
+        drop_text = torch.rand(b, generator=generator, device=device) < c.text_dropout
+        drop_pose = torch.rand(b, generator=generator, device=device) < c.pose_dropout
+        captions = ["" if d else cap for d, cap in zip(drop_text.tolist(), batch["caption"])]
+        embeds = encode_text(self.tokenizer, self.text_encoder, captions).float()
+        heatmaps = batch["heatmap"].float() * (~drop_pose).float()[:, None, None, None]
+
+        out = model(noisy, t, embeds, heatmaps)
+        target = diffusion_target(self.scheduler, latents, noise, t)
+        noise_loss = F.mse_loss(out.sample.float(), target.float())
+        mask_target = F.interpolate(batch["mask"].float(), size=latents.shape[-2:], mode="area")
+        m_loss = mask_loss(out.mask_logits, mask_target, c.mask_loss)
+        return {
+            "loss": noise_loss + c.mask_loss_weight * m_loss,
+            "noise_loss": noise_loss,
+            "mask_loss": m_loss,
+        }
+
+    # ---- validation and export -------------------------------------------------------------------
+    def pipeline(self, model) -> HandGenerationPipeline:
+        pipe = HandGenerationPipeline(unet=model, vae=self.vae, text_encoder=self.text_encoder,
+                                      tokenizer=self.tokenizer, scheduler=sampling_scheduler(self.scheduler, self.config.sampler))  # fmt: skip
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    def validation_poses(self) -> list[dict]:
+        """Fixed poses for validation grids: the first hands of the val split, else of the training data."""
+        if getattr(self, "_poses", None) is None:
+            m = open_manifest(self.config.manifest)
+            cols = ["hand_id", "crop_keypoints", "crop_size", "caption"]
+            n = self.config.num_validation_poses
+            rows = m.read("hands", cols, split="val").slice(0, n) if self.config.split != "val" else None
+            if rows is None or rows.num_rows == 0:
+                rows = m.read("hands", cols, filter=self._filter_expression(), **self._filter_kwargs()).slice(
+                    0, n
+                )
+            res = self.facts["resolution"]
+            self._poses = []
+            for r in rows.to_pylist():
+                kps = np.asarray(r["crop_keypoints"], np.float64)
+                kps[:, :2] *= res / float(r["crop_size"])
+                kps[:, :2] = np.clip(kps[:, :2], 0, res)
+                self._poses.append(
+                    {"keypoints": kps, "caption": r["caption"] or "a hand", "hand_id": r["hand_id"]}
+                )
+        return self._poses
+
+    @torch.no_grad()
+    def validate(self, model, step: int, path: str) -> dict:
+        from PIL import Image
+
+        poses = self.validation_poses()
+        if not poses:
+            return {}
+        pipe = self.pipeline(model)
+        with self.accelerator.autocast():
+            out = pipe([p["caption"] for p in poses], keypoints=np.stack([p["keypoints"] for p in poses]),
+                       num_inference_steps=self.config.validation_steps,
+                       guidance_scale=self.config.validation_guidance_scale, seed=self.config.seed,
+                       output_type="np")  # fmt: skip
+        tiles, coverage = [], []
+        for img, prob, binary, pose in zip(out.images, out.masks, out.masks_binary, poses):
+            rgb = (np.clip(img, 0, 1) * 255).round().astype(np.uint8)
+            kps = pose["keypoints"]
+            gray = np.repeat((prob[..., None] * 255).round().astype(np.uint8), 3, axis=2)
+            # hand | mask probability (grey) with the thresholded mask outlined | conditioning skeleton
+            tiles += [rgb, overlay_mask(gray, binary, alpha=0.25), draw_hand(np.zeros_like(rgb), kps)]
+            ij = np.clip(kps[:, :2].astype(int), 0, binary.shape[0] - 1)
+            coverage.append(float(binary[ij[:, 1], ij[:, 0]].mean()))
+        captions = [f"{p['hand_id']}"[:22] for p in poses for _ in range(3)]
+        Image.fromarray(contact_sheet(tiles, columns=3, tile=128, captions=captions)).save(path)
+        # Share of the conditioning keypoints that fall inside the predicted mask: 1 when mask and pose agree.
+        return {"mask_keypoint_coverage": float(np.mean(coverage))}
+
+    def save_final(self, model, out_dir: str) -> None:
+        # Frozen parts may sit in half precision on the device; the saved pipeline is float32 throughout
+        # (load it with torch_dtype=torch.float16 for half-precision sampling). This is the run's last use
+        # of them, so they are cast in place.
+        freeze(self.vae, self.vae.device, torch.float32)
+        freeze(self.text_encoder, self.text_encoder.device, torch.float32)
+        self.pipeline(model).save_pretrained(out_dir)
+        logger.info("saved the hand generation pipeline to %s", out_dir)
+
+    def close(self) -> None:
+        self.cache = None
+
+
+def train_hand(config: HandTrainConfig) -> TrainResult:
+    """Train the stage-1 hand generator; the run folder ends up loadable by `HandGenerationPipeline`."""
+    return train(HandTask(config), config)

@@ -1,0 +1,420 @@
+"""The shared training loop: accelerate, EMA, LR schedule, checkpoints with exact resume, metrics, guards.
+
+`train(task, config)` runs any `TrainTask`. It works the same on one CPU, one GPU or several GPUs
+under ``accelerate launch``. Exact resume rests on three things:
+
+- all training randomness comes from one ``torch.Generator`` per process, saved in each checkpoint;
+- the data order is a function of (seed, epoch) only, and the position inside the epoch is saved
+  (the dataset's own ``state_dict`` when it has one, else a count of consumed micro-batches that are
+  skipped again on resume);
+- optimizer, LR scheduler, weights and EMA are restored from the checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration, set_seed
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
+from tqdm.auto import tqdm
+
+from manifests.datasets import ManifestDataLoader, ManifestIterableDataset
+
+from . import checkpoint as ckpt
+from .config import TrainConfig
+from .errors import NonFiniteLossError, TrainingOOMError
+from .metrics import MetricsLog
+from .task import TrainTask
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.json"
+VALIDATION_DIR = "validation"
+# Settings that may change between a run and its resumption without a warning.
+_RESUMABLE_CHANGES = {"resume", "steps", "interrupt_after", "num_workers", "log_every", "validate_every",
+                      "checkpoint_every", "checkpoints_total_limit"}  # fmt: skip
+
+
+@dataclass
+class TrainResult:
+    run: str
+    step: int
+    finished: bool  # False when stopped by interrupt_after
+    last_checkpoint: str | None
+    final_loss: float | None
+
+
+def weight_dtype(accelerator: Accelerator) -> torch.dtype:
+    """dtype for frozen models under the run's mixed precision (trained weights stay float32)."""
+    return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
+
+
+def make_optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:
+    kwargs = dict(lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
+                  weight_decay=config.adam_weight_decay, eps=config.adam_epsilon)  # fmt: skip
+    if config.use_8bit_adam:
+        try:
+            import bitsandbytes as bnb
+        except ImportError as exc:
+            raise ImportError(
+                "--use-8bit-adam needs bitsandbytes: pip install bitsandbytes (CUDA only)"
+            ) from exc
+        return bnb.optim.AdamW8bit(params, **kwargs)
+    return torch.optim.AdamW(params, **kwargs)
+
+
+def oom_message(config: TrainConfig, task: TrainTask, where: str) -> str:
+    hints = [
+        f"--batch-size (now {config.batch_size}; raise --gradient-accumulation-steps to keep the effective batch)"
+    ]
+    if not config.gradient_checkpointing:
+        hints.append("--gradient-checkpointing")
+    if config.mixed_precision == "no":
+        hints.append("--mixed-precision bf16 (or fp16)")
+    if not config.use_8bit_adam:
+        hints.append("--use-8bit-adam (with bitsandbytes)")
+    if config.ema:
+        hints.append("--no-ema")
+    hints.extend(task.oom_hints)
+    return f"out of memory during {where}. Lower memory use with: " + "; ".join(hints)
+
+
+def _is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, torch.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and "out of memory" in str(exc)
+    )
+
+
+class _Batches:
+    """Endless stream of batches whose order depends on (seed, epoch) only, with a savable position.
+
+    Manifest datasets go through `ManifestDataLoader`, which restores the position without reading
+    the skipped rows. Any other dataset is reshuffled per epoch from (seed, epoch, rank) and resumed
+    by skipping the micro-batches already consumed.
+    """
+
+    def __init__(self, dataset, task: TrainTask, config: TrainConfig, rank: int, state: ckpt.TrainerState):
+        self.dataset, self.task, self.config, self.rank = dataset, task, config, rank
+        self.epoch, self.index = state.epoch, state.batches_in_epoch
+        self.resuming = state.step > 0
+        self.loader = None
+        if isinstance(dataset, ManifestIterableDataset):
+            # Not passed through accelerator.prepare: the dataset shards over ranks itself.
+            self.loader = ManifestDataLoader(dataset, batch_size=config.batch_size, num_workers=config.num_workers,
+                                             collate_fn=task.collate)  # fmt: skip
+            self.loader.set_epoch(self.epoch)
+            if state.data_state:
+                self.loader.load_state_dict(state.data_state)
+
+    def _plain_loader(self):
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(self.epoch)
+        iterable = isinstance(self.dataset, torch.utils.data.IterableDataset)
+        g = (
+            None
+            if iterable
+            else torch.Generator().manual_seed(self.config.seed * 100_003 + self.epoch * 1_009 + self.rank)
+        )
+        return torch.utils.data.DataLoader(
+            self.dataset, batch_size=self.config.batch_size, shuffle=not iterable, generator=g,
+            num_workers=self.config.num_workers, collate_fn=self.task.collate, drop_last=not iterable,
+        )  # fmt: skip
+
+    def data_state(self):
+        return self.loader.state_dict() if self.loader is not None else None
+
+    def __iter__(self):
+        while True:
+            count, skip = 0, self.index if self.loader is None else 0
+            for i, batch in enumerate(self.loader if self.loader is not None else self._plain_loader()):
+                count += 1
+                if i < skip:
+                    continue
+                self.index = self.index + 1 if self.loader is not None else i + 1
+                yield batch
+            if count == 0 and not self.resuming:
+                raise RuntimeError("the training dataset yielded no batch (empty after filtering?)")
+            self.epoch, self.index, self.resuming = self.epoch + 1, 0, False
+            if self.loader is not None:
+                self.loader.set_epoch(self.epoch)
+
+
+def _batch_size(batch) -> int:
+    """Samples in a collated batch: the leading size of its first tensor (or list)."""
+    for v in batch.values() if isinstance(batch, dict) else [batch]:
+        if torch.is_tensor(v) or isinstance(v, (list, tuple)):
+            return len(v)
+    return 1
+
+
+def _write_config(
+    run: str, config: TrainConfig, task: TrainTask, accelerator: Accelerator, resumed: str | None
+):
+    path = os.path.join(run, CONFIG_FILE)
+    new = config.to_dict()
+    if resumed and os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            old = json.load(f).get("config", {})
+        changed = {
+            k: (old.get(k), v) for k, v in new.items() if old.get(k) != v and k not in _RESUMABLE_CHANGES
+        }
+        if changed:
+            logger.warning("resuming with changed settings (old, new): %s", changed)
+    import accelerate
+    import diffusers
+
+    record = {
+        "task": task.name,
+        "config": new,
+        "data": task.describe(),
+        "num_processes": accelerator.num_processes,
+        "resumed_from": resumed,
+        "versions": {
+            "torch": torch.__version__,
+            "diffusers": diffusers.__version__,
+            "accelerate": accelerate.__version__,
+        },
+    }
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(record, f, indent=2, default=str)
+
+
+def train(task: TrainTask, config: TrainConfig | None = None) -> TrainResult:
+    """Train `task` with `config` (default: ``task.config``); see the module docstring."""
+    config = config or task.config
+    config.validate()
+    run = config.out
+    os.makedirs(run, exist_ok=True)
+
+    # Data first: a bad manifest must fail before minutes of model loading.
+    task.check_data()
+
+    accelerator = Accelerator(
+        mixed_precision=config.mixed_precision,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        project_config=ProjectConfiguration(project_dir=run),
+    )
+    rank, main = accelerator.process_index, accelerator.is_main_process
+    if config.allow_tf32 and torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True
+    resume_dir = ckpt.resolve_resume(run, config.resume)
+    if main:
+        _write_config(run, config, task, accelerator, resume_dir)
+    set_seed(config.seed)
+
+    try:
+        task.build(accelerator)
+    except Exception as exc:
+        if _is_oom(exc):
+            raise TrainingOOMError(oom_message(config, task, "model loading")) from exc
+        raise
+    model = task.trainable()
+    if config.gradient_checkpointing:
+        if not hasattr(model, "enable_gradient_checkpointing"):
+            raise ValueError(f"{type(model).__name__} does not support gradient checkpointing")
+        model.enable_gradient_checkpointing()
+    model.train()
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    names, params = [n for n, _ in named], [p for _, p in named]
+    optimizer = make_optimizer(config, params)
+    lr_scheduler = get_scheduler(
+        config.lr_schedule, optimizer,
+        num_warmup_steps=config.lr_warmup_steps * accelerator.num_processes,
+        num_training_steps=config.steps * accelerator.num_processes,
+    )  # fmt: skip
+    ema = None
+    if config.ema:
+        ema = EMAModel(params, decay=config.ema_decay, use_ema_warmup=config.ema_warmup, power=3 / 4)
+        ema.to(accelerator.device)
+    model, optimizer, lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
+    dataset = task.dataset(accelerator)
+    generator = torch.Generator(device=accelerator.device).manual_seed(config.seed * 7919 + rank)
+
+    state = ckpt.TrainerState()
+    metrics = MetricsLog(run, enabled=main)
+    if resume_dir:
+        logger.info("resuming from %s", resume_dir)
+        accelerator.load_state(resume_dir)
+        state = ckpt.read_state(resume_dir)
+        ckpt.load_generator(generator, resume_dir, rank)
+        if ema is not None:
+            ckpt.load_ema(ema, names, resume_dir, state.ema)
+        metrics.truncate_after(state.step)
+    last_checkpoint = resume_dir
+    batches = _Batches(dataset, task, config, rank, state)
+
+    def save_checkpoint() -> str:
+        final = ckpt.checkpoint_path(run, state.step)
+        tmp = final + ".tmp"
+        if main:
+            shutil.rmtree(tmp, ignore_errors=True)
+            os.makedirs(tmp, exist_ok=True)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(tmp, safe_serialization=True)
+        ckpt.save_generator(generator, tmp, rank)
+        state.epoch, state.batches_in_epoch, state.data_state = (
+            batches.epoch,
+            batches.index,
+            batches.data_state(),
+        )
+        if main:
+            state.ema = ckpt.save_ema(ema, names, tmp) if ema is not None else {}
+            ckpt.write_state(tmp, state)
+        accelerator.wait_for_everyone()
+        if main:
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)
+            ckpt.rotate(run, config.checkpoints_total_limit)
+        accelerator.wait_for_everyone()
+        logger.info("saved %s", final)
+        return final
+
+    def validate() -> None:
+        if main:
+            unwrapped = accelerator.unwrap_model(model)
+            if ema is not None:
+                ema.store(params)
+                ema.copy_to(params)
+            was_training = unwrapped.training
+            unwrapped.eval()
+            try:
+                path = os.path.join(run, VALIDATION_DIR, f"step-{state.step:06d}.png")
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                extra = task.validate(unwrapped, state.step, path) or {}
+                if extra:
+                    metrics.write({"step": state.step, **{f"val_{k}": v for k, v in extra.items()}})
+            finally:
+                unwrapped.train(was_training)
+                if ema is not None:
+                    ema.restore(params)
+        accelerator.wait_for_everyone()
+
+    # ---- the loop --------------------------------------------------------------------------------
+    start_step = state.step
+    sums: dict[str, float] = {}
+    logged_steps, last_log_time = 0, time.perf_counter()
+    final_loss = None
+    micro: dict[str, float] = {}
+    n_micro, local_samples = 0, 0
+    bar = tqdm(
+        total=config.steps, initial=state.step, disable=not main, desc=f"train-{task.name}", unit="step"
+    )
+    stopped_early = False
+    try:
+        for batch in batches:
+            if state.step >= config.steps:
+                break
+            batch = task.prepare_batch(batch, accelerator.device)
+            with accelerator.accumulate(model):
+                terms = task.loss(model, batch, generator)
+                loss = terms["loss"]
+                finite = torch.isfinite(loss.detach())
+                if accelerator.num_processes > 1:
+                    finite = accelerator.reduce(finite.float(), reduction="sum") == accelerator.num_processes
+                if not bool(finite):
+                    detail = ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items())
+                    where = last_checkpoint or "none yet (nothing was saved)"
+                    raise NonFiniteLossError(
+                        f"non-finite loss at step {state.step + 1} ({detail}); stopping. Last good checkpoint: "
+                        f"{where}. Try a lower --learning-rate, --mixed-precision bf16 instead of fp16, or "
+                        "check the data for broken crops."
+                    )
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and config.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            for k, v in terms.items():
+                micro[k] = micro.get(k, 0.0) + float(v.detach())
+            n_micro += 1
+            local_samples += _batch_size(batch)
+            if not accelerator.sync_gradients:
+                continue
+
+            # One optimizer step is complete.
+            if ema is not None:
+                ema.step(params)
+            state.step += 1
+            for k, v in micro.items():
+                sums[k] = sums.get(k, 0.0) + v / n_micro
+            micro, n_micro = {}, 0
+            logged_steps += 1
+            bar.update(1)
+
+            done = state.step >= config.steps
+            interrupted = (
+                config.interrupt_after is not None and state.step - start_step >= config.interrupt_after
+            )
+            checkpoint_now = (
+                (config.checkpoint_every and state.step % config.checkpoint_every == 0) or done or interrupted
+            )
+            # Log at checkpoints too, so a resumed run's metrics never depend on unsaved partial sums.
+            if state.step % config.log_every == 0 or checkpoint_now:
+                now = time.perf_counter()
+                means = {k: v / logged_steps for k, v in sums.items()}
+                if accelerator.num_processes > 1:
+                    packed = torch.tensor(list(means.values()), device=accelerator.device)
+                    means = dict(zip(means, accelerator.reduce(packed, reduction="mean").tolist()))
+                rate = logged_steps / max(now - last_log_time, 1e-9)
+                interval_samples = local_samples
+                if accelerator.num_processes > 1:
+                    interval_samples = int(
+                        accelerator.reduce(torch.tensor(local_samples, device=accelerator.device), "sum")
+                    )
+                state.samples_seen += interval_samples
+                record = {"step": state.step, **means, "lr": lr_scheduler.get_last_lr()[0], "epoch": batches.epoch,
+                          "samples_seen": state.samples_seen, "steps_per_s": rate,
+                          "samples_per_s": interval_samples / max(now - last_log_time, 1e-9)}  # fmt: skip
+                metrics.write(record)
+                final_loss = means.get("loss")
+                bar.set_postfix(loss=f"{final_loss:.4f}", samples_s=f"{record['samples_per_s']:.1f}")
+                sums, logged_steps, last_log_time, local_samples = {}, 0, now, 0
+
+            if checkpoint_now:
+                last_checkpoint = save_checkpoint()
+            if (config.validate_every and state.step % config.validate_every == 0) or done:
+                validate()
+            if done:
+                break
+            if interrupted:
+                stopped_early = True
+                logger.info("stopping after %d steps in this run (interrupt_after); resume with --resume latest",
+                            config.interrupt_after)  # fmt: skip
+                break
+    except Exception as exc:
+        if _is_oom(exc):
+            raise TrainingOOMError(oom_message(config, task, f"training step {state.step + 1}")) from exc
+        raise
+    finally:
+        bar.close()
+
+    finished = state.step >= config.steps and not stopped_early
+    if finished:
+        if last_checkpoint is None or ckpt.read_state(last_checkpoint).step != state.step:
+            last_checkpoint = save_checkpoint()
+        if main:
+            unwrapped = accelerator.unwrap_model(model)
+            if ema is not None:
+                ema.store(params)
+                ema.copy_to(params)
+            task.save_final(unwrapped, run)
+            if ema is not None:
+                ema.restore(params)
+        accelerator.wait_for_everyone()
+    task.close()
+    accelerator.end_training()
+    if final_loss is not None and not math.isfinite(final_loss):
+        final_loss = None
+    return TrainResult(
+        run=run, step=state.step, finished=finished, last_checkpoint=last_checkpoint, final_loss=final_loss
+    )
