@@ -26,3 +26,24 @@ def synthetic_manifest(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("synthetic") / "manifest"
     make_synthetic_manifest(str(root), num_images=12)
     return root
+
+
+@pytest.fixture(scope="session")
+def hagrid_manifest(tmp_path_factory, data_dir) -> Path:
+    """The real pipeline's manifest of all 40 hagrid_mini photos (label from folder), built once per session.
+
+    It runs `prep.run` end to end: the folder source, a 2-worker Dask LocalCluster, the real annotator
+    (MediaPipe hands and pose, GrabCut masks; default settings except the ones below) and the shard
+    writer. `_manifest.json` records the exact settings and the run summary is in `summary.json` beside
+    the manifest folder.
+    """
+    import json
+
+    import prep
+
+    root = tmp_path_factory.mktemp("hagrid") / "manifest"
+    summary = prep.run(input=str(data_dir / "hagrid_mini"), out=str(root), label_from_dir=True, shard_size=10,
+                       workers=2, progress=False)  # fmt: skip
+    (root.parent / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    assert not summary["failed_shards"], summary["failed_shards"]
+    return root
