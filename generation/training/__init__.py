@@ -1,16 +1,24 @@
-"""Shared training infrastructure (`loop.train`, `TrainConfig`, `TrainTask`) and the stage-1 task.
+"""Shared training infrastructure and the stage-1 task.
 
 A new model is trained by writing a `TrainTask` subclass (data, model, loss, validation, export) and a
-`TrainConfig` subclass (its settings); the loop brings accelerate, EMA, LR schedules, checkpoints with
-exact resume, metrics.jsonl / config.json, validation grids and the non-finite / OOM guards.
+`TrainConfig` subclass (its settings); `train(task, config)` brings accelerate, EMA, LR schedules,
+checkpoints with exact resume, metrics.jsonl / config.json, validation grids and the non-finite / OOM
+guards. Names are imported lazily so that building CLI options does not import torch.
 """
 
-from .config import TrainConfig, add_config_arguments, config_from_args, setting
-from .errors import DataCheckError, NonFiniteLossError, TrainingError, TrainingOOMError
-from .loop import TrainResult, train, weight_dtype
-from .task import TrainTask
+from importlib import import_module
 
-__all__ = [
-    "DataCheckError", "NonFiniteLossError", "TrainConfig", "TrainResult", "TrainTask", "TrainingError",
-    "TrainingOOMError", "add_config_arguments", "config_from_args", "setting", "train", "weight_dtype",
-]  # fmt: skip
+_EXPORTS = {
+    "TrainConfig": "config", "add_config_arguments": "config", "config_from_args": "config", "setting": "config",
+    "DataCheckError": "errors", "NonFiniteLossError": "errors", "TrainingError": "errors",
+    "TrainingOOMError": "errors", "TrainResult": "loop", "train": "loop", "weight_dtype": "loop",
+    "TrainTask": "task", "HandTrainConfig": "hand_config", "HandTask": "hand", "train_hand": "hand",
+}  # fmt: skip
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

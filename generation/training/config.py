@@ -33,12 +33,14 @@ class TrainConfig:
     steps: int = setting(1000, "optimizer steps in total (a resumed run continues up to this count)")
     batch_size: int = setting(4, "samples per device per micro-batch")
     learning_rate: float = setting(1e-5, "peak learning rate")
-    lr_schedule: str = setting("constant_with_warmup", f"learning-rate schedule: {', '.join(LR_SCHEDULES)}")
+    lr_schedule: str = setting("constant_with_warmup", "learning-rate schedule", choices=LR_SCHEDULES)
     lr_warmup_steps: int = setting(0, "linear warm-up steps")
     gradient_accumulation_steps: int = setting(
         1, "micro-batches per optimizer step (effective batch = batch x this x GPUs)"
     )
-    mixed_precision: str = setting("no", "no / fp16 / bf16 (bf16 on Ampere or newer GPUs)")
+    mixed_precision: str = setting(
+        "no", "no / fp16 / bf16 (bf16 on Ampere or newer GPUs)", choices=MIXED_PRECISION
+    )
     gradient_checkpointing: bool = setting(
         False, "recompute activations in the backward pass: less memory, ~30%% slower"
     )
@@ -93,13 +95,20 @@ class TrainConfig:
         with open(path, encoding="utf-8") as f:
             return cls.from_dict(json.load(f))
 
+    def resolve(self):
+        """Fill settings whose default depends on others (subclasses override); returns the config."""
+        return self
+
     def validate(self) -> None:
         """Raise ValueError naming the first bad setting."""
         checks = [
             (self.steps >= 1, f"steps must be >= 1, got {self.steps}"),
             (self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}"),
             (self.gradient_accumulation_steps >= 1, "gradient_accumulation_steps must be >= 1"),
-            (self.learning_rate > 0, f"learning_rate must be > 0, got {self.learning_rate}"),
+            (
+                self.learning_rate is not None and self.learning_rate > 0,
+                f"learning_rate must be > 0, got {self.learning_rate}",
+            ),
             (self.mixed_precision in MIXED_PRECISION, f"mixed_precision must be one of {MIXED_PRECISION}"),
             (self.lr_schedule in LR_SCHEDULES, f"lr_schedule must be one of {LR_SCHEDULES}"),
             (0.0 < self.ema_decay < 1.0, f"ema_decay must be in (0, 1), got {self.ema_decay}"),

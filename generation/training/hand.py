@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
 
 import numpy as np
 import pyarrow.dataset as ds
@@ -29,8 +28,8 @@ from manifests.reader import open_manifest
 from ..components import build_components, encode_text, freeze, sampling_scheduler
 from ..hand_model import HandUNet
 from ..pipeline_hand import HandGenerationPipeline
-from .config import TrainConfig, setting
 from .errors import DataCheckError
+from .hand_config import HandTrainConfig
 from .latent_cache import LatentCache, fingerprint, vae_fingerprint
 from .loop import TrainResult, train, weight_dtype
 from .losses import diffusion_target, mask_loss
@@ -42,63 +41,6 @@ logger = logging.getLogger(__name__)
 HAND_COLUMNS = ("hand_id", "crop", "crop_size", "mask", "heatmap", "heatmap_shape", "heatmap_dtype",
                 "heatmap_sigma", "crop_keypoints", "caption")  # fmt: skip
 BINARY_COLUMNS = ("crop", "mask", "heatmap")
-
-
-@dataclass
-class HandTrainConfig(TrainConfig):
-    """`TrainConfig` plus the hand generator's data, model and loss settings."""
-
-    out: str = setting(
-        "runs/hand", "run folder: checkpoints, metrics.jsonl, config.json, validation grids, final pipeline"
-    )
-    manifest: str = setting(
-        "", "manifest root (or its hands table) written by prep; local path or fsspec URL"
-    )
-    preset: str = setting(
-        "tiny",
-        "tiny (small random components, CPU friendly) or sd (load --pretrained)",
-        choices=("tiny", "sd"),
-    )
-    pretrained: str | None = setting(None, "local Stable Diffusion folder (diffusers layout) for --preset sd")
-    resolution: int | None = setting(
-        None, "crop side in pixels used for training (default: the manifest's crop_size)"
-    )
-    split: str | None = setting(None, "train only on hands of this split (e.g. train); default all")
-    labels: tuple[str, ...] | None = setting(None, "train only on these gesture labels")
-    min_hand_size: float | None = setting(None, "skip hands smaller than this (original pixels)")
-    min_mask_score: float | None = setting(None, "skip hands whose mask score is below this")
-    mask_loss_weight: float = setting(1.0, "lambda: weight of the mask loss added to the noise MSE")
-    mask_loss: str = setting("bce", "bce or bce+dice", choices=("bce", "bce+dice"))
-    text_dropout: float = setting(0.1, "probability of training with an empty caption (text CFG)")
-    pose_dropout: float = setting(0.1, "probability of training with zero heatmaps (pose CFG)")
-    prediction_type: str | None = setting(None, "epsilon / v_prediction / sample (default: the scheduler's)")
-    mask_head_type: str = setting(
-        "conv", "mask head: conv (conv3x3-SiLU-conv1x1) or channel (one conv)", choices=("conv", "channel")
-    )
-    mask_head_channels: int = setting(32, "hidden channels of the conv mask head")
-    cache_latents: bool = setting(False, "VAE-encode every crop once and train from the cached posteriors")
-    latent_cache_dir: str | None = setting(None, "where to keep the latent cache (default RUN/latent_cache)")
-    shuffle_window: int = setting(4, "row groups whose rows are shuffled together")
-    num_validation_poses: int = setting(4, "fixed poses drawn in each validation grid (val split first)")
-    validation_steps: int = setting(20, "denoising steps for validation images")
-    validation_guidance_scale: float = setting(5.0, "text guidance for validation images")
-    sampler: str = setting(
-        "ddim", "scheduler saved with the final pipeline: ddim or ddpm", choices=("ddim", "ddpm")
-    )
-
-    def validate(self) -> None:
-        super().validate()
-        if not self.manifest:
-            raise ValueError("--manifest is required (a manifest written by prep)")
-        if self.preset == "sd" and not self.pretrained:
-            raise ValueError(
-                "--preset sd needs --pretrained PATH (a local Stable Diffusion folder in diffusers layout)"
-            )
-        for name in ("text_dropout", "pose_dropout"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
-        if self.mask_loss_weight < 0:
-            raise ValueError(f"mask_loss_weight must be >= 0, got {self.mask_loss_weight}")
 
 
 def _null_counts(table, columns) -> dict[str, int]:

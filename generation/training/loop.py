@@ -190,7 +190,7 @@ def _write_config(
 
 def train(task: TrainTask, config: TrainConfig | None = None) -> TrainResult:
     """Train `task` with `config` (default: ``task.config``); see the module docstring."""
-    config = config or task.config
+    config = (config or task.config).resolve()
     config.validate()
     run = config.out
     os.makedirs(run, exist_ok=True)
