@@ -91,6 +91,7 @@ COMMANDS: dict[str, Command | str] = {
                      _stats_args, _stats_run),
     "preview": Command("contact sheet PNG of hand crops and full images with poses and masks",
                        _preview_args, _preview_run),
+    "score": "manifests.score",
 }  # fmt: skip
 
 

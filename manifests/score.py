@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import posixpath
+import sys
 from collections import defaultdict
 from collections.abc import Mapping
 
@@ -130,6 +131,9 @@ def score_manifest(manifest: str, truth: str, config: MatchConfig | None = None)
         if status[image_id] == "error":
             errors.append(image_id)
         scorer.add(image_id, preds.get(image_id, []), truth_hands[name])
+    if not scorer.images:
+        raise TruthError(f"no image of {truth} pairs with an image of {manifest} by file name "
+                         f"(truth e.g. {sorted(truth_hands)[:3]}, manifest e.g. {sorted(by_name)[:3]})")  # fmt: skip
     r = scorer.result()
     result = {
         "recall": r["detected_share"],
@@ -187,7 +191,12 @@ def format_score(result: dict) -> str:
     return "\n".join(lines)
 
 
-def add_score_arguments(parser) -> None:
+HELP = (
+    "score the manifest's hand keypoints against COCO-style ground truth (recall, precision, PCK, mean error)"
+)
+
+
+def add_arguments(parser) -> None:
     parser.add_argument("manifest", help="manifest root (local path or fsspec URL)")
     parser.add_argument(
         "--truth", required=True, help="COCO-style keypoints JSON (21 hand keypoints, MediaPipe order)"
@@ -197,7 +206,11 @@ def add_score_arguments(parser) -> None:
                         help="max mean keypoint distance of a match, in truth box sizes (default %(default)s)")  # fmt: skip
 
 
-def run_score(args) -> int:
-    result = score_manifest(args.manifest, args.truth, MatchConfig(gate=args.gate))
+def run(args) -> int:
+    try:
+        result = score_manifest(args.manifest, args.truth, MatchConfig(gate=args.gate))
+    except TruthError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(json.dumps(result, indent=2) if args.json else format_score(result))
     return 0

@@ -122,3 +122,26 @@ def test_gate_and_truth_errors(tmp_path):
     with pytest.raises(TruthError, match="not a COCO file"):
         (tmp_path / "x.json").write_text("[]")
         load_truth(str(tmp_path / "x.json"))
+
+
+@pytest.mark.data
+def test_cli_scores_a_prep_manifest_of_onehand10k(tmp_path, data_dir, capsys):
+    """The real pipeline: prep detects the hands of the onehand10k photos; `score` measures them."""
+    import prep
+    from manifests.cli import main
+
+    truth = _truth(data_dir, "onehand10k")
+    out = tmp_path / "m"
+    prep.run(input=str(truth.parent), out=str(out), format="coco", workers=1, mask_method="none", crop_size=64,
+             progress=False)  # fmt: skip
+    assert main(["score", str(out), "--truth", str(truth), "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert {"recall", "precision", "pck_0.1", "pck_0.2", "mean_error_px", "matched"} <= set(r)
+    # Measured with MediaPipe 0.10.14: recall 1.0, precision 1.0, PCK@0.1 0.92, PCK@0.2 0.98, 9.9 px.
+    assert r["recall"] == 1.0 and r["precision"] == 1.0 and r["matched"] == 4
+    assert r["pck_0.2"] >= 0.9 and r["pck_0.1"] >= 0.8
+    assert main(["score", str(out), "--truth", str(truth)]) == 0
+    assert "recall 100.0%" in capsys.readouterr().out
+    other = _truth(data_dir, "freihand")
+    assert main(["score", str(out), "--truth", str(other)]) == 2
+    assert "pairs with an image" in capsys.readouterr().err
