@@ -231,3 +231,27 @@ def test_compare_table(tmp_path):
     with pytest.raises(ValueError, match="not an evaluation report"):
         load_report(str(tmp_path / "bad.json"))
     assert os.path.isfile(tmp_path / "cmp" / "compare.json")
+
+
+def test_cli_evaluate_and_compare(eval_manifest, tmp_path, capsys):
+    from generation.cli import main
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert main(["evaluate", "--manifest", str(eval_manifest), "--generated", "real", "--out", str(a), "--limit", "3",
+                 "--label", "sanity", "--no-progress", "--detect", "wrist_refine=false"]) == 0  # fmt: skip
+    report = json.loads((a / "report.json").read_text())
+    assert report["label"] == "sanity" and report["images"]["evaluated"] == 3
+    assert report["settings"]["detection_settings"]["wrist_refine"] is False
+    assert "| sanity |" in capsys.readouterr().out
+    b.mkdir()
+    (b / "report.json").write_text(json.dumps({**report, "label": "other"}))
+    assert (
+        main(["evaluate", "--compare", str(a), str(b / "report.json"), "--out", str(tmp_path / "cmp")]) == 0
+    )
+    md = (tmp_path / "cmp" / "compare.md").read_text()
+    assert "| sanity |" in md and "| other |" in md
+    with pytest.raises(SystemExit, match="give --manifest and --generated"):
+        main(["evaluate", "--out", str(tmp_path / "x")])
+    with pytest.raises(ValueError, match="unknown detection settings"):
+        main(["evaluate", "--manifest", str(eval_manifest), "--generated", "real", "--out", str(tmp_path / "y"),
+              "--detect", "no_such_setting=1"])  # fmt: skip
