@@ -166,7 +166,7 @@ class ManifestTable:
         return frag
 
     def _fail(self, where: str, exc: Exception):
-        return CorruptShardError(f"{where}: cannot read: {type(exc).__name__}: {exc}")
+        return CorruptShardError(f"{where}: cannot read: {type(exc).__name__}: {' '.join(str(exc).split())}")
 
     def read_unit(self, unit: RowGroupUnit, columns: Sequence[str] | None = None,
                   filter: ds.Expression | None = None) -> pa.Table:  # fmt: skip

@@ -143,7 +143,11 @@ def _read_footer(fs, shard: ShardFile, table: str) -> list[Problem]:
             md = pf.metadata
             schema = pf.schema_arrow
     except Exception as exc:  # pyarrow raises ArrowInvalid / OSError for truncated or foreign files
-        return [Problem(shard.url, f"corrupt or truncated Parquet file: {exc}", kind="corrupt")]
+        return [
+            Problem(
+                shard.url, f"corrupt or truncated Parquet file: {' '.join(str(exc).split())}", kind="corrupt"
+            )
+        ]
     shard.num_rows = md.num_rows
     shard.row_groups = [md.row_group(i).num_rows for i in range(md.num_row_groups)]
     raw = (schema.metadata or {}).get(b"handfirst.schema_version")

@@ -81,8 +81,14 @@ class _Collector:
         self.items: list[Problem] = []
         self.limit = limit
         self.dropped = 0
+        self._seen: set = set()
 
     def add(self, file: str, reason: str, row: int | None = None, kind: str = "contract") -> None:
+        reason = " ".join(str(reason).split())  # arrow messages carry newlines
+        key = (file, row, reason)
+        if key in self._seen:  # the decode pass meets unreadable row groups a second time
+            return
+        self._seen.add(key)
         if len(self.items) < self.limit:
             self.items.append(Problem(file, reason, row, kind))
         else:

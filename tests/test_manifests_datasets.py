@@ -1,0 +1,227 @@
+import warnings
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from manifests.datasets import BodyDataset, HandCropDataset, ManifestDataLoader
+from manifests.geometry import heatmap_peaks
+from manifests.reader import open_manifest
+from manifests.sharding import loader_order, rank_units, resume_streams, worker_consumption, worker_units
+from manifests.synthetic import make_synthetic_manifest
+
+warnings.filterwarnings("ignore", message=".*worker processes in total.*")
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ds") / "m"
+    make_synthetic_manifest(str(root), num_images=30, shard_size=5)  # 6 shards x 2 row groups
+    return open_manifest(str(root))
+
+
+def _ids(loader, key="hand_id"):
+    return [i for batch in loader for i in batch[key]]
+
+
+# ----- sharding: every sample exactly once per epoch over workers x ranks --------------------------
+
+
+@pytest.mark.parametrize("num_workers", [0, 1, 2, 3])
+@pytest.mark.parametrize("world_size", [1, 2, 3])
+def test_each_hand_once_per_epoch_over_workers_and_ranks(manifest, num_workers, world_size):
+    torch.manual_seed(0)
+    everything = manifest.read("hands", ["hand_id"]).column("hand_id").to_pylist()
+    seen = []
+    for rank in range(world_size):
+        ds = HandCropDataset(manifest, rank=rank, world_size=world_size, seed=3)
+        ds.set_epoch(1)
+        seen += _ids(DataLoader(ds, batch_size=4, num_workers=num_workers))
+    counts = Counter(seen)
+    assert sorted(counts) == sorted(everything) and set(counts.values()) == {1}
+
+
+def test_filtered_body_images_once_per_epoch(manifest):
+    want = (
+        manifest.read("images", ["image_id"], status="ok", label=["call", "rock"])
+        .column("image_id")
+        .to_pylist()
+    )
+    seen = []
+    for rank in range(2):
+        ds = BodyDataset(manifest, resolution=32, label=["call", "rock"], rank=rank, world_size=2)
+        seen += _ids(DataLoader(ds, batch_size=3, num_workers=2), "image_id")
+    assert sorted(seen) == sorted(want) and len(seen) == len(set(seen))
+
+
+def test_plan_partitions_units_for_many_combinations():
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        sizes = rng.integers(1, 40, size=rng.integers(1, 30)).tolist()
+        world, workers, epoch = int(rng.integers(1, 6)), int(rng.integers(1, 6)), int(rng.integers(0, 9))
+        got = []
+        for rank in range(world):
+            mine = rank_units(sizes, seed=7, epoch=epoch, shuffle=True, rank=rank, world_size=world)
+            parts = worker_units(sizes, mine, workers)
+            assert sorted(u for p in parts for u in p) == sorted(mine)
+            got += mine
+        assert sorted(got) == list(range(len(sizes)))
+    # Ranks are balanced by rows: the spread is at most the largest unit.
+    sizes = [10] * 17 + [3] * 9
+    loads = [sum(sizes[u] for u in rank_units(sizes, 0, 0, True, r, 4)) for r in range(4)]
+    assert max(loads) - min(loads) <= 10
+
+
+def test_shuffle_depends_on_seed_and_epoch_only(manifest):
+    def order(seed, epoch):
+        ds = HandCropDataset(manifest, seed=seed)
+        ds.set_epoch(epoch)
+        return _ids(DataLoader(ds, batch_size=5))
+
+    a = order(1, 0)
+    assert a == order(1, 0)
+    assert a != order(1, 1) and sorted(a) == sorted(order(1, 1))
+    assert a != order(2, 0)
+    plain = _ids(DataLoader(HandCropDataset(manifest, shuffle=False), batch_size=5))
+    assert plain == manifest.read("hands", ["hand_id"]).column("hand_id").to_pylist()
+
+
+def test_loader_interleaving_model_matches_torch(manifest):
+    ds = HandCropDataset(manifest, seed=4)
+    streams = []
+    for w in range(3):
+        # Each worker's own stream, read in the main process with a fake worker id.
+        plan = ds.worker_plan(3)
+        ds_w = HandCropDataset(manifest, seed=4)
+        streams.append([s["hand_id"] for s in ds_w._generate(w, 3, 0, None)])
+        assert len(streams[-1]) == sum(ds._count(u) for u in plan[w])
+    assert _ids(DataLoader(ds, batch_size=2, num_workers=3)) == loader_order(streams, 2)
+
+
+# ----- exact resume ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("num_workers, batch_size, label", [(0, 3, None), (3, 2, ["call", "four"])])
+def test_resume_continues_exactly_where_it_stopped(manifest, num_workers, batch_size, label):
+    def loader():
+        return ManifestDataLoader(HandCropDataset(manifest, seed=9, label=label), batch_size=batch_size,
+                                  num_workers=num_workers)  # fmt: skip
+
+    first = loader()
+    first.set_epoch(2)
+    full = _ids(first)
+    assert first.samples_seen == len(full)
+    nbatches = -(-len(full) // batch_size)
+    # Stops early, mid-epoch and where the workers have run out unevenly.
+    for stop in sorted({1, nbatches // 2, nbatches - 1}):
+        a = loader()
+        a.set_epoch(2)
+        got = []
+        for i, batch in enumerate(a):
+            got += batch["hand_id"]
+            if i + 1 == stop:
+                state = a.state_dict()
+                break
+        b = loader()
+        b.load_state_dict(state)
+        b.set_epoch(2)  # the trainer's loop calls this again; the pending resume survives
+        assert got + _ids(b) == full, stop
+        b.set_epoch(3)  # the next epoch starts from its beginning
+        assert len(_ids(b)) == len(full)
+
+
+def test_resume_refuses_another_loader_shape(manifest):
+    a = ManifestDataLoader(HandCropDataset(manifest), batch_size=4)
+    state = {**a.state_dict(), "samples_seen": 8}
+    with pytest.raises(ValueError, match="batch_size=4, this loader has batch_size=2"):
+        ManifestDataLoader(HandCropDataset(manifest), batch_size=2).load_state_dict(state)
+    with pytest.raises(ValueError, match="saved seed=0, this dataset has 5"):
+        ManifestDataLoader(HandCropDataset(manifest, seed=5), batch_size=4).load_state_dict(state)
+
+
+def test_worker_consumption_round_robin():
+    # Workers with 5, 1 and 4 samples, batches of 2: batches w0 w1 w2 | w0 w2 | w0.
+    assert worker_consumption([5, 1, 4], 2, 0) == ([0, 0, 0], [0, 1, 2])
+    assert worker_consumption([5, 1, 4], 2, 5) == ([2, 1, 2], [0, 2])
+    assert worker_consumption([5, 1, 4], 2, 7) == ([4, 1, 2], [2, 0])
+    assert resume_streams([5, 1, 4], 2, 7) == [(2, 2), (0, 4), None]
+    with pytest.raises(ValueError, match="not on a batch boundary"):
+        worker_consumption([5, 1, 4], 2, 4)
+    with pytest.raises(ValueError, match="exceeds"):
+        worker_consumption([5, 1, 4], 2, 11)
+
+
+# ----- samples ---------------------------------------------------------------------------------
+
+
+def test_hand_crop_samples(manifest):
+    torch.manual_seed(0)
+    batch = next(iter(DataLoader(HandCropDataset(manifest, shuffle=False), batch_size=4)))
+    assert batch["pixel_values"].shape == (4, 3, 64, 64) and batch["pixel_values"].dtype == torch.float32
+    assert -1.0 <= batch["pixel_values"].min() and batch["pixel_values"].max() <= 1.0
+    assert batch["heatmap"].shape == (4, 21, 8, 8) and batch["mask"].shape == (4, 1, 64, 64)
+    assert set(batch["mask"].unique().tolist()) <= {0.0, 1.0}
+    assert all(c.startswith("a hand showing a") for c in batch["caption"])
+    # The stored crop's skin pixels are under the mask (the synthetic hand is painted skin colour).
+    skin = torch.tensor([224, 172, 138]) / 127.5 - 1
+    inside = (batch["pixel_values"] - skin[None, :, None, None]).abs().amax(1) < 0.1
+    assert (inside & (batch["mask"][:, 0] > 0)).sum() > 0.9 * inside.sum()
+
+
+def test_hand_crop_resize_keeps_heatmap_keypoints_and_mask_consistent(manifest):
+    ds = HandCropDataset(manifest, shuffle=False, resolution=96, heatmap_size=24)
+    plain = HandCropDataset(manifest, shuffle=False)
+    for s, p in zip(list(iter(ds))[:6], list(iter(plain))[:6]):
+        assert s["pixel_values"].shape == (3, 96, 96) and s["mask"].shape == (1, 96, 96)
+        assert s["heatmap"].shape == (21, 24, 24)
+        np.testing.assert_allclose(s["keypoints"][:, :2], p["keypoints"][:, :2] * 1.5, rtol=1e-5)
+        peaks = heatmap_peaks(s["heatmap"].numpy(), 96)
+        assert np.abs(peaks - s["keypoints"][:, :2].numpy()).max() <= 96 / 24  # within one heatmap pixel
+        assert abs(s["mask"].mean() - p["mask"].mean()) < 0.02  # same fraction of the crop is hand
+
+
+def test_body_samples_transform_image_mask_and_keypoints_together(manifest):
+    ds = BodyDataset(manifest, resolution=(96, 160), fit="contain", shuffle=False)
+    n = 0
+    for s in ds:
+        n += 1
+        assert s["pixel_values"].shape == (3, 96, 160) and s["hands_mask"].shape == (1, 96, 160)
+        scale, tx, ty = s["transform"].tolist()
+        assert abs(scale - 0.5) < 1e-6 and abs(tx - 16.0) < 1e-6 and ty == 0  # 256x192 into 160x96
+        mask = s["hands_mask"][0].numpy() > 0
+        for kps, valid in zip(s["hand_keypoints"].numpy(), s["hand_valid"].numpy()):
+            if not valid:
+                continue
+            xy = np.floor(kps[:, :2]).astype(int)
+            assert (
+                mask[xy[:, 1], xy[:, 0]].mean() > 0.9
+            )  # the transformed keypoints fall on the transformed mask
+        assert s["num_hands"] == int(s["hand_valid"].sum()) > 0
+        assert s["openpose"].shape == (18, 3)
+    assert n == manifest.read("images", ["image_id"], status="ok").num_rows
+
+
+def test_body_cover_crop_centred_on_hands_keeps_them_in_frame(manifest):
+    ds = BodyDataset(manifest, resolution=(128, 64), fit="cover", crop="hands", shuffle=False)
+    for s in ds:
+        kps = s["hand_keypoints"][s["hand_valid"]]
+        assert s["transform"][0] == pytest.approx(128 / 192)
+        centre = (kps[..., 0].min() + kps[..., 0].max()) / 2
+        assert -1 <= centre <= 65  # the focus is inside the 64-px-wide window (clamped at the image edge)
+
+
+def test_memory_filesystem_dataset():
+    url = "memory://handfirst-test/ds-m"
+    try:
+        make_synthetic_manifest(url, num_images=6)
+        ds = HandCropDataset(url, seed=0)
+        ids = [s["hand_id"] for s in ds]
+        assert sorted(ids) == sorted(
+            open_manifest(url).read("hands", ["hand_id"]).column("hand_id").to_pylist()
+        )
+    finally:
+        import fsspec
+
+        fsspec.filesystem("memory").rm("/handfirst-test", recursive=True)
