@@ -171,6 +171,7 @@ class Annotator:
                 row.update(
                     hand_id=f"{record.image_id}_h{i}",
                     image_id=record.image_id,
+                    split=record.split,
                     hand_index=i,
                     handedness=hand.handedness,
                     handedness_score=hand.handedness_score,

@@ -89,6 +89,11 @@ class BodyPoseDetector:
         kps = np.array(
             [[lm.x * w, lm.y * h, lm.visibility] for lm in result.pose_landmarks.landmark], dtype=np.float32
         )
+        # MediaPipe extrapolates landmarks past the frame (knees below a half-body shot) and may still
+        # call them likely visible (up to 0.9 seen on hagrid_mini). Outside the image nothing is
+        # visible: their visibility becomes 0, their positions are kept.
+        outside = (kps[:, 0] < 0) | (kps[:, 0] > w) | (kps[:, 1] < 0) | (kps[:, 1] > h)
+        kps[outside, 2] = 0.0
         return BodyPose(kps)
 
     def close(self) -> None:

@@ -60,6 +60,8 @@ class PrepConfig:
     wrist_crop_min_size: int = 256  # wrist crops are upscaled to at least this side (px)
     wrist_match_dist: float = 0.25  # a wrist-crop hand's wrist must be this close to a pose wrist (x crop side)
     wrist_min_hand_ratio: float = 0.2  # a wrist-crop hand must span this x the pose's shoulder width
+    pad_retry: float = 0.25  # no hand found: search the image again inside a zero border of this x its side
+    max_outside: float = 0.25  # drop detected hands reaching further past the frame than this x their size
     dedupe_iou: float = 0.3  # box IoU above which two detections are the same hand
     grabcut_size: int = 160  # GrabCut works on the hand region at most this many px per side
     grabcut_iters: int = 3
@@ -142,6 +144,8 @@ FIELD_HELP = {
     "wrist_crop_min_size": "Wrist crops are upscaled to at least this many pixels per side.",
     "wrist_match_dist": "Keep a wrist-crop hand only if its wrist is within this fraction of the crop side of a pose wrist.",
     "wrist_min_hand_ratio": "Drop wrist-crop hands smaller than this fraction of the body's shoulder width.",
+    "pad_retry": "If no hand is found, search again with the image inside a zero border of this fraction of its longer side (close-ups; 0: off).",
+    "max_outside": "Drop detected hands whose keypoints reach further past the image border than this fraction of the hand size (mostly cut off).",
     "dedupe_iou": "Two detections whose keypoint boxes overlap by more than this IoU are one hand.",
     "grabcut_size": "GrabCut masks: the hand region is worked on at its own resolution, at most this many pixels per side.",
     "grabcut_iters": "GrabCut masks: iterations.",

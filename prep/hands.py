@@ -9,6 +9,9 @@ Detection runs in two passes:
    least ``wrist_crop_min_size`` px and searched again. A hand found there is kept only if its wrist
    lies near a pose wrist and it does not duplicate a hand already found (box IoU).
 
+3. Only when both found nothing: the whole image once more, centred in a zero border of
+   ``pad_retry`` x its longer side, since the palm detector also misses hands that fill the frame.
+
 Handedness: MediaPipe Hands assumes a mirrored (selfie) image and so labels the person's right hand
 "Left" in an ordinary photo. On the 40 `hagrid_mini` photos its raw label was the opposite of the
 MediaPipe Pose wrist nearest to the hand on every one of 40 hands, and on a frontal photo with a
@@ -97,6 +100,12 @@ def hands_from_annotation(
     return hands
 
 
+def _warp(image: np.ndarray, crop: CropBox) -> np.ndarray:
+    """The `crop` square of `image` at crop.size px, zero padded outside the image (bilinear)."""
+    m = np.array([[crop.scale, 0.0, -crop.x0 * crop.scale], [0.0, crop.scale, -crop.y0 * crop.scale]])
+    return cv2.warpAffine(image, m, (crop.size, crop.size), flags=cv2.INTER_LINEAR, borderValue=0)
+
+
 class HandDetector:
     """MediaPipe Hands plus the wrist-guided second pass. Models load on first use."""
 
@@ -140,8 +149,31 @@ class HandDetector:
             for extra in self._wrist_pass(image, body, hands):
                 if not any(self._duplicate(extra, kept) for kept in hands):
                     hands.append(extra)
+        if not hands and self.config.pad_retry > 0:
+            hands = self._padded_pass(image)
+        hands = [hand for hand in hands if self._in_frame(hand, image.shape)]
         hands.sort(key=lambda hd: (hd.source != SOURCE_FULL, -(hd.handedness_score or 0.0)))
         return hands[: self.config.max_hands]
+
+    def _padded_pass(self, image: np.ndarray) -> list[Hand]:
+        """Search once more with the image centred in a zero border of `pad_retry` x its longer side:
+        the palm detector misses hands that fill the frame (close-ups) and finds them when they are
+        smaller relative to the input."""
+        h, w = image.shape[:2]
+        side = max(h, w) * (1.0 + 2.0 * self.config.pad_retry)
+        crop = CropBox((w - side) / 2.0, (h - side) / 2.0, side, int(round(side)))
+        return self._run(_warp(image, crop), crop, SOURCE_FULL)
+
+    def _in_frame(self, hand: Hand, image_shape: tuple[int, ...]) -> bool:
+        """False for a hand MediaPipe extrapolated far past the frame (more than `max_outside` x its size):
+        such a hand is mostly cut off, its keypoints are guesses and its crop mostly padding."""
+        h, w = image_shape[:2]
+        xy = hand.keypoints[:, :2]
+        beyond = np.max(np.concatenate([-xy[:, 0], xy[:, 0] - w, -xy[:, 1], xy[:, 1] - h]))
+        if beyond > self.config.max_outside * hand.size:
+            log.debug("dropping a hand reaching %.0f px past the frame (size %.0f px)", beyond, hand.size)
+            return False
+        return True
 
     def _duplicate(self, a: Hand, b: Hand) -> bool:
         return box_iou(a.bbox, b.bbox) > self.config.dedupe_iou
@@ -204,11 +236,8 @@ class HandDetector:
     def _search(
         self, image: np.ndarray, crop: CropBox, wrists: list[np.ndarray], min_size: float
     ) -> list[Hand]:
-        # Affine resample with zero padding outside the image.
-        m = np.array([[crop.scale, 0.0, -crop.x0 * crop.scale], [0.0, crop.scale, -crop.y0 * crop.scale]])
-        patch = cv2.warpAffine(image, m, (crop.size, crop.size), flags=cv2.INTER_LINEAR, borderValue=0)
         kept = []
-        for hand in self._run(patch, crop, SOURCE_WRIST):
+        for hand in self._run(_warp(image, crop), crop, SOURCE_WRIST):
             nearest = min(float(np.linalg.norm(hand.keypoints[0, :2] - wr)) for wr in wrists)
             if nearest > self.config.wrist_match_dist * crop.side:
                 log.debug("dropping a wrist-crop hand %.0f px from every pose wrist", nearest)

@@ -66,7 +66,9 @@ def _open_checked(data: bytes, max_pixels: int, uri: str) -> Image.Image:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             im = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as exc:
-        raise ImageTooLargeError(f"{uri}: {exc}") from exc
+        raise ImageTooLargeError(
+            f"{uri}: exceeds max_pixels={max_pixels} and PIL's own bound ({exc})"
+        ) from exc
     except UnidentifiedImageError as exc:
         raise ImageDecodeError(f"{uri}: not a recognised image format ({len(data)} bytes)") from exc
     except Exception as exc:
