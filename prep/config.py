@@ -56,9 +56,9 @@ class PrepConfig:
     body_pose: bool = True  # MediaPipe Pose; the wrist-guided hand pass needs it
     hand_model_complexity: int = 1  # MediaPipe Hands landmark model: 0 lite, 1 full
     wrist_min_visibility: float = 0.5  # pose wrists less visible than this start no wrist crop
-    wrist_crop_retry: float = 1.3  # if a wrist crop finds nothing, retry at x and / this factor (1 = no retry)
+    wrist_crop_retry: float = 1.3  # a wrist crop that finds nothing is retried at x and / this (1: off)
     wrist_crop_min_size: int = 256  # wrist crops are upscaled to at least this side (px)
-    wrist_match_dist: float = 0.25  # a wrist-crop hand's wrist must be this close to a pose wrist (x crop side)
+    wrist_match_dist: float = 0.25  # wrist-crop hand to pose wrist distance bound (x crop side)
     wrist_min_hand_ratio: float = 0.2  # a wrist-crop hand must span this x the pose's shoulder width
     pad_retry: float = 0.25  # no hand found: search the image again inside a zero border of this x its side
     max_outside: float = 0.25  # drop detected hands reaching further past the frame than this x their size
