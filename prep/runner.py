@@ -31,7 +31,12 @@ def make_config(config: PrepConfig | None = None, **kwargs) -> PrepConfig:
     unknown = sorted(set(kwargs) - names)
     if unknown:
         raise TypeError(f"unknown prep settings: {unknown}")
-    return dataclasses.replace(config, **kwargs) if config is not None else PrepConfig(**kwargs)
+    config = dataclasses.replace(config, **kwargs) if config is not None else PrepConfig(**kwargs)
+    for name, low in (("workers", 1), ("shard_size", 1), ("retries", 0), ("limit", 0)):
+        value = getattr(config, name)
+        if value is not None and value < low:
+            raise ValueError(f"{name} must be at least {low}, got {value}")
+    return config
 
 
 def uses_sam(config: PrepConfig) -> bool:

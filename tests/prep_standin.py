@@ -26,7 +26,10 @@ def _maybe_die(uri: str) -> None:
 
 
 class StandInAnnotator:
+    built = 0  # instances made in this process (models must load once per worker)
+
     def __init__(self, config):
+        StandInAnnotator.built += 1
         self.config = config
         self.timings = {"decode": 0.0, "hands": 0.0}
 

@@ -179,8 +179,24 @@ def test_cli_missing_input_exits_nonzero_with_a_clear_message(tmp_path, capsys):
     assert not (tmp_path / "m").exists()
 
 
+def test_bad_settings_are_refused_before_any_work(tmp_path):
+    with pytest.raises(ValueError, match="workers must be at least 1, got 0"):
+        run(input=str(tmp_path), out=str(tmp_path / "m"), workers=0)
+    with pytest.raises(TypeError, match=r"unknown prep settings: \['crop_sise'\]"):
+        run(input=str(tmp_path), crop_sise=3)
+    assert not (tmp_path / "m").exists()
+
+
 def test_cli_options_come_from_the_config():
-    from prep.cli import build_parser
+    import dataclasses
+
+    from prep.cli import API_ONLY, build_parser
+    from prep.config import FIELD_HELP
+
+    fields = {f.name for f in dataclasses.fields(PrepConfig)}
+    assert set(FIELD_HELP) == fields  # every setting is documented in one place
+    options = {a.dest for a in build_parser()._subparsers._group_actions[0].choices["run"]._actions}
+    assert fields - API_ONLY <= options
 
     args = build_parser().parse_args(["run"])
     defaults = PrepConfig()
@@ -200,6 +216,41 @@ def test_cli_options_come_from_the_config():
     assert (args.crop_size, args.heatmap_size, args.wrist_refine) == (256, 16, False)
     with pytest.raises(SystemExit):
         build_parser().parse_args(["run", "--format", "voc"])
+
+
+def test_sam_shards_ask_for_a_gpu_resource_and_local_workers_offer_it(mixed_input, tmp_path):
+    from prep.runner import dask_client, run_shards
+
+    config = cfg(mixed_input, tmp_path / "m", gpu_resource=True, mask_method="sam", limit=6, workers=1)
+    shards = plan_shards(load_records(config), config)
+    with dask_client(config) as client:
+        assert [w["resources"] for w in client.scheduler_info()["workers"].values()] == [{"GPU": 1}]
+        calls, submit = [], client.submit
+        client.submit = lambda *a, **k: calls.append(k) or submit(*a, **k)
+        done, failed, _ = run_shards(shards, config, client)
+    assert not failed and sum(s["images"] for s in done) == 6
+    assert len(calls) == 2 and all(c["resources"] == {"GPU": 1} for c in calls)
+
+
+def _standins_built() -> int:
+    import prep_standin
+
+    return prep_standin.StandInAnnotator.built
+
+
+def test_external_scheduler_is_used_and_left_running(mixed_input, tmp_path):
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster:
+        summary = run(cfg(mixed_input, tmp_path / "m", scheduler=cluster.scheduler_address, limit=6))
+        assert summary["images"] == 6 and summary["dashboard"] == cluster.dashboard_link
+        with Client(cluster) as client:  # the run did not shut the cluster down
+            assert len(client.scheduler_info()["workers"]) == 1
+            # its one worker ran both shards with one annotator, built once
+            assert list(client.run(_standins_built).values()) == [1]
+        with pytest.raises(RuntimeError, match="no worker of tcp://.* offers a GPU resource"):
+            run(cfg(mixed_input, tmp_path / "m2", scheduler=cluster.scheduler_address, gpu_resource=True,
+                    mask_method="sam", limit=2))  # fmt: skip
 
 
 # ---------------------------------------------------------------- the real annotator, end to end
