@@ -8,6 +8,7 @@ from importlib import import_module
 
 # public name -> module that defines it
 _EXPORTS = {
+    "BodyOutpaintPipeline": "generation.pipeline_body",
     "HandGenerationPipeline": "generation.pipeline_hand",
     "HandGenerationPipelineOutput": "generation.pipeline_hand",
     "HandUNet": "generation.hand_model",

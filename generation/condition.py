@@ -76,6 +76,19 @@ class ConditionInputs:
     source: str = ""  # an image id or file name, for error messages
 
 
+def inputs_from_body_sample(item: dict) -> ConditionInputs:
+    """A `manifests.datasets.BodyDataset` sample -> `ConditionInputs` on its canvas.
+
+    The dataset's uint8 -> [-1, 1] pixel map inverts exactly, so the hand pixels are the photo's.
+    """
+    pixels = item["pixel_values"]
+    image = ((pixels.permute(1, 2, 0).numpy() + 1.0) * 127.5).round().clip(0, 255).astype(np.uint8)
+    mask = item["hands_mask"][0].numpy() > 0.5
+    hands = [k.numpy() for k, ok in zip(item["hand_keypoints"], item["hand_valid"]) if bool(ok)]
+    body = item["body_keypoints"].numpy() if item["has_body"] else None
+    return ConditionInputs(body, image, mask, hands, "mediapipe33", item["image_id"])
+
+
 def _pixels(cfg: ConditionConfig, size: int, frac: float) -> int:
     return max(1, int(round(frac * size)))
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -31,13 +32,14 @@ from .body_model import (
     repaint_mask,
     vae_scale_factor,
 )
-from .components import sampling_scheduler
+from .components import ModelFolderError, encode_text, sampling_scheduler
 from .condition import (
     ConditionConfig,
     ConditionInputs,
     build_condition,
     channel_slices,
     conditioning_channels,
+    inputs_from_body_sample,
 )
 
 log = logging.getLogger(__name__)
@@ -144,18 +146,37 @@ class BodyOutpaintPipeline(DiffusionPipeline):
         self.base_kind: BaseKind = infer_base_kind(unet, vae.config.latent_channels)
 
     @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """Load a saved pipeline (a `train-body` run folder); a missing local folder is a clear error."""
+        path = os.fspath(pretrained_model_name_or_path)
+        looks_local = (
+            os.path.isabs(path) or path.startswith(".") or path.count("/") != 1 or os.path.exists(path)
+        )
+        if looks_local:
+            if not os.path.isdir(path):
+                raise ModelFolderError(f"body model folder not found: {path!r} is not a directory")
+            if not os.path.isfile(os.path.join(path, "model_index.json")):
+                raise ModelFolderError(
+                    f"{path!r} has no model_index.json: not a saved pipeline (a finished train-body run folder, "
+                    "or a folder written by BodyOutpaintPipeline.save_pretrained)"
+                )
+        return super().from_pretrained(path, **kwargs)
+
+    @classmethod
     def from_components(
         cls,
         components,
         controlnet: ControlNetModel,
         condition_config: ConditionConfig | None = None,
         scheduler: str = "ddim",
+        unet: UNet2DConditionModel | None = None,
     ) -> BodyOutpaintPipeline:
-        """Assemble from `generation.components.SDComponents` (training scheduler converted for sampling)."""
+        """Assemble from `generation.components.SDComponents` (training scheduler converted for sampling);
+        `unet` replaces the components' base UNet (a fine-tuned one)."""
         cfg = condition_config or ConditionConfig()
         return cls(
             vae=components.vae, text_encoder=components.text_encoder, tokenizer=components.tokenizer,
-            unet=components.unet, controlnet=controlnet, scheduler=sampling_scheduler(components.scheduler, scheduler),
+            unet=unet or components.unet, controlnet=controlnet, scheduler=sampling_scheduler(components.scheduler, scheduler),
             condition_channels=",".join(cfg.channels), draw_hand_skeletons=cfg.draw_hand_skeletons,
             min_visibility=cfg.min_visibility, stick_width=cfg.stick_width, joint_radius=cfg.joint_radius,
         )  # fmt: skip
@@ -174,14 +195,7 @@ class BodyOutpaintPipeline(DiffusionPipeline):
 
     def encode_prompt(self, prompt: list[str], device) -> torch.Tensor:
         """Prompts -> CLIP text embeddings (B, 77, D)."""
-        tokens = self.tokenizer(
-            prompt,
-            padding="max_length",
-            max_length=self.tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        )
-        return self.text_encoder(tokens.input_ids.to(device))[0]
+        return encode_text(self.tokenizer, self.text_encoder, prompt, device)
 
     def prepare_condition(self, inputs: Sequence[ConditionInputs]) -> torch.Tensor:
         """Draw one condition image per item -> (B, C, H, W) float32 in [0, 1]."""
@@ -496,3 +510,31 @@ class BodyOutpaintPipeline(DiffusionPipeline):
             return out.get("latents", latents)
 
         return step_fn
+
+
+def manifest_inputs(manifest, image_id: str, resolution: int | tuple[int, int] = 512, fit: str = "cover",
+                    crop: str = "hands") -> dict:  # fmt: skip
+    """Pipeline inputs that regenerate one manifest image around its own hands.
+
+    The image goes through the same `BodyDataset` transform as in training. Returns keyword
+    arguments for `BodyOutpaintPipeline.__call__`: ``prompt`` (the caption), ``body_keypoints``
+    ((33, 3) canvas pixels, None without a body), ``hand_image`` ((H, W, 3) uint8, the photo),
+    ``hand_mask`` ((H, W) bool) and ``hand_keypoints`` (a list of (21, 3)).
+    """
+    import pyarrow.dataset as ds
+
+    from manifests.datasets import BodyDataset
+
+    data = BodyDataset(manifest, resolution=resolution, fit=fit, crop=crop, status=None,
+                       filter=ds.field("image_id") == image_id, shuffle=False, rank=0, world_size=1)  # fmt: skip
+    item = next(iter(data), None)
+    if item is None:
+        raise ValueError(f"{manifest}: no image with image_id {image_id!r}")
+    inputs = inputs_from_body_sample(item)
+    return {
+        "prompt": item["caption"],
+        "body_keypoints": inputs.body_keypoints,
+        "hand_image": inputs.hand_image,
+        "hand_mask": inputs.hand_mask,
+        "hand_keypoints": list(inputs.hand_keypoints),
+    }

@@ -1,0 +1,116 @@
+"""Settings of stage-2 training (`train-body`): `TrainConfig` plus data, model, condition and loss fields.
+
+Kept apart from the task so the CLI can build its options without importing torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .config import TrainConfig, setting
+
+# Mirrors of `generation.condition.CONDITION_GROUPS` and `generation.body_model.BASE_KINDS` (checked
+# equal by the tests) so that building the CLI does not import torch.
+CONDITION_GROUP_NAMES = ("pose", "hands", "mask")
+BASE_KIND_NAMES = ("standard", "inpainting")
+MISSING_BODY = ("skip", "refuse")
+PRESET_RESOLUTION = {"tiny": 64, "sd": 512}
+
+
+@dataclass
+class BodyTrainConfig(TrainConfig):
+    """`TrainConfig` plus the body outpainter's settings."""
+
+    out: str = setting(
+        "runs/body", "run folder: checkpoints, metrics.jsonl, config.json, validation grids, final pipeline"
+    )
+    learning_rate: float = setting(1e-5, "peak learning rate (1e-5 suits SD; the tiny preset learns at 1e-3)")
+    manifest: str = setting("", "manifest root written by prep; local path or fsspec URL")
+    split: str | None = setting(None, "train only on images of this split (e.g. train); default all")
+    preset: str = setting(
+        "tiny",
+        "tiny (small random components, CPU friendly) or sd (load --pretrained)",
+        choices=("tiny", "sd"),
+    )
+    pretrained: str | None = setting(
+        None,
+        "local Stable Diffusion folder (diffusers layout) for --preset sd; SD-inpainting for --base-kind inpainting",
+    )
+    resolution: int | None = setting(
+        None, f"training side in pixels, a multiple of 16 (default {PRESET_RESOLUTION})"
+    )
+    base_kind: str = setting(
+        "standard",
+        "base UNet: standard (4-channel) or inpainting (9-channel SD-inpainting)",
+        choices=BASE_KIND_NAMES,
+    )
+    train_base_unet: bool = setting(
+        False, "also train the base UNet (default: frozen; only the ControlNet learns)"
+    )
+    condition_channels: tuple[str, ...] = setting(
+        CONDITION_GROUP_NAMES, f"condition channel groups, in order, from {', '.join(CONDITION_GROUP_NAMES)}"
+    )
+    draw_hand_skeletons: bool = setting(
+        False, "also draw the 21-point hand skeletons into the pose channels (ablation)"
+    )
+    min_visibility: float = setting(0.3, "body landmarks below this visibility are not drawn")
+    missing_body: str = setting(
+        "skip",
+        "images without a usable body pose: skip (counted in config.json) or refuse",
+        choices=MISSING_BODY,
+    )
+    fit: str = setting(
+        "cover", "to the square: cover (crop the overflow) or contain (pad)", choices=("cover", "contain")
+    )
+    crop: str = setting(
+        "hands", "with cover, centre the crop on the hands or the image centre", choices=("hands", "center")
+    )
+    border_weight: float = setting(
+        1.0, "extra loss weight in a band around the hand borders, where seams appear (0: plain MSE)"
+    )
+    border_width: int = setting(
+        1, "half-width of that band in latent pixels (one latent pixel = 8 image pixels)"
+    )
+    text_dropout: float = setting(0.1, "probability of training with an empty caption (text CFG)")
+    condition_dropout: float = setting(
+        0.05, "probability of training with an all-zero condition image (condition CFG)"
+    )
+    shuffle_window: int = setting(4, "row groups whose rows are shuffled together")
+    num_validation_images: int = setting(
+        4, "fixed images drawn in each validation grid (the split's first usable ones)"
+    )
+    validation_steps: int = setting(20, "denoising steps for validation images")
+    validation_guidance_scale: float = setting(3.0, "text guidance for validation images")
+    sampler: str = setting(
+        "ddim", "scheduler saved with the final pipeline: ddim or ddpm", choices=("ddim", "ddpm")
+    )
+
+    @property
+    def resolved_resolution(self) -> int:
+        return int(self.resolution or PRESET_RESOLUTION[self.preset])
+
+    def validate(self) -> None:
+        super().validate()
+        if not self.manifest:
+            raise ValueError("--manifest is required (a manifest written by prep)")
+        if self.preset == "sd" and not self.pretrained:
+            raise ValueError(
+                "--preset sd needs --pretrained PATH (a local Stable Diffusion folder in diffusers layout)"
+            )
+        res = self.resolved_resolution
+        if res <= 0 or res % 16:
+            raise ValueError(f"resolution must be a positive multiple of 16, got {res}")
+        unknown = [c for c in self.condition_channels if c not in CONDITION_GROUP_NAMES]
+        if unknown or not self.condition_channels:
+            raise ValueError(
+                f"unknown condition channel group(s) {unknown}; expected some of {CONDITION_GROUP_NAMES}"
+            )
+        if self.base_kind == "inpainting" and not {"hands", "mask"} <= set(self.condition_channels):
+            raise ValueError("--base-kind inpainting needs the 'hands' and 'mask' condition channels")
+        for name in ("text_dropout", "condition_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.border_weight < 0 or self.border_width < 0:
+            raise ValueError("border_weight and border_width must be >= 0")
+        if not 0.0 <= self.min_visibility <= 1.0:
+            raise ValueError(f"min_visibility must be in [0, 1], got {self.min_visibility}")
