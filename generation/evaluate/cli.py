@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 
 from manifests.matching import MatchConfig
 
@@ -77,6 +78,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print report.json instead of the Markdown table")
 
 
+def _quiet_dask() -> None:
+    """Keep distributed's cluster start/stop INFO lines out of the output (its import sets their levels)."""
+    import distributed  # noqa: F401
+
+    for name in list(logging.root.manager.loggerDict):
+        if name == "distributed" or name.startswith("distributed."):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def run(args: argparse.Namespace) -> int:
     from . import compare, evaluate
 
@@ -93,6 +103,8 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(
             "evaluate: give --manifest and --generated (a folder or 'real'), or --compare REPORT ..."
         )
+    if args.workers > 1 or args.scheduler:
+        _quiet_dask()
     config = EvalConfig(
         label=args.label, split=args.split, limit=args.limit, detection=dict(args.detect), workers=args.workers,
         scheduler=args.scheduler, match=MatchConfig(gate=args.gate), min_body_visibility=args.min_body_visibility,
