@@ -15,7 +15,9 @@ import time
 from collections import Counter
 from contextlib import contextmanager
 
-from manifests.writer import ManifestWriter, shard_name
+from manifests.schema import TABLES
+from manifests.storage import join
+from manifests.writer import STATS_DIR, ManifestWriter, shard_name
 
 from .config import PrepConfig
 from .process import process_shard
@@ -136,6 +138,17 @@ def _write_preview(config: PrepConfig) -> str | None:
     return config.preview
 
 
+def remove_shard(writer: ManifestWriter, index: int) -> None:
+    """Delete whatever a failed shard left (a table file written before its worker died), so the
+    manifest on disk holds complete shards only until a rerun redoes it."""
+    for table in TABLES:
+        for path in (join(writer.path, table, shard_name(index) + ".parquet"),
+                     join(writer.path, table, STATS_DIR, shard_name(index) + ".json")):  # fmt: skip
+            if writer.fs.exists(path):
+                writer.fs.rm(path)
+                logger.warning("removed %s left by failed %s", path, shard_name(index))
+
+
 def summarize(
     done: list[dict], skipped: dict[int, dict], failed: dict[int, str], seconds: float, manifest: dict
 ) -> dict:
@@ -187,6 +200,8 @@ def run(config: PrepConfig | None = None, **kwargs) -> dict:
         len(skipped),
     )
     done, failed, dashboard = run_shards(todo, config) if todo else ([], {}, None)
+    for index in failed:
+        remove_shard(writer, index)
     seconds = time.perf_counter() - t0
     manifest = writer.finalize(config=config.to_dict())
     summary = summarize(done, skipped, failed, seconds, manifest)

@@ -154,6 +154,7 @@ def test_worker_killed_then_resume_completes_without_duplicates(mixed_input, tmp
     assert first["shards"] == {"run": 3, "skipped": 0, "failed": 1}
     assert first["manifest"]["images"] == 11  # the dead shard left nothing behind
     assert victim.image_id not in image_ids(out)
+    assert open_manifest(str(out)).images.num_rows == 11  # what is on disk is consistent
 
     shutil.os.remove(marker)
     second = run(cfg(mixed_input, out))
@@ -177,6 +178,20 @@ def test_cli_missing_input_exits_nonzero_with_a_clear_message(tmp_path, capsys):
     assert rc == 2
     assert f"input folder not found: {tmp_path / 'missing'}" in capsys.readouterr().err
     assert not (tmp_path / "m").exists()
+
+
+def test_a_failed_shards_leftovers_are_removed(mixed_input, tmp_path):
+    from prep.runner import remove_shard
+
+    config = cfg(mixed_input, tmp_path / "m")
+    shards = plan_shards(load_records(config), config)
+    for s in shards[:2]:
+        process_shard(s.index, s.records, config, s.fingerprint)
+    (tmp_path / "m" / "hands" / "_stats" / "shard-00001.json").unlink()  # died between tables' stats
+    remove_shard(ManifestWriter(config.out), 1)
+    left = sorted(p.relative_to(tmp_path / "m").as_posix() for p in (tmp_path / "m").rglob("shard-*"))
+    assert left == ["hands/_stats/shard-00000.json", "hands/shard-00000.parquet", "images/_stats/shard-00000.json",
+                    "images/shard-00000.parquet"]  # fmt: skip
 
 
 def test_bad_settings_are_refused_before_any_work(tmp_path):
