@@ -306,3 +306,26 @@ def test_hagrid_malformed_file_names_the_file(tmp_path, data_dir):
     (tmp_path / "annotations" / "train" / "four.json").write_text("[1, 2]")
     with pytest.raises(AnnotationFileError, match=r"four\.json: expected an object keyed by image id"):
         records(input=str(tmp_path), format="hagrid")
+
+
+def test_sources_read_fsspec_urls(data_dir):
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    photos = sorted((data_dir / "keypoints_gt" / "freihand").glob("*.jpg"))[:2]
+    for i, p in enumerate(photos):
+        fs.pipe(f"/hf-test/imgs/g{i}/{p.name}", p.read_bytes())
+    fs.pipe(
+        "/hf-test/imgs/ann.json",
+        json.dumps({"images": [{"id": 7, "file_name": f"g0/{photos[0].name}"}]}).encode(),
+    )
+    folder = records(input="memory://hf-test/imgs", label_from_dir=True)
+    assert [r.source_uri for r in folder] == [
+        f"memory:///hf-test/imgs/g{i}/{p.name}" for i, p in enumerate(photos)
+    ]
+    assert [r.label for r in folder] == ["g0", "g1"]
+    with fsspec.open(folder[1].source_uri, "rb") as f:
+        assert f.read() == photos[1].read_bytes()
+    (coco,) = records(input="memory://hf-test/imgs", format="coco")
+    assert coco.image_id == "7" and coco.source_uri == folder[0].source_uri
+    fs.rm("/hf-test", recursive=True)
