@@ -68,13 +68,13 @@ def format_summary(summary: dict) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .runner import run
+    from .runner import ClusterSetupError, run
     from .sources import AnnotationFileError
 
     config = config_from_args(args)
     try:
         summary = run(config)
-    except (FileNotFoundError, AnnotationFileError, ValueError) as exc:
+    except (FileNotFoundError, AnnotationFileError, ValueError, ClusterSetupError) as exc:
         print(f"handfirst-prep: error: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(summary, indent=2, default=str) if args.json else format_summary(summary))

@@ -27,6 +27,10 @@ from .sources import load_records
 logger = logging.getLogger(__name__)
 
 
+class ClusterSetupError(RuntimeError):
+    """The Dask cluster cannot run this job as configured (e.g. no worker offers a needed resource)."""
+
+
 def make_config(config: PrepConfig | None = None, **kwargs) -> PrepConfig:
     """A PrepConfig from a config and/or keyword overrides; unknown keywords are an error."""
     names = {f.name for f in dataclasses.fields(PrepConfig)}
@@ -56,7 +60,7 @@ def dask_client(config: PrepConfig):
             if config.gpu_resource and uses_sam(config):
                 workers = client.scheduler_info().get("workers", {}).values()
                 if not any(w.get("resources", {}).get("GPU") for w in workers):
-                    raise RuntimeError(f"gpu_resource is set but no worker of {config.scheduler} offers a GPU resource "
+                    raise ClusterSetupError(f"gpu_resource is set but no worker of {config.scheduler} offers a GPU resource "
                                        "(start workers with --resources GPU=1)")  # fmt: skip
             yield client
         return
