@@ -165,6 +165,53 @@ def match_instances(
     return [Pair(int(i), int(j), float(dist[i, j])) for i, j in zip(rows, cols) if dist[i, j] <= config.gate]
 
 
+def wilson_interval(hits: np.ndarray, n: np.ndarray, z: float = 1.96) -> tuple[np.ndarray, np.ndarray]:
+    """Wilson score interval of the proportions hits / n (arrays); NaN where n == 0.
+
+    Unlike the normal approximation it stays inside [0, 1] and is honest for small n and for
+    proportions of 0 or 1, which is what per-keypoint figures on a few hands look like.
+    """
+    hits, n = np.asarray(hits, np.float64), np.asarray(n, np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p = hits / n
+        denom = 1 + z**2 / n
+        centre = (p + z**2 / (2 * n)) / denom
+        half = z * np.sqrt(p * (1 - p) / n + z**2 / (4 * n**2)) / denom
+    return centre - half, centre + half
+
+
+def keypoint_summary(errors: np.ndarray, thresholds=(0.1, 0.2), z: float = 1.96) -> dict:
+    """Per-keypoint figures of (M, K) normalised errors (NaN = keypoint not valid), JSON-ready.
+
+    Keys (each a list of K values, None where no hand has that keypoint): ``n`` (valid keypoints),
+    ``mean_error`` and ``sem_error`` (mean distance / box size and its standard error), and for each
+    threshold a: ``pck_{a}`` with its Wilson interval ``pck_{a}_low`` / ``pck_{a}_high`` (z = 1.96: 95%).
+    """
+    errors = np.asarray(errors, dtype=np.float64)
+    valid = np.isfinite(errors)
+    n = valid.sum(axis=0)
+    filled = np.where(valid, errors, 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = filled.sum(axis=0) / n
+        var = (np.where(valid, errors - mean, 0.0) ** 2).sum(axis=0) / np.maximum(n - 1, 1)
+        sem = np.sqrt(var / n)
+
+    def listed(a) -> list:
+        return [float(v) if c > 0 and np.isfinite(v) else None for v, c in zip(a, n)]
+
+    out = {
+        "n": [int(v) for v in n],
+        "mean_error": listed(mean),
+        "sem_error": listed(np.where(n > 1, sem, np.nan)),
+    }
+    for a in thresholds:
+        hits = (valid & (filled <= a)).sum(axis=0)
+        low, high = wilson_interval(hits, n, z)
+        out[f"pck_{a:g}"] = listed(hits / np.maximum(n, 1))
+        out[f"pck_{a:g}_low"], out[f"pck_{a:g}_high"] = listed(low), listed(high)
+    return out
+
+
 @dataclass
 class ImageResult:
     """Matching outcome of one image (kept for per-image reports and debugging)."""
@@ -197,6 +244,9 @@ class PoseScorer:
         self.images: list[ImageResult] = []
         self._errors: list[np.ndarray] = []  # per matched target: (n_valid,) px distances
         self._normed: list[np.ndarray] = []  # the same divided by the target box size
+        self._per_keypoint: list[
+            np.ndarray
+        ] = []  # per matched target: (K,) normalised errors, NaN if not valid
         self._missed_keypoints = 0
         self._handedness = [0, 0]  # [agree, both known]
         self._gt_anns: list[dict] = []
@@ -218,6 +268,9 @@ class PoseScorer:
             err = np.linalg.norm(p.keypoints[t.valid, :2] - t.keypoints[t.valid, :2], axis=1)
             self._errors.append(err)
             self._normed.append(err / t.box_size(self.config.min_box_size))
+            full = np.full(len(t.valid), np.nan)
+            full[t.valid] = self._normed[-1]
+            self._per_keypoint.append(full)
             if p.handedness is not None and t.handedness is not None:
                 self._handedness[0] += int(p.handedness == t.handedness)
                 self._handedness[1] += 1
@@ -251,6 +304,16 @@ class PoseScorer:
     @property
     def num_matched(self) -> int:
         return sum(len(r.pairs) for r in self.images)
+
+    def keypoint_errors(self) -> np.ndarray:
+        """(M, K) float64: each matched target's keypoint distances / its box size; NaN where not valid."""
+        if not self._per_keypoint:
+            return np.zeros((0, len(self.sigmas)))
+        return np.stack(self._per_keypoint)
+
+    def per_keypoint(self) -> dict:
+        """`keypoint_summary` of the matched targets: which keypoints are hardest."""
+        return keypoint_summary(self.keypoint_errors(), self.config.pck_thresholds)
 
     def oks_ap(self) -> dict:
         """{"oks_ap": AP@[.5:.95], "oks_ap50": AP@.5} via pycocotools; None without targets."""

@@ -116,13 +116,19 @@ def _manifest_hands(manifest_path: str):
     return by_name, status, preds
 
 
-def score_manifest(manifest: str, truth: str, config: MatchConfig | None = None) -> dict:
-    """Score `manifest`'s hands against the COCO keypoints file `truth`. See the module docstring."""
-    config = config or MatchConfig()
+def score_manifest(manifest: str, truth: str, config: MatchConfig | None = None,
+                   scorer: PoseScorer | None = None) -> dict:  # fmt: skip
+    """Score `manifest`'s hands against the COCO keypoints file `truth`. See the module docstring.
+
+    `scorer`: accumulate into this `PoseScorer` (its own config is used) instead of a new one, to pool
+    several (manifest, truth) pairs; the figures returned then cover everything the scorer holds.
+    """
+    config = scorer.config if scorer is not None else (config or MatchConfig())
     truth_hands, _ = load_truth(truth)
     by_name, status, preds = _manifest_hands(manifest)
-    scorer = PoseScorer("hand", config=config)
+    scorer = scorer if scorer is not None else PoseScorer("hand", config=config)
     not_in_manifest = sorted(n for n in truth_hands if n not in by_name)
+    already = len(scorer.images)
     errors = []
     for name in sorted(truth_hands):
         if name not in by_name:
@@ -131,7 +137,7 @@ def score_manifest(manifest: str, truth: str, config: MatchConfig | None = None)
         if status[image_id] == "error":
             errors.append(image_id)
         scorer.add(image_id, preds.get(image_id, []), truth_hands[name])
-    if not scorer.images:
+    if len(scorer.images) == already:
         raise TruthError(f"no image of {truth} pairs with an image of {manifest} by file name "
                          f"(truth e.g. {sorted(truth_hands)[:3]}, manifest e.g. {sorted(by_name)[:3]})")  # fmt: skip
     r = scorer.result()
@@ -146,6 +152,7 @@ def score_manifest(manifest: str, truth: str, config: MatchConfig | None = None)
         "oks_ap": r["oks_ap"],
         "oks_ap50": r["oks_ap50"],
         "handedness_accuracy": r["handedness_accuracy"],
+        "per_keypoint": scorer.per_keypoint(),
         "images": {
             "scored": len(scorer.images),
             "not_in_manifest": len(not_in_manifest),
