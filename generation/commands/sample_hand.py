@@ -96,7 +96,7 @@ def run(args) -> int:
         poses = load_poses(args.keypoints)
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = torch.float16 if args.fp16 else torch.float32
-        pipe = HandGenerationPipeline.from_pretrained(args.model, torch_dtype=dtype).to(device)
+        pipe = HandGenerationPipeline.from_pretrained(args.model, dtype=dtype).to(device)
         out = pipe(args.prompt, keypoints=poses, size=args.size, num_inference_steps=args.steps,
                    guidance_scale=args.guidance_scale, pose_guidance_scale=args.pose_guidance_scale,
                    negative_prompt=args.negative_prompt, num_images_per_prompt=args.num_images_per_pose,

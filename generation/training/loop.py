@@ -321,7 +321,7 @@ def train(task: TrainTask, config: TrainConfig | None = None) -> TrainResult:
                 if accelerator.num_processes > 1:
                     finite = accelerator.reduce(finite.float(), reduction="sum") == accelerator.num_processes
                 if not bool(finite):
-                    detail = ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items())
+                    detail = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())
                     where = last_checkpoint or "none yet (nothing was saved)"
                     raise NonFiniteLossError(
                         f"non-finite loss at step {state.step + 1} ({detail}); stopping. Last good checkpoint: "
