@@ -14,6 +14,7 @@ the file and row group. Nothing is skipped silently.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -21,6 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
 from .decode import (  # noqa: F401  (re-exported: the reader's decode helpers)
     body_keypoints,
@@ -127,10 +129,14 @@ class ManifestTable:
         self.id_column = ID_COLUMNS[self.name]
         self._light = [f.name for f in self.schema if not pa.types.is_binary(f.type)]
         self._fragments: dict[int, ds.ParquetFileFragment] = {}
+        self._files: dict[int, pq.ParquetFile] = {}
+        self.open_files = 8
+        self._pid = os.getpid()
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        state["_fragments"] = {}  # fragments hold open metadata; rebuilt lazily in each process
+        state["_fragments"] = {}  # fragments and open files are rebuilt lazily in each process
+        state["_files"] = {}
         return state
 
     def __repr__(self) -> str:
@@ -168,33 +174,45 @@ class ManifestTable:
     def _fail(self, where: str, exc: Exception):
         return CorruptShardError(f"{where}: cannot read: {type(exc).__name__}: {' '.join(str(exc).split())}")
 
+    def _parquet_file(self, shard: int) -> pq.ParquetFile:
+        """An open ParquetFile per shard, kept for the next row group (a few at a time)."""
+        if self._pid != os.getpid():  # a forked DataLoader worker must not share the parent's file offsets
+            self._files, self._pid = {}, os.getpid()
+        pf = self._files.pop(shard, None)
+        if pf is None:
+            pf = pq.ParquetFile(self.arrow_fs.open_input_file(self.shards[shard].path))
+        self._files[shard] = pf  # most recently used last
+        while len(self._files) > self.open_files:
+            self._files.pop(next(iter(self._files))).close()
+        return pf
+
     def read_unit(self, unit: RowGroupUnit, columns: Sequence[str] | None = None,
                   filter: ds.Expression | None = None) -> pa.Table:  # fmt: skip
         """Rows of one row group, projected to `columns`, keeping those that pass `filter`.
 
         With a filter, the cheap (non-binary) columns are read and filtered first, and the
-        requested columns only for the surviving rows' row group, so a selective filter does not
-        pay for decompressing crops of rows it drops.
+        requested columns only when some row survives, so a selective filter does not pay for
+        decompressing crops of rows it drops.
         """
         where = f"{url_for(self.fs, unit.path)} row group {unit.row_group}"
         columns = list(columns) if columns is not None else self.schema.names
         try:
-            frag = self._fragment(unit.shard).subset(row_group_ids=[unit.row_group])
+            pf = self._parquet_file(unit.shard)
             if filter is None:
-                return frag.to_table(columns=columns, use_threads=False)
-            light = frag.to_table(columns=self._light, use_threads=False)
+                return pf.read_row_group(unit.row_group, columns=columns, use_threads=False)
+            light = pf.read_row_group(unit.row_group, columns=self._light, use_threads=False)
             try:
-                keep = light.append_column("__row", pa.array(range(light.num_rows), pa.int64())).filter(
-                    filter
-                )["__row"]
+                numbered = light.append_column("__row", pa.array(range(light.num_rows), pa.int64()))
+                keep = numbered.filter(filter)["__row"]
             except pa.ArrowInvalid:  # the filter needs a binary column: filter the full rows instead
-                return frag.to_table(columns=columns, filter=filter, use_threads=False)
-            if len(keep) == light.num_rows:
-                return frag.to_table(columns=columns, use_threads=False)
+                full = pf.read_row_group(unit.row_group, use_threads=False)
+                return full.filter(filter).select(columns)
             if len(keep) == 0:
                 return self.schema.empty_table().select(columns)
-            return frag.to_table(columns=columns, use_threads=False).take(keep)
+            rows = pf.read_row_group(unit.row_group, columns=columns, use_threads=False)
+            return rows if len(keep) == light.num_rows else rows.take(keep)
         except (OSError, pa.ArrowException) as exc:
+            self._files.pop(unit.shard, None)
             raise self._fail(where, exc) from exc
 
     def count_unit(self, unit: RowGroupUnit, filter: ds.Expression | None = None) -> int:

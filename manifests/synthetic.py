@@ -57,14 +57,16 @@ def make_synthetic_manifest(
     shard_size: int = 4,
     seed: int = 0,
     no_hands_every: int = 5,
+    row_group_size: int = 4,
 ) -> str:
     """Write a manifest of `num_images` drawn images to `root` and return `root`.
 
     Every `no_hands_every`-th image has no hands (status ``no_hands``); the rest have 1..hands_per_image.
+    `row_group_size` is the writer's (small by default so tests see several row groups per shard).
     """
     rng = np.random.default_rng(seed)
     w, h = image_size
-    writer = ManifestWriter(root, row_group_size=4)
+    writer = ManifestWriter(root, row_group_size=row_group_size)
     for shard in range(0, (num_images + shard_size - 1) // shard_size):
         images, hands = [], []
         for i in range(shard * shard_size, min(num_images, (shard + 1) * shard_size)):
