@@ -66,7 +66,7 @@ def run(args) -> int:
     try:
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = torch.float16 if args.fp16 else torch.float32
-        pipe = BodyOutpaintPipeline.from_pretrained(args.model, torch_dtype=dtype).to(device)
+        pipe = BodyOutpaintPipeline.from_pretrained(args.model, dtype=dtype).to(device)
         resolution = args.resolution or _training_resolution(args.model) or 512
         os.makedirs(args.out, exist_ok=True)
         for image_id in args.image_id:
