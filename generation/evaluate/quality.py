@@ -98,15 +98,17 @@ class DistributionDistance:
         self._features: dict[bool, list[torch.Tensor]] = {True: [], False: []}
 
     @torch.no_grad()
-    def update_images(self, images: list[np.ndarray], real: bool) -> None:
-        """Add RGB uint8 (H, W, 3) images of one side (real=True for the reference set)."""
-        if not images:
-            return
+    def features(self, images: list[np.ndarray]) -> torch.Tensor:
+        """(N, D) features of RGB uint8 (H, W, 3) images."""
         if self.extractor is None:
             raise RuntimeError("no feature extractor was given; use update_features")
         batch = to_uint8_batch(images, self.image_size).to(self.device)
-        feats = self.extractor(batch)
-        self.update_features(feats, real)
+        return self.extractor(batch)
+
+    def update_images(self, images: list[np.ndarray], real: bool) -> None:
+        """Add RGB uint8 (H, W, 3) images of one side (real=True for the reference set)."""
+        if images:
+            self.update_features(self.features(images), real)
 
     def update_features(self, features: torch.Tensor | np.ndarray, real: bool) -> None:
         feats = torch.as_tensor(features).detach().to("cpu", torch.float64).reshape(len(features), -1)

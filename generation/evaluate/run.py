@@ -218,14 +218,15 @@ class QualityPass:
         if not batch:
             return
         if self.full is not None:
-            self.full.update_images([b[0] for b in batch], real=True)
-            self.full.update_images([b[1] for b in batch], real=False)
+            # generated = real passes the same arrays on both sides: extract their features once.
+            same = all(b[0] is b[1] for b in batch)
+            self._both(self.full, [b[0] for b in batch], [b[1] for b in batch], same)
             size = self.config.hand_crop_size
             real_crops = [_crop(b[0], box, b[2], size) for b in batch for box in b[3]]
-            fake_crops = [_crop(b[1], box, b[2], size) for b in batch for box in b[3]]
-            for i in range(0, len(real_crops), self.config.batch_size):
-                self.hands.update_images(real_crops[i : i + self.config.batch_size], real=True)
-                self.hands.update_images(fake_crops[i : i + self.config.batch_size], real=False)
+            fake_crops = real_crops if same else [_crop(b[1], box, b[2], size) for b in batch for box in b[3]]
+            step = self.config.batch_size
+            for i in range(0, len(real_crops), step):
+                self._both(self.hands, real_crops[i : i + step], fake_crops[i : i + step], same)
         if self.clip is not None:
             with_text = [(b[1], b[4]) for b in batch if b[4]]
             self.no_caption += len(batch) - len(with_text)
@@ -233,6 +234,12 @@ class QualityPass:
                 self.clip_scores += self.clip.scores(
                     [t[0] for t in with_text], [t[1] for t in with_text]
                 ).tolist()
+
+    @staticmethod
+    def _both(dd, real: list[np.ndarray], fake: list[np.ndarray], same: bool) -> None:
+        feats = dd.features(real)
+        dd.update_features(feats, real=True)
+        dd.update_features(feats if same else dd.features(fake), real=False)
 
     def results(self) -> dict:
         self.flush()
