@@ -128,6 +128,7 @@ def test_generated_folder_with_misses(eval_manifest, tmp_path):
     assert r["hands"]["detected_share"] == pytest.approx(expected_share)
     assert r["hands"]["pck_0.2"] >= 0.9
     assert r["label"] == "gen" and absent in r["missing_images"]
+    assert not any("aspect ratio" in note for note in r["notes"])  # 1.5x on both axes keeps the frame
 
     with pytest.raises(ValueError, match="nothing to evaluate"):
         evaluate(str(eval_manifest), str(tmp_path / "report"), str(tmp_path / "r2"), progress=False)

@@ -38,6 +38,9 @@ from .report import markdown_table
 
 logger = logging.getLogger(__name__)
 
+# A generated image whose aspect ratio differs from its target frame's by more than this is noted.
+ASPECT_TOLERANCE = 0.02
+
 
 @dataclass
 class EvalConfig:
@@ -359,11 +362,13 @@ def evaluate(manifest: str, generated: str, out: str, config: EvalConfig | None 
 
     hands = PoseScorer("hand", config=config.match)
     body = PoseScorer("body", config=config.match)
-    per_image, unreadable = [], []
+    per_image, unreadable, stretched = [], [], []
     for det in sorted(detections, key=lambda d: d.image_id):
         row = rows[det.image_id]
         if det.error:
             unreadable.append(det.image_id)
+        elif abs(det.size[0] / det.size[1] * row["height"] / row["width"] - 1.0) > ASPECT_TOLERANCE:
+            stretched.append(det.image_id)
         h = hands.add(det.image_id, hand_predictions(det), targets[det.image_id])
         b = body.add(
             det.image_id,
@@ -385,6 +390,9 @@ def evaluate(manifest: str, generated: str, out: str, config: EvalConfig | None 
                 "generated = real: FID/KID compare the real images with themselves (0 by construction)"
             )
     quality_s = time.perf_counter() - t1
+    if stretched:
+        notes.append(f"{len(stretched)} generated images differ from their target frame's aspect ratio by more than "
+                     f"{100 * ASPECT_TOLERANCE:.0f}%; their keypoints were rescaled per axis (e.g. {stretched[:3]})")  # fmt: skip
     if quality.no_caption:
         notes.append(f"{quality.no_caption} images without a caption were left out of the CLIP score")
 
