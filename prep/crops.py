@@ -2,18 +2,20 @@
 
 Geometry comes from `manifests.geometry` (one implementation shared with generation): the crop box is
 `square_crop_box(keypoints, crop_size, crop_margin)` and may extend past the image, where the crop is
-zero padded; `CropBox.to_crop` / `to_image` map keypoints exactly both ways.
+zero padded; `CropBox.to_crop` / `to_image` map keypoints exactly both ways. Pixels are resampled by
+`warp_crop`, OpenCV's equivalent of `crop_image` under the same pixel convention.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 from PIL import Image
 
 from manifests.codecs import encode_heatmap, encode_jpeg, encode_mask
-from manifests.geometry import CropBox, crop_image, paste_crop, render_heatmap, square_crop_box
+from manifests.geometry import CropBox, paste_crop, render_heatmap, square_crop_box
 
 from .config import PrepConfig
 
@@ -33,15 +35,32 @@ def hand_crop_box(keypoints: np.ndarray, config: PrepConfig) -> CropBox:
     )
 
 
+def warp_crop(
+    image: np.ndarray, box: CropBox, interpolation: int = cv2.INTER_LINEAR, fill: float = 0
+) -> np.ndarray:
+    """`manifests.geometry.crop_image` done by OpenCV, about 10x faster than PIL's generic transform.
+
+    Same convention: crop pixel i covers image x in [x0 + i / scale, x0 + (i + 1) / scale), so its
+    centre samples image coordinate x0 + (i + 0.5) / scale, i.e. pixel index x0 + (i + 0.5) / scale - 0.5.
+    Works for uint8 images (H, W[, C]) and float32 maps; outside the image is `fill`.
+    """
+    a = box.side / box.size
+    m = np.array([[a, 0.0, box.x0 + 0.5 * a - 0.5], [0.0, a, box.y0 + 0.5 * a - 0.5]])
+    return cv2.warpAffine(
+        image, m, (box.size, box.size), flags=interpolation | cv2.WARP_INVERSE_MAP,
+        borderMode=cv2.BORDER_CONSTANT, borderValue=fill,
+    )  # fmt: skip
+
+
 def antialiased_crop(image: np.ndarray, box: CropBox) -> np.ndarray:
-    """`crop_image`, but a box shrunk more than 2x is first box-filtered by an integer factor, since
+    """`warp_crop`, but a box shrunk more than 2x is first box-filtered by an integer factor, since
     bilinear sampling alone aliases (large hands in large photos)."""
     factor = int(np.floor(1.0 / box.scale)) if box.scale < 0.5 else 1
     if factor <= 1:
-        return crop_image(image, box)
+        return warp_crop(image, box)
     small = np.asarray(Image.fromarray(image).reduce(factor))
     # reduce() averages factor x factor blocks, so image pixel x maps to x / factor.
-    return crop_image(small, CropBox(box.x0 / factor, box.y0 / factor, box.side / factor, box.size))
+    return warp_crop(small, CropBox(box.x0 / factor, box.y0 / factor, box.side / factor, box.size))
 
 
 def make_crop(image: np.ndarray, keypoints: np.ndarray, config: PrepConfig) -> HandCrop:

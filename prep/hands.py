@@ -24,13 +24,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
 from manifests.geometry import CropBox, keypoint_bbox
 
 from .body import POSE_ARM, BodyPose
 from .config import PrepConfig
+from .crops import warp_crop
 from .errors import AnnotationError
 from .records import HandAnnotation
 
@@ -100,12 +100,6 @@ def hands_from_annotation(
     return hands
 
 
-def _warp(image: np.ndarray, crop: CropBox) -> np.ndarray:
-    """The `crop` square of `image` at crop.size px, zero padded outside the image (bilinear)."""
-    m = np.array([[crop.scale, 0.0, -crop.x0 * crop.scale], [0.0, crop.scale, -crop.y0 * crop.scale]])
-    return cv2.warpAffine(image, m, (crop.size, crop.size), flags=cv2.INTER_LINEAR, borderValue=0)
-
-
 class HandDetector:
     """MediaPipe Hands plus the wrist-guided second pass. Models load on first use."""
 
@@ -162,7 +156,7 @@ class HandDetector:
         h, w = image.shape[:2]
         side = max(h, w) * (1.0 + 2.0 * self.config.pad_retry)
         crop = CropBox((w - side) / 2.0, (h - side) / 2.0, side, int(round(side)))
-        return self._run(_warp(image, crop), crop, SOURCE_FULL)
+        return self._run(warp_crop(image, crop), crop, SOURCE_FULL)
 
     def _in_frame(self, hand: Hand, image_shape: tuple[int, ...]) -> bool:
         """False for a hand MediaPipe extrapolated far past the frame (more than `max_outside` x its size):
@@ -237,7 +231,7 @@ class HandDetector:
         self, image: np.ndarray, crop: CropBox, wrists: list[np.ndarray], min_size: float
     ) -> list[Hand]:
         kept = []
-        for hand in self._run(_warp(image, crop), crop, SOURCE_WRIST):
+        for hand in self._run(warp_crop(image, crop), crop, SOURCE_WRIST):
             nearest = min(float(np.linalg.norm(hand.keypoints[0, :2] - wr)) for wr in wrists)
             if nearest > self.config.wrist_match_dist * crop.side:
                 log.debug("dropping a wrist-crop hand %.0f px from every pose wrist", nearest)

@@ -23,12 +23,12 @@ from functools import partial
 
 import cv2
 import numpy as np
-from PIL import Image
 
-from manifests.geometry import CropBox, crop_image, square_crop_box
+from manifests.geometry import CropBox, square_crop_box
 from manifests.pose import HAND_EDGES
 
 from .config import PrepConfig
+from .crops import warp_crop
 from .errors import ModelLoadError
 from .hands import Hand
 
@@ -56,7 +56,7 @@ def resample(values: np.ndarray, src: CropBox | None, dst: CropBox, fill: float 
     else:
         (u0, v0), (u1, _) = src.to_crop(np.array([dst.box[:2], dst.box[2:]], dtype=np.float64))
         box = CropBox(u0, v0, u1 - u0, dst.size)
-    return crop_image(np.asarray(values, dtype=np.float32), box, resample=Image.BILINEAR, fill=fill)
+    return warp_crop(np.asarray(values, dtype=np.float32), box, fill=fill)
 
 
 def keypoint_coverage(mask: np.ndarray, points: np.ndarray) -> float:
@@ -132,12 +132,14 @@ class GrabCutMasker:
         region = CropBox(
             region.x0, region.y0, region.side, int(min(cfg.grabcut_size, max(64, round(region.side))))
         )
-        work = np.ascontiguousarray(crop_image(image, region))
+        work = warp_crop(image, region)
         kps = region.to_crop(hand.keypoints)
         labels = self.seeds(kps, region.size)
         # Outside the image is padding, not scene: sure background.
-        inside = crop_image(np.full(image.shape[:2], 255, np.uint8), region, resample=Image.NEAREST) > 0
-        labels[~inside] = cv2.GC_BGD
+        centres = region.to_image(np.column_stack([np.arange(region.size) + 0.5] * 2))
+        in_x = (centres[:, 0] >= 0) & (centres[:, 0] < image.shape[1])
+        in_y = (centres[:, 1] >= 0) & (centres[:, 1] < image.shape[0])
+        labels[~(in_y[:, None] & in_x[None, :])] = cv2.GC_BGD
         bgd, fgd = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
         cv2.setRNGSeed(
             0
