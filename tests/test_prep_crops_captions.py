@@ -129,3 +129,23 @@ def test_caption_templates_override_per_label():
     assert image_caption("ok", ["left"], 0, overrides) == "someone making an OK sign using the left hand"
     assert hand_caption("ok", "left", True, overrides) == "close-up of a left hand, an OK sign"
     assert image_caption("fist", ["left"], 0, overrides) == "a person showing a fist with the left hand"
+
+
+def test_warp_crop_matches_crop_image_inside_the_image(data_dir):
+    from manifests.geometry import crop_image
+    from prep.crops import warp_crop
+    from prep.imageio import load_image
+
+    photo = load_image(str(data_dir / "photos" / "coupleanddog.jpeg"), 10**8)[0].pixels
+    for box in (
+        CropBox(100.5, 50.25, 200.0, 128),
+        CropBox(10.0, 10.0, 300.0, 100),
+        CropBox(40.3, 60.7, 90.2, 512),
+    ):
+        ours, ref = warp_crop(photo, box).astype(int), crop_image(photo, box).astype(int)
+        assert ours.shape == ref.shape and np.abs(ours - ref).max() <= 1  # same pixel convention, no shift
+        grey = photo[..., 0].astype(np.float32)
+        np.testing.assert_allclose(warp_crop(grey, box), crop_image(grey, box), atol=0.6)
+    # Outside the image both pad with the fill value.
+    outside = CropBox(-400.0, -400.0, 100.0, 32)
+    assert (warp_crop(photo, outside) == 0).all() and (crop_image(photo, outside) == 0).all()
