@@ -50,11 +50,12 @@ def bar_counts(ax, counts: Mapping[str, int], title: str, xlabel: str, ylabel: s
 def histogram(ax, values: Sequence[float | None], title: str, xlabel: str, ylabel: str = "count",
               bins: int | Sequence[float] = 20, range_: tuple[float, float] | None = None,
               threshold: float | None = None, threshold_label: str = "threshold"):  # fmt: skip
-    """Histogram of the non-null `values`, with the median marked (and `threshold`, if given).
+    """Histogram of the non-null, finite `values`, with the median marked (and `threshold`, if given).
 
     The legend says how many values were plotted and how many were null.
     """
     vals = np.array([v for v in values if v is not None], dtype=np.float64)
+    vals = vals[np.isfinite(vals)]  # pandas turns nulls into NaN
     nulls = len(values) - vals.size
     if vals.size:
         ax.hist(vals, bins=bins, range=range_, color="#4c72b0", edgecolor="white")
@@ -78,13 +79,21 @@ def image_grid(images: Sequence[np.ndarray], titles: Sequence[str] | None = None
     """A figure of images (H, W[, 3]) in a grid, each with its title; axes hidden (the pixels are the data).
 
     For single-channel arrays pass `cmap` and `colorbar_label` (the unit) to get one shared colour bar.
+    The layout is fixed arithmetic rather than matplotlib's layout engines, which take seconds per grid.
     """
     plt = _plt()
     n = max(1, len(images))
     cols = min(columns, n)
     rows = (n + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(tile_inches * cols, tile_inches * rows + 0.4),
-                             squeeze=False, layout="constrained")  # fmt: skip
+    head, cap, bar = (
+        (0.45 if suptitle else 0.1),
+        (0.25 if titles is not None else 0.05),
+        (0.9 if colorbar_label else 0.0),
+    )
+    width, height = tile_inches * cols + bar, (tile_inches + cap) * rows + head
+    fig, axes = plt.subplots(rows, cols, figsize=(width, height), squeeze=False)
+    fig.subplots_adjust(left=0.05 / width, right=1 - (bar + 0.05) / width, bottom=0.05 / height,
+                        top=1 - head / height, wspace=0.04, hspace=cap / tile_inches)  # fmt: skip
     shown = None
     for i, ax in enumerate(axes.ravel()):
         ax.set_axis_off()
@@ -94,21 +103,24 @@ def image_grid(images: Sequence[np.ndarray], titles: Sequence[str] | None = None
         if titles is not None:
             ax.set_title(str(titles[i]), fontsize=8)
     if suptitle:
-        fig.suptitle(suptitle)
+        fig.suptitle(suptitle, y=1 - 0.08 / height, va="top")
     if colorbar_label and shown is not None:
-        fig.colorbar(shown, ax=axes.ravel().tolist(), shrink=0.8, label=colorbar_label)
+        cax = fig.add_axes((1 - (bar - 0.15) / width, 0.15, 0.12 / width, 0.7))
+        fig.colorbar(shown, cax=cax, label=colorbar_label)
     return fig
 
 
 def heatmap_channels(heatmap: np.ndarray, names: Sequence[str] = HAND_KEYPOINT_NAMES, columns: int = 7,
                      suptitle: str = "keypoint heatmap, one channel per keypoint"):  # fmt: skip
     """(K, h, w) heatmap -> a figure with one panel per channel, titled by keypoint, sharing a 0..1 colour
-    scale. The axes are heatmap pixels; the outer panels carry the axis labels."""
+    scale. The axes are heatmap pixels; only the outer panels carry ticks and axis labels."""
     plt = _plt()
     k, h, w = heatmap.shape
     rows = (k + columns - 1) // columns
-    fig, axes = plt.subplots(rows, columns, figsize=(1.6 * columns, 1.7 * rows + 0.6), squeeze=False,
-                             sharex=True, sharey=True, layout="constrained")  # fmt: skip
+    width, height = 1.55 * columns + 1.2, 1.6 * rows + 0.9
+    fig, axes = plt.subplots(rows, columns, figsize=(width, height), squeeze=False, sharex=True, sharey=True)
+    fig.subplots_adjust(left=0.6 / width, right=1 - 1.1 / width, bottom=0.55 / height, top=1 - 0.55 / height,
+                        wspace=0.08, hspace=0.3)  # fmt: skip
     shown = None
     for i, ax in enumerate(axes.ravel()):
         if i >= k:
@@ -116,13 +128,17 @@ def heatmap_channels(heatmap: np.ndarray, names: Sequence[str] = HAND_KEYPOINT_N
             continue
         shown = ax.imshow(heatmap[i], cmap="magma", vmin=0.0, vmax=1.0, extent=(0, w, h, 0))
         ax.set_title(f"{i} {names[i]}", fontsize=8)
-        ax.tick_params(labelsize=6)
-        if i % columns == 0:
+        first_col, last_row = i % columns == 0, i + columns >= k
+        ax.tick_params(
+            labelsize=6, left=first_col, labelleft=first_col, bottom=last_row, labelbottom=last_row
+        )
+        if first_col:
             ax.set_ylabel("y (heatmap px)", fontsize=7)
-        if i >= k - columns:
+        if last_row:
             ax.set_xlabel("x (heatmap px)", fontsize=7)
-    fig.suptitle(suptitle)
-    fig.colorbar(shown, ax=axes.ravel().tolist(), shrink=0.8, label="Gaussian value (peak 1 at the keypoint)")
+    fig.suptitle(suptitle, y=1 - 0.08 / height, va="top")
+    cax = fig.add_axes((1 - 0.85 / width, 0.15, 0.15 / width, 0.7))
+    fig.colorbar(shown, cax=cax, label="Gaussian value (peak 1 at the keypoint)")
     return fig
 
 

@@ -1,0 +1,100 @@
+"""The notebooks in notebooks/: committed without outputs, and each one runs top to bottom on small data.
+
+Execution uses nbclient with the `python3` kernel of this interpreter (ipykernel). Parameters reach the
+notebooks through environment variables read by their `parameters` cell, so each run points at temp
+folders and the small `hagrid_manifest` built once per session. Any exception in any cell fails the test.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = ROOT / "notebooks"
+ALL = sorted(NOTEBOOKS.glob("*.ipynb"))
+EXPECTED = {"explore_manifest.ipynb"}
+CELL_TIMEOUT = 300  # seconds per cell; a hung kernel fails instead of stalling CI
+
+
+def test_the_notebooks_are_there():
+    assert EXPECTED <= {p.name for p in ALL}
+
+
+@pytest.mark.parametrize("path", ALL, ids=lambda p: p.name)
+def test_committed_notebook_has_no_outputs(path):
+    """Outputs stay out of git (run `nbstripout --install` once per clone to strip them on commit)."""
+    nb = nbformat.read(path, as_version=4)
+    dirty = [
+        i
+        for i, c in enumerate(nb.cells)
+        if c.cell_type == "code" and (c.get("outputs") or c.get("execution_count") is not None)
+    ]
+    assert not dirty, (
+        f"{path.name}: cells {dirty} have outputs or execution counts; strip them (nbstripout {path})"
+    )
+    timed = [i for i, c in enumerate(nb.cells) if "execution" in c.metadata]
+    assert not timed, f"{path.name}: cells {timed} carry execution timing metadata; strip them"
+
+
+@pytest.mark.parametrize("path", ALL, ids=lambda p: p.name)
+def test_notebook_has_one_parameters_cell_read_from_the_environment(path):
+    nb = nbformat.read(path, as_version=4)
+    tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1, (
+        f"{path.name}: expected exactly one cell tagged 'parameters', found {len(tagged)}"
+    )
+    assert 'os.environ.get("HANDFIRST_' in tagged[0].source
+    assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# "), "first cell: a title"
+
+
+def execute(path: Path, env: dict[str, str], monkeypatch) -> nbformat.NotebookNode:
+    """Run the notebook in a fresh kernel started in notebooks/, with `env` added to its environment."""
+    from nbclient import NotebookClient
+
+    for key, value in env.items():
+        monkeypatch.setenv(key, str(value))
+    monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+    nb = nbformat.read(path, as_version=4)
+    client = NotebookClient(nb, timeout=CELL_TIMEOUT, kernel_name="python3",
+                            resources={"metadata": {"path": str(NOTEBOOKS)}})  # fmt: skip
+    client.execute()  # raises CellExecutionError (with the cell and traceback) on any exception
+    return nb
+
+
+def outputs(nb) -> tuple[list[bytes], str]:
+    """(PNG images, all text) the executed notebook produced."""
+    images, text = [], []
+    for c in nb.cells:
+        for o in c.get("outputs", []):
+            if o.get("output_type") == "error":
+                pytest.fail(f"cell raised {o['ename']}: {o['evalue']}")
+            if o.get("output_type") == "stream":
+                text.append(o["text"])
+            data = o.get("data", {})
+            if "image/png" in data:
+                images.append(base64.b64decode(data["image/png"]))
+            if "text/plain" in data:
+                text.append(data["text/plain"])
+    return images, "\n".join(text)
+
+
+@pytest.mark.slow
+@pytest.mark.data
+def test_explore_manifest_runs(hagrid_manifest, monkeypatch):
+    nb = execute(NOTEBOOKS / "explore_manifest.ipynb", {"HANDFIRST_MANIFEST": hagrid_manifest}, monkeypatch)
+    images, text = outputs(nb)
+    assert len(images) >= 9, f"expected the notebook's 9 figures, got {len(images)}"
+    assert all(png.startswith(b"\x89PNG") for png in images)
+    n_images = json.loads((hagrid_manifest / "_manifest.json").read_text())["tables"]["images"]["num_rows"]
+    assert f"{n_images} images" in text
+    assert "dask:" in text and "row-group stream:" in text
+    # The dask count and the streamed count of the filtering example agree.
+    dask_n = int(text.split("dask:")[1].split()[0])
+    stream_n = int(text.split("row-group stream:")[1].split()[0])
+    assert dask_n == stream_n
+    assert "pixel_values" in text and "(4, 3, 128, 128)" in text
