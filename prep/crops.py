@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from manifests.codecs import encode_heatmap, encode_jpeg, encode_mask
+from manifests.codecs import encode_heatmap, encode_jpeg
 from manifests.geometry import CropBox, paste_crop, render_heatmap, square_crop_box
 
 from .config import PrepConfig
@@ -109,7 +109,3 @@ def union_mask(
         placed, _ = paste_crop(canvas, np.where(mask, 255, 0).astype(np.uint8), scaled)
         canvas = np.maximum(canvas, np.where(placed > 127, 255, 0).astype(np.uint8))
     return canvas > 0
-
-
-def encode_union_mask(mask: np.ndarray) -> bytes:
-    return encode_mask(mask)

@@ -76,9 +76,7 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(inter / union) if union > 0 else 0.0
 
 
-def hands_from_annotation(
-    annotations: list[HandAnnotation], image_size: tuple[int, int], uri: str
-) -> list[Hand]:
+def hands_from_annotation(annotations: list[HandAnnotation], uri: str) -> list[Hand]:
     """The record's keypoint-bearing hand annotations as `Hand`s (source "annotation")."""
     hands = []
     for i, ann in enumerate(annotations):
