@@ -39,6 +39,8 @@ log = logging.getLogger(__name__)
 # MediaPipe's label (mirrored-image convention) -> the person's own side in an ordinary photo.
 UNMIRROR = {"Left": "right", "Right": "left"}
 
+PAD_PASS_MAX_SIDE = 2048
+
 SOURCE_FULL = "mediapipe"
 SOURCE_WRIST = "mediapipe_wrist_crop"
 SOURCE_ANNOTATION = "annotation"
@@ -153,7 +155,9 @@ class HandDetector:
         smaller relative to the input."""
         h, w = image.shape[:2]
         side = max(h, w) * (1.0 + 2.0 * self.config.pad_retry)
-        crop = CropBox((w - side) / 2.0, (h - side) / 2.0, side, int(round(side)))
+        # Native resolution, but a huge photo is shrunk: the palm detector sees 192 px anyway and a
+        # frame-filling hand keeps ample pixels for the 224 px landmark model.
+        crop = CropBox((w - side) / 2.0, (h - side) / 2.0, side, int(round(min(side, PAD_PASS_MAX_SIDE))))
         return self._run(warp_crop(image, crop), crop, SOURCE_FULL)
 
     def _in_frame(self, hand: Hand, image_shape: tuple[int, ...]) -> bool:
