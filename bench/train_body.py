@@ -1,0 +1,204 @@
+"""Stage-2 training throughput: the tiny preset on the CPU, three variants side by side.
+
+Every variant runs the real `train_body` loop (accelerate, EMA, BodyDataset with the condition drawn per
+sample, metrics.jsonl) on the same synthetic manifest:
+
+- ``standard``: the defaults (4-channel base, hand-border loss weight 1);
+- ``no_border_weight``: plain noise MSE, to price the border weighting;
+- ``inpainting``: the 9-channel inpainting base, which VAE-encodes the hand-only image every step too.
+
+Speeds come from the run's own metrics.jsonl, leaving out the first `--warmup` steps. Runs alternate
+(standard, no_border_weight, inpainting, standard, ...) `--repeats` times and the median is reported,
+so drifting machine load affects all sides alike; ratios are against ``standard``.
+
+With CUDA available, `--gpu` also times an SD-1.5-sized UNet (frozen, bf16) plus its ControlNet (trained,
+float32 weights under bf16 autocast) at 512 px (64x64 latents), including the SD-sized VAE encoder, with and
+without gradient checkpointing: steps/s and peak memory (random weights; text embeddings random, since the
+text encoder's cost is small and fixed).
+
+    .venv/bin/python bench/train_body.py [--images 24] [--steps 30] [--repeats 3] [--resolution 64] [--gpu]
+
+Prints a table and writes bench/results/train_body.json, with the load average beside the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import torch  # noqa: E402
+
+from generation.training.body_config import BodyTrainConfig  # noqa: E402
+from generation.training.body_task import train_body  # noqa: E402
+from generation.training.metrics import read_metrics  # noqa: E402
+from manifests.synthetic import make_synthetic_manifest  # noqa: E402
+
+VARIANTS = {
+    "standard": {},
+    "no_border_weight": {"border_weight": 0.0},
+    "inpainting": {"base_kind": "inpainting"},
+}
+
+
+def run_once(manifest: str, out: str, args, overrides: dict) -> dict:
+    config = BodyTrainConfig(
+        manifest=manifest, out=out, steps=args.steps, batch_size=args.batch_size, resolution=args.resolution,
+        learning_rate=1e-3, log_every=1, checkpoint_every=0, validate_every=0, num_validation_images=1,
+        validation_steps=1, **overrides,
+    )  # fmt: skip
+    start = time.perf_counter()
+    train_body(config)
+    total = time.perf_counter() - start
+    timed = [r for r in read_metrics(out) if "steps_per_s" in r and r["step"] > args.warmup]
+    seconds = sum(1.0 / r["steps_per_s"] for r in timed)
+    samples = sum(r["samples_per_s"] / r["steps_per_s"] for r in timed)
+    return {"steps_per_s": len(timed) / seconds, "samples_per_s": samples / seconds, "wall_s": total}
+
+
+def cpu_side(args) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        manifest = make_synthetic_manifest(os.path.join(tmp, "m"), num_images=args.images)
+        results = {name: [] for name in VARIANTS}
+        for i in range(args.repeats):
+            for name, overrides in VARIANTS.items():
+                results[name].append(run_once(manifest, os.path.join(tmp, f"{name}{i}"), args, overrides))
+    out = {
+        name: {k: round(statistics.median(r[k] for r in runs), 3) for k in runs[0]}
+        for name, runs in results.items()
+    }
+    base = out["standard"]["steps_per_s"]
+    for name in VARIANTS:
+        out[name]["speed_vs_standard"] = round(out[name]["steps_per_s"] / base, 3)
+    return out
+
+
+def _accelerator_run(device: str, checkpointing: bool, steps: int, batch: int, unet_config: dict, vae_config: dict,
+                     resolution: int) -> dict:  # fmt: skip
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    from generation.body_model import controlnet_from_unet, predict_noise, vae_scale_factor
+    from generation.condition import conditioning_channels
+
+    cuda = device == "cuda"
+    if cuda:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    dtype = torch.bfloat16
+    unet = UNet2DConditionModel.from_config(unet_config)
+    vae = AutoencoderKL.from_config(vae_config)
+    controlnet = controlnet_from_unet(unet, conditioning_channels(), vae_scale_factor(vae)).to(device).train()
+    unet.requires_grad_(False).to(device, dtype)
+    vae.requires_grad_(False).to(device, dtype)
+    if checkpointing:
+        controlnet.enable_gradient_checkpointing()
+    opt = torch.optim.AdamW(controlnet.parameters(), lr=1e-5)
+    pixels = torch.rand(batch, 3, resolution, resolution, device=device) * 2 - 1
+    cond = torch.rand(batch, conditioning_channels(), resolution, resolution, device=device)
+    text = torch.randn(batch, 77, unet_config["cross_attention_dim"], device=device)
+    t = torch.randint(0, 1000, (batch,), device=device)
+
+    def step():
+        with torch.no_grad():
+            latents = vae.encode(pixels.to(dtype)).latent_dist.sample().float() * 0.18215
+        noise = torch.randn_like(latents)
+        with torch.autocast(device, dtype=dtype):
+            pred = predict_noise(unet, controlnet, latents + noise, t, text, cond)
+        loss = (pred.float() - noise).pow(2).mean()
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    for _ in range(3):
+        step()
+    if cuda:
+        torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if cuda:
+        torch.cuda.synchronize()
+    rate = steps / (time.perf_counter() - start)
+    return {"gradient_checkpointing": checkpointing, "batch_size": batch, "resolution": resolution,
+            "dtype": "bf16 frozen UNet/VAE, fp32 ControlNet under bf16 autocast",
+            "steps_per_s": round(rate, 3), "samples_per_s": round(rate * batch, 2),
+            "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None}  # fmt: skip
+
+
+SD_VAE_CONFIG = {
+    "in_channels": 3, "out_channels": 3, "latent_channels": 4, "block_out_channels": (128, 256, 512, 512),
+    "down_block_types": ("DownEncoderBlock2D",) * 4, "up_block_types": ("UpDecoderBlock2D",) * 4,
+    "layers_per_block": 2, "norm_num_groups": 32, "sample_size": 512,
+}  # fmt: skip
+
+
+def gpu_side(steps: int = 20, batch: int = 8) -> list[dict]:
+    from generation.components import sd15_unet_config
+
+    return [
+        _accelerator_run("cuda", ckpt, steps, batch, sd15_unet_config(), SD_VAE_CONFIG, 512)
+        for ckpt in (False, True)
+    ]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--images", type=int, default=24, help="synthetic images (4 in 5 have hands and a body)")
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--warmup", type=int, default=5, help="first steps left out of the speed")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--resolution", type=int, default=64)
+    p.add_argument("--gpu", action="store_true", help="also time an SD-1.5-sized UNet + ControlNet on CUDA")
+    p.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "train_body.json"))
+    args = p.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+
+    load_before = os.getloadavg()[0]
+    cpu = cpu_side(args)
+    if args.gpu and torch.cuda.is_available():
+        gpu = {"device": torch.cuda.get_device_name(), "runs": gpu_side()}
+    else:
+        gpu = {"skipped": "no GPU was available to this run (no accelerator machine was lent when these figures were "
+                          "taken); run with --gpu on a CUDA machine for the SD-1.5-sized figures"}  # fmt: skip
+    result = {
+        "benchmark": "train_body",
+        "what": "train_body loop, tiny preset, CPU: standard vs no border weight vs inpainting base",
+        "settings": {"images": args.images, "steps": args.steps, "warmup": args.warmup, "repeats": args.repeats,
+                     "batch_size": args.batch_size, "resolution": args.resolution,
+                     "torch_threads": torch.get_num_threads()},
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                    "load_average_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)]},
+        "cpu": cpu,
+        "gpu": gpu,
+    }  # fmt: skip
+    print(f"{'variant':>18} {'steps/s':>8} {'samples/s':>10} {'vs standard':>12}")
+    for name, r in cpu.items():
+        print(
+            f"{name:>18} {r['steps_per_s']:>8.2f} {r['samples_per_s']:>10.2f} {r['speed_vs_standard']:>12.2f}"
+        )
+    if "runs" in gpu:
+        for g in gpu["runs"]:
+            print(f"GPU {gpu['device']}: checkpointing={g['gradient_checkpointing']} {g['steps_per_s']} steps/s, "
+                  f"{g['peak_memory_gib']} GiB peak")  # fmt: skip
+    else:
+        print("GPU:", gpu["skipped"])
+    os.makedirs(os.path.dirname(args.out), exist_ok=True)
+    with open(args.out, "w", encoding="utf-8") as f:
+        json.dump(result, f, indent=2)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
