@@ -151,3 +151,15 @@ def test_cli_registry_is_a_dict_of_commands():
     assert set(COMMANDS) >= {"validate", "stats", "preview"}
     with pytest.raises(SystemExit):
         main(["--help"])
+
+
+def test_a_subcommand_registered_by_module_name(tmp_path, monkeypatch, capsys):
+    (tmp_path / "fake_manifest_command.py").write_text(
+        'HELP = "say hello"\n'
+        "def add_arguments(p):\n    p.add_argument('name')\n"
+        "def run(args):\n    print('hello', args.name)\n    return 3\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(COMMANDS, "hello", "fake_manifest_command")  # the one line a new subcommand needs
+    assert main(["hello", "world"]) == 3
+    assert capsys.readouterr().out == "hello world\n"
