@@ -286,3 +286,19 @@ def encode_text(tokenizer, text_encoder, prompts: list[str], device=None) -> tor
     device = device or text_encoder.device
     ids = tokenize(tokenizer, prompts).to(device)
     return text_encoder(ids)[0]
+
+
+def sd15_unet_config() -> dict:
+    """Stable Diffusion 1.5's UNet architecture (860M parameters), for benchmarks with random weights."""
+    return {
+        "sample_size": 64,
+        "in_channels": 4,
+        "out_channels": 4,
+        "block_out_channels": (320, 640, 1280, 1280),
+        "layers_per_block": 2,
+        "down_block_types": ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        "up_block_types": ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        "cross_attention_dim": 768,
+        "attention_head_dim": 8,
+        "norm_num_groups": 32,
+    }

@@ -242,3 +242,13 @@ def test_mask_losses():
     assert mask_loss(perfect, target, "bce+dice") < mask_loss(-perfect, target, "bce+dice")
     with pytest.raises(ValueError, match="unknown mask loss 'l2'"):
         mask_loss(perfect, target, "l2")
+
+
+def test_8bit_adam_without_bitsandbytes_is_a_clear_error(monkeypatch):
+    from generation.training.loop import make_optimizer
+
+    monkeypatch.setitem(__import__("sys").modules, "bitsandbytes", None)  # import fails as if not installed
+    params = [torch.nn.Parameter(torch.zeros(2))]
+    with pytest.raises(ImportError, match="--use-8bit-adam needs bitsandbytes"):
+        make_optimizer(HandTrainConfig(use_8bit_adam=True, learning_rate=1e-4), params)
+    assert isinstance(make_optimizer(HandTrainConfig(learning_rate=1e-4), params), torch.optim.AdamW)
