@@ -31,14 +31,16 @@ IMAGE_COLUMNS = ["image_id", "image", "image_width", "image_height", "width", "h
 
 
 def sample_rows(table: ManifestTable, columns: list[str], n: int, seed: int = 0, filter=None) -> list[dict]:
-    """Up to `n` rows from randomly chosen row groups (seeded), reading only as many groups as needed."""
+    """Up to `n` rows from randomly chosen row groups and rows (seeded), reading only as many groups as needed."""
     units = table.units()
+    rng = epoch_rng(seed, 0)
     rows: list[dict] = []
-    for i in epoch_rng(seed, 0).permutation(len(units)):
+    for i in rng.permutation(len(units)):
         if len(rows) >= n:
             break
-        got = table.read_unit(units[i], columns, filter).to_pylist()
-        rows.extend(got[: n - len(rows)])
+        got = table.read_unit(units[i], columns, filter)
+        picked = np.sort(rng.permutation(got.num_rows)[: n - len(rows)])
+        rows.extend(got.take(picked).to_pylist())
     return rows
 
 
@@ -99,14 +101,27 @@ def _caption(tile: np.ndarray, text: str) -> np.ndarray:
     """Write `text` on a dark strip along the tile's top edge."""
     out = tile.copy()
     out[:18] = (out[:18] * 0.3).astype(np.uint8)
-    cv2.putText(out, text, (4, 13), cv2.FONT_HERSHEY_SIMPLEX, 0.42, (240, 240, 240), 1, cv2.LINE_AA)
+    scale = 0.42
+    width = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0]
+    if width > out.shape[1] - 8:  # shrink to fit narrow (portrait) tiles
+        scale *= (out.shape[1] - 8) / width
+    cv2.putText(out, text, (4, 13), cv2.FONT_HERSHEY_SIMPLEX, scale, (240, 240, 240), 1, cv2.LINE_AA)
     return out
 
 
-def _rows_of(tiles: list[np.ndarray], height: int, width: int, gap: int = 4) -> np.ndarray:
-    """Tiles scaled to a common `height`, laid left to right and wrapped at `width` pixels."""
-    scaled = [cv2.resize(t, (max(1, round(t.shape[1] * height / t.shape[0])), height), interpolation=cv2.INTER_AREA)
-              for t in tiles]  # fmt: skip
+def _rows_of(
+    tiles: list[np.ndarray], captions: list[str], height: int, width: int, gap: int = 4
+) -> np.ndarray:
+    """Tiles scaled to a common `height`, captioned, laid left to right and wrapped at `width` pixels."""
+    scaled = [
+        _caption(
+            cv2.resize(
+                t, (max(1, round(t.shape[1] * height / t.shape[0])), height), interpolation=cv2.INTER_AREA
+            ),
+            c,
+        )
+        for t, c in zip(tiles, captions)
+    ]  # the caption goes on after scaling so every tile's text has the same size
     rows, row, used = [], [], 0
     for t in scaled:
         if row and used + t.shape[1] > width:
@@ -151,13 +166,10 @@ def make_preview(manifest: Manifest | str, out: str | None = None, n: int = 24, 
             found = m.hands.read(["image_id", "keypoints"], ids).to_pylist()
             for h in found:
                 hands_by_image.setdefault(h["image_id"], []).append(h)
-        tiles = [
-            _caption(image_tile(r, hands_by_image.get(r["image_id"], []), 2 * tile),
-                     f"{r['label'] or '-'}, {r['num_hands']} hand(s), {r['width']}x{r['height']}")
-            for r in rows
-        ]  # fmt: skip
+        tiles = [image_tile(r, hands_by_image.get(r["image_id"], []), 2 * tile) for r in rows]
+        caps = [f"{r['label'] or '-'}, {r['num_hands']} hand(s), {r['width']}x{r['height']}" for r in rows]
         if tiles:
-            sheet = _rows_of(tiles, height=tile * 3 // 2, width=columns * tile)
+            sheet = _rows_of(tiles, caps, height=tile * 3 // 2, width=columns * tile)
             parts += [
                 _title("images: body pose (OpenPose 18), hands mask, hand keypoints", sheet.shape[1]),
                 sheet,
