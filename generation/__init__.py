@@ -12,6 +12,7 @@ _EXPORTS = {
     "HandGenerationPipeline": "generation.pipeline_hand",
     "HandGenerationPipelineOutput": "generation.pipeline_hand",
     "HandUNet": "generation.hand_model",
+    "TwoStageHandBodyPipeline": "generation.pipeline_two_stage",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -19,6 +19,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "generation.commands.sample_hand",
         "draw hand crops and masks from keypoints with a trained model",
     ),
+    "generate": (
+        "generation.commands.generate",
+        "people whose hands follow given poses: two-stage generation from a spec, a manifest row or a photo",
+    ),
     "evaluate": (
         "generation.evaluate.cli",
         "score generated (or real) images against a manifest: pose accuracy, FID/KID, CLIP; --compare reports",

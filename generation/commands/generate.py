@@ -1,0 +1,183 @@
+"""`handfirst-gen generate`: people whose hands follow given poses, with the two-stage pipeline.
+
+Sources (exactly one): ``--spec FILE...`` (pose spec JSON, see `generation.spec`), ``--from-manifest
+DIR [--image-id ID...]`` (a manifest row's poses; without ids every ``ok`` row of ``--split``, written
+as ``<image_id>.png`` for `handfirst-gen evaluate`), ``--from-image PHOTO...`` (poses detected by prep's
+detectors) or ``--replay SIDECAR...`` (redo an earlier image exactly). Images already written (PNG plus
+sidecar) are skipped unless ``--overwrite``, so an interrupted batch resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+HELP = (
+    "Generate images with the two-stage pipeline (stage-1 hands, stage-2 body outpainting with sequential "
+    "mask expansion). Writes DIR/<name>.png at the requested size, DIR/<name>.json (sidecar: every setting, "
+    "seed, model folders and versions), DIR/<name>_overview.png and DIR/<name>_stage1/ (hands and masks)."
+)
+
+
+def add_arguments(parser) -> None:
+    from ..generate import GenerateSettings
+    from ..training.config import add_config_arguments
+
+    src = parser.add_argument_group("what to generate (one of)")
+    src.add_argument("--spec", nargs="+", metavar="FILE", help="pose spec JSON file(s); <name> = file stem")
+    src.add_argument("--from-manifest", metavar="DIR", help="manifest root written by handfirst-prep")
+    src.add_argument("--from-image", nargs="+", metavar="PHOTO", help="photo(s) to take the poses from")
+    src.add_argument(
+        "--replay", nargs="+", metavar="SIDECAR", help="sidecar JSON(s) of earlier images to redo"
+    )
+    man = parser.add_argument_group("--from-manifest options")
+    man.add_argument(
+        "--image-id", nargs="+", metavar="ID", help="image id(s) (default: every ok row of --split)"
+    )
+    man.add_argument(
+        "--split", default="test", help="split to take without --image-id (default: %(default)s)"
+    )
+    man.add_argument("--limit", type=int, default=None, help="at most this many manifest rows")
+    parser.add_argument("--hand-model", help="train-hand run folder (or saved HandGenerationPipeline)")
+    parser.add_argument("--body-model", help="train-body run folder (or saved BodyOutpaintPipeline)")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--config", help="JSON file of generate settings; command-line options override it")
+    add_config_arguments(parser, GenerateSettings)
+
+
+def _settings(args):
+    from ..generate import GenerateSettings
+    from ..training.config import config_from_args
+
+    base = None
+    if args.replay and not args.config:
+        from ..generate import request_from_sidecar
+
+        _, first, models = request_from_sidecar(args.replay[0])
+        base = first.to_dict()
+        base["crop_margin"] = models.get("crop_margin", base.get("crop_margin"))
+    if args.config:
+        with open(args.config, encoding="utf-8") as f:
+            base = json.load(f)
+        base = base.get("settings", base)  # a sidecar works too
+    return config_from_args(GenerateSettings, args, base)
+
+
+def _requests(args, settings, pipe_size: int):
+    from ..generate import (
+        request_from_image,
+        request_from_sidecar,
+        requests_from_manifest,
+        requests_from_specs,
+    )
+
+    seed = settings.seed if settings.seed is not None else 0
+    if args.spec:
+        return requests_from_specs(args.spec), None
+    if args.from_manifest:
+        size = settings.size or pipe_size
+        return requests_from_manifest(
+            args.from_manifest, args.image_id, size, args.split, args.limit, seed
+        ), None
+    if args.from_image:
+        from prep.config import PrepConfig
+
+        from ..evaluate.detect import get_detector
+
+        detector = get_detector(PrepConfig())
+        size = settings.size or pipe_size
+        return [
+            request_from_image(p, size, seed, settings.prompt, settings.gesture, detector)
+            for p in args.from_image
+        ], None
+    replays = [request_from_sidecar(p) for p in args.replay]
+    return [r for r, _, _ in replays], replays
+
+
+def run(args) -> int:
+    from tqdm.auto import tqdm
+
+    from ..components import ModelFolderError
+    from ..generate import RequestError, generate_one, is_done, load_pipeline, model_record
+    from ..pipeline_two_stage import HandTooSmallError, ModelMismatchError
+    from ..spec import SpecError
+
+    prog = "handfirst-gen generate"
+    sources = [bool(args.spec), bool(args.from_manifest), bool(args.from_image), bool(args.replay)]
+    if sum(sources) != 1:
+        print(
+            f"{prog}: error: give exactly one of --spec, --from-manifest, --from-image, --replay",
+            file=sys.stderr,
+        )
+        return 2
+    if args.image_id and not args.from_manifest:
+        print(f"{prog}: error: --image-id needs --from-manifest", file=sys.stderr)
+        return 2
+    try:
+        settings = _settings(args)
+        settings.blend_config()  # validate the blending settings before loading anything
+        hand_model, body_model = args.hand_model, args.body_model
+        if args.replay and not (hand_model and body_model):
+            from ..generate import request_from_sidecar
+
+            models = request_from_sidecar(args.replay[0])[2]
+            hand_model, body_model = (
+                hand_model or models["hand"]["path"],
+                body_model or models["body"]["path"],
+            )
+        if not hand_model or not body_model:
+            print(f"{prog}: error: --hand-model and --body-model are required", file=sys.stderr)
+            return 2
+        pipe = load_pipeline(hand_model, body_model, settings)
+        from ..generate import body_resolution
+
+        requests, replays = _requests(args, settings, body_resolution(pipe))
+    except (ModelFolderError, ModelMismatchError, SpecError, RequestError, ValueError, OSError) as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 1
+    models = model_record(pipe, hand_model, body_model)
+    annotator = None
+    if settings.detect:
+        from prep.config import PrepConfig
+
+        from ..evaluate.detect import get_detector
+
+        annotator = get_detector(PrepConfig())
+
+    os.makedirs(args.out, exist_ok=True)
+    done = skipped = 0
+    failures = []
+    bar = tqdm(total=len(requests), desc="generate", unit="img", disable=len(requests) < 2)
+    t0 = time.perf_counter()
+    for k, request in enumerate(requests):
+        item_settings = replays[k][1] if replays else settings
+        if replays:
+            item_settings.overwrite = True
+        if not item_settings.overwrite and is_done(args.out, request.name):
+            skipped += 1
+        else:
+            try:
+                generate_one(pipe, request, item_settings, args.out, models, annotator)
+                done += 1
+            except (HandTooSmallError, SpecError, ValueError) as exc:
+                failures.append(
+                    {"name": request.name, "source": request.source, "error": f"{type(exc).__name__}: {exc}"}
+                )
+                print(f"{prog}: {request.name}: {exc}", file=sys.stderr)
+        bar.update()
+        elapsed = time.perf_counter() - t0
+        bar.set_postfix(s_per_img=f"{elapsed / max(done, 1):.2f}", failed=len(failures))
+    bar.close()
+    if failures:
+        with open(os.path.join(args.out, "failures.jsonl"), "a", encoding="utf-8") as f:
+            for item in failures:
+                f.write(json.dumps(item, default=str) + "\n")
+    tail = (
+        f", {len(failures)} failed (listed in {os.path.join(args.out, 'failures.jsonl')})" if failures else ""
+    )
+    print(
+        f"generated {done} image(s) in {args.out}" + (f", {skipped} already there" if skipped else "") + tail
+    )
+    return 1 if failures else 0

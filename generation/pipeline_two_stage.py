@@ -1,0 +1,777 @@
+"""`TwoStageHandBodyPipeline`: hands first (stage 1), then the body around them (stage 2), blended.
+
+>>> pipe = TwoStageHandBodyPipeline.from_runs("runs/hand", "runs/body")     # two trained run folders
+>>> out = pipe(spec=load_spec("examples/pose.json"), num_inference_steps=30)
+>>> out.images[0].save("person.png")
+
+The pipeline holds the components of both models, registered flat (``hand_unet``, ``hand_vae``, ...,
+``unet``, ``controlnet``, ...), so `save_pretrained` writes one folder that `from_pretrained` reads
+back; the two stages run as `HandGenerationPipeline` and `BodyOutpaintPipeline` views over those same
+modules (``self.hand_pipeline`` / ``self.body_pipeline``), so neither loop is copied here.
+
+Blending (``generation.blending``, ``../shared/DESIGN.md`` §1): after every stage-2 scheduler step
+``z <- K_i * noised(z_hands, t_next) + (1 - K_i) * z``, where ``z_hands`` is the stage-2 VAE's encoding
+of the pasted hand canvas and ``noised`` uses the same noise the stage-2 latents started from (as
+diffusers' inpainting pipeline does), so the kept region lies on the sampling trajectory. After the
+last step ``t_next`` is "clean" and the known latents go in as they are.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+import PIL.Image
+import torch
+from diffusers import AutoencoderKL, ControlNetModel, DiffusionPipeline, UNet2DConditionModel
+from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from manifests.geometry import CropBox, keypoint_bbox, paste_crop, square_crop_box
+from manifests.pose import BODY_FORMATS, HAND_EDGES
+from manifests.schema import NUM_HAND_KEYPOINTS
+
+from .blending import BlendConfig, blend_latents, keep_mask, mask_to_latent
+from .body_model import masked_image, vae_scale_factor
+from .components import ModelFolderError
+from .condition import CONDITION_GROUPS, ConditionInputs, build_condition
+from .hand_model import HandUNet
+from .pipeline_body import BodyOutpaintPipeline
+from .pipeline_hand import HandGenerationPipeline, keypoints_to_heatmaps
+
+logger = logging.getLogger(__name__)
+
+OUTPUT_TYPES = ("pil", "np", "pt")
+DEFAULT_HAND_PROMPT = "a {side} hand"
+DEFAULT_CROP_MARGIN = 0.25  # prep's default `crop_margin`
+
+
+class ModelMismatchError(ValueError):
+    """The hand generator and the body outpainter do not share a latent space."""
+
+
+class HandTooSmallError(ValueError):
+    """A hand is too small in the output to be drawn at the stage-1 crop size (``small_hands="refuse"``)."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# Registries of small policies
+
+
+def _larger_on_top(sizes: Sequence[float]) -> list[int]:
+    # Without depth, the larger hand is the likelier one in front: paste it last. Stable for ties.
+    return sorted(range(len(sizes)), key=lambda i: (sizes[i], i))
+
+
+def _given(sizes: Sequence[float]) -> list[int]:
+    return list(range(len(sizes)))
+
+
+# name -> (hand sizes) -> paste order (indices; a later hand covers an earlier one where they overlap)
+OVERLAP_ORDERS: dict[str, Callable[[Sequence[float]], list[int]]] = {
+    "larger_on_top": _larger_on_top,
+    "given": _given,
+}
+
+SMALL_HAND_POLICIES = ("skip", "refuse")
+
+
+def keypoint_coverage(mask: np.ndarray, keypoints: np.ndarray) -> float:
+    """Share of the visible (21, 3) crop keypoints that fall on the (S, S) bool mask (3x3 neighbourhood,
+    since fingertips sit on the mask's border)."""
+    kps = _visible(keypoints)
+    grown = cv2.dilate(mask.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
+    h, w = grown.shape
+    xs = np.clip(np.floor(kps[:, 0]).astype(int), 0, w - 1)
+    ys = np.clip(np.floor(kps[:, 1]).astype(int), 0, h - 1)
+    return float(grown[ys, xs].mean())
+
+
+def skeleton_mask(keypoints: np.ndarray, size: int) -> np.ndarray:
+    """An (S, S) bool hand mask drawn from (21, 3) crop keypoints: the bones as thick strokes (9% of the
+    hand's extent, as the synthetic manifest draws hands) plus the palm's convex hull."""
+    kps = _visible(keypoints)
+    x0, y0, x1, y1 = keypoint_bbox(kps)
+    width = max(2, int(round(0.09 * max(x1 - x0, y1 - y0))))
+    mask = np.zeros((size, size), np.uint8)
+    pts = np.round(np.asarray(keypoints)[:, :2]).astype(np.int32)
+    valid = np.asarray(keypoints)[:, 2] > 0
+    for a, b in HAND_EDGES:
+        if valid[a] and valid[b]:
+            cv2.line(mask, tuple(int(v) for v in pts[a]), tuple(int(v) for v in pts[b]), 255, width)
+    palm = [i for i in (0, 1, 5, 9, 13, 17) if valid[i]]
+    if len(palm) >= 3:
+        cv2.fillConvexPoly(mask, cv2.convexHull(pts[palm]), 255)
+    return mask > 0
+
+
+# What to do with a stage-1 mask that misses the hand (fewer than `min_mask_coverage` of its keypoints
+# fall on it), as an undertrained mask head gives: name -> (mask, crop keypoints, size) -> mask.
+MASK_FALLBACKS: dict[str, Callable[[np.ndarray, np.ndarray, int], np.ndarray]] = {
+    "skeleton": lambda mask, kps, size: skeleton_mask(kps, size),
+    "none": lambda mask, kps, size: mask,
+}
+
+
+@dataclass
+class PlacedHand:
+    """One hand of the request, where stage 1 draws it and where it lands in the output."""
+
+    index: int  # position in the request's hand list
+    handedness: str | None
+    keypoints: np.ndarray  # (21, 3) output pixels
+    size: float  # longer side of the visible keypoints' box, output pixels
+    box: CropBox  # square crop box in output pixels, resampled to the stage-1 crop size
+    crop_keypoints: np.ndarray  # (21, 3) stage-1 crop pixels
+    prompt: str = ""
+
+
+@dataclass
+class TwoStageOutput(BaseOutput):
+    """Result of one `TwoStageHandBodyPipeline` call (one image).
+
+    - images: "pil" list of one RGB image; "np" (1, H, W, 3) float32 in [0, 1]; "pt" (1, 3, H, W).
+    - hand_images / hand_masks: stage-1 crops, (S, S, 3) uint8 and (S, S) bool, one per generated hand
+      in request order (`hand_indices` says which request hand each is).
+    - hand_canvas (H, W, 3) uint8 / hand_mask (H, W) bool: the hands pasted into the output frame.
+    - hand_boxes: the crop boxes (output pixels) of the generated hands; paste_order: request indices
+      in the order they were pasted (later ones on top).
+    - skipped_hands: [{"index", "handedness", "reason"}] for hands left to stage 2.
+    - mask_sources: per generated hand, "stage1" (the hand generator's mask) or the `MASK_FALLBACKS`
+      name that replaced a mask missing the hand.
+    - keep_masks: (N, h, w) float32 keep-masks K_i per stage-2 step at latent resolution, when asked
+      for (None with blending ``none``).
+    - latents: (1, 4, h, w) final stage-2 latents (work canvas, before cropping to H x W).
+    - timings: seconds for "stage1", "stage2" (including blending), "blend" (the blending alone),
+      "decode" and "total".
+    """
+
+    images: list[PIL.Image.Image] | np.ndarray | torch.Tensor
+    hand_images: list[np.ndarray]
+    hand_masks: list[np.ndarray]
+    hand_canvas: np.ndarray
+    hand_mask: np.ndarray
+    hand_boxes: list[CropBox]
+    hand_indices: list[int]
+    paste_order: list[int]
+    skipped_hands: list[dict] = field(default_factory=list)
+    mask_sources: list[str] = field(default_factory=list)
+    keep_masks: torch.Tensor | None = None
+    latents: torch.Tensor | None = None
+    timings: dict = field(default_factory=dict)
+
+
+def _visible(kps: np.ndarray) -> np.ndarray:
+    valid = kps[:, 2] > 0
+    return kps[valid] if valid.any() else kps
+
+
+def _as_keypoints(value, count: int, where: str) -> np.ndarray:
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{where}: not a numeric array ({exc})") from None
+    if arr.ndim != 2 or arr.shape[0] != count or arr.shape[1] not in (2, 3):
+        raise ValueError(
+            f"{where}: expected {count} points of [x, y] or [x, y, score], got shape {arr.shape}"
+        )
+    if arr.shape[1] == 2:
+        arr = np.concatenate([arr, np.ones((count, 1))], axis=1)
+    return arr
+
+
+def _check_points(arr: np.ndarray, where: str, width: int, height: int) -> None:
+    if not np.isfinite(arr).all():
+        bad = sorted({int(i) for i in np.argwhere(~np.isfinite(arr))[:, 0]})
+        raise ValueError(f"{where}: NaN or infinite values at points {bad}")
+    visible = arr[:, 2] > 0
+    outside = visible & ((arr[:, 0] < 0) | (arr[:, 0] > width) | (arr[:, 1] < 0) | (arr[:, 1] > height))
+    if outside.any():
+        idx = np.flatnonzero(outside).tolist()
+        raise ValueError(
+            f"{where}: points {idx} lie outside the {width}x{height} canvas (e.g. {arr[idx[0], :2].tolist()})"
+        )
+
+
+def feathered_alpha(mask: np.ndarray, feather: int) -> np.ndarray:
+    """(H, W) bool hand mask -> (H, W) float32 alpha in [0, 1] covering the hand *interior*: the mask
+    eroded by `feather` px, then Gaussian-blurred with sigma `feather` / 2, so the ramp ends inside the
+    hand and the border stays the stage-2 painting."""
+    m = mask.astype(np.uint8)
+    if feather <= 0:
+        return m.astype(np.float32)
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * feather + 1, 2 * feather + 1))
+    inner = cv2.erode(m, kernel).astype(np.float32)
+    return np.clip(cv2.GaussianBlur(inner, (0, 0), sigmaX=feather / 2.0), 0.0, 1.0) * (m > 0)
+
+
+class TwoStageHandBodyPipeline(DiffusionPipeline):
+    """Stage 1 draws each hand of the target pose as a crop plus mask; stage 2 paints the person around
+    the pasted hands with a ControlNet, blending the known hand latents in at every step.
+
+    Components: the hand generator's ``hand_unet`` (`HandUNet`), ``hand_vae``, ``hand_text_encoder``,
+    ``hand_tokenizer``, ``hand_scheduler``, and the body outpainter's ``vae``, ``text_encoder``,
+    ``tokenizer``, ``unet``, ``controlnet``, ``scheduler``. Config: the body outpainter's condition
+    settings (as in `BodyOutpaintPipeline`) and ``crop_margin``, the margin of the square hand crops
+    the hand generator was trained on (prep's ``crop_margin``).
+    """
+
+    model_cpu_offload_seq = "hand_text_encoder->hand_unet->hand_vae->text_encoder->controlnet->unet->vae"
+
+    def __init__(
+        self,
+        hand_unet: HandUNet,
+        hand_vae: AutoencoderKL,
+        hand_text_encoder: CLIPTextModel,
+        hand_tokenizer: CLIPTokenizer,
+        hand_scheduler,
+        vae: AutoencoderKL,
+        text_encoder: CLIPTextModel,
+        tokenizer: CLIPTokenizer,
+        unet: UNet2DConditionModel,
+        controlnet: ControlNetModel,
+        scheduler,
+        condition_channels: str = "pose,hands,mask",
+        draw_hand_skeletons: bool = False,
+        min_visibility: float = 0.3,
+        stick_width: float = 4 / 512,
+        joint_radius: float = 4 / 512,
+        crop_margin: float = DEFAULT_CROP_MARGIN,
+    ):
+        super().__init__()
+        self.register_modules(
+            hand_unet=hand_unet, hand_vae=hand_vae, hand_text_encoder=hand_text_encoder,
+            hand_tokenizer=hand_tokenizer, hand_scheduler=hand_scheduler, vae=vae, text_encoder=text_encoder,
+            tokenizer=tokenizer, unet=unet, controlnet=controlnet, scheduler=scheduler,
+        )  # fmt: skip
+        body_settings = {
+            "condition_channels": condition_channels,
+            "draw_hand_skeletons": bool(draw_hand_skeletons),
+            "min_visibility": float(min_visibility),
+            "stick_width": float(stick_width),
+            "joint_radius": float(joint_radius),
+        }
+        self.register_to_config(**body_settings, crop_margin=float(crop_margin))
+        if not 0.0 <= crop_margin <= 4.0:
+            raise ValueError(f"crop_margin must be in [0, 4], got {crop_margin}")
+        self.check_models()
+        # Views over the registered modules: the stages' own loops run on the same weights.
+        self.hand_pipeline = HandGenerationPipeline(hand_unet, hand_vae, hand_text_encoder, hand_tokenizer,
+                                                    hand_scheduler)  # fmt: skip
+        self.body_pipeline = BodyOutpaintPipeline(vae, text_encoder, tokenizer, unet, controlnet, scheduler,
+                                                  **body_settings)  # fmt: skip
+        self.vae_scale_factor = vae_scale_factor(vae)
+
+    # ---------------------------------------------------------------- construction
+
+    @classmethod
+    def from_pipelines(
+        cls,
+        hand: HandGenerationPipeline,
+        body: BodyOutpaintPipeline,
+        crop_margin: float = DEFAULT_CROP_MARGIN,
+    ) -> TwoStageHandBodyPipeline:
+        """Compose a loaded hand generator and body outpainter (their modules are shared, not copied)."""
+        return cls(
+            hand_unet=hand.unet, hand_vae=hand.vae, hand_text_encoder=hand.text_encoder,
+            hand_tokenizer=hand.tokenizer, hand_scheduler=hand.scheduler, vae=body.vae,
+            text_encoder=body.text_encoder, tokenizer=body.tokenizer, unet=body.unet,
+            controlnet=body.controlnet, scheduler=body.scheduler, crop_margin=crop_margin,
+            **{k: body.config[k] for k in ("condition_channels", "draw_hand_skeletons", "min_visibility",
+                                           "stick_width", "joint_radius")},
+        )  # fmt: skip
+
+    @classmethod
+    def from_runs(
+        cls, hand_run: str, body_run: str, crop_margin: float | None = None, **load_kwargs
+    ) -> TwoStageHandBodyPipeline:
+        """Load a `train-hand` run folder and a `train-body` run folder (or any saved pipelines of the two
+        kinds). `crop_margin` defaults to the margin recorded in the hand run's training manifest, else
+        prep's default 0.25. `load_kwargs` (e.g. ``torch_dtype``) go to both `from_pretrained` calls."""
+        hand = HandGenerationPipeline.from_pretrained(hand_run, **load_kwargs)
+        check_pipeline_folder(body_run, "body model")
+        body = BodyOutpaintPipeline.from_pretrained(body_run, **load_kwargs)
+        if crop_margin is None:
+            crop_margin = run_crop_margin(hand_run)
+        return cls.from_pipelines(hand, body, crop_margin=crop_margin)
+
+    def set_progress_bar_config(self, **kwargs):
+        super().set_progress_bar_config(**kwargs)
+        self.hand_pipeline.set_progress_bar_config(**kwargs)
+        self.body_pipeline.set_progress_bar_config(**kwargs)
+
+    @property
+    def hand_crop_size(self) -> int:
+        """The stage-1 crop side in pixels (the hand generator's training size)."""
+        return self.hand_pipeline.default_size
+
+    @property
+    def size_multiple(self) -> int:
+        """Stage 2 works on canvases whose sides are multiples of this (VAE factor x UNet downsampling)."""
+        return self.vae_scale_factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
+
+    # ---------------------------------------------------------------- checks
+
+    def check_models(self) -> None:
+        """Both stages must share the latent space: channels, spatial factor and scaling factor."""
+        hv, bv = self.hand_vae.config, self.vae.config
+        problems = []
+        if self.hand_unet.config.latent_channels != bv.latent_channels:
+            problems.append(
+                f"the hand UNet works on {self.hand_unet.config.latent_channels}-channel latents but the body "
+                f"VAE makes {bv.latent_channels}"
+            )
+        if hv.latent_channels != bv.latent_channels:
+            problems.append(
+                f"latent channels differ: hand VAE {hv.latent_channels}, body VAE {bv.latent_channels}"
+            )
+        if vae_scale_factor(self.hand_vae) != vae_scale_factor(self.vae):
+            problems.append(
+                f"VAE downsampling differs: hand {vae_scale_factor(self.hand_vae)}x, body {vae_scale_factor(self.vae)}x"
+            )
+        if abs(float(hv.scaling_factor) - float(bv.scaling_factor)) > 1e-6:
+            problems.append(f"VAE scaling factor differs: hand {hv.scaling_factor}, body {bv.scaling_factor}")
+        if problems:
+            raise ModelMismatchError(
+                "the hand generator and the body outpainter do not fit together: "
+                + "; ".join(problems)
+                + " (train both from the same base model)"
+            )
+
+    def check_inputs(
+        self, width, height, hands, handedness, body_keypoints, body_format, hand_prompts, blend, output_type,
+        num_inference_steps, hand_num_inference_steps, small_hands, min_hand_size, overlap_order, feather,
+    ):  # fmt: skip
+        self.check_models()
+        if not (isinstance(width, int) and isinstance(height, int)) or width < 8 or height < 8:
+            raise ValueError(f"width and height must be integers >= 8, got {width!r} x {height!r}")
+        if body_format not in BODY_FORMATS:
+            raise ValueError(f"unknown body format {body_format!r}; expected one of {sorted(BODY_FORMATS)}")
+        if body_keypoints is not None:
+            body = _as_keypoints(body_keypoints, BODY_FORMATS[body_format], f"body keypoints ({body_format})")
+            _check_points(body, f"body keypoints ({body_format})", width, height)
+        if body_keypoints is None and not hands:
+            raise ValueError("nothing to draw: give a body pose, hands, or both")
+        for i, kps in enumerate(hands):
+            _check_points(_as_keypoints(kps, NUM_HAND_KEYPOINTS, f"hand {i}"), f"hand {i}", width, height)
+        if handedness is not None and len(handedness) != len(hands):
+            raise ValueError(f"{len(handedness)} handedness values for {len(hands)} hands")
+        for i, side in enumerate(handedness or []):
+            if side not in ("left", "right", None):
+                raise ValueError(f"hand {i}: handedness must be 'left', 'right' or None, got {side!r}")
+        if isinstance(hand_prompts, list) and len(hand_prompts) != len(hands):
+            raise ValueError(f"{len(hand_prompts)} hand prompts for {len(hands)} hands")
+        if not isinstance(blend, BlendConfig):
+            raise TypeError(
+                f"blend must be a BlendConfig, a dict of its fields or a mode name, got {blend!r}"
+            )
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"unknown output_type {output_type!r}; expected one of {OUTPUT_TYPES}")
+        for name, steps in (("num_inference_steps", num_inference_steps),
+                            ("hand_num_inference_steps", hand_num_inference_steps)):  # fmt: skip
+            if int(steps) < 1:
+                raise ValueError(f"{name} must be >= 1, got {steps}")
+        if small_hands not in SMALL_HAND_POLICIES:
+            raise ValueError(f"small_hands must be one of {SMALL_HAND_POLICIES}, got {small_hands!r}")
+        if min_hand_size < 0:
+            raise ValueError(f"min_hand_size must be >= 0, got {min_hand_size}")
+        if overlap_order not in OVERLAP_ORDERS:
+            raise ValueError(
+                f"unknown overlap_order {overlap_order!r}; expected one of {sorted(OVERLAP_ORDERS)}"
+            )
+        if feather < 0:
+            raise ValueError(f"feather must be >= 0 pixels, got {feather}")
+
+    # ---------------------------------------------------------------- steps
+
+    def place_hands(
+        self,
+        hands: Sequence[np.ndarray],
+        handedness: Sequence[str | None],
+        prompts: Sequence[str],
+        crop_size: int,
+        min_hand_size: float,
+        small_hands: str,
+    ) -> tuple[list[PlacedHand], list[dict]]:
+        """Crop box and crop keypoints per hand (prep's geometry: `square_crop_box` of the visible
+        keypoints with the model's `crop_margin`); hands under `min_hand_size` are skipped or refused."""
+        placed, skipped = [], []
+        for i, (kps, side, prompt) in enumerate(zip(hands, handedness, prompts)):
+            visible = _visible(kps)
+            x0, y0, x1, y1 = keypoint_bbox(visible)
+            size = float(max(x1 - x0, y1 - y0))
+            box = square_crop_box(visible, size=crop_size, margin=self.config.crop_margin)
+            if size < min_hand_size:
+                reason = (
+                    f"hand {i} ({side or 'unknown side'}) spans {size:.1f} px, {min_hand_size - size:.1f} px less "
+                    f"than min_hand_size={min_hand_size:g} px; stage 1 would draw it at {crop_size} px and shrink "
+                    f"it {crop_size / box.side:.1f}x to a {box.side:.1f} px box "
+                    f"({box.side / self.vae_scale_factor:.1f} latent pixels)"
+                )
+                if small_hands == "refuse":
+                    raise HandTooSmallError(
+                        reason + " (small_hands='refuse'; use 'skip' to leave it to stage 2)"
+                    )
+                logger.warning("%s: skipped, stage 2 paints it", reason)
+                skipped.append({"index": i, "handedness": side, "reason": reason})
+                continue
+            placed.append(PlacedHand(i, side, kps, size, box, box.to_crop(kps), prompt))
+        return placed, skipped
+
+    def paste_hands(
+        self, placed: Sequence[PlacedHand], images: np.ndarray, masks: np.ndarray, canvas_hw: tuple[int, int],
+        overlap_order: str,
+    ) -> tuple[np.ndarray, np.ndarray, list[int]]:  # fmt: skip
+        """Resize each (S, S, 3) uint8 hand and (S, S) bool mask back into its box on an (H, W) canvas.
+
+        Returns (canvas (H, W, 3) uint8 with the hands' pixels, zeros elsewhere; mask (H, W) bool; the
+        paste order as request indices). Where hands overlap, the one pasted later wins the pixels.
+        """
+        h, w = canvas_hw
+        canvas = np.zeros((h, w, 3), np.uint8)
+        union = np.zeros((h, w), bool)
+        order = OVERLAP_ORDERS[overlap_order]([p.size for p in placed])
+        for k in order:
+            box = placed[k].box
+            pixels, coverage = paste_crop(canvas, images[k], box)
+            soft, _ = paste_crop(np.zeros((h, w), np.uint8), masks[k].astype(np.uint8) * 255, box)
+            inside = coverage & (soft > 127)
+            canvas[inside] = pixels[inside]
+            union |= inside
+        return canvas, union, [placed[k].index for k in order]
+
+    def build_condition(
+        self, body_keypoints, body_format: str, canvas: np.ndarray, mask: np.ndarray, hand_keypoints
+    ) -> torch.Tensor:
+        """The stage-2 condition (1, C, H, W) in [0, 1], drawn by `generation.condition` exactly as in
+        training. Without a body pose the pose group is an empty skeleton (hand skeletons are still
+        drawn when the model was trained with them)."""
+        cfg = self.body_pipeline.condition_config
+        if body_keypoints is not None:
+            inputs = ConditionInputs(np.asarray(body_keypoints, np.float32), canvas, mask, list(hand_keypoints),
+                                     body_format, "request")  # fmt: skip
+            return build_condition(inputs, cfg)[None]
+        empty = ConditionInputs(
+            np.zeros((18, 3), np.float32), canvas, mask, list(hand_keypoints), "openpose18"
+        )
+        parts = [CONDITION_GROUPS[name][1](empty, cfg) for name in cfg.channels]
+        return torch.from_numpy(np.ascontiguousarray(np.concatenate(parts, axis=2).transpose(2, 0, 1)))[None]
+
+    @torch.no_grad()
+    def encode_hands(self, canvas: np.ndarray, mask: np.ndarray) -> torch.Tensor:
+        """Stage-2 VAE latents of the hand canvas (off-hand pixels grey, as an inpainting masked image):
+        (1, 4, H/f, W/f), scaled, from the posterior mode so they are deterministic."""
+        pixels = torch.from_numpy(canvas).permute(2, 0, 1)[None].float() / 255.0
+        hand = torch.from_numpy(mask)[None, None].float()
+        return self.body_pipeline.encode_image(masked_image(pixels, hand))
+
+    def blend_hook(
+        self,
+        hand_latents: torch.Tensor,
+        hand_mask_latent: torch.Tensor,
+        noise: torch.Tensor,
+        blend: BlendConfig,
+        num_steps: int,
+        record: list | None = None,
+        clock: dict | None = None,
+    ):
+        """The `BodyOutpaintPipeline.denoise` step hook: ``z <- K_i * noised(z_hands, t_next) + (1 - K_i) * z``.
+
+        `hand_latents` (1, 4, h, w) scaled latents, `hand_mask_latent` (1, 1, h, w) in {0, 1}, `noise`
+        the stage-2 initial noise. `record` collects each K_i (h, w) on the CPU; `clock["blend"]`
+        accumulates the seconds spent here.
+        """
+        scheduler = self.body_pipeline.scheduler
+
+        def on_step_end(i: int, t, latents: torch.Tensor) -> torch.Tensor:
+            t0 = time.perf_counter()
+            keep = keep_mask(hand_mask_latent, i, num_steps, blend)
+            if keep is not None:
+                known = hand_latents.to(latents)
+                if i + 1 < num_steps:
+                    t_next = scheduler.timesteps[i + 1 : i + 2]
+                    known = scheduler.add_noise(known, noise.to(latents), t_next)
+                latents = blend_latents(latents, known, keep.to(latents))
+            if record is not None:
+                record.append(None if keep is None else keep[0, 0].float().cpu())
+            if clock is not None:
+                clock["blend"] = clock.get("blend", 0.0) + time.perf_counter() - t0
+            return latents
+
+        return on_step_end
+
+    # ---------------------------------------------------------------- call
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | None = None,
+        hands: Sequence[np.ndarray] | None = None,
+        handedness: Sequence[str | None] | None = None,
+        body_keypoints: np.ndarray | None = None,
+        body_format: str = "mediapipe33",
+        width: int | None = None,
+        height: int | None = None,
+        spec=None,
+        negative_prompt: str | None = None,
+        hand_prompt: str | list[str] | None = None,
+        hand_negative_prompt: str | None = None,
+        num_inference_steps: int = 30,
+        hand_num_inference_steps: int | None = None,
+        guidance_scale: float = 7.5,
+        hand_guidance_scale: float | None = None,
+        pose_guidance_scale: float = 1.0,
+        controlnet_conditioning_scale: float = 1.0,
+        uncond_condition: str = "same",
+        mask_threshold: float = 0.5,
+        blend: BlendConfig | dict | str | None = None,
+        pixel_composite: bool = False,
+        feather: int = 3,
+        small_hands: str = "skip",
+        min_hand_size: float = 16.0,
+        mask_fallback: str = "skeleton",
+        min_mask_coverage: float = 0.5,
+        overlap_order: str = "larger_on_top",
+        seed: int | None = None,
+        generator: torch.Generator | None = None,
+        output_type: str = "pil",
+        return_masks: bool = False,
+        return_dict: bool = True,
+    ):
+        """Generate one image of a person whose hands follow the given hand poses.
+
+        Args:
+            prompt / negative_prompt: the image caption (stage 2).
+            hands: list of (21, 2|3) hand keypoints [x, y(, score)] in output pixels, MediaPipe order.
+            handedness: "left" / "right" / None per hand (used in the default hand prompts).
+            body_keypoints: (33, 3) MediaPipe or (18, 3) OpenPose (`body_format`) in output pixels, or None.
+            width, height: output size in pixels. Stage 2 works on a canvas rounded up to
+                `size_multiple`; the extra right/bottom band is cropped off at the end.
+            spec: a `generation.spec.PoseSpec` instead of the above (its prompt, negative prompt and
+                seed apply unless given here).
+            hand_prompt: a caption for every hand or one per hand; "{side}" is replaced by the
+                handedness (default "a {side} hand").
+            num_inference_steps / guidance_scale: stage 2; hand_num_inference_steps /
+                hand_guidance_scale / pose_guidance_scale: stage 1 (defaults: the stage-2 values, 1).
+            blend: a `BlendConfig`, a dict of its fields or a mode name ("none", "fixed",
+                "sequential"); default sequential with BlendConfig's defaults.
+            pixel_composite / feather: paste the stage-1 hand interiors back over the decoded image
+                with a mask eroded and feathered by `feather` px.
+            mask_fallback / min_mask_coverage: a stage-1 mask on which fewer than `min_mask_coverage`
+                of the hand's keypoints fall is replaced by the `MASK_FALLBACKS` entry (default: a mask
+                drawn from the skeleton); `mask_sources` reports which hands it hit.
+            small_hands / min_hand_size: a hand whose keypoints span less than `min_hand_size` output
+                pixels is skipped (left to stage 2, reported in `skipped_hands`) or refused
+                (`HandTooSmallError`).
+            overlap_order: `OVERLAP_ORDERS` name deciding which hand is on top where two overlap.
+            seed / generator: randomness. Stage 1 and stage 2 each draw from a CPU generator seeded
+                with `seed` (stage 2 with `seed` + 1), so results do not depend on the device or on
+                how many hands stage 1 drew.
+            return_masks: also return the per-step keep masks.
+        Returns `TwoStageOutput` (or a tuple ``(images, output)`` with ``return_dict=False``).
+        """
+        t_start = time.perf_counter()
+        # 0. Resolve the request.
+        if spec is not None:
+            width, height = width or spec.width, height or spec.height
+            body_keypoints = spec.body if body_keypoints is None else body_keypoints
+            body_format = spec.body_format or body_format
+            hands = [h.keypoints for h in spec.hands] if hands is None else hands
+            handedness = [h.handedness for h in spec.hands] if handedness is None else handedness
+            prompt = spec.prompt if prompt is None else prompt
+            negative_prompt = spec.negative_prompt if negative_prompt is None else negative_prompt
+            seed = spec.seed if seed is None and generator is None else seed
+        hands = list(hands or [])
+        if isinstance(blend, str):
+            blend = BlendConfig(mode=blend)
+        elif isinstance(blend, dict):
+            blend = BlendConfig(**blend)
+        elif blend is None:
+            blend = BlendConfig()
+        hand_steps = hand_num_inference_steps or num_inference_steps
+
+        # 1. Check inputs.
+        self.check_inputs(width, height, hands, handedness, body_keypoints, body_format, hand_prompt, blend,
+                          output_type, num_inference_steps, hand_steps, small_hands, min_hand_size,
+                          overlap_order, feather)  # fmt: skip
+        if mask_fallback not in MASK_FALLBACKS:
+            raise ValueError(
+                f"unknown mask_fallback {mask_fallback!r}; expected one of {sorted(MASK_FALLBACKS)}"
+            )
+        if not 0.0 <= min_mask_coverage <= 1.0:
+            raise ValueError(f"min_mask_coverage must be in [0, 1], got {min_mask_coverage}")
+        if generator is not None and seed is not None:
+            raise ValueError("pass `generator` or `seed`, not both")
+        hands = [_as_keypoints(k, NUM_HAND_KEYPOINTS, f"hand {i}") for i, k in enumerate(hands)]
+        handedness = list(handedness) if handedness is not None else [None] * len(hands)
+        templates = (
+            hand_prompt
+            if isinstance(hand_prompt, list)
+            else [hand_prompt or DEFAULT_HAND_PROMPT] * len(hands)
+        )
+        prompts = [
+            " ".join(t.replace("{side}", side or "").split()) for t, side in zip(templates, handedness)
+        ]
+        if body_keypoints is not None:
+            body_keypoints = _as_keypoints(body_keypoints, BODY_FORMATS[body_format], "body keypoints")
+        seed = 0 if seed is None and generator is None else seed
+        hand_generator = generator or torch.Generator("cpu").manual_seed(int(seed))
+        body_generator = generator or torch.Generator("cpu").manual_seed(int(seed) + 1)
+        crop_size = self.hand_crop_size
+        multiple = self.size_multiple
+        work_h, work_w = -(-height // multiple) * multiple, -(-width // multiple) * multiple
+
+        # 2. Crop box per hand, keypoints into the crop, heatmaps at the stage-1 latent size.
+        placed, skipped = self.place_hands(hands, handedness, prompts, crop_size, min_hand_size, small_hands)
+
+        # 3. Stage 1, batched over the hands.
+        t0 = time.perf_counter()
+        hand_images = np.zeros((0, crop_size, crop_size, 3), np.uint8)
+        hand_masks = np.zeros((0, crop_size, crop_size), bool)
+        if placed:
+            heatmaps = keypoints_to_heatmaps(
+                np.stack([p.crop_keypoints for p in placed]), crop_size, crop_size // self.hand_pipeline.vae_scale_factor,
+                self.hand_unet.config.heatmap_sigma, self.hand_unet.config.num_keypoints,
+            )  # fmt: skip
+            stage1 = self.hand_pipeline(
+                [p.prompt for p in placed], heatmaps=heatmaps, size=crop_size, num_inference_steps=hand_steps,
+                guidance_scale=guidance_scale if hand_guidance_scale is None else hand_guidance_scale,
+                pose_guidance_scale=pose_guidance_scale,
+                negative_prompt=[hand_negative_prompt or ""] * len(placed), generator=hand_generator,
+                output_type="np", mask_threshold=mask_threshold,
+            )  # fmt: skip
+            hand_images = (np.clip(stage1.images, 0, 1) * 255).round().astype(np.uint8)
+            hand_masks = np.asarray(stage1.masks_binary, bool).copy()
+        mask_sources = []
+        for k, p in enumerate(placed):
+            if (
+                keypoint_coverage(hand_masks[k], p.crop_keypoints) < min_mask_coverage
+                and mask_fallback != "none"
+            ):
+                hand_masks[k] = MASK_FALLBACKS[mask_fallback](hand_masks[k], p.crop_keypoints, crop_size)
+                mask_sources.append(mask_fallback)
+            else:
+                mask_sources.append("stage1")
+        t_stage1 = time.perf_counter() - t0
+
+        # 4. Paste hands and masks into the (work-size) canvas.
+        canvas, hand_mask, paste_order = self.paste_hands(placed, hand_images, hand_masks, (work_h, work_w),
+                                                          overlap_order)  # fmt: skip
+
+        # 5. The stage-2 condition: body pose, pasted hands, hand mask.
+        hand_kps_drawn = [p.keypoints for p in placed]
+        condition = self.build_condition(body_keypoints, body_format, canvas, hand_mask, hand_kps_drawn)
+
+        # 6. Stage 2 with blending after every scheduler step (through the body pipeline's step hook).
+        t0 = time.perf_counter()
+        device = self._execution_device
+        latent_hw = (work_h // self.vae_scale_factor, work_w // self.vae_scale_factor)
+        noise = randn_tensor((1, self.vae.config.latent_channels, *latent_hw), generator=body_generator,
+                             device=device, dtype=self.unet.dtype)  # fmt: skip
+        record: list | None = [] if return_masks else None
+        clock = {"blend": 0.0}
+        hook = None
+        if placed and hand_mask.any() and blend.mode != "none":
+            hand_latents = self.encode_hands(canvas, hand_mask)
+            mask_latent = mask_to_latent(torch.from_numpy(hand_mask)[None, None].float(), latent_hw).to(
+                device
+            )
+            hook = self.blend_hook(
+                hand_latents, mask_latent, noise, blend, num_inference_steps, record, clock
+            )
+        elif record is not None:
+            record.extend([None] * num_inference_steps)
+        latents = self.body_pipeline(
+            prompt or "", condition=condition, height=work_h, width=work_w, num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale, negative_prompt=negative_prompt,
+            controlnet_conditioning_scale=controlnet_conditioning_scale, uncond_condition=uncond_condition,
+            generator=body_generator, latents=noise, output_type="latent", on_step_end=hook,
+        ).images  # fmt: skip
+        t_stage2 = time.perf_counter() - t0
+
+        # 7. Decode, crop to the requested size, optionally composite the hand interiors in pixels.
+        t0 = time.perf_counter()
+        image = self.body_pipeline.decode_latents(latents, "np")[0][:height, :width]
+        canvas, hand_mask = canvas[:height, :width], hand_mask[:height, :width]
+        if pixel_composite and hand_mask.any():
+            alpha = feathered_alpha(hand_mask, int(feather))[..., None]
+            image = alpha * (canvas.astype(np.float32) / 255.0) + (1.0 - alpha) * image
+        image = np.clip(image, 0.0, 1.0).astype(np.float32)
+        t_decode = time.perf_counter() - t0
+
+        # 8. Format and return.
+        if output_type == "pil":
+            images = [PIL.Image.fromarray((image * 255).round().astype(np.uint8))]
+        elif output_type == "np":
+            images = image[None]
+        else:
+            images = torch.from_numpy(image).permute(2, 0, 1)[None]
+        keep = None
+        if record and record[0] is not None:
+            keep = torch.stack(record)
+        self.maybe_free_model_hooks()
+        out = TwoStageOutput(
+            images=images, hand_images=list(hand_images), hand_masks=list(hand_masks), hand_canvas=canvas,
+            hand_mask=hand_mask, hand_boxes=[p.box for p in placed], hand_indices=[p.index for p in placed],
+            paste_order=paste_order, skipped_hands=skipped, mask_sources=mask_sources, keep_masks=keep, latents=latents,
+            timings={"stage1": t_stage1, "stage2": t_stage2, "blend": clock["blend"], "decode": t_decode,
+                     "total": time.perf_counter() - t_start},
+        )  # fmt: skip
+        if not return_dict:
+            return images, out
+        return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Run folders
+
+
+def check_pipeline_folder(path: str, what: str) -> str:
+    """A saved pipeline folder (a run folder at its end): clear `ModelFolderError` otherwise."""
+    path = os.fspath(path)
+    if not os.path.isdir(path):
+        raise ModelFolderError(f"{what} folder not found: {path!r} is not a directory")
+    if not os.path.isfile(os.path.join(path, "model_index.json")):
+        raise ModelFolderError(
+            f"{what} folder {path!r} has no model_index.json: not a finished training run or saved pipeline"
+        )
+    return path
+
+
+def run_crop_margin(hand_run: str) -> float:
+    """The crop margin of the manifest a `train-hand` run was trained on (its `_manifest.json` config),
+    or prep's default when the run or the manifest does not say."""
+    import json
+
+    try:
+        with open(os.path.join(hand_run, "config.json"), encoding="utf-8") as f:
+            manifest = json.load(f)["data"]["manifest"]
+        from manifests.storage import filesystem, join, read_json
+
+        fs, root = filesystem(str(manifest))
+        info = read_json(fs, join(root.rstrip("/"), "_manifest.json"))
+        margin = (info.get("config") or {}).get("crop_margin")
+        if margin is not None:
+            return float(margin)
+    except (OSError, KeyError, TypeError, ValueError) as exc:
+        logger.info("crop margin of %s not recorded (%s); using %s", hand_run, exc, DEFAULT_CROP_MARGIN)
+        return DEFAULT_CROP_MARGIN
+    logger.info("the manifest of %s records no crop_margin; using %s", hand_run, DEFAULT_CROP_MARGIN)
+    return DEFAULT_CROP_MARGIN
+
+
+__all__ = [
+    "TwoStageHandBodyPipeline",
+    "TwoStageOutput",
+    "ModelMismatchError",
+    "HandTooSmallError",
+    "OVERLAP_ORDERS",
+    "MASK_FALLBACKS",
+    "feathered_alpha",
+]
