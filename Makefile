@@ -10,7 +10,7 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 INPUT ?= ../shared/data/hagrid_mini
 OUT ?= out/demo
-DEMO_ARGS ?= --label-from-dir
+DEMO_ARGS ?= --label-from-dir --shard-size 10
 PYTEST_ARGS ?=
 
 .PHONY: demo test venv lint clean
