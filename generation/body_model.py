@@ -16,6 +16,7 @@ Two base kinds (`BASE_KINDS`):
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from dataclasses import dataclass
@@ -173,6 +174,11 @@ def model_input(
     return torch.cat([latents, mask.to(latents.dtype), masked_latents.to(latents.dtype)], dim=1)
 
 
+def _dtype(module: torch.nn.Module) -> torch.dtype:
+    # Works through wrappers (DDP) that have no `.dtype`.
+    return next(module.parameters()).dtype
+
+
 def predict_noise(
     unet: UNet2DConditionModel,
     controlnet: ControlNetModel,
@@ -183,20 +189,33 @@ def predict_noise(
     conditioning_scale: float = 1.0,
 ) -> torch.Tensor:
     """One ControlNet + UNet forward: `sample` (B, in_ch, h, w) from `model_input`, condition (B, C, H, W)
-    in [0, 1] with H = h * VAE factor; returns the UNet prediction (B, latent_ch, h, w)."""
+    in [0, 1] with H = h * VAE factor; returns the UNet prediction (B, latent_ch, h, w) in the UNet's dtype.
+
+    Each model gets its inputs in its own dtype, so a float32 ControlNet in training can sit beside a
+    half-precision frozen UNet. Such a UNet runs outside autocast with half-precision inputs, as in
+    diffusers' ControlNet training (CPU autocast refuses half-precision normalisation weights).
+    """
+    cdt = _dtype(controlnet)
     down, mid = controlnet(
-        sample,
+        sample.to(cdt),
         timestep,
-        encoder_hidden_states=encoder_hidden_states,
-        controlnet_cond=condition.to(sample.dtype),
+        encoder_hidden_states=encoder_hidden_states.to(cdt),
+        controlnet_cond=condition.to(cdt),
         conditioning_scale=conditioning_scale,
         return_dict=False,
     )
-    return unet(
-        sample,
-        timestep,
-        encoder_hidden_states=encoder_hidden_states,
-        down_block_additional_residuals=down,
-        mid_block_additional_residual=mid,
-        return_dict=False,
-    )[0]
+    udt = _dtype(unet)
+    no_autocast = (
+        torch.autocast(sample.device.type, enabled=False)
+        if udt != torch.float32
+        else contextlib.nullcontext()
+    )
+    with no_autocast:
+        return unet(
+            sample.to(udt),
+            timestep,
+            encoder_hidden_states=encoder_hidden_states.to(udt),
+            down_block_additional_residuals=[d.to(udt) for d in down],
+            mid_block_additional_residual=mid.to(udt),
+            return_dict=False,
+        )[0]

@@ -203,6 +203,28 @@ def test_loss_terms_gradients_and_condition_dropout(manifest, tmp_path, kind):
     assert all(p.grad is None for p in task.unet.parameters())
 
 
+def test_bf16_step_validation_and_full_precision_save(manifest, tmp_path):
+    torch.manual_seed(0)
+    task = BodyTask(_config(manifest, tmp_path / "run", mixed_precision="bf16"))
+    task.check_data()
+    task.build(Accelerator(cpu=True, mixed_precision="bf16"))
+    assert task.unet.dtype == task.vae.dtype == torch.bfloat16
+    model = task.trainable()
+    assert model.dtype == torch.float32
+    batch = task.collate([s for s, _ in zip(task._dataset(rank=0, world_size=1, shuffle=False), range(2))])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        terms = task.loss(model, batch, torch.Generator().manual_seed(0))
+    terms["loss"].backward()
+    assert torch.isfinite(terms["loss"]) and model.controlnet_mid_block.weight.grad.abs().sum() > 0
+    task.validate(model, 1, str(tmp_path / "grid.png"))
+    assert (tmp_path / "grid.png").is_file()
+    task.save_final(model, str(tmp_path / "final"))
+    pipe = BodyOutpaintPipeline.from_pretrained(tmp_path / "final")
+    assert pipe.unet.dtype == pipe.controlnet.dtype == torch.float32
+    fresh, _ = task._build()  # the saved base is the pristine float32 one, not a bf16 round trip
+    assert all(torch.equal(a, b) for a, b in zip(pipe.unet.parameters(), fresh.unet.parameters()))
+
+
 def test_resume_is_exact_and_the_run_folder_is_a_pipeline(manifest, tmp_path):
     torch.manual_seed(0)
     straight = tmp_path / "straight"

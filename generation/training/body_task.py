@@ -332,25 +332,21 @@ class BodyTask(TrainTask):
         pipe = self._pipeline(model)
         device = self.vae.device
         tiles, captions = [], []
-        with torch.autocast(device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
-            for i, s in enumerate(self.validation_samples()):
-                out = pipe(
-                    s["caption"], condition=s["condition"][None].to(device), num_inference_steps=c.validation_steps,
-                    guidance_scale=c.validation_guidance_scale, output_type="np",
-                    generator=torch.Generator(device="cpu").manual_seed(c.seed + i),
-                ).images[0]  # fmt: skip
-                target = (
-                    ((s["pixels"].permute(1, 2, 0).numpy() + 1.0) * 127.5)
-                    .round()
-                    .clip(0, 255)
-                    .astype(np.uint8)
-                )
-                tiles += [
-                    *condition_tiles(s["condition"], self.condition_config),
-                    (out * 255).round().astype(np.uint8),
-                    target,
-                ]
-                captions += [*self.condition_config.channels, f"step {step}", s["image_id"]]
+        for i, s in enumerate(self.validation_samples()):
+            out = pipe(
+                s["caption"], condition=s["condition"][None].to(device), num_inference_steps=c.validation_steps,
+                guidance_scale=c.validation_guidance_scale, output_type="np",
+                generator=torch.Generator(device="cpu").manual_seed(c.seed + i),
+            ).images[0]  # fmt: skip
+            target = (
+                ((s["pixels"].permute(1, 2, 0).numpy() + 1.0) * 127.5).round().clip(0, 255).astype(np.uint8)
+            )
+            tiles += [
+                *condition_tiles(s["condition"], self.condition_config),
+                (out * 255).round().astype(np.uint8),
+                target,
+            ]
+            captions += [*self.condition_config.channels, f"step {step}", s["image_id"]]
         sheet = contact_sheet(tiles, columns=len(self.condition_config.channels) + 2,
                               tile=min(256, max(64, c.resolved_resolution)), captions=captions)  # fmt: skip
         Image.fromarray(sheet).save(path)
