@@ -19,6 +19,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "generation.commands.sample_hand",
         "draw hand crops and masks from keypoints with a trained model",
     ),
+    "train-body": (
+        "generation.commands.train_body",
+        "train the stage-2 body outpainter (ControlNet) from a manifest",
+    ),
+    "sample-body": (
+        "generation.commands.sample_body",
+        "paint the body around a manifest image's hands with a trained outpainter",
+    ),
     "generate": (
         "generation.commands.generate",
         "people whose hands follow given poses: two-stage generation from a spec, a manifest row or a photo",
