@@ -5,12 +5,14 @@ Two figures per hand, both in the crop's own pixels:
 - **keypoint coverage**: the share of the 21 keypoints that lie on the mask, after the mask is grown
   by ``tolerance`` x the hand size (fingertip keypoints sit right at the skin's edge, so a mask that
   follows the outline exactly would otherwise miss them). A low value means the mask missed fingers,
-  or covers another object.
-- **area ratio**: mask area / area of the convex hull of the keypoints. The hull leaves out the
-  fingers' width and the palm's rim, so a good mask is about as large or somewhat larger (0.8-1.8 on
-  the 47 GrabCut hands of `hagrid_mini`; a mask filling a whole crop with the default 25% margin is
-  about 4-5). A ratio far above that means the mask leaked onto the arm, the face or the background;
-  far below, that it covers only part of the hand.
+  covers another object, or the keypoints lie outside the photo (a hand cut by the frame).
+- **area ratio**: mask area / area of the *keypoint silhouette*, the skeleton drawn with strokes
+  ``finger_width`` x the hand size wide plus the filled palm polygon (wrist and the five finger
+  bases): a crude hand shape that follows the pose, so an edge-on hand gets a thin silhouette rather
+  than a convex hull that its mask would dwarf. On the 47 GrabCut hands of `hagrid_mini` the ratio
+  is 0.99-1.54 (5th-95th percentile); a mask filling a whole crop with the default 25% margin is
+  several times the silhouette. Far above: the mask leaked onto the arm, the face or the background;
+  far below: it covers only part of the hand.
 
 `hand_mask_agreement` computes both for every hand of a manifest and flags the hands outside the
 `AgreementConfig` limits, with the reason. It reads only the masks and keypoints (small columns).
@@ -24,7 +26,10 @@ import cv2
 import numpy as np
 
 from . import decode
+from .pose import HAND_EDGES
 from .reader import Manifest, open_manifest
+
+PALM = (0, 1, 5, 9, 13, 17)  # wrist, thumb base and the four finger bases
 
 COLUMNS = ["hand_id", "image_id", "label", "handedness", "handedness_score", "hand_size", "mask",
            "mask_method", "mask_score", "crop_size", "crop_keypoints"]  # fmt: skip
@@ -35,33 +40,39 @@ class AgreementConfig:
     """Limits outside which a hand's mask is flagged as disagreeing with its keypoints."""
 
     tolerance: float = 0.05  # mask growth before the coverage test, as a fraction of the hand size
+    finger_width: float = 0.12  # stroke width of the keypoint silhouette, as a fraction of the hand size
     min_coverage: float = 0.8  # share of keypoints that must lie on the (grown) mask
-    min_area_ratio: float = 0.7  # mask area / keypoint hull area below this: the mask misses part of the hand
-    max_area_ratio: float = 3.0  # above this: the mask leaked past the hand (a whole 25%-margin crop is ~4-5)
+    min_area_ratio: float = 0.6  # mask area / silhouette area below this: the mask misses part of the hand
+    max_area_ratio: float = 2.5  # above this: the mask leaked past the hand
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def hull_area(points: np.ndarray) -> float:
-    """Area in px^2 of the convex hull of (N, >=2) points (0 for fewer than 3)."""
-    pts = np.asarray(points, dtype=np.float32)[:, :2]
-    if len(pts) < 3:
-        return 0.0
-    return float(cv2.contourArea(cv2.convexHull(pts)))
+def silhouette(keypoints: np.ndarray, shape: tuple[int, int], finger_width: float = 0.12) -> np.ndarray:
+    """(H, W) bool crude hand shape of (21, >=2) pixel keypoints: skeleton strokes ``finger_width`` x the
+    hand size wide (at least 1 px) and the filled polygon of the wrist and the five finger bases."""
+    pts = np.asarray(keypoints, dtype=np.float64)[:, :2]
+    size = float((pts.max(axis=0) - pts.min(axis=0)).max())
+    width = max(1, int(round(finger_width * size)))
+    canvas = np.zeros(shape, np.uint8)
+    p = np.round(pts).astype(np.int32)
+    for a, b in HAND_EDGES:
+        cv2.line(canvas, (int(p[a, 0]), int(p[a, 1])), (int(p[b, 0]), int(p[b, 1])), 1, width)
+    cv2.fillConvexPoly(canvas, cv2.convexHull(p[list(PALM)]), 1)
+    return canvas > 0
 
 
-def mask_keypoint_agreement(mask: np.ndarray, keypoints: np.ndarray, tolerance: float = 0.05) -> dict:
+def mask_keypoint_agreement(mask: np.ndarray, keypoints: np.ndarray, tolerance: float = 0.05,
+                            finger_width: float = 0.12) -> dict:  # fmt: skip
     """Coverage and area ratio of one hand (see the module docstring).
 
     mask: (S, S) bool in crop pixels; keypoints: (21, >=2) crop pixels. Returns floats
-    ``coverage`` (0..1), ``area_ratio`` (inf when the hull is degenerate), ``mask_area`` and
-    ``hull_area`` (px^2 of the crop).
+    ``coverage`` (0..1), ``area_ratio``, ``mask_area`` and ``silhouette_area`` (px^2 of the crop).
     """
     m = np.asarray(mask) > 0
     pts = np.asarray(keypoints, dtype=np.float64)[:, :2]
-    xy = pts.min(axis=0), pts.max(axis=0)
-    size = float(max(xy[1] - xy[0]))
+    size = float((pts.max(axis=0) - pts.min(axis=0)).max())
     grow = int(round(tolerance * size))
     grown = cv2.dilate(m.astype(np.uint8), np.ones((2 * grow + 1, 2 * grow + 1), np.uint8)) > 0 if grow else m
     h, w = m.shape
@@ -69,9 +80,9 @@ def mask_keypoint_agreement(mask: np.ndarray, keypoints: np.ndarray, tolerance: 
     iy = np.clip(np.floor(pts[:, 1]).astype(int), 0, h - 1)
     inside = (pts[:, 0] >= 0) & (pts[:, 0] < w) & (pts[:, 1] >= 0) & (pts[:, 1] < h)
     coverage = float((grown[iy, ix] & inside).mean())
-    area, hull = float(m.sum()), hull_area(pts)
-    return {"coverage": coverage, "area_ratio": area / hull if hull > 0 else float("inf"), "mask_area": area,
-            "hull_area": hull}  # fmt: skip
+    area, expected = float(m.sum()), float(silhouette(pts, m.shape, finger_width).sum())
+    return {"coverage": coverage, "area_ratio": area / expected if expected > 0 else float("inf"),
+            "mask_area": area, "silhouette_area": expected}  # fmt: skip
 
 
 def disagreement(row: dict, config: AgreementConfig) -> str | None:
@@ -80,15 +91,15 @@ def disagreement(row: dict, config: AgreementConfig) -> str | None:
     if row["coverage"] < config.min_coverage:
         reasons.append(f"{row['coverage']:.0%} of keypoints on the mask")
     if row["area_ratio"] < config.min_area_ratio:
-        reasons.append(f"mask {row['area_ratio']:.2f}x the keypoint hull (too small)")
+        reasons.append(f"mask {row['area_ratio']:.2f}x the keypoint silhouette (too small)")
     elif row["area_ratio"] > config.max_area_ratio:
-        reasons.append(f"mask {row['area_ratio']:.1f}x the keypoint hull (leaks)")
+        reasons.append(f"mask {row['area_ratio']:.1f}x the keypoint silhouette (leaks)")
     return "; ".join(reasons) or None
 
 
 def hand_mask_agreement(manifest: Manifest | str, config: AgreementConfig | None = None) -> list[dict]:
     """One dict per hand with a mask: the hand's id, label, scores and size, plus ``coverage``,
-    ``area_ratio``, ``mask_area``, ``hull_area`` and ``disagrees`` (the reason, or None).
+    ``area_ratio``, ``mask_area``, ``silhouette_area`` and ``disagrees`` (the reason, or None).
 
     Hands without a mask (a run with ``mask_method=none``) are left out.
     """

@@ -8,7 +8,7 @@ from manifest_edits import rewrite
 
 from manifests.codecs import encode_mask
 from manifests.matching import Instance, PoseScorer, keypoint_summary, wilson_interval
-from manifests.quality import AgreementConfig, hand_mask_agreement, mask_keypoint_agreement
+from manifests.quality import AgreementConfig, hand_mask_agreement, mask_keypoint_agreement, silhouette
 from manifests.score import score_manifest
 from manifests.writer import ManifestWriter
 
@@ -103,23 +103,28 @@ def test_score_manifest_pools_truth_sets_into_one_scorer(tmp_path):
 
 
 def test_mask_keypoint_agreement_figures():
-    kps = np.array([[x, y] for x in (20, 40, 60) for y in (20, 40, 60)] + [[40, 40]] * 12, float)
-    hull = np.zeros((80, 80), bool)
-    hull[20:61, 20:61] = True  # the keypoints' hull (40 x 40 = 1600 px^2), as pixels
-    r = mask_keypoint_agreement(hull, kps)
-    assert r["coverage"] == 1.0 and r["hull_area"] == pytest.approx(1600.0)
-    assert r["area_ratio"] == pytest.approx(41 * 41 / 1600)
-    empty = mask_keypoint_agreement(np.zeros((80, 80), bool), kps)
+    # 21 keypoints on a horizontal line from x=10 to x=50: the silhouette is one stroke 5 px wide.
+    kps = np.c_[np.linspace(10, 50, 21), np.full(21, 40.0)]
+    shape = (80, 80)
+    sil = silhouette(kps, shape, finger_width=0.12)
+    ys, xs = np.nonzero(sil)
+    assert (
+        ys.min() >= 37 and ys.max() <= 43 and xs.min() >= 7 and xs.max() <= 53
+    )  # round caps of a 5 px stroke
+    r = mask_keypoint_agreement(sil, kps)
+    assert r["coverage"] == 1.0 and r["area_ratio"] == 1.0 and r["silhouette_area"] == sil.sum()
+    empty = mask_keypoint_agreement(np.zeros(shape, bool), kps)
     assert empty["coverage"] == 0.0 and empty["area_ratio"] == 0.0
-    full = mask_keypoint_agreement(np.ones((80, 80), bool), kps)
-    assert full["area_ratio"] == pytest.approx(6400 / 1600)
-    # A mask that stops 1 px short of the right column: covered only thanks to the tolerance.
-    short = hull.copy()
-    short[:, 59:] = False
-    assert mask_keypoint_agreement(short, kps, tolerance=0.0)["coverage"] == pytest.approx(18 / 21)
+    full = mask_keypoint_agreement(np.ones(shape, bool), kps)
+    assert full["area_ratio"] == pytest.approx(6400 / sil.sum())
+    # A mask that stops just short of the last keypoint: covered only thanks to the tolerance (2 px here).
+    short = sil.copy()
+    short[:, 49:] = False
+    assert mask_keypoint_agreement(short, kps, tolerance=0.0)["coverage"] == pytest.approx(20 / 21)
     assert mask_keypoint_agreement(short, kps, tolerance=0.05)["coverage"] == 1.0
-    line = mask_keypoint_agreement(hull, np.c_[np.arange(21.0), np.arange(21.0)])
-    assert line["area_ratio"] == float("inf")  # collinear keypoints: no hull
+    # Keypoints outside the crop never count as covered, even by a full mask.
+    outside = kps + [0, 45]
+    assert mask_keypoint_agreement(np.ones(shape, bool), outside)["coverage"] == 0.0
 
 
 def test_hand_mask_agreement_flags_broken_masks(synthetic_manifest, tmp_path):
@@ -143,5 +148,7 @@ def test_hand_mask_agreement_flags_broken_masks(synthetic_manifest, tmp_path):
     assert set(flagged) == set(victims)
     assert "0% of keypoints on the mask" in flagged[rows[0]["hand_id"]]
     assert "leaks" in flagged[rows[1]["hand_id"]]
-    strict = hand_mask_agreement(synthetic_manifest, AgreementConfig(max_area_ratio=0.5))
+    strict = hand_mask_agreement(
+        synthetic_manifest, AgreementConfig(max_area_ratio=0.5)
+    )  # synthetic: 0.8-1.1
     assert all("leaks" in r["disagrees"] for r in strict)

@@ -17,7 +17,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
 ALL = sorted(NOTEBOOKS.glob("*.ipynb"))
-EXPECTED = {"explore_manifest.ipynb"}
+EXPECTED = {"explore_manifest.ipynb", "annotation_quality.ipynb"}
 CELL_TIMEOUT = 300  # seconds per cell; a hung kernel fails instead of stalling CI
 
 
@@ -98,3 +98,24 @@ def test_explore_manifest_runs(hagrid_manifest, monkeypatch):
     stream_n = int(text.split("row-group stream:")[1].split()[0])
     assert dask_n == stream_n
     assert "pixel_values" in text and "(4, 3, 128, 128)" in text
+
+
+@pytest.mark.slow
+@pytest.mark.data
+def test_annotation_quality_runs(hagrid_manifest, data_dir, tmp_path, monkeypatch):
+    env = {
+        "HANDFIRST_MANIFEST": hagrid_manifest,
+        "HANDFIRST_DATA": data_dir,
+        "HANDFIRST_QUALITY_OUT": tmp_path,
+    }
+    nb = execute(NOTEBOOKS / "annotation_quality.ipynb", env, monkeypatch)
+    images, text = outputs(nb)
+    assert len(images) >= 6, f"expected the notebook's figures, got {len(images)}"
+    # The error demonstration: one good photo and three broken files all come out as rows.
+    assert "status counts: {'error': 3, 'ok': 1}" in text
+    assert text.count("ImageDecodeError") >= 3
+    # Both truth sets were annotated into QUALITY_OUT and scored.
+    for name in ("freihand", "onehand10k"):
+        assert (tmp_path / "keypoints_gt" / name / "_manifest.json").is_file()
+    assert "hands:  8 in truth" in text and "hands:  4 in truth" in text
+    assert "hardest:" in text and "masks disagree with their keypoints" in text
