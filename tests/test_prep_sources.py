@@ -148,15 +148,19 @@ def test_coco_malformed_entries_become_error_records(tmp_path):
     _coco(
         tmp_path,
         [{"id": 1, "file_name": "ok.jpg"}, {"id": 2, "file_name": "ok.jpg"}, {"id": 3, "file_name": "ok.jpg"},
-         {"id": 1, "file_name": "ok.jpg"}],
-        [good, {"image_id": 2, "keypoints": [1.0] * 60}, {"image_id": 3, "keypoints": [1] * 63, "bbox": [1, 2]}],
+         {"id": 1, "file_name": "ok.jpg"}, {"id": 4, "file_name": "ok.jpg"}],
+        [good, {"image_id": 2, "keypoints": [1.0] * 60}, {"image_id": 3, "keypoints": [1] * 63, "bbox": [1, 2]},
+         {"image_id": 4, "keypoints": [{"x": 1}] * 63}],
     )  # fmt: skip
     recs = records(input=str(tmp_path), format="coco")
-    assert [r.image_id for r in recs] == ["1", "2", "3", "1__dup1"]
+    assert [r.image_id for r in recs] == ["1", "2", "3", "1__dup1", "4"]
     assert recs[0].error is None and recs[0].hands[0].bbox == [0, 0, 2, 2]
-    assert "annotations[1]: 60 keypoint values, expected 63" in recs[1].error
+    assert (
+        recs[1].error == "train_hands.json annotations[1]: 60 keypoint values, expected 63 (21 x [x, y, v])"
+    )
     assert "annotations[2]: bbox must be 4 numbers" in recs[2].error
     assert "duplicate image_id '1'" in recs[3].error
+    assert recs[4].error.startswith("train_hands.json images[4]: TypeError:")
 
 
 # ---------------------------------------------------------------- interhand

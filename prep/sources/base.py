@@ -112,6 +112,12 @@ def expect(cond: bool, message: str) -> None:
         raise ValueError(message)
 
 
+def describe(exc: Exception, what: str, where: str) -> str:
+    """An exception's message, prefixed with `what` (file and entry) unless it already names the file `where`."""
+    message = str(exc)
+    return message if message.startswith(where) else f"{what}: {type(exc).__name__}: {message}"
+
+
 def error_record(image_id: str, source_uri: str, dataset: str, message: str, **kw) -> ImageRecord:
     """A record the worker turns into an error row without opening anything."""
     return ImageRecord(image_id=image_id, source_uri=source_uri, dataset=dataset, error=message, **kw)

@@ -26,6 +26,7 @@ from ..config import PrepConfig
 from ..records import HandAnnotation, ImageRecord
 from .base import (
     AnnotationFileError,
+    describe,
     error_record,
     expect,
     load_json,
@@ -113,8 +114,10 @@ def coco_records(config: PrepConfig) -> Iterator[ImageRecord]:
                 expect(raw_id is not None, f"{what}: image entry has no 'id'")
                 uri = to_uri(fs, safe_relpath(name, root, what))
                 hands = [parse_hand(a, f"{where} annotations[{i}]") for i, a in by_image.get(raw_id, [])]
-            except ValueError as exc:
-                yield error_record(image_id, uri, "coco", str(exc), split=split, label=_label(img))
+            except (ValueError, TypeError) as exc:
+                yield error_record(
+                    image_id, uri, "coco", describe(exc, what, where), split=split, label=_label(img)
+                )
                 continue
             yield ImageRecord(image_id=image_id, source_uri=uri, dataset="coco", split=split,
                               label=_label(img), subject_id=_subject(img), hands=hands)  # fmt: skip

@@ -36,6 +36,7 @@ from ..config import PrepConfig
 from ..records import HandAnnotation, ImageRecord
 from .base import (
     AnnotationFileError,
+    describe,
     error_record,
     expect,
     load_json,
@@ -148,7 +149,12 @@ def hagrid_records(config: PrepConfig) -> Iterator[ImageRecord]:
                 hands, user = parse_entry(data[key], gesture, what)
             except (ValueError, TypeError, FileNotFoundError) as exc:
                 yield error_record(
-                    image_id, uri, "hagrid", str(exc), label=gesture, split=config.split or folder_split
+                    image_id,
+                    uri,
+                    "hagrid",
+                    describe(exc, what, where),
+                    label=gesture,
+                    split=config.split or folder_split,
                 )
                 continue
             if config.split:
