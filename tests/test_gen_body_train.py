@@ -203,11 +203,21 @@ def test_loss_terms_gradients_and_condition_dropout(manifest, tmp_path, kind):
     assert all(p.grad is None for p in task.unet.parameters())
 
 
-def test_bf16_step_validation_and_full_precision_save(manifest, tmp_path):
+@pytest.fixture
+def bf16_accelerator():
+    # accelerate keeps one process-wide state: reset it so later tests can use full precision again.
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield Accelerator(cpu=True, mixed_precision="bf16")
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def test_bf16_step_validation_and_full_precision_save(manifest, tmp_path, bf16_accelerator):
     torch.manual_seed(0)
     task = BodyTask(_config(manifest, tmp_path / "run", mixed_precision="bf16"))
     task.check_data()
-    task.build(Accelerator(cpu=True, mixed_precision="bf16"))
+    task.build(bf16_accelerator)
     assert task.unet.dtype == task.vae.dtype == torch.bfloat16
     model = task.trainable()
     assert model.dtype == torch.float32
