@@ -311,8 +311,11 @@ def load_pipeline(hand_model: str, body_model: str, settings: GenerateSettings):
 
     dtype = getattr(torch, settings.dtype)
     device = settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    pipe = TwoStageHandBodyPipeline.from_runs(hand_model, body_model, crop_margin=settings.crop_margin,
-                                              torch_dtype=dtype)  # fmt: skip
+    # float32 is the default: only ask for another dtype, which keeps older and newer diffusers quiet.
+    load = {} if dtype == torch.float32 else {"torch_dtype": dtype}
+    pipe = TwoStageHandBodyPipeline.from_runs(
+        hand_model, body_model, crop_margin=settings.crop_margin, **load
+    )
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 
@@ -333,14 +336,18 @@ def body_resolution(pipe) -> int:
 
 
 def versions() -> dict:
+    """Versions that decide the pixels: the modules' own ``__version__`` (e.g. torch's build tag)."""
+    import importlib
     from importlib.metadata import PackageNotFoundError, version
 
     out = {"python": platform.python_version()}
-    for pkg in ("handfirst", "torch", "diffusers", "transformers", "numpy", "mediapipe"):
+    for pkg in ("torch", "diffusers", "transformers", "numpy"):
+        out[pkg] = getattr(importlib.import_module(pkg), "__version__", None)
+    for dist in ("handfirst", "mediapipe"):
         try:
-            out[pkg] = version(pkg)
+            out[dist] = version(dist)
         except PackageNotFoundError:
-            out[pkg] = None
+            out[dist] = None
     return out
 
 
@@ -404,7 +411,7 @@ def detect_for_overview(image: np.ndarray, annotator) -> tuple:
     from .evaluate.detect import detect_pixels
 
     hands, body = detect_pixels(annotator, image)
-    note = f"detected: {'body' if body is not None else 'no body'}, {len(hands)} hand(s)"
+    note = f"found {len(hands)} hands" + (" + body" if body is not None else "")
     return (None if body is None else body.keypoints, [h.keypoints for h in hands], note)
 
 

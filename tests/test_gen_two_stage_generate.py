@@ -1,0 +1,186 @@
+"""`handfirst-gen generate` end to end with tiny models trained by `train-hand` and `train-body`: from a
+spec, from manifest rows (one id, and a resumable batch) and from a photo; replay; clear errors."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from generation.cli import main
+from generation.generate import output_size
+
+STEPS = ["--steps", "2", "--no-detect"]
+
+
+@pytest.fixture(scope="session")
+def tiny_runs(tmp_path_factory, synthetic_manifest):
+    """A hand generator and a body outpainter trained for 3 steps each by their CLIs (tiny preset)."""
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("tiny_runs")
+    common = ["--preset", "tiny", "--manifest", str(synthetic_manifest), "--steps", "3", "--batch-size", "2",
+              "--checkpoint-every", "0", "--validate-every", "0", "--log-level", "WARNING"]  # fmt: skip
+    assert main(["train-hand", *common, "--out", str(root / "hand"), "--num-validation-poses", "1",
+                 "--validation-steps", "1"]) == 0  # fmt: skip
+    assert main(["train-body", *common, "--out", str(root / "body"), "--num-validation-images", "1",
+                 "--validation-steps", "1", "--learning-rate", "1e-3"]) == 0  # fmt: skip
+    return str(root / "hand"), str(root / "body")
+
+
+def _models(tiny_runs):
+    return ["--hand-model", tiny_runs[0], "--body-model", tiny_runs[1]]
+
+
+def _spec(path, width=152, height=120, scale=0.3, seed=3, **changes):
+    """examples/pose.json scaled into a small canvas (a size that is not a multiple of 16)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "examples", "pose.json")) as f:
+        obj = json.load(f)
+    obj.update(width=width, height=height, seed=seed)
+    obj["body"]["keypoints"] = [[x * scale, y * scale * 0.75, v] for x, y, v in obj["body"]["keypoints"]]
+    for hand in obj["hands"]:
+        hand["keypoints"] = [[x * scale, y * scale * 0.75] for x, y in hand["keypoints"]]
+    obj.update(changes)
+    with open(path, "w") as f:
+        json.dump(obj, f)
+    return str(path)
+
+
+def test_generate_from_spec_writes_image_sidecar_overview_and_stage1(tiny_runs, tmp_path, capsys):
+    a, b = _spec(tmp_path / "wave.json"), _spec(tmp_path / "other.json", seed=4)
+    out = tmp_path / "out"
+    assert main(["generate", "--spec", a, b, *_models(tiny_runs), "--out", str(out), *STEPS]) == 0
+    assert "generated 2 image(s)" in capsys.readouterr().out
+    with Image.open(out / "wave.png") as im:
+        assert im.size == (152, 120) and im.mode == "RGB"
+    side = json.loads((out / "wave.json").read_text())
+    assert (
+        side["spec"]["width"] == 152
+        and side["call"]["seed"] == 3
+        and side["call"]["num_inference_steps"] == 2
+    )
+    assert side["call"]["blend"]["mode"] == "sequential" and side["settings"]["steps"] == 2
+    assert (
+        side["models"]["hand"]["path"] == os.path.abspath(tiny_runs[0])
+        and len(side["models"]["hand"]["fingerprint"]) == 40
+    )
+    assert side["versions"]["torch"] == torch.__version__ and side["result"]["hand_indices"] == [0, 1]
+    assert side["call"]["hand_prompt"] == ["a right hand", "a left hand"]
+    with Image.open(out / "wave_overview.png") as im:
+        assert im.size[0] > 152 and im.size[1] > 120
+    for name in (
+        "hand0.png",
+        "hand0_mask.png",
+        "hand1.png",
+        "hand1_mask.png",
+        "canvas.png",
+        "canvas_mask.png",
+    ):
+        assert (out / "wave_stage1" / name).is_file(), name
+    with Image.open(out / "wave_stage1" / "hand0_mask.png") as im:
+        assert im.size == (64, 64) and set(np.unique(np.asarray(im))) <= {0, 255}
+    first = np.asarray(Image.open(out / "wave.png"))
+    assert not np.array_equal(first, np.asarray(Image.open(out / "other.png")))
+
+    # The sidecar alone redoes the image exactly.
+    again = tmp_path / "again"
+    assert main(["generate", "--replay", str(out / "wave.json"), "--out", str(again)]) == 0
+    np.testing.assert_array_equal(np.asarray(Image.open(again / "wave.png")), first)
+
+    # A second run over the same folder resumes: nothing is redone.
+    stamp = os.path.getmtime(out / "wave.png")
+    assert main(["generate", "--spec", a, b, *_models(tiny_runs), "--out", str(out), *STEPS]) == 0
+    assert "generated 0 image(s)" in capsys.readouterr().out and os.path.getmtime(out / "wave.png") == stamp
+
+
+def test_generate_from_manifest_rows(tiny_runs, synthetic_manifest, tmp_path, capsys):
+    out = tmp_path / "gen"
+    args = ["generate", "--from-manifest", str(synthetic_manifest), *_models(tiny_runs), "--out", str(out),
+            "--size", "128", *STEPS]  # fmt: skip
+    assert main([*args, "--image-id", "synthetic_00001"]) == 0
+    with Image.open(out / "synthetic_00001.png") as im:
+        assert im.size == (128, 96)  # the 256x192 frame at longer side 128
+    side = json.loads((out / "synthetic_00001.json").read_text())
+    assert side["source"]["image_id"] == "synthetic_00001" and side["source"]["frame"] == [256, 192]
+    assert side["spec"]["prompt"] == "a person showing a four gesture"
+    assert len(side["spec"]["hands"]) == 2 and side["hand_prompts"][0].startswith(
+        "a hand showing a four gesture"
+    )
+
+    # Without ids: every ok row of the split (val holds synthetic_00008 and the hand-less synthetic_00009).
+    assert main([*args, "--split", "val"]) == 0
+    assert (out / "synthetic_00008.png").is_file() and not (out / "synthetic_00009.png").exists()
+
+    assert main([*args, "--image-id", "nope_1"]) == 1
+    assert "no image(s) ['nope_1'] in the images table" in capsys.readouterr().err
+
+
+def test_generate_from_a_photo(tiny_runs, data_dir, tmp_path):
+    photo = data_dir / "photos" / "pointing_up.jpg"
+    out = tmp_path / "photo"
+    assert main(["generate", "--from-image", str(photo), *_models(tiny_runs), "--out", str(out), "--size", "96",
+                 "--steps", "2"]) == 0  # fmt: skip
+    side = json.loads((out / "pointing_up.json").read_text())
+    with Image.open(photo) as im:
+        expected = output_size(*im.size, 96)
+    with Image.open(out / "pointing_up.png") as im:
+        assert im.size == expected
+    assert side["source"]["kind"] == "image" and side["source"]["detected_hands"] >= 1
+    assert len(side["spec"]["hands"]) >= 1 and side["result"]["detected"].startswith("found")
+
+
+def test_clear_errors(tiny_runs, tmp_path, capsys):
+    out = str(tmp_path / "err")
+    spec = _spec(tmp_path / "ok.json")
+    assert main(["generate", "--spec", spec, "--hand-model", str(tmp_path / "missing"), "--body-model",
+                 tiny_runs[1], "--out", out]) == 1  # fmt: skip
+    assert "hand model folder not found" in capsys.readouterr().err
+
+    bad = json.loads(open(spec).read())
+    bad["hands"][0]["keypoints"][2] = [float("nan"), 3.0]
+    (tmp_path / "nan.json").write_text(json.dumps(bad))
+    assert main(["generate", "--spec", str(tmp_path / "nan.json"), *_models(tiny_runs), "--out", out]) == 1
+    assert "nan.json: hands[0].keypoints: NaN or infinite values at points [2]" in capsys.readouterr().err
+
+    bad = json.loads(open(spec).read())
+    bad["body"]["format"] = "coco17"
+    (tmp_path / "fmt.json").write_text(json.dumps(bad))
+    assert main(["generate", "--spec", str(tmp_path / "fmt.json"), *_models(tiny_runs), "--out", out]) == 1
+    assert "body.format: unknown body format 'coco17'" in capsys.readouterr().err
+
+    assert main(["generate", "--spec", spec, "--from-manifest", "x", *_models(tiny_runs), "--out", out]) == 2
+    assert "exactly one of" in capsys.readouterr().err
+
+
+def test_small_hand_refused_in_a_batch_the_rest_written(tiny_runs, tmp_path, capsys):
+    good = _spec(tmp_path / "good.json")
+    tiny = json.loads(open(good).read())
+    wrist = np.array(tiny["hands"][1]["keypoints"][0])
+    tiny["hands"][1]["keypoints"] = (
+        (np.array(tiny["hands"][1]["keypoints"]) - wrist) * 0.25 + wrist
+    ).tolist()
+    (tmp_path / "tiny.json").write_text(json.dumps(tiny))
+    out = tmp_path / "batch"
+    rc = main(["generate", "--spec", good, str(tmp_path / "tiny.json"), *_models(tiny_runs), "--out", str(out),
+               "--small-hands", "refuse", "--min-hand-size", "8", *STEPS])  # fmt: skip
+    assert rc == 1 and (out / "good.png").is_file() and not (out / "tiny.png").exists()
+    assert "tiny: hand 1 (left) spans" in capsys.readouterr().err
+    failure = json.loads((out / "failures.jsonl").read_text().splitlines()[0])
+    assert failure["name"] == "tiny" and "less than min_hand_size=8 px" in failure["error"]
+
+
+def test_models_that_do_not_fit_together(tiny_runs, tmp_path, capsys):
+    from generation.pipeline_body import BodyOutpaintPipeline
+
+    body = BodyOutpaintPipeline.from_pretrained(tiny_runs[1])
+    body.vae.register_to_config(scaling_factor=0.13025)
+    body.save_pretrained(tmp_path / "other_body")
+    rc = main(["generate", "--spec", _spec(tmp_path / "s.json"), "--hand-model", tiny_runs[0], "--body-model",
+               str(tmp_path / "other_body"), "--out", str(tmp_path / "o")])  # fmt: skip
+    assert rc == 1
+    assert (
+        "do not fit together: VAE scaling factor differs: hand 0.18215, body 0.13025"
+        in capsys.readouterr().err
+    )

@@ -1,0 +1,309 @@
+"""TwoStageHandBodyPipeline with tiny random components: blending, geometry shared with prep, hand
+placement, determinism, save/load and bad inputs."""
+
+import numpy as np
+import pytest
+import torch
+from diffusers import AutoencoderKL
+from diffusers.utils.torch_utils import randn_tensor
+
+from generation import TwoStageHandBodyPipeline
+from generation.blending import BlendConfig, keep_mask, mask_to_latent
+from generation.body_model import build_body_model
+from generation.components import build_components, sampling_scheduler, tiny_vae_config
+from generation.hand_model import HandUNet
+from generation.pipeline_body import BodyOutpaintPipeline
+from generation.pipeline_hand import HandGenerationPipeline
+from generation.pipeline_two_stage import HandTooSmallError, ModelMismatchError, PlacedHand
+from manifests.geometry import CropBox
+from manifests.synthetic import synthetic_hand
+
+W, H = 128, 96
+PROMPT = "a person showing a peace sign"
+
+
+def _parts(seed=0):
+    torch.manual_seed(seed)
+    c = build_components("tiny", resolution=64, seed=seed)
+    hand = HandGenerationPipeline(HandUNet.from_unet(c.unet, heatmap_sigma=1.0), c.vae, c.text_encoder,
+                                  c.tokenizer, sampling_scheduler(c.scheduler))  # fmt: skip
+    b = build_components("tiny", resolution=64, seed=seed + 1)
+    controlnet = build_body_model(b, "standard")
+    with torch.no_grad():  # zero convolutions with some weight, so the condition reaches the output
+        for conv in [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block]:
+            conv.weight.normal_(0, 0.3)
+    return hand, BodyOutpaintPipeline.from_components(b, controlnet)
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    hand, body = _parts()
+    p = TwoStageHandBodyPipeline.from_pipelines(hand, body, crop_margin=0.25)
+    p.set_progress_bar_config(disable=True)
+    return p
+
+
+def _request(hand_size=48.0, seed=0):
+    rng = np.random.default_rng(seed)
+    right = synthetic_hand(rng, (36, 48), hand_size)
+    left = synthetic_hand(rng, (92, 48), hand_size)
+    left[:, 0] = 2 * 92 - left[:, 0]
+    body = np.zeros((33, 3))
+    body[:, 0] = rng.uniform(20, 108, 33)
+    body[:, 1] = np.linspace(4, 92, 33)
+    body[:, 2] = 1.0
+    return {
+        "hands": [right, left],
+        "handedness": ["right", "left"],
+        "body_keypoints": body,
+        "width": W,
+        "height": H,
+    }
+
+
+def _call(pipe, **kw):
+    args = {"prompt": PROMPT, **_request(), "num_inference_steps": 3, "output_type": "np", "seed": 0}
+    return pipe(**{**args, **kw})
+
+
+def _known(pipe, out):
+    """Latents of the pasted hands and the hand mask at latent resolution, as the pipeline makes them."""
+    hw = out.latents.shape[-2:]
+    z_hands = pipe.encode_hands(out.hand_canvas, out.hand_mask)
+    mask = mask_to_latent(torch.from_numpy(out.hand_mask)[None, None].float(), tuple(hw))
+    return z_hands, mask
+
+
+def test_output_size_hands_and_masks(pipe):
+    out = _call(pipe, return_masks=True)
+    assert out.images.shape == (1, H, W, 3) and out.images.dtype == np.float32
+    assert 0 <= out.images.min() and out.images.max() <= 1
+    assert out.hand_indices == [0, 1] and not out.skipped_hands
+    assert [m.shape for m in out.hand_masks] == [(64, 64)] * 2 and out.hand_images[0].shape == (64, 64, 3)
+    assert out.hand_canvas.shape == (H, W, 3) and out.hand_mask.shape == (H, W) and out.hand_mask.any()
+    # Every pasted hand pixel lies inside its own crop box.
+    inside = np.zeros((H, W), bool)
+    for box in out.hand_boxes:
+        x0, y0, x1, y1 = box.box
+        inside[max(0, int(np.floor(y0))) : int(np.ceil(y1)), max(0, int(np.floor(x0))) : int(np.ceil(x1))] = (
+            True
+        )
+    assert not (out.hand_mask & ~inside).any()
+    assert out.keep_masks.shape == (3, H // 8, W // 8)
+    assert set(out.timings) == {"stage1", "stage2", "blend", "decode", "total"}
+
+
+def test_fixed_blending_puts_the_hand_latents_in_exactly(pipe):
+    out = _call(pipe, blend="fixed", output_type="np")
+    z_hands, mask = _known(pipe, out)
+    region = mask[0, 0] > 0
+    assert region.sum() >= 4, "the test needs a hand region at latent resolution"
+    assert torch.equal(out.latents[0][:, region], z_hands[0][:, region])
+    assert not torch.allclose(out.latents[0][:, ~region], z_hands[0][:, ~region], atol=1e-3)
+
+
+def test_sequential_keeps_exactly_the_scheduled_mask_at_every_step(pipe, monkeypatch):
+    cfg = BlendConfig(mode="sequential", d0=1, expand_pixels=2, expand_start=0.0, expand_end=1.0)
+    steps, seed = 5, 7
+    seen = []
+    original = pipe.blend_hook
+
+    def spy(*args, **kwargs):
+        hook = original(*args, **kwargs)
+
+        def wrapped(i, t, latents):
+            before = latents.clone()
+            after = hook(i, t, latents)
+            seen.append((i, before, after.clone()))
+            return after
+
+        return wrapped
+
+    monkeypatch.setattr(pipe, "blend_hook", spy)
+    out = _call(pipe, blend=cfg, num_inference_steps=steps, seed=seed, return_masks=True)
+    z_hands, mask = _known(pipe, out)
+    noise = randn_tensor(z_hands.shape, generator=torch.Generator().manual_seed(seed + 1))
+    timesteps = pipe.scheduler.timesteps
+    assert [i for i, _, _ in seen] == list(range(steps))
+    sizes = []
+    for i, before, after in seen:
+        k = keep_mask(mask, i, steps, cfg)[0, 0]
+        assert torch.equal(out.keep_masks[i], k)
+        kept = k > 0
+        sizes.append(int(kept.sum()))
+        known = (
+            z_hands if i == steps - 1 else pipe.scheduler.add_noise(z_hands, noise, timesteps[i + 1 : i + 2])
+        )
+        torch.testing.assert_close(after[0][:, kept], known[0][:, kept], rtol=0, atol=1e-6)
+        assert torch.equal(after[0][:, ~kept], before[0][:, ~kept])
+    assert sizes == sorted(sizes, reverse=True) and sizes[0] > sizes[-1] > 0, sizes
+
+
+def test_none_never_touches_the_latents(pipe, monkeypatch):
+    calls = []
+    monkeypatch.setattr(pipe, "blend_hook", lambda *a, **k: calls.append(1))
+    out = _call(pipe, blend="none", return_masks=True)
+    assert calls == [] and out.keep_masks is None and out.timings["blend"] == 0.0
+    # Exactly stage 2 alone on the same condition and noise.
+    req = _request()
+    condition = pipe.build_condition(req["body_keypoints"], "mediapipe33", out.hand_canvas, out.hand_mask,
+                                     [req["hands"][i] for i in out.hand_indices])  # fmt: skip
+    generator = torch.Generator().manual_seed(1)
+    noise = randn_tensor(out.latents.shape, generator=generator)
+    alone = pipe.body_pipeline(PROMPT, condition=condition, num_inference_steps=3, latents=noise,
+                               generator=generator, output_type="latent").images  # fmt: skip
+    assert torch.equal(out.latents, alone)
+
+
+def test_same_seed_same_image_other_seed_other_image(pipe):
+    a, b = _call(pipe, seed=5), _call(pipe, seed=5)
+    np.testing.assert_array_equal(a.images, b.images)
+    np.testing.assert_array_equal(a.hand_images[0], b.hand_images[0])
+    c = _call(pipe, seed=6)
+    assert np.abs(c.latents - a.latents).max() > 1e-3
+
+
+def test_crop_geometry_is_prep_s(pipe):
+    from prep.config import PrepConfig
+    from prep.crops import hand_crop_box
+
+    kps = _request()["hands"][0].copy()
+    kps[[4, 8], 2] = 0.0  # invisible points do not shape the box, in prep or here
+    kps[4, :2] = (0.0, 0.0)
+    placed, _ = pipe.place_hands([kps], ["right"], ["a hand"], 64, 0.0, "skip")
+    box = placed[0].box
+    assert box == hand_crop_box(kps, PrepConfig(crop_size=64, crop_margin=0.25))
+    np.testing.assert_allclose(box.to_image(placed[0].crop_keypoints), kps, atol=1e-9)
+    visible = placed[0].crop_keypoints[kps[:, 2] > 0]
+    assert (visible[:, :2] >= 0).all() and (visible[:, :2] <= 64).all()
+
+
+def test_crop_geometry_matches_a_prep_manifest(hagrid_manifest):
+    """The boxes and crop keypoints generation computes for a manifest's hands are the ones prep stored."""
+    from manifests.decode import crop_keypoints, hand_keypoints
+    from manifests.reader import open_manifest
+
+    hand, body = _parts()
+    m = open_manifest(str(hagrid_manifest))
+    pipe = TwoStageHandBodyPipeline.from_pipelines(hand, body, crop_margin=m.config["crop_margin"])
+    rows = m.read("hands", ["hand_id", "keypoints", "crop_box", "crop_size", "crop_keypoints"]).to_pylist()
+    assert len(rows) >= 20
+    for row in rows:
+        kps = hand_keypoints(row).astype(np.float64)
+        placed, _ = pipe.place_hands([kps], ["right"], [""], row["crop_size"], 0.0, "skip")
+        np.testing.assert_allclose(
+            placed[0].box.box, row["crop_box"], rtol=1e-5, atol=1e-2, err_msg=row["hand_id"]
+        )
+        np.testing.assert_allclose(
+            placed[0].crop_keypoints, crop_keypoints(row), atol=0.05, err_msg=row["hand_id"]
+        )
+
+
+def test_overlapping_hands_have_a_defined_order(pipe):
+    small = PlacedHand(0, "right", np.zeros((21, 3)), 20.0, CropBox(10, 10, 40, 64), np.zeros((21, 3)))
+    large = PlacedHand(1, "left", np.zeros((21, 3)), 30.0, CropBox(30, 20, 50, 64), np.zeros((21, 3)))
+    images = np.stack(
+        [np.full((64, 64, 3), (255, 0, 0), np.uint8), np.full((64, 64, 3), (0, 0, 255), np.uint8)]
+    )
+    masks = np.ones((2, 64, 64), bool)
+    # Listed larger first; larger_on_top still pastes it last.
+    canvas, mask, order = pipe.paste_hands([large, small], images[::-1], masks, (96, 128), "larger_on_top")
+    assert order == [0, 1]
+    assert tuple(canvas[40, 40]) == (0, 0, 255) and tuple(canvas[15, 15]) == (255, 0, 0) and mask[40, 40]
+    canvas, _, order = pipe.paste_hands([large, small], images[::-1], masks, (96, 128), "given")
+    assert order == [1, 0] and tuple(canvas[40, 40]) == (255, 0, 0)
+
+
+def test_pixel_composite_keeps_the_hand_interiors():
+    from generation.pipeline_two_stage import feathered_alpha
+
+    hand, body = _parts()
+    p = TwoStageHandBodyPipeline.from_pipelines(hand, body)
+    p.set_progress_bar_config(disable=True)
+    plain = _call(p, pixel_composite=False)
+    out = _call(p, pixel_composite=True, feather=2)
+    alpha = feathered_alpha(out.hand_mask, 2)
+    full, none = alpha >= 1.0, alpha <= 0.0
+    assert full.sum() > 10
+    np.testing.assert_allclose(out.images[0][full], out.hand_canvas[full] / 255.0, atol=1e-6)
+    np.testing.assert_array_equal(out.images[0][none], plain.images[0][none])
+
+
+def test_non_multiple_size_is_padded_and_cropped(pipe):
+    req = {**_request(), "width": 120, "height": 90}
+    req["body_keypoints"][:, 1] *= 88 / 92
+    out = pipe(PROMPT, **req, num_inference_steps=2, output_type="pil", seed=0)
+    assert out.images[0].size == (120, 90) and out.hand_mask.shape == (90, 120)
+    assert out.latents.shape[-2:] == (96 // 8, 128 // 8)
+
+
+def test_small_hands_are_skipped_or_refused_with_the_size(pipe):
+    req = _request()
+    req["hands"][1] = synthetic_hand(np.random.default_rng(1), (92, 48), 10.0)
+    out = _call(pipe, **req, min_hand_size=16.0)
+    assert out.hand_indices == [0] and [s["index"] for s in out.skipped_hands] == [1]
+    reason = out.skipped_hands[0]["reason"]
+    assert reason.startswith("hand 1 (left) spans") and "px less than min_hand_size=16 px" in reason
+    with pytest.raises(HandTooSmallError, match=r"hand 1 \(left\) spans [\d.]+ px, [\d.]+ px less"):
+        _call(pipe, **req, min_hand_size=16.0, small_hands="refuse")
+
+
+def test_save_and_load_round_trip(pipe, tmp_path):
+    pipe.save_pretrained(tmp_path / "two_stage")
+    loaded = TwoStageHandBodyPipeline.from_pretrained(tmp_path / "two_stage")
+    loaded.set_progress_bar_config(disable=True)
+    assert loaded.config.crop_margin == 0.25 and isinstance(loaded.hand_unet, HandUNet)
+    np.testing.assert_array_equal(_call(loaded).images, _call(pipe).images)
+
+
+def test_models_with_different_latent_spaces_are_refused():
+    hand, body = _parts()
+    body.vae.register_to_config(scaling_factor=0.13025)
+    with pytest.raises(ModelMismatchError, match="VAE scaling factor differs: hand 0.18215, body 0.13025"):
+        TwoStageHandBodyPipeline.from_pipelines(hand, body)
+    hand, body = _parts()
+    wide_vae = AutoencoderKL.from_config({**tiny_vae_config(64), "latent_channels": 8})
+    with pytest.raises(
+        ModelMismatchError, match="hand UNet works on 4-channel latents but the body VAE makes 8"
+    ):
+        TwoStageHandBodyPipeline(
+            hand.unet, hand.vae, hand.text_encoder, hand.tokenizer, hand.scheduler, wide_vae, body.text_encoder,
+            body.tokenizer, body.unet, body.controlnet, body.scheduler,
+        )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (
+            lambda r: r["hands"][0].__setitem__((3, 0), np.nan),
+            r"hand 0: NaN or infinite values at points \[3\]",
+        ),
+        (
+            lambda r: r["hands"][1].__setitem__((5, 1), 500.0),
+            r"hand 1: points \[5\] lie outside the 128x96 canvas",
+        ),
+        (lambda r: r["hands"].__setitem__(0, r["hands"][0][:20]), r"hand 0: expected 21 points"),
+        (lambda r: r.__setitem__("body_format", "coco17"), r"unknown body format 'coco17'"),
+        (
+            lambda r: r.__setitem__("body_keypoints", np.ones((18, 3))),
+            r"body keypoints \(mediapipe33\): expected 33",
+        ),
+        (lambda r: r.__setitem__("handedness", ["right"]), r"1 handedness values for 2 hands"),
+        (lambda r: r.update(hands=[], body_keypoints=None), r"nothing to draw"),
+    ],
+)
+def test_bad_inputs_are_named(pipe, change, message):
+    req = {**_request(), "body_format": "mediapipe33"}
+    change(req)
+    with pytest.raises(ValueError, match=message):
+        pipe(PROMPT, **req, num_inference_steps=1)
+
+
+def test_bad_settings_are_named(pipe):
+    with pytest.raises(ValueError, match="unknown blending mode 'soft'"):
+        _call(pipe, blend="soft")
+    with pytest.raises(ValueError, match="unknown overlap_order 'depth'"):
+        _call(pipe, overlap_order="depth")
+    with pytest.raises(ValueError, match="small_hands must be one of"):
+        _call(pipe, small_hands="drop")
