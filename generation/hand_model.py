@@ -52,7 +52,8 @@ class HandUNetOutput(BaseOutput):
     """sample: (B, latent_channels, h, w) noise / v / x0 prediction; mask_logits: (B, 1, h, w) logits."""
 
     sample: torch.Tensor
-    mask_logits: torch.Tensor
+    # Defaults to None only so the output can be rebuilt from a dict (accelerate's fp32 conversion does).
+    mask_logits: torch.Tensor | None = None
 
 
 class HandUNet(ModelMixin, ConfigMixin):

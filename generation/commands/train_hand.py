@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 from ..training.config import add_config_arguments, config_from_args
@@ -38,6 +39,8 @@ def run(args) -> int:
     except (TrainingError, ModelFolderError, ValueError, FileNotFoundError) as exc:
         print(f"handfirst-gen train-hand: error: {exc}", file=sys.stderr)
         return 1
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # one summary line per run, not per process
     state = "finished" if result.finished else "stopped (resume with --resume latest)"
     print(f"{state} at step {result.step}; final loss {result.final_loss}; run folder {result.run}")
     return 0

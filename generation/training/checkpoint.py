@@ -6,6 +6,7 @@ A checkpoint is ``RUN/checkpoints/checkpoint-<step>/`` holding:
   LR scheduler and RNG states (accelerate reloads these with ``weights_only=True``);
 - ``ema.safetensors``: the EMA shadow weights, keyed by parameter name;
 - ``train_rng_<rank>.safetensors``: each process's training-noise generator state;
+- ``data_state_<rank>.json``: each process's position in its share of the data;
 - ``trainer_state.json``: step, epoch, data position and EMA counters. Written last.
 
 Everything is written into ``checkpoint-<step>.tmp`` and renamed when complete, so a crash while
@@ -35,7 +36,7 @@ _NAME = re.compile(r"^checkpoint-(\d+)$")
 @dataclass
 class TrainerState:
     """The loop's position. `batches_in_epoch` counts micro-batches already consumed in `epoch`;
-    `data_state` is the dataset's own resumable position when it offers one."""
+    `data_state` is the main process's data position (each process's own is in data_state_<rank>.json)."""
 
     step: int = 0
     epoch: int = 0
@@ -112,6 +113,20 @@ def load_generator(generator: torch.Generator, path: str, rank: int) -> None:
     if not os.path.isfile(file):
         raise FileNotFoundError(f"{file} missing: the checkpoint was written by a run with fewer processes")
     generator.set_state(load_file(file)["state"])
+
+
+def save_data_state(path: str, rank: int, data_state: dict | None) -> None:
+    """Each process's own data position (ranks read disjoint parts of the data)."""
+    with open(os.path.join(path, f"data_state_{rank}.json"), "w", encoding="utf-8") as f:
+        json.dump(data_state, f)
+
+
+def load_data_state(path: str, rank: int) -> dict | None:
+    file = os.path.join(path, f"data_state_{rank}.json")
+    if not os.path.isfile(file):
+        raise FileNotFoundError(f"{file} missing: the checkpoint was written by a run with fewer processes")
+    with open(file, encoding="utf-8") as f:
+        return json.load(f)
 
 
 def write_state(path: str, state: TrainerState) -> None:

@@ -97,18 +97,22 @@ def _is_oom(exc: BaseException) -> bool:
 class _Batches:
     """Endless stream of batches whose order depends on (seed, epoch) only, with a savable position.
 
-    Manifest datasets go through `ManifestDataLoader`, which restores the position without reading
-    the skipped rows. Any other dataset is reshuffled per epoch from (seed, epoch, rank) and resumed
-    by skipping the micro-batches already consumed.
+    Manifest datasets go through `ManifestDataLoader`: they shard over ranks themselves and restore
+    the position without reading the skipped rows. A map-style dataset gets a seeded
+    `DistributedSampler` (one share per rank, reshuffled per epoch) and is resumed by skipping the
+    micro-batches already consumed. Any other IterableDataset must shard over ranks by itself.
     """
 
-    def __init__(self, dataset, task: TrainTask, config: TrainConfig, rank: int, state: ckpt.TrainerState):
-        self.dataset, self.task, self.config, self.rank = dataset, task, config, rank
-        self.epoch, self.index = state.epoch, state.batches_in_epoch
+    def __init__(self, dataset, task: TrainTask, config: TrainConfig, accelerator, state: ckpt.TrainerState):
+        self.dataset, self.task, self.config = dataset, task, config
+        self.rank, self.world = accelerator.process_index, accelerator.num_processes
+        saved = state.data_state or {}
+        self.epoch = int(saved.get("epoch", state.epoch))
+        self.index = int(saved.get("batches_in_epoch", 0))
         self.resuming = state.step > 0
         self.loader = None
         if isinstance(dataset, ManifestIterableDataset):
-            # Not passed through accelerator.prepare: the dataset shards over ranks itself.
+            # Not passed through accelerator.prepare, which would shard the batches a second time.
             self.loader = ManifestDataLoader(dataset, batch_size=config.batch_size, num_workers=config.num_workers,
                                              collate_fn=task.collate)  # fmt: skip
             self.loader.set_epoch(self.epoch)
@@ -118,19 +122,20 @@ class _Batches:
     def _plain_loader(self):
         if hasattr(self.dataset, "set_epoch"):
             self.dataset.set_epoch(self.epoch)
-        iterable = isinstance(self.dataset, torch.utils.data.IterableDataset)
-        g = (
-            None
-            if iterable
-            else torch.Generator().manual_seed(self.config.seed * 100_003 + self.epoch * 1_009 + self.rank)
-        )
+        sampler = None
+        if not isinstance(self.dataset, torch.utils.data.IterableDataset):
+            sampler = torch.utils.data.DistributedSampler(self.dataset, num_replicas=self.world, rank=self.rank,
+                                                          shuffle=True, seed=self.config.seed, drop_last=True)  # fmt: skip
+            sampler.set_epoch(self.epoch)
         return torch.utils.data.DataLoader(
-            self.dataset, batch_size=self.config.batch_size, shuffle=not iterable, generator=g,
-            num_workers=self.config.num_workers, collate_fn=self.task.collate, drop_last=not iterable,
+            self.dataset, batch_size=self.config.batch_size, sampler=sampler, num_workers=self.config.num_workers,
+            collate_fn=self.task.collate, drop_last=sampler is not None,
         )  # fmt: skip
 
-    def data_state(self):
-        return self.loader.state_dict() if self.loader is not None else None
+    def data_state(self) -> dict:
+        if self.loader is not None:
+            return self.loader.state_dict()
+        return {"epoch": self.epoch, "batches_in_epoch": self.index}
 
     def __iter__(self):
         while True:
@@ -245,12 +250,13 @@ def train(task: TrainTask, config: TrainConfig | None = None) -> TrainResult:
         logger.info("resuming from %s", resume_dir)
         accelerator.load_state(resume_dir)
         state = ckpt.read_state(resume_dir)
+        state.data_state = ckpt.load_data_state(resume_dir, rank)
         ckpt.load_generator(generator, resume_dir, rank)
         if ema is not None:
             ckpt.load_ema(ema, names, resume_dir, state.ema)
         metrics.truncate_after(state.step)
     last_checkpoint = resume_dir
-    batches = _Batches(dataset, task, config, rank, state)
+    batches = _Batches(dataset, task, config, accelerator, state)
 
     def save_checkpoint() -> str:
         final = ckpt.checkpoint_path(run, state.step)
@@ -266,6 +272,7 @@ def train(task: TrainTask, config: TrainConfig | None = None) -> TrainResult:
             batches.index,
             batches.data_state(),
         )
+        ckpt.save_data_state(tmp, rank, state.data_state)
         if main:
             state.ema = ckpt.save_ema(ema, names, tmp) if ema is not None else {}
             ckpt.write_state(tmp, state)
