@@ -302,3 +302,12 @@ def sd15_unet_config() -> dict:
         "attention_head_dim": 8,
         "norm_num_groups": 32,
     }
+
+
+def save_components(components: SDComponents, folder: str) -> str:
+    """Write `components` as a diffusers Stable Diffusion folder (unet/, vae/, text_encoder/, tokenizer/,
+    scheduler/), loadable with ``build_components("sd", pretrained=folder)``; e.g. a tiny stand-in
+    for a real checkpoint in tests and demos."""
+    for name in SD_SUBFOLDERS:
+        getattr(components, name).save_pretrained(os.path.join(folder, name))
+    return folder

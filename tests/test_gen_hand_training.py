@@ -252,3 +252,35 @@ def test_8bit_adam_without_bitsandbytes_is_a_clear_error(monkeypatch):
     with pytest.raises(ImportError, match="--use-8bit-adam needs bitsandbytes"):
         make_optimizer(HandTrainConfig(use_8bit_adam=True, learning_rate=1e-4), params)
     assert isinstance(make_optimizer(HandTrainConfig(learning_rate=1e-4), params), torch.optim.AdamW)
+
+
+def test_full_size_path_loads_a_local_sd_folder(synthetic_manifest, tmp_path):
+    """--preset sd goes through from_pretrained(path, subfolder=...); a tiny folder stands in for SD 1.5."""
+    from diffusers import PNDMScheduler
+
+    from generation.components import ModelFolderError, build_components, save_components
+
+    tiny = build_components("tiny", seed=5)
+    folder = save_components(tiny, str(tmp_path / "sd"))
+    # Real SD folders ship a PNDM scheduler config; training reads it as DDPM with the same betas.
+    PNDMScheduler.from_config(tiny.scheduler.config).save_pretrained(tmp_path / "sd" / "scheduler")
+    loaded = build_components("sd", pretrained=folder)
+    assert loaded.scheduler.__class__.__name__ == "DDPMScheduler" and loaded.source == folder
+    assert all(
+        torch.equal(a, b) for a, b in zip(tiny.unet.state_dict().values(), loaded.unet.state_dict().values())
+    )
+
+    run = str(tmp_path / "run")
+    result = train_hand(HandTrainConfig(manifest=str(synthetic_manifest), out=run, preset="sd", pretrained=folder,
+                                        steps=2, **FAST))  # fmt: skip
+    assert result.finished
+    assert json.load(open(os.path.join(run, "config.json")))["data"]["components"] == folder
+    # Step-0 invariance on real loading: the widened UNet starts from the folder's weights.
+    pipe = HandGenerationPipeline.from_pretrained(run)
+    assert pipe.unet.unet.conv_in.weight.shape[1] == 25
+
+    import shutil
+
+    shutil.rmtree(tmp_path / "sd" / "vae")
+    with pytest.raises(ModelFolderError, match=r"lacks subfolder\(s\) \['vae'\]"):
+        build_components("sd", pretrained=folder)

@@ -162,11 +162,16 @@ def _batch_size(batch) -> int:
 
 
 def _write_config(
-    run: str, config: TrainConfig, task: TrainTask, accelerator: Accelerator, resumed: str | None
+    run: str,
+    config: TrainConfig,
+    task: TrainTask,
+    accelerator: Accelerator,
+    resumed: str | None,
+    compare: bool = True,
 ):
     path = os.path.join(run, CONFIG_FILE)
     new = config.to_dict()
-    if resumed and os.path.isfile(path):
+    if compare and resumed and os.path.isfile(path):
         with open(path, encoding="utf-8") as f:
             old = json.load(f).get("config", {})
         changed = {
@@ -222,6 +227,8 @@ def train(task: TrainTask, config: TrainConfig | None = None) -> TrainResult:
         if _is_oom(exc):
             raise TrainingOOMError(oom_message(config, task, "model loading")) from exc
         raise
+    if main:  # again, now with what the task learned while building (model sources, sizes)
+        _write_config(run, config, task, accelerator, resume_dir, compare=False)
     model = task.trainable()
     if config.gradient_checkpointing:
         if not hasattr(model, "enable_gradient_checkpointing"):
