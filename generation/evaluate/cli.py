@@ -56,6 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--split", help="evaluate only this split of the manifest")
     parser.add_argument("--limit", type=int, help="evaluate at most this many images")
+    parser.add_argument("--include-no-hands", action="store_true",
+                        help="also evaluate rows with status no_hands (default: status ok only)")  # fmt: skip
     parser.add_argument(
         "--workers", type=int, default=d.workers, help="detector processes; >1 starts a Dask LocalCluster"
     )
@@ -106,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
     if args.workers > 1 or args.scheduler:
         _quiet_dask()
     config = EvalConfig(
-        label=args.label, split=args.split, limit=args.limit, detection=dict(args.detect), workers=args.workers,
+        label=args.label, split=args.split, limit=args.limit, include_no_hands=args.include_no_hands, detection=dict(args.detect), workers=args.workers,
         scheduler=args.scheduler, match=MatchConfig(gate=args.gate), min_body_visibility=args.min_body_visibility,
         inception=args.inception, clip=args.clip, batch_size=args.batch_size, device=args.device, seed=args.seed,
         progress=not args.no_progress,

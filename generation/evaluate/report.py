@@ -103,7 +103,8 @@ def markdown_table(reports: list[dict], title: str | None = None) -> str:
             if v is not None and c.header in best and _format(best[c.header], c.fmt) == text:
                 text = f"**{text}**"
             cells.append(text)
-        lines.append(f"| {r.get('label', '?')} | " + " | ".join(cells) + " |")
+        label = str(r.get("label", "?")).replace("|", "\\|")  # a '|' would split the Markdown cell
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines += ["", "Notes:", ""]
     lines.append(
         "- Pose: hands and bodies detected in each image with prep's MediaPipe detectors, matched to the "

@@ -2,7 +2,8 @@
 
 Steps:
 
-1. **Select** the manifest's images (status ok or no_hands, optional split / limit). With a generated
+1. **Select** the manifest's images (status ok, plus no_hands with `include_no_hands`; optional split /
+   limit), in manifest order. With a generated
    folder, an image without ``<image_id>.png`` is *missing*: it is counted and left out of every
    metric, and the report says so. An unreadable generated file is scored as an image in which
    nothing was detected.
@@ -48,6 +49,9 @@ class EvalConfig:
 
     label: str | None = None  # row name in the tables; default: "real" or the generated folder's name
     split: str | None = None  # evaluate only this split of the manifest
+    # Rows with status ok are evaluated (what `handfirst-gen generate --from-manifest` generates);
+    # no_hands rows only on request (they have a body target but no hand target).
+    include_no_hands: bool = False
     limit: int | None = None  # at most this many images (in manifest order)
     # Detection
     detection: dict = field(default_factory=dict)  # PrepConfig overrides (thresholds, wrist_refine, ...)
@@ -278,10 +282,11 @@ def _plan(manifest, config: EvalConfig, generated: str):
     cols = ["image_id", "status", "split", "width", "height", "caption", "body_keypoints"]
     plan, rows, missing = [], {}, []
     budget = config.limit
+    statuses = ("ok", "no_hands") if config.include_no_hands else ("ok",)
     for unit, table in manifest.images.iter_row_groups(cols):
         ids = []
         for row in table.to_pylist():
-            if row["status"] == "error" or (config.split and row["split"] != config.split):
+            if row["status"] not in statuses or (config.split and row["split"] != config.split):
                 continue
             if budget is not None and len(rows) + len(missing) >= budget:
                 break
