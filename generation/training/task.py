@@ -45,7 +45,12 @@ class TrainTask:
         raise NotImplementedError
 
     def dataset(self, accelerator):
-        """A torch Dataset or IterableDataset yielding dict samples (collated by `collate`)."""
+        """A torch Dataset or IterableDataset yielding dict samples (collated by `collate`).
+
+        A manifest dataset (`manifests.datasets`) must be built with ``rank=accelerator.process_index,
+        world_size=accelerator.num_processes``; the loop wraps it in a `ManifestDataLoader` whose position
+        goes into checkpoints. A map-style dataset is sharded by the loop (DistributedSampler).
+        """
         raise NotImplementedError
 
     def loss(self, model, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
