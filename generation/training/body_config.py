@@ -24,7 +24,9 @@ class BodyTrainConfig(TrainConfig):
     out: str = setting(
         "runs/body", "run folder: checkpoints, metrics.jsonl, config.json, validation grids, final pipeline"
     )
-    learning_rate: float = setting(1e-5, "peak learning rate (1e-5 suits SD; the tiny preset learns at 1e-3)")
+    learning_rate: float | None = setting(
+        None, "peak learning rate (default: 1e-3 for --preset tiny, 1e-5 for sd)"
+    )
     manifest: str = setting("", "manifest root written by prep; local path or fsspec URL")
     split: str | None = setting(None, "train only on images of this split (e.g. train); default all")
     preset: str = setting(

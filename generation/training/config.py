@@ -23,6 +23,11 @@ def setting(default, help: str, **kwargs):
     return field(default=default, metadata={"help": help, **kwargs})
 
 
+# Learning rate per preset when --learning-rate is not given: the tiny random models need a large one
+# to learn anything in a few hundred steps; 1e-5 is the usual rate for fine-tuning Stable Diffusion.
+PRESET_LEARNING_RATES = {"tiny": 1e-3, "sd": 1e-5}
+
+
 @dataclass
 class TrainConfig:
     """Settings shared by every training task. Fields in order of how often people change them."""
@@ -96,7 +101,12 @@ class TrainConfig:
             return cls.from_dict(json.load(f))
 
     def resolve(self):
-        """Fill settings whose default depends on others (subclasses override); returns the config."""
+        """Fill settings whose default depends on others; returns the config.
+
+        A `learning_rate` left as None takes its preset's rate from `PRESET_LEARNING_RATES`.
+        """
+        if getattr(self, "learning_rate", 0) is None:
+            self.learning_rate = PRESET_LEARNING_RATES.get(getattr(self, "preset", "sd"), 1e-5)
         return self
 
     def validate(self) -> None:

@@ -9,10 +9,6 @@ from dataclasses import dataclass
 
 from .config import TrainConfig, setting
 
-# Learning rate per preset when --learning-rate is not given: the tiny random model needs a large one to
-# learn anything in a few hundred steps; 1e-5 is the usual rate for fine-tuning Stable Diffusion.
-PRESET_LEARNING_RATES = {"tiny": 1e-3, "sd": 1e-5}
-
 
 @dataclass
 class HandTrainConfig(TrainConfig):
@@ -58,11 +54,6 @@ class HandTrainConfig(TrainConfig):
     sampler: str = setting(
         "ddim", "scheduler saved with the final pipeline: ddim or ddpm", choices=("ddim", "ddpm")
     )
-
-    def resolve(self):
-        if self.learning_rate is None:
-            self.learning_rate = PRESET_LEARNING_RATES.get(self.preset, 1e-5)
-        return self
 
     def validate(self) -> None:
         super().validate()
