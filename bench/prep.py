@@ -16,7 +16,8 @@ temporary folder):
     .venv/bin/python bench/prep.py [--repeat 5] [--workers 2]
 
 Writes bench/results/prep.json and prints it. The machine's load average is recorded with the
-figures: on a shared machine other work lowers the multi-worker speed-up.
+figures: on a shared machine other work lowers the multi-worker speed-up, which `worker_busy_share`
+and `task_ms_per_image` tell apart from pipeline stalls.
 """
 
 from __future__ import annotations
@@ -195,6 +196,15 @@ def main(argv=None) -> dict:
             "pipeline_overhead_ms": round(overhead, 2),
             "pipeline_overhead_share": round(overhead / wall_ms, 4),
             "throughput_images_per_s": {str(w): r["images_per_s"] for w, r in runs.items()},
+            # inside-task time per image, and the share of the wall time each worker spent inside tasks:
+            # a share near 1 means the scheduler kept every worker busy, so a speed-up below the worker
+            # count comes from slower tasks (CPU contention), not from the pipeline.
+            "task_ms_per_image": {
+                str(w): round(1000 * r["task_seconds"] / r["images"], 2) for w, r in runs.items()
+            },
+            "worker_busy_share": {
+                str(w): round(r["task_seconds"] / (r["seconds"] * w), 3) for w, r in runs.items()
+            },
             "speedup": round(runs[args.workers]["images_per_s"] / one["images_per_s"], 3),
         }
 
