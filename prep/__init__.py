@@ -10,7 +10,9 @@ from .config import PrepConfig
 from .records import HandAnnotation, ImageRecord
 
 # mediapipe 0.10.x calls a protobuf API that newer protobuf deprecates, once per image: pure noise.
-warnings.filterwarnings("ignore", message=r"SymbolDatabase\.GetPrototype\(\) is deprecated", category=UserWarning)
+warnings.filterwarnings(
+    "ignore", message=r"SymbolDatabase\.GetPrototype\(\) is deprecated", category=UserWarning
+)
 
 
 def run(config: PrepConfig | None = None, **kwargs) -> dict:
