@@ -25,20 +25,38 @@ def test_the_notebooks_are_there():
     assert EXPECTED <= {p.name for p in ALL}
 
 
+def unstripped(nb) -> list[str]:
+    """What keeps a notebook from being committed: cells with outputs, execution counts or timing metadata."""
+    problems = []
+    for i, c in enumerate(nb.cells):
+        if c.cell_type != "code":
+            continue
+        if c.get("outputs"):
+            problems.append(f"cell {i} has outputs")
+        if c.get("execution_count") is not None:
+            problems.append(f"cell {i} has an execution count")
+        if "execution" in c.metadata:
+            problems.append(f"cell {i} has execution timing metadata")
+    return problems
+
+
 @pytest.mark.parametrize("path", ALL, ids=lambda p: p.name)
 def test_committed_notebook_has_no_outputs(path):
     """Outputs stay out of git (run `nbstripout --install` once per clone to strip them on commit)."""
-    nb = nbformat.read(path, as_version=4)
-    dirty = [
-        i
-        for i, c in enumerate(nb.cells)
-        if c.cell_type == "code" and (c.get("outputs") or c.get("execution_count") is not None)
-    ]
-    assert not dirty, (
-        f"{path.name}: cells {dirty} have outputs or execution counts; strip them (nbstripout {path})"
-    )
-    timed = [i for i, c in enumerate(nb.cells) if "execution" in c.metadata]
-    assert not timed, f"{path.name}: cells {timed} carry execution timing metadata; strip them"
+    problems = unstripped(nbformat.read(path, as_version=4))
+    assert not problems, f"{path.name}: {problems}; strip it with `nbstripout {path}`"
+
+
+def test_the_output_check_catches_an_executed_cell():
+    from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
+
+    nb = new_notebook(cells=[new_markdown_cell("# t"), new_code_cell("1 + 1")])
+    assert unstripped(nb) == []
+    nb.cells[1].execution_count = 3
+    nb.cells[1].outputs = [new_output("execute_result", {"text/plain": "2"}, execution_count=3)]
+    nb.cells[1].metadata["execution"] = {"shell.execute_reply": "2026-01-01T00:00:00Z"}
+    assert unstripped(nb) == ["cell 1 has outputs", "cell 1 has an execution count",
+                              "cell 1 has execution timing metadata"]  # fmt: skip
 
 
 @pytest.mark.parametrize("path", ALL, ids=lambda p: p.name)
