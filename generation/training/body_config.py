@@ -7,14 +7,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .config import TrainConfig, setting
+from .config import PRESET_RESOLUTION, TrainConfig, setting
 
 # Mirrors of `generation.condition.CONDITION_GROUPS` and `generation.body_model.BASE_KINDS` (checked
 # equal by the tests) so that building the CLI does not import torch.
 CONDITION_GROUP_NAMES = ("pose", "hands", "mask")
 BASE_KIND_NAMES = ("standard", "inpainting")
 MISSING_BODY = ("skip", "refuse")
-PRESET_RESOLUTION = {"tiny": 64, "sd": 512}
 
 
 @dataclass

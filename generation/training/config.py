@@ -26,6 +26,9 @@ def setting(default, help: str, **kwargs):
 # Learning rate per preset when --learning-rate is not given: the tiny random models need a large one
 # to learn anything in a few hundred steps; 1e-5 is the usual rate for fine-tuning Stable Diffusion.
 PRESET_LEARNING_RATES = {"tiny": 1e-3, "sd": 1e-5}
+# Training side per preset when --resolution is not given. The tiny preset trains at 64 px whatever the
+# manifest's crop size, so the CPU demo stays fast; sd trains at SD-1.5's native 512 px.
+PRESET_RESOLUTION = {"tiny": 64, "sd": 512}
 
 
 @dataclass

@@ -28,6 +28,7 @@ from manifests.reader import open_manifest
 from ..components import build_components, encode_text, freeze, sampling_scheduler
 from ..hand_model import HandUNet
 from ..pipeline_hand import HandGenerationPipeline
+from .config import PRESET_RESOLUTION
 from .errors import DataCheckError
 from .hand_config import HandTrainConfig
 from .latent_cache import LatentCache, fingerprint, vae_fingerprint
@@ -126,11 +127,13 @@ class HandTask(TrainTask):
                 f"{hands.url}: no hand passes the filter {shown} ({total} hands in the table)"
             )
         sizes = sorted(set(rows.column("crop_size").to_pylist()))
-        if c.resolution is None and len(sizes) > 1:
+        # The tiny preset has a fixed side; sd defaults to the manifest's own crop size.
+        wanted = c.resolution or (PRESET_RESOLUTION["tiny"] if c.preset == "tiny" else None)
+        if wanted is None and len(sizes) > 1:
             raise DataCheckError(
                 f"{hands.url}: crops of several sizes {sizes}; pass --resolution to resize them to one"
             )
-        resolution = int(c.resolution or sizes[0])
+        resolution = int(wanted or sizes[0])
         if resolution % 8:
             raise DataCheckError(
                 f"training resolution {resolution} is not a multiple of 8 (the VAE's downsampling)"

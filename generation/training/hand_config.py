@@ -30,7 +30,8 @@ class HandTrainConfig(TrainConfig):
     )
     pretrained: str | None = setting(None, "local Stable Diffusion folder (diffusers layout) for --preset sd")
     resolution: int | None = setting(
-        None, "crop side in pixels used for training (default: the manifest's crop_size)"
+        None,
+        "crop side in pixels used for training (default: 64 for --preset tiny, else the manifest's crop_size)",
     )
     split: str | None = setting(None, "train only on hands of this split (e.g. train); default all")
     labels: tuple[str, ...] | None = setting(None, "train only on these gesture labels")
