@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import platform
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -76,6 +77,11 @@ class GenerateSettings:
     min_hand_size: float = setting(16.0, "smallest hand (longer side of its keypoint box) to draw, output px")
     overlap_order: str = setting(
         "larger_on_top", "which hand covers the other where they overlap", choices=("larger_on_top", "given")
+    )
+    hand_encoding: str = setting(
+        "windows",
+        "VAE-encode a window around each hand (cost follows the hands) or the whole canvas",
+        choices=("windows", "canvas"),
     )
     crop_margin: float | None = setting(
         None, "hand crop margin (default: the one of the hand model's training manifest, else 0.25)"
@@ -198,7 +204,7 @@ def requests_from_manifest(
     seed: int = 0,
 ) -> list[Request]:
     """One request per images row: the given `image_ids` (each must exist), else every ``ok`` row of
-    `split`. Poses are scaled from the original frame to an output of `size` longer side; the stage-1
+    `split` ("all" or None: every split). Poses are scaled from the original frame to an output of `size` longer side; the stage-1
     captions are the manifest's hand captions, the prompt its image caption."""
     import pyarrow.dataset as pads
 
@@ -216,10 +222,15 @@ def requests_from_manifest(
         order = {i: k for k, i in enumerate(image_ids)}
         rows.sort(key=lambda r: order[r["image_id"]])
     else:
+        split = None if split in (None, "", "all") else split
         rows = m.read("images", columns, split=split, status="ok").to_pylist()
         rows.sort(key=lambda r: r["image_id"])
         if not rows:
-            raise RequestError(f"{m.url}: no images with status ok in split {split!r}")
+            present = Counter(m.read("images", ["split"], status="ok").column("split").to_pylist())
+            raise RequestError(
+                f"{m.url}: no images with status ok in split {split!r}; ok images per split: {dict(present)} "
+                "(--split all takes every split)"
+            )
     rows = rows[:limit] if limit else rows
     ids = [r["image_id"] for r in rows]
     hand_rows = m.read("hands", ["image_id", "hand_index", "handedness", "keypoints", "caption"],
@@ -391,6 +402,7 @@ def call_arguments(request: Request, settings: GenerateSettings) -> dict:
         "mask_fallback": settings.mask_fallback,
         "min_mask_coverage": settings.min_mask_coverage,
         "overlap_order": settings.overlap_order,
+        "hand_encoding": settings.hand_encoding,
         "seed": int(seed),
     }
 
@@ -440,7 +452,8 @@ def generate_one(pipe, request: Request, settings: GenerateSettings, out_dir: st
 
     detected = detect_for_overview(image, annotator) if annotator is not None else None
     captions = [
-        f"hand {i} ({spec.hands[i].handedness}, {src})" for i, src in zip(out.hand_indices, out.mask_sources)
+        f"hand {i} {spec.hands[i].handedness[0].upper()} ({src})"
+        for i, src in zip(out.hand_indices, out.mask_sources)
     ]
     sheet = overview_sheet(spec.width, spec.height, spec.body, spec.body_format, [h.keypoints for h in spec.hands],
                            out.hand_images, out.hand_masks, captions, out.hand_canvas, out.hand_mask,

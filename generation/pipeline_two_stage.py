@@ -80,6 +80,7 @@ OVERLAP_ORDERS: dict[str, Callable[[Sequence[float]], list[int]]] = {
 }
 
 SMALL_HAND_POLICIES = ("skip", "refuse")
+HAND_ENCODINGS = ("windows", "canvas")
 
 
 def keypoint_coverage(mask: np.ndarray, keypoints: np.ndarray) -> float:
@@ -288,6 +289,14 @@ class TwoStageHandBodyPipeline(DiffusionPipeline):
         )  # fmt: skip
 
     @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """Load a folder written by `save_pretrained`; a missing local folder is a clear error."""
+        path = os.fspath(pretrained_model_name_or_path)
+        if os.path.isabs(path) or path.startswith(".") or path.count("/") != 1 or os.path.exists(path):
+            check_pipeline_folder(path, "two-stage pipeline")
+        return super().from_pretrained(path, **kwargs)
+
+    @classmethod
     def from_runs(
         cls, hand_run: str, body_run: str, crop_margin: float | None = None, **load_kwargs
     ) -> TwoStageHandBodyPipeline:
@@ -464,12 +473,36 @@ class TwoStageHandBodyPipeline(DiffusionPipeline):
         return torch.from_numpy(np.ascontiguousarray(np.concatenate(parts, axis=2).transpose(2, 0, 1)))[None]
 
     @torch.no_grad()
-    def encode_hands(self, canvas: np.ndarray, mask: np.ndarray) -> torch.Tensor:
+    def encode_hands(
+        self, canvas: np.ndarray, mask: np.ndarray, boxes: Sequence[CropBox] | None = None, margin: int = 2
+    ) -> torch.Tensor:
         """Stage-2 VAE latents of the hand canvas (off-hand pixels grey, as an inpainting masked image):
-        (1, 4, H/f, W/f), scaled, from the posterior mode so they are deterministic."""
+        (1, C, H/f, W/f), scaled, from the posterior mode so they are deterministic.
+
+        With `boxes` (the hands' crop boxes, in paste order) only a window around each hand is encoded,
+        the box snapped out to the latent grid plus `margin` latent pixels, and its latents are placed at
+        their spot (zeros elsewhere; a later hand's window wins where two overlap). The encoder's cost
+        then follows the hands' area instead of the canvas'. Blending reads these latents only inside the
+        keep-masks, which lie within the boxes grown by the initial dilation, so `margin` must be at least
+        that dilation. Without `boxes` the whole canvas is encoded.
+        """
+        f = self.vae_scale_factor
         pixels = torch.from_numpy(canvas).permute(2, 0, 1)[None].float() / 255.0
-        hand = torch.from_numpy(mask)[None, None].float()
-        return self.body_pipeline.encode_image(masked_image(pixels, hand))
+        image = masked_image(pixels, torch.from_numpy(mask)[None, None].float())
+        if boxes is None:
+            return self.body_pipeline.encode_image(image)
+        h, w = mask.shape[0] // f, mask.shape[1] // f
+        latents = torch.zeros(
+            (1, self.vae.config.latent_channels, h, w), dtype=self.vae.dtype, device=self.vae.device
+        )
+        for box in boxes:
+            x0, y0, x1, y1 = box.box
+            lx0, ly0 = max(0, int(np.floor(x0 / f)) - margin), max(0, int(np.floor(y0 / f)) - margin)
+            lx1, ly1 = min(w, int(np.ceil(x1 / f)) + margin), min(h, int(np.ceil(y1 / f)) + margin)
+            if lx1 > lx0 and ly1 > ly0:
+                window = image[..., ly0 * f : ly1 * f, lx0 * f : lx1 * f]
+                latents[..., ly0:ly1, lx0:lx1] = self.body_pipeline.encode_image(window)
+        return latents
 
     def blend_hook(
         self,
@@ -538,6 +571,7 @@ class TwoStageHandBodyPipeline(DiffusionPipeline):
         mask_fallback: str = "skeleton",
         min_mask_coverage: float = 0.5,
         overlap_order: str = "larger_on_top",
+        hand_encoding: str = "windows",
         seed: int | None = None,
         generator: torch.Generator | None = None,
         output_type: str = "pil",
@@ -570,6 +604,8 @@ class TwoStageHandBodyPipeline(DiffusionPipeline):
                 pixels is skipped (left to stage 2, reported in `skipped_hands`) or refused
                 (`HandTooSmallError`).
             overlap_order: `OVERLAP_ORDERS` name deciding which hand is on top where two overlap.
+            hand_encoding: "windows" (VAE-encode a window around each hand; the cost follows the hands'
+                area) or "canvas" (encode the whole hand canvas); see `encode_hands`.
             seed / generator: randomness. Stage 1 and stage 2 each draw from a CPU generator seeded
                 with `seed` (stage 2 with `seed` + 1), so results do not depend on the device or on
                 how many hands stage 1 drew.
@@ -600,6 +636,8 @@ class TwoStageHandBodyPipeline(DiffusionPipeline):
         self.check_inputs(width, height, hands, handedness, body_keypoints, body_format, hand_prompt, blend,
                           output_type, num_inference_steps, hand_steps, small_hands, min_hand_size,
                           overlap_order, feather)  # fmt: skip
+        if hand_encoding not in HAND_ENCODINGS:
+            raise ValueError(f"unknown hand_encoding {hand_encoding!r}; expected one of {HAND_ENCODINGS}")
         if mask_fallback not in MASK_FALLBACKS:
             raise ValueError(
                 f"unknown mask_fallback {mask_fallback!r}; expected one of {sorted(MASK_FALLBACKS)}"
@@ -678,7 +716,11 @@ class TwoStageHandBodyPipeline(DiffusionPipeline):
         clock = {"blend": 0.0}
         hook = None
         if placed and hand_mask.any() and blend.mode != "none":
-            hand_latents = self.encode_hands(canvas, hand_mask)
+            boxes = None
+            if hand_encoding == "windows":
+                by_index = {p.index: p.box for p in placed}
+                boxes = [by_index[i] for i in paste_order]
+            hand_latents = self.encode_hands(canvas, hand_mask, boxes, margin=blend.d0 + 1)
             mask_latent = mask_to_latent(torch.from_numpy(hand_mask)[None, None].float(), latent_hw).to(
                 device
             )

@@ -66,10 +66,12 @@ def _call(pipe, **kw):
     return pipe(**{**args, **kw})
 
 
-def _known(pipe, out):
+def _known(pipe, out, encoding="windows", d0=1):
     """Latents of the pasted hands and the hand mask at latent resolution, as the pipeline makes them."""
     hw = out.latents.shape[-2:]
-    z_hands = pipe.encode_hands(out.hand_canvas, out.hand_mask)
+    by_index = dict(zip(out.hand_indices, out.hand_boxes))
+    boxes = [by_index[i] for i in out.paste_order] if encoding == "windows" else None
+    z_hands = pipe.encode_hands(out.hand_canvas, out.hand_mask, boxes, margin=d0 + 1)
     mask = mask_to_latent(torch.from_numpy(out.hand_mask)[None, None].float(), tuple(hw))
     return z_hands, mask
 
@@ -93,9 +95,10 @@ def test_output_size_hands_and_masks(pipe):
     assert set(out.timings) == {"stage1", "stage2", "blend", "decode", "total"}
 
 
-def test_fixed_blending_puts_the_hand_latents_in_exactly(pipe):
-    out = _call(pipe, blend="fixed", output_type="np")
-    z_hands, mask = _known(pipe, out)
+@pytest.mark.parametrize("encoding", ["windows", "canvas"])
+def test_fixed_blending_puts_the_hand_latents_in_exactly(pipe, encoding):
+    out = _call(pipe, blend="fixed", output_type="np", hand_encoding=encoding)
+    z_hands, mask = _known(pipe, out, encoding)
     region = mask[0, 0] > 0
     assert region.sum() >= 4, "the test needs a hand region at latent resolution"
     assert torch.equal(out.latents[0][:, region], z_hands[0][:, region])
@@ -137,6 +140,21 @@ def test_sequential_keeps_exactly_the_scheduled_mask_at_every_step(pipe, monkeyp
         torch.testing.assert_close(after[0][:, kept], known[0][:, kept], rtol=0, atol=1e-6)
         assert torch.equal(after[0][:, ~kept], before[0][:, ~kept])
     assert sizes == sorted(sizes, reverse=True) and sizes[0] > sizes[-1] > 0, sizes
+
+
+def test_hand_windows_cover_every_kept_latent(pipe):
+    out = _call(
+        pipe, **_request(hand_size=24.0), blend=BlendConfig(mode="sequential", d0=1), return_masks=True
+    )
+    z_windows, _ = _known(pipe, out, "windows", d0=1)
+    covered = (z_windows[0] != 0).any(dim=0)
+    assert (out.keep_masks[0] > 0).any() and not (out.keep_masks[0].bool() & ~covered).any()
+    assert not covered.all(), "the windows should leave the canvas corners unencoded"
+    # Inside the hands, a window's encoding is close to the whole canvas' (the encoder sees the same hand).
+    z_canvas, mask = _known(pipe, out, "canvas")
+    inside = mask[0, 0] > 0
+    diff = (z_windows[0][:, inside] - z_canvas[0][:, inside]).abs().mean()
+    assert diff < 0.5 * z_canvas[0][:, inside].abs().mean(), float(diff)
 
 
 def test_none_never_touches_the_latents(pipe, monkeypatch):
@@ -254,6 +272,16 @@ def test_save_and_load_round_trip(pipe, tmp_path):
     loaded.set_progress_bar_config(disable=True)
     assert loaded.config.crop_margin == 0.25 and isinstance(loaded.hand_unet, HandUNet)
     np.testing.assert_array_equal(_call(loaded).images, _call(pipe).images)
+
+
+def test_missing_model_folders_are_named(tmp_path):
+    from generation.components import ModelFolderError
+
+    with pytest.raises(ModelFolderError, match="two-stage pipeline folder not found"):
+        TwoStageHandBodyPipeline.from_pretrained(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelFolderError, match="has no model_index.json"):
+        TwoStageHandBodyPipeline.from_runs(tmp_path / "empty", tmp_path / "empty")
 
 
 def test_models_with_different_latent_spaces_are_refused():

@@ -37,7 +37,9 @@ def add_arguments(parser) -> None:
         "--image-id", nargs="+", metavar="ID", help="image id(s) (default: every ok row of --split)"
     )
     man.add_argument(
-        "--split", default="test", help="split to take without --image-id (default: %(default)s)"
+        "--split",
+        default="test",
+        help="split to take without --image-id; all = every split (default: %(default)s)",
     )
     man.add_argument("--limit", type=int, default=None, help="at most this many manifest rows")
     parser.add_argument("--hand-model", help="train-hand run folder (or saved HandGenerationPipeline)")
