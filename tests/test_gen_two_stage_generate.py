@@ -117,11 +117,16 @@ def test_generate_from_manifest_rows(tiny_runs, synthetic_manifest, tmp_path, ca
     assert "no image(s) ['nope_1'] in the images table" in capsys.readouterr().err
 
 
-def test_generate_from_a_photo(tiny_runs, data_dir, tmp_path):
+def test_generate_from_a_photo(tiny_runs, data_dir, tmp_path, capsys):
     photo = data_dir / "photos" / "pointing_up.jpg"
+    blank = tmp_path / "blank.png"
+    Image.new("RGB", (96, 64), (128, 128, 128)).save(blank)  # nobody in it
     out = tmp_path / "photo"
-    assert main(["generate", "--from-image", str(photo), *_models(tiny_runs), "--out", str(out), "--size", "96",
-                 "--steps", "2"]) == 0  # fmt: skip
+    rc = main(["generate", "--from-image", str(photo), str(blank), *_models(tiny_runs), "--out", str(out),
+               "--size", "96", "--steps", "2"])  # fmt: skip
+    assert rc == 1 and "blank: " in capsys.readouterr().err and not (out / "blank.png").exists()
+    failure = json.loads((out / "failures.jsonl").read_text().splitlines()[0])
+    assert failure["name"] == "blank" and "no hands and no body pose detected" in failure["error"]
     side = json.loads((out / "pointing_up.json").read_text())
     with Image.open(photo) as im:
         expected = output_size(*im.size, 96)

@@ -68,7 +68,10 @@ def _settings(args):
 
 
 def _requests(args, settings, pipe_size: int):
+    """(requests, replays or None, failures): a photo in which nothing is detected is a failure of that
+    photo only; every other problem with the inputs stops the command before anything is generated."""
     from ..generate import (
+        RequestError,
         request_from_image,
         request_from_sidecar,
         requests_from_manifest,
@@ -77,25 +80,42 @@ def _requests(args, settings, pipe_size: int):
 
     seed = settings.seed if settings.seed is not None else 0
     if args.spec:
-        return requests_from_specs(args.spec), None
+        return requests_from_specs(args.spec), None, []
     if args.from_manifest:
         size = settings.size or pipe_size
-        return requests_from_manifest(
-            args.from_manifest, args.image_id, size, args.split, args.limit, seed
-        ), None
+        return (
+            requests_from_manifest(args.from_manifest, args.image_id, size, args.split, args.limit, seed),
+            None,
+            [],
+        )
     if args.from_image:
         from prep.config import PrepConfig
 
         from ..evaluate.detect import get_detector
 
+        stems = [os.path.splitext(os.path.basename(p))[0] for p in args.from_image]
+        clashes = sorted({s for s in stems if stems.count(s) > 1})
+        if clashes:
+            raise RequestError(
+                f"several photos share the name(s) {clashes}; their outputs would overwrite each other"
+            )
         detector = get_detector(PrepConfig())
         size = settings.size or pipe_size
-        return [
-            request_from_image(p, size, seed, settings.prompt, settings.gesture, detector)
-            for p in args.from_image
-        ], None
+        requests, failures = [], []
+        for path in args.from_image:
+            try:
+                requests.append(
+                    request_from_image(path, size, seed, settings.prompt, settings.gesture, detector)
+                )
+            except RequestError as exc:
+                if len(args.from_image) == 1:
+                    raise
+                name = os.path.splitext(os.path.basename(path))[0]
+                failures.append({"name": name, "source": {"kind": "image", "path": path}, "error": str(exc)})
+                print(f"handfirst-gen generate: {name}: {exc}", file=sys.stderr)
+        return requests, None, failures
     replays = [request_from_sidecar(p) for p in args.replay]
-    return [r for r, _, _ in replays], replays
+    return [r for r, _, _ in replays], replays, []
 
 
 def run(args) -> int:
@@ -135,7 +155,7 @@ def run(args) -> int:
         pipe = load_pipeline(hand_model, body_model, settings)
         from ..generate import body_resolution
 
-        requests, replays = _requests(args, settings, body_resolution(pipe))
+        requests, replays, failures = _requests(args, settings, body_resolution(pipe))
     except (ModelFolderError, ModelMismatchError, SpecError, RequestError, ValueError, OSError) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 1
@@ -150,7 +170,6 @@ def run(args) -> int:
 
     os.makedirs(args.out, exist_ok=True)
     done = skipped = 0
-    failures = []
     bar = tqdm(total=len(requests), desc="generate", unit="img", disable=len(requests) < 2)
     t0 = time.perf_counter()
     for k, request in enumerate(requests):
