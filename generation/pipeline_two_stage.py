@@ -356,6 +356,7 @@ class TwoStageHandBodyPipeline(DiffusionPipeline):
     def check_inputs(
         self, width, height, hands, handedness, body_keypoints, body_format, hand_prompts, blend, output_type,
         num_inference_steps, hand_num_inference_steps, small_hands, min_hand_size, overlap_order, feather,
+        hand_encoding="windows", mask_fallback="skeleton", min_mask_coverage=0.5, seed=None, generator=None,
     ):  # fmt: skip
         self.check_models()
         if not (isinstance(width, int) and isinstance(height, int)) or width < 8 or height < 8:
@@ -396,6 +397,16 @@ class TwoStageHandBodyPipeline(DiffusionPipeline):
             )
         if feather < 0:
             raise ValueError(f"feather must be >= 0 pixels, got {feather}")
+        if hand_encoding not in HAND_ENCODINGS:
+            raise ValueError(f"unknown hand_encoding {hand_encoding!r}; expected one of {HAND_ENCODINGS}")
+        if mask_fallback not in MASK_FALLBACKS:
+            raise ValueError(
+                f"unknown mask_fallback {mask_fallback!r}; expected one of {sorted(MASK_FALLBACKS)}"
+            )
+        if not 0.0 <= min_mask_coverage <= 1.0:
+            raise ValueError(f"min_mask_coverage must be in [0, 1], got {min_mask_coverage}")
+        if generator is not None and seed is not None:
+            raise ValueError("pass `generator` or `seed`, not both")
 
     # ---------------------------------------------------------------- steps
 
@@ -608,7 +619,7 @@ class TwoStageHandBodyPipeline(DiffusionPipeline):
                 area) or "canvas" (encode the whole hand canvas); see `encode_hands`.
             seed / generator: randomness. Stage 1 and stage 2 each draw from a CPU generator seeded
                 with `seed` (stage 2 with `seed` + 1), so results do not depend on the device or on
-                how many hands stage 1 drew.
+                how many hands stage 1 drew. A `generator` given instead serves both stages in turn.
             return_masks: also return the per-step keep masks.
         Returns `TwoStageOutput` (or a tuple ``(images, output)`` with ``return_dict=False``).
         """
@@ -635,17 +646,8 @@ class TwoStageHandBodyPipeline(DiffusionPipeline):
         # 1. Check inputs.
         self.check_inputs(width, height, hands, handedness, body_keypoints, body_format, hand_prompt, blend,
                           output_type, num_inference_steps, hand_steps, small_hands, min_hand_size,
-                          overlap_order, feather)  # fmt: skip
-        if hand_encoding not in HAND_ENCODINGS:
-            raise ValueError(f"unknown hand_encoding {hand_encoding!r}; expected one of {HAND_ENCODINGS}")
-        if mask_fallback not in MASK_FALLBACKS:
-            raise ValueError(
-                f"unknown mask_fallback {mask_fallback!r}; expected one of {sorted(MASK_FALLBACKS)}"
-            )
-        if not 0.0 <= min_mask_coverage <= 1.0:
-            raise ValueError(f"min_mask_coverage must be in [0, 1], got {min_mask_coverage}")
-        if generator is not None and seed is not None:
-            raise ValueError("pass `generator` or `seed`, not both")
+                          overlap_order, feather, hand_encoding, mask_fallback, min_mask_coverage, seed,
+                          generator)  # fmt: skip
         hands = [_as_keypoints(k, NUM_HAND_KEYPOINTS, f"hand {i}") for i, k in enumerate(hands)]
         handedness = list(handedness) if handedness is not None else [None] * len(hands)
         templates = (

@@ -335,3 +335,7 @@ def test_bad_settings_are_named(pipe):
         _call(pipe, overlap_order="depth")
     with pytest.raises(ValueError, match="small_hands must be one of"):
         _call(pipe, small_hands="drop")
+    with pytest.raises(ValueError, match="unknown hand_encoding 'latent'"):
+        _call(pipe, hand_encoding="latent")
+    with pytest.raises(ValueError, match="pass `generator` or `seed`, not both"):
+        _call(pipe, generator=torch.Generator().manual_seed(0))
