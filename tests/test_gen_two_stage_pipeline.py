@@ -339,3 +339,20 @@ def test_bad_settings_are_named(pipe):
         _call(pipe, hand_encoding="latent")
     with pytest.raises(ValueError, match="pass `generator` or `seed`, not both"):
         _call(pipe, generator=torch.Generator().manual_seed(0))
+
+
+def test_a_body_without_hands_and_hands_without_a_body(pipe):
+    no_hands = _call(pipe, hands=[], handedness=[], return_masks=True)
+    assert (
+        no_hands.images.shape == (1, H, W, 3) and no_hands.hand_indices == [] and not no_hands.hand_mask.any()
+    )
+    assert no_hands.keep_masks is None and no_hands.timings["stage1"] < no_hands.timings["stage2"]
+    no_body = _call(pipe, body_keypoints=None)
+    assert no_body.images.shape == (1, H, W, 3) and no_body.hand_indices == [0, 1]
+    # The pose channels of the condition are empty; the hands and mask channels are not.
+    cond = pipe.build_condition(None, "mediapipe33", no_body.hand_canvas, no_body.hand_mask, [])
+    assert (
+        cond.shape == (1, 7, H, W)
+        and cond[0, :3].abs().sum() == 0
+        and cond[0, 6].sum() == no_body.hand_mask.sum()
+    )
