@@ -25,7 +25,6 @@ import numpy as np
 from manifests.pose import BODY_FORMATS
 from manifests.schema import NUM_HAND_KEYPOINTS
 
-
 HANDEDNESS = ("left", "right")
 
 
