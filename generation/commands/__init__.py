@@ -1,1 +1,47 @@
-"""One module per `handfirst-gen` subcommand: ``HELP``, ``add_arguments(parser)``, ``run(args) -> int``."""
+"""One module per `handfirst-gen` subcommand: ``HELP``, ``add_arguments(parser)``, ``run(args) -> int``.
+
+The training commands share their option set-up and their `run` through `add_training_arguments` and
+`run_training`; both import torch only when the command runs, so ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+
+def add_training_arguments(parser, config_cls) -> None:
+    """``--config FILE`` plus one option per field of the `TrainConfig` subclass `config_cls`."""
+    from ..training.config import add_config_arguments
+
+    parser.add_argument(
+        "--config", help=f"JSON file of {config_cls.__name__} settings; command-line options override it"
+    )
+    add_config_arguments(parser, config_cls)
+
+
+def run_training(command: str, config_cls, args, train) -> int:
+    """Build `config_cls` from ``--config`` overridden by the given options, call ``train(config)``
+    and print a one-line summary; known errors are printed as ``handfirst-gen COMMAND: error: ...``
+    and give exit code 1."""
+    from ..components import ModelFolderError
+    from ..training.config import config_from_args
+    from ..training.errors import TrainingError
+
+    base = None
+    if args.config:
+        with open(args.config, encoding="utf-8") as f:
+            base = json.load(f)
+        base = base.get("config", base)  # a run's config.json works too
+    try:
+        config = config_from_args(config_cls, args, base)
+        result = train(config)
+    except (TrainingError, ModelFolderError, ValueError, FileNotFoundError) as exc:
+        print(f"handfirst-gen {command}: error: {exc}", file=sys.stderr)
+        return 1
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # one summary line per run, not per process
+    state = "finished" if result.finished else "stopped (resume with --resume latest)"
+    print(f"{state} at step {result.step}; final loss {result.final_loss}; run folder {result.run}")
+    return 0
