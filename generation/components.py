@@ -83,6 +83,23 @@ def check_model_folder(path: str, subfolders=SD_SUBFOLDERS, what: str = "Stable 
     return path
 
 
+def check_saved_pipeline(path, what: str, saved_by: str) -> str:
+    """The folder a pipeline's `from_pretrained` is about to read, as a str; a clear `ModelFolderError`
+    when it is a local path that is not a directory (``"{what} folder not found"``) or has no
+    model_index.json (the message names `saved_by`, what writes such a folder).
+
+    A string that looks like a Hub id (``org/name``, not existing locally) is returned unchecked, so the
+    ordinary diffusers loading path still handles it."""
+    path = os.fspath(path)
+    looks_local = os.path.isabs(path) or path.startswith(".") or path.count("/") != 1 or os.path.exists(path)
+    if looks_local:
+        if not os.path.isdir(path):
+            raise ModelFolderError(f"{what} folder not found: {path!r} is not a directory")
+        if not os.path.isfile(os.path.join(path, "model_index.json")):
+            raise ModelFolderError(f"{path!r} has no model_index.json: not a saved pipeline ({saved_by})")
+    return path
+
+
 # ---------------------------------------------------------------------------------------------------
 # Tiny configs
 

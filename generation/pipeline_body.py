@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import os
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -32,7 +31,7 @@ from .body_model import (
     repaint_mask,
     vae_scale_factor,
 )
-from .components import ModelFolderError, encode_text, sampling_scheduler
+from .components import check_saved_pipeline, encode_text, sampling_scheduler
 from .condition import (
     ConditionConfig,
     ConditionInputs,
@@ -148,18 +147,11 @@ class BodyOutpaintPipeline(DiffusionPipeline):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
         """Load a saved pipeline (a `train-body` run folder); a missing local folder is a clear error."""
-        path = os.fspath(pretrained_model_name_or_path)
-        looks_local = (
-            os.path.isabs(path) or path.startswith(".") or path.count("/") != 1 or os.path.exists(path)
+        path = check_saved_pipeline(
+            pretrained_model_name_or_path,
+            "body model",
+            "a finished train-body run folder, or a folder written by BodyOutpaintPipeline.save_pretrained",
         )
-        if looks_local:
-            if not os.path.isdir(path):
-                raise ModelFolderError(f"body model folder not found: {path!r} is not a directory")
-            if not os.path.isfile(os.path.join(path, "model_index.json")):
-                raise ModelFolderError(
-                    f"{path!r} has no model_index.json: not a saved pipeline (a finished train-body run folder, "
-                    "or a folder written by BodyOutpaintPipeline.save_pretrained)"
-                )
         return super().from_pretrained(path, **kwargs)
 
     @classmethod

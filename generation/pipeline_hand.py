@@ -12,7 +12,6 @@ heatmaps (B, 21, size/8, size/8), such as a manifest's ``heatmap`` column, can b
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,7 +26,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from manifests.geometry import render_heatmap
 
-from .components import ModelFolderError, encode_text
+from .components import check_saved_pipeline, encode_text
 from .hand_model import HandUNet
 
 logger = logging.getLogger(__name__)
@@ -111,18 +110,11 @@ class HandGenerationPipeline(DiffusionPipeline):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
         """Load a saved pipeline (a `train-hand` run folder); a missing local folder is a clear error."""
-        path = os.fspath(pretrained_model_name_or_path)
-        looks_local = (
-            os.path.isabs(path) or path.startswith(".") or path.count("/") != 1 or os.path.exists(path)
+        path = check_saved_pipeline(
+            pretrained_model_name_or_path,
+            "hand model",
+            "a finished train-hand run folder, or a folder written by HandGenerationPipeline.save_pretrained",
         )
-        if looks_local:
-            if not os.path.isdir(path):
-                raise ModelFolderError(f"hand model folder not found: {path!r} is not a directory")
-            if not os.path.isfile(os.path.join(path, "model_index.json")):
-                raise ModelFolderError(
-                    f"{path!r} has no model_index.json: not a saved pipeline (a finished train-hand run folder, "
-                    "or a folder written by HandGenerationPipeline.save_pretrained)"
-                )
         return super().from_pretrained(path, **kwargs)
 
     @property
