@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .config import PRESET_RESOLUTION, TrainConfig, setting
+from .config import PRESET_RESOLUTION, TrainConfig, check_manifest_and_weights, check_probabilities, setting
 
 # Mirrors of `generation.condition.CONDITION_GROUPS` and `generation.body_model.BASE_KINDS` (checked
 # equal by the tests) so that building the CLI does not import torch.
@@ -92,12 +92,7 @@ class BodyTrainConfig(TrainConfig):
 
     def validate(self) -> None:
         super().validate()
-        if not self.manifest:
-            raise ValueError("--manifest is required (a manifest written by prep)")
-        if self.preset == "sd" and not self.pretrained:
-            raise ValueError(
-                "--preset sd needs --pretrained PATH (a local Stable Diffusion folder in diffusers layout)"
-            )
+        check_manifest_and_weights(self)
         res = self.resolved_resolution
         if res <= 0 or res % 16:
             raise ValueError(f"resolution must be a positive multiple of 16, got {res}")
@@ -108,9 +103,7 @@ class BodyTrainConfig(TrainConfig):
             )
         if self.base_kind == "inpainting" and not {"hands", "mask"} <= set(self.condition_channels):
             raise ValueError("--base-kind inpainting needs the 'hands' and 'mask' condition channels")
-        for name in ("text_dropout", "condition_dropout"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        check_probabilities(self, ("text_dropout", "condition_dropout"))
         if self.border_weight < 0 or self.border_width < 0:
             raise ValueError("border_weight and border_width must be >= 0")
         if not 0.0 <= self.min_visibility <= 1.0:

@@ -137,6 +137,24 @@ class TrainConfig:
                 raise ValueError(message)
 
 
+def check_manifest_and_weights(config) -> None:
+    """Checks of a task config with ``manifest``, ``preset`` and ``pretrained`` fields: a manifest is
+    given, and ``--preset sd`` has a Stable Diffusion folder. Raises ValueError."""
+    if not config.manifest:
+        raise ValueError("--manifest is required (a manifest written by prep)")
+    if config.preset == "sd" and not config.pretrained:
+        raise ValueError(
+            "--preset sd needs --pretrained PATH (a local Stable Diffusion folder in diffusers layout)"
+        )
+
+
+def check_probabilities(config, names) -> None:
+    """Raise ValueError naming the first of the fields `names` (e.g. dropout rates) not in [0, 1)."""
+    for name in names:
+        if not 0.0 <= getattr(config, name) < 1.0:
+            raise ValueError(f"{name} must be in [0, 1), got {getattr(config, name)}")
+
+
 # ---------------------------------------------------------------------------------------------------
 # argparse
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .config import TrainConfig, setting
+from .config import TrainConfig, check_manifest_and_weights, check_probabilities, setting
 
 
 @dataclass
@@ -58,14 +58,7 @@ class HandTrainConfig(TrainConfig):
 
     def validate(self) -> None:
         super().validate()
-        if not self.manifest:
-            raise ValueError("--manifest is required (a manifest written by prep)")
-        if self.preset == "sd" and not self.pretrained:
-            raise ValueError(
-                "--preset sd needs --pretrained PATH (a local Stable Diffusion folder in diffusers layout)"
-            )
-        for name in ("text_dropout", "pose_dropout"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        check_manifest_and_weights(self)
+        check_probabilities(self, ("text_dropout", "pose_dropout"))
         if self.mask_loss_weight < 0:
             raise ValueError(f"mask_loss_weight must be >= 0, got {self.mask_loss_weight}")
