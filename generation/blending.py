@@ -12,6 +12,19 @@ Modes (a registry, see `BLEND_MODES`):
   ``expand_pixels`` in total, linearly over the steps between ``expand_start`` and ``expand_end``
   (fractions of the schedule), then stays fixed. The body region thus grows into the hand's border
   step by step, repainting the seam while the inside of the hand keeps the stage-1 details.
+
+The erosion is in absolute latent pixels (8 image pixels each for Stable Diffusion's VAE), so on its
+own it would erase any hand at most ``2 * (expand_pixels - d0)`` latent pixels wide (4 with the
+defaults: hands under ~40 image px), and stage 2 would then repaint the whole hand. ``min_core``
+prevents that, region by region: each connected region of the dilated mask (8-connectivity; hands that
+touch form one region) is eroded by at most its own inner radius minus ``min_core``, so it always keeps
+a core of at least ``2 * min_core - 1`` latent pixels square (a region smaller than that is not eroded
+at all). A region whose inner radius is at least ``expand_pixels + min_core`` is eroded by exactly
+``expand_pixels``, as without the cap.
+
+Units: the *depth* of a mask pixel is its Chebyshev distance to the nearest pixel outside the mask
+(1 on the rim; pixels beyond the image border count as inside, as in `erode`); a region's *inner
+radius* is the largest depth in it. Eroding by ``p`` keeps exactly the pixels of depth > ``p``.
 """
 
 from __future__ import annotations
@@ -29,6 +42,10 @@ class BlendConfig:
     expand_pixels: int = 3  # total erosion over the expansion window, latent pixels
     expand_start: float = 0.2  # fraction of the schedule where erosion starts
     expand_end: float = 0.8  # fraction where it reaches `expand_pixels` and then stays
+    # Each connected region keeps a core at least this deep (a (2 * min_core - 1)^2 latent-pixel square):
+    # its erosion is capped at its inner radius - min_core. 2 keeps 3x3 latent pixels (24x24 image px
+    # with SD's VAE) of every hand; 0 turns the cap off (small hands may then be erased entirely).
+    min_core: int = 2
 
     def __post_init__(self):
         if self.mode not in BLEND_MODES:
@@ -37,8 +54,10 @@ class BlendConfig:
             raise ValueError(
                 f"need 0 <= expand_start <= expand_end <= 1, got {self.expand_start} and {self.expand_end}"
             )
-        if self.d0 < 0 or self.expand_pixels < 0:
-            raise ValueError("d0 and expand_pixels must be >= 0")
+        if self.d0 < 0 or self.expand_pixels < 0 or self.min_core < 0:
+            raise ValueError(
+                f"d0, expand_pixels and min_core must be >= 0, got {self.d0}, {self.expand_pixels} and {self.min_core}"
+            )
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -70,6 +89,47 @@ def erosion_at(step: int, num_steps: int, cfg: BlendConfig) -> int:
     return int(round(frac * cfg.expand_pixels))
 
 
+def region_depth(mask: torch.Tensor, limit: int) -> torch.Tensor:
+    """Inner radius of each pixel's connected region, clipped at `limit`: (B, 1, H, W) float32.
+
+    `mask` is (B, 1, H, W) in [0, 1]; its support (> 0) is split into 8-connected regions. Each pixel
+    of a region gets the region's largest depth (see the module docstring), ``min(that, limit)``, so
+    eroding the region by ``p`` leaves it non-empty exactly when ``p < value``; pixels outside get 0.
+    Batched over B; iterative 3x3 pooling, no gradients needed (latent masks are small).
+    """
+    inside = (mask > 0).float()
+    depth = torch.zeros_like(inside)
+    level = inside
+    for _ in range(limit):  # depth = how many successive 1-pixel erosions a pixel survives, up to `limit`
+        depth += level
+        level = erode(level, 1)
+    # Spread each region's largest depth over the region: a 3x3 max restricted to the support
+    # propagates across 8-neighbours, so it converges in at most the region's geodesic radius.
+    while True:
+        spread = F.max_pool2d(depth, 3, stride=1, padding=1) * inside
+        if torch.equal(spread, depth):
+            return depth
+        depth = spread
+
+
+def capped_erode(mask: torch.Tensor, pixels: int, min_core: int) -> torch.Tensor:
+    """Erode each connected region of a (B, 1, H, W) mask in [0, 1] by ``min(pixels, radius - min_core)``.
+
+    `radius` is the region's inner radius (see `region_depth`), so every region keeps a core of depth
+    >= min(min_core, radius): non-empty whenever min_core >= 1. Regions with radius >= pixels + min_core
+    are eroded by exactly `pixels`. ``min_core=0`` is plain `erode`. Nested in `pixels` like `erode`.
+    """
+    if pixels <= 0 or min_core <= 0:
+        return erode(mask, pixels)
+    radius = region_depth(mask, pixels + min_core)
+    amount = (radius - min_core).clamp(0, pixels)  # per-pixel erosion, constant over each region
+    kept, level = mask, mask
+    for p in range(1, pixels + 1):  # successive 1-pixel erosions = erosion by p (square, same border rule)
+        level = erode(level, 1)
+        kept = torch.where(amount >= p, level, kept)
+    return kept
+
+
 def _none(mask, step, num_steps, cfg):
     return None
 
@@ -79,7 +139,7 @@ def _fixed(mask, step, num_steps, cfg):
 
 
 def _sequential(mask, step, num_steps, cfg):
-    return erode(dilate(mask, cfg.d0), erosion_at(step, num_steps, cfg))
+    return capped_erode(dilate(mask, cfg.d0), erosion_at(step, num_steps, cfg), cfg.min_core)
 
 
 BLEND_MODES = {"none": _none, "fixed": _fixed, "sequential": _sequential}
@@ -88,7 +148,10 @@ BLEND_MODES = {"none": _none, "fixed": _fixed, "sequential": _sequential}
 def keep_mask(mask: torch.Tensor, step: int, num_steps: int, cfg: BlendConfig) -> torch.Tensor | None:
     """The keep-mask K_i for step `step`: (B, 1, h, w) in [0, 1] at latent resolution, or None (no blending).
 
-    `mask` is the hand mask at latent resolution, (B, 1, h, w) float in [0, 1].
+    `mask` is the hand mask at latent resolution, (B, 1, h, w) float in [0, 1]. For ``sequential`` the
+    masks are nested (K_{i+1} <= K_i), each connected hand region keeps a non-empty core when
+    ``cfg.min_core >= 1``, and regions with inner radius >= expand_pixels + min_core (after the ``d0``
+    dilation) end eroded by exactly ``expand_pixels``.
     """
     return BLEND_MODES[cfg.mode](mask, step, num_steps, cfg)
 

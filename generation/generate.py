@@ -60,6 +60,11 @@ class GenerateSettings:
     expand_pixels: int = setting(3, "sequential: total erosion over the expansion window, latent pixels")
     expand_start: float = setting(0.2, "sequential: fraction of the schedule where erosion starts")
     expand_end: float = setting(0.8, "sequential: fraction where erosion ends and the mask stays fixed")
+    min_core: int = setting(
+        2,
+        "sequential: each hand region keeps a core this deep, latent pixels (its erosion is capped at its "
+        "inner radius minus this; 0: no cap, small hands may be erased)",
+    )
     pixel_composite: bool = setting(False, "paste the stage-1 hand interiors back over the decoded image")
     feather: int = setting(3, "pixel composite: erosion and feathering of the hand mask, pixels")
     mask_threshold: float = setting(0.5, "stage-1 mask probability above which a pixel is hand")
@@ -115,7 +120,8 @@ class GenerateSettings:
         from .blending import BlendConfig
 
         return BlendConfig(mode=self.blend, d0=self.d0, expand_pixels=self.expand_pixels,
-                           expand_start=self.expand_start, expand_end=self.expand_end)  # fmt: skip
+                           expand_start=self.expand_start, expand_end=self.expand_end,
+                           min_core=self.min_core)  # fmt: skip
 
 
 @dataclass
@@ -511,7 +517,8 @@ def request_from_sidecar(path: str) -> tuple[Request, GenerateSettings, dict]:
         raise RequestError(f"{path}: not valid JSON ({exc})") from None
     try:
         spec = parse_spec(data["spec"], name=data["name"])
-        settings = GenerateSettings.from_dict(data["settings"])
+        # Sidecars written before `min_core` existed eroded without a cap: replay them that way.
+        settings = GenerateSettings.from_dict({"min_core": 0, **data["settings"]})
         return Request(spec, data.get("source") or {}, data.get("hand_prompts")), settings, data["models"]
     except (KeyError, TypeError, ValueError) as exc:
         raise RequestError(f"{path}: not a generate sidecar ({type(exc).__name__}: {exc})") from None

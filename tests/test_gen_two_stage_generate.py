@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from generation.cli import main
-from generation.generate import output_size
+from generation.generate import output_size, request_from_sidecar
 
 STEPS = ["--steps", "2", "--no-detect"]
 
@@ -62,6 +62,7 @@ def test_generate_from_spec_writes_image_sidecar_overview_and_stage1(tiny_runs, 
         and side["call"]["num_inference_steps"] == 2
     )
     assert side["call"]["blend"]["mode"] == "sequential" and side["settings"]["steps"] == 2
+    assert side["call"]["blend"]["min_core"] == side["settings"]["min_core"] == 2
     assert (
         side["models"]["hand"]["path"] == os.path.abspath(tiny_runs[0])
         and len(side["models"]["hand"]["fingerprint"]) == 40
@@ -88,6 +89,10 @@ def test_generate_from_spec_writes_image_sidecar_overview_and_stage1(tiny_runs, 
     again = tmp_path / "again"
     assert main(["generate", "--replay", str(out / "wave.json"), "--out", str(again)]) == 0
     np.testing.assert_array_equal(np.asarray(Image.open(again / "wave.png")), first)
+    # A sidecar from before `min_core` existed replays without the cap, as it was made.
+    del side["settings"]["min_core"]
+    (tmp_path / "old.json").write_text(json.dumps(side))
+    assert request_from_sidecar(str(tmp_path / "old.json"))[1].blend_config().min_core == 0
 
     # A second run over the same folder resumes: nothing is redone.
     stamp = os.path.getmtime(out / "wave.png")
