@@ -24,10 +24,8 @@ Prints a table and writes bench/results/train_body.json, with the load average b
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -39,9 +37,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import torch  # noqa: E402
 
+from bench._common import GPU_SKIPPED, machine, print_gpu, run_speed, write_result  # noqa: E402
 from generation.training.body_config import BodyTrainConfig  # noqa: E402
 from generation.training.body_task import train_body  # noqa: E402
-from generation.training.metrics import read_metrics  # noqa: E402
 from manifests.synthetic import make_synthetic_manifest  # noqa: E402
 
 VARIANTS = {
@@ -59,11 +57,7 @@ def run_once(manifest: str, out: str, args, overrides: dict) -> dict:
     )  # fmt: skip
     start = time.perf_counter()
     train_body(config)
-    total = time.perf_counter() - start
-    timed = [r for r in read_metrics(out) if "steps_per_s" in r and r["step"] > args.warmup]
-    seconds = sum(1.0 / r["steps_per_s"] for r in timed)
-    samples = sum(r["samples_per_s"] / r["steps_per_s"] for r in timed)
-    return {"steps_per_s": len(timed) / seconds, "samples_per_s": samples / seconds, "wall_s": total}
+    return run_speed(out, args.warmup, time.perf_counter() - start)
 
 
 def cpu_side(args) -> dict:
@@ -170,16 +164,14 @@ def main() -> None:
     if args.gpu and torch.cuda.is_available():
         gpu = {"device": torch.cuda.get_device_name(), "runs": gpu_side()}
     else:
-        gpu = {"skipped": "no GPU was available to this run (no accelerator machine was lent when these figures were "
-                          "taken); run with --gpu on a CUDA machine for the SD-1.5-sized figures"}  # fmt: skip
+        gpu = {"skipped": GPU_SKIPPED}
     result = {
         "benchmark": "train_body",
         "what": "train_body loop, tiny preset, CPU: standard vs no border weight vs inpainting base",
         "settings": {"images": args.images, "steps": args.steps, "warmup": args.warmup, "repeats": args.repeats,
                      "batch_size": args.batch_size, "resolution": args.resolution,
                      "torch_threads": torch.get_num_threads()},
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                    "load_average_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)]},
+        "machine": machine(load_before),
         "cpu": cpu,
         "gpu": gpu,
     }  # fmt: skip
@@ -188,16 +180,8 @@ def main() -> None:
         print(
             f"{name:>18} {r['steps_per_s']:>8.2f} {r['samples_per_s']:>10.2f} {r['speed_vs_standard']:>12.2f}"
         )
-    if "runs" in gpu:
-        for g in gpu["runs"]:
-            print(f"GPU {gpu['device']}: checkpointing={g['gradient_checkpointing']} {g['steps_per_s']} steps/s, "
-                  f"{g['peak_memory_gib']} GiB peak")  # fmt: skip
-    else:
-        print("GPU:", gpu["skipped"])
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w", encoding="utf-8") as f:
-        json.dump(result, f, indent=2)
-    print(f"wrote {args.out}")
+    print_gpu(gpu)
+    write_result(args.out, result)
 
 
 if __name__ == "__main__":
