@@ -39,7 +39,7 @@ from manifests.schema import NUM_HAND_KEYPOINTS
 
 from .blending import BlendConfig, blend_latents, keep_mask, mask_to_latent
 from .body_model import masked_image, vae_scale_factor
-from .components import ModelFolderError
+from .components import check_saved_pipeline
 from .condition import CONDITION_GROUPS, ConditionInputs, build_condition
 from .hand_model import HandUNet
 from .pipeline_body import BodyOutpaintPipeline
@@ -291,9 +291,11 @@ class TwoStageHandBodyPipeline(DiffusionPipeline):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
         """Load a folder written by `save_pretrained`; a missing local folder is a clear error."""
-        path = os.fspath(pretrained_model_name_or_path)
-        if os.path.isabs(path) or path.startswith(".") or path.count("/") != 1 or os.path.exists(path):
-            check_pipeline_folder(path, "two-stage pipeline")
+        path = check_saved_pipeline(
+            pretrained_model_name_or_path,
+            "two-stage pipeline",
+            "written by TwoStageHandBodyPipeline.save_pretrained",
+        )
         return super().from_pretrained(path, **kwargs)
 
     @classmethod
@@ -304,7 +306,6 @@ class TwoStageHandBodyPipeline(DiffusionPipeline):
         kinds). `crop_margin` defaults to the margin recorded in the hand run's training manifest, else
         prep's default 0.25. `load_kwargs` (e.g. ``torch_dtype``) go to both `from_pretrained` calls."""
         hand = HandGenerationPipeline.from_pretrained(hand_run, **load_kwargs)
-        check_pipeline_folder(body_run, "body model")
         body = BodyOutpaintPipeline.from_pretrained(body_run, **load_kwargs)
         if crop_margin is None:
             crop_margin = run_crop_margin(hand_run)
@@ -774,18 +775,6 @@ class TwoStageHandBodyPipeline(DiffusionPipeline):
 
 # ---------------------------------------------------------------------------------------------------
 # Run folders
-
-
-def check_pipeline_folder(path: str, what: str) -> str:
-    """A saved pipeline folder (a run folder at its end): clear `ModelFolderError` otherwise."""
-    path = os.fspath(path)
-    if not os.path.isdir(path):
-        raise ModelFolderError(f"{what} folder not found: {path!r} is not a directory")
-    if not os.path.isfile(os.path.join(path, "model_index.json")):
-        raise ModelFolderError(
-            f"{what} folder {path!r} has no model_index.json: not a finished training run or saved pipeline"
-        )
-    return path
 
 
 def run_crop_margin(hand_run: str) -> float:
