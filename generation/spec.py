@@ -86,35 +86,59 @@ def _points(value, count: int, where: str, width: int, height: int) -> np.ndarra
     return arr
 
 
+def _whole(value, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or float(value) != int(value):
+        raise SpecError(f"{where}: expected a whole number, got {value!r}")
+    return int(value)
+
+
+def _text(obj: dict, key: str) -> str:
+    value = obj.get(key)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise SpecError(f"{key}: expected a string, got {type(value).__name__}")
+    return value
+
+
 def parse_spec(obj: dict, name: str = "sample") -> PoseSpec:
     """Validate a spec dict and return a PoseSpec; raises SpecError naming the offending field."""
     if not isinstance(obj, dict):
         raise SpecError(f"spec must be a JSON object, got {type(obj).__name__}")
-    try:
-        width, height = int(obj["width"]), int(obj["height"])
-    except KeyError as exc:
-        raise SpecError(f"missing field {exc.args[0]!r}") from None
-    except (TypeError, ValueError):
-        raise SpecError("width and height must be integers") from None
+    for key in ("width", "height"):
+        if key not in obj:
+            raise SpecError(f"missing field {key!r}")
+    width, height = _whole(obj["width"], "width"), _whole(obj["height"], "height")
     if width < 8 or height < 8 or width * height > 8192 * 8192:
         raise SpecError(f"canvas {width}x{height} is out of range")
     body, body_format = None, None
     if obj.get("body") is not None:
         body_obj = obj["body"]
+        if not isinstance(body_obj, dict):
+            raise SpecError(
+                f"body: expected an object with format and keypoints, got {type(body_obj).__name__}"
+            )
         body_format = body_obj.get("format")
         if body_format not in BODY_FORMATS:
             raise SpecError(
                 f"body.format: unknown body format {body_format!r}; expected one of {sorted(BODY_FORMATS)}"
             )
         body = _points(body_obj.get("keypoints"), BODY_FORMATS[body_format], "body.keypoints", width, height)
+    hand_objs = obj.get("hands") or []
+    if not isinstance(hand_objs, list):
+        raise SpecError(f"hands: expected a list of hands, got {type(hand_objs).__name__}")
     hands = []
-    for i, h in enumerate(obj.get("hands") or []):
-        handed = (h.get("handedness") or "").lower()
-        if handed not in HANDEDNESS:
-            raise SpecError(f"hands[{i}].handedness: expected 'left' or 'right', got {h.get('handedness')!r}")
+    for i, h in enumerate(hand_objs):
+        if not isinstance(h, dict):
+            raise SpecError(
+                f"hands[{i}]: expected an object with handedness and keypoints, got {type(h).__name__}"
+            )
+        handed = h.get("handedness")
+        if not isinstance(handed, str) or handed.lower() not in HANDEDNESS:
+            raise SpecError(f"hands[{i}].handedness: expected 'left' or 'right', got {handed!r}")
         hands.append(
             HandSpec(
-                handed,
+                handed.lower(),
                 _points(h.get("keypoints"), NUM_HAND_KEYPOINTS, f"hands[{i}].keypoints", width, height),
             )
         )
@@ -123,8 +147,8 @@ def parse_spec(obj: dict, name: str = "sample") -> PoseSpec:
     seed = obj.get("seed", 0)
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise SpecError(f"seed must be an integer, got {seed!r}")
-    return PoseSpec(width, height, body, body_format, hands, str(obj.get("prompt", "")),
-                    str(obj.get("negative_prompt", "")), seed, name)  # fmt: skip
+    return PoseSpec(width, height, body, body_format, hands, _text(obj, "prompt"), _text(obj, "negative_prompt"),
+                    seed, name)  # fmt: skip
 
 
 def load_spec(path: str | Path) -> PoseSpec:

@@ -45,6 +45,12 @@ def test_example_spec_loads(spec):
         (lambda s: s.pop("width"), r"missing field 'width'"),
         (lambda s: s.update(body=None, hands=[]), r"neither a body nor any hands"),
         (lambda s: s.update(seed="7"), r"seed must be an integer"),
+        (lambda s: s.update(body=[1, 2]), r"body: expected an object"),
+        (lambda s: s.update(hands={"left": []}), r"hands: expected a list"),
+        (lambda s: s["hands"].__setitem__(0, "right"), r"hands\[0\]: expected an object"),
+        (lambda s: s.update(width=64.7), r"width: expected a whole number, got 64.7"),
+        (lambda s: s.update(height="512"), r"height: expected a whole number"),
+        (lambda s: s.update(prompt=["a", "b"]), r"prompt: expected a string, got list"),
     ],
 )
 def test_bad_specs_name_the_field(spec, mutate, message):
@@ -52,6 +58,13 @@ def test_bad_specs_name_the_field(spec, mutate, message):
     mutate(bad)
     with pytest.raises(SpecError, match=message):
         parse_spec(bad)
+
+
+def test_null_prompts_mean_empty_and_whole_floats_are_accepted(spec):
+    s = copy.deepcopy(spec)
+    s.update(prompt=None, negative_prompt=None, width=512.0)
+    parsed = parse_spec(s)
+    assert (parsed.prompt, parsed.negative_prompt, parsed.width) == ("", "", 512)
 
 
 def test_openpose18_body_and_scores(spec):
