@@ -118,20 +118,30 @@ class ManifestWriter:
         tables: Mapping[str, Iterable[Mapping] | pa.Table],
         extra_stats: Mapping | None = None,
     ) -> dict:
-        """Write every table's rows for shard `index`; stats files go last so a crash leaves it incomplete."""
+        """Write every table's rows for shard `index`; stats files go last so a crash leaves it incomplete.
+
+        Rewriting a complete shard first removes its stats, so a crash part-way through a redo can never
+        leave a new images file beside an old hands file under a stats file that calls the pair complete.
+        """
         name = shard_name(index)
-        stats = {}
         tables = _fill_hand_splits(tables)
-        for t in TABLES:
+        encoded = {}
+        for t in TABLES:  # encode everything before touching the disk: a schema error changes nothing
             table = to_table(tables.get(t, []), t)
             buf = io.BytesIO()
             pq.write_table(table, buf, compression=self.compression, row_group_size=self.row_group_size)
+            encoded[t] = (table, buf.getvalue())
+        for t in TABLES:
+            if self.fs.exists(self._stats_path(t, index)):
+                self.fs.rm(self._stats_path(t, index))
+        stats = {}
+        for t, (table, data) in encoded.items():
             self.fs.makedirs(join(self.path, t, STATS_DIR), exist_ok=True)
-            atomic_write_bytes(self.fs, join(self.path, t, name + ".parquet"), buf.getvalue())
+            atomic_write_bytes(self.fs, join(self.path, t, name + ".parquet"), data)
             stats[t] = {
                 "shard": name,
                 "file": name + ".parquet",
-                "bytes": buf.tell(),
+                "bytes": len(data),
                 **_table_stats(t, table),
             }
         for t in TABLES:

@@ -55,3 +55,32 @@ def test_writer_works_on_fsspec_urls():
     w.write_shard(0, {"images": [_image_row(0)]})
     assert w.shard_done(0)
     assert w.finalize()["tables"]["images"]["num_rows"] == 1
+
+
+def test_redo_marks_the_shard_incomplete_until_every_table_is_replaced(tmp_path, monkeypatch):
+    import manifests.writer as writer_mod
+
+    w = ManifestWriter(str(tmp_path / "m"))
+    w.write_shard(0, {"images": [_image_row(0)]})
+    real = writer_mod.atomic_write_bytes
+    calls = []
+
+    def crash_on_second_table(fs, path, data):
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError("worker died")
+        return real(fs, path, data)
+
+    monkeypatch.setattr(writer_mod, "atomic_write_bytes", crash_on_second_table)
+    with pytest.raises(OSError, match="worker died"):
+        w.write_shard(0, {"images": [_image_row(1), _image_row(2)]})
+    assert not w.shard_done(0)  # half-replaced shard is redone by the next run, never read as complete
+
+
+def test_a_schema_error_leaves_a_complete_shard_untouched(tmp_path):
+    w = ManifestWriter(str(tmp_path / "m"))
+    w.write_shard(0, {"images": [_image_row(0)]})
+    with pytest.raises(ValueError, match="not in the schema"):
+        w.write_shard(0, {"images": [{**_image_row(5), "bogus": 1}]})
+    assert w.shard_done(0)
+    assert pq.read_table(tmp_path / "m" / "images").column("image_id").to_pylist() == ["img0"]
