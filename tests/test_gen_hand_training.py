@@ -284,3 +284,18 @@ def test_full_size_path_loads_a_local_sd_folder(synthetic_manifest, tmp_path):
     shutil.rmtree(tmp_path / "sd" / "vae")
     with pytest.raises(ModelFolderError, match=r"lacks subfolder\(s\) \['vae'\]"):
         build_components("sd", pretrained=folder)
+
+
+def test_metrics_log_survives_a_cut_off_last_line(tmp_path):
+    from generation.training.metrics import MetricsLog, read_metrics
+
+    log = MetricsLog(str(tmp_path))
+    for step in (1, 2, 3):
+        log.write({"step": step, "loss": 1.0 / step})
+    with open(tmp_path / "metrics.jsonl", "a", encoding="utf-8") as f:
+        f.write('{"step": 4, "lo')  # killed mid-write
+    log.truncate_after(2)
+    assert [r["step"] for r in read_metrics(str(tmp_path))] == [1, 2]
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1}\nnot json\n{"step": 3}\n')
+    with pytest.raises(ValueError, match="line 2 is not JSON"):
+        read_metrics(str(tmp_path))

@@ -7,8 +7,11 @@ continuous curve whatever the number of restarts.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
+
+logger = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -20,7 +23,17 @@ def read_metrics(path: str) -> list[dict]:
     if not os.path.isfile(path):
         return []
     with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+        lines = [line for line in f if line.strip()]
+    records = []
+    for i, line in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            # A process killed mid-append leaves a cut-off last line; resuming is exactly that case.
+            if i != len(lines) - 1:
+                raise ValueError(f"{path}: line {i + 1} is not JSON") from None
+            logger.warning("%s: dropping a cut-off last line (the run was killed while logging)", path)
+    return records
 
 
 def _clean(value):
