@@ -253,6 +253,32 @@ def test_cli_evaluate_and_compare(eval_manifest, tmp_path, capsys):
     assert "| sanity |" in md and "| other |" in md
     with pytest.raises(SystemExit, match="give --manifest and --generated"):
         main(["evaluate", "--out", str(tmp_path / "x")])
-    with pytest.raises(ValueError, match="unknown detection settings"):
-        main(["evaluate", "--manifest", str(eval_manifest), "--generated", "real", "--out", str(tmp_path / "y"),
-              "--detect", "no_such_setting=1"])  # fmt: skip
+    capsys.readouterr()
+    assert main(["evaluate", "--manifest", str(eval_manifest), "--generated", "real", "--out", str(tmp_path / "y"),
+                 "--detect", "no_such_setting=1"]) == 1  # fmt: skip
+    err = capsys.readouterr().err
+    assert err.startswith("handfirst-gen evaluate: error: unknown detection settings ['no_such_setting']")
+    assert "Traceback" not in err and not (tmp_path / "y").exists()
+
+
+def test_cli_evaluate_reports_bad_inputs(eval_manifest, tmp_path, capsys):
+    """A missing manifest, generated folder or report and an unreadable weights file: one error line, exit 1."""
+    from generation.cli import main
+
+    (tmp_path / "garbage.pth").write_bytes(b"not torch weights")
+    (tmp_path / "gen").mkdir()
+    cases = [
+        (["--manifest", str(tmp_path / "nonexistent"), "--generated", "real"], "no such manifest directory"),
+        (["--manifest", str(eval_manifest), "--generated", str(tmp_path / "nope")], "does not exist (or pass 'real')"),
+        (["--manifest", str(eval_manifest), "--generated", str(tmp_path / "gen"), "--inception",
+          str(tmp_path / "garbage.pth")], "garbage.pth: cannot read as FID InceptionV3 weights"),
+        (["--manifest", str(eval_manifest), "--generated", "real", "--inception", str(tmp_path / "absent.pth")],
+         "absent.pth"),
+        (["--compare", str(tmp_path / "no_report.json")], "no_report.json"),
+    ]  # fmt: skip
+    for args, message in cases:
+        assert main(["evaluate", *args, "--out", str(tmp_path / "out"), "--no-progress"]) == 1, args
+        err = capsys.readouterr().err
+        assert err.startswith("handfirst-gen evaluate: error: ") and message in err, (args, err)
+        assert len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "out").exists()

@@ -9,7 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 
+from manifests.errors import ManifestError
 from manifests.matching import MatchConfig
 
 from .run import EvalConfig
@@ -89,7 +91,21 @@ def _quiet_dask() -> None:
             logging.getLogger(name).setLevel(logging.WARNING)
 
 
+# What a bad input raises: a missing or damaged manifest, a missing folder or weights file, a setting
+# prep does not know, a report that is not one. Anything else is a bug and keeps its traceback.
+EXPECTED_ERRORS = (ManifestError, ValueError, OSError)
+
+
 def run(args: argparse.Namespace) -> int:
+    """Run the command; a bad input is printed as ``handfirst-gen evaluate: error: ...`` with exit code 1."""
+    try:
+        return _run(args)
+    except EXPECTED_ERRORS as exc:
+        print(f"handfirst-gen evaluate: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace) -> int:
     from . import compare, evaluate
 
     if args.compare:

@@ -16,6 +16,7 @@ clean-fid); torch-fidelity then applies its TF-compatible resize, a no-op at 299
 from __future__ import annotations
 
 import logging
+import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -46,7 +47,13 @@ def load_inception(path: str, device: str = "cpu") -> nn.Module:
     The file is read with ``torch.load(weights_only=True)`` first, so only a plain state dict of
     tensors is accepted (torch-fidelity itself loads it again, without that restriction).
     """
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, EOFError, RuntimeError) as exc:  # not a (weights-only) torch file
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "empty or truncated file"
+        raise ValueError(
+            f"{path}: cannot read as FID InceptionV3 weights ({type(exc).__name__}: {first})"
+        ) from exc
     if not isinstance(state, dict) or "Mixed_7c.branch1x1.conv.weight" not in state:
         raise ValueError(
             f"{path}: not an FID InceptionV3 state dict (expected torch-fidelity / pytorch-fid weights)"
