@@ -250,7 +250,7 @@ class SamMasker:
         self.name = f"sam_{config.sam_model_type}"
         self._sam = sam
         self._predictor = None
-        self._image_shape: tuple[int, int] | None = None
+        self._image: np.ndarray | None = None  # the image whose embedding the predictor holds
 
     @property
     def predictor(self):
@@ -269,7 +269,7 @@ class SamMasker:
 
         with torch.inference_mode():
             self.predictor.set_image(image, image_format="RGB")
-        self._image_shape = image.shape[:2]
+        self._image = image
 
     def prompts(self, hand: Hand) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(box (4,), points (N, 2), labels (N,)) for one hand, in image pixels."""
@@ -289,7 +289,9 @@ class SamMasker:
     def predict(self, image: np.ndarray, hand: Hand, crop: CropBox) -> HandMask:
         import torch
 
-        if self._image_shape != image.shape[:2]:
+        # Same array object, not just the same size: HaGRID photos share one size, and a stale embedding
+        # would silently give another photo's masks.
+        if self._image is not image:
             self.set_image(image)
         box, points, labels = self.prompts(hand)
         with torch.inference_mode():

@@ -133,8 +133,31 @@ def test_multimask_choice_weighs_score_by_keypoint_agreement(checkpoint, onehand
             return full, ious, low_res
 
     masker._predictor = FakePredictor()
-    masker._image_shape = image.shape[:2]
+    masker._image = image  # as if set_image(image) had embedded it
     crop = square_crop_box(hand.keypoints[lab], size=128, margin=0.25)
     result = masker.predict(image, hand, crop)
     assert result.score == pytest.approx(0.7)  # 0.7 x 1.0 beats 0.99 x 0 and 0.8 x ~0.5
     assert result.mask.mean() > 0.3 and result.method == "sam_vit_tiny"
+
+
+def test_predict_re_embeds_a_new_image_of_the_same_size(monkeypatch):
+    from prep.masks import SamMasker
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_embedding(self, hand):
+        raise Stop
+
+    masker = SamMasker.__new__(SamMasker)
+    masker._image = None
+    embedded = []
+    monkeypatch.setattr(
+        SamMasker, "set_image", lambda self, im: (embedded.append(im), setattr(self, "_image", im))
+    )
+    monkeypatch.setattr(SamMasker, "prompts", stop_after_embedding)
+    a, b = np.zeros((64, 64, 3), np.uint8), np.ones((64, 64, 3), np.uint8)
+    for im in (a, a, b):  # same size, different photos: b must not reuse a's embedding
+        with pytest.raises(Stop):
+            masker.predict(im, None, None)
+    assert len(embedded) == 2 and embedded[0] is a and embedded[1] is b
