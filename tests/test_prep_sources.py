@@ -132,6 +132,7 @@ def test_safe_relpath_keeps_inner_dots_inside():
     assert safe_relpath("a/./b.jpg", "/root", "x") == "/root/a/b.jpg"
     assert safe_relpath("a..b.jpg", "/root", "x") == "/root/a..b.jpg"  # dots in a name are no traversal
     assert safe_id("call/x y.jpg").startswith("call__x_y.jpg-") and safe_id("call/abc") == "call__abc"
+    assert safe_id("a__b") != safe_id("a/b") == "a__b"  # a name holding the separator cannot meet a path
 
 
 def test_coco_malformed_json_names_the_file(tmp_path):

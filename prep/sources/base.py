@@ -70,13 +70,14 @@ def safe_relpath(name, root: str, what: str) -> str:
 def safe_id(text: str) -> str:
     """A filename-safe id from any text: [A-Za-z0-9._-] kept, path separators become `__`.
 
-    When characters had to be replaced, an 8-hex hash of the original is appended so that two names
-    differing only in unsafe characters stay distinct.
+    When characters had to be replaced, or a name part itself contains the `__` separator (so that
+    ``a/b`` and a file named ``a__b`` would meet), an 8-hex hash of the original is appended so the
+    ids stay distinct.
     """
     text = str(text)
     parts = [p for p in text.replace("\\", "/").split("/") if p]
     cleaned = "__".join(_UNSAFE.sub("_", p) for p in parts).strip(".") or "image"
-    if cleaned != "__".join(parts):
+    if cleaned != "__".join(parts) or any("__" in p for p in parts):
         cleaned += "-" + short_hash(text)
     return cleaned
 
