@@ -194,8 +194,10 @@ def _write_config(
             "accelerate": accelerate.__version__,
         },
     }
-    with open(path, "w", encoding="utf-8") as f:
+    tmp = path + ".tmp"  # written whole, then renamed: a reader never sees half a config
+    with open(tmp, "w", encoding="utf-8") as f:
         json.dump(record, f, indent=2, default=str)
+    os.replace(tmp, path)
 
 
 def train(task: TrainTask, config: TrainConfig | None = None) -> TrainResult:
