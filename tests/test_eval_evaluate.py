@@ -282,3 +282,38 @@ def test_cli_evaluate_reports_bad_inputs(eval_manifest, tmp_path, capsys):
         assert err.startswith("handfirst-gen evaluate: error: ") and message in err, (args, err)
         assert len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "out").exists()
+
+
+def test_manifest_opened_once_and_table_shipped_pickled(eval_manifest, tmp_path, monkeypatch):
+    """Detection reads every row group through the one opened images table: opening (which checks every
+    shard footer) happens once per evaluation, not once per row group; the table works after pickling."""
+    import pickle
+
+    import manifests.reader
+    from generation.evaluate import evaluate
+    from generation.evaluate.detect import detect_unit
+    from generation.evaluate.run import EvalConfig, _prep_config
+
+    real_open = manifests.reader.open_manifest
+    calls = []
+
+    def counting_open(*args, **kwargs):
+        calls.append(args)
+        return real_open(*args, **kwargs)
+
+    monkeypatch.setattr(manifests.reader, "open_manifest", counting_open)
+    m = real_open(str(eval_manifest))
+    ok = m.read("images", ["image_id"], status="ok", split=None).column("image_id").to_pylist()
+    units = {
+        u.key for u, t in m.images.iter_row_groups(["image_id"]) if set(t["image_id"].to_pylist()) & set(ok)
+    }
+    assert len(units) >= 2  # the point of the test: several row groups
+    r = evaluate(str(eval_manifest), "real", str(tmp_path / "r"), split=None, progress=False)
+    assert r["images"]["evaluated"] == len(ok) and len(calls) == 1
+
+    calls.clear()
+    table = pickle.loads(pickle.dumps(m.images))  # what a Dask worker receives
+    unit = m.images.units()[-1]
+    ids = m.images.read_unit(unit, ["image_id"])["image_id"].to_pylist()
+    dets = detect_unit(table, unit, ids, "real", _prep_config(m, EvalConfig()))
+    assert [d.image_id for d in dets] == ids and not calls

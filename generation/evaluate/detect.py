@@ -6,8 +6,8 @@ the scheduler), configured to detect (``keypoint_source="detect"``) and to make 
 calls its MediaPipe Pose and MediaPipe Hands detectors in the order `Annotator.annotate` does: the
 body first, then the hands with the wrist-guided second pass around the body's wrists.
 
-A task (`detect_unit`) is one row group of the manifest's images table: it reads that row group
-itself (light columns, plus the stored `image` column when scoring the real images), opens the
+A task (`detect_unit`) is one row group of the manifest's images table, opened once by the caller
+(and scattered to the Dask workers once, not re-opened per task): it reads that row group itself (light columns, plus the stored `image` column when scoring the real images), opens the
 generated images named ``<image_id>.png`` from the generated folder, detects, and returns keypoints
 already mapped into the target frame (the manifest's original ``width`` x ``height``): a generated
 image of another size is assumed to show the whole target frame and is rescaled per axis.
@@ -129,16 +129,20 @@ def detect_image(
 LIGHT_COLUMNS = ["image_id", "width", "height", "image_width", "image_height"]
 
 
-def detect_unit(manifest: str, unit, image_ids: list[str], generated: str, config) -> list[ImageDetections]:
-    """Detect in the images of one row group `unit` of `manifest`'s images table whose id is in `image_ids`.
+def detect_unit(table, unit, image_ids: list[str], generated: str, config) -> list[ImageDetections]:
+    """Detect in the images of one row group `unit` of the images `table` whose id is in `image_ids`.
 
-    `generated` is a folder of ``<image_id>.png`` files or "real" (the manifest's stored images).
-    A file that cannot be read gives an `ImageDetections` with `error` set; it never raises for one image.
+    `table` is the opened images table (`manifests.reader.ManifestTable`; it pickles without its open
+    files, so Dask ships it to a worker once), or a manifest path, which is opened (and every shard
+    footer checked) on each call. `generated` is a folder of ``<image_id>.png`` files or "real" (the
+    manifest's stored images). A file that cannot be read gives an `ImageDetections` with `error` set;
+    it never raises for one image.
     """
-    from manifests.reader import open_manifest
+    if isinstance(table, (str, os.PathLike)):
+        from manifests.reader import open_manifest
 
+        table = open_manifest(str(table)).images
     detector = get_detector(config)
-    table = open_manifest(manifest).images
     columns = LIGHT_COLUMNS + (["image"] if generated == REAL else [])
     wanted = set(image_ids)
     out = []

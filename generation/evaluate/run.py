@@ -149,7 +149,7 @@ def run_detection(manifest, plan, generated: str, prep_config, config: EvalConfi
     with _progress(total, "detect", config.progress) as bar:
         if config.workers <= 1 and not config.scheduler:
             for unit, ids in plan:
-                part = detect_unit(manifest.url, unit, ids, generated, prep_config)
+                part = detect_unit(manifest.images, unit, ids, generated, prep_config)
                 results += part
                 bar.update(len(part))
             return results
@@ -159,7 +159,9 @@ def run_detection(manifest, plan, generated: str, prep_config, config: EvalConfi
 
         with dask_client(prep_config) as client:
             logger.info("Dask scheduler %s, dashboard %s", client.scheduler.address, client.dashboard_link)
-            futures = [client.submit(detect_unit, manifest.url, unit, ids, generated, prep_config, pure=False,
+            # The opened table (shard list, row groups) goes to every worker once, not with every task.
+            [table] = client.scatter([manifest.images], broadcast=True, hash=False)
+            futures = [client.submit(detect_unit, table, unit, ids, generated, prep_config, pure=False,
                                      retries=prep_config.retries) for unit, ids in plan]  # fmt: skip
             for fut in as_completed(futures):
                 part = fut.result()
