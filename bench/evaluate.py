@@ -91,10 +91,10 @@ def main(argv=None) -> dict:
             0, 1
         )
         warm_image = image_array(first.to_pylist()[0])
-        evaluate(manifest, "real", os.path.join(tmp, "warm"), limit=2, progress=False)
+        evaluate(manifest, "real", os.path.join(tmp, "warm"), split="all", limit=2, progress=False)
         annotator = get_detector(_prep_config(m, EvalConfig()))
         before = annotator.timings["pose"] + annotator.timings["hands"]
-        local = evaluate(manifest, "real", os.path.join(tmp, "local"), progress=False)
+        local = evaluate(manifest, "real", os.path.join(tmp, "local"), split="all", progress=False)
         local_model_s = annotator.timings["pose"] + annotator.timings["hands"] - before
         local_s = local["timing"]["detect_s"]
 
@@ -103,7 +103,7 @@ def main(argv=None) -> dict:
                           silence_logs=logging.ERROR) as cluster, Client(cluster) as client:  # fmt: skip
             # Load each worker's detector (through the same cache) before timing.
             client.run(_warm, _prep_config(m, EvalConfig(workers=args.workers)), warm_image)
-            dask_run = evaluate(manifest, "real", os.path.join(tmp, "dask"), scheduler=cluster.scheduler_address,
+            dask_run = evaluate(manifest, "real", os.path.join(tmp, "dask"), split="all", scheduler=cluster.scheduler_address,
                                 workers=args.workers, progress=False)  # fmt: skip
             caches = client.run(_cache_report)
         dask_s = dask_run["timing"]["detect_s"]

@@ -22,12 +22,12 @@ import json
 import logging
 import os
 import platform
-from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image
 
+from .selection import DEFAULT_SPLIT
 from .spec import HandSpec, PoseSpec, SpecError, load_spec, parse_spec
 from .training.config import setting
 
@@ -205,17 +205,21 @@ def requests_from_manifest(
     manifest: str,
     image_ids: list[str] | None,
     size: int,
-    split: str | None = "test",
+    split: str | None = DEFAULT_SPLIT,
     limit: int | None = None,
     seed: int = 0,
 ) -> list[Request]:
-    """One request per images row: the given `image_ids` (each must exist), else every ``ok`` row of
-    `split` ("all" or None: every split). Poses are scaled from the original frame to an output of `size` longer side; the stage-1
-    captions are the manifest's hand captions, the prompt its image caption."""
+    """One request per images row: the given `image_ids` (each must exist), else the ``ok`` rows of
+    `split` ("all" or None: every split) in manifest order, the first `limit` of them, selected by
+    `generation.selection` exactly as `handfirst-gen evaluate` selects them. Poses are scaled from the
+    original frame to an output of `size` longer side; the stage-1 captions are the manifest's hand
+    captions, the prompt its image caption."""
     import pyarrow.dataset as pads
 
     from manifests.decode import body_keypoints, hand_keypoints
     from manifests.reader import open_manifest
+
+    from .selection import SelectionError, select_rows
 
     m = open_manifest(manifest)
     columns = ["image_id", "width", "height", "caption", "label", "status", "split", "body_keypoints"]
@@ -227,17 +231,12 @@ def requests_from_manifest(
             raise RequestError(f"{m.url}: no image(s) {missing} in the images table")
         order = {i: k for k, i in enumerate(image_ids)}
         rows.sort(key=lambda r: order[r["image_id"]])
+        rows = rows[:limit] if limit else rows
     else:
-        split = None if split in (None, "", "all") else split
-        rows = m.read("images", columns, split=split, status="ok").to_pylist()
-        rows.sort(key=lambda r: r["image_id"])
-        if not rows:
-            present = Counter(m.read("images", ["split"], status="ok").column("split").to_pylist())
-            raise RequestError(
-                f"{m.url}: no images with status ok in split {split!r}; ok images per split: {dict(present)} "
-                "(--split all takes every split)"
-            )
-    rows = rows[:limit] if limit else rows
+        try:
+            rows = select_rows(m, columns, split, ("ok",), limit)
+        except SelectionError as exc:
+            raise RequestError(str(exc)) from None
     ids = [r["image_id"] for r in rows]
     hand_rows = m.read("hands", ["image_id", "hand_index", "handedness", "keypoints", "caption"],
                        filter=pads.field("image_id").isin(ids)).to_pylist()  # fmt: skip

@@ -55,7 +55,7 @@ def test_real_images_against_their_own_annotations(eval_manifest, tmp_path):
     from generation.evaluate import evaluate
 
     out = tmp_path / "report"
-    r = evaluate(str(eval_manifest), "real", str(out), limit=LIMIT, progress=False)
+    r = evaluate(str(eval_manifest), "real", str(out), limit=LIMIT, split="all", progress=False)
     assert REQUIRED_POSE_KEYS <= set(r["hands"]) and REQUIRED_POSE_KEYS <= set(r["body"])
     assert r["images"] == {"evaluated": LIMIT, "missing": 0, "unreadable": 0}
     assert r["hands"]["count"] == sum(row["num_hands"] for row in _selected(eval_manifest)) > 0
@@ -87,7 +87,9 @@ def test_shifted_and_swapped_targets(eval_manifest, tmp_path):
         return row
 
     moved = _rewrite(eval_manifest, tmp_path / "moved", perturb)
-    r = evaluate(str(moved), "real", str(tmp_path / "report"), limit=LIMIT, progress=False)["hands"]
+    r = evaluate(str(moved), "real", str(tmp_path / "report"), limit=LIMIT, split="all", progress=False)[
+        "hands"
+    ]
     assert r["detected_share"] >= 0.95
     assert r["pck_0.1"] == pytest.approx(16 / 21, abs=0.01)
     assert r["pck_0.2"] >= 0.99
@@ -112,7 +114,9 @@ def test_generated_folder_with_misses(eval_manifest, tmp_path):
             im = im.resize((im.width * 3 // 2, im.height * 3 // 2), Image.BICUBIC)
         im.save(gen / f"{image_id}.png")
     (gen / f"{corrupt}.png").write_bytes(b"this is not a png")
-    r = evaluate(str(eval_manifest), str(gen), str(tmp_path / "report"), limit=LIMIT, progress=False)
+    r = evaluate(
+        str(eval_manifest), str(gen), str(tmp_path / "report"), limit=LIMIT, split="all", progress=False
+    )
     n_targets = {i: rows[i]["num_hands"] for i in (blank, corrupt, bigger, same)}
     assert r["images"] == {"evaluated": 4, "missing": LIMIT - 4, "unreadable": 1}
     assert r["hands"]["count"] == sum(n_targets.values())
@@ -131,7 +135,9 @@ def test_generated_folder_with_misses(eval_manifest, tmp_path):
     assert not any("aspect ratio" in note for note in r["notes"])  # 1.5x on both axes keeps the frame
 
     with pytest.raises(ValueError, match="nothing to evaluate"):
-        evaluate(str(eval_manifest), str(tmp_path / "report"), str(tmp_path / "r2"), progress=False)
+        evaluate(
+            str(eval_manifest), str(tmp_path / "report"), str(tmp_path / "r2"), split="all", progress=False
+        )
     with pytest.raises(FileNotFoundError, match="does not exist"):
         evaluate(str(eval_manifest), str(tmp_path / "nope"), str(tmp_path / "r3"), progress=False)
 
@@ -177,7 +183,7 @@ def test_quality_metrics_with_small_models(eval_manifest, tmp_path, monkeypatch)
     clip = _tiny_clip(tmp_path / "clip")
     weights = tmp_path / "inception.pth"
     weights.write_bytes(b"")  # the path is recorded; the extractor above stands in for the network
-    kw = dict(limit=4, inception=str(weights), clip=clip, batch_size=3, progress=False)
+    kw = dict(limit=4, split="all", inception=str(weights), clip=clip, batch_size=3, progress=False)
     real = evaluate(str(eval_manifest), "real", str(tmp_path / "real"), **kw)
     assert real["fid"] == pytest.approx(0.0, abs=1e-6) and real["fid_hands"] == pytest.approx(0.0, abs=1e-6)
     assert real["kid"] is not None and real["kid_hands"] is not None
@@ -238,7 +244,7 @@ def test_cli_evaluate_and_compare(eval_manifest, tmp_path, capsys):
     from generation.cli import main
 
     a, b = tmp_path / "a", tmp_path / "b"
-    assert main(["evaluate", "--manifest", str(eval_manifest), "--generated", "real", "--out", str(a), "--limit", "3",
+    assert main(["evaluate", "--manifest", str(eval_manifest), "--generated", "real", "--out", str(a), "--limit", "3", "--split", "all",
                  "--label", "sanity", "--no-progress", "--detect", "wrist_refine=false"]) == 0  # fmt: skip
     report = json.loads((a / "report.json").read_text())
     assert report["label"] == "sanity" and report["images"]["evaluated"] == 3
@@ -269,6 +275,13 @@ def test_cli_evaluate_reports_bad_inputs(eval_manifest, tmp_path, capsys):
     (tmp_path / "gen").mkdir()
     cases = [
         (["--manifest", str(tmp_path / "nonexistent"), "--generated", "real"], "no such manifest directory"),
+        # The default split is test, as for generate --from-manifest; a folder-of-photos manifest has none.
+        (["--manifest", str(eval_manifest), "--generated", "real"],
+         "nothing to evaluate: " + str(eval_manifest)),
+        (["--manifest", str(eval_manifest), "--generated", "real"],
+         "no images with status ok in split 'test'; such images per split: {None: "),
+        (["--manifest", str(eval_manifest), "--generated", "real", "--split", "all", "--limit", "0"],
+         "limit must be at least 1"),
         (["--manifest", str(eval_manifest), "--generated", str(tmp_path / "nope")], "does not exist (or pass 'real')"),
         (["--manifest", str(eval_manifest), "--generated", str(tmp_path / "gen"), "--inception",
           str(tmp_path / "garbage.pth")], "garbage.pth: cannot read as FID InceptionV3 weights"),

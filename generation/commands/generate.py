@@ -1,8 +1,9 @@
 """`handfirst-gen generate`: people whose hands follow given poses, with the two-stage pipeline.
 
 Sources (exactly one): ``--spec FILE...`` (pose spec JSON, see `generation.spec`), ``--from-manifest
-DIR [--image-id ID...]`` (a manifest row's poses; without ids every ``ok`` row of ``--split``, written
-as ``<image_id>.png`` for `handfirst-gen evaluate`), ``--from-image PHOTO...`` (poses detected by prep's
+DIR [--image-id ID...]`` (a manifest row's poses; without ids the ``ok`` rows of ``--split`` in manifest
+order, selected by `generation.selection` as `handfirst-gen evaluate` selects them, written as
+``<image_id>.png`` for it), ``--from-image PHOTO...`` (poses detected by prep's
 detectors) or ``--replay SIDECAR...`` (redo an earlier image exactly). Images already written (PNG plus
 sidecar) are skipped unless ``--overwrite``, so an interrupted batch resumes.
 """
@@ -41,7 +42,8 @@ def add_arguments(parser) -> None:
         default="test",
         help="split to take without --image-id; all = every split (default: %(default)s)",
     )
-    man.add_argument("--limit", type=int, default=None, help="at most this many manifest rows")
+    man.add_argument("--limit", type=int, default=None,
+                     help="the first N selected rows in manifest order (evaluate --limit N scores the same N)")  # fmt: skip
     parser.add_argument("--hand-model", help="train-hand run folder (or saved HandGenerationPipeline)")
     parser.add_argument("--body-model", help="train-body run folder (or saved BodyOutpaintPipeline)")
     parser.add_argument("--out", required=True, help="output folder")

@@ -56,8 +56,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--clip", help="local CLIP model folder (CLIPModel.from_pretrained); without it CLIP score is null"
     )
-    parser.add_argument("--split", help="evaluate only this split of the manifest")
-    parser.add_argument("--limit", type=int, help="evaluate at most this many images")
+    parser.add_argument("--split", default=d.split,
+                        help="split to evaluate; all = every split (default: %(default)s, as generate --from-manifest)")  # fmt: skip
+    parser.add_argument("--limit", type=int,
+                        help="evaluate the first N selected images in manifest order (the N generate --limit N takes)")  # fmt: skip
     parser.add_argument("--include-no-hands", action="store_true",
                         help="also evaluate rows with status no_hands (default: status ok only)")  # fmt: skip
     parser.add_argument(

@@ -2,9 +2,10 @@
 
 Steps:
 
-1. **Select** the manifest's images (status ok, plus no_hands with `include_no_hands`; optional split /
-   limit), in manifest order. With a generated
-   folder, an image without ``<image_id>.png`` is *missing*: it is counted and left out of every
+1. **Select** the manifest's images with `generation.selection` (what `handfirst-gen generate
+   --from-manifest` takes with the same split and limit): status ok, plus no_hands with
+   `include_no_hands`; split "test" by default ("all" or None: every split); manifest order; the
+   first `limit`, reading no row group past the one that fills it. With a generated folder, an image without ``<image_id>.png`` is *missing*: it is counted and left out of every
    metric, and the report says so. An unreadable generated file is scored as an image in which
    nothing was detected.
 2. **Detect** hands and bodies in each image with prep's annotator (`prep.annotate.Annotator`, loaded
@@ -34,6 +35,7 @@ import numpy as np
 
 from manifests.matching import Instance, MatchConfig, PoseScorer, mediapipe33_to_coco17
 
+from ..selection import DEFAULT_SPLIT, SelectionError, iter_selected, nothing_selected
 from .detect import REAL, ImageDetections, detect_unit, find_generated, load_generated, load_real
 from .report import markdown_table
 
@@ -48,11 +50,11 @@ class EvalConfig:
     """Every setting of an evaluation run (recorded in the report's ``settings``)."""
 
     label: str | None = None  # row name in the tables; default: "real" or the generated folder's name
-    split: str | None = None  # evaluate only this split of the manifest
+    split: str | None = DEFAULT_SPLIT  # evaluate only this split; "all" or None: every split
     # Rows with status ok are evaluated (what `handfirst-gen generate --from-manifest` generates);
     # no_hands rows only on request (they have a body target but no hand target).
     include_no_hands: bool = False
-    limit: int | None = None  # at most this many images (in manifest order)
+    limit: int | None = None  # at most this many images (the first in manifest order)
     # Detection
     detection: dict = field(default_factory=dict)  # PrepConfig overrides (thresholds, wrist_refine, ...)
     workers: int = 1  # >1: a Dask LocalCluster of this many processes
@@ -279,19 +281,17 @@ class QualityPass:
 # The run
 
 
+def _statuses(config: EvalConfig) -> tuple[str, ...]:
+    return ("ok", "no_hands") if config.include_no_hands else ("ok",)
+
+
 def _plan(manifest, config: EvalConfig, generated: str):
-    """([(unit, ids)], {image_id: light row}, [missing ids]) in manifest order."""
+    """([(unit, ids)], {image_id: light row}, [missing ids]) in manifest order (`generation.selection`)."""
     cols = ["image_id", "status", "split", "width", "height", "caption", "body_keypoints"]
     plan, rows, missing = [], {}, []
-    budget = config.limit
-    statuses = ("ok", "no_hands") if config.include_no_hands else ("ok",)
-    for unit, table in manifest.images.iter_row_groups(cols):
+    for unit, selected in iter_selected(manifest, cols, config.split, _statuses(config), config.limit):
         ids = []
-        for row in table.to_pylist():
-            if row["status"] not in statuses or (config.split and row["split"] != config.split):
-                continue
-            if budget is not None and len(rows) + len(missing) >= budget:
-                break
+        for row in selected:
             if row["width"] is None or row["height"] is None:
                 raise ValueError(
                     f"{manifest.url}: image {row['image_id']} has status {row['status']} but no width/height"
@@ -356,8 +356,9 @@ def evaluate(manifest: str, generated: str, out: str, config: EvalConfig | None 
 
     plan, rows, missing = _plan(m, config, generated)
     if not rows:
-        raise ValueError(f"nothing to evaluate: {len(missing)} selected images of {manifest} have no generated image "
-                         f"in {generated}" if missing else f"{manifest} has no images to evaluate (split={config.split})")  # fmt: skip
+        raise SelectionError(f"nothing to evaluate: {len(missing)} selected images of {manifest} have no generated "
+                             f"image in {generated}" if missing else
+                             f"nothing to evaluate: {nothing_selected(m, config.split, _statuses(config))}")  # fmt: skip
     if missing:
         logger.warning("%d of %d selected images have no generated image in %s; they are not scored",
                        len(missing), len(missing) + len(rows), generated)  # fmt: skip

@@ -1,0 +1,75 @@
+"""Which manifest rows `handfirst-gen generate --from-manifest` and `handfirst-gen evaluate` take.
+
+Both commands select through `iter_selected`, so ``generate --from-manifest M --limit N`` followed by
+``evaluate --manifest M --limit N`` (same `--split`) scores exactly the images that were generated:
+
+- rows of the images table whose status is one of `statuses` (``ok``; evaluate adds ``no_hands``
+  with ``--include-no-hands``),
+- of one `split`: ``test`` by default; ``all`` (or None / "") takes every split, which a manifest
+  whose rows carry no split (a folder of photos) needs,
+- in manifest order: shards in name order, row groups and rows in file order,
+- the first `limit` of them. Reading stops at the row group that completes the budget, so a small
+  limit over a large manifest reads a few row groups, not the table.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator, Sequence
+
+DEFAULT_SPLIT = "test"
+ALL_SPLITS = "all"
+
+
+class SelectionError(ValueError):
+    """No row matches the selection, or the selection itself is malformed."""
+
+
+def split_filter(split: str | None) -> str | None:
+    """The split to filter on: None for every split ("all", "" or None)."""
+    return None if split in (None, "", ALL_SPLITS) else split
+
+
+def iter_selected(manifest, columns: Sequence[str], split: str | None = DEFAULT_SPLIT,
+                  statuses: Sequence[str] = ("ok",), limit: int | None = None) -> Iterator[tuple[object, list[dict]]]:  # fmt: skip
+    """Yield (row-group unit, [row dict with `columns`]) of the selected images rows, in manifest order.
+
+    `manifest` is an opened `manifests.reader.Manifest`; units without a selected row are skipped.
+    At most `limit` rows in all (None: no limit); no row group after the one that fills it is read.
+    """
+    from manifests.reader import build_filter
+
+    if limit is not None and limit < 1:
+        raise SelectionError(f"limit must be at least 1 (or None for no limit), got {limit}")
+    table = manifest.images
+    expr = build_filter("images", split=split_filter(split), status=list(statuses))
+    remaining = limit
+    for unit in table.units():
+        rows = table.read_unit(unit, columns, expr).to_pylist()
+        if remaining is not None:
+            rows = rows[:remaining]
+            remaining -= len(rows)
+        if rows:
+            yield unit, rows
+        if remaining == 0:
+            return
+
+
+def select_rows(manifest, columns: Sequence[str], split: str | None = DEFAULT_SPLIT,
+                statuses: Sequence[str] = ("ok",), limit: int | None = None) -> list[dict]:  # fmt: skip
+    """The selected rows as one list; raises `SelectionError` (with the rows per split) when there is none."""
+    rows = [row for _, part in iter_selected(manifest, columns, split, statuses, limit) for row in part]
+    if not rows:
+        raise SelectionError(nothing_selected(manifest, split, statuses))
+    return rows
+
+
+def nothing_selected(manifest, split: str | None, statuses: Sequence[str] = ("ok",)) -> str:
+    """Why a selection came out empty: the rows of those statuses per split (reads two light columns)."""
+    t = manifest.read("images", ["split"], status=list(statuses))
+    present = dict(Counter(t.column("split").to_pylist()))
+    wanted = "every split" if split_filter(split) is None else f"split {split!r}"
+    return (
+        f"{manifest.url}: no images with status {'/'.join(statuses)} in {wanted}; such images per split: "
+        f"{present} (--split {ALL_SPLITS} takes every split)"
+    )
