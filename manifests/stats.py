@@ -48,6 +48,14 @@ def size_buckets(values) -> dict[str, int]:
     return out
 
 
+def with_body(images) -> int:
+    """Images rows with a body pose: non-null ``body_keypoints``, counted from Arrow's validity bitmaps
+    one row group at a time (the keypoint lists are never converted to Python objects)."""
+    return sum(
+        len(rows) - rows.column(0).null_count for _, rows in images.iter_row_groups(["body_keypoints"])
+    )
+
+
 def manifest_stats(manifest: Manifest | str) -> dict:
     """Counts and distributions of both tables (or the one table of a table directory)."""
     m = manifest if isinstance(manifest, Manifest) else open_manifest(manifest)
@@ -61,11 +69,11 @@ def manifest_stats(manifest: Manifest | str) -> dict:
         "shards": {t: len(tab.shards) for t, tab in m.tables.items()},
     }
     if "images" in m.tables:
-        t = m.read("images", list(IMAGE_COUNTS) + list(IMAGE_DISTRIBUTIONS) + ["body_keypoints"]).to_pydict()
+        t = m.read("images", list(IMAGE_COUNTS) + list(IMAGE_DISTRIBUTIONS)).to_pydict()
         out["images"] = {
             "counts": {c: counts(t[c]) for c in IMAGE_COUNTS},
             "distributions": {c: distribution(t[c]) for c in IMAGE_DISTRIBUTIONS},
-            "with_body": int(sum(v is not None for v in t["body_keypoints"])),
+            "with_body": with_body(m.images),
         }
     if "hands" in m.tables:
         t = m.read("hands", list(HAND_COUNTS) + list(HAND_DISTRIBUTIONS)).to_pydict()

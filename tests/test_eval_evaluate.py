@@ -330,3 +330,27 @@ def test_manifest_opened_once_and_table_shipped_pickled(eval_manifest, tmp_path,
     ids = m.images.read_unit(unit, ["image_id"])["image_id"].to_pylist()
     dets = detect_unit(table, unit, ids, "real", _prep_config(m, EvalConfig()))
     assert [d.image_id for d in dets] == ids and not calls
+
+
+def test_hand_targets_read_only_the_selected_images(synthetic_manifest, monkeypatch):
+    from generation.evaluate.run import hand_targets
+
+    m = open_manifest(str(synthetic_manifest))
+    everything = m.read("hands", ["image_id", "keypoints", "handedness", "crop_box"]).to_pylist()
+    ids = {"synthetic_00001", "synthetic_00006", "synthetic_00009"}  # 00009 has no hands
+    real_read = m.hands.read
+    materialised = []
+    monkeypatch.setattr(
+        m.hands, "read", lambda *a, **k: materialised.append(real_read(*a, **k)) or materialised[-1]
+    )
+    hands, boxes = hand_targets(m, ids)
+    expected = [r for r in everything if r["image_id"] in ids]
+    assert sum(t.num_rows for t in materialised) == len(expected) < len(everything)
+    assert set(hands) == set(boxes) == ids and hands["synthetic_00009"] == []
+    for image_id in ids:
+        rows = [r for r in expected if r["image_id"] == image_id]
+        assert [h.handedness for h in hands[image_id]] == [r["handedness"] for r in rows]
+        for h, r in zip(hands[image_id], rows):
+            np.testing.assert_allclose(h.keypoints, r["keypoints"])
+        assert boxes[image_id] == [list(r["crop_box"]) for r in rows]
+    assert hand_targets(m, set()) == ({}, {})

@@ -299,3 +299,33 @@ def test_metrics_log_survives_a_cut_off_last_line(tmp_path):
     (tmp_path / "metrics.jsonl").write_text('{"step": 1}\nnot json\n{"step": 3}\n')
     with pytest.raises(ValueError, match="line 2 is not JSON"):
         read_metrics(str(tmp_path))
+
+
+def test_validation_poses_read_only_the_row_groups_they_need(tmp_path, monkeypatch):
+    """The first hands of the val split (else of the training filter), without a pass over the table."""
+    import generation.training.hand as hand_module
+    from manifests.reader import open_manifest
+
+    root = make_synthetic_manifest(str(tmp_path / "m"), num_images=40, row_group_size=2)
+    m = open_manifest(root)
+    read = []
+    real = m.hands.read_unit
+    monkeypatch.setattr(
+        m.hands, "read_unit", lambda unit, *a, **k: read.append(unit.key) or real(unit, *a, **k)
+    )
+    monkeypatch.setattr(hand_module, "open_manifest", lambda *a, **k: m)
+    cols = ["hand_id"]
+    expected = m.read("hands", cols, split="val")  # a val run takes them through its own filter
+    for split in ("train", "val"):
+        task = HandTask(HandTrainConfig(manifest=root, out=str(tmp_path / "run"), split=split, **FAST))
+        task.facts = {"resolution": 64}
+        read.clear()
+        poses = task.validation_poses()
+        wanted = expected.column("hand_id").to_pylist()[:2]
+        assert [p["hand_id"] for p in poses] == wanted and poses[0]["keypoints"].shape == (21, 3)
+        # Reading stops at the row group holding the last pose taken.
+        units = m.hands.units()
+        last = max(
+            i for i, u in enumerate(units) if set(real(u, cols).column("hand_id").to_pylist()) & set(wanted)
+        )
+        assert read == [u.key for u in units[: last + 1]] and last + 1 < len(units), (read, last)

@@ -27,6 +27,23 @@ def test_stats_counts_and_distributions(synthetic_manifest):
     assert "images by status" in text and "hands by handedness" in text and "hand_size" in text
 
 
+def test_with_body_counts_non_null_poses_across_row_groups(synthetic_manifest, tmp_path):
+    from manifests.writer import ManifestWriter
+
+    src = open_manifest(str(synthetic_manifest))
+    images = src.read("images").to_pylist()
+    for i in (0, 3, 4, 11):  # no body pose
+        images[i]["body_keypoints"] = images[i]["body_score"] = None
+    w = ManifestWriter(str(tmp_path / "m"), row_group_size=5)
+    w.write_shard(0, {"images": images[:7], "hands": []})
+    w.write_shard(1, {"images": images[7:], "hands": []})
+    w.finalize(src.config)
+    m = open_manifest(str(tmp_path / "m"))
+    assert len(m.images.units()) == 3
+    s = manifest_stats(m)
+    assert s["images"]["with_body"] == 8 and "images with a body pose: 8" in format_stats(s)
+
+
 def test_cli_stats_json(synthetic_manifest, capsys):
     assert main(["stats", str(synthetic_manifest), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["images"]["counts"]["status"]["ok"] == 10

@@ -84,12 +84,20 @@ class EvalConfig:
 def hand_targets(
     manifest, image_ids: set[str]
 ) -> tuple[dict[str, list[Instance]], dict[str, list[list[float]]]]:
-    """({image_id: target hand instances}, {image_id: crop boxes}) from the hands table."""
+    """({image_id: target hand instances}, {image_id: crop boxes}) from the hands rows of `image_ids`.
+
+    Only those rows are materialised (an ``isin`` filter on image_id), not the whole hands table.
+    """
+    import pyarrow.compute as pc
+
     hands: dict[str, list[Instance]] = {i: [] for i in image_ids}
     boxes: dict[str, list[list[float]]] = {i: [] for i in image_ids}
+    if not hands:
+        return hands, boxes
     cols = ["hand_id", "image_id", "keypoints", "handedness", "crop_box"]
-    for row in manifest.read("hands", columns=cols).to_pylist():
-        if row["image_id"] not in hands or row["keypoints"] is None:
+    selected = pc.field("image_id").isin(sorted(hands))
+    for row in manifest.read("hands", columns=cols, filter=selected).to_pylist():
+        if row["keypoints"] is None:
             continue
         kps = np.asarray(row["keypoints"], dtype=np.float64)
         if kps.shape != (21, 3):

@@ -60,6 +60,19 @@ def _null_counts(table, columns) -> dict[str, int]:
     return counts
 
 
+def _first_rows(manifest, table: str, columns, n: int, **filters) -> list[dict]:
+    """The first `n` rows of `table` passing `filters`, in manifest order, reading row groups only until
+    `n` are found (validation needs a handful of rows, not a pass over the table)."""
+    out: list[dict] = []
+    if n <= 0:
+        return out
+    for _, rows in manifest.iter_row_groups(table, columns, **filters):
+        out += rows.slice(0, n - len(out)).to_pylist()
+        if len(out) >= n:
+            break
+    return out
+
+
 class HandTask(TrainTask):
     name = "hand"
     oom_hints = ("--cache-latents (frees the VAE encoder's activations)", "--resolution")
@@ -279,14 +292,14 @@ class HandTask(TrainTask):
             m = open_manifest(self.config.manifest)
             cols = ["hand_id", "crop_keypoints", "crop_size", "caption"]
             n = self.config.num_validation_poses
-            rows = m.read("hands", cols, split="val").slice(0, n) if self.config.split != "val" else None
-            if rows is None or rows.num_rows == 0:
-                rows = m.read("hands", cols, filter=self._filter_expression(), **self._filter_kwargs()).slice(
-                    0, n
+            rows = _first_rows(m, "hands", cols, n, split="val") if self.config.split != "val" else []
+            if not rows:
+                rows = _first_rows(
+                    m, "hands", cols, n, filter=self._filter_expression(), **self._filter_kwargs()
                 )
             res = self.facts["resolution"]
             self._poses = []
-            for r in rows.to_pylist():
+            for r in rows:
                 kps = np.asarray(r["crop_keypoints"], np.float64)
                 kps[:, :2] *= res / float(r["crop_size"])
                 kps[:, :2] = np.clip(kps[:, :2], 0, res)
