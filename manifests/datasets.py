@@ -226,6 +226,11 @@ class HandCropDataset(ManifestIterableDataset):
 
     ``resolution`` (default: the stored crop_size) resizes crop (bicubic), mask (bilinear then
     threshold) and keypoints with the same scale R / crop_size.
+
+    ``load_pixels=False`` leaves ``pixel_values`` out and never reads the ``crop`` column (it is
+    projected away in the Parquet read), for trainers that take the crop's latents from a cache:
+    decoding and resizing the JPEG is then the largest per-sample cost. Every other key, the sample
+    order and the resume position are the same as with ``load_pixels=True``.
     """
 
     table = "hands"
@@ -235,20 +240,25 @@ class HandCropDataset(ManifestIterableDataset):
     def __init__(self, manifest: Manifest | str, *, resolution: int | None = None, heatmap_size: int | None = None,
                  heatmap_sigma: float | None = None, label=None, split=None, min_hand_size=None, filter=None,
                  shuffle: bool = True, seed: int = 0, rank: int | None = None, world_size: int | None = None,
-                 shuffle_window: int = 4):  # fmt: skip
+                 shuffle_window: int = 4, load_pixels: bool = True):  # fmt: skip
         super().__init__(manifest, label=label, split=split, min_hand_size=min_hand_size, filter=filter,
                          shuffle=shuffle, seed=seed, rank=rank, world_size=world_size,
                          shuffle_window=shuffle_window)  # fmt: skip
+        self.load_pixels = bool(load_pixels)
+        if not self.load_pixels:
+            self.columns = [c for c in type(self).columns if c != "crop"]
         self.resolution = resolution
         self.heatmap_size = heatmap_size
         self.heatmap_sigma = heatmap_sigma
 
     def make_sample(self, row: dict, unit: RowGroupUnit) -> dict:
-        crop, mask, kps = crop_array(row), mask_array(row), crop_keypoints(row)
+        crop = crop_array(row) if self.load_pixels else None
+        mask, kps = mask_array(row), crop_keypoints(row)
         size = int(row["crop_size"])
         res = int(self.resolution or size)
         if res != size:
-            crop = np.asarray(Image.fromarray(crop).resize((res, res), Image.BICUBIC))
+            if crop is not None:
+                crop = np.asarray(Image.fromarray(crop).resize((res, res), Image.BICUBIC))
             mask = (
                 np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((res, res), Image.BILINEAR))
                 > 127
@@ -261,8 +271,9 @@ class HandCropDataset(ManifestIterableDataset):
             if sigma is None:
                 sigma = float(row["heatmap_sigma"]) * self.heatmap_size / float(row["heatmap_shape"][2])
             heatmap = render_heatmap(kps, res, self.heatmap_size, sigma)
+        sample = {} if crop is None else {"pixel_values": to_pixel_values(crop)}
         return {
-            "pixel_values": to_pixel_values(crop),
+            **sample,
             "heatmap": torch.from_numpy(heatmap),
             "mask": to_mask_tensor(mask),
             "keypoints": torch.from_numpy(kps),

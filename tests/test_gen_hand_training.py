@@ -218,6 +218,37 @@ def test_latent_cache_matches_the_vae_and_is_reused(synthetic_manifest, tmp_path
     assert os.path.getmtime(cache_dir / "index.json") == stamp
 
 
+class _CachedWithPixels(HandTask):
+    """The cached task as it was before the dataset could leave the crops out: it loads them anyway."""
+
+    def _dataset(self, rank, world_size, shuffle=True, load_pixels=True):
+        return super()._dataset(rank, world_size, shuffle, load_pixels=True)
+
+
+def test_cached_training_reads_no_crops_and_keeps_the_loss_curve(synthetic_manifest, tmp_path, monkeypatch):
+    torch.manual_seed(0)
+    kw = dict(FAST, manifest=str(synthetic_manifest), steps=3, seed=1, cache_latents=True,
+              latent_cache_dir=str(tmp_path / "latents"))  # fmt: skip
+    config = HandTrainConfig(out=str(tmp_path / "pixels"), **kw)
+    assert train(_CachedWithPixels(config), config).finished  # builds the cache, then trains reading crops
+
+    reads, real = [], pq.ParquetFile.read_row_group
+
+    def spy(self, i, columns=None, **kwargs):
+        reads.append(None if columns is None else list(columns))
+        return real(self, i, columns=columns, **kwargs)
+
+    monkeypatch.setattr(pq.ParquetFile, "read_row_group", spy)
+    assert train_hand(HandTrainConfig(out=str(tmp_path / "no_pixels"), **kw)).finished  # reuses the cache
+    assert any(c and "mask" in c for c in reads)  # the training samples were read here ...
+    assert all(c is not None and "crop" not in c for c in reads)  # ... without their crops
+    a, b = _losses(tmp_path / "pixels"), _losses(tmp_path / "no_pixels")
+    assert [r["step"] for r in b] == [1, 2, 3]
+    for ra, rb in zip(a, b):
+        for key in ("loss", "noise_loss", "mask_loss", "samples_seen"):
+            assert ra[key] == rb[key], (ra["step"], key)
+
+
 def test_v_prediction_target_and_training(synthetic_manifest, tmp_path):
     run = str(tmp_path / "v")
     train_hand(

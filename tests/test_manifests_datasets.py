@@ -2,6 +2,7 @@ import warnings
 from collections import Counter
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 from torch.utils.data import DataLoader
@@ -180,6 +181,57 @@ def test_hand_crop_resize_keeps_heatmap_keypoints_and_mask_consistent(manifest):
         peaks = heatmap_peaks(s["heatmap"].numpy(), 96)
         assert np.abs(peaks - s["keypoints"][:, :2].numpy()).max() <= 96 / 24  # within one heatmap pixel
         assert abs(s["mask"].mean() - p["mask"].mean()) < 0.02  # same fraction of the crop is hand
+
+
+@pytest.fixture
+def projected_columns(monkeypatch):
+    """Column lists of every Parquet row-group read, in call order."""
+    calls = []
+    real = pq.ParquetFile.read_row_group
+
+    def spy(self, i, columns=None, **kwargs):
+        calls.append(None if columns is None else list(columns))
+        return real(self, i, columns=columns, **kwargs)
+
+    monkeypatch.setattr(pq.ParquetFile, "read_row_group", spy)
+    return calls
+
+
+@pytest.mark.parametrize("options", [{}, {"resolution": 96, "heatmap_size": 24, "label": ["call", "four"]}])
+def test_without_pixels_the_crop_column_is_never_read(manifest, projected_columns, options):
+    torch.manual_seed(0)
+    kw = dict(seed=2, shuffle_window=2, **options)
+    with_pixels = list(HandCropDataset(manifest, **kw))
+    assert projected_columns and all("crop" in c for c in projected_columns if "mask" in c)
+    projected_columns.clear()
+    without = list(HandCropDataset(manifest, load_pixels=False, **kw))
+    # Every read is projected (never "all columns") and none of them touches the crops.
+    assert projected_columns and all(c is not None and "crop" not in c for c in projected_columns)
+    assert len(without) == len(with_pixels) > 0
+    for a, b in zip(with_pixels, without):
+        assert "pixel_values" in a and "pixel_values" not in b
+        assert set(a) - {"pixel_values"} == set(b)
+        assert a["hand_id"] == b["hand_id"] and a["caption"] == b["caption"]
+        for key in ("heatmap", "mask", "keypoints"):
+            assert torch.equal(a[key], b[key]), (a["hand_id"], key)
+
+
+def test_without_pixels_resume_continues_at_the_same_sample(manifest):
+    def loader(load_pixels):
+        return ManifestDataLoader(HandCropDataset(manifest, seed=9, load_pixels=load_pixels), batch_size=3)
+
+    full = loader(True)
+    full.set_epoch(1)
+    order = _ids(full)
+    a = loader(True)
+    a.set_epoch(1)
+    it = iter(a)
+    got = next(it)["hand_id"] + next(it)["hand_id"]
+    state = a.state_dict()
+    b = loader(False)  # a position saved while loading pixels resumes without them, and the reverse
+    b.load_state_dict(state)
+    b.set_epoch(1)
+    assert got + _ids(b) == order
 
 
 def test_body_samples_transform_image_mask_and_keypoints_together(manifest):

@@ -166,19 +166,25 @@ class HandTask(TrainTask):
     def describe(self) -> dict:
         return dict(self.facts)
 
-    def _dataset(self, rank: int, world_size: int, shuffle: bool = True) -> HandCropDataset:
+    def _dataset(
+        self, rank: int, world_size: int, shuffle: bool = True, load_pixels: bool = True
+    ) -> HandCropDataset:
         f = self.facts
         return HandCropDataset(
             self.config.manifest, resolution=f["resolution"],
             heatmap_size=f["latent_size"] if f["rerender_heatmaps"] else None,
             filter=self._filter_expression(), shuffle=shuffle, seed=self.config.seed, rank=rank,
-            world_size=world_size, shuffle_window=self.config.shuffle_window, **self._filter_kwargs(),
+            world_size=world_size, shuffle_window=self.config.shuffle_window, load_pixels=load_pixels,
+            **self._filter_kwargs(),
         )  # fmt: skip
 
     def dataset(self, accelerator):
         if self.config.cache_latents:
             self._prepare_cache(accelerator)
-        return self._dataset(accelerator.process_index, accelerator.num_processes)
+        # With cached latents the crops are never looked at: the dataset does not read or decode them.
+        return self._dataset(
+            accelerator.process_index, accelerator.num_processes, load_pixels=not self.config.cache_latents
+        )
 
     # ---- models ----------------------------------------------------------------------------------
     def build(self, accelerator) -> None:
@@ -238,7 +244,7 @@ class HandTask(TrainTask):
     def prepare_batch(self, batch: dict, device) -> dict:
         if self.cache is not None:
             batch = dict(batch)
-            batch.pop("pixel_values", None)  # the cached posterior replaces the crop
+            batch.pop("pixel_values", None)  # the cached posterior replaces the crop (not loaded anyway)
             batch["moments"] = self.cache.get(batch["hand_id"])
         return super().prepare_batch(batch, device)
 
