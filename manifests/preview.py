@@ -147,6 +147,7 @@ def make_preview(manifest: Manifest | str, out: str | None = None, n: int = 24, 
                  tile: int = 160, columns: int = 8) -> np.ndarray:  # fmt: skip
     """Render the preview sheet as (H, W, 3) uint8; also write it as PNG to `out` (path or URL) if given."""
     m = manifest if isinstance(manifest, Manifest) else open_manifest(manifest)
+    name = str(manifest) if isinstance(manifest, str) else m.url  # as the user named it
     parts = []
     if "hands" in m.tables and n > 0:
         rows = sample_rows(m.hands, HAND_COLUMNS, n, seed)
@@ -154,7 +155,7 @@ def make_preview(manifest: Manifest | str, out: str | None = None, n: int = 24, 
         sheet = contact_sheet(tiles, columns=columns, tile=tile, captions=[hand_caption(r) for r in rows])
         parts += [
             _title(
-                f"{len(rows)} of {m.hands.num_rows} hands: crop, mask, keypoints  ({m.url})", sheet.shape[1]
+                f"{len(rows)} of {m.hands.num_rows} hands: crop, mask, keypoints  ({name})", sheet.shape[1]
             ),
             sheet,
         ]
@@ -175,7 +176,7 @@ def make_preview(manifest: Manifest | str, out: str | None = None, n: int = 24, 
                 sheet,
             ]
     if not parts:
-        parts = [_title(f"{m.url}: nothing to show", 480)]
+        parts = [_title(f"{name}: nothing to show", 480)]
     result = _stack(parts)
     if out is not None:
         buf = io.BytesIO()
