@@ -179,7 +179,7 @@ def main(argv=None) -> int:
     result = {
         "benchmark": "generate",
         "device": "cpu",
-        "gpu": "no accelerator machine was lent to this session; SD-1.5-sized 512 px timings not measured",
+        "gpu": "no CUDA device was available for this run; SD-1.5-sized 512 px timings not measured",
         "models": "tiny preset, random weights (hand crops 64 px, UNet (32, 64), 4-level VAE)",
         "size": args.size,
         "steps": args.steps,

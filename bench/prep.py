@@ -242,7 +242,7 @@ def main(argv=None) -> dict:
         result = {
             "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "loadavg_1_5_15": load},
             "input": {
-                "source": os.path.abspath(args.input),
+                "source": args.input,
                 "repeat": args.repeat,
                 "images": n,
                 "shard_size": args.shard_size,
