@@ -10,8 +10,7 @@ import platform
 from generation.training.metrics import read_metrics
 
 GPU_SKIPPED = (
-    "no GPU was available to this run (no accelerator machine was lent when these figures were "
-    "taken); run with --gpu on a CUDA machine for the SD-1.5-sized figures"
+    "no CUDA device was available to this run; run with --gpu on a CUDA machine for the SD-1.5-sized figures"
 )
 
 
