@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image
 
 from .selection import DEFAULT_SPLIT
-from .spec import HandSpec, PoseSpec, SpecError, load_spec, parse_spec
+from .spec import HandSpec, PoseSpec, SpecError, load_spec, parse_spec, read_json_file
 from .training.config import setting
 
 logger = logging.getLogger(__name__)
@@ -507,13 +507,7 @@ def generate_one(pipe, request: Request, settings: GenerateSettings, out_dir: st
 
 def request_from_sidecar(path: str) -> tuple[Request, GenerateSettings, dict]:
     """A sidecar -> (the request, its settings, its model record) to redo the image exactly."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except FileNotFoundError:
-        raise RequestError(f"{path}: no such sidecar") from None
-    except json.JSONDecodeError as exc:
-        raise RequestError(f"{path}: not valid JSON ({exc})") from None
+    data = read_json_file(path, RequestError, "sidecar")
     try:
         spec = parse_spec(data["spec"], name=data["name"])
         # Sidecars written before `min_core` existed eroded without a cap: replay them that way.

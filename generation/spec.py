@@ -151,14 +151,20 @@ def parse_spec(obj: dict, name: str = "sample") -> PoseSpec:
                     seed, name)  # fmt: skip
 
 
+def read_json_file(path, error: type[Exception], what: str):
+    """The parsed JSON of a user-given file; `error` names the file for a missing file or bad JSON."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise error(f"{path}: no such {what} file") from None
+    except json.JSONDecodeError as exc:
+        raise error(f"{path}: not valid JSON ({exc})") from None
+
+
 def load_spec(path: str | Path) -> PoseSpec:
     path = Path(path)
-    try:
-        obj = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise SpecError(f"{path}: no such spec file") from None
-    except json.JSONDecodeError as exc:
-        raise SpecError(f"{path}: not valid JSON ({exc})") from None
+    obj = read_json_file(path, SpecError, "spec")
     try:
         return parse_spec(obj, name=path.stem)
     except SpecError as exc:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
@@ -21,13 +20,9 @@ def load_poses(path: str, num_keypoints: int = 21):
     """pose.json -> (B, 21, 2|3) float64 array; errors name the file and the offending entry."""
     import numpy as np
 
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except FileNotFoundError:
-        raise PoseFileError(f"{path}: no such keypoints file") from None
-    except json.JSONDecodeError as exc:
-        raise PoseFileError(f"{path}: not valid JSON: {exc}") from None
+    from ..spec import read_json_file
+
+    data = read_json_file(path, PoseFileError, "keypoints")
     if isinstance(data, dict) and "keypoints" in data:
         data = data["keypoints"]
     if not isinstance(data, list) or not data:
