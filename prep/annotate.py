@@ -33,7 +33,7 @@ from .captions import hand_caption, image_caption
 from .config import PrepConfig
 from .crops import encode_crop, make_crop, stored_image, stored_size, union_mask
 from .hands import Hand, HandDetector, hands_from_annotation
-from .imageio import DecodedImage, load_image
+from .imageio import MAX_FILE_BYTES, DecodedImage, load_image
 from .masks import make_masker
 from .records import HandAnnotation, ImageRecord
 
@@ -138,7 +138,8 @@ class Annotator:
         """One record -> (images row, hands rows). Raises a `prep.errors.PrepError` for a bad image."""
         cfg = self.config
         with self._timed("decode"):
-            decoded, raw = load_image(record.source_uri, cfg.max_pixels)
+            max_bytes = getattr(cfg, "max_file_bytes", MAX_FILE_BYTES)
+            decoded, raw = load_image(record.source_uri, cfg.max_pixels, max_bytes)
         image = decoded.pixels
         height, width = image.shape[:2]
         annotations = to_pixels(record, width, height)

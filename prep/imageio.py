@@ -5,7 +5,12 @@
 - Every PIL mode becomes RGB uint8: greyscale (L, LA, 1), palette (P, with or without transparency),
   RGBA (composited over white, as viewers show it), CMYK, YCbCr/LAB/HSV, and 16-bit or 32-bit
   integer greyscale (I;16*, I: scaled from their full range, not clipped), float (F).
-- The pixel count is checked from the header *before* any pixel is decoded, against `max_pixels`.
+- Only regular files are read (a FIFO, a device such as `/dev/zero` or a directory is refused,
+  symlinks are followed first), and at most `max_file_bytes` of them (`MAX_FILE_BYTES` by default):
+  the size is checked from the file system before the first byte is read, and no read asks for more
+  than the cap plus one byte, so a file that grows or lies about its size cannot exhaust memory.
+- The pixel count is checked from the header *before* the rest of the file is read and before any
+  pixel is decoded, against `max_pixels`.
 - Empty, truncated, corrupt and non-image files raise `ImageDecodeError` naming the file.
 """
 
@@ -13,6 +18,8 @@ from __future__ import annotations
 
 import io
 import logging
+import os
+import stat
 import warnings
 from dataclasses import dataclass
 
@@ -25,6 +32,18 @@ from .errors import ImageDecodeError, ImageReadError, ImageTooLargeError
 log = logging.getLogger(__name__)
 
 EXIF_ORIENTATION_TAG = 0x0112
+# Default of PrepConfig.max_file_bytes: far above any real photo (a 100-megapixel JPEG is ~60 MiB),
+# far below what would hurt a worker's memory.
+MAX_FILE_BYTES = 256 * 2**20
+
+# stat file-type test -> the words an error row uses for what was found instead of a regular file.
+SPECIAL_FILES = {
+    stat.S_ISDIR: "a directory",
+    stat.S_ISFIFO: "a FIFO (named pipe)",
+    stat.S_ISCHR: "a character device",
+    stat.S_ISBLK: "a block device",
+    stat.S_ISSOCK: "a socket",
+}
 
 
 @dataclass
@@ -45,32 +64,121 @@ class DecodedImage:
         return int(self.pixels.shape[0])
 
 
-def read_bytes(uri: str) -> bytes:
-    """All bytes of a local path or fsspec URL; `ImageReadError` naming the URI if that fails."""
+def _not_regular(mode: int) -> str:
+    return next((words for test, words in SPECIAL_FILES.items() if test(mode)), "not a regular file")
+
+
+def _too_big(uri: str, size: int | str, max_bytes: int) -> ImageTooLargeError:
+    return ImageTooLargeError(f"{uri}: {size} bytes exceeds max_file_bytes={max_bytes}")
+
+
+def _local_path(uri: str) -> str | None:
+    """The file system path of a local `uri` (plain path or file:// URL), None for other protocols."""
+    if "://" not in uri:
+        return uri
+    return uri[len("file://") :] if uri.startswith("file://") else None
+
+
+def _open_local(path: str, uri: str, max_bytes: int):
+    """An open binary file for a local regular file, refusing special files before opening them.
+
+    The first stat follows symlinks, so a link to /dev/zero is refused as the device it is. The open
+    itself is non-blocking and re-checked with fstat, so a FIFO swapped in between the two cannot
+    block the worker either.
+    """
+    info = os.stat(path)
+    if not stat.S_ISREG(info.st_mode):
+        raise ImageReadError(
+            f"{uri}: {_not_regular(info.st_mode)}, not a regular file; only regular files are read"
+        )
+    if info.st_size > max_bytes:
+        raise _too_big(uri, info.st_size, max_bytes)
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
     try:
-        with fsspec.open(uri, "rb") as f:
-            return f.read()
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise ImageReadError(
+                f"{uri}: {_not_regular(mode)}, not a regular file; only regular files are read"
+            )
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _open_remote(uri: str, max_bytes: int):
+    """An open binary file for an fsspec URL whose `info` says it is a file within the byte cap."""
+    fs, path = fsspec.core.url_to_fs(uri)
+    info = fs.info(path)
+    if info.get("type") != "file":
+        raise ImageReadError(
+            f"{uri}: {info.get('type') or 'unknown'} entry, not a regular file; only regular files are read"
+        )
+    size = info.get("size")
+    if size is not None and size > max_bytes:
+        raise _too_big(uri, size, max_bytes)
+    return fs.open(path, "rb")
+
+
+def open_image_file(uri: str, max_bytes: int = MAX_FILE_BYTES):
+    """Open a local path or fsspec URL for reading after checking it is a regular file within `max_bytes`.
+
+    Raises `ImageReadError` (missing, special file, unreadable) or `ImageTooLargeError`, naming `uri`.
+    """
+    try:
+        local = _local_path(uri)
+        return _open_local(local, uri, max_bytes) if local is not None else _open_remote(uri, max_bytes)
+    except (ImageReadError, ImageTooLargeError):
+        raise
     except FileNotFoundError as exc:
         raise ImageReadError(f"{uri}: file not found") from exc
     except Exception as exc:  # fsspec backends raise their own types (PermissionError, ClientError, ...)
         raise ImageReadError(f"{uri}: cannot read ({type(exc).__name__}: {exc})") from exc
 
 
-def _open_checked(data: bytes, max_pixels: int, uri: str) -> Image.Image:
-    """Open the header only and refuse empty data, unknown formats and oversized images."""
-    if len(data) == 0:
+def read_bytes(uri: str, max_bytes: int = MAX_FILE_BYTES, max_pixels: int | None = None) -> bytes:
+    """The bytes of a regular file (local path or fsspec URL), at most `max_bytes` of them.
+
+    With `max_pixels`, the image header is read and checked first (`ImageTooLargeError`,
+    `ImageDecodeError`), so a decompression bomb costs a header read, not a file read.
+    """
+    with open_image_file(uri, max_bytes) as f:
+        try:
+            if max_pixels is not None:
+                _open_checked(f, max_pixels, uri)  # not closed: PIL would close `f` with it
+                f.seek(0)
+            data = f.read(max_bytes + 1)
+        except (ImageDecodeError, ImageTooLargeError):
+            raise
+        except Exception as exc:
+            raise ImageReadError(f"{uri}: cannot read ({type(exc).__name__}: {exc})") from exc
+    if len(data) > max_bytes:  # the size the file system gave was missing or wrong
+        raise _too_big(uri, f"more than {max_bytes}", max_bytes)
+    return data
+
+
+def _open_checked(data, max_pixels: int, uri: str) -> Image.Image:
+    """Open the header only and refuse empty data, unknown formats and oversized images.
+
+    `data` is the file's bytes or a seekable binary file at offset 0, of which only the header is read.
+    """
+    in_memory = isinstance(data, (bytes, bytearray, memoryview))
+    if (len(data) if in_memory else len(data.read(1))) == 0:
         raise ImageDecodeError(f"{uri}: empty file (0 bytes)")
+    if not in_memory:
+        data.seek(0)
+    size = f"{len(data)} bytes" if in_memory else "header"
     try:
         with warnings.catch_warnings():
             # Our own bound (below) replaces PIL's DecompressionBombWarning.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data))
+            im = Image.open(io.BytesIO(data) if in_memory else data)
     except Image.DecompressionBombError as exc:
         raise ImageTooLargeError(
             f"{uri}: exceeds max_pixels={max_pixels} and PIL's own bound ({exc})"
         ) from exc
     except UnidentifiedImageError as exc:
-        raise ImageDecodeError(f"{uri}: not a recognised image format ({len(data)} bytes)") from exc
+        raise ImageDecodeError(f"{uri}: not a recognised image format ({size})") from exc
     except Exception as exc:
         raise ImageDecodeError(f"{uri}: cannot parse image header ({type(exc).__name__}: {exc})") from exc
     w, h = im.size
@@ -154,9 +262,13 @@ def decode_image(data: bytes, max_pixels: int, uri: str = "<bytes>") -> DecodedI
     return DecodedImage(pixels=pixels, format=fmt, source_mode=mode, oriented=oriented)
 
 
-def load_image(uri: str, max_pixels: int) -> tuple[DecodedImage, bytes]:
-    """Read and decode `uri`; returns the decoded image and the raw bytes (reused when storing it)."""
-    data = read_bytes(uri)
+def load_image(uri: str, max_pixels: int, max_bytes: int = MAX_FILE_BYTES) -> tuple[DecodedImage, bytes]:
+    """Read and decode `uri`; returns the decoded image and the raw bytes (reused when storing it).
+
+    Special files and files over `max_bytes` are refused before reading, and an oversized header
+    before the rest of the file is read (see `read_bytes`).
+    """
+    data = read_bytes(uri, max_bytes, max_pixels)
     return decode_image(data, max_pixels, uri), data
 
 
