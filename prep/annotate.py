@@ -130,7 +130,9 @@ class Annotator:
     def find_hands(self, image: np.ndarray, body: BodyPose | None, record: ImageRecord,
                    annotations: list[HandAnnotation]) -> list[Hand]:  # fmt: skip
         if self.config.keypoint_source == "annotation" and any(a.keypoints is not None for a in annotations):
-            hands = hands_from_annotation(annotations, record.source_uri)
+            hands = hands_from_annotation(
+                annotations, record.source_uri, image.shape, self.config.max_outside
+            )
             return hands[: self.config.max_hands]
         return self.hands.detect(image, body)
 

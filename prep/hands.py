@@ -78,8 +78,23 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(inter / union) if union > 0 else 0.0
 
 
-def hands_from_annotation(annotations: list[HandAnnotation], uri: str) -> list[Hand]:
-    """The record's keypoint-bearing hand annotations as `Hand`s (source "annotation")."""
+def reach_outside(keypoints: np.ndarray, image_shape: tuple[int, ...]) -> float:
+    """How far (px) the furthest keypoint lies past the image border; zero or less when all are inside."""
+    h, w = image_shape[:2]
+    xy = np.asarray(keypoints, dtype=np.float64)[:, :2]
+    return float(np.max(np.concatenate([-xy[:, 0], xy[:, 0] - w, -xy[:, 1], xy[:, 1] - h])))
+
+
+def hands_from_annotation(annotations: list[HandAnnotation], uri: str, image_shape: tuple[int, ...] | None = None,
+                          max_outside: float = 0.25) -> list[Hand]:  # fmt: skip
+    """The record's keypoint-bearing hand annotations as `Hand`s (source "annotation").
+
+    With `image_shape`, a hand must fit the image as detected hands do (no keypoint more than
+    `max_outside` x the hand's size past the border) and span at least a pixel: coordinates in
+    another frame (normalised, another resolution, garbage such as 1e6) would otherwise become
+    black crops of an "ok" hand. Such an annotation raises `AnnotationError`, so the image becomes
+    an error row naming the hand.
+    """
     hands = []
     for i, ann in enumerate(annotations):
         if ann.keypoints is None:
@@ -96,8 +111,26 @@ def hands_from_annotation(annotations: list[HandAnnotation], uri: str) -> list[H
         handed = ann.handedness.lower() if ann.handedness else None
         if handed not in (None, "left", "right"):
             raise AnnotationError(f"{uri}: hand {i} handedness must be left/right, got {ann.handedness!r}")
-        hands.append(Hand(out, handed, 1.0 if handed else None, SOURCE_ANNOTATION))
+        hand = Hand(out, handed, 1.0 if handed else None, SOURCE_ANNOTATION)
+        if image_shape is not None:
+            _check_fits(hand, i, uri, image_shape, max_outside)
+        hands.append(hand)
     return hands
+
+
+def _check_fits(hand: Hand, i: int, uri: str, image_shape: tuple[int, ...], max_outside: float) -> None:
+    h, w = image_shape[:2]
+    beyond = reach_outside(hand.keypoints, image_shape)
+    if beyond > max_outside * hand.size:
+        x0, y0, x1, y1 = hand.bbox
+        raise AnnotationError(
+            f"{uri}: hand {i} keypoints reach {beyond:.6g} px outside the {w}x{h} image (x {x0:.6g}..{x1:.6g}, "
+            f"y {y0:.6g}..{y1:.6g}; max_outside={max_outside:g} x the hand's size); are they pixels of this image?"
+        )
+    if hand.size < 1.0:
+        raise AnnotationError(
+            f"{uri}: hand {i} keypoints span {hand.size:.3g} px: a degenerate (zero-size) hand"
+        )
 
 
 class HandDetector:
@@ -163,9 +196,7 @@ class HandDetector:
     def _in_frame(self, hand: Hand, image_shape: tuple[int, ...]) -> bool:
         """False for a hand MediaPipe extrapolated far past the frame (more than `max_outside` x its size):
         such a hand is mostly cut off, its keypoints are guesses and its crop mostly padding."""
-        h, w = image_shape[:2]
-        xy = hand.keypoints[:, :2]
-        beyond = np.max(np.concatenate([-xy[:, 0], xy[:, 0] - w, -xy[:, 1], xy[:, 1] - h]))
+        beyond = reach_outside(hand.keypoints, image_shape)
         if beyond > self.config.max_outside * hand.size:
             log.debug("dropping a hand reaching %.0f px past the frame (size %.0f px)", beyond, hand.size)
             return False

@@ -10,14 +10,16 @@ import struct
 import zlib
 
 import fsspec
+import numpy as np
 import pytest
 from PIL import Image
 
 import prep.imageio as imageio
 from prep.annotate import Annotator, error_row
 from prep.config import PrepConfig
-from prep.errors import ImageReadError, ImageTooLargeError
+from prep.errors import AnnotationError, ImageReadError, ImageTooLargeError
 from prep.imageio import MAX_FILE_BYTES, load_image, read_bytes
+from prep.records import HandAnnotation, ImageRecord
 from prep.sources import load_records
 
 MAX = 40_000_000
@@ -173,3 +175,56 @@ def test_special_files_in_a_folder_become_error_rows(tmp_path):
     assert rows["zero"]["status"] == "error" and "character device" in rows["zero"]["error"]
     if hasattr(os, "mkfifo"):
         assert rows["pipe"]["status"] == "error" and "FIFO" in rows["pipe"]["error"]
+
+
+# Finding 8: annotation keypoints outside the image.
+
+
+def _hand(x, y, score=1.0) -> HandAnnotation:
+    """A 21-keypoint annotation: a small fan of points starting at (x, y)."""
+    kps = np.array([[x + 3 * (i % 5), y + 4 * (i // 5), score] for i in range(21)], dtype=np.float64)
+    return HandAnnotation(keypoints=kps, handedness="right")
+
+
+@pytest.fixture(scope="module")
+def annotation_annotator():
+    return Annotator(
+        PrepConfig(keypoint_source="annotation", body_pose=False, mask_method="none", crop_size=64)
+    )
+
+
+@pytest.fixture(scope="module")
+def small_photo(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("photo") / "photo.png"
+    Image.new("RGB", (120, 80), (90, 60, 30)).save(path)
+    return str(path)
+
+
+@pytest.mark.parametrize(
+    "hand, reason",
+    [
+        (_hand(1e6, 1e6), r"hand 0 keypoints reach 999936 px outside the 120x80 image \(x 1e\+06"),
+        (_hand(-500, 10), r"hand 0 keypoints reach 500 px outside the 120x80 image \(x -500..-488"),
+        (_hand(40, -1e6), r"hand 0 keypoints reach 1e\+06 px outside .* y -1e\+06"),
+        (
+            HandAnnotation(keypoints=np.tile([50.0, 40.0, 1.0], (21, 1))),
+            "hand 0 keypoints span 0 px: a degenerate",
+        ),
+    ],
+)
+def test_annotation_keypoints_outside_the_image_make_an_error_row(
+    annotation_annotator, small_photo, hand, reason
+):
+    record = ImageRecord(image_id="p", source_uri=small_photo, dataset="coco", hands=[hand])
+    with pytest.raises(AnnotationError, match=reason) as info:
+        annotation_annotator.annotate(record)
+    row = error_row(record, info.value)
+    assert row["status"] == "error" and row["error"].startswith("AnnotationError: " + small_photo)
+    assert "\n" not in row["error"]
+
+
+def test_annotation_keypoints_a_little_past_the_border_are_kept(annotation_annotator, small_photo):
+    # The fan is 12 x 16 px; 3 px past the right border is within max_outside (0.25 x 16 px).
+    record = ImageRecord(image_id="p", source_uri=small_photo, dataset="coco", hands=[_hand(111, 30)])
+    row, hands = annotation_annotator.annotate(record)
+    assert row["status"] == "ok" and len(hands) == 1 and hands[0]["keypoint_source"] == "annotation"
