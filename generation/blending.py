@@ -29,38 +29,10 @@ radius* is the largest depth in it. Eroding by ``p`` keeps exactly the pixels of
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 import torch
 import torch.nn.functional as F
 
-
-@dataclass
-class BlendConfig:
-    mode: str = "sequential"  # none | fixed | sequential
-    d0: int = 1  # initial dilation of the hand mask, latent pixels
-    expand_pixels: int = 3  # total erosion over the expansion window, latent pixels
-    expand_start: float = 0.2  # fraction of the schedule where erosion starts
-    expand_end: float = 0.8  # fraction where it reaches `expand_pixels` and then stays
-    # Each connected region keeps a core at least this deep (a (2 * min_core - 1)^2 latent-pixel square):
-    # its erosion is capped at its inner radius - min_core. 2 keeps 3x3 latent pixels (24x24 image px
-    # with SD's VAE) of every hand; 0 turns the cap off (small hands may then be erased entirely).
-    min_core: int = 2
-
-    def __post_init__(self):
-        if self.mode not in BLEND_MODES:
-            raise ValueError(f"unknown blending mode {self.mode!r}; expected one of {sorted(BLEND_MODES)}")
-        if not 0.0 <= self.expand_start <= self.expand_end <= 1.0:
-            raise ValueError(
-                f"need 0 <= expand_start <= expand_end <= 1, got {self.expand_start} and {self.expand_end}"
-            )
-        if self.d0 < 0 or self.expand_pixels < 0 or self.min_core < 0:
-            raise ValueError(
-                f"d0, expand_pixels and min_core must be >= 0, got {self.d0}, {self.expand_pixels} and {self.min_core}"
-            )
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+from .blend_config import BlendConfig
 
 
 def dilate(mask: torch.Tensor, pixels: int) -> torch.Tensor:

@@ -22,6 +22,8 @@ from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
 from torch import nn
 
+from manifests.geometry import DEFAULT_SIGMA
+
 NUM_HAND_KEYPOINTS = 21
 
 
@@ -79,7 +81,7 @@ class HandUNet(ModelMixin, ConfigMixin):
         latent_channels: int = 4,
         mask_head_type: str = "conv",
         mask_head_channels: int = 32,
-        heatmap_sigma: float = 1.5,
+        heatmap_sigma: float = DEFAULT_SIGMA,
     ):
         super().__init__()
         if unet_config is None:
@@ -115,7 +117,7 @@ class HandUNet(ModelMixin, ConfigMixin):
         num_keypoints: int = NUM_HAND_KEYPOINTS,
         mask_head_type: str = "conv",
         mask_head_channels: int = 32,
-        heatmap_sigma: float = 1.5,
+        heatmap_sigma: float = DEFAULT_SIGMA,
     ) -> HandUNet:
         """Widen a (pretrained) UNet's ``conv_in`` by `num_keypoints` zero-initialised channels.
 

@@ -11,6 +11,10 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+# Gaussian sigma of the keypoint heatmaps, in heatmap pixels: prep's default and the fallback of every
+# reader of a manifest that does not record its own.
+DEFAULT_SIGMA = 1.5
+
 
 @dataclass(frozen=True)
 class CropBox:
@@ -106,7 +110,7 @@ def paste_crop(
     return placed, coverage
 
 
-def render_heatmap(points: np.ndarray, crop_size: int, heatmap_size: int, sigma: float = 1.5) -> np.ndarray:
+def render_heatmap(points: np.ndarray, crop_size: int, heatmap_size: int, sigma: float = DEFAULT_SIGMA) -> np.ndarray:
     """Gaussian heatmaps for (K, >=2) crop-pixel keypoints -> (K, heatmap_size, heatmap_size) float32.
 
     Each channel peaks at 1.0 at the keypoint (pixel centres at integer + 0.5 in crop space are

@@ -1,163 +1,272 @@
-"""All settings of a prep run, as one plain dataclass. The CLI's options map 1:1 onto these fields."""
+"""All settings of a prep run, as one plain dataclass. The CLI's options map 1:1 onto these fields.
+
+Each field declares its help, its allowed values and its range once (`manifests.settings.setting`);
+``--help``, `PrepConfig.validate` and the docs all come from that declaration. Fields marked
+``runtime=True`` change how a run executes but not a single output row, so they are left out of the
+fingerprint that decides whether an existing shard may be kept.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import dataclasses
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+
+from manifests.geometry import DEFAULT_SIGMA
+from manifests.settings import SettingError, Settings, setting
+
+
+def _source_names() -> tuple[str, ...]:
+    from .sources import SOURCES
+
+    return tuple(SOURCES)
+
+
+# `auto` and `none` are policies over the registry `prep.masks.MASK_METHODS` (sam, grabcut); a test
+# keeps the two equal without importing cv2 to build the CLI.
+MASK_METHOD_CHOICES = ("auto", "sam", "grabcut", "none")
+# The architectures of segment_anything.sam_model_registry (its "default" alias is vit_h); tested equal.
+SAM_MODEL_TYPES = ("vit_b", "vit_l", "vit_h")
+KEYPOINT_SOURCES = ("detect", "annotation")
 
 
 @dataclass
-class PrepConfig:
+class PrepConfig(Settings):
     # Input and output
-    input: str = "../shared/data/hagrid_mini"
-    out: str = "out/manifest"
-    format: str = "folder"  # folder | hagrid | coco | interhand
-    label_from_dir: bool = False
-    split: str | None = None  # force a split name; HaGRID derives it from user_id
-    limit: int | None = None
+    input: str = setting(
+        "../shared/data/hagrid_mini",
+        "Input dataset: a folder (local path or fsspec URL) or, for coco, a keypoint JSON file.",
+        runtime=True,
+    )
+    out: str = setting(
+        "out/manifest",
+        "Output manifest root (local path or fsspec URL); rerunning on it resumes.",
+        runtime=True,
+    )
+    format: str = setting("folder", "Source adapter.", choices=_source_names)
+    label_from_dir: bool = setting(
+        False, "folder format: take the gesture label from each image's parent folder name."
+    )
+    split: str | None = setting(
+        None, "Force this split name on every image (default: the dataset's own; HaGRID by user_id)."
+    )
+    limit: int | None = setting(
+        None, "Process only the first N images of the deterministic order (quick tries).", ge=1, runtime=True
+    )
+    overwrite: bool = setting(
+        False,
+        "Redo the manifest from scratch when --out holds one made with other row-shaping settings "
+        "(default: refuse such a rerun).",
+        runtime=True,
+    )
     # Work partitioning
-    shard_size: int = 64
-    workers: int = 2
-    scheduler: str | None = None  # tcp://host:8786 to use an existing Dask cluster
-    gpu_resource: bool = False  # SAM tasks ask for a `GPU` worker resource
+    shard_size: int = setting(64, "Images per shard: the unit of work, retry and resume.", ge=1, le=1_000_000,
+                              runtime=True)  # fmt: skip
+    workers: int = setting(
+        2,
+        "Worker processes of the local Dask cluster (ignored with --scheduler).",
+        ge=1,
+        le=4096,
+        runtime=True,
+    )
+    scheduler: str | None = setting(
+        None,
+        "Address of an existing Dask scheduler, e.g. tcp://host:8786 (default: start a LocalCluster).",
+        runtime=True,
+    )
+    shared_filesystem: bool = setting(
+        False,
+        "With --scheduler: local --input/--out paths are on a filesystem every worker sees at the same path "
+        "(default: refuse local paths with a remote scheduler).",
+        runtime=True,
+    )
+    gpu_resource: bool = setting(
+        False,
+        "SAM shard tasks require a `GPU` Dask worker resource (local workers then advertise GPU=1).",
+        runtime=True,
+    )
     # Image decoding
-    max_pixels: int = 40_000_000  # decompression-bomb bound, in pixels
-    max_image_side: int = 768  # the stored `image` column is resized to this longest side
+    max_pixels: int = setting(
+        40_000_000, "Refuse images with more pixels than this (decompression-bomb bound).", ge=1
+    )
+    max_file_bytes: int = setting(
+        256 * 2**20,
+        "Refuse input files larger than this many bytes, before decoding (only regular files are read).",
+        ge=1,
+    )
+    max_image_side: int = setting(
+        768, "Longest side of the JPEG stored in the images table's `image` column.", ge=16, le=16384
+    )
     # Hand keypoints
-    keypoint_source: str = "detect"  # detect | annotation (use the dataset's keypoints when present)
-    min_detection_confidence: float = 0.5
-    min_hand_score: float = 0.5
-    max_hands: int = 4
-    wrist_refine: bool = True  # second pass on upscaled crops around the body pose's wrists
-    wrist_crop_scale: float = 0.35  # crop side around a wrist, as a fraction of the image's longer side
+    keypoint_source: str = setting(
+        "detect",
+        "detect: MediaPipe; annotation: use the dataset's keypoints where present (no detector).",
+        choices=KEYPOINT_SOURCES,
+    )
+    min_detection_confidence: float = setting(0.5, "MediaPipe Hands min_detection_confidence.", ge=0, le=1)
+    min_hand_score: float = setting(
+        0.5, "Drop detected hands whose handedness score is below this.", ge=0, le=1
+    )
+    max_hands: int = setting(4, "Most hands kept per image.", ge=1, le=64)
+    wrist_refine: bool = setting(
+        True, "Second detection pass on upscaled crops around the body pose's wrists (small hands)."
+    )
+    wrist_crop_scale: float = setting(
+        0.35, "Side of the crop around a wrist, as a fraction of the image's longer side.", gt=0, le=1
+    )
     # Body pose
-    min_pose_confidence: float = 0.5
+    min_pose_confidence: float = setting(0.5, "MediaPipe Pose min_detection_confidence.", ge=0, le=1)
     # Masks
-    mask_method: str = "auto"  # auto | sam | grabcut | none
-    sam_checkpoint: str | None = None
-    sam_model_type: str = "vit_b"
-    device: str = "cpu"
+    mask_method: str = setting(
+        "auto",
+        "Hand masks: auto (sam with a checkpoint, else grabcut), sam, grabcut or none (no mask columns).",
+        choices=MASK_METHOD_CHOICES,
+    )
+    sam_checkpoint: str | None = setting(
+        None, "Segment Anything checkpoint (.pth) for --mask-method sam/auto."
+    )
+    sam_model_type: str = setting("vit_b", "SAM architecture of the checkpoint.", choices=SAM_MODEL_TYPES)
+    device: str = setting("cpu", "Torch device for SAM (cpu, cuda, cuda:0, ...).", runtime=True)
     # Crops and heatmaps
-    crop_size: int = 512
-    crop_margin: float = 0.25
-    heatmap_size: int | None = None  # default crop_size // 8, the latent size
-    sigma: float = 1.5  # in heatmap pixels
+    crop_size: int = setting(512, "Side of the square hand crops, in pixels.", ge=16, le=4096)
+    crop_margin: float = setting(
+        0.25,
+        "Margin added around a hand's keypoint box before cropping, as a fraction of its size.",
+        ge=0,
+        le=4,
+    )
+    heatmap_size: int | None = setting(
+        None, "Side of the keypoint heatmaps (default: crop_size // 8, the latent size).", ge=1, le=4096
+    )
+    sigma: float = setting(DEFAULT_SIGMA, "Gaussian sigma of the keypoint heatmaps, in heatmap pixels.", gt=0,
+                           le=1000)  # fmt: skip
     # Captions
-    caption_templates: dict = field(default_factory=dict)  # label -> template override
+    caption_templates: dict = setting(
+        default_factory=dict, help="Per-label caption template overrides (Python API only).", cli=False
+    )
     # Sources (additions)
-    annotations: str | None = None  # coco/interhand annotation file; default: found under `input`
-    hagrid_split: str = "user"  # user (hash of user_id) | annotation (the annotations/{split}/ folder)
-    split_fractions: dict = field(default_factory=lambda: {"train": 0.8, "val": 0.1, "test": 0.1})
+    annotations: str | None = setting(
+        None, "coco/interhand: the annotation file to read (default: found under --input)."
+    )
+    hagrid_split: str = setting(
+        "user",
+        "hagrid: split by a stable hash of user_id (user) or keep the annotation folder's split (annotation).",
+        choices=("user", "annotation"),
+    )
+    split_fractions: dict = setting(
+        default_factory=lambda: {"train": 0.8, "val": 0.1, "test": 0.1},
+        help="hagrid --hagrid-split user: split name -> fraction (Python API only).",
+        cli=False,
+    )
     # Running (additions)
-    annotator: str = "prep.annotate:Annotator"  # module:Class; the module also defines error_row
-    retries: int = 2  # extra attempts for a shard task that raised
-    preview: str | None = None  # write a preview sheet (PNG) of the finished manifest here
-    progress: bool = True  # tqdm bar over images
+    annotator: str = setting(
+        "prep.annotate:Annotator", "Per-image annotator as module:Class (the module also defines error_row)."
+    )
+    retries: int = setting(2, "Extra attempts for a shard task that raised an exception.", ge=0, le=100,
+                           runtime=True)  # fmt: skip
+    preview: str | None = setting(
+        None, "Also write a preview sheet (PNG) of the finished manifest to this path.", runtime=True
+    )
+    progress: bool = setting(True, "Show a tqdm progress bar over images.", runtime=True)
     # Per-image annotation (additions)
-    body_pose: bool = True  # MediaPipe Pose; the wrist-guided hand pass needs it
-    hand_model_complexity: int = 1  # MediaPipe Hands landmark model: 0 lite, 1 full
-    wrist_min_visibility: float = 0.5  # pose wrists less visible than this start no wrist crop
-    wrist_crop_retry: float = 1.3  # a wrist crop that finds nothing is retried at x and / this (1: off)
-    wrist_crop_min_size: int = 256  # wrist crops are upscaled to at least this side (px)
-    wrist_match_dist: float = 0.25  # wrist-crop hand to pose wrist distance bound (x crop side)
-    wrist_min_hand_ratio: float = 0.2  # a wrist-crop hand must span this x the pose's shoulder width
-    pad_retry: float = 0.25  # no hand found: search the image again inside a zero border of this x its side
-    max_outside: float = 0.25  # drop detected hands reaching further past the frame than this x their size
-    dedupe_iou: float = 0.3  # box IoU above which two detections are the same hand
-    grabcut_size: int = 160  # GrabCut works on the hand region at most this many px per side
-    grabcut_iters: int = 3
-    grabcut_margin: float = 0.35  # GrabCut region: keypoint box grown by this x hand size on each side
-    jpeg_quality: int = 95  # stored image and crop JPEGs
+    body_pose: bool = setting(True, "Run MediaPipe Pose (body_keypoints; also needed by --wrist-refine).")
+    hand_model_complexity: int = setting(
+        1, "MediaPipe Hands landmark model: 0 (lite, faster) or 1 (full).", choices=(0, 1)
+    )
+    wrist_min_visibility: float = setting(
+        0.5, "Pose wrists with a lower visibility start no wrist-crop search.", ge=0, le=1
+    )
+    wrist_crop_retry: float = setting(
+        1.3,
+        "A wrist crop that finds nothing is retried at its side times and divided by this factor (1: no retry).",
+        ge=1,
+        le=10,
+    )
+    wrist_crop_min_size: int = setting(
+        256, "Wrist crops are upscaled to at least this many pixels per side.", ge=16, le=4096
+    )
+    wrist_match_dist: float = setting(
+        0.25,
+        "Keep a wrist-crop hand only if its wrist is within this fraction of the crop side of a pose wrist.",
+        gt=0,
+        le=10,
+    )
+    wrist_min_hand_ratio: float = setting(
+        0.2, "Drop wrist-crop hands smaller than this fraction of the body's shoulder width.", ge=0, le=100
+    )
+    pad_retry: float = setting(
+        0.25,
+        "If no hand is found, search again with the image inside a zero border of this fraction of its longer "
+        "side (close-ups; 0: off).",
+        ge=0,
+        le=4,
+    )
+    max_outside: float = setting(
+        0.25,
+        "Drop detected hands whose keypoints reach further past the image border than this fraction of the "
+        "hand size (mostly cut off).",
+        ge=0,
+        le=100,
+    )
+    dedupe_iou: float = setting(
+        0.3, "Two detections whose keypoint boxes overlap by more than this IoU are one hand.", ge=0, le=1
+    )
+    grabcut_size: int = setting(
+        160,
+        "GrabCut masks: the hand region is worked on at its own resolution, at most this many pixels per side.",
+        ge=8,
+        le=4096,
+    )
+    grabcut_iters: int = setting(3, "GrabCut masks: iterations.", ge=1, le=100)
+    grabcut_margin: float = setting(
+        0.35,
+        "GrabCut masks: the region is the keypoint box grown by this fraction of the hand size per side; "
+        "outside is background.",
+        ge=0,
+        le=10,
+    )
+    jpeg_quality: int = setting(95, "JPEG quality of the stored images and hand crops.", ge=1, le=95)
+
+    def validate(self) -> PrepConfig:
+        """Raise `SettingError` naming the first setting outside its range; returns self."""
+        super().validate()
+        if self.heatmap_size is not None and self.heatmap_size > self.crop_size:
+            raise SettingError(
+                f"heatmap_size (--heatmap-size) must be <= crop_size ({self.crop_size}), got {self.heatmap_size}"
+            )
+        for name in ("caption_templates", "split_fractions"):
+            if not isinstance(getattr(self, name), dict):
+                raise SettingError(f"{name} must be a dict, got {type(getattr(self, name)).__name__}")
+        bad = {
+            k: v for k, v in self.caption_templates.items() if not (isinstance(k, str) and isinstance(v, str))
+        }
+        if bad:
+            raise SettingError(f"caption_templates must map label strings to template strings, got {bad}")
+        fractions = self.split_fractions
+        valid = all(
+            isinstance(k, str)
+            and isinstance(v, (int, float))
+            and not isinstance(v, bool)
+            and math.isfinite(v)
+            and v >= 0
+            for k, v in fractions.items()
+        )
+        if not fractions or not valid or sum(fractions.values()) <= 0:
+            raise SettingError(
+                f"split_fractions must map split names to finite fractions >= 0 with a positive sum, got {fractions}"
+            )
+        return self
 
     def fingerprint(self) -> str:
         """Hash of the settings that change a shard's rows; a shard written under another is redone."""
-        import hashlib
-        import json
-
         fields = {k: v for k, v in self.to_dict().items() if k not in RUNTIME_FIELDS}
         return hashlib.sha1(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def resolved_heatmap_size(self) -> int:
         return self.heatmap_size or max(1, self.crop_size // 8)
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 # Settings that change how a run executes but not a single output row (excluded from fingerprint()).
-RUNTIME_FIELDS = frozenset(
-    {
-        "input",
-        "out",
-        "limit",
-        "shard_size",
-        "workers",
-        "scheduler",
-        "gpu_resource",
-        "device",
-        "retries",
-        "preview",
-        "progress",
-    }
-)
-
-# Help text of every field: the CLI's --help is built from this, so the options are described in one place.
-FIELD_HELP = {
-    "input": "Input dataset: a folder (local path or fsspec URL) or, for coco, a keypoint JSON file.",
-    "out": "Output manifest root (local path or fsspec URL); rerunning on it resumes.",
-    "format": "Source adapter: folder, hagrid, coco or interhand.",
-    "label_from_dir": "folder format: take the gesture label from each image's parent folder name.",
-    "split": "Force this split name on every image (default: the dataset's own; HaGRID by user_id).",
-    "limit": "Process only the first N images of the deterministic order (quick tries).",
-    "shard_size": "Images per shard: the unit of work, retry and resume.",
-    "workers": "Worker processes of the local Dask cluster (ignored with --scheduler).",
-    "scheduler": "Address of an existing Dask scheduler, e.g. tcp://host:8786 (default: start a LocalCluster).",
-    "gpu_resource": "SAM shard tasks require a `GPU` Dask worker resource (local workers then advertise GPU=1).",
-    "max_pixels": "Refuse images with more pixels than this (decompression-bomb bound).",
-    "max_image_side": "Longest side of the JPEG stored in the images table's `image` column.",
-    "keypoint_source": "detect: MediaPipe; annotation: use the dataset's keypoints where present (no detector).",
-    "min_detection_confidence": "MediaPipe Hands min_detection_confidence (0..1).",
-    "min_hand_score": "Drop detected hands whose handedness score is below this (0..1).",
-    "max_hands": "Most hands kept per image.",
-    "wrist_refine": "Second detection pass on upscaled crops around the body pose's wrists (small hands).",
-    "wrist_crop_scale": "Side of the crop around a wrist, as a fraction of the image's longer side.",
-    "min_pose_confidence": "MediaPipe Pose min_detection_confidence (0..1).",
-    "mask_method": "Hand masks: auto (sam with a checkpoint, else grabcut), sam, grabcut or none (no mask columns).",
-    "sam_checkpoint": "Segment Anything checkpoint (.pth) for --mask-method sam/auto.",
-    "sam_model_type": "SAM architecture of the checkpoint: vit_b, vit_l or vit_h.",
-    "device": "Torch device for SAM (cpu, cuda, cuda:0, ...).",
-    "crop_size": "Side of the square hand crops, in pixels.",
-    "crop_margin": "Margin added around a hand's keypoint box before cropping, as a fraction of its size.",
-    "heatmap_size": "Side of the keypoint heatmaps (default: crop_size // 8, the latent size).",
-    "sigma": "Gaussian sigma of the keypoint heatmaps, in heatmap pixels.",
-    "caption_templates": "Per-label caption template overrides (Python API only).",
-    "annotations": "coco/interhand: the annotation file to read (default: found under --input).",
-    "hagrid_split": "hagrid: split by a stable hash of user_id (user) or keep the annotation folder's split (annotation).",
-    "split_fractions": "hagrid --hagrid-split user: split name -> fraction (Python API only).",
-    "annotator": "Per-image annotator as module:Class (the module also defines error_row).",
-    "retries": "Extra attempts for a shard task that raised an exception.",
-    "preview": "Also write a preview sheet (PNG) of the finished manifest to this path.",
-    "progress": "Show a tqdm progress bar over images.",
-    "body_pose": "Run MediaPipe Pose (body_keypoints; also needed by --wrist-refine).",
-    "hand_model_complexity": "MediaPipe Hands landmark model: 0 (lite, faster) or 1 (full).",
-    "wrist_min_visibility": "Pose wrists with a lower visibility (0..1) start no wrist-crop search.",
-    "wrist_crop_retry": "A wrist crop that finds nothing is retried at its side times and divided by this factor (1: no retry).",
-    "wrist_crop_min_size": "Wrist crops are upscaled to at least this many pixels per side.",
-    "wrist_match_dist": "Keep a wrist-crop hand only if its wrist is within this fraction of the crop side of a pose wrist.",
-    "wrist_min_hand_ratio": "Drop wrist-crop hands smaller than this fraction of the body's shoulder width.",
-    "pad_retry": "If no hand is found, search again with the image inside a zero border of this fraction of its longer side (close-ups; 0: off).",
-    "max_outside": "Drop detected hands whose keypoints reach further past the image border than this fraction of the hand size (mostly cut off).",
-    "dedupe_iou": "Two detections whose keypoint boxes overlap by more than this IoU are one hand.",
-    "grabcut_size": "GrabCut masks: the hand region is worked on at its own resolution, at most this many pixels per side.",
-    "grabcut_iters": "GrabCut masks: iterations.",
-    "grabcut_margin": "GrabCut masks: the region is the keypoint box grown by this fraction of the hand size per side; outside is background.",
-    "jpeg_quality": "JPEG quality of the stored images and hand crops (1..95).",
-}
-
-# Allowed values of the fields that take one of a fixed set (the CLI offers them as choices).
-FIELD_CHOICES = {
-    "format": ("folder", "hagrid", "coco", "interhand"),
-    "keypoint_source": ("detect", "annotation"),
-    "mask_method": ("auto", "sam", "grabcut", "none"),
-    "sam_model_type": ("vit_b", "vit_l", "vit_h"),
-    "hagrid_split": ("user", "annotation"),
-}
+RUNTIME_FIELDS = frozenset(f.name for f in dataclasses.fields(PrepConfig) if f.metadata.get("runtime"))

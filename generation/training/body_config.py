@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .config import PRESET_RESOLUTION, TrainConfig, check_manifest_and_weights, check_probabilities, setting
+from manifests.settings import SettingError
+
+from .config import PRESET_RESOLUTION, TrainConfig, check_manifest_and_weights, setting
 
 # Mirrors of `generation.condition.CONDITION_GROUPS` and `generation.body_model.BASE_KINDS` (checked
 # equal by the tests) so that building the CLI does not import torch.
@@ -24,21 +26,22 @@ class BodyTrainConfig(TrainConfig):
         "runs/body", "run folder: checkpoints, metrics.jsonl, config.json, validation grids, final pipeline"
     )
     learning_rate: float | None = setting(
-        None, "peak learning rate (default: 1e-3 for --preset tiny, 1e-5 for sd)"
+        None, "peak learning rate (default: 1e-3 for --preset tiny, 1e-5 for sd)", gt=0, le=10
     )
     manifest: str = setting("", "manifest root written by prep; local path or fsspec URL")
     split: str | None = setting(None, "train only on images of this split (e.g. train); default all")
     preset: str = setting(
         "tiny",
-        "tiny (small random components, CPU friendly) or sd (load --pretrained)",
-        choices=("tiny", "sd"),
+        "tiny (small random components, CPU friendly), mini (from-scratch sizes; --pretrained a train-vae run) "
+        "or sd (load --pretrained)",
+        choices=("tiny", "mini", "sd"),
     )
     pretrained: str | None = setting(
         None,
         "local Stable Diffusion folder (diffusers layout) for --preset sd; SD-inpainting for --base-kind inpainting",
     )
     resolution: int | None = setting(
-        None, f"training side in pixels, a multiple of 16 (default {PRESET_RESOLUTION})"
+        None, f"training side in pixels, a multiple of 16 (default {PRESET_RESOLUTION})", ge=16, le=4096
     )
     base_kind: str = setting(
         "standard",
@@ -54,7 +57,7 @@ class BodyTrainConfig(TrainConfig):
     draw_hand_skeletons: bool = setting(
         False, "also draw the 21-point hand skeletons into the pose channels (ablation)"
     )
-    min_visibility: float = setting(0.3, "body landmarks below this visibility are not drawn")
+    min_visibility: float = setting(0.3, "body landmarks below this visibility are not drawn", ge=0, le=1)
     missing_body: str = setting(
         "skip",
         "images without a usable body pose: skip (counted in config.json) or refuse",
@@ -67,21 +70,21 @@ class BodyTrainConfig(TrainConfig):
         "hands", "with cover, centre the crop on the hands or the image centre", choices=("hands", "center")
     )
     border_weight: float = setting(
-        1.0, "extra loss weight in a band around the hand borders, where seams appear (0: plain MSE)"
+        1.0, "extra loss weight in a band around the hand borders, where seams appear (0: plain MSE)", ge=0
     )
     border_width: int = setting(
-        1, "half-width of that band in latent pixels (one latent pixel = 8 image pixels)"
+        1, "half-width of that band in latent pixels (one latent pixel = 8 image pixels)", ge=0, le=64
     )
-    text_dropout: float = setting(0.1, "probability of training with an empty caption (text CFG)")
+    text_dropout: float = setting(0.1, "probability of training with an empty caption (text CFG)", ge=0, lt=1)
     condition_dropout: float = setting(
-        0.05, "probability of training with an all-zero condition image (condition CFG)"
+        0.05, "probability of training with an all-zero condition image (condition CFG)", ge=0, lt=1
     )
-    shuffle_window: int = setting(4, "row groups whose rows are shuffled together")
+    shuffle_window: int = setting(4, "row groups whose rows are shuffled together", ge=1)
     num_validation_images: int = setting(
-        4, "fixed images drawn in each validation grid (the split's first usable ones)"
+        4, "fixed images drawn in each validation grid (the split's first usable ones)", ge=0, le=256
     )
-    validation_steps: int = setting(20, "denoising steps for validation images")
-    validation_guidance_scale: float = setting(3.0, "text guidance for validation images")
+    validation_steps: int = setting(20, "denoising steps for validation images", ge=1, le=1000)
+    validation_guidance_scale: float = setting(3.0, "text guidance for validation images", ge=0, le=100)
     sampler: str = setting(
         "ddim", "scheduler saved with the final pipeline: ddim or ddpm", choices=("ddim", "ddpm")
     )
@@ -90,21 +93,17 @@ class BodyTrainConfig(TrainConfig):
     def resolved_resolution(self) -> int:
         return int(self.resolution or PRESET_RESOLUTION[self.preset])
 
-    def validate(self) -> None:
+    def validate(self) -> BodyTrainConfig:
         super().validate()
         check_manifest_and_weights(self)
         res = self.resolved_resolution
-        if res <= 0 or res % 16:
-            raise ValueError(f"resolution must be a positive multiple of 16, got {res}")
+        if res % 16:
+            raise SettingError(f"resolution (--resolution) must be a multiple of 16, got {res}")
         unknown = [c for c in self.condition_channels if c not in CONDITION_GROUP_NAMES]
         if unknown or not self.condition_channels:
-            raise ValueError(
+            raise SettingError(
                 f"unknown condition channel group(s) {unknown}; expected some of {CONDITION_GROUP_NAMES}"
             )
         if self.base_kind == "inpainting" and not {"hands", "mask"} <= set(self.condition_channels):
-            raise ValueError("--base-kind inpainting needs the 'hands' and 'mask' condition channels")
-        check_probabilities(self, ("text_dropout", "condition_dropout"))
-        if self.border_weight < 0 or self.border_width < 0:
-            raise ValueError("border_weight and border_width must be >= 0")
-        if not 0.0 <= self.min_visibility <= 1.0:
-            raise ValueError(f"min_visibility must be in [0, 1], got {self.min_visibility}")
+            raise SettingError("--base-kind inpainting needs the 'hands' and 'mask' condition channels")
+        return self
