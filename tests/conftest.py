@@ -10,6 +10,14 @@ DATA = Path(os.environ.get("HANDFIRST_DATA", ROOT.parent / "shared" / "data"))
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
+def pytest_collection_modifyitems(items):
+    """Every test that reads ../shared/data (through `data_dir` or a fixture built on it) carries the
+    `data` marker, so ``-m "not data"`` runs exactly the tests that need no sample photos."""
+    for item in items:
+        if "data_dir" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.data)
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     if not (DATA / "hagrid_mini").is_dir():
@@ -47,3 +55,22 @@ def hagrid_manifest(tmp_path_factory, data_dir) -> Path:
     (root.parent / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     assert not summary["failed_shards"], summary["failed_shards"]
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_runs(tmp_path_factory, synthetic_manifest):
+    """A hand generator and a body outpainter trained for 3 steps each by their CLIs (tiny preset);
+    shared by the generate tests."""
+    import torch
+
+    from generation.cli import main
+
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("tiny_runs")
+    common = ["--preset", "tiny", "--manifest", str(synthetic_manifest), "--steps", "3", "--batch-size", "2",
+              "--checkpoint-every", "0", "--validate-every", "0", "--log-level", "WARNING"]  # fmt: skip
+    assert main(["train-hand", *common, "--out", str(root / "hand"), "--num-validation-poses", "1",
+                 "--validation-steps", "1"]) == 0  # fmt: skip
+    assert main(["train-body", *common, "--out", str(root / "body"), "--num-validation-images", "1",
+                 "--validation-steps", "1", "--learning-rate", "1e-3"]) == 0  # fmt: skip
+    return str(root / "hand"), str(root / "body")
