@@ -11,6 +11,10 @@ Per request named NAME, `generate_one` writes into the output folder:
   pose detected in it;
 - ``NAME_stage1/``: ``hand{i}.png`` and ``hand{i}_mask.png`` per generated hand (i = the hand's index
   in the request), plus ``canvas.png`` / ``canvas_mask.png``, the hands pasted into the output frame.
+
+NAME comes from input files (a spec's file stem, a photo's, a manifest's ``image_id``, a replayed
+sidecar's ``name``), so every path is made by `manifests.names.path_in`, which refuses any NAME that is
+not one plain file name: nothing is ever written outside the output folder.
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image
+
+from manifests.names import path_in
 
 from .selection import DEFAULT_SPLIT
 from .spec import HandSpec, PoseSpec, SpecError, load_spec, parse_spec, read_json_file
@@ -325,7 +331,11 @@ def load_pipeline(hand_model: str, body_model: str, settings: GenerateSettings):
 
     from .pipeline_two_stage import TwoStageHandBodyPipeline
 
-    dtype = getattr(torch, settings.dtype)
+    # A name -> dtype table, not getattr(torch, ...): the setting may come from a replayed sidecar.
+    dtypes = {name: getattr(torch, name) for name in DTYPES}
+    if settings.dtype not in dtypes:
+        raise ValueError(f"dtype: {settings.dtype!r} is not one of {', '.join(DTYPES)}")
+    dtype = dtypes[settings.dtype]
     device = settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
     # float32 is the default: only ask for another dtype, which keeps older and newer diffusers quiet.
     load = {} if dtype == torch.float32 else {"torch_dtype": dtype}
@@ -418,10 +428,24 @@ def _save(array: np.ndarray, path: str) -> None:
     os.replace(tmp, path)  # a crash never leaves a half-written image that resume would take as done
 
 
+def output_paths(out_dir: str, name: str) -> dict[str, str]:
+    """Where the files of request `name` go: image, sidecar, overview, stage1 folder, sidecar temp file.
+
+    Raises `manifests.names.UnsafeNameError` for a name that is not a safe file name."""
+    sidecar = path_in(out_dir, name, ".json")
+    return {
+        "image": path_in(out_dir, name, ".png"),
+        "sidecar": sidecar,
+        "overview": path_in(out_dir, name, "_overview.png"),
+        "stage1": path_in(out_dir, name, "_stage1"),
+        # Hidden, so that a crash never leaves a file that looks like a finished sidecar.
+        "sidecar_tmp": os.path.join(out_dir, f".{os.path.basename(sidecar)}.tmp"),
+    }
+
+
 def is_done(out_dir: str, name: str) -> bool:
-    return os.path.isfile(os.path.join(out_dir, name + ".png")) and os.path.isfile(
-        os.path.join(out_dir, name + ".json")
-    )
+    paths = output_paths(out_dir, name)
+    return os.path.isfile(paths["image"]) and os.path.isfile(paths["sidecar"])
 
 
 def detect_for_overview(image: np.ndarray, annotator) -> tuple:
@@ -437,6 +461,7 @@ def generate_one(pipe, request: Request, settings: GenerateSettings, out_dir: st
     """Run the pipeline for one request and write its files; returns the sidecar dict."""
     spec = request.spec
     name = request.name
+    paths = output_paths(out_dir, name)  # refuses an unsafe name before any work
     kwargs = call_arguments(request, settings)
     out = pipe(
         hands=[h.keypoints for h in spec.hands], handedness=[h.handedness for h in spec.hands],
@@ -445,7 +470,7 @@ def generate_one(pipe, request: Request, settings: GenerateSettings, out_dir: st
     )  # fmt: skip
     image = (out.images[0] * 255).round().astype(np.uint8)
     os.makedirs(out_dir, exist_ok=True)
-    stage1 = os.path.join(out_dir, f"{name}_stage1")
+    stage1 = paths["stage1"]
     os.makedirs(stage1, exist_ok=True)
     for idx, img, mask in zip(out.hand_indices, out.hand_images, out.hand_masks):
         _save(img, os.path.join(stage1, f"hand{idx}.png"))
@@ -463,7 +488,7 @@ def generate_one(pipe, request: Request, settings: GenerateSettings, out_dir: st
     sheet = overview_sheet(spec.width, spec.height, spec.body, spec.body_format, [h.keypoints for h in spec.hands],
                            out.hand_images, out.hand_masks, captions, out.hand_canvas, out.hand_mask,
                            out.keep_masks, image, detected)  # fmt: skip
-    _save(sheet, os.path.join(out_dir, f"{name}_overview.png"))
+    _save(sheet, paths["overview"])
 
     sidecar = {
         "name": name,
@@ -495,24 +520,34 @@ def generate_one(pipe, request: Request, settings: GenerateSettings, out_dir: st
         "versions": versions(),
         "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-    tmp = os.path.join(out_dir, f".{name}.json.tmp")
+    tmp = paths["sidecar_tmp"]
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(sidecar, f, indent=2, default=str)
     # The PNG goes last but one and the sidecar last: `is_done` needs both, so resume redoes a
     # request that was interrupted anywhere in between.
-    _save(image, os.path.join(out_dir, f"{name}.png"))
-    os.replace(tmp, os.path.join(out_dir, f"{name}.json"))
+    _save(image, paths["image"])
+    os.replace(tmp, paths["sidecar"])
     return sidecar
 
 
 def request_from_sidecar(path: str) -> tuple[Request, GenerateSettings, dict]:
-    """A sidecar -> (the request, its settings, its model record) to redo the image exactly."""
+    """A sidecar -> (the request, its settings, its model record) to redo the image exactly.
+
+    A sidecar is read only when the user names it (``--replay``), so the model folders it records are
+    loaded as the user's own choice, like ``--hand-model``/``--body-model`` (diffusers itself imports
+    no module a model folder names). Its ``name`` is only ever a file name: an unsafe one is refused
+    here, and every path is made by `output_paths`.
+    """
     data = read_json_file(path, RequestError, "sidecar")
     try:
+        if not isinstance(data, dict):
+            raise TypeError(f"a JSON object, got {type(data).__name__}")
         spec = parse_spec(data["spec"], name=data["name"])
         # Sidecars written before `min_core` existed eroded without a cap: replay them that way.
         settings = GenerateSettings.from_dict({"min_core": 0, **data["settings"]})
         return Request(spec, data.get("source") or {}, data.get("hand_prompts")), settings, data["models"]
+    except SpecError as exc:
+        raise RequestError(f"{path}: {exc}") from None
     except (KeyError, TypeError, ValueError) as exc:
         raise RequestError(f"{path}: not a generate sidecar ({type(exc).__name__}: {exc})") from None
 

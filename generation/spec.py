@@ -11,7 +11,11 @@ Schema (all coordinates in output-image pixels, origin top-left)::
       "prompt": "a person showing a peace sign", "negative_prompt": "", "seed": 0
     }
 
-`body` may be null (hands only). Every problem is reported with its JSON path.
+`body` may be null (hands only). Every problem is reported with its JSON path; a key the schema does not
+have (a misspelt ``"negative_promt"``) is an error naming the keys allowed there, never ignored.
+
+The spec's name (the file stem, a manifest ``image_id``, a sidecar's ``name``) becomes the output file
+names, so it must be a safe file name (`manifests.names.check_name`).
 """
 
 from __future__ import annotations
@@ -22,10 +26,15 @@ from pathlib import Path
 
 import numpy as np
 
+from manifests.names import UnsafeNameError, check_name
 from manifests.pose import BODY_FORMATS
 from manifests.schema import NUM_HAND_KEYPOINTS
 
 HANDEDNESS = ("left", "right")
+# The keys of each object of the schema; any other key is refused.
+SPEC_KEYS = ("width", "height", "body", "hands", "prompt", "negative_prompt", "seed")
+BODY_KEYS = ("format", "keypoints")
+HAND_KEYS = ("handedness", "keypoints")
 
 
 class SpecError(ValueError):
@@ -101,10 +110,24 @@ def _text(obj: dict, key: str) -> str:
     return value
 
 
+def _known_keys(obj: dict, allowed: tuple[str, ...], where: str) -> None:
+    unknown = sorted(set(obj) - set(allowed), key=str)
+    if unknown:
+        names = ", ".join(repr(k) for k in unknown)
+        raise SpecError(f"{where}unknown key(s) {names}; allowed: {', '.join(allowed)}")
+
+
 def parse_spec(obj: dict, name: str = "sample") -> PoseSpec:
-    """Validate a spec dict and return a PoseSpec; raises SpecError naming the offending field."""
+    """Validate a spec dict and return a PoseSpec; raises SpecError naming the offending field.
+
+    `name` names the output files, so it must be a safe file name (`manifests.names`)."""
+    try:
+        check_name(name, "name")
+    except UnsafeNameError as exc:
+        raise SpecError(str(exc)) from None
     if not isinstance(obj, dict):
         raise SpecError(f"spec must be a JSON object, got {type(obj).__name__}")
+    _known_keys(obj, SPEC_KEYS, "")
     for key in ("width", "height"):
         if key not in obj:
             raise SpecError(f"missing field {key!r}")
@@ -118,6 +141,7 @@ def parse_spec(obj: dict, name: str = "sample") -> PoseSpec:
             raise SpecError(
                 f"body: expected an object with format and keypoints, got {type(body_obj).__name__}"
             )
+        _known_keys(body_obj, BODY_KEYS, "body: ")
         body_format = body_obj.get("format")
         if body_format not in BODY_FORMATS:
             raise SpecError(
@@ -133,6 +157,7 @@ def parse_spec(obj: dict, name: str = "sample") -> PoseSpec:
             raise SpecError(
                 f"hands[{i}]: expected an object with handedness and keypoints, got {type(h).__name__}"
             )
+        _known_keys(h, HAND_KEYS, f"hands[{i}]: ")
         handed = h.get("handedness")
         if not isinstance(handed, str) or handed.lower() not in HANDEDNESS:
             raise SpecError(f"hands[{i}].handedness: expected 'left' or 'right', got {handed!r}")

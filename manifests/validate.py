@@ -5,8 +5,9 @@ What is checked (each finding is a `manifests.errors.Problem`):
 1. files (``manifests.shards``): every shard's footer reads, its schema version and field types
    match, it has a stats file, and the row counts of shard, stats file and `_manifest.json` agree;
 2. rows, cheap columns:
-   - ids are unique; every hand row's ``image_id`` exists in images, in the shard of the same name,
-     with the same split; ``num_hands`` equals the image's hand rows;
+   - ids are unique and safe file names (`manifests.names`); every hand row's ``image_id`` exists
+     in images, in the shard of the same name, with the same split; ``num_hands`` equals the
+     image's hand rows;
    - ``status`` is ok / no_hands / error, with ``error`` set exactly for errors, ``num_hands > 0``
      for ok and 0 for no_hands; the per-shard status counts match the stats file;
    - hand keypoints are (21, 3) and lie inside their image, up to ``keypoint_margin`` x the hand's
@@ -36,6 +37,7 @@ from tqdm.auto import tqdm
 from . import decode
 from .errors import Problem, RowDecodeError
 from .geometry import CropBox, heatmap_peaks
+from .names import unsafe_name
 from .schema import NUM_HAND_KEYPOINTS, STATUSES, TABLES
 from .shards import ShardFile, TableScan, infer_table, root_problems, scan_table, url_for
 from .storage import filesystem, join
@@ -155,6 +157,9 @@ def _check_images(fs, scan: TableScan, cfg: ValidateConfig, out: _Collector) -> 
                 out.add(shard.url, f"duplicate image_id {iid!r} (also {other[0]} row {other[1]})", row, "ids")
                 continue
             index[iid] = (shard.name, row, r["split"], r["num_hands"], r["width"], r["height"])
+            unsafe = unsafe_name(iid, "image_id")
+            if unsafe:  # generate writes <image_id>.png: such an id would leave its folder
+                out.add(shard.url, unsafe, row, "ids")
             if status not in STATUSES:
                 out.add(shard.url, f"image {iid}: status {status!r} is not one of {STATUSES}", row)
             if (status == "error") != (r["error"] is not None):
@@ -201,6 +206,9 @@ def _check_hands(fs, scan: TableScan, images: dict | None, cfg: ValidateConfig, 
                 )
                 continue
             seen[hid] = (shard.name, row)
+            unsafe = unsafe_name(hid, "hand_id")
+            if unsafe:
+                out.add(shard.url, unsafe, row, "ids")
             per_image[iid] += 1
             image = None
             if images is not None:

@@ -40,11 +40,45 @@ class SourceRecordError(ValueError):
     """The source adapter could not make a usable record (its message says why)."""
 
 
+# Annotators by name. `config.annotator` is one of these names or an explicit "module:Class" (the
+# module also defines `error_row`), given by the user through the CLI or the Python API. Code that
+# builds a config from settings it read (a manifest's `_manifest.json`) must not copy this field:
+# importing a named module runs it (see `generation.evaluate.run._prep_config`).
+ANNOTATORS = {"mediapipe": "prep.annotate:Annotator"}
+DEFAULT_ANNOTATOR = "mediapipe"
+
+
+class AnnotatorError(ValueError):
+    """`config.annotator` names no registered annotator and no importable module:Class."""
+
+
+def annotator_target(name: str) -> tuple[str, str]:
+    """(module, class) for an annotator name from `ANNOTATORS` or an explicit "module:Class"."""
+    target = ANNOTATORS.get(name, name)
+    module_name, sep, class_name = str(target).partition(":")
+    if not sep or not module_name or not class_name:
+        raise AnnotatorError(
+            f"annotator {name!r}: expected one of {sorted(ANNOTATORS)} or an explicit module:Class"
+        )
+    return module_name, class_name
+
+
 def annotator_module(config: PrepConfig):
-    """The module named by `config.annotator` ("module:Class") and the class in it."""
-    module_name, _, class_name = config.annotator.partition(":")
-    module = importlib.import_module(module_name)
-    return module, getattr(module, class_name or "Annotator")
+    """The module of `config.annotator` (a registry name or "module:Class") and the class in it."""
+    module_name, class_name = annotator_target(config.annotator)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise AnnotatorError(
+            f"annotator {config.annotator!r}: cannot import {module_name!r} ({exc})"
+        ) from None
+    cls = getattr(module, class_name, None)
+    if cls is None or not hasattr(module, "error_row"):
+        raise AnnotatorError(
+            f"annotator {config.annotator!r}: module {module_name!r} lacks "
+            + ("class " + repr(class_name) if cls is None else "error_row")
+        )
+    return module, cls
 
 
 def get_annotator(config: PrepConfig):

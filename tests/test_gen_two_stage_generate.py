@@ -5,7 +5,6 @@ import json
 import os
 
 import numpy as np
-import pytest
 import torch
 from PIL import Image
 
@@ -13,20 +12,6 @@ from generation.cli import main
 from generation.generate import output_size, request_from_sidecar
 
 STEPS = ["--steps", "2", "--no-detect"]
-
-
-@pytest.fixture(scope="session")
-def tiny_runs(tmp_path_factory, synthetic_manifest):
-    """A hand generator and a body outpainter trained for 3 steps each by their CLIs (tiny preset)."""
-    torch.manual_seed(0)
-    root = tmp_path_factory.mktemp("tiny_runs")
-    common = ["--preset", "tiny", "--manifest", str(synthetic_manifest), "--steps", "3", "--batch-size", "2",
-              "--checkpoint-every", "0", "--validate-every", "0", "--log-level", "WARNING"]  # fmt: skip
-    assert main(["train-hand", *common, "--out", str(root / "hand"), "--num-validation-poses", "1",
-                 "--validation-steps", "1"]) == 0  # fmt: skip
-    assert main(["train-body", *common, "--out", str(root / "body"), "--num-validation-images", "1",
-                 "--validation-steps", "1", "--learning-rate", "1e-3"]) == 0  # fmt: skip
-    return str(root / "hand"), str(root / "body")
 
 
 def _models(tiny_runs):

@@ -51,6 +51,19 @@ def test_example_spec_loads(spec):
         (lambda s: s.update(width=64.7), r"width: expected a whole number, got 64.7"),
         (lambda s: s.update(height="512"), r"height: expected a whole number"),
         (lambda s: s.update(prompt=["a", "b"]), r"prompt: expected a string, got list"),
+        (
+            lambda s: s.update(negative_promt="blurry"),
+            r"^unknown key\(s\) 'negative_promt'; allowed: width, height, body, hands, prompt, "
+            r"negative_prompt, seed$",
+        ),
+        (
+            lambda s: s["body"].update(keypoint=[]),
+            r"^body: unknown key\(s\) 'keypoint'; allowed: format, keypoints$",
+        ),
+        (
+            lambda s: s["hands"][1].update(side="left", score=1),
+            r"^hands\[1\]: unknown key\(s\) 'score', 'side'; allowed: handedness, keypoints$",
+        ),
     ],
 )
 def test_bad_specs_name_the_field(spec, mutate, message):
@@ -79,3 +92,20 @@ def test_missing_and_invalid_files(tmp_path):
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(SpecError, match="bad.json: not valid JSON"):
         load_spec(tmp_path / "bad.json")
+
+
+@pytest.mark.parametrize(
+    "name", ["./../x", "/tmp/abs", "..", ".hidden", "a\\b", "C:x", "", "a\x00b", "x" * 201]
+)
+def test_a_name_that_is_not_a_safe_file_name_is_refused(spec, name):
+    with pytest.raises(SpecError, match=r"^name .* is not a safe file name: "):
+        parse_spec(spec, name=name)
+
+
+def test_a_spec_file_whose_stem_is_not_a_safe_name_is_refused(spec, tmp_path):
+    path = tmp_path / ".hidden.json"
+    path.write_text(json.dumps(spec))
+    with pytest.raises(
+        SpecError, match=r"\.hidden\.json: name '\.hidden' is not a safe file name: starts with '\.'"
+    ):
+        load_spec(path)

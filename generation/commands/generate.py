@@ -6,6 +6,10 @@ order, selected by `generation.selection` as `handfirst-gen evaluate` selects th
 ``<image_id>.png`` for it), ``--from-image PHOTO...`` (poses detected by prep's
 detectors) or ``--replay SIDECAR...`` (redo an earlier image exactly). Images already written (PNG plus
 sidecar) are skipped unless ``--overwrite``, so an interrupted batch resumes.
+
+Every output name (spec or photo stem, ``image_id``, a replayed sidecar's ``name``) must be a safe file
+name (`manifests.names`); an unsafe one stops the command before anything is generated, so nothing is
+written outside ``--out``.
 """
 
 from __future__ import annotations
@@ -91,11 +95,16 @@ def _requests(args, settings, pipe_size: int):
             [],
         )
     if args.from_image:
+        from manifests.names import unsafe_name
         from prep.config import PrepConfig
 
         from ..evaluate.detect import get_detector
 
         stems = [os.path.splitext(os.path.basename(p))[0] for p in args.from_image]
+        for path, stem in zip(args.from_image, stems):
+            unsafe = unsafe_name(stem, "output name (the photo's file name)")
+            if unsafe:
+                raise RequestError(f"{path}: {unsafe}")
         clashes = sorted({s for s in stems if stems.count(s) > 1})
         if clashes:
             raise RequestError(

@@ -58,6 +58,7 @@ def run(args) -> int:
 
     from manifests.draw import contact_sheet
     from manifests.errors import ManifestError
+    from manifests.names import path_in
 
     from ..components import ModelFolderError
     from ..condition import ConditionInputs, condition_tiles
@@ -70,6 +71,7 @@ def run(args) -> int:
         resolution = args.resolution or _training_resolution(args.model) or 512
         os.makedirs(args.out, exist_ok=True)
         for image_id in args.image_id:
+            image_path = path_in(args.out, image_id, ".png", "image_id")  # never a path outside --out
             inputs = manifest_inputs(args.manifest, image_id, resolution)
             prompt = inputs["prompt"] if args.prompt is None else args.prompt
             drawn = ConditionInputs(inputs["body_keypoints"], inputs["hand_image"], inputs["hand_mask"],
@@ -78,12 +80,12 @@ def run(args) -> int:
             out = pipe(prompt, condition=condition, negative_prompt=args.negative_prompt, num_inference_steps=args.steps,
                        guidance_scale=args.guidance_scale, controlnet_conditioning_scale=args.conditioning_scale,
                        generator=torch.Generator().manual_seed(args.seed), output_type="pil")  # fmt: skip
-            out.images[0].save(os.path.join(args.out, f"{image_id}.png"))
+            out.images[0].save(image_path)
             sheet = contact_sheet(
                 condition_tiles(condition[0], pipe.condition_config), columns=3, tile=resolution
             )
-            Image.fromarray(sheet).save(os.path.join(args.out, f"{image_id}_condition.png"))
-            print(f"wrote {os.path.join(args.out, image_id)}.png")
+            Image.fromarray(sheet).save(path_in(args.out, image_id, "_condition.png", "image_id"))
+            print(f"wrote {image_path}")
     except (ModelFolderError, ManifestError, ValueError) as exc:
         print(f"handfirst-gen sample-body: error: {exc}", file=sys.stderr)
         return 1

@@ -1,8 +1,10 @@
 """Pose detection in images to evaluate, with prep's own annotator and prep's per-worker loading.
 
-The detector is `prep.annotate.Annotator` itself, obtained through `prep.process.get_annotator`
-(the cache prep's Dask tasks use, so it is built once per worker process and never shipped through
-the scheduler), configured to detect (``keypoint_source="detect"``) and to make no masks. Detection
+The detector is `prep.annotate.Annotator` itself (prep's registry default, or the annotator the user
+names on the command line; never one named by a manifest, see `run._prep_config`), obtained through
+`prep.process.get_annotator` (the cache prep's Dask tasks use, so it is built once per worker process
+and never shipped through the scheduler), configured to detect (``keypoint_source="detect"``) and to
+make no masks. Detection
 calls its MediaPipe Pose and MediaPipe Hands detectors in the order `Annotator.annotate` does: the
 body first, then the hands with the wrist-guided second pass around the body's wrists.
 
@@ -23,6 +25,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from PIL import Image
+
+from manifests.names import path_in
 
 logger = logging.getLogger(__name__)
 
@@ -77,9 +81,12 @@ class ImageDetections:
 
 
 def find_generated(folder: str, image_id: str) -> str | None:
-    """Path of the generated image for `image_id` (``<image_id>.png``, or .jpg/.jpeg/.webp), or None."""
+    """Path of the generated image for `image_id` (``<image_id>.png``, or .jpg/.jpeg/.webp), or None.
+
+    Raises `manifests.names.UnsafeNameError` for an id that is not a safe file name: it could name a
+    file outside `folder`."""
     for suffix in GENERATED_SUFFIXES:
-        path = os.path.join(folder, image_id + suffix)
+        path = path_in(folder, image_id, suffix, "image_id")
         if os.path.isfile(path):
             return path
     return None

@@ -10,8 +10,9 @@ Steps:
    nothing was detected.
 2. **Detect** hands and bodies in each image with prep's annotator (`prep.annotate.Annotator`, loaded
    once per worker through prep's own cache; see `detect`), one task per row group of the images table, in this process
-   or on Dask (`workers > 1` or a `scheduler`). The detection settings are the ones the manifest was
-   made with (its ``_manifest.json`` config), overridable with `detection`.
+   or on Dask (`workers > 1` or a `scheduler`). The detection thresholds and switches are the ones the
+   manifest was made with (its ``_manifest.json`` config), overridable with `detection`; a manifest
+   never chooses the annotator or any other code, file or address (see `_prep_config`).
 3. **Match and score** with `manifests.matching` against the manifest's target hands (21 keypoints,
    handedness) and bodies (MediaPipe 33 -> COCO 17; a target body keypoint counts when its visibility
    is at least `min_body_visibility`).
@@ -34,6 +35,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from manifests.matching import Instance, MatchConfig, PoseScorer, mediapipe33_to_coco17
+from manifests.names import UnsafeNameError
 
 from ..selection import DEFAULT_SPLIT, SelectionError, iter_selected, nothing_selected
 from .detect import REAL, ImageDetections, detect_unit, find_generated, load_generated, load_real
@@ -133,11 +135,26 @@ def body_predictions(det: ImageDetections) -> list[Instance]:
 # Detection
 
 
+def _plain(value) -> bool:
+    return value is None or isinstance(value, (bool, int, float))
+
+
 def _prep_config(manifest, config: EvalConfig):
+    """The PrepConfig of the detector: the manifest's recorded settings, then the user's `detection`.
+
+    A manifest may come from anyone, so only its plain values (numbers, booleans, nulls: thresholds,
+    sizes and switches) are taken. A recorded string (the annotator's "module:Class", a SAM checkpoint,
+    a path, a scheduler address) is never used: the annotator is prep's registry default unless the
+    user names one on the command line (``--detect annotator=...``).
+    """
     from prep.config import PrepConfig
 
     names = {f.name for f in dataclasses.fields(PrepConfig)}
-    recorded = {k: v for k, v in manifest.config.items() if k in names}
+    recorded = {k: v for k, v in manifest.config.items() if k in names and _plain(v)}
+    ignored = sorted(k for k, v in manifest.config.items() if k in names and not _plain(v))
+    if ignored:
+        logger.debug("detection ignores the manifest's recorded %s (a manifest never chooses code or files)",
+                     ignored)  # fmt: skip
     unknown = sorted(set(config.detection) - names)
     if unknown:
         raise ValueError(f"unknown detection settings {unknown}; expected PrepConfig fields")
@@ -304,9 +321,14 @@ def _plan(manifest, config: EvalConfig, generated: str):
                 raise ValueError(
                     f"{manifest.url}: image {row['image_id']} has status {row['status']} but no width/height"
                 )
-            if generated != REAL and find_generated(generated, row["image_id"]) is None:
-                missing.append(row["image_id"])
-                continue
+            if generated != REAL:
+                try:
+                    found = find_generated(generated, row["image_id"])
+                except UnsafeNameError as exc:  # it could name a file outside the generated folder
+                    raise UnsafeNameError(f"{manifest.url}: {exc}") from None
+                if found is None:
+                    missing.append(row["image_id"])
+                    continue
             rows[row["image_id"]] = row
             ids.append(row["image_id"])
         if ids:

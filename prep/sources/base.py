@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -10,6 +9,8 @@ import posixpath
 import re
 from collections.abc import Iterable, Iterator
 
+from manifests.names import safe_name
+from manifests.names import short_hash as short_hash
 from manifests.storage import filesystem, join
 
 from ..records import ImageRecord
@@ -19,7 +20,9 @@ logger = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"})
 SPLIT_NAMES = ("train", "val", "test")
 
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+# Every id an adapter makes is a safe file name (generate writes ``<image_id>.png``); the rule and the
+# reduction live in `manifests.names`, shared with validation and generation.
+safe_id = safe_name
 
 
 class AnnotationFileError(ValueError):
@@ -65,25 +68,6 @@ def safe_relpath(name, root: str, what: str) -> str:
         raise UnsafePathError(f"{what}: image path {name!r} leaves the dataset root ('..' is refused)")
     clean = posixpath.normpath("/".join(p for p in parts if p not in ("", ".")))
     return join(root, clean)
-
-
-def safe_id(text: str) -> str:
-    """A filename-safe id from any text: [A-Za-z0-9._-] kept, path separators become `__`.
-
-    When characters had to be replaced, or a name part itself contains the `__` separator (so that
-    ``a/b`` and a file named ``a__b`` would meet), an 8-hex hash of the original is appended so the
-    ids stay distinct.
-    """
-    text = str(text)
-    parts = [p for p in text.replace("\\", "/").split("/") if p]
-    cleaned = "__".join(_UNSAFE.sub("_", p) for p in parts).strip(".") or "image"
-    if cleaned != "__".join(parts) or any("__" in p for p in parts):
-        cleaned += "-" + short_hash(text)
-    return cleaned
-
-
-def short_hash(text: str, n: int = 8) -> str:
-    return hashlib.sha1(text.encode()).hexdigest()[:n]
 
 
 def split_from_name(name: str) -> str | None:
