@@ -14,6 +14,10 @@ from importlib import import_module
 
 # subcommand -> (module, one-line description)
 COMMANDS: dict[str, tuple[str, str]] = {
+    "train-vae": (
+        "generation.commands.train_vae",
+        "train an autoencoder from scratch on a manifest; writes an SD folder for --pretrained",
+    ),
     "train-hand": ("generation.commands.train_hand", "train the stage-1 hand generator from a manifest"),
     "sample-hand": (
         "generation.commands.sample_hand",

@@ -140,8 +140,8 @@ class HandTask(TrainTask):
                 f"{hands.url}: no hand passes the filter {shown} ({total} hands in the table)"
             )
         sizes = sorted(set(rows.column("crop_size").to_pylist()))
-        # The tiny preset has a fixed side; sd defaults to the manifest's own crop size.
-        wanted = c.resolution or (PRESET_RESOLUTION["tiny"] if c.preset == "tiny" else None)
+        # The tiny and mini presets have a fixed side; sd defaults to the manifest's own crop size.
+        wanted = c.resolution or (PRESET_RESOLUTION[c.preset] if c.preset != "sd" else None)
         if wanted is None and len(sizes) > 1:
             raise DataCheckError(
                 f"{hands.url}: crops of several sizes {sizes}; pass --resolution to resize them to one"
