@@ -92,6 +92,7 @@ COMMANDS: dict[str, Command | str] = {
     "preview": Command("contact sheet PNG of hand crops and full images with poses and masks",
                        _preview_args, _preview_run),
     "score": "manifests.score",
+    "card": "manifests.card",
 }  # fmt: skip
 
 

@@ -1,0 +1,183 @@
+"""`handfirst-manifests card M`: a Hugging Face dataset card (``README.md``) for a manifest folder.
+
+The card makes the folder pushable to the Hub as it is (``huggingface-cli upload user/name M
+--repo-type dataset``) and loadable with ``datasets.load_dataset(M)``:
+
+- YAML front matter with two configs, ``hands`` (the default: one row per hand crop) and ``images``,
+  each pointing at its table's Parquet shards (the ``_stats/`` and ``_manifest.json`` sidecars are
+  left out), plus the licence, size category and tags;
+- the preview sheet (``preview.png`` beside the card);
+- counts by status, split, label and handedness from `manifests.stats`;
+- the schema of both tables with every field's documentation (`manifests.schema.FIELD_DOCS`);
+- the settings the manifest was produced with and the code version, from ``_manifest.json``.
+
+The licence is the user's call (``--license``); without it, the card names the licence of the source
+datasets it knows (`SOURCE_LICENCES`) and says "unknown" otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from .errors import ManifestError
+from .reader import Manifest, is_manifest_root, open_manifest
+from .schema import FIELD_DOCS, SCHEMAS, TABLES
+from .stats import manifest_stats
+from .storage import atomic_write_bytes, filesystem, join
+
+logger = logging.getLogger(__name__)
+
+HELP = "write a Hugging Face dataset card (README.md + preview.png) so the folder loads with datasets and pushes to the Hub"
+
+# Licence of the photos each source adapter reads, as the Hub's metadata spells it.
+SOURCE_LICENCES = {
+    "hagrid": {
+        "license": "other",
+        "license_name": "hagrid",
+        "license_link": "https://github.com/hukenovs/hagrid/blob/master/license/en_us.pdf",
+        "text": "HaGRID licence (a reworked CC BY-SA 4.0; attribution required)",
+    },
+    "interhand": {"license": "cc-by-nc-4.0", "text": "InterHand2.6M: CC BY-NC 4.0"},
+}
+SIZE_CATEGORIES = ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
+                   (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"))  # fmt: skip
+
+
+def size_category(rows: int) -> str:
+    return next((name for bound, name in SIZE_CATEGORIES if rows < bound), "n>100M")
+
+
+def licence_for(datasets: list[str], license: str | None) -> dict:
+    """The card's licence metadata: the user's `license`, else the one known source's, else unknown."""
+    if license:
+        return {"license": license, "text": license}
+    known = [SOURCE_LICENCES[d] for d in datasets if d in SOURCE_LICENCES]
+    if len(known) == 1 and len(datasets) == 1:
+        return known[0]
+    names = ", ".join(datasets) or "no images"
+    return {"license": "unknown", "text": f"unknown (sources: {names}); set it with --license"}
+
+
+def _yaml_value(value) -> str:
+    return json.dumps(value)  # a JSON string or number is a valid YAML flow scalar
+
+
+def front_matter(tables: list[str], licence: dict, rows: int, name: str) -> str:
+    lines = ["---", f"pretty_name: {_yaml_value(name)}", f"license: {_yaml_value(licence['license'])}"]
+    for key in ("license_name", "license_link"):
+        if key in licence:
+            lines.append(f"{key}: {_yaml_value(licence[key])}")
+    lines += ["size_categories:", f"- {size_category(rows)}", "task_categories:", "- text-to-image",
+              "tags:", "- hands", "- pose", "- keypoints", "- segmentation", "- handfirst", "configs:"]  # fmt: skip
+    for table in tables:  # hands first: it is what the hand generator trains on
+        lines += [
+            f"- config_name: {table}",
+            "  data_files:",
+            "  - split: train",
+            f"    path: {table}/*.parquet",
+        ]
+        if table == tables[0]:
+            lines.append("  default: true")
+    lines.append("---")
+    return "\n".join(lines)
+
+
+def _counts_table(title: str, counts: dict) -> list[str]:
+    if not counts:
+        return []
+    rows = [f"| {k} | {v} |" for k, v in sorted(counts.items(), key=lambda kv: (-kv[1], str(kv[0])))]
+    return [f"| {title} | rows |", "|---|---:|", *rows, ""]
+
+
+def _schema_table(table: str) -> list[str]:
+    rows = [f"| `{f.name}` | `{f.type}` | {FIELD_DOCS[table].get(f.name, '').replace('|', '/')} |"
+            for f in SCHEMAS[table]]  # fmt: skip
+    return [f"### `{table}`", "", "| field | type | meaning |", "|---|---|---|", *rows, ""]
+
+
+def card_text(m: Manifest, name: str, license: str | None = None, preview: str | None = None) -> str:
+    stats = manifest_stats(m)
+    tables = [t for t in ("hands", "images") if t in m.tables]
+    datasets = sorted(stats.get("images", {}).get("counts", {}).get("dataset", {}))
+    licence = licence_for(datasets, license)
+    rows = stats["rows"].get("images", stats["rows"].get("hands", 0))
+    body = [front_matter(tables, licence, rows, name), "", f"# {name}", ""]
+    body += [
+        "Hand annotations made by the `prep` pipeline of handfirst: "
+        "MediaPipe hand keypoints and body pose, hand masks, square hand crops, keypoint heatmaps and "
+        "captions, in two Parquet tables (`images`: one row per input photo, whatever happened to it; "
+        "`hands`: one row per hand).",
+        "",
+        "```python",
+        "import datasets",
+        f'hands = datasets.load_dataset("{name}", "hands", split="train")     # the default config',
+        f'images = datasets.load_dataset("{name}", "images", split="train")',
+        "```",
+        "",
+    ]
+    if preview:
+        body += [f"![Preview: hand crops with keypoints and masks, images with the body pose]({preview})", ""]
+    body += ["## Licence", "", licence["text"], ""]
+    body += ["## Counts", "", *(f"- {t}: {n} rows" for t, n in stats["rows"].items()), ""]
+    image_counts = stats.get("images", {}).get("counts", {})
+    hand_counts = stats.get("hands", {}).get("counts", {})
+    for title, section in (("status", image_counts), ("split", image_counts), ("label", image_counts),
+                           ("handedness", hand_counts)):  # fmt: skip
+        body += _counts_table(title, section.get(title, {}))
+    body += ["## Schema", "", f"Schema version {stats.get('schema_version')}.", ""]
+    for table in TABLES:
+        if table in m.tables:
+            body += _schema_table(table)
+    body += [
+        "## How it was made",
+        "",
+        f"Code version `{stats.get('code_version')}`, created {stats.get('created_at')}. Settings:",
+        "",
+        "```json",
+        json.dumps(m.config, indent=2, sort_keys=True, default=str),
+        "```",
+        "",
+    ]
+    return "\n".join(body)
+
+
+def write_card(path: str, name: str | None = None, license: str | None = None, preview: bool = True) -> str:
+    """Write ``README.md`` (and ``preview.png`` unless `preview` is False) into the manifest root.
+
+    Returns the card's URL. Both files are written atomically.
+    """
+    from .preview import make_preview
+
+    fs, root = filesystem(str(path))
+    root = root.rstrip("/")
+    m = open_manifest(path)
+    if not is_manifest_root(fs, root):
+        raise ManifestError(
+            f"{m.url}: a card describes a manifest root (with images/ and hands/), not one table"
+        )
+    name = name or root.rsplit("/", 1)[-1]
+    picture = None
+    if preview:
+        try:
+            make_preview(m, out=m.url.rstrip("/") + "/preview.png")
+            picture = "preview.png"
+        except Exception as exc:  # noqa: BLE001 - a card without a picture beats no card
+            logger.warning("%s: no preview in the card: %s", m.url, exc)
+    text = card_text(m, name, license=license, preview=picture)
+    card = join(root, "README.md")
+    atomic_write_bytes(fs, card, text.encode("utf-8"))
+    return m.url.rstrip("/") + "/README.md"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("path", help="manifest root (with images/ and hands/); local or URL")
+    parser.add_argument("--name", help="dataset name in the card (default: the folder's name)")
+    parser.add_argument("--license", help="licence id for the Hub metadata (default: the source's, if known)")
+    parser.add_argument("--no-preview", action="store_true", help="do not render preview.png")
+
+
+def run(args) -> int:
+    url = write_card(args.path, name=args.name, license=args.license, preview=not args.no_preview)
+    print(f"wrote {url}")
+    return 0
