@@ -11,7 +11,7 @@ import numpy as np
 
 from . import codecs
 from .errors import RowDecodeError
-from .schema import NUM_BODY_KEYPOINTS, NUM_HAND_KEYPOINTS
+from .schema import NO_MASK, NUM_BODY_KEYPOINTS, NUM_HAND_KEYPOINTS
 
 
 def _rid(row: dict) -> str:
@@ -44,7 +44,11 @@ def _image(data, shape, what: str) -> np.ndarray:
     return arr
 
 
-def _mask(data, shape, what: str) -> np.ndarray:
+def _mask(data, shape, what: str, method: str | None = None) -> np.ndarray:
+    if data is None and method == NO_MASK:
+        raise RowDecodeError(
+            f"{what}: none stored (mask_method {NO_MASK!r}); rerun prep with a mask method for uses that need masks"
+        )
     if data is None:
         raise RowDecodeError(f"{what}: value is null")
     try:
@@ -65,7 +69,7 @@ def crop_array(row: dict) -> np.ndarray:
 def mask_array(row: dict) -> np.ndarray:
     """hands row -> hand mask (crop_size, crop_size) bool, in crop coordinates."""
     s = row.get("crop_size")
-    return _mask(row["mask"], (s, s) if s else None, f"hand {_rid(row)} mask")
+    return _mask(row["mask"], (s, s) if s else None, f"hand {_rid(row)} mask", row.get("mask_method"))
 
 
 def heatmap_array(row: dict) -> np.ndarray:
@@ -74,7 +78,7 @@ def heatmap_array(row: dict) -> np.ndarray:
     shape, dtype = row.get("heatmap_shape"), row.get("heatmap_dtype")
     if row.get("heatmap") is None or shape is None or dtype is None:
         raise RowDecodeError(f"{what}: heatmap, heatmap_shape or heatmap_dtype is null")
-    if len(shape) != 3 or shape[0] != NUM_HAND_KEYPOINTS:
+    if len(shape) != 3 or shape[0] != NUM_HAND_KEYPOINTS or min(shape[1:]) <= 0:
         raise RowDecodeError(f"{what}: heatmap_shape {list(shape)}, expected [{NUM_HAND_KEYPOINTS}, H, W]")
     try:
         return codecs.decode_heatmap(row["heatmap"], shape, dtype)

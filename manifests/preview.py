@@ -4,6 +4,10 @@ Top: hand crops with the mask tinted and outlined, the 21-keypoint skeleton draw
 (label, handedness, hand size in original pixels). Bottom: a few full images with the body pose
 (MediaPipe 33 converted to OpenPose 18), the hands' mask and the hand skeletons. Hands and images
 are sampled from random row groups (seeded), so only a few row groups are read.
+
+A row that cannot be drawn (a value that does not decode, NaN keypoints, a zero image size) becomes
+a grey tile captioned "cannot draw", and the reason is logged as a warning naming the row: the sheet
+is always made. A hand without a mask (`mask_method` none) is drawn without one.
 """
 
 from __future__ import annotations
@@ -18,14 +22,17 @@ from PIL import Image
 
 from . import decode
 from .draw import contact_sheet, draw_hand, draw_openpose, overlay_mask
+from .errors import ManifestError
 from .pose import to_openpose18
 from .reader import Manifest, ManifestTable, build_filter, open_manifest
+from .schema import NO_MASK
 from .sharding import epoch_rng
 from .storage import atomic_write_bytes, filesystem
 
 logger = logging.getLogger(__name__)
 
-HAND_COLUMNS = ["hand_id", "crop", "crop_size", "mask", "crop_keypoints", "label", "handedness", "hand_size"]
+HAND_COLUMNS = ["hand_id", "crop", "crop_size", "mask", "mask_method", "crop_keypoints", "label", "handedness",
+                "hand_size"]  # fmt: skip
 IMAGE_COLUMNS = ["image_id", "image", "image_width", "image_height", "width", "height", "hands_mask",
                  "body_keypoints", "label", "num_hands", "status"]  # fmt: skip
 
@@ -46,13 +53,29 @@ def sample_rows(table: ManifestTable, columns: list[str], n: int, seed: int = 0,
 
 def hand_tile(row: dict, tile: int = 192) -> np.ndarray:
     """A crop at `tile` x `tile` with its mask and skeleton drawn at the tile's resolution (crisp lines)."""
-    crop, mask, kps = decode.crop_array(row), decode.mask_array(row), decode.crop_keypoints(row)
+    crop, kps = decode.crop_array(row), decode.crop_keypoints(row)
     scale = tile / crop.shape[0]
     big = cv2.resize(crop, (tile, tile), interpolation=cv2.INTER_CUBIC if scale > 1 else cv2.INTER_AREA)
-    big_mask = cv2.resize(mask.astype(np.uint8), (tile, tile), interpolation=cv2.INTER_NEAREST)
+    if row.get("mask") is not None or row.get("mask_method") != NO_MASK:
+        mask = decode.mask_array(row)
+        big = overlay_mask(
+            big, cv2.resize(mask.astype(np.uint8), (tile, tile), interpolation=cv2.INTER_NEAREST)
+        )
     pts = kps.copy()
     pts[:, :2] *= scale
-    return draw_hand(overlay_mask(big, big_mask), pts, thickness=2, radius=3)
+    return draw_hand(big, pts, thickness=2, radius=3)
+
+
+def drawn(draw, row: dict, size: tuple[int, int], *args) -> tuple[np.ndarray, bool]:
+    """(`draw(row, *args)`, True), or (a grey `size` = (w, h) tile, False) with the reason logged when
+    the row cannot be drawn: one bad row must not cost the whole sheet."""
+    try:
+        return draw(row, *args), True
+    except Exception as exc:
+        message = str(exc) if isinstance(exc, ManifestError) else f"{type(exc).__name__}: {exc}"
+        rid = row.get("hand_id") or row.get("image_id")
+        logger.warning("preview: cannot draw %s: %s", rid, " ".join(message.split()))
+        return np.full((size[1], size[0], 3), 96, np.uint8), False
 
 
 def hand_caption(row: dict) -> str:
@@ -60,7 +83,7 @@ def hand_caption(row: dict) -> str:
     size = row.get("hand_size")
     return (
         f"{row.get('label') or '-'} {side} {size:.0f}px"
-        if size is not None
+        if size is not None and np.isfinite(size)
         else f"{row.get('label') or '-'} {side}"
     )
 
@@ -151,8 +174,10 @@ def make_preview(manifest: Manifest | str, out: str | None = None, n: int = 24, 
     parts = []
     if "hands" in m.tables and n > 0:
         rows = sample_rows(m.hands, HAND_COLUMNS, n, seed)
-        tiles = [hand_tile(r, tile) for r in rows]
-        sheet = contact_sheet(tiles, columns=columns, tile=tile, captions=[hand_caption(r) for r in rows])
+        drawn_rows = [drawn(hand_tile, r, (tile, tile), tile) for r in rows]
+        tiles = [t for t, _ in drawn_rows]
+        captions = [hand_caption(r) if ok else "cannot draw" for r, (_, ok) in zip(rows, drawn_rows)]
+        sheet = contact_sheet(tiles, columns=columns, tile=tile, captions=captions)
         parts += [
             _title(
                 f"{len(rows)} of {m.hands.num_rows} hands: crop, mask, keypoints  ({name})", sheet.shape[1]
@@ -167,8 +192,11 @@ def make_preview(manifest: Manifest | str, out: str | None = None, n: int = 24, 
             found = m.hands.read(["image_id", "keypoints"], ids).to_pylist()
             for h in found:
                 hands_by_image.setdefault(h["image_id"], []).append(h)
-        tiles = [image_tile(r, hands_by_image.get(r["image_id"], []), 2 * tile) for r in rows]
-        caps = [f"{r['label'] or '-'}, {r['num_hands']} hand(s), {r['width']}x{r['height']}" for r in rows]
+        drawn_rows = [drawn(image_tile, r, (2 * tile, 2 * tile), hands_by_image.get(r["image_id"], []), 2 * tile)
+                      for r in rows]  # fmt: skip
+        tiles = [t for t, _ in drawn_rows]
+        caps = [f"{r['label'] or '-'}, {r['num_hands']} hand(s), {r['width']}x{r['height']}" if ok else "cannot draw"
+                for r, (_, ok) in zip(rows, drawn_rows)]  # fmt: skip
         if tiles:
             sheet = _rows_of(tiles, caps, height=tile * 3 // 2, width=columns * tile)
             parts += [

@@ -271,8 +271,14 @@ class Manifest:
 
     @property
     def config(self) -> dict:
-        """The producing run's settings, as recorded in `_manifest.json`."""
-        return dict(self.info.get("config", {}))
+        """The producing run's settings, as recorded in `_manifest.json` (empty when not recorded as an object)."""
+        config = self.info.get("config", {})
+        if not isinstance(config, dict):
+            logger.warning(
+                "%s: _manifest.json 'config' is %s, not an object; ignored", self.url, type(config).__name__
+            )
+            return {}
+        return dict(config)
 
     def dataset(self, table: str) -> ds.Dataset:
         return self.table(table).dataset

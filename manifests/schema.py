@@ -14,6 +14,9 @@ SCHEMA_VERSION = "1.0"
 TABLES = ("images", "hands")
 STATUSES = ("ok", "no_hands", "error")
 
+# `mask_method` of a hand prep made no mask for (`--mask-method none`): its `mask` is null.
+NO_MASK = "none"
+
 NUM_HAND_KEYPOINTS = 21
 NUM_BODY_KEYPOINTS = 33
 
@@ -110,9 +113,9 @@ FIELD_DOCS = {
         "crop_size": "Side of the stored crop in pixels (crop is crop_size x crop_size).",
         "crop": "JPEG of the crop, RGB, crop_size x crop_size; out-of-image area is zero padded.",
         "crop_keypoints": "21 x [x, y, score] in crop pixels: (kp - crop_box[:2]) * crop_size / box side.",
-        "mask": "PNG, mode L (0 or 255), hand mask in crop coordinates, crop_size x crop_size.",
-        "mask_method": "Which method made the mask: sam_vit_b / sam_vit_l / sam_vit_h / grabcut.",
-        "mask_score": "Method's quality score (SAM predicted IoU; GrabCut keypoint coverage), 0..1.",
+        "mask": "PNG, mode L (0 or 255), hand mask in crop coordinates, crop_size x crop_size; null when mask_method is none.",
+        "mask_method": "Which method made the mask: sam_vit_b / sam_vit_l / sam_vit_h / grabcut, or none (no mask made).",
+        "mask_score": "Method's quality score (SAM predicted IoU; GrabCut keypoint coverage), 0..1; null without a mask.",
         "heatmap": "Raw C-order bytes of a (21, H, W) array, one Gaussian per keypoint, peak 1.",
         "heatmap_shape": "[21, H, W] of `heatmap`.",
         "heatmap_dtype": "numpy dtype string of `heatmap` (float16).",

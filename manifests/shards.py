@@ -37,6 +37,7 @@ PROBLEM_ERRORS = {
     "schema": SchemaMismatchError,
     "counts": CountMismatchError,
     "layout": ManifestError,
+    "settings": ManifestError,
 }
 
 
@@ -134,6 +135,18 @@ def _is_local(fs) -> bool:
 def url_for(fs, path: str) -> str:
     """Location to show in messages: the plain path for local files, the full URL otherwise."""
     return path if _is_local(fs) else fs.unstrip_protocol(path)
+
+
+def read_json_object(fs, path: str, what: str) -> tuple[dict | None, Problem | None]:
+    """(the JSON object at `path`, None) or (None, the problem): unreadable, not JSON, or not an object."""
+    url = url_for(fs, path)
+    try:
+        value = read_json(fs, path)
+    except Exception as exc:
+        return None, Problem(url, f"unreadable {what}: {' '.join(str(exc).split())}", kind="corrupt")
+    if not isinstance(value, dict):
+        return None, Problem(url, f"{what} must be a JSON object, got {type(value).__name__}", kind="corrupt")
+    return value, None
 
 
 def _read_footer(fs, shard: ShardFile, table: str) -> list[Problem]:
@@ -234,10 +247,9 @@ def scan_table(fs, path: str, table: str, require_manifest: bool = True) -> Tabl
                 )
             )
             continue
-        try:
-            s.stats = read_json(fs, s.stats_path)
-        except Exception as exc:
-            problems.append(Problem(stats_url, f"unreadable stats file: {exc}", kind="corrupt"))
+        s.stats, problem = read_json_object(fs, s.stats_path, "stats file")
+        if problem is not None:
+            problems.append(problem)
             continue
         if s.num_rows is not None and s.stats.get("rows") != s.num_rows:
             problems.append(
@@ -245,6 +257,9 @@ def scan_table(fs, path: str, table: str, require_manifest: bool = True) -> Tabl
                     s.url, f"{s.num_rows} rows, but {stats_url} says {s.stats.get('rows')}", kind="counts"
                 )
             )
+    mixed = mixed_settings_problem(url, shards)
+    if mixed is not None:
+        problems.append(mixed)
     stats_dir = join(path, STATS_DIR)
     if fs.isdir(stats_dir):
         have = {s.name[: -len(SHARD_SUFFIX)] for s in shards}
@@ -266,10 +281,9 @@ def scan_table(fs, path: str, table: str, require_manifest: bool = True) -> Tabl
                 Problem(murl, "_manifest.json missing: the manifest was never finalized", kind="missing")
             )
     else:
-        try:
-            info = read_json(fs, mpath)
-        except Exception as exc:
-            problems.append(Problem(murl, f"unreadable _manifest.json: {exc}", kind="corrupt"))
+        info, problem = read_json_object(fs, mpath, "_manifest.json")
+        if problem is not None:
+            problems.append(problem)
     if info is not None:
         problems.extend(_manifest_problems(info, murl, table, shards, url))
     return TableScan(table, path, url, shards, info, problems)
@@ -292,7 +306,14 @@ def _manifest_problems(info: dict, murl: str, table: str, shards: list[ShardFile
         problems.append(
             Problem(murl, f"describes table {info.get('table')!r}, expected {table!r}", kind="layout")
         )
-    listed = dict(info.get("shards", {}))
+    listed = info.get("shards", {})
+    if not isinstance(listed, dict) or not all(isinstance(n, int) for n in listed.values()):
+        problems.append(
+            Problem(
+                murl, f"'shards' must map shard names to row counts, got {_short(listed)}", kind="corrupt"
+            )
+        )
+        listed = {}
     present = {s.name: s for s in shards}
     for name in sorted(set(listed) - set(present)):
         problems.append(Problem(join(url, name), f"shard listed in {murl} is missing", kind="missing"))
@@ -322,10 +343,9 @@ def root_problems(fs, path: str, scans: dict[str, TableScan]) -> tuple[dict | No
         return None, [
             Problem(murl, "_manifest.json missing: the manifest was never finalized", kind="missing")
         ]
-    try:
-        info = read_json(fs, mpath)
-    except Exception as exc:
-        return None, [Problem(murl, f"unreadable _manifest.json: {exc}", kind="corrupt")]
+    info, problem = read_json_object(fs, mpath, "_manifest.json")
+    if problem is not None:
+        return None, [problem]
     problems = []
     try:
         same_major = version_tuple(str(info.get("schema_version")))[:1] == version_tuple(SCHEMA_VERSION)[:1]
@@ -339,9 +359,20 @@ def root_problems(fs, path: str, scans: dict[str, TableScan]) -> tuple[dict | No
                 kind="schema",
             )
         )
+    tables = info.get("tables", {})
+    if not isinstance(tables, dict):
+        problems.append(
+            Problem(
+                murl, f"'tables' must be an object keyed by table name, got {_short(tables)}", kind="corrupt"
+            )
+        )
+        tables = {}
     for t, scan in scans.items():
-        summary = info.get("tables", {}).get(t)
-        if summary is None:
+        summary = tables.get(t)
+        if not isinstance(summary, (dict, type(None))):
+            problems.append(Problem(murl, f"summary of table {t!r} must be an object, got {_short(summary)}",
+                                    kind="corrupt"))  # fmt: skip
+        elif summary is None:
             problems.append(Problem(murl, f"no summary for table {t!r}", kind="counts"))
         elif all(s.num_rows is not None for s in scan.shards) and summary.get("num_rows") != scan.num_rows:
             problems.append(
@@ -352,6 +383,12 @@ def root_problems(fs, path: str, scans: dict[str, TableScan]) -> tuple[dict | No
                 )
             )
     return info, problems
+
+
+def _short(value, limit: int = 60) -> str:
+    """A JSON value for a message: its type and a bounded repr."""
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= limit else text[:limit] + '...'}"
 
 
 def raise_for(problems: list[Problem], limit: int = 20) -> None:

@@ -29,10 +29,24 @@ def counts(values) -> dict[str, int]:
     return dict(sorted(c.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
-def distribution(values) -> dict:
-    """{"n", "nulls", "mean", "p0", "p5", ..., "p100"} of the non-null values (None where empty)."""
+def _finite(values) -> np.ndarray:
     vals = np.array([v for v in values if v is not None], dtype=np.float64)
-    out = {"n": int(vals.size), "nulls": int(len(values) - vals.size)}
+    return vals[np.isfinite(vals)]
+
+
+def distribution(values) -> dict:
+    """{"n", "nulls", "nonfinite", "mean", "p0", "p5", ..., "p100"} of the finite values (None where empty).
+
+    NaN and infinity are counted in "nonfinite" and left out of the statistics, so one bad row
+    neither turns every quantile into NaN nor makes the JSON output invalid.
+    """
+    present = [v for v in values if v is not None]
+    vals = _finite(present)
+    out = {
+        "n": int(vals.size),
+        "nulls": int(len(values) - len(present)),
+        "nonfinite": len(present) - int(vals.size),
+    }
     out["mean"] = float(vals.mean()) if vals.size else None
     for q in QUANTILES:
         out[f"p{round(q * 100)}"] = float(np.quantile(vals, q)) if vals.size else None
@@ -40,7 +54,7 @@ def distribution(values) -> dict:
 
 
 def size_buckets(values) -> dict[str, int]:
-    vals = np.array([v for v in values if v is not None], dtype=np.float64)
+    vals = _finite(values)
     out = {}
     for lo, hi in zip(SIZE_BUCKETS[:-1], SIZE_BUCKETS[1:]):
         name = f">={lo:g}" if math.isinf(hi) else f"{lo:g}-{hi:g}"
@@ -116,7 +130,7 @@ def _count_tables(table: str, section: dict) -> list[str]:
 
 
 def _dist_table(table: str, section: dict) -> list[str]:
-    keys = ["n", "nulls", "mean"] + [f"p{round(q * 100)}" for q in QUANTILES]
+    keys = ["n", "nulls", "nonfinite", "mean"] + [f"p{round(q * 100)}" for q in QUANTILES]
     rows = [[name] + [d[k] for k in keys] for name, d in section["distributions"].items()]
     return _table(f"{table} distributions", ["field"] + keys, rows)
 

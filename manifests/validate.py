@@ -38,7 +38,7 @@ from . import decode
 from .errors import Problem, RowDecodeError
 from .geometry import CropBox, heatmap_peaks
 from .names import unsafe_name
-from .schema import NUM_HAND_KEYPOINTS, STATUSES, TABLES
+from .schema import NO_MASK, NUM_HAND_KEYPOINTS, STATUSES, TABLES
 from .shards import ShardFile, TableScan, infer_table, root_problems, scan_table, url_for
 from .storage import filesystem, join
 
@@ -56,6 +56,7 @@ DECODE_COLUMNS = {
         "crop",
         "crop_size",
         "mask",
+        "mask_method",
         "heatmap",
         "heatmap_shape",
         "heatmap_dtype",
@@ -176,14 +177,16 @@ def _check_images(fs, scan: TableScan, cfg: ValidateConfig, out: _Collector) -> 
             except RowDecodeError as exc:
                 out.add(shard.url, str(exc), row, "decode")
                 continue
-            if body is not None:
+            if body is not None and not np.isfinite(body).all():
+                out.add(shard.url, f"image {iid}: body_keypoints contain NaN or infinity", row, "keypoints")
+            elif body is not None:
                 vis = body[body[:, 2] >= cfg.body_min_visibility]
                 if not _inside(vis, w, h, cfg.body_margin * max(w, h)):
                     out.add(shard.url, f"image {iid}: visible body keypoints outside the {w}x{h} image "
                             f"(margin {cfg.body_margin:g} x longer side)", row, "keypoints")  # fmt: skip
         stats_counts = (shard.stats or {}).get("status_counts")
-        if stats_counts is not None and dict(stats_counts) != dict(status_counts):
-            out.add(shard.url, f"status counts {dict(status_counts)} differ from its stats file {dict(stats_counts)}",
+        if stats_counts is not None and stats_counts != dict(status_counts):  # a non-object never equals
+            out.add(shard.url, f"status counts {dict(status_counts)} differ from its stats file {stats_counts}",
                     kind="counts")  # fmt: skip
     return index
 
@@ -242,15 +245,33 @@ def _check_hands(fs, scan: TableScan, images: dict | None, cfg: ValidateConfig, 
             except RowDecodeError as exc:
                 out.add(shard.url, str(exc), row, "decode")
                 continue
-            _check_hand_geometry(shard.url, row, r, kps, ckps, image, cfg, out)
+            try:
+                _check_hand_geometry(shard.url, row, r, kps, ckps, image, cfg, out)
+            except Exception as exc:  # a value no check foresaw is a finding too, never a crash
+                out.add(shard.url, f"hand {hid}: geometry not checkable ({type(exc).__name__}: {exc})", row)
     return per_image
+
+
+def _finite_box(value) -> bool:
+    """Four finite numbers (a box column may hold nulls, NaN or the wrong number of values)."""
+    return isinstance(value, list) and len(value) == 4 and bool(np.isfinite(np.array(value, float)).all())
 
 
 def _check_hand_geometry(url, row, r, kps, ckps, image, cfg: ValidateConfig, out: _Collector) -> None:
     hid = r["hand_id"]
-    x0, y0 = kps[:, :2].min(axis=0)
-    x1, y1 = kps[:, :2].max(axis=0)
-    size = float(max(x1 - x0, y1 - y0))
+    null = [name for name, a in (("keypoints", kps), ("crop_keypoints", ckps)) if a is None]
+    if null:
+        out.add(url, f"hand {hid}: {' and '.join(null)} null", row, "keypoints")
+        return
+    bad = [name for name, a in (("keypoints", kps), ("crop_keypoints", ckps)) if not np.isfinite(a).all()]
+    if bad:  # every check below compares coordinates; NaN would only make them say odd things
+        out.add(url, f"hand {hid}: {' and '.join(bad)} contain NaN or infinity", row, "keypoints")
+        return
+    x0, y0 = (float(v) for v in kps[:, :2].min(axis=0))
+    x1, y1 = (float(v) for v in kps[:, :2].max(axis=0))
+    size = max(x1 - x0, y1 - y0)
+    if size < 1.0:
+        out.add(url, f"hand {hid}: keypoints span {size:.3g} px (a zero-size hand)", row, "keypoints")
     if image is not None:
         w, h = image[4], image[5]
         margin = cfg.keypoint_margin * size + 2.0
@@ -261,13 +282,13 @@ def _check_hand_geometry(url, row, r, kps, ckps, image, cfg: ValidateConfig, out
                 row,
                 "keypoints",
             )
-    if r["bbox"] is None or not np.allclose(r["bbox"], [x0, y0, x1, y1], atol=0.5):
+    if not _finite_box(r["bbox"]) or not np.allclose(r["bbox"], [x0, y0, x1, y1], atol=0.5):
         out.add(url, f"hand {hid}: bbox {r['bbox']} is not the keypoints' box {[x0, y0, x1, y1]}", row)
     if r["hand_size"] is None or abs(r["hand_size"] - size) > 0.5:
         out.add(url, f"hand {hid}: hand_size {r['hand_size']} but the keypoints span {size:.1f} px", row)
-    s = r["crop_size"]
-    if not s or s <= 0 or r["crop_box"] is None or len(r["crop_box"]) != 4:
-        out.add(url, f"hand {hid}: bad crop_size {s} or crop_box {r['crop_box']}", row)
+    s, box = r["crop_size"], r["crop_box"]
+    if not s or s <= 0 or not _finite_box(box) or not box[2] - box[0] > 0 or not box[3] - box[1] > 0:
+        out.add(url, f"hand {hid}: bad crop_size {s} or crop_box {box} (4 numbers with a positive side)", row)
         return
     if not _inside(ckps, s, s, cfg.crop_margin * s):
         out.add(url, f"hand {hid}: crop_keypoints outside the {s}x{s} crop", row, "keypoints")
@@ -296,23 +317,28 @@ def _decode_shard(table: str, url: str, shard_path: str, row_groups: list[int], 
         try:
             if table == "hands":
                 decode.crop_array(r)
-                decode.mask_array(r)
+                if r["mask"] is not None or r["mask_method"] != NO_MASK:
+                    decode.mask_array(r)
                 heat = decode.heatmap_array(r)
                 ckps = decode.crop_keypoints(r)
-                peaks = heatmap_peaks(heat, int(r["crop_size"]))
-                live = (heat.reshape(NUM_HAND_KEYPOINTS, -1).max(axis=1) > 0.05) & (ckps[:, 2] > 0)
-                pixel = r["crop_size"] / heat.shape[2]
-                err = np.abs(peaks - ckps[:, :2]).max(axis=1)
-                bad = np.flatnonzero(live & (err > pixel))
-                if len(bad):
-                    out.add(url, f"hand {r['hand_id']}: heatmap channels {bad.tolist()} peak more than one heatmap "
-                            f"pixel ({pixel:.1f} crop px) from their crop keypoints", row, "decode")  # fmt: skip
+                if (r["crop_size"] or 0) > 0:  # a bad crop_size is the light pass's finding already
+                    peaks = heatmap_peaks(heat, int(r["crop_size"]))
+                    live = (heat.reshape(NUM_HAND_KEYPOINTS, -1).max(axis=1) > 0.05) & (ckps[:, 2] > 0)
+                    pixel = r["crop_size"] / heat.shape[2]
+                    err = np.abs(peaks - ckps[:, :2]).max(axis=1)
+                    bad = np.flatnonzero(live & (err > pixel))
+                    if len(bad):
+                        out.add(url, f"hand {r['hand_id']}: heatmap channels {bad.tolist()} peak more than one "
+                                f"heatmap pixel ({pixel:.1f} crop px) from their crop keypoints", row, "decode")  # fmt: skip
             elif r["status"] != "error" or r["image"] is not None:
                 decode.image_array(r)
                 if r["hands_mask"] is not None:
                     decode.hands_mask_array(r)
         except RowDecodeError as exc:
             out.add(url, str(exc), row, "decode")
+        except Exception as exc:  # a value no check foresaw is a finding too, never a crash
+            rid = r.get("hand_id") or r.get("image_id")
+            out.add(url, f"{rid}: cannot decode ({type(exc).__name__}: {exc})", row, "decode")
     return out.items
 
 

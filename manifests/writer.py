@@ -112,6 +112,49 @@ class ManifestWriter:
             done = idx if done is None else done & idx
         return done or set()
 
+    def remove_shard(self, index: int) -> list[str]:
+        """Delete shard `index` from every table (stats files first, so a crash part-way leaves it
+        incomplete, never complete with a table missing); returns the paths removed."""
+        name = shard_name(index)
+        paths = [self._stats_path(t, index) for t in TABLES] + [
+            join(self.path, t, name + ".parquet") for t in TABLES
+        ]
+        removed = []
+        for path in paths:
+            if self.fs.exists(path):
+                self.fs.rm(path)
+                removed.append(path)
+        return removed
+
+    def remove_summaries(self) -> None:
+        """Delete the `_manifest.json` files, so that a manifest being rewritten reads as not finalized
+        rather than as a summary of shards that are gone."""
+        for path in [join(self.path, MANIFEST_FILE)] + [join(self.path, t, MANIFEST_FILE) for t in TABLES]:
+            if self.fs.exists(path):
+                self.fs.rm(path)
+
+    def remove_temporaries(self, older_than: float) -> list[str]:
+        """Delete hidden `.*.tmp` files (left by a write that died, e.g. on a full disk) last modified
+        before the time `older_than` (seconds since the epoch); returns the paths removed.
+
+        Call it only while no other writer works on this root (prep holds the output lock): a
+        temporary file of a live writer is about to be renamed into place.
+        """
+        removed = []
+        for d in [self.path] + [join(self.path, t, sub) for t in TABLES for sub in ("", STATS_DIR)]:
+            d = d.rstrip("/")
+            if not self.fs.isdir(d):
+                continue
+            for path in self.fs.glob(join(d, ".*.tmp")):
+                try:
+                    modified = self.fs.modified(path).timestamp()
+                except (NotImplementedError, FileNotFoundError, OSError):
+                    modified = None
+                if modified is None or modified < older_than:
+                    self.fs.rm(path)
+                    removed.append(path)
+        return removed
+
     def write_shard(
         self,
         index: int,

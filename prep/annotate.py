@@ -26,7 +26,7 @@ from contextlib import contextmanager
 import numpy as np
 
 from manifests.codecs import encode_jpeg, encode_mask
-from manifests.schema import HANDS_SCHEMA, IMAGES_SCHEMA
+from manifests.schema import HANDS_SCHEMA, IMAGES_SCHEMA, NO_MASK
 
 from .body import BodyPose, BodyPoseDetector
 from .captions import hand_caption, image_caption
@@ -191,6 +191,8 @@ class Annotator:
                         mask_method=hand_mask.method,
                         mask_score=hand_mask.score,
                     )
+                else:  # --mask-method none: the row says so, and `mask` stays null (valid by the schema)
+                    row.update(mask_method=NO_MASK)
             hand_rows.append(row)
 
         with self._timed("encode"):

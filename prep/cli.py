@@ -67,16 +67,29 @@ def format_summary(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def _interrupted_message(out: str) -> str:
+    from manifests.writer import ManifestWriter
+
+    try:
+        kept = f"{len(ManifestWriter(out).done_shards())} completed shards in {out} are kept"
+    except Exception:  # noqa: BLE001 - the message must come out even if the output cannot be listed
+        kept = f"the completed shards in {out} are kept"
+    return f"handfirst-prep: interrupted: {kept}; rerun the same command to resume"
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    from .runner import ClusterSetupError, run
-    from .sources import AnnotationFileError
+    from .runner import SETUP_ERRORS, run
 
     config = config_from_args(args)
     try:
         summary = run(config)
-    except (FileNotFoundError, AnnotationFileError, ValueError, ClusterSetupError) as exc:
-        print(f"handfirst-prep: error: {exc}", file=sys.stderr)
+    except SETUP_ERRORS as exc:
+        # One line: some library messages (torch's unpickler) span a paragraph.
+        print(f"handfirst-prep: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(_interrupted_message(config.out), file=sys.stderr)
+        return 130
     print(json.dumps(summary, indent=2, default=str) if args.json else format_summary(summary))
     if summary["failed_shards"]:
         print("some shards failed; rerun the same command to redo them", file=sys.stderr)

@@ -130,8 +130,17 @@ def annotate_records(
     return image_rows, hand_rows, stages
 
 
-def process_shard(index: int, records: list[ImageRecord], config: PrepConfig, fingerprint: str = "") -> dict:
+def process_shard(
+    index: int,
+    records: list[ImageRecord],
+    config: PrepConfig,
+    fingerprint: str = "",
+    config_fingerprint: str = "",
+) -> dict:
     """Annotate and write shard `index`; returns its stats.
+
+    `fingerprint` (the shard's images and settings) and `config_fingerprint` (the settings alone) come
+    from the driver and go into the stats, which is how a rerun and `validate` tell shards apart.
 
     Per-record failures never raise (they are error rows). A failure to write the shard does raise,
     so that the scheduler retries the task; the shard files are written atomically, stats last.
@@ -143,6 +152,7 @@ def process_shard(index: int, records: list[ImageRecord], config: PrepConfig, fi
     stats = {
         "index": index,
         "fingerprint": fingerprint,
+        "config_fingerprint": config_fingerprint,
         "images": len(image_rows),
         "hands": len(hand_rows),
         "status_counts": dict(status),

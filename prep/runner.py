@@ -11,24 +11,50 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import logging
+import os
+import socket
 import time
 from collections import Counter
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
-from manifests.schema import TABLES
-from manifests.storage import join
-from manifests.writer import STATS_DIR, ManifestWriter, shard_name
+from manifests.shards import _is_local
+from manifests.storage import filesystem
+from manifests.writer import ManifestWriter, shard_name
 
 from .config import PrepConfig
-from .process import process_shard
-from .shards import pending_shards, plan_shards
-from .sources import load_records
+from .errors import ModelLoadError
+from .lock import OutputLock, OutputLockedError
+from .process import annotator_module, process_shard
+from .shards import ResumePlan, pending_shards, plan_shards
+from .sources import AnnotationFileError, load_records
 
 logger = logging.getLogger(__name__)
+
+# Seconds to wait for an external scheduler to answer (distributed's default is 30, and it retries a
+# refused connection all that time): a wrong address should fail fast.
+SCHEDULER_CONNECT_TIMEOUT_S = 10.0
+
+# Settings that name a file or folder a worker opens (the driver resolves them before shipping).
+PATH_SETTINGS = ("input", "out", "sam_checkpoint", "annotations")
 
 
 class ClusterSetupError(RuntimeError):
     """The Dask cluster cannot run this job as configured (e.g. no worker offers a needed resource)."""
+
+
+class OutputError(ValueError):
+    """The output location cannot hold a manifest (a regular file, not writable)."""
+
+
+# What a run raises, before any work, for a setting or input it cannot use: the CLI prints each as one line.
+SETUP_ERRORS = (
+    FileNotFoundError,
+    AnnotationFileError,
+    ValueError,
+    ClusterSetupError,
+    ModelLoadError,
+    OutputLockedError,
+)
 
 
 def make_config(config: PrepConfig | None = None, **kwargs) -> PrepConfig:
@@ -37,7 +63,10 @@ def make_config(config: PrepConfig | None = None, **kwargs) -> PrepConfig:
     unknown = sorted(set(kwargs) - names)
     if unknown:
         raise TypeError(f"unknown prep settings: {unknown}")
-    config = dataclasses.replace(config, **kwargs) if config is not None else PrepConfig(**kwargs)
+    if config is None:
+        config = PrepConfig(**kwargs)
+    elif kwargs:  # a bare replace() would also drop attributes set on the instance
+        config = dataclasses.replace(config, **kwargs)
     for name, low in (("workers", 1), ("shard_size", 1), ("retries", 0), ("limit", 0)):
         value = getattr(config, name)
         if value is not None and value < low:
@@ -56,7 +85,15 @@ def dask_client(config: PrepConfig):
     from distributed import Client, LocalCluster
 
     if config.scheduler:
-        with Client(config.scheduler) as client:
+        try:
+            client = Client(config.scheduler, timeout=SCHEDULER_CONNECT_TIMEOUT_S)
+        except (OSError, TimeoutError, ValueError) as exc:
+            reason = " ".join(str(exc).split()) or type(exc).__name__
+            raise ClusterSetupError(
+                f"cannot reach the Dask scheduler {config.scheduler} within {SCHEDULER_CONNECT_TIMEOUT_S:g} s "
+                f"({reason[:200]}); is it running, and is the address right?"
+            ) from None
+        with client:
             if config.gpu_resource and uses_sam(config):
                 workers = client.scheduler_info().get("workers", {}).values()
                 if not any(w.get("resources", {}).get("GPU") for w in workers):
@@ -105,7 +142,7 @@ def run_shards(todo, config: PrepConfig, client=None) -> tuple[list[dict], dict[
         slots = max(1, sum(client.nthreads().values()))
         while queue and len(futures) < slots:
             shard = queue.pop()
-            fut = client.submit(process_shard, shard.index, shard.records, config, shard.fingerprint,
+            fut = client.submit(process_shard, shard.index, shard.records, config, shard.fingerprint, shard.config_fingerprint,
                                 key=f"prep-{shard_name(shard.index)}-{token}", retries=config.retries, pure=False, **extra)  # fmt: skip
             futures[fut] = shard
             pending.add(fut)
@@ -145,12 +182,131 @@ def _write_preview(config: PrepConfig) -> str | None:
 def remove_shard(writer: ManifestWriter, index: int) -> None:
     """Delete whatever a failed shard left (a table file written before its worker died), so the
     manifest on disk holds complete shards only until a rerun redoes it."""
-    for table in TABLES:
-        for path in (join(writer.path, table, shard_name(index) + ".parquet"),
-                     join(writer.path, table, STATS_DIR, shard_name(index) + ".json")):  # fmt: skip
-            if writer.fs.exists(path):
-                writer.fs.rm(path)
-                logger.warning("removed %s left by failed %s", path, shard_name(index))
+    for path in writer.remove_shard(index):
+        logger.warning("removed %s left by failed %s", path, shard_name(index))
+
+
+# --------------------------------------------------------------------------- checks before any work
+
+
+def _setting_name(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def check_annotator(config: PrepConfig) -> None:
+    """The annotator class imports (on the driver, before any worker tries)."""
+    try:
+        annotator_module(config)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(
+            f"--annotator {config.annotator}: cannot import it: {type(exc).__name__}: {exc}"
+        ) from None
+
+
+def check_sam(config: PrepConfig) -> None:
+    """A run that masks with SAM has a checkpoint that exists and loads into `sam_model_type`.
+
+    Checked on the driver, once: otherwise every worker would fail to load it and turn every hand into
+    an error row, and those rows would be kept as complete shards.
+    """
+    if not uses_sam(config):
+        return
+    from .masks import load_sam
+
+    if not config.sam_checkpoint:
+        raise ModelLoadError("--mask-method sam needs a checkpoint (--sam-checkpoint PATH)")
+    load_sam(config.sam_model_type, config.sam_checkpoint, "cpu")  # raises ModelLoadError naming the file
+
+
+def check_output(config: PrepConfig) -> None:
+    """`out` can be a manifest folder: not a regular file (checked before reading any input)."""
+    fs, path = filesystem(config.out)
+    if fs.isfile(path):
+        raise OutputError(f"--out {config.out} is a file, not a folder: give a folder for the manifest")
+
+
+def open_output(config: PrepConfig, writer: ManifestWriter) -> None:
+    """Create the output folder; a location that cannot be written is one clear error."""
+    try:
+        writer.fs.makedirs(writer.path, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as exc:
+        raise OutputError(
+            f"--out {config.out}: a part of that path is a file, not a folder ({exc})"
+        ) from None
+    except OSError as exc:
+        raise OutputError(f"--out {config.out}: cannot create it: {exc.strerror or exc}") from None
+
+
+def lock_output(config: PrepConfig) -> OutputLock:
+    """Take the output's lock (which also proves it writable); see `prep.lock`."""
+    try:
+        return OutputLock(config.out).acquire()
+    except PermissionError:
+        raise OutputError(f"--out {config.out}: no permission to write there") from None
+    except OSError as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise
+        raise OutputError(f"--out {config.out}: cannot write there: {exc.strerror or exc}") from None
+
+
+def is_local_host(host: str) -> bool:
+    """True if `host` (a name or address) is this machine."""
+    import psutil
+
+    if (
+        host in ("localhost", socket.gethostname(), socket.getfqdn())
+        or host.startswith("127.")
+        or host == "::1"
+    ):
+        return True
+    return host in {a.address.split("%")[0] for addrs in psutil.net_if_addrs().values() for a in addrs}
+
+
+def local_paths(config: PrepConfig) -> dict[str, str]:
+    """{setting: value} of the path settings that name local files (not fsspec URLs)."""
+    return {name: value for name in PATH_SETTINGS
+            if (value := getattr(config, name, None)) and _is_local(filesystem(str(value))[0])}  # fmt: skip
+
+
+def ship_config(config: PrepConfig, client) -> PrepConfig:
+    """The config the workers of an external cluster get: local paths made absolute on the driver.
+
+    A relative path would be resolved in each worker's own working directory. A local path is refused
+    when a worker runs on another host, unless `shared_filesystem` says every worker mounts it at
+    the same place (otherwise shards would land on that worker's own disk).
+    """
+    if not config.scheduler:
+        return config  # a LocalCluster's workers share the driver's working directory
+    from distributed.comm import get_address_host
+
+    paths = local_paths(config)
+    if not paths:
+        return config
+    workers = list(client.scheduler_info().get("workers", {}))
+    hosts = sorted({get_address_host(w) for w in workers} or {get_address_host(client.scheduler.address)})
+    remote = [h for h in hosts if not is_local_host(h)]
+    if remote and not getattr(config, "shared_filesystem", False):
+        names = ", ".join(f"{_setting_name(k)} {v}" for k, v in paths.items())
+        raise ClusterSetupError(
+            f"--scheduler {config.scheduler} runs workers on other hosts ({', '.join(remote[:3])}), but {names} "
+            f"{'is a local path' if len(paths) == 1 else 'are local paths'} they would look for on their own disks; "
+            "use URLs every worker reaches (s3://...), or pass --shared-filesystem if every worker mounts them "
+            "at the same paths"
+        )
+    resolved = {k: os.path.abspath(os.path.expanduser(v)) for k, v in paths.items() if "://" not in v}
+    return dataclasses.replace(config, **resolved)
+
+
+def _start_output(writer: ManifestWriter, plan: ResumePlan, started: float) -> None:
+    """Before the first new shard: delete what this run replaces and temporaries of dead writes."""
+    if plan.discard:
+        writer.remove_summaries()  # until finalize, the output reads as not finalized, not as the old one
+        for index in plan.discard:
+            writer.remove_shard(index)
+        logger.warning("--overwrite: removed %d shards written under other settings or beyond this run's plan",
+                       len(plan.discard))  # fmt: skip
+    for path in writer.remove_temporaries(older_than=started):
+        logger.info("removed %s, left by a write that did not finish", path)
 
 
 def summarize(
@@ -188,30 +344,40 @@ def run(config: PrepConfig | None = None, **kwargs) -> dict:
     Summary keys: images, hands, status_counts, seconds, images_per_s (this run's work),
     stage_ms_per_image, shards {run, skipped, failed}, failed_shards {name: reason}, manifest
     {images, hands, status_counts} (the whole manifest after this run), out, dashboard, preview.
-    A rerun on the same `out` skips complete shards; a failed shard is redone by the next run.
+    A rerun on the same `out` skips complete shards; a failed or damaged shard is redone by the next
+    run. An output written under other row-shaping settings is refused (OutputConflictError) unless
+    `overwrite` is set, which deletes its shards before any new one is written. One run at a time
+    holds the output (`prep.lock`). Every setting the driver can check (annotator, SAM checkpoint,
+    input, output) is checked before any work; those errors are `SETUP_ERRORS`.
     """
     config = make_config(config, **kwargs)
-    t0 = time.perf_counter()
+    t0, started = time.perf_counter(), time.time()
+    check_output(config)
+    check_annotator(config)
+    check_sam(config)
     records = load_records(config)
+    if not records:
+        raise ValueError(f"no images found in {config.input} (--format {config.format})")
     shards = plan_shards(records, config)
     writer = ManifestWriter(config.out)
-    todo, skipped = pending_shards(shards, writer)
-    logger.info(
-        "%d images in %d shards: %d to run, %d already complete",
-        len(records),
-        len(shards),
-        len(todo),
-        len(skipped),
-    )
-    done, failed, dashboard = run_shards(todo, config) if todo else ([], {}, None)
-    for index in failed:
-        remove_shard(writer, index)
-    seconds = time.perf_counter() - t0
-    manifest = writer.finalize(config=config.to_dict())
-    summary = summarize(done, skipped, failed, seconds, manifest)
-    summary.update(
-        out=config.out, dashboard=dashboard, preview=_write_preview(config) if config.preview else None
-    )
+    open_output(config, writer)
+    with ExitStack() as stack:
+        stack.callback(lock_output(config).release)
+        plan = pending_shards(shards, writer, overwrite=getattr(config, "overwrite", False))
+        logger.info("%d images in %d shards: %d to run, %d already complete, %d damaged",
+                    len(records), len(shards), len(plan.todo), len(plan.skipped), len(plan.damaged))  # fmt: skip
+        client = stack.enter_context(dask_client(config)) if plan.todo else None
+        shipped = ship_config(config, client) if client is not None else config
+        _start_output(writer, plan, started)
+        done, failed, dashboard = run_shards(plan.todo, shipped, client) if plan.todo else ([], {}, None)
+        for index in failed:
+            remove_shard(writer, index)
+        seconds = time.perf_counter() - t0
+        manifest = writer.finalize(config=config.to_dict())
+        summary = summarize(done, plan.skipped, failed, seconds, manifest)
+        summary.update(out=config.out, dashboard=dashboard, preview=_write_preview(config) if config.preview else None,
+                       damaged_shards={shard_name(i): why for i, why in plan.damaged.items()},
+                       discarded_shards=[shard_name(i) for i in plan.discard])  # fmt: skip
     if failed:
         logger.error("%d shards failed; rerun the same command to redo them", len(failed))
     return summary

@@ -2,9 +2,11 @@
 
 A shard is `shard_size` consecutive records of the source's deterministic order, so shard N always
 holds the same images. Each written shard's stats carry a fingerprint of its image ids and of the
-settings that shape its rows; a rerun skips a shard whose stats exist and match, and redoes one
-without stats (its worker died before finishing) or written from other images or settings. Shard
-files are replaced atomically under the same name, so a redo never leaves duplicate rows.
+settings that shape its rows (and, as `config_fingerprint`, of those settings alone). A rerun skips a
+shard whose stats exist and match and whose files still match its stats, and redoes one without
+stats (its worker died before finishing), a damaged one, or one written from other images. An output
+written under other settings is refused unless the run is asked to overwrite it. Shard files are
+replaced atomically under the same name, so a redo never leaves duplicate rows.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import hashlib
 import logging
 from dataclasses import dataclass, field
 
+from manifests.schema import TABLES
+from manifests.shards import damaged_file
 from manifests.storage import join, read_json
 from manifests.writer import STATS_DIR, ManifestWriter, shard_name
 
@@ -27,6 +31,7 @@ class Shard:
     index: int
     records: list[ImageRecord] = field(repr=False)
     fingerprint: str = ""
+    config_fingerprint: str = ""  # the run's row-shaping settings alone, the same for every shard
 
     @property
     def num_images(self) -> int:
@@ -47,35 +52,110 @@ def plan_shards(records: list[ImageRecord], config: PrepConfig) -> list[Shard]:
     shards = []
     for index, start in enumerate(range(0, len(records), n)):
         chunk = records[start : start + n]
-        shards.append(Shard(index, chunk, shard_fingerprint(chunk, config)))
+        shards.append(Shard(index, chunk, shard_fingerprint(chunk, config), config.fingerprint()))
     return shards
 
 
-def read_shard_stats(writer: ManifestWriter, index: int) -> dict:
-    return read_json(writer.fs, join(writer.path, "images", STATS_DIR, shard_name(index) + ".json"))
+def read_shard_stats(writer: ManifestWriter, index: int, table: str = "images") -> dict:
+    """A shard's stats; {} when the file cannot be read as a JSON object (then nothing in it matches)."""
+    try:
+        stats = read_json(writer.fs, join(writer.path, table, STATS_DIR, shard_name(index) + ".json"))
+    except (OSError, ValueError):
+        return {}
+    return stats if isinstance(stats, dict) else {}
 
 
-def pending_shards(shards: list[Shard], writer: ManifestWriter) -> tuple[list[Shard], dict[int, dict]]:
-    """(shards to run, {index: stats} of complete shards to skip).
+class OutputConflictError(ValueError):
+    """The output holds shards this run must not mix with its own (other settings, larger input)."""
 
-    Raises ValueError when the output holds complete shards beyond this plan (it was written from a
-    larger input or --limit): mixing them in would leave rows this run does not account for.
+
+@dataclass
+class ResumePlan:
+    """What a run does with its output: shards to run, complete shards to keep, shards to delete first.
+
+    `discard` lists shards of the existing output that this run replaces as a whole (written under
+    other row-shaping settings, or beyond this plan); they are deleted before any new shard is written,
+    so that an interrupted run cannot leave old and new rows side by side. `damaged` maps shards whose
+    files no longer match their stats to the reason (they are in `todo`).
+    """
+
+    todo: list[Shard]
+    skipped: dict[int, dict]
+    discard: list[int] = field(default_factory=list)
+    damaged: dict[int, str] = field(default_factory=dict)
+
+
+def shard_damage(writer: ManifestWriter, index: int) -> str | None:
+    """Why complete shard `index` cannot be trusted (a table file missing, truncated, unreadable), or None."""
+    for table in TABLES:
+        stats = read_shard_stats(writer, index, table)
+        if not stats:
+            return f"{table}/{STATS_DIR}/{shard_name(index)}.json cannot be read"
+        why = damaged_file(writer.fs, join(writer.path, table, shard_name(index) + ".parquet"), stats)
+        if why:
+            return f"{table}/{shard_name(index)}: {why}"
+    return None
+
+
+def _span(indices: list[int]) -> str:
+    return (
+        shard_name(indices[0])
+        if len(indices) == 1
+        else f"{shard_name(indices[0])}..{shard_name(indices[-1])}"
+    )
+
+
+def pending_shards(shards: list[Shard], writer: ManifestWriter, overwrite: bool = False) -> ResumePlan:
+    """Compare the plan with what `writer`'s output already holds.
+
+    A complete shard is kept when it was written from the same images under the same settings and
+    its table files still match their stats (size, Parquet footer); a damaged one is redone. A shard
+    without stats (its worker died) or from other images under the same settings is redone.
+
+    Raises OutputConflictError, unless `overwrite`, when the output holds complete shards written under
+    other row-shaping settings (stats whose `config_fingerprint` differs, or, for shards written before
+    stats recorded it, whose shard fingerprint differs) or shards beyond this plan (a larger input or
+    --limit): mixing them in would make one manifest of two configurations. With `overwrite` they are
+    in `discard` and their shards are redone.
     """
     done = writer.done_shards()
-    stale = sorted(done - {s.index for s in shards})
-    if stale:
-        raise ValueError(
-            f"{writer.root} already holds shards {shard_name(stale[0])}..{shard_name(stale[-1])} that this run "
-            f"does not plan ({len(shards)} shards); it was written from a larger input or --limit. "
-            "Use a fresh --out, or delete that folder."
+    planned = {s.index: s for s in shards}
+    config_fp = shards[0].config_fingerprint if shards else ""
+    beyond = sorted(done - set(planned))
+    stats = {i: read_shard_stats(writer, i) for i in sorted(done & set(planned))}
+
+    def other_settings(i: int) -> bool:
+        if not stats[i]:
+            return False  # unreadable stats: a damaged shard, redone below
+        recorded = stats[i].get("config_fingerprint")
+        if recorded:
+            return recorded != config_fp
+        return stats[i].get("fingerprint") != planned[i].fingerprint  # stats from before config_fingerprint
+
+    conflicting = [i for i in stats if other_settings(i)]
+    if (beyond or conflicting) and not overwrite:
+        reasons = []
+        if conflicting:
+            legacy = any(not stats[i].get("config_fingerprint") for i in conflicting)
+            reasons.append(f"shards {_span(conflicting)} were written under other row-shaping settings"
+                           + (" (or, by an older handfirst, from other images)" if legacy else ""))  # fmt: skip
+        if beyond:
+            reasons.append(f"shards {_span(beyond)} are beyond this run's {len(shards)} shards "
+                           "(written from a larger input or --limit)")  # fmt: skip
+        raise OutputConflictError(
+            f"{writer.root} already holds a manifest this run would mix with its own: {'; '.join(reasons)}. "
+            "Rerun with --overwrite to replace it, or use another --out."
         )
-    todo, skipped = [], {}
+    plan = ResumePlan([], {}, discard=sorted(beyond + conflicting))
     for s in shards:
-        if s.index in done:
-            stats = read_shard_stats(writer, s.index)
-            if stats.get("fingerprint") == s.fingerprint:
-                skipped[s.index] = stats
+        if s.index in stats and s.index not in plan.discard:
+            if why := shard_damage(writer, s.index):
+                logger.warning("%s is damaged (%s): redoing it", shard_name(s.index), why)
+                plan.damaged[s.index] = why
+            elif stats[s.index].get("fingerprint") != s.fingerprint:
+                logger.info("%s was written from other images: redoing it", shard_name(s.index))
+            else:
+                plan.skipped[s.index] = stats[s.index]
                 continue
-            logger.info("%s was written from other images or settings: redoing it", shard_name(s.index))
-        todo.append(s)
-    return todo, skipped
+        plan.todo.append(s)
+    return plan

@@ -5,16 +5,26 @@ never a hang, a huge read or a traceback."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import struct
 import zlib
 
 import fsspec
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
+from manifest_edits import copy_manifest, rewrite
 from PIL import Image
 
 import prep.imageio as imageio
+from manifests.cli import main
+from manifests.errors import RowDecodeError
+from manifests.preview import make_preview
+from manifests.reader import mask_array, open_manifest
+from manifests.stats import distribution
+from manifests.validate import validate_manifest
+from manifests.writer import ManifestWriter
 from prep.annotate import Annotator, error_row
 from prep.config import PrepConfig
 from prep.errors import AnnotationError, ImageReadError, ImageTooLargeError
@@ -228,3 +238,220 @@ def test_annotation_keypoints_a_little_past_the_border_are_kept(annotation_annot
     record = ImageRecord(image_id="p", source_uri=small_photo, dataset="coco", hands=[_hand(111, 30)])
     row, hands = annotation_annotator.annotate(record)
     assert row["status"] == "ok" and len(hands) == 1 and hands[0]["keypoint_source"] == "annotation"
+
+
+# Findings 8, 9, 11: validate, stats and preview on deliberately broken manifests.
+
+
+def _first_hand(change):
+    def edit(idx, images, hands):
+        if idx == 0:
+            hands[0] = change(dict(hands[0]))
+        return images, hands
+
+    return edit
+
+
+def _first_image(**values):
+    def edit(idx, images, hands):
+        if idx == 0:
+            images[0] = dict(images[0], **values)
+        return images, hands
+
+    return edit
+
+
+def _moved(dx):
+    """Keypoints, bbox and crop box moved together by dx, as the old prep wrote far-off annotations."""
+
+    def change(h):
+        kps = np.array(h["keypoints"])
+        kps[:, 0] += dx
+        box = [h["bbox"][0] + dx, h["bbox"][1], h["bbox"][2] + dx, h["bbox"][3]]
+        crop = [h["crop_box"][0] + dx, h["crop_box"][1], h["crop_box"][2] + dx, h["crop_box"][3]]
+        return dict(h, keypoints=kps.tolist(), bbox=box, crop_box=crop)
+
+    return change
+
+
+def _zero_size(h):
+    kps = np.array(h["keypoints"])
+    kps[:, :2] = kps[0, :2]
+    x, y = (float(v) for v in kps[0, :2])
+    return dict(h, keypoints=kps.tolist(), bbox=[x, y, x, y], hand_size=0.0, crop_box=[x, y, x, y])
+
+
+def _nan(h):
+    kps = np.array(h["keypoints"])
+    kps[:, :2] = np.nan
+    return dict(h, keypoints=kps.tolist())
+
+
+H0 = "hand synthetic_00000_h0"
+ROW_CASES = {  # name -> (edit of the synthetic manifest, what validate must say about hands/ or images/ shard 0)
+    "zero-size hand": (_first_hand(_zero_size), f"{H0}: keypoints span 0 px (a zero-size hand)"),
+    "keypoints at 1e6": (_first_hand(_moved(1e6)), f"{H0}: keypoints outside the 256x192 image"),
+    "keypoints at 1e9": (_first_hand(_moved(1e9)), f"{H0}: keypoints outside the 256x192 image"),
+    "negative keypoints": (_first_hand(_moved(-5000.0)), f"{H0}: keypoints outside the 256x192 image"),
+    "NaN keypoints": (_first_hand(_nan), f"{H0}: keypoints contain NaN or infinity"),
+    "null mask": (_first_hand(lambda h: dict(h, mask=None)), f"{H0} mask: value is null"),
+    "short keypoint lists": (
+        _first_hand(
+            lambda h: dict(h, keypoints=h["keypoints"][:20], crop_keypoints=h["crop_keypoints"][:19])
+        ),
+        f"{H0} keypoints: shape (20, 3), expected (21, 3)",
+    ),
+    "ragged keypoints": (
+        _first_hand(lambda h: dict(h, keypoints=[[1.0]] + h["keypoints"][1:])),
+        f"{H0} keypoints: ragged keypoint list",
+    ),
+    "short boxes": (
+        _first_hand(lambda h: dict(h, crop_box=h["crop_box"][:3], bbox=h["bbox"][:2])),
+        f"{H0}: bad crop_size 64 or crop_box",
+    ),
+    "all nulls": (
+        _first_hand(lambda h: {k: v if k.endswith("_id") else None for k, v in h.items()}),
+        f"{H0}: keypoints and crop_keypoints null",
+    ),
+    "zero crop size": (_first_hand(lambda h: dict(h, crop_size=0)), f"{H0}: bad crop_size 0"),
+    "zero heatmap shape": (
+        _first_hand(lambda h: dict(h, heatmap_shape=[21, 0, 0])),
+        f"{H0} heatmap: heatmap_shape [21, 0, 0], expected [21, H, W]",
+    ),
+    "NaN body": (
+        _first_image(body_keypoints=[[float("nan")] * 3] * 33),
+        "image synthetic_00000: body_keypoints contain NaN or infinity",
+    ),
+    "zero image size": (_first_image(width=0, height=0), "image synthetic_00000: bad size 0x0"),
+    "null image": (_first_image(image=None, image_width=None), "image synthetic_00000 image: value is null"),
+}
+
+
+def _json_edit(path: str, change):
+    def damage(root):
+        target = root / path
+        target.write_text(json.dumps(change(json.loads(target.read_text()))))
+
+    return damage
+
+
+def _drop_column(root):
+    shard = root / "hands" / "shard-00000.parquet"
+    pq.write_table(pq.read_table(shard).drop_columns(["keypoints"]), shard)
+
+
+FILE_CASES = {  # name -> (damage to a copy, what validate, stats and preview must say)
+    "_manifest.json is a list": (
+        _json_edit("_manifest.json", lambda info: [1, 2]),
+        "_manifest.json: _manifest.json must be a JSON object, got list",
+    ),
+    "tables: 5": (
+        _json_edit("_manifest.json", lambda info: dict(info, tables=5)),
+        "_manifest.json: 'tables' must be an object keyed by table name, got int 5",
+    ),
+    "table _manifest.json is a list": (
+        _json_edit("hands/_manifest.json", lambda info: []),
+        "hands/_manifest.json: _manifest.json must be a JSON object, got list",
+    ),
+    "shards: 5": (
+        _json_edit("hands/_manifest.json", lambda info: dict(info, shards=5)),
+        "hands/_manifest.json: 'shards' must map shard names to row counts, got int 5",
+    ),
+    "stats file is a list": (
+        _json_edit("hands/_stats/shard-00000.json", lambda info: []),
+        "hands/_stats/shard-00000.json: stats file must be a JSON object, got list",
+    ),
+    "missing column": (_drop_column, "hands/shard-00000.parquet: field 'keypoints' is missing"),
+}
+
+
+@pytest.fixture(scope="module")
+def broken(synthetic_manifest, tmp_path_factory):
+    """name -> root of every broken manifest, made once for the module."""
+    out = tmp_path_factory.mktemp("broken")
+    roots = {}
+    for i, (name, (edit, _)) in enumerate(ROW_CASES.items()):
+        roots[name] = rewrite(synthetic_manifest, out / f"row{i}", edit)
+    for i, (name, (damage, _)) in enumerate(FILE_CASES.items()):
+        roots[name] = copy_manifest(synthetic_manifest, out / f"file{i}")
+        damage(roots[name])
+    roots["empty tables"] = rewrite(synthetic_manifest, out / "empty", lambda idx, images, hands: ([], []))
+    return roots
+
+
+def _cli(args, capsys) -> tuple[int, str]:
+    code = main(args)  # any exception fails the test: none may escape
+    err = capsys.readouterr().err
+    return code, err
+
+
+@pytest.mark.parametrize("name", list(ROW_CASES))
+def test_broken_rows_are_findings_and_never_crash_stats_or_preview(broken, name, tmp_path, capsys):
+    root = broken[name]
+    shard = "hands" if name not in ("NaN body", "zero image size", "null image") else "images"
+    problems = validate_manifest(str(root))
+    expected = ROW_CASES[name][1]
+    assert any(p.file == f"{root}/{shard}/shard-00000.parquet" and expected in p.reason for p in problems), [
+        str(p) for p in problems
+    ]
+    assert all("\n" not in str(p) for p in problems)
+    assert _cli(["stats", str(root), "--json"], capsys)[0] == 0
+    assert _cli(["preview", str(root), "--out", str(tmp_path / "p.png"), "--images", "12"], capsys)[0] == 0
+    assert Image.open(tmp_path / "p.png").size[0] > 0
+
+
+@pytest.mark.parametrize("name", list(FILE_CASES))
+def test_broken_files_are_findings_and_one_clear_error(broken, name, tmp_path, capsys):
+    root = broken[name]
+    expected = FILE_CASES[name][1]
+    problems = validate_manifest(str(root))
+    assert any(str(p).startswith(f"{root}/{expected}") for p in problems), [str(p) for p in problems]
+    for args in (["stats", str(root)], ["preview", str(root), "--out", str(tmp_path / "p.png")]):
+        code, err = _cli(args, capsys)
+        assert code == 2 and err.startswith(f"error: {root}/{expected}") and "Traceback" not in err
+
+
+def test_empty_tables_have_no_findings_and_plain_stats(broken, tmp_path, capsys):
+    root = broken["empty tables"]
+    assert validate_manifest(str(root)) == []
+    assert _cli(["stats", str(root)], capsys)[0] == 0
+    assert _cli(["preview", str(root), "--out", str(tmp_path / "p.png")], capsys)[0] == 0
+
+
+def test_preview_draws_a_bad_row_as_a_named_placeholder(broken, caplog):
+    sheet = make_preview(str(broken["null mask"]), n=24, images=0)
+    assert sheet.ndim == 3
+    assert "cannot draw synthetic_00000_h0: hand synthetic_00000_h0 mask: value is null" in caplog.text
+    caplog.clear()
+    make_preview(str(broken["NaN keypoints"]), n=0, images=12)  # the image tile draws the NaN hand
+    assert "cannot draw synthetic_00000: ValueError: cannot convert float NaN to integer" in caplog.text
+
+
+def test_stats_leave_nonfinite_values_out_and_count_them():
+    d = distribution([1.0, None, float("nan"), 3.0, float("inf")])
+    assert (d["n"], d["nulls"], d["nonfinite"], d["mean"], d["p100"]) == (2, 1, 2, 2.0, 3.0)
+    json.dumps(d, allow_nan=False)
+
+
+# Finding 9: --mask-method none writes a manifest that validates.
+
+
+def test_mask_method_none_is_recorded_and_the_manifest_validates(
+    annotation_annotator, small_photo, tmp_path, caplog
+):
+    record = ImageRecord(
+        image_id="p", source_uri=small_photo, dataset="coco", split="train", hands=[_hand(40, 30)]
+    )
+    row, hands = annotation_annotator.annotate(record)
+    assert (hands[0]["mask"], hands[0]["mask_method"], hands[0]["mask_score"]) == (None, "none", None)
+    writer = ManifestWriter(str(tmp_path / "m"))
+    writer.write_shard(0, {"images": [row], "hands": hands})
+    writer.finalize({"mask_method": "none"})
+    assert validate_manifest(str(tmp_path / "m")) == []
+    make_preview(str(tmp_path / "m"))
+    assert "cannot draw" not in caplog.text  # drawn without a mask
+    stored = open_manifest(str(tmp_path / "m")).read("hands").to_pylist()[0]
+    with pytest.raises(
+        RowDecodeError, match=r"hand p_h0 mask: none stored \(mask_method 'none'\); rerun prep"
+    ):
+        mask_array(stored)  # uses that need masks say why there is none

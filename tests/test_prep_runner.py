@@ -20,7 +20,7 @@ from prep.cli import main as cli_main
 from prep.config import PrepConfig
 from prep.process import process_shard
 from prep.runner import run
-from prep.shards import pending_shards, plan_shards
+from prep.shards import OutputConflictError, pending_shards, plan_shards
 from prep.sources import load_records
 
 STANDIN = "prep_standin:StandInAnnotator"
@@ -91,19 +91,23 @@ def test_resume_plan_skips_complete_redoes_dead_and_changed(mixed_input, tmp_pat
     ]
     writer = ManifestWriter(config.out)
     for s in shards[:3]:
-        process_shard(s.index, s.records, config, s.fingerprint)
-    todo, skipped = pending_shards(shards, writer)
-    assert [s.index for s in todo] == [3] and sorted(skipped) == [0, 1, 2]
+        process_shard(s.index, s.records, config, s.fingerprint, s.config_fingerprint)
+    plan = pending_shards(shards, writer)
+    assert [s.index for s in plan.todo] == [3] and sorted(plan.skipped) == [0, 1, 2] and plan.discard == []
     # a worker that died mid-write leaves a shard without stats: it is redone
     (tmp_path / "m" / "hands" / "_stats" / "shard-00001.json").unlink()
-    assert [s.index for s in pending_shards(shards, writer)[0]] == [1, 3]
-    # settings that change rows invalidate complete shards; runtime settings do not
+    assert [s.index for s in pending_shards(shards, writer).todo] == [1, 3]
+    # settings that change rows make another manifest: refused, or with overwrite all old shards go
     changed = plan_shards(load_records(config), cfg(mixed_input, tmp_path / "m", crop_size=256))
-    assert [s.index for s in pending_shards(changed, writer)[0]] == [0, 1, 2, 3]
+    with pytest.raises(OutputConflictError, match=r"shards shard-00000..shard-00002 were written under other"):
+        pending_shards(changed, writer)
+    plan = pending_shards(changed, writer, overwrite=True)
+    assert [s.index for s in plan.todo] == [0, 1, 2, 3] and plan.discard == [0, 2] and plan.skipped == {}
+    # runtime settings do not change rows
     same = plan_shards(load_records(config), cfg(mixed_input, tmp_path / "m", workers=7, retries=5))
-    assert [s.index for s in pending_shards(same, writer)[0]] == [1, 3]
+    assert [s.index for s in pending_shards(same, writer).todo] == [1, 3]
     # an output written from a larger input cannot be resumed by a smaller plan
-    with pytest.raises(ValueError, match="shard-00002..shard-00002 that this run does not plan"):
+    with pytest.raises(OutputConflictError, match="shards shard-00002 are beyond this run's 2 shards"):
         pending_shards(plan_shards(load_records(config)[:10], config), writer)
 
 
@@ -253,8 +257,12 @@ def _standins_built() -> int:
     return prep_standin.StandInAnnotator.built
 
 
-def test_external_scheduler_is_used_and_left_running(mixed_input, tmp_path):
+def test_external_scheduler_is_used_and_left_running(mixed_input, tmp_path, monkeypatch):
     from distributed import Client, LocalCluster
+
+    import prep.runner
+
+    monkeypatch.setattr(prep.runner, "check_sam", lambda config: None)  # no SAM weights here: the GPU check is the point
 
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster:
         summary = run(cfg(mixed_input, tmp_path / "m", scheduler=cluster.scheduler_address, limit=6))

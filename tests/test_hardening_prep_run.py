@@ -1,0 +1,375 @@
+"""A prep run owns its output: one configuration per manifest, one run at a time, resume that checks
+what it keeps, paths that mean the same on every worker, and one clear line for every bad input.
+
+Most runs here go through `prep.run` with the stand-in annotator (`tests/prep_standin.py`) and a
+serial in-process shard runner instead of a Dask cluster, so each takes a fraction of a second; the
+tests about schedulers and interrupts use real Dask clusters.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from contextlib import contextmanager
+
+import pyarrow.parquet as pq
+import pytest
+
+import prep.runner
+from manifests.errors import ManifestError
+from manifests.reader import open_manifest
+from manifests.validate import validate_manifest
+from prep.cli import main as cli_main
+from prep.config import PrepConfig
+from prep.lock import LOCK_FILE, OutputLock, OutputLockedError
+from prep.process import process_shard
+from prep.runner import ClusterSetupError, run
+from prep.shards import OutputConflictError, plan_shards
+from prep.sources import load_records
+
+STANDIN = "prep_standin:StandInAnnotator"
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory, data_dir):
+    """8 hagrid_mini photos in 2 label folders (4 shards of 2)."""
+    src = tmp_path_factory.mktemp("hardening") / "in"
+    for i, p in enumerate(sorted((data_dir / "hagrid_mini").rglob("*.jpg"))[:8]):
+        (src / f"g{i % 2}").mkdir(parents=True, exist_ok=True)
+        shutil.copy(p, src / f"g{i % 2}" / p.name)
+    return src
+
+
+def cfg(src, out, **kw) -> PrepConfig:
+    base = dict(input=str(src), out=str(out), annotator=STANDIN, label_from_dir=True, shard_size=2, workers=1,
+                progress=False)  # fmt: skip
+    return PrepConfig(**{**base, **kw})
+
+
+def cli_args(src, out, *extra) -> list[str]:
+    return ["run", "--input", str(src), "--out", str(out), "--annotator", STANDIN, "--label-from-dir",
+            "--shard-size", "2", "--workers", "1", "--no-progress", *extra]  # fmt: skip
+
+
+@pytest.fixture
+def serial(monkeypatch):
+    """Run shards one after another in this process instead of on a Dask cluster.
+
+    `serial.stop_after = n` raises KeyboardInterrupt (what SIGINT raises) once n shards are written.
+    """
+
+    class Serial:
+        stop_after: int | None = None
+        ran: list[int] = []
+
+        def run_shards(self, todo, config, client=None):
+            done = []
+            for shard in todo:
+                if self.stop_after is not None and len(done) == self.stop_after:
+                    raise KeyboardInterrupt
+                args = (shard.index, shard.records, config, shard.fingerprint, shard.config_fingerprint)
+                done.append(process_shard(*args))
+                self.ran.append(shard.index)
+            return done, {}, None
+
+    @contextmanager
+    def no_cluster(config):
+        yield None
+
+    s = Serial()
+    s.ran = []
+    monkeypatch.setattr(prep.runner, "run_shards", s.run_shards)
+    monkeypatch.setattr(prep.runner, "dask_client", no_cluster)
+    return s
+
+
+def stats_of(root, table="images") -> dict[str, dict]:
+    return {p.stem: json.loads(p.read_text()) for p in sorted((root / table / "_stats").glob("shard-*.json"))}
+
+
+def files_of(root) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in err[0], err
+    return err[0]
+
+
+# ------------------------------------------------------------------ 3. one manifest, one configuration
+
+
+def test_a_rerun_with_other_row_settings_is_refused_and_changes_nothing(photos, tmp_path, serial, capsys):
+    out = tmp_path / "m"
+    run(cfg(photos, out, crop_size=128))
+    before = files_of(out)
+    assert len({s["config_fingerprint"] for s in stats_of(out).values()}) == 1
+
+    rc = cli_main(cli_args(photos, out, "--crop-size", "256"))
+    line = one_error_line(capsys)
+    assert rc == 2 and line.startswith(f"handfirst-prep: error: {out} already holds a manifest")
+    assert "shard-00000..shard-00003 were written under other row-shaping settings" in line
+    assert "--overwrite" in line
+    assert files_of(out) == before and serial.ran == [0, 1, 2, 3]  # nothing ran, nothing changed
+
+    # runtime settings (workers, shard retries, ...) are no other configuration: the rerun resumes
+    assert run(cfg(photos, out, crop_size=128, retries=0))["shards"]["skipped"] == 4
+
+
+def test_overwrite_leaves_no_shard_of_the_old_settings_even_when_interrupted(photos, tmp_path, serial):
+    out = tmp_path / "m"
+    run(cfg(photos, out, crop_size=128))
+    old_fp = cfg(photos, out, crop_size=128).fingerprint()
+    new = cfg(photos, out, crop_size=256)
+    new.overwrite = True  # getattr-read by the runner: works with or without the PrepConfig field
+
+    serial.stop_after = 1
+    with pytest.raises(KeyboardInterrupt):
+        run(new)
+    left = stats_of(out)
+    assert list(left) == ["shard-00000"] and left["shard-00000"]["config_fingerprint"] == new.fingerprint()
+    assert not (out / "_manifest.json").exists()  # no summary of shards that are gone
+    assert sorted(p.name for p in (out / "images").glob("*.parquet")) == ["shard-00000.parquet"]
+    assert not (out / LOCK_FILE).exists()
+
+    serial.stop_after = None
+    summary = run(new)
+    assert summary["shards"] == {"run": 3, "skipped": 1, "failed": 0} and summary["discarded_shards"] == []
+    fps = {s["config_fingerprint"] for t in ("images", "hands") for s in stats_of(out, t).values()}
+    assert fps == {new.fingerprint()} != {old_fp}
+    assert validate_manifest(str(out), decode=False) == []
+
+
+def test_validate_and_the_reader_name_shards_written_under_other_settings(photos, tmp_path, serial):
+    out = tmp_path / "m"
+    run(cfg(photos, out, crop_size=128))
+    # what an interrupted rerun with --crop-size 256 used to leave: shard 1 redone under it, the rest not
+    other = cfg(photos, out, crop_size=256)
+    shard = plan_shards(load_records(other), other)[1]
+    process_shard(shard.index, shard.records, other, shard.fingerprint, shard.config_fingerprint)
+
+    problems = [p for p in validate_manifest(str(out), decode=False) if p.kind == "settings"]
+    fp_old, fp_new = cfg(photos, out, crop_size=128).fingerprint(), other.fingerprint()
+    assert [p.file for p in problems] == [str(out / "images"), str(out / "hands")]
+    assert all("shards written under 2 different prep settings" in p.reason for p in problems)
+    assert f"{fp_old}: shard-00000, shard-00002, shard-00003" in problems[0].reason
+    assert f"{fp_new}: shard-00001" in problems[0].reason
+    with pytest.raises(ManifestError, match="different prep settings"):
+        open_manifest(str(out))
+
+
+def test_a_second_run_on_a_locked_output_is_refused_naming_the_holder(photos, tmp_path, serial, capsys):
+    out = tmp_path / "m"
+    out.mkdir()
+    with OutputLock(str(out)):
+        rc = cli_main(cli_args(photos, out))
+        line = one_error_line(capsys)
+    assert rc == 2 and f"{out} is in use by another prep run (pid {os.getpid()} on {socket.gethostname()}" in line
+    assert serial.ran == [] and sorted(p.name for p in out.iterdir()) == []  # released, nothing written
+    with OutputLock(str(out)), pytest.raises(OutputLockedError):
+        OutputLock(str(out)).acquire()  # O_EXCL: of two takers, one wins
+
+
+def test_a_stale_lock_of_a_dead_run_is_taken_over_and_one_from_another_host_is_not(photos, tmp_path, serial):
+    out = tmp_path / "m"
+    out.mkdir()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (out / LOCK_FILE).write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname(), "started_at": 0}))
+    assert run(cfg(photos, out))["shards"]["run"] == 4  # killed runs do not block the output forever
+    assert not (out / LOCK_FILE).exists()
+
+    (out / LOCK_FILE).write_text(json.dumps({"pid": dead.pid, "host": "elsewhere", "started_at": 0}))
+    with pytest.raises(OutputLockedError, match=f"on elsewhere.*if that run is gone, delete {out / LOCK_FILE}"):
+        run(cfg(photos, out))
+
+
+def test_the_object_store_lock_refuses_a_second_run():
+    root = "memory://hardening-lock/m"
+    with OutputLock(root):
+        with pytest.raises(OutputLockedError, match=f"{root} is in use by another prep run"):
+            OutputLock(root).acquire()
+    OutputLock(root).acquire().release()  # released: free again
+
+
+# ------------------------------------------------------------------ 4. resume checks what it keeps
+
+
+def test_damaged_complete_shards_are_redone_and_their_rows_come_back(photos, tmp_path, serial):
+    out = tmp_path / "m"
+    run(cfg(photos, out))
+    rows = pq.read_table(out / "images").sort_by("image_id").to_pylist()
+    truncated = out / "images" / "shard-00000.parquet"
+    truncated.write_bytes(truncated.read_bytes()[:-100])
+    (out / "hands" / "shard-00001.parquet").unlink()
+    footer = out / "images" / "shard-00002.parquet"  # same size, broken footer magic
+    footer.write_bytes(footer.read_bytes()[:-4] + b"XXXX")
+    (out / "hands" / "_stats" / "shard-00003.json").write_text('{"rows": ')  # cut short by a full disk
+
+    serial.ran.clear()
+    summary = run(cfg(photos, out, limit=None))
+    assert serial.ran == [0, 1, 2, 3] and summary["shards"] == {"run": 4, "skipped": 0, "failed": 0}
+    damaged = summary["damaged_shards"]
+    assert "bytes, its stats say" in damaged["shard-00000"]
+    assert damaged["shard-00001"] == "hands/shard-00001: its Parquet file is missing"
+    assert "footer cannot be read" in damaged["shard-00002"]
+    assert damaged["shard-00003"] == "hands/_stats/shard-00003.json cannot be read"
+    assert open_manifest(str(out)).images.num_rows == 8  # _manifest.json lists what is there
+    assert pq.read_table(out / "images").sort_by("image_id").to_pylist() == rows
+
+
+def test_leftover_temporaries_of_dead_writes_are_removed_on_rerun(photos, tmp_path, serial):
+    out = tmp_path / "m"
+    run(cfg(photos, out))
+    old = [out / "images" / ".shard-00000.parquet.dead.tmp", out / "hands" / "_stats" / ".shard-00001.json.dead.tmp",
+           out / "._manifest.json.dead.tmp"]  # fmt: skip
+    for p in old:
+        p.write_bytes(b"half")
+        os.utime(p, (1, 1))
+    newer = out / "hands" / ".shard-00002.parquet.live.tmp"  # written after this run started: not ours to judge
+    newer.write_bytes(b"half")
+    future = 4_000_000_000
+    os.utime(newer, (future, future))
+    run(cfg(photos, out))
+    assert [p.exists() for p in old] == [False, False, False] and newer.exists()
+
+
+@pytest.fixture(scope="module")
+def tiny_sam(tmp_path_factory):
+    import torch
+
+    from prep.masks import build_sam_vit_tiny
+
+    path = tmp_path_factory.mktemp("sam") / "vit_tiny.pth"
+    torch.save(build_sam_vit_tiny().state_dict(), path)
+    return path
+
+
+def test_every_driver_check_fails_before_any_work_with_one_line(photos, tmp_path, serial, capsys, monkeypatch):
+    out = tmp_path / "m"
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"not a checkpoint")
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cases = {
+        "missing checkpoint": (cli_args(photos, out, "--mask-method", "sam", "--sam-checkpoint", str(tmp_path / "no.pth")),
+                               f"SAM checkpoint not found: {tmp_path / 'no.pth'}"),
+        "bad checkpoint": (cli_args(photos, out, "--sam-checkpoint", str(garbage)),
+                           f"cannot load SAM checkpoint {garbage}"),
+        "annotator": (cli_args(photos, out, "--annotator", "no_such_module:Annotator"), "no_such_module"),
+        "out is a file": (cli_args(photos, afile), f"--out {afile} is a file, not a folder"),
+        "out below a file": (cli_args(photos, afile / "m"), f"--out {afile / 'm'}: a part of that path is a file"),
+        "empty input": (cli_args(empty, out), f"no images found in {empty}"),
+    }  # fmt: skip
+    real_load = prep.runner.load_records
+    for name, (argv, expected) in cases.items():
+        # the output checks come before the input is even listed
+        if name.startswith("out is"):
+            monkeypatch.setattr(prep.runner, "load_records", lambda c: pytest.fail("read the input"))
+        rc = cli_main(argv)
+        monkeypatch.setattr(prep.runner, "load_records", real_load)
+        line = one_error_line(capsys)
+        assert rc == 2 and line.startswith("handfirst-prep: error: ") and expected in line, (name, line)
+        assert serial.ran == [] and not out.exists(), name
+    assert afile.read_text() == "x"
+
+
+def test_a_loadable_sam_checkpoint_passes_the_driver_check(tiny_sam, tmp_path):
+    from prep.errors import ModelLoadError
+    from prep.runner import check_sam
+
+    check_sam(PrepConfig(mask_method="sam", sam_checkpoint=str(tiny_sam), sam_model_type="vit_tiny"))
+    check_sam(PrepConfig(mask_method="grabcut", sam_checkpoint=str(tmp_path / "unused.pth")))  # not used: no check
+    with pytest.raises(ModelLoadError, match="needs a checkpoint"):
+        check_sam(PrepConfig(mask_method="sam"))
+
+
+# ------------------------------------------------------------------ 5. paths and external schedulers
+
+
+@pytest.fixture(scope="module")
+def other_cwd_cluster(tmp_path_factory):
+    """An external cluster whose worker runs in another working directory than the tests."""
+    from distributed import LocalCluster
+
+    cwd = os.getcwd()
+    there = tmp_path_factory.mktemp("worker_cwd")
+    os.chdir(there)
+    try:
+        cluster = LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0")
+    finally:
+        os.chdir(cwd)
+    with cluster:
+        yield cluster, there
+
+
+def test_relative_paths_reach_external_workers_resolved_and_remote_workers_need_a_shared_filesystem(
+    photos, tmp_path, monkeypatch, other_cwd_cluster
+):
+    cluster, worker_cwd = other_cwd_cluster
+    monkeypatch.chdir(tmp_path)
+    # workers on another host: a local --out would land on their disks
+    monkeypatch.setattr(prep.runner, "is_local_host", lambda host: False)
+    with pytest.raises(ClusterSetupError, match=rf"runs workers on other hosts \(127\.0\.0\.1\), but --input {photos}, --out m are local paths"):
+        run(cfg(photos, "m", scheduler=cluster.scheduler_address, limit=2))
+    assert not list(tmp_path.glob("m/images/*.parquet"))
+
+    shared = cfg(photos, "m", scheduler=cluster.scheduler_address, limit=2)
+    shared.shared_filesystem = True
+    summary = run(shared)
+    assert summary["shards"]["run"] == 1 and summary["out"] == "m"
+    assert (tmp_path / "m" / "images" / "shard-00000.parquet").is_file()  # the driver's m, not the worker's
+    assert not (worker_cwd / "m").exists()
+
+
+def test_an_unreachable_scheduler_is_one_line_after_a_short_wait(photos, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(prep.runner, "SCHEDULER_CONNECT_TIMEOUT_S", 0.3)
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # nothing listens there now
+    rc = cli_main(cli_args(photos, tmp_path / "m", "--scheduler", f"tcp://127.0.0.1:{port}"))
+    line = one_error_line(capsys)
+    assert rc == 2 and f"cannot reach the Dask scheduler tcp://127.0.0.1:{port} within 0.3 s" in line
+    assert not (tmp_path / "m" / LOCK_FILE).exists()
+
+
+# ------------------------------------------------------------------ interrupts
+
+
+def test_ctrl_c_exits_130_with_one_line_and_the_rerun_resumes(photos, tmp_path, monkeypatch, capsys):
+    """The real runner on a real LocalCluster; Ctrl-C lands in the driver's result loop."""
+    out = tmp_path / "m"
+
+    class InterruptAfterFirstShard:
+        def __init__(self, *a, **k):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def update(self, n):
+            raise KeyboardInterrupt
+
+        def set_postfix(self, **k):
+            pass
+
+    monkeypatch.setattr(prep.runner, "_progress", InterruptAfterFirstShard)
+    rc = cli_main(cli_args(photos, out, "--limit", "4"))
+    line = one_error_line(capsys)
+    assert rc == 130
+    assert line == f"handfirst-prep: interrupted: 1 completed shards in {out} are kept; rerun the same command to resume"
+    assert not (out / LOCK_FILE).exists()
+    monkeypatch.undo()
+    summary = run(cfg(photos, out, limit=4))
+    assert summary["shards"] == {"run": 1, "skipped": 1, "failed": 0}
