@@ -49,6 +49,7 @@ from PIL import Image  # noqa: E402
 from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
 from manifests.datasets import HandCropDataset, to_mask_tensor, to_pixel_values  # noqa: E402
+from manifests.names import path_in  # noqa: E402
 from manifests.reader import decode_hand, open_manifest  # noqa: E402
 from manifests.synthetic import make_synthetic_manifest  # noqa: E402
 
@@ -89,7 +90,7 @@ def export_folder(manifest_root: str, folder: str) -> int:
     index = []
     for _, rows in m.iter_row_groups("hands"):
         for r in rows.to_pylist():
-            base = os.path.join(folder, r["hand_id"])
+            base = path_in(folder, r["hand_id"], what="hand_id")  # a manifest's id never leaves `folder`
             with open(base + ".jpg", "wb") as f:
                 f.write(r["crop"])
             with open(base + "_mask.png", "wb") as f:

@@ -232,3 +232,21 @@ def test_the_annotator_comes_from_the_registry_or_the_command_line(synthetic_man
         annotator_module(PrepConfig(annotator="no_such_module_xyz:Annotator"))
     with pytest.raises(AnnotatorError, match="lacks class 'Nope'"):
         annotator_module(PrepConfig(annotator="prep.annotate:Nope"))
+
+
+def test_bench_loose_file_export_refuses_an_unsafe_hand_id(synthetic_manifest, tmp_path):
+    import importlib.util
+
+    loader = Path(__file__).resolve().parents[1] / "bench" / "loader.py"
+    spec = importlib.util.spec_from_file_location("bench_loader", loader)
+    bench_loader = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_loader)
+
+    def edit(_, images, hands):
+        hands[0]["hand_id"] = "../escaped"
+        return images, hands
+
+    manifest = rewrite(synthetic_manifest, tmp_path / "m", edit)
+    with pytest.raises(UnsafeNameError, match="hand_id '../escaped' is not a safe file name"):
+        bench_loader.export_folder(str(manifest), str(tmp_path / "folder"))
+    assert not list(tmp_path.glob("escaped*"))
