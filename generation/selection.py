@@ -5,8 +5,9 @@ Both commands select through `iter_selected`, so ``generate --from-manifest M --
 
 - rows of the images table whose status is one of `statuses` (``ok``; evaluate adds ``no_hands``
   with ``--include-no-hands``),
-- of one `split`: ``test`` by default; ``all`` (or None / "") takes every split, which a manifest
-  whose rows carry no split (a folder of photos) needs,
+- of one `split`. The default, ``auto``, is ``test`` when the manifest's images carry a split and
+  every row when none does (a folder of photos), which the log says; ``all`` (or None / "") takes
+  every split,
 - in manifest order: shards in name order, row groups and rows in file order,
 - the first `limit` of them. Reading stops at the row group that completes the budget, so a small
   limit over a large manifest reads a few row groups, not the table.
@@ -14,10 +15,15 @@ Both commands select through `iter_selected`, so ``generate --from-manifest M --
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Iterator, Sequence
 
-DEFAULT_SPLIT = "test"
+logger = logging.getLogger(__name__)
+
+AUTO_SPLIT = "auto"
+DEFAULT_SPLIT = AUTO_SPLIT
+TEST_SPLIT = "test"  # what `auto` takes when the manifest has splits
 ALL_SPLITS = "all"
 
 
@@ -28,6 +34,22 @@ class SelectionError(ValueError):
 def split_filter(split: str | None) -> str | None:
     """The split to filter on: None for every split ("all", "" or None)."""
     return None if split in (None, "", ALL_SPLITS) else split
+
+
+def has_splits(manifest) -> bool:
+    """Whether any images row carries a split (reads the one light column)."""
+    column = manifest.read("images", ["split"]).column("split")
+    return column.null_count < len(column)
+
+
+def resolve_split(manifest, split: str | None) -> str | None:
+    """The split to filter on for `split` as given (None: every split); see the module docstring."""
+    if split != AUTO_SPLIT:
+        return split_filter(split)
+    if has_splits(manifest):
+        return TEST_SPLIT
+    logger.warning("%s: the images carry no split, so every row is selected (--split auto)", manifest.url)
+    return None
 
 
 def iter_selected(manifest, columns: Sequence[str], split: str | None = DEFAULT_SPLIT,
@@ -42,7 +64,7 @@ def iter_selected(manifest, columns: Sequence[str], split: str | None = DEFAULT_
     if limit is not None and limit < 1:
         raise SelectionError(f"limit must be at least 1 (or None for no limit), got {limit}")
     table = manifest.images
-    expr = build_filter("images", split=split_filter(split), status=list(statuses))
+    expr = build_filter("images", split=resolve_split(manifest, split), status=list(statuses))
     remaining = limit
     for unit in table.units():
         rows = table.read_unit(unit, columns, expr).to_pylist()
@@ -68,7 +90,8 @@ def nothing_selected(manifest, split: str | None, statuses: Sequence[str] = ("ok
     """Why a selection came out empty: the rows of those statuses per split (reads two light columns)."""
     t = manifest.read("images", ["split"], status=list(statuses))
     present = dict(Counter(t.column("split").to_pylist()))
-    wanted = "every split" if split_filter(split) is None else f"split {split!r}"
+    wanted = split_filter(split) if split != AUTO_SPLIT else (TEST_SPLIT if has_splits(manifest) else None)
+    wanted = "every split" if wanted is None else f"split {wanted!r}"
     return (
         f"{manifest.url}: no images with status {'/'.join(statuses)} in {wanted}; such images per split: "
         f"{present} (--split {ALL_SPLITS} takes every split)"

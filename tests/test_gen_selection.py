@@ -58,3 +58,23 @@ def test_clear_errors(manifest):
         select_rows(manifest, ["image_id"], "test")
     with pytest.raises(SelectionError, match="limit must be at least 1"):
         select_rows(manifest, ["image_id"], "all", limit=0)
+
+
+def test_the_default_split_is_test_or_every_row_when_the_manifest_has_no_splits(manifest, tmp_path, caplog):
+    from pathlib import Path
+
+    from generation.selection import DEFAULT_SPLIT
+    from manifest_edits import rewrite
+
+    # With splits, the default is the test split: this manifest has none, so nothing is selected.
+    with pytest.raises(SelectionError, match="in split 'test'"):
+        select_rows(manifest, ["image_id"], DEFAULT_SPLIT)
+
+    def drop_splits(_, images, hands):
+        return [{**r, "split": None} for r in images], [{**h, "split": None} for h in hands]
+
+    splitless = open_manifest(str(rewrite(Path(manifest.url), tmp_path / "nosplit", drop_splits)))
+    with caplog.at_level("WARNING", logger="generation.selection"):
+        got = [r["image_id"] for r in select_rows(splitless, ["image_id"], DEFAULT_SPLIT)]
+    assert got == _reference(splitless, None, ("ok",), None) and len(got) == 16
+    assert "the images carry no split, so every row is selected" in caplog.text
