@@ -168,6 +168,53 @@ def _read_footer(fs, shard: ShardFile, table: str) -> list[Problem]:
     return [Problem(shard.url, r, kind="schema") for r in schema_problems(schema, table)]
 
 
+def damaged_file(fs, path: str, stats: dict) -> str | None:
+    """Why the table file `path` of a shard whose stats file is `stats` cannot be trusted, or None.
+
+    Checks only what is cheap: the file exists, its size is the `bytes` its stats recorded, and its
+    Parquet footer reads and holds the recorded `rows` (no row group is read).
+    """
+    try:
+        size = fs.size(path)
+    except FileNotFoundError:
+        return "its Parquet file is missing"
+    if stats.get("bytes") is not None and size != stats["bytes"]:
+        return f"its Parquet file has {size} bytes, its stats say {stats['bytes']} (truncated or overwritten)"
+    try:
+        with fs.open(path, "rb") as f:
+            rows = pq.ParquetFile(f).metadata.num_rows
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises ArrowInvalid / OSError for a bad footer
+        return f"its Parquet footer cannot be read: {' '.join(str(exc).split())}"
+    if stats.get("rows") is not None and rows != stats["rows"]:
+        return f"its Parquet file holds {rows} rows, its stats say {stats['rows']}"
+    return None
+
+
+def mixed_settings_problem(url: str, shards: list[ShardFile]) -> Problem | None:
+    """A problem if the shards' stats record more than one `config_fingerprint` (prep settings).
+
+    Shards written under other row-shaping settings (crop size, heatmap size, ...) do not belong in
+    one manifest: their rows differ in shape, and a reader would fail far from the cause.
+    """
+    groups: dict[str, list[str]] = {}
+    for s in shards:
+        fp = (s.stats or {}).get("config_fingerprint")
+        if fp:
+            groups.setdefault(fp, []).append(s.name[: -len(SHARD_SUFFIX)])
+    if len(groups) < 2:
+        return None
+    parts = "; ".join(
+        f"{fp}: {', '.join(names[:3])}{f' and {len(names) - 3} more' if len(names) > 3 else ''}"
+        for fp, names in sorted(groups.items(), key=lambda kv: kv[1][0])
+    )
+    return Problem(
+        url,
+        f"shards written under {len(groups)} different prep settings (config_fingerprint {parts}); "
+        "rerun prep on this output with --overwrite to redo it under one",
+        kind="settings",
+    )
+
+
 def shard_table(schema: pa.Schema, default: str | None = None) -> str | None:
     raw = (schema.metadata or {}).get(b"handfirst.table")
     return raw.decode() if raw else default
