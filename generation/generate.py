@@ -33,6 +33,7 @@ from PIL import Image
 
 from manifests.names import path_in
 
+from .guards import DEFAULT_MAX_PIXEL_STEPS, DEFAULT_MAX_PIXELS
 from .selection import DEFAULT_SPLIT
 from .spec import HandSpec, PoseSpec, SpecError, load_spec, parse_spec, read_json_file
 from .training.config import setting
@@ -110,6 +111,14 @@ class GenerateSettings:
     dtype: str = setting("float32", "model precision", choices=DTYPES)
     detect: bool = setting(True, "detect the pose in the result for the overview sheet (MediaPipe)")
     overwrite: bool = setting(False, "redo images whose PNG and sidecar exist (default: skip them)")
+    max_pixels: int = setting(
+        DEFAULT_MAX_PIXELS, "refuse an image whose stage-2 canvas is over this many pixels (2048x2048)", ge=1
+    )
+    max_pixel_steps: int = setting(
+        DEFAULT_MAX_PIXEL_STEPS,
+        "refuse an image whose canvas x --steps plus hand crops x hand steps is over this (2048x2048 x 100)",
+        ge=1,
+    )
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -402,7 +411,7 @@ def call_arguments(request: Request, settings: GenerateSettings) -> dict:
         else spec.negative_prompt,
         "hand_prompt": hand_prompts_for(request, settings),
         "num_inference_steps": settings.steps,
-        "hand_num_inference_steps": settings.hand_steps or settings.steps,
+        "hand_num_inference_steps": settings.steps if settings.hand_steps is None else settings.hand_steps,
         "guidance_scale": settings.guidance_scale,
         "hand_guidance_scale": settings.hand_guidance_scale,
         "pose_guidance_scale": settings.pose_guidance_scale,
@@ -419,6 +428,8 @@ def call_arguments(request: Request, settings: GenerateSettings) -> dict:
         "overlap_order": settings.overlap_order,
         "hand_encoding": settings.hand_encoding,
         "seed": int(seed),
+        "max_pixels": settings.max_pixels,
+        "max_pixel_steps": settings.max_pixel_steps,
     }
 
 

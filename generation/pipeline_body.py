@@ -40,6 +40,7 @@ from .condition import (
     conditioning_channels,
     inputs_from_body_sample,
 )
+from .guards import DEFAULT_MAX_PIXEL_STEPS, DEFAULT_MAX_PIXELS, check_finite, check_image_cost
 
 log = logging.getLogger(__name__)
 
@@ -297,6 +298,7 @@ class BodyOutpaintPipeline(DiffusionPipeline):
         image = self.vae.decode(
             latents.to(self.vae.dtype) / self.vae.config.scaling_factor, return_dict=False
         )[0]
+        check_finite(image, "the VAE's decoded pixels", self.vae, "vae")
         return self.image_processor.postprocess(image, output_type=output_type)
 
     # ---------------------------------------------------------------- inputs
@@ -311,6 +313,9 @@ class BodyOutpaintPipeline(DiffusionPipeline):
         width,
         guidance_scale,
         negative_prompt_embeds,
+        num_inference_steps=1,
+        max_pixels=DEFAULT_MAX_PIXELS,
+        max_pixel_steps=DEFAULT_MAX_PIXEL_STEPS,
     ):
         if (prompt is None) == (prompt_embeds is None):
             raise ValueError("give exactly one of `prompt` and `prompt_embeds`")
@@ -322,6 +327,12 @@ class BodyOutpaintPipeline(DiffusionPipeline):
             )
         if condition is None and condition_items is None:
             raise ValueError("give the body pose, hand image and hand mask (or a precomputed `condition`)")
+        for name, side in (("height", height), ("width", width)):
+            if isinstance(side, bool) or not isinstance(side, (int, np.integer)) or side < 1:
+                raise ValueError(f"{name} must be a positive integer, got {side!r}")
+        if int(num_inference_steps) < 1:
+            raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
+        check_image_cost(width, height, int(num_inference_steps), max_pixels, max_pixel_steps)
         if condition is not None:
             want = self.controlnet.config.conditioning_channels
             if condition.ndim != 4 or condition.shape[1] != want:
@@ -386,6 +397,8 @@ class BodyOutpaintPipeline(DiffusionPipeline):
         on_step_end: StepEndFn | None = None,
         callback_on_step_end: Callable | None = None,
         callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        max_pixel_steps: int = DEFAULT_MAX_PIXEL_STEPS,
     ):
         """Generate full images.
 
@@ -399,6 +412,8 @@ class BodyOutpaintPipeline(DiffusionPipeline):
         - condition: instead of the above, a precomputed (B, C, H, W) condition in [0, 1].
         - uncond_condition: ``same`` (guide on text) or ``zero`` (guide on text and condition).
         - on_step_end(i, t, latents) -> latents: see `denoise`.
+        - max_pixels / max_pixel_steps: refuse an output over this many pixels, or over this many
+          pixels x steps (see `generation.guards.check_image_cost`).
 
         Returns `ImagePipelineOutput(images=...)`: PIL images, (B, H, W, 3) float numpy in [0, 1],
         (B, 3, H, W) torch in [0, 1] ("pt"), or the latents ("latent").
@@ -409,19 +424,19 @@ class BodyOutpaintPipeline(DiffusionPipeline):
         else:
             batch = 1 if isinstance(prompt, str) else len(prompt or [])
         if condition is not None:
-            height, width = height or condition.shape[-2], width or condition.shape[-1]
+            height = condition.shape[-2] if height is None else height
+            width = condition.shape[-1] if width is None else width
         elif hand_mask is not None:
             first = hand_mask[0] if isinstance(hand_mask, (list, tuple)) else hand_mask
             h0, w0 = _as_array(first, "hand_mask").shape[:2]
-            height, width = height or h0, width or w0
+            height, width = (h0 if height is None else height), (w0 if width is None else width)
         items = self._condition_items(
             batch, body_keypoints, hand_image, hand_mask, hand_keypoints, body_format
         )
 
         # 2. Check inputs.
-        self.check_inputs(
-            prompt, prompt_embeds, items, condition, height, width, guidance_scale, negative_prompt_embeds
-        )
+        self.check_inputs(prompt, prompt_embeds, items, condition, height, width, guidance_scale, negative_prompt_embeds,
+                          num_inference_steps, max_pixels, max_pixel_steps)  # fmt: skip
         device = self._execution_device
         dtype = self.unet.dtype
 
@@ -476,6 +491,8 @@ class BodyOutpaintPipeline(DiffusionPipeline):
             on_step_end=step_fn,
             extra_step_kwargs=self.prepare_extra_step_kwargs(generator, eta),
         )
+        # A NaN model denoises to NaN, which would decode to a black image.
+        check_finite(latents, "the body model's denoised latents", self._denoisers(), "unet and controlnet")
 
         # 8. Decode.
         images = self.decode_latents(latents, output_type)
@@ -483,6 +500,10 @@ class BodyOutpaintPipeline(DiffusionPipeline):
         if not return_dict:
             return (images,)
         return ImagePipelineOutput(images=images)
+
+    def _denoisers(self) -> torch.nn.ModuleDict:
+        """The two networks of the denoising loop, as one module for the weight diagnosis."""
+        return torch.nn.ModuleDict({"unet": self.unet, "controlnet": self.controlnet})
 
     def _wrap_callback(
         self, inner, callback, tensor_inputs, prompt_embeds, negative_prompt_embeds

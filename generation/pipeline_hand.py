@@ -12,6 +12,7 @@ heatmaps (B, 21, size/8, size/8), such as a manifest's ``heatmap`` column, can b
 from __future__ import annotations
 
 import logging
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +28,14 @@ from transformers import CLIPTextModel, CLIPTokenizer
 from manifests.geometry import render_heatmap
 
 from .components import check_saved_pipeline, encode_text
+from .guards import (
+    DEFAULT_MAX_PIXEL_STEPS,
+    DEFAULT_MAX_PIXELS,
+    check_finite,
+    check_image_cost,
+    check_seed,
+    make_generator,
+)
 from .hand_model import HandUNet
 
 logger = logging.getLogger(__name__)
@@ -51,6 +60,11 @@ class HandGenerationPipelineOutput(BaseOutput):
     masks: list[PIL.Image.Image] | np.ndarray | torch.Tensor
     masks_binary: list[PIL.Image.Image] | np.ndarray | torch.Tensor
     latents: torch.Tensor
+
+
+def _is_count(value) -> bool:
+    """An integer (Python or numpy), not a bool or a float."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def keypoints_to_heatmaps(
@@ -136,6 +150,9 @@ class HandGenerationPipeline(DiffusionPipeline):
         mask_threshold,
         generator,
         seed,
+        num_images_per_prompt=1,
+        max_pixels=DEFAULT_MAX_PIXELS,
+        max_pixel_steps=DEFAULT_MAX_PIXEL_STEPS,
     ):
         if (heatmaps is None) == (keypoints is None):
             raise ValueError(
@@ -148,10 +165,15 @@ class HandGenerationPipeline(DiffusionPipeline):
             raise ValueError(
                 f"`prompt` must be a string or a non-empty list of strings, got {type(prompt).__name__}"
             )
-        if size % self.vae_scale_factor:
-            raise ValueError(f"size must be a multiple of {self.vae_scale_factor}, got {size}")
+        f = self.vae_scale_factor
+        if not _is_count(size) or size < f or size % f:
+            raise ValueError(f"size must be a positive multiple of {f} pixels, got {size!r}")
         if int(num_inference_steps) < 1:
             raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
+        if not _is_count(num_images_per_prompt) or num_images_per_prompt < 1:
+            raise ValueError(f"num_images_per_prompt must be an integer >= 1, got {num_images_per_prompt!r}")
+        # Before anything is rendered or allocated: a huge size would otherwise fill the memory.
+        check_image_cost(size, size, int(num_inference_steps), max_pixels, max_pixel_steps, what="hand crop")
         if guidance_scale < 0 or pose_guidance_scale < 0:
             raise ValueError("guidance scales must be >= 0")
         if output_type not in OUTPUT_TYPES:
@@ -160,6 +182,8 @@ class HandGenerationPipeline(DiffusionPipeline):
             raise ValueError(f"mask_threshold must be in (0, 1), got {mask_threshold}")
         if generator is not None and seed is not None:
             raise ValueError("pass `generator` or `seed`, not both")
+        if seed is not None:
+            check_seed(seed)
         if heatmaps is not None:
             k = self.unet.config.num_keypoints
             hm = heatmaps if torch.is_tensor(heatmaps) else torch.as_tensor(np.asarray(heatmaps))
@@ -215,6 +239,8 @@ class HandGenerationPipeline(DiffusionPipeline):
         output_type: str = "pil",
         mask_threshold: float = 0.5,
         return_dict: bool = True,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        max_pixel_steps: int = DEFAULT_MAX_PIXEL_STEPS,
     ):
         """Generate hand crops and masks.
 
@@ -230,8 +256,10 @@ class HandGenerationPipeline(DiffusionPipeline):
             generator / seed: randomness; `seed` builds a generator on the execution device.
             output_type: "pil", "np", "pt" or "latent" (see `HandGenerationPipelineOutput`).
             mask_threshold: probability above which a pixel is hand in `masks_binary`.
+            max_pixels / max_pixel_steps: refuse a crop over this many pixels, or over this many
+                pixels x steps (see `generation.guards.check_image_cost`).
         """
-        size = size or self.default_size
+        size = self.default_size if size is None else size  # 0 is an error, not the default
         # 1. Check inputs.
         self.check_inputs(
             prompt,
@@ -246,6 +274,9 @@ class HandGenerationPipeline(DiffusionPipeline):
             mask_threshold,
             generator,
             seed,
+            num_images_per_prompt,
+            max_pixels,
+            max_pixel_steps,
         )
         device = self._execution_device
         dtype = self.unet.dtype
@@ -300,7 +331,7 @@ class HandGenerationPipeline(DiffusionPipeline):
 
         # 5. Initial noise.
         if seed is not None:
-            generator = torch.Generator(device=device).manual_seed(int(seed))
+            generator = make_generator(seed, device)
         latents = self.prepare_latents(total, size, dtype, device, generator, latents)
 
         # 6. Denoising loop; the mask is read from the fully conditioned branch of the last step.
@@ -322,12 +353,17 @@ class HandGenerationPipeline(DiffusionPipeline):
             mask_logits = mask_all.chunk(branches)[-1]
             latents = self.scheduler.step(noise, t, latents, return_dict=False)[0]
 
+        # A NaN model denoises to NaN, which would decode to black crops and empty masks.
+        check_finite(latents, "the hand model's denoised latents", self.unet, "unet")
+        check_finite(mask_logits, "the hand model's mask logits", self.unet, "unet")
+
         # 7. Decode images and upsample masks.
         mask_prob = torch.sigmoid(mask_logits.float())
         if output_type == "latent":
             images, masks = latents, mask_prob
         else:
             decoded = self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False)[0]
+            check_finite(decoded, "the VAE's decoded hand pixels", self.vae, "vae")
             images = self.image_processor.postprocess(decoded, output_type=output_type)
             masks = F.interpolate(mask_prob, size=(size, size), mode="bilinear", align_corners=False).clamp(
                 0, 1

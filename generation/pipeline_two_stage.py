@@ -41,6 +41,14 @@ from .blending import BlendConfig, blend_latents, keep_mask, mask_to_latent
 from .body_model import masked_image, vae_scale_factor
 from .components import check_saved_pipeline
 from .condition import CONDITION_GROUPS, ConditionInputs, build_condition
+from .guards import (
+    DEFAULT_MAX_PIXEL_STEPS,
+    DEFAULT_MAX_PIXELS,
+    check_image_cost,
+    check_seed,
+    make_generator,
+    offset_seed,
+)
 from .hand_model import HandUNet
 from .pipeline_body import BodyOutpaintPipeline
 from .pipeline_hand import HandGenerationPipeline, keypoints_to_heatmaps
@@ -358,10 +366,24 @@ class TwoStageHandBodyPipeline(DiffusionPipeline):
         self, width, height, hands, handedness, body_keypoints, body_format, hand_prompts, blend, output_type,
         num_inference_steps, hand_num_inference_steps, small_hands, min_hand_size, overlap_order, feather,
         hand_encoding="windows", mask_fallback="skeleton", min_mask_coverage=0.5, seed=None, generator=None,
+        max_pixels=DEFAULT_MAX_PIXELS, max_pixel_steps=DEFAULT_MAX_PIXEL_STEPS,
     ):  # fmt: skip
         self.check_models()
         if not (isinstance(width, int) and isinstance(height, int)) or width < 8 or height < 8:
             raise ValueError(f"width and height must be integers >= 8, got {width!r} x {height!r}")
+        for name, steps in (("num_inference_steps", num_inference_steps),
+                            ("hand_num_inference_steps", hand_num_inference_steps)):  # fmt: skip
+            if int(steps) < 1:
+                raise ValueError(f"{name} must be >= 1, got {steps}")
+        # What this one image costs, before anything is drawn or allocated: the stage-2 canvas (rounded
+        # up to the size multiple) times its steps, plus every hand crop times the stage-1 steps.
+        m = self.size_multiple
+        crop = self.hand_crop_size
+        check_image_cost(-(-width // m) * m, -(-height // m) * m, int(num_inference_steps), max_pixels,
+                         max_pixel_steps, what="image (stage-2 canvas)",
+                         extra_pixel_steps=len(hands) * crop * crop * int(hand_num_inference_steps))  # fmt: skip
+        if seed is not None:
+            check_seed(seed)
         if body_format not in BODY_FORMATS:
             raise ValueError(f"unknown body format {body_format!r}; expected one of {sorted(BODY_FORMATS)}")
         if body_keypoints is not None:
@@ -384,10 +406,6 @@ class TwoStageHandBodyPipeline(DiffusionPipeline):
             )
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"unknown output_type {output_type!r}; expected one of {OUTPUT_TYPES}")
-        for name, steps in (("num_inference_steps", num_inference_steps),
-                            ("hand_num_inference_steps", hand_num_inference_steps)):  # fmt: skip
-            if int(steps) < 1:
-                raise ValueError(f"{name} must be >= 1, got {steps}")
         if small_hands not in SMALL_HAND_POLICIES:
             raise ValueError(f"small_hands must be one of {SMALL_HAND_POLICIES}, got {small_hands!r}")
         if min_hand_size < 0:
@@ -589,6 +607,8 @@ class TwoStageHandBodyPipeline(DiffusionPipeline):
         output_type: str = "pil",
         return_masks: bool = False,
         return_dict: bool = True,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        max_pixel_steps: int = DEFAULT_MAX_PIXEL_STEPS,
     ):
         """Generate one image of a person whose hands follow the given hand poses.
 
@@ -622,12 +642,16 @@ class TwoStageHandBodyPipeline(DiffusionPipeline):
                 with `seed` (stage 2 with `seed` + 1), so results do not depend on the device or on
                 how many hands stage 1 drew. A `generator` given instead serves both stages in turn.
             return_masks: also return the per-step keep masks.
+            max_pixels / max_pixel_steps: refuse an image whose stage-2 canvas is over this many pixels,
+                or whose canvas x steps plus hand crops x stage-1 steps is over this many pixel-steps
+                (`generation.guards.check_image_cost`), before anything is drawn.
         Returns `TwoStageOutput` (or a tuple ``(images, output)`` with ``return_dict=False``).
         """
         t_start = time.perf_counter()
         # 0. Resolve the request.
         if spec is not None:
-            width, height = width or spec.width, height or spec.height
+            width = spec.width if width is None else width
+            height = spec.height if height is None else height
             body_keypoints = spec.body if body_keypoints is None else body_keypoints
             body_format = spec.body_format or body_format
             hands = [h.keypoints for h in spec.hands] if hands is None else hands
@@ -642,13 +666,13 @@ class TwoStageHandBodyPipeline(DiffusionPipeline):
             blend = BlendConfig(**blend)
         elif blend is None:
             blend = BlendConfig()
-        hand_steps = hand_num_inference_steps or num_inference_steps
+        hand_steps = num_inference_steps if hand_num_inference_steps is None else hand_num_inference_steps
 
         # 1. Check inputs.
         self.check_inputs(width, height, hands, handedness, body_keypoints, body_format, hand_prompt, blend,
                           output_type, num_inference_steps, hand_steps, small_hands, min_hand_size,
                           overlap_order, feather, hand_encoding, mask_fallback, min_mask_coverage, seed,
-                          generator)  # fmt: skip
+                          generator, max_pixels, max_pixel_steps)  # fmt: skip
         hands = [_as_keypoints(k, NUM_HAND_KEYPOINTS, f"hand {i}") for i, k in enumerate(hands)]
         handedness = list(handedness) if handedness is not None else [None] * len(hands)
         templates = (
@@ -662,8 +686,8 @@ class TwoStageHandBodyPipeline(DiffusionPipeline):
         if body_keypoints is not None:
             body_keypoints = _as_keypoints(body_keypoints, BODY_FORMATS[body_format], "body keypoints")
         seed = 0 if seed is None and generator is None else seed
-        hand_generator = generator or torch.Generator("cpu").manual_seed(int(seed))
-        body_generator = generator or torch.Generator("cpu").manual_seed(int(seed) + 1)
+        hand_generator = generator or make_generator(seed)
+        body_generator = generator or make_generator(offset_seed(seed, 1))
         crop_size = self.hand_crop_size
         multiple = self.size_multiple
         work_h, work_w = -(-height // multiple) * multiple, -(-width // multiple) * multiple
@@ -685,7 +709,8 @@ class TwoStageHandBodyPipeline(DiffusionPipeline):
                 guidance_scale=guidance_scale if hand_guidance_scale is None else hand_guidance_scale,
                 pose_guidance_scale=pose_guidance_scale,
                 negative_prompt=[hand_negative_prompt or ""] * len(placed), generator=hand_generator,
-                output_type="np", mask_threshold=mask_threshold,
+                output_type="np", mask_threshold=mask_threshold, max_pixels=max_pixels,
+                max_pixel_steps=max_pixel_steps,
             )  # fmt: skip
             hand_images = (np.clip(stage1.images, 0, 1) * 255).round().astype(np.uint8)
             hand_masks = np.asarray(stage1.masks_binary, bool).copy()
@@ -737,6 +762,7 @@ class TwoStageHandBodyPipeline(DiffusionPipeline):
             guidance_scale=guidance_scale, negative_prompt=negative_prompt,
             controlnet_conditioning_scale=controlnet_conditioning_scale, uncond_condition=uncond_condition,
             generator=body_generator, latents=noise, output_type="latent", on_step_end=hook,
+            max_pixels=max_pixels, max_pixel_steps=max_pixel_steps,
         ).images  # fmt: skip
         t_stage2 = time.perf_counter() - t0
 

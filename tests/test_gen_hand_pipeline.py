@@ -125,7 +125,7 @@ def test_bad_inputs_raise_clear_errors(pipe, keypoints, tmp_path):
         pipe("a hand", **kw)
     with pytest.raises(ValueError, match="`generator` or `seed`, not both"):
         pipe("a hand", keypoints=keypoints, seed=0, generator=torch.Generator(), **kw)
-    with pytest.raises(ValueError, match="size must be a multiple of 8"):
+    with pytest.raises(ValueError, match="size must be a positive multiple of 8 pixels, got 60"):
         pipe("a hand", keypoints=keypoints, size=60, **kw)
     with pytest.raises(ModelFolderError, match="hand model folder not found"):
         HandGenerationPipeline.from_pretrained(tmp_path / "missing")

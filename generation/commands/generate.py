@@ -88,7 +88,7 @@ def _requests(args, settings, pipe_size: int):
     if args.spec:
         return requests_from_specs(args.spec), None, []
     if args.from_manifest:
-        size = settings.size or pipe_size
+        size = pipe_size if settings.size is None else settings.size
         return (
             requests_from_manifest(args.from_manifest, args.image_id, size, args.split, args.limit, seed),
             None,
@@ -111,7 +111,7 @@ def _requests(args, settings, pipe_size: int):
                 f"several photos share the name(s) {clashes}; their outputs would overwrite each other"
             )
         detector = get_detector(PrepConfig())
-        size = settings.size or pipe_size
+        size = pipe_size if settings.size is None else settings.size
         requests, failures = [], []
         for path in args.from_image:
             try:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import sys
 
+from . import add_cost_arguments
+
 HELP = (
     "Paint the person around the hands of manifest images with a trained body outpainter (stage 2 alone): "
     "the body pose, hand pixels and hand mask come from the manifest row, through the training transform. "
@@ -37,6 +39,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     parser.add_argument("--device", default=None, help="cuda / cpu / mps (default: cuda if available)")
     parser.add_argument("--fp16", action="store_true", help="load in float16 (GPU)")
+    add_cost_arguments(parser)
 
 
 def _training_resolution(model: str) -> int | None:
@@ -62,13 +65,21 @@ def run(args) -> int:
 
     from ..components import ModelFolderError
     from ..condition import ConditionInputs, condition_tiles
+    from ..guards import check_image_cost, make_generator
     from ..pipeline_body import BodyOutpaintPipeline, manifest_inputs
 
     try:
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = torch.float16 if args.fp16 else torch.float32
         pipe = BodyOutpaintPipeline.from_pretrained(args.model, dtype=dtype).to(device)
-        resolution = args.resolution or _training_resolution(args.model) or 512
+        resolution = args.resolution
+        if resolution is None:  # 0 is an error below, not the default
+            resolution = _training_resolution(args.model) or 512
+        if resolution < 1:
+            raise ValueError(f"--resolution must be >= 1, got {resolution}")
+        # Before any manifest image is drawn at that size.
+        check_image_cost(resolution, resolution, args.steps, args.max_pixels, args.max_pixel_steps)
+        generator = make_generator(args.seed)
         os.makedirs(args.out, exist_ok=True)
         for image_id in args.image_id:
             image_path = path_in(args.out, image_id, ".png", "image_id")  # never a path outside --out
@@ -79,7 +90,8 @@ def run(args) -> int:
             condition = pipe.prepare_condition([drawn])
             out = pipe(prompt, condition=condition, negative_prompt=args.negative_prompt, num_inference_steps=args.steps,
                        guidance_scale=args.guidance_scale, controlnet_conditioning_scale=args.conditioning_scale,
-                       generator=torch.Generator().manual_seed(args.seed), output_type="pil")  # fmt: skip
+                       generator=generator.manual_seed(args.seed), output_type="pil", max_pixels=args.max_pixels,
+                       max_pixel_steps=args.max_pixel_steps)  # fmt: skip
             out.images[0].save(image_path)
             sheet = contact_sheet(
                 condition_tiles(condition[0], pipe.condition_config), columns=3, tile=resolution

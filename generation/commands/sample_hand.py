@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import sys
 
+from . import add_cost_arguments
+
 HELP = (
     "Draw hand crops and their masks with a trained hand generator. --keypoints is a JSON file holding "
     "21 [x, y] pairs in crop pixels, or a list of such lists (one hand per entry). Writes DIR/hand_000.png "
@@ -14,6 +16,14 @@ HELP = (
 
 class PoseFileError(ValueError):
     """pose.json is not 21 [x, y] pairs or a list of such lists."""
+
+
+def _is_point(value) -> bool:
+    return (
+        isinstance(value, list)
+        and bool(value)
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+    )
 
 
 def load_poses(path: str, num_keypoints: int = 21):
@@ -29,7 +39,8 @@ def load_poses(path: str, num_keypoints: int = 21):
         raise PoseFileError(
             f"{path}: expected a list of {num_keypoints} [x, y] pairs or a list of such lists"
         )
-    poses = [data] if not isinstance(data[0][0], list) else data
+    # One pose is a list of [x, y] number pairs; anything else at the top is a list of poses.
+    poses = [data] if _is_point(data[0]) else data
     out = []
     for i, pose in enumerate(poses):
         try:
@@ -79,6 +90,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--device", default=None, help="cuda / cpu / mps (default: cuda if available)")
     parser.add_argument("--fp16", action="store_true", help="load in float16 (GPU)")
     parser.add_argument("--save-probabilities", action="store_true", help="also write hand_NNN_mask_prob.png")
+    add_cost_arguments(parser)
 
 
 def run(args) -> int:
@@ -95,7 +107,8 @@ def run(args) -> int:
         out = pipe(args.prompt, keypoints=poses, size=args.size, num_inference_steps=args.steps,
                    guidance_scale=args.guidance_scale, pose_guidance_scale=args.pose_guidance_scale,
                    negative_prompt=args.negative_prompt, num_images_per_prompt=args.num_images_per_pose,
-                   seed=args.seed, mask_threshold=args.mask_threshold, output_type="pil")  # fmt: skip
+                   seed=args.seed, mask_threshold=args.mask_threshold, output_type="pil",
+                   max_pixels=args.max_pixels, max_pixel_steps=args.max_pixel_steps)  # fmt: skip
     except (PoseFileError, ModelFolderError, ValueError) as exc:
         print(f"handfirst-gen sample-hand: error: {exc}", file=sys.stderr)
         return 1

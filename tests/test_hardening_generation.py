@@ -1,0 +1,269 @@
+"""Generation inputs that used to crash or run away: seeds outside torch's range, what one image may cost,
+sizes of 0, empty pose files, incomplete model folders and NaN weights. Each is one clear error line."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from test_gen_two_stage_generate import _spec
+from test_gen_two_stage_pipeline import _call, _parts
+
+from generation import HandGenerationPipeline, TwoStageHandBodyPipeline
+from generation.cli import main
+from generation.components import ModelFolderError
+from generation.guards import (
+    CostLimitError,
+    NonFiniteOutputError,
+    check_image_cost,
+    check_seed,
+    offset_seed,
+)
+from manifests.synthetic import synthetic_hand
+
+SEED_RANGE = r"\[0, 2\*\*64\)"
+
+
+@pytest.fixture(scope="module")
+def pipes():
+    hand, body = _parts()
+    for p in (hand, body):
+        p.set_progress_bar_config(disable=True)
+    two = TwoStageHandBodyPipeline.from_pipelines(hand, body, crop_margin=0.25)
+    two.set_progress_bar_config(disable=True)
+    return hand, body, two
+
+
+@pytest.fixture(scope="module")
+def folders(pipes, tmp_path_factory):
+    """The tiny hand and body pipelines saved as model folders (what a finished run folder holds)."""
+    root = tmp_path_factory.mktemp("models")
+    pipes[0].save_pretrained(str(root / "hand"))
+    pipes[1].save_pretrained(str(root / "body"))
+    return root / "hand", root / "body"
+
+
+@pytest.fixture(scope="module")
+def pose_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("pose") / "pose.json"
+    path.write_text(json.dumps(synthetic_hand(np.random.default_rng(0), (32, 32), 36)[:, :2].tolist()))
+    return path
+
+
+class poisoned:
+    """Fill one parameter with NaN for the duration of a `with` block (the module fixtures stay clean)."""
+
+    def __init__(self, param):
+        self.param, self.saved = param, param.detach().clone()
+
+    def __enter__(self):
+        with torch.no_grad():
+            self.param.fill_(float("nan"))
+
+    def __exit__(self, *exc):
+        with torch.no_grad():
+            self.param.copy_(self.saved)
+
+
+def _one_error_line(capsys, command: str) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"handfirst-gen {command}: error: "), err
+    return last
+
+
+# ---------------------------------------------------------------------------------------------------
+# seeds
+
+
+def test_seeds_outside_the_generator_range_name_the_range():
+    for bad in (2**70, 2**64, -1, 1.5, "7", None, True):
+        with pytest.raises(ValueError, match=SEED_RANGE):
+            check_seed(bad)
+    assert check_seed(0) == 0 and check_seed(2**64 - 1) == 2**64 - 1 and check_seed(3.0) == 3
+    # Stage 2's seed is seed + 1, wrapped so the largest seed still has one; other seeds are unchanged.
+    assert offset_seed(7, 1) == 8 and offset_seed(2**64 - 1, 1) == 0
+
+
+def test_pipelines_refuse_a_huge_seed_and_take_the_largest_valid_one(pipes, pose_file):
+    hand, _, two = pipes
+    kps = json.loads(pose_file.read_text())
+    with pytest.raises(ValueError, match=SEED_RANGE):
+        hand("a hand", keypoints=kps, num_inference_steps=1, seed=2**70)
+    with pytest.raises(ValueError, match=SEED_RANGE):
+        _call(two, seed=2**70)
+    # Stage 2 used to seed with seed + 1 = 2**64, which torch refuses with an OverflowError.
+    out = _call(two, seed=2**64 - 1, num_inference_steps=1)
+    assert out.images.shape == (1, 96, 128, 3)
+
+
+# ---------------------------------------------------------------------------------------------------
+# what one image may cost, and sizes of 0
+
+
+def test_cost_bounds_are_inclusive_and_count_the_hands():
+    check_image_cost(128, 96, 3, max_pixels=128 * 96, max_pixel_steps=128 * 96 * 3)
+    with pytest.raises(CostLimitError, match=r"image 128x96 is 12,288 pixels, over max_pixels 12,287"):
+        check_image_cost(128, 96, 3, max_pixels=128 * 96 - 1)
+    with pytest.raises(CostLimitError, match=r"128x96 x 3 steps \+ 10 for its hands is 36,874 pixel-steps, "
+                                             r"over max_pixel_steps 36,873"):  # fmt: skip
+        check_image_cost(128, 96, 3, max_pixel_steps=36_873, extra_pixel_steps=10)
+    with pytest.raises(ValueError, match="max_pixels must be an integer >= 1, got 0"):
+        check_image_cost(8, 8, 1, max_pixels=0)
+
+
+def test_a_huge_request_is_refused_before_anything_is_drawn(pipes, pose_file, monkeypatch):
+    hand, body, two = pipes
+
+    def never(*args, **kwargs):
+        raise AssertionError("drew or allocated before checking the cost")
+
+    monkeypatch.setattr("generation.pipeline_hand.keypoints_to_heatmaps", never)
+    monkeypatch.setattr("generation.pipeline_two_stage.keypoints_to_heatmaps", never)
+    monkeypatch.setattr(two, "place_hands", never)
+    kps = json.loads(pose_file.read_text())
+    with pytest.raises(
+        CostLimitError, match=r"hand crop 100000x100000 is 10,000,000,000 pixels, over max_pixels"
+    ):
+        hand("a hand", keypoints=kps, size=100_000, num_inference_steps=1)
+    with pytest.raises(CostLimitError, match=r"image \(stage-2 canvas\) 8192x8192 is 67,108,864 pixels, over "
+                                             r"max_pixels 4,194,304 \(2048x2048\)"):  # fmt: skip
+        _call(two, width=8192, height=8192)
+    with pytest.raises(CostLimitError, match="over max_pixel_steps"):
+        _call(two, num_inference_steps=100_000)
+    with pytest.raises(CostLimitError, match="max_pixels 12,287"):
+        _call(two, max_pixels=128 * 96 - 1)
+    with pytest.raises(CostLimitError, match="over max_pixels"):
+        body("a person", condition=torch.zeros(1, 5, 4096, 4096), num_inference_steps=1)
+
+
+def test_zero_sizes_and_steps_are_errors_not_the_default(pipes, pose_file):
+    hand, body, two = pipes
+    kps = json.loads(pose_file.read_text())
+    with pytest.raises(ValueError, match="size must be a positive multiple of 8 pixels, got 0"):
+        hand("a hand", keypoints=kps, size=0, num_inference_steps=1)
+    with pytest.raises(ValueError, match="num_images_per_prompt must be an integer >= 1, got 0"):
+        hand("a hand", keypoints=kps, num_images_per_prompt=0, num_inference_steps=1)
+    condition = torch.zeros(1, body.controlnet.config.conditioning_channels, 64, 64)
+    with pytest.raises(ValueError, match="height must be a positive integer, got 0"):
+        body("a person", condition=condition, height=0, num_inference_steps=1)
+    with pytest.raises(ValueError, match="hand_num_inference_steps must be >= 1, got 0"):
+        _call(two, hand_num_inference_steps=0)
+
+
+# ---------------------------------------------------------------------------------------------------
+# NaN weights
+
+
+def test_nan_weights_stop_each_pipeline_with_the_model_named(pipes, pose_file):
+    hand, body, two = pipes
+    kps = json.loads(pose_file.read_text())
+    with poisoned(hand.unet.unet.conv_out.weight):
+        with pytest.raises(NonFiniteOutputError, match=r"hand model's denoised latents hold NaN/inf values "
+                                                       r"\(100%.*unet has NaN/inf weights in 1 tensor\(s\) "
+                                                       r"\(e\.g\. unet\.conv_out\.weight\)"):  # fmt: skip
+            hand("a hand", keypoints=kps, num_inference_steps=1, seed=0)
+    with poisoned(hand.vae.decoder.conv_out.bias):
+        with pytest.raises(
+            NonFiniteOutputError, match=r"VAE's decoded hand pixels .*vae has NaN/inf weights"
+        ):
+            hand("a hand", keypoints=kps, num_inference_steps=1, seed=0)
+    with poisoned(body.controlnet.controlnet_mid_block.weight):
+        with pytest.raises(
+            NonFiniteOutputError, match=r"body model's denoised latents.*controlnet_mid_block"
+        ):
+            _call(two, num_inference_steps=1)
+    # Finite weights and non-finite latents: the message points at the precision instead.
+    condition = torch.zeros(1, body.controlnet.config.conditioning_channels, 64, 64)
+    with pytest.raises(NonFiniteOutputError, match="weights are finite, so the values overflowed"):
+        body("a person", condition=condition, num_inference_steps=1, latents=torch.full((1, 4, 8, 8), np.inf))
+
+
+# ---------------------------------------------------------------------------------------------------
+# the commands
+
+
+def test_sample_hand_bad_inputs_are_one_error_line_and_write_nothing(folders, pose_file, tmp_path, capsys):
+    model, out = str(folders[0]), tmp_path / "out"
+    base = ["sample-hand", "--model", model, "--keypoints", str(pose_file), "--out", str(out), "--steps", "1"]
+    empty = tmp_path / "empty.json"
+    empty.write_text("[[]]")
+    cases = {
+        "pose 0 has shape [0], expected [21, 2]": ["--keypoints", str(empty)],
+        "num_images_per_prompt must be an integer >= 1, got 0": ["--num-images-per-pose", "0"],
+        "seed must be in [0, 2**64)": ["--seed", str(2**70)],
+        "size must be a positive multiple of 8 pixels, got 0": ["--size", "0"],
+        "hand crop 100000x100000 is 10,000,000,000 pixels, over max_pixels 4,194,304": ["--size", "100000"],
+        "over max_pixels 4,095": ["--max-pixels", "4095"],
+    }
+    for message, extra in cases.items():
+        assert main([*base, *extra]) == 1, extra
+        assert message in _one_error_line(capsys, "sample-hand"), extra
+    assert not out.exists()
+    assert main([*base, "--max-pixels", "4096"]) == 0  # the bound is inclusive: a 64 px crop fits
+    assert (out / "hand_000.png").is_file()
+
+
+def test_sample_hand_with_nan_weights_fails_instead_of_writing_black_hands(
+    pipes, tmp_path, pose_file, capsys
+):
+    hand = pipes[0]
+    with poisoned(hand.unet.unet.conv_out.weight):
+        hand.save_pretrained(str(tmp_path / "nan"))
+    out = tmp_path / "out"
+    rc = main(["sample-hand", "--model", str(tmp_path / "nan"), "--keypoints", str(pose_file), "--out", str(out),
+               "--steps", "1"])  # fmt: skip
+    assert rc == 1
+    assert "NaN/inf weights in 1 tensor(s) (e.g. unet.conv_out.weight)" in _one_error_line(
+        capsys, "sample-hand"
+    )
+    assert not out.exists()
+
+
+def test_a_model_folder_missing_a_part_is_named(folders, tmp_path, pose_file, capsys):
+    broken = tmp_path / "hand"
+    shutil.copytree(folders[0], broken)
+    shutil.rmtree(broken / "tokenizer")
+    with pytest.raises(
+        ModelFolderError, match=r"lacks the part\(s\) \['tokenizer'\] that its model_index.json"
+    ):
+        HandGenerationPipeline.from_pretrained(str(broken))
+    rc = main(
+        ["sample-hand", "--model", str(broken), "--keypoints", str(pose_file), "--out", str(tmp_path / "o")]
+    )
+    assert rc == 1 and "['tokenizer']" in _one_error_line(capsys, "sample-hand")
+    # A tokenizer folder without its config gets no length limit: named instead of an OverflowError.
+    (broken / "tokenizer").mkdir()
+    shutil.copy(folders[0] / "tokenizer" / "tokenizer.json", broken / "tokenizer" / "tokenizer.json")
+    rc = main(
+        ["sample-hand", "--model", str(broken), "--keypoints", str(pose_file), "--out", str(tmp_path / "o")]
+    )
+    assert rc == 1 and "tokenizer has no usable model_max_length" in _one_error_line(capsys, "sample-hand")
+
+
+def test_generate_refuses_a_huge_canvas_and_a_huge_seed_per_image(folders, tmp_path, capsys):
+    big = _spec(tmp_path / "big.json", width=8192, height=8192)
+    seed = _spec(tmp_path / "seed.json", seed=2**70)
+    out = tmp_path / "out"
+    rc = main(["generate", "--spec", big, seed, "--hand-model", str(folders[0]), "--body-model", str(folders[1]),
+               "--out", str(out), "--steps", "1", "--no-detect"])  # fmt: skip
+    assert rc == 1
+    failures = {
+        f["name"]: f["error"] for f in map(json.loads, (out / "failures.jsonl").read_text().splitlines())
+    }
+    assert failures["big"].startswith("CostLimitError: image (stage-2 canvas) 8192x8192 is 67,108,864 pixels")
+    assert "seed must be in [0, 2**64)" in failures["seed"]
+    assert not list(out.glob("*.png"))
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_request_reaches_the_pipeline_with_its_bounds(folders, tmp_path):
+    from generation.generate import GenerateSettings, Request, call_arguments
+    from generation.spec import load_spec
+
+    spec = load_spec(_spec(tmp_path / "s.json"))
+    kwargs = call_arguments(Request(spec), GenerateSettings(max_pixels=123, max_pixel_steps=456, steps=7))
+    assert kwargs["max_pixels"] == 123 and kwargs["max_pixel_steps"] == 456
+    assert kwargs["hand_num_inference_steps"] == 7
