@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import struct
 import zlib
 
@@ -26,11 +27,12 @@ from manifests.stats import distribution
 from manifests.validate import validate_manifest
 from manifests.writer import ManifestWriter
 from prep.annotate import Annotator, error_row
+from prep.cli import main as prep_main
 from prep.config import PrepConfig
 from prep.errors import AnnotationError, ImageReadError, ImageTooLargeError
 from prep.imageio import MAX_FILE_BYTES, load_image, read_bytes
 from prep.records import HandAnnotation, ImageRecord
-from prep.sources import load_records
+from prep.sources import AnnotationFileError, load_records
 
 MAX = 40_000_000
 
@@ -455,3 +457,74 @@ def test_mask_method_none_is_recorded_and_the_manifest_validates(
         RowDecodeError, match=r"hand p_h0 mask: none stored \(mask_method 'none'\); rerun prep"
     ):
         mask_array(stored)  # uses that need masks say why there is none
+
+
+# Finding 11: malformed COCO / InterHand annotation files.
+
+
+def _write_json(folder, name, data):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_text(json.dumps(data))
+
+
+def _interhand(folder, images, annotations):
+    _write_json(folder, "test_x_data.json", {"images": images, "annotations": annotations})
+    _write_json(folder, "test_x_joint_3d.json", {})
+    _write_json(folder, "test_x_camera.json", {})
+
+
+@pytest.mark.parametrize("fmt", ["coco", "interhand"])
+@pytest.mark.parametrize("value", [5, "all", {"image_id": 1}])
+def test_annotations_that_are_not_a_list_stop_the_run_naming_the_file(tmp_path, capsys, fmt, value):
+    images = [{"id": 1, "file_name": "a.jpg"}]
+    if fmt == "coco":
+        _write_json(tmp_path, "hands.json", {"images": images, "annotations": value})
+        name = "hands.json"
+    else:
+        _interhand(tmp_path, images, value)
+        name = "test_x_data.json"
+    reason = f"{tmp_path}/{name}: 'annotations' must be a list, got {type(value).__name__}"
+    with pytest.raises(AnnotationFileError, match=re.escape(reason)):
+        load_records(PrepConfig(input=str(tmp_path), format=fmt))
+    assert prep_main(["run", "--input", str(tmp_path), "--format", fmt, "--out", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err == f"handfirst-prep: error: {reason}\n"
+
+
+@pytest.mark.parametrize("fmt", ["coco", "interhand"])
+def test_list_and_dict_ids_become_error_records_and_unusable_annotations_are_counted(tmp_path, caplog, fmt):
+    images = [
+        {"id": [1], "file_name": "a.jpg"},
+        {"id": {"k": 2}, "file_name": "b.jpg"},
+        {"id": 3, "file_name": "c.jpg"},
+    ]
+    annotations = [{"image_id": [1]}, {"image_id": {"k": 2}}, {"image_id": 3, "keypoints": [1.0] * 63}]
+    if fmt == "coco":
+        _write_json(tmp_path, "hands.json", {"images": images, "annotations": annotations})
+        where = "hands.json"
+    else:
+        _interhand(tmp_path, images, annotations)
+        where = "test_x_data.json"
+    recs = load_records(PrepConfig(input=str(tmp_path), format=fmt))
+    assert [r.error for r in recs[:2]] == [
+        f"{where} images[0]: 'id' must be a string or integer, got list",
+        f"{where} images[1]: 'id' must be a string or integer, got dict",
+    ]
+    assert len({r.image_id for r in recs}) == 3  # every image is a record, under a distinct id
+    assert "2 annotations have no usable image_id (a string or integer), e.g. annotations[0]" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "joints, cameras, reason",
+    [
+        ({"c": [1, 2]}, {}, "3D joints of capture c must be an object keyed by frame"),
+        ({"c": {"0": 5}}, {}, "3D joints of capture c frame 0 must be an object"),
+        ({"c": {"0": {"world_coord": []}}}, {"c": [1]}, "camera parameters of capture c must be an object"),
+    ],
+)
+def test_interhand_nested_values_of_the_wrong_type_become_error_records(tmp_path, joints, cameras, reason):
+    image = {"id": 1, "file_name": "a.jpg", "capture": "c", "frame_idx": 0, "camera": "k"}
+    _write_json(tmp_path, "test_x_data.json", {"images": [image], "annotations": []})
+    _write_json(tmp_path, "test_x_joint_3d.json", joints)
+    _write_json(tmp_path, "test_x_camera.json", cameras)
+    (rec,) = load_records(PrepConfig(input=str(tmp_path), format="interhand"))
+    assert rec.error == f"test_x_data.json images[0]: {reason}"

@@ -92,6 +92,41 @@ def load_json(fs, path: str):
         raise AnnotationFileError(f"{path}: malformed annotation JSON: {exc}") from exc
 
 
+def is_id(value) -> bool:
+    """Whether an id read from an annotation file can key a lookup: a string or an integer (not a bool)."""
+    return isinstance(value, (str, int)) and not isinstance(value, bool)
+
+
+def entry_list(data: dict, key: str, path: str) -> list:
+    """`data[key]` as a list (absent or null: empty); any other type stops the run naming the file."""
+    value = data.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise AnnotationFileError(f"{path}: {key!r} must be a list, got {type(value).__name__}")
+    return value
+
+
+def by_image_id(annotations: list, path: str) -> dict:
+    """image id -> [(index, annotation)]; entries without a usable `image_id` are logged with their count."""
+    out: dict = {}
+    bad = []
+    for n, ann in enumerate(annotations):
+        key = ann.get("image_id") if isinstance(ann, dict) else None
+        if is_id(key):
+            out.setdefault(key, []).append((n, ann))
+        else:
+            bad.append(n)
+    if bad:
+        logger.warning(
+            "%s: %d annotations have no usable image_id (a string or integer), e.g. annotations[%d]; they are ignored",
+            path,
+            len(bad),
+            bad[0],
+        )
+    return out
+
+
 def expect(cond: bool, message: str) -> None:
     if not cond:
         raise ValueError(message)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import posixpath
-from collections import defaultdict
 from collections.abc import Iterator
 
 import numpy as np
@@ -26,9 +25,12 @@ from ..config import PrepConfig
 from ..records import HandAnnotation, ImageRecord
 from .base import (
     AnnotationFileError,
+    by_image_id,
     describe,
+    entry_list,
     error_record,
     expect,
+    is_id,
     load_json,
     open_input,
     relative,
@@ -98,20 +100,20 @@ def coco_records(config: PrepConfig) -> Iterator[ImageRecord]:
             raise AnnotationFileError(f"{path}: not COCO-style keypoint JSON (no 'images' list)")
         where = relative(path, root)
         split = config.split or split_from_name(path)
-        by_image = defaultdict(list)
-        for n, ann in enumerate(data.get("annotations") or []):
-            key = ann.get("image_id") if isinstance(ann, dict) else None
-            by_image[key].append((n, ann))
+        by_image = by_image_id(entry_list(data, "annotations", path), path)
         known = set()
         for n, img in enumerate(data["images"]):
             what = f"{where} images[{n}]"
             raw_id = img.get("id") if isinstance(img, dict) else None
-            known.add(raw_id)
-            image_id = safe_id(str(raw_id if raw_id is not None else f"{posixpath.basename(path)}-{n}"))
+            usable = is_id(raw_id)
+            if usable:
+                known.add(raw_id)
+            image_id = safe_id(str(raw_id) if usable else f"{posixpath.basename(path)}-{n}")
             name = img.get("file_name") if isinstance(img, dict) else None
             uri = str(name)
             try:
                 expect(raw_id is not None, f"{what}: image entry has no 'id'")
+                expect(usable, f"{what}: 'id' must be a string or integer, got {type(raw_id).__name__}")
                 uri = to_uri(fs, safe_relpath(name, root, what))
                 hands = [parse_hand(a, f"{where} annotations[{i}]") for i, a in by_image.get(raw_id, [])]
             except (ValueError, TypeError) as exc:

@@ -28,8 +28,11 @@ from ..config import PrepConfig
 from ..records import HandAnnotation, ImageRecord
 from .base import (
     AnnotationFileError,
+    by_image_id,
+    entry_list,
     error_record,
     expect,
+    is_id,
     load_json,
     open_input,
     relative,
@@ -63,10 +66,17 @@ def to_mediapipe(joints: np.ndarray) -> np.ndarray:
 
 def _hands(img: dict, ann: dict | None, joints: dict, cameras: dict, what: str) -> list[HandAnnotation]:
     capture, frame, cam = str(img["capture"]), str(img["frame_idx"]), str(img["camera"])
-    j = joints.get(capture, {}).get(frame)
+    frames = joints.get(capture, {})
+    expect(
+        isinstance(frames, dict), f"{what}: 3D joints of capture {capture} must be an object keyed by frame"
+    )
+    j = frames.get(frame)
     expect(j is not None, f"{what}: no 3D joints for capture {capture} frame {frame}")
+    expect(isinstance(j, dict), f"{what}: 3D joints of capture {capture} frame {frame} must be an object")
     c = cameras.get(capture)
     expect(c is not None, f"{what}: no camera parameters for capture {capture}")
+    expect(isinstance(c, dict), f"{what}: camera parameters of capture {capture} must be an object")
+    expect(ann is None or isinstance(ann, dict), f"{what}: its annotation must be an object")
     try:
         params = [c[k][cam] for k in ("campos", "camrot", "focal", "princpt")]
     except KeyError as exc:
@@ -128,14 +138,17 @@ def interhand_records(config: PrepConfig) -> Iterator[ImageRecord]:
         if official and fs.isdir(official):
             image_root = official
         where = relative(data_path, root)
-        anns = {a.get("image_id"): a for a in data.get("annotations") or [] if isinstance(a, dict)}
+        found = by_image_id(entry_list(data, "annotations", data_path), data_path)
+        anns = {key: entries[-1][1] for key, entries in found.items()}  # an image's last annotation wins
         for n, img in enumerate(data["images"]):
             what = f"{where} images[{n}]"
             raw_id = img.get("id") if isinstance(img, dict) else None
-            image_id = safe_id(str(raw_id if raw_id is not None else f"{posixpath.basename(data_path)}-{n}"))
+            usable = is_id(raw_id)
+            image_id = safe_id(str(raw_id) if usable else f"{posixpath.basename(data_path)}-{n}")
             uri = str(img.get("file_name")) if isinstance(img, dict) else "?"
             try:
                 expect(isinstance(img, dict) and raw_id is not None, f"{what}: image entry has no 'id'")
+                expect(usable, f"{what}: 'id' must be a string or integer, got {type(raw_id).__name__}")
                 uri = to_uri(fs, safe_relpath(img.get("file_name"), image_root, what))
                 hands = _hands(img, anns.get(raw_id), joints, cameras, what)
             except (ValueError, KeyError, TypeError) as exc:
