@@ -273,7 +273,8 @@ def ship_config(config: PrepConfig, client) -> PrepConfig:
 
     A relative path would be resolved in each worker's own working directory. A local path is refused
     when a worker runs on another host, unless `shared_filesystem` says every worker mounts it at
-    the same place (otherwise shards would land on that worker's own disk).
+    the same place (otherwise shards would land on that worker's own disk). The workers are those
+    connected when the run starts; one that joins later on another host is not checked.
     """
     if not config.scheduler:
         return config  # a LocalCluster's workers share the driver's working directory
@@ -282,7 +283,7 @@ def ship_config(config: PrepConfig, client) -> PrepConfig:
     paths = local_paths(config)
     if not paths:
         return config
-    workers = list(client.scheduler_info().get("workers", {}))
+    workers = list(client.nthreads())  # every worker's address (scheduler_info may list only some)
     hosts = sorted({get_address_host(w) for w in workers} or {get_address_host(client.scheduler.address)})
     remote = [h for h in hosts if not is_local_host(h)]
     if remote and not getattr(config, "shared_filesystem", False):
