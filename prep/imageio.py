@@ -79,7 +79,7 @@ def _local_path(uri: str) -> str | None:
     return uri[len("file://") :] if uri.startswith("file://") else None
 
 
-def _open_local(path: str, uri: str, max_bytes: int):
+def _open_local(path: str, uri: str, max_bytes: int | None):
     """An open binary file for a local regular file, refusing special files before opening them.
 
     The first stat follows symlinks, so a link to /dev/zero is refused as the device it is. The open
@@ -91,7 +91,7 @@ def _open_local(path: str, uri: str, max_bytes: int):
         raise ImageReadError(
             f"{uri}: {_not_regular(info.st_mode)}, not a regular file; only regular files are read"
         )
-    if info.st_size > max_bytes:
+    if max_bytes is not None and info.st_size > max_bytes:
         raise _too_big(uri, info.st_size, max_bytes)
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
     try:
@@ -106,7 +106,7 @@ def _open_local(path: str, uri: str, max_bytes: int):
         raise
 
 
-def _open_remote(uri: str, max_bytes: int):
+def _open_remote(uri: str, max_bytes: int | None):
     """An open binary file for an fsspec URL whose `info` says it is a file within the byte cap."""
     fs, path = fsspec.core.url_to_fs(uri)
     info = fs.info(path)
@@ -115,13 +115,14 @@ def _open_remote(uri: str, max_bytes: int):
             f"{uri}: {info.get('type') or 'unknown'} entry, not a regular file; only regular files are read"
         )
     size = info.get("size")
-    if size is not None and size > max_bytes:
+    if max_bytes is not None and size is not None and size > max_bytes:
         raise _too_big(uri, size, max_bytes)
     return fs.open(path, "rb")
 
 
-def open_image_file(uri: str, max_bytes: int = MAX_FILE_BYTES):
-    """Open a local path or fsspec URL for reading after checking it is a regular file within `max_bytes`.
+def open_regular_file(uri: str, max_bytes: int | None = MAX_FILE_BYTES):
+    """Open a local path or fsspec URL for reading after checking it is a regular file within `max_bytes`
+    (None: no size bound, for annotation files, which can be far larger than any photo).
 
     Raises `ImageReadError` (missing, special file, unreadable) or `ImageTooLargeError`, naming `uri`.
     """
@@ -142,7 +143,7 @@ def read_bytes(uri: str, max_bytes: int = MAX_FILE_BYTES, max_pixels: int | None
     With `max_pixels`, the image header is read and checked first (`ImageTooLargeError`,
     `ImageDecodeError`), so a decompression bomb costs a header read, not a file read.
     """
-    with open_image_file(uri, max_bytes) as f:
+    with open_regular_file(uri, max_bytes) as f:
         try:
             if max_pixels is not None:
                 _open_checked(f, max_pixels, uri)  # not closed: PIL would close `f` with it

@@ -63,7 +63,7 @@ class CountingReads:
 
     def __init__(self, monkeypatch):
         self.sizes: list[int] = []
-        real = imageio.open_image_file
+        real = imageio.open_regular_file
 
         def opened(uri, max_bytes=MAX_FILE_BYTES):
             f = real(uri, max_bytes)
@@ -98,7 +98,7 @@ class CountingReads:
 
             return io.BufferedReader(Wrapped(), buffer_size=8192)
 
-        monkeypatch.setattr(imageio, "open_image_file", opened)
+        monkeypatch.setattr(imageio, "open_regular_file", opened)
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
@@ -528,3 +528,18 @@ def test_interhand_nested_values_of_the_wrong_type_become_error_records(tmp_path
     _write_json(tmp_path, "test_x_camera.json", cameras)
     (rec,) = load_records(PrepConfig(input=str(tmp_path), format="interhand"))
     assert rec.error == f"test_x_data.json images[0]: {reason}"
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_annotation_files_that_are_fifos_or_devices_stop_the_run_without_blocking(tmp_path):
+    os.mkfifo(tmp_path / "hands.json")  # no writer: reading it would block forever
+    with pytest.raises(
+        AnnotationFileError, match=r"hands.json: cannot read annotation file: a FIFO \(named pipe\)"
+    ):
+        load_records(PrepConfig(input=str(tmp_path), format="coco"))
+    (tmp_path / "hands.json").unlink()
+    (tmp_path / "hands.json").symlink_to("/dev/zero")
+    with pytest.raises(
+        AnnotationFileError, match="hands.json: cannot read annotation file: a character device"
+    ):
+        load_records(PrepConfig(input=str(tmp_path), format="coco"))

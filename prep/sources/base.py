@@ -13,6 +13,8 @@ from manifests.names import safe_name
 from manifests.names import short_hash as short_hash
 from manifests.storage import filesystem, join
 
+from ..errors import ImageReadError
+from ..imageio import open_regular_file
 from ..records import ImageRecord
 
 logger = logging.getLogger(__name__)
@@ -80,12 +82,18 @@ def split_from_name(name: str) -> str | None:
 
 
 def load_json(fs, path: str):
-    """Parse one annotation file; any failure names the file (and the position for bad JSON)."""
+    """Parse one annotation file; any failure names the file (and the position for bad JSON).
+
+    Only a regular file is read: a FIFO would block the run forever and a link to a device such as
+    /dev/zero would never end.
+    """
+    uri = to_uri(fs, path)
     try:
-        with fs.open(path, "rb") as f:
+        with open_regular_file(uri, max_bytes=None) as f:
             raw = f.read()
-    except OSError as exc:
-        raise AnnotationFileError(f"{path}: cannot read annotation file: {exc}") from exc
+    except (ImageReadError, OSError) as exc:
+        reason = str(exc).removeprefix(f"{uri}: ")
+        raise AnnotationFileError(f"{path}: cannot read annotation file: {reason}") from exc
     try:
         return json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
