@@ -80,7 +80,8 @@ SCHEMAS = {"images": IMAGES_SCHEMA, "hands": HANDS_SCHEMA}
 
 FIELD_DOCS = {
     "images": {
-        "image_id": "Stable, filename-safe id, unique in the manifest (the dataset's own id where it has one).",
+        "image_id": "Stable id, unique in the manifest (the dataset's own id where it has one); a safe file "
+        "name (`manifests.names`), since it names generated files.",
         "source_uri": "fsspec URI or path of the input image as it was read.",
         "dataset": "Source adapter name: folder, hagrid, coco, interhand.",
         "split": "train / val / test. HaGRID splits follow user_id so no person is in two splits.",
