@@ -4,15 +4,19 @@ All arrays are numpy:
 - images: (H, W, 3) uint8 RGB;
 - masks: (H, W) bool or uint8 (any non-zero is hand), stored as PNG mode L with values 0/255;
 - heatmaps: (K, H, W) float, stored as raw C-order bytes plus shape and dtype columns.
+
+Neither torch nor OpenCV is imported here at module level: reading, validating and summarising a
+manifest must not pay their import (torch alone costs over a second and about 1 GB). OpenCV is
+imported by `encode_mask` when a mask is written, and torch's faster float16 conversion is used
+only in processes that have already loaded torch (training, generation).
 """
 
 from __future__ import annotations
 
 import io
+import sys
 
-import cv2
 import numpy as np
-import torch
 from PIL import Image
 
 
@@ -47,6 +51,8 @@ def encode_mask(mask: np.ndarray) -> bytes:
     if mask.ndim != 2:
         raise ValueError(f"expected a (H, W) mask, got shape {mask.shape}")
     # OpenCV's PNG writer is about 4x faster than PIL's for the same 8-bit greyscale file.
+    import cv2
+
     ok, buf = cv2.imencode(".png", np.where(mask > 0, 255, 0).astype(np.uint8))
     if not ok:
         raise ValueError(f"cannot PNG-encode a mask of shape {mask.shape}")
@@ -84,9 +90,16 @@ def decode_heatmap(data: bytes, shape, dtype: str) -> np.ndarray:
 
 
 def _convert(arr: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """C-contiguous copy of `arr` as `dtype`. numpy converts float16 in software, ~25x slower than
-    torch's vectorised path, and heatmaps are converted once per hand on write and per sample on read."""
-    if {arr.dtype.name, dtype.name} == {"float16", "float32"} and dtype.isnative and arr.dtype.isnative:
+    """C-contiguous copy of `arr` as `dtype`. numpy converts float16 in software, about 12x slower than
+    torch's vectorised path, and heatmaps are converted once per hand on write and per sample on read;
+    so torch does it where it is loaded already, and numpy (same rounding, same bytes) elsewhere."""
+    torch = sys.modules.get("torch")
+    if (
+        torch is not None
+        and {arr.dtype.name, dtype.name} == {"float16", "float32"}
+        and dtype.isnative
+        and arr.dtype.isnative
+    ):
         src = np.array(arr, order="C", copy=not arr.flags.writeable or not arr.flags.c_contiguous)
         return torch.from_numpy(src).to(getattr(torch, dtype.name)).numpy()
     return np.ascontiguousarray(arr, dtype=dtype)

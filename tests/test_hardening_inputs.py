@@ -9,6 +9,8 @@ import json
 import os
 import re
 import struct
+import subprocess
+import sys
 import zlib
 
 import fsspec
@@ -20,6 +22,7 @@ from PIL import Image
 
 import prep.imageio as imageio
 from manifests.cli import main
+from manifests.codecs import decode_heatmap, encode_heatmap
 from manifests.errors import RowDecodeError
 from manifests.preview import make_preview
 from manifests.reader import mask_array, open_manifest
@@ -543,3 +546,27 @@ def test_annotation_files_that_are_fifos_or_devices_stop_the_run_without_blockin
         AnnotationFileError, match="hands.json: cannot read annotation file: a character device"
     ):
         load_records(PrepConfig(input=str(tmp_path), format="coco"))
+
+
+# Reading, validating and summarising a manifest imports neither torch nor OpenCV.
+
+
+def test_manifest_readers_import_neither_torch_nor_cv2():
+    code = (
+        "import sys, manifests.reader, manifests.validate, manifests.stats; "
+        "print(sorted(m for m in ('torch', 'cv2') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_heatmap_bytes_are_the_same_with_and_without_torch(monkeypatch):
+    rng = np.random.default_rng(0)
+    heat = np.concatenate([rng.random((21, 8, 8)), rng.random((21, 8, 8)) * 1e-6], axis=1).astype(np.float32)
+    import torch  # noqa: F401  (the fast path: torch is loaded in this process)
+
+    with_torch = encode_heatmap(heat)
+    monkeypatch.delitem(sys.modules, "torch")  # the numpy path, as in a process without torch
+    without = encode_heatmap(heat)
+    assert with_torch == without
+    np.testing.assert_array_equal(decode_heatmap(*without), heat.astype(np.float16).astype(np.float32))
