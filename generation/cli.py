@@ -35,6 +35,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "generation.commands.generate",
         "people whose hands follow given poses: two-stage generation from a spec, a manifest row or a photo",
     ),
+    "baseline": (
+        "generation.commands.baseline",
+        "one-stage baselines (ControlNet OpenPose-full, plain SD) for the rows generate --from-manifest takes",
+    ),
     "evaluate": (
         "generation.evaluate.cli",
         "score generated (or real) images against a manifest: pose accuracy, FID/KID, CLIP; --compare reports",

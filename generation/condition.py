@@ -93,19 +93,36 @@ def _pixels(cfg: ConditionConfig, size: int, frac: float) -> int:
     return max(1, int(round(frac * size)))
 
 
+def _draw_pose(h: int, w: int, body18: np.ndarray | None, hands, cfg: ConditionConfig) -> np.ndarray:
+    """(H, W, 3) uint8: the OpenPose-18 body (if any) on black, then the 21-point hand skeletons."""
+    side = max(h, w)
+    canvas = np.zeros((h, w, 3), np.uint8)
+    if body18 is not None:
+        canvas = draw_openpose(canvas, body18, stickwidth=_pixels(cfg, side, cfg.stick_width),
+                               radius=_pixels(cfg, side, cfg.joint_radius))  # fmt: skip
+    for kps in hands:
+        canvas = draw_hand(canvas, np.asarray(kps, np.float64))
+    return canvas
+
+
 def _render_pose(inp: ConditionInputs, cfg: ConditionConfig) -> np.ndarray:
     h, w = inp.hand_mask.shape
-    side = max(h, w)
-    canvas = draw_openpose(
-        np.zeros((h, w, 3), np.uint8),
-        inp.body_keypoints,
-        stickwidth=_pixels(cfg, side, cfg.stick_width),
-        radius=_pixels(cfg, side, cfg.joint_radius),
-    )
-    if cfg.draw_hand_skeletons:
-        for kps in inp.hand_keypoints:
-            canvas = draw_hand(canvas, np.asarray(kps, np.float64))
-    return canvas.astype(np.float32) / 255.0
+    hands = inp.hand_keypoints if cfg.draw_hand_skeletons else []
+    return _draw_pose(h, w, inp.body_keypoints, hands, cfg).astype(np.float32) / 255.0
+
+
+def render_openpose(width: int, height: int, body_keypoints, body_format: str = "mediapipe33", hands=(),
+                    config: ConditionConfig | None = None) -> np.ndarray:  # fmt: skip
+    """The OpenPose-full image a ControlNet openpose model sees: the body (any supported format, drawn
+    as OpenPose-18 in the standard colours; none or an unusable one draws no body) and every hand's
+    21-point skeleton, on black. (H, W, 3) uint8 RGB; the pose channels of `build_condition` with
+    ``draw_hand_skeletons`` are the same drawing."""
+    cfg = config or ConditionConfig(draw_hand_skeletons=True)
+    try:
+        body18 = body_pose18(body_keypoints, body_format, cfg.min_visibility)
+    except NoBodyPoseError:
+        body18 = None
+    return _draw_pose(int(height), int(width), body18, list(hands), cfg)
 
 
 def _render_hands(inp: ConditionInputs, cfg: ConditionConfig) -> np.ndarray:

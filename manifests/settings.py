@@ -206,8 +206,11 @@ def add_arguments(parser: argparse.ArgumentParser, cls, skip=(), title: str | No
             continue
         default = f.default if f.default is not MISSING else f.default_factory()
         bounds = ", ".join(f"{words} {f.metadata[k]}" for k, (_, words) in BOUNDS.items() if k in f.metadata)
-        extra = f"; {bounds}" if bounds else ""
-        help_text = f"{f.metadata.get('help', '')} (default: {default}{extra})".replace("%", "%%")
+        text = f.metadata.get("help", "")
+        # A help text that explains its own default keeps it; the range is always shown.
+        said = "default" in text.lower()
+        extra = "; ".join(([] if said else [f"default: {default}"]) + ([bounds] if bounds else []))
+        help_text = (f"{text} ({extra})" if extra else text).replace("%", "%%")
         tp, _, many = _scalar_type(hints[f.name])
         if tp is bool:
             group.add_argument(

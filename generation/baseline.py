@@ -1,0 +1,302 @@
+"""One-stage baselines, drawn for exactly the manifest rows `generate --from-manifest` draws.
+
+The paper's claim is comparative: hands first, then the body, against one diffusion model conditioned
+on the whole pose. ``handfirst-gen baseline`` makes the other side of that comparison one command:
+
+- ``controlnet-openpose``: diffusers' `StableDiffusionControlNetPipeline` with a local OpenPose
+  ControlNet (e.g. ``control_v11p_sd15_openpose``) on a local Stable Diffusion folder. The condition
+  is OpenPose-full: the body as OpenPose-18 plus both hands' 21-point skeletons, drawn by
+  `generation.condition.render_openpose` (the renderer the body outpainter's pose channels use);
+- ``sd``: the same Stable Diffusion folder with the prompt only, the floor.
+
+Requests come from `generation.generate.requests_from_manifest` (same selection, same output size,
+same names, same seeds), and the files are named as `generate` names them: ``<image_id>.png`` and
+a ``<image_id>.json`` sidecar (``source``, ``spec``, ``settings``, ``models``), plus
+``<image_id>_condition.png`` for the ControlNet method. So::
+
+    handfirst-gen generate --from-manifest M --out gen/sequential ...
+    handfirst-gen baseline --method controlnet-openpose --from-manifest M --pretrained SD \\
+        --controlnet CN --out gen/baseline-openpose
+    handfirst-gen evaluate --manifest M --generated gen/baseline-openpose --out rep/baseline-openpose
+    handfirst-gen evaluate --compare rep/real rep/baseline-openpose rep/none rep/fixed rep/sequential --out rep
+
+line up image by image. A rerun skips images whose PNG and sidecar exist (``overwrite`` redoes them).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from manifests.settings import SettingError, Settings, setting
+
+from .generate import (
+    DTYPES,
+    Request,
+    _save,
+    output_paths,
+    requests_from_manifest,
+    versions,
+    weights_fingerprint,
+)
+from .guards import (
+    DEFAULT_MAX_PIXEL_STEPS,
+    DEFAULT_MAX_PIXELS,
+    check_finite,
+    check_image_cost,
+    make_generator,
+)
+from .selection import DEFAULT_SPLIT
+from .training.config import MAX_SEED
+
+logger = logging.getLogger(__name__)
+
+
+def _needs_controlnet(settings: BaselineSettings) -> None:
+    if not settings.controlnet:
+        raise SettingError(
+            "--method controlnet-openpose needs --controlnet DIR (a local diffusers ControlNet)"
+        )
+
+
+def _no_controlnet(settings: BaselineSettings) -> None:
+    if settings.controlnet:
+        raise SettingError("--method sd draws from the prompt alone; drop --controlnet")
+
+
+@dataclass(frozen=True)
+class Method:
+    """A baseline: how its settings are checked, its pipeline built and one image drawn."""
+
+    check: Callable
+    load: Callable
+    draw: Callable
+
+
+@dataclass
+class BaselineSettings(Settings):
+    """Every setting of `handfirst-gen baseline` (one CLI option each); recorded in each sidecar."""
+
+    method: str = setting(
+        "controlnet-openpose",
+        "controlnet-openpose (OpenPose-full condition: body and hand skeletons) or sd (prompt only)",
+        choices=lambda: tuple(METHODS),
+    )
+    pretrained: str = setting("", "local Stable Diffusion folder (diffusers layout)")
+    controlnet: str | None = setting(None, "local diffusers OpenPose ControlNet folder (controlnet-openpose)")
+    steps: int = setting(30, "denoising steps", ge=1, le=1000)
+    guidance_scale: float = setting(7.5, "text guidance (1 disables it)", ge=0, le=100)
+    conditioning_scale: float = setting(1.0, "ControlNet residual scale", ge=0, le=10)
+    seed: int = setting(0, "seed of every image (as generate --from-manifest)", ge=0, le=MAX_SEED)
+    size: int | None = setting(
+        None, "longer output side in px (default: the UNet's native size)", ge=8, le=8192
+    )
+    negative_prompt: str = setting("", "negative prompt")
+    device: str | None = setting(None, "cuda / cpu / mps (default: cuda when available)")
+    dtype: str = setting("float32", "model precision", choices=DTYPES)
+    max_pixels: int = setting(DEFAULT_MAX_PIXELS, "refuse an image with more pixels than this", ge=1)
+    max_pixel_steps: int = setting(
+        DEFAULT_MAX_PIXEL_STEPS, "refuse an image whose pixels x steps exceed this", ge=1
+    )
+    overwrite: bool = setting(False, "redo images whose PNG and sidecar exist (default: skip them)")
+
+    def validate(self) -> BaselineSettings:
+        super().validate()
+        if not self.pretrained:
+            raise SettingError("--pretrained is required (a local Stable Diffusion folder)")
+        METHODS[self.method].check(self)
+        return self
+
+
+def _device(settings: BaselineSettings) -> str:
+    import torch
+
+    return settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _components(settings: BaselineSettings) -> dict:
+    import torch
+
+    from .components import build_components, sampling_scheduler
+
+    c = build_components("sd", pretrained=settings.pretrained)
+    dtype = getattr(torch, settings.dtype)
+    return {
+        "vae": c.vae.to(dtype=dtype),
+        "text_encoder": c.text_encoder.to(dtype=dtype),
+        "tokenizer": c.tokenizer,
+        "unet": c.unet.to(dtype=dtype),
+        "scheduler": sampling_scheduler(c.scheduler, "ddim"),
+        "safety_checker": None,
+        "feature_extractor": None,
+        "requires_safety_checker": False,
+    }
+
+
+def _load_controlnet_pipeline(settings: BaselineSettings):
+    import torch
+    from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
+
+    from .components import ModelFolderError
+
+    if not os.path.isfile(os.path.join(settings.controlnet, "config.json")):
+        raise ModelFolderError(
+            f"{settings.controlnet!r} is not a diffusers ControlNet folder (no config.json)"
+        )
+    controlnet = ControlNetModel.from_pretrained(
+        settings.controlnet, torch_dtype=getattr(torch, settings.dtype)
+    )
+    if controlnet.config.conditioning_channels != 3:
+        raise ModelFolderError(
+            f"{settings.controlnet!r}: an OpenPose ControlNet sees 3 condition channels, this one "
+            f"{controlnet.config.conditioning_channels}"
+        )
+    pipe = StableDiffusionControlNetPipeline(controlnet=controlnet, **_components(settings))
+    return pipe.to(_device(settings))
+
+
+def _load_sd_pipeline(settings: BaselineSettings):
+    from diffusers import StableDiffusionPipeline
+
+    return StableDiffusionPipeline(**_components(settings)).to(_device(settings))
+
+
+def render_condition(request: Request) -> np.ndarray:
+    """The OpenPose-full condition of a request: (H, W, 3) uint8 RGB at the output size."""
+    from .condition import render_openpose
+
+    spec = request.spec
+    return render_openpose(spec.width, spec.height, spec.body, spec.body_format or "mediapipe33",
+                           [h.keypoints for h in spec.hands])  # fmt: skip
+
+
+def drawn_size(width: int, height: int, multiple: int = 8) -> tuple[int, int]:
+    """The canvas Stable Diffusion draws on: each side rounded up to a multiple of the VAE's 8. The
+    condition is padded with black on the right and bottom, and the image cropped back, so the
+    keypoints keep their pixels."""
+    return -(-int(width) // multiple) * multiple, -(-int(height) // multiple) * multiple
+
+
+def _common(request: Request, settings: BaselineSettings, generator) -> dict:
+    width, height = drawn_size(request.spec.width, request.spec.height)
+    return {
+        "prompt": request.spec.prompt,
+        "negative_prompt": settings.negative_prompt or request.spec.negative_prompt or None,
+        "height": height,
+        "width": width,
+        "num_inference_steps": settings.steps,
+        "guidance_scale": settings.guidance_scale,
+        "generator": generator,
+        "output_type": "latent",
+    }
+
+
+def _draw_controlnet(pipe, request: Request, settings: BaselineSettings, generator):
+    from PIL import Image
+
+    condition = render_condition(request)
+    width, height = drawn_size(request.spec.width, request.spec.height)
+    padded = np.zeros((height, width, 3), np.uint8)
+    padded[: condition.shape[0], : condition.shape[1]] = condition
+    out = pipe(image=Image.fromarray(padded), controlnet_conditioning_scale=settings.conditioning_scale,
+               **_common(request, settings, generator))  # fmt: skip
+    return out.images, {"condition": condition}
+
+
+def _draw_sd(pipe, request: Request, settings: BaselineSettings, generator):
+    return pipe(**_common(request, settings, generator)).images, {}
+
+
+METHODS: dict[str, Method] = {
+    "controlnet-openpose": Method(_needs_controlnet, _load_controlnet_pipeline, _draw_controlnet),
+    "sd": Method(_no_controlnet, _load_sd_pipeline, _draw_sd),
+}
+
+
+def native_size(pipe) -> int:
+    return int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
+
+
+def _decode(pipe, latents) -> np.ndarray:
+    import torch
+
+    check_finite(latents, "the final latents", model=pipe.unet, model_name="UNet")
+    with torch.no_grad():
+        pixels = pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False)[0]
+    check_finite(pixels, "the decoded pixels", model=pipe.vae, model_name="VAE")
+    pixels = (pixels / 2 + 0.5).clamp(0, 1)[0].permute(1, 2, 0).float().cpu().numpy()
+    return (pixels * 255).round().astype(np.uint8)
+
+
+def baseline_one(pipe, request: Request, settings: BaselineSettings, out_dir: str, models: dict) -> dict:
+    """Draw one request with the baseline and write its PNG, condition and sidecar; returns the sidecar."""
+    spec = request.spec
+    paths = output_paths(out_dir, request.name)  # refuses an unsafe name before any work
+    check_image_cost(spec.width, spec.height, settings.steps, settings.max_pixels, settings.max_pixel_steps,
+                     what=f"image {request.name}")  # fmt: skip
+    generator = make_generator(spec.seed if spec.seed is not None else settings.seed)
+    latents, extras = METHODS[settings.method].draw(pipe, request, settings, generator)
+    image = _decode(pipe, latents)[: spec.height, : spec.width]
+    os.makedirs(out_dir, exist_ok=True)
+    files = {}
+    if "condition" in extras:
+        condition_path = paths["image"][: -len(".png")] + "_condition.png"
+        _save(extras["condition"], condition_path)
+        files["condition"] = os.path.basename(condition_path)
+    sidecar = {
+        "name": request.name,
+        "image": os.path.basename(paths["image"]),
+        "width": spec.width,
+        "height": spec.height,
+        "source": request.source,
+        "spec": spec.to_dict(),
+        "baseline": settings.method,
+        "settings": settings.to_dict(),
+        "models": models,
+        "files": files,
+        "device": str(pipe.device),
+        "versions": versions(),
+        "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    with open(paths["sidecar_tmp"], "w", encoding="utf-8") as f:
+        json.dump(sidecar, f, indent=2, default=str)
+    _save(image, paths["image"])  # the sidecar last: a rerun redoes anything interrupted before it
+    os.replace(paths["sidecar_tmp"], paths["sidecar"])
+    return sidecar
+
+
+def run_baseline(manifest: str, out_dir: str, settings: BaselineSettings, image_ids: list[str] | None = None,
+                 split: str | None = DEFAULT_SPLIT, limit: int | None = None, progress: bool = True) -> dict:  # fmt: skip
+    """Draw the baseline for the rows `generate --from-manifest` selects with the same arguments.
+
+    Returns ``{"written": [...], "skipped": [...]}`` (names). Settings are checked and the requests
+    made before the models load, so a bad input fails in seconds.
+    """
+    from tqdm.auto import tqdm
+
+    settings.validate()
+    method = METHODS[settings.method]
+    pipe = method.load(settings)
+    size = settings.size or native_size(pipe)
+    requests = requests_from_manifest(manifest, image_ids, size, split, limit, settings.seed)
+    models = {"pretrained": os.path.abspath(settings.pretrained),
+              "pretrained_fingerprint": weights_fingerprint(settings.pretrained)}  # fmt: skip
+    if settings.controlnet:
+        models.update(controlnet=os.path.abspath(settings.controlnet),
+                      controlnet_fingerprint=weights_fingerprint(settings.controlnet))  # fmt: skip
+    pipe.set_progress_bar_config(disable=True)
+    written, skipped = [], []
+    for request in tqdm(requests, desc=f"baseline {settings.method}", unit="img", disable=not progress):
+        paths = output_paths(out_dir, request.name)
+        if not settings.overwrite and os.path.isfile(paths["image"]) and os.path.isfile(paths["sidecar"]):
+            skipped.append(request.name)
+            continue
+        baseline_one(pipe, request, settings, out_dir, models)
+        written.append(request.name)
+    return {"written": written, "skipped": skipped}

@@ -1,0 +1,53 @@
+"""`handfirst-gen baseline`: one-stage baselines for the rows `generate --from-manifest` takes."""
+
+from __future__ import annotations
+
+import sys
+
+HELP = (
+    "Draw a one-stage baseline for exactly the manifest rows generate --from-manifest draws (same split, limit, "
+    "size, seeds and file names), so evaluate --compare lines it up image by image: controlnet-openpose "
+    "(StableDiffusionControlNetPipeline with a local OpenPose ControlNet on OpenPose-full conditions: body "
+    "and hand skeletons) or sd (the prompt alone). Writes DIR/<image_id>.png, .json and _condition.png."
+)
+
+
+def add_arguments(parser) -> None:
+    from manifests.settings import add_arguments as add_settings
+
+    from ..baseline import BaselineSettings
+    from ..selection import DEFAULT_SPLIT
+
+    parser.add_argument("--from-manifest", required=True, metavar="DIR", help="manifest root written by prep")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument(
+        "--image-id", nargs="+", metavar="ID", help="image id(s) (default: every ok row of --split)"
+    )
+    parser.add_argument("--split", default=DEFAULT_SPLIT,
+                        help="as generate --from-manifest: auto = test, or every row without splits; all = every split")  # fmt: skip
+    parser.add_argument(
+        "--limit", type=int, default=None, help="the first N selected rows (as generate --limit N)"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_settings(parser, BaselineSettings, title="baseline settings")
+
+
+def run(args) -> int:
+    from manifests.settings import from_args
+
+    from ..baseline import BaselineSettings, run_baseline
+    from ..components import ModelFolderError
+    from ..generate import RequestError
+
+    try:
+        settings = from_args(BaselineSettings, args).validate()
+        if args.limit is not None and args.limit < 1:
+            raise ValueError(f"--limit must be >= 1, got {args.limit}")
+        result = run_baseline(args.from_manifest, args.out, settings, args.image_id, args.split, args.limit,
+                              progress=not args.no_progress)  # fmt: skip
+    except (ModelFolderError, RequestError, ValueError, OSError) as exc:
+        print(f"handfirst-gen baseline: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"{settings.method}: wrote {len(result['written'])} image(s), skipped {len(result['skipped'])} "
+          f"already done, in {args.out}")  # fmt: skip
+    return 0
