@@ -106,11 +106,9 @@ def check_saved_pipeline(path, what: str, saved_by: str) -> str:
     return path
 
 
-def check_pipeline_parts(path: str) -> None:
-    """Every component model_index.json lists must have a non-empty subfolder: diffusers would
-    otherwise build some parts from nothing (a tokenizer without a vocabulary or length limit) and fail
-    much later with an unrelated error."""
-    index_file = os.path.join(path, "model_index.json")
+def pipeline_parts(index_file: str) -> list[str]:
+    """The component subfolder names a saved pipeline's model_index.json lists (its non-null
+    ``[library, class]`` entries); `ModelFolderError` when the file is unreadable."""
     try:
         with open(index_file, encoding="utf-8") as f:
             index = json.load(f)
@@ -118,7 +116,14 @@ def check_pipeline_parts(path: str) -> None:
         raise ModelFolderError(f"{index_file}: not a readable model_index.json ({exc})") from None
     if not isinstance(index, dict):
         raise ModelFolderError(f"{index_file}: expected a JSON object, got {type(index).__name__}")
-    parts = [k for k, v in index.items() if not k.startswith("_") and isinstance(v, list) and None not in v]
+    return [k for k, v in index.items() if not k.startswith("_") and isinstance(v, list) and None not in v]
+
+
+def check_pipeline_parts(path: str) -> None:
+    """Every component model_index.json lists must have a non-empty subfolder: diffusers would
+    otherwise build some parts from nothing (a tokenizer without a vocabulary or length limit) and fail
+    much later with an unrelated error."""
+    parts = pipeline_parts(os.path.join(path, "model_index.json"))
     folders = {k: os.path.join(path, k) for k in parts}
     missing = [k for k, folder in folders.items() if not os.path.isdir(folder) or not os.listdir(folder)]
     if missing:

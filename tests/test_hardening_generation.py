@@ -267,3 +267,102 @@ def test_request_reaches_the_pipeline_with_its_bounds(folders, tmp_path):
     kwargs = call_arguments(Request(spec), GenerateSettings(max_pixels=123, max_pixel_steps=456, steps=7))
     assert kwargs["max_pixels"] == 123 and kwargs["max_pixel_steps"] == 456
     assert kwargs["hand_num_inference_steps"] == 7
+
+
+# ---------------------------------------------------------------------------------------------------
+# training run folders (--out)
+
+FAST_RUN = ["--preset", "tiny", "--batch-size", "2", "--log-every", "1", "--checkpoint-every", "0",
+            "--validate-every", "0", "--num-validation-poses", "1", "--validation-steps", "1",
+            "--log-level", "WARNING"]  # fmt: skip
+
+
+def _train_hand(manifest, run, *extra) -> int:
+    return main(["train-hand", "--manifest", str(manifest), "--out", str(run), *FAST_RUN, *extra])
+
+
+def _snapshot(folder) -> dict:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_train_refuses_user_files_and_another_tasks_run_whatever_the_options(
+    synthetic_manifest, tmp_path, capsys
+):
+    users = tmp_path / "mine"
+    users.mkdir()
+    (users / "config.json").write_text('{"my": "settings"}')
+    (users / "model_index.json").write_text('{"keep": true}')
+    (users / "notes.txt").write_text("do not touch")
+    body_run = tmp_path / "body_run"
+    body_run.mkdir()
+    (body_run / "config.json").write_text(json.dumps({"task": "body", "config": {}}))
+    before = {users: _snapshot(users), body_run: _snapshot(body_run)}
+    for folder, what in ((users, "not a training run (no config.json naming its task)"),
+                         (body_run, "a train-body run")):  # fmt: skip
+        for options in ([], ["--overwrite"], ["--resume", "latest"]):
+            assert _train_hand(synthetic_manifest, folder, "--steps", "1", *options) == 1
+            line = _one_error_line(capsys, "train-hand")
+            assert f"is not empty and is {what}; train-hand writes only into" in line, (folder, options)
+            assert _snapshot(folder) == before[folder]
+    # A file where the folder should be is named too, and so is asking to resume and overwrite at once.
+    assert _train_hand(synthetic_manifest, users / "notes.txt", "--steps", "1") == 1
+    assert "exists and is not a folder" in _one_error_line(capsys, "train-hand")
+    assert _train_hand(synthetic_manifest, tmp_path / "new", "--resume", "latest", "--overwrite") == 1
+    assert "--resume and --overwrite exclude each other" in _one_error_line(capsys, "train-hand")
+    assert not (tmp_path / "new").exists()
+
+
+def test_an_existing_run_needs_resume_or_overwrite(synthetic_manifest, tmp_path, capsys):
+    from generation.training.checkpoint import list_checkpoints
+    from generation.training.metrics import read_metrics
+
+    run = tmp_path / "run"
+    assert _train_hand(synthetic_manifest, run, "--steps", "2") == 0
+    (run / "notes.txt").write_text("mine")  # a file of the user's inside a run folder
+    first = _snapshot(run)
+    assert _train_hand(synthetic_manifest, run, "--steps", "2") == 1
+    line = _one_error_line(capsys, "train-hand")
+    assert "already holds a train-hand run (checkpoints up to step 2); pass --resume latest" in line
+    assert _snapshot(run) == first  # no second run's metrics interleaved, no checkpoint replaced
+
+    assert _train_hand(synthetic_manifest, run, "--steps", "1", "--overwrite") == 0
+    assert [r["step"] for r in read_metrics(str(run)) if "loss" in r] == [1]
+    assert [s for s, _ in list_checkpoints(str(run))] == [1]
+    assert (run / "notes.txt").read_text() == "mine" and (run / "model_index.json").is_file()
+    config = json.loads((run / "config.json").read_text())
+    assert config["config"]["overwrite"] is True and config["config"]["steps"] == 1
+
+    # The run's own config.json as --config continues it: its `overwrite` is not taken over.
+    rc = main(["train-hand", "--config", str(run / "config.json"), "--resume", "latest", "--steps", "2",
+               "--log-level", "WARNING"])  # fmt: skip
+    assert rc == 0
+    assert [r["step"] for r in read_metrics(str(run)) if "loss" in r] == [1, 2]
+
+
+def test_a_resume_with_a_new_learning_rate_trains_with_it_and_config_json_says_so(
+    synthetic_manifest, tmp_path
+):
+    from generation.training.hand import HandTrainConfig, train_hand
+    from generation.training.metrics import read_metrics
+
+    kw = dict(manifest=str(synthetic_manifest), out=str(tmp_path / "run"), steps=4, batch_size=2, log_every=1,
+              checkpoint_every=0, validate_every=0, num_validation_poses=1, validation_steps=1,
+              lr_schedule="constant", learning_rate=1e-3, ema_decay=0.99)  # fmt: skip
+    assert not train_hand(HandTrainConfig(**kw, interrupt_after=2)).finished
+    assert train_hand(
+        HandTrainConfig(**{**kw, "learning_rate": 5e-4, "ema_decay": 0.9}, resume="latest")
+    ).finished
+    lrs = [r["lr"] for r in read_metrics(str(tmp_path / "run")) if "loss" in r]
+    assert lrs == [1e-3, 1e-3, 5e-4, 5e-4]  # the checkpoint used to bring 1e-3 back for steps 3 and 4
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["config"]["learning_rate"] == 5e-4
+    assert config["changed_on_resume"] == {"learning_rate": [1e-3, 5e-4], "ema_decay": [0.99, 0.9]}
+
+
+def test_training_takes_the_largest_seed(synthetic_manifest, tmp_path):
+    from generation.training.hand import HandTrainConfig, train_hand
+
+    config = HandTrainConfig(manifest=str(synthetic_manifest), out=str(tmp_path / "run"), steps=1, batch_size=2,
+                             checkpoint_every=0, validate_every=0, num_validation_poses=1, validation_steps=1,
+                             seed=2**64 - 1)  # fmt: skip
+    assert train_hand(config).finished  # numpy's global seed and seed * 7919 used to overflow

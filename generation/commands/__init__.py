@@ -6,7 +6,6 @@ The training commands share their option set-up and their `run` through `add_tra
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
@@ -36,15 +35,16 @@ def run_training(command: str, config_cls, args, train) -> int:
     and print a one-line summary; known errors are printed as ``handfirst-gen COMMAND: error: ...``
     and give exit code 1."""
     from ..components import ModelFolderError
+    from ..spec import read_json_file
     from ..training.config import config_from_args
     from ..training.errors import TrainingError
 
-    base = None
-    if args.config:
-        with open(args.config, encoding="utf-8") as f:
-            base = json.load(f)
-        base = base.get("config", base)  # a run's config.json works too
     try:
+        base = read_json_file(args.config, ValueError, "--config") if args.config else None
+        if isinstance(base, dict) and isinstance(base.get("config"), dict):
+            # A run's config.json works too. Its `overwrite` was what that invocation did to its folder,
+            # not a setting of the run: taken over, it would clash with --resume.
+            base = {k: v for k, v in base["config"].items() if k != "overwrite"}
         config = config_from_args(config_cls, args, base)
         result = train(config)
     except (TrainingError, ModelFolderError, ValueError, FileNotFoundError) as exc:

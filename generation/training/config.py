@@ -83,6 +83,11 @@ class TrainConfig(Settings):
         None,
         "'latest' (the newest checkpoint in the run folder, or a fresh start if none) or a checkpoint folder",
     )
+    overwrite: bool = setting(
+        False,
+        "start an existing run folder of the same task over: its checkpoints, metrics, validation images and "
+        "final model are deleted (without it, such a folder is refused unless --resume is given)",
+    )
     interrupt_after: int | None = setting(
         None,
         "stop after this many steps in this invocation, with a checkpoint (fit a job time limit; continue with --resume latest)",

@@ -17,3 +17,8 @@ class TrainingOOMError(TrainingError):
 
 class DataCheckError(TrainingError, ValueError):
     """The data cannot serve the task (missing columns, nothing left after filtering)."""
+
+
+class RunFolderError(TrainingError, ValueError):
+    """``--out`` is not a folder this run may write into (user files, another task's run, an existing
+    run without ``--resume`` or ``--overwrite``)."""

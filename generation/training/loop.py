@@ -8,6 +8,24 @@ under ``accelerate launch``. Exact resume rests on three things:
   (the dataset's own ``state_dict`` when it has one, else a count of consumed micro-batches that are
   skipped again on resume);
 - optimizer, LR scheduler, weights and EMA are restored from the checkpoint.
+
+A resumed run keeps the checkpoint's state but the settings given now: a changed learning rate, AdamW
+or EMA setting is put in force after loading (the checkpoint would otherwise bring back the old
+values) and config.json records the settings in force plus ``changed_on_resume``.
+
+**The run folder** (``--out``). A folder is a run of a task when its ``config.json`` is a JSON object
+whose ``"task"`` is the task's name (``"hand"``, ``"body"``, ...): `_write_config` writes it before any
+model is loaded, so every run that got past its data check carries it. `train` writes into:
+
+- a missing or empty folder (dot-files do not count): a new run;
+- a run of the same task with ``--resume``: continues it (``latest``: its newest checkpoint);
+- a run of the same task with ``--overwrite``: starts it over. Its config.json, metrics.jsonl,
+  checkpoints/, validation/ and final model are deleted first; anything else (a latent cache, which
+  checks its own fingerprint, or files of the user) stays.
+
+Anything else is refused with a `RunFolderError` before a file is written: a folder of other files
+or of another task's run (whatever the options), and an existing run without ``--resume`` or
+``--overwrite`` (which would interleave two runs' metrics and checkpoints).
 """
 
 from __future__ import annotations
@@ -29,10 +47,11 @@ from tqdm.auto import tqdm
 
 from manifests.datasets import ManifestDataLoader, ManifestIterableDataset
 
+from ..guards import SEED_LIMIT, make_generator
 from . import checkpoint as ckpt
 from .config import TrainConfig
-from .errors import NonFiniteLossError, TrainingOOMError
-from .metrics import MetricsLog
+from .errors import NonFiniteLossError, RunFolderError, TrainingOOMError
+from .metrics import METRICS_FILE, MetricsLog
 from .task import TrainTask
 
 logger = logging.getLogger(__name__)
@@ -40,8 +59,10 @@ logger = logging.getLogger(__name__)
 CONFIG_FILE = "config.json"
 VALIDATION_DIR = "validation"
 # Settings that may change between a run and its resumption without a warning.
-_RESUMABLE_CHANGES = {"resume", "steps", "interrupt_after", "num_workers", "log_every", "validate_every",
-                      "checkpoint_every", "checkpoints_total_limit"}  # fmt: skip
+_RESUMABLE_CHANGES = {"resume", "overwrite", "steps", "interrupt_after", "num_workers", "log_every",
+                      "validate_every", "checkpoint_every", "checkpoints_total_limit"}  # fmt: skip
+# What a run writes besides the task's final model (`TrainTask.final_entries`); --overwrite deletes these.
+RUN_ENTRIES = (CONFIG_FILE, METRICS_FILE, ckpt.CHECKPOINTS_DIR, VALIDATION_DIR)
 
 
 @dataclass
@@ -161,24 +182,116 @@ def _batch_size(batch) -> int:
     return 1
 
 
+def recorded_task(run: str) -> str | None:
+    """The task name `run`'s config.json records, or None when the folder holds no run record."""
+    try:
+        with open(os.path.join(run, CONFIG_FILE), encoding="utf-8") as f:
+            record = json.load(f)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if (
+        isinstance(record, dict)
+        and isinstance(record.get("task"), str)
+        and isinstance(record.get("config"), dict)
+    ):
+        return record["task"]
+    return None
+
+
+def check_run_folder(run: str, task: str, config: TrainConfig) -> str:
+    """How this run may use the folder `run` (see the module docstring): ``"new"``, ``"resume"`` or
+    ``"overwrite"``. Raises `RunFolderError` naming the folder and the way out; writes nothing."""
+    command = f"train-{task}"
+    if config.resume and config.overwrite:
+        raise RunFolderError(
+            "--resume and --overwrite exclude each other (continue the run, or start it over)"
+        )
+    if os.path.lexists(run) and not os.path.isdir(run):
+        raise RunFolderError(f"--out {run!r} exists and is not a folder")
+    if not os.path.isdir(run) or not [e for e in os.listdir(run) if not e.startswith(".")]:
+        return "new"
+    kind = recorded_task(run)
+    if kind != task:
+        what = f"a train-{kind} run" if kind else f"not a training run (no {CONFIG_FILE} naming its task)"
+        raise RunFolderError(
+            f"--out {run!r} is not empty and is {what}; {command} writes only into a new or empty folder "
+            f"or a {command} run folder: choose another --out"
+        )
+    if config.resume:
+        return "resume"
+    if config.overwrite:
+        return "overwrite"
+    found = ckpt.list_checkpoints(run)
+    last = f"checkpoints up to step {found[-1][0]}" if found else "no checkpoint yet"
+    raise RunFolderError(
+        f"--out {run!r} already holds a {command} run ({last}); pass --resume latest to continue it, or "
+        "--overwrite to start it over (deleting its checkpoints, metrics, validation images and final model)"
+    )
+
+
+def clear_run(run: str, task: TrainTask) -> list[str]:
+    """Delete what a run of `task` wrote into `run` (`RUN_ENTRIES` and the task's final model), and
+    nothing else; returns the names removed."""
+    from manifests.names import unsafe_name
+
+    removed = []
+    for name in dict.fromkeys([*RUN_ENTRIES, *task.final_entries(run)]):
+        path = os.path.join(run, name)
+        if unsafe_name(name) or not os.path.lexists(path):
+            continue  # a name from model_index.json that is not a plain entry of the folder is left alone
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            os.remove(path)
+        removed.append(name)
+    logger.warning("--overwrite: removed %s from %s", ", ".join(removed), run)
+    return removed
+
+
+def resume_changes(run: str, config: TrainConfig) -> dict:
+    """Settings of this invocation that differ from the ones `run`'s config.json records (old, new),
+    leaving out those meant to change between invocations (`_RESUMABLE_CHANGES`)."""
+    try:
+        with open(os.path.join(run, CONFIG_FILE), encoding="utf-8") as f:
+            old = json.load(f).get("config", {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+    new = json.loads(json.dumps(config.to_dict(), default=str))  # tuples as lists, as the file holds them
+    return {k: [old.get(k), v] for k, v in new.items() if old.get(k) != v and k not in _RESUMABLE_CHANGES}
+
+
+def apply_settings_after_resume(config: TrainConfig, optimizer, lr_scheduler, ema) -> None:
+    """Put this invocation's optimisation settings in force over what a checkpoint restored.
+
+    `accelerator.load_state` brings back the optimizer's hyper-parameters and the scheduler's base
+    learning rate as they were saved, which would silently ignore a changed ``--learning-rate`` (and
+    AdamW / EMA settings) while config.json records the new value. The schedule's shape already
+    follows the new settings (its lambdas are rebuilt, not saved); only the step count is the
+    checkpoint's. With unchanged settings this reproduces the restored values exactly."""
+    for group in optimizer.param_groups:
+        group.update(betas=(config.adam_beta1, config.adam_beta2), weight_decay=config.adam_weight_decay,
+                     eps=config.adam_epsilon, initial_lr=config.learning_rate)  # fmt: skip
+    sched = getattr(lr_scheduler, "scheduler", lr_scheduler)  # accelerate wraps the torch scheduler
+    if hasattr(sched, "lr_lambdas"):
+        sched.base_lrs = [config.learning_rate] * len(optimizer.param_groups)
+        lrs = [base * fn(sched.last_epoch) for base, fn in zip(sched.base_lrs, sched.lr_lambdas)]
+        for group, lr in zip(optimizer.param_groups, lrs):
+            group["lr"] = lr
+        sched._last_lr = lrs
+    if ema is not None:
+        ema.decay, ema.use_ema_warmup = config.ema_decay, config.ema_warmup
+
+
 def _write_config(
     run: str,
     config: TrainConfig,
     task: TrainTask,
     accelerator: Accelerator,
     resumed: str | None,
-    compare: bool = True,
+    changed: dict | None = None,
 ):
     path = os.path.join(run, CONFIG_FILE)
     new = config.to_dict()
-    if compare and resumed and os.path.isfile(path):
-        with open(path, encoding="utf-8") as f:
-            old = json.load(f).get("config", {})
-        changed = {
-            k: (old.get(k), v) for k, v in new.items() if old.get(k) != v and k not in _RESUMABLE_CHANGES
-        }
-        if changed:
-            logger.warning("resuming with changed settings (old, new): %s", changed)
     import accelerate
     import diffusers
 
@@ -188,6 +301,7 @@ def _write_config(
         "data": task.describe(),
         "num_processes": accelerator.num_processes,
         "resumed_from": resumed,
+        "changed_on_resume": changed or {},
         "versions": {
             "torch": torch.__version__,
             "diffusers": diffusers.__version__,
@@ -205,7 +319,9 @@ def train(task: TrainTask, config: TrainConfig | None = None) -> TrainResult:
     config = (config or task.config).resolve()
     config.validate()
     run = config.out
-    os.makedirs(run, exist_ok=True)
+    # Every process decides before any of them writes (creating the Accelerator below is the first
+    # point where all processes meet), so all of them see the folder as the user left it.
+    folder_use = check_run_folder(run, task.name, config)
 
     # Data first: a bad manifest must fail before minutes of model loading.
     task.check_data()
@@ -216,12 +332,20 @@ def train(task: TrainTask, config: TrainConfig | None = None) -> TrainResult:
         project_config=ProjectConfiguration(project_dir=run),
     )
     rank, main = accelerator.process_index, accelerator.is_main_process
+    if main:
+        if folder_use == "overwrite":
+            clear_run(run, task)
+        os.makedirs(run, exist_ok=True)
+    accelerator.wait_for_everyone()
     if config.allow_tf32 and torch.cuda.is_available():
         torch.backends.cuda.matmul.allow_tf32 = True
     resume_dir = ckpt.resolve_resume(run, config.resume)
+    changed = resume_changes(run, config) if resume_dir else {}
+    if changed:
+        logger.warning("resuming with changed settings [old, new], in force from here on: %s", changed)
     if main:
-        _write_config(run, config, task, accelerator, resume_dir)
-    set_seed(config.seed)
+        _write_config(run, config, task, accelerator, resume_dir, changed)
+    set_seed(config.seed % 2**32)  # numpy's global seed takes [0, 2**32); smaller seeds are unchanged
 
     try:
         task.build(accelerator)
@@ -230,7 +354,7 @@ def train(task: TrainTask, config: TrainConfig | None = None) -> TrainResult:
             raise TrainingOOMError(oom_message(config, task, "model loading")) from exc
         raise
     if main:  # again, now with what the task learned while building (model sources, sizes)
-        _write_config(run, config, task, accelerator, resume_dir, compare=False)
+        _write_config(run, config, task, accelerator, resume_dir, changed)
     model = task.trainable()
     if config.gradient_checkpointing:
         if not hasattr(model, "enable_gradient_checkpointing"):
@@ -251,7 +375,8 @@ def train(task: TrainTask, config: TrainConfig | None = None) -> TrainResult:
         ema.to(accelerator.device)
     model, optimizer, lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
     dataset = task.dataset(accelerator)
-    generator = torch.Generator(device=accelerator.device).manual_seed(config.seed * 7919 + rank)
+    # Wrapped into torch's [0, 2**64): unchanged for every seed small enough not to overflow.
+    generator = make_generator((config.seed * 7919 + rank) % SEED_LIMIT, accelerator.device)
 
     state = ckpt.TrainerState()
     metrics = MetricsLog(run, enabled=main)
@@ -263,7 +388,10 @@ def train(task: TrainTask, config: TrainConfig | None = None) -> TrainResult:
         ckpt.load_generator(generator, resume_dir, rank)
         if ema is not None:
             ckpt.load_ema(ema, names, resume_dir, state.ema)
-        metrics.truncate_after(state.step)
+        apply_settings_after_resume(config, optimizer, lr_scheduler, ema)
+    # Resuming drops the lines past the checkpoint; a fresh start in a run folder (--resume latest
+    # before its first checkpoint) drops them all, so two attempts never interleave.
+    metrics.truncate_after(state.step)
     last_checkpoint = resume_dir
     batches = _Batches(dataset, task, config, accelerator, state)
 

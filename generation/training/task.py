@@ -17,6 +17,8 @@ Call order, all processes unless noted::
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 
@@ -76,6 +78,14 @@ class TrainTask:
     def validate(self, model, step: int, path: str) -> dict:
         """Write a validation image to `path` (PNG); return metrics to log (may be empty)."""
         return {}
+
+    def final_entries(self, run: str) -> list[str]:
+        """Names in `run` that `save_final` writes, removed with the rest of the run by ``--overwrite``.
+        Default: a diffusers pipeline's ``model_index.json`` and the component folders it lists."""
+        from ..components import pipeline_parts
+
+        index = os.path.join(run, "model_index.json")
+        return ["model_index.json", *pipeline_parts(index)] if os.path.isfile(index) else []
 
     def describe(self) -> dict:
         """Facts about the data / models to record in config.json (sizes, sources)."""

@@ -203,6 +203,9 @@ class VaeTask(TrainTask):
         Image.fromarray(contact_sheet(tiles, columns=n, tile=64, captions=captions)).save(path)
         return {"psnr": psnr(originals, recs)}
 
+    def final_entries(self, run: str) -> list[str]:
+        return list(SD_SUBFOLDERS)  # `save_final` writes a Stable Diffusion folder, one subfolder per part
+
     def save_final(self, model, out_dir: str) -> None:
         """The run folder becomes a Stable Diffusion folder; the VAE's scaling factor is measured."""
         vae = model.float().eval()
