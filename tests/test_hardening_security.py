@@ -250,3 +250,20 @@ def test_bench_loose_file_export_refuses_an_unsafe_hand_id(synthetic_manifest, t
     with pytest.raises(UnsafeNameError, match="hand_id '../escaped' is not a safe file name"):
         bench_loader.export_folder(str(manifest), str(tmp_path / "folder"))
     assert not list(tmp_path.glob("escaped*"))
+
+
+def test_prep_ids_from_long_or_odd_paths_are_safe_names(tmp_path):
+    """Folder ids come from relative paths: long nested names give distinct safe ids, with room for
+    the ``_h<i>`` suffix of hand ids."""
+    from prep.config import PrepConfig
+    from prep.sources import load_records
+
+    deep = tmp_path / ("a" * 150) / ("b" * 150)
+    deep.mkdir(parents=True)
+    for name in ("c" * 120 + ".jpg", "c" * 120 + ".png", "x..y.jpg"):
+        (deep / name).write_bytes(b"x")
+    (tmp_path / ("d" * 240 + ".jpg")).write_bytes(b"x")
+    ids = [r.image_id for r in load_records(PrepConfig(input=str(tmp_path)))]
+    assert len(ids) == 4 and len(set(ids)) == 4
+    for image_id in ids:
+        assert name_problem(image_id) is None and name_problem(f"{image_id}_h3") is None, image_id
