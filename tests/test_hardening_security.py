@@ -267,3 +267,23 @@ def test_prep_ids_from_long_or_odd_paths_are_safe_names(tmp_path):
     assert len(ids) == 4 and len(set(ids)) == 4
     for image_id in ids:
         assert name_problem(image_id) is None and name_problem(f"{image_id}_h3") is None, image_id
+
+
+def test_a_dtype_from_read_settings_picks_from_a_table_not_any_torch_attribute(tmp_path):
+    from generation.generate import GenerateSettings, load_pipeline
+
+    # "load" would be torch.load through getattr(torch, ...); the table refuses it before any folder is read.
+    with pytest.raises(ValueError, match="dtype: 'load' is not one of float32, float16, bfloat16"):
+        load_pipeline(str(tmp_path / "hand"), str(tmp_path / "body"), GenerateSettings(dtype="load"))
+
+
+def test_generate_refuses_a_photo_whose_name_is_not_a_safe_name(tiny_runs, tmp_path, capsys):
+    from PIL import Image
+
+    photo = tmp_path / ".hidden.png"
+    Image.new("RGB", (64, 48)).save(photo)
+    out = tmp_path / "out"
+    assert main(["generate", "--from-image", str(photo), "--hand-model", tiny_runs[0], "--body-model",
+                 tiny_runs[1], "--out", str(out), "--steps", "1", "--no-detect"]) == 1  # fmt: skip
+    assert "output name (the photo's file name) '.hidden' is not a safe file name" in capsys.readouterr().err
+    assert not out.exists() or not any(out.iterdir())
