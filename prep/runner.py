@@ -103,7 +103,15 @@ def dask_client(config: PrepConfig):
         return
     resources = {"GPU": 1} if config.gpu_resource else None
     # A worker that dies is restarted by its nanny and its task retried up to `retries` more times.
-    with dask.config.set({"distributed.scheduler.allowed-failures": config.retries}):
+    # Workers leave Ctrl-C to the driver (prep.worker_setup); restarted ones get the preload too.
+    settings = {
+        "distributed.scheduler.allowed-failures": config.retries,
+        "distributed.worker.preload": [
+            *dask.config.get("distributed.worker.preload", []),
+            "prep.worker_setup",
+        ],
+    }
+    with dask.config.set(settings):
         with LocalCluster(n_workers=config.workers, threads_per_worker=1, processes=True, dashboard_address=":0",
                           resources=resources, silence_logs=logging.ERROR) as cluster, Client(cluster) as client:  # fmt: skip
             yield client

@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 from contextlib import contextmanager
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -33,6 +34,7 @@ from prep.shards import OutputConflictError, plan_shards
 from prep.sources import load_records
 
 STANDIN = "prep_standin:StandInAnnotator"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -398,3 +400,43 @@ def test_ctrl_c_exits_130_with_one_line_and_the_rerun_resumes(photos, tmp_path, 
     serial = use_serial(monkeypatch)
     summary = run(cfg(photos, out, limit=4))
     assert summary["shards"] == {"run": 1, "skipped": 1, "failed": 0} and serial.ran == [1]
+
+
+def test_sigint_to_the_process_group_stops_workers_quietly(photos, tmp_path):
+    """Ctrl-C in a terminal: SIGINT reaches the driver and every worker process of its LocalCluster."""
+    import signal
+    import time
+
+    src = tmp_path / "in"
+    shutil.copytree(photos, src)
+    images = sorted(src.rglob("*.jpg"))[:3]
+    for p in sorted(src.rglob("*.jpg"))[3:]:
+        p.unlink()
+    block = images[1].with_name(images[1].name + ".block")  # the second shard waits until interrupted
+    block.write_text("")
+    out = tmp_path / "m"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT)])}
+    argv = [sys.executable, "-m", "prep", *cli_args(src, out)]
+    argv[argv.index("--shard-size") + 1] = "1"
+    proc = subprocess.Popen(
+        argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
+    )
+    try:
+        first = out / "images" / "_stats" / "shard-00000.json"
+        while not first.exists() and proc.poll() is None:
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.communicate()
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    err = err.decode()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    expected = (
+        f"handfirst-prep: interrupted: 1 completed shards in {out} are kept; rerun the same command to resume"
+    )
+    *before, last = err.strip().splitlines()
+    assert last == expected and all(line.startswith("INFO ") for line in before), err  # no worker noise
+    assert not (out / LOCK_FILE).exists()
