@@ -232,7 +232,9 @@ class ManifestTable:
                 raise self._fail(s.url, exc) from exc
         if not parts:
             return self.schema.empty_table().select(columns)
-        return pa.concat_tables(parts)
+        # A shard written by another tool may mark a column nullable where ours is not; the types
+        # were checked on opening, so only nullability can differ, and "default" unifies it.
+        return pa.concat_tables(parts, promote_options="default")
 
     def iter_row_groups(self, columns: Sequence[str] | None = None, filter: ds.Expression | None = None,
                         units: Sequence[RowGroupUnit] | None = None) -> Iterator[tuple[RowGroupUnit, pa.Table]]:  # fmt: skip

@@ -15,6 +15,7 @@ import zlib
 
 import fsspec
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from manifest_edits import copy_manifest, rewrite
@@ -570,3 +571,24 @@ def test_heatmap_bytes_are_the_same_with_and_without_torch(monkeypatch):
     without = encode_heatmap(heat)
     assert with_torch == without
     np.testing.assert_array_equal(decode_heatmap(*without), heat.astype(np.float16).astype(np.float32))
+
+
+def test_a_shard_with_nulls_in_a_required_column_is_a_finding_and_still_summarised(
+    synthetic_manifest, tmp_path, capsys
+):
+    """A shard written by another tool may make a required column nullable, and hold nulls in it."""
+    root = copy_manifest(synthetic_manifest, tmp_path / "m")
+    for table, column in (("images", "status"), ("hands", "image_id")):
+        shard = root / table / "shard-00000.parquet"
+        rows = pq.read_table(shard)
+        i = rows.schema.get_field_index(column)
+        field = rows.schema.field(i).with_nullable(True)
+        pq.write_table(rows.set_column(i, field, pa.nulls(rows.num_rows, field.type)), shard)
+    reasons = [str(p) for p in validate_manifest(str(root))]
+    assert (
+        f"{root}/images/shard-00000.parquet row 0: image synthetic_00000: status None is not one of"
+        in "\n".join(reasons)
+    )
+    assert any("image_id None has no row in the images table (orphan hand)" in r for r in reasons)
+    assert _cli(["stats", str(root), "--json"], capsys)[0] == 0
+    assert _cli(["preview", str(root), "--out", str(tmp_path / "p.png"), "--images", "12"], capsys)[0] == 0
