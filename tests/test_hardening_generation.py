@@ -243,6 +243,27 @@ def test_a_model_folder_missing_a_part_is_named(folders, tmp_path, pose_file, ca
     assert rc == 1 and "tokenizer has no usable model_max_length" in _one_error_line(capsys, "sample-hand")
 
 
+def test_sample_body_checks_size_cost_and_seed_before_drawing(folders, synthetic_manifest, tmp_path, capsys,
+                                                             monkeypatch):  # fmt: skip
+    def never(*args, **kwargs):
+        raise AssertionError("a manifest image was drawn before the checks")
+
+    monkeypatch.setattr("generation.pipeline_body.manifest_inputs", never)
+    out = tmp_path / "out"
+    base = ["sample-body", "--model", str(folders[1]), "--manifest", str(synthetic_manifest), "--image-id",
+            "synthetic_00001", "--out", str(out), "--steps", "1"]  # fmt: skip
+    cases = {
+        "image 100000x100000 is 10,000,000,000 pixels, over max_pixels": ["--resolution", "100000"],
+        "--resolution must be >= 1, got 0": ["--resolution", "0"],
+        "over max_pixel_steps 4,095": ["--resolution", "64", "--max-pixel-steps", "4095"],
+        "seed must be in [0, 2**64)": ["--seed", str(2**70)],
+    }
+    for message, extra in cases.items():
+        assert main([*base, *extra]) == 1, extra
+        assert message in _one_error_line(capsys, "sample-body"), extra
+    assert not list(out.glob("*.png"))
+
+
 def test_generate_refuses_a_huge_canvas_and_a_huge_seed_per_image(folders, tmp_path, capsys):
     big = _spec(tmp_path / "big.json", width=8192, height=8192)
     seed = _spec(tmp_path / "seed.json", seed=2**70)

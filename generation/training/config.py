@@ -12,10 +12,12 @@ from dataclasses import dataclass
 
 from manifests.settings import SettingError, Settings, add_arguments, from_args, setting
 
+from ..guards import SEED_LIMIT
+
 MIXED_PRECISION = ("no", "fp16", "bf16")
 LR_SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
-# torch.Generator.manual_seed takes seeds in [0, 2**64).
-MAX_SEED = 2**64 - 1
+# torch.Generator.manual_seed takes seeds in [0, 2**64) (`generation.guards`).
+MAX_SEED = SEED_LIMIT - 1
 
 
 # Learning rate per preset when --learning-rate is not given: the tiny random models need a large one
