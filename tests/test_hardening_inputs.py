@@ -592,3 +592,24 @@ def test_a_shard_with_nulls_in_a_required_column_is_a_finding_and_still_summaris
     assert any("image_id None has no row in the images table (orphan hand)" in r for r in reasons)
     assert _cli(["stats", str(root), "--json"], capsys)[0] == 0
     assert _cli(["preview", str(root), "--out", str(tmp_path / "p.png"), "--images", "12"], capsys)[0] == 0
+
+
+@pytest.mark.parametrize(
+    "entry, reason",
+    [
+        ({"bboxes": 5}, "bboxes and labels must be lists"),
+        (
+            {"bboxes": [[0.1, 0.1, 0.2, 0.2]], "labels": ["call"], "landmarks": {"0": 1}},
+            "landmarks must be a list, got dict",
+        ),
+        (
+            {"bboxes": [[0.1, 0.1, 0.2, 0.2]], "labels": ["call"], "landmarks": [5]},
+            "landmarks 0 must be a list of [x, y] points",
+        ),
+    ],
+)
+def test_hagrid_entries_of_the_wrong_shape_become_error_records(tmp_path, entry, reason):
+    (tmp_path / "call").mkdir()
+    _write_json(tmp_path / "annotations" / "train", "call.json", {"img": entry})
+    (rec,) = load_records(PrepConfig(input=str(tmp_path), format="hagrid"))
+    assert rec.error == f"annotations/train/call.json['img']: {reason}"

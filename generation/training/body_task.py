@@ -43,6 +43,7 @@ from ..blending import dilate, erode
 from ..body_model import BASE_KINDS, build_body_model, masked_image, model_input, predict_noise, repaint_mask
 from ..components import build_components, encode_text, freeze
 from ..condition import ConditionConfig, build_condition, condition_tiles, inputs_from_body_sample
+from ..guards import make_generator, offset_seed
 from ..pipeline_body import BodyOutpaintPipeline
 from .body_config import BodyTrainConfig
 from .errors import DataCheckError
@@ -336,7 +337,7 @@ class BodyTask(TrainTask):
             out = pipe(
                 s["caption"], condition=s["condition"][None].to(device), num_inference_steps=c.validation_steps,
                 guidance_scale=c.validation_guidance_scale, output_type="np",
-                generator=torch.Generator(device="cpu").manual_seed(c.seed + i),
+                generator=make_generator(offset_seed(c.seed, i)),
             ).images[0]  # fmt: skip
             target = (
                 ((s["pixels"].permute(1, 2, 0).numpy() + 1.0) * 127.5).round().clip(0, 255).astype(np.uint8)

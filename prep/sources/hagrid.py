@@ -90,9 +90,10 @@ def parse_entry(entry, gesture: str, what: str) -> tuple[list[HandAnnotation], s
     """(hands with normalised coordinates, user_id) from one annotation entry; ValueError if malformed."""
     expect(isinstance(entry, dict), f"{what}: entry must be an object, got {type(entry).__name__}")
     boxes = entry.get("bboxes", [])
-    labels = entry.get("labels", [None] * len(boxes))
+    labels = entry.get("labels", [None] * len(boxes) if isinstance(boxes, list) else None)
     marks = entry.get("hand_landmarks", entry.get("landmarks")) or []
     expect(isinstance(boxes, list) and isinstance(labels, list), f"{what}: bboxes and labels must be lists")
+    expect(isinstance(marks, list), f"{what}: landmarks must be a list, got {type(marks).__name__}")
     expect(len(labels) == len(boxes), f"{what}: {len(boxes)} bboxes but {len(labels)} labels")
     expect(len(marks) in (0, len(boxes)), f"{what}: {len(boxes)} bboxes but {len(marks)} landmark lists")
     leading = entry.get("leading_hand")
@@ -105,7 +106,11 @@ def parse_entry(entry, gesture: str, what: str) -> tuple[list[HandAnnotation], s
             f"{what}: bbox {i} must be 4 numbers [x, y, w, h], got {box!r}",
         )
         x, y, w, h = b.tolist()
-        kp = _points(marks[i], f"{what}: landmarks {i}") if i < len(marks) and len(marks[i]) else None
+        mark = marks[i] if i < len(marks) else None
+        expect(
+            mark is None or isinstance(mark, list), f"{what}: landmarks {i} must be a list of [x, y] points"
+        )
+        kp = _points(mark, f"{what}: landmarks {i}") if mark else None
         handed = leading if leading in ("left", "right") and gesture_hands == [i] else None
         hands.append(HandAnnotation(keypoints=kp, bbox=[x, y, x + w, y + h], handedness=handed))
     user = entry.get("user_id")
