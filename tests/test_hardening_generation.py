@@ -387,3 +387,10 @@ def test_training_takes_the_largest_seed(synthetic_manifest, tmp_path):
                              checkpoint_every=0, validate_every=0, num_validation_poses=1, validation_steps=1,
                              seed=2**64 - 1)  # fmt: skip
     assert train_hand(config).finished  # numpy's global seed and seed * 7919 used to overflow
+    from generation.training.body_config import BodyTrainConfig
+    from generation.training.body_task import train_body
+
+    body = BodyTrainConfig(manifest=str(synthetic_manifest), out=str(tmp_path / "body"), steps=1, batch_size=2,
+                           checkpoint_every=0, validate_every=0, num_validation_images=2, validation_steps=1,
+                           seed=2**64 - 1)  # fmt: skip
+    assert train_body(body).finished  # its second validation image was seeded with seed + 1
