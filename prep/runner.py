@@ -17,6 +17,7 @@ import time
 from collections import Counter
 from contextlib import ExitStack, contextmanager
 
+from manifests.settings import flag
 from manifests.shards import _is_local
 from manifests.storage import filesystem
 from manifests.writer import ManifestWriter, shard_name
@@ -197,10 +198,6 @@ def remove_shard(writer: ManifestWriter, index: int) -> None:
 # --------------------------------------------------------------------------- checks before any work
 
 
-def _setting_name(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
 def check_annotator(config: PrepConfig) -> None:
     """The annotator class imports (on the driver, before any worker tries)."""
     try:
@@ -249,11 +246,7 @@ def lock_output(config: PrepConfig) -> OutputLock:
     """Take the output's lock (which also proves it writable); see `prep.lock`."""
     try:
         return OutputLock(config.out).acquire()
-    except PermissionError:
-        raise OutputError(f"--out {config.out}: no permission to write there") from None
     except OSError as exc:
-        if isinstance(exc, FileNotFoundError):
-            raise
         raise OutputError(f"--out {config.out}: cannot write there: {exc.strerror or exc}") from None
 
 
@@ -295,7 +288,7 @@ def ship_config(config: PrepConfig, client) -> PrepConfig:
     hosts = sorted({get_address_host(w) for w in workers} or {get_address_host(client.scheduler.address)})
     remote = [h for h in hosts if not is_local_host(h)]
     if remote and not getattr(config, "shared_filesystem", False):
-        names = ", ".join(f"{_setting_name(k)} {v}" for k, v in paths.items())
+        names = ", ".join(f"{flag(k)} {v}" for k, v in paths.items())
         raise ClusterSetupError(
             f"--scheduler {config.scheduler} runs workers on other hosts ({', '.join(remote[:3])}), but {names} "
             f"{'is a local path' if len(paths) == 1 else 'are local paths'} they would look for on their own disks; "
