@@ -64,8 +64,12 @@ class DecodedImage:
         return int(self.pixels.shape[0])
 
 
-def _not_regular(mode: int) -> str:
-    return next((words for test, words in SPECIAL_FILES.items() if test(mode)), "not a regular file")
+def _not_regular(uri: str, what: str) -> ImageReadError:
+    return ImageReadError(f"{uri}: {what}, not a regular file; only regular files are read")
+
+
+def _special(mode: int) -> str:
+    return next((words for test, words in SPECIAL_FILES.items() if test(mode)), "a special file")
 
 
 def _too_big(uri: str, size: int | str, max_bytes: int) -> ImageTooLargeError:
@@ -88,18 +92,14 @@ def _open_local(path: str, uri: str, max_bytes: int | None):
     """
     info = os.stat(path)
     if not stat.S_ISREG(info.st_mode):
-        raise ImageReadError(
-            f"{uri}: {_not_regular(info.st_mode)}, not a regular file; only regular files are read"
-        )
+        raise _not_regular(uri, _special(info.st_mode))
     if max_bytes is not None and info.st_size > max_bytes:
         raise _too_big(uri, info.st_size, max_bytes)
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
     try:
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
-            raise ImageReadError(
-                f"{uri}: {_not_regular(mode)}, not a regular file; only regular files are read"
-            )
+            raise _not_regular(uri, _special(mode))
         return os.fdopen(fd, "rb")
     except BaseException:
         os.close(fd)
@@ -111,9 +111,7 @@ def _open_remote(uri: str, max_bytes: int | None):
     fs, path = fsspec.core.url_to_fs(uri)
     info = fs.info(path)
     if info.get("type") != "file":
-        raise ImageReadError(
-            f"{uri}: {info.get('type') or 'unknown'} entry, not a regular file; only regular files are read"
-        )
+        raise _not_regular(uri, f"{info.get('type') or 'unknown'} entry")
     size = info.get("size")
     if max_bytes is not None and size is not None and size > max_bytes:
         raise _too_big(uri, size, max_bytes)
