@@ -205,6 +205,21 @@ def test_a_stale_lock_of_a_dead_run_is_taken_over_and_one_from_another_host_is_n
         run(cfg(photos, out))
 
 
+def test_of_two_runs_taking_over_one_stale_lock_only_one_gets_it(tmp_path):
+    import fcntl
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    lock = tmp_path / LOCK_FILE
+    lock.write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname(), "started_at": 0}))
+    with open(lock, "rb") as other:  # another run is in the middle of taking it over
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(OutputLockedError, match=f"pid {dead.pid} on"):
+            OutputLock(str(tmp_path)).acquire()
+    with OutputLock(str(tmp_path)) as mine:  # that run went away: the stale lock is ours now
+        assert json.loads(lock.read_text())["token"] == mine.token
+
+
 def test_the_object_store_lock_refuses_a_second_run():
     root = "memory://hardening-lock/m"
     with OutputLock(root):
