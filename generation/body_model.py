@@ -19,8 +19,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import ControlNetModel, UNet2DConditionModel
@@ -124,14 +126,83 @@ def fit_base_unet(components, kind: str) -> UNet2DConditionModel:
     return components.unet
 
 
-def build_body_model(components, kind: str = "standard", condition_config=None) -> ControlNetModel:
-    """Fit the base UNet to `kind` (in place) and initialise a ControlNet from it for the condition image."""
+def build_body_model(
+    components, kind: str = "standard", condition_config=None, init_controlnet: str | None = None
+) -> ControlNetModel:
+    """Fit the base UNet to `kind` (in place) and initialise a ControlNet for the condition image: a
+    copy of the UNet's encoder, or with `init_controlnet` a pretrained one (`controlnet_from_pretrained`)."""
     from .condition import conditioning_channels
 
     unet = fit_base_unet(components, kind)
+    if init_controlnet:
+        return controlnet_from_pretrained(init_controlnet, unet, condition_config)
     return controlnet_from_unet(
         unet, conditioning_channels(condition_config), vae_scale_factor(components.vae)
     )
+
+
+class ControlNetInitError(ValueError):
+    """A pretrained ControlNet does not fit the base UNet or the condition image."""
+
+
+# The config entries a ControlNet shares with the UNet it steers; a pretrained one must match them.
+_SHARED_WITH_UNET = ("in_channels", "block_out_channels", "cross_attention_dim", "layers_per_block")
+
+
+def controlnet_from_pretrained(
+    path: str, unet: UNet2DConditionModel, condition_config=None
+) -> ControlNetModel:
+    """Load a local diffusers ControlNet (e.g. ``control_v11p_sd15_openpose``) to fine-tune as the body
+    outpainter.
+
+    Its conditioning embedding's first convolution is widened from the source's input channels
+    (3 for OpenPose) to the condition image's (7 for pose + hands + mask). The source's channels land
+    on the condition's ``pose`` group, drawn in the OpenPose style it was trained on; every new input
+    channel starts at zero, so at step 0 with the hand channels at zero the residuals are exactly the
+    source ControlNet's.
+    """
+    from .components import ModelFolderError
+    from .condition import channel_slices, conditioning_channels
+
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise ModelFolderError(
+            f"--init-controlnet {path!r} is not a diffusers ControlNet folder (no config.json)"
+        )
+    source = ControlNetModel.from_pretrained(path)
+    mismatched = [
+        k
+        for k in _SHARED_WITH_UNET
+        if tuple(np.atleast_1d(source.config[k])) != tuple(np.atleast_1d(unet.config[k]))
+    ]
+    if mismatched:
+        raise ControlNetInitError(
+            f"--init-controlnet {path!r} does not fit the base UNet: {', '.join(mismatched)} differ "
+            "(a ControlNet is trained for one UNet architecture, e.g. SD 1.5's)"
+        )
+    slices = channel_slices(condition_config)
+    wanted, have = conditioning_channels(condition_config), source.config.conditioning_channels
+    pose = slices.get("pose")
+    if pose is None or pose.stop - pose.start != have:
+        raise ControlNetInitError(
+            f"--init-controlnet {path!r} sees {have} condition channels; the condition image needs a 'pose' group "
+            f"of that width for them (condition channels: {list(slices)})"
+        )
+    conv = source.controlnet_cond_embedding.conv_in
+    widened = torch.nn.Conv2d(wanted, conv.out_channels, conv.kernel_size, conv.stride, conv.padding)
+    with torch.no_grad():
+        widened.weight.zero_()
+        widened.weight[:, pose] = conv.weight
+        widened.bias.copy_(conv.bias)
+    source.controlnet_cond_embedding.conv_in = widened
+    source.register_to_config(conditioning_channels=wanted)
+    log.info(
+        "ControlNet from %s: conditioning input widened %d -> %d channels (pose at %s)",
+        path,
+        have,
+        wanted,
+        pose,
+    )
+    return source
 
 
 def set_trainable(

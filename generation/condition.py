@@ -38,6 +38,8 @@ class ConditionConfig:
     - min_visibility: MediaPipe landmarks below this visibility are not drawn.
     - stick_width, joint_radius: limb half-width and joint radius as fractions of the longer image
       side; ControlNet's OpenPose renderer uses 4 px at 512 px. Never below 1 px.
+    - hand_line_width, hand_joint_radius: the same for the hand skeletons (the OpenPose annotator's 2 px
+      lines and 4 px joints at 512 px, drawn without anti-aliasing like it).
     """
 
     channels: tuple[str, ...] = ("pose", "hands", "mask")
@@ -45,6 +47,8 @@ class ConditionConfig:
     min_visibility: float = 0.3
     stick_width: float = 4 / 512
     joint_radius: float = 4 / 512
+    hand_line_width: float = 2 / 512
+    hand_joint_radius: float = 4 / 512
 
     def __post_init__(self):
         self.channels = tuple(self.channels)
@@ -101,7 +105,8 @@ def _draw_pose(h: int, w: int, body18: np.ndarray | None, hands, cfg: ConditionC
         canvas = draw_openpose(canvas, body18, stickwidth=_pixels(cfg, side, cfg.stick_width),
                                radius=_pixels(cfg, side, cfg.joint_radius))  # fmt: skip
     for kps in hands:
-        canvas = draw_hand(canvas, np.asarray(kps, np.float64))
+        canvas = draw_hand(canvas, np.asarray(kps, np.float64), thickness=_pixels(cfg, side, cfg.hand_line_width),
+                           radius=_pixels(cfg, side, cfg.hand_joint_radius), antialias=False)  # fmt: skip
     return canvas
 
 

@@ -20,13 +20,22 @@ HAND_EDGE_COLORS = [
 
 
 def draw_hand(
-    image: np.ndarray, keypoints: np.ndarray, thickness: int | None = None, radius: int | None = None
+    image: np.ndarray,
+    keypoints: np.ndarray,
+    thickness: int | None = None,
+    radius: int | None = None,
+    antialias: bool = True,
 ) -> np.ndarray:
-    """Draw a 21-keypoint hand skeleton ((21, >=2) pixels) on a copy of `image`."""
+    """Draw a 21-keypoint hand skeleton ((21, >=2) pixels) on a copy of `image`.
+
+    The OpenPose hand style: one hue per bone, blue joints. `antialias=False` draws hard edges, as
+    ControlNet's OpenPose annotator does (the condition images use that).
+    """
     out = np.ascontiguousarray(image.copy())
     side = max(out.shape[:2])
     thickness = thickness or max(1, side // 256)
     radius = radius or max(1, side // 160)
+    line = cv2.LINE_AA if antialias else cv2.LINE_8
     pts = np.asarray(keypoints, dtype=np.float64)[:, :2]
     for (a, b), color in zip(HAND_EDGES, HAND_EDGE_COLORS):
         cv2.line(
@@ -35,10 +44,10 @@ def draw_hand(
             tuple(int(round(v)) for v in pts[b]),
             color,
             thickness,
-            cv2.LINE_AA,
+            line,
         )
     for p in pts:
-        cv2.circle(out, (int(round(p[0])), int(round(p[1]))), radius, (0, 0, 255), -1, cv2.LINE_AA)
+        cv2.circle(out, (int(round(p[0])), int(round(p[1]))), radius, (0, 0, 255), -1, line)
     return out
 
 

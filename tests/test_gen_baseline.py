@@ -31,7 +31,9 @@ def _args(manifest, out, sd, *extra):
             "--limit", "2", "--size", "60", "--steps", "2", "--device", "cpu", "--no-progress", *extra]  # fmt: skip
 
 
-def test_controlnet_openpose_writes_what_generate_would_name(synthetic_manifest, tiny_folders, tmp_path, capsys):
+def test_controlnet_openpose_writes_what_generate_would_name(
+    synthetic_manifest, tiny_folders, tmp_path, capsys
+):
     from generation.generate import requests_from_manifest
 
     sd, openpose = tiny_folders
@@ -45,14 +47,18 @@ def test_controlnet_openpose_writes_what_generate_would_name(synthetic_manifest,
         # 60 px longer side is not a multiple of 8: drawn at 64 and cropped back to the frame.
         assert image.shape == (spec.height, spec.width, 3) and max(image.shape[:2]) == 60
         sidecar = json.loads((out / f"{request.name}.json").read_text())
-        assert sidecar["source"] == request.source and sidecar["spec"] == json.loads(json.dumps(spec.to_dict()))
-        assert sidecar["baseline"] == "controlnet-openpose" and sidecar["models"]["controlnet"].endswith("openpose")
+        assert sidecar["source"] == request.source and sidecar["spec"] == json.loads(
+            json.dumps(spec.to_dict())
+        )
+        assert sidecar["baseline"] == "controlnet-openpose" and sidecar["models"]["controlnet"].endswith(
+            "openpose"
+        )
         condition = np.asarray(Image.open(out / sidecar["files"]["condition"]))
         assert condition.shape == image.shape
         for hand in spec.hands:  # every visible hand joint is drawn
             for x, y, score in hand.keypoints:
                 if score > 0 and 0 <= x < spec.width - 1 and 0 <= y < spec.height - 1:
-                    assert condition[int(y), int(x)].any()
+                    assert condition[int(round(y)), int(round(x))].any()
 
     # A rerun skips what is done; --overwrite redoes it.
     assert main(_args(synthetic_manifest, out, sd, "--controlnet", openpose)) == 0
@@ -67,7 +73,9 @@ def test_sd_floor_and_bad_method_settings(synthetic_manifest, tiny_folders, tmp_
 
     assert main(_args(synthetic_manifest, tmp_path / "x", sd)) == 1
     assert "controlnet-openpose needs --controlnet DIR" in capsys.readouterr().err
-    assert main(_args(synthetic_manifest, tmp_path / "x", sd, "--method", "sd", "--controlnet", openpose)) == 1
+    assert (
+        main(_args(synthetic_manifest, tmp_path / "x", sd, "--method", "sd", "--controlnet", openpose)) == 1
+    )
     assert "--method sd draws from the prompt alone" in capsys.readouterr().err
     assert main(_args(synthetic_manifest, tmp_path / "x", sd, "--controlnet", sd)) == 1
     assert "not a diffusers ControlNet folder" in capsys.readouterr().err

@@ -126,3 +126,61 @@ def test_missing_base_model_folder_is_a_clear_error(tmp_path):
     (tmp_path / "half" / "unet").mkdir(parents=True)
     with pytest.raises(ModelFolderError, match=r"lacks subfolder\(s\)"):
         build_components("sd", pretrained=str(tmp_path / "half"))
+
+
+def _pretrained_openpose(tmp_path, unet, seed: int = 1) -> str:
+    """A 3-channel ControlNet for `unet` whose every weight (zero convolutions too) is non-zero, saved
+    as a diffusers folder: the stand-in for control_v11p_sd15_openpose."""
+    from generation.body_model import controlnet_from_unet
+
+    source = controlnet_from_unet(unet, conditioning_channels=3, scale_factor=8)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in source.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    source.save_pretrained(str(tmp_path / "openpose"))
+    return str(tmp_path / "openpose")
+
+
+def test_a_pretrained_controlnet_is_widened_and_unchanged_with_the_hand_channels_at_zero(tmp_path):
+    from diffusers import ControlNetModel
+
+    from generation.body_model import controlnet_from_pretrained
+    from generation.condition import channel_slices
+
+    comps = build_components("tiny", resolution=64)
+    path = _pretrained_openpose(tmp_path, comps.unet)
+    source = ControlNetModel.from_pretrained(path)
+    widened = controlnet_from_pretrained(path, comps.unet, ConditionConfig())
+    assert widened.config.conditioning_channels == conditioning_channels(ConditionConfig()) == 7
+    sample, t, text, cond = _inputs(4, cond_channels=7)
+    pose = channel_slices(ConditionConfig())["pose"]
+    cond[:, pose.stop :] = 0  # hand pixels and mask at zero
+    with torch.no_grad():
+        down_w, mid_w = widened(
+            sample, t, encoder_hidden_states=text, controlnet_cond=cond, return_dict=False
+        )
+        down_s, mid_s = source(
+            sample, t, encoder_hidden_states=text, controlnet_cond=cond[:, pose], return_dict=False
+        )
+    assert mid_s.abs().max() > 1e-3  # the source really adds something
+    diffs = [(a - b).abs().max().item() for a, b in zip([*down_w, mid_w], [*down_s, mid_s])]
+    assert max(diffs) < 1e-5
+    # The hand channels start at zero, and they are what training moves.
+    conv = widened.controlnet_cond_embedding.conv_in
+    assert torch.count_nonzero(conv.weight[:, pose.stop :]) == 0 and conv.weight[:, pose].abs().sum() > 0
+
+
+def test_a_pretrained_controlnet_that_does_not_fit_is_a_clear_error(tmp_path):
+    from generation.body_model import ControlNetInitError, controlnet_from_pretrained
+
+    comps = build_components("tiny", resolution=64)
+    path = _pretrained_openpose(tmp_path, comps.unet)
+    with pytest.raises(ControlNetInitError, match="needs a 'pose' group"):
+        controlnet_from_pretrained(path, comps.unet, ConditionConfig(channels=("hands", "mask")))
+    inpainting = build_components("tiny", resolution=64)
+    unet9 = fit_base_unet(inpainting, "inpainting")
+    with pytest.raises(ControlNetInitError, match="in_channels differ"):
+        controlnet_from_pretrained(path, unet9, ConditionConfig())
+    with pytest.raises(ModelFolderError, match="not a diffusers ControlNet folder"):
+        controlnet_from_pretrained(str(tmp_path), comps.unet, ConditionConfig())

@@ -278,3 +278,34 @@ def test_sample_body_command_writes_images(manifest, tmp_path, capsys):
     code = gen_main(["sample-body", "--model", str(run), "--manifest", str(manifest), "--image-id", "nope",
                      "--out", str(out), "--log-level", "WARNING"])  # fmt: skip
     assert code == 1 and "no image with image_id 'nope'" in capsys.readouterr().err
+
+
+def test_train_body_starts_from_a_pretrained_controlnet(manifest, tmp_path, capsys):
+    from diffusers import ControlNetModel
+
+    from generation.body_model import controlnet_from_unet
+    from generation.components import build_components
+
+    comps = build_components("tiny", resolution=64)
+    source = controlnet_from_unet(comps.unet, conditioning_channels=3, scale_factor=8)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # weights no fresh initialisation would have
+        for p in source.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    source.save_pretrained(str(tmp_path / "openpose"))
+    out = tmp_path / "run"
+    args = ["train-body", "--preset", "tiny", "--manifest", str(manifest), "--out", str(out), "--steps", "1",
+            "--batch-size", "2", "--checkpoint-every", "0", "--validate-every", "0", "--num-validation-images", "0",
+            "--init-controlnet", str(tmp_path / "openpose")]  # fmt: skip
+    assert gen_main(args) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["config"]["init_controlnet"] == str(tmp_path / "openpose")
+    trained = ControlNetModel.from_pretrained(str(out / "controlnet"))
+    assert trained.config.conditioning_channels == 7
+    # The encoder is the pretrained ControlNet's, not a fresh copy of the UNet's (one step moves it little).
+    assert torch.allclose(trained.controlnet_cond_embedding.blocks[0].weight,
+                          source.controlnet_cond_embedding.blocks[0].weight, atol=1e-2)  # fmt: skip
+    bad = [*args[:-1], str(tmp_path)]
+    bad[bad.index("--out") + 1] = str(tmp_path / "run2")
+    assert gen_main(bad) == 1
+    assert "is not a diffusers ControlNet folder" in capsys.readouterr().err

@@ -43,6 +43,11 @@ class BodyTrainConfig(TrainConfig):
     resolution: int | None = setting(
         None, f"training side in pixels, a multiple of 16 (default {PRESET_RESOLUTION})", ge=16, le=4096
     )
+    init_controlnet: str | None = setting(
+        None,
+        "start from this local diffusers ControlNet (e.g. control_v11p_sd15_openpose) instead of a copy of the "
+        "UNet's encoder; its input is widened to the condition channels, new channels at zero",
+    )
     base_kind: str = setting(
         "standard",
         "base UNet: standard (4-channel) or inpainting (9-channel SD-inpainting)",

@@ -237,7 +237,7 @@ class BodyTask(TrainTask):
             c.preset, pretrained=c.pretrained, resolution=c.resolved_resolution, seed=c.seed
         )
         torch.manual_seed(c.seed)
-        controlnet = build_body_model(comps, c.base_kind, self.condition_config)
+        controlnet = build_body_model(comps, c.base_kind, self.condition_config, init_controlnet=c.init_controlnet)
         return comps, controlnet
 
     def build(self, accelerator) -> None:
