@@ -35,6 +35,7 @@ from prep.cli import main as prep_main
 from prep.config import PrepConfig
 from prep.errors import AnnotationError, ImageReadError, ImageTooLargeError
 from prep.imageio import MAX_FILE_BYTES, load_image, read_bytes
+from prep.process import process_shard
 from prep.records import HandAnnotation, ImageRecord
 from prep.sources import AnnotationFileError, load_records
 
@@ -172,25 +173,33 @@ def test_pixel_bound_applies_before_the_whole_file_is_read(tmp_path, monkeypatch
 
 
 def test_special_files_in_a_folder_become_error_rows(tmp_path):
-    """Each input, special or not, is listed and ends up as a row with a status and a reason."""
+    """Each input, special or not, is listed and ends up as a shard row with a status and a reason."""
     root = tmp_path / "in"
     root.mkdir()
     (root / "good.png").write_bytes(_png())
     (root / "zero.png").symlink_to("/dev/zero")
     if hasattr(os, "mkfifo"):
         os.mkfifo(root / "pipe.png")
-    records = load_records(PrepConfig(input=str(root), format="folder"))
-    annotator = Annotator(PrepConfig(body_pose=False, mask_method="none", pad_retry=0))
-    rows = {}
-    for record in records:
-        try:
-            rows[record.image_id] = annotator.annotate(record)[0]
-        except Exception as exc:  # the runner's own handling: every exception becomes an error row
-            rows[record.image_id] = error_row(record, exc)
+    config = PrepConfig(
+        input=str(root), out=str(tmp_path / "out"), body_pose=False, mask_method="none", pad_retry=0
+    )
+    records = load_records(config)
+    process_shard(0, records, config)  # what each Dask task runs: annotate every record, write the shard
+    rows = {
+        r["image_id"]: r
+        for r in pq.read_table(tmp_path / "out" / "images" / "shard-00000.parquet").to_pylist()
+    }
     assert rows["good"]["status"] == "no_hands"
-    assert rows["zero"]["status"] == "error" and "character device" in rows["zero"]["error"]
+    assert rows["zero"]["status"] == "error"
+    assert (
+        rows["zero"]["error"]
+        == f"ImageReadError: {root}/zero.png: a character device, not a regular file; only regular files are read"
+    )
     if hasattr(os, "mkfifo"):
-        assert rows["pipe"]["status"] == "error" and "FIFO" in rows["pipe"]["error"]
+        assert (
+            rows["pipe"]["status"] == "error"
+            and "a FIFO (named pipe), not a regular file" in rows["pipe"]["error"]
+        )
 
 
 # Finding 8: annotation keypoints outside the image.
