@@ -88,7 +88,11 @@ def dask_client(config: PrepConfig):
     if config.scheduler:
         try:
             client = Client(config.scheduler, timeout=SCHEDULER_CONNECT_TIMEOUT_S)
-        except (OSError, TimeoutError, ValueError) as exc:
+        except ValueError as exc:  # malformed address: no port, unknown scheme
+            raise ClusterSetupError(
+                f"--scheduler {config.scheduler} is not a Dask scheduler address: {exc}"
+            ) from None
+        except (OSError, TimeoutError) as exc:
             reason = " ".join(str(exc).split()) or type(exc).__name__
             raise ClusterSetupError(
                 f"cannot reach the Dask scheduler {config.scheduler} within {SCHEDULER_CONNECT_TIMEOUT_S:g} s "

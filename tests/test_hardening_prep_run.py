@@ -377,6 +377,9 @@ def test_an_unreachable_scheduler_is_one_line_after_a_short_wait(photos, tmp_pat
     line = one_error_line(capsys)
     assert rc == 2 and f"cannot reach the Dask scheduler tcp://127.0.0.1:{port} within 0.3 s" in line
     assert not (tmp_path / "m" / LOCK_FILE).exists()
+    rc = cli_main(cli_args(photos, tmp_path / "m", "--scheduler", "head-node"))
+    line = one_error_line(capsys)
+    assert rc == 2 and "--scheduler head-node is not a Dask scheduler address: missing port number" in line
 
 
 # ------------------------------------------------------------------ interrupts
