@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from manifests.schema import TABLES
@@ -97,6 +98,12 @@ def shard_damage(writer: ManifestWriter, index: int) -> str | None:
     return None
 
 
+def _threaded(fn, indices: list[int]) -> list[tuple[int, object]]:
+    """[(index, fn(index))], run in threads: on an object store every call is a round trip."""
+    with ThreadPoolExecutor(max_workers=min(16, max(1, len(indices)))) as pool:
+        return list(zip(indices, pool.map(fn, indices)))
+
+
 def _span(indices: list[int]) -> str:
     return (
         shard_name(indices[0])
@@ -122,7 +129,7 @@ def pending_shards(shards: list[Shard], writer: ManifestWriter, overwrite: bool 
     planned = {s.index: s for s in shards}
     config_fp = shards[0].config_fingerprint if shards else ""
     beyond = sorted(done - set(planned))
-    stats = {i: read_shard_stats(writer, i) for i in sorted(done & set(planned))}
+    stats = dict(_threaded(lambda i: read_shard_stats(writer, i), sorted(done & set(planned))))
 
     def other_settings(i: int) -> bool:
         if not stats[i]:
@@ -147,9 +154,10 @@ def pending_shards(shards: list[Shard], writer: ManifestWriter, overwrite: bool 
             "Rerun with --overwrite to replace it, or use another --out."
         )
     plan = ResumePlan([], {}, discard=sorted(beyond + conflicting))
+    damage = dict(_threaded(lambda i: shard_damage(writer, i), [i for i in stats if i not in plan.discard]))
     for s in shards:
         if s.index in stats and s.index not in plan.discard:
-            if why := shard_damage(writer, s.index):
+            if why := damage[s.index]:
                 logger.warning("%s is damaged (%s): redoing it", shard_name(s.index), why)
                 plan.damaged[s.index] = why
             elif stats[s.index].get("fingerprint") != s.fingerprint:
