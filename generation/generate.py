@@ -19,7 +19,6 @@ not one plain file name: nothing is ever written outside the output folder.
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import hashlib
 import json
@@ -32,61 +31,68 @@ import numpy as np
 from PIL import Image
 
 from manifests.names import path_in
+from manifests.settings import Settings, setting, setting_like
 
+from .blend_config import BlendConfig
 from .guards import DEFAULT_MAX_PIXEL_STEPS, DEFAULT_MAX_PIXELS
 from .selection import DEFAULT_SPLIT
 from .spec import HandSpec, PoseSpec, SpecError, load_spec, parse_spec, read_json_file
-from .training.config import setting
+from .training.config import MAX_SEED
 
 logger = logging.getLogger(__name__)
 
-BLEND_MODE_NAMES = ("sequential", "fixed", "none")  # generation.blending.BLEND_MODES, without importing torch
 DTYPES = ("float32", "float16", "bfloat16")
 
 
 @dataclass
-class GenerateSettings:
+class GenerateSettings(Settings):
     """Every setting of `handfirst-gen generate` (one CLI option each); recorded in each sidecar."""
 
-    steps: int = setting(30, "stage-2 (body) denoising steps")
-    hand_steps: int | None = setting(None, "stage-1 (hand) denoising steps (default: --steps)")
-    guidance_scale: float = setting(7.5, "stage-2 text guidance (1 disables it)")
-    hand_guidance_scale: float | None = setting(None, "stage-1 text guidance (default: --guidance-scale)")
-    pose_guidance_scale: float = setting(1.0, "stage-1 extra guidance on the hand pose (1 disables it)")
-    conditioning_scale: float = setting(1.0, "ControlNet residual scale in stage 2")
+    steps: int = setting(30, "stage-2 (body) denoising steps", ge=1, le=1000)
+    hand_steps: int | None = setting(None, "stage-1 (hand) denoising steps (default: --steps)", ge=1, le=1000)
+    guidance_scale: float = setting(7.5, "stage-2 text guidance (1 disables it)", ge=0, le=100)
+    hand_guidance_scale: float | None = setting(
+        None, "stage-1 text guidance (default: --guidance-scale)", ge=0, le=100
+    )
+    pose_guidance_scale: float = setting(
+        1.0, "stage-1 extra guidance on the hand pose (1 disables it)", ge=0, le=100
+    )
+    conditioning_scale: float = setting(1.0, "ControlNet residual scale in stage 2", ge=0, le=10)
     uncond_condition: str = setting(
         "same",
         "stage-2 unconditional branch: same condition (guide on text) or zero",
         choices=("same", "zero"),
     )
-    seed: int | None = setting(None, "seed (default: the spec's seed; 0 for manifest rows and photos)")
-    blend: str = setting(
-        "sequential", "latent blending: sequential (the method), fixed or none", choices=BLEND_MODE_NAMES
+    seed: int | None = setting(
+        None, "seed (default: the spec's seed; 0 for manifest rows and photos)", ge=0, le=MAX_SEED
     )
-    d0: int = setting(1, "sequential: initial dilation of the hand mask, latent pixels")
-    expand_pixels: int = setting(3, "sequential: total erosion over the expansion window, latent pixels")
-    expand_start: float = setting(0.2, "sequential: fraction of the schedule where erosion starts")
-    expand_end: float = setting(0.8, "sequential: fraction where erosion ends and the mask stays fixed")
-    min_core: int = setting(
-        2,
-        "sequential: each hand region keeps a core this deep, latent pixels (its erosion is capped at its "
-        "inner radius minus this; 0: no cap, small hands may be erased)",
-    )
+    blend: str = setting_like(BlendConfig, "mode")
+    d0: int = setting_like(BlendConfig, "d0")
+    expand_pixels: int = setting_like(BlendConfig, "expand_pixels")
+    expand_start: float = setting_like(BlendConfig, "expand_start")
+    expand_end: float = setting_like(BlendConfig, "expand_end")
+    min_core: int = setting_like(BlendConfig, "min_core")
     pixel_composite: bool = setting(False, "paste the stage-1 hand interiors back over the decoded image")
-    feather: int = setting(3, "pixel composite: erosion and feathering of the hand mask, pixels")
-    mask_threshold: float = setting(0.5, "stage-1 mask probability above which a pixel is hand")
+    feather: int = setting(
+        3, "pixel composite: erosion and feathering of the hand mask, pixels", ge=0, le=256
+    )
+    mask_threshold: float = setting(0.5, "stage-1 mask probability above which a pixel is hand", ge=0, le=1)
     mask_fallback: str = setting(
         "skeleton",
         "a stage-1 mask that misses the hand is replaced by one drawn from the skeleton, or kept (none)",
         choices=("skeleton", "none"),
     )
-    min_mask_coverage: float = setting(0.5, "share of a hand's keypoints its stage-1 mask must cover")
+    min_mask_coverage: float = setting(
+        0.5, "share of a hand's keypoints its stage-1 mask must cover", ge=0, le=1
+    )
     small_hands: str = setting(
         "skip",
         "hands under --min-hand-size: skip (stage 2 paints them) or refuse",
         choices=("skip", "refuse"),
     )
-    min_hand_size: float = setting(16.0, "smallest hand (longer side of its keypoint box) to draw, output px")
+    min_hand_size: float = setting(
+        16.0, "smallest hand (longer side of its keypoint box) to draw, output px", ge=0
+    )
     overlap_order: str = setting(
         "larger_on_top", "which hand covers the other where they overlap", choices=("larger_on_top", "given")
     )
@@ -96,7 +102,10 @@ class GenerateSettings:
         choices=("windows", "canvas"),
     )
     crop_margin: float | None = setting(
-        None, "hand crop margin (default: the one of the hand model's training manifest, else 0.25)"
+        None,
+        "hand crop margin (default: the one of the hand model's training manifest, else 0.25)",
+        ge=0,
+        le=4,
     )
     prompt: str | None = setting(None, "image prompt (default: the spec's, the manifest caption, or built)")
     negative_prompt: str | None = setting(None, "negative prompt (default: the spec's, else empty)")
@@ -105,7 +114,10 @@ class GenerateSettings:
     )
     gesture: str | None = setting(None, "gesture label for the default captions (e.g. peace, palm)")
     size: int | None = setting(
-        None, "manifest rows and photos: longer output side in px (default: the body model's training size)"
+        None,
+        "manifest rows and photos: longer output side in px (default: the body model's training size)",
+        ge=8,
+        le=8192,
     )
     device: str | None = setting(None, "cuda / cpu / mps (default: cuda when available)")
     dtype: str = setting("float32", "model precision", choices=DTYPES)
@@ -120,20 +132,12 @@ class GenerateSettings:
         ge=1,
     )
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+    def validate(self) -> GenerateSettings:
+        super().validate()
+        self.blend_config()  # the blending options' own rules (expand_start <= expand_end)
+        return self
 
-    @classmethod
-    def from_dict(cls, data: dict) -> GenerateSettings:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(f"unknown generate setting(s): {unknown}")
-        return cls(**data)
-
-    def blend_config(self):
-        from .blending import BlendConfig
-
+    def blend_config(self) -> BlendConfig:
         return BlendConfig(mode=self.blend, d0=self.d0, expand_pixels=self.expand_pixels,
                            expand_start=self.expand_start, expand_end=self.expand_end,
                            min_core=self.min_core)  # fmt: skip
@@ -472,6 +476,7 @@ def generate_one(pipe, request: Request, settings: GenerateSettings, out_dir: st
     """Run the pipeline for one request and write its files; returns the sidecar dict."""
     spec = request.spec
     name = request.name
+    settings.validate()
     paths = output_paths(out_dir, name)  # refuses an unsafe name before any work
     kwargs = call_arguments(request, settings)
     out = pipe(

@@ -275,13 +275,14 @@ def test_cli_evaluate_reports_bad_inputs(eval_manifest, tmp_path, capsys):
     (tmp_path / "gen").mkdir()
     cases = [
         (["--manifest", str(tmp_path / "nonexistent"), "--generated", "real"], "no such manifest directory"),
-        # The default split is test, as for generate --from-manifest; a folder-of-photos manifest has none.
-        (["--manifest", str(eval_manifest), "--generated", "real"],
+        # A folder-of-photos manifest has no splits: asking for the test split finds nothing (the default,
+        # auto, takes every row of such a manifest).
+        (["--manifest", str(eval_manifest), "--generated", "real", "--split", "test"],
          "nothing to evaluate: " + str(eval_manifest)),
-        (["--manifest", str(eval_manifest), "--generated", "real"],
+        (["--manifest", str(eval_manifest), "--generated", "real", "--split", "test"],
          "no images with status ok in split 'test'; such images per split: {None: "),
         (["--manifest", str(eval_manifest), "--generated", "real", "--split", "all", "--limit", "0"],
-         "limit must be at least 1"),
+         "limit (--limit) must be >= 1, got 0"),
         (["--manifest", str(eval_manifest), "--generated", str(tmp_path / "nope")], "does not exist (or pass 'real')"),
         (["--manifest", str(eval_manifest), "--generated", str(tmp_path / "gen"), "--inception",
           str(tmp_path / "garbage.pth")], "garbage.pth: cannot read as FID InceptionV3 weights"),

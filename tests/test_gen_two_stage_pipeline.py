@@ -329,7 +329,7 @@ def test_bad_inputs_are_named(pipe, change, message):
 
 
 def test_bad_settings_are_named(pipe):
-    with pytest.raises(ValueError, match="unknown blending mode 'soft'"):
+    with pytest.raises(ValueError, match="mode must be one of sequential, fixed, none; got 'soft'"):
         _call(pipe, blend="soft")
     with pytest.raises(ValueError, match="unknown overlap_order 'depth'"):
         _call(pipe, overlap_order="depth")

@@ -28,6 +28,7 @@ HELP = (
 
 def add_arguments(parser) -> None:
     from ..generate import GenerateSettings
+    from ..selection import DEFAULT_SPLIT
     from ..training.config import add_config_arguments
 
     src = parser.add_argument_group("what to generate (one of)")
@@ -43,8 +44,9 @@ def add_arguments(parser) -> None:
     )
     man.add_argument(
         "--split",
-        default="test",
-        help="split to take without --image-id; all = every split (default: %(default)s)",
+        default=DEFAULT_SPLIT,
+        help="split to take without --image-id: auto = test, or every row when the manifest has no splits; "
+        "all = every split (default: %(default)s)",
     )
     man.add_argument("--limit", type=int, default=None,
                      help="the first N selected rows in manifest order (evaluate --limit N scores the same N)")  # fmt: skip
@@ -150,7 +152,7 @@ def run(args) -> int:
         return 2
     try:
         settings = _settings(args)
-        settings.blend_config()  # validate the blending settings before loading anything
+        settings.validate()  # every setting in range before loading anything
         hand_model, body_model = args.hand_model, args.body_model
         if args.replay and not (hand_model and body_model):
             from ..generate import request_from_sidecar

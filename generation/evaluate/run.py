@@ -28,14 +28,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from manifests.matching import Instance, MatchConfig, PoseScorer, mediapipe33_to_coco17
 from manifests.names import UnsafeNameError
+from manifests.settings import SettingError, Settings, setting
 
 from ..selection import DEFAULT_SPLIT, SelectionError, iter_selected, nothing_selected
 from .detect import REAL, ImageDetections, detect_unit, find_generated, load_generated, load_real
@@ -48,35 +50,63 @@ ASPECT_TOLERANCE = 0.02
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(Settings):
     """Every setting of an evaluation run (recorded in the report's ``settings``)."""
 
-    label: str | None = None  # row name in the tables; default: "real" or the generated folder's name
-    split: str | None = DEFAULT_SPLIT  # evaluate only this split; "all" or None: every split
-    # Rows with status ok are evaluated (what `handfirst-gen generate --from-manifest` generates);
-    # no_hands rows only on request (they have a body target but no hand target).
-    include_no_hands: bool = False
-    limit: int | None = None  # at most this many images (the first in manifest order)
+    label: str | None = setting(
+        None, "row name in the tables (default: 'real' or the generated folder's name)"
+    )
+    split: str | None = setting(
+        DEFAULT_SPLIT,
+        "split to evaluate: auto = test, or every row when the manifest has no splits; all = every split "
+        "(as generate --from-manifest)",
+    )
+    # no_hands rows have a body target but no hand target, so they are evaluated only on request.
+    include_no_hands: bool = setting(
+        False, "also evaluate rows with status no_hands (default: status ok only)"
+    )
+    limit: int | None = setting(
+        None,
+        "evaluate the first N selected images in manifest order (the N generate --limit N takes)",
+        ge=1,
+    )
     # Detection
-    detection: dict = field(default_factory=dict)  # PrepConfig overrides (thresholds, wrist_refine, ...)
-    workers: int = 1  # >1: a Dask LocalCluster of this many processes
-    scheduler: str | None = None  # tcp://host:8786: an existing Dask cluster
+    detection: dict = setting(
+        default_factory=dict,
+        help="prep detection setting overrides (thresholds, wrist_refine, ...); the CLI's --detect KEY=VALUE",
+        cli=False,
+    )
+    workers: int = setting(1, "detector processes; >1 starts a Dask LocalCluster", ge=1, le=4096)
+    scheduler: str | None = setting(None, "address of an existing Dask scheduler (tcp://host:8786)")
     # Matching
-    match: MatchConfig = field(default_factory=MatchConfig)
-    min_body_visibility: float = 0.5  # target body keypoints below this visibility are not scored
+    match: MatchConfig = setting(default_factory=MatchConfig, help="keypoint matching settings", cli=False)
+    min_body_visibility: float = setting(
+        0.5, "target body keypoints below this visibility are not scored", ge=0, le=1
+    )
     # Image quality
-    inception: str | None = None  # local FID InceptionV3 weights (.pth state dict)
-    clip: str | None = None  # local CLIP model folder (CLIPModel.from_pretrained)
-    batch_size: int = 16
-    hand_crop_size: int = 299  # hand crops are resampled to this side before the Inception resize
-    kid_subsets: int = 100
-    kid_subset_size: int = 1000
-    device: str = "cpu"
-    seed: int = 0
-    progress: bool = True
+    inception: str | None = setting(None, "local FID InceptionV3 weights (.pth); without it FID/KID are null")
+    clip: str | None = setting(
+        None, "local CLIP model folder (CLIPModel.from_pretrained); without it CLIP score is null"
+    )
+    batch_size: int = setting(16, "images per Inception/CLIP batch", ge=1, le=4096)
+    hand_crop_size: int = setting(
+        299, "hand crops are resampled to this side before the Inception resize", ge=8, le=4096
+    )
+    kid_subsets: int = setting(100, "KID: random subsets averaged", ge=1, le=100_000)
+    kid_subset_size: int = setting(1000, "KID: images per subset (capped by the image count)", ge=2)
+    device: str = setting("cpu", "torch device for Inception and CLIP")
+    seed: int = setting(0, "seed of KID's random subsets", ge=0, le=2**32 - 1)
+    progress: bool = setting(True, "progress bars")
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+    def validate(self) -> EvalConfig:
+        super().validate()
+        if not isinstance(self.detection, dict):
+            raise SettingError(
+                f"detection must be a dict of prep settings, got {type(self.detection).__name__}"
+            )
+        if not (math.isfinite(self.match.gate) and self.match.gate > 0):
+            raise SettingError(f"gate (--gate) must be a finite number > 0, got {self.match.gate}")
+        return self
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -373,7 +403,7 @@ def evaluate(manifest: str, generated: str, out: str, config: EvalConfig | None 
     """
     from manifests.reader import open_manifest
 
-    config = dataclasses.replace(config or EvalConfig(), **kwargs)
+    config = dataclasses.replace(config or EvalConfig(), **kwargs).validate()
     generated = str(generated)
     if generated != REAL and not os.path.isdir(generated):
         raise FileNotFoundError(f"generated images folder {generated} does not exist (or pass 'real')")

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from manifests.datasets import HandCropDataset
 from manifests.draw import contact_sheet, draw_hand, overlay_mask
+from manifests.geometry import DEFAULT_SIGMA
 from manifests.reader import open_manifest
 
 from ..components import build_components, encode_text, freeze, sampling_scheduler
@@ -152,7 +153,7 @@ class HandTask(TrainTask):
                 f"training resolution {resolution} is not a multiple of 8 (the VAE's downsampling)"
             )
         first = rows.slice(0, 1).to_pylist()[0]
-        stored_size, stored_sigma = int(first["heatmap_shape"][2]), float(first["heatmap_sigma"] or 1.5)
+        stored_size, stored_sigma = int(first["heatmap_shape"][2]), float(first["heatmap_sigma"] or DEFAULT_SIGMA)
         latent = resolution // 8
         self.facts = {
             "manifest": manifest.url, "hands_total": total, "hands_selected": rows.num_rows, "null_rows": partial,
