@@ -8,9 +8,9 @@ What holds where:
 * Local disk (and NFS v3+, where ``O_EXCL`` creation is atomic): the file is created with
   ``O_CREAT | O_EXCL``, so of two runs starting together exactly one gets it; the other fails with
   `OutputLockedError` naming the holder. A lock whose pid no longer runs on this host (a run killed
-  with SIGKILL, a machine that rebooted) is stale and taken over. The takeover holds ``flock`` on the
-  stale file and checks that the path still names that file, so two runs that find the same stale lock
-  cannot both take it over. A lock from another host is never judged stale: this host cannot see the
+  with SIGKILL, a machine that rebooted, a pid now used by a process younger than the lock) is
+  stale and taken over. The takeover holds ``flock`` on the stale file and checks that the path
+  still names that file, so two runs that find the same stale lock cannot both take it over. A lock from another host is never judged stale: this host cannot see the
   other's processes, so the error says to delete the file once that run is known to be gone.
 * Object stores (s3://, gs://, ... any fsspec filesystem that is not local): plain S3 has no atomic
   create-if-absent, so the lock is best effort: it is checked, then written. It refuses a second run
@@ -41,14 +41,20 @@ class OutputLockedError(RuntimeError):
     """Another prep run holds the output's lock."""
 
 
-def _pid_alive(pid: int) -> bool:
+def _holder_alive(pid: int, started_at) -> bool:
+    """Whether process `pid` of this host runs and could have written a lock at `started_at`.
+
+    A process that started after the lock was written is another one that got the dead holder's pid.
+    """
+    import psutil
+
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        created = psutil.Process(pid).create_time()
+    except psutil.NoSuchProcess:
         return False
-    except PermissionError:  # a live process of another user
+    except psutil.Error:  # a live process we may not inspect
         return True
-    return True
+    return not isinstance(started_at, (int, float)) or created <= started_at + 1.0
 
 
 def describe_holder(holder: dict) -> str:
@@ -97,7 +103,11 @@ class OutputLock:
 
     def _is_stale(self, holder: dict) -> bool:
         pid = holder.get("pid")
-        return holder.get("host") == socket.gethostname() and isinstance(pid, int) and not _pid_alive(pid)
+        return (
+            holder.get("host") == socket.gethostname()
+            and isinstance(pid, int)
+            and not _holder_alive(pid, holder.get("started_at"))
+        )
 
     def _create_local(self) -> bool:
         """Create the lock file exclusively; False if it already exists."""

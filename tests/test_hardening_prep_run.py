@@ -197,6 +197,12 @@ def test_a_stale_lock_of_a_dead_run_is_taken_over_and_one_from_another_host_is_n
     assert run(cfg(photos, out))["shards"]["run"] == 4  # killed runs do not block the output forever
     assert not (out / LOCK_FILE).exists()
 
+    # a live pid that started after the lock was written took over a dead holder's number
+    (out / LOCK_FILE).write_text(
+        json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started_at": 0})
+    )
+    assert run(cfg(photos, out))["shards"]["skipped"] == 4 and not (out / LOCK_FILE).exists()
+
     (out / LOCK_FILE).write_text(json.dumps({"pid": dead.pid, "host": "elsewhere", "started_at": 0}))
     with pytest.raises(
         OutputLockedError,
