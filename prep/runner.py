@@ -291,7 +291,7 @@ def ship_config(config: PrepConfig, client) -> PrepConfig:
     workers = list(client.nthreads())  # every worker's address (scheduler_info may list only some)
     hosts = sorted({get_address_host(w) for w in workers} or {get_address_host(client.scheduler.address)})
     remote = [h for h in hosts if not is_local_host(h)]
-    if remote and not getattr(config, "shared_filesystem", False):
+    if remote and not config.shared_filesystem:
         names = ", ".join(f"{flag(k)} {v}" for k, v in paths.items())
         raise ClusterSetupError(
             f"--scheduler {config.scheduler} runs workers on other hosts ({', '.join(remote[:3])}), but {names} "
@@ -369,7 +369,7 @@ def run(config: PrepConfig | None = None, **kwargs) -> dict:
     open_output(config, writer)
     with ExitStack() as stack:
         stack.callback(lock_output(config).release)
-        plan = pending_shards(shards, writer, overwrite=getattr(config, "overwrite", False))
+        plan = pending_shards(shards, writer, overwrite=config.overwrite)
         logger.info("%d images in %d shards: %d to run, %d already complete, %d damaged",
                     len(records), len(shards), len(plan.todo), len(plan.skipped), len(plan.damaged))  # fmt: skip
         client = stack.enter_context(dask_client(config)) if plan.todo else None

@@ -135,8 +135,7 @@ def test_overwrite_leaves_no_shard_of_the_old_settings_even_when_interrupted(pho
     out = tmp_path / "m"
     run(cfg(photos, out, crop_size=128))
     old_fp = cfg(photos, out, crop_size=128).fingerprint()
-    new = cfg(photos, out, crop_size=256)
-    new.overwrite = True  # getattr-read by the runner: works with or without the PrepConfig field
+    new = cfg(photos, out, crop_size=256, overwrite=True)
 
     serial.stop_after = 1
     with pytest.raises(KeyboardInterrupt):
@@ -365,9 +364,7 @@ def test_relative_paths_reach_external_workers_resolved_and_remote_workers_need_
         run(cfg(photos, "m", scheduler=cluster.scheduler_address, limit=2))
     assert not list(tmp_path.glob("m/images/*.parquet"))
 
-    shared = cfg(photos, "m", scheduler=cluster.scheduler_address, limit=2)
-    shared.shared_filesystem = True
-    summary = run(shared)
+    summary = run(cfg(photos, "m", scheduler=cluster.scheduler_address, limit=2, shared_filesystem=True))
     assert summary["shards"]["run"] == 1 and summary["out"] == "m"
     assert (tmp_path / "m" / "images" / "shard-00000.parquet").is_file()  # the driver's m, not the worker's
     assert not (worker_cwd / "m").exists()
