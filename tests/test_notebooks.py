@@ -145,6 +145,8 @@ def test_annotation_quality_runs(hagrid_manifest, data_dir, tmp_path, monkeypatc
 def test_generation_walkthrough_runs(hagrid_manifest, tmp_path, monkeypatch):
     monkeypatch.delenv("HANDFIRST_HAND_MODEL", raising=False)
     monkeypatch.delenv("HANDFIRST_BODY_MODEL", raising=False)
+    # The tiny-model path, even where bench/learns.py has left mini runs in out/learns.
+    monkeypatch.setenv("HANDFIRST_MINI_RUNS", str(tmp_path / "no_mini_runs"))
     env = {
         "HANDFIRST_MANIFEST": hagrid_manifest,
         "HANDFIRST_GENERATION_OUT": tmp_path,
