@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from manifests.geometry import DEFAULT_SIGMA
 from manifests.settings import SettingError, Settings, setting
 
+from .imageio import MAX_FILE_BYTES
+
 
 def _source_names() -> tuple[str, ...]:
     from .sources import SOURCES
@@ -92,7 +94,7 @@ class PrepConfig(Settings):
         40_000_000, "Refuse images with more pixels than this (decompression-bomb bound).", ge=1
     )
     max_file_bytes: int = setting(
-        256 * 2**20,
+        MAX_FILE_BYTES,
         "Refuse input files larger than this many bytes, before decoding (only regular files are read).",
         ge=1,
     )
@@ -162,7 +164,9 @@ class PrepConfig(Settings):
     )
     # Running (additions)
     annotator: str = setting(
-        "prep.annotate:Annotator", "Per-image annotator as module:Class (the module also defines error_row)."
+        "prep.annotate:Annotator",
+        "Per-image annotator: a name from prep.process.ANNOTATORS (mediapipe) or an explicit module:Class whose "
+        "module also defines error_row. Only the user chooses it; evaluate never takes it from a manifest.",
     )
     retries: int = setting(2, "Extra attempts for a shard task that raised an exception.", ge=0, le=100,
                            runtime=True)  # fmt: skip
