@@ -205,21 +205,6 @@ def controlnet_from_pretrained(
     return source
 
 
-def set_trainable(
-    unet: UNet2DConditionModel, controlnet: ControlNetModel, *frozen, train_base_unet: bool = False
-) -> list[torch.nn.Parameter]:
-    """Freeze the base UNet (unless `train_base_unet`) and everything in `frozen`; return the trainable parameters."""
-    for module in frozen:
-        if module is not None:
-            module.requires_grad_(False)
-    unet.requires_grad_(train_base_unet)
-    controlnet.requires_grad_(True)
-    params = list(controlnet.parameters())
-    if train_base_unet:
-        params += list(unet.parameters())
-    return params
-
-
 def repaint_mask(hand_mask: torch.Tensor, latent_hw: tuple[int, int]) -> torch.Tensor:
     """(B, 1, H, W) hand mask in [0, 1] -> (B, 1, h, w) SD-inpainting mask: 1 where the model paints.
 

@@ -9,11 +9,11 @@ The pipeline holds the components of both models, registered flat (``hand_unet``
 back; the two stages run as `HandGenerationPipeline` and `BodyOutpaintPipeline` views over those same
 modules (``self.hand_pipeline`` / ``self.body_pipeline``), so neither loop is copied here.
 
-Blending (``generation.blending``, ``../shared/DESIGN.md`` §1): after every stage-2 scheduler step
-``z <- K_i * noised(z_hands, t_next) + (1 - K_i) * z``, where ``z_hands`` is the stage-2 VAE's encoding
-of the pasted hand canvas and ``noised`` uses the same noise the stage-2 latents started from (as
-diffusers' inpainting pipeline does), so the kept region lies on the sampling trajectory. After the
-last step ``t_next`` is "clean" and the known latents go in as they are.
+Blending (sequential mask expansion, explained in ``generation.blending``): after every stage-2
+scheduler step ``z <- K_i * noised(z_hands, t_next) + (1 - K_i) * z``, where ``z_hands`` is the stage-2
+VAE's encoding of the pasted hand canvas and ``noised`` uses the same noise the stage-2 latents started
+from (as diffusers' inpainting pipeline does), so the kept region lies on the sampling trajectory. After
+the last step ``t_next`` is "clean" and the known latents go in as they are.
 """
 
 from __future__ import annotations
@@ -121,10 +121,11 @@ def skeleton_mask(keypoints: np.ndarray, size: int) -> np.ndarray:
 
 
 # What to do with a stage-1 mask that misses the hand (fewer than `min_mask_coverage` of its keypoints
-# fall on it), as an undertrained mask head gives: name -> (mask, crop keypoints, size) -> mask.
-MASK_FALLBACKS: dict[str, Callable[[np.ndarray, np.ndarray, int], np.ndarray]] = {
+# fall on it), as an undertrained mask head gives: name -> (mask, crop keypoints, size) -> mask, or
+# None to keep the stage-1 mask whatever its coverage.
+MASK_FALLBACKS: dict[str, Callable[[np.ndarray, np.ndarray, int], np.ndarray] | None] = {
     "skeleton": lambda mask, kps, size: skeleton_mask(kps, size),
-    "none": lambda mask, kps, size: mask,
+    "none": None,
 }
 
 
@@ -715,12 +716,10 @@ class TwoStageHandBodyPipeline(DiffusionPipeline):
             hand_images = (np.clip(stage1.images, 0, 1) * 255).round().astype(np.uint8)
             hand_masks = np.asarray(stage1.masks_binary, bool).copy()
         mask_sources = []
+        fallback = MASK_FALLBACKS[mask_fallback]
         for k, p in enumerate(placed):
-            if (
-                keypoint_coverage(hand_masks[k], p.crop_keypoints) < min_mask_coverage
-                and mask_fallback != "none"
-            ):
-                hand_masks[k] = MASK_FALLBACKS[mask_fallback](hand_masks[k], p.crop_keypoints, crop_size)
+            if fallback is not None and keypoint_coverage(hand_masks[k], p.crop_keypoints) < min_mask_coverage:
+                hand_masks[k] = fallback(hand_masks[k], p.crop_keypoints, crop_size)
                 mask_sources.append(mask_fallback)
             else:
                 mask_sources.append("stage1")

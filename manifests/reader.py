@@ -285,9 +285,6 @@ class Manifest:
     def dataset(self, table: str) -> ds.Dataset:
         return self.table(table).dataset
 
-    def filter_expression(self, table: str, **filters) -> ds.Expression | None:
-        return build_filter(table, **filters)
-
     def read(self, table: str, columns: Sequence[str] | None = None, *, label=None, split=None, status=None,
              min_hand_size=None, filter: ds.Expression | None = None) -> pa.Table:  # fmt: skip
         """Read `table` with column projection and filters pushed into pyarrow (see `build_filter`)."""

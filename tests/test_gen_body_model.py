@@ -10,7 +10,6 @@ from generation.body_model import (
     fit_base_unet,
     model_input,
     predict_noise,
-    set_trainable,
 )
 from generation.components import ModelFolderError, build_components
 from generation.condition import ConditionConfig, conditioning_channels
@@ -107,17 +106,23 @@ def test_inpainting_input_is_latents_mask_masked_latents_in_diffusers_order():
         model_input(BASE_KINDS["inpainting"], latents, None)
 
 
-def test_base_unet_frozen_unless_asked():
-    comps = build_components("tiny", resolution=64)
-    controlnet = build_body_model(comps)
-    params = set_trainable(comps.unet, controlnet, comps.vae, comps.text_encoder)
-    assert {id(p) for p in params} == {id(p) for p in controlnet.parameters()}
-    assert not any(
-        p.requires_grad for m in (comps.unet, comps.vae, comps.text_encoder) for p in m.parameters()
-    )
-    params = set_trainable(comps.unet, controlnet, comps.vae, comps.text_encoder, train_base_unet=True)
-    assert len(params) == len(list(controlnet.parameters())) + len(list(comps.unet.parameters()))
-    assert all(p.requires_grad for p in comps.unet.parameters())
+@pytest.mark.parametrize("train_base_unet", [False, True])
+def test_base_unet_frozen_unless_asked(train_base_unet, tmp_path):
+    from accelerate import Accelerator
+
+    from generation.training.body_config import BodyTrainConfig
+    from generation.training.body_task import BodyTask
+
+    task = BodyTask(BodyTrainConfig(manifest="m", out=str(tmp_path / "r"), train_base_unet=train_base_unet))
+    task.build(Accelerator(cpu=True))
+    trainable = {id(p) for p in task.trainable().parameters() if p.requires_grad}
+    controlnet = task.trainable().controlnet if train_base_unet else task.trainable()
+    expected = {id(p) for p in controlnet.parameters()}
+    if train_base_unet:
+        expected |= {id(p) for p in task.unet.parameters()}
+    assert trainable == expected
+    frozen = [task.vae, task.text_encoder] + ([] if train_base_unet else [task.unet])
+    assert not any(p.requires_grad for m in frozen for p in m.parameters())
 
 
 def test_missing_base_model_folder_is_a_clear_error(tmp_path):

@@ -278,3 +278,12 @@ def test_evaluate_refuses_bad_settings(tmp_path):
     with pytest.raises(SettingError, match=r"gate \(--gate\) must be a finite number > 0, got nan"):
         evaluate(str(tmp_path), "real", str(tmp_path / "r"), match=MatchConfig(gate=math.nan))
     assert not (tmp_path / "r").exists()
+
+
+def test_generate_mask_fallback_choices_are_the_pipeline_registry():
+    from generation.generate import GenerateSettings
+    from generation.pipeline_two_stage import MASK_FALLBACKS
+    from manifests.settings import field_choices
+
+    fields = {f.name: f for f in dataclasses.fields(GenerateSettings)}
+    assert set(field_choices(fields["mask_fallback"])) == set(MASK_FALLBACKS)

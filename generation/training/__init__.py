@@ -1,4 +1,8 @@
-"""Shared training infrastructure and the stage-1 task.
+"""Shared training infrastructure and the three tasks built on it.
+
+- stage 1, the multi-task hand generator: `HandTrainConfig`, `HandTask`, `train_hand` (``train-hand``);
+- stage 2, the body outpainter ControlNet: `BodyTrainConfig`, `BodyTask`, `train_body` (``train-body``);
+- the autoencoder of the ``mini`` preset: `VaeTrainConfig`, `VaeTask`, `train_vae` (``train-vae``).
 
 A new model is trained by writing a `TrainTask` subclass (data, model, loss, validation, export) and a
 `TrainConfig` subclass (its settings); `train(task, config)` brings accelerate, EMA, LR schedules,
@@ -13,6 +17,8 @@ _EXPORTS = {
     "DataCheckError": "errors", "NonFiniteLossError": "errors", "TrainingError": "errors",
     "TrainingOOMError": "errors", "TrainResult": "loop", "train": "loop", "weight_dtype": "loop",
     "TrainTask": "task", "HandTrainConfig": "hand_config", "HandTask": "hand", "train_hand": "hand",
+    "BodyTrainConfig": "body_config", "BodyTask": "body_task", "train_body": "body_task",
+    "VaeTrainConfig": "vae_config", "VaeTask": "vae", "train_vae": "vae",
 }  # fmt: skip
 
 __all__ = sorted(_EXPORTS)
