@@ -299,7 +299,8 @@ class BodyOutpaintPipeline(DiffusionPipeline):
             latents.to(self.vae.dtype) / self.vae.config.scaling_factor, return_dict=False
         )[0]
         check_finite(image, "the VAE's decoded pixels", self.vae, "vae")
-        return self.image_processor.postprocess(image, output_type=output_type)
+        # Pixels leave in float32 whatever the models' precision (the documented output).
+        return self.image_processor.postprocess(image.float(), output_type=output_type)
 
     # ---------------------------------------------------------------- inputs
 

@@ -364,7 +364,8 @@ class HandGenerationPipeline(DiffusionPipeline):
         else:
             decoded = self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False)[0]
             check_finite(decoded, "the VAE's decoded hand pixels", self.vae, "vae")
-            images = self.image_processor.postprocess(decoded, output_type=output_type)
+            # Pixels leave in float32 whatever the models' precision (the documented output).
+            images = self.image_processor.postprocess(decoded.float(), output_type=output_type)
             masks = F.interpolate(mask_prob, size=(size, size), mode="bilinear", align_corners=False).clamp(
                 0, 1
             )

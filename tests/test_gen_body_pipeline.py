@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from pipeline_tester import PipelineTesterMixin
 
 from generation.body_model import build_body_model
 from generation.components import build_components
@@ -74,23 +75,6 @@ def test_same_seed_same_image_and_the_condition_matters(pipe):
     other_mask = np.zeros((RES, RES), bool)
     other_mask[40:60, 30:60] = True
     assert (_run(pipe, seed=3, output_type="latent", hand_mask=other_mask) - a).abs().max() > 1e-4
-
-
-def test_batch_with_per_item_poses_matches_single_calls(pipe):
-    one, two = _inputs(0), _inputs(1)
-    gens = [torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)]
-    batch = pipe(
-        [PROMPT, PROMPT],
-        body_keypoints=[one["body_keypoints"], two["body_keypoints"]],
-        hand_image=[one["hand_image"], two["hand_image"]],
-        hand_mask=[one["hand_mask"], two["hand_mask"]],
-        num_inference_steps=2,
-        generator=gens,
-        output_type="np",
-    ).images
-    single = _run(pipe, seed=1, **two)
-    assert batch.shape == (2, RES, RES, 3)
-    np.testing.assert_allclose(batch[1], single[0], atol=1e-5)
 
 
 def test_save_and_load_round_trip_gives_identical_outputs(tmp_path):
@@ -207,3 +191,20 @@ def test_controlnet_and_condition_config_must_agree():
         match=r"controlnet takes 7 condition channels but the condition config \('pose', 'mask'\) draws 4",
     ):
         BodyOutpaintPipeline.from_components(comps, controlnet, ConditionConfig(channels=("pose", "mask")))
+
+
+class TestBodyPipelineCommon(PipelineTesterMixin):
+    pipeline_class = BodyOutpaintPipeline
+
+    def get_pipeline(self):
+        return _pipe()
+
+    def get_inputs(self, seed=0, index=0):
+        return {"prompt": PROMPT, **_inputs(index), "num_inference_steps": 2,
+                "generator": torch.Generator().manual_seed(seed)}  # fmt: skip
+
+    def batch_inputs(self, items):
+        keys = ("body_keypoints", "hand_image", "hand_mask")
+        return {"prompt": [i["prompt"] for i in items], **{k: [i[k] for i in items] for k in keys},
+                "num_inference_steps": 2,
+                "generator": [i["generator"] for i in items]}  # fmt: skip
