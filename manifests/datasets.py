@@ -27,6 +27,7 @@ with ``n`` counted by the trainer. With accelerate, do not pass these loaders th
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator, Sequence
 from typing import ClassVar
 
 import numpy as np
@@ -84,29 +85,20 @@ def to_mask_tensor(mask: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None]
 
 
-class ManifestIterableDataset(IterableDataset):
-    """Shared streaming, sharding, shuffling and resume logic; subclasses turn a row into a sample."""
+class ResumableStream(IterableDataset):
+    """The epoch and resume position shared by the manifest datasets and `MixtureDataset`.
 
-    table: ClassVar[str]
-    columns: ClassVar[list[str]]
+    A subclass yields, for (worker, num_workers, epoch), a stream whose length per worker
+    (`worker_counts`) is known in advance; `ManifestDataLoader` counts what it delivered and
+    `resume_point` turns that count back into (stream, samples to skip) per worker.
+    """
 
-    def __init__(self, manifest: Manifest | str, *, label=None, split=None, status=None, min_hand_size=None,
-                 filter=None, shuffle: bool = True, seed: int = 0, rank: int | None = None,
-                 world_size: int | None = None, shuffle_window: int = 4):  # fmt: skip
+    def __init__(self, seed: int, rank: int, world_size: int):
         super().__init__()
-        self.manifest = manifest if isinstance(manifest, Manifest) else open_manifest(manifest)
-        self.source = self.manifest.table(self.table)
-        self.filter = build_filter(self.table, label=label, split=split, status=status,
-                                   min_hand_size=min_hand_size, filter=filter)  # fmt: skip
-        self.shuffle = bool(shuffle)
         self.seed = int(seed)
-        self.rank, self.world_size = resolve_rank(rank, world_size)
-        self.shuffle_window = max(1, int(shuffle_window))
-        self.units: list[RowGroupUnit] = self.source.units()
-        self.sizes = [u.num_rows for u in self.units]
+        self.rank, self.world_size = int(rank), int(world_size)
         self.epoch = 0
         self._resume: dict | None = None
-        self._count_cache: dict[int, int] = {}
 
     # ----- epoch and resume state -------------------------------------------------------------
     def set_epoch(self, epoch: int) -> None:
@@ -142,6 +134,54 @@ class ManifestIterableDataset(IterableDataset):
                             "num_workers": max(1, int(state.get("num_workers", 0))),
                             "drop_last": bool(state.get("drop_last", False))}  # fmt: skip
 
+    def worker_counts(self, num_workers: int, epoch: int) -> list[int]:
+        """Samples each DataLoader worker yields in `epoch` on this rank."""
+        raise NotImplementedError
+
+    def resume_point(
+        self, worker: int, num_workers: int, epoch: int, resume: dict | None
+    ) -> tuple[int, int] | None:
+        """(stream to continue, samples of it to skip) for `worker`; None when it has nothing left."""
+        if resume is None:
+            return worker, 0
+        if resume["num_workers"] != num_workers:
+            raise ValueError(f"cannot resume: the position was saved with {resume['num_workers']} DataLoader "
+                             f"workers, this loader has {num_workers}")  # fmt: skip
+        counts = self.worker_counts(num_workers, epoch)
+        return resume_streams(counts, resume["batch_size"], resume["samples_seen"], resume["drop_last"])[
+            worker
+        ]
+
+    def __iter__(self):
+        info = get_worker_info()
+        worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        # Snapshot now: with num_workers=0 the generator body runs later, after the loader cleared it.
+        return self._generate(worker, num_workers, self.epoch, dict(self._resume) if self._resume else None)
+
+    def _generate(self, worker: int, num_workers: int, epoch: int, resume: dict | None):
+        raise NotImplementedError
+
+
+class ManifestIterableDataset(ResumableStream):
+    """Shared streaming, sharding, shuffling and resume logic; subclasses turn a row into a sample."""
+
+    table: ClassVar[str]
+    columns: ClassVar[list[str]]
+
+    def __init__(self, manifest: Manifest | str, *, label=None, split=None, status=None, min_hand_size=None,
+                 filter=None, shuffle: bool = True, seed: int = 0, rank: int | None = None,
+                 world_size: int | None = None, shuffle_window: int = 4):  # fmt: skip
+        super().__init__(seed, *resolve_rank(rank, world_size))
+        self.manifest = manifest if isinstance(manifest, Manifest) else open_manifest(manifest)
+        self.source = self.manifest.table(self.table)
+        self.filter = build_filter(self.table, label=label, split=split, status=status,
+                                   min_hand_size=min_hand_size, filter=filter)  # fmt: skip
+        self.shuffle = bool(shuffle)
+        self.shuffle_window = max(1, int(shuffle_window))
+        self.units: list[RowGroupUnit] = self.source.units()
+        self.sizes = [u.num_rows for u in self.units]
+        self._count_cache: dict[int, int] = {}
+
     # ----- planning ---------------------------------------------------------------------------
     def _count(self, unit: int) -> int:
         if unit not in self._count_cache:
@@ -159,29 +199,22 @@ class ManifestIterableDataset(IterableDataset):
         """Samples this rank yields in the current epoch (with filters this reads the cheap columns)."""
         return sum(self._count(u) for u in self.rank_plan())
 
-    # ----- iteration --------------------------------------------------------------------------
-    def __iter__(self):
-        info = get_worker_info()
-        worker, num_workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        # Snapshot now: with num_workers=0 the generator body runs later, after the loader cleared it.
-        return self._generate(worker, num_workers, self.epoch, dict(self._resume) if self._resume else None)
+    def _plan(self, num_workers: int, epoch: int) -> list[list[int]]:
+        ranked = rank_units(self.sizes, self.seed, epoch, self.shuffle, self.rank, self.world_size)
+        return worker_units(self.sizes, ranked, max(1, num_workers))
 
+    def worker_counts(self, num_workers: int, epoch: int) -> list[int]:
+        return [sum(self._count(u) for u in units) for units in self._plan(num_workers, epoch)]
+
+    # ----- iteration --------------------------------------------------------------------------
     def _generate(self, worker: int, num_workers: int, epoch: int, resume: dict | None):
-        plan = worker_units(self.sizes, rank_units(self.sizes, self.seed, epoch, self.shuffle, self.rank,
-                                                   self.world_size), num_workers)  # fmt: skip
-        skip = 0
-        if resume is not None:
-            if resume["num_workers"] != num_workers:
-                raise ValueError(f"cannot resume: the position was saved with {resume['num_workers']} DataLoader "
-                                 f"workers, this loader has {num_workers}")  # fmt: skip
-            counts = [sum(self._count(u) for u in units) for units in plan]
-            stream = resume_streams(
-                counts, resume["batch_size"], resume["samples_seen"], resume["drop_last"]
-            )[worker]
-            if stream is None:
-                return
-            worker, skip = stream
-        for window in windows(plan[worker], self.shuffle_window):
+        point = self.resume_point(worker, num_workers, epoch, resume)
+        if point is not None:
+            yield from self.worker_stream(point[0], num_workers, epoch, point[1])
+
+    def worker_stream(self, worker: int, num_workers: int, epoch: int, skip: int = 0):
+        """The samples of `worker`'s share of this rank's data in `epoch`, from the `skip`-th on."""
+        for window in windows(self._plan(num_workers, epoch)[worker], self.shuffle_window):
             if skip:
                 n = sum(self._count(u) for u in window)
                 if skip >= n:
@@ -405,6 +438,126 @@ class BodyDataset(ManifestIterableDataset):
         }
 
 
+# Keeps the mixture's draws apart from the shuffles its sources make with the same seed.
+_MIXTURE_KEY = 0x4D4958
+
+
+class MixtureDataset(ResumableStream):
+    """Several manifest datasets interleaved by a seeded weighted draw, with exact resume.
+
+    Each DataLoader worker reads its own share of every source (the sources' usual split over ranks
+    and workers) and, sample by sample, takes the next sample of the source a seeded draw picks:
+    ``P(source k) = weights[k] / sum(weights)`` over the sources that hold samples for that worker.
+    A mixture epoch has as many samples as its sources hold together (on that rank and worker), so
+    with weights proportional to the sources' sizes (the default) each sample is seen about once
+    per epoch; a source drawn more often than it has samples starts its next own epoch (a new
+    shuffle), one drawn less often carries on where it stopped in the next mixture epoch.
+
+    Everything is a function of (seed, epoch, rank, worker), so the position is the loader's sample
+    count alone: `ManifestDataLoader` saves and restores it as for one manifest, and a resumed
+    mixture yields exactly the samples the interrupted one had not delivered yet. Each sample gains
+    ``"source"``: the index of the dataset it came from.
+    """
+
+    def __init__(self, datasets: Sequence[ManifestIterableDataset], weights: Sequence[float] | None = None,
+                 seed: int = 0):  # fmt: skip
+        datasets = list(datasets)
+        if not datasets:
+            raise ValueError("a mixture needs at least one dataset")
+        places = {(d.rank, d.world_size) for d in datasets}
+        if len(places) != 1:
+            raise ValueError(f"the mixed datasets disagree on (rank, world_size): {sorted(places)}")
+        if weights is not None:
+            weights = [float(w) for w in weights]
+            if len(weights) != len(datasets):
+                raise ValueError(f"{len(weights)} weights for {len(datasets)} datasets; give one per dataset")
+            bad = [w for w in weights if not (np.isfinite(w) and w > 0)]
+            if bad:
+                raise ValueError(f"mixture weights must be finite and > 0, got {bad}")
+        super().__init__(seed, *places.pop())
+        self.datasets = datasets
+        self.weights = weights
+        self._choices: dict[tuple[int, int, int], np.ndarray] = {}
+
+    @property
+    def sources(self) -> list[str]:
+        return [d.manifest.url for d in self.datasets]
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "sources": self.sources, "weights": self.weights}
+
+    def load_state_dict(self, state: dict) -> None:
+        for key, mine in (("sources", self.sources), ("weights", self.weights)):
+            if key in state and state[key] != mine:
+                raise ValueError(f"cannot resume: the position was saved for a mixture with {key}={state[key]}, "
+                                 f"this one has {mine}")  # fmt: skip
+        super().load_state_dict(state)
+
+    def num_samples(self) -> int:
+        return sum(d.num_samples() for d in self.datasets)
+
+    # ----- planning ---------------------------------------------------------------------------
+    def _source_counts(self, worker: int, num_workers: int, epoch: int) -> np.ndarray:
+        return np.array([d.worker_counts(num_workers, epoch)[worker] for d in self.datasets], np.int64)
+
+    def worker_counts(self, num_workers: int, epoch: int) -> list[int]:
+        return [int(self._source_counts(w, num_workers, epoch).sum()) for w in range(max(1, num_workers))]
+
+    def choices(self, worker: int, num_workers: int, epoch: int) -> np.ndarray:
+        """The source index of every sample `worker` yields in mixture epoch `epoch`."""
+        key = (worker, num_workers, epoch)
+        if key not in self._choices:
+            counts = self._source_counts(worker, num_workers, epoch)
+            base = counts.astype(np.float64) if self.weights is None else np.asarray(self.weights)
+            p = np.where(counts > 0, base, 0.0)
+            n = int(counts.sum())
+            rng = epoch_rng(self.seed, epoch, _MIXTURE_KEY, self.rank, worker)
+            self._choices[key] = (
+                rng.choice(len(counts), size=n, p=p / p.sum()) if n else np.zeros(0, np.int64)
+            )
+        return self._choices[key]
+
+    def _locate(self, k: int, worker: int, num_workers: int, taken: int) -> tuple[int, int]:
+        """Source `k`'s (own epoch, samples to skip) after `taken` of its samples went to `worker`."""
+        epoch, empty = 0, 0
+        while True:
+            n = self.datasets[k].worker_counts(num_workers, epoch)[worker]
+            if taken < n:
+                return epoch, taken
+            taken -= n
+            epoch += 1
+            empty = empty + 1 if n == 0 else 0
+            if empty > 1000:
+                raise ValueError(
+                    f"{self.sources[k]}: no sample for DataLoader worker {worker} in 1000 epochs"
+                )
+
+    def _cycle(self, k: int, worker: int, num_workers: int, taken: int):
+        """Source `k`'s samples for `worker`, epoch after epoch, from the `taken`-th on."""
+        epoch, skip = self._locate(k, worker, num_workers, taken)
+        while True:
+            for sample in self.datasets[k].worker_stream(worker, num_workers, epoch, skip):
+                yield {**sample, "source": k}
+            epoch, skip = epoch + 1, 0
+
+    def _generate(self, worker: int, num_workers: int, epoch: int, resume: dict | None):
+        point = self.resume_point(worker, num_workers, epoch, resume)
+        if point is None:
+            return
+        worker, skip = point
+        K = len(self.datasets)
+        taken = np.zeros(K, np.int64)  # samples of each source this worker used before this epoch
+        for e in range(epoch):
+            taken += np.bincount(self.choices(worker, num_workers, e), minlength=K)
+        seq = self.choices(worker, num_workers, epoch)
+        taken += np.bincount(seq[:skip], minlength=K)
+        streams: dict[int, Iterator] = {}
+        for k in seq[skip:].tolist():
+            if k not in streams:
+                streams[k] = self._cycle(k, worker, num_workers, int(taken[k]))
+            yield next(streams[k])
+
+
 def _batch_len(batch) -> int:
     if isinstance(batch, dict):
         for key in ("hand_id", "image_id"):
@@ -426,8 +579,8 @@ class ManifestDataLoader(DataLoader):
     `persistent_workers` is refused: persistent workers would keep the epoch they were started with.
     """
 
-    def __init__(self, dataset: ManifestIterableDataset, batch_size: int | None = 1, **kwargs):
-        if not isinstance(dataset, ManifestIterableDataset):
+    def __init__(self, dataset: ResumableStream, batch_size: int | None = 1, **kwargs):
+        if not isinstance(dataset, ResumableStream):
             raise TypeError(f"ManifestDataLoader needs a manifest dataset, got {type(dataset).__name__}")
         if kwargs.get("persistent_workers"):
             raise ValueError("persistent_workers=True would freeze the epoch and resume state in the workers")

@@ -9,7 +9,16 @@ from dataclasses import dataclass
 
 from manifests.settings import SettingError
 
-from .config import PRESET_RESOLUTION, TrainConfig, check_manifest_and_weights, setting
+from .config import (
+    PRESET_RESOLUTION,
+    TrainConfig,
+    check_manifest_and_weights,
+    init_from_setting,
+    manifest_weights_setting,
+    manifests_setting,
+    normalise_sources,
+    setting,
+)
 
 # Mirrors of `generation.condition.CONDITION_GROUPS` and `generation.body_model.BASE_KINDS` (checked
 # equal by the tests) so that building the CLI does not import torch.
@@ -28,7 +37,9 @@ class BodyTrainConfig(TrainConfig):
     learning_rate: float | None = setting(
         None, "peak learning rate (default: 1e-3 for --preset tiny, 1e-5 for sd)", gt=0, le=10
     )
-    manifest: str = setting("", "manifest root written by prep; local path or fsspec URL")
+    manifest: tuple[str, ...] = manifests_setting("manifest root(s)")
+    manifest_weights: tuple[float, ...] | None = manifest_weights_setting()
+    init_from: str | None = init_from_setting("train-body")
     split: str | None = setting(None, "train only on images of this split (e.g. train); default all")
     preset: str = setting(
         "tiny",
@@ -94,6 +105,9 @@ class BodyTrainConfig(TrainConfig):
         "ddim", "scheduler saved with the final pipeline: ddim or ddpm", choices=("ddim", "ddpm")
     )
 
+    def __post_init__(self):
+        normalise_sources(self)
+
     @property
     def resolved_resolution(self) -> int:
         return int(self.resolution or PRESET_RESOLUTION[self.preset])
@@ -108,6 +122,10 @@ class BodyTrainConfig(TrainConfig):
         if unknown or not self.condition_channels:
             raise SettingError(
                 f"unknown condition channel group(s) {unknown}; expected some of {CONDITION_GROUP_NAMES}"
+            )
+        if self.init_from and self.init_controlnet:
+            raise SettingError(
+                "--init-from and --init-controlnet exclude each other (the run brings its own ControlNet)"
             )
         if self.base_kind == "inpainting" and not {"hands", "mask"} <= set(self.condition_channels):
             raise SettingError("--base-kind inpainting needs the 'hands' and 'mask' condition channels")

@@ -25,29 +25,31 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
 import torch
 import torch.nn.functional as F
+from diffusers import DDPMScheduler
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
-from manifests.datasets import BodyDataset
+from manifests.datasets import BodyDataset, MixtureDataset
 from manifests.draw import contact_sheet
 from manifests.errors import ManifestError
 from manifests.reader import open_manifest
 
 from ..blending import dilate, erode
 from ..body_model import BASE_KINDS, build_body_model, masked_image, model_input, predict_noise, repaint_mask
-from ..components import build_components, encode_text, freeze
+from ..components import SDComponents, build_components, encode_text, freeze
 from ..condition import ConditionConfig, build_condition, condition_tiles, inputs_from_body_sample
 from ..guards import make_generator, offset_seed
 from ..pipeline_body import BodyOutpaintPipeline
 from .body_config import BodyTrainConfig
 from .errors import DataCheckError
-from .loop import TrainResult, train, weight_dtype
+from .loop import TrainResult, read_source_run, train, weight_dtype
 from .losses import diffusion_target
 from .task import TrainTask
 
@@ -164,23 +166,25 @@ class BodyTask(TrainTask):
         super().__init__(config)
         self.condition_config = condition_config_of(config)
         self.facts: dict = {}
-        self._exclude: list[str] = []
+        self._exclude: list[list[str]] = []  # per manifest: image ids without a usable body pose
+        self.source_run: dict | None = None
         self._checked = False
         self._validation: list[dict] | None = None
 
     # ---- data ------------------------------------------------------------------------------------
-    def check_data(self) -> None:
-        """Count the usable images (a drawable body pose) before any model is loaded; refuse per setting."""
+    def _check_manifest(self, url: str) -> tuple[int, list[str]]:
+        """(images with status ok in the split, ids of those without a usable body pose) of one manifest;
+        refuses per ``missing_body``."""
         c = self.config
         try:
-            manifest = open_manifest(c.manifest)
+            manifest = open_manifest(url)
             table = manifest.read("images", ["image_id", "body_keypoints"], split=c.split, status="ok")
         except (ManifestError, ValueError, OSError) as exc:
-            raise DataCheckError(f"{c.manifest}: cannot serve body training: {exc}") from exc
+            raise DataCheckError(f"{url}: cannot serve body training: {exc}") from exc
         usable = body_pose_usable(table.column("body_keypoints"), c.min_visibility)
         ids = table.column("image_id").to_pylist()
         missing = [i for i, ok in zip(ids, usable) if not ok]
-        where = f"{c.manifest} (images with status ok" + (f", split {c.split})" if c.split else ")")
+        where = f"{url} (images with status ok" + (f", split {c.split})" if c.split else ")")
         if missing and c.missing_body == "refuse":
             raise DataCheckError(
                 f"{where}: {len(missing)} of {len(ids)} images have no usable body pose (none, or every "
@@ -193,26 +197,54 @@ class BodyTask(TrainTask):
             )
         if missing:
             logger.warning(
-                "skipping %d of %d images without a usable body pose, e.g. %s",
+                "%s: skipping %d of %d images without a usable body pose, e.g. %s",
+                url,
                 len(missing),
                 len(ids),
                 missing[:3],
             )
-        self._exclude = missing
-        self._checked = True
-        self.facts.update(images=len(ids), usable_images=int(usable.sum()), skipped_no_body_pose=len(missing),
-                          resolution=c.resolved_resolution)  # fmt: skip
+        return len(ids), missing
 
-    def _dataset(self, rank: int | None, world_size: int | None, shuffle: bool = True) -> BodyTrainingDataset:
+    def check_data(self) -> None:
+        """Count the usable images (a drawable body pose) of every manifest before any model is loaded;
+        refuse per setting."""
+        c = self.config
+        if c.init_from:
+            self.source_run = read_source_run(c.init_from, self.name)
+        found = [self._check_manifest(url) for url in c.manifest]
+        self._exclude = [missing for _, missing in found]
+        self._checked = True
+        images = sum(n for n, _ in found)
+        skipped = sum(len(m) for _, m in found)
+        self.facts.update(images=images, usable_images=images - skipped, skipped_no_body_pose=skipped,
+                          resolution=c.resolved_resolution)  # fmt: skip
+        if len(found) > 1:
+            self.facts["sources"] = [
+                {"manifest": url, "images": n, "skipped_no_body_pose": len(m)}
+                for url, (n, m) in zip(c.manifest, found)
+            ]
+            self.facts["manifest_weights"] = list(c.manifest_weights) if c.manifest_weights else None
+        if c.init_from:
+            self.facts["init_from"] = os.path.abspath(c.init_from)
+
+    def _source_dataset(self, source: int, rank: int | None, world_size: int | None,
+                        shuffle: bool = True) -> BodyTrainingDataset:  # fmt: skip
         c = self.config
         keep = ds.field("body_keypoints").is_valid()
-        if self._exclude:
-            keep = keep & ~ds.field("image_id").isin(self._exclude)
+        if self._exclude[source]:
+            keep = keep & ~ds.field("image_id").isin(self._exclude[source])
         return BodyTrainingDataset(
-            c.manifest, self.condition_config, resolution=c.resolved_resolution, fit=c.fit, crop=c.crop,
+            c.manifest[source], self.condition_config, resolution=c.resolved_resolution, fit=c.fit, crop=c.crop,
             split=c.split, status="ok", filter=keep, shuffle=shuffle, seed=c.seed, rank=rank,
             world_size=world_size, shuffle_window=c.shuffle_window,
         )  # fmt: skip
+
+    def _dataset(self, rank: int | None, world_size: int | None, shuffle: bool = True):
+        """The training data: one manifest's dataset, or several mixed (`MixtureDataset`)."""
+        parts = [self._source_dataset(i, rank, world_size, shuffle) for i in range(len(self.config.manifest))]
+        if len(parts) == 1:
+            return parts[0]
+        return MixtureDataset(parts, self.config.manifest_weights, seed=self.config.seed)
 
     def dataset(self, accelerator):
         if not self._checked:
@@ -220,9 +252,10 @@ class BodyTask(TrainTask):
         return self._dataset(accelerator.process_index, accelerator.num_processes)
 
     def validation_samples(self) -> list[dict]:
-        """The split's first `num_validation_images` usable images in manifest order, fixed across runs."""
+        """The first manifest's first `num_validation_images` usable images of the split, in manifest
+        order, fixed across runs."""
         if self._validation is None:
-            data = self._dataset(rank=0, world_size=1, shuffle=False)
+            data = self._source_dataset(0, rank=0, world_size=1, shuffle=False)
             self._validation = list(itertools.islice(iter(data), self.config.num_validation_images))
         return self._validation
 
@@ -231,14 +264,40 @@ class BodyTask(TrainTask):
 
     # ---- models ----------------------------------------------------------------------------------
     def _build(self):
-        """(components, controlnet), deterministic in the seed (a tiny inpainting UNet is rebuilt)."""
+        """(components, controlnet), deterministic in the seed (a tiny inpainting UNet is rebuilt), or
+        those of the finished run ``--init-from`` names."""
         c = self.config
+        if c.init_from:
+            return self._build_from_run()
         comps = build_components(
             c.preset, pretrained=c.pretrained, resolution=c.resolved_resolution, seed=c.seed
         )
         torch.manual_seed(c.seed)
-        controlnet = build_body_model(comps, c.base_kind, self.condition_config, init_controlnet=c.init_controlnet)
+        controlnet = build_body_model(
+            comps, c.base_kind, self.condition_config, init_controlnet=c.init_controlnet
+        )
         return comps, controlnet
+
+    def _build_from_run(self):
+        """The saved pipeline of the ``--init-from`` run: its base UNet, VAE and text encoder, and its
+        ControlNet to train on. Its condition image and base kind must be this run's."""
+        c = self.config
+        pipe = BodyOutpaintPipeline.from_pretrained(c.init_from)
+        theirs, ours = pipe.condition_config, self.condition_config
+        saved = {k: getattr(theirs, k) for k in ("channels", "draw_hand_skeletons", "min_visibility")}
+        wanted = {k: getattr(ours, k) for k in saved}
+        saved["base_kind"], wanted["base_kind"] = pipe.base_kind.name, c.base_kind
+        differ = {k: v for k, v in saved.items() if v != wanted[k]}
+        if differ:
+            raise DataCheckError(
+                f"--init-from {c.init_from}: its model was trained with {differ}, this run asks for "
+                f"{ {k: wanted[k] for k in differ} }; pass the run's settings"
+            )
+        scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+        comps = SDComponents(pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer, scheduler,
+                             source=os.path.abspath(c.init_from))  # fmt: skip
+        logger.info("train-body: starting from the weights of %s", c.init_from)
+        return comps, pipe.controlnet
 
     def build(self, accelerator) -> None:
         c = self.config

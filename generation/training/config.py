@@ -8,6 +8,7 @@ field is a new ``--kebab-case`` CLI option and a checked value with no other cha
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from manifests.settings import SettingError, Settings, add_arguments, from_args, setting
@@ -110,13 +111,68 @@ class TrainConfig(Settings):
 
 def check_manifest_and_weights(config) -> None:
     """Checks of a task config with ``manifest``, ``preset`` and ``pretrained`` fields: a manifest is
-    given, and ``--preset sd`` has a Stable Diffusion folder. Raises SettingError."""
+    given (with ``manifest_weights``, one weight per manifest), and ``--preset sd`` has a Stable
+    Diffusion folder unless ``--init-from`` brings the whole model. Raises SettingError."""
     if not config.manifest:
         raise SettingError("--manifest is required (a manifest written by prep)")
-    if config.preset == "sd" and not config.pretrained:
+    weights = getattr(config, "manifest_weights", None)
+    if weights is not None and len(weights) != len(config.manifest):
+        raise SettingError(
+            f"--manifest-weights gives {len(weights)} weight(s) for {len(config.manifest)} --manifest "
+            "value(s); give one weight per manifest, in the same order"
+        )
+    if config.preset == "sd" and not config.pretrained and not getattr(config, "init_from", None):
         raise SettingError(
             "--preset sd needs --pretrained PATH (a local Stable Diffusion folder in diffusers layout)"
         )
+    init_from = getattr(config, "init_from", None)
+    if init_from and os.path.abspath(init_from) == os.path.abspath(config.out):
+        raise SettingError(
+            f"--init-from {init_from!r} is the run folder itself (--out); use --resume latest to continue a run"
+        )
+
+
+# The multi-source fields of the task configs (`HandTrainConfig`, `BodyTrainConfig`), declared once.
+def manifests_setting(what: str):
+    return setting(
+        (),
+        f"{what} written by prep (local path or fsspec URL); several are mixed, sample by sample, by a "
+        "seeded draw with --manifest-weights",
+    )
+
+
+def manifest_weights_setting():
+    return setting(
+        None,
+        "sampling weight of each --manifest, in order (default: their sizes, so each sample is seen about "
+        "once per epoch)",
+        gt=0,
+        le=1e9,
+    )
+
+
+def init_from_setting(command: str):
+    return setting(
+        None,
+        f"start from the weights of this finished {command} run (its saved pipeline), with a new optimiser, "
+        "LR schedule and step count: pretrain on some manifests, then fine-tune on others",
+    )
+
+
+def normalise_sources(config) -> None:
+    """One manifest given as a string (older config.json files, the Python API) becomes a 1-tuple;
+    lists read from JSON become tuples, so a config compares and serialises the same whichever way
+    it came in."""
+    m = config.manifest
+    if isinstance(m, (str, os.PathLike)):
+        m = os.fspath(m)
+        config.manifest = (m,) if m else ()
+    elif isinstance(m, (list, tuple)):
+        config.manifest = tuple(os.fspath(x) if isinstance(x, os.PathLike) else x for x in m)
+    if isinstance(config.manifest_weights, list):
+        config.manifest_weights = tuple(config.manifest_weights)
+    if isinstance(config.init_from, os.PathLike):
+        config.init_from = os.fspath(config.init_from)
 
 
 # The CLI side is the shared mechanism's; these names are what the commands import.

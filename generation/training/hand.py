@@ -15,13 +15,15 @@ from __future__ import annotations
 
 import logging
 import os
+from types import SimpleNamespace
 
 import numpy as np
 import pyarrow.dataset as ds
 import torch
 import torch.nn.functional as F
+from diffusers import DDPMScheduler
 
-from manifests.datasets import HandCropDataset
+from manifests.datasets import HandCropDataset, MixtureDataset
 from manifests.draw import contact_sheet, draw_hand, overlay_mask
 from manifests.geometry import DEFAULT_SIGMA
 from manifests.reader import open_manifest
@@ -33,7 +35,7 @@ from .config import PRESET_RESOLUTION
 from .errors import DataCheckError
 from .hand_config import HandTrainConfig
 from .latent_cache import LatentCache, fingerprint, vae_fingerprint
-from .loop import TrainResult, train, weight_dtype
+from .loop import TrainResult, read_source_run, train, weight_dtype
 from .losses import diffusion_target, mask_loss
 from .task import TrainTask
 
@@ -81,8 +83,10 @@ class HandTask(TrainTask):
     def __init__(self, config: HandTrainConfig):
         super().__init__(config)
         self.facts: dict = {}
-        self.extra_filter = None
-        self.cache: LatentCache | None = None
+        # Per manifest, in --manifest order: the filter that skips rows with null binary columns.
+        self.extra_filters: list = [None] * len(config.manifest)
+        self.caches: list[LatentCache] = []
+        self.source_run: dict | None = None
 
     # ---- data ------------------------------------------------------------------------------------
     def _filter_kwargs(self) -> dict:
@@ -93,18 +97,19 @@ class HandTask(TrainTask):
             "min_hand_size": c.min_hand_size,
         }
 
-    def _filter_expression(self):
+    def _filter_expression(self, source: int = 0):
         expr = None
         if self.config.min_mask_score is not None:
             expr = ds.field("mask_score") >= float(self.config.min_mask_score)
-        if self.extra_filter is not None:
-            expr = self.extra_filter if expr is None else expr & self.extra_filter
+        extra = self.extra_filters[source]
+        if extra is not None:
+            expr = extra if expr is None else expr & extra
         return expr
 
-    def check_data(self) -> None:
-        """Open the manifest, check columns, nulls and the filter, and read the facts training needs."""
+    def _check_manifest(self, source: int) -> dict:
+        """Check one manifest's hands table (columns, nulls, the filter); returns what training needs of it."""
         c = self.config
-        manifest = open_manifest(c.manifest)
+        manifest = open_manifest(c.manifest[source])
         if "hands" not in manifest.tables:
             raise DataCheckError(
                 f"{manifest.url}: no hands table; train-hand needs a manifest with hand crops"
@@ -126,11 +131,12 @@ class HandTask(TrainTask):
         if partial:
             logger.warning("%s: rows with null %s are skipped", hands.url, partial)
             valid = [ds.field(col).is_valid() for col in partial]
-            self.extra_filter = valid[0]
+            extra = valid[0]
             for v in valid[1:]:
-                self.extra_filter = self.extra_filter & v
+                extra = extra & v
+            self.extra_filters[source] = extra
         light = ["hand_id", "crop_size", "heatmap_shape", "heatmap_sigma", "caption", "split"]
-        rows = manifest.read("hands", light, filter=self._filter_expression(), **self._filter_kwargs())
+        rows = manifest.read("hands", light, filter=self._filter_expression(source), **self._filter_kwargs())
         if rows.num_rows == 0:
             shown = {
                 k: v
@@ -140,44 +146,88 @@ class HandTask(TrainTask):
             raise DataCheckError(
                 f"{hands.url}: no hand passes the filter {shown} ({total} hands in the table)"
             )
-        sizes = sorted(set(rows.column("crop_size").to_pylist()))
-        # The tiny and mini presets have a fixed side; sd defaults to the manifest's own crop size.
-        wanted = c.resolution or (PRESET_RESOLUTION[c.preset] if c.preset != "sd" else None)
+        first = rows.slice(0, 1).to_pylist()[0]
+        return {
+            "manifest": manifest.url, "hands_total": total, "hands_selected": rows.num_rows, "null_rows": partial,
+            "crop_sizes": sorted(set(rows.column("crop_size").to_pylist())),
+            "stored_heatmap_size": int(first["heatmap_shape"][2]),
+            "stored_sigma": float(first["heatmap_sigma"] or DEFAULT_SIGMA),
+            "manifest_created_at": manifest.info.get("created_at"),
+        }  # fmt: skip
+
+    def check_data(self) -> None:
+        """Open every manifest, check columns, nulls and the filter, and read the facts training needs."""
+        c = self.config
+        if c.init_from:
+            self.source_run = read_source_run(c.init_from, self.name)
+        sources = [self._check_manifest(i) for i in range(len(c.manifest))]
+        sizes = sorted({s for src in sources for s in src["crop_sizes"]})
+        # The tiny and mini presets have a fixed side; sd defaults to the manifest's own crop size, and a
+        # run started from another one to that run's side.
+        wanted = c.resolution or (self.source_run or {}).get("data", {}).get("resolution")
+        wanted = wanted or (PRESET_RESOLUTION[c.preset] if c.preset != "sd" else None)
         if wanted is None and len(sizes) > 1:
             raise DataCheckError(
-                f"{hands.url}: crops of several sizes {sizes}; pass --resolution to resize them to one"
+                f"{', '.join(src['manifest'] for src in sources)}: crops of several sizes {sizes}; pass "
+                "--resolution to resize them to one"
             )
         resolution = int(wanted or sizes[0])
         if resolution % 8:
             raise DataCheckError(
                 f"training resolution {resolution} is not a multiple of 8 (the VAE's downsampling)"
             )
-        first = rows.slice(0, 1).to_pylist()[0]
-        stored_size, stored_sigma = int(first["heatmap_shape"][2]), float(first["heatmap_sigma"] or DEFAULT_SIGMA)
         latent = resolution // 8
+        # Each dataset re-renders heatmaps at latent size when its stored ones differ, scaling sigma, so
+        # the blobs keep their size relative to the hand; every source must then give the same sigma.
+        sigmas = [src["stored_sigma"] * latent / src["stored_heatmap_size"] for src in sources]
+        if any(abs(s - sigmas[0]) > 1e-6 * max(1.0, sigmas[0]) for s in sigmas):
+            raise DataCheckError(
+                "the manifests' heatmaps have different sigmas at the latent size ("
+                + ", ".join(f"{src['manifest']}: {s:.4g}" for src, s in zip(sources, sigmas))
+                + "); prepare them with the same heatmap sigma and size"
+            )
+        first = sources[0]
         self.facts = {
-            "manifest": manifest.url, "hands_total": total, "hands_selected": rows.num_rows, "null_rows": partial,
-            "resolution": resolution, "latent_size": latent, "stored_heatmap_size": stored_size,
-            # The dataset re-renders heatmaps at latent size when the stored ones differ, scaling sigma.
-            "heatmap_sigma": stored_sigma * latent / stored_size, "rerender_heatmaps": stored_size != latent,
-            "manifest_created_at": manifest.info.get("created_at"),
+            "manifest": first["manifest"], "hands_total": sum(s["hands_total"] for s in sources),
+            "hands_selected": sum(s["hands_selected"] for s in sources), "null_rows": first["null_rows"],
+            "resolution": resolution, "latent_size": latent, "stored_heatmap_size": first["stored_heatmap_size"],
+            "heatmap_sigma": sigmas[0], "rerender_heatmaps": first["stored_heatmap_size"] != latent,
+            "manifest_created_at": first["manifest_created_at"],
         }  # fmt: skip
-        logger.info("train-hand data: %d of %d hands, %dpx crops", rows.num_rows, total, resolution)
+        if len(sources) > 1:
+            self.facts["sources"] = [
+                {k: v for k, v in src.items() if k not in ("crop_sizes", "stored_sigma")} for src in sources
+            ]
+            self.facts["manifest_weights"] = list(c.manifest_weights) if c.manifest_weights else None
+        if self.source_run is not None:
+            self.facts["init_from"] = os.path.abspath(c.init_from)
+        logger.info("train-hand data: %d of %d hands, %dpx crops", self.facts["hands_selected"],
+                    self.facts["hands_total"], resolution)  # fmt: skip
+        self._sources = sources
 
     def describe(self) -> dict:
         return dict(self.facts)
 
-    def _dataset(
-        self, rank: int, world_size: int, shuffle: bool = True, load_pixels: bool = True
+    def _source_dataset(
+        self, source: int, rank: int, world_size: int, shuffle: bool = True, load_pixels: bool = True
     ) -> HandCropDataset:
-        f = self.facts
+        f, stored = self.facts, self._sources[source]["stored_heatmap_size"]
         return HandCropDataset(
-            self.config.manifest, resolution=f["resolution"],
-            heatmap_size=f["latent_size"] if f["rerender_heatmaps"] else None,
-            filter=self._filter_expression(), shuffle=shuffle, seed=self.config.seed, rank=rank,
+            self.config.manifest[source], resolution=f["resolution"],
+            heatmap_size=f["latent_size"] if stored != f["latent_size"] else None,
+            filter=self._filter_expression(source), shuffle=shuffle, seed=self.config.seed, rank=rank,
             world_size=world_size, shuffle_window=self.config.shuffle_window, load_pixels=load_pixels,
             **self._filter_kwargs(),
         )  # fmt: skip
+
+    def _dataset(self, rank: int, world_size: int, shuffle: bool = True, load_pixels: bool = True):
+        """The training data: one manifest's dataset, or several mixed (`MixtureDataset`)."""
+        parts = [
+            self._source_dataset(i, rank, world_size, shuffle, load_pixels) for i in range(len(self._sources))
+        ]
+        if len(parts) == 1:
+            return parts[0]
+        return MixtureDataset(parts, self.config.manifest_weights, seed=self.config.seed)
 
     def dataset(self, accelerator):
         if self.config.cache_latents:
@@ -188,24 +238,52 @@ class HandTask(TrainTask):
         )
 
     # ---- models ----------------------------------------------------------------------------------
-    def build(self, accelerator) -> None:
+    def _from_preset(self):
+        """(frozen parts, HandUNet) for a new model: the preset's components, the UNet widened."""
         c = self.config
-        self.accelerator = accelerator
         comps = build_components(c.preset, pretrained=c.pretrained, resolution=self.facts["resolution"],
                                  prediction_type=c.prediction_type, seed=c.seed)  # fmt: skip
-        if comps.vae_scale_factor != 8:
-            raise ValueError(
-                f"the VAE downsamples by {comps.vae_scale_factor}, but manifest heatmaps assume 8"
-            )
         unet_cfg = comps.unet.config
         if unet_cfg.in_channels != comps.vae.config.latent_channels:
             raise ValueError(
                 f"{c.pretrained}: the unet has {unet_cfg.in_channels} input channels; train-hand starts from a 4-channel text-to-image UNet"
             )
-        self.model = HandUNet.from_unet(comps.unet, mask_head_type=c.mask_head_type,
-                                        mask_head_channels=c.mask_head_channels,
-                                        heatmap_sigma=self.facts["heatmap_sigma"])  # fmt: skip
+        model = HandUNet.from_unet(comps.unet, mask_head_type=c.mask_head_type,
+                                   mask_head_channels=c.mask_head_channels,
+                                   heatmap_sigma=self.facts["heatmap_sigma"])  # fmt: skip
         del comps.unet
+        return comps, model
+
+    def _from_run(self):
+        """(frozen parts, HandUNet) of the finished run ``--init-from`` names, exactly as it saved them:
+        its VAE and text encoder are the ones its UNet learned with."""
+        c = self.config
+        pipe = HandGenerationPipeline.from_pretrained(c.init_from)
+        model = pipe.unet
+        if abs(model.config.heatmap_sigma - self.facts["heatmap_sigma"]) > 1e-6 * max(
+            1.0, self.facts["heatmap_sigma"]
+        ):
+            raise DataCheckError(
+                f"--init-from {c.init_from}: its model was trained on heatmaps of sigma {model.config.heatmap_sigma:.4g} "
+                f"latent pixels, these manifests give {self.facts['heatmap_sigma']:.4g} at {self.facts['resolution']} px; "
+                "train at the run's --resolution or prepare the manifests with its heatmap settings"
+            )
+        overrides = {"prediction_type": c.prediction_type} if c.prediction_type else {}
+        # The run saved its sampling scheduler; training draws from the same noise schedule as DDPM.
+        scheduler = DDPMScheduler.from_config(pipe.scheduler.config, **overrides)
+        comps = SimpleNamespace(vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer,
+                                scheduler=scheduler, source=os.path.abspath(c.init_from),
+                                vae_scale_factor=pipe.vae_scale_factor)  # fmt: skip
+        logger.info("train-hand: starting from the weights of %s", c.init_from)
+        return comps, model
+
+    def build(self, accelerator) -> None:
+        self.accelerator = accelerator
+        comps, self.model = self._from_run() if self.source_run is not None else self._from_preset()
+        if comps.vae_scale_factor != 8:
+            raise ValueError(
+                f"the VAE downsamples by {comps.vae_scale_factor}, but manifest heatmaps assume 8"
+            )
         dtype = weight_dtype(accelerator)
         self.vae = freeze(comps.vae, accelerator.device, dtype)
         self.text_encoder = freeze(comps.text_encoder, accelerator.device, dtype)
@@ -223,30 +301,46 @@ class HandTask(TrainTask):
         return self.vae.encode(pixels.to(self.vae.device, self.vae.dtype)).latent_dist.parameters
 
     def _prepare_cache(self, accelerator) -> None:
-        """Build (main process) or open the latent cache of the selected hands."""
+        """Build (main process) or open the latent cache of the selected hands: one per manifest (hand ids
+        are unique within a manifest only), in ``source-<i>`` subfolders when there are several."""
         c = self.config
-        path = c.latent_cache_dir or os.path.join(c.out, "latent_cache")
-        keys = {k: self.facts[k] for k in ("manifest", "manifest_created_at", "hands_selected", "resolution")}
-        expected = fingerprint({**keys, **self._filter_kwargs(), "min_mask_score": c.min_mask_score,
-                                "vae": vae_fingerprint(self.vae)})  # fmt: skip
-        if accelerator.is_main_process and LatentCache.open_if_valid(path, expected) is None:
-            data = self._dataset(0, 1, shuffle=False)
-            loader = torch.utils.data.DataLoader(
-                data, batch_size=max(c.batch_size, 8), num_workers=c.num_workers
-            )
-            batches = ((list(b["hand_id"]), b["pixel_values"]) for b in loader)
-            total = -(-self.facts["hands_selected"] // max(c.batch_size, 8))
-            LatentCache.build(path, batches, self._encode_moments, expected, total=total)
+        root = c.latent_cache_dir or os.path.join(c.out, "latent_cache")
+        vae = vae_fingerprint(self.vae)
+        paths = (
+            [root]
+            if len(self._sources) == 1
+            else [os.path.join(root, f"source-{i}") for i in range(len(self._sources))]
+        )
+        for i, path in enumerate(paths):
+            src = self._sources[i]
+            keys = {"manifest": src["manifest"], "manifest_created_at": src["manifest_created_at"],
+                    "hands_selected": src["hands_selected"], "resolution": self.facts["resolution"]}  # fmt: skip
+            expected = fingerprint({**keys, **self._filter_kwargs(), "min_mask_score": c.min_mask_score,
+                                    "vae": vae})  # fmt: skip
+            if accelerator.is_main_process and LatentCache.open_if_valid(path, expected) is None:
+                data = self._source_dataset(i, 0, 1, shuffle=False)
+                loader = torch.utils.data.DataLoader(
+                    data, batch_size=max(c.batch_size, 8), num_workers=c.num_workers
+                )
+                batches = ((list(b["hand_id"]), b["pixel_values"]) for b in loader)
+                total = -(-src["hands_selected"] // max(c.batch_size, 8))
+                LatentCache.build(path, batches, self._encode_moments, expected, total=total)
         accelerator.wait_for_everyone()
-        self.cache = LatentCache(path)
-        self.facts["latent_cache"] = path
+        self.caches = [LatentCache(path) for path in paths]
+        self.facts["latent_cache"] = root
 
     # ---- loss ------------------------------------------------------------------------------------
     def prepare_batch(self, batch: dict, device) -> dict:
-        if self.cache is not None:
+        if self.caches:
             batch = dict(batch)
             batch.pop("pixel_values", None)  # the cached posterior replaces the crop (not loaded anyway)
-            batch["moments"] = self.cache.get(batch["hand_id"])
+            if len(self.caches) == 1:
+                batch["moments"] = self.caches[0].get(batch["hand_id"])
+            else:
+                sources = batch["source"].tolist()
+                batch["moments"] = torch.cat(
+                    [self.caches[k].get([hand_id]) for hand_id, k in zip(batch["hand_id"], sources)]
+                )
         return super().prepare_batch(batch, device)
 
     def latents(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
@@ -294,15 +388,16 @@ class HandTask(TrainTask):
         return pipe
 
     def validation_poses(self) -> list[dict]:
-        """Fixed poses for validation grids: the first hands of the val split, else of the training data."""
+        """Fixed poses for validation grids: the first hands of the val split, else of the training data,
+        of the first manifest."""
         if getattr(self, "_poses", None) is None:
-            m = open_manifest(self.config.manifest)
+            m = open_manifest(self.config.manifest[0])
             cols = ["hand_id", "crop_keypoints", "crop_size", "caption"]
             n = self.config.num_validation_poses
             rows = _first_rows(m, "hands", cols, n, split="val") if self.config.split != "val" else []
             if not rows:
                 rows = _first_rows(
-                    m, "hands", cols, n, filter=self._filter_expression(), **self._filter_kwargs()
+                    m, "hands", cols, n, filter=self._filter_expression(0), **self._filter_kwargs()
                 )
             res = self.facts["resolution"]
             self._poses = []
@@ -352,7 +447,7 @@ class HandTask(TrainTask):
         logger.info("saved the hand generation pipeline to %s", out_dir)
 
     def close(self) -> None:
-        self.cache = None
+        self.caches = []
 
 
 def train_hand(config: HandTrainConfig) -> TrainResult:

@@ -7,7 +7,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .config import TrainConfig, check_manifest_and_weights, setting
+from .config import (
+    TrainConfig,
+    check_manifest_and_weights,
+    init_from_setting,
+    manifest_weights_setting,
+    manifests_setting,
+    normalise_sources,
+    setting,
+)
 
 
 @dataclass
@@ -20,9 +28,9 @@ class HandTrainConfig(TrainConfig):
     out: str = setting(
         "runs/hand", "run folder: checkpoints, metrics.jsonl, config.json, validation grids, final pipeline"
     )
-    manifest: str = setting(
-        "", "manifest root (or its hands table) written by prep; local path or fsspec URL"
-    )
+    manifest: tuple[str, ...] = manifests_setting("manifest root(s), or their hands tables,")
+    manifest_weights: tuple[float, ...] | None = manifest_weights_setting()
+    init_from: str | None = init_from_setting("train-hand")
     preset: str = setting(
         "tiny",
         "tiny (small random components, CPU friendly), mini (from-scratch sizes; --pretrained a train-vae run) "
@@ -64,6 +72,9 @@ class HandTrainConfig(TrainConfig):
     sampler: str = setting(
         "ddim", "scheduler saved with the final pipeline: ddim or ddpm", choices=("ddim", "ddpm")
     )
+
+    def __post_init__(self):
+        normalise_sources(self)
 
     def validate(self) -> HandTrainConfig:
         super().validate()

@@ -45,7 +45,7 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
-from manifests.datasets import ManifestDataLoader, ManifestIterableDataset
+from manifests.datasets import ManifestDataLoader, ResumableStream
 
 from ..guards import SEED_LIMIT, make_generator
 from . import checkpoint as ckpt
@@ -132,7 +132,7 @@ class _Batches:
         self.index = int(saved.get("batches_in_epoch", 0))
         self.resuming = state.step > 0
         self.loader = None
-        if isinstance(dataset, ManifestIterableDataset):
+        if isinstance(dataset, ResumableStream):
             # Not passed through accelerator.prepare, which would shard the batches a second time.
             self.loader = ManifestDataLoader(dataset, batch_size=config.batch_size, num_workers=config.num_workers,
                                              collate_fn=task.collate)  # fmt: skip
@@ -198,6 +198,25 @@ def recorded_task(run: str) -> str | None:
     return None
 
 
+def read_source_run(run: str, task: str) -> dict:
+    """The config.json record of the finished `task` run that ``--init-from`` names; `RunFolderError`
+    naming the folder when it is not one (not a run, another task's, or no final model yet)."""
+    command = f"train-{task}"
+    kind = recorded_task(run) if os.path.isdir(run) else None
+    if kind != task:
+        what = "not a folder" if not os.path.isdir(run) else (
+            f"a train-{kind} run" if kind else f"not a training run (no {CONFIG_FILE} naming its task)"
+        )  # fmt: skip
+        raise RunFolderError(f"--init-from {run!r} is {what}; it must be a finished {command} run folder")
+    if not os.path.isfile(os.path.join(run, "model_index.json")):
+        raise RunFolderError(
+            f"--init-from {run!r} is a {command} run without its final model (not finished?): finish it with "
+            "--resume latest first"
+        )
+    with open(os.path.join(run, CONFIG_FILE), encoding="utf-8") as f:
+        return json.load(f)
+
+
 def check_run_folder(run: str, task: str, config: TrainConfig) -> str:
     """How this run may use the folder `run` (see the module docstring): ``"new"``, ``"resume"`` or
     ``"overwrite"``. Raises `RunFolderError` naming the folder and the way out; writes nothing."""
@@ -256,6 +275,12 @@ def resume_changes(run: str, config: TrainConfig) -> dict:
             old = json.load(f).get("config", {})
     except (OSError, ValueError, AttributeError):
         return {}
+    try:
+        # Through the config class, so an older spelling of the same value (one manifest as a string)
+        # reads as the value it means and is not reported as a change.
+        old = json.loads(json.dumps(type(config).from_dict(old).to_dict(), default=str))
+    except (TypeError, ValueError):
+        pass  # a record this version no longer reads: compare it as written
     new = json.loads(json.dumps(config.to_dict(), default=str))  # tuples as lists, as the file holds them
     return {k: [old.get(k), v] for k, v in new.items() if old.get(k) != v and k not in _RESUMABLE_CHANGES}
 
