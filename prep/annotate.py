@@ -31,7 +31,15 @@ from manifests.schema import HANDS_SCHEMA, IMAGES_SCHEMA, NO_MASK
 from .body import BodyPose, BodyPoseDetector
 from .captions import hand_caption, image_caption
 from .config import PrepConfig
-from .crops import encode_crop, make_crop, stored_image, stored_size, union_mask
+from .crops import (
+    encode_crop,
+    hand_crop_box,
+    make_crop,
+    needs_full_resolution,
+    scale_box,
+    stored_size,
+    union_mask,
+)
 from .hands import Hand, HandDetector, hands_from_annotation
 from .imageio import MAX_FILE_BYTES, DecodedImage, load_image
 from .masks import make_masker
@@ -64,6 +72,15 @@ def error_row(record: ImageRecord, exc: BaseException | str) -> dict:
     reason = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
     row.update(status="error", error=reason, num_hands=0)
     return row
+
+
+def _moved(found, to_frame):
+    """A `Hand` or `BodyPose` (or None) with its keypoints' x, y mapped by `to_frame`
+    (`DecodedImage.to_full` / `to_reduced`); scores and every other field are kept."""
+    if found is None:
+        return None
+    kps = to_frame(found.keypoints).astype(found.keypoints.dtype)
+    return dataclasses.replace(found, keypoints=kps)
 
 
 def _kp_list(kps: np.ndarray) -> list[list[float]]:
@@ -127,31 +144,57 @@ class Annotator:
         finally:
             self.timings[stage] += time.perf_counter() - t0
 
-    def find_hands(self, image: np.ndarray, body: BodyPose | None, record: ImageRecord,
-                   annotations: list[HandAnnotation]) -> list[Hand]:  # fmt: skip
+    def detect(self, image: np.ndarray) -> tuple[list[Hand], BodyPose | None]:
+        """(hands, body pose or None) detected in (H, W, 3) uint8 RGB pixels; timed in `timings`.
+
+        The body comes first because the hands' wrist-guided second pass searches around the body's
+        wrists. `annotate` runs this same method, so whoever detects through it (evaluation, the
+        photo-to-pose path of generation) sees exactly what prep would have annotated.
+        """
+        body = self._detect_body(image)
+        with self._timed("hands"):
+            hands = self.hands.detect(image, body)
+        return hands, body
+
+    def _detect_body(self, image: np.ndarray) -> BodyPose | None:
+        if self.body is None:
+            return None
+        with self._timed("pose"):
+            return self.body.detect(image)
+
+    def find_hands(self, decoded: DecodedImage, record: ImageRecord,
+                   annotations: list[HandAnnotation]) -> tuple[list[Hand], BodyPose | None]:  # fmt: skip
+        """(hands, body) in original pixels: the record's own keypoints (original pixels) when configured
+        and present, else `detect` on the decoded pixels, which may be a reduced copy."""
+        image = decoded.pixels
         if self.config.keypoint_source == "annotation" and any(a.keypoints is not None for a in annotations):
-            hands = hands_from_annotation(
-                annotations, record.source_uri, image.shape, self.config.max_outside
-            )
-            return hands[: self.config.max_hands]
-        return self.hands.detect(image, body)
+            body = self._detect_body(image)
+            with self._timed("hands"):
+                hands = hands_from_annotation(
+                    annotations, record.source_uri, (decoded.height, decoded.width), self.config.max_outside
+                )
+            return hands[: self.config.max_hands], _moved(body, decoded.to_full)
+        hands, body = self.detect(image)
+        return [_moved(hand, decoded.to_full) for hand in hands], _moved(body, decoded.to_full)
 
     def annotate(self, record: ImageRecord) -> tuple[dict, list[dict]]:
         """One record -> (images row, hands rows). Raises a `prep.errors.PrepError` for a bad image."""
         cfg = self.config
         with self._timed("decode"):
             max_bytes = getattr(cfg, "max_file_bytes", MAX_FILE_BYTES)
-            decoded, raw = load_image(record.source_uri, cfg.max_pixels, max_bytes)
+            # Decoded at the stored image's size (a JPEG in draft mode): detection and masks work on it
+            # (MediaPipe's models see at most 256 px, GrabCut at most `grabcut_size`), so a full-HD photo
+            # costs about what a 512-px one does, and the same photo at another resolution is searched
+            # on the same pixels. Full resolution is decoded only for the crops of small hands.
+            decoded, raw = load_image(record.source_uri, cfg.max_pixels, max_bytes, cfg.max_image_side)
         image = decoded.pixels
-        height, width = image.shape[:2]
+        width, height = decoded.width, decoded.height
         annotations = to_pixels(record, width, height)
 
-        body = None
-        if self.body is not None:
-            with self._timed("pose"):
-                body = self.body.detect(image)
-        with self._timed("hands"):
-            hands = self.find_hands(image, body, record, annotations)
+        hands, body = self.find_hands(decoded, record, annotations)
+        with self._timed("decode"):
+            if any(needs_full_resolution(decoded, hand_crop_box(h.keypoints, cfg)) for h in hands):
+                decoded.full_pixels()
 
         gesture = gesture_hand(hands)
         sides = [hand.handedness for hand in hands]
@@ -161,11 +204,15 @@ class Annotator:
                 self.masker.set_image(image)
         for i, hand in enumerate(hands):
             with self._timed("crops_heatmaps"):
-                crop = make_crop(image, hand.keypoints, cfg)
+                crop = make_crop(decoded, hand.keypoints, cfg)
             hand_mask = None
             if self.masker is not None:
                 with self._timed("masks"):
-                    hand_mask = self.masker.predict(image, hand, crop.box)
+                    # The mask is in crop pixels, the same whichever frame the hand and box are given in.
+                    sx = decoded.scale[0]
+                    hand_mask = self.masker.predict(
+                        image, _moved(hand, decoded.to_reduced), scale_box(crop.box, sx)
+                    )
                 crop_masks.append((hand_mask.mask, crop.box))
             with self._timed("encode"):
                 row = dict.fromkeys(HAND_COLUMNS)
@@ -216,11 +263,12 @@ class Annotator:
         return row, hand_rows
 
     def _stored_bytes(self, decoded: DecodedImage, raw: bytes, size: tuple[int, int]) -> bytes:
-        """JPEG of the image at `size`; an upright RGB JPEG that needs no resizing is kept byte for byte."""
+        """JPEG of the image at `size` (the decoded pixels' size); an upright RGB JPEG that needs no
+        resizing is kept byte for byte."""
         unchanged = (decoded.width, decoded.height) == size
         if unchanged and decoded.format == "JPEG" and decoded.source_mode == "RGB" and not decoded.oriented:
             return raw
-        return encode_jpeg(stored_image(decoded.pixels, size), quality=self.config.jpeg_quality)
+        return encode_jpeg(decoded.pixels, quality=self.config.jpeg_quality)
 
     def close(self) -> None:
         if self.body is not None:
