@@ -448,10 +448,11 @@ class MixtureDataset(ResumableStream):
     Each DataLoader worker reads its own share of every source (the sources' usual split over ranks
     and workers) and, sample by sample, takes the next sample of the source a seeded draw picks:
     ``P(source k) = weights[k] / sum(weights)`` over the sources that hold samples for that worker.
-    A mixture epoch has as many samples as its sources hold together (on that rank and worker), so
-    with weights proportional to the sources' sizes (the default) each sample is seen about once
-    per epoch; a source drawn more often than it has samples starts its next own epoch (a new
-    shuffle), one drawn less often carries on where it stopped in the next mixture epoch.
+    A mixture epoch has as many samples as its sources hold together (on that rank and worker).
+    Without weights the draw is a shuffle of exactly each source's count, so every sample comes once
+    per epoch (a shuffled concatenation). With weights, a source drawn more often than it has samples
+    starts its next own epoch (a new shuffle), and one drawn less often carries on where it stopped
+    in the next mixture epoch.
 
     Everything is a function of (seed, epoch, rank, worker), so the position is the loader's sample
     count alone: `ManifestDataLoader` saves and restores it as for one manifest, and a resumed
@@ -508,13 +509,16 @@ class MixtureDataset(ResumableStream):
         key = (worker, num_workers, epoch)
         if key not in self._choices:
             counts = self._source_counts(worker, num_workers, epoch)
-            base = counts.astype(np.float64) if self.weights is None else np.asarray(self.weights)
-            p = np.where(counts > 0, base, 0.0)
-            n = int(counts.sum())
             rng = epoch_rng(self.seed, epoch, _MIXTURE_KEY, self.rank, worker)
-            self._choices[key] = (
-                rng.choice(len(counts), size=n, p=p / p.sum()) if n else np.zeros(0, np.int64)
-            )
+            if self.weights is None:
+                # Weights by size: a shuffle of exactly each source's count, so every sample comes once.
+                self._choices[key] = rng.permutation(np.repeat(np.arange(len(counts)), counts))
+            else:
+                p = np.where(counts > 0, np.asarray(self.weights), 0.0)
+                n = int(counts.sum())
+                self._choices[key] = (
+                    rng.choice(len(counts), size=n, p=p / p.sum()) if n else np.zeros(0, np.int64)
+                )
         return self._choices[key]
 
     def _locate(self, k: int, worker: int, num_workers: int, taken: int) -> tuple[int, int]:
