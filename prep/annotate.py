@@ -127,6 +127,7 @@ class Annotator:
         self.hands = HandDetector(config)
         self.masker = make_masker(config)  # SAM weights load on first use
         self.timings = dict.fromkeys(STAGES, 0.0)
+        self._nested: list[float] = []  # per open `_timed` stage: seconds of the stages timed within it
         self.images = 0
 
     # Models (MediaPipe graphs, torch modules) never travel: a pickled annotator rebuilds them lazily.
@@ -138,22 +139,29 @@ class Annotator:
 
     @contextmanager
     def _timed(self, stage: str):
+        """Add the time spent inside to `stage`, less that of stages timed within it (the full-resolution
+        decode runs inside the hands stage when the wrist pass needs it), so the stages add up."""
         t0 = time.perf_counter()
+        self._nested.append(0.0)
         try:
             yield
         finally:
-            self.timings[stage] += time.perf_counter() - t0
+            elapsed = time.perf_counter() - t0
+            self.timings[stage] += elapsed - self._nested.pop()
+            if self._nested:
+                self._nested[-1] += elapsed
 
-    def detect(self, image: np.ndarray) -> tuple[list[Hand], BodyPose | None]:
+    def detect(self, image: np.ndarray, full=None) -> tuple[list[Hand], BodyPose | None]:
         """(hands, body pose or None) detected in (H, W, 3) uint8 RGB pixels; timed in `timings`.
 
         The body comes first because the hands' wrist-guided second pass searches around the body's
         wrists. `annotate` runs this same method, so whoever detects through it (evaluation, the
         photo-to-pose path of generation) sees exactly what prep would have annotated.
+        `full`: when `image` is a reduced copy, returns the full-resolution image (see `HandDetector.detect`).
         """
         body = self._detect_body(image)
         with self._timed("hands"):
-            hands = self.hands.detect(image, body)
+            hands = self.hands.detect(image, body, full)
         return hands, body
 
     def _detect_body(self, image: np.ndarray) -> BodyPose | None:
@@ -174,8 +182,17 @@ class Annotator:
                     annotations, record.source_uri, (decoded.height, decoded.width), self.config.max_outside
                 )
             return hands[: self.config.max_hands], _moved(body, decoded.to_full)
-        hands, body = self.detect(image)
+        hands, body = self.detect(image, self._full_loader(decoded) if decoded.reduced else None)
         return [_moved(hand, decoded.to_full) for hand in hands], _moved(body, decoded.to_full)
+
+    def _full_loader(self, decoded: DecodedImage):
+        """`decoded.full_pixels`, its decoding timed as the "decode" stage wherever it happens."""
+
+        def full() -> np.ndarray:
+            with self._timed("decode"):
+                return decoded.full_pixels()
+
+        return full
 
     def annotate(self, record: ImageRecord) -> tuple[dict, list[dict]]:
         """One record -> (images row, hands rows). Raises a `prep.errors.PrepError` for a bad image."""
@@ -192,9 +209,8 @@ class Annotator:
         annotations = to_pixels(record, width, height)
 
         hands, body = self.find_hands(decoded, record, annotations)
-        with self._timed("decode"):
-            if any(needs_full_resolution(decoded, hand_crop_box(h.keypoints, cfg)) for h in hands):
-                decoded.full_pixels()
+        if any(needs_full_resolution(decoded, hand_crop_box(h.keypoints, cfg)) for h in hands):
+            self._full_loader(decoded)()
 
         gesture = gesture_hand(hands)
         sides = [hand.handedness for hand in hands]

@@ -4,6 +4,10 @@ Geometry comes from `manifests.geometry` (one implementation shared with generat
 `square_crop_box(keypoints, crop_size, crop_margin)` and may extend past the image, where the crop is
 zero padded; `CropBox.to_crop` / `to_image` map keypoints exactly both ways. Pixels are resampled by
 `warp_crop`, OpenCV's equivalent of `crop_image` under the same pixel convention.
+
+Boxes are in original pixels. When the image was decoded reduced (`prep.imageio.DecodedImage`), a crop
+is cut from the reduced pixels if they cover the box with at least the crop's resolution, and from
+the full-resolution image otherwise: only crops of small hands pay for the full decode.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from manifests.codecs import encode_heatmap, encode_jpeg
 from manifests.geometry import CropBox, paste_crop, render_heatmap, square_crop_box
 
 from .config import PrepConfig
+from .imageio import DecodedImage
+from .imageio import reduced_size as stored_size  # noqa: F401  (the stored `image` column's size)
 
 
 @dataclass
@@ -52,22 +58,55 @@ def warp_crop(
     )  # fmt: skip
 
 
+def scale_box(box: CropBox, scale: float) -> CropBox:
+    """`box` in an image resized by `scale` (same crop size, so crop pixels stay where they were)."""
+    return CropBox(box.x0 * scale, box.y0 * scale, box.side * scale, box.size)
+
+
 def antialiased_crop(image: np.ndarray, box: CropBox) -> np.ndarray:
     """`warp_crop`, but a box shrunk more than 2x is first box-filtered by an integer factor, since
-    bilinear sampling alone aliases (large hands in large photos)."""
+    bilinear sampling alone aliases (large hands in large photos).
+
+    Only the box's neighbourhood is filtered, on blocks aligned as if the whole image were, so the
+    result equals filtering the whole image at a fraction of the cost.
+    """
     factor = int(np.floor(1.0 / box.scale)) if box.scale < 0.5 else 1
     if factor <= 1:
         return warp_crop(image, box)
-    small = np.asarray(Image.fromarray(image).reduce(factor))
-    # reduce() averages factor x factor blocks, so image pixel x maps to x / factor.
-    return warp_crop(small, CropBox(box.x0 / factor, box.y0 / factor, box.side / factor, box.size))
+    h, w = image.shape[:2]
+    # Bilinear sampling reads one filtered pixel past the box: a margin of two blocks keeps every
+    # pixel it reads a whole block.
+    x0 = min(max(0, int(np.floor(box.x0 / factor)) - 2), (w - 1) // factor) * factor
+    y0 = min(max(0, int(np.floor(box.y0 / factor)) - 2), (h - 1) // factor) * factor
+    x1 = min(w, max(x0 + factor, (int(np.ceil((box.x0 + box.side) / factor)) + 2) * factor))
+    y1 = min(h, max(y0 + factor, (int(np.ceil((box.y0 + box.side) / factor)) + 2) * factor))
+    small = np.asarray(Image.fromarray(np.ascontiguousarray(image[y0:y1, x0:x1])).reduce(factor))
+    # reduce() averages factor x factor blocks, so image pixel x maps to (x - x0) / factor.
+    local = CropBox((box.x0 - x0) / factor, (box.y0 - y0) / factor, box.side / factor, box.size)
+    return warp_crop(small, local)
 
 
-def make_crop(image: np.ndarray, keypoints: np.ndarray, config: PrepConfig) -> HandCrop:
+def needs_full_resolution(decoded: DecodedImage, box: CropBox) -> bool:
+    """Whether `box` (original pixels) is a small hand's: the reduced pixels would have to be
+    enlarged to fill the crop, and the original has more of them."""
+    return decoded.reduced and box.side * decoded.scale[0] < box.size
+
+
+def crop_pixels(decoded: DecodedImage, box: CropBox) -> np.ndarray:
+    """The (size, size, 3) crop of `box` (original pixels) from the reduced or the full image."""
+    if needs_full_resolution(decoded, box):
+        return antialiased_crop(decoded.full_pixels(), box)
+    return antialiased_crop(decoded.pixels, scale_box(box, decoded.scale[0]))
+
+
+def make_crop(image: np.ndarray | DecodedImage, keypoints: np.ndarray, config: PrepConfig) -> HandCrop:
+    """The crop of the hand with `keypoints` (original pixels) from `image`, a pixel array or a
+    decoded image (reduced pixels where they suffice, see `crop_pixels`)."""
     box = hand_crop_box(keypoints, config)
     kps = box.to_crop(keypoints)
     heat = render_heatmap(kps, config.crop_size, config.resolved_heatmap_size(), config.sigma)
-    return HandCrop(box, antialiased_crop(image, box), kps, heat)
+    pixels = crop_pixels(image, box) if isinstance(image, DecodedImage) else antialiased_crop(image, box)
+    return HandCrop(box, pixels, kps, heat)
 
 
 def encode_crop(crop: HandCrop, config: PrepConfig) -> dict:
@@ -85,18 +124,6 @@ def encode_crop(crop: HandCrop, config: PrepConfig) -> dict:
     }
 
 
-def stored_size(width: int, height: int, max_side: int) -> tuple[int, int]:
-    """(w, h) of the stored `image` column: longest side at most `max_side`, aspect kept."""
-    scale = min(1.0, max_side / float(max(width, height)))
-    return max(1, int(round(width * scale))), max(1, int(round(height * scale)))
-
-
-def stored_image(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    if (image.shape[1], image.shape[0]) == size:
-        return image
-    return np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR, reducing_gap=2.0))
-
-
 def union_mask(
     masks: list[tuple[np.ndarray, CropBox]], width: int, height: int, size: tuple[int, int]
 ) -> np.ndarray:
@@ -105,7 +132,6 @@ def union_mask(
     canvas = np.zeros((sh, sw), np.uint8)
     scale = sw / float(width)  # the stored image keeps the aspect ratio, so one scale serves both axes
     for mask, box in masks:
-        scaled = CropBox(box.x0 * scale, box.y0 * scale, box.side * scale, box.size)
-        placed, _ = paste_crop(canvas, np.where(mask, 255, 0).astype(np.uint8), scaled)
+        placed, _ = paste_crop(canvas, np.where(mask, 255, 0).astype(np.uint8), scale_box(box, scale))
         canvas = np.maximum(canvas, np.where(placed > 127, 255, 0).astype(np.uint8))
     return canvas > 0

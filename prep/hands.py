@@ -8,6 +8,9 @@ Detection runs in two passes:
    estimate of the hand centre (side ``wrist_crop_scale`` x the image's longer side) is upscaled to at
    least ``wrist_crop_min_size`` px and searched again. A hand found there is kept only if its wrist
    lies near a pose wrist and it does not duplicate a hand already found (box IoU).
+   When the image searched is a reduced copy of a larger photo, these crops are cut from the
+   full-resolution photo: a small hand gets back the pixels the reduction dropped, and the crop's
+   size still follows the reduced image, so the search does not depend on the photo's resolution.
 
 3. Only when both found nothing: the whole image once more, centred in a zero border of
    ``pad_retry`` x its longer side, since the palm detector also misses hands that fill the frame.
@@ -22,6 +25,7 @@ label is therefore swapped, so `handedness` is the person's own left/right.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -30,7 +34,7 @@ from manifests.geometry import CropBox, keypoint_bbox
 
 from .body import POSE_ARM, BodyPose
 from .config import PrepConfig
-from .crops import warp_crop
+from .crops import antialiased_crop, scale_box, warp_crop
 from .errors import AnnotationError
 from .records import HandAnnotation
 
@@ -169,11 +173,14 @@ class HandDetector:
             hands.append(Hand(pts, UNMIRROR.get(cls.label), float(cls.score), source))
         return hands
 
-    def detect(self, image: np.ndarray, body: BodyPose | None = None) -> list[Hand]:
-        """(H, W, 3) uint8 RGB (+ optional body pose) -> hands, at most `max_hands`, best first."""
+    def detect(self, image: np.ndarray, body: BodyPose | None = None,
+               full: Callable[[], np.ndarray] | None = None) -> list[Hand]:  # fmt: skip
+        """(H, W, 3) uint8 RGB (+ optional body pose) -> hands in `image` pixels, at most `max_hands`,
+        best first. When `image` is a reduced copy, `full` returns the full-resolution image (decoded
+        on demand), from which the wrist-guided pass cuts its crops."""
         hands = self._run(image, None, SOURCE_FULL)
         if self.config.wrist_refine and body is not None:
-            for extra in self._wrist_pass(image, body, hands):
+            for extra in self._wrist_pass(image, body, hands, full):
                 if not any(self._duplicate(extra, kept) for kept in hands):
                     hands.append(extra)
         if not hands and self.config.pad_retry > 0:
@@ -240,7 +247,8 @@ class HandDetector:
             out.append((wrist, tries))
         return out
 
-    def _wrist_pass(self, image: np.ndarray, body: BodyPose, hands: list[Hand]) -> list[Hand]:
+    def _wrist_pass(self, image: np.ndarray, body: BodyPose, hands: list[Hand],
+                    full: Callable[[], np.ndarray] | None = None) -> list[Hand]:  # fmt: skip
         found: list[Hand] = []
         wrists = [
             body.wrist(arm)[0] for arm in POSE_ARM if body.wrist(arm)[1] >= self.config.wrist_min_visibility
@@ -252,7 +260,7 @@ class HandDetector:
             if self._covered(wrist, found):
                 continue  # the other wrist's crop already found the hand at this one
             for crop in tries:
-                new = self._search(image, crop, wrists, min_size)
+                new = self._search(image, crop, wrists, min_size, full)
                 for hand in new:
                     if not any(self._duplicate(hand, other) for other in found):
                         found.append(hand)
@@ -260,11 +268,15 @@ class HandDetector:
                     break
         return found
 
-    def _search(
-        self, image: np.ndarray, crop: CropBox, wrists: list[np.ndarray], min_size: float
-    ) -> list[Hand]:
+    def _search(self, image: np.ndarray, crop: CropBox, wrists: list[np.ndarray], min_size: float,
+                full: Callable[[], np.ndarray] | None = None) -> list[Hand]:  # fmt: skip
         kept = []
-        for hand in self._run(warp_crop(image, crop), crop, SOURCE_WRIST):
+        if full is None:
+            pixels = warp_crop(image, crop)
+        else:  # the same crop, from the full-resolution image (`crop` is in `image` pixels)
+            source = full()
+            pixels = antialiased_crop(source, scale_box(crop, source.shape[1] / image.shape[1]))
+        for hand in self._run(pixels, crop, SOURCE_WRIST):
             nearest = min(float(np.linalg.norm(hand.keypoints[0, :2] - wr)) for wr in wrists)
             if nearest > self.config.wrist_match_dist * crop.side:
                 log.debug("dropping a wrist-crop hand %.0f px from every pose wrist", nearest)

@@ -12,6 +12,11 @@
 - The pixel count is checked from the header *before* the rest of the file is read and before any
   pixel is decoded, against `max_pixels`.
 - Empty, truncated, corrupt and non-image files raise `ImageDecodeError` naming the file.
+- With `max_side`, the pixels are a reduced copy whose longer side is at most `max_side` (never
+  enlarged): a JPEG is decoded at the smallest DCT scale (1/2, 1/4, 1/8) that still covers it
+  (`Image.draft`, several times cheaper than a full decode) and then resized, so a full-HD photo costs
+  about as much as a 512-px one. `DecodedImage.full_pixels()` decodes full resolution on demand, for
+  the few uses that need it, and `to_full` maps reduced-pixel coordinates back to original pixels.
 """
 
 from __future__ import annotations
@@ -21,11 +26,12 @@ import logging
 import os
 import stat
 import warnings
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import fsspec
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from .errors import ImageDecodeError, ImageReadError, ImageTooLargeError
 
@@ -46,22 +52,79 @@ SPECIAL_FILES = {
 }
 
 
+# EXIF orientation -> the PIL transpose that shows the image upright (as `ImageOps.exif_transpose`).
+ORIENTATION_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+
+
 @dataclass
 class DecodedImage:
-    """A decoded image and what is needed to store it again without needless re-encoding."""
+    """A decoded image and what is needed to store it again without needless re-encoding.
 
-    pixels: np.ndarray  # (H, W, 3) uint8 RGB, EXIF orientation applied
+    `pixels` is the whole image, or with `max_side` a reduced copy of it; `width` / `height` are
+    always the original (upright) size, and `full_pixels()` the full-resolution image.
+    """
+
+    pixels: np.ndarray  # (h, w, 3) uint8 RGB, EXIF orientation applied
     format: str | None  # PIL format of the source bytes (JPEG, PNG, ...)
     source_mode: str  # PIL mode before conversion (RGB, L, CMYK, I;16, ...)
     oriented: bool  # True when an EXIF orientation other than 1 was applied
+    full_size: tuple[int, int] | None = None  # (W, H) of the upright original; None: that of `pixels`
+    _full: np.ndarray | None = field(default=None, repr=False)
+    _load_full: Callable[[], np.ndarray] | None = field(default=None, repr=False)
 
     @property
     def width(self) -> int:
-        return int(self.pixels.shape[1])
+        return int(self.full_size[0]) if self.full_size else int(self.pixels.shape[1])
 
     @property
     def height(self) -> int:
-        return int(self.pixels.shape[0])
+        return int(self.full_size[1]) if self.full_size else int(self.pixels.shape[0])
+
+    @property
+    def reduced(self) -> bool:
+        """Whether `pixels` is smaller than the original."""
+        return (self.pixels.shape[1], self.pixels.shape[0]) != (self.width, self.height)
+
+    @property
+    def scale(self) -> tuple[float, float]:
+        """(x, y) pixels of `pixels` per original pixel (1 when not reduced; the two differ by rounding)."""
+        return self.pixels.shape[1] / self.width, self.pixels.shape[0] / self.height
+
+    def to_full(self, points: np.ndarray) -> np.ndarray:
+        """(N, >=2) coordinates in `pixels` -> original pixels (a copy; extra columns are kept).
+
+        Both frames put pixel i over [i, i + 1), and the reduced image spans the original exactly,
+        so the map is a pure per-axis scale.
+        """
+        out = np.array(points, dtype=np.float64, copy=True)
+        sx, sy = self.scale
+        out[:, 0] /= sx
+        out[:, 1] /= sy
+        return out
+
+    def to_reduced(self, points: np.ndarray) -> np.ndarray:
+        """(N, >=2) original pixels -> coordinates in `pixels`; the inverse of `to_full`."""
+        out = np.array(points, dtype=np.float64, copy=True)
+        sx, sy = self.scale
+        out[:, 0] *= sx
+        out[:, 1] *= sy
+        return out
+
+    def full_pixels(self) -> np.ndarray:
+        """The (H, W, 3) full-resolution image, decoded on first use when `pixels` is reduced."""
+        if not self.reduced:
+            return self.pixels
+        if self._full is None:
+            self._full = self._load_full()
+        return self._full
 
 
 def _not_regular(uri: str, what: str) -> ImageReadError:
@@ -229,10 +292,32 @@ def to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def decode_image(data: bytes, max_pixels: int, uri: str = "<bytes>") -> DecodedImage:
-    """Encoded bytes -> `DecodedImage`; raises `ImageDecodeError` / `ImageTooLargeError` naming `uri`."""
+def reduced_size(width: int, height: int, max_side: int) -> tuple[int, int]:
+    """(w, h) with the longer side at most `max_side`, aspect kept, never enlarged (the size of the
+    reduced pixels and of the manifest's stored `image`)."""
+    scale = min(1.0, max_side / float(max(width, height)))
+    return max(1, int(round(width * scale))), max(1, int(round(height * scale)))
+
+
+def _orientation(im: Image.Image, uri: str) -> int | None:
+    try:
+        return im.getexif().get(EXIF_ORIENTATION_TAG, 1)
+    except Exception as exc:  # a broken EXIF block should not lose an otherwise good image
+        log.warning("%s: ignoring unreadable EXIF orientation (%s: %s)", uri, type(exc).__name__, exc)
+        return None
+
+
+def _decode(data: bytes, max_pixels: int, uri: str, max_side: int | None) -> DecodedImage:
     im = _open_checked(data, max_pixels, uri)
     fmt, mode = im.format, im.mode
+    full = im.size
+    target = reduced_size(*full, max_side) if max_side else full
+    box = None
+    if target != full and fmt == "JPEG":
+        # DCT-domain downscaling: the decoder returns at most 8x fewer pixels per side, still covering
+        # `target`; `box` is the original extent in those pixels (the last one may be partial).
+        drafted = im.draft(None, target)
+        box = drafted[1] if drafted else None
     try:
         if getattr(im, "n_frames", 1) > 1:
             im.seek(0)  # animated GIF / multi-page TIFF: the first frame
@@ -241,34 +326,50 @@ def decode_image(data: bytes, max_pixels: int, uri: str = "<bytes>") -> DecodedI
         raise ImageDecodeError(
             f"{uri}: corrupt or truncated {fmt or 'image'} data ({type(exc).__name__}: {exc})"
         ) from exc
-    oriented = False
-    try:
-        orientation = im.getexif().get(EXIF_ORIENTATION_TAG, 1)
-        if orientation not in (1, None):
-            im = ImageOps.exif_transpose(im)
-            oriented = True
-    except Exception as exc:  # a broken EXIF block should not lose an otherwise good image
-        log.warning("%s: ignoring unreadable EXIF orientation (%s: %s)", uri, type(exc).__name__, exc)
+    orientation = _orientation(im, uri)
     try:
         rgb = to_rgb(im)
     except Exception as exc:
         raise ImageDecodeError(
             f"{uri}: cannot convert mode {mode} to RGB ({type(exc).__name__}: {exc})"
         ) from exc
+    if rgb.size != target:
+        rgb = rgb.resize(target, Image.BILINEAR, box=box, reducing_gap=2.0)
+    transpose = ORIENTATION_TRANSPOSE.get(orientation)
+    if transpose is not None:
+        rgb = rgb.transpose(transpose)
     pixels = np.ascontiguousarray(np.asarray(rgb, dtype=np.uint8))
     if pixels.ndim != 3 or pixels.shape[2] != 3:
         raise ImageDecodeError(f"{uri}: decoded to unexpected shape {pixels.shape}")
-    return DecodedImage(pixels=pixels, format=fmt, source_mode=mode, oriented=oriented)
+    upright = full[::-1] if orientation in (5, 6, 7, 8) else full  # these four swap the axes
+    return DecodedImage(pixels=pixels, format=fmt, source_mode=mode, oriented=transpose is not None,
+                        full_size=upright)  # fmt: skip
 
 
-def load_image(uri: str, max_pixels: int, max_bytes: int = MAX_FILE_BYTES) -> tuple[DecodedImage, bytes]:
-    """Read and decode `uri`; returns the decoded image and the raw bytes (reused when storing it).
+def decode_image(
+    data: bytes, max_pixels: int, uri: str = "<bytes>", max_side: int | None = None
+) -> DecodedImage:
+    """Encoded bytes -> `DecodedImage`; raises `ImageDecodeError` / `ImageTooLargeError` naming `uri`.
+
+    With `max_side`, `pixels` is reduced to a longer side of at most `max_side` (see the module
+    docstring) and the full resolution is decoded from `data` again only if `full_pixels()` is called.
+    """
+    decoded = _decode(data, max_pixels, uri, max_side)
+    if decoded.reduced:
+        decoded._load_full = lambda: _decode(data, max_pixels, uri, None).pixels
+    return decoded
+
+
+def load_image(uri: str, max_pixels: int, max_bytes: int = MAX_FILE_BYTES,
+               max_side: int | None = None) -> tuple[DecodedImage, bytes]:  # fmt: skip
+    """Read and decode `uri` (reduced to `max_side` when given, see `decode_image`); returns the
+    decoded image and the raw bytes (reused when storing it).
 
     Special files and files over `max_bytes` are refused before reading, and an oversized header
     before the rest of the file is read (see `read_bytes`).
     """
     data = read_bytes(uri, max_bytes, max_pixels)
-    return decode_image(data, max_pixels, uri), data
+    return decode_image(data, max_pixels, uri, max_side), data
 
 
 def image_size(data: bytes, uri: str = "<bytes>", max_pixels: int | None = None) -> tuple[int, int]:
