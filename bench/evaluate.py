@@ -48,9 +48,9 @@ def _cache_report():
 def _warm(config, image):
     """Runs on a worker: build its cached detector and run it once on a photo with a person and a hand
     (a blank image would leave the landmark models, which run only after a detection, uninitialised)."""
-    from generation.evaluate.detect import detect_pixels, get_detector
+    from generation.evaluate.detect import get_detector
 
-    detect_pixels(get_detector(config), image)
+    get_detector(config).detect(image)
 
 
 def main(argv=None) -> dict:

@@ -294,14 +294,14 @@ def request_from_image(path: str, size: int | None, seed: int = 0, prompt: str |
     from prep.config import PrepConfig
     from prep.imageio import load_image
 
-    from .evaluate.detect import detect_pixels, get_detector
+    from .evaluate.detect import get_detector
 
     try:
         decoded, _ = load_image(path, PrepConfig().max_pixels)
     except Exception as exc:  # noqa: BLE001 - prep raises its own error types for unreadable images
         raise RequestError(f"{path}: cannot read the photo ({type(exc).__name__}: {exc})") from None
     image = decoded.pixels
-    hands, body = detect_pixels(annotator or get_detector(PrepConfig()), image)
+    hands, body = (annotator or get_detector(PrepConfig())).detect(image)
     if not hands and body is None:
         raise RequestError(f"{path}: no hands and no body pose detected; nothing to regenerate")
     h, w = image.shape[:2]
@@ -464,9 +464,7 @@ def is_done(out_dir: str, name: str) -> bool:
 
 
 def detect_for_overview(image: np.ndarray, annotator) -> tuple:
-    from .evaluate.detect import detect_pixels
-
-    hands, body = detect_pixels(annotator, image)
+    hands, body = annotator.detect(image)
     note = f"found {len(hands)} hands" + (" + body" if body is not None else "")
     return (None if body is None else body.keypoints, [h.keypoints for h in hands], note)
 

@@ -355,3 +355,53 @@ def test_hand_targets_read_only_the_selected_images(synthetic_manifest, monkeypa
             np.testing.assert_allclose(h.keypoints, r["keypoints"])
         assert boxes[image_id] == [list(r["crop_box"]) for r in rows]
     assert hand_targets(m, set()) == ({}, {})
+
+
+def test_real_images_hand_confidence_wrist_gap_and_evaluator_bias(eval_manifest, tmp_path):
+    """The manifest's photos scored by the annotator that made it: confident hands at the ends of the
+    arms, and the report says that the scoring detector is the annotator."""
+    from generation.evaluate import evaluate
+
+    r = evaluate(str(eval_manifest), "real", str(tmp_path / "r"), limit=4, split="all", progress=False)
+    hands = r["hands"]
+    assert 0.8 <= hands["mean_confidence"] <= 1.0 and hands["confidence_count"] == hands["predicted"] > 0
+    # MediaPipe Pose's wrist and MediaPipe Hands' wrist agree to a fraction of the hand on real photos.
+    assert 0.0 < hands["wrist_gap"] < 0.5 and hands["wrist_gap_count"] >= 1
+    assert hands["wrist_gap_count"] + hands["wrist_gap_unscored"] == hands["predicted"]
+    bias = [n for n in r["notes"] if n.startswith("evaluator bias: the scoring detector (mediapipe)")]
+    assert len(bias) == 1 and r["settings"]["evaluator_bias"] is True
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert f"  - {bias[0]}" in md and "| Hand conf. ↑ | Wrist gap ↓ |" in md
+
+
+def test_evaluation_detects_through_annotator_detect(eval_manifest, monkeypatch):
+    """`Annotator.detect` runs the body, then the hands given that body, timing both; evaluation's
+    detection is that very call."""
+    from generation.evaluate.detect import detect_unit, get_detector, load_real
+    from generation.evaluate.run import EvalConfig, _prep_config
+
+    m = open_manifest(str(eval_manifest))
+    config = _prep_config(m, EvalConfig())
+    annotator = get_detector(config)
+    row = m.read(
+        "images", ["image_id", "image", "image_width", "image_height", "width", "height"]
+    ).to_pylist()[0]
+    calls = []
+    body_detect, hands_detect = annotator.body.detect, annotator.hands.detect
+    monkeypatch.setattr(annotator.body, "detect", lambda im: calls.append("body") or body_detect(im))
+    monkeypatch.setattr(annotator.hands, "detect", lambda im, body, *more: calls.append(body) or hands_detect(im, body, *more))  # fmt: skip
+    before = dict(annotator.timings)
+    hands, body = annotator.detect(load_real(row))
+    # The body first, then the hands, whose wrist pass is given that very body.
+    assert len(calls) == 2 and calls[0] == "body" and calls[1] is body is not None and hands
+    assert annotator.timings["pose"] > before["pose"] and annotator.timings["hands"] > before["hands"]
+
+    calls.clear()
+    unit = next(
+        u for u, t in m.images.iter_row_groups(["image_id"]) if row["image_id"] in t["image_id"].to_pylist()
+    )
+    [det] = detect_unit(m.images, unit, [row["image_id"]], "real", config)
+    assert len(calls) == 2 and calls[0] == "body" and calls[1] is not None
+    scale = np.array([row["width"] / row["image_width"], row["height"] / row["image_height"]])
+    np.testing.assert_allclose(det.hands[0].keypoints[:, :2], hands[0].keypoints[:, :2] * scale, rtol=1e-6)
+    assert det.hands[0].confidence == pytest.approx(hands[0].handedness_score)

@@ -1,12 +1,21 @@
-"""Pose detection in images to evaluate, with prep's own annotator and prep's per-worker loading.
+"""Pose detection in images to evaluate: a registry of detectors, prep's annotators by default.
 
-The detector is `prep.annotate.Annotator` itself (prep's registry default, or the annotator the user
-names on the command line; never one named by a manifest, see `run._prep_config`), obtained through
-`prep.process.get_annotator` (the cache prep's Dask tasks use, so it is built once per worker process
-and never shipped through the scheduler), configured to detect (``keypoint_source="detect"``) and to
-make no masks. Detection
-calls its MediaPipe Pose and MediaPipe Hands detectors in the order `Annotator.annotate` does: the
-body first, then the hands with the wrist-guided second pass around the body's wrists.
+A detector (`DETECTORS`, chosen with ``--detector NAME``) is an object with a ``name``, a
+``description``, the prep ``annotator`` it runs (a `prep.process.ANNOTATORS` name or an explicit
+``module:Class``; None for a detector that is not a prep annotator) and ``load(prep_config)``, which
+returns this worker process's model: an object whose ``detect(image)`` maps (H, W, 3) uint8 RGB pixels
+to (hands, body), hands with ``keypoints`` (21, 3) in MediaPipe order, ``handedness`` and
+``handedness_score`` (the hand's detection confidence, or None), the body with MediaPipe Pose
+``keypoints`` (33, 3) ``[x, y, visibility]`` and a ``score`` (`prep.hands.Hand`, `prep.body.BodyPose`).
+The loaded model is built once per worker and never shipped through the scheduler; the detector entry
+itself travels with each task, so it must pickle (a frozen dataclass, say).
+
+Every prep annotator is a detector (`AnnotatorDetector`): `prep.annotate.Annotator.detect` through
+`prep.process.get_annotator` (the cache prep's Dask tasks use), configured to detect
+(``keypoint_source="detect"``) and to make no masks, so it runs the body and then the hands, with the
+wrist-guided second pass around the body's wrists, exactly as prep annotates. A detector is never one
+named by a manifest (see `run._prep_config`); a plug-in adds its entry to `DETECTORS` with
+`register_detector`, or names its annotator class on the command line (``--detect annotator=module:Class``).
 
 A task (`detect_unit`) is one row group of the manifest's images table, opened once by the caller
 (and scattered to the Dask workers once, not re-opened per task): it reads that row group itself (light columns, plus the stored `image` column when scoring the real images), opens the
@@ -20,7 +29,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -34,37 +42,66 @@ REAL = "real"
 GENERATED_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 
+DEFAULT_DETECTOR = "mediapipe"  # prep.process.DEFAULT_ANNOTATOR, the annotator prep uses by default
+
+
 def detector_config(config):
     """`config` (a PrepConfig) set to detect keypoints and skip masks: evaluation needs poses only."""
     return dataclasses.replace(config, keypoint_source="detect", mask_method="none")
 
 
+@dataclass(frozen=True)
+class AnnotatorDetector:
+    """A prep annotator (`prep.process.ANNOTATORS` name or explicit ``module:Class``) as a detector."""
+
+    annotator: str
+    description: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.annotator
+
+    def load(self, config):
+        """This worker's annotator for `config` (a PrepConfig), through prep's per-worker cache."""
+        from prep.process import get_annotator
+
+        return get_annotator(dataclasses.replace(detector_config(config), annotator=self.annotator))
+
+
+DESCRIPTIONS = {"mediapipe": "prep.annotate.Annotator: MediaPipe Pose, then MediaPipe Hands + wrist pass"}
+
+DETECTORS: dict = {}  # name -> detector; prep's annotators are added on first use (`detectors()`)
+
+
+def register_detector(detector) -> None:
+    """Make `detector` (see the module docstring for what it provides) choosable as ``--detector NAME``."""
+    DETECTORS[detector.name] = detector
+
+
+def detectors() -> dict:
+    """Every detector by name: prep's registered annotators, then the plug-ins."""
+    from prep.process import ANNOTATORS
+
+    for name in ANNOTATORS:
+        DETECTORS.setdefault(name, AnnotatorDetector(name, DESCRIPTIONS.get(name, f"prep annotator {name}")))
+    return DETECTORS
+
+
+def detector_names() -> tuple[str, ...]:
+    return tuple(sorted(detectors()))
+
+
 def get_detector(config):
-    """This worker's `prep.annotate.Annotator` for `config`, through prep's per-worker cache."""
-    from prep.process import get_annotator
-
-    return get_annotator(detector_config(config))
-
-
-def detect_pixels(annotator, image: np.ndarray):
-    """(H, W, 3) uint8 RGB -> (list of prep.hands.Hand, prep.body.BodyPose or None), image pixels.
-
-    Runs the annotator's detectors as `Annotator.annotate` does, timing them in its `timings`.
-    """
-    t0 = time.perf_counter()
-    body = annotator.body.detect(image) if annotator.body is not None else None
-    t1 = time.perf_counter()
-    hands = annotator.hands.detect(image, body)
-    annotator.timings["pose"] += t1 - t0
-    annotator.timings["hands"] += time.perf_counter() - t1
-    return hands, body
+    """This worker's detector model for `config`: the prep annotator it names (prep's cache)."""
+    return AnnotatorDetector(config.annotator).load(config)
 
 
 @dataclass
 class HandDetection:
     keypoints: np.ndarray  # (21, 3) [x, y, 1] in target-frame pixels
     handedness: str | None
-    score: float
+    score: float  # ranks the hand for OKS AP: its confidence, 1 when the detector gives none
+    confidence: float | None = None  # the detector's confidence in this hand, if it gives one
 
 
 @dataclass
@@ -120,13 +157,13 @@ def detect_image(
 ) -> ImageDetections:
     """Detect in one image and map the keypoints into the (W, H) `target_size` frame."""
     h, w = image.shape[:2]
-    hands, body = detect_pixels(annotator, image)
+    hands, body = annotator.detect(image)
     out = ImageDetections(image_id, size=(w, h), worker_pid=os.getpid())
     for hand in hands:
         kps = to_target_frame(hand.keypoints, (w, h), target_size)
         kps[:, 2] = 1.0
-        score = hand.handedness_score if hand.handedness_score is not None else 1.0
-        out.hands.append(HandDetection(kps, hand.handedness, float(score)))
+        conf = None if hand.handedness_score is None else float(hand.handedness_score)
+        out.hands.append(HandDetection(kps, hand.handedness, 1.0 if conf is None else conf, conf))
     if body is not None:
         out.body = to_target_frame(body.keypoints, (w, h), target_size)
         out.body_score = float(body.score)
@@ -136,20 +173,23 @@ def detect_image(
 LIGHT_COLUMNS = ["image_id", "width", "height", "image_width", "image_height"]
 
 
-def detect_unit(table, unit, image_ids: list[str], generated: str, config) -> list[ImageDetections]:
+def detect_unit(
+    table, unit, image_ids: list[str], generated: str, config, detector=None
+) -> list[ImageDetections]:
     """Detect in the images of one row group `unit` of the images `table` whose id is in `image_ids`.
 
     `table` is the opened images table (`manifests.reader.ManifestTable`; it pickles without its open
     files, so Dask ships it to a worker once), or a manifest path, which is opened (and every shard
     footer checked) on each call. `generated` is a folder of ``<image_id>.png`` files or "real" (the
     manifest's stored images). A file that cannot be read gives an `ImageDetections` with `error` set;
-    it never raises for one image.
+    it never raises for one image. `detector` is a `DETECTORS` entry (default: the prep annotator
+    `config` names).
     """
     if isinstance(table, (str, os.PathLike)):
         from manifests.reader import open_manifest
 
         table = open_manifest(str(table)).images
-    detector = get_detector(config)
+    model = (detector or AnnotatorDetector(config.annotator)).load(config)
     columns = LIGHT_COLUMNS + (["image"] if generated == REAL else [])
     wanted = set(image_ids)
     out = []
@@ -170,5 +210,5 @@ def detect_unit(table, unit, image_ids: list[str], generated: str, config) -> li
                 ImageDetections(image_id, error=f"{type(exc).__name__}: {exc}", worker_pid=os.getpid())
             )
             continue
-        out.append(detect_image(detector, image_id, image, (row["width"], row["height"])))
+        out.append(detect_image(model, image_id, image, (row["width"], row["height"])))
     return out

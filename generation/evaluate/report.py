@@ -1,7 +1,8 @@
 """report.json -> a paper-style Markdown table; several reports side by side (`--compare`).
 
-One row per method (a report's ``label``), one column per metric, the best value of each column in
-bold when there are several rows; counts, settings and the reasons for missing values follow the
+One row per method (a report's ``label``), the columns of every registered metric
+(`generation.evaluate.metrics`) in table order, the best value of each column in bold when there are
+several rows; counts, settings and the reasons for missing values follow the
 table as notes, so the table can be pasted into a paper or README as it is.
 """
 
@@ -9,37 +10,23 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+
+from .metrics import ordered
+from .registry import Column
 
 REPORT_KEYS = ("hands", "body", "fid", "kid", "fid_hands", "kid_hands", "clip_score", "reasons", "settings")
 POSE_KEYS = ("detected_share", "pck_0.1", "pck_0.2", "mean_error_px", "oks_ap", "count")
 
-
-@dataclass(frozen=True)
-class Column:
-    header: str
-    path: tuple[str, ...]  # keys into the report
-    higher_is_better: bool | None  # None: not ranked (counts)
-    fmt: str  # "pct" (x100, 1 decimal), "f1", "f2", "kid" (x1000, 2 decimals), "int"
-
-
-COLUMNS = [
-    Column("Hands det. % ↑", ("hands", "detected_share"), True, "pct"),
-    Column("Hand PCK@0.1 ↑", ("hands", "pck_0.1"), True, "pct"),
-    Column("Hand PCK@0.2 ↑", ("hands", "pck_0.2"), True, "pct"),
-    Column("Hand err. px ↓", ("hands", "mean_error_px"), False, "f1"),
-    Column("Hand OKS AP ↑", ("hands", "oks_ap"), True, "pct"),
-    Column("Body det. % ↑", ("body", "detected_share"), True, "pct"),
-    Column("Body PCK@0.2 ↑", ("body", "pck_0.2"), True, "pct"),
-    Column("Body OKS AP ↑", ("body", "oks_ap"), True, "pct"),
-    Column("FID ↓", ("fid",), False, "f2"),
-    Column("KID×10³ ↓", ("kid",), False, "kid"),
-    Column("FID-H ↓", ("fid_hands",), False, "f2"),
-    Column("KID-H×10³ ↓", ("kid_hands",), False, "kid"),
-    Column("CLIP ↑", ("clip_score",), True, "f2"),
+# Counts after the metrics' columns: not metrics, never ranked.
+COUNT_COLUMNS = (
     Column("Images", ("images", "evaluated"), None, "int"),
     Column("Hands", ("hands", "count"), None, "int"),
-]
+)
+
+
+def columns() -> list[Column]:
+    """Every table column: each registered metric's, in table order, then the counts."""
+    return [c for m in ordered() for c in m.columns] + list(COUNT_COLUMNS)
 
 
 def _get(report: dict, path: tuple[str, ...]):
@@ -49,18 +36,6 @@ def _get(report: dict, path: tuple[str, ...]):
             return None
         value = value[key]
     return value
-
-
-def _format(value, fmt: str) -> str:
-    if value is None:
-        return "–"
-    if fmt == "pct":
-        return f"{100 * value:.1f}"
-    if fmt == "kid":
-        return f"{1000 * value:.2f}"
-    if fmt == "int":
-        return str(int(value))
-    return f"{value:.{fmt[1:]}f}"
 
 
 def load_report(path: str) -> dict:
@@ -82,7 +57,7 @@ def load_report(path: str) -> dict:
 def markdown_table(reports: list[dict], title: str | None = None) -> str:
     """Paper-style Markdown: the table, then counts, settings and the reasons for '–' cells."""
     # Every column always, so tables of different runs line up; '–' cells are explained in the notes.
-    cols = COLUMNS
+    cols = columns()
     best = {}
     if len(reports) > 1:
         for c in cols:
@@ -99,20 +74,14 @@ def markdown_table(reports: list[dict], title: str | None = None) -> str:
         cells = []
         for c in cols:
             v = _get(r, c.path)
-            text = _format(v, c.fmt)
-            if v is not None and c.header in best and _format(best[c.header], c.fmt) == text:
+            text = c.format(v)
+            if v is not None and c.header in best and c.format(best[c.header]) == text:
                 text = f"**{text}**"
             cells.append(text)
         label = str(r.get("label", "?")).replace("|", "\\|")  # a '|' would split the Markdown cell
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines += ["", "Notes:", ""]
-    lines.append(
-        "- Pose: hands and bodies detected in each image with prep's MediaPipe detectors, matched to the "
-        "manifest's target poses (Hungarian, keypoint distance, handedness tie-break). PCK over matched "
-        "instances, threshold × the target's keypoint-box max side; OKS AP@[.5:.95] (pycocotools; "
-        "COCO-WholeBody hand sigmas, COCO-17 body sigmas). Body columns use the COCO-17 layout."
-    )
-    lines.append("- KID and KID-H ×10³; FID-H/KID-H on square hand crops from the target hands' crop boxes.")
+    lines += [f"- {m.legend}" for m in ordered() if m.legend]
     for r in reports:
         s = r.get("settings", {})
         im = r.get("images", {})
@@ -126,7 +95,7 @@ def markdown_table(reports: list[dict], title: str | None = None) -> str:
         if im.get("unreadable"):
             parts.append(f"{im['unreadable']} unreadable (scored as misses)")
         line = f"- **{r.get('label', '?')}**: " + ", ".join(parts)
-        settings = {k: s[k] for k in ("generated", "manifest", "split", "gate", "min_body_visibility", "inception", "clip")
+        settings = {k: s[k] for k in ("generated", "manifest", "split", "detector", "gate", "min_body_visibility", "inception", "clip")
                     if s.get(k) is not None}  # fmt: skip
         if settings:
             line += "; settings: " + ", ".join(f"{k}={v}" for k, v in settings.items())
@@ -148,9 +117,10 @@ def compare(paths: list[str], out: str, title: str | None = None) -> dict:
     md = markdown_table(reports, title or "Comparison")
     with open(os.path.join(out, "compare.md"), "w", encoding="utf-8") as f:
         f.write(md)
-    rows = [{"label": r.get("label"), "report": p, **{c.header: _get(r, c.path) for c in COLUMNS}}
+    cols = columns()
+    rows = [{"label": r.get("label"), "report": p, **{c.header: _get(r, c.path) for c in cols}}
             for r, p in zip(reports, paths)]  # fmt: skip
-    data = {"rows": rows, "columns": [c.header for c in COLUMNS]}
+    data = {"rows": rows, "columns": [c.header for c in cols]}
     with open(os.path.join(out, "compare.json"), "w", encoding="utf-8") as f:
         json.dump(data, f, indent=2)
     return {"markdown": md, **data}

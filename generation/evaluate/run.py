@@ -8,19 +8,19 @@ Steps:
    first `limit`, reading no row group past the one that fills it. With a generated folder, an image without ``<image_id>.png`` is *missing*: it is counted and left out of every
    metric, and the report says so. An unreadable generated file is scored as an image in which
    nothing was detected.
-2. **Detect** hands and bodies in each image with prep's annotator (`prep.annotate.Annotator`, loaded
-   once per worker through prep's own cache; see `detect`), one task per row group of the images table, in this process
-   or on Dask (`workers > 1` or a `scheduler`). The detection thresholds and switches are the ones the
-   manifest was made with (its ``_manifest.json`` config), overridable with `detection`; a manifest
-   never chooses the annotator or any other code, file or address (see `_prep_config`).
-3. **Match and score** with `manifests.matching` against the manifest's target hands (21 keypoints,
-   handedness) and bodies (MediaPipe 33 -> COCO 17; a target body keypoint counts when its visibility
-   is at least `min_body_visibility`).
-4. **Image quality** (only with the weights given): FID/KID between the generated images and the
-   manifest's stored real images, FID-H/KID-H on square hand crops cut at the target hands' crop boxes
-   from both, CLIP score of the generated images against the manifest captions. A metric that is not
-   computed is null, with the reason in ``reasons``.
-5. Write ``report.json``, ``report.md`` and ``per_image.jsonl`` to `out`.
+2. **Detect** hands and bodies in each image with the chosen detector (`detect.DETECTORS`; by default
+   prep's annotator `prep.annotate.Annotator`, loaded once per worker through prep's own cache), one
+   task per row group of the images table, in this process or on Dask (`workers > 1` or a
+   `scheduler`). The detection thresholds and switches are the ones the manifest was made with (its
+   ``_manifest.json`` config), overridable with `detection`; a manifest never chooses the detector or
+   any other code, file or address (see `_prep_config`). When the detector is the annotator the
+   manifest records, the report notes the evaluator bias.
+3. **Score** with the metric registry (`generation.evaluate.metrics`, one file per metric): the
+   ``detections`` metrics get each image's detections and targets (pose accuracy against the
+   manifest's hands and bodies, hand confidence, wrist gap); then, when some ``pixels`` metric has its
+   weights, one pass over the real and generated pixels feeds them (FID/KID, FID-H/KID-H on hand
+   crops, CLIP score). A metric that is not computed is null, with the reason in ``reasons``.
+4. Write ``report.json``, ``report.md`` and ``per_image.jsonl`` to `out`.
 """
 
 from __future__ import annotations
@@ -35,12 +35,25 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from manifests.matching import Instance, MatchConfig, PoseScorer, mediapipe33_to_coco17
+from manifests.matching import Instance, MatchConfig
 from manifests.names import UnsafeNameError
 from manifests.settings import SettingError, Settings, setting
 
 from ..selection import DEFAULT_SPLIT, SelectionError, iter_selected, nothing_selected
-from .detect import REAL, ImageDetections, detect_unit, find_generated, load_generated, load_real
+from .detect import (
+    DEFAULT_DETECTOR,
+    REAL,
+    AnnotatorDetector,
+    ImageDetections,
+    detect_unit,
+    detector_names,
+    detectors,
+    find_generated,
+    load_generated,
+    load_real,
+)
+from .metrics import ordered
+from .registry import WEIGHTS, Context, MetricUnavailable, PixelSample, PoseSample, merge
 from .report import markdown_table
 
 logger = logging.getLogger(__name__)
@@ -71,6 +84,12 @@ class EvalConfig(Settings):
         ge=1,
     )
     # Detection
+    detector: str = setting(
+        DEFAULT_DETECTOR,
+        "detector that scores the images (generation.evaluate.detect.DETECTORS; default: prep's MediaPipe "
+        "annotator)",
+        choices=detector_names,
+    )
     detection: dict = setting(
         default_factory=dict,
         help="prep detection setting overrides (thresholds, wrist_refine, ...); the CLI's --detect KEY=VALUE",
@@ -142,25 +161,6 @@ def hand_targets(
     return hands, boxes
 
 
-def body_target(keypoints, min_visibility: float) -> list[Instance]:
-    if keypoints is None:
-        return []
-    coco = mediapipe33_to_coco17(np.asarray(keypoints, dtype=np.float64))
-    return [Instance(coco, valid=coco[:, 2] >= min_visibility)]
-
-
-def hand_predictions(det: ImageDetections) -> list[Instance]:
-    return [Instance(h.keypoints, h.handedness, h.score) for h in det.hands]
-
-
-def body_predictions(det: ImageDetections) -> list[Instance]:
-    if det.body is None:
-        return []
-    coco = mediapipe33_to_coco17(det.body)
-    # Every predicted keypoint is a position (MediaPipe always places all 33); validity is the target's.
-    return [Instance(coco, score=det.body_score or 1.0, valid=np.ones(17, bool))]
-
-
 # ----------------------------------------------------------------------------------------------------
 # Detection
 
@@ -199,14 +199,56 @@ def _progress(total: int, desc: str, enabled: bool):
     return tqdm(total=total, unit="img", desc=desc, disable=not enabled, smoothing=0.1)
 
 
-def run_detection(manifest, plan, generated: str, prep_config, config: EvalConfig) -> list[ImageDetections]:
+def choose_detector(config: EvalConfig):
+    """The detector entry: ``--detector NAME``, or the prep annotator ``--detect annotator=...`` names.
+
+    Both come from the user, never from a manifest. Naming two different detectors is an error.
+    """
+    named = config.detection.get("annotator")
+    if named is None or named == config.detector:
+        return detectors()[config.detector]
+    if config.detector != DEFAULT_DETECTOR:
+        raise ValueError(
+            f"two detectors named: --detector {config.detector} and --detect annotator={named}; give one"
+        )
+    return detectors().get(named) or AnnotatorDetector(str(named), f"prep annotator {named}")
+
+
+def evaluator_bias(manifest, detector) -> str | None:
+    """The note for a report whose detector is the annotator that made the manifest's targets, or None.
+
+    The manifest's recorded ``annotator`` and ``keypoint_source`` are compared as strings, after
+    mapping registry names to their ``module:Class`` (`prep.process.ANNOTATORS`); nothing they name
+    is imported.
+    """
+    from prep.process import ANNOTATORS
+
+    ours = getattr(detector, "annotator", None)
+    theirs = manifest.config.get("annotator")
+    if ours is None or not isinstance(theirs, str):
+        return None
+    if ANNOTATORS.get(ours, ours) != ANNOTATORS.get(theirs, theirs):
+        return None
+    made = "target poses"
+    if manifest.config.get("keypoint_source") == "annotation":
+        made = "target bodies (its hands come from the dataset's keypoints where it had them)"
+    return (
+        f"evaluator bias: the scoring detector ({detector.name}) is the annotator that made this manifest's "
+        f"{made}, so the pose columns favour what it finds easy; score with another --detector for an "
+        "independent view"
+    )
+
+
+def run_detection(
+    manifest, plan, generated: str, prep_config, config: EvalConfig, detector=None
+) -> list[ImageDetections]:
     """Detect in every planned image; `plan` is [(unit, [image_id, ...]), ...]. Dask when asked for."""
     total = sum(len(ids) for _, ids in plan)
     results: list[ImageDetections] = []
     with _progress(total, "detect", config.progress) as bar:
         if config.workers <= 1 and not config.scheduler:
             for unit, ids in plan:
-                part = detect_unit(manifest.images, unit, ids, generated, prep_config)
+                part = detect_unit(manifest.images, unit, ids, generated, prep_config, detector)
                 results += part
                 bar.update(len(part))
             return results
@@ -218,118 +260,13 @@ def run_detection(manifest, plan, generated: str, prep_config, config: EvalConfi
             logger.info("Dask scheduler %s, dashboard %s", client.scheduler.address, client.dashboard_link)
             # The opened table (shard list, row groups) goes to every worker once, not with every task.
             [table] = client.scatter([manifest.images], broadcast=True, hash=False)
-            futures = [client.submit(detect_unit, table, unit, ids, generated, prep_config, pure=False,
+            futures = [client.submit(detect_unit, table, unit, ids, generated, prep_config, detector, pure=False,
                                      retries=prep_config.retries) for unit, ids in plan]  # fmt: skip
             for fut in as_completed(futures):
                 part = fut.result()
                 results += part
                 bar.update(len(part))
     return results
-
-
-# ----------------------------------------------------------------------------------------------------
-# Image quality
-
-
-def _crop(image: np.ndarray, box, frame: tuple[int, int], size: int) -> np.ndarray:
-    """Cut `box` ([x0, y0, x1, y1] in target-frame pixels) out of `image` (any size showing the frame)."""
-    from PIL import Image
-
-    h, w = image.shape[:2]
-    sx, sy = w / frame[0], h / frame[1]
-    x0, y0, x1, y1 = box
-    return np.asarray(Image.fromarray(image).transform((size, size), Image.EXTENT, (x0 * sx, y0 * sy, x1 * sx, y1 * sy),
-                                                       resample=Image.BILINEAR, fillcolor=0))  # fmt: skip
-
-
-class QualityPass:
-    """FID/KID on images and hand crops, and the CLIP score, accumulated batch by batch."""
-
-    def __init__(self, config: EvalConfig, reasons: dict):
-        from .quality import DistributionDistance, KIDSettings, load_inception
-
-        self.config = config
-        self.reasons = reasons
-        self.full = self.hands = self.clip = None
-        kid = KIDSettings(subsets=config.kid_subsets, subset_size=config.kid_subset_size)
-        if config.inception:
-            net = load_inception(config.inception, config.device)
-            self.full = DistributionDistance(net, net.num_features, kid=kid, device=config.device)
-            self.hands = DistributionDistance(net, net.num_features, kid=kid, device=config.device)
-        else:
-            why = "no Inception weights given (--inception PATH to a local FID InceptionV3 .pth)"
-            for key in ("fid", "kid", "fid_hands", "kid_hands"):
-                reasons[key] = why
-        if config.clip:
-            from .clip_score import ClipScorer
-
-            self.clip = ClipScorer(config.clip, config.device)
-        else:
-            reasons["clip_score"] = "no CLIP checkpoint given (--clip PATH to a local CLIP model folder)"
-        self.clip_scores: list[float] = []
-        self.no_caption = 0
-        self._batch: list[tuple] = []
-
-    @property
-    def active(self) -> bool:
-        return self.full is not None or self.clip is not None
-
-    def add(self, real: np.ndarray, fake: np.ndarray, frame: tuple[int, int], boxes, caption: str | None):
-        self._batch.append((real, fake, frame, boxes, caption))
-        if len(self._batch) >= self.config.batch_size:
-            self.flush()
-
-    def flush(self):
-        batch, self._batch = self._batch, []
-        if not batch:
-            return
-        if self.full is not None:
-            # generated = real passes the same arrays on both sides: extract their features once.
-            same = all(b[0] is b[1] for b in batch)
-            self._both(self.full, [b[0] for b in batch], [b[1] for b in batch], same)
-            size = self.config.hand_crop_size
-            real_crops = [_crop(b[0], box, b[2], size) for b in batch for box in b[3]]
-            fake_crops = real_crops if same else [_crop(b[1], box, b[2], size) for b in batch for box in b[3]]
-            step = self.config.batch_size
-            for i in range(0, len(real_crops), step):
-                self._both(self.hands, real_crops[i : i + step], fake_crops[i : i + step], same)
-        if self.clip is not None:
-            with_text = [(b[1], b[4]) for b in batch if b[4]]
-            self.no_caption += len(batch) - len(with_text)
-            if with_text:
-                self.clip_scores += self.clip.scores(
-                    [t[0] for t in with_text], [t[1] for t in with_text]
-                ).tolist()
-
-    @staticmethod
-    def _both(dd, real: list[np.ndarray], fake: list[np.ndarray], same: bool) -> None:
-        feats = dd.features(real)
-        dd.update_features(feats, real=True)
-        dd.update_features(feats if same else dd.features(fake), real=False)
-
-    def results(self) -> dict:
-        self.flush()
-        out = {"fid": None, "kid": None, "kid_std": None, "fid_hands": None, "kid_hands": None, "kid_hands_std": None,
-               "clip_score": None}  # fmt: skip
-        for name, dd, suffix in (("images", self.full, ""), ("hand crops", self.hands, "_hands")):
-            if dd is None:
-                continue
-            try:
-                r = dd.compute(seed=self.config.seed)
-            except ValueError as exc:
-                self.reasons[f"fid{suffix}"] = self.reasons[f"kid{suffix}"] = f"{name}: {exc}"
-                continue
-            out[f"fid{suffix}"], out[f"kid{suffix}"], out[f"kid{suffix}_std"] = (
-                r["fid"],
-                r["kid"],
-                r["kid_std"],
-            )
-        if self.clip is not None:
-            if self.clip_scores:
-                out["clip_score"] = float(np.mean(self.clip_scores))
-            else:
-                self.reasons["clip_score"] = "no evaluated image has a caption"
-        return out
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -366,7 +303,51 @@ def _plan(manifest, config: EvalConfig, generated: str):
     return plan, rows, missing
 
 
-def _quality_pass(manifest, plan, rows, boxes, generated: str, quality: QualityPass, config: EvalConfig):
+# ----------------------------------------------------------------------------------------------------
+# Metrics
+
+
+def start_metrics(config: EvalConfig, generated: str, reasons: dict) -> tuple[Context, list, list]:
+    """(context, [(metric, accumulator)] to run, [metric] left out for want of weights).
+
+    Loads each weights file that a metric needs once, before any image is read, so that a bad path
+    fails before the long passes; a metric whose weights were not given has its reasons set here.
+    """
+    metrics = ordered()
+    ctx = Context(config, generated)
+    for key in dict.fromkeys(m.weights for m in metrics if m.weights):
+        path = getattr(config, key)
+        if path:
+            ctx.models[key] = WEIGHTS[key].load(path, config.device)
+    active, skipped = [], []
+    for m in metrics:
+        if m.weights and m.weights not in ctx.models:
+            skipped.append(m)
+            reasons.update(dict.fromkeys((c.key for c in m.columns), WEIGHTS[m.weights].missing))
+        else:
+            active.append((m, m.make(ctx)))
+    return ctx, active, skipped
+
+
+def metric_results(active: list, skipped: list, reasons: dict) -> dict:
+    """The report entries of every metric, in table order; a metric without a value reports its nulls."""
+    out: dict = {}
+    for metric, acc in sorted([(m, a) for m, a in active] + [(m, None) for m in skipped],
+                              key=lambda p: (p[0].order, p[0].name)):  # fmt: skip
+        if acc is None:
+            merge(out, metric.null)
+            continue
+        try:
+            merge(out, acc.result())
+        except MetricUnavailable as exc:
+            merge(out, metric.null)
+            merge(out, exc.entries)
+            reasons.update(dict.fromkeys((c.key for c in metric.columns), str(exc)))
+    return out
+
+
+def _pixel_pass(manifest, plan, rows, boxes, generated: str, metrics: list, config: EvalConfig):
+    """Feed each evaluated image's real and generated pixels to the ``pixels`` metrics."""
     total = sum(len(ids) for _, ids in plan)
     with _progress(total, "quality", config.progress) as bar:
         for unit, ids in plan:
@@ -386,13 +367,10 @@ def _quality_pass(manifest, plan, rows, boxes, generated: str, quality: QualityP
                         logger.warning("quality pass skips %s: %s", row["image_id"], exc)
                         bar.update(1)
                         continue
-                quality.add(
-                    real,
-                    fake,
-                    (info["width"], info["height"]),
-                    boxes.get(row["image_id"], []),
-                    info["caption"],
-                )
+                sample = PixelSample(row["image_id"], real, fake, (info["width"], info["height"]),
+                                     boxes.get(row["image_id"], []), info["caption"])  # fmt: skip
+                for _, acc in metrics:
+                    acc.update(sample)
                 bar.update(1)
 
 
@@ -410,9 +388,13 @@ def evaluate(manifest: str, generated: str, out: str, config: EvalConfig | None 
     t_start = time.perf_counter()
     m = open_manifest(manifest)
     prep_config = _prep_config(m, config)
-    reasons: dict[str, str] = {}  # metric -> why it is null
-    notes: list[str] = []
-    quality = QualityPass(config, reasons)  # loads the weights first: a bad path fails before the long pass
+    detector = choose_detector(config)
+    reasons: dict[str, str] = {}  # metric column -> why it is null
+    ctx, active, skipped = start_metrics(config, generated, reasons)
+    notes = ctx.notes
+    bias = evaluator_bias(m, detector)
+    if bias:
+        notes.append(bias)
 
     plan, rows, missing = _plan(m, config, generated)
     if not rows:
@@ -425,11 +407,11 @@ def evaluate(manifest: str, generated: str, out: str, config: EvalConfig | None 
     targets, boxes = hand_targets(m, set(rows))
 
     t0 = time.perf_counter()
-    detections = run_detection(m, plan, generated, prep_config, config)
+    detections = run_detection(m, plan, generated, prep_config, config, detector)
     detect_s = time.perf_counter() - t0
 
-    hands = PoseScorer("hand", config=config.match)
-    body = PoseScorer("body", config=config.match)
+    on_detections = [(mt, acc) for mt, acc in active if mt.source == "detections"]
+    on_pixels = [(mt, acc) for mt, acc in active if mt.source == "pixels"]
     per_image, unreadable, stretched = [], [], []
     for det in sorted(detections, key=lambda d: d.image_id):
         row = rows[det.image_id]
@@ -437,39 +419,25 @@ def evaluate(manifest: str, generated: str, out: str, config: EvalConfig | None 
             unreadable.append(det.image_id)
         elif abs(det.size[0] / det.size[1] * row["height"] / row["width"] - 1.0) > ASPECT_TOLERANCE:
             stretched.append(det.image_id)
-        h = hands.add(det.image_id, hand_predictions(det), targets[det.image_id])
-        b = body.add(
-            det.image_id,
-            body_predictions(det),
-            body_target(row["body_keypoints"], config.min_body_visibility),
-        )
-        per_image.append({"image_id": det.image_id, "target_hands": h.num_targets, "detected_hands": h.num_preds,
-                          "matched_hands": len(h.pairs), "target_body": b.num_targets, "detected_body": b.num_preds,
-                          "matched_body": len(b.pairs), "error": det.error})  # fmt: skip
-
-    t1 = time.perf_counter()
-    metrics = {"fid": None, "kid": None, "kid_std": None, "fid_hands": None, "kid_hands": None,
-               "kid_hands_std": None, "clip_score": None}  # fmt: skip
-    if quality.active:
-        _quality_pass(m, plan, rows, boxes, generated, quality, config)
-        metrics = quality.results()
-        if generated == REAL and quality.full is not None:
-            notes.append(
-                "generated = real: FID/KID compare the real images with themselves (0 by construction)"
-            )
-    quality_s = time.perf_counter() - t1
+        sample = PoseSample(det.image_id, det, targets[det.image_id], row["body_keypoints"])
+        record = {"image_id": det.image_id}
+        for _, acc in on_detections:
+            record.update(acc.update(sample) or {})
+        per_image.append({**record, "error": det.error})
     if stretched:
         notes.append(f"{len(stretched)} generated images differ from their target frame's aspect ratio by more than "
                      f"{100 * ASPECT_TOLERANCE:.0f}%; their keypoints were rescaled per axis (e.g. {stretched[:3]})")  # fmt: skip
-    if quality.no_caption:
-        notes.append(f"{quality.no_caption} images without a caption were left out of the CLIP score")
+
+    t1 = time.perf_counter()
+    if on_pixels:
+        _pixel_pass(m, plan, rows, boxes, generated, on_pixels, config)
+    results = metric_results(active, skipped, reasons)
+    quality_s = time.perf_counter() - t1
 
     label = config.label or (REAL if generated == REAL else os.path.basename(os.path.normpath(generated)))
     report = {
         "label": label,
-        "hands": hands.result(),
-        "body": body.result(),
-        **metrics,
+        **results,
         "reasons": reasons,
         "notes": notes,
         "images": {"evaluated": len(rows), "missing": len(missing), "unreadable": len(unreadable)},
@@ -494,7 +462,10 @@ def evaluate(manifest: str, generated: str, out: str, config: EvalConfig | None 
             },
             "body_layout": "COCO-17 from MediaPipe Pose 33",
             "hand_sigmas": "COCO-WholeBody hand",
-            "detector": "prep.annotate.Annotator: MediaPipe Pose, then MediaPipe Hands + wrist pass",
+            "detector": detector.name,
+            "detector_description": detector.description,
+            "evaluator_bias": bias is not None,
+            "metrics": [mt.name for mt, _ in active],
         },  # fmt: skip
         "timing": {
             "detect_s": round(detect_s, 3),
