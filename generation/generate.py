@@ -115,7 +115,8 @@ class GenerateSettings(Settings):
     gesture: str | None = setting(None, "gesture label for the default captions (e.g. peace, palm)")
     size: int | None = setting(
         None,
-        "manifest rows and photos: longer output side in px (default: the body model's training size)",
+        "manifest rows and photos: longer output side in px (default: manifest rows whole at the body model's "
+        "training scale, see docs/fidelity.md 'Framing'; photos at longer side its training size)",
         ge=8,
         le=8192,
     )
@@ -176,8 +177,14 @@ def requests_from_specs(paths: list[str]) -> list[Request]:
     return out
 
 
-def output_size(width: int, height: int, longest: int) -> tuple[int, int]:
-    """(w, h) with the longer side `longest` and the aspect ratio kept."""
+def output_size(width: int, height: int, longest: int, fit: str | None = None) -> tuple[int, int]:
+    """(w, h) of a (width, height) frame, the aspect ratio kept: with the longer side `longest`, or, with
+    `fit` (the body model's training framing), at the scale the body trainer sees the frame in its
+    `longest` x `longest` square (`manifests.transforms.frame_at_training_scale`)."""
+    if fit is not None:
+        from manifests.transforms import frame_at_training_scale
+
+        return frame_at_training_scale(width, height, longest, fit)
     scale = longest / float(max(width, height))
     return max(8, int(round(width * scale))), max(8, int(round(height * scale)))
 
@@ -195,13 +202,13 @@ def _scaled(kps, sx: float, sy: float, width: int, height: int) -> np.ndarray:
 
 
 def _spec_from_pose(
-    name: str, frame: tuple[int, int], size: int, body, hands, prompt: str, seed: int
+    name: str, frame: tuple[int, int], size: int, body, hands, prompt: str, seed: int, fit: str | None = None
 ) -> tuple[PoseSpec, list[int]]:
-    """A PoseSpec of `size` longer side from keypoints in a (W, H) `frame`; hands = [(side, (21, 3))].
+    """A PoseSpec of `output_size(*frame, size, fit)` from keypoints in a (W, H) `frame`; hands = [(side, (21, 3))].
 
     Returns the spec and the indices of the hands it kept (a hand with no point on the canvas is
     dropped). A hand without a known side is taken as a right hand."""
-    w, h = output_size(frame[0], frame[1], size)
+    w, h = output_size(frame[0], frame[1], size, fit)
     sx, sy = w / float(frame[0]), h / float(frame[1])
     body_obj = None
     if body is not None:
@@ -227,12 +234,15 @@ def requests_from_manifest(
     split: str | None = DEFAULT_SPLIT,
     limit: int | None = None,
     seed: int = 0,
+    fit: str | None = None,
 ) -> list[Request]:
     """One request per images row: the given `image_ids` (each must exist), else the ``ok`` rows of
     `split` ("all" or None: every split) in manifest order, the first `limit` of them, selected by
     `generation.selection` exactly as `handfirst-gen evaluate` selects them. Poses are scaled from the
-    original frame to an output of `size` longer side; the stage-1 captions are the manifest's hand
-    captions, the prompt its image caption."""
+    original frame to the whole frame at `output_size(W, H, size, fit)`: with `fit` (the body model's
+    training framing, `size` its training side) at the scale the body trainer saw such a frame, so hands
+    are as large as in training; without, at longer side `size`. The stage-1 captions are the
+    manifest's hand captions, the prompt its image caption."""
     import pyarrow.dataset as pads
 
     from manifests.decode import body_keypoints, hand_keypoints
@@ -273,7 +283,7 @@ def requests_from_manifest(
         hands = [(hr["handedness"], hand_keypoints(hr)) for hr in by_image.get(image_id, [])]
         try:
             spec, kept = _spec_from_pose(image_id, (row["width"], row["height"]), size, body, hands,
-                                         row["caption"] or "a photo of a person", seed)  # fmt: skip
+                                         row["caption"] or "a photo of a person", seed, fit)  # fmt: skip
         except SpecError as exc:
             raise RequestError(f"{m.url}: image {image_id}: {exc}") from None
         captions = [by_image[image_id][k]["caption"] or "" for k in kept]
@@ -282,6 +292,7 @@ def requests_from_manifest(
             "manifest": m.url,
             "image_id": image_id,
             "frame": [row["width"], row["height"]],
+            "framing": {"side": size, "fit": fit},
         }
         out.append(Request(spec, source, hand_prompts=captions))
     return out

@@ -117,3 +117,25 @@ class FitTransform:
         for name, pts in (points or {}).items():
             out[name] = None if pts is None else self.points(pts)
         return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Framing: how large stage 2 sees a frame, in training and in generation
+
+
+def training_scale(frame_w: int, frame_h: int, side: int, fit: str = "cover") -> float:
+    """Canvas pixels per frame pixel when `train-body` fits a (frame_w, frame_h) image to its
+    side x side training square with `fit`: ``side / min(w, h)`` for cover, ``side / max(w, h)``
+    for contain. This is the one rule of the scale at which stage 2 sees people and hands."""
+    return FitTransform.fit(frame_w, frame_h, side, side, fit).scale
+
+
+def frame_at_training_scale(frame_w: int, frame_h: int, side: int, fit: str = "cover") -> tuple[int, int]:
+    """(w, h) of the whole frame drawn at `training_scale`: what ``generate --from-manifest`` draws, so
+    a hand there has the size in pixels it has in the trainer's crops.
+
+    With cover the training crop keeps the frame's shorter side whole, so the drawn frame's shorter
+    side is `side` and its longer side extends past the square by the aspect ratio (the part of the
+    frame a cover crop would cut off); with contain it is the frame at longer side `side`."""
+    s = training_scale(frame_w, frame_h, side, fit)
+    return max(8, int(round(frame_w * s))), max(8, int(round(frame_h * s)))

@@ -90,9 +90,16 @@ def _requests(args, settings, pipe_size: int):
     if args.spec:
         return requests_from_specs(args.spec), None, []
     if args.from_manifest:
+        from ..training.body_config import training_fit
+
+        # Without --size, rows are drawn whole at the scale the body model was trained at, so hands are as
+        # large as in its training crops (docs/fidelity.md, "Framing"); --size is the longer side.
         size = pipe_size if settings.size is None else settings.size
+        fit = training_fit(args.body_model) if settings.size is None else None
         return (
-            requests_from_manifest(args.from_manifest, args.image_id, size, args.split, args.limit, seed),
+            requests_from_manifest(
+                args.from_manifest, args.image_id, size, args.split, args.limit, seed, fit
+            ),
             None,
             [],
         )

@@ -130,3 +130,19 @@ class BodyTrainConfig(TrainConfig):
         if self.base_kind == "inpainting" and not {"hands", "mask"} <= set(self.condition_channels):
             raise SettingError("--base-kind inpainting needs the 'hands' and 'mask' condition channels")
         return self
+
+
+def training_fit(run: str) -> str:
+    """The `fit` a train-body run folder trained with (its config.json), so generation can draw frames
+    at the same scale (`manifests.transforms.training_scale`); train-body's default when the folder
+    records none (a pipeline saved by other means)."""
+    import json
+    import os
+
+    declared = BodyTrainConfig.__dataclass_fields__["fit"]
+    try:
+        with open(os.path.join(run, "config.json"), encoding="utf-8") as f:
+            fit = json.load(f)["config"]["fit"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return declared.default
+    return fit if fit in declared.metadata["choices"] else declared.default
