@@ -33,8 +33,15 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from manifests.geometry import CropBox, keypoint_bbox, paste_crop, square_crop_box
-from manifests.pose import BODY_FORMATS, HAND_EDGES
+from manifests.geometry import (
+    CropBox,
+    hand_silhouette,
+    keypoint_bbox,
+    keypoint_coverage,
+    paste_crop,
+    square_crop_box,
+)
+from manifests.pose import BODY_FORMATS
 from manifests.schema import NUM_HAND_KEYPOINTS
 
 from .blending import BlendConfig, blend_latents, keep_mask, mask_to_latent
@@ -91,33 +98,17 @@ SMALL_HAND_POLICIES = ("skip", "refuse")
 HAND_ENCODINGS = ("windows", "canvas")
 
 
-def keypoint_coverage(mask: np.ndarray, keypoints: np.ndarray) -> float:
-    """Share of the visible (21, 3) crop keypoints that fall on the (S, S) bool mask (3x3 neighbourhood,
-    since fingertips sit on the mask's border)."""
-    kps = _visible(keypoints)
-    grown = cv2.dilate(mask.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
-    h, w = grown.shape
-    xs = np.clip(np.floor(kps[:, 0]).astype(int), 0, w - 1)
-    ys = np.clip(np.floor(kps[:, 1]).astype(int), 0, h - 1)
-    return float(grown[ys, xs].mean())
-
-
 def skeleton_mask(keypoints: np.ndarray, size: int) -> np.ndarray:
-    """An (S, S) bool hand mask drawn from (21, 3) crop keypoints: the bones as thick strokes (9% of the
-    hand's extent, as the synthetic manifest draws hands) plus the palm's convex hull."""
-    kps = _visible(keypoints)
-    x0, y0, x1, y1 = keypoint_bbox(kps)
-    width = max(2, int(round(0.09 * max(x1 - x0, y1 - y0))))
-    mask = np.zeros((size, size), np.uint8)
-    pts = np.round(np.asarray(keypoints)[:, :2]).astype(np.int32)
-    valid = np.asarray(keypoints)[:, 2] > 0
-    for a, b in HAND_EDGES:
-        if valid[a] and valid[b]:
-            cv2.line(mask, tuple(int(v) for v in pts[a]), tuple(int(v) for v in pts[b]), 255, width)
-    palm = [i for i in (0, 1, 5, 9, 13, 17) if valid[i]]
-    if len(palm) >= 3:
-        cv2.fillConvexPoly(mask, cv2.convexHull(pts[palm]), 255)
-    return mask > 0
+    """An (S, S) bool hand mask drawn from (21, 3) crop keypoints (`manifests.geometry.hand_silhouette`),
+    with bones 9% of the visible hand's extent thick, as the synthetic manifest draws hands."""
+    x0, y0, x1, y1 = keypoint_bbox(_visible(keypoints))
+    return hand_silhouette(keypoints, (size, size), max(2, int(round(0.09 * max(x1 - x0, y1 - y0)))))
+
+
+def mask_coverage(mask: np.ndarray, keypoints: np.ndarray) -> float:
+    """Share of the visible crop keypoints on the stage-1 mask, grown by one pixel since fingertips sit
+    on its border; a keypoint past the crop is looked up at the border."""
+    return keypoint_coverage(mask, keypoints, grow=1, outside="clip")
 
 
 # What to do with a stage-1 mask that misses the hand (fewer than `min_mask_coverage` of its keypoints
@@ -718,7 +709,7 @@ class TwoStageHandBodyPipeline(DiffusionPipeline):
         mask_sources = []
         fallback = MASK_FALLBACKS[mask_fallback]
         for k, p in enumerate(placed):
-            if fallback is not None and keypoint_coverage(hand_masks[k], p.crop_keypoints) < min_mask_coverage:
+            if fallback is not None and mask_coverage(hand_masks[k], p.crop_keypoints) < min_mask_coverage:
                 hand_masks[k] = fallback(hand_masks[k], p.crop_keypoints, crop_size)
                 mask_sources.append(mask_fallback)
             else:

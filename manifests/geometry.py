@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from .pose import HAND_EDGES
+
 # Gaussian sigma of the keypoint heatmaps, in heatmap pixels: prep's default and the fallback of every
 # reader of a manifest that does not record its own.
 DEFAULT_SIGMA = 1.5
@@ -110,7 +112,9 @@ def paste_crop(
     return placed, coverage
 
 
-def render_heatmap(points: np.ndarray, crop_size: int, heatmap_size: int, sigma: float = DEFAULT_SIGMA) -> np.ndarray:
+def render_heatmap(
+    points: np.ndarray, crop_size: int, heatmap_size: int, sigma: float = DEFAULT_SIGMA
+) -> np.ndarray:
     """Gaussian heatmaps for (K, >=2) crop-pixel keypoints -> (K, heatmap_size, heatmap_size) float32.
 
     Each channel peaks at 1.0 at the keypoint (pixel centres at integer + 0.5 in crop space are
@@ -136,3 +140,66 @@ def heatmap_peaks(heatmap: np.ndarray, crop_size: int) -> np.ndarray:
     flat = heatmap.reshape(k, -1).argmax(axis=1)
     ys, xs = np.divmod(flat, w)
     return np.stack([(xs + 0.5) * crop_size / w, (ys + 0.5) * crop_size / h], axis=1)
+
+
+# The palm of a 21-keypoint hand: wrist, thumb base and the four finger bases, whose convex hull is
+# inside the hand in any pose.
+PALM = (0, 1, 5, 9, 13, 17)
+
+
+def _visible_points(keypoints: np.ndarray) -> np.ndarray:
+    """(N, 2) pixel points of the keypoints with score > 0 (all of them without a score column)."""
+    pts = np.asarray(keypoints, dtype=np.float64)
+    return pts[pts[:, 2] > 0, :2] if pts.shape[1] > 2 else pts[:, :2]
+
+
+def keypoint_coverage(mask: np.ndarray, keypoints: np.ndarray, grow: int = 0, outside: str = "miss") -> float:
+    """Share of the visible keypoints that fall on True pixels of the (H, W) `mask`.
+
+    keypoints: (N, 2) or (N, 3) pixels of the mask's frame; with a score column only score > 0
+    counts. `grow`: the mask is first dilated by a (2 * grow + 1)^2 square, for points that sit on
+    its rim (fingertips). `outside`: a point off the frame is a miss ("miss"), or is looked up at the
+    nearest border pixel ("clip"). No visible point: 0.0.
+    """
+    pts = _visible_points(keypoints)
+    if len(pts) == 0:
+        return 0.0
+    m = np.asarray(mask) > 0
+    if grow > 0:
+        import cv2  # only here: reading a manifest must not import cv2
+
+        m = cv2.dilate(m.astype(np.uint8), np.ones((2 * grow + 1, 2 * grow + 1), np.uint8)) > 0
+    h, w = m.shape
+    xi, yi = np.floor(pts[:, 0]).astype(int), np.floor(pts[:, 1]).astype(int)
+    if outside == "clip":
+        return float(m[np.clip(yi, 0, h - 1), np.clip(xi, 0, w - 1)].mean())
+    if outside != "miss":
+        raise ValueError(f"outside must be 'miss' or 'clip', got {outside!r}")
+    inside = (xi >= 0) & (xi < w) & (yi >= 0) & (yi < h)
+    hits = np.zeros(len(pts), dtype=bool)
+    hits[inside] = m[yi[inside], xi[inside]]
+    return float(hits.mean())
+
+
+def hand_silhouette(keypoints: np.ndarray, shape: tuple[int, int], width: int) -> np.ndarray:
+    """An (H, W) bool hand drawn from its 21 keypoints: every bone between two visible keypoints as a
+    stroke `width` pixels thick, plus the convex hull of the visible `PALM` points (at least three).
+
+    The one drawing of a hand from a skeleton: the synthetic manifest's hands, stage 2's fallback mask
+    and the mask-agreement check's expected area all use it, each with its own stroke width.
+    """
+    import cv2  # only here: reading a manifest must not import cv2
+
+    kps = np.asarray(keypoints, dtype=np.float64)
+    valid = kps[:, 2] > 0 if kps.shape[1] > 2 else np.ones(len(kps), bool)
+    pts = np.round(kps[:, :2]).astype(np.int32)
+    canvas = np.zeros(tuple(shape), np.uint8)
+    for a, b in HAND_EDGES:
+        if valid[a] and valid[b]:
+            cv2.line(
+                canvas, (int(pts[a, 0]), int(pts[a, 1])), (int(pts[b, 0]), int(pts[b, 1])), 255, int(width)
+            )
+    palm = [i for i in PALM if valid[i]]
+    if len(palm) >= 3:
+        cv2.fillConvexPoly(canvas, cv2.convexHull(pts[palm]), 255)
+    return canvas > 0

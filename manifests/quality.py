@@ -22,14 +22,11 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-import cv2
 import numpy as np
 
 from . import decode
-from .pose import HAND_EDGES
+from .geometry import hand_silhouette, keypoint_coverage
 from .reader import Manifest, open_manifest
-
-PALM = (0, 1, 5, 9, 13, 17)  # wrist, thumb base and the four finger bases
 
 COLUMNS = ["hand_id", "image_id", "label", "handedness", "handedness_score", "hand_size", "mask",
            "mask_method", "mask_score", "crop_size", "crop_keypoints"]  # fmt: skip
@@ -50,17 +47,11 @@ class AgreementConfig:
 
 
 def silhouette(keypoints: np.ndarray, shape: tuple[int, int], finger_width: float = 0.12) -> np.ndarray:
-    """(H, W) bool crude hand shape of (21, >=2) pixel keypoints: skeleton strokes ``finger_width`` x the
-    hand size wide (at least 1 px) and the filled polygon of the wrist and the five finger bases."""
+    """(H, W) bool crude hand shape of (21, >=2) pixel keypoints (`manifests.geometry.hand_silhouette`):
+    strokes ``finger_width`` x the hand size wide (at least 1 px) and the palm's convex hull."""
     pts = np.asarray(keypoints, dtype=np.float64)[:, :2]
     size = float((pts.max(axis=0) - pts.min(axis=0)).max())
-    width = max(1, int(round(finger_width * size)))
-    canvas = np.zeros(shape, np.uint8)
-    p = np.round(pts).astype(np.int32)
-    for a, b in HAND_EDGES:
-        cv2.line(canvas, (int(p[a, 0]), int(p[a, 1])), (int(p[b, 0]), int(p[b, 1])), 1, width)
-    cv2.fillConvexPoly(canvas, cv2.convexHull(p[list(PALM)]), 1)
-    return canvas > 0
+    return hand_silhouette(pts, shape, max(1, int(round(finger_width * size))))
 
 
 def mask_keypoint_agreement(mask: np.ndarray, keypoints: np.ndarray, tolerance: float = 0.05,
@@ -73,13 +64,7 @@ def mask_keypoint_agreement(mask: np.ndarray, keypoints: np.ndarray, tolerance: 
     m = np.asarray(mask) > 0
     pts = np.asarray(keypoints, dtype=np.float64)[:, :2]
     size = float((pts.max(axis=0) - pts.min(axis=0)).max())
-    grow = int(round(tolerance * size))
-    grown = cv2.dilate(m.astype(np.uint8), np.ones((2 * grow + 1, 2 * grow + 1), np.uint8)) > 0 if grow else m
-    h, w = m.shape
-    ix = np.clip(np.floor(pts[:, 0]).astype(int), 0, w - 1)
-    iy = np.clip(np.floor(pts[:, 1]).astype(int), 0, h - 1)
-    inside = (pts[:, 0] >= 0) & (pts[:, 0] < w) & (pts[:, 1] >= 0) & (pts[:, 1] < h)
-    coverage = float((grown[iy, ix] & inside).mean())
+    coverage = keypoint_coverage(m, pts, grow=int(round(tolerance * size)))
     area, expected = float(m.sum()), float(silhouette(pts, m.shape, finger_width).sum())
     return {"coverage": coverage, "area_ratio": area / expected if expected > 0 else float("inf"),
             "mask_area": area, "silhouette_area": expected}  # fmt: skip

@@ -11,8 +11,7 @@ import cv2
 import numpy as np
 
 from .codecs import encode_heatmap, encode_jpeg, encode_mask
-from .geometry import crop_image, keypoint_bbox, render_heatmap, square_crop_box
-from .pose import HAND_EDGES
+from .geometry import crop_image, hand_silhouette, keypoint_bbox, render_heatmap, square_crop_box
 from .writer import ManifestWriter
 
 LABELS = ("call", "four", "rock", "peace")
@@ -38,11 +37,7 @@ def synthetic_hand(rng: np.random.Generator, center, size: float) -> np.ndarray:
 
 def draw_synthetic_hand(image: np.ndarray, mask: np.ndarray, kps: np.ndarray, size: float) -> None:
     """Paint the hand into `image` and its exact silhouette into `mask`, in place."""
-    width = max(2, int(size * 0.09))
-    pts = np.round(kps[:, :2]).astype(np.int32)
-    for a, b in HAND_EDGES:
-        cv2.line(mask, tuple(pts[a]), tuple(pts[b]), 255, width)
-    cv2.fillConvexPoly(mask, cv2.convexHull(pts[[0, 1, 5, 9, 13, 17]]), 255)
+    mask[hand_silhouette(kps, mask.shape[:2], max(2, int(size * 0.09)))] = 255
     image[mask > 0] = (224, 172, 138)
 
 

@@ -112,3 +112,36 @@ def test_pose_format_errors_are_clear():
 def test_hand_edges_form_a_tree_over_21_keypoints():
     nodes = {i for e in HAND_EDGES for i in e}
     assert nodes == set(range(21)) and len(HAND_EDGES) == 20
+
+
+def test_keypoint_coverage_known_answers():
+    from manifests.geometry import keypoint_coverage
+
+    mask = np.zeros((10, 10), bool)
+    mask[2:5, 2:5] = True
+    pts = np.array([[3.5, 3.5, 1], [5.2, 3.0, 1], [8.0, 8.0, 1], [3.0, 3.0, 0], [-2.0, 3.0, 1]])
+    # visible points: on, next to the rim, far, off the frame (the score-0 point does not count)
+    assert keypoint_coverage(mask, pts) == 1 / 4
+    assert keypoint_coverage(mask, pts, grow=1) == 2 / 4
+    assert keypoint_coverage(mask, pts[:, :2]) == 2 / 5  # no score column: every point counts
+    # off the frame: a miss, or the nearest border pixel with outside="clip"
+    edge = np.zeros((10, 10), bool)
+    edge[:, 0] = True
+    assert keypoint_coverage(edge, np.array([[-3.0, 5.0]])) == 0.0
+    assert keypoint_coverage(edge, np.array([[-3.0, 5.0]]), outside="clip") == 1.0
+    assert keypoint_coverage(mask, np.array([[3.0, 3.0, 0.0]])) == 0.0  # nothing visible
+
+
+def test_hand_silhouette_draws_visible_bones_and_the_palm():
+    from manifests.geometry import PALM, hand_silhouette
+    from manifests.synthetic import synthetic_hand
+
+    kps = synthetic_hand(np.random.default_rng(0), (50, 50), 60)
+    full = hand_silhouette(kps, (100, 100), 3)
+    assert all(full[int(round(y)), int(round(x))] for x, y, _ in kps)  # every joint is on the hand
+    palm_centre = kps[list(PALM), :2].mean(axis=0).round().astype(int)
+    assert full[palm_centre[1], palm_centre[0]]
+    hidden = kps.copy()
+    hidden[8, 2] = 0  # the index fingertip is not visible: its bone is not drawn
+    assert hand_silhouette(hidden, (100, 100), 3).sum() < full.sum()
+    assert hand_silhouette(kps, (100, 100), 7).sum() > full.sum()  # the stroke width is the caller's
