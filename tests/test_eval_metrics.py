@@ -54,7 +54,7 @@ def run_metric(name: str, samples, config: EvalConfig | None = None):
     acc = metric.make(Context(config or EvalConfig(), "gen"))
     per_image = [acc.update(s) for s in samples]
     reasons: dict = {}
-    return metric_results([(metric, acc)], [], reasons), reasons, per_image
+    return metric_results([(metric, acc)], reasons), reasons, per_image
 
 
 def test_wrist_gap_known_answers():
@@ -168,11 +168,11 @@ def test_a_new_metric_is_one_entry(monkeypatch, tmp_path):
                  null={"toy_count": None}, legend="Toy: detected hands.", order=65)  # fmt: skip
     monkeypatch.setitem(METRICS, "toy", toy)
     reasons: dict = {}
-    ctx, active, skipped = start_metrics(EvalConfig(), "gen", reasons)
-    assert [m.name for m, _ in active][-3:] == ["hand_confidence", "toy", "wrist_gap"]
-    acc = dict((m.name, a) for m, a in active)["toy"]
+    ctx, runs = start_metrics(EvalConfig(), "gen", reasons)
+    assert [m.name for m, _ in runs][-3:] == ["hand_confidence", "toy", "wrist_gap"]
+    acc = dict((m.name, a) for m, a in runs)["toy"]
     assert acc.update(sample("a", [hand((0, 0)), hand((9, 9))])) == {"toy": 2}
-    report = metric_results(active, skipped, reasons)
+    report = metric_results(runs, reasons)
     assert report["toy_count"] == 2 and "toy_count" not in reasons
     assert list(report)[:2] == ["hands", "body"] and report["fid"] is None and "fid" in reasons
 
@@ -187,9 +187,9 @@ def test_a_new_metric_is_one_entry(monkeypatch, tmp_path):
     monkeypatch.setitem(METRICS, "toy", Metric("toy", make=_Count, columns=toy.columns, null=toy.null,
                                                weights="clip", order=65))  # fmt: skip
     reasons = {}
-    ctx, active, skipped = start_metrics(EvalConfig(), "gen", reasons)
-    assert "toy" in [m.name for m in skipped] and "toy" not in [m.name for m, _ in active]
-    assert metric_results(active, skipped, reasons)["toy_count"] is None
+    ctx, runs = start_metrics(EvalConfig(), "gen", reasons)
+    assert dict((m.name, a) for m, a in runs)["toy"] is None
+    assert metric_results(runs, reasons)["toy_count"] is None
     assert reasons["toy_count"].startswith("no CLIP checkpoint given")
 
 

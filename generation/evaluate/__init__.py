@@ -1,4 +1,5 @@
-"""Evaluation of generated images: pose accuracy (hands, body), FID/KID, hand-crop FID-H/KID-H, CLIP score.
+"""Evaluation of generated images: pose accuracy (hands, body), hand confidence, wrist gap, FID/KID,
+hand-crop FID-H/KID-H, CLIP score; each metric one entry of `registry` in a file of `metrics/`.
 
 >>> from generation.evaluate import evaluate, compare
 >>> report = evaluate("out/test_manifest", "out/generated", "out/report", inception="pt_inception.pth")

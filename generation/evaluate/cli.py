@@ -20,10 +20,11 @@ from manifests.settings import from_args as settings_from_args
 from .run import EvalConfig
 
 HELP = (
-    "Score generated images against a test manifest: hand and body pose accuracy (prep's detectors, Hungarian "
-    "matching, PCK, mean error, OKS AP), FID/KID and hand-crop FID-H/KID-H with local Inception weights, CLIP score "
-    "with a local CLIP model. --generated real scores the manifest's own photos (the sanity row). --compare renders "
-    "several report.json side by side."
+    "Score generated images against a test manifest: hand and body pose accuracy (a --detector, prep's MediaPipe "
+    "annotator by default; Hungarian matching, PCK, mean error, OKS AP), hand-detection confidence, the gap between "
+    "hand and body wrists, FID/KID and hand-crop FID-H/KID-H with local Inception weights, CLIP score with a local "
+    "CLIP model. --generated real scores the manifest's own photos (the sanity row). --compare renders several "
+    "report.json side by side."
 )
 
 

@@ -307,11 +307,12 @@ def _plan(manifest, config: EvalConfig, generated: str):
 # Metrics
 
 
-def start_metrics(config: EvalConfig, generated: str, reasons: dict) -> tuple[Context, list, list]:
-    """(context, [(metric, accumulator)] to run, [metric] left out for want of weights).
+def start_metrics(config: EvalConfig, generated: str, reasons: dict) -> tuple[Context, list]:
+    """(context, [(metric, accumulator)] in table order); the accumulator is None for a metric whose
+    weights were not given, and its reasons are set here.
 
-    Loads each weights file that a metric needs once, before any image is read, so that a bad path
-    fails before the long passes; a metric whose weights were not given has its reasons set here.
+    Each weights file that a metric needs is loaded once, before any image is read, so that a bad path
+    fails before the long passes.
     """
     metrics = ordered()
     ctx = Context(config, generated)
@@ -319,21 +320,20 @@ def start_metrics(config: EvalConfig, generated: str, reasons: dict) -> tuple[Co
         path = getattr(config, key)
         if path:
             ctx.models[key] = WEIGHTS[key].load(path, config.device)
-    active, skipped = [], []
+    runs = []
     for m in metrics:
         if m.weights and m.weights not in ctx.models:
-            skipped.append(m)
             reasons.update(dict.fromkeys((c.key for c in m.columns), WEIGHTS[m.weights].missing))
+            runs.append((m, None))
         else:
-            active.append((m, m.make(ctx)))
-    return ctx, active, skipped
+            runs.append((m, m.make(ctx)))
+    return ctx, runs
 
 
-def metric_results(active: list, skipped: list, reasons: dict) -> dict:
-    """The report entries of every metric, in table order; a metric without a value reports its nulls."""
+def metric_results(runs: list, reasons: dict) -> dict:
+    """The report entries of every metric of `runs`; a metric without a value reports its nulls."""
     out: dict = {}
-    for metric, acc in sorted([(m, a) for m, a in active] + [(m, None) for m in skipped],
-                              key=lambda p: (p[0].order, p[0].name)):  # fmt: skip
+    for metric, acc in runs:
         if acc is None:
             merge(out, metric.null)
             continue
@@ -390,7 +390,7 @@ def evaluate(manifest: str, generated: str, out: str, config: EvalConfig | None 
     prep_config = _prep_config(m, config)
     detector = choose_detector(config)
     reasons: dict[str, str] = {}  # metric column -> why it is null
-    ctx, active, skipped = start_metrics(config, generated, reasons)
+    ctx, runs = start_metrics(config, generated, reasons)
     notes = ctx.notes
     bias = evaluator_bias(m, detector)
     if bias:
@@ -410,8 +410,8 @@ def evaluate(manifest: str, generated: str, out: str, config: EvalConfig | None 
     detections = run_detection(m, plan, generated, prep_config, config, detector)
     detect_s = time.perf_counter() - t0
 
-    on_detections = [(mt, acc) for mt, acc in active if mt.source == "detections"]
-    on_pixels = [(mt, acc) for mt, acc in active if mt.source == "pixels"]
+    on_detections = [(mt, acc) for mt, acc in runs if acc is not None and mt.source == "detections"]
+    on_pixels = [(mt, acc) for mt, acc in runs if acc is not None and mt.source == "pixels"]
     per_image, unreadable, stretched = [], [], []
     for det in sorted(detections, key=lambda d: d.image_id):
         row = rows[det.image_id]
@@ -431,7 +431,7 @@ def evaluate(manifest: str, generated: str, out: str, config: EvalConfig | None 
     t1 = time.perf_counter()
     if on_pixels:
         _pixel_pass(m, plan, rows, boxes, generated, on_pixels, config)
-    results = metric_results(active, skipped, reasons)
+    results = metric_results(runs, reasons)
     quality_s = time.perf_counter() - t1
 
     label = config.label or (REAL if generated == REAL else os.path.basename(os.path.normpath(generated)))
@@ -465,7 +465,7 @@ def evaluate(manifest: str, generated: str, out: str, config: EvalConfig | None 
             "detector": detector.name,
             "detector_description": detector.description,
             "evaluator_bias": bias is not None,
-            "metrics": [mt.name for mt, _ in active],
+            "metrics": [mt.name for mt, acc in runs if acc is not None],
         },  # fmt: skip
         "timing": {
             "detect_s": round(detect_s, 3),
