@@ -333,17 +333,24 @@ def _decode(data: bytes, max_pixels: int, uri: str, max_side: int | None) -> Dec
         raise ImageDecodeError(
             f"{uri}: cannot convert mode {mode} to RGB ({type(exc).__name__}: {exc})"
         ) from exc
-    if rgb.size != target:
-        rgb = rgb.resize(target, Image.BILINEAR, box=box, reducing_gap=2.0)
     transpose = ORIENTATION_TRANSPOSE.get(orientation)
+    whole = None
+    if rgb.size != target:
+        if box is None:  # no draft: every pixel was decoded anyway, so keep them for `full_pixels`
+            whole = _pixels(rgb, transpose, uri)
+        rgb = rgb.resize(target, Image.BILINEAR, box=box, reducing_gap=2.0)
+    upright = full[::-1] if orientation in (5, 6, 7, 8) else full  # these four swap the axes
+    return DecodedImage(pixels=_pixels(rgb, transpose, uri), format=fmt, source_mode=mode,
+                        oriented=transpose is not None, full_size=upright, _full=whole)  # fmt: skip
+
+
+def _pixels(rgb: Image.Image, transpose: Image.Transpose | None, uri: str) -> np.ndarray:
     if transpose is not None:
         rgb = rgb.transpose(transpose)
     pixels = np.ascontiguousarray(np.asarray(rgb, dtype=np.uint8))
     if pixels.ndim != 3 or pixels.shape[2] != 3:
         raise ImageDecodeError(f"{uri}: decoded to unexpected shape {pixels.shape}")
-    upright = full[::-1] if orientation in (5, 6, 7, 8) else full  # these four swap the axes
-    return DecodedImage(pixels=pixels, format=fmt, source_mode=mode, oriented=transpose is not None,
-                        full_size=upright)  # fmt: skip
+    return pixels
 
 
 def decode_image(
@@ -352,10 +359,11 @@ def decode_image(
     """Encoded bytes -> `DecodedImage`; raises `ImageDecodeError` / `ImageTooLargeError` naming `uri`.
 
     With `max_side`, `pixels` is reduced to a longer side of at most `max_side` (see the module
-    docstring) and the full resolution is decoded from `data` again only if `full_pixels()` is called.
+    docstring); a JPEG's full resolution is decoded from `data` again only if `full_pixels()` is called
+    (other formats have no reduced decoding, so their full pixels are kept).
     """
     decoded = _decode(data, max_pixels, uri, max_side)
-    if decoded.reduced:
+    if decoded.reduced and decoded._full is None:
         decoded._load_full = lambda: _decode(data, max_pixels, uri, None).pixels
     return decoded
 
