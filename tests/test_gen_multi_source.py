@@ -259,6 +259,17 @@ def test_init_from_gives_the_source_runs_outputs_at_step_0(sources, hand_run, tm
     assert task.describe()["init_from"] == os.path.abspath(hand_run)
 
 
+def test_init_from_takes_the_runs_preset_and_resolution_unless_given(sources, hand_run, tmp_path):
+    # --preset sd would need --pretrained and train at 512 px with lr 1e-5: the run's model is a tiny one.
+    config = HandTrainConfig(out=str(tmp_path / "o"), manifest=sources[1], init_from=hand_run, preset="sd")
+    config.resolve().validate()
+    assert (config.preset, config.resolution, config.learning_rate) == ("tiny", 64, 1e-3)
+    given = HandTrainConfig(out=str(tmp_path / "o"), manifest=sources[1], init_from=hand_run, resolution=32)
+    assert given.resolve().resolution == 32
+    with pytest.raises(SettingError, match="--pretrained"):
+        HandTrainConfig(manifest=sources[1], preset="sd").resolve().validate()
+
+
 def test_init_from_starts_a_new_optimiser_and_schedule(sources, hand_run, tmp_path):
     out = str(tmp_path / "fine")
     result = train_hand(HandTrainConfig(out=out, manifest=sources[1], init_from=hand_run, steps=1, seed=1,

@@ -17,6 +17,7 @@ from .config import (
     manifest_weights_setting,
     manifests_setting,
     normalise_sources,
+    recorded_run,
     setting,
 )
 
@@ -136,13 +137,7 @@ def training_fit(run: str) -> str:
     """The `fit` a train-body run folder trained with (its config.json), so generation can draw frames
     at the same scale (`manifests.transforms.training_scale`); train-body's default when the folder
     records none (a pipeline saved by other means)."""
-    import json
-    import os
-
     declared = BodyTrainConfig.__dataclass_fields__["fit"]
-    try:
-        with open(os.path.join(run, "config.json"), encoding="utf-8") as f:
-            fit = json.load(f)["config"]["fit"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return declared.default
+    recorded = recorded_run(run).get("config")
+    fit = recorded.get("fit") if isinstance(recorded, dict) else None
     return fit if fit in declared.metadata["choices"] else declared.default

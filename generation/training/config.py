@@ -102,11 +102,33 @@ class TrainConfig(Settings):
     def resolve(self):
         """Fill settings whose default depends on others; returns the config.
 
-        A `learning_rate` left as None takes its preset's rate from `PRESET_LEARNING_RATES`.
+        A `learning_rate` left as None takes its preset's rate from `PRESET_LEARNING_RATES`. With
+        ``init_from`` the model is the source run's, so its preset (which then only sets defaults) and,
+        unless given, its training resolution are taken from that run's config.json.
         """
+        source = recorded_run(self.init_from) if getattr(self, "init_from", None) else {}
+        if source.get("config", {}).get("preset") in PRESET_LEARNING_RATES:
+            self.preset = source["config"]["preset"]
+        if getattr(self, "resolution", 0) is None and isinstance(
+            source.get("data", {}).get("resolution"), int
+        ):
+            self.resolution = source["data"]["resolution"]
         if getattr(self, "learning_rate", 0) is None:
             self.learning_rate = PRESET_LEARNING_RATES.get(getattr(self, "preset", "sd"), 1e-5)
         return self
+
+
+def recorded_run(run: str) -> dict:
+    """A run folder's config.json record ({} when there is none or it is unreadable: the task's own
+    check names the problem)."""
+    import json
+
+    try:
+        with open(os.path.join(run, "config.json"), encoding="utf-8") as f:
+            record = json.load(f)
+    except (OSError, UnicodeDecodeError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
 
 
 def check_manifest_and_weights(config) -> None:
