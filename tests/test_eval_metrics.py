@@ -269,11 +269,13 @@ class _FixedDetector:
 
 def test_a_plugged_in_detector_scores_through_the_cli(synthetic_manifest, tmp_path, monkeypatch, capsys):
     """--detector picks a registered plug-in; its hands and body give the known wrist gap and confidence."""
+    import generation.evaluate.detect as detect
     from generation.cli import main
-    from generation.evaluate.detect import DETECTORS, detectors
 
-    detectors()
-    monkeypatch.setitem(DETECTORS, "fixed", _FixedDetector())
+    monkeypatch.setattr(detect, "DETECTORS", dict(detect.detectors()))  # the plug-in leaves with the test
+    detect.register_detector(_FixedDetector())
+    with pytest.raises(ValueError, match="detector 'mediapipe' is already registered"):
+        detect.register_detector(SimpleNamespace(name="mediapipe", description="a second one"))
     out = tmp_path / "r"
     assert main(["evaluate", "--manifest", str(synthetic_manifest), "--generated", "real", "--out", str(out),
                  "--split", "all", "--limit", "3", "--detector", "fixed", "--no-progress"]) == 0  # fmt: skip

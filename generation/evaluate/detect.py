@@ -74,7 +74,12 @@ DETECTORS: dict = {}  # name -> detector; prep's annotators are added on first u
 
 
 def register_detector(detector) -> None:
-    """Make `detector` (see the module docstring for what it provides) choosable as ``--detector NAME``."""
+    """Make `detector` (see the module docstring for what it provides) choosable as ``--detector NAME``.
+
+    A name already taken (prep's annotators included) is refused: a plug-in never replaces another."""
+    taken = detectors().get(detector.name)
+    if taken is not None and taken is not detector:
+        raise ValueError(f"detector {detector.name!r} is already registered ({taken.description})")
     DETECTORS[detector.name] = detector
 
 
