@@ -11,7 +11,7 @@ An entry declares
   report entries; a nested dict such as ``{"hands": {...}}`` merges into that block of the report);
 - ``source``: what `update` is fed. ``"detections"``: a `PoseSample` per evaluated image, after
   detection; ``"pixels"``: a `PixelSample` (the real and the generated pixels) in the image-quality
-  pass, which runs only when some pixel metric has its weights;
+  pass, which runs only when some pixel metric runs (has its weights, if it needs any);
 - ``columns``: its report columns (`Column`: header, path into the report, ranking, format);
 - ``null``: the report entries when it is not computed; ``legend``: the line that explains its
   columns under the Markdown table; ``order``: its place in the table.
