@@ -22,6 +22,10 @@ epoch had not delivered yet, in the same order. A plain ``DataLoader`` works too
 with ``n`` counted by the trainer. With accelerate, do not pass these loaders through
 ``accelerator.prepare`` (it would shard or dispatch the batches a second time); give the dataset
 ``rank=accelerator.process_index, world_size=accelerator.num_processes`` instead.
+
+Several manifests: `MixtureDataset` interleaves their datasets by a seeded weighted draw per sample,
+keeping the sharding, the determinism and the exact resume above (its position is the same sample
+count).
 """
 
 from __future__ import annotations
