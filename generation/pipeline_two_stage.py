@@ -41,7 +41,7 @@ from manifests.geometry import (
     paste_crop,
     square_crop_box,
 )
-from manifests.pose import BODY_FORMATS
+from manifests.pose import BODY_FORMATS, keypoint_array
 from manifests.schema import NUM_HAND_KEYPOINTS
 
 from .blending import BlendConfig, blend_latents, keep_mask, mask_to_latent
@@ -171,33 +171,6 @@ class TwoStageOutput(BaseOutput):
 def _visible(kps: np.ndarray) -> np.ndarray:
     valid = kps[:, 2] > 0
     return kps[valid] if valid.any() else kps
-
-
-def _as_keypoints(value, count: int, where: str) -> np.ndarray:
-    try:
-        arr = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"{where}: not a numeric array ({exc})") from None
-    if arr.ndim != 2 or arr.shape[0] != count or arr.shape[1] not in (2, 3):
-        raise ValueError(
-            f"{where}: expected {count} points of [x, y] or [x, y, score], got shape {arr.shape}"
-        )
-    if arr.shape[1] == 2:
-        arr = np.concatenate([arr, np.ones((count, 1))], axis=1)
-    return arr
-
-
-def _check_points(arr: np.ndarray, where: str, width: int, height: int) -> None:
-    if not np.isfinite(arr).all():
-        bad = sorted({int(i) for i in np.argwhere(~np.isfinite(arr))[:, 0]})
-        raise ValueError(f"{where}: NaN or infinite values at points {bad}")
-    visible = arr[:, 2] > 0
-    outside = visible & ((arr[:, 0] < 0) | (arr[:, 0] > width) | (arr[:, 1] < 0) | (arr[:, 1] > height))
-    if outside.any():
-        idx = np.flatnonzero(outside).tolist()
-        raise ValueError(
-            f"{where}: points {idx} lie outside the {width}x{height} canvas (e.g. {arr[idx[0], :2].tolist()})"
-        )
 
 
 def feathered_alpha(mask: np.ndarray, feather: int) -> np.ndarray:
@@ -379,12 +352,12 @@ class TwoStageHandBodyPipeline(DiffusionPipeline):
         if body_format not in BODY_FORMATS:
             raise ValueError(f"unknown body format {body_format!r}; expected one of {sorted(BODY_FORMATS)}")
         if body_keypoints is not None:
-            body = _as_keypoints(body_keypoints, BODY_FORMATS[body_format], f"body keypoints ({body_format})")
-            _check_points(body, f"body keypoints ({body_format})", width, height)
+            where = f"body keypoints ({body_format})"
+            keypoint_array(body_keypoints, BODY_FORMATS[body_format], where, frame=(width, height))
         if body_keypoints is None and not hands:
             raise ValueError("nothing to draw: give a body pose, hands, or both")
         for i, kps in enumerate(hands):
-            _check_points(_as_keypoints(kps, NUM_HAND_KEYPOINTS, f"hand {i}"), f"hand {i}", width, height)
+            keypoint_array(kps, NUM_HAND_KEYPOINTS, f"hand {i}", frame=(width, height))
         if handedness is not None and len(handedness) != len(hands):
             raise ValueError(f"{len(handedness)} handedness values for {len(hands)} hands")
         for i, side in enumerate(handedness or []):
@@ -665,7 +638,7 @@ class TwoStageHandBodyPipeline(DiffusionPipeline):
                           output_type, num_inference_steps, hand_steps, small_hands, min_hand_size,
                           overlap_order, feather, hand_encoding, mask_fallback, min_mask_coverage, seed,
                           generator, max_pixels, max_pixel_steps)  # fmt: skip
-        hands = [_as_keypoints(k, NUM_HAND_KEYPOINTS, f"hand {i}") for i, k in enumerate(hands)]
+        hands = [keypoint_array(k, NUM_HAND_KEYPOINTS, f"hand {i}") for i, k in enumerate(hands)]
         handedness = list(handedness) if handedness is not None else [None] * len(hands)
         templates = (
             hand_prompt
@@ -676,7 +649,7 @@ class TwoStageHandBodyPipeline(DiffusionPipeline):
             " ".join(t.replace("{side}", side or "").split()) for t, side in zip(templates, handedness)
         ]
         if body_keypoints is not None:
-            body_keypoints = _as_keypoints(body_keypoints, BODY_FORMATS[body_format], "body keypoints")
+            body_keypoints = keypoint_array(body_keypoints, BODY_FORMATS[body_format], "body keypoints")
         seed = 0 if seed is None and generator is None else seed
         hand_generator = generator or make_generator(seed)
         body_generator = generator or make_generator(offset_seed(seed, 1))

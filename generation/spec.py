@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from manifests.names import UnsafeNameError, check_name
-from manifests.pose import BODY_FORMATS
+from manifests.pose import BODY_FORMATS, KeypointError, keypoint_array
 from manifests.schema import NUM_HAND_KEYPOINTS
 
 HANDEDNESS = ("left", "right")
@@ -75,24 +75,9 @@ class PoseSpec:
 
 def _points(value, count: int, where: str, width: int, height: int) -> np.ndarray:
     try:
-        arr = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise SpecError(f"{where}: not a list of numbers ({exc})") from None
-    if arr.ndim != 2 or arr.shape[0] != count or arr.shape[1] not in (2, 3):
-        raise SpecError(f"{where}: expected {count} points of [x, y] or [x, y, score], got shape {arr.shape}")
-    if not np.isfinite(arr).all():
-        bad = sorted({int(i) for i in np.argwhere(~np.isfinite(arr))[:, 0]})
-        raise SpecError(f"{where}: NaN or infinite values at points {bad}")
-    if arr.shape[1] == 2:
-        arr = np.concatenate([arr, np.ones((count, 1))], axis=1)
-    visible = arr[:, 2] > 0
-    outside = visible & ((arr[:, 0] < 0) | (arr[:, 0] > width) | (arr[:, 1] < 0) | (arr[:, 1] > height))
-    if outside.any():
-        idx = np.flatnonzero(outside).tolist()
-        raise SpecError(
-            f"{where}: points {idx} lie outside the {width}x{height} canvas (e.g. {arr[idx[0], :2].tolist()})"
-        )
-    return arr
+        return keypoint_array(value, count, where, frame=(width, height))
+    except KeypointError as exc:
+        raise SpecError(str(exc)) from None
 
 
 def _whole(value, where: str) -> int:

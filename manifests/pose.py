@@ -81,3 +81,40 @@ def to_openpose18(kps: np.ndarray, fmt: str = "mediapipe33") -> np.ndarray:
     if out.shape != (18, 3):
         raise ValueError(f"{fmt} body keypoints must convert to (18, 3), got {out.shape}")
     return out
+
+
+class KeypointError(ValueError):
+    """Keypoints of the wrong shape, with NaN or infinite values, or outside their frame."""
+
+
+def keypoint_array(value, count: int, where: str, frame: tuple[int, int] | None = None) -> np.ndarray:
+    """`value` as a (count, 3) float64 [x, y, score] array; a missing score column is 1 (visible).
+
+    Raises `KeypointError` naming `where` for anything that is not `count` rows of [x, y] or
+    [x, y, score] numbers, for NaN or infinite values, and, with `frame` = (width, height), for a
+    visible point (score > 0) outside [0, width] x [0, height]. The one check of keypoints handed in
+    from outside: pose specs, pose files and the pipelines' arguments.
+    """
+    try:
+        arr = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise KeypointError(f"{where}: not a list of numbers ({exc})") from None
+    if arr.ndim != 2 or arr.shape[0] != count or arr.shape[1] not in (2, 3):
+        raise KeypointError(
+            f"{where}: expected {count} points of [x, y] or [x, y, score], got shape {arr.shape}"
+        )
+    if not np.isfinite(arr).all():
+        bad = sorted({int(i) for i in np.argwhere(~np.isfinite(arr))[:, 0]})
+        raise KeypointError(f"{where}: NaN or infinite values at points {bad}")
+    if arr.shape[1] == 2:
+        arr = np.concatenate([arr, np.ones((count, 1))], axis=1)
+    if frame is not None:
+        width, height = frame
+        visible = arr[:, 2] > 0
+        outside = visible & ((arr[:, 0] < 0) | (arr[:, 0] > width) | (arr[:, 1] < 0) | (arr[:, 1] > height))
+        if outside.any():
+            idx = np.flatnonzero(outside).tolist()
+            raise KeypointError(
+                f"{where}: points {idx} lie outside the {width}x{height} canvas (e.g. {arr[idx[0], :2].tolist()})"
+            )
+    return arr

@@ -70,13 +70,15 @@ def test_cli_errors_are_reported_not_raised(synthetic_manifest, tmp_path, capsys
 def test_pose_file_validation(tmp_path):
     f = tmp_path / "pose.json"
     f.write_text(json.dumps([[1, 2]] * 20))
-    with pytest.raises(PoseFileError, match=r"pose 0 has shape \[20, 2\], expected \[21, 2\]"):
+    with pytest.raises(
+        PoseFileError, match=r"pose 0: expected 21 points of \[x, y\] or \[x, y, score\], got shape \(20, 2\)"
+    ):
         load_poses(str(f))
     f.write_text("[[1, 2],")
     with pytest.raises(PoseFileError, match="not valid JSON"):
         load_poses(str(f))
     f.write_text(json.dumps([_pose(0), [["a", "b"]] * 21]))
-    with pytest.raises(PoseFileError, match="pose 1 is not numeric"):
+    with pytest.raises(PoseFileError, match="pose 1: not a list of numbers"):
         load_poses(str(f))
     f.write_text(json.dumps({"keypoints": _pose(0)}))
-    assert load_poses(str(f)).shape == (1, 21, 2)
+    assert load_poses(str(f)).shape == (1, 21, 3)  # [x, y] poses get score 1

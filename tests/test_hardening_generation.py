@@ -191,7 +191,7 @@ def test_sample_hand_bad_inputs_are_one_error_line_and_write_nothing(folders, po
     empty = tmp_path / "empty.json"
     empty.write_text("[[]]")
     cases = {
-        "pose 0 has shape [0], expected [21, 2]": ["--keypoints", str(empty)],
+        "pose 0: expected 21 points of [x, y] or [x, y, score], got shape (0,)": ["--keypoints", str(empty)],
         "num_images_per_prompt must be an integer >= 1, got 0": ["--num-images-per-pose", "0"],
         "seed must be in [0, 2**64)": ["--seed", str(2**70)],
         "size must be a positive multiple of 8 pixels, got 0": ["--size", "0"],

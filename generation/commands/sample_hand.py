@@ -27,8 +27,10 @@ def _is_point(value) -> bool:
 
 
 def load_poses(path: str, num_keypoints: int = 21):
-    """pose.json -> (B, 21, 2|3) float64 array; errors name the file and the offending entry."""
+    """pose.json -> (B, 21, 3) float64 [x, y, score] array; errors name the file and the offending entry."""
     import numpy as np
+
+    from manifests.pose import KeypointError, keypoint_array
 
     from ..spec import read_json_file
 
@@ -43,17 +45,10 @@ def load_poses(path: str, num_keypoints: int = 21):
     poses = [data] if _is_point(data[0]) else data
     out = []
     for i, pose in enumerate(poses):
-        try:
-            arr = np.asarray(pose, dtype=np.float64)
-        except (TypeError, ValueError) as exc:
-            raise PoseFileError(f"{path}: pose {i} is not numeric: {exc}") from None
-        if arr.ndim != 2 or arr.shape[0] != num_keypoints or arr.shape[1] not in (2, 3):
-            raise PoseFileError(
-                f"{path}: pose {i} has shape {list(arr.shape)}, expected [{num_keypoints}, 2]"
-            )
-        out.append(arr)
-    if len({a.shape[1] for a in out}) > 1:
-        raise PoseFileError(f"{path}: mix of [x, y] and [x, y, score] poses")
+        try:  # the one keypoint check; [x, y] poses get score 1, so [x, y] and [x, y, score] files mix
+            out.append(keypoint_array(pose, num_keypoints, f"{path}: pose {i}"))
+        except KeypointError as exc:
+            raise PoseFileError(str(exc)) from None
     return np.stack(out)
 
 
