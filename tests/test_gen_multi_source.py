@@ -328,6 +328,9 @@ def test_body_init_from_gives_the_source_controlnet_and_checks_the_condition(sou
     for a, b in zip(task.unet.state_dict().values(), saved.unet.state_dict().values()):
         assert torch.equal(a, b)
     assert [s["manifest"] for s in task.describe()["sources"]] == list(sources)
+    # The loop runs the mixture (both sources drawn) from those weights.
+    result = train_body(BodyTrainConfig(**{**config.to_dict(), "steps": 2, "manifest_weights": (1.0, 1.0)}))
+    assert result.finished and json.load(open(tmp_path / "fine" / "config.json"))["data"]["init_from"] == run
     other = BodyTask(BodyTrainConfig(out=str(tmp_path / "o"), manifest=sources[1], init_from=run,
                                      condition_channels=("pose", "hands")))  # fmt: skip
     other.check_data()
