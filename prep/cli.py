@@ -1,50 +1,30 @@
 """`handfirst-prep` / `python -m prep`: a thin argparse layer over `prep.run`.
 
-Every `run` option is generated from a PrepConfig field: its name (underscores become dashes), its
-default, and its help from `prep.config.FIELD_HELP`, so the CLI and the Python API cannot drift.
+Every `run` option is generated from a PrepConfig field (`manifests.settings.add_arguments`): its name
+(underscores become dashes), its default, its help, its choices; `PrepConfig.validate` checks the
+values, so the CLI and the Python API cannot drift.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
+import os
 import sys
 
-from .config import FIELD_CHOICES, FIELD_HELP, PrepConfig
+from manifests.settings import add_arguments, from_args
 
-# Fields that only the Python API sets (structured values).
-API_ONLY = frozenset({"caption_templates", "split_fractions"})
-_TYPES = {"int": int, "float": float, "str": str}
-
-
-def _field_type(f: dataclasses.Field):
-    """The scalar type of a field annotated as e.g. "int", "int | None", "str | None"."""
-    names = [t.strip() for t in str(f.type).split("|") if t.strip() != "None"]
-    return _TYPES.get(names[0], str) if len(names) == 1 else str
+from .config import PrepConfig
+from .native_logs import ENV_FLAG
 
 
 def add_config_options(parser: argparse.ArgumentParser) -> None:
-    defaults = PrepConfig()
-    for f in dataclasses.fields(PrepConfig):
-        if f.name in API_ONLY:
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        default = getattr(defaults, f.name)
-        help_text = FIELD_HELP[f.name]  # the formatter appends the default
-        if str(f.type) == "bool":
-            parser.add_argument(
-                flag, dest=f.name, action=argparse.BooleanOptionalAction, default=default, help=help_text
-            )
-        else:
-            parser.add_argument(flag, dest=f.name, type=_field_type(f), default=default, choices=FIELD_CHOICES.get(f.name),
-                                metavar=None if f.name in FIELD_CHOICES else f.name.split("_")[-1].upper(), help=help_text)  # fmt: skip
+    add_arguments(parser, PrepConfig, title="run settings")
 
 
 def config_from_args(args: argparse.Namespace) -> PrepConfig:
-    names = {f.name for f in dataclasses.fields(PrepConfig)} - API_ONLY
-    return PrepConfig(**{k: v for k, v in vars(args).items() if k in names})
+    return from_args(PrepConfig, args)
 
 
 def format_summary(summary: dict) -> str:
@@ -110,7 +90,6 @@ def build_parser() -> argparse.ArgumentParser:
             name,
             help=help_text,
             description=help_text,
-            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         )
         add_options(p)
         p.add_argument("--json", action="store_true", help="Print the summary as JSON.")
@@ -135,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("prep").setLevel(min(level, logging.INFO))  # the dashboard address and shard plan
     quiet_dask(logging.DEBUG if args.verbose >= 2 else logging.WARNING)
+    if args.verbose >= 2:  # debugging: let MediaPipe's native log lines through (prep.native_logs)
+        os.environ[ENV_FLAG] = "1"
     return COMMANDS[args.command][0](args)
 
 

@@ -19,6 +19,7 @@ from manifests.schema import SCHEMAS
 from manifests.writer import ManifestWriter
 
 from .config import PrepConfig
+from .native_logs import filter_native_stderr, in_dask_worker
 from .records import ImageRecord
 
 logger = logging.getLogger(__name__)
@@ -87,6 +88,8 @@ def get_annotator(config: PrepConfig):
     with _LOCK:
         if key not in _CACHE:
             _, cls = annotator_module(config)
+            if in_dask_worker():  # MediaPipe's native log lines would flood the run's output
+                filter_native_stderr()
             t0 = time.perf_counter()
             _CACHE[key] = cls(config)
             logger.info("pid %d built %s in %.2f s", os.getpid(), config.annotator, time.perf_counter() - t0)

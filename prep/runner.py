@@ -59,7 +59,7 @@ SETUP_ERRORS = (
 
 
 def make_config(config: PrepConfig | None = None, **kwargs) -> PrepConfig:
-    """A PrepConfig from a config and/or keyword overrides; unknown keywords are an error."""
+    """A validated PrepConfig from a config and/or keyword overrides; unknown keywords are an error."""
     names = {f.name for f in dataclasses.fields(PrepConfig)}
     unknown = sorted(set(kwargs) - names)
     if unknown:
@@ -68,11 +68,7 @@ def make_config(config: PrepConfig | None = None, **kwargs) -> PrepConfig:
         config = PrepConfig(**kwargs)
     elif kwargs:  # a bare replace() would also drop attributes set on the instance
         config = dataclasses.replace(config, **kwargs)
-    for name, low in (("workers", 1), ("shard_size", 1), ("retries", 0), ("limit", 0)):
-        value = getattr(config, name)
-        if value is not None and value < low:
-            raise ValueError(f"{name} must be at least {low}, got {value}")
-    return config
+    return config.validate()
 
 
 def uses_sam(config: PrepConfig) -> bool:

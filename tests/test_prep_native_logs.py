@@ -46,3 +46,23 @@ def test_native_noise_is_dropped_and_the_rest_forwarded(flag, filtered):
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == str(filtered)
     assert proc.stderr.splitlines() == (KEPT if filtered else lines)
+
+
+def test_a_prep_run_prints_no_native_log_lines(data_dir, tmp_path):
+    """The real annotator on Dask workers: the tqdm bar and the summary, not MediaPipe's C++ logging."""
+    import os
+
+    photos = tmp_path / "in"
+    photos.mkdir()
+    for src in sorted((data_dir / "hagrid_mini" / "four").glob("*.jpg"))[:3]:
+        (photos / src.name).write_bytes(src.read_bytes())
+    env = {k: v for k, v in os.environ.items() if k != "HANDFIRST_NATIVE_LOGS"}
+    cmd = [sys.executable, "-m", "prep", "run", "--input", str(photos), "--out", str(tmp_path / "m"),
+           "--workers", "1", "--no-progress", "--no-wrist-refine"]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "images      3 this run" in proc.stdout
+    noisy = [
+        line for line in proc.stderr.splitlines() if "inference_feedback_manager" in line or "XNNPACK" in line
+    ]
+    assert noisy == [], proc.stderr

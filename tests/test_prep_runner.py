@@ -99,7 +99,9 @@ def test_resume_plan_skips_complete_redoes_dead_and_changed(mixed_input, tmp_pat
     assert [s.index for s in pending_shards(shards, writer).todo] == [1, 3]
     # settings that change rows make another manifest: refused, or with overwrite all old shards go
     changed = plan_shards(load_records(config), cfg(mixed_input, tmp_path / "m", crop_size=256))
-    with pytest.raises(OutputConflictError, match=r"shards shard-00000..shard-00002 were written under other"):
+    with pytest.raises(
+        OutputConflictError, match=r"shards shard-00000..shard-00002 were written under other"
+    ):
         pending_shards(changed, writer)
     plan = pending_shards(changed, writer, overwrite=True)
     assert [s.index for s in plan.todo] == [0, 1, 2, 3] and plan.discard == [0, 2] and plan.skipped == {}
@@ -199,7 +201,7 @@ def test_a_failed_shards_leftovers_are_removed(mixed_input, tmp_path):
 
 
 def test_bad_settings_are_refused_before_any_work(tmp_path):
-    with pytest.raises(ValueError, match="workers must be at least 1, got 0"):
+    with pytest.raises(ValueError, match=r"workers \(--workers\) must be >= 1, got 0"):
         run(input=str(tmp_path), out=str(tmp_path / "m"), workers=0)
     with pytest.raises(TypeError, match=r"unknown prep settings: \['crop_sise'\]"):
         run(input=str(tmp_path), crop_sise=3)
@@ -209,30 +211,22 @@ def test_bad_settings_are_refused_before_any_work(tmp_path):
 def test_cli_options_come_from_the_config():
     import dataclasses
 
-    from prep.cli import API_ONLY, build_parser
-    from prep.config import FIELD_HELP
+    from prep.cli import build_parser, config_from_args
 
-    fields = {f.name for f in dataclasses.fields(PrepConfig)}
-    assert set(FIELD_HELP) == fields  # every setting is documented in one place
+    api_only = {f.name for f in dataclasses.fields(PrepConfig) if not f.metadata.get("cli", True)}
+    assert api_only == {"caption_templates", "split_fractions"}
+    assert all(f.metadata["help"] for f in dataclasses.fields(PrepConfig))  # every setting is documented
     options = {a.dest for a in build_parser()._subparsers._group_actions[0].choices["run"]._actions}
-    assert fields - API_ONLY <= options
+    assert {f.name for f in dataclasses.fields(PrepConfig)} - api_only <= options
 
-    args = build_parser().parse_args(["run"])
-    defaults = PrepConfig()
-    for name in (
-        "shard_size",
-        "workers",
-        "crop_size",
-        "sigma",
-        "max_pixels",
-        "mask_method",
-        "min_detection_confidence",
-    ):
-        assert getattr(args, name) == getattr(defaults, name)
+    assert (
+        config_from_args(build_parser().parse_args(["run"])) == PrepConfig()
+    )  # defaults come from the config
     args = build_parser().parse_args(
         ["run", "--crop-size", "256", "--heatmap-size", "16", "--no-wrist-refine"]
     )
-    assert (args.crop_size, args.heatmap_size, args.wrist_refine) == (256, 16, False)
+    config = config_from_args(args)
+    assert (config.crop_size, config.heatmap_size, config.wrist_refine) == (256, 16, False)
     with pytest.raises(SystemExit):
         build_parser().parse_args(["run", "--format", "voc"])
 
@@ -262,7 +256,9 @@ def test_external_scheduler_is_used_and_left_running(mixed_input, tmp_path, monk
 
     import prep.runner
 
-    monkeypatch.setattr(prep.runner, "check_sam", lambda config: None)  # no SAM weights here: the GPU check is the point
+    monkeypatch.setattr(
+        prep.runner, "check_sam", lambda config: None
+    )  # no SAM weights here: the GPU check is the point
 
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster:
         summary = run(cfg(mixed_input, tmp_path / "m", scheduler=cluster.scheduler_address, limit=6))
