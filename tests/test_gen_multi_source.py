@@ -336,3 +336,19 @@ def test_body_init_from_gives_the_source_controlnet_and_checks_the_condition(sou
     other.check_data()
     with pytest.raises(DataCheckError, match="channels"):
         other.build(Accelerator(cpu=True))
+
+
+def test_manifests_whose_crops_have_other_margins_are_refused(sources, tmp_path):
+    from manifests.reader import open_manifest
+    from manifests.writer import ManifestWriter
+
+    src = open_manifest(sources[1])
+    made = []
+    for margin in (0.25, 0.5):
+        writer = ManifestWriter(str(tmp_path / f"m{margin}"))
+        writer.write_shard(0, {t: src.read(t).to_pylist() for t in ("images", "hands")})
+        writer.finalize({**src.config, "crop_margin": margin})
+        made.append(str(tmp_path / f"m{margin}"))
+    HandTask(HandTrainConfig(manifest=(sources[0], made[0]), **FAST)).check_data()  # one margin recorded
+    with pytest.raises(DataCheckError, match="different margins.*--crop-margin"):
+        HandTask(HandTrainConfig(manifest=made, **FAST)).check_data()

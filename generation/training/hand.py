@@ -153,6 +153,7 @@ class HandTask(TrainTask):
             "stored_heatmap_size": int(first["heatmap_shape"][2]),
             "stored_sigma": float(first["heatmap_sigma"] or DEFAULT_SIGMA),
             "manifest_created_at": manifest.info.get("created_at"),
+            "crop_margin": (manifest.config or {}).get("crop_margin"),
         }  # fmt: skip
 
     def check_data(self) -> None:
@@ -186,6 +187,15 @@ class HandTask(TrainTask):
                 + ", ".join(f"{src['manifest']}: {s:.4g}" for src, s in zip(sources, sigmas))
                 + "); prepare them with the same heatmap sigma and size"
             )
+        # The margin sets how large the hand is in its crop; generation crops with one margin (the first
+        # manifest's, `pipeline_two_stage.run_crop_margin`), so mixed margins would teach other scales.
+        margins = {src["crop_margin"] for src in sources} - {None}
+        if len(margins) > 1:
+            raise DataCheckError(
+                "the manifests' hand crops have different margins ("
+                + ", ".join(f"{src['manifest']}: {src['crop_margin']}" for src in sources)
+                + "); prepare them with the same --crop-margin"
+            )
         first = sources[0]
         self.facts = {
             "manifest": first["manifest"], "hands_total": sum(s["hands_total"] for s in sources),
@@ -196,7 +206,8 @@ class HandTask(TrainTask):
         }  # fmt: skip
         if len(sources) > 1:
             self.facts["sources"] = [
-                {k: v for k, v in src.items() if k not in ("crop_sizes", "stored_sigma")} for src in sources
+                {k: v for k, v in src.items() if k not in ("crop_sizes", "stored_sigma", "crop_margin")}
+                for src in sources
             ]
             self.facts["manifest_weights"] = list(c.manifest_weights) if c.manifest_weights else None
         if self.source_run is not None:
