@@ -115,7 +115,13 @@ def dask_client(config: PrepConfig):
     with dask.config.set(settings):
         with LocalCluster(n_workers=config.workers, threads_per_worker=1, processes=True, dashboard_address=":0",
                           resources=resources, silence_logs=logging.ERROR) as cluster, Client(cluster) as client:  # fmt: skip
-            yield client
+            try:
+                yield client
+            except KeyboardInterrupt:
+                # Closing stops workers still busy with a shard; the nanny's "still alive after 4 s,
+                # killing" is then what the user asked for, not a warning.
+                logging.getLogger("distributed.nanny").setLevel(logging.ERROR)
+                raise
 
 
 def _progress(total: int, enabled: bool):

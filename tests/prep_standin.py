@@ -3,8 +3,8 @@ models, and can kill their own worker process on demand.
 
 A record whose image has a sibling file `<image>.die` kills the worker process every time it is
 annotated; one with `<image>.die-once` kills it once (the marker is removed first), so a retry on a
-restarted worker succeeds. One with `<image>.block` waits while that file exists (a run that is
-still busy when a test interrupts it).
+restarted worker succeeds. One with `<image>.block` creates `<image>.blocked` and waits while the
+`.block` file exists (a run that is still busy when a test interrupts it).
 """
 
 from __future__ import annotations
@@ -19,8 +19,10 @@ from manifests.storage import filesystem
 
 
 def _maybe_die(uri: str) -> None:
-    while os.path.exists(uri + ".block"):
-        time.sleep(0.05)
+    if os.path.exists(uri + ".block"):
+        open(uri + ".blocked", "w").close()  # tells a test that a worker is busy with this image
+        while os.path.exists(uri + ".block"):
+            time.sleep(0.05)
     if os.path.exists(uri + ".die"):
         os._exit(17)
     if os.path.exists(uri + ".die-once"):

@@ -443,8 +443,8 @@ def test_sigint_to_the_process_group_stops_workers_quietly(photos, tmp_path):
         argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True
     )
     try:
-        first = out / "images" / "_stats" / "shard-00000.json"
-        while not first.exists() and proc.poll() is None:
+        busy = images[1].with_name(images[1].name + ".blocked")  # shard 0 is written, shard 1 is running
+        while not busy.exists() and proc.poll() is None:
             time.sleep(0.05)
         assert proc.poll() is None, proc.communicate()
         os.killpg(proc.pid, signal.SIGINT)
