@@ -33,6 +33,7 @@ from .captions import hand_caption, image_caption
 from .config import PrepConfig
 from .crops import (
     encode_crop,
+    full_resolution_crop,
     hand_crop_box,
     make_crop,
     needs_full_resolution,
@@ -40,7 +41,7 @@ from .crops import (
     stored_size,
     union_mask,
 )
-from .hands import Hand, HandDetector, hands_from_annotation
+from .hands import FullCrop, Hand, HandDetector, hands_from_annotation
 from .imageio import MAX_FILE_BYTES, DecodedImage, load_image
 from .masks import make_masker
 from .records import HandAnnotation, ImageRecord
@@ -151,13 +152,14 @@ class Annotator:
             if self._nested:
                 self._nested[-1] += elapsed
 
-    def detect(self, image: np.ndarray, full=None) -> tuple[list[Hand], BodyPose | None]:
+    def detect(self, image: np.ndarray, full: FullCrop | None = None) -> tuple[list[Hand], BodyPose | None]:
         """(hands, body pose or None) detected in (H, W, 3) uint8 RGB pixels; timed in `timings`.
 
         The body comes first because the hands' wrist-guided second pass searches around the body's
         wrists. `annotate` runs this same method, so whoever detects through it (evaluation, the
         photo-to-pose path of generation) sees exactly what prep would have annotated.
-        `full`: when `image` is a reduced copy, returns the full-resolution image (see `HandDetector.detect`).
+        `full`: when `image` is a reduced copy, cuts crops from the full-resolution photo (see
+        `HandDetector.detect`).
         """
         body = self._detect_body(image)
         with self._timed("hands"):
@@ -182,17 +184,24 @@ class Annotator:
                     annotations, record.source_uri, (decoded.height, decoded.width), self.config.max_outside
                 )
             return hands[: self.config.max_hands], _moved(body, decoded.to_full)
-        hands, body = self.detect(image, self._full_loader(decoded) if decoded.reduced else None)
+        hands, body = self.detect(image, self._full_crop(decoded) if decoded.reduced else None)
         return [_moved(hand, decoded.to_full) for hand in hands], _moved(body, decoded.to_full)
 
-    def _full_loader(self, decoded: DecodedImage):
-        """`decoded.full_pixels`, its decoding timed as the "decode" stage wherever it happens."""
-
-        def full() -> np.ndarray:
+    def _decode_full(self, decoded: DecodedImage) -> None:
+        """Decode the full-resolution image now if it is not at hand, timed as the "decode" stage."""
+        if not decoded.full_decoded:
             with self._timed("decode"):
-                return decoded.full_pixels()
+                decoded.full_image()
 
-        return full
+    def _full_crop(self, decoded: DecodedImage):
+        """Crops of boxes in `decoded.pixels` coordinates, cut from the full-resolution image."""
+        to_full = 1.0 / decoded.scale[0]
+
+        def crop(box):
+            self._decode_full(decoded)
+            return full_resolution_crop(decoded, scale_box(box, to_full))
+
+        return crop
 
     def annotate(self, record: ImageRecord) -> tuple[dict, list[dict]]:
         """One record -> (images row, hands rows). Raises a `prep.errors.PrepError` for a bad image."""
@@ -210,7 +219,7 @@ class Annotator:
 
         hands, body = self.find_hands(decoded, record, annotations)
         if any(needs_full_resolution(decoded, hand_crop_box(h.keypoints, cfg)) for h in hands):
-            self._full_loader(decoded)()
+            self._decode_full(decoded)
 
         gesture = gesture_hand(hands)
         sides = [hand.handedness for hand in hands]

@@ -63,6 +63,31 @@ def scale_box(box: CropBox, scale: float) -> CropBox:
     return CropBox(box.x0 * scale, box.y0 * scale, box.side * scale, box.size)
 
 
+def _filter_factor(box: CropBox) -> int:
+    """The integer box-filter factor taken before sampling a box shrunk more than 2x (1: none)."""
+    return int(np.floor(1.0 / box.scale)) if box.scale < 0.5 else 1
+
+
+def _read_region(box: CropBox, factor: int, width: int, height: int) -> tuple[int, int, int, int]:
+    """(x0, y0, x1, y1): the pixels of a `width` x `height` image that cropping `box` reads, on a grid of
+    `factor`-pixel blocks aligned as if the whole image were filtered. Bilinear sampling reads one
+    filtered pixel past the box, so a margin of two blocks keeps every pixel it reads a whole block."""
+    x0 = min(max(0, int(np.floor(box.x0 / factor)) - 2), (width - 1) // factor) * factor
+    y0 = min(max(0, int(np.floor(box.y0 / factor)) - 2), (height - 1) // factor) * factor
+    x1 = min(width, max(x0 + factor, (int(np.ceil((box.x0 + box.side) / factor)) + 2) * factor))
+    y1 = min(height, max(y0 + factor, (int(np.ceil((box.y0 + box.side) / factor)) + 2) * factor))
+    return x0, y0, x1, y1
+
+
+def _crop_region(region: np.ndarray, x0: int, y0: int, box: CropBox, factor: int) -> np.ndarray:
+    """`box` (image pixels) cropped from `region`, the image's pixels from (x0, y0) on."""
+    if factor > 1:
+        region = np.asarray(Image.fromarray(np.ascontiguousarray(region)).reduce(factor))
+    # reduce() averages factor x factor blocks, so image pixel x maps to (x - x0) / factor.
+    local = CropBox((box.x0 - x0) / factor, (box.y0 - y0) / factor, box.side / factor, box.size)
+    return warp_crop(region, local)
+
+
 def antialiased_crop(image: np.ndarray, box: CropBox) -> np.ndarray:
     """`warp_crop`, but a box shrunk more than 2x is first box-filtered by an integer factor, since
     bilinear sampling alone aliases (large hands in large photos).
@@ -70,20 +95,17 @@ def antialiased_crop(image: np.ndarray, box: CropBox) -> np.ndarray:
     Only the box's neighbourhood is filtered, on blocks aligned as if the whole image were, so the
     result equals filtering the whole image at a fraction of the cost.
     """
-    factor = int(np.floor(1.0 / box.scale)) if box.scale < 0.5 else 1
-    if factor <= 1:
-        return warp_crop(image, box)
-    h, w = image.shape[:2]
-    # Bilinear sampling reads one filtered pixel past the box: a margin of two blocks keeps every
-    # pixel it reads a whole block.
-    x0 = min(max(0, int(np.floor(box.x0 / factor)) - 2), (w - 1) // factor) * factor
-    y0 = min(max(0, int(np.floor(box.y0 / factor)) - 2), (h - 1) // factor) * factor
-    x1 = min(w, max(x0 + factor, (int(np.ceil((box.x0 + box.side) / factor)) + 2) * factor))
-    y1 = min(h, max(y0 + factor, (int(np.ceil((box.y0 + box.side) / factor)) + 2) * factor))
-    small = np.asarray(Image.fromarray(np.ascontiguousarray(image[y0:y1, x0:x1])).reduce(factor))
-    # reduce() averages factor x factor blocks, so image pixel x maps to (x - x0) / factor.
-    local = CropBox((box.x0 - x0) / factor, (box.y0 - y0) / factor, box.side / factor, box.size)
-    return warp_crop(small, local)
+    factor = _filter_factor(box)
+    x0, y0, x1, y1 = _read_region(box, factor, image.shape[1], image.shape[0])
+    return _crop_region(image[y0:y1, x0:x1], x0, y0, box, factor)
+
+
+def full_resolution_crop(decoded: DecodedImage, box: CropBox) -> np.ndarray:
+    """`antialiased_crop` of the full-resolution image (`box` in original pixels), which converts only
+    the region the crop reads, not the whole photo."""
+    factor = _filter_factor(box)
+    x0, y0, x1, y1 = _read_region(box, factor, decoded.width, decoded.height)
+    return _crop_region(decoded.full_region(x0, y0, x1, y1), x0, y0, box, factor)
 
 
 def needs_full_resolution(decoded: DecodedImage, box: CropBox) -> bool:
@@ -95,7 +117,7 @@ def needs_full_resolution(decoded: DecodedImage, box: CropBox) -> bool:
 def crop_pixels(decoded: DecodedImage, box: CropBox) -> np.ndarray:
     """The (size, size, 3) crop of `box` (original pixels) from the reduced or the full image."""
     if needs_full_resolution(decoded, box):
-        return antialiased_crop(decoded.full_pixels(), box)
+        return full_resolution_crop(decoded, box)
     return antialiased_crop(decoded.pixels, scale_box(box, decoded.scale[0]))
 
 

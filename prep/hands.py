@@ -34,7 +34,7 @@ from manifests.geometry import CropBox, keypoint_bbox
 
 from .body import POSE_ARM, BodyPose
 from .config import PrepConfig
-from .crops import antialiased_crop, scale_box, warp_crop
+from .crops import warp_crop
 from .errors import AnnotationError
 from .records import HandAnnotation
 
@@ -44,6 +44,9 @@ log = logging.getLogger(__name__)
 UNMIRROR = {"Left": "right", "Right": "left"}
 
 PAD_PASS_MAX_SIDE = 2048
+
+# Cuts a crop box given in the searched (reduced) image's pixels from the full-resolution photo.
+FullCrop = Callable[[CropBox], np.ndarray]
 
 SOURCE_FULL = "mediapipe"
 SOURCE_WRIST = "mediapipe_wrist_crop"
@@ -174,10 +177,10 @@ class HandDetector:
         return hands
 
     def detect(self, image: np.ndarray, body: BodyPose | None = None,
-               full: Callable[[], np.ndarray] | None = None) -> list[Hand]:  # fmt: skip
+               full: FullCrop | None = None) -> list[Hand]:  # fmt: skip
         """(H, W, 3) uint8 RGB (+ optional body pose) -> hands in `image` pixels, at most `max_hands`,
-        best first. When `image` is a reduced copy, `full` returns the full-resolution image (decoded
-        on demand), from which the wrist-guided pass cuts its crops."""
+        best first. When `image` is a reduced copy, `full` cuts the wrist-guided pass's crops (boxes in
+        `image` pixels) from the full-resolution photo."""
         hands = self._run(image, None, SOURCE_FULL)
         if self.config.wrist_refine and body is not None:
             for extra in self._wrist_pass(image, body, hands, full):
@@ -248,7 +251,7 @@ class HandDetector:
         return out
 
     def _wrist_pass(self, image: np.ndarray, body: BodyPose, hands: list[Hand],
-                    full: Callable[[], np.ndarray] | None = None) -> list[Hand]:  # fmt: skip
+                    full: FullCrop | None = None) -> list[Hand]:  # fmt: skip
         found: list[Hand] = []
         wrists = [
             body.wrist(arm)[0] for arm in POSE_ARM if body.wrist(arm)[1] >= self.config.wrist_min_visibility
@@ -269,13 +272,9 @@ class HandDetector:
         return found
 
     def _search(self, image: np.ndarray, crop: CropBox, wrists: list[np.ndarray], min_size: float,
-                full: Callable[[], np.ndarray] | None = None) -> list[Hand]:  # fmt: skip
+                full: FullCrop | None = None) -> list[Hand]:  # fmt: skip
         kept = []
-        if full is None:
-            pixels = warp_crop(image, crop)
-        else:  # the same crop, from the full-resolution image (`crop` is in `image` pixels)
-            source = full()
-            pixels = antialiased_crop(source, scale_box(crop, source.shape[1] / image.shape[1]))
+        pixels = warp_crop(image, crop) if full is None else full(crop)
         for hand in self._run(pixels, crop, SOURCE_WRIST):
             nearest = min(float(np.linalg.norm(hand.keypoints[0, :2] - wr)) for wr in wrists)
             if nearest > self.config.wrist_match_dist * crop.side:

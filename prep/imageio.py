@@ -15,7 +15,7 @@
 - With `max_side`, the pixels are a reduced copy whose longer side is at most `max_side` (never
   enlarged): a JPEG is decoded at the smallest DCT scale (1/2, 1/4, 1/8) that still covers it
   (`Image.draft`, several times cheaper than a full decode) and then resized, so a full-HD photo costs
-  about as much as a 512-px one. `DecodedImage.full_pixels()` decodes full resolution on demand, for
+  about as much as a 512-px one. `DecodedImage.full_region()` decodes full resolution on demand, for
   the few uses that need it, and `to_full` maps reduced-pixel coordinates back to original pixels.
 """
 
@@ -77,8 +77,8 @@ class DecodedImage:
     source_mode: str  # PIL mode before conversion (RGB, L, CMYK, I;16, ...)
     oriented: bool  # True when an EXIF orientation other than 1 was applied
     full_size: tuple[int, int] | None = None  # (W, H) of the upright original; None: that of `pixels`
-    _full: np.ndarray | None = field(default=None, repr=False)
-    _load_full: Callable[[], np.ndarray] | None = field(default=None, repr=False)
+    _full_image: Image.Image | None = field(default=None, repr=False)  # upright RGB, when reduced
+    _load_full: Callable[[], Image.Image] | None = field(default=None, repr=False)
 
     @property
     def width(self) -> int:
@@ -118,13 +118,29 @@ class DecodedImage:
         out[:, 1] *= sy
         return out
 
-    def full_pixels(self) -> np.ndarray:
-        """The (H, W, 3) full-resolution image, decoded on first use when `pixels` is reduced."""
+    @property
+    def full_decoded(self) -> bool:
+        """Whether the full-resolution image is at hand (not reduced, decoded already, or kept)."""
+        return not self.reduced or self._full_image is not None
+
+    def full_image(self) -> Image.Image:
+        """The upright full-resolution RGB image, decoded on first use when `pixels` is reduced."""
         if not self.reduced:
-            return self.pixels
-        if self._full is None:
-            self._full = self._load_full()
-        return self._full
+            return Image.fromarray(self.pixels)
+        if self._full_image is None:
+            self._full_image = self._load_full()
+        return self._full_image
+
+    def full_region(self, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
+        """(y1 - y0, x1 - x0, 3) full-resolution pixels of a region inside the image: only the region
+        is converted to an array, a small part of a full-HD photo for a hand crop."""
+        if not self.reduced:
+            return self.pixels[y0:y1, x0:x1]
+        return np.asarray(self.full_image().crop((x0, y0, x1, y1)), dtype=np.uint8)
+
+    def full_pixels(self) -> np.ndarray:
+        """The (H, W, 3) full-resolution image (the whole of it: `full_region` is cheaper for a part)."""
+        return self.pixels if not self.reduced else np.asarray(self.full_image(), dtype=np.uint8)
 
 
 def _not_regular(uri: str, what: str) -> ImageReadError:
@@ -307,17 +323,18 @@ def _orientation(im: Image.Image, uri: str) -> int | None:
         return None
 
 
-def _decode(data: bytes, max_pixels: int, uri: str, max_side: int | None) -> DecodedImage:
+def _load_rgb(data: bytes, max_pixels: int, uri: str, max_side: int | None):
+    """-> (RGB image as stored, before orientation; its full-size extent in its pixels or None; the
+    opened image's format, mode and size; the EXIF orientation). With `max_side`, a JPEG decodes in
+    draft mode: the decoder itself returns 1/2, 1/4 or 1/8 of the pixels per side, still covering the
+    reduced size."""
     im = _open_checked(data, max_pixels, uri)
-    fmt, mode = im.format, im.mode
-    full = im.size
-    target = reduced_size(*full, max_side) if max_side else full
+    fmt, mode, size = im.format, im.mode, im.size
+    target = reduced_size(*size, max_side) if max_side else size
     box = None
-    if target != full and fmt == "JPEG":
-        # DCT-domain downscaling: the decoder returns at most 8x fewer pixels per side, still covering
-        # `target`; `box` is the original extent in those pixels (the last one may be partial).
+    if target != size and fmt == "JPEG":
         drafted = im.draft(None, target)
-        box = drafted[1] if drafted else None
+        box = drafted[1] if drafted else None  # the original extent (the last pixel may be partial)
     try:
         if getattr(im, "n_frames", 1) > 1:
             im.seek(0)  # animated GIF / multi-page TIFF: the first frame
@@ -333,20 +350,15 @@ def _decode(data: bytes, max_pixels: int, uri: str, max_side: int | None) -> Dec
         raise ImageDecodeError(
             f"{uri}: cannot convert mode {mode} to RGB ({type(exc).__name__}: {exc})"
         ) from exc
+    return rgb, box, fmt, mode, size, orientation
+
+
+def _upright(rgb: Image.Image, orientation: int | None) -> Image.Image:
     transpose = ORIENTATION_TRANSPOSE.get(orientation)
-    whole = None
-    if rgb.size != target:
-        if box is None:  # no draft: every pixel was decoded anyway, so keep them for `full_pixels`
-            whole = _pixels(rgb, transpose, uri)
-        rgb = rgb.resize(target, Image.BILINEAR, box=box, reducing_gap=2.0)
-    upright = full[::-1] if orientation in (5, 6, 7, 8) else full  # these four swap the axes
-    return DecodedImage(pixels=_pixels(rgb, transpose, uri), format=fmt, source_mode=mode,
-                        oriented=transpose is not None, full_size=upright, _full=whole)  # fmt: skip
+    return rgb if transpose is None else rgb.transpose(transpose)
 
 
-def _pixels(rgb: Image.Image, transpose: Image.Transpose | None, uri: str) -> np.ndarray:
-    if transpose is not None:
-        rgb = rgb.transpose(transpose)
+def _pixels(rgb: Image.Image, uri: str) -> np.ndarray:
     pixels = np.ascontiguousarray(np.asarray(rgb, dtype=np.uint8))
     if pixels.ndim != 3 or pixels.shape[2] != 3:
         raise ImageDecodeError(f"{uri}: decoded to unexpected shape {pixels.shape}")
@@ -359,13 +371,30 @@ def decode_image(
     """Encoded bytes -> `DecodedImage`; raises `ImageDecodeError` / `ImageTooLargeError` naming `uri`.
 
     With `max_side`, `pixels` is reduced to a longer side of at most `max_side` (see the module
-    docstring); a JPEG's full resolution is decoded from `data` again only if `full_pixels()` is called
-    (other formats have no reduced decoding, so their full pixels are kept).
+    docstring); a JPEG's full resolution is decoded from `data` again only when it is asked for
+    (other formats have no reduced decoding, so their full image is kept).
     """
-    decoded = _decode(data, max_pixels, uri, max_side)
-    if decoded.reduced and decoded._full is None:
-        decoded._load_full = lambda: _decode(data, max_pixels, uri, None).pixels
-    return decoded
+    rgb, box, fmt, mode, size, orientation = _load_rgb(data, max_pixels, uri, max_side)
+    target = reduced_size(*size, max_side) if max_side else size
+    full_image = load_full = None
+    if target != size:
+        if box is None:  # no draft: every pixel was decoded anyway, so the full image is kept
+            full_image = _upright(rgb, orientation)
+        else:
+            load_full = lambda: _upright(_load_rgb(data, max_pixels, uri, None)[0], orientation)  # noqa: E731
+    if rgb.size != target:  # a draft may already have the reduced size (an exact 1/2, 1/4, 1/8)
+        # PIL's filtered resize: plain bilinear interpolation of the draft aliases enough to move a
+        # 30-px hand's detection (seen on hagrid_mini upscaled to full HD).
+        rgb = rgb.resize(target, Image.BILINEAR, box=box, reducing_gap=2.0)
+    return DecodedImage(
+        pixels=_pixels(_upright(rgb, orientation), uri),
+        format=fmt,
+        source_mode=mode,
+        oriented=ORIENTATION_TRANSPOSE.get(orientation) is not None,
+        full_size=size[::-1] if orientation in (5, 6, 7, 8) else size,  # these four swap the axes
+        _full_image=full_image,
+        _load_full=load_full,
+    )
 
 
 def load_image(uri: str, max_pixels: int, max_bytes: int = MAX_FILE_BYTES,

@@ -125,12 +125,12 @@ def test_small_hand_crop_comes_from_full_resolution_and_a_large_one_needs_no_ful
 
     large = np.array([[300.0, 100.0, 1.0], [1400.0, 1000.0, 1.0]] + [[900.0, 500.0, 1.0]] * 19)  # 1100 px box
     crop = make_crop(decoded, large, cfg)
-    assert decoded._full is None  # 275 reduced px cover it at 256: no full decode
+    assert not decoded.full_decoded  # 275 reduced px cover it at 256: no full decode
     assert np.array_equal(crop.pixels, antialiased_crop(decoded.pixels, scale_box(crop.box, 0.25)))
 
     small = np.array([[200.0, 200.0, 1.0], [300.0, 300.0, 1.0]] + [[250.0, 250.0, 1.0]] * 19)  # 100 px box
     crop = make_crop(decoded, small, cfg)
-    assert decoded._full is not None
+    assert decoded.full_decoded
     assert np.array_equal(crop.pixels, antialiased_crop(decoded.full_pixels(), crop.box))
     assert crop.pixels.std() > 60  # the checkerboard, which the reduced pixels average to grey
     assert decoded.pixels[40:80, 40:80].std() < 10
@@ -153,7 +153,7 @@ def test_jpeg_is_decoded_in_draft_mode_and_full_resolution_on_demand(data_dir, m
     side = max(full.width, full.height) // 4
     reduced = decode_image(data, MAX, "victory.jpg", max_side=side)
     assert scales == [4]  # the JPEG decoder itself returned a quarter of the pixels per side
-    assert max(reduced.pixels.shape[:2]) == side and reduced.reduced and reduced._full is None
+    assert max(reduced.pixels.shape[:2]) == side and reduced.reduced and not reduced.full_decoded
     assert (reduced.width, reduced.height) == (full.width, full.height)
     assert np.array_equal(reduced.full_pixels(), full.pixels)
     # The reduced pixels are the photo, not a shifted or stretched copy of it.
