@@ -159,15 +159,15 @@ def manifests_setting(what: str):
     return setting(
         (),
         f"{what} written by prep (local path or fsspec URL); several are mixed, sample by sample, by a "
-        "seeded draw with --manifest-weights",
+        "seeded draw with --manifest-weights (required, no default)",
     )
 
 
 def manifest_weights_setting():
     return setting(
         None,
-        "sampling weight of each --manifest, in order (default: their sizes, so each sample is seen about "
-        "once per epoch)",
+        "sampling weight of each --manifest, in order (default: their sizes, so each sample is seen once "
+        "per epoch)",
         gt=0,
         le=1e9,
     )
