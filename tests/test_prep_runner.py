@@ -109,8 +109,11 @@ def test_resume_plan_skips_complete_redoes_dead_and_changed(mixed_input, tmp_pat
     same = plan_shards(load_records(config), cfg(mixed_input, tmp_path / "m", workers=7, retries=5))
     assert [s.index for s in pending_shards(same, writer).todo] == [1, 3]
     # an output written from a larger input cannot be resumed by a smaller plan
+    smaller = plan_shards(load_records(config)[:10], config)
     with pytest.raises(OutputConflictError, match="shards shard-00002 are beyond this run's 2 shards"):
-        pending_shards(plan_shards(load_records(config)[:10], config), writer)
+        pending_shards(smaller, writer)
+    plan = pending_shards(smaller, writer, overwrite=True)  # overwrite: the extra shard goes
+    assert plan.discard == [2] and [s.index for s in plan.todo] == [1] and sorted(plan.skipped) == [0]
 
 
 def test_run_accounts_for_every_input_and_rerun_changes_nothing(mixed_input, tmp_path):
