@@ -51,7 +51,8 @@ def _interrupted_message(out: str) -> str:
     from manifests.writer import ManifestWriter
 
     try:
-        kept = f"{len(ManifestWriter(out).done_shards())} completed shards in {out} are kept"
+        n = len(ManifestWriter(out).done_shards())
+        kept = f"{n} completed shard{'' if n == 1 else 's'} in {out} {'is' if n == 1 else 'are'} kept"
     except Exception:  # noqa: BLE001 - the message must come out even if the output cannot be listed
         kept = f"the completed shards in {out} are kept"
     return f"handfirst-prep: interrupted: {kept}; rerun the same command to resume"

@@ -414,7 +414,7 @@ def test_ctrl_c_exits_130_with_one_line_and_the_rerun_resumes(photos, tmp_path, 
     assert rc == 130
     assert (
         line
-        == f"handfirst-prep: interrupted: 1 completed shards in {out} are kept; rerun the same command to resume"
+        == f"handfirst-prep: interrupted: 1 completed shard in {out} is kept; rerun the same command to resume"
     )
     assert not (out / LOCK_FILE).exists()
     monkeypatch.undo()
@@ -456,7 +456,7 @@ def test_sigint_to_the_process_group_stops_workers_quietly(photos, tmp_path):
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
     expected = (
-        f"handfirst-prep: interrupted: 1 completed shards in {out} are kept; rerun the same command to resume"
+        f"handfirst-prep: interrupted: 1 completed shard in {out} is kept; rerun the same command to resume"
     )
     *before, last = err.strip().splitlines()
     assert last == expected and all(line.startswith("INFO ") for line in before), err  # no worker noise
