@@ -12,8 +12,15 @@ temporary folder):
 2. annotation-keypoints mode (no detector, no body pose, no masks) on the same 384x512 photos (512-px
    longest side), as a HaGRID tree whose landmarks are the detect run's keypoints: images/s on one
    core (in this process, no Dask) and on the 2-worker cluster; and the same with GrabCut masks.
+3. full HD: the same photos upscaled 3.75x to 1440x1920 (the size of real HaGRID photos, bicubic,
+   JPEG quality 95) against the originals, in detect mode on one core of this process, one annotator
+   each, alternating photo by photo so the machine's load weighs on both alike: time per image and
+   per stage, the ratio, the status of every photo, and how far the full-HD keypoints (divided by
+   3.75) lie from the 512-px ones.
 
-    .venv/bin/python bench/prep.py [--repeat 5] [--workers 2]
+    .venv/bin/python bench/prep.py [--repeat 5] [--workers 2] [--fullhd-rounds 3] [--only full_hd]
+
+`--only full_hd` runs section 3 alone and replaces only its entry (and target) in the result file.
 
 Writes bench/results/prep.json and prints it. The machine's load average is recorded with the
 figures: on a shared machine other work lowers the multi-worker speed-up, which `worker_busy_share`
@@ -155,6 +162,141 @@ def hagrid_tree_from_manifest(manifest: str, src: str, dst: str, repeat: int) ->
                 json.dump(entries, f)
 
 
+FULL_HD_SCALE = 3.75  # 384x512 -> 1440x1920
+
+
+def upscale_folder(src: str, dst: str, factor: float) -> list[tuple[str, str]]:
+    """Bicubic `factor`x JPEG copies (quality 95) of the labelled folder `src` under `dst`/{label}/;
+    returns (original, copy) path pairs."""
+    from PIL import Image
+
+    pairs = []
+    for label in sorted(os.listdir(src)):
+        if not os.path.isdir(os.path.join(src, label)):
+            continue
+        os.makedirs(os.path.join(dst, label), exist_ok=True)
+        for name in sorted(os.listdir(os.path.join(src, label))):
+            im = Image.open(os.path.join(src, label, name)).convert("RGB")
+            out = os.path.join(dst, label, os.path.splitext(name)[0] + ".jpg")
+            im.resize((round(im.width * factor), round(im.height * factor)), Image.BICUBIC).save(
+                out, quality=95
+            )
+            pairs.append((os.path.join(src, label, name), out))
+    return pairs
+
+
+def keypoint_errors(small: list[dict], big: list[dict], factor: float) -> list[float]:
+    """Per keypoint, the distance (px of the small photo) from each small-photo hand to the full-HD hand
+    (divided by `factor`) that lies nearest to it overall; hands with no counterpart are left out."""
+    import numpy as np
+
+    out = []
+    for hand in small:
+        ref = np.array(hand["keypoints"])[:, :2]
+        dists = [np.linalg.norm(np.array(b["keypoints"])[:, :2] / factor - ref, axis=1) for b in big]
+        if dists:
+            out.extend(min(dists, key=lambda d: d.mean()).tolist())
+    return out
+
+
+def full_hd_case(src: str, tmp: str, rounds: int) -> dict:
+    """Section 3: detect mode on the 512-px photos and their full-HD copies, side by side."""
+    import numpy as np
+
+    from prep.annotate import Annotator
+    from prep.config import PrepConfig
+    from prep.records import ImageRecord
+
+    pairs = upscale_folder(src, os.path.join(tmp, "fullhd"), FULL_HD_SCALE)
+
+    def record(path: str) -> ImageRecord:
+        label, stem = os.path.basename(os.path.dirname(path)), os.path.splitext(os.path.basename(path))[0]
+        return ImageRecord(image_id=f"{label}__{stem}", source_uri=path, dataset="folder", label=label)
+
+    small, big = Annotator(PrepConfig()), Annotator(PrepConfig())
+    affinity = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(affinity)})  # one core, as in section 2
+    wall = {"512": 0.0, "full_hd": 0.0}
+    try:
+        for a, path in ((small, pairs[0][0]), (big, pairs[0][1])):  # models load before any clock starts
+            a.annotate(record(path))
+            a.timings = dict.fromkeys(a.timings, 0.0)
+        for _ in range(rounds):
+            rows = []
+            for s_path, b_path in pairs:
+                t0 = time.perf_counter()
+                s_row = small.annotate(record(s_path))
+                t1 = time.perf_counter()
+                b_row = big.annotate(record(b_path))
+                wall["512"] += t1 - t0
+                wall["full_hd"] += time.perf_counter() - t1
+                rows.append((s_row, b_row))
+    finally:
+        os.sched_setaffinity(0, affinity)
+        small.close()
+        big.close()
+    n = len(pairs) * rounds
+    errors = np.array([e for (_, sh), (_, bh) in rows for e in keypoint_errors(sh, bh, FULL_HD_SCALE)])
+    differ = {
+        s["image_id"]: {"512": [s["status"], len(sh)], "full_hd": [b["status"], len(bh)]}
+        for (s, sh), (b, bh) in rows
+        if (s["status"], len(sh)) != (b["status"], len(bh))
+    }
+    ms = {k: round(1000 * v / n, 2) for k, v in wall.items()}
+    return {
+        "input": f"{src} upscaled {FULL_HD_SCALE}x (bicubic, JPEG quality 95)",
+        "photos": len(pairs),
+        "rounds": rounds,
+        "full_hd_size_example": list(_size(pairs[0][1])),
+        "ms_per_image_1_core": ms,
+        "ratio_full_hd_to_512": round(ms["full_hd"] / ms["512"], 3),
+        "stage_ms_per_image": {
+            "512": {k: round(1000 * v / n, 2) for k, v in small.timings.items()},
+            "full_hd": {k: round(1000 * v / n, 2) for k, v in big.timings.items()},
+        },
+        "status_counts": {
+            "512": dict(Counter(s["status"] for (s, _), _ in rows)),
+            "full_hd": dict(Counter(b["status"] for _, (b, _) in rows)),
+        },
+        "hands": {"512": sum(len(sh) for (_, sh), _ in rows), "full_hd": sum(len(bh) for _, (_, bh) in rows)},
+        "photos_that_differ": differ,
+        "keypoint_error_px_at_512": {
+            "keypoints": int(errors.size),
+            "median": round(float(np.median(errors)), 3),
+            "p95": round(float(np.percentile(errors, 95)), 3),
+            "max": round(float(errors.max()), 3),
+            "share_within_2px": round(float(np.mean(errors <= 2.0)), 4),
+        },
+        "stored_image_size_full_hd": sorted({(b["image_width"], b["image_height"]) for _, (b, _) in rows}),
+        "load_average_before_after": None,  # filled in by main
+    }
+
+
+def _size(path: str) -> tuple[int, int]:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return im.size
+
+
+def run_full_hd(args) -> tuple[dict, dict]:
+    """(section 3's entry, its targets)."""
+    tmp = tempfile.mkdtemp(prefix="bench-prep-fullhd-")
+    try:
+        before = os.getloadavg()[0]
+        full_hd = full_hd_case(os.path.abspath(args.input), tmp, args.fullhd_rounds)
+        full_hd["load_average_before_after"] = [round(before, 2), round(os.getloadavg()[0], 2)]
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    kp = full_hd["keypoint_error_px_at_512"]
+    targets = {
+        "full_hd_at_most_1.3x_512px_per_image": full_hd["ratio_full_hd_to_512"] <= 1.3,
+        "full_hd_same_photos_and_hands_as_512px": not full_hd["photos_that_differ"],
+        "full_hd_keypoints_within_2px_p95": kp["p95"] <= 2.0,
+    }
+    return full_hd, targets
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--input", default=os.path.join(ROOT, "..", "shared", "data", "hagrid_mini"))
@@ -162,11 +304,21 @@ def main(argv=None) -> dict:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--shard-size", type=int, default=20)
     parser.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "prep.json"))
+    parser.add_argument("--fullhd-rounds", type=int, default=3, help="passes over the photos in section 3")
+    parser.add_argument("--only", choices=("full_hd",), help="run one section and update only its entry")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     from prep.cli import quiet_dask
 
     quiet_dask(logging.ERROR)
+    if args.only == "full_hd":
+        with open(args.out) as f:
+            result = json.load(f)
+        result["full_hd"], targets = run_full_hd(args)
+        result["targets"] = {
+            k: v for k, v in result["targets"].items() if not k.startswith("full_hd")
+        } | targets
+        return _write(args.out, result)
 
     from prep.config import PrepConfig
 
@@ -239,6 +391,7 @@ def main(argv=None) -> dict:
             "grabcut_masks_images_per_s_per_core": grab["images_per_s"],
         }
         load["after"] = os.getloadavg()
+        full_hd, full_hd_targets = run_full_hd(args)
         result = {
             "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "loadavg_1_5_15": load},
             "input": {
@@ -249,17 +402,23 @@ def main(argv=None) -> dict:
             },
             "detect_mode": detect,
             "annotation_mode": annotation,
+            "full_hd": full_hd,
             "targets": {
                 "pipeline_overhead_share_below_0.15": detect["pipeline_overhead_share"] < 0.15,
                 f"speedup_{args.workers}_workers_at_least_1.8": detect["speedup"] >= 1.8,
                 "annotation_mode_at_least_100_images_per_s_per_core": annotation["images_per_s_per_core"]
                 >= 100,
+                **full_hd_targets,
             },
         }
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
+    return _write(args.out, result)
+
+
+def _write(path: str, result: dict) -> dict:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
         json.dump(result, f, indent=2)
     print(json.dumps(result, indent=2))
     return result

@@ -99,7 +99,11 @@ class PrepConfig(Settings):
         ge=1,
     )
     max_image_side: int = setting(
-        768, "Longest side of the JPEG stored in the images table's `image` column.", ge=16, le=16384
+        768,
+        "Longest side of the JPEG stored in the images table's `image` column; larger photos are decoded at "
+        "this size (JPEG draft mode) for detection and masks too, with full resolution only for small hands.",
+        ge=16,
+        le=16384,
     )
     # Hand keypoints
     keypoint_source: str = setting(
