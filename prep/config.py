@@ -59,8 +59,9 @@ class PrepConfig(Settings):
     )
     overwrite: bool = setting(
         False,
-        "Redo the manifest from scratch when --out holds one made with other row-shaping settings "
-        "(default: refuse such a rerun).",
+        "Replace shards in --out written under other row-shaping settings, or beyond this run's input; they "
+        "are deleted before any new shard is written, while shards already written under these settings are "
+        "kept, so rerunning the same command resumes (default: refuse such a rerun).",
         runtime=True,
     )
     # Work partitioning
@@ -80,8 +81,8 @@ class PrepConfig(Settings):
     )
     shared_filesystem: bool = setting(
         False,
-        "With --scheduler: local --input/--out paths are on a filesystem every worker sees at the same path "
-        "(default: refuse local paths with a remote scheduler).",
+        "With --scheduler: local paths (--input, --out, --sam-checkpoint, --annotations) are on a filesystem "
+        "every worker sees at the same path (default: refuse local paths when a worker runs on another host).",
         runtime=True,
     )
     gpu_resource: bool = setting(
