@@ -103,19 +103,46 @@ CHAIN = {
         "generate_rows": 4,
     },
 }
-COMMON = {"checkpoint_every": 0, "log_every": 10}
+COMMON = {"log_every": 10}
 
 
-class Timer:
-    def __init__(self):
-        self.phases: dict[str, float] = {}
+class Phases:
+    """Phase results and wall times kept in WORK/phases.json, so that ``--resume`` skips finished phases
+    and a training phase cut off mid-way continues from its latest checkpoint (its time accumulates)."""
+
+    def __init__(self, work: str, resume: bool):
+        self.path = os.path.join(work, "phases.json")
+        self.state = {"seconds": {}, "done": {}, "invocations": 0}
+        if resume and os.path.isfile(self.path):
+            with open(self.path, encoding="utf-8") as f:
+                self.state = json.load(f)
+        self.state["invocations"] += 1
+        self.save()
+
+    @property
+    def seconds(self) -> dict:
+        return {k: round(v, 1) for k, v in self.state["seconds"].items()}
+
+    def save(self) -> None:
+        with open(self.path, "w", encoding="utf-8") as f:
+            json.dump(self.state, f, indent=2, default=float)
 
     def run(self, name: str, fn, *args, **kwargs):
+        """`fn`'s JSON-ready result, from an earlier invocation when that one finished the phase."""
+        if name in self.state["done"]:
+            logger.info("phase %s: done in an earlier invocation", name)
+            return self.state["done"][name]
         start = time.perf_counter()
         logger.info("phase %s ...", name)
-        out = fn(*args, **kwargs)
-        self.phases[name] = round(time.perf_counter() - start, 1)
-        logger.info("phase %s done in %.0f s (load %.2f)", name, self.phases[name], os.getloadavg()[0])
+        try:
+            out = fn(*args, **kwargs)
+        finally:
+            elapsed = time.perf_counter() - start
+            self.state["seconds"][name] = self.state["seconds"].get(name, 0.0) + elapsed
+            self.save()
+        self.state["done"][name] = out
+        self.save()
+        logger.info("phase %s done in %.0f s (load %.2f)", name, elapsed, os.getloadavg()[0])
         return out
 
 
@@ -412,9 +439,38 @@ def met(value, target) -> bool | None:
     return None if value is None else bool(value >= target)
 
 
+PHASES = ("prep", "train_vae", "score_vae", "train_hand", "score_stage1", "train_body", "two_stage")
+
+
+def save_pictures(path: str, **arrays) -> None:
+    np.savez_compressed(path, **{k: np.stack(v) for k, v in arrays.items()})
+
+
+def targets(done: dict, seconds: dict) -> dict:
+    """Each target: True / False, or None where its phase did not run (or nothing was detected)."""
+    vae = done.get("score_vae", {})
+    s1 = done.get("score_stage1", {})
+    train = s1.get("training_poses", {})
+    control = s1.get("pose_control", {})
+    chain = ("train_vae", "train_hand", "train_body")
+    return {
+        "vae_psnr_db >= 22": met(vae.get("psnr_db_held_in_crops"), TARGETS["vae_psnr_db"]),
+        "stage1 detection >= 0.7 x real": met(train.get("detection_ratio_vs_real"), TARGETS["stage1_detection_ratio"]),
+        "stage1 pck_0.2 >= 0.5": met(train.get("pck_0.2"), TARGETS["stage1_pck_0.2"]),
+        "stage1 mask_iou >= 0.5": met(train.get("mask_iou"), TARGETS["stage1_mask_iou"]),
+        "pose control: pck own > other": None
+        if control.get("pck_own") is None
+        else bool(control["pck_own"] > control["pck_other"]),
+        "chain <= 60 min": None if not all(k in done for k in chain) else sum(seconds[k] for k in chain) <= 3600,
+        "stage 1 <= 25 min": None if "train_hand" not in done else seconds["train_hand"] <= 1500,
+    }  # fmt: skip
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--work", default=None, help="working folder, emptied first (default: out/learns, kept)")
+    p.add_argument("--resume", action="store_true",
+                   help="keep --work: skip the phases a cut-off invocation finished, continue its training runs")  # fmt: skip
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--quick", action="store_true", help="a few steps per phase, to check the plumbing")
     p.add_argument("--threads", type=int, default=2)
@@ -446,11 +502,13 @@ def main(argv=None) -> int:
     chain = CHAIN["quick" if args.quick else args.device]
     # out/learns (git-ignored) keeps the runs: the generation walkthrough notebook uses them.
     work = args.work or os.path.join(ROOT, "out", f"learns{suffix}")
-    if os.path.exists(work):
+    if os.path.exists(work) and not args.resume:
         shutil.rmtree(work)
-    os.makedirs(work)
+    os.makedirs(work, exist_ok=True)
     load_before = os.getloadavg()[0]
-    timer = Timer()
+    phases = Phases(work, args.resume)
+
+    import dataclasses
 
     import prep
     from generation.training.body_config import BodyTrainConfig
@@ -460,35 +518,87 @@ def main(argv=None) -> int:
     from generation.training.vae_config import VaeTrainConfig
 
     manifest = os.path.join(work, "manifest")
-    summary = timer.run("prep", prep.run, input=os.path.join(DATA, "hagrid_mini"), out=manifest, label_from_dir=True,
-                        shard_size=10, workers=2, progress=False)  # fmt: skip
     runs = {name: os.path.join(work, name) for name in ("vae", "hand", "body")}
-    vae_cfg = VaeTrainConfig(manifest=manifest, out=runs["vae"], preset="mini", validate_every=250, **COMMON,
-                             **chain["vae"])  # fmt: skip
-    timer.run("train_vae", train_vae, vae_cfg)
+    pics = os.path.join(work, "pictures")
+    # Checkpoints every few hundred steps with resume "latest": a cut-off run continues where it stopped.
+    common = {"manifest": manifest, "preset": "mini", "pretrained": runs["vae"], "resume": "latest", **COMMON}
 
-    from diffusers import AutoencoderKL
+    def write_result() -> dict:
+        done, seconds = phases.state["done"], phases.seconds
+        chain_keys = [k for k in ("train_vae", "train_hand", "train_body") if k in seconds]
+        result = {
+            "benchmark": "learns",
+            "what": "mini preset from scratch on hagrid_mini: train-vae, stage 1, stage 2; scored against the issue's targets",
+            "device": args.device,
+            "quick": args.quick,
+            "phases_run": [k for k in PHASES if k in done],
+            "phases_not_run": [k for k in PHASES if k not in done],
+            "invocations": phases.state["invocations"],
+            "machine": machine(load_before),
+            "settings": chain,
+            "phases_s": seconds,
+            "chain_training_s": round(sum(seconds[k] for k in chain_keys), 1),
+            "data": done.get("prep"),
+            "vae": done.get("score_vae"),
+            "stage1": done.get("score_stage1"),
+            "two_stage": done.get("two_stage"),
+            "targets": targets(done, seconds),
+            "cuda": {"run": False, "why": GPU_SKIPPED} if args.device == "cpu" else {"run": True},
+        }  # fmt: skip
+        os.makedirs(RESULTS, exist_ok=True)
+        with open(result_path, "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=2, default=float)
+        return result
 
-    vae = AutoencoderKL.from_pretrained(os.path.join(runs["vae"], "vae")).eval()
-    task = VaeTask(VaeTrainConfig(manifest=manifest, preset="mini", image_resolution=0))
-    task.check_data()
-    crops = torch.stack(task.crops)
-    vae_psnr = reconstruction_psnr(vae, crops)
-    vae_pics = (list(to_uint8(crops[:8])), list(to_uint8(reconstruct(vae, crops[:8]))))
+    def run_prep() -> dict:
+        if os.path.exists(manifest):
+            shutil.rmtree(manifest)  # a cut-off prep: start it again
+        summary = prep.run(input=os.path.join(DATA, "hagrid_mini"), out=manifest, label_from_dir=True,
+                           shard_size=10, workers=2, progress=False)  # fmt: skip
+        return {"images": summary["images"]}
 
-    common = {"manifest": manifest, "preset": "mini", "pretrained": runs["vae"], **COMMON}
-    hand_cfg = HandTrainConfig(
-        out=runs["hand"], cache_latents=True, validate_every=600, **common, **chain["hand"]
-    )
-    timer.run("train_hand", train_hand, hand_cfg)
-    s1, s1_pics = timer.run("score_stage1", stage1, runs["hand"], manifest, chain["vae"]["resolution"],
-                            chain["sample_steps"])  # fmt: skip
+    phases.run("prep", run_prep)
+    write_result()
+    vae_cfg = VaeTrainConfig(out=runs["vae"], validate_every=250, checkpoint_every=250, **{
+        **common, "pretrained": None, **chain["vae"]})  # fmt: skip
+    phases.run("train_vae", lambda: dataclasses.asdict(train_vae(vae_cfg)))
 
-    body_cfg = BodyTrainConfig(out=runs["body"], train_base_unet=True, validate_every=350, num_validation_images=2,
-                               **common, **chain["body"])  # fmt: skip
-    timer.run("train_body", train_body, body_cfg)
-    two = timer.run("two_stage", two_stage, manifest, runs["hand"], runs["body"], work, chain["generate_rows"],
-                    chain["sample_steps"])  # fmt: skip
+    def score_vae() -> dict:
+        from diffusers import AutoencoderKL
+
+        vae = AutoencoderKL.from_pretrained(os.path.join(runs["vae"], "vae")).eval()
+        task = VaeTask(VaeTrainConfig(manifest=manifest, preset="mini", image_resolution=0))
+        task.check_data()
+        crops = torch.stack(task.crops)
+        save_pictures(pics + "_vae.npz", originals=list(to_uint8(crops[:8])),
+                      recs=list(to_uint8(reconstruct(vae, crops[:8]))))  # fmt: skip
+        return {"psnr_db_held_in_crops": round(reconstruction_psnr(vae, crops), 2), "crops": len(task.crops),
+                "scaling_factor": vae.config.scaling_factor, "parameters": sum(q.numel() for q in vae.parameters())}  # fmt: skip
+
+    phases.run("score_vae", score_vae)
+    write_result()
+
+    hand_cfg = HandTrainConfig(out=runs["hand"], cache_latents=True, validate_every=600, checkpoint_every=300,
+                               **common, **chain["hand"])  # fmt: skip
+    phases.run("train_hand", lambda: dataclasses.asdict(train_hand(hand_cfg)))
+
+    def score_stage1() -> dict:
+        s1, s1_pics = stage1(runs["hand"], manifest, chain["vae"]["resolution"], chain["sample_steps"])
+        save_pictures(pics + "_stage1.npz", crops=[c["crop"] for c in s1_pics["cases"]],
+                      keypoints=[c["keypoints"] for c in s1_pics["cases"]],
+                      manifest_masks=[c["mask"] for c in s1_pics["cases"]], images=s1_pics["images"],
+                      masks=s1_pics["masks"])  # fmt: skip
+        return s1
+
+    phases.run("score_stage1", score_stage1)
+    write_result()
+
+    body_cfg = BodyTrainConfig(out=runs["body"], train_base_unet=True, validate_every=350, checkpoint_every=200,
+                               num_validation_images=2, **common, **chain["body"])  # fmt: skip
+    phases.run("train_body", lambda: dataclasses.asdict(train_body(body_cfg)))
+    phases.run("two_stage", two_stage, manifest, runs["hand"], runs["body"], work, chain["generate_rows"],
+               chain["sample_steps"])  # fmt: skip
+    result = write_result()
 
     from manifests.reader import open_manifest
 
@@ -496,51 +606,16 @@ def main(argv=None) -> int:
         open_manifest(manifest).read("images", ["image_id"], status="ok").column("image_id").to_pylist()[:4]
     )
     png = os.path.join(RESULTS, f"learns{suffix}.png")
-    picture(png, runs, vae_pics, s1_pics, work, first_rows)
+    vae_pics = np.load(pics + "_vae.npz")
+    s1_pics = np.load(pics + "_stage1.npz")
+    cases = [{"crop": c, "keypoints": k, "mask": m} for c, k, m in
+             zip(s1_pics["crops"], s1_pics["keypoints"], s1_pics["manifest_masks"])]  # fmt: skip
+    picture(png, runs, (list(vae_pics["originals"]), list(vae_pics["recs"])),
+            {"cases": cases, "images": list(s1_pics["images"]), "masks": list(s1_pics["masks"])}, work, first_rows)  # fmt: skip
     shutil.copy(
         os.path.join(work, "eval", "compare", "compare.md"),
         os.path.join(RESULTS, f"learns{suffix}_compare.md"),
     )
-
-    train = s1["training_poses"]
-    chain_s = sum(timer.phases[k] for k in ("train_vae", "train_hand", "train_body"))
-    result = {
-        "benchmark": "learns",
-        "what": "mini preset from scratch on hagrid_mini: train-vae, stage 1, stage 2; scored against the issue's targets",
-        "device": args.device,
-        "quick": args.quick,
-        "machine": machine(load_before),
-        "settings": chain,
-        "data": {"images": summary["images"], "hands": len(task.crops)},
-        "phases_s": timer.phases,
-        "chain_training_s": round(chain_s, 1),
-        "vae": {
-            "psnr_db_held_in_crops": round(vae_psnr, 2),
-            "crops": len(task.crops),
-            "scaling_factor": vae.config.scaling_factor,
-            "parameters": sum(q.numel() for q in vae.parameters()),
-        },  # fmt: skip
-        "stage1": s1,
-        "two_stage": two,
-        "targets": {
-            "vae_psnr_db >= 22": met(vae_psnr, TARGETS["vae_psnr_db"]),
-            "stage1 detection >= 0.7 x real": met(
-                train["detection_ratio_vs_real"], TARGETS["stage1_detection_ratio"]
-            ),
-            "stage1 pck_0.2 >= 0.5": met(train["pck_0.2"], TARGETS["stage1_pck_0.2"]),
-            "stage1 mask_iou >= 0.5": met(train["mask_iou"], TARGETS["stage1_mask_iou"]),
-            "pose control: pck own > other": None
-            if s1["pose_control"]["pck_own"] is None
-            else bool(s1["pose_control"]["pck_own"] > s1["pose_control"]["pck_other"]),
-            "chain <= 60 min": chain_s <= 3600,
-            "stage 1 <= 25 min": timer.phases["train_hand"] <= 1500,
-        },
-        "cuda": {"run": False, "why": GPU_SKIPPED} if args.device == "cpu" else {"run": True},
-        "load_after": round(os.getloadavg()[0], 2),
-    }
-    os.makedirs(RESULTS, exist_ok=True)
-    with open(result_path, "w", encoding="utf-8") as f:
-        json.dump(result, f, indent=2, default=float)
     for k, v in result["targets"].items():
         print(f"  [{'ok' if v else 'MISS' if v is not None else 'n/a'}] {k}")
     print(f"wrote {result_path} and {png}")
