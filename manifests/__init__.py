@@ -19,7 +19,7 @@ manifest imports neither torch nor cv2. The public API, by module:
   the fit/crop transforms both sides share; `manifests.draw`, `manifests.plots`: pictures.
 - `manifests.names`: the one rule for names that become file names; `manifests.settings`: the one way
   to declare settings (help, choices, range, ``validate()``, CLI options).
-- `manifests.matching`, `manifests.score`, `manifests.quality`: keypoint matching and scores against
+- `manifests.matching`, `manifests.score`, `manifests.mask_agreement`: keypoint matching and scores against
   ground truth, mask agreement.
 
 ``python -m manifests`` / ``handfirst-manifests``: ``validate``, ``stats``, ``preview``, ``score``, ``card``.

@@ -1,7 +1,7 @@
 """Torch datasets over a manifest, for training: hand crops (stage 1) and full bodies (stage 2).
 
 Both are `IterableDataset`s that stream row groups with pyarrow; the whole manifest is never loaded.
-The unit of work is one row group of one shard ((file, row_group), see `manifests.sharding`):
+The unit of work is one row group of one shard ((file, row_group), see `manifests.partition`):
 
 - units are split over distributed ranks (``rank``/``world_size`` arguments, else
   ``torch.distributed`` when it is initialised, else a single process) and then over DataLoader
@@ -52,9 +52,9 @@ from .decode import (
 )
 from .errors import ManifestError, RowDecodeError
 from .geometry import render_heatmap
+from .partition import epoch_rng, rank_units, resume_streams, windows, worker_units
 from .pose import to_openpose18
 from .reader import Manifest, RowGroupUnit, build_filter, open_manifest
-from .sharding import epoch_rng, rank_units, resume_streams, windows, worker_units
 from .shards import url_for
 from .transforms import FitTransform
 

@@ -23,10 +23,10 @@ from PIL import Image
 from . import decode
 from .draw import contact_sheet, draw_hand, draw_openpose, overlay_mask
 from .errors import ManifestError
+from .partition import epoch_rng
 from .pose import to_openpose18
 from .reader import Manifest, ManifestTable, build_filter, open_manifest
 from .schema import NO_MASK
-from .sharding import epoch_rng
 from .storage import atomic_write_bytes, filesystem
 
 logger = logging.getLogger(__name__)

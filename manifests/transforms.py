@@ -66,13 +66,6 @@ class FitTransform:
         out[:, 1] = out[:, 1] * self.scale + self.ty
         return out
 
-    def inverse_points(self, points: np.ndarray) -> np.ndarray:
-        """(N, >=2) canvas pixels -> frame pixels; the exact inverse of `points`."""
-        out = np.array(points, dtype=np.float64, copy=True)
-        out[:, 0] = (out[:, 0] - self.tx) / self.scale
-        out[:, 1] = (out[:, 1] - self.ty) / self.scale
-        return out
-
     def warp(self, array: np.ndarray, resample=Image.BICUBIC, fill=0) -> np.ndarray:
         """Map an (h, w[, C]) uint8 array showing the whole frame onto the (out_h, out_w[, C]) canvas.
 

@@ -175,11 +175,11 @@ class _SmallExtractor(torch.nn.Module):
 
 
 def test_quality_metrics_with_small_models(eval_manifest, tmp_path, monkeypatch):
-    import generation.evaluate.quality as quality
+    import generation.evaluate.feature_distance as feature_distance
     from generation.evaluate import evaluate
 
     torch.manual_seed(0)
-    monkeypatch.setattr(quality, "load_inception", lambda path, device="cpu": _SmallExtractor())
+    monkeypatch.setattr(feature_distance, "load_inception", lambda path, device="cpu": _SmallExtractor())
     clip = _tiny_clip(tmp_path / "clip")
     weights = tmp_path / "inception.pth"
     weights.write_bytes(b"")  # the path is recorded; the extractor above stands in for the network

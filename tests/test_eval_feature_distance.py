@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from generation.evaluate.quality import DistributionDistance, KIDSettings, load_inception
+from generation.evaluate.feature_distance import DistributionDistance, KIDSettings, load_inception
 
 
 def _gaussian(n, d, seed):

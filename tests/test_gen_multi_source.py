@@ -21,7 +21,7 @@ from generation.training.hand import HandTask, HandTrainConfig, train_hand
 from generation.training.metrics import read_metrics
 from manifests.datasets import HandCropDataset, ManifestDataLoader, MixtureDataset
 from manifests.settings import SettingError
-from manifests.sharding import loader_order
+from manifests.partition import loader_order
 from manifests.synthetic import make_synthetic_manifest
 
 warnings.filterwarnings("ignore", message=".*worker processes in total.*")

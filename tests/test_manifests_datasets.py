@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 from manifests.datasets import BodyDataset, HandCropDataset, ManifestDataLoader
 from manifests.geometry import heatmap_peaks
 from manifests.reader import open_manifest
-from manifests.sharding import loader_order, rank_units, resume_streams, worker_consumption, worker_units
+from manifests.partition import loader_order, rank_units, resume_streams, worker_consumption, worker_units
 from manifests.synthetic import make_synthetic_manifest
 
 warnings.filterwarnings("ignore", message=".*worker processes in total.*")

@@ -8,7 +8,7 @@ from manifest_edits import rewrite
 
 from manifests.codecs import encode_mask
 from manifests.matching import Instance, PoseScorer, keypoint_summary, wilson_interval
-from manifests.quality import AgreementConfig, hand_mask_agreement, mask_keypoint_agreement, silhouette
+from manifests.mask_agreement import AgreementConfig, hand_mask_agreement, mask_keypoint_agreement, silhouette
 from manifests.score import score_manifest
 from manifests.writer import ManifestWriter
 

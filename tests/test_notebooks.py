@@ -17,12 +17,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
 ALL = sorted(NOTEBOOKS.glob("*.ipynb"))
-EXPECTED = {"explore_manifest.ipynb", "annotation_quality.ipynb", "generation_walkthrough.ipynb"}
 CELL_TIMEOUT = 300  # seconds per cell; a hung kernel fails instead of stalling CI
-
-
-def test_the_notebooks_are_there():
-    assert EXPECTED <= {p.name for p in ALL}
 
 
 def unstripped(nb) -> list[str]:

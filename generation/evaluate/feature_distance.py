@@ -1,4 +1,4 @@
-"""Image quality: FID and KID between generated and real images (torchmetrics' maths).
+"""Feature distances for image quality: FID and KID between generated and real images (torchmetrics' maths).
 
 The feature extractor runs once per image; its features feed torchmetrics' `FrechetInceptionDistance`
 and `KernelInceptionDistance` through a pass-through module, so both metrics share one forward pass

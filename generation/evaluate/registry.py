@@ -76,9 +76,9 @@ class Weights:
 
 
 def _load_inception(path: str, device: str):
-    from . import quality  # looked up at call time, so a stand-in network can replace the loader
+    from . import feature_distance  # looked up at call time, so a stand-in network can replace the loader
 
-    return quality.load_inception(path, device)
+    return feature_distance.load_inception(path, device)
 
 
 def _load_clip(path: str, device: str):

@@ -1,4 +1,4 @@
-"""FID/KID of the whole images and FID-H/KID-H of hand crops (`generation.evaluate.quality`'s maths).
+"""FID/KID of the whole images and FID-H/KID-H of hand crops (`generation.evaluate.feature_distance`'s maths).
 
 Both need the FID InceptionV3 weights (``--inception``), loaded once and shared. The real side is the
 manifest's stored images; hand crops are cut at the target hands' ``crop_box`` from the real and the
@@ -42,7 +42,7 @@ class Distance:
     """Inception features of (real, generated) pairs, batch by batch; FID and KID at the end."""
 
     def __init__(self, ctx, views, what: str, suffix: str):
-        from ..quality import DistributionDistance, KIDSettings
+        from ..feature_distance import DistributionDistance, KIDSettings
 
         config = ctx.config
         net = ctx.models["inception"]
