@@ -26,7 +26,6 @@ line up image by image. A rerun skips images whose PNG and sidecar exist (``over
 from __future__ import annotations
 
 import datetime
-import json
 import logging
 import os
 from collections.abc import Callable
@@ -39,11 +38,13 @@ from manifests.settings import SettingError, Settings, setting
 from .generate import (
     DTYPES,
     Request,
-    _save,
+    is_done,
     output_paths,
     requests_from_manifest,
+    save_png,
     versions,
     weights_fingerprint,
+    write_image_and_sidecar,
 )
 from .guards import (
     DEFAULT_MAX_PIXEL_STEPS,
@@ -247,7 +248,7 @@ def baseline_one(pipe, request: Request, settings: BaselineSettings, out_dir: st
     files = {}
     if "condition" in extras:
         condition_path = paths["image"][: -len(".png")] + "_condition.png"
-        _save(extras["condition"], condition_path)
+        save_png(extras["condition"], condition_path)
         files["condition"] = os.path.basename(condition_path)
     sidecar = {
         "name": request.name,
@@ -264,10 +265,7 @@ def baseline_one(pipe, request: Request, settings: BaselineSettings, out_dir: st
         "versions": versions(),
         "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-    with open(paths["sidecar_tmp"], "w", encoding="utf-8") as f:
-        json.dump(sidecar, f, indent=2, default=str)
-    _save(image, paths["image"])  # the sidecar last: a rerun redoes anything interrupted before it
-    os.replace(paths["sidecar_tmp"], paths["sidecar"])
+    write_image_and_sidecar(paths, image, sidecar)  # the sidecar last: a rerun redoes anything before it
     return sidecar
 
 
@@ -293,8 +291,7 @@ def run_baseline(manifest: str, out_dir: str, settings: BaselineSettings, image_
     pipe.set_progress_bar_config(disable=True)
     written, skipped = [], []
     for request in tqdm(requests, desc=f"baseline {settings.method}", unit="img", disable=not progress):
-        paths = output_paths(out_dir, request.name)
-        if not settings.overwrite and os.path.isfile(paths["image"]) and os.path.isfile(paths["sidecar"]):
+        if not settings.overwrite and is_done(out_dir, request.name):
             skipped.append(request.name)
             continue
         baseline_one(pipe, request, settings, out_dir, models)

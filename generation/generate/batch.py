@@ -1,0 +1,242 @@
+"""The batch runner behind `handfirst-gen generate`, with its rules for Python callers too.
+
+- exactly one source (`Sources`): spec files, manifest rows, photos or replayed sidecars;
+- every output name is a safe file name and no two requests share one; any other problem with the
+  inputs stops the batch before anything is generated, so nothing is written outside the output folder;
+- images already written (PNG plus sidecar) are skipped unless ``overwrite``, so an interrupted batch
+  resumes; a replayed sidecar is always redone;
+- a replay takes the model folders its first sidecar records unless others are given;
+- one bad request never stops the batch: it is recorded in ``failures.jsonl`` in the output folder
+  (appended) and reported, and the others are written.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+
+from manifests.settings import flag
+
+from ..selection import DEFAULT_SPLIT
+from .outputs import is_done
+from .pipeline import body_resolution, generate_one, load_pipeline, model_record
+from .requests import Request, RequestError, request_from_image, requests_from_manifest, requests_from_specs
+from .settings import GenerateSettings
+from .sidecars import request_from_sidecar, settings_base
+
+logger = logging.getLogger(__name__)
+
+FAILURES = "failures.jsonl"
+
+
+class UsageError(ValueError):
+    """The arguments do not make one batch (not exactly one source, ``image_id`` without a manifest,
+    no models): the CLI answers it like an argparse usage error, with exit code 2."""
+
+
+@dataclass
+class Sources:
+    """Where a batch's requests come from: exactly one of `spec`, `from_manifest`, `from_image` and
+    `replay`, named as the CLI options are (``--from-manifest`` is `from_manifest`, and so in errors);
+    `image_id`, `split` and `limit` choose manifest rows (see `requests_from_manifest`)."""
+
+    spec: list[str] | None = None
+    from_manifest: str | None = None
+    image_id: list[str] | None = None
+    split: str | None = DEFAULT_SPLIT
+    limit: int | None = None
+    from_image: list[str] | None = None
+    replay: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        given = [name for name in SOURCES if getattr(self, name)]
+        if len(given) != 1:
+            raise UsageError(f"give exactly one of {', '.join(flag(name) for name in SOURCES)}")
+        if self.image_id and not self.from_manifest:
+            raise UsageError(f"{flag('image_id')} needs {flag('from_manifest')}")
+
+    @property
+    def kind(self) -> str:
+        return next(name for name in SOURCES if getattr(self, name))
+
+    @classmethod
+    def from_args(cls, args) -> Sources:
+        """The sources of parsed ``handfirst-gen generate`` arguments."""
+        return cls(**{f.name: getattr(args, f.name) for f in fields(cls)})
+
+
+@dataclass
+class BatchResult:
+    """Names written, skipped (already done) and failed (``{"name", "source", "error"}`` each)."""
+
+    out_dir: str
+    written: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failures: list[dict] = field(default_factory=list)
+
+    @property
+    def failures_path(self) -> str:
+        return os.path.join(self.out_dir, FAILURES)
+
+
+# (a request, the settings to make it with)
+Item = tuple[Request, GenerateSettings]
+
+
+@dataclass
+class _Batch:
+    """What a source needs to build its requests."""
+
+    sources: Sources
+    settings: GenerateSettings
+    body_model: str
+    pipe_size: int
+    fail: Callable[[str, dict, Exception, str], None]
+
+    @property
+    def seed(self) -> int:
+        return self.settings.seed if self.settings.seed is not None else 0
+
+
+def _from_specs(batch: _Batch) -> list[Item]:
+    return [(r, batch.settings) for r in requests_from_specs(batch.sources.spec)]
+
+
+def _from_manifest(batch: _Batch) -> list[Item]:
+    from ..training.body_config import training_fit
+
+    settings, src = batch.settings, batch.sources
+    # Without --size, rows are drawn whole at the scale the body model was trained at, so hands are as
+    # large as in its training crops (docs/fidelity.md, "Framing"); --size is the longer side.
+    size = batch.pipe_size if settings.size is None else settings.size
+    fit = training_fit(batch.body_model) if settings.size is None else None
+    requests = requests_from_manifest(
+        src.from_manifest, src.image_id, size, src.split, src.limit, batch.seed, fit
+    )
+    return [(r, settings) for r in requests]
+
+
+def _from_images(batch: _Batch) -> list[Item]:
+    """A photo in which nothing is detected is a failure of that photo only (unless it is the only one)."""
+    from manifests.names import unsafe_name
+    from prep.config import PrepConfig
+
+    from ..evaluate.detect import get_detector
+
+    settings, paths = batch.settings, batch.sources.from_image
+    stems = [os.path.splitext(os.path.basename(p))[0] for p in paths]
+    for path, stem in zip(paths, stems):
+        unsafe = unsafe_name(stem, "output name (the photo's file name)")
+        if unsafe:
+            raise RequestError(f"{path}: {unsafe}")
+    clashes = sorted({s for s in stems if stems.count(s) > 1})
+    if clashes:
+        raise RequestError(
+            f"several photos share the name(s) {clashes}; their outputs would overwrite each other"
+        )
+    detector = get_detector(PrepConfig())
+    size = batch.pipe_size if settings.size is None else settings.size
+    items = []
+    for path, name in zip(paths, stems):
+        try:
+            request = request_from_image(path, size, batch.seed, settings.prompt, settings.gesture, detector)
+            items.append((request, settings))
+        except RequestError as exc:
+            if len(paths) == 1:
+                raise
+            batch.fail(name, {"kind": "image", "path": path}, exc, str(exc))
+    return items
+
+
+def _from_replays(batch: _Batch) -> list[Item]:
+    items = []
+    for path in batch.sources.replay:
+        request, settings, _ = request_from_sidecar(path)
+        settings.overwrite = True  # a replay is asked for by name: always redone
+        items.append((request, settings))
+    return items
+
+
+# source (a `Sources` field) -> its requests, each with the settings to make it with
+SOURCES: dict[str, Callable[[_Batch], list[Item]]] = {
+    "spec": _from_specs,
+    "from_manifest": _from_manifest,
+    "from_image": _from_images,
+    "replay": _from_replays,
+}
+
+
+def _log_failure(name: str, exc: Exception) -> None:
+    logger.warning("%s: %s", name, exc)
+
+
+def generate_batch(
+    sources: Sources,
+    out_dir: str,
+    hand_model: str | None = None,
+    body_model: str | None = None,
+    settings: GenerateSettings | None = None,
+    progress: bool = True,
+    on_failure: Callable[[str, Exception], None] = _log_failure,
+) -> BatchResult:
+    """Generate every request of `sources` into `out_dir` with the two-stage pipeline.
+
+    `settings` default to a replay's first sidecar's, else `GenerateSettings()`; each replayed image
+    is redone with its own sidecar's settings. `on_failure(name, error)` hears of each failed request
+    as it fails (default: a logged warning). Raises `UsageError`, or `ValueError` / `OSError` (bad
+    settings, model folders, specs, manifest rows, names) before anything is generated; a request that
+    fails later is recorded in the result and in ``failures.jsonl``, never raised.
+    """
+    from tqdm.auto import tqdm
+
+    if settings is None:
+        settings = GenerateSettings.from_dict(settings_base(replay=sources.replay) or {})
+    settings.validate()  # every setting in range before loading anything
+    if sources.replay and not (hand_model and body_model):
+        models = request_from_sidecar(sources.replay[0])[2]
+        hand_model, body_model = hand_model or models["hand"]["path"], body_model or models["body"]["path"]
+    if not hand_model or not body_model:
+        raise UsageError(f"{flag('hand_model')} and {flag('body_model')} are required")
+    pipe = load_pipeline(hand_model, body_model, settings)
+
+    result = BatchResult(out_dir)
+
+    def fail(name: str, source: dict, exc: Exception, error: str) -> None:
+        result.failures.append({"name": name, "source": source, "error": error})
+        on_failure(name, exc)
+
+    items = SOURCES[sources.kind](_Batch(sources, settings, body_model, body_resolution(pipe), fail))
+    models = model_record(pipe, hand_model, body_model)
+    annotator = None
+    if settings.detect:
+        from prep.config import PrepConfig
+
+        from ..evaluate.detect import get_detector
+
+        annotator = get_detector(PrepConfig())
+
+    os.makedirs(out_dir, exist_ok=True)
+    bar = tqdm(total=len(items), desc="generate", unit="img", disable=not progress or len(items) < 2)
+    t0 = time.perf_counter()
+    for request, item_settings in items:
+        if not item_settings.overwrite and is_done(out_dir, request.name):
+            result.skipped.append(request.name)
+        else:
+            try:
+                generate_one(pipe, request, item_settings, out_dir, models, annotator)
+                result.written.append(request.name)
+            except ValueError as exc:  # HandTooSmallError, SpecError, CostLimitError, ... of this request
+                fail(request.name, request.source, exc, f"{type(exc).__name__}: {exc}")
+        bar.update()
+        elapsed = time.perf_counter() - t0
+        bar.set_postfix(s_per_img=f"{elapsed / max(len(result.written), 1):.2f}", failed=len(result.failures))
+    bar.close()
+    if result.failures:
+        with open(result.failures_path, "a", encoding="utf-8") as f:
+            for item in result.failures:
+                f.write(json.dumps(item, default=str) + "\n")
+    return result

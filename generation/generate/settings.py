@@ -1,0 +1,114 @@
+"""`GenerateSettings`: every setting of `handfirst-gen generate`, one CLI option each, recorded in each
+sidecar so that ``--replay`` redoes an image exactly."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from manifests.settings import Settings, setting, setting_like
+
+from ..blend_config import BlendConfig
+from ..guards import DEFAULT_MAX_PIXEL_STEPS, DEFAULT_MAX_PIXELS
+from ..training.config import MAX_SEED
+
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+@dataclass
+class GenerateSettings(Settings):
+    """Every setting of `handfirst-gen generate` (one CLI option each); recorded in each sidecar."""
+
+    steps: int = setting(30, "stage-2 (body) denoising steps", ge=1, le=1000)
+    hand_steps: int | None = setting(None, "stage-1 (hand) denoising steps (default: --steps)", ge=1, le=1000)
+    guidance_scale: float = setting(7.5, "stage-2 text guidance (1 disables it)", ge=0, le=100)
+    hand_guidance_scale: float | None = setting(
+        None, "stage-1 text guidance (default: --guidance-scale)", ge=0, le=100
+    )
+    pose_guidance_scale: float = setting(
+        1.0, "stage-1 extra guidance on the hand pose (1 disables it)", ge=0, le=100
+    )
+    conditioning_scale: float = setting(1.0, "ControlNet residual scale in stage 2", ge=0, le=10)
+    uncond_condition: str = setting(
+        "same",
+        "stage-2 unconditional branch: same condition (guide on text) or zero",
+        choices=("same", "zero"),
+    )
+    seed: int | None = setting(
+        None, "seed (default: the spec's seed; 0 for manifest rows and photos)", ge=0, le=MAX_SEED
+    )
+    blend: str = setting_like(BlendConfig, "mode")
+    d0: int = setting_like(BlendConfig, "d0")
+    expand_pixels: int = setting_like(BlendConfig, "expand_pixels")
+    expand_start: float = setting_like(BlendConfig, "expand_start")
+    expand_end: float = setting_like(BlendConfig, "expand_end")
+    min_core: int = setting_like(BlendConfig, "min_core")
+    pixel_composite: bool = setting(False, "paste the stage-1 hand interiors back over the decoded image")
+    feather: int = setting(
+        3, "pixel composite: erosion and feathering of the hand mask, pixels", ge=0, le=256
+    )
+    mask_threshold: float = setting(0.5, "stage-1 mask probability above which a pixel is hand", ge=0, le=1)
+    mask_fallback: str = setting(
+        "skeleton",
+        "a stage-1 mask that misses the hand is replaced by one drawn from the skeleton, or kept (none)",
+        choices=("skeleton", "none"),
+    )
+    min_mask_coverage: float = setting(
+        0.5, "share of a hand's keypoints its stage-1 mask must cover", ge=0, le=1
+    )
+    small_hands: str = setting(
+        "skip",
+        "hands under --min-hand-size: skip (stage 2 paints them) or refuse",
+        choices=("skip", "refuse"),
+    )
+    min_hand_size: float = setting(
+        16.0, "smallest hand (longer side of its keypoint box) to draw, output px", ge=0
+    )
+    overlap_order: str = setting(
+        "larger_on_top", "which hand covers the other where they overlap", choices=("larger_on_top", "given")
+    )
+    hand_encoding: str = setting(
+        "windows",
+        "VAE-encode a window around each hand (cost follows the hands) or the whole canvas",
+        choices=("windows", "canvas"),
+    )
+    crop_margin: float | None = setting(
+        None,
+        "hand crop margin (default: the one of the hand model's training manifest, else 0.25)",
+        ge=0,
+        le=4,
+    )
+    prompt: str | None = setting(None, "image prompt (default: the spec's, the manifest caption, or built)")
+    negative_prompt: str | None = setting(None, "negative prompt (default: the spec's, else empty)")
+    hand_prompt: str | None = setting(
+        None, "stage-1 caption for every hand, '{side}' becomes left/right (default: built from --gesture)"
+    )
+    gesture: str | None = setting(None, "gesture label for the default captions (e.g. peace, palm)")
+    size: int | None = setting(
+        None,
+        "manifest rows and photos: longer output side in px (default: manifest rows whole at the body model's "
+        "training scale, see docs/fidelity.md 'Framing'; photos at longer side its training size)",
+        ge=8,
+        le=8192,
+    )
+    device: str | None = setting(None, "cuda / cpu / mps (default: cuda when available)")
+    dtype: str = setting("float32", "model precision", choices=DTYPES)
+    detect: bool = setting(True, "detect the pose in the result for the overview sheet (MediaPipe)")
+    overwrite: bool = setting(False, "redo images whose PNG and sidecar exist (default: skip them)")
+    max_pixels: int = setting(
+        DEFAULT_MAX_PIXELS, "refuse an image whose stage-2 canvas is over this many pixels (2048x2048)", ge=1
+    )
+    max_pixel_steps: int = setting(
+        DEFAULT_MAX_PIXEL_STEPS,
+        "refuse an image whose canvas x --steps plus hand crops x hand steps is over this (2048x2048 x 100)",
+        ge=1,
+    )
+
+    def validate(self) -> GenerateSettings:
+        super().validate()
+        self.blend_config()  # the blending options' own rules (expand_start <= expand_end)
+        return self
+
+    def blend_config(self) -> BlendConfig:
+        return BlendConfig(mode=self.blend, d0=self.d0, expand_pixels=self.expand_pixels,
+                           expand_start=self.expand_start, expand_end=self.expand_end,
+                           min_core=self.min_core)  # fmt: skip

@@ -1,0 +1,47 @@
+"""Replay: reading a sidecar back into the request, settings and models that made its image."""
+
+from __future__ import annotations
+
+import json
+
+from ..spec import SpecError, parse_spec, read_json_file
+from .requests import Request, RequestError
+from .settings import GenerateSettings
+
+
+def request_from_sidecar(path: str) -> tuple[Request, GenerateSettings, dict]:
+    """A sidecar -> (the request, its settings, its model record) to redo the image exactly.
+
+    A sidecar is read only when the user names it (``--replay``), so the model folders it records are
+    loaded as the user's own choice, like ``--hand-model``/``--body-model`` (diffusers itself imports
+    no module a model folder names). Its ``name`` is only ever a file name: an unsafe one is refused
+    here, and every path is made by `output_paths`.
+    """
+    data = read_json_file(path, RequestError, "sidecar")
+    try:
+        if not isinstance(data, dict):
+            raise TypeError(f"a JSON object, got {type(data).__name__}")
+        spec = parse_spec(data["spec"], name=data["name"])
+        # Sidecars written before `min_core` existed eroded without a cap: replay them that way.
+        settings = GenerateSettings.from_dict({"min_core": 0, **data["settings"]})
+        return Request(spec, data.get("source") or {}, data.get("hand_prompts")), settings, data["models"]
+    except SpecError as exc:
+        raise RequestError(f"{path}: {exc}") from None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise RequestError(f"{path}: not a generate sidecar ({type(exc).__name__}: {exc})") from None
+
+
+def settings_base(config: str | None = None, replay: list[str] | None = None) -> dict | None:
+    """The settings that options given by the caller override: a ``--config`` JSON file's (a sidecar
+    works too, through its ``settings``), else the first replayed sidecar's with the crop margin its
+    model record used, else None (the defaults)."""
+    if config:
+        with open(config, encoding="utf-8") as f:
+            base = json.load(f)
+        return base.get("settings", base)
+    if replay:
+        _, first, models = request_from_sidecar(replay[0])
+        base = first.to_dict()
+        base["crop_margin"] = models.get("crop_margin", base.get("crop_margin"))
+        return base
+    return None
