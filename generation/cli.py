@@ -40,7 +40,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "one-stage baselines (ControlNet OpenPose-full, plain SD) for the rows generate --from-manifest takes",
     ),
     "evaluate": (
-        "generation.evaluate.cli",
+        "generation.commands.evaluate",
         "score generated (or real) images against a manifest: pose accuracy, FID/KID, CLIP; --compare reports",
     ),
 }

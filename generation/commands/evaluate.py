@@ -17,7 +17,7 @@ from manifests.matching import MatchConfig
 from manifests.settings import add_arguments as add_settings
 from manifests.settings import from_args as settings_from_args
 
-from .run import EvalConfig
+from ..evaluate.run import EvalConfig
 
 HELP = (
     "Score generated images against a test manifest: hand and body pose accuracy (a --detector, prep's MediaPipe "
@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from . import compare, evaluate
+    from ..evaluate import compare, evaluate
 
     if args.compare:
         if args.manifest or args.generated:
