@@ -185,18 +185,22 @@ def upscale_folder(src: str, dst: str, factor: float) -> list[tuple[str, str]]:
     return pairs
 
 
-def keypoint_errors(small: list[dict], big: list[dict], factor: float) -> list[float]:
-    """Per keypoint, the distance (px of the small photo) from each small-photo hand to the full-HD hand
-    (divided by `factor`) that lies nearest to it overall; hands with no counterpart are left out."""
+def keypoint_errors(small: list[dict], big: list[dict], factor: float) -> tuple[list[float], int]:
+    """(per keypoint, the distance in px of the small photo from each small-photo hand to the full-HD
+    hand (divided by `factor`) nearest to it; the number of small-photo hands with no full-HD hand
+    within half their size, which are left out of the distances)."""
     import numpy as np
 
-    out = []
+    out, unmatched = [], 0
     for hand in small:
         ref = np.array(hand["keypoints"])[:, :2]
         dists = [np.linalg.norm(np.array(b["keypoints"])[:, :2] / factor - ref, axis=1) for b in big]
-        if dists:
-            out.extend(min(dists, key=lambda d: d.mean()).tolist())
-    return out
+        best = min(dists, key=lambda d: d.mean(), default=None)
+        if best is None or best.mean() > 0.5 * hand["hand_size"]:
+            unmatched += 1
+        else:
+            out.extend(best.tolist())
+    return out, unmatched
 
 
 def full_hd_case(src: str, tmp: str, rounds: int) -> dict:
@@ -236,7 +240,8 @@ def full_hd_case(src: str, tmp: str, rounds: int) -> dict:
         small.close()
         big.close()
     n = len(pairs) * rounds
-    errors = np.array([e for (_, sh), (_, bh) in rows for e in keypoint_errors(sh, bh, FULL_HD_SCALE)])
+    matched = [keypoint_errors(sh, bh, FULL_HD_SCALE) for (_, sh), (_, bh) in rows]
+    errors = np.array([e for found, _ in matched for e in found])
     differ = {
         s["image_id"]: {"512": [s["status"], len(sh)], "full_hd": [b["status"], len(bh)]}
         for (s, sh), (b, bh) in rows
@@ -261,6 +266,7 @@ def full_hd_case(src: str, tmp: str, rounds: int) -> dict:
         "hands": {"512": sum(len(sh) for (_, sh), _ in rows), "full_hd": sum(len(bh) for _, (_, bh) in rows)},
         "photos_that_differ": differ,
         "keypoint_error_px_at_512": {
+            "hands_without_a_full_hd_match": sum(n for _, n in matched),
             "keypoints": int(errors.size),
             "median": round(float(np.median(errors)), 3),
             "p95": round(float(np.percentile(errors, 95)), 3),

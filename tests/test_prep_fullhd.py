@@ -189,3 +189,16 @@ def test_annotation_keypoints_of_a_full_hd_photo_stay_exact(data_dir, tmp_path):
     box = CropBox.from_box(hand["crop_box"], hand["crop_size"])
     np.testing.assert_allclose(box.to_crop(kps)[:, :2], np.array(hand["crop_keypoints"])[:, :2], atol=1e-3)
     assert a.timings["decode"] > 0 and a.timings["pose"] == 0.0
+
+
+def test_stage_timed_inside_another_is_not_counted_twice(monkeypatch):
+    """The full-resolution decode runs inside the hands stage (wrist crops) but counts as decode only."""
+    import prep.annotate
+
+    clock = iter([0.0, 1.0, 3.0, 4.0])
+    monkeypatch.setattr(prep.annotate.time, "perf_counter", lambda: next(clock))
+    a = Annotator(PrepConfig(body_pose=False, mask_method="none"))
+    with a._timed("hands"):
+        with a._timed("decode"):
+            pass
+    assert a.timings["hands"] == 2.0 and a.timings["decode"] == 2.0
