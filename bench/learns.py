@@ -473,7 +473,9 @@ def main(argv=None) -> int:
                    help="keep --work: skip the phases a cut-off invocation finished, continue its training runs")  # fmt: skip
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--quick", action="store_true", help="a few steps per phase, to check the plumbing")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads (1: on a shared, loaded machine 2 threads ran stage 1 up to 10x slower)")  # fmt: skip
+    p.add_argument("--note", action="append", default=[], help="a line recorded in the result (repeatable)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     for name in ("distributed", "generation", "prep", "manifests", "accelerate", "diffusers"):
@@ -507,6 +509,7 @@ def main(argv=None) -> int:
     os.makedirs(work, exist_ok=True)
     load_before = os.getloadavg()[0]
     phases = Phases(work, args.resume)
+    phases.state.setdefault("notes", []).extend(args.note)
 
     import dataclasses
 
@@ -534,6 +537,7 @@ def main(argv=None) -> int:
             "phases_run": [k for k in PHASES if k in done],
             "phases_not_run": [k for k in PHASES if k not in done],
             "invocations": phases.state["invocations"],
+            "notes": phases.state.setdefault("notes", []),
             "machine": machine(load_before),
             "settings": chain,
             "phases_s": seconds,
