@@ -199,21 +199,33 @@ class ManifestTable:
         try:
             pf = self._parquet_file(unit.shard)
             if filter is None:
-                return pf.read_row_group(unit.row_group, columns=columns, use_threads=False)
-            light = pf.read_row_group(unit.row_group, columns=self._light, use_threads=False)
+                return self._row_group(pf, unit.row_group, columns)
+            light = self._row_group(pf, unit.row_group, self._light)
             try:
                 numbered = light.append_column("__row", pa.array(range(light.num_rows), pa.int64()))
                 keep = numbered.filter(filter)["__row"]
             except pa.ArrowInvalid:  # the filter needs a binary column: filter the full rows instead
-                full = pf.read_row_group(unit.row_group, use_threads=False)
+                full = self._row_group(pf, unit.row_group, self.schema.names)
                 return full.filter(filter).select(columns)
             if len(keep) == 0:
                 return self.schema.empty_table().select(columns)
-            rows = pf.read_row_group(unit.row_group, columns=columns, use_threads=False)
+            rows = self._row_group(pf, unit.row_group, columns)
             return rows if len(keep) == light.num_rows else rows.take(keep)
         except (OSError, pa.ArrowException) as exc:
             self._files.pop(unit.shard, None)
             raise self._fail(where, exc) from exc
+
+    def _row_group(self, pf: pq.ParquetFile, row_group: int, columns: list[str]) -> pa.Table:
+        """`columns` of one row group; a field an older minor schema version lacks (checked on
+        opening) comes back as nulls."""
+        present = set(pf.schema_arrow.names)
+        rows = pf.read_row_group(row_group, columns=[c for c in columns if c in present], use_threads=False)
+        for name in columns:
+            if name not in present:
+                rows = rows.append_column(
+                    self.schema.field(name), pa.nulls(rows.num_rows, self.schema.field(name).type)
+                )
+        return rows.select(columns)
 
     def count_unit(self, unit: RowGroupUnit, filter: ds.Expression | None = None) -> int:
         """Rows of `unit` passing `filter` (reads only the cheap columns; metadata alone without filter)."""
@@ -227,7 +239,7 @@ class ManifestTable:
         parts = []
         for i, s in enumerate(self.shards):
             try:
-                parts.append(self._fragment(i).to_table(columns=columns, filter=filter))
+                parts.append(self._fragment(i).to_table(schema=self.schema, columns=columns, filter=filter))
             except (OSError, pa.ArrowException) as exc:
                 raise self._fail(s.url, exc) from exc
         if not parts:

@@ -9,7 +9,13 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
+
+# Fields each minor version added, by table: a shard of an older minor version lacks them, and a
+# reader gives them as nulls (`missing_allowed`).
+FIELDS_ADDED = {
+    (1, 1): {"images": ("source_key", "source_url", "source_caption")},
+}
 
 TABLES = ("images", "hands")
 STATUSES = ("ok", "no_hands", "error")
@@ -43,6 +49,9 @@ IMAGES_SCHEMA = pa.schema(
         pa.field("image", pa.binary()),
         pa.field("image_width", pa.int32()),
         pa.field("image_height", pa.int32()),
+        pa.field("source_key", pa.string()),
+        pa.field("source_url", pa.string()),
+        pa.field("source_caption", pa.string()),
     ],
     metadata={"handfirst.table": "images", "handfirst.schema_version": SCHEMA_VERSION},
 )
@@ -83,7 +92,7 @@ FIELD_DOCS = {
         "image_id": "Stable id, unique in the manifest (the dataset's own id where it has one); a safe file "
         "name (`manifests.names`), since it names generated files.",
         "source_uri": "fsspec URI or path of the input image as it was read.",
-        "dataset": "Source adapter name: folder, hagrid, coco, interhand.",
+        "dataset": "Source adapter name: folder, hagrid, coco, interhand, webdataset, parquet.",
         "split": "train / val / test. HaGRID splits follow user_id so no person is in two splits.",
         "width": "Original image width in pixels, after EXIF orientation.",
         "height": "Original image height in pixels, after EXIF orientation.",
@@ -99,6 +108,10 @@ FIELD_DOCS = {
         "image": "JPEG of the image resized so its longest side is at most the configured bound.",
         "image_width": "Width of the stored `image` (pixels). Scale to original = image_width / width.",
         "image_height": "Height of the stored `image` (pixels).",
+        "source_key": "The sample's key in its source (img2dataset `key`), or null. Added in 1.1.",
+        "source_url": "Where the source downloaded the image from (img2dataset `url`), or null. Added in 1.1.",
+        "source_caption": "The source's own caption (img2dataset `.txt`), kept beside `caption`, or null. "
+        "Added in 1.1.",
     },
     "hands": {
         "hand_id": "`{image_id}_h{hand_index}`.",
@@ -126,6 +139,16 @@ FIELD_DOCS = {
         "caption": "Caption for this hand crop.",
     },
 }
+
+
+def missing_allowed(version: tuple[int, ...], table: str) -> set[str]:
+    """Fields of `table` that a shard of schema `version` (same major) may lack: those added since."""
+    return {
+        name
+        for added, tables in FIELDS_ADDED.items()
+        if added[0] == version[0] and added > tuple(version)
+        for name in tables.get(table, ())
+    }
 
 
 def schema_for(table: str) -> pa.Schema:

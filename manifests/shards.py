@@ -22,7 +22,7 @@ from .errors import (
     Problem,
     SchemaMismatchError,
 )
-from .schema import SCHEMA_VERSION, TABLES, schema_for
+from .schema import SCHEMA_VERSION, TABLES, missing_allowed, schema_for
 from .storage import join, read_json
 from .writer import MANIFEST_FILE, STATS_DIR
 
@@ -112,9 +112,14 @@ def schema_problems(schema: pa.Schema, table: str) -> list[str]:
     if raw_table is not None and raw_table.decode() != table:
         reasons.append(f"holds table {raw_table.decode()!r}, expected {table!r}")
     expected = schema_for(table)
+    try:
+        older = missing_allowed(version_tuple(version), table) if version else set()
+    except ValueError:
+        older = set()
     for f in expected:
         if f.name not in schema.names:
-            reasons.append(f"field {f.name!r} is missing")
+            if f.name not in older:  # a field added after the shard's minor version reads as nulls
+                reasons.append(f"field {f.name!r} is missing")
         elif _norm_type(schema.field(f.name).type) != _norm_type(f.type):
             reasons.append(f"field {f.name!r} has type {schema.field(f.name).type}, expected {f.type}")
     extra = [n for n in schema.names if n not in expected.names]

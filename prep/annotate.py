@@ -63,6 +63,9 @@ def _base_row(record: ImageRecord) -> dict:
         split=record.split,
         label=record.label,
         subject_id=record.subject_id,
+        source_key=record.source_key,
+        source_url=record.source_url,
+        source_caption=record.source_caption,
     )
     return row
 
@@ -212,7 +215,8 @@ class Annotator:
             # (MediaPipe's models see at most 256 px, GrabCut at most `grabcut_size`), so a full-HD photo
             # costs about what a 512-px one does, and the same photo at another resolution is searched
             # on the same pixels. Full resolution is decoded only for the crops of small hands.
-            decoded, raw = load_image(record.source_uri, cfg.max_pixels, max_bytes, cfg.max_image_side)
+            decoded, raw = load_image(record.source_uri, cfg.max_pixels, max_bytes, cfg.max_image_side,
+                                       data=record.data)  # fmt: skip
         image = decoded.pixels
         width, height = decoded.width, decoded.height
         annotations = to_pixels(record, width, height)

@@ -157,6 +157,9 @@ class PrepConfig(Settings):
     annotations: str | None = setting(
         None, "coco/interhand: the annotation file to read (default: found under --input)."
     )
+    parquet_image_column: str = setting(
+        "jpg", "parquet: the column that holds each row's encoded image bytes (img2dataset: jpg)."
+    )
     hagrid_split: str = setting(
         "user",
         "hagrid: split by a stable hash of user_id (user) or keep the annotation folder's split (annotation).",

@@ -398,14 +398,19 @@ def decode_image(
 
 
 def load_image(uri: str, max_pixels: int, max_bytes: int = MAX_FILE_BYTES,
-               max_side: int | None = None) -> tuple[DecodedImage, bytes]:  # fmt: skip
+               max_side: int | None = None, data: bytes | None = None) -> tuple[DecodedImage, bytes]:  # fmt: skip
     """Read and decode `uri` (reduced to `max_side` when given, see `decode_image`); returns the
     decoded image and the raw bytes (reused when storing it).
 
     Special files and files over `max_bytes` are refused before reading, and an oversized header
-    before the rest of the file is read (see `read_bytes`).
+    before the rest of the file is read (see `read_bytes`). `data`, when given, are the bytes of
+    `uri` already read from a container (a tar member, a Parquet cell): the same byte and pixel
+    bounds apply to them.
     """
-    data = read_bytes(uri, max_bytes, max_pixels)
+    if data is None:
+        data = read_bytes(uri, max_bytes, max_pixels)
+    elif len(data) > max_bytes:
+        raise _too_big(uri, len(data), max_bytes)
     return decode_image(data, max_pixels, uri, max_side), data
 
 

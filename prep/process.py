@@ -14,6 +14,7 @@ import socket
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterable
 
 from manifests.schema import SCHEMAS
 from manifests.writer import ManifestWriter
@@ -21,6 +22,7 @@ from manifests.writer import ManifestWriter
 from .config import PrepConfig
 from .native_logs import filter_native_stderr, in_dask_worker
 from .records import ImageRecord
+from .sources import SourceUnit, unit_records
 
 logger = logging.getLogger(__name__)
 
@@ -102,9 +104,11 @@ def _stage_snapshot(annotator) -> dict[str, float]:
 
 
 def annotate_records(
-    records: list[ImageRecord], config: PrepConfig
+    records: Iterable[ImageRecord], config: PrepConfig
 ) -> tuple[list[dict], list[dict], dict[str, float]]:
-    """(image rows, hand rows, per-stage seconds) for a list of records. Never raises for a record.
+    """(image rows, hand rows, per-stage seconds) for records, read as they come (a unit's records
+    are expanded while they are annotated, one sample's bytes in memory at a time). Never raises
+    for a record.
 
     Records may carry normalised hand coordinates (`record.normalized`, HaGRID): the annotator converts
     them once it has decoded the image and knows its size. Any exception while annotating a record becomes that record's status="error" row
@@ -139,8 +143,12 @@ def process_shard(
     config: PrepConfig,
     fingerprint: str = "",
     config_fingerprint: str = "",
+    unit: SourceUnit | None = None,
 ) -> dict:
     """Annotate and write shard `index`; returns its stats.
+
+    `unit` (a tar, a Parquet row group) replaces `records` for sources read by units: its records
+    are expanded here, in the worker.
 
     `fingerprint` (the shard's images and settings) and `config_fingerprint` (the settings alone) come
     from the driver and go into the stats, which is how a rerun and `validate` tell shards apart.
@@ -149,6 +157,8 @@ def process_shard(
     so that the scheduler retries the task; the shard files are written atomically, stats last.
     """
     t0 = time.perf_counter()
+    if unit is not None:
+        records = unit_records(config, unit)
     image_rows, hand_rows, stages = annotate_records(records, config)
     t1 = time.perf_counter()
     status = Counter(r.get("status") for r in image_rows)

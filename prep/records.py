@@ -1,7 +1,10 @@
 """What a source adapter yields: one record per image, with whatever the dataset already annotates.
 
 Records are small, picklable and carry no pixels: a Dask task receives a shard's records and reads
-each image itself through fsspec, so no image data ever passes through the scheduler.
+each image itself through fsspec, so no image data ever passes through the scheduler. The one
+exception is made inside a worker: a source read unit by unit (a tar, a Parquet row group; see
+`prep.sources.units`) expands its unit there, and its records carry the sample's bytes in `data`,
+read once from the container; such records never travel.
 """
 
 from __future__ import annotations
@@ -38,3 +41,10 @@ class ImageRecord:
     # Why the source could not make a usable record (path traversal, malformed annotation entry, ...).
     # The worker turns such a record into a status="error" images row without reading anything.
     error: str | None = None
+    # What the source itself says about the sample (img2dataset's key, download URL and caption).
+    source_key: str | None = None
+    source_url: str | None = None
+    source_caption: str | None = None
+    # The encoded image, when the worker has it from a container member or a Parquet cell; decoded
+    # under the same byte and pixel bounds as a file (`prep.imageio.load_image`).
+    data: bytes | None = field(default=None, repr=False)

@@ -26,8 +26,8 @@ from .config import PrepConfig
 from .errors import ModelLoadError
 from .lock import OutputLock, OutputLockedError
 from .process import annotator_module, process_shard
-from .shards import ResumePlan, pending_shards, plan_shards
-from .sources import AnnotationFileError, load_records
+from .shards import ResumePlan, Shard, pending_shards, plan_shards, plan_units
+from .sources import AnnotationFileError, load_records, load_units
 
 logger = logging.getLogger(__name__)
 
@@ -158,13 +158,15 @@ def run_shards(todo, config: PrepConfig, client=None) -> tuple[list[dict], dict[
         while queue and len(futures) < slots:
             shard = queue.pop()
             fut = client.submit(process_shard, shard.index, shard.records, config, shard.fingerprint, shard.config_fingerprint,
-                                key=f"prep-{shard_name(shard.index)}-{token}", retries=config.retries, pure=False, **extra)  # fmt: skip
+                                shard.unit, key=f"prep-{shard_name(shard.index)}-{token}", retries=config.retries,
+                                pure=False, **extra)  # fmt: skip
             futures[fut] = shard
             pending.add(fut)
 
     fill()
     hands = errors = 0
-    with _progress(sum(s.num_images for s in todo), config.progress) as bar:
+    sizes = [s.num_images for s in todo]
+    with _progress(None if None in sizes else sum(sizes), config.progress) as bar:
         for fut in pending:
             shard = futures.pop(fut)
             try:
@@ -346,6 +348,20 @@ def summarize(
     }
 
 
+def plan_input(config: PrepConfig) -> list[Shard]:
+    """The run's shards: one per unit for a source read by units (no sample is listed here), else
+    `shard_size` records each."""
+    units = load_units(config)
+    if units is not None:
+        if not units:
+            raise ValueError(f"no samples found in {config.input} (--format {config.format})")
+        return plan_units(units, config)
+    records = load_records(config)
+    if not records:
+        raise ValueError(f"no images found in {config.input} (--format {config.format})")
+    return plan_shards(records, config)
+
+
 def run(config: PrepConfig | None = None, **kwargs) -> dict:
     """Annotate `config.input` into a manifest at `config.out`; returns the run summary.
 
@@ -363,17 +379,16 @@ def run(config: PrepConfig | None = None, **kwargs) -> dict:
     check_output(config)
     check_annotator(config)
     check_sam(config)
-    records = load_records(config)
-    if not records:
-        raise ValueError(f"no images found in {config.input} (--format {config.format})")
-    shards = plan_shards(records, config)
+    shards = plan_input(config)
     writer = ManifestWriter(config.out)
     open_output(config, writer)
     with ExitStack() as stack:
         stack.callback(lock_output(config).release)
         plan = pending_shards(shards, writer, overwrite=config.overwrite)
-        logger.info("%d images in %d shards: %d to run, %d already complete, %d damaged",
-                    len(records), len(shards), len(plan.todo), len(plan.skipped), len(plan.damaged))  # fmt: skip
+        sizes = [s.num_images for s in shards]
+        logger.info("%s images in %d shards: %d to run, %d already complete, %d damaged",
+                    "?" if None in sizes else sum(sizes), len(shards), len(plan.todo), len(plan.skipped),
+                    len(plan.damaged))  # fmt: skip
         client = stack.enter_context(dask_client(config)) if plan.todo else None
         shipped = ship_config(config, client) if client is not None else config
         _start_output(writer, plan, started)

@@ -1,7 +1,8 @@
 """Shard planning and resume: which shards a run must (re)do.
 
 A shard is `shard_size` consecutive records of the source's deterministic order, so shard N always
-holds the same images. Each written shard's stats carry a fingerprint of its image ids and of the
+holds the same images; for a source read by units (webdataset tars, Parquet row groups), shard N is
+the N-th unit. Each written shard's stats carry a fingerprint of its image ids and of the
 settings that shape its rows (and, as `config_fingerprint`, of those settings alone). A rerun skips a
 shard whose stats exist and match and whose files still match its stats, and redoes one without
 stats (its worker died before finishing), a damaged one, or one written from other images. An output
@@ -23,6 +24,7 @@ from manifests.writer import STATS_DIR, ManifestWriter, shard_name
 
 from .config import PrepConfig
 from .records import ImageRecord
+from .sources.units import SourceUnit, unit_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -33,10 +35,14 @@ class Shard:
     records: list[ImageRecord] = field(repr=False)
     fingerprint: str = ""
     config_fingerprint: str = ""  # the run's row-shaping settings alone, the same for every shard
+    # A unit-read source's input (one tar, one Parquet row group): the worker expands it into
+    # records, and `records` is empty.
+    unit: SourceUnit | None = None
 
     @property
-    def num_images(self) -> int:
-        return len(self.records)
+    def num_images(self) -> int | None:
+        """Images in the shard; None for a unit whose size the driver does not know (a tar)."""
+        return len(self.records) if self.unit is None else self.unit.num_images
 
 
 def shard_fingerprint(records: list[ImageRecord], config: PrepConfig) -> str:
@@ -55,6 +61,12 @@ def plan_shards(records: list[ImageRecord], config: PrepConfig) -> list[Shard]:
         chunk = records[start : start + n]
         shards.append(Shard(index, chunk, shard_fingerprint(chunk, config), config.fingerprint()))
     return shards
+
+
+def plan_units(units: list[SourceUnit], config: PrepConfig) -> list[Shard]:
+    """One shard per unit, in the units' order: shard N always reads the same tar or row group."""
+    fp = config.fingerprint()
+    return [Shard(i, [], unit_fingerprint(u, config), fp, unit=u) for i, u in enumerate(units)]
 
 
 def read_shard_stats(writer: ManifestWriter, index: int, table: str = "images") -> dict:

@@ -5,6 +5,7 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
+from manifests.schema import SCHEMA_VERSION
 from manifests.writer import ManifestWriter
 
 
@@ -38,7 +39,7 @@ def test_rewrite_replaces_without_duplicates_and_leaves_no_temp_files(tmp_path):
     assert pq.read_table(tmp_path / "m" / "images").num_rows == 1
     info = json.loads((tmp_path / "m" / "images" / "_manifest.json").read_text())
     assert (
-        info["schema_version"] == "1.0"
+        info["schema_version"] == SCHEMA_VERSION
         and info["config"] == {"k": 1}
         and info["shards"] == {"shard-00003.parquet": 1}
     )

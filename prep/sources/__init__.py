@@ -1,14 +1,16 @@
 """Source adapters: each turns a dataset into ImageRecords, in a deterministic order.
 
 `SOURCES` maps the `--format` name to the adapter; `load_records(config)` runs it, keeps ids unique
-and applies `config.limit`. The order is the adapter's own sorted order (sorted file paths, sorted
+and applies `config.limit`. The formats in `UNIT_SOURCES` (webdataset, parquet) are read unit by unit
+instead: the runner lists their units (tars, row groups) and each worker task expands its own
+(`prep.sources.units`); their `SOURCES` entry expands every unit, for small inputs and tests. The order is the adapter's own sorted order (sorted file paths, sorted
 annotation files and keys, or the annotation file's image order), so shard N always holds the same
 images for the same input.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from itertools import islice
 
 from ..config import PrepConfig
@@ -18,13 +20,31 @@ from .coco import coco_records
 from .folder import folder_records
 from .hagrid import hagrid_records
 from .interhand import interhand_records
+from .parquet import PARQUET
+from .units import SourceUnit, UnitSource, all_records, apply_limit, expand_unit
+from .webdataset import WEBDATASET
+
+# Sources whose input is listed by units on the driver and expanded inside the worker tasks.
+UNIT_SOURCES: dict[str, UnitSource] = {"webdataset": WEBDATASET, "parquet": PARQUET}
 
 SOURCES: dict[str, Callable[[PrepConfig], Iterable[ImageRecord]]] = {
     "folder": folder_records,
     "hagrid": hagrid_records,
     "coco": coco_records,
     "interhand": interhand_records,
+    **{name: all_records(source) for name, source in UNIT_SOURCES.items()},
 }
+
+
+def load_units(config: PrepConfig) -> list[SourceUnit] | None:
+    """The units of a unit-read source, `config.limit` applied; None for a record source."""
+    source = UNIT_SOURCES.get(config.format)
+    return None if source is None else apply_limit(source.units(config), config.limit)
+
+
+def unit_records(config: PrepConfig, unit: SourceUnit) -> Iterator[ImageRecord]:
+    """The records of one unit (inside the worker task)."""
+    return expand_unit(UNIT_SOURCES[config.format], unit, config)
 
 
 def load_records(config: PrepConfig) -> list[ImageRecord]:
@@ -40,4 +60,13 @@ def load_records(config: PrepConfig) -> list[ImageRecord]:
     return list(records)
 
 
-__all__ = ["SOURCES", "AnnotationFileError", "UnsafePathError", "load_records"]
+__all__ = [
+    "SOURCES",
+    "UNIT_SOURCES",
+    "AnnotationFileError",
+    "SourceUnit",
+    "UnsafePathError",
+    "load_records",
+    "load_units",
+    "unit_records",
+]

@@ -1,0 +1,93 @@
+"""Parquet tables with embedded image bytes: img2dataset's Parquet output, or any table of images.
+
+`--input` is one Parquet file, a folder of them, a glob or a brace pattern, local or fsspec URLs.
+The image bytes are in the column `--parquet-image-column` (img2dataset: `jpg`). img2dataset's other
+columns are used where present: `key` (else the id is `{file stem}-{row}`), `txt` or `caption` (kept
+as the source caption), `url`, and `status` / `error_message`: a row whose status is not `success`,
+or whose image cell is null, becomes an `error` row that says so.
+
+Each row group is one shard (`prep.sources.units`): the driver reads only the footers (row counts
+and the schema, checked for the image column), and the worker reads its one row group.
+"""
+
+from __future__ import annotations
+
+import logging
+import posixpath
+from collections.abc import Iterator
+
+import pyarrow.parquet as pq
+
+from ..config import PrepConfig
+from ..imageio import open_regular_file
+from ..records import ImageRecord
+from .base import AnnotationFileError, error_record, safe_id
+from .units import SourceUnit, UnitSource, input_files
+
+logger = logging.getLogger(__name__)
+
+SUCCESS = "success"
+# Optional img2dataset columns -> the record field each fills (the first one present wins).
+TEXT_COLUMNS = {"source_key": ("key",), "source_caption": ("txt", "caption"), "source_url": ("url",)}
+STATUS_COLUMNS = ("status", "error_message")
+
+
+def parquet_units(config: PrepConfig) -> list[SourceUnit]:
+    units = []
+    column = config.parquet_image_column
+    for uri in input_files(config.input, (".parquet",), "parquet"):
+        try:
+            with open_regular_file(uri, max_bytes=None) as f:
+                meta = pq.ParquetFile(f).metadata
+                names = meta.schema.to_arrow_schema().names
+        except Exception as exc:  # noqa: BLE001 - any unreadable footer is one line naming the file
+            raise AnnotationFileError(
+                f"{uri}: not a readable Parquet file: {type(exc).__name__}: {exc}"
+            ) from None
+        if column not in names:
+            raise AnnotationFileError(
+                f"{uri}: no image column {column!r} (--parquet-image-column); its columns are {names}"
+            )
+        first = 0
+        for g in range(meta.num_row_groups):
+            n = meta.row_group(g).num_rows
+            if n:
+                units.append(SourceUnit(uri, part=g, count=n, first=first))
+            first += n
+    return units
+
+
+def _cell(row: dict, names: tuple[str, ...]):
+    return next((row[n] for n in names if row.get(n) is not None), None)
+
+
+def parquet_records(unit: SourceUnit, config: PrepConfig) -> Iterator[ImageRecord]:
+    column = config.parquet_image_column
+    stem = posixpath.splitext(posixpath.basename(unit.uri))[0]
+    with open_regular_file(unit.uri, max_bytes=None) as f:
+        pf = pq.ParquetFile(f)
+        present = set(pf.schema_arrow.names)
+        wanted = [column, *(c for names in TEXT_COLUMNS.values() for c in names), *STATUS_COLUMNS]
+        rows = pf.read_row_group(unit.part, columns=[c for c in dict.fromkeys(wanted) if c in present])
+    for i, row in enumerate(rows.to_pylist()):
+        fields = {field: _cell(row, names) for field, names in TEXT_COLUMNS.items()}
+        fields = {k: None if v is None else str(v) for k, v in fields.items()}
+        position = unit.first + i
+        image_id = safe_id(fields["source_key"] or f"{stem}-{position:06d}")
+        uri = f"{unit.uri}#row={position}"
+        status = row.get("status") or SUCCESS
+        data = row.get(column)
+        if status != SUCCESS:
+            why = f"img2dataset status {status!r}" + (
+                f": {row['error_message']}" if row.get("error_message") else ""
+            )
+            yield error_record(image_id, uri, "parquet", why, split=config.split, **fields)
+        elif not isinstance(data, (bytes, bytearray)):
+            why = f"row {position}: column {column!r} holds no image bytes ({type(data).__name__})"
+            yield error_record(image_id, uri, "parquet", why, split=config.split, **fields)
+        else:
+            yield ImageRecord(image_id=image_id, source_uri=uri, dataset="parquet", split=config.split,
+                              data=bytes(data), **fields)  # fmt: skip
+
+
+PARQUET = UnitSource(parquet_units, parquet_records)

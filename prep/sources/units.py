@@ -1,0 +1,171 @@
+"""Sources read unit by unit: one tar, or one Parquet row group, is the input of one shard.
+
+Datasets that the ecosystem has already downloaded (img2dataset's webdataset tars and Parquet files)
+can hold millions of samples. Listing every sample on the driver before the first shard starts would
+read all of them twice and hold every record in the driver's memory. Instead the driver lists only
+the *units* (cheaply: file names from a brace pattern, a glob or a folder, and Parquet footers), the
+shard index is the unit's position in that list, and the worker task expands its unit into records
+(`UnitSource.expand`) and annotates them as it reads them. Resume and the fingerprint checks work as
+for record shards: a unit's shard fingerprint hashes the unit's file, part and sample cap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import posixpath
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+
+import fsspec
+
+from manifests.names import safe_name
+
+from ..config import PrepConfig
+from ..records import ImageRecord
+from .base import dedupe, error_record, to_uri
+
+logger = logging.getLogger(__name__)
+
+GLOB_CHARS = re.compile(r"[*?\[]")
+_BRACE = re.compile(r"\{([^{}]*)\}")
+_RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)$")
+
+
+@dataclass(frozen=True)
+class SourceUnit:
+    """One shard's input: a file (local path or fsspec URL) and, for Parquet, one row group of it."""
+
+    uri: str
+    part: int | None = None  # Parquet row group; None: the whole file (a tar)
+    count: int | None = None  # samples in the unit, when known from metadata (Parquet footers)
+    first: int = 0  # position of the unit's first row in its file (row ids of keyless Parquet tables)
+    take: int | None = None  # --limit: expand at most this many samples
+
+    @property
+    def name(self) -> str:
+        """A short, filename-safe name of the unit: `00012` for `.../00012.tar`, `part-3_rg2` for a row group."""
+        stem = posixpath.splitext(posixpath.basename(self.uri.rstrip("/")))[0]
+        return safe_name(stem if self.part is None else f"{stem}_rg{self.part}")
+
+    @property
+    def num_images(self) -> int | None:
+        return self.count if self.take is None else min(self.take, self.count or self.take)
+
+    def identity(self) -> str:
+        return f"{self.uri}\0{self.part}\0{self.take}"
+
+
+@dataclass(frozen=True)
+class UnitSource:
+    """A source adapter read by units: `units` runs on the driver, `expand` inside the worker task."""
+
+    units: Callable[[PrepConfig], list[SourceUnit]]
+    expand: Callable[[SourceUnit, PrepConfig], Iterator[ImageRecord]]
+
+
+def unit_fingerprint(unit: SourceUnit, config: PrepConfig) -> str:
+    """The shard fingerprint of a unit's shard: the row-shaping settings and the unit's identity."""
+    h = hashlib.sha1(config.fingerprint().encode())
+    h.update(b"\0unit\0" + unit.identity().encode())
+    return h.hexdigest()[:16]
+
+
+def expand_braces(pattern: str) -> list[str]:
+    """Brace expansion as webdataset and img2dataset write shard lists: `{00000..00099}` (zero padding
+    kept) and `{a,b}`, nested and repeated; text without braces is returned as is."""
+    match = _BRACE.search(pattern)
+    if match is None:
+        return [pattern]
+    body, head, tail = match.group(1), pattern[: match.start()], pattern[match.end() :]
+    if r := _RANGE.match(body):
+        lo, hi = int(r.group(1)), int(r.group(2))
+        width = len(r.group(1)) if r.group(1).startswith("0") else 0
+        step = 1 if hi >= lo else -1
+        options = [f"{n:0{width}d}" for n in range(lo, hi + step, step)]
+    else:
+        options = body.split(",")
+    return [out for option in options for out in expand_braces(head + option + tail)]
+
+
+def input_files(spec: str, suffixes: tuple[str, ...], what: str) -> list[str]:
+    """The files an `--input` names, as URIs a worker opens, in order: a brace pattern's expansion
+    (in its own order), a glob's or a folder's files ending in `suffixes` (sorted), or one file.
+
+    Raises FileNotFoundError naming the input when nothing matches or a listed file is missing.
+    """
+    files: list[str] = []
+    missing: list[str] = []
+    for item in expand_braces(str(spec)):
+        # url_to_fs, unlike `open_input`, leaves a glob unexpanded, so that it is matched below.
+        local = "://" not in item
+        fs, path = fsspec.core.url_to_fs(os.path.abspath(os.path.expanduser(item)) if local else item)
+        if GLOB_CHARS.search(path):
+            found = sorted(p for p in fs.glob(path) if p.lower().endswith(suffixes) and fs.isfile(p))
+        elif fs.isdir(path):
+            found = sorted(p for p in fs.find(path) if p.lower().endswith(suffixes)
+                           and not any(part.startswith(".") for part in p.split("/")))  # fmt: skip
+        elif fs.isfile(path):
+            found = [path]
+        else:
+            missing.append(item)
+            continue
+        files.extend(to_uri(fs, p) for p in found)
+    if missing:
+        raise FileNotFoundError(
+            f"{what} input not found: {missing[0]}"
+            + (f" (and {len(missing) - 1} more of {spec})" if len(missing) > 1 else "")
+        )
+    if not files:
+        raise FileNotFoundError(f"no {'/'.join(suffixes)} files found in {spec} ({what} input)")
+    return files
+
+
+def apply_limit(units: list[SourceUnit], limit: int | None) -> list[SourceUnit]:
+    """The units that hold the first `limit` samples, the last one capped. A unit whose size is
+    unknown (a tar) is taken whole up to the cap and ends the list: it may hold fewer samples."""
+    if limit is None:
+        return units
+    out, left = [], limit
+    for unit in units:
+        if left <= 0:
+            break
+        take = left if unit.count is None or unit.count > left else None
+        out.append(unit if take is None else replace(unit, take=take))
+        left = 0 if unit.count is None else left - unit.count
+    return out
+
+
+def expand_unit(source: UnitSource, unit: SourceUnit, config: PrepConfig) -> Iterator[ImageRecord]:
+    """The unit's records, ids kept unique, at most `unit.take` of them.
+
+    A unit that stops being readable part way (a truncated tar, a corrupt row group) ends with one
+    error record naming the unit and the reason, so the samples read before it are kept and the
+    shard says what was lost. An OSError (the store did not answer) is raised instead, so that the
+    task is retried rather than recorded as complete.
+    """
+    n = 0
+    try:
+        for record in dedupe(source.expand(unit, config)):
+            if unit.take is not None and n >= unit.take:
+                return
+            n += 1
+            yield record
+    except OSError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a damaged container becomes an error row, not a lost shard
+        message = f"{unit.uri}: unreadable after {n} samples: {type(exc).__name__}: {exc}"
+        logger.warning(message)
+        yield error_record(f"{unit.name}__unreadable", unit.uri, config.format, message, split=config.split)
+
+
+def all_records(source: UnitSource) -> Callable[[PrepConfig], Iterator[ImageRecord]]:
+    """A plain `SOURCES` adapter over a unit source: every unit expanded in order (small inputs, tests)."""
+
+    def records(config: PrepConfig) -> Iterator[ImageRecord]:
+        for unit in source.units(config):
+            yield from expand_unit(source, unit, config)
+
+    return records
