@@ -202,3 +202,26 @@ def test_stage_timed_inside_another_is_not_counted_twice(monkeypatch):
         with a._timed("decode"):
             pass
     assert a.timings["hands"] == 2.0 and a.timings["decode"] == 2.0
+
+
+@pytest.mark.parametrize("mode", ["L", "CMYK", "RGB"])
+def test_every_jpeg_mode_decodes_reduced_like_the_full_image_shrunk(data_dir, mode):
+    buf = io.BytesIO()
+    Image.open(data_dir / "photos" / "victory.jpg").convert(mode).save(buf, "JPEG", quality=95)
+    full = decode_image(buf.getvalue(), MAX)
+    reduced = decode_image(buf.getvalue(), MAX, max_side=max(full.width, full.height) // 3)
+    assert reduced.source_mode == mode and reduced.pixels.shape[2] == 3
+    ref = np.asarray(Image.fromarray(full.pixels).resize(reduced.pixels.shape[1::-1], Image.BOX)).astype(int)
+    assert np.abs(reduced.pixels.astype(int) - ref).mean() < 2
+    assert np.array_equal(reduced.full_pixels(), full.pixels)
+
+
+def test_bad_annotation_of_a_full_hd_photo_is_reported_in_its_own_pixels(data_dir, tmp_path):
+    from prep.errors import AnnotationError
+
+    big = tmp_path / "big.jpg"
+    _upscaled(data_dir / "hagrid_mini" / next(iter(PHOTOS)), big)
+    kps = np.array([[1300 + 20.0 * i, 900.0, 1.0] for i in range(21)])  # reaches x = 1700 > 1440
+    a = Annotator(PrepConfig(keypoint_source="annotation", body_pose=False, mask_method="none"))
+    with pytest.raises(AnnotationError, match=r"outside the 1440x1920 image \(x 1300\.\.1700"):
+        a.annotate(_record(big, "bad", hands=[HandAnnotation(keypoints=kps)]))
