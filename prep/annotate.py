@@ -32,12 +32,13 @@ from .body import BodyPose, BodyPoseDetector
 from .captions import hand_caption, image_caption
 from .config import PrepConfig
 from .crops import (
+    box_to_full,
+    box_to_reduced,
     encode_crop,
     full_resolution_crop,
     hand_crop_box,
     make_crop,
     needs_full_resolution,
-    scale_box,
     stored_size,
     union_mask,
 )
@@ -198,11 +199,10 @@ class Annotator:
 
     def _full_crop(self, decoded: DecodedImage):
         """Crops of boxes in `decoded.pixels` coordinates, cut from the full-resolution image."""
-        to_full = 1.0 / decoded.scale[0]
 
         def crop(box):
             self._decode_full(decoded)
-            return full_resolution_crop(decoded, scale_box(box, to_full))
+            return full_resolution_crop(decoded, box_to_full(decoded, box))
 
         return crop
 
@@ -238,9 +238,8 @@ class Annotator:
             if self.masker is not None:
                 with self._timed("masks"):
                     # The mask is in crop pixels, the same whichever frame the hand and box are given in.
-                    sx = decoded.scale[0]
                     hand_mask = self.masker.predict(
-                        image, _moved(hand, decoded.to_reduced), scale_box(crop.box, sx)
+                        image, _moved(hand, decoded.to_reduced), box_to_reduced(decoded, crop.box)
                     )
                 crop_masks.append((hand_mask.mask, crop.box))
             with self._timed("encode"):

@@ -88,6 +88,20 @@ def _crop_region(region: np.ndarray, x0: int, y0: int, box: CropBox, factor: int
     return warp_crop(region, local)
 
 
+def box_to_reduced(decoded: DecodedImage, box: CropBox) -> CropBox:
+    """`box` (original pixels) in `decoded.pixels` coordinates: its corner mapped per axis, exactly,
+    and its side by the mean of the two scales, which differ only by the rounding of the reduced size
+    (a fraction of a pixel across the whole image, so far less across a box)."""
+    ((x0, y0),) = decoded.to_reduced(np.array([[box.x0, box.y0]]))
+    return CropBox(x0, y0, box.side * sum(decoded.scale) / 2.0, box.size)
+
+
+def box_to_full(decoded: DecodedImage, box: CropBox) -> CropBox:
+    """The inverse of `box_to_reduced`: `box` in `decoded.pixels` coordinates -> original pixels."""
+    ((x0, y0),) = decoded.to_full(np.array([[box.x0, box.y0]]))
+    return CropBox(x0, y0, box.side * 2.0 / sum(decoded.scale), box.size)
+
+
 def antialiased_crop(image: np.ndarray, box: CropBox) -> np.ndarray:
     """`warp_crop`, but a box shrunk more than 2x is first box-filtered by an integer factor, since
     bilinear sampling alone aliases (large hands in large photos).
@@ -118,7 +132,7 @@ def crop_pixels(decoded: DecodedImage, box: CropBox) -> np.ndarray:
     """The (size, size, 3) crop of `box` (original pixels) from the reduced or the full image."""
     if needs_full_resolution(decoded, box):
         return full_resolution_crop(decoded, box)
-    return antialiased_crop(decoded.pixels, scale_box(box, decoded.scale[0]))
+    return antialiased_crop(decoded.pixels, box_to_reduced(decoded, box))
 
 
 def make_crop(image: np.ndarray | DecodedImage, keypoints: np.ndarray, config: PrepConfig) -> HandCrop:

@@ -225,3 +225,21 @@ def test_bad_annotation_of_a_full_hd_photo_is_reported_in_its_own_pixels(data_di
     a = Annotator(PrepConfig(keypoint_source="annotation", body_pose=False, mask_method="none"))
     with pytest.raises(AnnotationError, match=r"outside the 1440x1920 image \(x 1300\.\.1700"):
         a.annotate(_record(big, "bad", hands=[HandAnnotation(keypoints=kps)]))
+
+
+def test_boxes_map_between_frames_per_axis_when_the_rounded_scales_differ():
+    """384x834 reduced to 768 is 354x768: x and y scales differ (0.9219 against 0.9209); a box's
+    corner must follow each axis, or a box at the bottom lands most of a pixel off its hand."""
+    from prep.crops import box_to_full, box_to_reduced
+
+    buf = io.BytesIO()
+    Image.new("RGB", (384, 834), (90, 120, 30)).save(buf, "PNG")
+    decoded = decode_image(buf.getvalue(), MAX, max_side=768)
+    assert decoded.pixels.shape[:2] == (768, 354)
+    sx, sy = decoded.scale
+    box = CropBox(300.0, 780.0, 40.0, 64)
+    small = box_to_reduced(decoded, box)
+    assert (small.x0, small.y0) == pytest.approx((300.0 * sx, 780.0 * sy), abs=1e-9) and small.size == 64
+    assert abs(small.y0 - 780.0 * sx) > 0.7  # what one scale for both axes would have done
+    back = box_to_full(decoded, small)
+    assert (back.x0, back.y0, back.side, back.size) == pytest.approx((300.0, 780.0, 40.0, 64), abs=1e-9)
