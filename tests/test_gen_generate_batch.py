@@ -82,6 +82,15 @@ def test_a_replay_takes_its_models_and_settings_from_the_sidecar_and_is_always_r
     again = generate_batch(Sources(replay=[str(out / "wave.json")]), str(out))
     assert again.written == ["wave"] and again.skipped == [] and again.failures == []
     np.testing.assert_array_equal(np.asarray(Image.open(out / "wave.png")), image)
+    # Two sidecars of one name would write the same files: refused before anything is generated.
+    (tmp_path / "copy").mkdir()
+    (tmp_path / "copy" / "wave.json").write_text((out / "wave.json").read_text())
+    stamp = os.path.getmtime(out / "wave.png")
+    with pytest.raises(RequestError, match=r"several requests share the name\(s\) \['wave'\]"):
+        generate_batch(
+            Sources(replay=[str(out / "wave.json"), str(tmp_path / "copy" / "wave.json")]), str(out)
+        )
+    assert os.path.getmtime(out / "wave.png") == stamp
 
 
 def test_photos_that_share_a_name_are_refused_before_anything_is_written(tiny_runs, tmp_path):

@@ -1,8 +1,9 @@
 """The batch runner behind `handfirst-gen generate`, with its rules for Python callers too.
 
 - exactly one source (`Sources`): spec files, manifest rows, photos or replayed sidecars;
-- every output name is a safe file name and no two requests share one; any other problem with the
-  inputs stops the batch before anything is generated, so nothing is written outside the output folder;
+- every output name is a safe file name and no two requests share one; these and any other problem
+  with the inputs stop the batch before anything is generated, so nothing is written outside the
+  output folder;
 - images already written (PNG plus sidecar) are skipped unless ``overwrite``, so an interrupted batch
   resumes; a replayed sidecar is always redone;
 - a replay takes the model folders its first sidecar records unless others are given;
@@ -16,6 +17,7 @@ import json
 import logging
 import os
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 
@@ -210,6 +212,14 @@ def generate_batch(
         on_failure(name, exc)
 
     items = SOURCES[sources.kind](_Batch(sources, settings, body_model, body_resolution(pipe), fail))
+    # Spec files and photos are refused by name before this with their own message; this catches the
+    # rest (two replayed sidecars of one name).
+    counts = Counter(request.name for request, _ in items)
+    clashes = sorted(name for name, n in counts.items() if n > 1)
+    if clashes:
+        raise RequestError(
+            f"several requests share the name(s) {clashes}; their outputs would overwrite each other"
+        )
     models = model_record(pipe, hand_model, body_model)
     annotator = None
     if settings.detect:
