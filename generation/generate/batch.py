@@ -8,7 +8,8 @@
   resumes; a replayed sidecar is always redone;
 - a replay takes the model folders its first sidecar records unless others are given;
 - one bad request never stops the batch: it is recorded in ``failures.jsonl`` in the output folder
-  (appended) and reported, and the others are written.
+  (appended) and reported, and the others are written (a lone photo in which nothing is detected is
+  an error instead: there are no others).
 """
 
 from __future__ import annotations
