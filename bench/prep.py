@@ -203,6 +203,42 @@ def keypoint_errors(small: list[dict], big: list[dict], factor: float) -> tuple[
     return out, unmatched
 
 
+def decode_costs(paths: list[str], max_side: int, rounds: int) -> dict:
+    """ms per full-HD photo of the ways to get its reduced pixels, alternating photo by photo: the
+    pipeline's (JPEG draft mode, then full resolution decoded again for small hands), the draft alone,
+    one full decode to an array (the old way), and one full decode filtered down to the reduced size
+    (the full image kept for crops)."""
+    import io
+
+    from PIL import Image
+
+    from prep.imageio import decode_image, reduced_size
+
+    def full_then_reduce(data: bytes) -> None:
+        im = Image.open(io.BytesIO(data))
+        im.load()  # the upscaled copies are upright RGB JPEGs: no orientation or mode to handle
+        target = reduced_size(*im.size, max_side)
+        factor = max(1, min(im.width // target[0], im.height // target[1]))
+        small = im.reduce(factor) if factor > 1 else im
+        small.resize(target, Image.BILINEAR, box=(0, 0, im.width / factor, im.height / factor))
+
+    ways = {
+        "draft_then_full": lambda data: decode_image(data, 10**9, max_side=max_side).full_image(),
+        "draft_only": lambda data: decode_image(data, 10**9, max_side=max_side),
+        "full_only": lambda data: decode_image(data, 10**9),
+        "full_then_reduce": full_then_reduce,
+    }
+    blobs = [open(p, "rb").read() for p in paths]
+    total = dict.fromkeys(ways, 0.0)
+    for _ in range(rounds):
+        for data in blobs:
+            for name, way in ways.items():
+                t0 = time.perf_counter()
+                way(data)
+                total[name] += time.perf_counter() - t0
+    return {name: round(1000 * t / (rounds * len(blobs)), 2) for name, t in total.items()}
+
+
 def full_hd_case(src: str, tmp: str, rounds: int) -> dict:
     """Section 3: detect mode on the 512-px photos and their full-HD copies, side by side."""
     import numpy as np
@@ -225,6 +261,7 @@ def full_hd_case(src: str, tmp: str, rounds: int) -> dict:
         for a, path in ((small, pairs[0][0]), (big, pairs[0][1])):  # models load before any clock starts
             a.annotate(record(path))
             a.timings = dict.fromkeys(a.timings, 0.0)
+        decode_ms = decode_costs([b for _, b in pairs], PrepConfig().max_image_side, rounds)
         for _ in range(rounds):
             rows = []
             for s_path, b_path in pairs:
@@ -273,6 +310,16 @@ def full_hd_case(src: str, tmp: str, rounds: int) -> dict:
             "max": round(float(errors.max()), 3),
             "share_within_2px": round(float(np.mean(errors <= 2.0)), 4),
         },
+        # Full resolution is decoded again for nearly every full-HD photo here (its hands' crops are all
+        # "small" at crop_size 512), so how the reduced pixels are made matters: see these.
+        "decode_ms_per_full_hd_photo": decode_ms,
+        "full_hd_photos_with_a_hand_cropped_at_full_resolution": sum(
+            any(
+                (h["crop_box"][2] - h["crop_box"][0]) * b["image_width"] / b["width"] < h["crop_size"]
+                for h in bh
+            )
+            for _, (b, bh) in rows
+        ),
         "stored_image_size_full_hd": sorted({(b["image_width"], b["image_height"]) for _, (b, _) in rows}),
         "load_average_before_after": None,  # filled in by main
     }
