@@ -214,7 +214,8 @@ class Annotator:
             # Decoded at the stored image's size (a JPEG in draft mode): detection and masks work on it
             # (MediaPipe's models see at most 256 px, GrabCut at most `grabcut_size`), so a full-HD photo
             # costs about what a 512-px one does, and the same photo at another resolution is searched
-            # on the same pixels. Full resolution is decoded only for the crops of small hands.
+            # on the same pixels. Full resolution is decoded only for small hands: their crops and the
+            # wrist-guided search.
             decoded, raw = load_image(record.source_uri, cfg.max_pixels, max_bytes, cfg.max_image_side,
                                        data=record.data)  # fmt: skip
         image = decoded.pixels
