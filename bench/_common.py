@@ -25,16 +25,21 @@ def run_speed(out: str, warmup: int, wall_s: float) -> dict:
 
 def machine(load_before: float) -> dict:
     """Platform, CPU count and the 1-minute load average before the run (given) and now."""
-    return {"platform": platform.platform(), "cpus": os.cpu_count(),
-            "load_average_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)]}  # fmt: skip
+    return {
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "load_average_before_after": [round(load_before, 2), round(os.getloadavg()[0], 2)],
+    }
 
 
 def print_gpu(gpu: dict) -> None:
     """One line per GPU run (gradient checkpointing on / off), or why there are none."""
     if "runs" in gpu:
         for g in gpu["runs"]:
-            print(f"GPU {gpu['device']}: checkpointing={g['gradient_checkpointing']} {g['steps_per_s']} steps/s, "
-                  f"{g['peak_memory_gib']} GiB peak")  # fmt: skip
+            print(
+                f"GPU {gpu['device']}: checkpointing={g['gradient_checkpointing']} {g['steps_per_s']} steps/s, "
+                f"{g['peak_memory_gib']} GiB peak"
+            )
     else:
         print("GPU:", gpu["skipped"])
 

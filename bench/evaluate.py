@@ -38,11 +38,15 @@ def _cache_report():
     return {
         "pid": os.getpid(),
         "annotators": [
-            {"class": type(a).__name__, "keypoint_source": a.config.keypoint_source,
-             "mask_method": a.config.mask_method, "images_timed_s": round(a.timings["pose"] + a.timings["hands"], 3)}
+            {
+                "class": type(a).__name__,
+                "keypoint_source": a.config.keypoint_source,
+                "mask_method": a.config.mask_method,
+                "images_timed_s": round(a.timings["pose"] + a.timings["hands"], 3),
+            }
             for a in process._CACHE.values()
         ],
-    }  # fmt: skip
+    }
 
 
 def _warm(config, image):
@@ -77,8 +81,16 @@ def main(argv=None) -> dict:
         manifest = os.path.join(tmp, "manifest")
         t0 = time.perf_counter()
         # One prep worker, so its per-image model time compares with one evaluation process.
-        prep_summary = prep.run(input=args.input, out=manifest, label_from_dir=True, workers=1,
-                                shard_size=10, mask_method="none", crop_size=128, progress=False)  # fmt: skip
+        prep_summary = prep.run(
+            input=args.input,
+            out=manifest,
+            label_from_dir=True,
+            workers=1,
+            shard_size=10,
+            mask_method="none",
+            crop_size=128,
+            progress=False,
+        )
         prep_s = time.perf_counter() - t0
         n = prep_summary["images"]
         stage = prep_summary["stage_ms_per_image"]
@@ -99,12 +111,27 @@ def main(argv=None) -> dict:
         local_s = local["timing"]["detect_s"]
 
         # 2. On Dask workers, through a cluster we keep open to inspect the workers afterwards.
-        with LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=":0",
-                          silence_logs=logging.ERROR) as cluster, Client(cluster) as client:  # fmt: skip
+        with (
+            LocalCluster(
+                n_workers=args.workers,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=":0",
+                silence_logs=logging.ERROR,
+            ) as cluster,
+            Client(cluster) as client,
+        ):
             # Load each worker's detector (through the same cache) before timing.
             client.run(_warm, _prep_config(m, EvalConfig(workers=args.workers)), warm_image)
-            dask_run = evaluate(manifest, "real", os.path.join(tmp, "dask"), split="all", scheduler=cluster.scheduler_address,
-                                workers=args.workers, progress=False)  # fmt: skip
+            dask_run = evaluate(
+                manifest,
+                "real",
+                os.path.join(tmp, "dask"),
+                split="all",
+                scheduler=cluster.scheduler_address,
+                workers=args.workers,
+                progress=False,
+            )
             caches = client.run(_cache_report)
         dask_s = dask_run["timing"]["detect_s"]
 
@@ -152,11 +179,15 @@ def main(argv=None) -> dict:
     with open(args.out, "w", encoding="utf-8") as f:
         json.dump(result, f, indent=2)
     print(f"{n} hagrid_mini images; prep model time {prep_model_ms:.0f} ms/image")
-    print(f"evaluate in process: {result['evaluate_in_process']['images_per_s']} images/s "
-          f"(MediaPipe {result['evaluate_in_process']['model_ms_per_image']:.0f} ms/image, "
-          f"overhead {100 * result['evaluate_in_process']['overhead_share']:.1f}%)")  # fmt: skip
-    print(f"evaluate on {args.workers} Dask workers: {result['evaluate_dask']['images_per_s']} images/s "
-          f"({result['evaluate_dask']['speedup_vs_in_process']}x)")  # fmt: skip
+    print(
+        f"evaluate in process: {result['evaluate_in_process']['images_per_s']} images/s "
+        f"(MediaPipe {result['evaluate_in_process']['model_ms_per_image']:.0f} ms/image, "
+        f"overhead {100 * result['evaluate_in_process']['overhead_share']:.1f}%)"
+    )
+    print(
+        f"evaluate on {args.workers} Dask workers: {result['evaluate_dask']['images_per_s']} images/s "
+        f"({result['evaluate_dask']['speedup_vs_in_process']}x)"
+    )
     for name, ok in checks.items():
         print(f"  [{'ok' if ok else 'FAIL'}] {name}")
     print(f"wrote {args.out}")

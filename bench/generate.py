@@ -51,8 +51,9 @@ PROMPT = "a person showing a peace sign"
 def build_pipeline(seed: int = 0) -> TwoStageHandBodyPipeline:
     torch.manual_seed(seed)
     c = build_components("tiny", resolution=64, seed=seed)
-    hand = HandGenerationPipeline(HandUNet.from_unet(c.unet), c.vae, c.text_encoder, c.tokenizer,
-                                  sampling_scheduler(c.scheduler))  # fmt: skip
+    hand = HandGenerationPipeline(
+        HandUNet.from_unet(c.unet), c.vae, c.text_encoder, c.tokenizer, sampling_scheduler(c.scheduler)
+    )
     b = build_components("tiny", resolution=64, seed=seed + 1)
     body = BodyOutpaintPipeline.from_components(b, build_body_model(b, "standard"))
     pipe = TwoStageHandBodyPipeline.from_pipelines(hand, body)
@@ -69,8 +70,13 @@ def request(size: int) -> dict:
     body[:, 0] = rng.uniform(0.2, 0.8, 33) * size
     body[:, 1] = np.linspace(0.05, 0.95, 33) * size
     body[:, 2] = 1.0
-    return {"hands": [right, left], "handedness": ["right", "left"], "body_keypoints": body, "width": size,
-            "height": size}  # fmt: skip
+    return {
+        "hands": [right, left],
+        "handedness": ["right", "left"],
+        "body_keypoints": body,
+        "width": size,
+        "height": size,
+    }
 
 
 def timed(fn) -> float:
@@ -104,20 +110,40 @@ def main(argv=None) -> int:
 
     # The standalone parts, on the inputs the two-stage pipeline gives them.
     probe = pipe(**common, blend="none")
-    placed, _ = pipe.place_hands(req["hands"], req["handedness"], ["a right hand", "a left hand"],
-                                 pipe.hand_crop_size, 16.0, "skip")  # fmt: skip
-    heatmaps = keypoints_to_heatmaps(np.stack([p.crop_keypoints for p in placed]), pipe.hand_crop_size,
-                                     pipe.hand_crop_size // 8, pipe.hand_unet.config.heatmap_sigma)  # fmt: skip
-    condition = pipe.build_condition(req["body_keypoints"], "mediapipe33", probe.hand_canvas, probe.hand_mask,
-                                     [p.keypoints for p in placed])  # fmt: skip
+    placed, _ = pipe.place_hands(
+        req["hands"], req["handedness"], ["a right hand", "a left hand"], pipe.hand_crop_size, 16.0, "skip"
+    )
+    heatmaps = keypoints_to_heatmaps(
+        np.stack([p.crop_keypoints for p in placed]),
+        pipe.hand_crop_size,
+        pipe.hand_crop_size // 8,
+        pipe.hand_unet.config.heatmap_sigma,
+    )
+    condition = pipe.build_condition(
+        req["body_keypoints"],
+        "mediapipe33",
+        probe.hand_canvas,
+        probe.hand_mask,
+        [p.keypoints for p in placed],
+    )
 
     def hand_alone():
-        pipe.hand_pipeline([p.prompt for p in placed], heatmaps=heatmaps, num_inference_steps=args.steps,
-                           generator=torch.Generator().manual_seed(0), output_type="np")  # fmt: skip
+        pipe.hand_pipeline(
+            [p.prompt for p in placed],
+            heatmaps=heatmaps,
+            num_inference_steps=args.steps,
+            generator=torch.Generator().manual_seed(0),
+            output_type="np",
+        )
 
     def body_alone():
-        pipe.body_pipeline(PROMPT, condition=condition, num_inference_steps=args.steps,
-                           generator=torch.Generator().manual_seed(1), output_type="np")  # fmt: skip
+        pipe.body_pipeline(
+            PROMPT,
+            condition=condition,
+            num_inference_steps=args.steps,
+            generator=torch.Generator().manual_seed(1),
+            output_type="np",
+        )
 
     variants = [*modes, "hand_alone", "body_alone"]
     runs = {m: [] for m in modes}
@@ -129,8 +155,11 @@ def main(argv=None) -> int:
                 parts[name].append(timed(hand_alone if name == "hand_alone" else body_alone))
             else:
                 runs[name].append(pipe(**common, **variants_kwargs[name]).timings)
-        print(f"round {r + 1}/{args.repeats}: " + ", ".join(f"{m} {runs[m][-1]['total']:.2f}s" for m in modes)
-              + f", hand alone {parts['hand_alone'][-1]:.2f}s, ControlNet alone {parts['body_alone'][-1]:.2f}s")  # fmt: skip
+        print(
+            f"round {r + 1}/{args.repeats}: "
+            + ", ".join(f"{m} {runs[m][-1]['total']:.2f}s" for m in modes)
+            + f", hand alone {parts['hand_alone'][-1]:.2f}s, ControlNet alone {parts['body_alone'][-1]:.2f}s"
+        )
 
     # Paired per round (the variants of one round ran back to back), then the median over rounds.
     def paired(fn):
@@ -206,14 +235,18 @@ def main(argv=None) -> int:
         f"\n{'mode':<17} {'total s':>8} {'stage1 s':>9} {'stage2 s':>9} {'hook s':>8} {'overhead':>9} {'(of mins)':>9}"
     )
     for mode, row in table.items():
-        print(f"{mode:<17} {row['total_s']:8.3f} {row['stage1_s']:9.3f} {row['stage2_s']:9.3f} "
-              f"{row['hook_s']:8.4f} {row['blend_overhead_vs_none']:9.2%} {row['blend_overhead_of_minimums']:9.2%}")  # fmt: skip
+        print(
+            f"{mode:<17} {row['total_s']:8.3f} {row['stage1_s']:9.3f} {row['stage2_s']:9.3f} "
+            f"{row['hook_s']:8.4f} {row['blend_overhead_vs_none']:9.2%} {row['blend_overhead_of_minimums']:9.2%}"
+        )
     print(
         f"\nhand generator alone {hand_s:.3f}s + ControlNet pass alone {body_s:.3f}s = {hand_s + body_s:.3f}s"
     )
     for mode, row in two_stage.items():
-        print(f"two-stage ({mode}) {row['total_s']:.3f}s = {row['ratio_to_parts']:.3f}x the parts "
-              f"({row['ratio_of_minimums']:.3f}x of minimums), {row['ratio_to_controlnet_alone']:.2f}x one ControlNet pass")  # fmt: skip
+        print(
+            f"two-stage ({mode}) {row['total_s']:.3f}s = {row['ratio_to_parts']:.3f}x the parts "
+            f"({row['ratio_of_minimums']:.3f}x of minimums), {row['ratio_to_controlnet_alone']:.2f}x one ControlNet pass"
+        )
     print(f"load average {result['load_average']}")
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:

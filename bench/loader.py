@@ -141,8 +141,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = os.path.join(tmp, "manifest")
         t0 = time.perf_counter()
-        make_synthetic_manifest(root, num_images=args.images, image_size=(1024, 768), crop_size=512, heatmap_size=64,
-                                sigma=2.0, shard_size=64, row_group_size=32)  # fmt: skip
+        make_synthetic_manifest(
+            root,
+            num_images=args.images,
+            image_size=(1024, 768),
+            crop_size=512,
+            heatmap_size=64,
+            sigma=2.0,
+            shard_size=64,
+            row_group_size=32,
+        )
         hands = export_folder(root, os.path.join(tmp, "folder"))
         setup_s = time.perf_counter() - t0
         manifest_bytes = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(root) for f in fs)
@@ -199,7 +207,7 @@ def main() -> None:
             "load_avg_1m_after": round(os.getloadavg()[0], 2),
             "python": platform.python_version(),
             "torch": torch.__version__,
-        },  # fmt: skip
+        },
     }
     print(f"{'loader':<10}{'workers':>8}{'samples/s (median)':>20}{'CPU ms/sample':>15}  runs (samples/s)")
     for kind in make:

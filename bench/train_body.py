@@ -51,10 +51,19 @@ VARIANTS = {
 
 def run_once(manifest: str, out: str, args, overrides: dict) -> dict:
     config = BodyTrainConfig(
-        manifest=manifest, out=out, steps=args.steps, batch_size=args.batch_size, resolution=args.resolution,
-        learning_rate=1e-3, log_every=1, checkpoint_every=0, validate_every=0, num_validation_images=1,
-        validation_steps=1, **overrides,
-    )  # fmt: skip
+        manifest=manifest,
+        out=out,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        resolution=args.resolution,
+        learning_rate=1e-3,
+        log_every=1,
+        checkpoint_every=0,
+        validate_every=0,
+        num_validation_images=1,
+        validation_steps=1,
+        **overrides,
+    )
     start = time.perf_counter()
     train_body(config)
     return run_speed(out, args.warmup, time.perf_counter() - start)
@@ -77,8 +86,15 @@ def cpu_side(args) -> dict:
     return out
 
 
-def _accelerator_run(device: str, checkpointing: bool, steps: int, batch: int, unet_config: dict, vae_config: dict,
-                     resolution: int) -> dict:  # fmt: skip
+def _accelerator_run(
+    device: str,
+    checkpointing: bool,
+    steps: int,
+    batch: int,
+    unet_config: dict,
+    vae_config: dict,
+    resolution: int,
+) -> dict:
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
     from generation.body_model import controlnet_from_unet, predict_noise, vae_scale_factor
@@ -123,10 +139,15 @@ def _accelerator_run(device: str, checkpointing: bool, steps: int, batch: int, u
     if cuda:
         torch.cuda.synchronize()
     rate = steps / (time.perf_counter() - start)
-    return {"gradient_checkpointing": checkpointing, "batch_size": batch, "resolution": resolution,
-            "dtype": "bf16 frozen UNet/VAE, fp32 ControlNet under bf16 autocast",
-            "steps_per_s": round(rate, 3), "samples_per_s": round(rate * batch, 2),
-            "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None}  # fmt: skip
+    return {
+        "gradient_checkpointing": checkpointing,
+        "batch_size": batch,
+        "resolution": resolution,
+        "dtype": "bf16 frozen UNet/VAE, fp32 ControlNet under bf16 autocast",
+        "steps_per_s": round(rate, 3),
+        "samples_per_s": round(rate * batch, 2),
+        "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
+    }
 
 
 SD_VAE_CONFIG = {
@@ -168,13 +189,19 @@ def main() -> None:
     result = {
         "benchmark": "train_body",
         "what": "train_body loop, tiny preset, CPU: standard vs no border weight vs inpainting base",
-        "settings": {"images": args.images, "steps": args.steps, "warmup": args.warmup, "repeats": args.repeats,
-                     "batch_size": args.batch_size, "resolution": args.resolution,
-                     "torch_threads": torch.get_num_threads()},
+        "settings": {
+            "images": args.images,
+            "steps": args.steps,
+            "warmup": args.warmup,
+            "repeats": args.repeats,
+            "batch_size": args.batch_size,
+            "resolution": args.resolution,
+            "torch_threads": torch.get_num_threads(),
+        },
         "machine": machine(load_before),
         "cpu": cpu,
         "gpu": gpu,
-    }  # fmt: skip
+    }
     print(f"{'variant':>18} {'steps/s':>8} {'samples/s':>10} {'vs standard':>12}")
     for name, r in cpu.items():
         print(

@@ -42,10 +42,18 @@ def run_once(
     manifest: str, out: str, steps: int, warmup: int, batch_size: int, cache: bool, cache_dir: str
 ) -> dict:
     config = HandTrainConfig(
-        manifest=manifest, out=out, steps=steps, batch_size=batch_size, log_every=1, checkpoint_every=0,
-        validate_every=0, num_validation_poses=1, validation_steps=1, cache_latents=cache,
+        manifest=manifest,
+        out=out,
+        steps=steps,
+        batch_size=batch_size,
+        log_every=1,
+        checkpoint_every=0,
+        validate_every=0,
+        num_validation_poses=1,
+        validation_steps=1,
+        cache_latents=cache,
         latent_cache_dir=cache_dir,
-    )  # fmt: skip
+    )
     start = time.perf_counter()
     train_hand(config)
     return run_speed(out, warmup, time.perf_counter() - start)
@@ -55,8 +63,13 @@ def cpu_side(args) -> list[dict]:
     rows = []
     for res in args.resolutions:
         with tempfile.TemporaryDirectory() as tmp:
-            manifest = make_synthetic_manifest(os.path.join(tmp, "m"), num_images=args.images, crop_size=res,
-                                               heatmap_size=res // 8, sigma=1.0 * res / 64)  # fmt: skip
+            manifest = make_synthetic_manifest(
+                os.path.join(tmp, "m"),
+                num_images=args.images,
+                crop_size=res,
+                heatmap_size=res // 8,
+                sigma=1.0 * res / 64,
+            )
             cache_dir = os.path.join(tmp, "latents")
             t0 = time.perf_counter()
             # First cached run builds the cache; its build time is the one-off cost.
@@ -66,11 +79,24 @@ def cpu_side(args) -> list[dict]:
             for i in range(args.repeats):
                 for name in ("plain", "cached"):
                     out = os.path.join(tmp, f"{name}{i}")
-                    results[name].append(run_once(manifest, out, args.steps, args.warmup, args.batch_size,
-                                                  name == "cached", cache_dir))  # fmt: skip
+                    results[name].append(
+                        run_once(
+                            manifest,
+                            out,
+                            args.steps,
+                            args.warmup,
+                            args.batch_size,
+                            name == "cached",
+                            cache_dir,
+                        )
+                    )
             hands = len(json.load(open(os.path.join(cache_dir, "index.json")))["ids"])
-            row = {"resolution": res, "hands": hands, "batch_size": args.batch_size,
-                   "cache_build_plus_1_step_s": round(build_s, 2)}  # fmt: skip
+            row = {
+                "resolution": res,
+                "hands": hands,
+                "batch_size": args.batch_size,
+                "cache_build_plus_1_step_s": round(build_s, 2),
+            }
             for name, runs in results.items():
                 row[name] = {k: round(statistics.median(r[k] for r in runs), 3) for k in runs[0]}
             row["cached_speedup"] = round(row["cached"]["steps_per_s"] / row["plain"]["steps_per_s"], 3)
@@ -113,9 +139,15 @@ def _gpu_run(checkpointing: bool, steps: int, batch: int) -> dict:
         step()
     torch.cuda.synchronize()
     rate = steps / (time.perf_counter() - start)
-    return {"gradient_checkpointing": checkpointing, "batch_size": batch, "resolution": 512, "dtype": "bf16 autocast",
-            "steps_per_s": round(rate, 3), "samples_per_s": round(rate * batch, 2),
-            "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)}  # fmt: skip
+    return {
+        "gradient_checkpointing": checkpointing,
+        "batch_size": batch,
+        "resolution": 512,
+        "dtype": "bf16 autocast",
+        "steps_per_s": round(rate, 3),
+        "samples_per_s": round(rate * batch, 2),
+        "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+    }
 
 
 def gpu_side(steps: int = 20, batch: int = 8) -> list[dict]:
@@ -145,17 +177,26 @@ def main() -> None:
     result = {
         "benchmark": "train_hand",
         "what": "train_hand loop, tiny preset, CPU: plain (VAE encode every step) vs cached latents",
-        "settings": {"images": args.images, "steps": args.steps, "warmup": args.warmup, "repeats": args.repeats,
-                     "torch_threads": torch.get_num_threads()},
+        "settings": {
+            "images": args.images,
+            "steps": args.steps,
+            "warmup": args.warmup,
+            "repeats": args.repeats,
+            "torch_threads": torch.get_num_threads(),
+        },
         "machine": machine(load_before),
         "cpu": rows,
         "gpu": gpu,
-    }  # fmt: skip
-    print(f"{'res':>4} {'hands':>6} {'plain steps/s':>14} {'cached steps/s':>15} {'plain samp/s':>13} "
-          f"{'cached samp/s':>14} {'speedup':>8}")  # fmt: skip
+    }
+    print(
+        f"{'res':>4} {'hands':>6} {'plain steps/s':>14} {'cached steps/s':>15} {'plain samp/s':>13} "
+        f"{'cached samp/s':>14} {'speedup':>8}"
+    )
     for r in rows:
-        print(f"{r['resolution']:>4} {r['hands']:>6} {r['plain']['steps_per_s']:>14.2f} {r['cached']['steps_per_s']:>15.2f} "
-              f"{r['plain']['samples_per_s']:>13.1f} {r['cached']['samples_per_s']:>14.1f} {r['cached_speedup']:>8.2f}")  # fmt: skip
+        print(
+            f"{r['resolution']:>4} {r['hands']:>6} {r['plain']['steps_per_s']:>14.2f} {r['cached']['steps_per_s']:>15.2f} "
+            f"{r['plain']['samples_per_s']:>13.1f} {r['cached']['samples_per_s']:>14.1f} {r['cached_speedup']:>8.2f}"
+        )
     print_gpu(gpu)
     write_result(args.out, result)
 

@@ -173,8 +173,13 @@ def render_condition(request: Request) -> np.ndarray:
     from .condition import render_openpose
 
     spec = request.spec
-    return render_openpose(spec.width, spec.height, spec.body, spec.body_format or "mediapipe33",
-                           [h.keypoints for h in spec.hands])  # fmt: skip
+    return render_openpose(
+        spec.width,
+        spec.height,
+        spec.body,
+        spec.body_format or "mediapipe33",
+        [h.keypoints for h in spec.hands],
+    )
 
 
 def drawn_size(width: int, height: int, multiple: int = 8) -> tuple[int, int]:
@@ -205,8 +210,11 @@ def _draw_controlnet(pipe, request: Request, settings: BaselineSettings, generat
     width, height = drawn_size(request.spec.width, request.spec.height)
     padded = np.zeros((height, width, 3), np.uint8)
     padded[: condition.shape[0], : condition.shape[1]] = condition
-    out = pipe(image=Image.fromarray(padded), controlnet_conditioning_scale=settings.conditioning_scale,
-               **_common(request, settings, generator))  # fmt: skip
+    out = pipe(
+        image=Image.fromarray(padded),
+        controlnet_conditioning_scale=settings.conditioning_scale,
+        **_common(request, settings, generator),
+    )
     return out.images, {"condition": condition}
 
 
@@ -239,8 +247,14 @@ def baseline_one(pipe, request: Request, settings: BaselineSettings, out_dir: st
     """Draw one request with the baseline and write its PNG, condition and sidecar; returns the sidecar."""
     spec = request.spec
     paths = output_paths(out_dir, request.name)  # refuses an unsafe name before any work
-    check_image_cost(spec.width, spec.height, settings.steps, settings.max_pixels, settings.max_pixel_steps,
-                     what=f"image {request.name}")  # fmt: skip
+    check_image_cost(
+        spec.width,
+        spec.height,
+        settings.steps,
+        settings.max_pixels,
+        settings.max_pixel_steps,
+        what=f"image {request.name}",
+    )
     generator = make_generator(spec.seed if spec.seed is not None else settings.seed)
     latents, extras = METHODS[settings.method].draw(pipe, request, settings, generator)
     image = _decode(pipe, latents)[: spec.height, : spec.width]
@@ -269,8 +283,15 @@ def baseline_one(pipe, request: Request, settings: BaselineSettings, out_dir: st
     return sidecar
 
 
-def run_baseline(manifest: str, out_dir: str, settings: BaselineSettings, image_ids: list[str] | None = None,
-                 split: str | None = DEFAULT_SPLIT, limit: int | None = None, progress: bool = True) -> dict:  # fmt: skip
+def run_baseline(
+    manifest: str,
+    out_dir: str,
+    settings: BaselineSettings,
+    image_ids: list[str] | None = None,
+    split: str | None = DEFAULT_SPLIT,
+    limit: int | None = None,
+    progress: bool = True,
+) -> dict:
     """Draw the baseline for the rows `generate --from-manifest` selects with the same arguments.
 
     Returns ``{"written": [...], "skipped": [...]}`` (names). Settings are checked and the requests
@@ -283,11 +304,15 @@ def run_baseline(manifest: str, out_dir: str, settings: BaselineSettings, image_
     pipe = method.load(settings)
     size = settings.size or native_size(pipe)
     requests = requests_from_manifest(manifest, image_ids, size, split, limit, settings.seed)
-    models = {"pretrained": os.path.abspath(settings.pretrained),
-              "pretrained_fingerprint": weights_fingerprint(settings.pretrained)}  # fmt: skip
+    models = {
+        "pretrained": os.path.abspath(settings.pretrained),
+        "pretrained_fingerprint": weights_fingerprint(settings.pretrained),
+    }
     if settings.controlnet:
-        models.update(controlnet=os.path.abspath(settings.controlnet),
-                      controlnet_fingerprint=weights_fingerprint(settings.controlnet))  # fmt: skip
+        models.update(
+            controlnet=os.path.abspath(settings.controlnet),
+            controlnet_fingerprint=weights_fingerprint(settings.controlnet),
+        )
     pipe.set_progress_bar_config(disable=True)
     written, skipped = [], []
     for request in tqdm(requests, desc=f"baseline {settings.method}", unit="img", disable=not progress):

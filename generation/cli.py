@@ -74,8 +74,10 @@ def main(argv=None) -> int:
         return 2
     parser, module = build_parser(argv[0])
     args = parser.parse_args(argv[1:])
-    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
+    logging.basicConfig(
+        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     return int(module.run(args) or 0)
 
 

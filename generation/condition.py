@@ -102,11 +102,20 @@ def _draw_pose(h: int, w: int, body18: np.ndarray | None, hands, cfg: ConditionC
     side = max(h, w)
     canvas = np.zeros((h, w, 3), np.uint8)
     if body18 is not None:
-        canvas = draw_openpose(canvas, body18, stickwidth=_pixels(cfg, side, cfg.stick_width),
-                               radius=_pixels(cfg, side, cfg.joint_radius))  # fmt: skip
+        canvas = draw_openpose(
+            canvas,
+            body18,
+            stickwidth=_pixels(cfg, side, cfg.stick_width),
+            radius=_pixels(cfg, side, cfg.joint_radius),
+        )
     for kps in hands:
-        canvas = draw_hand(canvas, np.asarray(kps, np.float64), thickness=_pixels(cfg, side, cfg.hand_line_width),
-                           radius=_pixels(cfg, side, cfg.hand_joint_radius), antialias=False)  # fmt: skip
+        canvas = draw_hand(
+            canvas,
+            np.asarray(kps, np.float64),
+            thickness=_pixels(cfg, side, cfg.hand_line_width),
+            radius=_pixels(cfg, side, cfg.hand_joint_radius),
+            antialias=False,
+        )
     return canvas
 
 
@@ -116,8 +125,14 @@ def _render_pose(inp: ConditionInputs, cfg: ConditionConfig) -> np.ndarray:
     return _draw_pose(h, w, inp.body_keypoints, hands, cfg).astype(np.float32) / 255.0
 
 
-def render_openpose(width: int, height: int, body_keypoints, body_format: str = "mediapipe33", hands=(),
-                    config: ConditionConfig | None = None) -> np.ndarray:  # fmt: skip
+def render_openpose(
+    width: int,
+    height: int,
+    body_keypoints,
+    body_format: str = "mediapipe33",
+    hands=(),
+    config: ConditionConfig | None = None,
+) -> np.ndarray:
     """The OpenPose-full image a ControlNet openpose model sees: the body (any supported format, drawn
     as OpenPose-18 in the standard colours; none or an unusable one draws no body) and every hand's
     21-point skeleton, on black. (H, W, 3) uint8 RGB; the pose channels of `build_condition` with

@@ -127,8 +127,14 @@ class HandUNet(ModelMixin, ConfigMixin):
         config = dict(unet.config)
         config = {k: v for k, v in config.items() if not k.startswith("_")}
         config["in_channels"] = latent_channels + num_keypoints
-        model = cls(unet_config=config, num_keypoints=num_keypoints, latent_channels=latent_channels,
-                    mask_head_type=mask_head_type, mask_head_channels=mask_head_channels, heatmap_sigma=heatmap_sigma)  # fmt: skip
+        model = cls(
+            unet_config=config,
+            num_keypoints=num_keypoints,
+            latent_channels=latent_channels,
+            mask_head_type=mask_head_type,
+            mask_head_channels=mask_head_channels,
+            heatmap_sigma=heatmap_sigma,
+        )
         state = unet.state_dict()
         old = state["conv_in.weight"]
         wide = torch.zeros((old.shape[0], config["in_channels"], *old.shape[2:]), dtype=old.dtype)

@@ -88,8 +88,14 @@ def overview_sheet(
         for i in steps:
             up = cv2.resize(masks[i], (width, height), interpolation=cv2.INTER_NEAREST)
             strip.append(np.repeat((np.clip(up, 0, 1) * 255).astype(np.uint8)[..., None], 3, axis=2))
-        rows.append(contact_sheet(strip, columns=len(strip), tile=tile // 2,
-                                  captions=[f"K step {i + 1}/{len(masks)}" for i in steps]))  # fmt: skip
+        rows.append(
+            contact_sheet(
+                strip,
+                columns=len(strip),
+                tile=tile // 2,
+                captions=[f"K step {i + 1}/{len(masks)}" for i in steps],
+            )
+        )
 
     final = [image]
     final_captions = ["final"]

@@ -168,11 +168,18 @@ class BodyOutpaintPipeline(DiffusionPipeline):
         `unet` replaces the components' base UNet (a fine-tuned one)."""
         cfg = condition_config or ConditionConfig()
         return cls(
-            vae=components.vae, text_encoder=components.text_encoder, tokenizer=components.tokenizer,
-            unet=unet or components.unet, controlnet=controlnet, scheduler=sampling_scheduler(components.scheduler, scheduler),
-            condition_channels=",".join(cfg.channels), draw_hand_skeletons=cfg.draw_hand_skeletons,
-            min_visibility=cfg.min_visibility, stick_width=cfg.stick_width, joint_radius=cfg.joint_radius,
-        )  # fmt: skip
+            vae=components.vae,
+            text_encoder=components.text_encoder,
+            tokenizer=components.tokenizer,
+            unet=unet or components.unet,
+            controlnet=controlnet,
+            scheduler=sampling_scheduler(components.scheduler, scheduler),
+            condition_channels=",".join(cfg.channels),
+            draw_hand_skeletons=cfg.draw_hand_skeletons,
+            min_visibility=cfg.min_visibility,
+            stick_width=cfg.stick_width,
+            joint_radius=cfg.joint_radius,
+        )
 
     @property
     def condition_config(self) -> ConditionConfig:
@@ -436,8 +443,19 @@ class BodyOutpaintPipeline(DiffusionPipeline):
         )
 
         # 2. Check inputs.
-        self.check_inputs(prompt, prompt_embeds, items, condition, height, width, guidance_scale, negative_prompt_embeds,
-                          num_inference_steps, max_pixels, max_pixel_steps)  # fmt: skip
+        self.check_inputs(
+            prompt,
+            prompt_embeds,
+            items,
+            condition,
+            height,
+            width,
+            guidance_scale,
+            negative_prompt_embeds,
+            num_inference_steps,
+            max_pixels,
+            max_pixel_steps,
+        )
         device = self._execution_device
         dtype = self.unet.dtype
 
@@ -477,8 +495,13 @@ class BodyOutpaintPipeline(DiffusionPipeline):
         # 7. Denoise; the diffusers-style callback is folded into the step hook.
         step_fn = on_step_end
         if callback_on_step_end is not None:
-            step_fn = self._wrap_callback(on_step_end, callback_on_step_end, callback_on_step_end_tensor_inputs,
-                                          prompt_embeds, negative_prompt_embeds)  # fmt: skip
+            step_fn = self._wrap_callback(
+                on_step_end,
+                callback_on_step_end,
+                callback_on_step_end_tensor_inputs,
+                prompt_embeds,
+                negative_prompt_embeds,
+            )
         latents = self.denoise(
             latents,
             timesteps,
@@ -526,8 +549,9 @@ class BodyOutpaintPipeline(DiffusionPipeline):
         return step_fn
 
 
-def manifest_inputs(manifest, image_id: str, resolution: int | tuple[int, int] = 512, fit: str = "cover",
-                    crop: str = "hands") -> dict:  # fmt: skip
+def manifest_inputs(
+    manifest, image_id: str, resolution: int | tuple[int, int] = 512, fit: str = "cover", crop: str = "hands"
+) -> dict:
     """Pipeline inputs that regenerate one manifest image around its own hands.
 
     The image goes through the same `BodyDataset` transform as in training. Returns keyword
@@ -539,8 +563,17 @@ def manifest_inputs(manifest, image_id: str, resolution: int | tuple[int, int] =
 
     from manifests.datasets import BodyDataset
 
-    data = BodyDataset(manifest, resolution=resolution, fit=fit, crop=crop, status=None,
-                       filter=ds.field("image_id") == image_id, shuffle=False, rank=0, world_size=1)  # fmt: skip
+    data = BodyDataset(
+        manifest,
+        resolution=resolution,
+        fit=fit,
+        crop=crop,
+        status=None,
+        filter=ds.field("image_id") == image_id,
+        shuffle=False,
+        rank=0,
+        world_size=1,
+    )
     item = next(iter(data), None)
     if item is None:
         raise ValueError(f"{manifest}: no image with image_id {image_id!r}")

@@ -284,8 +284,9 @@ class HandGenerationPipeline(DiffusionPipeline):
 
         # 2. Pose heatmaps, and the batch size that poses and prompts agree on.
         if keypoints is not None:
-            heatmaps = keypoints_to_heatmaps(keypoints, size, latent_size, self.unet.config.heatmap_sigma,
-                                             self.unet.config.num_keypoints)  # fmt: skip
+            heatmaps = keypoints_to_heatmaps(
+                keypoints, size, latent_size, self.unet.config.heatmap_sigma, self.unet.config.num_keypoints
+            )
         heatmaps = heatmaps if torch.is_tensor(heatmaps) else torch.as_tensor(np.asarray(heatmaps))
         heatmaps = heatmaps[None] if heatmaps.ndim == 3 else heatmaps
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
@@ -388,5 +389,7 @@ def _format_masks(masks: torch.Tensor, binary: torch.Tensor, output_type: str):
     if output_type == "np":
         return prob, hard
     to_pil = PIL.Image.fromarray
-    return ([to_pil(np.round(p * 255).astype(np.uint8)) for p in prob],
-            [to_pil(h.astype(np.uint8) * 255) for h in hard])  # fmt: skip
+    return (
+        [to_pil(np.round(p * 255).astype(np.uint8)) for p in prob],
+        [to_pil(h.astype(np.uint8) * 255) for h in hard],
+    )

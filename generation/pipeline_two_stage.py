@@ -220,10 +220,18 @@ class TwoStageHandBodyPipeline(DiffusionPipeline):
     ):
         super().__init__()
         self.register_modules(
-            hand_unet=hand_unet, hand_vae=hand_vae, hand_text_encoder=hand_text_encoder,
-            hand_tokenizer=hand_tokenizer, hand_scheduler=hand_scheduler, vae=vae, text_encoder=text_encoder,
-            tokenizer=tokenizer, unet=unet, controlnet=controlnet, scheduler=scheduler,
-        )  # fmt: skip
+            hand_unet=hand_unet,
+            hand_vae=hand_vae,
+            hand_text_encoder=hand_text_encoder,
+            hand_tokenizer=hand_tokenizer,
+            hand_scheduler=hand_scheduler,
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            unet=unet,
+            controlnet=controlnet,
+            scheduler=scheduler,
+        )
         body_settings = {
             "condition_channels": condition_channels,
             "draw_hand_skeletons": bool(draw_hand_skeletons),
@@ -236,10 +244,12 @@ class TwoStageHandBodyPipeline(DiffusionPipeline):
             raise ValueError(f"crop_margin must be in [0, 4], got {crop_margin}")
         self.check_models()
         # Views over the registered modules: the stages' own loops run on the same weights.
-        self.hand_pipeline = HandGenerationPipeline(hand_unet, hand_vae, hand_text_encoder, hand_tokenizer,
-                                                    hand_scheduler)  # fmt: skip
-        self.body_pipeline = BodyOutpaintPipeline(vae, text_encoder, tokenizer, unet, controlnet, scheduler,
-                                                  **body_settings)  # fmt: skip
+        self.hand_pipeline = HandGenerationPipeline(
+            hand_unet, hand_vae, hand_text_encoder, hand_tokenizer, hand_scheduler
+        )
+        self.body_pipeline = BodyOutpaintPipeline(
+            vae, text_encoder, tokenizer, unet, controlnet, scheduler, **body_settings
+        )
         self.vae_scale_factor = vae_scale_factor(vae)
 
     # ---------------------------------------------------------------- construction
@@ -253,13 +263,29 @@ class TwoStageHandBodyPipeline(DiffusionPipeline):
     ) -> TwoStageHandBodyPipeline:
         """Compose a loaded hand generator and body outpainter (their modules are shared, not copied)."""
         return cls(
-            hand_unet=hand.unet, hand_vae=hand.vae, hand_text_encoder=hand.text_encoder,
-            hand_tokenizer=hand.tokenizer, hand_scheduler=hand.scheduler, vae=body.vae,
-            text_encoder=body.text_encoder, tokenizer=body.tokenizer, unet=body.unet,
-            controlnet=body.controlnet, scheduler=body.scheduler, crop_margin=crop_margin,
-            **{k: body.config[k] for k in ("condition_channels", "draw_hand_skeletons", "min_visibility",
-                                           "stick_width", "joint_radius")},
-        )  # fmt: skip
+            hand_unet=hand.unet,
+            hand_vae=hand.vae,
+            hand_text_encoder=hand.text_encoder,
+            hand_tokenizer=hand.tokenizer,
+            hand_scheduler=hand.scheduler,
+            vae=body.vae,
+            text_encoder=body.text_encoder,
+            tokenizer=body.tokenizer,
+            unet=body.unet,
+            controlnet=body.controlnet,
+            scheduler=body.scheduler,
+            crop_margin=crop_margin,
+            **{
+                k: body.config[k]
+                for k in (
+                    "condition_channels",
+                    "draw_hand_skeletons",
+                    "min_visibility",
+                    "stick_width",
+                    "joint_radius",
+                )
+            },
+        )
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
@@ -328,25 +354,52 @@ class TwoStageHandBodyPipeline(DiffusionPipeline):
             )
 
     def check_inputs(
-        self, width, height, hands, handedness, body_keypoints, body_format, hand_prompts, blend, output_type,
-        num_inference_steps, hand_num_inference_steps, small_hands, min_hand_size, overlap_order, feather,
-        hand_encoding="windows", mask_fallback="skeleton", min_mask_coverage=0.5, seed=None, generator=None,
-        max_pixels=DEFAULT_MAX_PIXELS, max_pixel_steps=DEFAULT_MAX_PIXEL_STEPS,
-    ):  # fmt: skip
+        self,
+        width,
+        height,
+        hands,
+        handedness,
+        body_keypoints,
+        body_format,
+        hand_prompts,
+        blend,
+        output_type,
+        num_inference_steps,
+        hand_num_inference_steps,
+        small_hands,
+        min_hand_size,
+        overlap_order,
+        feather,
+        hand_encoding="windows",
+        mask_fallback="skeleton",
+        min_mask_coverage=0.5,
+        seed=None,
+        generator=None,
+        max_pixels=DEFAULT_MAX_PIXELS,
+        max_pixel_steps=DEFAULT_MAX_PIXEL_STEPS,
+    ):
         self.check_models()
         if not (isinstance(width, int) and isinstance(height, int)) or width < 8 or height < 8:
             raise ValueError(f"width and height must be integers >= 8, got {width!r} x {height!r}")
-        for name, steps in (("num_inference_steps", num_inference_steps),
-                            ("hand_num_inference_steps", hand_num_inference_steps)):  # fmt: skip
+        for name, steps in (
+            ("num_inference_steps", num_inference_steps),
+            ("hand_num_inference_steps", hand_num_inference_steps),
+        ):
             if int(steps) < 1:
                 raise ValueError(f"{name} must be >= 1, got {steps}")
         # What this one image costs, before anything is drawn or allocated: the stage-2 canvas (rounded
         # up to the size multiple) times its steps, plus every hand crop times the stage-1 steps.
         m = self.size_multiple
         crop = self.hand_crop_size
-        check_image_cost(-(-width // m) * m, -(-height // m) * m, int(num_inference_steps), max_pixels,
-                         max_pixel_steps, what="image (stage-2 canvas)",
-                         extra_pixel_steps=len(hands) * crop * crop * int(hand_num_inference_steps))  # fmt: skip
+        check_image_cost(
+            -(-width // m) * m,
+            -(-height // m) * m,
+            int(num_inference_steps),
+            max_pixels,
+            max_pixel_steps,
+            what="image (stage-2 canvas)",
+            extra_pixel_steps=len(hands) * crop * crop * int(hand_num_inference_steps),
+        )
         if seed is not None:
             check_seed(seed)
         if body_format not in BODY_FORMATS:
@@ -429,9 +482,13 @@ class TwoStageHandBodyPipeline(DiffusionPipeline):
         return placed, skipped
 
     def paste_hands(
-        self, placed: Sequence[PlacedHand], images: np.ndarray, masks: np.ndarray, canvas_hw: tuple[int, int],
+        self,
+        placed: Sequence[PlacedHand],
+        images: np.ndarray,
+        masks: np.ndarray,
+        canvas_hw: tuple[int, int],
         overlap_order: str,
-    ) -> tuple[np.ndarray, np.ndarray, list[int]]:  # fmt: skip
+    ) -> tuple[np.ndarray, np.ndarray, list[int]]:
         """Resize each (S, S, 3) uint8 hand and (S, S) bool mask back into its box on an (H, W) canvas.
 
         Returns (canvas (H, W, 3) uint8 with the hands' pixels, zeros elsewhere; mask (H, W) bool; the
@@ -458,8 +515,14 @@ class TwoStageHandBodyPipeline(DiffusionPipeline):
         drawn when the model was trained with them)."""
         cfg = self.body_pipeline.condition_config
         if body_keypoints is not None:
-            inputs = ConditionInputs(np.asarray(body_keypoints, np.float32), canvas, mask, list(hand_keypoints),
-                                     body_format, "request")  # fmt: skip
+            inputs = ConditionInputs(
+                np.asarray(body_keypoints, np.float32),
+                canvas,
+                mask,
+                list(hand_keypoints),
+                body_format,
+                "request",
+            )
             return build_condition(inputs, cfg)[None]
         empty = ConditionInputs(
             np.zeros((18, 3), np.float32), canvas, mask, list(hand_keypoints), "openpose18"
@@ -634,10 +697,30 @@ class TwoStageHandBodyPipeline(DiffusionPipeline):
         hand_steps = num_inference_steps if hand_num_inference_steps is None else hand_num_inference_steps
 
         # 1. Check inputs.
-        self.check_inputs(width, height, hands, handedness, body_keypoints, body_format, hand_prompt, blend,
-                          output_type, num_inference_steps, hand_steps, small_hands, min_hand_size,
-                          overlap_order, feather, hand_encoding, mask_fallback, min_mask_coverage, seed,
-                          generator, max_pixels, max_pixel_steps)  # fmt: skip
+        self.check_inputs(
+            width,
+            height,
+            hands,
+            handedness,
+            body_keypoints,
+            body_format,
+            hand_prompt,
+            blend,
+            output_type,
+            num_inference_steps,
+            hand_steps,
+            small_hands,
+            min_hand_size,
+            overlap_order,
+            feather,
+            hand_encoding,
+            mask_fallback,
+            min_mask_coverage,
+            seed,
+            generator,
+            max_pixels,
+            max_pixel_steps,
+        )
         hands = [keypoint_array(k, NUM_HAND_KEYPOINTS, f"hand {i}") for i, k in enumerate(hands)]
         handedness = list(handedness) if handedness is not None else [None] * len(hands)
         templates = (
@@ -666,17 +749,26 @@ class TwoStageHandBodyPipeline(DiffusionPipeline):
         hand_masks = np.zeros((0, crop_size, crop_size), bool)
         if placed:
             heatmaps = keypoints_to_heatmaps(
-                np.stack([p.crop_keypoints for p in placed]), crop_size, crop_size // self.hand_pipeline.vae_scale_factor,
-                self.hand_unet.config.heatmap_sigma, self.hand_unet.config.num_keypoints,
-            )  # fmt: skip
+                np.stack([p.crop_keypoints for p in placed]),
+                crop_size,
+                crop_size // self.hand_pipeline.vae_scale_factor,
+                self.hand_unet.config.heatmap_sigma,
+                self.hand_unet.config.num_keypoints,
+            )
             stage1 = self.hand_pipeline(
-                [p.prompt for p in placed], heatmaps=heatmaps, size=crop_size, num_inference_steps=hand_steps,
+                [p.prompt for p in placed],
+                heatmaps=heatmaps,
+                size=crop_size,
+                num_inference_steps=hand_steps,
                 guidance_scale=guidance_scale if hand_guidance_scale is None else hand_guidance_scale,
                 pose_guidance_scale=pose_guidance_scale,
-                negative_prompt=[hand_negative_prompt or ""] * len(placed), generator=hand_generator,
-                output_type="np", mask_threshold=mask_threshold, max_pixels=max_pixels,
+                negative_prompt=[hand_negative_prompt or ""] * len(placed),
+                generator=hand_generator,
+                output_type="np",
+                mask_threshold=mask_threshold,
+                max_pixels=max_pixels,
                 max_pixel_steps=max_pixel_steps,
-            )  # fmt: skip
+            )
             hand_images = (np.clip(stage1.images, 0, 1) * 255).round().astype(np.uint8)
             hand_masks = np.asarray(stage1.masks_binary, bool).copy()
         mask_sources = []
@@ -690,8 +782,9 @@ class TwoStageHandBodyPipeline(DiffusionPipeline):
         t_stage1 = time.perf_counter() - t0
 
         # 4. Paste hands and masks into the (work-size) canvas.
-        canvas, hand_mask, paste_order = self.paste_hands(placed, hand_images, hand_masks, (work_h, work_w),
-                                                          overlap_order)  # fmt: skip
+        canvas, hand_mask, paste_order = self.paste_hands(
+            placed, hand_images, hand_masks, (work_h, work_w), overlap_order
+        )
 
         # 5. The stage-2 condition: body pose, pasted hands, hand mask.
         hand_kps_drawn = [p.keypoints for p in placed]
@@ -701,8 +794,12 @@ class TwoStageHandBodyPipeline(DiffusionPipeline):
         t0 = time.perf_counter()
         device = self._execution_device
         latent_hw = (work_h // self.vae_scale_factor, work_w // self.vae_scale_factor)
-        noise = randn_tensor((1, self.vae.config.latent_channels, *latent_hw), generator=body_generator,
-                             device=device, dtype=self.unet.dtype)  # fmt: skip
+        noise = randn_tensor(
+            (1, self.vae.config.latent_channels, *latent_hw),
+            generator=body_generator,
+            device=device,
+            dtype=self.unet.dtype,
+        )
         record: list | None = [] if return_masks else None
         clock = {"blend": 0.0}
         hook = None
@@ -721,12 +818,22 @@ class TwoStageHandBodyPipeline(DiffusionPipeline):
         elif record is not None:
             record.extend([None] * num_inference_steps)
         latents = self.body_pipeline(
-            prompt or "", condition=condition, height=work_h, width=work_w, num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale, negative_prompt=negative_prompt,
-            controlnet_conditioning_scale=controlnet_conditioning_scale, uncond_condition=uncond_condition,
-            generator=body_generator, latents=noise, output_type="latent", on_step_end=hook,
-            max_pixels=max_pixels, max_pixel_steps=max_pixel_steps,
-        ).images  # fmt: skip
+            prompt or "",
+            condition=condition,
+            height=work_h,
+            width=work_w,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            negative_prompt=negative_prompt,
+            controlnet_conditioning_scale=controlnet_conditioning_scale,
+            uncond_condition=uncond_condition,
+            generator=body_generator,
+            latents=noise,
+            output_type="latent",
+            on_step_end=hook,
+            max_pixels=max_pixels,
+            max_pixel_steps=max_pixel_steps,
+        ).images
         t_stage2 = time.perf_counter() - t0
 
         # 7. Decode, crop to the requested size, optionally composite the hand interiors in pixels.
@@ -751,12 +858,26 @@ class TwoStageHandBodyPipeline(DiffusionPipeline):
             keep = torch.stack(record)
         self.maybe_free_model_hooks()
         out = TwoStageOutput(
-            images=images, hand_images=list(hand_images), hand_masks=list(hand_masks), hand_canvas=canvas,
-            hand_mask=hand_mask, hand_boxes=[p.box for p in placed], hand_indices=[p.index for p in placed],
-            paste_order=paste_order, skipped_hands=skipped, mask_sources=mask_sources, keep_masks=keep, latents=latents,
-            timings={"stage1": t_stage1, "stage2": t_stage2, "blend": clock["blend"], "decode": t_decode,
-                     "total": time.perf_counter() - t_start},
-        )  # fmt: skip
+            images=images,
+            hand_images=list(hand_images),
+            hand_masks=list(hand_masks),
+            hand_canvas=canvas,
+            hand_mask=hand_mask,
+            hand_boxes=[p.box for p in placed],
+            hand_indices=[p.index for p in placed],
+            paste_order=paste_order,
+            skipped_hands=skipped,
+            mask_sources=mask_sources,
+            keep_masks=keep,
+            latents=latents,
+            timings={
+                "stage1": t_stage1,
+                "stage2": t_stage2,
+                "blend": clock["blend"],
+                "decode": t_decode,
+                "total": time.perf_counter() - t_start,
+            },
+        )
         if not return_dict:
             return images, out
         return out

@@ -52,8 +52,13 @@ def resolve_split(manifest, split: str | None) -> str | None:
     return None
 
 
-def iter_selected(manifest, columns: Sequence[str], split: str | None = DEFAULT_SPLIT,
-                  statuses: Sequence[str] = ("ok",), limit: int | None = None) -> Iterator[tuple[object, list[dict]]]:  # fmt: skip
+def iter_selected(
+    manifest,
+    columns: Sequence[str],
+    split: str | None = DEFAULT_SPLIT,
+    statuses: Sequence[str] = ("ok",),
+    limit: int | None = None,
+) -> Iterator[tuple[object, list[dict]]]:
     """Yield (row-group unit, [row dict with `columns`]) of the selected images rows, in manifest order.
 
     `manifest` is an opened `manifests.reader.Manifest`; units without a selected row are skipped.
@@ -77,8 +82,13 @@ def iter_selected(manifest, columns: Sequence[str], split: str | None = DEFAULT_
             return
 
 
-def select_rows(manifest, columns: Sequence[str], split: str | None = DEFAULT_SPLIT,
-                statuses: Sequence[str] = ("ok",), limit: int | None = None) -> list[dict]:  # fmt: skip
+def select_rows(
+    manifest,
+    columns: Sequence[str],
+    split: str | None = DEFAULT_SPLIT,
+    statuses: Sequence[str] = ("ok",),
+    limit: int | None = None,
+) -> list[dict]:
     """The selected rows as one list; raises `SelectionError` (with the rows per split) when there is none."""
     rows = [row for _, part in iter_selected(manifest, columns, split, statuses, limit) for row in part]
     if not rows:

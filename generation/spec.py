@@ -157,8 +157,17 @@ def parse_spec(obj: dict, name: str = "sample") -> PoseSpec:
     seed = obj.get("seed", 0)
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise SpecError(f"seed must be an integer, got {seed!r}")
-    return PoseSpec(width, height, body, body_format, hands, _text(obj, "prompt"), _text(obj, "negative_prompt"),
-                    seed, name)  # fmt: skip
+    return PoseSpec(
+        width,
+        height,
+        body,
+        body_format,
+        hands,
+        _text(obj, "prompt"),
+        _text(obj, "negative_prompt"),
+        seed,
+        name,
+    )
 
 
 def read_json_file(path, error: type[Exception], what: str):

@@ -68,8 +68,19 @@ def front_matter(tables: list[str], licence: dict, rows: int, name: str) -> str:
     for key in ("license_name", "license_link"):
         if key in licence:
             lines.append(f"{key}: {_yaml_value(licence[key])}")
-    lines += ["size_categories:", f"- {size_category(rows)}", "task_categories:", "- text-to-image",
-              "tags:", "- hands", "- pose", "- keypoints", "- segmentation", "- handfirst", "configs:"]  # fmt: skip
+    lines += [
+        "size_categories:",
+        f"- {size_category(rows)}",
+        "task_categories:",
+        "- text-to-image",
+        "tags:",
+        "- hands",
+        "- pose",
+        "- keypoints",
+        "- segmentation",
+        "- handfirst",
+        "configs:",
+    ]
     for table in tables:  # hands first: it is what the hand generator trains on
         lines += [
             f"- config_name: {table}",
@@ -91,8 +102,10 @@ def _counts_table(title: str, counts: dict) -> list[str]:
 
 
 def _schema_table(table: str) -> list[str]:
-    rows = [f"| `{f.name}` | `{f.type}` | {FIELD_DOCS[table].get(f.name, '').replace('|', '/')} |"
-            for f in SCHEMAS[table]]  # fmt: skip
+    rows = [
+        f"| `{f.name}` | `{f.type}` | {FIELD_DOCS[table].get(f.name, '').replace('|', '/')} |"
+        for f in SCHEMAS[table]
+    ]
     return [f"### `{table}`", "", "| field | type | meaning |", "|---|---|---|", *rows, ""]
 
 
@@ -122,8 +135,12 @@ def card_text(m: Manifest, name: str, license: str | None = None, preview: str |
     body += ["## Counts", "", *(f"- {t}: {n} rows" for t, n in stats["rows"].items()), ""]
     image_counts = stats.get("images", {}).get("counts", {})
     hand_counts = stats.get("hands", {}).get("counts", {})
-    for title, section in (("status", image_counts), ("split", image_counts), ("label", image_counts),
-                           ("handedness", hand_counts)):  # fmt: skip
+    for title, section in (
+        ("status", image_counts),
+        ("split", image_counts),
+        ("label", image_counts),
+        ("handedness", hand_counts),
+    ):
         body += _counts_table(title, section.get(title, {}))
     body += ["## Schema", "", f"Schema version {stats.get('schema_version')}.", ""]
     for table in TABLES:

@@ -41,8 +41,9 @@ def _validate_args(p: argparse.ArgumentParser) -> None:
 def _validate_run(args: argparse.Namespace) -> int:
     from .validate import validate_manifest
 
-    problems = validate_manifest(args.path, decode=not args.no_decode, workers=args.workers,
-                                 max_problems=args.max_problems)  # fmt: skip
+    problems = validate_manifest(
+        args.path, decode=not args.no_decode, workers=args.workers, max_problems=args.max_problems
+    )
     if args.json:
         print(json.dumps([p.to_dict() for p in problems], indent=2))
     else:
@@ -85,15 +86,22 @@ def _preview_run(args: argparse.Namespace) -> int:
 
 
 COMMANDS: dict[str, Command | str] = {
-    "validate": Command("check a manifest against the contract (exit 1 and list shard/row/reason on failure)",
-                        _validate_args, _validate_run),
-    "stats": Command("counts by status, label, split, handedness; hand size and score distributions",
-                     _stats_args, _stats_run),
-    "preview": Command("contact sheet PNG of hand crops and full images with poses and masks",
-                       _preview_args, _preview_run),
+    "validate": Command(
+        "check a manifest against the contract (exit 1 and list shard/row/reason on failure)",
+        _validate_args,
+        _validate_run,
+    ),
+    "stats": Command(
+        "counts by status, label, split, handedness; hand size and score distributions",
+        _stats_args,
+        _stats_run,
+    ),
+    "preview": Command(
+        "contact sheet PNG of hand crops and full images with poses and masks", _preview_args, _preview_run
+    ),
     "score": "manifests.score",
     "card": "manifests.card",
-}  # fmt: skip
+}
 
 
 def resolve(entry: Command | str) -> Command:

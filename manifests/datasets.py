@@ -113,8 +113,13 @@ class ResumableStream(IterableDataset):
 
     def state_dict(self) -> dict:
         """The dataset's part of the data position (the sample count comes from the loader)."""
-        state = {"epoch": self.epoch, "seed": self.seed, "rank": self.rank, "world_size": self.world_size,
-                 "samples_seen": 0}  # fmt: skip
+        state = {
+            "epoch": self.epoch,
+            "seed": self.seed,
+            "rank": self.rank,
+            "world_size": self.world_size,
+            "samples_seen": 0,
+        }
         if self._resume is not None:
             state.update(self._resume)
         return state
@@ -134,9 +139,13 @@ class ResumableStream(IterableDataset):
         seen = int(state.get("samples_seen", 0))
         self._resume = None
         if seen > 0:
-            self._resume = {"epoch": self.epoch, "samples_seen": seen, "batch_size": int(state.get("batch_size") or 1),
-                            "num_workers": max(1, int(state.get("num_workers", 0))),
-                            "drop_last": bool(state.get("drop_last", False))}  # fmt: skip
+            self._resume = {
+                "epoch": self.epoch,
+                "samples_seen": seen,
+                "batch_size": int(state.get("batch_size") or 1),
+                "num_workers": max(1, int(state.get("num_workers", 0))),
+                "drop_last": bool(state.get("drop_last", False)),
+            }
 
     def worker_counts(self, num_workers: int, epoch: int) -> list[int]:
         """Samples each DataLoader worker yields in `epoch` on this rank."""
@@ -149,8 +158,10 @@ class ResumableStream(IterableDataset):
         if resume is None:
             return worker, 0
         if resume["num_workers"] != num_workers:
-            raise ValueError(f"cannot resume: the position was saved with {resume['num_workers']} DataLoader "
-                             f"workers, this loader has {num_workers}")  # fmt: skip
+            raise ValueError(
+                f"cannot resume: the position was saved with {resume['num_workers']} DataLoader "
+                f"workers, this loader has {num_workers}"
+            )
         counts = self.worker_counts(num_workers, epoch)
         return resume_streams(counts, resume["batch_size"], resume["samples_seen"], resume["drop_last"])[
             worker
@@ -172,14 +183,27 @@ class ManifestIterableDataset(ResumableStream):
     table: ClassVar[str]
     columns: ClassVar[list[str]]
 
-    def __init__(self, manifest: Manifest | str, *, label=None, split=None, status=None, min_hand_size=None,
-                 filter=None, shuffle: bool = True, seed: int = 0, rank: int | None = None,
-                 world_size: int | None = None, shuffle_window: int = 4):  # fmt: skip
+    def __init__(
+        self,
+        manifest: Manifest | str,
+        *,
+        label=None,
+        split=None,
+        status=None,
+        min_hand_size=None,
+        filter=None,
+        shuffle: bool = True,
+        seed: int = 0,
+        rank: int | None = None,
+        world_size: int | None = None,
+        shuffle_window: int = 4,
+    ):
         super().__init__(seed, *resolve_rank(rank, world_size))
         self.manifest = manifest if isinstance(manifest, Manifest) else open_manifest(manifest)
         self.source = self.manifest.table(self.table)
-        self.filter = build_filter(self.table, label=label, split=split, status=status,
-                                   min_hand_size=min_hand_size, filter=filter)  # fmt: skip
+        self.filter = build_filter(
+            self.table, label=label, split=split, status=status, min_hand_size=min_hand_size, filter=filter
+        )
         self.shuffle = bool(shuffle)
         self.shuffle_window = max(1, int(shuffle_window))
         self.units: list[RowGroupUnit] = self.source.units()
@@ -271,16 +295,51 @@ class HandCropDataset(ManifestIterableDataset):
     """
 
     table = "hands"
-    columns = ["hand_id", "crop", "crop_size", "mask", "heatmap", "heatmap_shape", "heatmap_dtype", "heatmap_sigma",
-               "crop_keypoints", "caption", "label", "handedness"]  # fmt: skip
+    columns = [
+        "hand_id",
+        "crop",
+        "crop_size",
+        "mask",
+        "heatmap",
+        "heatmap_shape",
+        "heatmap_dtype",
+        "heatmap_sigma",
+        "crop_keypoints",
+        "caption",
+        "label",
+        "handedness",
+    ]
 
-    def __init__(self, manifest: Manifest | str, *, resolution: int | None = None, heatmap_size: int | None = None,
-                 heatmap_sigma: float | None = None, label=None, split=None, min_hand_size=None, filter=None,
-                 shuffle: bool = True, seed: int = 0, rank: int | None = None, world_size: int | None = None,
-                 shuffle_window: int = 4, load_pixels: bool = True):  # fmt: skip
-        super().__init__(manifest, label=label, split=split, min_hand_size=min_hand_size, filter=filter,
-                         shuffle=shuffle, seed=seed, rank=rank, world_size=world_size,
-                         shuffle_window=shuffle_window)  # fmt: skip
+    def __init__(
+        self,
+        manifest: Manifest | str,
+        *,
+        resolution: int | None = None,
+        heatmap_size: int | None = None,
+        heatmap_sigma: float | None = None,
+        label=None,
+        split=None,
+        min_hand_size=None,
+        filter=None,
+        shuffle: bool = True,
+        seed: int = 0,
+        rank: int | None = None,
+        world_size: int | None = None,
+        shuffle_window: int = 4,
+        load_pixels: bool = True,
+    ):
+        super().__init__(
+            manifest,
+            label=label,
+            split=split,
+            min_hand_size=min_hand_size,
+            filter=filter,
+            shuffle=shuffle,
+            seed=seed,
+            rank=rank,
+            world_size=world_size,
+            shuffle_window=shuffle_window,
+        )
         self.load_pixels = bool(load_pixels)
         if not self.load_pixels:
             self.columns = [c for c in type(self).columns if c != "crop"]
@@ -346,16 +405,51 @@ class BodyDataset(ManifestIterableDataset):
     """
 
     table = "images"
-    columns = ["image_id", "width", "height", "image", "image_width", "image_height", "hands_mask",
-               "body_keypoints", "caption", "label", "num_hands"]  # fmt: skip
+    columns = [
+        "image_id",
+        "width",
+        "height",
+        "image",
+        "image_width",
+        "image_height",
+        "hands_mask",
+        "body_keypoints",
+        "caption",
+        "label",
+        "num_hands",
+    ]
     hand_columns = ["image_id", "hand_index", "keypoints", "handedness"]
 
-    def __init__(self, manifest: Manifest | str, *, resolution: int | tuple[int, int] = 512, fit: str = "cover",
-                 crop: str = "center", max_hands: int = 4, label=None, split=None, status="ok", filter=None,
-                 shuffle: bool = True, seed: int = 0, rank: int | None = None, world_size: int | None = None,
-                 shuffle_window: int = 4):  # fmt: skip
-        super().__init__(manifest, label=label, split=split, status=status, filter=filter, shuffle=shuffle,
-                         seed=seed, rank=rank, world_size=world_size, shuffle_window=shuffle_window)  # fmt: skip
+    def __init__(
+        self,
+        manifest: Manifest | str,
+        *,
+        resolution: int | tuple[int, int] = 512,
+        fit: str = "cover",
+        crop: str = "center",
+        max_hands: int = 4,
+        label=None,
+        split=None,
+        status="ok",
+        filter=None,
+        shuffle: bool = True,
+        seed: int = 0,
+        rank: int | None = None,
+        world_size: int | None = None,
+        shuffle_window: int = 4,
+    ):
+        super().__init__(
+            manifest,
+            label=label,
+            split=split,
+            status=status,
+            filter=filter,
+            shuffle=shuffle,
+            seed=seed,
+            rank=rank,
+            world_size=world_size,
+            shuffle_window=shuffle_window,
+        )
         if crop not in ("center", "hands"):
             raise ValueError(f"crop must be 'center' or 'hands', got {crop!r}")
         self.out_h, self.out_w = (
@@ -464,8 +558,12 @@ class MixtureDataset(ResumableStream):
     ``"source"``: the index of the dataset it came from.
     """
 
-    def __init__(self, datasets: Sequence[ManifestIterableDataset], weights: Sequence[float] | None = None,
-                 seed: int = 0):  # fmt: skip
+    def __init__(
+        self,
+        datasets: Sequence[ManifestIterableDataset],
+        weights: Sequence[float] | None = None,
+        seed: int = 0,
+    ):
         datasets = list(datasets)
         if not datasets:
             raise ValueError("a mixture needs at least one dataset")
@@ -494,8 +592,10 @@ class MixtureDataset(ResumableStream):
     def load_state_dict(self, state: dict) -> None:
         for key, mine in (("sources", self.sources), ("weights", self.weights)):
             if key in state and state[key] != mine:
-                raise ValueError(f"cannot resume: the position was saved for a mixture with {key}={state[key]}, "
-                                 f"this one has {mine}")  # fmt: skip
+                raise ValueError(
+                    f"cannot resume: the position was saved for a mixture with {key}={state[key]}, "
+                    f"this one has {mine}"
+                )
         super().load_state_dict(state)
 
     def num_samples(self) -> int:
@@ -600,18 +700,28 @@ class ManifestDataLoader(DataLoader):
         self.samples_seen = 0
 
     def state_dict(self) -> dict:
-        return {**self.dataset.state_dict(), "samples_seen": self.samples_seen, "batch_size": self.batch_size or 1,
-                "num_workers": self.num_workers, "drop_last": self.drop_last}  # fmt: skip
+        return {
+            **self.dataset.state_dict(),
+            "samples_seen": self.samples_seen,
+            "batch_size": self.batch_size or 1,
+            "num_workers": self.num_workers,
+            "drop_last": self.drop_last,
+        }
 
     def load_state_dict(self, state: dict) -> None:
-        for key, mine in (("batch_size", self.batch_size or 1), ("num_workers", max(1, self.num_workers)),
-                          ("drop_last", self.drop_last)):  # fmt: skip
+        for key, mine in (
+            ("batch_size", self.batch_size or 1),
+            ("num_workers", max(1, self.num_workers)),
+            ("drop_last", self.drop_last),
+        ):
             saved = state.get(key)
             if key == "num_workers" and saved is not None:
                 saved = max(1, saved)
             if saved is not None and saved != mine:
-                raise ValueError(f"cannot resume exactly: the position was saved with {key}={state.get(key)}, "
-                                 f"this loader has {key}={mine}")  # fmt: skip
+                raise ValueError(
+                    f"cannot resume exactly: the position was saved with {key}={state.get(key)}, "
+                    f"this loader has {key}={mine}"
+                )
         self.dataset.load_state_dict(state)
         self.samples_seen = int(state.get("samples_seen", 0))
 

@@ -28,8 +28,19 @@ from . import decode
 from .geometry import hand_silhouette, keypoint_coverage
 from .reader import Manifest, open_manifest
 
-COLUMNS = ["hand_id", "image_id", "label", "handedness", "handedness_score", "hand_size", "mask",
-           "mask_method", "mask_score", "crop_size", "crop_keypoints"]  # fmt: skip
+COLUMNS = [
+    "hand_id",
+    "image_id",
+    "label",
+    "handedness",
+    "handedness_score",
+    "hand_size",
+    "mask",
+    "mask_method",
+    "mask_score",
+    "crop_size",
+    "crop_keypoints",
+]
 
 
 @dataclass
@@ -54,8 +65,9 @@ def silhouette(keypoints: np.ndarray, shape: tuple[int, int], finger_width: floa
     return hand_silhouette(pts, shape, max(1, int(round(finger_width * size))))
 
 
-def mask_keypoint_agreement(mask: np.ndarray, keypoints: np.ndarray, tolerance: float = 0.05,
-                            finger_width: float = 0.12) -> dict:  # fmt: skip
+def mask_keypoint_agreement(
+    mask: np.ndarray, keypoints: np.ndarray, tolerance: float = 0.05, finger_width: float = 0.12
+) -> dict:
     """Coverage and area ratio of one hand (see the module docstring).
 
     mask: (S, S) bool in crop pixels; keypoints: (21, >=2) crop pixels. Returns floats
@@ -66,8 +78,12 @@ def mask_keypoint_agreement(mask: np.ndarray, keypoints: np.ndarray, tolerance: 
     size = float((pts.max(axis=0) - pts.min(axis=0)).max())
     coverage = keypoint_coverage(m, pts, grow=int(round(tolerance * size)))
     area, expected = float(m.sum()), float(silhouette(pts, m.shape, finger_width).sum())
-    return {"coverage": coverage, "area_ratio": area / expected if expected > 0 else float("inf"),
-            "mask_area": area, "silhouette_area": expected}  # fmt: skip
+    return {
+        "coverage": coverage,
+        "area_ratio": area / expected if expected > 0 else float("inf"),
+        "mask_area": area,
+        "silhouette_area": expected,
+    }
 
 
 def disagreement(row: dict, config: AgreementConfig) -> str | None:

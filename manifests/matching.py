@@ -47,8 +47,31 @@ from scipy.optimize import linear_sum_assignment
 
 # COCO-WholeBody hand sigmas, MediaPipe hand order (see the module docstring for the source).
 HAND_OKS_SIGMAS = np.array(
-    [0.029, 0.022, 0.035, 0.037, 0.047, 0.026, 0.025, 0.024, 0.035, 0.018, 0.024,
-     0.022, 0.026, 0.017, 0.021, 0.021, 0.032, 0.020, 0.019, 0.022, 0.031], dtype=np.float64)  # fmt: skip
+    [
+        0.029,
+        0.022,
+        0.035,
+        0.037,
+        0.047,
+        0.026,
+        0.025,
+        0.024,
+        0.035,
+        0.018,
+        0.024,
+        0.022,
+        0.026,
+        0.017,
+        0.021,
+        0.021,
+        0.032,
+        0.020,
+        0.019,
+        0.022,
+        0.031,
+    ],
+    dtype=np.float64,
+)
 
 COCO17_NAMES = [
     "nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder",
@@ -57,9 +80,12 @@ COCO17_NAMES = [
 ]  # fmt: skip
 
 # COCO person keypoint sigmas, as in pycocotools' COCOeval defaults.
-COCO_BODY_SIGMAS = np.array(
-    [0.26, 0.25, 0.25, 0.35, 0.35, 0.79, 0.79, 0.72, 0.72, 0.62, 0.62, 1.07, 1.07, 0.87, 0.87, 0.89, 0.89]
-) / 10.0  # fmt: skip
+COCO_BODY_SIGMAS = (
+    np.array(
+        [0.26, 0.25, 0.25, 0.35, 0.35, 0.79, 0.79, 0.72, 0.72, 0.62, 0.62, 1.07, 1.07, 0.87, 0.87, 0.89, 0.89]
+    )
+    / 10.0
+)
 
 # COCO-17 index -> MediaPipe Pose 33 index (same names in both layouts).
 MEDIAPIPE33_TO_COCO17 = [0, 2, 5, 7, 8, 11, 12, 13, 14, 15, 16, 23, 24, 25, 26, 27, 28]
@@ -155,8 +181,15 @@ def match_instances(
         return []
     dist = pair_distances(preds, targets, config.min_box_size)
     differ = np.array(
-        [[p.handedness is not None and t.handedness is not None and p.handedness != t.handedness for t in targets]
-         for p in preds], dtype=np.float64)  # fmt: skip
+        [
+            [
+                p.handedness is not None and t.handedness is not None and p.handedness != t.handedness
+                for t in targets
+            ]
+            for p in preds
+        ],
+        dtype=np.float64,
+    )
     cost = dist + config.handedness_weight * differ
     # Pairs beyond the gate must never be chosen over a valid pair: give them one shared large cost.
     big = 1e6
@@ -280,15 +313,23 @@ class PoseScorer:
             x0, y0, x1, y1 = t.box()
             kps = np.where(t.valid[:, None], t.keypoints[:, :2], 0.0)
             flat = np.concatenate([kps, np.where(t.valid, 2.0, 0.0)[:, None]], axis=1).ravel()
-            self._gt_anns.append({
-                "id": len(self._gt_anns) + 1, "image_id": image_id, "category_id": 1, "iscrowd": 0,
-                "keypoints": flat.tolist(), "num_keypoints": t.num_valid,
-                "bbox": [x0, y0, x1 - x0, y1 - y0], "area": max((x1 - x0) * (y1 - y0), 1.0),
-            })  # fmt: skip
+            self._gt_anns.append(
+                {
+                    "id": len(self._gt_anns) + 1,
+                    "image_id": image_id,
+                    "category_id": 1,
+                    "iscrowd": 0,
+                    "keypoints": flat.tolist(),
+                    "num_keypoints": t.num_valid,
+                    "bbox": [x0, y0, x1 - x0, y1 - y0],
+                    "area": max((x1 - x0) * (y1 - y0), 1.0),
+                }
+            )
         for p in preds:
             flat = np.concatenate([p.keypoints[:, :2], np.ones((k, 1))], axis=1).ravel()
-            self._dt_anns.append({"image_id": image_id, "category_id": 1, "keypoints": flat.tolist(),
-                                  "score": float(p.score)})  # fmt: skip
+            self._dt_anns.append(
+                {"image_id": image_id, "category_id": 1, "keypoints": flat.tolist(), "score": float(p.score)}
+            )
         result = ImageResult(str(key), len(targets), len(preds), pairs)
         self.images.append(result)
         return result

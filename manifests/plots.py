@@ -37,8 +37,12 @@ def bar_counts(ax, counts: Mapping[str, int], title: str, xlabel: str, ylabel: s
     names = [str(k) for k, _ in items]
     values = [int(v) for _, v in items]
     bars = ax.bar(range(len(values)), values, color="#4c72b0")
-    ax.set_xticks(range(len(values)), names, rotation=30 if max(map(len, names), default=0) > 6 else 0,
-                  ha="right" if max(map(len, names), default=0) > 6 else "center")  # fmt: skip
+    ax.set_xticks(
+        range(len(values)),
+        names,
+        rotation=30 if max(map(len, names), default=0) > 6 else 0,
+        ha="right" if max(map(len, names), default=0) > 6 else "center",
+    )
     ax.bar_label(bars, padding=2, fontsize=8)
     ax.set_title(title)
     ax.set_xlabel(xlabel)
@@ -47,9 +51,17 @@ def bar_counts(ax, counts: Mapping[str, int], title: str, xlabel: str, ylabel: s
     return ax
 
 
-def histogram(ax, values: Sequence[float | None], title: str, xlabel: str, ylabel: str = "count",
-              bins: int | Sequence[float] = 20, range_: tuple[float, float] | None = None,
-              threshold: float | None = None, threshold_label: str = "threshold"):  # fmt: skip
+def histogram(
+    ax,
+    values: Sequence[float | None],
+    title: str,
+    xlabel: str,
+    ylabel: str = "count",
+    bins: int | Sequence[float] = 20,
+    range_: tuple[float, float] | None = None,
+    threshold: float | None = None,
+    threshold_label: str = "threshold",
+):
     """Histogram of the non-null, finite `values`, with the median marked (and `threshold`, if given).
 
     The legend says how many values were plotted and how many were null.
@@ -73,9 +85,17 @@ def histogram(ax, values: Sequence[float | None], title: str, xlabel: str, ylabe
     return ax
 
 
-def image_grid(images: Sequence[np.ndarray], titles: Sequence[str] | None = None, columns: int = 6,
-               tile_inches: float = 2.2, suptitle: str | None = None, cmap: str | None = None,
-               colorbar_label: str | None = None, vmin: float | None = None, vmax: float | None = None):  # fmt: skip
+def image_grid(
+    images: Sequence[np.ndarray],
+    titles: Sequence[str] | None = None,
+    columns: int = 6,
+    tile_inches: float = 2.2,
+    suptitle: str | None = None,
+    cmap: str | None = None,
+    colorbar_label: str | None = None,
+    vmin: float | None = None,
+    vmax: float | None = None,
+):
     """A figure of images (H, W[, 3]) in a grid, each with its title; axes hidden (the pixels are the data).
 
     For single-channel arrays pass `cmap` and `colorbar_label` (the unit) to get one shared colour bar.
@@ -92,8 +112,14 @@ def image_grid(images: Sequence[np.ndarray], titles: Sequence[str] | None = None
     )
     width, height = tile_inches * cols + bar, (tile_inches + cap) * rows + head
     fig, axes = plt.subplots(rows, cols, figsize=(width, height), squeeze=False)
-    fig.subplots_adjust(left=0.05 / width, right=1 - (bar + 0.05) / width, bottom=0.05 / height,
-                        top=1 - head / height, wspace=0.04, hspace=cap / tile_inches)  # fmt: skip
+    fig.subplots_adjust(
+        left=0.05 / width,
+        right=1 - (bar + 0.05) / width,
+        bottom=0.05 / height,
+        top=1 - head / height,
+        wspace=0.04,
+        hspace=cap / tile_inches,
+    )
     shown = None
     for i, ax in enumerate(axes.ravel()):
         ax.set_axis_off()
@@ -110,8 +136,12 @@ def image_grid(images: Sequence[np.ndarray], titles: Sequence[str] | None = None
     return fig
 
 
-def heatmap_channels(heatmap: np.ndarray, names: Sequence[str] = HAND_KEYPOINT_NAMES, columns: int = 7,
-                     suptitle: str = "keypoint heatmap, one channel per keypoint"):  # fmt: skip
+def heatmap_channels(
+    heatmap: np.ndarray,
+    names: Sequence[str] = HAND_KEYPOINT_NAMES,
+    columns: int = 7,
+    suptitle: str = "keypoint heatmap, one channel per keypoint",
+):
     """(K, h, w) heatmap -> a figure with one panel per channel, titled by keypoint, sharing a 0..1 colour
     scale. The axes are heatmap pixels; only the outer panels carry ticks and axis labels."""
     plt = _plt()
@@ -119,8 +149,14 @@ def heatmap_channels(heatmap: np.ndarray, names: Sequence[str] = HAND_KEYPOINT_N
     rows = (k + columns - 1) // columns
     width, height = 1.55 * columns + 1.2, 1.6 * rows + 0.9
     fig, axes = plt.subplots(rows, columns, figsize=(width, height), squeeze=False, sharex=True, sharey=True)
-    fig.subplots_adjust(left=0.6 / width, right=1 - 1.1 / width, bottom=0.55 / height, top=1 - 0.55 / height,
-                        wspace=0.08, hspace=0.3)  # fmt: skip
+    fig.subplots_adjust(
+        left=0.6 / width,
+        right=1 - 1.1 / width,
+        bottom=0.55 / height,
+        top=1 - 0.55 / height,
+        wspace=0.08,
+        hspace=0.3,
+    )
     shown = None
     for i, ax in enumerate(axes.ravel()):
         if i >= k:
@@ -172,8 +208,13 @@ def per_keypoint_errorbars(summary: Mapping[str, list], threshold: float = 0.1, 
     ax2.errorbar(x, mean, yerr=np.nan_to_num(sem), fmt="none", ecolor="black", capsize=3, lw=1)
     ax2.set_ylabel("mean error (% of hand size)")
     ax2.set_title("mean keypoint error, +-1 standard error")
-    ax2.set_xticks(x, [f"{i} {n}" for i, n in enumerate(HAND_KEYPOINT_NAMES[: len(x)])], rotation=60,
-                   ha="right", fontsize=8)  # fmt: skip
+    ax2.set_xticks(
+        x,
+        [f"{i} {n}" for i, n in enumerate(HAND_KEYPOINT_NAMES[: len(x)])],
+        rotation=60,
+        ha="right",
+        fontsize=8,
+    )
     ax2.set_xlabel("keypoint (MediaPipe order; colour = finger)")
     for ax in (ax1, ax2):
         for i, n in enumerate(summary["n"]):
@@ -196,6 +237,12 @@ def finger_table(summary: Mapping[str, list], threshold: float = 0.1) -> list[di
             continue
         pck = sum(summary[key][i] * c for i, c in zip(idx, n) if c) / total
         err = sum(summary["mean_error"][i] * c for i, c in zip(idx, n) if c) / total
-        rows.append({"finger": finger, "keypoints": total, f"pck@{threshold:g} (%)": round(100 * pck, 1),
-                     "mean error (% of hand size)": round(100 * err, 1)})  # fmt: skip
+        rows.append(
+            {
+                "finger": finger,
+                "keypoints": total,
+                f"pck@{threshold:g} (%)": round(100 * pck, 1),
+                "mean error (% of hand size)": round(100 * err, 1),
+            }
+        )
     return sorted(rows, key=lambda r: r[f"pck@{threshold:g} (%)"])

@@ -31,10 +31,30 @@ from .storage import atomic_write_bytes, filesystem
 
 logger = logging.getLogger(__name__)
 
-HAND_COLUMNS = ["hand_id", "crop", "crop_size", "mask", "mask_method", "crop_keypoints", "label", "handedness",
-                "hand_size"]  # fmt: skip
-IMAGE_COLUMNS = ["image_id", "image", "image_width", "image_height", "width", "height", "hands_mask",
-                 "body_keypoints", "label", "num_hands", "status"]  # fmt: skip
+HAND_COLUMNS = [
+    "hand_id",
+    "crop",
+    "crop_size",
+    "mask",
+    "mask_method",
+    "crop_keypoints",
+    "label",
+    "handedness",
+    "hand_size",
+]
+IMAGE_COLUMNS = [
+    "image_id",
+    "image",
+    "image_width",
+    "image_height",
+    "width",
+    "height",
+    "hands_mask",
+    "body_keypoints",
+    "label",
+    "num_hands",
+    "status",
+]
 
 
 def sample_rows(table: ManifestTable, columns: list[str], n: int, seed: int = 0, filter=None) -> list[dict]:
@@ -166,8 +186,15 @@ def _stack(parts: list[np.ndarray]) -> np.ndarray:
     return np.concatenate(padded, axis=0)
 
 
-def make_preview(manifest: Manifest | str, out: str | None = None, n: int = 24, images: int = 4, seed: int = 0,
-                 tile: int = 160, columns: int = 8) -> np.ndarray:  # fmt: skip
+def make_preview(
+    manifest: Manifest | str,
+    out: str | None = None,
+    n: int = 24,
+    images: int = 4,
+    seed: int = 0,
+    tile: int = 160,
+    columns: int = 8,
+) -> np.ndarray:
     """Render the preview sheet as (H, W, 3) uint8; also write it as PNG to `out` (path or URL) if given."""
     m = manifest if isinstance(manifest, Manifest) else open_manifest(manifest)
     name = str(manifest) if isinstance(manifest, str) else m.url  # as the user named it
@@ -192,11 +219,17 @@ def make_preview(manifest: Manifest | str, out: str | None = None, n: int = 24, 
             found = m.hands.read(["image_id", "keypoints"], ids).to_pylist()
             for h in found:
                 hands_by_image.setdefault(h["image_id"], []).append(h)
-        drawn_rows = [drawn(image_tile, r, (2 * tile, 2 * tile), hands_by_image.get(r["image_id"], []), 2 * tile)
-                      for r in rows]  # fmt: skip
+        drawn_rows = [
+            drawn(image_tile, r, (2 * tile, 2 * tile), hands_by_image.get(r["image_id"], []), 2 * tile)
+            for r in rows
+        ]
         tiles = [t for t, _ in drawn_rows]
-        caps = [f"{r['label'] or '-'}, {r['num_hands']} hand(s), {r['width']}x{r['height']}" if ok else "cannot draw"
-                for r, (_, ok) in zip(rows, drawn_rows)]  # fmt: skip
+        caps = [
+            f"{r['label'] or '-'}, {r['num_hands']} hand(s), {r['width']}x{r['height']}"
+            if ok
+            else "cannot draw"
+            for r, (_, ok) in zip(rows, drawn_rows)
+        ]
         if tiles:
             sheet = _rows_of(tiles, caps, height=tile * 3 // 2, width=columns * tile)
             parts += [

@@ -78,8 +78,9 @@ def arrow_filesystem(fs) -> pafs.FileSystem:
     return pafs.PyFileSystem(pafs.FSSpecHandler(fs))
 
 
-def build_filter(table: str, label=None, split=None, status=None, min_hand_size=None,
-                 filter: ds.Expression | None = None) -> ds.Expression | None:  # fmt: skip
+def build_filter(
+    table: str, label=None, split=None, status=None, min_hand_size=None, filter: ds.Expression | None = None
+) -> ds.Expression | None:
     """Combine the common filters into one pyarrow expression (None when there is none).
 
     `label`, `split`, `status` take a value or a list of values; `status` exists only in `images`
@@ -186,8 +187,9 @@ class ManifestTable:
             self._files.pop(next(iter(self._files))).close()
         return pf
 
-    def read_unit(self, unit: RowGroupUnit, columns: Sequence[str] | None = None,
-                  filter: ds.Expression | None = None) -> pa.Table:  # fmt: skip
+    def read_unit(
+        self, unit: RowGroupUnit, columns: Sequence[str] | None = None, filter: ds.Expression | None = None
+    ) -> pa.Table:
         """Rows of one row group, projected to `columns`, keeping those that pass `filter`.
 
         With a filter, the cheap (non-binary) columns are read and filtered first, and the
@@ -248,8 +250,12 @@ class ManifestTable:
         # were checked on opening, so only nullability can differ, and "default" unifies it.
         return pa.concat_tables(parts, promote_options="default")
 
-    def iter_row_groups(self, columns: Sequence[str] | None = None, filter: ds.Expression | None = None,
-                        units: Sequence[RowGroupUnit] | None = None) -> Iterator[tuple[RowGroupUnit, pa.Table]]:  # fmt: skip
+    def iter_row_groups(
+        self,
+        columns: Sequence[str] | None = None,
+        filter: ds.Expression | None = None,
+        units: Sequence[RowGroupUnit] | None = None,
+    ) -> Iterator[tuple[RowGroupUnit, pa.Table]]:
         """Yield (unit, rows) for each row group (or the given `units`), never holding more than one."""
         for unit in self.units() if units is None else units:
             yield unit, self.read_unit(unit, columns, filter)
@@ -297,17 +303,34 @@ class Manifest:
     def dataset(self, table: str) -> ds.Dataset:
         return self.table(table).dataset
 
-    def read(self, table: str, columns: Sequence[str] | None = None, *, label=None, split=None, status=None,
-             min_hand_size=None, filter: ds.Expression | None = None) -> pa.Table:  # fmt: skip
+    def read(
+        self,
+        table: str,
+        columns: Sequence[str] | None = None,
+        *,
+        label=None,
+        split=None,
+        status=None,
+        min_hand_size=None,
+        filter: ds.Expression | None = None,
+    ) -> pa.Table:
         """Read `table` with column projection and filters pushed into pyarrow (see `build_filter`)."""
         expr = build_filter(
             table, label=label, split=split, status=status, min_hand_size=min_hand_size, filter=filter
         )
         return self.table(table).read(columns, expr)
 
-    def iter_row_groups(self, table: str, columns: Sequence[str] | None = None, *, label=None, split=None,
-                        status=None, min_hand_size=None, filter: ds.Expression | None = None,
-                        ) -> Iterator[tuple[RowGroupUnit, pa.Table]]:  # fmt: skip
+    def iter_row_groups(
+        self,
+        table: str,
+        columns: Sequence[str] | None = None,
+        *,
+        label=None,
+        split=None,
+        status=None,
+        min_hand_size=None,
+        filter: ds.Expression | None = None,
+    ) -> Iterator[tuple[RowGroupUnit, pa.Table]]:
         expr = build_filter(
             table, label=label, split=split, status=status, min_hand_size=min_hand_size, filter=filter
         )

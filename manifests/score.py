@@ -116,8 +116,9 @@ def _manifest_hands(manifest_path: str):
     return by_name, status, preds
 
 
-def score_manifest(manifest: str, truth: str, config: MatchConfig | None = None,
-                   scorer: PoseScorer | None = None) -> dict:  # fmt: skip
+def score_manifest(
+    manifest: str, truth: str, config: MatchConfig | None = None, scorer: PoseScorer | None = None
+) -> dict:
     """Score `manifest`'s hands against the COCO keypoints file `truth`. See the module docstring.
 
     `scorer`: accumulate into this `PoseScorer` (its own config is used) instead of a new one, to pool
@@ -138,8 +139,10 @@ def score_manifest(manifest: str, truth: str, config: MatchConfig | None = None,
             errors.append(image_id)
         scorer.add(image_id, preds.get(image_id, []), truth_hands[name])
     if len(scorer.images) == already:
-        raise TruthError(f"no image of {truth} pairs with an image of {manifest} by file name "
-                         f"(truth e.g. {sorted(truth_hands)[:3]}, manifest e.g. {sorted(by_name)[:3]})")  # fmt: skip
+        raise TruthError(
+            f"no image of {truth} pairs with an image of {manifest} by file name "
+            f"(truth e.g. {sorted(truth_hands)[:3]}, manifest e.g. {sorted(by_name)[:3]})"
+        )
     r = scorer.result()
     result = {
         "recall": r["detected_share"],
@@ -166,9 +169,13 @@ def score_manifest(manifest: str, truth: str, config: MatchConfig | None = None,
         "not_in_manifest": not_in_manifest,
         "manifest": str(manifest),
         "truth": str(truth),
-        "settings": {**config.to_dict(), "pairing": "source_uri base name == truth file_name",
-                     "normaliser": "max side of the truth keypoint box", "oks_sigmas": "COCO-WholeBody hand"},
-    }  # fmt: skip
+        "settings": {
+            **config.to_dict(),
+            "pairing": "source_uri base name == truth file_name",
+            "normaliser": "max side of the truth keypoint box",
+            "oks_sigmas": "COCO-WholeBody hand",
+        },
+    }
     return result
 
 
@@ -193,8 +200,10 @@ def format_score(result: dict) -> str:
         "   ".join(f"PCK@{k[4:]} {_fmt(result[k], True)}" for k in pcks)
         + "   (matched hands, truth box size)"
     )
-    lines.append(f"mean error {_fmt(result['mean_error_px'])} px   OKS AP {_fmt(result['oks_ap'])}   "
-                 f"handedness accuracy {_fmt(result['handedness_accuracy'], True)}")  # fmt: skip
+    lines.append(
+        f"mean error {_fmt(result['mean_error_px'])} px   OKS AP {_fmt(result['oks_ap'])}   "
+        f"handedness accuracy {_fmt(result['handedness_accuracy'], True)}"
+    )
     return "\n".join(lines)
 
 
@@ -209,8 +218,12 @@ def add_arguments(parser) -> None:
         "--truth", required=True, help="COCO-style keypoints JSON (21 hand keypoints, MediaPipe order)"
     )
     parser.add_argument("--json", action="store_true", help="print the result as JSON instead of text")
-    parser.add_argument("--gate", type=float, default=MatchConfig.gate,
-                        help="max mean keypoint distance of a match, in truth box sizes (default %(default)s)")  # fmt: skip
+    parser.add_argument(
+        "--gate",
+        type=float,
+        default=MatchConfig.gate,
+        help="max mean keypoint distance of a match, in truth box sizes (default %(default)s)",
+    )
 
 
 def run(args) -> int:

@@ -152,6 +152,9 @@ def format_stats(stats: dict) -> str:
         lines += _dist_table("hands", stats["hands"])
         b = stats["hands"]["hand_size_buckets"]
         total = max(1, sum(b.values()))
-        lines += _table("hands by size (px, longer side of the keypoint box)", ["hand_size", "count", "share"],
-                        [[k, v, f"{100 * v / total:.1f}%"] for k, v in b.items()])  # fmt: skip
+        lines += _table(
+            "hands by size (px, longer side of the keypoint box)",
+            ["hand_size", "count", "share"],
+            [[k, v, f"{100 * v / total:.1f}%"] for k, v in b.items()],
+        )
     return "\n".join(lines).rstrip() + "\n"

@@ -18,11 +18,31 @@ LABELS = ("call", "four", "rock", "peace")
 
 # A canonical open right hand in a unit box (x right, y down), MediaPipe order.
 _CANON = np.array(
-    [[0.50, 0.95], [0.35, 0.85], [0.25, 0.72], [0.18, 0.60], [0.12, 0.50],
-     [0.38, 0.55], [0.36, 0.38], [0.35, 0.26], [0.34, 0.15],
-     [0.50, 0.52], [0.50, 0.33], [0.50, 0.20], [0.50, 0.08],
-     [0.62, 0.55], [0.64, 0.38], [0.65, 0.26], [0.66, 0.16],
-     [0.74, 0.60], [0.78, 0.47], [0.80, 0.38], [0.82, 0.30]], dtype=np.float64)  # fmt: skip
+    [
+        [0.50, 0.95],
+        [0.35, 0.85],
+        [0.25, 0.72],
+        [0.18, 0.60],
+        [0.12, 0.50],
+        [0.38, 0.55],
+        [0.36, 0.38],
+        [0.35, 0.26],
+        [0.34, 0.15],
+        [0.50, 0.52],
+        [0.50, 0.33],
+        [0.50, 0.20],
+        [0.50, 0.08],
+        [0.62, 0.55],
+        [0.64, 0.38],
+        [0.65, 0.26],
+        [0.66, 0.16],
+        [0.74, 0.60],
+        [0.78, 0.47],
+        [0.80, 0.38],
+        [0.82, 0.30],
+    ],
+    dtype=np.float64,
+)
 
 
 def synthetic_hand(rng: np.random.Generator, center, size: float) -> np.ndarray:
@@ -90,32 +110,67 @@ def make_synthetic_manifest(
                 heat, shape, dtype = encode_heatmap(render_heatmap(crop_kps, crop_size, heatmap_size, sigma))
                 bbox = keypoint_bbox(kps)
                 handed = "left" if j % 2 else "right"
-                hands.append({
-                    "hand_id": f"{image_id}_h{j}", "image_id": image_id, "hand_index": j,
-                    "handedness": handed, "handedness_score": 0.99,
-                    "keypoints": kps.tolist(), "keypoint_source": "annotation",
-                    "bbox": bbox.tolist(), "hand_size": float(max(bbox[2] - bbox[0], bbox[3] - bbox[1])),
-                    "crop_box": box.box, "crop_size": crop_size,
-                    "crop": encode_jpeg(crop_image(image, box)), "crop_keypoints": crop_kps.tolist(),
-                    "mask": encode_mask(crop_image(hand_mask, box, resample=0)), "mask_method": "synthetic",
-                    "mask_score": 1.0, "heatmap": heat, "heatmap_shape": shape, "heatmap_dtype": dtype,
-                    "heatmap_sigma": sigma, "label": label,
-                    "caption": f"a hand showing a {label} gesture, {handed} hand",
-                })  # fmt: skip
+                hands.append(
+                    {
+                        "hand_id": f"{image_id}_h{j}",
+                        "image_id": image_id,
+                        "hand_index": j,
+                        "handedness": handed,
+                        "handedness_score": 0.99,
+                        "keypoints": kps.tolist(),
+                        "keypoint_source": "annotation",
+                        "bbox": bbox.tolist(),
+                        "hand_size": float(max(bbox[2] - bbox[0], bbox[3] - bbox[1])),
+                        "crop_box": box.box,
+                        "crop_size": crop_size,
+                        "crop": encode_jpeg(crop_image(image, box)),
+                        "crop_keypoints": crop_kps.tolist(),
+                        "mask": encode_mask(crop_image(hand_mask, box, resample=0)),
+                        "mask_method": "synthetic",
+                        "mask_score": 1.0,
+                        "heatmap": heat,
+                        "heatmap_shape": shape,
+                        "heatmap_dtype": dtype,
+                        "heatmap_sigma": sigma,
+                        "label": label,
+                        "caption": f"a hand showing a {label} gesture, {handed} hand",
+                    }
+                )
             body = np.zeros((33, 3), np.float32)
             body[:, 0] = rng.uniform(0.2, 0.8, 33) * w
             body[:, 1] = np.linspace(0.1, 0.95, 33) * h
             body[:, 2] = 0.9
-            images.append({
-                "image_id": image_id, "source_uri": f"synthetic://{image_id}", "dataset": "synthetic",
-                "split": "train" if i % 10 < 8 else "val", "width": w, "height": h, "label": label,
-                "caption": f"a person showing a {label} gesture", "subject_id": f"s{i % 3}",
-                "status": "ok" if n else "no_hands", "error": None, "num_hands": n,
-                "body_keypoints": body.tolist(), "body_score": 0.9,
-                "hands_mask": encode_mask(all_mask), "image": encode_jpeg(image),
-                "image_width": w, "image_height": h,
-            })  # fmt: skip
+            images.append(
+                {
+                    "image_id": image_id,
+                    "source_uri": f"synthetic://{image_id}",
+                    "dataset": "synthetic",
+                    "split": "train" if i % 10 < 8 else "val",
+                    "width": w,
+                    "height": h,
+                    "label": label,
+                    "caption": f"a person showing a {label} gesture",
+                    "subject_id": f"s{i % 3}",
+                    "status": "ok" if n else "no_hands",
+                    "error": None,
+                    "num_hands": n,
+                    "body_keypoints": body.tolist(),
+                    "body_score": 0.9,
+                    "hands_mask": encode_mask(all_mask),
+                    "image": encode_jpeg(image),
+                    "image_width": w,
+                    "image_height": h,
+                }
+            )
         writer.write_shard(shard, {"images": images, "hands": hands})
-    writer.finalize({"source": "synthetic", "num_images": num_images, "seed": seed, "crop_size": crop_size,
-                     "heatmap_size": heatmap_size, "sigma": sigma})  # fmt: skip
+    writer.finalize(
+        {
+            "source": "synthetic",
+            "num_images": num_images,
+            "seed": seed,
+            "crop_size": crop_size,
+            "heatmap_size": heatmap_size,
+            "sigma": sigma,
+        }
+    )
     return root

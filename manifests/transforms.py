@@ -32,8 +32,15 @@ class FitTransform:
     out_h: int
 
     @classmethod
-    def fit(cls, frame_w: int, frame_h: int, out_w: int, out_h: int, mode: str = "cover",
-            focus: tuple[float, float] | None = None) -> FitTransform:  # fmt: skip
+    def fit(
+        cls,
+        frame_w: int,
+        frame_h: int,
+        out_w: int,
+        out_h: int,
+        mode: str = "cover",
+        focus: tuple[float, float] | None = None,
+    ) -> FitTransform:
         """Resize keeping the aspect ratio, then centre (or centre on `focus`) and crop or pad.
 
         - ``cover``: the image covers the whole canvas; the overflow is cropped. With `focus` (frame
@@ -99,8 +106,12 @@ class FitTransform:
         m = np.where(np.asarray(mask) > 0, 255, 0).astype(np.uint8)
         return self.warp(m, resample=Image.BILINEAR) > 127
 
-    def __call__(self, image: np.ndarray | None = None, mask: np.ndarray | None = None,
-                 points: dict[str, np.ndarray] | None = None) -> dict:  # fmt: skip
+    def __call__(
+        self,
+        image: np.ndarray | None = None,
+        mask: np.ndarray | None = None,
+        points: dict[str, np.ndarray] | None = None,
+    ) -> dict:
         """Apply this one transform to any of an image, a mask and named keypoint arrays."""
         out = {}
         if image is not None:

@@ -46,9 +46,19 @@ logger = logging.getLogger(__name__)
 
 LIGHT_COLUMNS = {
     "images": ["image_id", "split", "status", "error", "num_hands", "width", "height", "body_keypoints"],
-    "hands": ["hand_id", "image_id", "split", "keypoints", "bbox", "hand_size", "crop_box", "crop_size",
-              "crop_keypoints", "handedness"],
-}  # fmt: skip
+    "hands": [
+        "hand_id",
+        "image_id",
+        "split",
+        "keypoints",
+        "bbox",
+        "hand_size",
+        "crop_box",
+        "crop_size",
+        "crop_keypoints",
+        "handedness",
+    ],
+}
 DECODE_COLUMNS = {
     "images": ["image_id", "status", "image", "image_width", "image_height", "hands_mask"],
     "hands": [
@@ -139,8 +149,12 @@ def _readable(scan: TableScan) -> list:
 
 def _inside(points: np.ndarray, width: float, height: float, margin: float) -> bool:
     xy = points[:, :2]
-    return bool(np.all(xy[:, 0] >= -margin) and np.all(xy[:, 0] <= width + margin)
-                and np.all(xy[:, 1] >= -margin) and np.all(xy[:, 1] <= height + margin))  # fmt: skip
+    return bool(
+        np.all(xy[:, 0] >= -margin)
+        and np.all(xy[:, 0] <= width + margin)
+        and np.all(xy[:, 1] >= -margin)
+        and np.all(xy[:, 1] <= height + margin)
+    )
 
 
 def _check_images(fs, scan: TableScan, cfg: ValidateConfig, out: _Collector) -> dict:
@@ -182,12 +196,20 @@ def _check_images(fs, scan: TableScan, cfg: ValidateConfig, out: _Collector) -> 
             elif body is not None:
                 vis = body[body[:, 2] >= cfg.body_min_visibility]
                 if not _inside(vis, w, h, cfg.body_margin * max(w, h)):
-                    out.add(shard.url, f"image {iid}: visible body keypoints outside the {w}x{h} image "
-                            f"(margin {cfg.body_margin:g} x longer side)", row, "keypoints")  # fmt: skip
+                    out.add(
+                        shard.url,
+                        f"image {iid}: visible body keypoints outside the {w}x{h} image "
+                        f"(margin {cfg.body_margin:g} x longer side)",
+                        row,
+                        "keypoints",
+                    )
         stats_counts = (shard.stats or {}).get("status_counts")
         if stats_counts is not None and stats_counts != dict(status_counts):  # a non-object never equals
-            out.add(shard.url, f"status counts {dict(status_counts)} differ from its stats file {stats_counts}",
-                    kind="counts")  # fmt: skip
+            out.add(
+                shard.url,
+                f"status counts {dict(status_counts)} differ from its stats file {stats_counts}",
+                kind="counts",
+            )
     return index
 
 
@@ -328,8 +350,13 @@ def _decode_shard(table: str, url: str, shard_path: str, row_groups: list[int], 
                     err = np.abs(peaks - ckps[:, :2]).max(axis=1)
                     bad = np.flatnonzero(live & (err > pixel))
                     if len(bad):
-                        out.add(url, f"hand {r['hand_id']}: heatmap channels {bad.tolist()} peak more than one "
-                                f"heatmap pixel ({pixel:.1f} crop px) from their crop keypoints", row, "decode")  # fmt: skip
+                        out.add(
+                            url,
+                            f"hand {r['hand_id']}: heatmap channels {bad.tolist()} peak more than one "
+                            f"heatmap pixel ({pixel:.1f} crop px) from their crop keypoints",
+                            row,
+                            "decode",
+                        )
             elif r["status"] != "error" or r["image"] is not None:
                 decode.image_array(r)
                 if r["hands_mask"] is not None:
@@ -394,12 +421,19 @@ def validate_manifest(path: str, config: ValidateConfig | None = None, **overrid
         if images is not None and not out.full:
             for iid, (shard, row, _, num_hands, _, _) in images.items():
                 if (num_hands or 0) != per_image.get(iid, 0):
-                    out.add(join(scans["images"].url, shard),
-                            f"image {iid}: num_hands={num_hands} but the hands table has {per_image.get(iid, 0)} rows for it",
-                            row)  # fmt: skip
+                    out.add(
+                        join(scans["images"].url, shard),
+                        f"image {iid}: num_hands={num_hands} but the hands table has {per_image.get(iid, 0)} rows for it",
+                        row,
+                    )
     if cfg.decode and not out.full:
         _decode_pass(fs, scans, cfg, out)
     if out.dropped:
-        out.items.append(Problem(url, f"stopped listing after {cfg.max_problems} problems; {out.dropped} more not shown",
-                                 kind="limit"))  # fmt: skip
+        out.items.append(
+            Problem(
+                url,
+                f"stopped listing after {cfg.max_problems} problems; {out.dropped} more not shown",
+                kind="limit",
+            )
+        )
     return out.items

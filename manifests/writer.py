@@ -199,8 +199,13 @@ class ManifestWriter:
     def finalize(self, config: Mapping | None = None) -> dict:
         """Aggregate shard stats into `_manifest.json` files (per table and at the root)."""
         created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        summary = {"schema_version": SCHEMA_VERSION, "code_version": code_version(), "created_at": created,
-                   "config": dict(config or {}), "tables": {}}  # fmt: skip
+        summary = {
+            "schema_version": SCHEMA_VERSION,
+            "code_version": code_version(),
+            "created_at": created,
+            "config": dict(config or {}),
+            "tables": {},
+        }
         for t in TABLES:
             shards = sorted(self.fs.glob(join(self.path, t, STATS_DIR, "shard-*.json")))
             entries = [read_json(self.fs, p) for p in shards]

@@ -50,8 +50,14 @@ def hagrid_manifest(tmp_path_factory, data_dir) -> Path:
     import prep
 
     root = tmp_path_factory.mktemp("hagrid") / "manifest"
-    summary = prep.run(input=str(data_dir / "hagrid_mini"), out=str(root), label_from_dir=True, shard_size=10,
-                       workers=2, progress=False)  # fmt: skip
+    summary = prep.run(
+        input=str(data_dir / "hagrid_mini"),
+        out=str(root),
+        label_from_dir=True,
+        shard_size=10,
+        workers=2,
+        progress=False,
+    )
     (root.parent / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     assert not summary["failed_shards"], summary["failed_shards"]
     return root
@@ -67,10 +73,52 @@ def tiny_runs(tmp_path_factory, synthetic_manifest):
 
     torch.manual_seed(0)
     root = tmp_path_factory.mktemp("tiny_runs")
-    common = ["--preset", "tiny", "--manifest", str(synthetic_manifest), "--steps", "3", "--batch-size", "2",
-              "--checkpoint-every", "0", "--validate-every", "0", "--log-level", "WARNING"]  # fmt: skip
-    assert main(["train-hand", *common, "--out", str(root / "hand"), "--num-validation-poses", "1",
-                 "--validation-steps", "1"]) == 0  # fmt: skip
-    assert main(["train-body", *common, "--out", str(root / "body"), "--num-validation-images", "1",
-                 "--validation-steps", "1", "--learning-rate", "1e-3"]) == 0  # fmt: skip
+    common = [
+        "--preset",
+        "tiny",
+        "--manifest",
+        str(synthetic_manifest),
+        "--steps",
+        "3",
+        "--batch-size",
+        "2",
+        "--checkpoint-every",
+        "0",
+        "--validate-every",
+        "0",
+        "--log-level",
+        "WARNING",
+    ]
+    assert (
+        main(
+            [
+                "train-hand",
+                *common,
+                "--out",
+                str(root / "hand"),
+                "--num-validation-poses",
+                "1",
+                "--validation-steps",
+                "1",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "train-body",
+                *common,
+                "--out",
+                str(root / "body"),
+                "--num-validation-images",
+                "1",
+                "--validation-steps",
+                "1",
+                "--learning-rate",
+                "1e-3",
+            ]
+        )
+        == 0
+    )
     return str(root / "hand"), str(root / "body")

@@ -50,9 +50,18 @@ class StandInAnnotator:
         hands = []
         for i, h in enumerate(record.hands):
             kp = None if h.keypoints is None else np.asarray(h.keypoints, dtype=np.float32).tolist()
-            hands.append({"hand_id": f"{record.image_id}_h{i}", "image_id": record.image_id, "hand_index": i,
-                          "handedness": h.handedness, "keypoints": kp, "keypoint_source": "annotation",
-                          "bbox": None if h.bbox is None else [float(v) for v in h.bbox], "label": record.label})  # fmt: skip
+            hands.append(
+                {
+                    "hand_id": f"{record.image_id}_h{i}",
+                    "image_id": record.image_id,
+                    "hand_index": i,
+                    "handedness": h.handedness,
+                    "keypoints": kp,
+                    "keypoint_source": "annotation",
+                    "bbox": None if h.bbox is None else [float(v) for v in h.bbox],
+                    "label": record.label,
+                }
+            )
         self.timings["hands"] += time.perf_counter() - t1
         row = _base_row(record)
         row.update(width=width, height=height, status="ok" if hands else "no_hands", num_hands=len(hands))
@@ -60,8 +69,14 @@ class StandInAnnotator:
 
 
 def _base_row(record) -> dict:
-    return {"image_id": record.image_id, "source_uri": record.source_uri, "dataset": record.dataset,
-            "split": record.split, "label": record.label, "subject_id": record.subject_id}  # fmt: skip
+    return {
+        "image_id": record.image_id,
+        "source_uri": record.source_uri,
+        "dataset": record.dataset,
+        "split": record.split,
+        "label": record.label,
+        "subject_id": record.subject_id,
+    }
 
 
 def error_row(record, exc) -> dict:

@@ -27,8 +27,17 @@ def eval_manifest(request, data_dir, tmp_path_factory) -> Path:
     import prep
 
     out = tmp_path_factory.mktemp("eval") / "hagrid"
-    prep.run(input=str(data_dir / "hagrid_mini"), out=str(out), label_from_dir=True, limit=2 * LIMIT, workers=1,
-             shard_size=LIMIT, mask_method="none", crop_size=64, progress=False)  # fmt: skip
+    prep.run(
+        input=str(data_dir / "hagrid_mini"),
+        out=str(out),
+        label_from_dir=True,
+        limit=2 * LIMIT,
+        workers=1,
+        shard_size=LIMIT,
+        mask_method="none",
+        crop_size=64,
+        progress=False,
+    )
     return out
 
 
@@ -148,11 +157,25 @@ def _tiny_clip(folder: Path) -> str:
     from generation.components import tiny_tokenizer
 
     tok = tiny_tokenizer()
-    text = dict(vocab_size=len(tok), hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
-                max_position_embeddings=77, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                pad_token_id=tok.eos_token_id)  # fmt: skip
-    vision = dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-                  num_attention_heads=4)  # fmt: skip
+    text = dict(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.eos_token_id,
+    )
+    vision = dict(
+        image_size=32,
+        patch_size=8,
+        hidden_size=32,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+    )
     CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).save_pretrained(folder)
     tok.save_pretrained(folder)
     CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(
@@ -209,13 +232,32 @@ def test_quality_metrics_with_small_models(eval_manifest, tmp_path, monkeypatch)
 def test_compare_table(tmp_path):
     from generation.evaluate import compare, load_report
 
-    base = {"hands": {"detected_share": 0.5, "pck_0.1": 0.4, "pck_0.2": 0.6, "mean_error_px": 9.0, "oks_ap": 0.3,
-                      "count": 40},
-            "body": {"detected_share": 0.9, "pck_0.1": 0.5, "pck_0.2": 0.8, "mean_error_px": 12.0, "oks_ap": 0.6,
-                     "count": 38},
-            "fid": 80.0, "kid": 0.05, "fid_hands": 90.0, "kid_hands": None, "clip_score": 25.0,
-            "reasons": {"kid_hands": "hand crops: FID/KID need at least 2 images per side"},
-            "settings": {"generated": "gen"}, "images": {"evaluated": 20}}  # fmt: skip
+    base = {
+        "hands": {
+            "detected_share": 0.5,
+            "pck_0.1": 0.4,
+            "pck_0.2": 0.6,
+            "mean_error_px": 9.0,
+            "oks_ap": 0.3,
+            "count": 40,
+        },
+        "body": {
+            "detected_share": 0.9,
+            "pck_0.1": 0.5,
+            "pck_0.2": 0.8,
+            "mean_error_px": 12.0,
+            "oks_ap": 0.6,
+            "count": 38,
+        },
+        "fid": 80.0,
+        "kid": 0.05,
+        "fid_hands": 90.0,
+        "kid_hands": None,
+        "clip_score": 25.0,
+        "reasons": {"kid_hands": "hand crops: FID/KID need at least 2 images per side"},
+        "settings": {"generated": "gen"},
+        "images": {"evaluated": 20},
+    }
     paths = []
     for i, label in enumerate(["none", "fixed", "sequential"]):
         r = json.loads(json.dumps(base))
@@ -244,8 +286,29 @@ def test_cli_evaluate_and_compare(eval_manifest, tmp_path, capsys):
     from generation.cli import main
 
     a, b = tmp_path / "a", tmp_path / "b"
-    assert main(["evaluate", "--manifest", str(eval_manifest), "--generated", "real", "--out", str(a), "--limit", "3", "--split", "all",
-                 "--label", "sanity", "--no-progress", "--detect", "wrist_refine=false"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "evaluate",
+                "--manifest",
+                str(eval_manifest),
+                "--generated",
+                "real",
+                "--out",
+                str(a),
+                "--limit",
+                "3",
+                "--split",
+                "all",
+                "--label",
+                "sanity",
+                "--no-progress",
+                "--detect",
+                "wrist_refine=false",
+            ]
+        )
+        == 0
+    )
     report = json.loads((a / "report.json").read_text())
     assert report["label"] == "sanity" and report["images"]["evaluated"] == 3
     assert report["settings"]["detection_settings"]["wrist_refine"] is False
@@ -260,8 +323,22 @@ def test_cli_evaluate_and_compare(eval_manifest, tmp_path, capsys):
     with pytest.raises(SystemExit, match="give --manifest and --generated"):
         main(["evaluate", "--out", str(tmp_path / "x")])
     capsys.readouterr()
-    assert main(["evaluate", "--manifest", str(eval_manifest), "--generated", "real", "--out", str(tmp_path / "y"),
-                 "--detect", "no_such_setting=1"]) == 1  # fmt: skip
+    assert (
+        main(
+            [
+                "evaluate",
+                "--manifest",
+                str(eval_manifest),
+                "--generated",
+                "real",
+                "--out",
+                str(tmp_path / "y"),
+                "--detect",
+                "no_such_setting=1",
+            ]
+        )
+        == 1
+    )
     err = capsys.readouterr().err
     assert err.startswith("handfirst-gen evaluate: error: unknown detection settings ['no_such_setting']")
     assert "Traceback" not in err and not (tmp_path / "y").exists()
@@ -277,19 +354,46 @@ def test_cli_evaluate_reports_bad_inputs(eval_manifest, tmp_path, capsys):
         (["--manifest", str(tmp_path / "nonexistent"), "--generated", "real"], "no such manifest directory"),
         # A folder-of-photos manifest has no splits: asking for the test split finds nothing (the default,
         # auto, takes every row of such a manifest).
-        (["--manifest", str(eval_manifest), "--generated", "real", "--split", "test"],
-         "nothing to evaluate: " + str(eval_manifest)),
-        (["--manifest", str(eval_manifest), "--generated", "real", "--split", "test"],
-         "no images with status ok in split 'test'; such images per split: {None: "),
-        (["--manifest", str(eval_manifest), "--generated", "real", "--split", "all", "--limit", "0"],
-         "limit (--limit) must be >= 1, got 0"),
-        (["--manifest", str(eval_manifest), "--generated", str(tmp_path / "nope")], "does not exist (or pass 'real')"),
-        (["--manifest", str(eval_manifest), "--generated", str(tmp_path / "gen"), "--inception",
-          str(tmp_path / "garbage.pth")], "garbage.pth: cannot read as FID InceptionV3 weights"),
-        (["--manifest", str(eval_manifest), "--generated", "real", "--inception", str(tmp_path / "absent.pth")],
-         "absent.pth"),
+        (
+            ["--manifest", str(eval_manifest), "--generated", "real", "--split", "test"],
+            "nothing to evaluate: " + str(eval_manifest),
+        ),
+        (
+            ["--manifest", str(eval_manifest), "--generated", "real", "--split", "test"],
+            "no images with status ok in split 'test'; such images per split: {None: ",
+        ),
+        (
+            ["--manifest", str(eval_manifest), "--generated", "real", "--split", "all", "--limit", "0"],
+            "limit (--limit) must be >= 1, got 0",
+        ),
+        (
+            ["--manifest", str(eval_manifest), "--generated", str(tmp_path / "nope")],
+            "does not exist (or pass 'real')",
+        ),
+        (
+            [
+                "--manifest",
+                str(eval_manifest),
+                "--generated",
+                str(tmp_path / "gen"),
+                "--inception",
+                str(tmp_path / "garbage.pth"),
+            ],
+            "garbage.pth: cannot read as FID InceptionV3 weights",
+        ),
+        (
+            [
+                "--manifest",
+                str(eval_manifest),
+                "--generated",
+                "real",
+                "--inception",
+                str(tmp_path / "absent.pth"),
+            ],
+            "absent.pth",
+        ),
         (["--compare", str(tmp_path / "no_report.json")], "no_report.json"),
-    ]  # fmt: skip
+    ]
     for args, message in cases:
         assert main(["evaluate", *args, "--out", str(tmp_path / "out"), "--no-progress"]) == 1, args
         err = capsys.readouterr().err
@@ -389,7 +493,9 @@ def test_evaluation_detects_through_annotator_detect(eval_manifest, monkeypatch)
     calls = []
     body_detect, hands_detect = annotator.body.detect, annotator.hands.detect
     monkeypatch.setattr(annotator.body, "detect", lambda im: calls.append("body") or body_detect(im))
-    monkeypatch.setattr(annotator.hands, "detect", lambda im, body, *more: calls.append(body) or hands_detect(im, body, *more))  # fmt: skip
+    monkeypatch.setattr(
+        annotator.hands, "detect", lambda im, body, *more: calls.append(body) or hands_detect(im, body, *more)
+    )
     before = dict(annotator.timings)
     hands, body = annotator.detect(load_real(row))
     # The body first, then the hands, whose wrist pass is given that very body.

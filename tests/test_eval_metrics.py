@@ -73,10 +73,14 @@ def test_wrist_gap_known_answers():
             sample("a", [hand((100, 100))], body(left=(110, 100), right=(900, 900))),  # 10 / 50 = 0.2
             sample("b", [hand((100, 100), width=60)], body(right=(100, 130))),  # 30 / 60 = 0.5
             # The left wrist is hidden (visibility 0.2 < 0.5): the visible right one, 45 px away, counts.
-            sample("c", [hand((100, 100), width=90)], body(left=(100, 100), right=(145, 100), visibility=(0.2, 1.0))),
+            sample(
+                "c",
+                [hand((100, 100), width=90)],
+                body(left=(100, 100), right=(145, 100), visibility=(0.2, 1.0)),
+            ),
             sample("d", [hand((0, 0))], None),  # no body: not scored
         ],
-    )  # fmt: skip
+    )
     gaps = [0.2, 0.5, 0.5]
     assert report["hands"]["wrist_gap"] == pytest.approx(np.mean(gaps))
     assert report["hands"]["wrist_gap_median"] == pytest.approx(0.5)
@@ -92,9 +96,12 @@ def test_wrist_gap_known_answers():
 def test_mean_confidence_known_answers():
     report, reasons, _ = run_metric(
         "hand_confidence",
-        [sample("a", [hand((0, 0), confidence=0.9), hand((50, 50), confidence=0.6)]), sample("b", []),
-         sample("c", [hand((0, 0), confidence=0.9), hand((9, 9))])],  # the last one has no confidence
-    )  # fmt: skip
+        [
+            sample("a", [hand((0, 0), confidence=0.9), hand((50, 50), confidence=0.6)]),
+            sample("b", []),
+            sample("c", [hand((0, 0), confidence=0.9), hand((9, 9))]),
+        ],  # the last one has no confidence
+    )
     assert (
         report["hands"]["mean_confidence"] == pytest.approx(0.8) and report["hands"]["confidence_count"] == 3
     )
@@ -125,16 +132,38 @@ def test_registry_layout_keeps_the_existing_columns_and_adds_the_new_ones():
 
     headers = [c.header for c in columns()]
     assert headers == [
-        "Hands det. % ↑", "Hand PCK@0.1 ↑", "Hand PCK@0.2 ↑", "Hand err. px ↓", "Hand OKS AP ↑",
-        "Body det. % ↑", "Body PCK@0.2 ↑", "Body OKS AP ↑", "FID ↓", "KID×10³ ↓", "FID-H ↓", "KID-H×10³ ↓",
-        "CLIP ↑", "Hand conf. ↑", "Wrist gap ↓", "Images", "Hands",
-    ]  # fmt: skip
+        "Hands det. % ↑",
+        "Hand PCK@0.1 ↑",
+        "Hand PCK@0.2 ↑",
+        "Hand err. px ↓",
+        "Hand OKS AP ↑",
+        "Body det. % ↑",
+        "Body PCK@0.2 ↑",
+        "Body OKS AP ↑",
+        "FID ↓",
+        "KID×10³ ↓",
+        "FID-H ↓",
+        "KID-H×10³ ↓",
+        "CLIP ↑",
+        "Hand conf. ↑",
+        "Wrist gap ↓",
+        "Images",
+        "Hands",
+    ]
     assert [m.name for m in ordered()] == [
-        "hand_pose", "body_pose", "fid", "fid_hands", "clip_score", "hand_confidence", "wrist_gap"
-    ]  # fmt: skip
+        "hand_pose",
+        "body_pose",
+        "fid",
+        "fid_hands",
+        "clip_score",
+        "hand_confidence",
+        "wrist_gap",
+    ]
     assert {m.name: m.weights for m in ordered() if m.weights} == {
-        "fid": "inception", "fid_hands": "inception", "clip_score": "clip"
-    }  # fmt: skip
+        "fid": "inception",
+        "fid_hands": "inception",
+        "clip_score": "clip",
+    }
     with pytest.raises(ValueError, match="weights must be one of"):
         Metric("x", make=lambda ctx: None, weights="nope")
     with pytest.raises(ValueError, match="fmt must be one of"):
@@ -164,8 +193,14 @@ def test_a_new_metric_is_one_entry(monkeypatch, tmp_path):
     without its weights it is null with the weights' reason, and the other metrics are untouched."""
     from generation.evaluate.report import compare, markdown_table
 
-    toy = Metric("toy", make=_Count, columns=(Column("Toy ↑", ("toy_count",), True, "int"),),
-                 null={"toy_count": None}, legend="Toy: detected hands.", order=65)  # fmt: skip
+    toy = Metric(
+        "toy",
+        make=_Count,
+        columns=(Column("Toy ↑", ("toy_count",), True, "int"),),
+        null={"toy_count": None},
+        legend="Toy: detected hands.",
+        order=65,
+    )
     monkeypatch.setitem(METRICS, "toy", toy)
     reasons: dict = {}
     ctx, runs = start_metrics(EvalConfig(), "gen", reasons)
@@ -184,8 +219,11 @@ def test_a_new_metric_is_one_entry(monkeypatch, tmp_path):
     assert compare([str(tmp_path / "r.json")], str(tmp_path / "cmp"))["rows"][0]["Toy ↑"] == 2
 
     # The same metric needing weights that were not given: null, with the weights' reason.
-    monkeypatch.setitem(METRICS, "toy", Metric("toy", make=_Count, columns=toy.columns, null=toy.null,
-                                               weights="clip", order=65))  # fmt: skip
+    monkeypatch.setitem(
+        METRICS,
+        "toy",
+        Metric("toy", make=_Count, columns=toy.columns, null=toy.null, weights="clip", order=65),
+    )
     reasons = {}
     ctx, runs = start_metrics(EvalConfig(), "gen", reasons)
     assert dict((m.name, a) for m, a in runs)["toy"] is None
@@ -277,8 +315,27 @@ def test_a_plugged_in_detector_scores_through_the_cli(synthetic_manifest, tmp_pa
     with pytest.raises(ValueError, match="detector 'mediapipe' is already registered"):
         detect.register_detector(SimpleNamespace(name="mediapipe", description="a second one"))
     out = tmp_path / "r"
-    assert main(["evaluate", "--manifest", str(synthetic_manifest), "--generated", "real", "--out", str(out),
-                 "--split", "all", "--limit", "3", "--detector", "fixed", "--no-progress"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "evaluate",
+                "--manifest",
+                str(synthetic_manifest),
+                "--generated",
+                "real",
+                "--out",
+                str(out),
+                "--split",
+                "all",
+                "--limit",
+                "3",
+                "--detector",
+                "fixed",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     r = json.loads((out / "report.json").read_text())
     assert r["hands"]["wrist_gap"] == pytest.approx(0.2) and r["hands"]["wrist_gap_count"] == 3
     assert r["hands"]["mean_confidence"] == pytest.approx(0.75)
@@ -288,6 +345,17 @@ def test_a_plugged_in_detector_scores_through_the_cli(synthetic_manifest, tmp_pa
     assert row.split(" | ")[-4:-2] == ["0.75", "0.20"]
     capsys.readouterr()
     with pytest.raises(SystemExit):
-        main(["evaluate", "--manifest", str(synthetic_manifest), "--generated", "real", "--out", str(out),
-              "--detector", "nope"])  # fmt: skip
+        main(
+            [
+                "evaluate",
+                "--manifest",
+                str(synthetic_manifest),
+                "--generated",
+                "real",
+                "--out",
+                str(out),
+                "--detector",
+                "nope",
+            ]
+        )
     assert "invalid choice: 'nope'" in capsys.readouterr().err

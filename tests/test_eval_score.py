@@ -33,14 +33,30 @@ def manifest_from_truth(root, truth_path, shift=None, drop=(), swap=False, error
                 kp = np.asarray(a["keypoints"], float).reshape(21, 3)
                 if shift is not None:
                     kp = shift(kp)
-                rows.append({"hand_id": f"{image_id}_h{j}", "image_id": image_id, "hand_index": j,
-                             "handedness": "left" if swap else "right", "handedness_score": 0.9,
-                             "keypoints": kp.tolist(), "keypoint_source": "annotation"})  # fmt: skip
+                rows.append(
+                    {
+                        "hand_id": f"{image_id}_h{j}",
+                        "image_id": image_id,
+                        "hand_index": j,
+                        "handedness": "left" if swap else "right",
+                        "handedness_score": 0.9,
+                        "keypoints": kp.tolist(),
+                        "keypoint_source": "annotation",
+                    }
+                )
         hands += rows
         status = "error" if im["file_name"] in error else ("ok" if rows else "no_hands")
-        images.append({"image_id": image_id, "source_uri": str(truth_path.parent / im["file_name"]),
-                       "dataset": "coco", "status": status, "num_hands": len(rows),
-                       "width": im["width"], "height": im["height"]})  # fmt: skip
+        images.append(
+            {
+                "image_id": image_id,
+                "source_uri": str(truth_path.parent / im["file_name"]),
+                "dataset": "coco",
+                "status": status,
+                "num_hands": len(rows),
+                "width": im["width"],
+                "height": im["height"],
+            }
+        )
     w = ManifestWriter(str(root))
     w.write_shard(0, {"images": images, "hands": hands})
     w.finalize({})
@@ -57,8 +73,12 @@ def test_truth_against_itself_is_perfect(tmp_path, data_dir, name):
     assert r["recall"] == 1.0 and r["precision"] == 1.0
     assert r["pck_0.1"] == 1.0 and r["pck_0.2"] == 1.0 and r["mean_error_px"] == pytest.approx(0.0, abs=1e-3)
     assert r["oks_ap"] == pytest.approx(1.0)
-    assert r["images"] == {"scored": len(json.loads(truth.read_text())["images"]), "not_in_manifest": 0,
-                           "without_truth": 0, "error": 0}  # fmt: skip
+    assert r["images"] == {
+        "scored": len(json.loads(truth.read_text())["images"]),
+        "not_in_manifest": 0,
+        "without_truth": 0,
+        "error": 0,
+    }
 
 
 @pytest.mark.data
@@ -103,9 +123,16 @@ def test_dropped_error_and_missing_images(tmp_path, data_dir):
 def test_gate_and_truth_errors(tmp_path):
     truth = tmp_path / "t.json"
     kp = np.c_[np.random.default_rng(0).uniform(0, 50, (21, 2)), np.full(21, 2)]
-    truth.write_text(json.dumps({"images": [{"id": 1, "file_name": "a.jpg", "width": 64, "height": 64}],
-                                 "annotations": [{"id": 5, "image_id": 1, "keypoints": kp.ravel().tolist(),
-                                                  "handedness": "left"}]}))  # fmt: skip
+    truth.write_text(
+        json.dumps(
+            {
+                "images": [{"id": 1, "file_name": "a.jpg", "width": 64, "height": 64}],
+                "annotations": [
+                    {"id": 5, "image_id": 1, "keypoints": kp.ravel().tolist(), "handedness": "left"}
+                ],
+            }
+        )
+    )
     (tmp_path / "a.jpg").write_bytes(b"")
     far = manifest_from_truth(tmp_path / "far", truth, shift=lambda k: k + [40, 0, 0])
     assert score_manifest(str(far), str(truth))["matched"] == 0
@@ -115,8 +142,14 @@ def test_gate_and_truth_errors(tmp_path):
     assert score_manifest(str(same), str(truth))["handedness_accuracy"] == 1.0
 
     bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps({"images": [{"id": 1, "file_name": "a.jpg"}],
-                               "annotations": [{"id": 9, "image_id": 1, "keypoints": [1, 2, 2]}]}))  # fmt: skip
+    bad.write_text(
+        json.dumps(
+            {
+                "images": [{"id": 1, "file_name": "a.jpg"}],
+                "annotations": [{"id": 9, "image_id": 1, "keypoints": [1, 2, 2]}],
+            }
+        )
+    )
     with pytest.raises(TruthError, match=r"annotations\[0\] \(id 9\): expected 63 keypoint values, got 3"):
         load_truth(str(bad))
     with pytest.raises(TruthError, match="not a COCO file"):
@@ -132,8 +165,15 @@ def test_cli_scores_a_prep_manifest_of_onehand10k(tmp_path, data_dir, capsys):
 
     truth = _truth(data_dir, "onehand10k")
     out = tmp_path / "m"
-    prep.run(input=str(truth.parent), out=str(out), format="coco", workers=1, mask_method="none", crop_size=64,
-             progress=False)  # fmt: skip
+    prep.run(
+        input=str(truth.parent),
+        out=str(out),
+        format="coco",
+        workers=1,
+        mask_method="none",
+        crop_size=64,
+        progress=False,
+    )
     assert main(["score", str(out), "--truth", str(truth), "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
     assert {"recall", "precision", "pck_0.1", "pck_0.2", "mean_error_px", "matched"} <= set(r)

@@ -27,8 +27,27 @@ def tiny_folders(tmp_path_factory):
 
 
 def _args(manifest, out, sd, *extra):
-    return ["baseline", "--from-manifest", str(manifest), "--out", str(out), "--pretrained", sd, "--split", "all",
-            "--limit", "2", "--size", "60", "--steps", "2", "--device", "cpu", "--no-progress", *extra]  # fmt: skip
+    return [
+        "baseline",
+        "--from-manifest",
+        str(manifest),
+        "--out",
+        str(out),
+        "--pretrained",
+        sd,
+        "--split",
+        "all",
+        "--limit",
+        "2",
+        "--size",
+        "60",
+        "--steps",
+        "2",
+        "--device",
+        "cpu",
+        "--no-progress",
+        *extra,
+    ]
 
 
 def test_controlnet_openpose_writes_what_generate_would_name(

@@ -20,8 +20,11 @@ def _pipe(kind="standard", condition_config=None, seed=0):
     controlnet = build_body_model(comps, kind, condition_config)
     # Give the zero convolutions some weight so the condition visibly steers the output.
     with torch.no_grad():
-        for conv in [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block,
-                     controlnet.controlnet_cond_embedding.conv_out]:  # fmt: skip
+        for conv in [
+            *controlnet.controlnet_down_blocks,
+            controlnet.controlnet_mid_block,
+            controlnet.controlnet_cond_embedding.conv_out,
+        ]:
             conv.weight.normal_(0, 0.5)
     pipe = BodyOutpaintPipeline.from_components(comps, controlnet, condition_config)
     pipe.set_progress_bar_config(disable=True)
@@ -176,8 +179,13 @@ def test_bad_inputs_give_clear_errors(pipe):
     with pytest.raises(ValueError, match="give the body pose, hand image and hand mask"):
         pipe(PROMPT, num_inference_steps=1)
     with pytest.raises(ValueError, match="has 3 entries for a batch of 2"):
-        pipe([PROMPT, PROMPT], hand_image=[inp["hand_image"]] * 3, hand_mask=inp["hand_mask"],
-             body_keypoints=inp["body_keypoints"], num_inference_steps=1)  # fmt: skip
+        pipe(
+            [PROMPT, PROMPT],
+            hand_image=[inp["hand_image"]] * 3,
+            hand_mask=inp["hand_mask"],
+            body_keypoints=inp["body_keypoints"],
+            num_inference_steps=1,
+        )
     with pytest.raises(ValueError, match=r"`condition` must be \(B, 7, H, W\)"):
         pipe(PROMPT, condition=torch.zeros(1, 3, RES, RES), num_inference_steps=1)
 
@@ -200,11 +208,18 @@ class TestBodyPipelineCommon(PipelineTesterMixin):
         return _pipe()
 
     def get_inputs(self, seed=0, index=0):
-        return {"prompt": PROMPT, **_inputs(index), "num_inference_steps": 2,
-                "generator": torch.Generator().manual_seed(seed)}  # fmt: skip
+        return {
+            "prompt": PROMPT,
+            **_inputs(index),
+            "num_inference_steps": 2,
+            "generator": torch.Generator().manual_seed(seed),
+        }
 
     def batch_inputs(self, items):
         keys = ("body_keypoints", "hand_image", "hand_mask")
-        return {"prompt": [i["prompt"] for i in items], **{k: [i[k] for i in items] for k in keys},
-                "num_inference_steps": 2,
-                "generator": [i["generator"] for i in items]}  # fmt: skip
+        return {
+            "prompt": [i["prompt"] for i in items],
+            **{k: [i[k] for i in items] for k in keys},
+            "num_inference_steps": 2,
+            "generator": [i["generator"] for i in items],
+        }

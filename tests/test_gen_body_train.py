@@ -37,8 +37,19 @@ def manifest(tmp_path_factory):
 
 
 def _config(manifest, out, **kw):
-    base = dict(manifest=str(manifest), out=str(out), steps=4, batch_size=2, learning_rate=1e-3, log_every=1,
-                checkpoint_every=2, validate_every=0, validation_steps=1, num_validation_images=1, seed=0)  # fmt: skip
+    base = dict(
+        manifest=str(manifest),
+        out=str(out),
+        steps=4,
+        batch_size=2,
+        learning_rate=1e-3,
+        log_every=1,
+        checkpoint_every=2,
+        validate_every=0,
+        validation_steps=1,
+        num_validation_images=1,
+        seed=0,
+    )
     return BodyTrainConfig(**{**base, **kw})
 
 
@@ -127,8 +138,9 @@ def _edit_bodies(src, dst, nulls=(), invisible=()):
 
 
 def test_images_without_body_pose_are_skipped_and_counted_or_refused(manifest, tmp_path):
-    edited = _edit_bodies(manifest, tmp_path / "m", nulls={"synthetic_00000", "synthetic_00002"},
-                          invisible={"synthetic_00003"})  # fmt: skip
+    edited = _edit_bodies(
+        manifest, tmp_path / "m", nulls={"synthetic_00000", "synthetic_00002"}, invisible={"synthetic_00003"}
+    )
     task = BodyTask(_config(edited, tmp_path / "run"))
     task.check_data()
     # 8 images, one without hands (status no_hands): 7 candidates, 3 without a usable pose.
@@ -238,10 +250,33 @@ def test_bf16_step_validation_and_full_precision_save(manifest, tmp_path, bf16_a
 def test_resume_is_exact_and_the_run_folder_is_a_pipeline(manifest, tmp_path):
     torch.manual_seed(0)
     straight = tmp_path / "straight"
-    code = gen_main(["train-body", "--preset", "tiny", "--manifest", str(manifest), "--out", str(straight),
-                     "--steps", "4", "--batch-size", "2", "--learning-rate", "1e-3", "--log-every", "1",
-                     "--checkpoint-every", "2", "--validation-steps", "1", "--num-validation-images", "1",
-                     "--log-level", "WARNING"])  # fmt: skip
+    code = gen_main(
+        [
+            "train-body",
+            "--preset",
+            "tiny",
+            "--manifest",
+            str(manifest),
+            "--out",
+            str(straight),
+            "--steps",
+            "4",
+            "--batch-size",
+            "2",
+            "--learning-rate",
+            "1e-3",
+            "--log-every",
+            "1",
+            "--checkpoint-every",
+            "2",
+            "--validation-steps",
+            "1",
+            "--num-validation-images",
+            "1",
+            "--log-level",
+            "WARNING",
+        ]
+    )
     assert code == 0
     interrupted = tmp_path / "interrupted"
     first = train_body(_config(manifest, interrupted, interrupt_after=2))
@@ -259,8 +294,12 @@ def test_resume_is_exact_and_the_run_folder_is_a_pipeline(manifest, tmp_path):
     pipe_a = BodyOutpaintPipeline.from_pretrained(straight)
     pipe_b = BodyOutpaintPipeline.from_pretrained(interrupted)
     inputs = manifest_inputs(str(manifest), "synthetic_00001", resolution=64)
-    outs = [p(**inputs, num_inference_steps=2, output_type="np", generator=torch.Generator().manual_seed(0)).images
-            for p in (pipe_a, pipe_b)]  # fmt: skip
+    outs = [
+        p(
+            **inputs, num_inference_steps=2, output_type="np", generator=torch.Generator().manual_seed(0)
+        ).images
+        for p in (pipe_a, pipe_b)
+    ]
     assert outs[0].shape == (1, 64, 64, 3)
     np.testing.assert_array_equal(outs[0], outs[1])
 
@@ -269,14 +308,46 @@ def test_sample_body_command_writes_images(manifest, tmp_path, capsys):
     run = tmp_path / "run"
     assert train_body(_config(manifest, run, steps=1, checkpoint_every=0)).finished
     out = tmp_path / "samples"
-    code = gen_main(["sample-body", "--model", str(run), "--manifest", str(manifest), "--image-id",
-                     "synthetic_00001", "synthetic_00002", "--out", str(out), "--steps", "2", "--log-level", "WARNING"])  # fmt: skip
+    code = gen_main(
+        [
+            "sample-body",
+            "--model",
+            str(run),
+            "--manifest",
+            str(manifest),
+            "--image-id",
+            "synthetic_00001",
+            "synthetic_00002",
+            "--out",
+            str(out),
+            "--steps",
+            "2",
+            "--log-level",
+            "WARNING",
+        ]
+    )
     assert code == 0
     assert sorted(p.name for p in out.iterdir()) == [
-        "synthetic_00001.png", "synthetic_00001_condition.png", "synthetic_00002.png", "synthetic_00002_condition.png",
-    ]  # fmt: skip
-    code = gen_main(["sample-body", "--model", str(run), "--manifest", str(manifest), "--image-id", "nope",
-                     "--out", str(out), "--log-level", "WARNING"])  # fmt: skip
+        "synthetic_00001.png",
+        "synthetic_00001_condition.png",
+        "synthetic_00002.png",
+        "synthetic_00002_condition.png",
+    ]
+    code = gen_main(
+        [
+            "sample-body",
+            "--model",
+            str(run),
+            "--manifest",
+            str(manifest),
+            "--image-id",
+            "nope",
+            "--out",
+            str(out),
+            "--log-level",
+            "WARNING",
+        ]
+    )
     assert code == 1 and "no image with image_id 'nope'" in capsys.readouterr().err
 
 
@@ -294,17 +365,38 @@ def test_train_body_starts_from_a_pretrained_controlnet(manifest, tmp_path, caps
             p.copy_(torch.randn(p.shape, generator=g) * 0.05)
     source.save_pretrained(str(tmp_path / "openpose"))
     out = tmp_path / "run"
-    args = ["train-body", "--preset", "tiny", "--manifest", str(manifest), "--out", str(out), "--steps", "1",
-            "--batch-size", "2", "--checkpoint-every", "0", "--validate-every", "0", "--num-validation-images", "0",
-            "--init-controlnet", str(tmp_path / "openpose")]  # fmt: skip
+    args = [
+        "train-body",
+        "--preset",
+        "tiny",
+        "--manifest",
+        str(manifest),
+        "--out",
+        str(out),
+        "--steps",
+        "1",
+        "--batch-size",
+        "2",
+        "--checkpoint-every",
+        "0",
+        "--validate-every",
+        "0",
+        "--num-validation-images",
+        "0",
+        "--init-controlnet",
+        str(tmp_path / "openpose"),
+    ]
     assert gen_main(args) == 0
     config = json.loads((out / "config.json").read_text())
     assert config["config"]["init_controlnet"] == str(tmp_path / "openpose")
     trained = ControlNetModel.from_pretrained(str(out / "controlnet"))
     assert trained.config.conditioning_channels == 7
     # The encoder is the pretrained ControlNet's, not a fresh copy of the UNet's (one step moves it little).
-    assert torch.allclose(trained.controlnet_cond_embedding.blocks[0].weight,
-                          source.controlnet_cond_embedding.blocks[0].weight, atol=1e-2)  # fmt: skip
+    assert torch.allclose(
+        trained.controlnet_cond_embedding.blocks[0].weight,
+        source.controlnet_cond_embedding.blocks[0].weight,
+        atol=1e-2,
+    )
     bad = [*args[:-1], str(tmp_path)]
     bad[bad.index("--out") + 1] = str(tmp_path / "run2")
     assert gen_main(bad) == 1

@@ -50,8 +50,10 @@ def test_hands_in_generated_requests_are_as_large_as_in_training_on_hagrid_mini(
     # smaller).
     assert framed / train == pytest.approx(1.0, abs=0.10)
     assert longest / train < 0.85  # the old framing fails the same check
-    sizes = {(r.spec.width, r.spec.height) for r in requests_from_manifest(str(hagrid_manifest), None, SIDE,
-                                                                           "all", None, 0, "cover")}  # fmt: skip
+    sizes = {
+        (r.spec.width, r.spec.height)
+        for r in requests_from_manifest(str(hagrid_manifest), None, SIDE, "all", None, 0, "cover")
+    }
     assert all(min(wh) == SIDE for wh in sizes)  # the trainer's square keeps the shorter side
 
 
@@ -77,8 +79,22 @@ def test_generate_from_manifest_draws_at_the_body_models_training_scale(
     tiny_runs, synthetic_manifest, tmp_path
 ):
     out = tmp_path / "gen"
-    args = ["generate", "--from-manifest", str(synthetic_manifest), "--hand-model", tiny_runs[0], "--body-model",
-            tiny_runs[1], "--out", str(out), "--steps", "1", "--no-detect", "--image-id", "synthetic_00001"]  # fmt: skip
+    args = [
+        "generate",
+        "--from-manifest",
+        str(synthetic_manifest),
+        "--hand-model",
+        tiny_runs[0],
+        "--body-model",
+        tiny_runs[1],
+        "--out",
+        str(out),
+        "--steps",
+        "1",
+        "--no-detect",
+        "--image-id",
+        "synthetic_00001",
+    ]
     assert main(args) == 0
     # The tiny body model trains on 64 x 64 cover crops: the 256x192 frame is drawn with its shorter side 64.
     with Image.open(out / "synthetic_00001.png") as im:

@@ -50,8 +50,13 @@ def test_one_failing_request_is_recorded_the_others_written_and_a_rerun_resumes(
     settings = GenerateSettings(steps=2, detect=False, small_hands="refuse", min_hand_size=8)
     out = tmp_path / "batch"
     heard = []
-    result = generate_batch(Sources(spec=[good, tiny]), str(out), *tiny_runs, settings,
-                            on_failure=lambda name, exc: heard.append((name, type(exc).__name__)))  # fmt: skip
+    result = generate_batch(
+        Sources(spec=[good, tiny]),
+        str(out),
+        *tiny_runs,
+        settings,
+        on_failure=lambda name, exc: heard.append((name, type(exc).__name__)),
+    )
     assert result.written == ["good"] and result.skipped == []
     assert [f["name"] for f in result.failures] == ["tiny"] and heard == [("tiny", "HandTooSmallError")]
     assert (out / "good.png").is_file() and (out / "good.json").is_file() and not (out / "tiny.png").exists()
@@ -74,8 +79,12 @@ def test_one_failing_request_is_recorded_the_others_written_and_a_rerun_resumes(
 
 def test_a_replay_takes_its_models_and_settings_from_the_sidecar_and_is_always_redone(tiny_runs, tmp_path):
     out = tmp_path / "out"
-    first = generate_batch(Sources(spec=[_spec(tmp_path / "wave.json")]), str(out), *tiny_runs,
-                           GenerateSettings(steps=2, detect=False))  # fmt: skip
+    first = generate_batch(
+        Sources(spec=[_spec(tmp_path / "wave.json")]),
+        str(out),
+        *tiny_runs,
+        GenerateSettings(steps=2, detect=False),
+    )
     assert first.written == ["wave"]
     image = np.asarray(Image.open(out / "wave.png"))
     # No models, no settings, the same folder: the sidecar's models and settings, and no skip.

@@ -18,8 +18,25 @@ def _pose(seed: int) -> list:
 
 def test_train_hand_then_sample_hand(synthetic_manifest, tmp_path, capsys):
     run, out = tmp_path / "run", tmp_path / "samples"
-    rc = main(["train-hand", "--preset", "tiny", "--manifest", str(synthetic_manifest), "--steps", "20",
-               "--out", str(run), "--validate-every", "0", "--validation-steps", "1", "--log-level", "WARNING"])  # fmt: skip
+    rc = main(
+        [
+            "train-hand",
+            "--preset",
+            "tiny",
+            "--manifest",
+            str(synthetic_manifest),
+            "--steps",
+            "20",
+            "--out",
+            str(run),
+            "--validate-every",
+            "0",
+            "--validation-steps",
+            "1",
+            "--log-level",
+            "WARNING",
+        ]
+    )
     assert rc == 0
     assert "finished at step 20" in capsys.readouterr().out
     assert len([line for line in (run / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]) == 2
@@ -27,8 +44,22 @@ def test_train_hand_then_sample_hand(synthetic_manifest, tmp_path, capsys):
 
     pose_file = tmp_path / "pose.json"
     pose_file.write_text(json.dumps([_pose(0), _pose(1)]))
-    rc = main(["sample-hand", "--model", str(run), "--keypoints", str(pose_file), "--out", str(out), "--steps", "2",
-               "--num-images-per-pose", "2", "--save-probabilities"])  # fmt: skip
+    rc = main(
+        [
+            "sample-hand",
+            "--model",
+            str(run),
+            "--keypoints",
+            str(pose_file),
+            "--out",
+            str(out),
+            "--steps",
+            "2",
+            "--num-images-per-pose",
+            "2",
+            "--save-probabilities",
+        ]
+    )
     assert rc == 0
     images = sorted(p.name for p in out.glob("hand_???.png"))
     assert images == ["hand_000.png", "hand_001.png", "hand_002.png", "hand_003.png"]
@@ -41,23 +72,74 @@ def test_train_hand_then_sample_hand(synthetic_manifest, tmp_path, capsys):
 
     # A single pose (21 pairs) works too.
     pose_file.write_text(json.dumps(_pose(2)))
-    assert main(["sample-hand", "--model", str(run), "--keypoints", str(pose_file), "--out", str(tmp_path / "one"),
-                 "--steps", "1"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "sample-hand",
+                "--model",
+                str(run),
+                "--keypoints",
+                str(pose_file),
+                "--out",
+                str(tmp_path / "one"),
+                "--steps",
+                "1",
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "one" / "hand_000_mask.png").is_file() and not (
         tmp_path / "one" / "hand_001.png"
     ).exists()
 
 
 def test_cli_errors_are_reported_not_raised(synthetic_manifest, tmp_path, capsys):
-    assert main(["sample-hand", "--model", str(tmp_path / "nope"), "--keypoints", str(tmp_path / "p.json"),
-                 "--out", str(tmp_path / "o")]) == 1  # fmt: skip
+    assert (
+        main(
+            [
+                "sample-hand",
+                "--model",
+                str(tmp_path / "nope"),
+                "--keypoints",
+                str(tmp_path / "p.json"),
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 1
+    )
     assert "no such keypoints file" in capsys.readouterr().err
     (tmp_path / "p.json").write_text(json.dumps(_pose(0)))
-    assert main(["sample-hand", "--model", str(tmp_path / "nope"), "--keypoints", str(tmp_path / "p.json"),
-                 "--out", str(tmp_path / "o")]) == 1  # fmt: skip
+    assert (
+        main(
+            [
+                "sample-hand",
+                "--model",
+                str(tmp_path / "nope"),
+                "--keypoints",
+                str(tmp_path / "p.json"),
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 1
+    )
     assert "hand model folder not found" in capsys.readouterr().err
-    rc = main(["train-hand", "--preset", "sd", "--pretrained", str(tmp_path / "sd15"), "--manifest",
-               str(synthetic_manifest), "--out", str(tmp_path / "run"), "--steps", "1"])  # fmt: skip
+    rc = main(
+        [
+            "train-hand",
+            "--preset",
+            "sd",
+            "--pretrained",
+            str(tmp_path / "sd15"),
+            "--manifest",
+            str(synthetic_manifest),
+            "--out",
+            str(tmp_path / "run"),
+            "--steps",
+            "1",
+        ]
+    )
     assert rc == 1 and "Stable Diffusion folder not found" in capsys.readouterr().err
     assert main(["train-hand", "--preset", "sd", "--manifest", str(synthetic_manifest), "--steps", "1"]) == 1
     assert "--preset sd needs --pretrained" in capsys.readouterr().err

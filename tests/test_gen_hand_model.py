@@ -21,8 +21,12 @@ def base_unet():
 
 def _inputs(batch=2, seed=1):
     g = torch.Generator().manual_seed(seed)
-    return (torch.randn(batch, 4, 8, 8, generator=g), torch.tensor([10, 500][:batch]),
-            torch.randn(batch, 77, 32, generator=g), torch.rand(batch, 21, 8, 8, generator=g))  # fmt: skip
+    return (
+        torch.randn(batch, 4, 8, 8, generator=g),
+        torch.tensor([10, 500][:batch]),
+        torch.randn(batch, 77, 32, generator=g),
+        torch.rand(batch, 21, 8, 8, generator=g),
+    )
 
 
 @pytest.mark.parametrize("head", ["conv", "channel"])

@@ -157,6 +157,9 @@ class TestHandPipelineCommon(PipelineTesterMixin):
 
     def batch_inputs(self, items):
         # One call draws image i from prompt i, pose i and a generator seeded as the single call's.
-        return {"prompt": [i["prompt"] for i in items], "keypoints": np.stack([i["keypoints"] for i in items]),
-                "num_inference_steps": 2,
-                "generator": [torch.Generator().manual_seed(i["seed"]) for i in items]}  # fmt: skip
+        return {
+            "prompt": [i["prompt"] for i in items],
+            "keypoints": np.stack([i["keypoints"] for i in items]),
+            "num_inference_steps": 2,
+            "generator": [torch.Generator().manual_seed(i["seed"]) for i in items],
+        }

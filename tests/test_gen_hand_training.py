@@ -66,8 +66,16 @@ def test_a_fixed_batch_drives_noise_and_mask_loss_down(four_hands, tmp_path):
 
 
 def test_resume_gives_the_same_curve_as_an_uninterrupted_run(synthetic_manifest, tmp_path):
-    kw = dict(FAST, manifest=str(synthetic_manifest), steps=6, batch_size=2, gradient_accumulation_steps=2,
-              lr_schedule="cosine", lr_warmup_steps=2, seed=3)  # fmt: skip
+    kw = dict(
+        FAST,
+        manifest=str(synthetic_manifest),
+        steps=6,
+        batch_size=2,
+        gradient_accumulation_steps=2,
+        lr_schedule="cosine",
+        lr_warmup_steps=2,
+        seed=3,
+    )
     train_hand(HandTrainConfig(out=str(tmp_path / "whole"), **kw))
     part = train_hand(HandTrainConfig(out=str(tmp_path / "parts"), interrupt_after=4, **kw))
     assert not part.finished and part.step == 4
@@ -125,8 +133,13 @@ def test_out_of_memory_names_the_settings_to_lower(synthetic_manifest, tmp_path)
     with pytest.raises(TrainingOOMError) as info:
         train(_OOM(config), config)
     message = str(info.value)
-    for hint in ("training step 1", "--batch-size (now 4", "--gradient-checkpointing", "--mixed-precision bf16",
-                 "--cache-latents"):  # fmt: skip
+    for hint in (
+        "training step 1",
+        "--batch-size (now 4",
+        "--gradient-checkpointing",
+        "--mixed-precision bf16",
+        "--cache-latents",
+    ):
         assert hint in message
 
 
@@ -227,8 +240,14 @@ class _CachedWithPixels(HandTask):
 
 def test_cached_training_reads_no_crops_and_keeps_the_loss_curve(synthetic_manifest, tmp_path, monkeypatch):
     torch.manual_seed(0)
-    kw = dict(FAST, manifest=str(synthetic_manifest), steps=3, seed=1, cache_latents=True,
-              latent_cache_dir=str(tmp_path / "latents"))  # fmt: skip
+    kw = dict(
+        FAST,
+        manifest=str(synthetic_manifest),
+        steps=3,
+        seed=1,
+        cache_latents=True,
+        latent_cache_dir=str(tmp_path / "latents"),
+    )
     config = HandTrainConfig(out=str(tmp_path / "pixels"), **kw)
     assert train(_CachedWithPixels(config), config).finished  # builds the cache, then trains reading crops
 
@@ -302,8 +321,11 @@ def test_full_size_path_loads_a_local_sd_folder(synthetic_manifest, tmp_path):
     )
 
     run = str(tmp_path / "run")
-    result = train_hand(HandTrainConfig(manifest=str(synthetic_manifest), out=run, preset="sd", pretrained=folder,
-                                        steps=2, **FAST))  # fmt: skip
+    result = train_hand(
+        HandTrainConfig(
+            manifest=str(synthetic_manifest), out=run, preset="sd", pretrained=folder, steps=2, **FAST
+        )
+    )
     assert result.finished
     assert json.load(open(os.path.join(run, "config.json")))["data"]["components"] == folder
     # Step-0 invariance on real loading: the widened UNet starts from the folder's weights.

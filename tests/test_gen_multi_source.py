@@ -20,16 +20,28 @@ from generation.training.errors import RunFolderError
 from generation.training.hand import HandTask, HandTrainConfig, train_hand
 from generation.training.metrics import read_metrics
 from manifests.datasets import HandCropDataset, ManifestDataLoader, MixtureDataset
-from manifests.settings import SettingError
 from manifests.partition import loader_order
+from manifests.settings import SettingError
 from manifests.synthetic import make_synthetic_manifest
 
 warnings.filterwarnings("ignore", message=".*worker processes in total.*")
 
-FAST = dict(batch_size=2, log_every=1, checkpoint_every=0, validate_every=0, num_validation_poses=1,
-            validation_steps=1)  # fmt: skip
-BODY_FAST = dict(batch_size=2, log_every=1, checkpoint_every=0, validate_every=0, num_validation_images=1,
-                 validation_steps=1)  # fmt: skip
+FAST = dict(
+    batch_size=2,
+    log_every=1,
+    checkpoint_every=0,
+    validate_every=0,
+    num_validation_poses=1,
+    validation_steps=1,
+)
+BODY_FAST = dict(
+    batch_size=2,
+    log_every=1,
+    checkpoint_every=0,
+    validate_every=0,
+    num_validation_images=1,
+    validation_steps=1,
+)
 
 
 @pytest.fixture(scope="module")
@@ -272,8 +284,11 @@ def test_init_from_takes_the_runs_preset_and_resolution_unless_given(sources, ha
 
 def test_init_from_starts_a_new_optimiser_and_schedule(sources, hand_run, tmp_path):
     out = str(tmp_path / "fine")
-    result = train_hand(HandTrainConfig(out=out, manifest=sources[1], init_from=hand_run, steps=1, seed=1,
-                                        lr_schedule="linear", **FAST))  # fmt: skip
+    result = train_hand(
+        HandTrainConfig(
+            out=out, manifest=sources[1], init_from=hand_run, steps=1, seed=1, lr_schedule="linear", **FAST
+        )
+    )
     assert result.finished and result.step == 1
     source_ckpt = list_checkpoints(hand_run)[-1]
     assert source_ckpt[0] == 3
@@ -309,8 +324,19 @@ def test_init_from_refuses_what_is_not_a_finished_run_of_the_task(sources, hand_
 def test_train_hand_cli_init_from_a_missing_run_is_one_line(sources, tmp_path, capsys):
     from generation.cli import main
 
-    code = main(["train-hand", "--manifest", sources[1], "--out", str(tmp_path / "o"), "--init-from",
-                 str(tmp_path / "missing"), "--steps", "1"])  # fmt: skip
+    code = main(
+        [
+            "train-hand",
+            "--manifest",
+            sources[1],
+            "--out",
+            str(tmp_path / "o"),
+            "--init-from",
+            str(tmp_path / "missing"),
+            "--steps",
+            "1",
+        ]
+    )
     err = capsys.readouterr().err
     assert code != 0 and "--init-from" in err and "not a folder" in err and "Traceback" not in err
 
@@ -331,8 +357,11 @@ def test_body_init_from_gives_the_source_controlnet_and_checks_the_condition(sou
     # The loop runs the mixture (both sources drawn) from those weights.
     result = train_body(BodyTrainConfig(**{**config.to_dict(), "steps": 2, "manifest_weights": (1.0, 1.0)}))
     assert result.finished and json.load(open(tmp_path / "fine" / "config.json"))["data"]["init_from"] == run
-    other = BodyTask(BodyTrainConfig(out=str(tmp_path / "o"), manifest=sources[1], init_from=run,
-                                     condition_channels=("pose", "hands")))  # fmt: skip
+    other = BodyTask(
+        BodyTrainConfig(
+            out=str(tmp_path / "o"), manifest=sources[1], init_from=run, condition_channels=("pose", "hands")
+        )
+    )
     other.check_data()
     with pytest.raises(DataCheckError, match="channels"):
         other.build(Accelerator(cpu=True))

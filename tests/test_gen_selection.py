@@ -13,8 +13,9 @@ def manifest(tmp_path_factory):
     from manifests.synthetic import make_synthetic_manifest
 
     # 20 images in 10 row groups of 2; split train for i % 10 < 8, else val; every 5th has no hands.
-    root = make_synthetic_manifest(str(tmp_path_factory.mktemp("sel") / "m"), num_images=20, shard_size=4,
-                                   row_group_size=2)  # fmt: skip
+    root = make_synthetic_manifest(
+        str(tmp_path_factory.mktemp("sel") / "m"), num_images=20, shard_size=4, row_group_size=2
+    )
     return open_manifest(root)
 
 
@@ -63,8 +64,9 @@ def test_clear_errors(manifest):
 def test_the_default_split_is_test_or_every_row_when_the_manifest_has_no_splits(manifest, tmp_path, caplog):
     from pathlib import Path
 
-    from generation.selection import DEFAULT_SPLIT
     from manifest_edits import rewrite
+
+    from generation.selection import DEFAULT_SPLIT
 
     # With splits, the default is the test split: this manifest has none, so nothing is selected.
     with pytest.raises(SelectionError, match="in split 'test'"):

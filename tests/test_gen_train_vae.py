@@ -17,8 +17,25 @@ FAST = ["--checkpoint-every", "0", "--validate-every", "0", "--log-level", "WARN
 
 
 def _train_vae(manifest, out, *extra) -> int:
-    return main(["train-vae", "--preset", "tiny", "--manifest", str(manifest), "--out", str(out), "--batch-size", "4",
-                 "--image-resolution", "64", "--num-validation-crops", "2", *FAST, *extra])  # fmt: skip
+    return main(
+        [
+            "train-vae",
+            "--preset",
+            "tiny",
+            "--manifest",
+            str(manifest),
+            "--out",
+            str(out),
+            "--batch-size",
+            "4",
+            "--image-resolution",
+            "64",
+            "--num-validation-crops",
+            "2",
+            *FAST,
+            *extra,
+        ]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -68,12 +85,51 @@ def test_train_vae_sets_the_scaling_factor_for_unit_variance_latents(tmp_path, s
 def test_train_vae_folder_loads_as_pretrained_for_train_hand_and_train_body(
     vae_run, synthetic_manifest, tmp_path
 ):
-    common = ["--preset", "mini", "--pretrained", str(vae_run), "--manifest", str(synthetic_manifest), "--steps",
-              "2", "--batch-size", "2", *FAST]  # fmt: skip
-    assert main(["train-hand", *common, "--out", str(tmp_path / "hand"), "--num-validation-poses", "1",
-                 "--validation-steps", "1"]) == 0  # fmt: skip
-    assert main(["train-body", *common, "--out", str(tmp_path / "body"), "--resolution", "64",
-                 "--num-validation-images", "1", "--validation-steps", "1"]) == 0  # fmt: skip
+    common = [
+        "--preset",
+        "mini",
+        "--pretrained",
+        str(vae_run),
+        "--manifest",
+        str(synthetic_manifest),
+        "--steps",
+        "2",
+        "--batch-size",
+        "2",
+        *FAST,
+    ]
+    assert (
+        main(
+            [
+                "train-hand",
+                *common,
+                "--out",
+                str(tmp_path / "hand"),
+                "--num-validation-poses",
+                "1",
+                "--validation-steps",
+                "1",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "train-body",
+                *common,
+                "--out",
+                str(tmp_path / "body"),
+                "--resolution",
+                "64",
+                "--num-validation-images",
+                "1",
+                "--validation-steps",
+                "1",
+            ]
+        )
+        == 0
+    )
     trained = load_file(str(vae_run / "vae" / "diffusion_pytorch_model.safetensors"))
     pipe = HandGenerationPipeline.from_pretrained(str(tmp_path / "hand"))
     name = "decoder.conv_out.weight"
@@ -89,15 +145,44 @@ def test_train_vae_resume_continues_exactly(tmp_path, synthetic_manifest):
     assert (
         _train_vae(synthetic_manifest, whole, "--steps", "4", "--log-every", "1", "--ema-decay", "0.5") == 0
     )
-    assert _train_vae(synthetic_manifest, parts, "--steps", "4", "--log-every", "1", "--ema-decay", "0.5",
-                      "--interrupt-after", "2") == 0  # fmt: skip
+    assert (
+        _train_vae(
+            synthetic_manifest,
+            parts,
+            "--steps",
+            "4",
+            "--log-every",
+            "1",
+            "--ema-decay",
+            "0.5",
+            "--interrupt-after",
+            "2",
+        )
+        == 0
+    )
     assert not (parts / "vae").exists()
-    assert _train_vae(synthetic_manifest, parts, "--steps", "4", "--log-every", "1", "--ema-decay", "0.5",
-                      "--resume", "latest") == 0  # fmt: skip
+    assert (
+        _train_vae(
+            synthetic_manifest,
+            parts,
+            "--steps",
+            "4",
+            "--log-every",
+            "1",
+            "--ema-decay",
+            "0.5",
+            "--resume",
+            "latest",
+        )
+        == 0
+    )
 
     def curve(run):
-        return [round(json.loads(line)["loss"], 6) for line in (run / "metrics.jsonl").read_text().splitlines()
-                if '"loss"' in line]  # fmt: skip
+        return [
+            round(json.loads(line)["loss"], 6)
+            for line in (run / "metrics.jsonl").read_text().splitlines()
+            if '"loss"' in line
+        ]
 
     assert curve(parts) == curve(whole) and len(curve(whole)) == 4
     a = load_file(str(whole / "vae" / "diffusion_pytorch_model.safetensors"))

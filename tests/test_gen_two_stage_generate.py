@@ -87,8 +87,17 @@ def test_generate_from_spec_writes_image_sidecar_overview_and_stage1(tiny_runs, 
 
 def test_generate_from_manifest_rows(tiny_runs, synthetic_manifest, tmp_path, capsys):
     out = tmp_path / "gen"
-    args = ["generate", "--from-manifest", str(synthetic_manifest), *_models(tiny_runs), "--out", str(out),
-            "--size", "128", *STEPS]  # fmt: skip
+    args = [
+        "generate",
+        "--from-manifest",
+        str(synthetic_manifest),
+        *_models(tiny_runs),
+        "--out",
+        str(out),
+        "--size",
+        "128",
+        *STEPS,
+    ]
     assert main([*args, "--image-id", "synthetic_00001"]) == 0
     with Image.open(out / "synthetic_00001.png") as im:
         assert im.size == (128, 96)  # the 256x192 frame at longer side 128
@@ -118,18 +127,50 @@ def test_generate_then_evaluate_the_same_rows(tiny_runs, synthetic_manifest, tmp
     writer.write_shard(0, {t: src.read(t).to_pylist()[::-1] for t in ("images", "hands")})
     writer.finalize(src.config)
     manifest = str(tmp_path / "reversed")
-    first_train = [r["image_id"] for r in open_manifest(manifest).read("images", ["image_id"], split="train",
-                                                                         status="ok").to_pylist()][:3]  # fmt: skip
+    first_train = [
+        r["image_id"]
+        for r in open_manifest(manifest).read("images", ["image_id"], split="train", status="ok").to_pylist()
+    ][:3]
     assert first_train != sorted(first_train)
 
     out, report = tmp_path / "gen", tmp_path / "report"
     select = ["--split", "train", "--limit", "3"]
-    assert main(["generate", "--from-manifest", manifest, *_models(tiny_runs), "--out", str(out),
-                 "--size", "64", *STEPS, *select]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "generate",
+                "--from-manifest",
+                manifest,
+                *_models(tiny_runs),
+                "--out",
+                str(out),
+                "--size",
+                "64",
+                *STEPS,
+                *select,
+            ]
+        )
+        == 0
+    )
     generated = sorted(p.stem for p in out.glob("*.png") if not p.stem.endswith("_overview"))
     assert generated == sorted(first_train)
-    assert main(["evaluate", "--manifest", manifest, "--generated", str(out), "--out", str(report),
-                 "--no-progress", "--json", *select]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "evaluate",
+                "--manifest",
+                manifest,
+                "--generated",
+                str(out),
+                "--out",
+                str(report),
+                "--no-progress",
+                "--json",
+                *select,
+            ]
+        )
+        == 0
+    )
     result = json.loads((report / "report.json").read_text())
     assert result["images"] == {"evaluated": 3, "missing": 0, "unreadable": 0}
     per_image = [
@@ -138,10 +179,35 @@ def test_generate_then_evaluate_the_same_rows(tiny_runs, synthetic_manifest, tmp
     assert sorted(per_image) == generated
     # The same default split (test) for both: the synthetic manifest has none, and both say so.
     capsys.readouterr()
-    assert main(["generate", "--from-manifest", str(synthetic_manifest), *_models(tiny_runs), "--out",
-                 str(tmp_path / "none"), *STEPS]) == 1  # fmt: skip
-    assert main(["evaluate", "--manifest", str(synthetic_manifest), "--generated", str(out), "--out",
-                 str(tmp_path / "r2"), "--no-progress"]) == 1  # fmt: skip
+    assert (
+        main(
+            [
+                "generate",
+                "--from-manifest",
+                str(synthetic_manifest),
+                *_models(tiny_runs),
+                "--out",
+                str(tmp_path / "none"),
+                *STEPS,
+            ]
+        )
+        == 1
+    )
+    assert (
+        main(
+            [
+                "evaluate",
+                "--manifest",
+                str(synthetic_manifest),
+                "--generated",
+                str(out),
+                "--out",
+                str(tmp_path / "r2"),
+                "--no-progress",
+            ]
+        )
+        == 1
+    )
     err = capsys.readouterr().err
     assert err.count("no images with status ok in split 'test'") == 2, err
 
@@ -151,8 +217,21 @@ def test_generate_from_a_photo(tiny_runs, data_dir, tmp_path, capsys):
     blank = tmp_path / "blank.png"
     Image.new("RGB", (96, 64), (128, 128, 128)).save(blank)  # nobody in it
     out = tmp_path / "photo"
-    rc = main(["generate", "--from-image", str(photo), str(blank), *_models(tiny_runs), "--out", str(out),
-               "--size", "96", "--steps", "2"])  # fmt: skip
+    rc = main(
+        [
+            "generate",
+            "--from-image",
+            str(photo),
+            str(blank),
+            *_models(tiny_runs),
+            "--out",
+            str(out),
+            "--size",
+            "96",
+            "--steps",
+            "2",
+        ]
+    )
     assert rc == 1 and "blank: " in capsys.readouterr().err and not (out / "blank.png").exists()
     failure = json.loads((out / "failures.jsonl").read_text().splitlines()[0])
     assert failure["name"] == "blank" and "no hands and no body pose detected" in failure["error"]
@@ -168,8 +247,22 @@ def test_generate_from_a_photo(tiny_runs, data_dir, tmp_path, capsys):
 def test_clear_errors(tiny_runs, tmp_path, capsys):
     out = str(tmp_path / "err")
     spec = _spec(tmp_path / "ok.json")
-    assert main(["generate", "--spec", spec, "--hand-model", str(tmp_path / "missing"), "--body-model",
-                 tiny_runs[1], "--out", out]) == 1  # fmt: skip
+    assert (
+        main(
+            [
+                "generate",
+                "--spec",
+                spec,
+                "--hand-model",
+                str(tmp_path / "missing"),
+                "--body-model",
+                tiny_runs[1],
+                "--out",
+                out,
+            ]
+        )
+        == 1
+    )
     assert "hand model folder not found" in capsys.readouterr().err
 
     bad = json.loads(open(spec).read())
@@ -197,8 +290,22 @@ def test_small_hand_refused_in_a_batch_the_rest_written(tiny_runs, tmp_path, cap
     ).tolist()
     (tmp_path / "tiny.json").write_text(json.dumps(tiny))
     out = tmp_path / "batch"
-    rc = main(["generate", "--spec", good, str(tmp_path / "tiny.json"), *_models(tiny_runs), "--out", str(out),
-               "--small-hands", "refuse", "--min-hand-size", "8", *STEPS])  # fmt: skip
+    rc = main(
+        [
+            "generate",
+            "--spec",
+            good,
+            str(tmp_path / "tiny.json"),
+            *_models(tiny_runs),
+            "--out",
+            str(out),
+            "--small-hands",
+            "refuse",
+            "--min-hand-size",
+            "8",
+            *STEPS,
+        ]
+    )
     assert rc == 1 and (out / "good.png").is_file() and not (out / "tiny.png").exists()
     assert "tiny: hand 1 (left) spans" in capsys.readouterr().err
     failure = json.loads((out / "failures.jsonl").read_text().splitlines()[0])
@@ -211,8 +318,19 @@ def test_models_that_do_not_fit_together(tiny_runs, tmp_path, capsys):
     body = BodyOutpaintPipeline.from_pretrained(tiny_runs[1])
     body.vae.register_to_config(scaling_factor=0.13025)
     body.save_pretrained(tmp_path / "other_body")
-    rc = main(["generate", "--spec", _spec(tmp_path / "s.json"), "--hand-model", tiny_runs[0], "--body-model",
-               str(tmp_path / "other_body"), "--out", str(tmp_path / "o")])  # fmt: skip
+    rc = main(
+        [
+            "generate",
+            "--spec",
+            _spec(tmp_path / "s.json"),
+            "--hand-model",
+            tiny_runs[0],
+            "--body-model",
+            str(tmp_path / "other_body"),
+            "--out",
+            str(tmp_path / "o"),
+        ]
+    )
     assert rc == 1
     assert (
         "do not fit together: VAE scaling factor differs: hand 0.18215, body 0.13025"

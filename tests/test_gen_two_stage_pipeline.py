@@ -26,8 +26,13 @@ PROMPT = "a person showing a peace sign"
 def _parts(seed=0):
     torch.manual_seed(seed)
     c = build_components("tiny", resolution=64, seed=seed)
-    hand = HandGenerationPipeline(HandUNet.from_unet(c.unet, heatmap_sigma=1.0), c.vae, c.text_encoder,
-                                  c.tokenizer, sampling_scheduler(c.scheduler))  # fmt: skip
+    hand = HandGenerationPipeline(
+        HandUNet.from_unet(c.unet, heatmap_sigma=1.0),
+        c.vae,
+        c.text_encoder,
+        c.tokenizer,
+        sampling_scheduler(c.scheduler),
+    )
     b = build_components("tiny", resolution=64, seed=seed + 1)
     controlnet = build_body_model(b, "standard")
     with torch.no_grad():  # zero convolutions with some weight, so the condition reaches the output
@@ -165,12 +170,23 @@ def test_none_never_touches_the_latents(pipe, monkeypatch):
     assert calls == [] and out.keep_masks is None and out.timings["blend"] == 0.0
     # Exactly stage 2 alone on the same condition and noise.
     req = _request()
-    condition = pipe.build_condition(req["body_keypoints"], "mediapipe33", out.hand_canvas, out.hand_mask,
-                                     [req["hands"][i] for i in out.hand_indices])  # fmt: skip
+    condition = pipe.build_condition(
+        req["body_keypoints"],
+        "mediapipe33",
+        out.hand_canvas,
+        out.hand_mask,
+        [req["hands"][i] for i in out.hand_indices],
+    )
     generator = torch.Generator().manual_seed(1)
     noise = randn_tensor(out.latents.shape, generator=generator)
-    alone = pipe.body_pipeline(PROMPT, condition=condition, num_inference_steps=3, latents=noise,
-                               generator=generator, output_type="latent").images  # fmt: skip
+    alone = pipe.body_pipeline(
+        PROMPT,
+        condition=condition,
+        num_inference_steps=3,
+        latents=noise,
+        generator=generator,
+        output_type="latent",
+    ).images
     assert torch.equal(out.latents, alone)
 
 
@@ -296,9 +312,18 @@ def test_models_with_different_latent_spaces_are_refused():
         ModelMismatchError, match="hand UNet works on 4-channel latents but the body VAE makes 8"
     ):
         TwoStageHandBodyPipeline(
-            hand.unet, hand.vae, hand.text_encoder, hand.tokenizer, hand.scheduler, wide_vae, body.text_encoder,
-            body.tokenizer, body.unet, body.controlnet, body.scheduler,
-        )  # fmt: skip
+            hand.unet,
+            hand.vae,
+            hand.text_encoder,
+            hand.tokenizer,
+            hand.scheduler,
+            wide_vae,
+            body.text_encoder,
+            body.tokenizer,
+            body.unet,
+            body.controlnet,
+            body.scheduler,
+        )
 
 
 @pytest.mark.parametrize(

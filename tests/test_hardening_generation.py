@@ -107,8 +107,11 @@ def test_cost_bounds_are_inclusive_and_count_the_hands():
     check_image_cost(128, 96, 3, max_pixels=128 * 96, max_pixel_steps=128 * 96 * 3)
     with pytest.raises(CostLimitError, match=r"image 128x96 is 12,288 pixels, over max_pixels 12,287"):
         check_image_cost(128, 96, 3, max_pixels=128 * 96 - 1)
-    with pytest.raises(CostLimitError, match=r"128x96 x 3 steps \+ 10 for its hands is 36,874 pixel-steps, "
-                                             r"over max_pixel_steps 36,873"):  # fmt: skip
+    with pytest.raises(
+        CostLimitError,
+        match=r"128x96 x 3 steps \+ 10 for its hands is 36,874 pixel-steps, "
+        r"over max_pixel_steps 36,873",
+    ):
         check_image_cost(128, 96, 3, max_pixel_steps=36_873, extra_pixel_steps=10)
     with pytest.raises(ValueError, match="max_pixels must be an integer >= 1, got 0"):
         check_image_cost(8, 8, 1, max_pixels=0)
@@ -128,8 +131,11 @@ def test_a_huge_request_is_refused_before_anything_is_drawn(pipes, pose_file, mo
         CostLimitError, match=r"hand crop 100000x100000 is 10,000,000,000 pixels, over max_pixels"
     ):
         hand("a hand", keypoints=kps, size=100_000, num_inference_steps=1)
-    with pytest.raises(CostLimitError, match=r"image \(stage-2 canvas\) 8192x8192 is 67,108,864 pixels, over "
-                                             r"max_pixels 4,194,304 \(2048x2048\)"):  # fmt: skip
+    with pytest.raises(
+        CostLimitError,
+        match=r"image \(stage-2 canvas\) 8192x8192 is 67,108,864 pixels, over "
+        r"max_pixels 4,194,304 \(2048x2048\)",
+    ):
         _call(two, width=8192, height=8192)
     with pytest.raises(CostLimitError, match="over max_pixel_steps"):
         _call(two, num_inference_steps=100_000)
@@ -161,9 +167,12 @@ def test_nan_weights_stop_each_pipeline_with_the_model_named(pipes, pose_file):
     hand, body, two = pipes
     kps = json.loads(pose_file.read_text())
     with poisoned(hand.unet.unet.conv_out.weight):
-        with pytest.raises(NonFiniteOutputError, match=r"hand model's denoised latents hold NaN/inf values "
-                                                       r"\(100%.*unet has NaN/inf weights in 1 tensor\(s\) "
-                                                       r"\(e\.g\. unet\.conv_out\.weight\)"):  # fmt: skip
+        with pytest.raises(
+            NonFiniteOutputError,
+            match=r"hand model's denoised latents hold NaN/inf values "
+            r"\(100%.*unet has NaN/inf weights in 1 tensor\(s\) "
+            r"\(e\.g\. unet\.conv_out\.weight\)",
+        ):
             hand("a hand", keypoints=kps, num_inference_steps=1, seed=0)
     with poisoned(hand.vae.decoder.conv_out.bias):
         with pytest.raises(
@@ -213,8 +222,19 @@ def test_sample_hand_with_nan_weights_fails_instead_of_writing_black_hands(
     with poisoned(hand.unet.unet.conv_out.weight):
         hand.save_pretrained(str(tmp_path / "nan"))
     out = tmp_path / "out"
-    rc = main(["sample-hand", "--model", str(tmp_path / "nan"), "--keypoints", str(pose_file), "--out", str(out),
-               "--steps", "1"])  # fmt: skip
+    rc = main(
+        [
+            "sample-hand",
+            "--model",
+            str(tmp_path / "nan"),
+            "--keypoints",
+            str(pose_file),
+            "--out",
+            str(out),
+            "--steps",
+            "1",
+        ]
+    )
     assert rc == 1
     assert "NaN/inf weights in 1 tensor(s) (e.g. unet.conv_out.weight)" in _one_error_line(
         capsys, "sample-hand"
@@ -243,15 +263,27 @@ def test_a_model_folder_missing_a_part_is_named(folders, tmp_path, pose_file, ca
     assert rc == 1 and "tokenizer has no usable model_max_length" in _one_error_line(capsys, "sample-hand")
 
 
-def test_sample_body_checks_size_cost_and_seed_before_drawing(folders, synthetic_manifest, tmp_path, capsys,
-                                                             monkeypatch):  # fmt: skip
+def test_sample_body_checks_size_cost_and_seed_before_drawing(
+    folders, synthetic_manifest, tmp_path, capsys, monkeypatch
+):
     def never(*args, **kwargs):
         raise AssertionError("a manifest image was drawn before the checks")
 
     monkeypatch.setattr("generation.pipeline_body.manifest_inputs", never)
     out = tmp_path / "out"
-    base = ["sample-body", "--model", str(folders[1]), "--manifest", str(synthetic_manifest), "--image-id",
-            "synthetic_00001", "--out", str(out), "--steps", "1"]  # fmt: skip
+    base = [
+        "sample-body",
+        "--model",
+        str(folders[1]),
+        "--manifest",
+        str(synthetic_manifest),
+        "--image-id",
+        "synthetic_00001",
+        "--out",
+        str(out),
+        "--steps",
+        "1",
+    ]
     cases = {
         "image 100000x100000 is 10,000,000,000 pixels, over max_pixels": ["--resolution", "100000"],
         "--resolution must be >= 1, got 0": ["--resolution", "0"],
@@ -268,8 +300,23 @@ def test_generate_refuses_a_huge_canvas_and_a_huge_seed_per_image(folders, tmp_p
     big = _spec(tmp_path / "big.json", width=8192, height=8192)
     seed = _spec(tmp_path / "seed.json", seed=2**70)
     out = tmp_path / "out"
-    rc = main(["generate", "--spec", big, seed, "--hand-model", str(folders[0]), "--body-model", str(folders[1]),
-               "--out", str(out), "--steps", "1", "--no-detect"])  # fmt: skip
+    rc = main(
+        [
+            "generate",
+            "--spec",
+            big,
+            seed,
+            "--hand-model",
+            str(folders[0]),
+            "--body-model",
+            str(folders[1]),
+            "--out",
+            str(out),
+            "--steps",
+            "1",
+            "--no-detect",
+        ]
+    )
     assert rc == 1
     failures = {
         f["name"]: f["error"] for f in map(json.loads, (out / "failures.jsonl").read_text().splitlines())
@@ -318,8 +365,10 @@ def test_train_refuses_user_files_and_another_tasks_run_whatever_the_options(
     body_run.mkdir()
     (body_run / "config.json").write_text(json.dumps({"task": "body", "config": {}}))
     before = {users: _snapshot(users), body_run: _snapshot(body_run)}
-    for folder, what in ((users, "not a training run (no config.json naming its task)"),
-                         (body_run, "a train-body run")):  # fmt: skip
+    for folder, what in (
+        (users, "not a training run (no config.json naming its task)"),
+        (body_run, "a train-body run"),
+    ):
         for options in ([], ["--overwrite"], ["--resume", "latest"]):
             assert _train_hand(synthetic_manifest, folder, "--steps", "1", *options) == 1
             line = _one_error_line(capsys, "train-hand")
@@ -354,8 +403,19 @@ def test_an_existing_run_needs_resume_or_overwrite(synthetic_manifest, tmp_path,
     assert config["config"]["overwrite"] is True and config["config"]["steps"] == 1
 
     # The run's own config.json as --config continues it: its `overwrite` is not taken over.
-    rc = main(["train-hand", "--config", str(run / "config.json"), "--resume", "latest", "--steps", "2",
-               "--log-level", "WARNING"])  # fmt: skip
+    rc = main(
+        [
+            "train-hand",
+            "--config",
+            str(run / "config.json"),
+            "--resume",
+            "latest",
+            "--steps",
+            "2",
+            "--log-level",
+            "WARNING",
+        ]
+    )
     assert rc == 0
     assert [r["step"] for r in read_metrics(str(run)) if "loss" in r] == [1, 2]
 
@@ -366,9 +426,20 @@ def test_a_resume_with_a_new_learning_rate_trains_with_it_and_config_json_says_s
     from generation.training.hand import HandTrainConfig, train_hand
     from generation.training.metrics import read_metrics
 
-    kw = dict(manifest=str(synthetic_manifest), out=str(tmp_path / "run"), steps=4, batch_size=2, log_every=1,
-              checkpoint_every=0, validate_every=0, num_validation_poses=1, validation_steps=1,
-              lr_schedule="constant", learning_rate=1e-3, ema_decay=0.99)  # fmt: skip
+    kw = dict(
+        manifest=str(synthetic_manifest),
+        out=str(tmp_path / "run"),
+        steps=4,
+        batch_size=2,
+        log_every=1,
+        checkpoint_every=0,
+        validate_every=0,
+        num_validation_poses=1,
+        validation_steps=1,
+        lr_schedule="constant",
+        learning_rate=1e-3,
+        ema_decay=0.99,
+    )
     assert not train_hand(HandTrainConfig(**kw, interrupt_after=2)).finished
     assert train_hand(
         HandTrainConfig(**{**kw, "learning_rate": 5e-4, "ema_decay": 0.9}, resume="latest")
@@ -383,14 +454,30 @@ def test_a_resume_with_a_new_learning_rate_trains_with_it_and_config_json_says_s
 def test_training_takes_the_largest_seed(synthetic_manifest, tmp_path):
     from generation.training.hand import HandTrainConfig, train_hand
 
-    config = HandTrainConfig(manifest=str(synthetic_manifest), out=str(tmp_path / "run"), steps=1, batch_size=2,
-                             checkpoint_every=0, validate_every=0, num_validation_poses=1, validation_steps=1,
-                             seed=2**64 - 1)  # fmt: skip
+    config = HandTrainConfig(
+        manifest=str(synthetic_manifest),
+        out=str(tmp_path / "run"),
+        steps=1,
+        batch_size=2,
+        checkpoint_every=0,
+        validate_every=0,
+        num_validation_poses=1,
+        validation_steps=1,
+        seed=2**64 - 1,
+    )
     assert train_hand(config).finished  # numpy's global seed and seed * 7919 used to overflow
     from generation.training.body_config import BodyTrainConfig
     from generation.training.body_task import train_body
 
-    body = BodyTrainConfig(manifest=str(synthetic_manifest), out=str(tmp_path / "body"), steps=1, batch_size=2,
-                           checkpoint_every=0, validate_every=0, num_validation_images=2, validation_steps=1,
-                           seed=2**64 - 1)  # fmt: skip
+    body = BodyTrainConfig(
+        manifest=str(synthetic_manifest),
+        out=str(tmp_path / "body"),
+        steps=1,
+        batch_size=2,
+        checkpoint_every=0,
+        validate_every=0,
+        num_validation_images=2,
+        validation_steps=1,
+        seed=2**64 - 1,
+    )
     assert train_body(body).finished  # its second validation image was seeded with seed + 1

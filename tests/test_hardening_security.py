@@ -61,8 +61,22 @@ def test_plain_names_pass_and_stay_in_their_folder(tmp_path):
 
 
 def test_safe_name_reduces_anything_to_a_distinct_safe_name():
-    texts = ["./../x", "../x", "/tmp/abs", "C:\\data\\x.jpg", "a\x00b", "", "..", ".hidden", "x" * 500,
-             "x" * 499 + "y", "日本/写真", "call/abc", "call__abc", "a b"]  # fmt: skip
+    texts = [
+        "./../x",
+        "../x",
+        "/tmp/abs",
+        "C:\\data\\x.jpg",
+        "a\x00b",
+        "",
+        "..",
+        ".hidden",
+        "x" * 500,
+        "x" * 499 + "y",
+        "日本/写真",
+        "call/abc",
+        "call__abc",
+        "a b",
+    ]
     names = [safe_name(t) for t in texts]
     assert all(name_problem(n) is None for n in names), names
     assert len(set(names)) == len(texts)
@@ -120,8 +134,22 @@ def test_generate_from_a_manifest_refuses_unsafe_ids_and_writes_nothing_outside_
     )
     out = tmp_path / "out"
     before = _files_outside(tmp_path, manifest)
-    common = ["generate", "--from-manifest", str(manifest), "--hand-model", tiny_runs[0], "--body-model",
-              tiny_runs[1], "--out", str(out), "--size", "64", "--steps", "1", "--no-detect"]  # fmt: skip
+    common = [
+        "generate",
+        "--from-manifest",
+        str(manifest),
+        "--hand-model",
+        tiny_runs[0],
+        "--body-model",
+        tiny_runs[1],
+        "--out",
+        str(out),
+        "--size",
+        "64",
+        "--steps",
+        "1",
+        "--no-detect",
+    ]
     for image_id in ("./../x", str(outside)):
         assert main([*common, "--image-id", "synthetic_00000", image_id]) == 1
         err = capsys.readouterr().err
@@ -141,9 +169,27 @@ def test_replayed_sidecar_with_an_unsafe_name_writes_nothing_outside_out(tiny_ru
         hand["keypoints"] = [[x / 4, y / 4] for x, y in hand["keypoints"]]
     (tmp_path / "wave.json").write_text(json.dumps(spec))
     first = tmp_path / "first"
-    assert main(["generate", "--spec", str(tmp_path / "wave.json"), "--hand-model", tiny_runs[0],
-                 "--body-model", tiny_runs[1], "--out", str(first), "--size", "64", "--steps", "1",
-                 "--no-detect"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "generate",
+                "--spec",
+                str(tmp_path / "wave.json"),
+                "--hand-model",
+                tiny_runs[0],
+                "--body-model",
+                tiny_runs[1],
+                "--out",
+                str(first),
+                "--size",
+                "64",
+                "--steps",
+                "1",
+                "--no-detect",
+            ]
+        )
+        == 0
+    )
     sidecar = json.loads((first / "wave.json").read_text())
     out = tmp_path / "out"
     for name in ("./../x", str(tmp_path / "abs"), "..", ""):
@@ -196,12 +242,33 @@ def test_evaluate_never_imports_the_annotator_a_manifest_names(
     (tmp_path / "planted_annotator.py").write_text(PLANTED.format(marker=str(marker)))
     monkeypatch.syspath_prepend(str(tmp_path))  # e.g. evaluate run from the folder the manifest came in
     info = json.loads((manifest / "_manifest.json").read_text())
-    info["config"].update(annotator="planted_annotator:Annotator", sam_checkpoint=str(tmp_path / "x.pth"),
-                          min_detection_confidence=0.4)  # fmt: skip
+    info["config"].update(
+        annotator="planted_annotator:Annotator",
+        sam_checkpoint=str(tmp_path / "x.pth"),
+        min_detection_confidence=0.4,
+    )
     (manifest / "_manifest.json").write_text(json.dumps(info))
     report = tmp_path / "report"
-    assert main(["evaluate", "--manifest", str(manifest), "--generated", "real", "--out", str(report),
-                 "--split", "all", "--limit", "1", "--no-progress", "--json"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "evaluate",
+                "--manifest",
+                str(manifest),
+                "--generated",
+                "real",
+                "--out",
+                str(report),
+                "--split",
+                "all",
+                "--limit",
+                "1",
+                "--no-progress",
+                "--json",
+            ]
+        )
+        == 0
+    )
     assert not marker.exists()
     result = json.loads((report / "report.json").read_text())
     assert result["images"]["evaluated"] == 1
@@ -283,7 +350,24 @@ def test_generate_refuses_a_photo_whose_name_is_not_a_safe_name(tiny_runs, tmp_p
     photo = tmp_path / ".hidden.png"
     Image.new("RGB", (64, 48)).save(photo)
     out = tmp_path / "out"
-    assert main(["generate", "--from-image", str(photo), "--hand-model", tiny_runs[0], "--body-model",
-                 tiny_runs[1], "--out", str(out), "--steps", "1", "--no-detect"]) == 1  # fmt: skip
+    assert (
+        main(
+            [
+                "generate",
+                "--from-image",
+                str(photo),
+                "--hand-model",
+                tiny_runs[0],
+                "--body-model",
+                tiny_runs[1],
+                "--out",
+                str(out),
+                "--steps",
+                "1",
+                "--no-detect",
+            ]
+        )
+        == 1
+    )
     assert "output name (the photo's file name) '.hidden' is not a safe file name" in capsys.readouterr().err
     assert not out.exists() or not any(out.iterdir())

@@ -52,5 +52,9 @@ def test_licence_and_size_metadata():
     assert licence_for(["hagrid", "folder"], None)["license"] == "unknown"
     assert licence_for(["folder"], "mit") == {"license": "mit", "text": "mit"}
     assert [size_category(n) for n in (0, 999, 1000, 550_000, 10**9)] == [
-        "n<1K", "n<1K", "1K<n<10K", "100K<n<1M", "n>100M"
-    ]  # fmt: skip
+        "n<1K",
+        "n<1K",
+        "1K<n<10K",
+        "100K<n<1M",
+        "n>100M",
+    ]

@@ -9,8 +9,8 @@ from torch.utils.data import DataLoader
 
 from manifests.datasets import BodyDataset, HandCropDataset, ManifestDataLoader
 from manifests.geometry import heatmap_peaks
-from manifests.reader import open_manifest
 from manifests.partition import loader_order, rank_units, resume_streams, worker_consumption, worker_units
+from manifests.reader import open_manifest
 from manifests.synthetic import make_synthetic_manifest
 
 warnings.filterwarnings("ignore", message=".*worker processes in total.*")
@@ -107,8 +107,9 @@ def test_loader_interleaving_model_matches_torch(manifest):
 @pytest.mark.parametrize("num_workers, batch_size, label", [(0, 3, None), (3, 2, ["call", "four"])])
 def test_resume_continues_exactly_where_it_stopped(manifest, num_workers, batch_size, label):
     def loader():
-        return ManifestDataLoader(HandCropDataset(manifest, seed=9, label=label), batch_size=batch_size,
-                                  num_workers=num_workers)  # fmt: skip
+        return ManifestDataLoader(
+            HandCropDataset(manifest, seed=9, label=label), batch_size=batch_size, num_workers=num_workers
+        )
 
     first = loader()
     first.set_epoch(2)

@@ -7,8 +7,8 @@ import pytest
 from manifest_edits import rewrite
 
 from manifests.codecs import encode_mask
-from manifests.matching import Instance, PoseScorer, keypoint_summary, wilson_interval
 from manifests.mask_agreement import AgreementConfig, hand_mask_agreement, mask_keypoint_agreement, silhouette
+from manifests.matching import Instance, PoseScorer, keypoint_summary, wilson_interval
 from manifests.score import score_manifest
 from manifests.writer import ManifestWriter
 
@@ -66,10 +66,25 @@ def _truth_and_manifest(tmp_path, name, hands):
     for i, (truth, pred) in enumerate(hands):
         images.append({"id": i, "file_name": f"{name}{i}.jpg", "width": 128, "height": 128})
         anns.append({"id": i, "image_id": i, "keypoints": truth.ravel().tolist()})
-        rows.append({"image_id": f"{name}{i}", "source_uri": f"/x/{name}{i}.jpg", "dataset": "coco", "status": "ok",
-                     "num_hands": 1, "width": 128, "height": 128})  # fmt: skip
-        hand_rows.append({"hand_id": f"{name}{i}_h0", "image_id": f"{name}{i}", "hand_index": 0,
-                          "keypoints": pred.tolist()})  # fmt: skip
+        rows.append(
+            {
+                "image_id": f"{name}{i}",
+                "source_uri": f"/x/{name}{i}.jpg",
+                "dataset": "coco",
+                "status": "ok",
+                "num_hands": 1,
+                "width": 128,
+                "height": 128,
+            }
+        )
+        hand_rows.append(
+            {
+                "hand_id": f"{name}{i}_h0",
+                "image_id": f"{name}{i}",
+                "hand_index": 0,
+                "keypoints": pred.tolist(),
+            }
+        )
     path = tmp_path / f"{name}.json"
     path.write_text(json.dumps({"images": images, "annotations": anns}))
     w = ManifestWriter(str(tmp_path / name))

@@ -29,14 +29,29 @@ def _hand_row(rng, image_id, j, crop_size=32, hm=8):
     kps = np.concatenate([rng.uniform(10, 50, (21, 2)), np.ones((21, 1))], axis=1).astype(np.float32)
     hb, shape, dtype = encode_heatmap(heat)
     row = {
-        "hand_id": f"{image_id}_h{j}", "image_id": image_id, "hand_index": j, "handedness": "left",
-        "handedness_score": 0.9, "keypoints": kps.tolist(), "keypoint_source": "annotation",
-        "bbox": [10.0, 10.0, 50.0, 50.0], "hand_size": 40.0, "crop_box": [0.0, 0.0, 64.0, 64.0],
-        "crop_size": crop_size, "crop": encode_png(crop), "crop_keypoints": (kps * [0.5, 0.5, 1]).tolist(),
-        "mask": encode_mask(mask), "mask_method": "grabcut", "mask_score": 0.5, "heatmap": hb,
-        "heatmap_shape": shape, "heatmap_dtype": dtype, "heatmap_sigma": 1.0, "label": "call",
+        "hand_id": f"{image_id}_h{j}",
+        "image_id": image_id,
+        "hand_index": j,
+        "handedness": "left",
+        "handedness_score": 0.9,
+        "keypoints": kps.tolist(),
+        "keypoint_source": "annotation",
+        "bbox": [10.0, 10.0, 50.0, 50.0],
+        "hand_size": 40.0,
+        "crop_box": [0.0, 0.0, 64.0, 64.0],
+        "crop_size": crop_size,
+        "crop": encode_png(crop),
+        "crop_keypoints": (kps * [0.5, 0.5, 1]).tolist(),
+        "mask": encode_mask(mask),
+        "mask_method": "grabcut",
+        "mask_score": 0.5,
+        "heatmap": hb,
+        "heatmap_shape": shape,
+        "heatmap_dtype": dtype,
+        "heatmap_sigma": 1.0,
+        "label": "call",
         "caption": "a hand",
-    }  # fmt: skip
+    }
     return row, {"crop": crop, "mask": mask, "heatmap": heat, "keypoints": kps}
 
 
@@ -45,11 +60,25 @@ def _image_row(rng, image_id, n, w=64, h=48):
     hands_mask = rng.random((h, w)) > 0.7
     body = rng.uniform(0, 40, (33, 3)).astype(np.float32)
     row = {
-        "image_id": image_id, "source_uri": f"x/{image_id}.jpg", "dataset": "folder", "split": "train",
-        "width": w, "height": h, "label": "call", "caption": "c", "subject_id": None, "status": "ok",
-        "error": None, "num_hands": n, "body_keypoints": body.tolist(), "body_score": 0.5,
-        "hands_mask": encode_mask(hands_mask), "image": encode_png(image), "image_width": w, "image_height": h,
-    }  # fmt: skip
+        "image_id": image_id,
+        "source_uri": f"x/{image_id}.jpg",
+        "dataset": "folder",
+        "split": "train",
+        "width": w,
+        "height": h,
+        "label": "call",
+        "caption": "c",
+        "subject_id": None,
+        "status": "ok",
+        "error": None,
+        "num_hands": n,
+        "body_keypoints": body.tolist(),
+        "body_score": 0.5,
+        "hands_mask": encode_mask(hands_mask),
+        "image": encode_png(image),
+        "image_width": w,
+        "image_height": h,
+    }
     return row, {"image": image, "hands_mask": hands_mask, "body_keypoints": body}
 
 

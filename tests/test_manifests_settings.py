@@ -239,9 +239,21 @@ def test_generate_cli_refuses_nan_guidance_before_loading_models(tmp_path, capsy
 
     spec = tmp_path / "pose.json"
     spec.write_text('{"width": 64, "height": 64, "hands": []}')
-    code = main(["generate", "--spec", str(spec), "--hand-model", str(tmp_path / "no-hand"),
-                 "--body-model", str(tmp_path / "no-body"), "--out", str(tmp_path / "o"),
-                 "--guidance-scale", "nan"])  # fmt: skip
+    code = main(
+        [
+            "generate",
+            "--spec",
+            str(spec),
+            "--hand-model",
+            str(tmp_path / "no-hand"),
+            "--body-model",
+            str(tmp_path / "no-body"),
+            "--out",
+            str(tmp_path / "o"),
+            "--guidance-scale",
+            "nan",
+        ]
+    )
     err = capsys.readouterr().err
     assert code != 0 and "guidance_scale (--guidance-scale) must be a finite number, got nan" in err
     assert "no-hand" not in err  # refused before the model folders were looked at

@@ -16,8 +16,10 @@ def test_stats_counts_and_distributions(synthetic_manifest):
     assert s["rows"] == {"images": 12, "hands": 15}
     assert s["images"]["counts"]["status"] == {"ok": 10, "no_hands": 2}
     assert s["images"]["counts"]["split"] == {"train": 10, "val": 2}
-    assert s["hands"]["counts"]["handedness"] == {"right": hands["handedness"].count("right"),
-                                                  "left": hands["handedness"].count("left")}  # fmt: skip
+    assert s["hands"]["counts"]["handedness"] == {
+        "right": hands["handedness"].count("right"),
+        "left": hands["handedness"].count("left"),
+    }
     d = s["hands"]["distributions"]["hand_size"]
     assert d["n"] == 15 and d["p0"] == min(hands["hand_size"]) and d["p100"] == max(hands["hand_size"])
     assert abs(d["p50"] - float(np.median(hands["hand_size"]))) < 1e-6

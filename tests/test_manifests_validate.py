@@ -76,8 +76,12 @@ def test_keypoints_outside_the_image(synthetic_manifest, tmp_path):
             kps[:, 0] += 1000.0  # and keep bbox / crop consistent so only the image check fires
             x0, y0, x1, y1 = hands[2]["bbox"]
             cb = hands[2]["crop_box"]
-            hands[2] = dict(hands[2], keypoints=kps.tolist(), bbox=[x0 + 1000, y0, x1 + 1000, y1],
-                            crop_box=[cb[0] + 1000, cb[1], cb[2] + 1000, cb[3]])  # fmt: skip
+            hands[2] = dict(
+                hands[2],
+                keypoints=kps.tolist(),
+                bbox=[x0 + 1000, y0, x1 + 1000, y1],
+                crop_box=[cb[0] + 1000, cb[1], cb[2] + 1000, cb[3]],
+            )
         return images, hands
 
     root = rewrite(synthetic_manifest, tmp_path / "m", edit)

@@ -50,8 +50,11 @@ def test_the_output_check_catches_an_executed_cell():
     nb.cells[1].execution_count = 3
     nb.cells[1].outputs = [new_output("execute_result", {"text/plain": "2"}, execution_count=3)]
     nb.cells[1].metadata["execution"] = {"shell.execute_reply": "2026-01-01T00:00:00Z"}
-    assert unstripped(nb) == ["cell 1 has outputs", "cell 1 has an execution count",
-                              "cell 1 has execution timing metadata"]  # fmt: skip
+    assert unstripped(nb) == [
+        "cell 1 has outputs",
+        "cell 1 has an execution count",
+        "cell 1 has execution timing metadata",
+    ]
 
 
 @pytest.mark.parametrize("path", ALL, ids=lambda p: p.name)
@@ -73,8 +76,9 @@ def execute(path: Path, env: dict[str, str], monkeypatch) -> nbformat.NotebookNo
         monkeypatch.setenv(key, str(value))
     monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
     nb = nbformat.read(path, as_version=4)
-    client = NotebookClient(nb, timeout=CELL_TIMEOUT, kernel_name="python3",
-                            resources={"metadata": {"path": str(NOTEBOOKS)}})  # fmt: skip
+    client = NotebookClient(
+        nb, timeout=CELL_TIMEOUT, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}}
+    )
     client.execute()  # raises CellExecutionError (with the cell and traceback) on any exception
     return nb
 

@@ -24,10 +24,18 @@ def add_cost_arguments(parser) -> None:
     """``--max-pixels`` and ``--max-pixel-steps``: what one image may cost (`generation.guards`)."""
     from ..guards import DEFAULT_MAX_PIXEL_STEPS, DEFAULT_MAX_PIXELS
 
-    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
-                        help="refuse an image over this many pixels (default: %(default)s = 2048x2048)")  # fmt: skip
-    parser.add_argument("--max-pixel-steps", type=int, default=DEFAULT_MAX_PIXEL_STEPS,
-                        help="refuse an image whose pixels x denoising steps exceed this (default: %(default)s)")  # fmt: skip
+    parser.add_argument(
+        "--max-pixels",
+        type=int,
+        default=DEFAULT_MAX_PIXELS,
+        help="refuse an image over this many pixels (default: %(default)s = 2048x2048)",
+    )
+    parser.add_argument(
+        "--max-pixel-steps",
+        type=int,
+        default=DEFAULT_MAX_PIXEL_STEPS,
+        help="refuse an image whose pixels x denoising steps exceed this (default: %(default)s)",
+    )
 
 
 def run_training(command: str, config_cls, args, train) -> int:

@@ -23,8 +23,11 @@ def add_arguments(parser) -> None:
     parser.add_argument(
         "--image-id", nargs="+", metavar="ID", help="image id(s) (default: every ok row of --split)"
     )
-    parser.add_argument("--split", default=DEFAULT_SPLIT,
-                        help="as generate --from-manifest: auto = test, or every row without splits; all = every split")  # fmt: skip
+    parser.add_argument(
+        "--split",
+        default=DEFAULT_SPLIT,
+        help="as generate --from-manifest: auto = test, or every row without splits; all = every split",
+    )
     parser.add_argument(
         "--limit", type=int, default=None, help="the first N selected rows (as generate --limit N)"
     )
@@ -43,11 +46,20 @@ def run(args) -> int:
         settings = from_args(BaselineSettings, args).validate()
         if args.limit is not None and args.limit < 1:
             raise ValueError(f"--limit must be >= 1, got {args.limit}")
-        result = run_baseline(args.from_manifest, args.out, settings, args.image_id, args.split, args.limit,
-                              progress=not args.no_progress)  # fmt: skip
+        result = run_baseline(
+            args.from_manifest,
+            args.out,
+            settings,
+            args.image_id,
+            args.split,
+            args.limit,
+            progress=not args.no_progress,
+        )
     except (ModelFolderError, RequestError, ValueError, OSError) as exc:
         print(f"handfirst-gen baseline: error: {exc}", file=sys.stderr)
         return 1
-    print(f"{settings.method}: wrote {len(result['written'])} image(s), skipped {len(result['skipped'])} "
-          f"already done, in {args.out}")  # fmt: skip
+    print(
+        f"{settings.method}: wrote {len(result['written'])} image(s), skipped {len(result['skipped'])} "
+        f"already done, in {args.out}"
+    )
     return 0

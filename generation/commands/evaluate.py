@@ -47,16 +47,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out", required=True, help="output folder (report.json, report.md, per_image.jsonl; compare.md)"
     )
-    parser.add_argument("--compare", nargs="+", metavar="REPORT",
-                        help="render these report.json files (or their folders) side by side into --out")  # fmt: skip
+    parser.add_argument(
+        "--compare",
+        nargs="+",
+        metavar="REPORT",
+        help="render these report.json files (or their folders) side by side into --out",
+    )
     parser.add_argument("--title", help="heading of the --compare table")
     parser.add_argument("--json", action="store_true", help="print report.json instead of the Markdown table")
     add_settings(parser, EvalConfig, title="evaluation settings")
-    parser.add_argument("--gate", type=float, default=MatchConfig.gate,
-                        help="max mean keypoint distance of a match, in target box sizes (default %(default)s)")  # fmt: skip
-    parser.add_argument("--detect", action="append", type=_detect_setting, default=[], metavar="KEY=VALUE",
-                        help="override a prep detection setting, e.g. --detect min_detection_confidence=0.3 "
-                        "(default: the settings the manifest was made with)")  # fmt: skip
+    parser.add_argument(
+        "--gate",
+        type=float,
+        default=MatchConfig.gate,
+        help="max mean keypoint distance of a match, in target box sizes (default %(default)s)",
+    )
+    parser.add_argument(
+        "--detect",
+        action="append",
+        type=_detect_setting,
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a prep detection setting, e.g. --detect min_detection_confidence=0.3 "
+        "(default: the settings the manifest was made with)",
+    )
 
 
 def _quiet_dask() -> None:

@@ -45,8 +45,12 @@ def add_arguments(parser) -> None:
         help="split to take without --image-id: auto = test, or every row when the manifest has no splits; "
         "all = every split (default: %(default)s)",
     )
-    man.add_argument("--limit", type=int, default=None,
-                     help="the first N selected rows in manifest order (evaluate --limit N scores the same N)")  # fmt: skip
+    man.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        help="the first N selected rows in manifest order (evaluate --limit N scores the same N)",
+    )
     parser.add_argument("--hand-model", help="train-hand run folder (or saved HandGenerationPipeline)")
     parser.add_argument("--body-model", help="train-body run folder (or saved BodyOutpaintPipeline)")
     parser.add_argument("--out", required=True, help="output folder")

@@ -85,13 +85,27 @@ def run(args) -> int:
             image_path = path_in(args.out, image_id, ".png", "image_id")  # never a path outside --out
             inputs = manifest_inputs(args.manifest, image_id, resolution)
             prompt = inputs["prompt"] if args.prompt is None else args.prompt
-            drawn = ConditionInputs(inputs["body_keypoints"], inputs["hand_image"], inputs["hand_mask"],
-                                    inputs["hand_keypoints"], "mediapipe33", image_id)  # fmt: skip
+            drawn = ConditionInputs(
+                inputs["body_keypoints"],
+                inputs["hand_image"],
+                inputs["hand_mask"],
+                inputs["hand_keypoints"],
+                "mediapipe33",
+                image_id,
+            )
             condition = pipe.prepare_condition([drawn])
-            out = pipe(prompt, condition=condition, negative_prompt=args.negative_prompt, num_inference_steps=args.steps,
-                       guidance_scale=args.guidance_scale, controlnet_conditioning_scale=args.conditioning_scale,
-                       generator=generator.manual_seed(args.seed), output_type="pil", max_pixels=args.max_pixels,
-                       max_pixel_steps=args.max_pixel_steps)  # fmt: skip
+            out = pipe(
+                prompt,
+                condition=condition,
+                negative_prompt=args.negative_prompt,
+                num_inference_steps=args.steps,
+                guidance_scale=args.guidance_scale,
+                controlnet_conditioning_scale=args.conditioning_scale,
+                generator=generator.manual_seed(args.seed),
+                output_type="pil",
+                max_pixels=args.max_pixels,
+                max_pixel_steps=args.max_pixel_steps,
+            )
             out.images[0].save(image_path)
             sheet = contact_sheet(
                 condition_tiles(condition[0], pipe.condition_config), columns=3, tile=resolution

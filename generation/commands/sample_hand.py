@@ -99,11 +99,21 @@ def run(args) -> int:
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = torch.float16 if args.fp16 else torch.float32
         pipe = HandGenerationPipeline.from_pretrained(args.model, dtype=dtype).to(device)
-        out = pipe(args.prompt, keypoints=poses, size=args.size, num_inference_steps=args.steps,
-                   guidance_scale=args.guidance_scale, pose_guidance_scale=args.pose_guidance_scale,
-                   negative_prompt=args.negative_prompt, num_images_per_prompt=args.num_images_per_pose,
-                   seed=args.seed, mask_threshold=args.mask_threshold, output_type="pil",
-                   max_pixels=args.max_pixels, max_pixel_steps=args.max_pixel_steps)  # fmt: skip
+        out = pipe(
+            args.prompt,
+            keypoints=poses,
+            size=args.size,
+            num_inference_steps=args.steps,
+            guidance_scale=args.guidance_scale,
+            pose_guidance_scale=args.pose_guidance_scale,
+            negative_prompt=args.negative_prompt,
+            num_images_per_prompt=args.num_images_per_pose,
+            seed=args.seed,
+            mask_threshold=args.mask_threshold,
+            output_type="pil",
+            max_pixels=args.max_pixels,
+            max_pixel_steps=args.max_pixel_steps,
+        )
     except (PoseFileError, ModelFolderError, ValueError) as exc:
         print(f"handfirst-gen sample-hand: error: {exc}", file=sys.stderr)
         return 1

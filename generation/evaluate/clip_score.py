@@ -36,8 +36,9 @@ class ClipScorer:
         if not images:
             return np.zeros(0)
         pixels = self.processor(images=list(images), return_tensors="pt")["pixel_values"].to(self.device)
-        tokens = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
-                                return_tensors="pt").to(self.device)  # fmt: skip
+        tokens = self.tokenizer(
+            list(texts), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        ).to(self.device)
         img = self.model.get_image_features(pixel_values=pixels)
         txt = self.model.get_text_features(
             input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]

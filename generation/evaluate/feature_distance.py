@@ -74,9 +74,15 @@ def load_inception(path: str, device: str = "cpu") -> nn.Module:
 def to_uint8_batch(images: list[np.ndarray], size: int = INCEPTION_SIZE) -> torch.Tensor:
     """RGB (H, W, 3) uint8 arrays -> (N, 3, size, size) uint8 tensor (PIL bicubic resize)."""
     out = np.stack(
-        [np.asarray(Image.fromarray(np.asarray(im, dtype=np.uint8)).convert("RGB").resize((size, size), Image.BICUBIC))
-         for im in images]
-    )  # fmt: skip
+        [
+            np.asarray(
+                Image.fromarray(np.asarray(im, dtype=np.uint8))
+                .convert("RGB")
+                .resize((size, size), Image.BICUBIC)
+            )
+            for im in images
+        ]
+    )
     return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
 
 
@@ -95,8 +101,14 @@ class DistributionDistance:
     Use `update_images` for pixels or `update_features` for features computed elsewhere.
     """
 
-    def __init__(self, extractor: Callable[[torch.Tensor], torch.Tensor] | None, num_features: int,
-                 kid: KIDSettings | None = None, device: str = "cpu", image_size: int = INCEPTION_SIZE):  # fmt: skip
+    def __init__(
+        self,
+        extractor: Callable[[torch.Tensor], torch.Tensor] | None,
+        num_features: int,
+        kid: KIDSettings | None = None,
+        device: str = "cpu",
+        image_size: int = INCEPTION_SIZE,
+    ):
         self.extractor = extractor
         self.num_features = int(num_features)
         self.kid = kid or KIDSettings()
@@ -142,13 +154,24 @@ class DistributionDistance:
         fid.update(real, real=True)
         fid.update(fake, real=False)
         subset = min(self.kid.subset_size, n_real, n_fake)
-        kid = KernelInceptionDistance(feature=PassThrough(self.num_features), subsets=self.kid.subsets,
-                                      subset_size=subset, degree=self.kid.degree, coef=self.kid.coef)  # fmt: skip
+        kid = KernelInceptionDistance(
+            feature=PassThrough(self.num_features),
+            subsets=self.kid.subsets,
+            subset_size=subset,
+            degree=self.kid.degree,
+            coef=self.kid.coef,
+        )
         kid.update(real, real=True)
         kid.update(fake, real=False)
         # KID draws random subsets; seed them so a report is reproducible.
         with torch.random.fork_rng():
             torch.manual_seed(seed)
             kid_mean, kid_std = kid.compute()
-        return {"fid": float(fid.compute()), "kid": float(kid_mean), "kid_std": float(kid_std),
-                "kid_subset_size": subset, "n_real": n_real, "n_fake": n_fake}  # fmt: skip
+        return {
+            "fid": float(fid.compute()),
+            "kid": float(kid_mean),
+            "kid_std": float(kid_std),
+            "kid_subset_size": subset,
+            "n_real": n_real,
+            "n_fake": n_fake,
+        }

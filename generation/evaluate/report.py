@@ -95,8 +95,20 @@ def markdown_table(reports: list[dict], title: str | None = None) -> str:
         if im.get("unreadable"):
             parts.append(f"{im['unreadable']} unreadable (scored as misses)")
         line = f"- **{r.get('label', '?')}**: " + ", ".join(parts)
-        settings = {k: s[k] for k in ("generated", "manifest", "split", "detector", "gate", "min_body_visibility", "inception", "clip")
-                    if s.get(k) is not None}  # fmt: skip
+        settings = {
+            k: s[k]
+            for k in (
+                "generated",
+                "manifest",
+                "split",
+                "detector",
+                "gate",
+                "min_body_visibility",
+                "inception",
+                "clip",
+            )
+            if s.get(k) is not None
+        }
         if settings:
             line += "; settings: " + ", ".join(f"{k}={v}" for k, v in settings.items())
         lines.append(line)
@@ -118,8 +130,10 @@ def compare(paths: list[str], out: str, title: str | None = None) -> dict:
     with open(os.path.join(out, "compare.md"), "w", encoding="utf-8") as f:
         f.write(md)
     cols = columns()
-    rows = [{"label": r.get("label"), "report": p, **{c.header: _get(r, c.path) for c in cols}}
-            for r, p in zip(reports, paths)]  # fmt: skip
+    rows = [
+        {"label": r.get("label"), "report": p, **{c.header: _get(r, c.path) for c in cols}}
+        for r, p in zip(reports, paths)
+    ]
     data = {"rows": rows, "columns": [c.header for c in cols]}
     with open(os.path.join(out, "compare.json"), "w", encoding="utf-8") as f:
         json.dump(data, f, indent=2)

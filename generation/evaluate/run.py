@@ -183,13 +183,20 @@ def _prep_config(manifest, config: EvalConfig):
     recorded = {k: v for k, v in manifest.config.items() if k in names and _plain(v)}
     ignored = sorted(k for k, v in manifest.config.items() if k in names and not _plain(v))
     if ignored:
-        logger.debug("detection ignores the manifest's recorded %s (a manifest never chooses code or files)",
-                     ignored)  # fmt: skip
+        logger.debug(
+            "detection ignores the manifest's recorded %s (a manifest never chooses code or files)", ignored
+        )
     unknown = sorted(set(config.detection) - names)
     if unknown:
         raise ValueError(f"unknown detection settings {unknown}; expected PrepConfig fields")
-    settings = {**recorded, **config.detection, "workers": max(1, config.workers), "scheduler": config.scheduler,
-                "progress": False, "device": config.device}  # fmt: skip
+    settings = {
+        **recorded,
+        **config.detection,
+        "workers": max(1, config.workers),
+        "scheduler": config.scheduler,
+        "progress": False,
+        "device": config.device,
+    }
     return PrepConfig(**settings)
 
 
@@ -260,8 +267,20 @@ def run_detection(
             logger.info("Dask scheduler %s, dashboard %s", client.scheduler.address, client.dashboard_link)
             # The opened table (shard list, row groups) goes to every worker once, not with every task.
             [table] = client.scatter([manifest.images], broadcast=True, hash=False)
-            futures = [client.submit(detect_unit, table, unit, ids, generated, prep_config, detector, pure=False,
-                                     retries=prep_config.retries) for unit, ids in plan]  # fmt: skip
+            futures = [
+                client.submit(
+                    detect_unit,
+                    table,
+                    unit,
+                    ids,
+                    generated,
+                    prep_config,
+                    detector,
+                    pure=False,
+                    retries=prep_config.retries,
+                )
+                for unit, ids in plan
+            ]
             for fut in as_completed(futures):
                 part = fut.result()
                 results += part
@@ -367,8 +386,14 @@ def _pixel_pass(manifest, plan, rows, boxes, generated: str, metrics: list, conf
                         logger.warning("quality pass skips %s: %s", row["image_id"], exc)
                         bar.update(1)
                         continue
-                sample = PixelSample(row["image_id"], real, fake, (info["width"], info["height"]),
-                                     boxes.get(row["image_id"], []), info["caption"])  # fmt: skip
+                sample = PixelSample(
+                    row["image_id"],
+                    real,
+                    fake,
+                    (info["width"], info["height"]),
+                    boxes.get(row["image_id"], []),
+                    info["caption"],
+                )
                 for _, acc in metrics:
                     acc.update(sample)
                 bar.update(1)
@@ -398,12 +423,19 @@ def evaluate(manifest: str, generated: str, out: str, config: EvalConfig | None 
 
     plan, rows, missing = _plan(m, config, generated)
     if not rows:
-        raise SelectionError(f"nothing to evaluate: {len(missing)} selected images of {manifest} have no generated "
-                             f"image in {generated}" if missing else
-                             f"nothing to evaluate: {nothing_selected(m, config.split, _statuses(config))}")  # fmt: skip
+        raise SelectionError(
+            f"nothing to evaluate: {len(missing)} selected images of {manifest} have no generated "
+            f"image in {generated}"
+            if missing
+            else f"nothing to evaluate: {nothing_selected(m, config.split, _statuses(config))}"
+        )
     if missing:
-        logger.warning("%d of %d selected images have no generated image in %s; they are not scored",
-                       len(missing), len(missing) + len(rows), generated)  # fmt: skip
+        logger.warning(
+            "%d of %d selected images have no generated image in %s; they are not scored",
+            len(missing),
+            len(missing) + len(rows),
+            generated,
+        )
     targets, boxes = hand_targets(m, set(rows))
 
     t0 = time.perf_counter()
@@ -425,8 +457,10 @@ def evaluate(manifest: str, generated: str, out: str, config: EvalConfig | None 
             record.update(acc.update(sample) or {})
         per_image.append({**record, "error": det.error})
     if stretched:
-        notes.append(f"{len(stretched)} generated images differ from their target frame's aspect ratio by more than "
-                     f"{100 * ASPECT_TOLERANCE:.0f}%; their keypoints were rescaled per axis (e.g. {stretched[:3]})")  # fmt: skip
+        notes.append(
+            f"{len(stretched)} generated images differ from their target frame's aspect ratio by more than "
+            f"{100 * ASPECT_TOLERANCE:.0f}%; their keypoints were rescaled per axis (e.g. {stretched[:3]})"
+        )
 
     t1 = time.perf_counter()
     if on_pixels:
@@ -466,7 +500,7 @@ def evaluate(manifest: str, generated: str, out: str, config: EvalConfig | None 
             "detector_description": detector.description,
             "evaluator_bias": bias is not None,
             "metrics": [mt.name for mt, acc in runs if acc is not None],
-        },  # fmt: skip
+        },
         "timing": {
             "detect_s": round(detect_s, 3),
             "images_per_s": round(len(rows) / detect_s, 3) if detect_s > 0 else None,

@@ -110,8 +110,9 @@ def detect_for_overview(image: np.ndarray, annotator) -> tuple:
     return (None if body is None else body.keypoints, [h.keypoints for h in hands], note)
 
 
-def generate_one(pipe, request: Request, settings: GenerateSettings, out_dir: str, models: dict,
-                 annotator=None) -> dict:  # fmt: skip
+def generate_one(
+    pipe, request: Request, settings: GenerateSettings, out_dir: str, models: dict, annotator=None
+) -> dict:
     """Run the pipeline for one request and write its files; returns the sidecar dict."""
     spec = request.spec
     name = request.name
@@ -119,10 +120,16 @@ def generate_one(pipe, request: Request, settings: GenerateSettings, out_dir: st
     paths = output_paths(out_dir, name)  # refuses an unsafe name before any work
     kwargs = call_arguments(request, settings)
     out = pipe(
-        hands=[h.keypoints for h in spec.hands], handedness=[h.handedness for h in spec.hands],
-        body_keypoints=spec.body, body_format=spec.body_format or "mediapipe33", width=spec.width,
-        height=spec.height, output_type="np", return_masks=True, **kwargs,
-    )  # fmt: skip
+        hands=[h.keypoints for h in spec.hands],
+        handedness=[h.handedness for h in spec.hands],
+        body_keypoints=spec.body,
+        body_format=spec.body_format or "mediapipe33",
+        width=spec.width,
+        height=spec.height,
+        output_type="np",
+        return_masks=True,
+        **kwargs,
+    )
     image = (out.images[0] * 255).round().astype(np.uint8)
     os.makedirs(out_dir, exist_ok=True)
     stage1 = paths["stage1"]
@@ -140,9 +147,21 @@ def generate_one(pipe, request: Request, settings: GenerateSettings, out_dir: st
         f"hand {i} {spec.hands[i].handedness[0].upper()} ({src})"
         for i, src in zip(out.hand_indices, out.mask_sources)
     ]
-    sheet = overview_sheet(spec.width, spec.height, spec.body, spec.body_format, [h.keypoints for h in spec.hands],
-                           out.hand_images, out.hand_masks, captions, out.hand_canvas, out.hand_mask,
-                           out.keep_masks, image, detected)  # fmt: skip
+    sheet = overview_sheet(
+        spec.width,
+        spec.height,
+        spec.body,
+        spec.body_format,
+        [h.keypoints for h in spec.hands],
+        out.hand_images,
+        out.hand_masks,
+        captions,
+        out.hand_canvas,
+        out.hand_mask,
+        out.keep_masks,
+        image,
+        detected,
+    )
     save_png(sheet, paths["overview"])
 
     sidecar = {

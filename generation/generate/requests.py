@@ -90,8 +90,18 @@ def _spec_from_pose(
         hand_objs.append(
             {"handedness": side if side in ("left", "right") else "right", "keypoints": scaled.tolist()}
         )
-    spec = parse_spec({"width": w, "height": h, "body": body_obj, "hands": hand_objs, "prompt": prompt,
-                       "negative_prompt": "", "seed": seed}, name=name)  # fmt: skip
+    spec = parse_spec(
+        {
+            "width": w,
+            "height": h,
+            "body": body_obj,
+            "hands": hand_objs,
+            "prompt": prompt,
+            "negative_prompt": "",
+            "seed": seed,
+        },
+        name=name,
+    )
     return spec, kept
 
 
@@ -135,8 +145,11 @@ def requests_from_manifest(
         except SelectionError as exc:
             raise RequestError(str(exc)) from None
     ids = [r["image_id"] for r in rows]
-    hand_rows = m.read("hands", ["image_id", "hand_index", "handedness", "keypoints", "caption"],
-                       filter=pads.field("image_id").isin(ids)).to_pylist()  # fmt: skip
+    hand_rows = m.read(
+        "hands",
+        ["image_id", "hand_index", "handedness", "keypoints", "caption"],
+        filter=pads.field("image_id").isin(ids),
+    ).to_pylist()
     by_image: dict[str, list[dict]] = {}
     for hr in sorted(hand_rows, key=lambda r: (r["image_id"], r["hand_index"])):
         by_image.setdefault(hr["image_id"], []).append(hr)
@@ -150,8 +163,16 @@ def requests_from_manifest(
         body = body_keypoints(row) if row.get("body_keypoints") is not None else None
         hands = [(hr["handedness"], hand_keypoints(hr)) for hr in by_image.get(image_id, [])]
         try:
-            spec, kept = _spec_from_pose(image_id, (row["width"], row["height"]), size, body, hands,
-                                         row["caption"] or "a photo of a person", seed, fit)  # fmt: skip
+            spec, kept = _spec_from_pose(
+                image_id,
+                (row["width"], row["height"]),
+                size,
+                body,
+                hands,
+                row["caption"] or "a photo of a person",
+                seed,
+                fit,
+            )
         except SpecError as exc:
             raise RequestError(f"{m.url}: image {image_id}: {exc}") from None
         captions = [by_image[image_id][k]["caption"] or "" for k in kept]
@@ -166,8 +187,9 @@ def requests_from_manifest(
     return out
 
 
-def request_from_image(path: str, size: int | None, seed: int = 0, prompt: str | None = None, gesture=None,
-                       annotator=None) -> Request:  # fmt: skip
+def request_from_image(
+    path: str, size: int | None, seed: int = 0, prompt: str | None = None, gesture=None, annotator=None
+) -> Request:
     """Poses of a photo through prep's detectors (MediaPipe Pose, then Hands with the wrist pass)."""
     from prep.captions import image_caption
     from prep.config import PrepConfig
@@ -186,8 +208,22 @@ def request_from_image(path: str, size: int | None, seed: int = 0, prompt: str |
     h, w = image.shape[:2]
     sides = [hd.handedness for hd in hands]
     name = os.path.splitext(os.path.basename(path))[0]
-    spec, _ = _spec_from_pose(name, (w, h), size or max(w, h), None if body is None else body.keypoints,
-                           [(hd.handedness, hd.keypoints) for hd in hands],
-                           prompt or image_caption(gesture, sides), seed)  # fmt: skip
-    return Request(spec, {"kind": "image", "path": os.path.abspath(path), "detected_hands": len(hands),
-                          "detected_body": body is not None, "photo_size": [w, h]})  # fmt: skip
+    spec, _ = _spec_from_pose(
+        name,
+        (w, h),
+        size or max(w, h),
+        None if body is None else body.keypoints,
+        [(hd.handedness, hd.keypoints) for hd in hands],
+        prompt or image_caption(gesture, sides),
+        seed,
+    )
+    return Request(
+        spec,
+        {
+            "kind": "image",
+            "path": os.path.abspath(path),
+            "detected_hands": len(hands),
+            "detected_body": body is not None,
+            "photo_size": [w, h],
+        },
+    )

@@ -109,6 +109,11 @@ class GenerateSettings(Settings):
         return self
 
     def blend_config(self) -> BlendConfig:
-        return BlendConfig(mode=self.blend, d0=self.d0, expand_pixels=self.expand_pixels,
-                           expand_start=self.expand_start, expand_end=self.expand_end,
-                           min_core=self.min_core)  # fmt: skip
+        return BlendConfig(
+            mode=self.blend,
+            d0=self.d0,
+            expand_pixels=self.expand_pixels,
+            expand_start=self.expand_start,
+            expand_end=self.expand_end,
+            min_core=self.min_core,
+        )

@@ -13,13 +13,28 @@ guards. Names are imported lazily so that building CLI options does not import t
 from importlib import import_module
 
 _EXPORTS = {
-    "TrainConfig": "config", "add_config_arguments": "config", "config_from_args": "config", "setting": "config",
-    "DataCheckError": "errors", "NonFiniteLossError": "errors", "TrainingError": "errors",
-    "TrainingOOMError": "errors", "TrainResult": "loop", "train": "loop", "weight_dtype": "loop",
-    "TrainTask": "task", "HandTrainConfig": "hand_config", "HandTask": "hand", "train_hand": "hand",
-    "BodyTrainConfig": "body_config", "BodyTask": "body_task", "train_body": "body_task",
-    "VaeTrainConfig": "vae_config", "VaeTask": "vae", "train_vae": "vae",
-}  # fmt: skip
+    "TrainConfig": "config",
+    "add_config_arguments": "config",
+    "config_from_args": "config",
+    "setting": "config",
+    "DataCheckError": "errors",
+    "NonFiniteLossError": "errors",
+    "TrainingError": "errors",
+    "TrainingOOMError": "errors",
+    "TrainResult": "loop",
+    "train": "loop",
+    "weight_dtype": "loop",
+    "TrainTask": "task",
+    "HandTrainConfig": "hand_config",
+    "HandTask": "hand",
+    "train_hand": "hand",
+    "BodyTrainConfig": "body_config",
+    "BodyTask": "body_task",
+    "train_body": "body_task",
+    "VaeTrainConfig": "vae_config",
+    "VaeTask": "vae",
+    "train_vae": "vae",
+}
 
 __all__ = sorted(_EXPORTS)
 

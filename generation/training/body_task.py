@@ -216,8 +216,12 @@ class BodyTask(TrainTask):
         self._checked = True
         images = sum(n for n, _ in found)
         skipped = sum(len(m) for _, m in found)
-        self.facts.update(images=images, usable_images=images - skipped, skipped_no_body_pose=skipped,
-                          resolution=c.resolved_resolution)  # fmt: skip
+        self.facts.update(
+            images=images,
+            usable_images=images - skipped,
+            skipped_no_body_pose=skipped,
+            resolution=c.resolved_resolution,
+        )
         if len(found) > 1:
             self.facts["sources"] = [
                 {"manifest": url, "images": n, "skipped_no_body_pose": len(m)}
@@ -227,17 +231,28 @@ class BodyTask(TrainTask):
         if c.init_from:
             self.facts["init_from"] = os.path.abspath(c.init_from)
 
-    def _source_dataset(self, source: int, rank: int | None, world_size: int | None,
-                        shuffle: bool = True) -> BodyTrainingDataset:  # fmt: skip
+    def _source_dataset(
+        self, source: int, rank: int | None, world_size: int | None, shuffle: bool = True
+    ) -> BodyTrainingDataset:
         c = self.config
         keep = ds.field("body_keypoints").is_valid()
         if self._exclude[source]:
             keep = keep & ~ds.field("image_id").isin(self._exclude[source])
         return BodyTrainingDataset(
-            c.manifest[source], self.condition_config, resolution=c.resolved_resolution, fit=c.fit, crop=c.crop,
-            split=c.split, status="ok", filter=keep, shuffle=shuffle, seed=c.seed, rank=rank,
-            world_size=world_size, shuffle_window=c.shuffle_window,
-        )  # fmt: skip
+            c.manifest[source],
+            self.condition_config,
+            resolution=c.resolved_resolution,
+            fit=c.fit,
+            crop=c.crop,
+            split=c.split,
+            status="ok",
+            filter=keep,
+            shuffle=shuffle,
+            seed=c.seed,
+            rank=rank,
+            world_size=world_size,
+            shuffle_window=c.shuffle_window,
+        )
 
     def _dataset(self, rank: int | None, world_size: int | None, shuffle: bool = True):
         """The training data: one manifest's dataset, or several mixed (`MixtureDataset`)."""
@@ -294,8 +309,14 @@ class BodyTask(TrainTask):
                 f"{ {k: wanted[k] for k in differ} }; pass the run's settings"
             )
         scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-        comps = SDComponents(pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer, scheduler,
-                             source=os.path.abspath(c.init_from))  # fmt: skip
+        comps = SDComponents(
+            pipe.unet,
+            pipe.vae,
+            pipe.text_encoder,
+            pipe.tokenizer,
+            scheduler,
+            source=os.path.abspath(c.init_from),
+        )
         logger.info("train-body: starting from the weights of %s", c.init_from)
         return comps, pipe.controlnet
 
@@ -315,8 +336,12 @@ class BodyTask(TrainTask):
         else:
             self.unet, self.model = freeze(comps.unet, accelerator.device, dtype), controlnet
         self.kind = BASE_KINDS[c.base_kind]
-        self.facts.update(components=comps.source, base_kind=c.base_kind, prediction_type=self.scheduler.config.prediction_type,
-                          conditioning_channels=controlnet.config.conditioning_channels)  # fmt: skip
+        self.facts.update(
+            components=comps.source,
+            base_kind=c.base_kind,
+            prediction_type=self.scheduler.config.prediction_type,
+            conditioning_channels=controlnet.config.conditioning_channels,
+        )
 
     def trainable(self) -> torch.nn.Module:
         return self.model
@@ -394,10 +419,13 @@ class BodyTask(TrainTask):
         tiles, captions = [], []
         for i, s in enumerate(self.validation_samples()):
             out = pipe(
-                s["caption"], condition=s["condition"][None].to(device), num_inference_steps=c.validation_steps,
-                guidance_scale=c.validation_guidance_scale, output_type="np",
+                s["caption"],
+                condition=s["condition"][None].to(device),
+                num_inference_steps=c.validation_steps,
+                guidance_scale=c.validation_guidance_scale,
+                output_type="np",
                 generator=make_generator(offset_seed(c.seed, i)),
-            ).images[0]  # fmt: skip
+            ).images[0]
             target = (
                 ((s["pixels"].permute(1, 2, 0).numpy() + 1.0) * 127.5).round().clip(0, 255).astype(np.uint8)
             )
@@ -407,8 +435,12 @@ class BodyTask(TrainTask):
                 target,
             ]
             captions += [*self.condition_config.channels, f"step {step}", s["image_id"]]
-        sheet = contact_sheet(tiles, columns=len(self.condition_config.channels) + 2,
-                              tile=min(256, max(64, c.resolved_resolution)), captions=captions)  # fmt: skip
+        sheet = contact_sheet(
+            tiles,
+            columns=len(self.condition_config.channels) + 2,
+            tile=min(256, max(64, c.resolved_resolution)),
+            captions=captions,
+        )
         Image.fromarray(sheet).save(path)
         return {}
 

@@ -42,8 +42,18 @@ from .task import TrainTask
 logger = logging.getLogger(__name__)
 
 # Columns the task reads; the binary ones must not be null.
-HAND_COLUMNS = ("hand_id", "crop", "crop_size", "mask", "heatmap", "heatmap_shape", "heatmap_dtype",
-                "heatmap_sigma", "crop_keypoints", "caption")  # fmt: skip
+HAND_COLUMNS = (
+    "hand_id",
+    "crop",
+    "crop_size",
+    "mask",
+    "heatmap",
+    "heatmap_shape",
+    "heatmap_dtype",
+    "heatmap_sigma",
+    "crop_keypoints",
+    "caption",
+)
 BINARY_COLUMNS = ("crop", "mask", "heatmap")
 
 
@@ -148,13 +158,16 @@ class HandTask(TrainTask):
             )
         first = rows.slice(0, 1).to_pylist()[0]
         return {
-            "manifest": manifest.url, "hands_total": total, "hands_selected": rows.num_rows, "null_rows": partial,
+            "manifest": manifest.url,
+            "hands_total": total,
+            "hands_selected": rows.num_rows,
+            "null_rows": partial,
             "crop_sizes": sorted(set(rows.column("crop_size").to_pylist())),
             "stored_heatmap_size": int(first["heatmap_shape"][2]),
             "stored_sigma": float(first["heatmap_sigma"] or DEFAULT_SIGMA),
             "manifest_created_at": manifest.info.get("created_at"),
             "crop_margin": (manifest.config or {}).get("crop_margin"),
-        }  # fmt: skip
+        }
 
     def check_data(self) -> None:
         """Open every manifest, check columns, nulls and the filter, and read the facts training needs."""
@@ -198,12 +211,17 @@ class HandTask(TrainTask):
             )
         first = sources[0]
         self.facts = {
-            "manifest": first["manifest"], "hands_total": sum(s["hands_total"] for s in sources),
-            "hands_selected": sum(s["hands_selected"] for s in sources), "null_rows": first["null_rows"],
-            "resolution": resolution, "latent_size": latent, "stored_heatmap_size": first["stored_heatmap_size"],
-            "heatmap_sigma": sigmas[0], "rerender_heatmaps": first["stored_heatmap_size"] != latent,
+            "manifest": first["manifest"],
+            "hands_total": sum(s["hands_total"] for s in sources),
+            "hands_selected": sum(s["hands_selected"] for s in sources),
+            "null_rows": first["null_rows"],
+            "resolution": resolution,
+            "latent_size": latent,
+            "stored_heatmap_size": first["stored_heatmap_size"],
+            "heatmap_sigma": sigmas[0],
+            "rerender_heatmaps": first["stored_heatmap_size"] != latent,
             "manifest_created_at": first["manifest_created_at"],
-        }  # fmt: skip
+        }
         if len(sources) > 1:
             self.facts["sources"] = [
                 {k: v for k, v in src.items() if k not in ("crop_sizes", "stored_sigma", "crop_margin")}
@@ -212,8 +230,12 @@ class HandTask(TrainTask):
             self.facts["manifest_weights"] = list(c.manifest_weights) if c.manifest_weights else None
         if self.source_run is not None:
             self.facts["init_from"] = os.path.abspath(c.init_from)
-        logger.info("train-hand data: %d of %d hands, %dpx crops", self.facts["hands_selected"],
-                    self.facts["hands_total"], resolution)  # fmt: skip
+        logger.info(
+            "train-hand data: %d of %d hands, %dpx crops",
+            self.facts["hands_selected"],
+            self.facts["hands_total"],
+            resolution,
+        )
         self._sources = sources
 
     def describe(self) -> dict:
@@ -224,12 +246,18 @@ class HandTask(TrainTask):
     ) -> HandCropDataset:
         f, stored = self.facts, self._sources[source]["stored_heatmap_size"]
         return HandCropDataset(
-            self.config.manifest[source], resolution=f["resolution"],
+            self.config.manifest[source],
+            resolution=f["resolution"],
             heatmap_size=f["latent_size"] if stored != f["latent_size"] else None,
-            filter=self._filter_expression(source), shuffle=shuffle, seed=self.config.seed, rank=rank,
-            world_size=world_size, shuffle_window=self.config.shuffle_window, load_pixels=load_pixels,
+            filter=self._filter_expression(source),
+            shuffle=shuffle,
+            seed=self.config.seed,
+            rank=rank,
+            world_size=world_size,
+            shuffle_window=self.config.shuffle_window,
+            load_pixels=load_pixels,
             **self._filter_kwargs(),
-        )  # fmt: skip
+        )
 
     def _dataset(self, rank: int, world_size: int, shuffle: bool = True, load_pixels: bool = True):
         """The training data: one manifest's dataset, or several mixed (`MixtureDataset`)."""
@@ -252,16 +280,24 @@ class HandTask(TrainTask):
     def _from_preset(self):
         """(frozen parts, HandUNet) for a new model: the preset's components, the UNet widened."""
         c = self.config
-        comps = build_components(c.preset, pretrained=c.pretrained, resolution=self.facts["resolution"],
-                                 prediction_type=c.prediction_type, seed=c.seed)  # fmt: skip
+        comps = build_components(
+            c.preset,
+            pretrained=c.pretrained,
+            resolution=self.facts["resolution"],
+            prediction_type=c.prediction_type,
+            seed=c.seed,
+        )
         unet_cfg = comps.unet.config
         if unet_cfg.in_channels != comps.vae.config.latent_channels:
             raise ValueError(
                 f"{c.pretrained}: the unet has {unet_cfg.in_channels} input channels; train-hand starts from a 4-channel text-to-image UNet"
             )
-        model = HandUNet.from_unet(comps.unet, mask_head_type=c.mask_head_type,
-                                   mask_head_channels=c.mask_head_channels,
-                                   heatmap_sigma=self.facts["heatmap_sigma"])  # fmt: skip
+        model = HandUNet.from_unet(
+            comps.unet,
+            mask_head_type=c.mask_head_type,
+            mask_head_channels=c.mask_head_channels,
+            heatmap_sigma=self.facts["heatmap_sigma"],
+        )
         del comps.unet
         return comps, model
 
@@ -282,9 +318,14 @@ class HandTask(TrainTask):
         overrides = {"prediction_type": c.prediction_type} if c.prediction_type else {}
         # The run saved its sampling scheduler; training draws from the same noise schedule as DDPM.
         scheduler = DDPMScheduler.from_config(pipe.scheduler.config, **overrides)
-        comps = SimpleNamespace(vae=pipe.vae, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer,
-                                scheduler=scheduler, source=os.path.abspath(c.init_from),
-                                vae_scale_factor=pipe.vae_scale_factor)  # fmt: skip
+        comps = SimpleNamespace(
+            vae=pipe.vae,
+            text_encoder=pipe.text_encoder,
+            tokenizer=pipe.tokenizer,
+            scheduler=scheduler,
+            source=os.path.abspath(c.init_from),
+            vae_scale_factor=pipe.vae_scale_factor,
+        )
         logger.info("train-hand: starting from the weights of %s", c.init_from)
         return comps, model
 
@@ -324,10 +365,15 @@ class HandTask(TrainTask):
         )
         for i, path in enumerate(paths):
             src = self._sources[i]
-            keys = {"manifest": src["manifest"], "manifest_created_at": src["manifest_created_at"],
-                    "hands_selected": src["hands_selected"], "resolution": self.facts["resolution"]}  # fmt: skip
-            expected = fingerprint({**keys, **self._filter_kwargs(), "min_mask_score": c.min_mask_score,
-                                    "vae": vae})  # fmt: skip
+            keys = {
+                "manifest": src["manifest"],
+                "manifest_created_at": src["manifest_created_at"],
+                "hands_selected": src["hands_selected"],
+                "resolution": self.facts["resolution"],
+            }
+            expected = fingerprint(
+                {**keys, **self._filter_kwargs(), "min_mask_score": c.min_mask_score, "vae": vae}
+            )
             if accelerator.is_main_process and LatentCache.open_if_valid(path, expected) is None:
                 data = self._source_dataset(i, 0, 1, shuffle=False)
                 loader = torch.utils.data.DataLoader(
@@ -393,8 +439,13 @@ class HandTask(TrainTask):
 
     # ---- validation and export -------------------------------------------------------------------
     def pipeline(self, model) -> HandGenerationPipeline:
-        pipe = HandGenerationPipeline(unet=model, vae=self.vae, text_encoder=self.text_encoder,
-                                      tokenizer=self.tokenizer, scheduler=sampling_scheduler(self.scheduler, self.config.sampler))  # fmt: skip
+        pipe = HandGenerationPipeline(
+            unet=model,
+            vae=self.vae,
+            text_encoder=self.text_encoder,
+            tokenizer=self.tokenizer,
+            scheduler=sampling_scheduler(self.scheduler, self.config.sampler),
+        )
         pipe.set_progress_bar_config(disable=True)
         return pipe
 
@@ -430,10 +481,14 @@ class HandTask(TrainTask):
             return {}
         pipe = self.pipeline(model)
         with self.accelerator.autocast():
-            out = pipe([p["caption"] for p in poses], keypoints=np.stack([p["keypoints"] for p in poses]),
-                       num_inference_steps=self.config.validation_steps,
-                       guidance_scale=self.config.validation_guidance_scale, seed=self.config.seed,
-                       output_type="np")  # fmt: skip
+            out = pipe(
+                [p["caption"] for p in poses],
+                keypoints=np.stack([p["keypoints"] for p in poses]),
+                num_inference_steps=self.config.validation_steps,
+                guidance_scale=self.config.validation_guidance_scale,
+                seed=self.config.seed,
+                output_type="np",
+            )
         tiles, coverage = [], []
         for img, prob, binary, pose in zip(out.images, out.masks, out.masks_binary, poses):
             rgb = (np.clip(img, 0, 1) * 255).round().astype(np.uint8)

@@ -59,8 +59,17 @@ logger = logging.getLogger(__name__)
 CONFIG_FILE = "config.json"
 VALIDATION_DIR = "validation"
 # Settings that may change between a run and its resumption without a warning.
-_RESUMABLE_CHANGES = {"resume", "overwrite", "steps", "interrupt_after", "num_workers", "log_every",
-                      "validate_every", "checkpoint_every", "checkpoints_total_limit"}  # fmt: skip
+_RESUMABLE_CHANGES = {
+    "resume",
+    "overwrite",
+    "steps",
+    "interrupt_after",
+    "num_workers",
+    "log_every",
+    "validate_every",
+    "checkpoint_every",
+    "checkpoints_total_limit",
+}
 # What a run writes besides the task's final model (`TrainTask.final_entries`); --overwrite deletes these.
 RUN_ENTRIES = (CONFIG_FILE, METRICS_FILE, ckpt.CHECKPOINTS_DIR, VALIDATION_DIR)
 
@@ -80,8 +89,12 @@ def weight_dtype(accelerator: Accelerator) -> torch.dtype:
 
 
 def make_optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:
-    kwargs = dict(lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
-                  weight_decay=config.adam_weight_decay, eps=config.adam_epsilon)  # fmt: skip
+    kwargs = dict(
+        lr=config.learning_rate,
+        betas=(config.adam_beta1, config.adam_beta2),
+        weight_decay=config.adam_weight_decay,
+        eps=config.adam_epsilon,
+    )
     if config.use_8bit_adam:
         try:
             import bitsandbytes as bnb
@@ -134,8 +147,9 @@ class _Batches:
         self.loader = None
         if isinstance(dataset, ResumableStream):
             # Not passed through accelerator.prepare, which would shard the batches a second time.
-            self.loader = ManifestDataLoader(dataset, batch_size=config.batch_size, num_workers=config.num_workers,
-                                             collate_fn=task.collate)  # fmt: skip
+            self.loader = ManifestDataLoader(
+                dataset, batch_size=config.batch_size, num_workers=config.num_workers, collate_fn=task.collate
+            )
             self.loader.set_epoch(self.epoch)
             if state.data_state:
                 self.loader.load_state_dict(state.data_state)
@@ -145,13 +159,23 @@ class _Batches:
             self.dataset.set_epoch(self.epoch)
         sampler = None
         if not isinstance(self.dataset, torch.utils.data.IterableDataset):
-            sampler = torch.utils.data.DistributedSampler(self.dataset, num_replicas=self.world, rank=self.rank,
-                                                          shuffle=True, seed=self.config.seed, drop_last=True)  # fmt: skip
+            sampler = torch.utils.data.DistributedSampler(
+                self.dataset,
+                num_replicas=self.world,
+                rank=self.rank,
+                shuffle=True,
+                seed=self.config.seed,
+                drop_last=True,
+            )
             sampler.set_epoch(self.epoch)
         return torch.utils.data.DataLoader(
-            self.dataset, batch_size=self.config.batch_size, sampler=sampler, num_workers=self.config.num_workers,
-            collate_fn=self.task.collate, drop_last=sampler is not None,
-        )  # fmt: skip
+            self.dataset,
+            batch_size=self.config.batch_size,
+            sampler=sampler,
+            num_workers=self.config.num_workers,
+            collate_fn=self.task.collate,
+            drop_last=sampler is not None,
+        )
 
     def data_state(self) -> dict:
         if self.loader is not None:
@@ -204,9 +228,11 @@ def read_source_run(run: str, task: str) -> dict:
     command = f"train-{task}"
     kind = recorded_task(run) if os.path.isdir(run) else None
     if kind != task:
-        what = "not a folder" if not os.path.isdir(run) else (
-            f"a train-{kind} run" if kind else f"not a training run (no {CONFIG_FILE} naming its task)"
-        )  # fmt: skip
+        what = (
+            "not a folder"
+            if not os.path.isdir(run)
+            else (f"a train-{kind} run" if kind else f"not a training run (no {CONFIG_FILE} naming its task)")
+        )
         raise RunFolderError(f"--init-from {run!r} is {what}; it must be a finished {command} run folder")
     if not os.path.isfile(os.path.join(run, "model_index.json")):
         raise RunFolderError(
@@ -294,8 +320,12 @@ def apply_settings_after_resume(config: TrainConfig, optimizer, lr_scheduler, em
     follows the new settings (its lambdas are rebuilt, not saved); only the step count is the
     checkpoint's. With unchanged settings this reproduces the restored values exactly."""
     for group in optimizer.param_groups:
-        group.update(betas=(config.adam_beta1, config.adam_beta2), weight_decay=config.adam_weight_decay,
-                     eps=config.adam_epsilon, initial_lr=config.learning_rate)  # fmt: skip
+        group.update(
+            betas=(config.adam_beta1, config.adam_beta2),
+            weight_decay=config.adam_weight_decay,
+            eps=config.adam_epsilon,
+            initial_lr=config.learning_rate,
+        )
     sched = getattr(lr_scheduler, "scheduler", lr_scheduler)  # accelerate wraps the torch scheduler
     if hasattr(sched, "lr_lambdas"):
         sched.base_lrs = [config.learning_rate] * len(optimizer.param_groups)
@@ -390,10 +420,11 @@ def train(task: TrainTask, config: TrainConfig | None = None) -> TrainResult:
     names, params = [n for n, _ in named], [p for _, p in named]
     optimizer = make_optimizer(config, params)
     lr_scheduler = get_scheduler(
-        config.lr_schedule, optimizer,
+        config.lr_schedule,
+        optimizer,
         num_warmup_steps=config.lr_warmup_steps * accelerator.num_processes,
         num_training_steps=config.steps * accelerator.num_processes,
-    )  # fmt: skip
+    )
     ema = None
     if config.ema:
         ema = EMAModel(params, decay=config.ema_decay, use_ema_warmup=config.ema_warmup, power=3 / 4)
@@ -541,9 +572,15 @@ def train(task: TrainTask, config: TrainConfig | None = None) -> TrainResult:
                         accelerator.reduce(torch.tensor(local_samples, device=accelerator.device), "sum")
                     )
                 state.samples_seen += interval_samples
-                record = {"step": state.step, **means, "lr": lr_scheduler.get_last_lr()[0], "epoch": batches.epoch,
-                          "samples_seen": state.samples_seen, "steps_per_s": rate,
-                          "samples_per_s": interval_samples / max(now - last_log_time, 1e-9)}  # fmt: skip
+                record = {
+                    "step": state.step,
+                    **means,
+                    "lr": lr_scheduler.get_last_lr()[0],
+                    "epoch": batches.epoch,
+                    "samples_seen": state.samples_seen,
+                    "steps_per_s": rate,
+                    "samples_per_s": interval_samples / max(now - last_log_time, 1e-9),
+                }
                 metrics.write(record)
                 final_loss = means.get("loss")
                 bar.set_postfix(loss=f"{final_loss:.4f}", samples_s=f"{record['samples_per_s']:.1f}")
@@ -557,8 +594,10 @@ def train(task: TrainTask, config: TrainConfig | None = None) -> TrainResult:
                 break
             if interrupted:
                 stopped_early = True
-                logger.info("stopping after %d steps in this run (interrupt_after); resume with --resume latest",
-                            config.interrupt_after)  # fmt: skip
+                logger.info(
+                    "stopping after %d steps in this run (interrupt_after); resume with --resume latest",
+                    config.interrupt_after,
+                )
                 break
     except Exception as exc:
         if _is_oom(exc):

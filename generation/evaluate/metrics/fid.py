@@ -21,8 +21,15 @@ def crop(image: np.ndarray, box, frame: tuple[int, int], size: int) -> np.ndarra
     h, w = image.shape[:2]
     sx, sy = w / frame[0], h / frame[1]
     x0, y0, x1, y1 = box
-    return np.asarray(Image.fromarray(image).transform((size, size), Image.EXTENT, (x0 * sx, y0 * sy, x1 * sx, y1 * sy),
-                                                       resample=Image.BILINEAR, fillcolor=0))  # fmt: skip
+    return np.asarray(
+        Image.fromarray(image).transform(
+            (size, size),
+            Image.EXTENT,
+            (x0 * sx, y0 * sy, x1 * sx, y1 * sy),
+            resample=Image.BILINEAR,
+            fillcolor=0,
+        )
+    )
 
 
 def whole_images(sample: PixelSample, config) -> list[tuple[np.ndarray, np.ndarray]]:

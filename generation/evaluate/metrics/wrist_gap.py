@@ -66,8 +66,14 @@ class WristGap:
                 else "no hand detected"
             )
             raise MetricUnavailable(why, {"hands": {"wrist_gap_unscored": self.unscored}})
-        return {"hands": {"wrist_gap": float(np.mean(self.gaps)), "wrist_gap_median": float(np.median(self.gaps)),
-                          "wrist_gap_count": len(self.gaps), "wrist_gap_unscored": self.unscored}}  # fmt: skip
+        return {
+            "hands": {
+                "wrist_gap": float(np.mean(self.gaps)),
+                "wrist_gap_median": float(np.median(self.gaps)),
+                "wrist_gap_count": len(self.gaps),
+                "wrist_gap_unscored": self.unscored,
+            }
+        }
 
 
 register(
