@@ -7,8 +7,8 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from test_gen_two_stage_generate import _spec
-from test_gen_two_stage_pipeline import _call, _parts
+from test_generation_two_stage_generate import _spec
+from test_generation_two_stage_pipeline import _call, _parts
 
 from generation import HandGenerationPipeline, TwoStageHandBodyPipeline
 from generation.cli import main

@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 from PIL import Image
-from test_gen_two_stage_generate import _spec
+from test_generation_two_stage_generate import _spec
 
 from generation.generate import GenerateSettings, RequestError, Sources, UsageError, generate_batch
 
