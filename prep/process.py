@@ -156,7 +156,7 @@ def process_shard(
     Per-record failures never raise (they are error rows). A failure to write the shard does raise,
     so that the scheduler retries the task; the shard files are written atomically, stats last.
     """
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     if unit is not None:
         records = unit_records(config, unit)
     image_rows, hand_rows, stages = annotate_records(records, config)
@@ -180,4 +180,7 @@ def process_shard(
     }  # the stats file is part of the write; only the return value has it
     stats["timings"]["write"] = time.perf_counter() - t1
     stats["seconds"] = time.perf_counter() - t0
+    # CPU seconds of this process over the task: against `seconds`, how much of the task's wall time
+    # it had a core (a loaded machine slows a task without any overhead of its own).
+    stats["cpu_seconds"] = time.process_time() - cpu0
     return stats

@@ -35,6 +35,9 @@ logger = logging.getLogger(__name__)
 # refused connection all that time): a wrong address should fail fast.
 SCHEDULER_CONNECT_TIMEOUT_S = 10.0
 
+# How often the driver re-reads the cluster's thread count while it hands out shards.
+SLOTS_REFRESH_S = 1.0
+
 # Settings that name a file or folder a worker opens (the driver resolves them before shipping).
 PATH_SETTINGS = ("input", "out", "sam_checkpoint", "annotations")
 
@@ -150,12 +153,21 @@ def run_shards(todo, config: PrepConfig, client=None) -> tuple[list[dict], dict[
     futures = {}
     pending = as_completed()
 
+    threads = {"n": 0, "read": -float("inf")}
+
+    def slots() -> int:
+        # Re-read as workers come and go, but at most once a second: the read is a round trip to the
+        # scheduler, and paid on every finished shard it delayed the next one (measured by
+        # bench/scale.py as the idle gap between a worker's tasks).
+        if time.monotonic() - threads["read"] >= SLOTS_REFRESH_S:
+            threads.update(n=max(1, sum(client.nthreads().values())), read=time.monotonic())
+        return threads["n"]
+
     def fill():
         # One shard in flight per worker thread: the graph stays small, and a worker that dies takes
         # down only the shard it was running (Dask counts every task assigned to a dead worker as
-        # suspect, so queued bystanders would use up their retries too). Re-read as workers come and go.
-        slots = max(1, sum(client.nthreads().values()))
-        while queue and len(futures) < slots:
+        # suspect, so queued bystanders would use up their retries too).
+        while queue and len(futures) < slots():
             shard = queue.pop()
             fut = client.submit(process_shard, shard.index, shard.records, config, shard.fingerprint, shard.config_fingerprint,
                                 shard.unit, key=f"prep-{shard_name(shard.index)}-{token}", retries=config.retries,
@@ -366,6 +378,7 @@ def run(config: PrepConfig | None = None, **kwargs) -> dict:
     """Annotate `config.input` into a manifest at `config.out`; returns the run summary.
 
     Summary keys: images, hands, status_counts, seconds, images_per_s (this run's work),
+    phase_seconds {plan, resume_check, cluster_start, shards, finalize} (wall time of each step),
     stage_ms_per_image, shards {run, skipped, failed}, failed_shards {name: reason}, manifest
     {images, hands, status_counts} (the whole manifest after this run), out, dashboard, preview.
     A rerun on the same `out` skips complete shards; a failed or damaged shard is redone by the next
@@ -380,25 +393,35 @@ def run(config: PrepConfig | None = None, **kwargs) -> dict:
     check_annotator(config)
     check_sam(config)
     shards = plan_input(config)
+    phases = {"plan": time.perf_counter() - t0}  # wall seconds of each step, in the summary
     writer = ManifestWriter(config.out)
     open_output(config, writer)
     with ExitStack() as stack:
         stack.callback(lock_output(config).release)
+        mark = time.perf_counter()
         plan = pending_shards(shards, writer, overwrite=config.overwrite)
+        phases["resume_check"] = time.perf_counter() - mark
         sizes = [s.num_images for s in shards]
         logger.info("%s images in %d shards: %d to run, %d already complete, %d damaged",
                     "?" if None in sizes else sum(sizes), len(shards), len(plan.todo), len(plan.skipped),
                     len(plan.damaged))  # fmt: skip
+        mark = time.perf_counter()
         client = stack.enter_context(dask_client(config)) if plan.todo else None
         shipped = ship_config(config, client) if client is not None else config
+        phases["cluster_start"] = time.perf_counter() - mark
         _start_output(writer, plan, started)
+        mark = time.perf_counter()
         done, failed, dashboard = run_shards(plan.todo, shipped, client) if plan.todo else ([], {}, None)
+        phases["shards"] = time.perf_counter() - mark
         for index in failed:
             remove_shard(writer, index)
         seconds = time.perf_counter() - t0
+        mark = time.perf_counter()
         manifest = writer.finalize(config=config.to_dict())
+        phases["finalize"] = time.perf_counter() - mark
         summary = summarize(done, plan.skipped, failed, seconds, manifest)
         summary.update(out=config.out, dashboard=dashboard, preview=_write_preview(config) if config.preview else None,
+                       phase_seconds={k: round(v, 3) for k, v in phases.items()},
                        damaged_shards={shard_name(i): why for i, why in plan.damaged.items()},
                        discarded_shards=[shard_name(i) for i in plan.discard])  # fmt: skip
     if failed:

@@ -139,6 +139,29 @@ def test_run_accounts_for_every_input_and_rerun_changes_nothing(mixed_input, tmp
     assert read_table(out, "images") == rows
 
 
+def test_the_driver_reads_the_cluster_size_once_a_second_not_once_a_shard(mixed_input, tmp_path, monkeypatch):
+    # Each read is a round trip to the scheduler; paid on every finished shard, it stood between a
+    # worker's task and its next one (bench/scale.py measures that idle gap).
+    import distributed
+
+    import prep.runner
+
+    calls = []
+    nthreads = distributed.Client.nthreads
+    monkeypatch.setattr(
+        distributed.Client, "nthreads", lambda self, *a, **k: calls.append(1) or nthreads(self, *a, **k)
+    )
+    monkeypatch.setattr(prep.runner, "SLOTS_REFRESH_S", 1e9)  # no refresh within this run
+    summary = run(cfg(mixed_input, tmp_path / "m", shard_size=2))  # 8 shards on 2 workers
+    assert summary["shards"] == {"run": 8, "skipped": 0, "failed": 0}
+    assert len(calls) == 1
+    assert set(summary["phase_seconds"]) == {"plan", "resume_check", "cluster_start", "shards", "finalize"}
+    calls.clear()
+    monkeypatch.setattr(prep.runner, "SLOTS_REFRESH_S", 0.0)  # the old behaviour: a read per refill
+    run(cfg(mixed_input, tmp_path / "m2", shard_size=2))
+    assert len(calls) >= 8
+
+
 def test_worker_killed_mid_run_is_retried_within_the_run(mixed_input, tmp_path):
     victim = sorted((mixed_input / "g1").glob("*.jpg"))[0]
     (victim.parent / (victim.name + ".die-once")).write_text("")
