@@ -96,7 +96,16 @@ class BaselineSettings(Settings):
     conditioning_scale: float = setting(1.0, "ControlNet residual scale", ge=0, le=10)
     seed: int = setting(0, "seed of every image (as generate --from-manifest)", ge=0, le=MAX_SEED)
     size: int | None = setting(
-        None, "longer output side in px (default: the UNet's native size)", ge=8, le=8192
+        None,
+        "longer output side in px, or with --fit the training side (default: the UNet's native size)",
+        ge=8,
+        le=8192,
+    )
+    fit: str | None = setting(
+        None,
+        "draw each whole frame at the scale a body model trained with this fit at --size sees it, as "
+        "generate --from-manifest does for its body model (default: longer side --size)",
+        choices=("cover", "contain"),
     )
     negative_prompt: str = setting("", "negative prompt")
     device: str | None = setting(None, "cuda / cpu / mps (default: cuda when available)")
@@ -303,7 +312,9 @@ def run_baseline(
     method = METHODS[settings.method]
     pipe = method.load(settings)
     size = settings.size or native_size(pipe)
-    requests = requests_from_manifest(manifest, image_ids, size, split, limit, settings.seed)
+    requests = requests_from_manifest(
+        manifest, image_ids, size, split, limit, settings.seed, fit=settings.fit
+    )
     models = {
         "pretrained": os.path.abspath(settings.pretrained),
         "pretrained_fingerprint": weights_fingerprint(settings.pretrained),

@@ -119,3 +119,17 @@ def test_openpose_full_is_the_outpainters_pose_channels_with_hand_skeletons():
     no_body = render_openpose(100, 80, None, "mediapipe33", [hand])  # hands alone still draw
     assert no_body.any() and (drawn.astype(int).sum() > no_body.astype(int).sum())
     assert not render_openpose(100, 80, None).any()
+
+
+def test_fit_draws_frames_at_the_training_scale_as_generate_does(
+    synthetic_manifest, tiny_folders, tmp_path, capsys
+):
+    from generation.generate import requests_from_manifest
+
+    sd, openpose = tiny_folders
+    out = tmp_path / "framed"
+    args = _args(synthetic_manifest, out, sd, "--controlnet", openpose, "--fit", "cover", "--size", "64")
+    assert main(args) == 0
+    for request in requests_from_manifest(str(synthetic_manifest), None, 64, "all", 2, 0, fit="cover"):
+        image = Image.open(out / f"{request.name}.png")
+        assert image.size == (request.spec.width, request.spec.height) and min(image.size) == 64
