@@ -201,9 +201,10 @@ def test_sample_hand_bad_inputs_are_one_error_line_and_write_nothing(folders, po
     empty.write_text("[[]]")
     cases = {
         "pose 0: expected 21 points of [x, y] or [x, y, score], got shape (0,)": ["--keypoints", str(empty)],
-        "num_images_per_prompt must be an integer >= 1, got 0": ["--num-images-per-pose", "0"],
-        "seed must be in [0, 2**64)": ["--seed", str(2**70)],
-        "size must be a positive multiple of 8 pixels, got 0": ["--size", "0"],
+        # the CLI's settings are checked first (manifests.settings); the pipeline checks the same again
+        "num_images_per_pose (--num-images-per-pose) must be >= 1, got 0": ["--num-images-per-pose", "0"],
+        "seed (--seed) must be <= 18446744073709551615": ["--seed", str(2**70)],
+        "size (--size) must be >= 8, got 0": ["--size", "0"],
         "hand crop 100000x100000 is 10,000,000,000 pixels, over max_pixels 4,194,304": ["--size", "100000"],
         "over max_pixels 4,095": ["--max-pixels", "4095"],
     }
@@ -286,9 +287,10 @@ def test_sample_body_checks_size_cost_and_seed_before_drawing(
     ]
     cases = {
         "image 100000x100000 is 10,000,000,000 pixels, over max_pixels": ["--resolution", "100000"],
-        "--resolution must be >= 1, got 0": ["--resolution", "0"],
+        "resolution (--resolution) must be >= 8, got 0": ["--resolution", "0"],
         "over max_pixel_steps 4,095": ["--resolution", "64", "--max-pixel-steps", "4095"],
-        "seed must be in [0, 2**64)": ["--seed", str(2**70)],
+        "seed (--seed) must be <= 18446744073709551615": ["--seed", str(2**70)],
+        "guidance_scale (--guidance-scale) must be a finite number, got nan": ["--guidance-scale", "nan"],
     }
     for message, extra in cases.items():
         assert main([*base, *extra]) == 1, extra

@@ -93,7 +93,23 @@ def _config_classes():
     from generation.training.hand_config import HandTrainConfig
     from prep.config import PrepConfig
 
-    return [PrepConfig, HandTrainConfig, BodyTrainConfig, GenerateSettings, EvalConfig, BlendConfig]
+    from generation.baseline import BaselineSettings
+    from generation.commands.sample_body import SampleBodySettings
+    from generation.commands.sample_hand import SampleHandSettings
+    from generation.training.vae_config import VaeTrainConfig
+
+    return [
+        PrepConfig,
+        HandTrainConfig,
+        BodyTrainConfig,
+        VaeTrainConfig,
+        GenerateSettings,
+        EvalConfig,
+        BlendConfig,
+        BaselineSettings,
+        SampleHandSettings,
+        SampleBodySettings,
+    ]
 
 
 def test_every_numeric_setting_declares_its_range_and_every_setting_its_help():
@@ -115,8 +131,12 @@ def test_each_config_validates_its_defaults():
     from generation.training.hand_config import HandTrainConfig
 
     for cls in _config_classes():
-        config = cls(manifest="m") if cls in (HandTrainConfig, BodyTrainConfig) else cls()
-        config.validate()
+        needs = {HandTrainConfig: {"manifest": "m"}, BodyTrainConfig: {"manifest": "m"}}
+        if cls.__name__ == "VaeTrainConfig":
+            needs[cls] = {"manifest": "m"}
+        if cls.__name__ == "BaselineSettings":
+            needs[cls] = {"pretrained": "sd", "controlnet": "openpose"}
+        cls(**needs.get(cls, {})).validate()
 
 
 # --- registries and their mirrors -------------------------------------------------------------------

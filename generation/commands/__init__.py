@@ -20,24 +20,6 @@ def add_training_arguments(parser, config_cls) -> None:
     add_config_arguments(parser, config_cls)
 
 
-def add_cost_arguments(parser) -> None:
-    """``--max-pixels`` and ``--max-pixel-steps``: what one image may cost (`generation.guards`)."""
-    from ..guards import DEFAULT_MAX_PIXEL_STEPS, DEFAULT_MAX_PIXELS
-
-    parser.add_argument(
-        "--max-pixels",
-        type=int,
-        default=DEFAULT_MAX_PIXELS,
-        help="refuse an image over this many pixels (default: %(default)s = 2048x2048)",
-    )
-    parser.add_argument(
-        "--max-pixel-steps",
-        type=int,
-        default=DEFAULT_MAX_PIXEL_STEPS,
-        help="refuse an image whose pixels x denoising steps exceed this (default: %(default)s)",
-    )
-
-
 def run_training(command: str, config_cls, args, train) -> int:
     """Build `config_cls` from ``--config`` overridden by the given options, call ``train(config)``
     and print a one-line summary; known errors are printed as ``handfirst-gen COMMAND: error: ...``

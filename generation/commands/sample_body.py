@@ -4,8 +4,31 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import dataclass
 
-from . import add_cost_arguments
+from manifests.settings import Settings, setting, setting_like
+from manifests.settings import add_arguments as add_settings
+
+from ..generate.settings import GenerateSettings
+from ..training.config import MAX_SEED
+
+
+@dataclass
+class SampleBodySettings(Settings):
+    """Every sampling setting of `handfirst-gen sample-body` (one CLI option each)."""
+
+    resolution: int | None = setting(None, "square side (default: the training resolution)", ge=8)
+    prompt: str | None = setting(None, "caption (default: the manifest's)")
+    negative_prompt: str | None = setting(None, "negative caption")
+    steps: int = setting(30, "denoising steps", ge=1, le=1000)
+    guidance_scale: float = setting(7.5, "text guidance (1 disables it)", ge=0, le=100)
+    conditioning_scale: float = setting(1.0, "ControlNet residual scale", ge=0, le=10)
+    seed: int = setting(0, "random seed", ge=0, le=MAX_SEED)
+    device: str | None = setting(None, "cuda / cpu / mps (default: cuda if available)")
+    fp16: bool = setting(False, "load in float16 (GPU)")
+    max_pixels: int = setting_like(GenerateSettings, "max_pixels")
+    max_pixel_steps: int = setting_like(GenerateSettings, "max_pixel_steps")
+
 
 HELP = (
     "Paint the person around the hands of manifest images with a trained body outpainter (stage 2 alone): "
@@ -21,25 +44,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--manifest", required=True, help="manifest root written by prep")
     parser.add_argument("--image-id", required=True, nargs="+", help="image_id(s) of the images table")
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument(
-        "--resolution", type=int, default=None, help="square side (default: the training resolution)"
-    )
-    parser.add_argument("--prompt", default=None, help="caption (default: the manifest's)")
-    parser.add_argument("--negative-prompt", default=None, help="negative caption")
-    parser.add_argument("--steps", type=int, default=30, help="denoising steps (default: %(default)s)")
-    parser.add_argument(
-        "--guidance-scale", type=float, default=7.5, help="text guidance (1 disables) (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--conditioning-scale",
-        type=float,
-        default=1.0,
-        help="ControlNet residual scale (default: %(default)s)",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    parser.add_argument("--device", default=None, help="cuda / cpu / mps (default: cuda if available)")
-    parser.add_argument("--fp16", action="store_true", help="load in float16 (GPU)")
-    add_cost_arguments(parser)
+    add_settings(parser, SampleBodySettings, title="sampling settings")
 
 
 def _training_resolution(model: str) -> int | None:
@@ -56,12 +61,15 @@ def _training_resolution(model: str) -> int | None:
 
 
 def run(args) -> int:
+    from types import SimpleNamespace
+
     import torch
     from PIL import Image
 
     from manifests.draw import contact_sheet
     from manifests.errors import ManifestError
     from manifests.names import path_in
+    from manifests.settings import from_args
 
     from ..components import ModelFolderError
     from ..condition import ConditionInputs, condition_tiles
@@ -69,6 +77,8 @@ def run(args) -> int:
     from ..pipeline_body import BodyOutpaintPipeline, manifest_inputs
 
     try:
+        settings = from_args(SampleBodySettings, args).validate()
+        args = SimpleNamespace(**{**vars(args), **settings.to_dict()})  # the checked values, by option name
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = torch.float16 if args.fp16 else torch.float32
         pipe = BodyOutpaintPipeline.from_pretrained(args.model, dtype=dtype).to(device)

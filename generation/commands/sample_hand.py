@@ -4,8 +4,34 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import dataclass
 
-from . import add_cost_arguments
+from manifests.settings import Settings, setting, setting_like
+from manifests.settings import add_arguments as add_settings
+
+from ..generate.settings import GenerateSettings
+from ..training.config import MAX_SEED
+
+
+@dataclass
+class SampleHandSettings(Settings):
+    """Every sampling setting of `handfirst-gen sample-hand` (one CLI option each)."""
+
+    prompt: str = setting("a hand", "caption for every pose")
+    negative_prompt: str | None = setting(None, "negative caption")
+    steps: int = setting(30, "denoising steps", ge=1, le=1000)
+    guidance_scale: float = setting(7.5, "text guidance (1 disables it)", ge=0, le=100)
+    pose_guidance_scale: float = setting(1.0, "pose guidance (1 disables it)", ge=0, le=100)
+    num_images_per_pose: int = setting(1, "samples per pose", ge=1, le=256)
+    size: int | None = setting(None, "crop side in pixels (default: the training size)", ge=8)
+    mask_threshold: float = setting(0.5, "mask probability above which a pixel is hand", ge=0, le=1)
+    seed: int = setting(0, "random seed", ge=0, le=MAX_SEED)
+    device: str | None = setting(None, "cuda / cpu / mps (default: cuda if available)")
+    fp16: bool = setting(False, "load in float16 (GPU)")
+    save_probabilities: bool = setting(False, "also write hand_NNN_mask_prob.png")
+    max_pixels: int = setting_like(GenerateSettings, "max_pixels")
+    max_pixel_steps: int = setting_like(GenerateSettings, "max_pixel_steps")
+
 
 HELP = (
     "Draw hand crops and their masks with a trained hand generator. --keypoints is a JSON file holding "
@@ -60,41 +86,22 @@ def add_arguments(parser) -> None:
         "--keypoints", required=True, help="pose.json: 21 [x, y] crop pixels, or a list of such lists"
     )
     parser.add_argument("--out", required=True, help="output folder for hand_NNN.png and hand_NNN_mask.png")
-    parser.add_argument("--prompt", default="a hand", help="caption for every pose (default: %(default)s)")
-    parser.add_argument("--negative-prompt", default=None, help="negative caption")
-    parser.add_argument("--steps", type=int, default=30, help="denoising steps (default: %(default)s)")
-    parser.add_argument(
-        "--guidance-scale", type=float, default=7.5, help="text guidance (1 disables) (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--pose-guidance-scale",
-        type=float,
-        default=1.0,
-        help="pose guidance (1 disables) (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--num-images-per-pose", type=int, default=1, help="samples per pose (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--size", type=int, default=None, help="crop side in pixels (default: the training size)"
-    )
-    parser.add_argument(
-        "--mask-threshold", type=float, default=0.5, help="mask probability threshold (default: %(default)s)"
-    )
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
-    parser.add_argument("--device", default=None, help="cuda / cpu / mps (default: cuda if available)")
-    parser.add_argument("--fp16", action="store_true", help="load in float16 (GPU)")
-    parser.add_argument("--save-probabilities", action="store_true", help="also write hand_NNN_mask_prob.png")
-    add_cost_arguments(parser)
+    add_settings(parser, SampleHandSettings, title="sampling settings")
 
 
 def run(args) -> int:
+    from types import SimpleNamespace
+
     import torch
+
+    from manifests.settings import from_args
 
     from ..components import ModelFolderError
     from ..pipeline_hand import HandGenerationPipeline
 
     try:
+        settings = from_args(SampleHandSettings, args).validate()
+        args = SimpleNamespace(**{**vars(args), **settings.to_dict()})  # the checked values, by option name
         poses = load_poses(args.keypoints)
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = torch.float16 if args.fp16 else torch.float32
