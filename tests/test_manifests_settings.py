@@ -86,17 +86,16 @@ def test_setting_like_copies_default_help_and_range():
 
 
 def _config_classes():
+    from generation.baseline import BaselineSettings
     from generation.blend_config import BlendConfig
+    from generation.commands.sample_body import SampleBodySettings
+    from generation.commands.sample_hand import SampleHandSettings
     from generation.evaluate.run import EvalConfig
     from generation.generate import GenerateSettings
     from generation.training.body_config import BodyTrainConfig
     from generation.training.hand_config import HandTrainConfig
-    from prep.config import PrepConfig
-
-    from generation.baseline import BaselineSettings
-    from generation.commands.sample_body import SampleBodySettings
-    from generation.commands.sample_hand import SampleHandSettings
     from generation.training.vae_config import VaeTrainConfig
+    from prep.config import PrepConfig
 
     return [
         PrepConfig,
