@@ -51,7 +51,7 @@ from .decode import (
     mask_array,
 )
 from .errors import ManifestError, RowDecodeError
-from .geometry import render_heatmap
+from .geometry import render_heatmap, rescale_sigma
 from .partition import epoch_rng, rank_units, resume_streams, windows, worker_units
 from .pose import to_openpose18
 from .reader import Manifest, RowGroupUnit, build_filter, open_manifest
@@ -365,7 +365,7 @@ class HandCropDataset(ManifestIterableDataset):
         else:
             sigma = self.heatmap_sigma
             if sigma is None:
-                sigma = float(row["heatmap_sigma"]) * self.heatmap_size / float(row["heatmap_shape"][2])
+                sigma = rescale_sigma(row["heatmap_sigma"], row["heatmap_shape"][2], self.heatmap_size)
             heatmap = render_heatmap(kps, res, self.heatmap_size, sigma)
         sample = {} if crop is None else {"pixel_values": to_pixel_values(crop)}
         return {

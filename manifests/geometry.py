@@ -134,6 +134,13 @@ def render_heatmap(
     return hm.astype(np.float32)
 
 
+def rescale_sigma(sigma: float, from_size: int, to_size: int) -> float:
+    """A heatmap sigma in pixels of a `from_size` heatmap, expressed for a `to_size` heatmap of the same
+    crop: the Gaussians keep their size relative to the hand. The one rule for heatmaps re-rendered at
+    another resolution (the torch datasets, and the training task that records the sigma it trains on)."""
+    return float(sigma) * float(to_size) / float(from_size)
+
+
 def heatmap_peaks(heatmap: np.ndarray, crop_size: int) -> np.ndarray:
     """(K, H, W) heatmap -> (K, 2) crop-pixel coordinates of each channel's argmax (pixel centres)."""
     k, h, w = heatmap.shape

@@ -24,7 +24,7 @@ from functools import partial
 import cv2
 import numpy as np
 
-from manifests.geometry import CropBox, square_crop_box
+from manifests.geometry import CropBox, keypoint_coverage, square_crop_box
 from manifests.pose import HAND_EDGES
 
 from .config import PrepConfig
@@ -57,21 +57,6 @@ def resample(values: np.ndarray, src: CropBox | None, dst: CropBox, fill: float 
         (u0, v0), (u1, _) = src.to_crop(np.array([dst.box[:2], dst.box[2:]], dtype=np.float64))
         box = CropBox(u0, v0, u1 - u0, dst.size)
     return warp_crop(np.asarray(values, dtype=np.float32), box, fill=fill)
-
-
-def keypoint_coverage(mask: np.ndarray, points: np.ndarray) -> float:
-    """Share of (N, 3) scored pixel points (score > 0) that fall on True pixels of (H, W) `mask`."""
-    pts = np.asarray(points, dtype=np.float64)
-    pts = pts[pts[:, 2] > 0] if pts.shape[1] > 2 else pts
-    if len(pts) == 0:
-        return 0.0
-    h, w = mask.shape
-    xi = np.floor(pts[:, 0]).astype(int)
-    yi = np.floor(pts[:, 1]).astype(int)
-    inside = (xi >= 0) & (xi < w) & (yi >= 0) & (yi < h)
-    hits = np.zeros(len(pts), dtype=bool)
-    hits[inside] = mask[yi[inside], xi[inside]]
-    return float(hits.mean())
 
 
 class GrabCutMasker:

@@ -145,3 +145,13 @@ def test_hand_silhouette_draws_visible_bones_and_the_palm():
     hidden[8, 2] = 0  # the index fingertip is not visible: its bone is not drawn
     assert hand_silhouette(hidden, (100, 100), 3).sum() < full.sum()
     assert hand_silhouette(kps, (100, 100), 7).sum() > full.sum()  # the stroke width is the caller's
+
+
+def test_rescale_sigma_keeps_the_blob_size_relative_to_the_crop():
+    from manifests.geometry import render_heatmap, rescale_sigma
+
+    assert rescale_sigma(1.5, 64, 8) == 0.1875 and rescale_sigma(1.0, 8, 16) == 2.0
+    kps = np.array([[32.0, 32.0, 1.0]] * 21)
+    small, big = render_heatmap(kps, 64, 8, 1.0), render_heatmap(kps, 64, 16, rescale_sigma(1.0, 8, 16))
+    # The same share of the heatmap is lit at both sizes.
+    assert abs((small[0] > 0.5).mean() - (big[0] > 0.5).mean()) < 0.02

@@ -25,7 +25,7 @@ from diffusers import DDPMScheduler
 
 from manifests.datasets import HandCropDataset, MixtureDataset
 from manifests.draw import contact_sheet, draw_hand, overlay_mask
-from manifests.geometry import DEFAULT_SIGMA
+from manifests.geometry import DEFAULT_SIGMA, keypoint_coverage, rescale_sigma
 from manifests.reader import open_manifest
 
 from ..components import build_components, encode_text, freeze, sampling_scheduler
@@ -193,7 +193,7 @@ class HandTask(TrainTask):
         latent = resolution // 8
         # Each dataset re-renders heatmaps at latent size when its stored ones differ, scaling sigma, so
         # the blobs keep their size relative to the hand; every source must then give the same sigma.
-        sigmas = [src["stored_sigma"] * latent / src["stored_heatmap_size"] for src in sources]
+        sigmas = [rescale_sigma(src["stored_sigma"], src["stored_heatmap_size"], latent) for src in sources]
         if any(abs(s - sigmas[0]) > 1e-6 * max(1.0, sigmas[0]) for s in sigmas):
             raise DataCheckError(
                 "the manifests' heatmaps have different sigmas at the latent size ("
@@ -496,8 +496,7 @@ class HandTask(TrainTask):
             gray = np.repeat((prob[..., None] * 255).round().astype(np.uint8), 3, axis=2)
             # hand | mask probability (grey) with the thresholded mask outlined | conditioning skeleton
             tiles += [rgb, overlay_mask(gray, binary, alpha=0.25), draw_hand(np.zeros_like(rgb), kps)]
-            ij = np.clip(kps[:, :2].astype(int), 0, binary.shape[0] - 1)
-            coverage.append(float(binary[ij[:, 1], ij[:, 0]].mean()))
+            coverage.append(keypoint_coverage(binary, kps, outside="clip"))
         captions = [f"{p['hand_id']}"[:22] for p in poses for _ in range(3)]
         Image.fromarray(contact_sheet(tiles, columns=3, tile=128, captions=captions)).save(path)
         # Share of the conditioning keypoints that fall inside the predicted mask: 1 when mask and pose agree.
