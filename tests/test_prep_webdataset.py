@@ -43,7 +43,13 @@ def test_brace_expansion_keeps_zero_padding_and_lists():
     assert expand_braces("plain.tar") == ["plain.tar"]
 
 
-def test_units_are_listed_without_opening_a_tar(shards_dir, tmp_path):
+def test_units_are_listed_without_opening_a_tar(shards_dir, tmp_path, monkeypatch):
+    import tarfile
+
+    def refuse(*a, **k):
+        raise AssertionError("the driver opened a tar")
+
+    monkeypatch.setattr(tarfile, "open", refuse)  # listing units reads no sample
     brace = load_units(config(f"{shards_dir}/{{00000..00001}}.tar", tmp_path))
     assert [u.uri for u in brace] == [str(shards_dir / "00000.tar"), str(shards_dir / "00001.tar")]
     assert all(u.count is None for u in brace)  # no sample was counted on the driver
