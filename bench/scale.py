@@ -15,13 +15,14 @@ planning, Dask, Parquet, resume, finalize, validate, stats and the loader.
    shard task's time goes (annotate stages, Parquet and stats write, shipping the records).
 2. scale: `python -m prep run ... --shard-size 256 --workers 2` as a subprocess, its driver's peak
    RSS polled; the run's own phase times (plan, resume check, cluster start, shards, finalize) and
-   images/s; the same command again (every shard skipped); `python -m manifests validate` (with
+   images/s; the same command again (every shard skipped, the plan the first run saved reused); `python -m manifests validate` (with
    `--no-decode`, the structural checks, and with its full decode pass on 2 processes) and `stats`;
    and the manifest loader (`HandCropDataset`, 2 DataLoader workers) over every hand.
 
-    nice -n 10 .venv/bin/python bench/scale.py [--images 100000] [--workdir DIR] [--only fastpath|scale]
+    nice -n 10 .venv/bin/python bench/scale.py [--images 100000] [--workdir DIR] [--only fastpath|scale|rerun]
 
-Writes bench/results/scale.json and prints it. `--only` replaces only that section of the file.
+Writes bench/results/scale.json and prints it. `--only` replaces only that section of the file
+(`rerun`: the rerun entry, on the manifest a `--workdir` kept).
 """
 
 from __future__ import annotations
@@ -255,13 +256,41 @@ def _loader(manifest: str) -> dict:
             "num_workers": WORKERS, "resolution": 128}  # fmt: skip
 
 
+def _prep_command(src: str, out: str) -> list[str]:
+    return [sys.executable, "-m", "prep", "run", "--input", src, "--out", out, *CLI_FLAGS, "--shard-size",
+            str(SHARD_SIZE), "--workers", str(WORKERS), "--json"]  # fmt: skip
+
+
+def _rerun(cmd: list[str], shards: int) -> dict:
+    """The same command on the complete manifest: every shard is skipped."""
+    wall, proc, rss = _timed([*cmd, "--no-progress"])
+    again = json.loads(proc.stdout)
+    print(f"rerun: {wall:.1f} s, shards {again['shards']}, phases {again['phase_seconds']}", flush=True)
+    return {"wall_s": round(wall, 2), "shards": again["shards"], "phase_seconds": again["phase_seconds"],
+            "s_per_1000_shards": round(1000 * wall / shards, 2),
+            "driver_peak_rss_mb": round(rss.get("driver", 0) / 2**20, 1)}  # fmt: skip
+
+
+def rerun_only(src: str, work: str, res: dict) -> None:
+    """Rerun on the manifest a `--workdir` kept: once without the saved plan (as the first rerun on
+    an output written before plans were saved), then as any later rerun."""
+    from prep.plan_cache import PLAN_FILE
+
+    out = os.path.join(work, "manifest")
+    if os.path.exists(os.path.join(out, PLAN_FILE)):
+        os.remove(os.path.join(out, PLAN_FILE))
+    cmd = _prep_command(src, out)
+    cold = _rerun(cmd, res["shards"])
+    res["rerun"] = _rerun(cmd, res["shards"])
+    res["rerun"]["without_saved_plan"] = cold
+
+
 def scale(src: str, work: str, images: int, res: dict) -> dict:
     """Fills `res` step by step, so that a step that fails leaves the figures of those before it."""
     out = os.path.join(work, "manifest")
     shutil.rmtree(out, ignore_errors=True)
     py = sys.executable
-    cmd = [py, "-m", "prep", "run", "--input", src, "--out", out, *CLI_FLAGS, "--shard-size", str(SHARD_SIZE),
-           "--workers", str(WORKERS), "--json"]  # fmt: skip
+    cmd = _prep_command(src, out)
     wall, proc, rss = _timed(cmd)
     if proc.returncode != 0:
         raise SystemExit(f"prep run failed ({proc.returncode})")
@@ -278,12 +307,7 @@ def scale(src: str, work: str, images: int, res: dict) -> dict:
         f"run: {wall:.1f} s, {first['images_per_s']} img/s, driver peak RSS {rss['driver'] / 2**20:.0f} MB",
         flush=True,
     )
-    rewall, reproc, rerss = _timed([*cmd, "--no-progress"])
-    again = json.loads(reproc.stdout)
-    print(f"rerun: {rewall:.1f} s, shards {again['shards']}", flush=True)
-    res["rerun"] = {"wall_s": round(rewall, 2), "shards": again["shards"], "phase_seconds": again["phase_seconds"],
-                    "s_per_1000_shards": round(1000 * rewall / shards, 2),
-                    "driver_peak_rss_mb": round(rerss.get("driver", 0) / 2**20, 1)}  # fmt: skip
+    res["rerun"] = _rerun(cmd, shards)
     lwall, lproc, _ = _timed([py, "-m", "manifests", "validate", out, "--no-decode"])
     print(f"validate --no-decode: {lwall:.1f} s, exit {lproc.returncode}", flush=True)
     vwall, vproc, _ = _timed([py, "-m", "manifests", "validate", out, "--workers", str(WORKERS)])
@@ -319,7 +343,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--fastpath-images", type=int, default=SHARD_SIZE * 34)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--workdir", default=None, help="keep the source and manifest here (default: a temp dir)")
-    ap.add_argument("--only", choices=("fastpath", "scale"))
+    ap.add_argument(
+        "--only",
+        choices=("fastpath", "scale", "rerun"),
+        help="rerun: only the rerun, on the manifest a --workdir kept",
+    )
     ap.add_argument("--out", default=RESULT)
     args = ap.parse_args(argv)
     work = args.workdir or tempfile.mkdtemp(prefix="handfirst-scale-")
@@ -344,6 +372,8 @@ def main(argv=None) -> dict:
                 json.dumps({k: v for k, v in result["fastpath"].items() if k != "rounds"}, indent=1),
                 flush=True,
             )
+        if args.only == "rerun":
+            rerun_only(src, work, result["scale"])
         if args.only in (None, "scale"):
             result["scale"] = {}
             scale(src, work, args.images, result["scale"])

@@ -22,6 +22,7 @@ from manifests.shards import _is_local
 from manifests.storage import filesystem
 from manifests.writer import ManifestWriter, shard_name
 
+from . import plan_cache
 from .config import PrepConfig
 from .errors import ModelLoadError
 from .lock import OutputLock, OutputLockedError
@@ -392,16 +393,26 @@ def run(config: PrepConfig | None = None, **kwargs) -> dict:
     check_output(config)
     check_annotator(config)
     check_sam(config)
-    shards = plan_input(config)
-    phases = {"plan": time.perf_counter() - t0}  # wall seconds of each step, in the summary
     writer = ManifestWriter(config.out)
+    # The plan of the last run on this output, when nothing it was made from has changed: a rerun
+    # whose shards are all complete then does not parse the input again (prep.plan_cache).
+    state = plan_cache.input_state(config)
+    cached = plan_cache.load(writer.fs, writer.path, state)
+    cfp = config.fingerprint()
+    shards = [Shard(i, [], fp, cfp) for i, fp, _ in cached] if cached else plan_input(config)
+    phases = {"plan": time.perf_counter() - t0}  # wall seconds of each step, in the summary
     open_output(config, writer)
     with ExitStack() as stack:
         stack.callback(lock_output(config).release)
         mark = time.perf_counter()
         plan = pending_shards(shards, writer, overwrite=config.overwrite)
+        if cached and (plan.todo or plan.discard):  # work to do: it needs the records after all
+            cached, shards = None, plan_input(config)
+            plan = pending_shards(shards, writer, overwrite=config.overwrite)
+        if not cached:
+            plan_cache.save(writer.fs, writer.path, state, shards)
         phases["resume_check"] = time.perf_counter() - mark
-        sizes = [s.num_images for s in shards]
+        sizes = [n for _, _, n in cached] if cached else [s.num_images for s in shards]
         logger.info("%s images in %d shards: %d to run, %d already complete, %d damaged",
                     "?" if None in sizes else sum(sizes), len(shards), len(plan.todo), len(plan.skipped),
                     len(plan.damaged))  # fmt: skip
