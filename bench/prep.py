@@ -80,8 +80,8 @@ def warm_up(config, records) -> int:
 
 def timed_cluster_run(config, workers: int) -> dict:
     """Plan and run every shard on a warm `workers`-process LocalCluster; wall time excludes start-up."""
+    from prep.plan import plan_shards
     from prep.runner import dask_client, run_shards
-    from prep.shards import plan_shards
     from prep.sources import load_records
 
     config = dataclasses.replace(config, workers=workers)
@@ -99,8 +99,8 @@ def timed_cluster_run(config, workers: int) -> dict:
 
 def in_process_run(config) -> dict:
     """Every shard in this process, one after another, pinned to one CPU (no Dask)."""
+    from prep.plan import plan_shards
     from prep.process import process_shard
-    from prep.shards import plan_shards
     from prep.sources import load_records
 
     shards = plan_shards(load_records(config), config)

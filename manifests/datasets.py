@@ -52,10 +52,10 @@ from .decode import (
 )
 from .errors import ManifestError, RowDecodeError
 from .geometry import render_heatmap, rescale_sigma
+from .layout import url_for
 from .partition import epoch_rng, rank_units, resume_streams, windows, worker_units
 from .pose import to_openpose18
 from .reader import Manifest, RowGroupUnit, build_filter, open_manifest
-from .shards import url_for
 from .transforms import FitTransform
 
 logger = logging.getLogger(__name__)

@@ -38,17 +38,17 @@ from .decode import (  # noqa: F401  (re-exported: the reader's decode helpers)
     mask_array,
 )
 from .errors import CorruptShardError, ManifestError, MissingFileError
-from .schema import TABLES, schema_for
-from .shards import (
+from .layout import (
     ShardFile,
     TableScan,
-    _is_local,
     infer_table,
+    is_local,
     raise_for,
     root_problems,
     scan_table,
     url_for,
 )
+from .schema import TABLES, schema_for
 from .storage import filesystem, join
 
 logger = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ class RowGroupUnit:
 
 def arrow_filesystem(fs) -> pafs.FileSystem:
     """pyarrow's native filesystem for local paths (faster, GIL-free reads); fsspec wrapped otherwise."""
-    if _is_local(fs):
+    if is_local(fs):
         return pafs.LocalFileSystem()
     return pafs.PyFileSystem(pafs.FSSpecHandler(fs))
 

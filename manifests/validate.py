@@ -2,7 +2,7 @@
 
 What is checked (each finding is a `manifests.errors.Problem`):
 
-1. files (``manifests.shards``): every shard's footer reads, its schema version and field types
+1. files (``manifests.layout``): every shard's footer reads, its schema version and field types
    match, it has a stats file, and the row counts of shard, stats file and `_manifest.json` agree;
 2. rows, cheap columns:
    - ids are unique and safe file names (`manifests.names`); every hand row's ``image_id`` exists
@@ -37,9 +37,9 @@ from tqdm.auto import tqdm
 from . import decode
 from .errors import Problem, RowDecodeError
 from .geometry import CropBox, heatmap_peaks
+from .layout import ShardFile, TableScan, infer_table, root_problems, scan_table, url_for
 from .names import unsafe_name
 from .schema import NO_MASK, NUM_HAND_KEYPOINTS, STATUSES, TABLES
-from .shards import ShardFile, TableScan, infer_table, root_problems, scan_table, url_for
 from .storage import filesystem, join
 
 logger = logging.getLogger(__name__)

@@ -29,7 +29,7 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from manifests.shards import _is_local
+from manifests.layout import is_local
 from manifests.storage import filesystem, join
 
 logger = logging.getLogger(__name__)
@@ -77,7 +77,7 @@ class OutputLock:
     def __post_init__(self):
         self.fs, path = filesystem(str(self.root).rstrip("/"))
         self.path = join(path, LOCK_FILE)
-        self.local = _is_local(self.fs)
+        self.local = is_local(self.fs)
 
     def _content(self) -> bytes:
         holder = {

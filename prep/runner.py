@@ -17,8 +17,8 @@ import time
 from collections import Counter
 from contextlib import ExitStack, contextmanager
 
+from manifests.layout import is_local
 from manifests.settings import flag
-from manifests.shards import _is_local
 from manifests.storage import filesystem
 from manifests.writer import ManifestWriter, shard_name
 
@@ -26,8 +26,8 @@ from . import plan_cache
 from .config import PrepConfig
 from .errors import ModelLoadError
 from .lock import OutputLock, OutputLockedError
+from .plan import ResumePlan, Shard, pending_shards, plan_shards, plan_units
 from .process import annotator_module, process_shard
-from .shards import ResumePlan, Shard, pending_shards, plan_shards, plan_units
 from .sources import AnnotationFileError, load_records, load_units
 
 logger = logging.getLogger(__name__)
@@ -287,7 +287,7 @@ def is_local_host(host: str) -> bool:
 def local_paths(config: PrepConfig) -> dict[str, str]:
     """{setting: value} of the path settings that name local files (not fsspec URLs)."""
     return {name: value for name in PATH_SETTINGS
-            if (value := getattr(config, name, None)) and _is_local(filesystem(str(value))[0])}  # fmt: skip
+            if (value := getattr(config, name, None)) and is_local(filesystem(str(value))[0])}  # fmt: skip
 
 
 def ship_config(config: PrepConfig, client) -> PrepConfig:

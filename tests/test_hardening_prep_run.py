@@ -28,9 +28,9 @@ from manifests.validate import validate_manifest
 from prep.cli import main as cli_main
 from prep.config import PrepConfig
 from prep.lock import LOCK_FILE, OutputLock, OutputLockedError
+from prep.plan import OutputConflictError, plan_shards
 from prep.process import process_shard
 from prep.runner import ClusterSetupError, run
-from prep.shards import OutputConflictError, plan_shards
 from prep.sources import load_records
 
 STANDIN = "prep_standin:StandInAnnotator"

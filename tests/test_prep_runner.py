@@ -18,9 +18,9 @@ from manifests.reader import open_manifest
 from manifests.writer import ManifestWriter
 from prep.cli import main as cli_main
 from prep.config import PrepConfig
+from prep.plan import OutputConflictError, pending_shards, plan_shards
 from prep.process import process_shard
 from prep.runner import run
-from prep.shards import OutputConflictError, pending_shards, plan_shards
 from prep.sources import load_records
 
 STANDIN = "prep_standin:StandInAnnotator"

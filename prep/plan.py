@@ -17,8 +17,8 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from manifests.layout import damaged_file
 from manifests.schema import TABLES
-from manifests.shards import damaged_file
 from manifests.storage import join, read_json
 from manifests.writer import STATS_DIR, ManifestWriter, shard_name
 

@@ -132,14 +132,14 @@ def schema_problems(schema: pa.Schema, table: str) -> list[str]:
     return reasons
 
 
-def _is_local(fs) -> bool:
+def is_local(fs) -> bool:
     protocol = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
     return "file" in protocol or "local" in protocol
 
 
 def url_for(fs, path: str) -> str:
     """Location to show in messages: the plain path for local files, the full URL otherwise."""
-    return path if _is_local(fs) else fs.unstrip_protocol(path)
+    return path if is_local(fs) else fs.unstrip_protocol(path)
 
 
 def read_json_object(fs, path: str, what: str) -> tuple[dict | None, Problem | None]:
