@@ -101,38 +101,114 @@ def main() -> int:
     # 1. The one-stage baseline, trained as stage 2 was but on the pose and hand skeletons only.
     onestage = os.path.join(work, "onestage")
     t0 = time.perf_counter()
-    train = ["train-body", "--config", os.path.join(body, "config.json"), "--out", onestage, "--resume", "latest",
-             "--condition-channels", "pose", "--draw-hand-skeletons"]  # fmt: skip
+    train = [
+        "train-body",
+        "--config",
+        os.path.join(body, "config.json"),
+        "--out",
+        onestage,
+        "--resume",
+        "latest",
+        "--condition-channels",
+        "pose",
+        "--draw-hand-skeletons",
+    ]
     if args.quick:
         train += ["--steps", "4"]
     cli(*train)
     seconds["train_onestage"] = round(time.perf_counter() - t0, 1)
 
     # 2.-3. Drawn on the rows, seed and framing of learns' generate runs.
-    common = ["--from-manifest", manifest, "--split", "all", "--limit", str(rows), "--steps", str(args.steps),
-              "--seed", "0"]  # fmt: skip
+    common = [
+        "--from-manifest",
+        manifest,
+        "--split",
+        "all",
+        "--limit",
+        str(rows),
+        "--steps",
+        str(args.steps),
+        "--seed",
+        "0",
+    ]
     variants = {
-        "baseline-openpose": ["baseline", "--method", "controlnet-openpose", "--pretrained", onestage,
-                              "--controlnet", os.path.join(onestage, "controlnet"), "--fit", fit, "--size", str(side),
-                              "--no-progress", *common],
-        "baseline-sd": ["baseline", "--method", "sd", "--pretrained", onestage, "--fit", fit, "--size", str(side),
-                        "--no-progress", *common],
-        "sequential-d0-0": ["generate", "--hand-model", hand, "--body-model", body, "--blend", "sequential",
-                            "--d0", "0", "--min-hand-size", "6", *common],
-    }  # fmt: skip
+        "baseline-openpose": [
+            "baseline",
+            "--method",
+            "controlnet-openpose",
+            "--pretrained",
+            onestage,
+            "--controlnet",
+            os.path.join(onestage, "controlnet"),
+            "--fit",
+            fit,
+            "--size",
+            str(side),
+            "--no-progress",
+            *common,
+        ],
+        "baseline-sd": [
+            "baseline",
+            "--method",
+            "sd",
+            "--pretrained",
+            onestage,
+            "--fit",
+            fit,
+            "--size",
+            str(side),
+            "--no-progress",
+            *common,
+        ],
+        "sequential-d0-0": [
+            "generate",
+            "--hand-model",
+            hand,
+            "--body-model",
+            body,
+            "--blend",
+            "sequential",
+            "--d0",
+            "0",
+            "--min-hand-size",
+            "6",
+            *common,
+        ],
+    }
     for name, command in variants.items():
         t0 = time.perf_counter()
         out = os.path.join(work, "generated", name)
         cli(*command, "--out", out)
-        cli("evaluate", "--manifest", manifest, "--generated", out, "--out", os.path.join(work, "eval", name),
-            "--split", "all", "--limit", str(rows), "--label", name, "--no-progress")  # fmt: skip
+        cli(
+            "evaluate",
+            "--manifest",
+            manifest,
+            "--generated",
+            out,
+            "--out",
+            os.path.join(work, "eval", name),
+            "--split",
+            "all",
+            "--limit",
+            str(rows),
+            "--label",
+            name,
+            "--no-progress",
+        )
         seconds[name] = round(time.perf_counter() - t0, 1)
 
     # 4. One table.
     order = ["real", "baseline-sd", "baseline-openpose", "none", "fixed", "sequential", "sequential-d0-0"]
     title = f"mini scale, {rows} hagrid_mini training rows: one-stage baselines against two stages"
-    cli("evaluate", "--compare", *[os.path.join(work, "eval", n) for n in order], "--out",
-        os.path.join(work, "eval", "ablation"), "--title", title)  # fmt: skip
+    cli(
+        "evaluate",
+        "--compare",
+        *[os.path.join(work, "eval", n) for n in order],
+        "--out",
+        os.path.join(work, "eval", "ablation"),
+        "--title",
+        title,
+    )
     rows_out = {}
     for name in order:
         report = read_json(os.path.join(work, "eval", name, "report.json"))
@@ -149,13 +225,17 @@ def main() -> int:
         "work": work,
         "rows": rows,
         "framing": {"fit": fit, "side": side},
-        "onestage_config": {"condition_channels": ["pose"], "draw_hand_skeletons": True,
-                            "steps": body_config.get("steps"), "note": "stage 2's own settings otherwise"},
+        "onestage_config": {
+            "condition_channels": ["pose"],
+            "draw_hand_skeletons": True,
+            "steps": body_config.get("steps"),
+            "note": "stage 2's own settings otherwise",
+        },
         "hands": rows_out,
         "ring_distance_from_grey": ring,
         "seconds": seconds,
         "machine": machine(load_before),
-    }  # fmt: skip
+    }
     os.makedirs(RESULTS, exist_ok=True)
     suffix = "_quick" if args.quick else ""
     with open(os.path.join(RESULTS, f"ablation{suffix}.json"), "w", encoding="utf-8") as f:

@@ -50,15 +50,24 @@ def _sam_embeddings(n: int) -> dict:
             predictor.set_image(im)
         torch.cuda.synchronize()
     wall = time.perf_counter() - t0
-    return {"model": "vit_h (random weights)", "images": n, "image_side": 1024, "embeddings_per_s": round(n / wall, 2),
-            "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)}  # fmt: skip
+    return {
+        "model": "vit_h (random weights)",
+        "images": n,
+        "image_side": 1024,
+        "embeddings_per_s": round(n / wall, 2),
+        "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+    }
 
 
 def sam_through_dask(n: int) -> dict:
     from distributed import Client, LocalCluster
 
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, resources={"GPU": 1},
-                      dashboard_address=":0") as cluster, Client(cluster) as client:  # fmt: skip
+    with (
+        LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=True, resources={"GPU": 1}, dashboard_address=":0"
+        ) as cluster,
+        Client(cluster) as client,
+    ):
         out = client.submit(_sam_embeddings, n, resources={"GPU": 1}, pure=False).result()
     out["dask_worker_resources"] = {"GPU": 1}
     return out
@@ -90,9 +99,16 @@ def sd15_sized_components(seed: int = 0):
     text = CLIPTextModel(
         tiny_text_config(len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id, hidden_size=768)
     )
-    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, sample_size=512,
-                        block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
-                        up_block_types=("UpDecoderBlock2D",) * 4)  # fmt: skip
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        layers_per_block=2,
+        sample_size=512,
+        block_out_channels=(128, 256, 512, 512),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+    )
     unet = UNet2DConditionModel.from_config(sd15_unet_config())
     return SDComponents(
         unet, vae, text, tokenizer, DDPMScheduler.from_config(scheduler_config("epsilon")), source="tiny"
@@ -111,8 +127,9 @@ def two_stage(images: int, steps: int = 30, size: int = 512) -> dict:
     from generation.pipeline_two_stage import TwoStageHandBodyPipeline
 
     c = sd15_sized_components(0)
-    hand = HandGenerationPipeline(HandUNet.from_unet(c.unet), c.vae, c.text_encoder, c.tokenizer,
-                                  sampling_scheduler(c.scheduler))  # fmt: skip
+    hand = HandGenerationPipeline(
+        HandUNet.from_unet(c.unet), c.vae, c.text_encoder, c.tokenizer, sampling_scheduler(c.scheduler)
+    )
     b = sd15_sized_components(1)
     body = BodyOutpaintPipeline.from_components(b, build_body_model(b, "standard"))
     pipe = TwoStageHandBodyPipeline.from_pipelines(hand, body).to("cuda", torch.bfloat16)
@@ -124,9 +141,15 @@ def two_stage(images: int, steps: int = 30, size: int = 512) -> dict:
     for _ in range(images):
         pipe(**args)
     torch.cuda.synchronize()
-    return {"size": size, "steps": steps, "dtype": "bf16", "images": images, "hands_per_image": 2,
-            "seconds_per_image": round((time.perf_counter() - t0) / images, 3),
-            "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)}  # fmt: skip
+    return {
+        "size": size,
+        "steps": steps,
+        "dtype": "bf16",
+        "images": images,
+        "hands_per_image": 2,
+        "seconds_per_image": round((time.perf_counter() - t0) / images, 3),
+        "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+    }
 
 
 def main(argv=None) -> dict:
@@ -138,8 +161,13 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
     import torch
 
-    result = {"machine": {"platform": platform.platform(), "python": platform.python_version(),
-                          "torch": torch.__version__}}  # fmt: skip
+    result = {
+        "machine": {
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+        }
+    }
     if not torch.cuda.is_available():
         print(SKIPPED)
         result["skipped"] = SKIPPED

@@ -93,8 +93,15 @@ def timed_cluster_run(config, workers: int) -> dict:
         wall = time.perf_counter() - t0
     assert not failed, failed
     images = sum(s["images"] for s in done)
-    return {"workers": workers, "images": images, "seconds": round(wall, 3), "images_per_s": round(images / wall, 2),
-            "task_seconds": round(sum(s["seconds"] for s in done), 3), "stats": done, "status_counts": dict(sum((Counter(s["status_counts"]) for s in done), Counter()))}  # fmt: skip
+    return {
+        "workers": workers,
+        "images": images,
+        "seconds": round(wall, 3),
+        "images_per_s": round(images / wall, 2),
+        "task_seconds": round(sum(s["seconds"] for s in done), 3),
+        "stats": done,
+        "status_counts": dict(sum((Counter(s["status_counts"]) for s in done), Counter())),
+    }
 
 
 def in_process_run(config) -> dict:
@@ -149,11 +156,22 @@ def hagrid_tree_from_manifest(manifest: str, src: str, dst: str, repeat: int) ->
                     continue
                 w, h = images[image_id]["width"], images[image_id]["height"]
                 marks = [[[x / w, y / h] for x, y, _ in kps] for kps in hands.get(image_id, [])]
-                boxes = [[min(p[0] for p in m), min(p[1] for p in m), max(p[0] for p in m) - min(p[0] for p in m),
-                          max(p[1] for p in m) - min(p[1] for p in m)] for m in marks]  # fmt: skip
+                boxes = [
+                    [
+                        min(p[0] for p in m),
+                        min(p[1] for p in m),
+                        max(p[0] for p in m) - min(p[0] for p in m),
+                        max(p[1] for p in m) - min(p[1] for p in m),
+                    ]
+                    for m in marks
+                ]
                 shutil.copy(os.path.join(src, label, name), os.path.join(dst, label, f"{stem}-{k}.jpg"))
-                entries[f"{stem}-{k}"] = {"bboxes": boxes, "labels": [label] * len(boxes), "hand_landmarks": marks,
-                                          "user_id": stem}  # fmt: skip
+                entries[f"{stem}-{k}"] = {
+                    "bboxes": boxes,
+                    "labels": [label] * len(boxes),
+                    "hand_landmarks": marks,
+                    "user_id": stem,
+                }
             os.makedirs(os.path.join(dst, "annotations", "train"), exist_ok=True)
             path = os.path.join(dst, "annotations", "train", f"{label}.json")
             if os.path.exists(path):
@@ -418,8 +436,15 @@ def main(argv=None) -> dict:
         hagrid_tree_from_manifest(
             os.path.join(tmp, "detect-1"), os.path.abspath(args.input), tree, args.repeat
         )
-        ann = dataclasses.replace(base, input=tree, format="hagrid", keypoint_source="annotation", body_pose=False,
-                                  wrist_refine=False, mask_method="none")  # fmt: skip
+        ann = dataclasses.replace(
+            base,
+            input=tree,
+            format="hagrid",
+            keypoint_source="annotation",
+            body_pose=False,
+            wrist_refine=False,
+            mask_method="none",
+        )
         core = in_process_run(dataclasses.replace(ann, out=os.path.join(tmp, "ann-1core")))
         cluster = timed_cluster_run(
             dataclasses.replace(ann, out=os.path.join(tmp, "ann-cluster")), args.workers
@@ -437,7 +462,7 @@ def main(argv=None) -> dict:
                 "mask_method": "none",
                 "crop_size": ann.crop_size,
                 "heatmap_size": ann.resolved_heatmap_size(),
-            },  # fmt: skip
+            },
             "images_per_s_per_core": core["images_per_s"],
             "stage_ms_per_image_1_core": stage_ms(core["stats"], core["images"]),
             f"images_per_s_{args.workers}_workers": cluster["images_per_s"],

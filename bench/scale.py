@@ -52,8 +52,17 @@ SHARD_SIZE = 256
 WORKERS = 2
 # Annotation mode at a small crop: the run's cost is the pipeline around the models. Masks are made
 # (GrabCut at 32 px, one iteration: the cheapest real mask) because the hand-crop loader needs them.
-SETTINGS = dict(format="hagrid", keypoint_source="annotation", body_pose=False, mask_method="grabcut",
-                grabcut_size=32, grabcut_iters=1, wrist_refine=False, pad_retry=0.0, crop_size=128)  # fmt: skip
+SETTINGS = dict(
+    format="hagrid",
+    keypoint_source="annotation",
+    body_pose=False,
+    mask_method="grabcut",
+    grabcut_size=32,
+    grabcut_iters=1,
+    wrist_refine=False,
+    pad_retry=0.0,
+    crop_size=128,
+)
 CLI_FLAGS = ["--format", "hagrid", "--keypoint-source", "annotation", "--no-body-pose", "--mask-method", "grabcut",
              "--grabcut-size", "32", "--grabcut-iters", "1", "--no-wrist-refine", "--pad-retry", "0",
              "--crop-size", "128"]  # fmt: skip
@@ -62,8 +71,12 @@ TARGETS = {"driver_rss_mb_max": 1024, "rerun_s_per_1000_shards_max": 10.0, "vali
 
 
 def machine() -> dict:
-    return {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(),
-            "loadavg_1_5_15": list(os.getloadavg())}  # fmt: skip
+    return {
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "loadavg_1_5_15": list(os.getloadavg()),
+    }
 
 
 # --------------------------------------------------------------------------- 1. fast path
@@ -120,10 +133,16 @@ def _on_cluster(shards, config, client) -> dict:
             if ss["action"] == "compute":
                 spans.setdefault(t["worker"], []).append((ss["start"], ss["stop"]))
     gaps = [b[0] - a[1] for v in spans.values() for a, b in zip(sorted(v), sorted(v)[1:])]
-    return {"images_per_s": n / wall, "busy_share": task_s / (WORKERS * wall),
-            "gap_s_median": statistics.median(gaps) if gaps else None, "gap_share": sum(gaps) / (WORKERS * wall),
-            "task_cpu_ms_per_image": 1000 * sum(d["cpu_seconds"] for d in done) / n,
-            "task_images_per_s": n / task_s, "failed": len(failed), "stats": done}  # fmt: skip
+    return {
+        "images_per_s": n / wall,
+        "busy_share": task_s / (WORKERS * wall),
+        "gap_s_median": statistics.median(gaps) if gaps else None,
+        "gap_share": sum(gaps) / (WORKERS * wall),
+        "task_cpu_ms_per_image": 1000 * sum(d["cpu_seconds"] for d in done) / n,
+        "task_images_per_s": n / task_s,
+        "failed": len(failed),
+        "stats": done,
+    }
 
 
 def fastpath(src: str, work: str, images: int, rounds: int) -> dict:
@@ -134,8 +153,15 @@ def fastpath(src: str, work: str, images: int, rounds: int) -> dict:
 
     out = os.path.join(work, "fastpath")
     shutil.rmtree(out, ignore_errors=True)
-    config = PrepConfig(input=src, out=os.path.join(out, "dask"), limit=images, shard_size=SHARD_SIZE,
-                        workers=WORKERS, progress=False, **SETTINGS).validate()  # fmt: skip
+    config = PrepConfig(
+        input=src,
+        out=os.path.join(out, "dask"),
+        limit=images,
+        shard_size=SHARD_SIZE,
+        workers=WORKERS,
+        progress=False,
+        **SETTINGS,
+    ).validate()
     local = dataclasses.replace(config, out=os.path.join(out, "local"))
     shards = plan_shards(load_records(config), config)
     per_round = (len(shards) - 2) // rounds
@@ -146,8 +172,12 @@ def fastpath(src: str, work: str, images: int, rounds: int) -> dict:
     from concurrent.futures import ProcessPoolExecutor
 
     bare = dataclasses.replace(config, out=os.path.join(out, "bare"))
-    pool = ProcessPoolExecutor(WORKERS, mp_context=multiprocessing.get_context("spawn"), initializer=_bare_init,
-                               initargs=(shards[0].records[:16], bare))  # fmt: skip
+    pool = ProcessPoolExecutor(
+        WORKERS,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_bare_init,
+        initargs=(shards[0].records[:16], bare),
+    )
     list(pool.map(time.sleep, [0.5] * WORKERS))  # both processes started and warm
     t0 = time.perf_counter()
     with pool, dask_client(config) as client:
@@ -159,16 +189,23 @@ def fastpath(src: str, work: str, images: int, rounds: int) -> dict:
             ip_rate, ip_cpu = _in_process(chunk[:local_n], local)
             bare_rate = _bare_processes(pool, chunk[local_n : local_n + WORKERS * local_n], bare)
             d = _on_cluster(chunk[local_n + WORKERS * local_n :], config, client)
-            runs.append({"in_process_images_per_s": round(ip_rate, 1), "in_process_cpu_ms_per_image": round(ip_cpu, 3),
-                         "bare_processes_images_per_s": round(bare_rate, 1),
-                         "dask_images_per_s": round(d["images_per_s"], 1),
-                         "ratio": round(d["images_per_s"] / (WORKERS * ip_rate), 3),
-                         "ratio_to_bare_processes": round(d["images_per_s"] / bare_rate, 3),
-                         "busy_share": round(d["busy_share"], 3), "task_images_per_s": round(d["task_images_per_s"], 1),
-                         "gap_between_tasks_ms_median": round(1000 * (d["gap_s_median"] or 0), 1),
-                         "gap_share": round(d["gap_share"], 4),
-                         "task_cpu_ms_per_image": round(d["task_cpu_ms_per_image"], 3),
-                         "loadavg_1": round(os.getloadavg()[0], 2), "stats": d["stats"]})  # fmt: skip
+            runs.append(
+                {
+                    "in_process_images_per_s": round(ip_rate, 1),
+                    "in_process_cpu_ms_per_image": round(ip_cpu, 3),
+                    "bare_processes_images_per_s": round(bare_rate, 1),
+                    "dask_images_per_s": round(d["images_per_s"], 1),
+                    "ratio": round(d["images_per_s"] / (WORKERS * ip_rate), 3),
+                    "ratio_to_bare_processes": round(d["images_per_s"] / bare_rate, 3),
+                    "busy_share": round(d["busy_share"], 3),
+                    "task_images_per_s": round(d["task_images_per_s"], 1),
+                    "gap_between_tasks_ms_median": round(1000 * (d["gap_s_median"] or 0), 1),
+                    "gap_share": round(d["gap_share"], 4),
+                    "task_cpu_ms_per_image": round(d["task_cpu_ms_per_image"], 3),
+                    "loadavg_1": round(os.getloadavg()[0], 2),
+                    "stats": d["stats"],
+                }
+            )
     stats = [s for r in runs for s in r.pop("stats")]
     n = sum(s["images"] for s in stats)
     stage = {}
@@ -181,17 +218,24 @@ def fastpath(src: str, work: str, images: int, rounds: int) -> dict:
     warm_task = statistics.median(s["seconds"] for s in stats)
     ratios = [r["ratio"] for r in runs]
     return {
-        "images": images, "shard_size": SHARD_SIZE, "workers": WORKERS, "rounds": runs,
-        "ratio_median": round(statistics.median(ratios), 3), "ratio_best": max(ratios),
-        "ratio_to_bare_processes_median": round(statistics.median(r["ratio_to_bare_processes"] for r in runs), 3),
+        "images": images,
+        "shard_size": SHARD_SIZE,
+        "workers": WORKERS,
+        "rounds": runs,
+        "ratio_median": round(statistics.median(ratios), 3),
+        "ratio_best": max(ratios),
+        "ratio_to_bare_processes_median": round(
+            statistics.median(r["ratio_to_bare_processes"] for r in runs), 3
+        ),
         "cpu_per_image_task_over_in_process": round(
-            statistics.median(r["task_cpu_ms_per_image"] / r["in_process_cpu_ms_per_image"] for r in runs), 3),
+            statistics.median(r["task_cpu_ms_per_image"] / r["in_process_cpu_ms_per_image"] for r in runs), 3
+        ),
         "task_ms_per_image_by_stage": breakdown,
         "records_pickled_bytes_per_shard": int(statistics.mean(ship)),
         "cluster_start_s": round(cluster_start, 2),
         "cold_first_task_s": round(max(s["seconds"] for s in cold["stats"]), 2),
         "warm_task_s_median": round(warm_task, 2),
-    }  # fmt: skip
+    }
 
 
 # --------------------------------------------------------------------------- 2. scale
@@ -208,8 +252,9 @@ def _peak_rss(pid: int, box: dict, stop: threading.Event) -> None:
     while not stop.is_set():
         try:
             box["driver"] = max(box.get("driver", 0), p.memory_info().rss)
-            box["children"] = max(box.get("children", 0),
-                                  sum(c.memory_info().rss for c in p.children(recursive=True)))  # fmt: skip
+            box["children"] = max(
+                box.get("children", 0), sum(c.memory_info().rss for c in p.children(recursive=True))
+            )
         except psutil.Error:
             pass
         stop.wait(0.1)
@@ -252,13 +297,33 @@ def _loader(manifest: str) -> dict:
             bar.update(k)
     wall = time.perf_counter() - t0
     del torch
-    return {"samples": n, "seconds": round(wall, 2), "samples_per_s": round(n / wall, 1), "batch_size": 64,
-            "num_workers": WORKERS, "resolution": 128}  # fmt: skip
+    return {
+        "samples": n,
+        "seconds": round(wall, 2),
+        "samples_per_s": round(n / wall, 1),
+        "batch_size": 64,
+        "num_workers": WORKERS,
+        "resolution": 128,
+    }
 
 
 def _prep_command(src: str, out: str) -> list[str]:
-    return [sys.executable, "-m", "prep", "run", "--input", src, "--out", out, *CLI_FLAGS, "--shard-size",
-            str(SHARD_SIZE), "--workers", str(WORKERS), "--json"]  # fmt: skip
+    return [
+        sys.executable,
+        "-m",
+        "prep",
+        "run",
+        "--input",
+        src,
+        "--out",
+        out,
+        *CLI_FLAGS,
+        "--shard-size",
+        str(SHARD_SIZE),
+        "--workers",
+        str(WORKERS),
+        "--json",
+    ]
 
 
 def _rerun(cmd: list[str], shards: int) -> dict:
@@ -266,9 +331,13 @@ def _rerun(cmd: list[str], shards: int) -> dict:
     wall, proc, rss = _timed([*cmd, "--no-progress"])
     again = json.loads(proc.stdout)
     print(f"rerun: {wall:.1f} s, shards {again['shards']}, phases {again['phase_seconds']}", flush=True)
-    return {"wall_s": round(wall, 2), "shards": again["shards"], "phase_seconds": again["phase_seconds"],
-            "s_per_1000_shards": round(1000 * wall / shards, 2),
-            "driver_peak_rss_mb": round(rss.get("driver", 0) / 2**20, 1)}  # fmt: skip
+    return {
+        "wall_s": round(wall, 2),
+        "shards": again["shards"],
+        "phase_seconds": again["phase_seconds"],
+        "s_per_1000_shards": round(1000 * wall / shards, 2),
+        "driver_peak_rss_mb": round(rss.get("driver", 0) / 2**20, 1),
+    }
 
 
 def rerun_only(src: str, work: str, res: dict) -> None:
@@ -297,12 +366,17 @@ def scale(src: str, work: str, images: int, res: dict) -> dict:
     first = json.loads(proc.stdout)
     shards = first["shards"]["run"] + first["shards"]["skipped"]
     res.update(images=images, shard_size=SHARD_SIZE, workers=WORKERS, shards=shards)
-    res["run"] = {"wall_s": round(wall, 1), "images_per_s": first["images_per_s"],
-                  "wall_images_per_s": round(first["images"] / wall, 1),
-                  "phase_seconds": first["phase_seconds"], "status_counts": first["manifest"]["status_counts"],
-                  "hands": first["manifest"]["hands"], "stage_ms_per_image": first["stage_ms_per_image"],
-                  "driver_peak_rss_mb": round(rss.get("driver", 0) / 2**20, 1),
-                  "workers_peak_rss_mb": round(rss.get("children", 0) / 2**20, 1)}  # fmt: skip
+    res["run"] = {
+        "wall_s": round(wall, 1),
+        "images_per_s": first["images_per_s"],
+        "wall_images_per_s": round(first["images"] / wall, 1),
+        "phase_seconds": first["phase_seconds"],
+        "status_counts": first["manifest"]["status_counts"],
+        "hands": first["manifest"]["hands"],
+        "stage_ms_per_image": first["stage_ms_per_image"],
+        "driver_peak_rss_mb": round(rss.get("driver", 0) / 2**20, 1),
+        "workers_peak_rss_mb": round(rss.get("children", 0) / 2**20, 1),
+    }
     print(
         f"run: {wall:.1f} s, {first['images_per_s']} img/s, driver peak RSS {rss['driver'] / 2**20:.0f} MB",
         flush=True,
@@ -312,8 +386,13 @@ def scale(src: str, work: str, images: int, res: dict) -> dict:
     print(f"validate --no-decode: {lwall:.1f} s, exit {lproc.returncode}", flush=True)
     vwall, vproc, _ = _timed([py, "-m", "manifests", "validate", out, "--workers", str(WORKERS)])
     print(f"validate: {vwall:.1f} s, exit {vproc.returncode}", flush=True)
-    res["validate"] = {"wall_s": round(vwall, 1), "exit_code": vproc.returncode, "decode_workers": WORKERS,
-                       "no_decode_wall_s": round(lwall, 1), "no_decode_exit_code": lproc.returncode}  # fmt: skip
+    res["validate"] = {
+        "wall_s": round(vwall, 1),
+        "exit_code": vproc.returncode,
+        "decode_workers": WORKERS,
+        "no_decode_wall_s": round(lwall, 1),
+        "no_decode_exit_code": lproc.returncode,
+    }
     swall, sproc, _ = _timed([py, "-m", "manifests", "stats", out, "--json"])
     print(f"stats: {swall:.1f} s, exit {sproc.returncode}", flush=True)
     res["stats"] = {"wall_s": round(swall, 1), "exit_code": sproc.returncode}
@@ -327,13 +406,15 @@ def targets(result: dict) -> dict:
     if result.get("scale", {}).get("stats"):
         s = result["scale"]
         out["driver_rss_at_most_1GB"] = s["run"]["driver_peak_rss_mb"] <= TARGETS["driver_rss_mb_max"]
-        out["rerun_at_most_10s_per_1000_shards"] = (s["rerun"]["s_per_1000_shards"]
-                                                    <= TARGETS["rerun_s_per_1000_shards_max"])  # fmt: skip
+        out["rerun_at_most_10s_per_1000_shards"] = (
+            s["rerun"]["s_per_1000_shards"] <= TARGETS["rerun_s_per_1000_shards_max"]
+        )
         out["validate_at_most_60s"] = s["validate"]["wall_s"] <= TARGETS["validate_s_max"]
         out["stats_at_most_60s"] = s["stats"]["wall_s"] <= TARGETS["stats_s_max"]
     if "fastpath" in result:
-        out["dask_at_least_70pct_of_in_process_x_workers"] = (result["fastpath"]["ratio_median"]
-                                                              >= TARGETS["fastpath_ratio_min"])  # fmt: skip
+        out["dask_at_least_70pct_of_in_process_x_workers"] = (
+            result["fastpath"]["ratio_median"] >= TARGETS["fastpath_ratio_min"]
+        )
     return out
 
 

@@ -64,9 +64,13 @@ def write_tree(root: str, n: int, gestures=GESTURES) -> int:
             f.write(data)
         x0, y0 = marks.min(0)
         x1, y1 = marks.max(0)
-        per[g][image_id] = {"bboxes": [[x0, y0, x1 - x0, y1 - y0]], "labels": [g],
-                            "hand_landmarks": [marks.tolist()], "user_id": f"user{k % 997}",
-                            "leading_hand": "right"}  # fmt: skip
+        per[g][image_id] = {
+            "bboxes": [[x0, y0, x1 - x0, y1 - y0]],
+            "labels": [g],
+            "hand_landmarks": [marks.tolist()],
+            "user_id": f"user{k % 997}",
+            "leading_hand": "right",
+        }
     os.makedirs(os.path.join(root, "annotations", "train"), exist_ok=True)
     for g, entries in per.items():
         with open(os.path.join(root, "annotations", "train", f"{g}.json"), "w") as f:

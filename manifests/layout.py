@@ -422,8 +422,11 @@ def root_problems(fs, path: str, scans: dict[str, TableScan]) -> tuple[dict | No
     for t, scan in scans.items():
         summary = tables.get(t)
         if not isinstance(summary, (dict, type(None))):
-            problems.append(Problem(murl, f"summary of table {t!r} must be an object, got {_short(summary)}",
-                                    kind="corrupt"))  # fmt: skip
+            problems.append(
+                Problem(
+                    murl, f"summary of table {t!r} must be an object, got {_short(summary)}", kind="corrupt"
+                )
+            )
         elif summary is None:
             problems.append(Problem(murl, f"no summary for table {t!r}", kind="counts"))
         elif all(s.num_rows is not None for s in scan.shards) and summary.get("num_rows") != scan.num_rows:

@@ -176,8 +176,9 @@ class Annotator:
         with self._timed("pose"):
             return self.body.detect(image)
 
-    def find_hands(self, decoded: DecodedImage, record: ImageRecord,
-                   annotations: list[HandAnnotation]) -> tuple[list[Hand], BodyPose | None]:  # fmt: skip
+    def find_hands(
+        self, decoded: DecodedImage, record: ImageRecord, annotations: list[HandAnnotation]
+    ) -> tuple[list[Hand], BodyPose | None]:
         """(hands, body) in original pixels: the record's own keypoints (original pixels) when configured
         and present, else `detect` on the decoded pixels, which may be a reduced copy."""
         image = decoded.pixels
@@ -216,8 +217,9 @@ class Annotator:
             # costs about what a 512-px one does, and the same photo at another resolution is searched
             # on the same pixels. Full resolution is decoded only for small hands: their crops and the
             # wrist-guided search.
-            decoded, raw = load_image(record.source_uri, cfg.max_pixels, max_bytes, cfg.max_image_side,
-                                       data=record.data)  # fmt: skip
+            decoded, raw = load_image(
+                record.source_uri, cfg.max_pixels, max_bytes, cfg.max_image_side, data=record.data
+            )
         image = decoded.pixels
         width, height = decoded.width, decoded.height
         annotations = to_pixels(record, width, height)

@@ -65,8 +65,9 @@ class PrepConfig(Settings):
         runtime=True,
     )
     # Work partitioning
-    shard_size: int = setting(64, "Images per shard: the unit of work, retry and resume.", ge=1, le=1_000_000,
-                              runtime=True)  # fmt: skip
+    shard_size: int = setting(
+        64, "Images per shard: the unit of work, retry and resume.", ge=1, le=1_000_000, runtime=True
+    )
     workers: int = setting(
         2,
         "Worker processes of the local Dask cluster (ignored with --scheduler).",
@@ -147,8 +148,9 @@ class PrepConfig(Settings):
     heatmap_size: int | None = setting(
         None, "Side of the keypoint heatmaps (default: crop_size // 8, the latent size).", ge=1, le=4096
     )
-    sigma: float = setting(DEFAULT_SIGMA, "Gaussian sigma of the keypoint heatmaps, in heatmap pixels.", gt=0,
-                           le=1000)  # fmt: skip
+    sigma: float = setting(
+        DEFAULT_SIGMA, "Gaussian sigma of the keypoint heatmaps, in heatmap pixels.", gt=0, le=1000
+    )
     # Captions
     caption_templates: dict = setting(
         default_factory=dict, help="Per-label caption template overrides (Python API only).", cli=False
@@ -176,8 +178,9 @@ class PrepConfig(Settings):
         "Per-image annotator: a name from prep.process.ANNOTATORS (mediapipe) or an explicit module:Class whose "
         "module also defines error_row. Only the user chooses it; evaluate never takes it from a manifest.",
     )
-    retries: int = setting(2, "Extra attempts for a shard task that raised an exception.", ge=0, le=100,
-                           runtime=True)  # fmt: skip
+    retries: int = setting(
+        2, "Extra attempts for a shard task that raised an exception.", ge=0, le=100, runtime=True
+    )
     preview: str | None = setting(
         None, "Also write a preview sheet (PNG) of the finished manifest to this path.", runtime=True
     )

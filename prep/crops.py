@@ -53,9 +53,13 @@ def warp_crop(
     a = box.side / box.size
     m = np.array([[a, 0.0, box.x0 + 0.5 * a - 0.5], [0.0, a, box.y0 + 0.5 * a - 0.5]])
     return cv2.warpAffine(
-        image, m, (box.size, box.size), flags=interpolation | cv2.WARP_INVERSE_MAP,
-        borderMode=cv2.BORDER_CONSTANT, borderValue=fill,
-    )  # fmt: skip
+        image,
+        m,
+        (box.size, box.size),
+        flags=interpolation | cv2.WARP_INVERSE_MAP,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=fill,
+    )
 
 
 def scale_box(box: CropBox, scale: float) -> CropBox:

@@ -92,8 +92,12 @@ def reach_outside(keypoints: np.ndarray, image_shape: tuple[int, ...]) -> float:
     return float(np.max(np.concatenate([-xy[:, 0], xy[:, 0] - w, -xy[:, 1], xy[:, 1] - h])))
 
 
-def hands_from_annotation(annotations: list[HandAnnotation], uri: str, image_shape: tuple[int, ...] | None = None,
-                          max_outside: float = 0.25) -> list[Hand]:  # fmt: skip
+def hands_from_annotation(
+    annotations: list[HandAnnotation],
+    uri: str,
+    image_shape: tuple[int, ...] | None = None,
+    max_outside: float = 0.25,
+) -> list[Hand]:
     """The record's keypoint-bearing hand annotations as `Hand`s (source "annotation").
 
     With `image_shape`, a hand must fit the image as detected hands do (no keypoint more than
@@ -176,8 +180,9 @@ class HandDetector:
             hands.append(Hand(pts, UNMIRROR.get(cls.label), float(cls.score), source))
         return hands
 
-    def detect(self, image: np.ndarray, body: BodyPose | None = None,
-               full: FullCrop | None = None) -> list[Hand]:  # fmt: skip
+    def detect(
+        self, image: np.ndarray, body: BodyPose | None = None, full: FullCrop | None = None
+    ) -> list[Hand]:
         """(H, W, 3) uint8 RGB (+ optional body pose) -> hands in `image` pixels, at most `max_hands`,
         best first. When `image` is a reduced copy, `full` cuts the wrist-guided pass's crops (boxes in
         `image` pixels) from the full-resolution photo."""
@@ -234,8 +239,10 @@ class HandDetector:
         h, w = image_shape[:2]
         scales = [self.config.wrist_crop_scale]
         if self.config.wrist_crop_retry and self.config.wrist_crop_retry != 1.0:
-            scales += [self.config.wrist_crop_scale * self.config.wrist_crop_retry,
-                       self.config.wrist_crop_scale / self.config.wrist_crop_retry]  # fmt: skip
+            scales += [
+                self.config.wrist_crop_scale * self.config.wrist_crop_retry,
+                self.config.wrist_crop_scale / self.config.wrist_crop_retry,
+            ]
         out = []
         for arm in POSE_ARM:
             wrist, visibility = body.wrist(arm)
@@ -250,8 +257,9 @@ class HandDetector:
             out.append((wrist, tries))
         return out
 
-    def _wrist_pass(self, image: np.ndarray, body: BodyPose, hands: list[Hand],
-                    full: FullCrop | None = None) -> list[Hand]:  # fmt: skip
+    def _wrist_pass(
+        self, image: np.ndarray, body: BodyPose, hands: list[Hand], full: FullCrop | None = None
+    ) -> list[Hand]:
         found: list[Hand] = []
         wrists = [
             body.wrist(arm)[0] for arm in POSE_ARM if body.wrist(arm)[1] >= self.config.wrist_min_visibility
@@ -271,8 +279,14 @@ class HandDetector:
                     break
         return found
 
-    def _search(self, image: np.ndarray, crop: CropBox, wrists: list[np.ndarray], min_size: float,
-                full: FullCrop | None = None) -> list[Hand]:  # fmt: skip
+    def _search(
+        self,
+        image: np.ndarray,
+        crop: CropBox,
+        wrists: list[np.ndarray],
+        min_size: float,
+        full: FullCrop | None = None,
+    ) -> list[Hand]:
         kept = []
         pixels = warp_crop(image, crop) if full is None else full(crop)
         for hand in self._run(pixels, crop, SOURCE_WRIST):

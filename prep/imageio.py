@@ -397,8 +397,13 @@ def decode_image(
     )
 
 
-def load_image(uri: str, max_pixels: int, max_bytes: int = MAX_FILE_BYTES,
-               max_side: int | None = None, data: bytes | None = None) -> tuple[DecodedImage, bytes]:  # fmt: skip
+def load_image(
+    uri: str,
+    max_pixels: int,
+    max_bytes: int = MAX_FILE_BYTES,
+    max_side: int | None = None,
+    data: bytes | None = None,
+) -> tuple[DecodedImage, bytes]:
     """Read and decode `uri` (reduced to `max_side` when given, see `decode_image`); returns the
     decoded image and the raw bytes (reused when storing it).
 

@@ -170,22 +170,35 @@ def build_sam_vit_tiny(checkpoint=None):
     img_size, patch, dim = 256, 16, 32
     sam = Sam(
         image_encoder=ImageEncoderViT(
-            depth=2, embed_dim=64, img_size=img_size, mlp_ratio=2, norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
-            num_heads=2, patch_size=patch, qkv_bias=True, use_rel_pos=True, global_attn_indexes=[1],
-            window_size=4, out_chans=dim,
+            depth=2,
+            embed_dim=64,
+            img_size=img_size,
+            mlp_ratio=2,
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+            num_heads=2,
+            patch_size=patch,
+            qkv_bias=True,
+            use_rel_pos=True,
+            global_attn_indexes=[1],
+            window_size=4,
+            out_chans=dim,
         ),
         prompt_encoder=PromptEncoder(
-            embed_dim=dim, image_embedding_size=(img_size // patch, img_size // patch),
-            input_image_size=(img_size, img_size), mask_in_chans=4,
+            embed_dim=dim,
+            image_embedding_size=(img_size // patch, img_size // patch),
+            input_image_size=(img_size, img_size),
+            mask_in_chans=4,
         ),
         mask_decoder=MaskDecoder(
             num_multimask_outputs=3,
             transformer=TwoWayTransformer(depth=2, embedding_dim=dim, mlp_dim=64, num_heads=2),
-            transformer_dim=dim, iou_head_depth=2, iou_head_hidden_dim=32,
+            transformer_dim=dim,
+            iou_head_depth=2,
+            iou_head_hidden_dim=32,
         ),
         pixel_mean=[123.675, 116.28, 103.53],
         pixel_std=[58.395, 57.12, 57.375],
-    )  # fmt: skip
+    )
     return sam.eval()
 
 
@@ -193,8 +206,12 @@ def sam_builders() -> dict:
     """model type -> builder(checkpoint=None) returning an un-loaded `Sam`."""
     from segment_anything import sam_model_registry
 
-    return {"vit_b": sam_model_registry["vit_b"], "vit_l": sam_model_registry["vit_l"],
-            "vit_h": sam_model_registry["vit_h"], "vit_tiny": build_sam_vit_tiny}  # fmt: skip
+    return {
+        "vit_b": sam_model_registry["vit_b"],
+        "vit_l": sam_model_registry["vit_l"],
+        "vit_h": sam_model_registry["vit_h"],
+        "vit_tiny": build_sam_vit_tiny,
+    }
 
 
 def load_sam(model_type: str, checkpoint: str, device: str = "cpu"):

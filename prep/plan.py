@@ -156,11 +156,15 @@ def pending_shards(shards: list[Shard], writer: ManifestWriter, overwrite: bool 
         reasons = []
         if conflicting:
             legacy = any(not stats[i].get("config_fingerprint") for i in conflicting)
-            reasons.append(f"shards {_span(conflicting)} were written under other row-shaping settings"
-                           + (" (or, by an older handfirst, from other images)" if legacy else ""))  # fmt: skip
+            reasons.append(
+                f"shards {_span(conflicting)} were written under other row-shaping settings"
+                + (" (or, by an older handfirst, from other images)" if legacy else "")
+            )
         if beyond:
-            reasons.append(f"shards {_span(beyond)} are beyond this run's {len(shards)} shards "
-                           "(written from a larger input or --limit)")  # fmt: skip
+            reasons.append(
+                f"shards {_span(beyond)} are beyond this run's {len(shards)} shards "
+                "(written from a larger input or --limit)"
+            )
         raise OutputConflictError(
             f"{writer.root} already holds a manifest this run would mix with its own: {'; '.join(reasons)}. "
             "Rerun with --overwrite to replace it, or use another --out."

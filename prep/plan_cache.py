@@ -45,8 +45,15 @@ def input_state(config: PrepConfig) -> str | None:
     except (OSError, ValueError):
         return None
     h = hashlib.sha1()
-    key = [VERSION, config.fingerprint(), config.format, str(config.input), config.annotations, config.shard_size,
-           config.limit]  # fmt: skip
+    key = [
+        VERSION,
+        config.fingerprint(),
+        config.format,
+        str(config.input),
+        config.annotations,
+        config.shard_size,
+        config.limit,
+    ]
     h.update(json.dumps(key, default=str).encode())
     for path, info in sorted({**entries, **extra}.items()):
         changed = info.get("mtime") or info.get("LastModified") or info.get("ETag") or ""
@@ -72,7 +79,10 @@ def save(fs, path: str, state: str | None, shards) -> None:
     if state is None:
         return
     try:
-        write_json(fs, join(path, PLAN_FILE),
-                   {"state": state, "shards": [[s.index, s.fingerprint, s.num_images] for s in shards]})  # fmt: skip
+        write_json(
+            fs,
+            join(path, PLAN_FILE),
+            {"state": state, "shards": [[s.index, s.fingerprint, s.num_images] for s in shards]},
+        )
     except OSError as exc:
         logger.warning("could not write %s: %s", join(path, PLAN_FILE), exc)

@@ -102,8 +102,10 @@ def dask_client(config: PrepConfig):
             if config.gpu_resource and uses_sam(config):
                 workers = client.scheduler_info().get("workers", {}).values()
                 if not any(w.get("resources", {}).get("GPU") for w in workers):
-                    raise ClusterSetupError(f"gpu_resource is set but no worker of {config.scheduler} offers a GPU resource "
-                                       "(start workers with --resources GPU=1)")  # fmt: skip
+                    raise ClusterSetupError(
+                        f"gpu_resource is set but no worker of {config.scheduler} offers a GPU resource "
+                        "(start workers with --resources GPU=1)"
+                    )
             yield client
         return
     resources = {"GPU": 1} if config.gpu_resource else None
@@ -117,8 +119,17 @@ def dask_client(config: PrepConfig):
         ],
     }
     with dask.config.set(settings):
-        with LocalCluster(n_workers=config.workers, threads_per_worker=1, processes=True, dashboard_address=":0",
-                          resources=resources, silence_logs=logging.ERROR) as cluster, Client(cluster) as client:  # fmt: skip
+        with (
+            LocalCluster(
+                n_workers=config.workers,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=":0",
+                resources=resources,
+                silence_logs=logging.ERROR,
+            ) as cluster,
+            Client(cluster) as client,
+        ):
             try:
                 yield client
             except KeyboardInterrupt:
@@ -170,9 +181,19 @@ def run_shards(todo, config: PrepConfig, client=None) -> tuple[list[dict], dict[
         # suspect, so queued bystanders would use up their retries too).
         while queue and len(futures) < slots():
             shard = queue.pop()
-            fut = client.submit(process_shard, shard.index, shard.records, config, shard.fingerprint, shard.config_fingerprint,
-                                shard.unit, key=f"prep-{shard_name(shard.index)}-{token}", retries=config.retries,
-                                pure=False, **extra)  # fmt: skip
+            fut = client.submit(
+                process_shard,
+                shard.index,
+                shard.records,
+                config,
+                shard.fingerprint,
+                shard.config_fingerprint,
+                shard.unit,
+                key=f"prep-{shard_name(shard.index)}-{token}",
+                retries=config.retries,
+                pure=False,
+                **extra,
+            )
             futures[fut] = shard
             pending.add(fut)
 
@@ -286,8 +307,11 @@ def is_local_host(host: str) -> bool:
 
 def local_paths(config: PrepConfig) -> dict[str, str]:
     """{setting: value} of the path settings that name local files (not fsspec URLs)."""
-    return {name: value for name in PATH_SETTINGS
-            if (value := getattr(config, name, None)) and is_local(filesystem(str(value))[0])}  # fmt: skip
+    return {
+        name: value
+        for name in PATH_SETTINGS
+        if (value := getattr(config, name, None)) and is_local(filesystem(str(value))[0])
+    }
 
 
 def ship_config(config: PrepConfig, client) -> PrepConfig:
@@ -326,8 +350,10 @@ def _start_output(writer: ManifestWriter, plan: ResumePlan, started: float) -> N
         writer.remove_summaries()  # until finalize, the output reads as not finalized, not as the old one
         for index in plan.discard:
             writer.remove_shard(index)
-        logger.warning("--overwrite: removed %d shards written under other settings or beyond this run's plan",
-                       len(plan.discard))  # fmt: skip
+        logger.warning(
+            "--overwrite: removed %d shards written under other settings or beyond this run's plan",
+            len(plan.discard),
+        )
     for path in writer.remove_temporaries(older_than=started):
         logger.info("removed %s, left by a write that did not finish", path)
 
@@ -413,9 +439,14 @@ def run(config: PrepConfig | None = None, **kwargs) -> dict:
             plan_cache.save(writer.fs, writer.path, state, shards)
         phases["resume_check"] = time.perf_counter() - mark
         sizes = [n for _, _, n in cached] if cached else [s.num_images for s in shards]
-        logger.info("%s images in %d shards: %d to run, %d already complete, %d damaged",
-                    "?" if None in sizes else sum(sizes), len(shards), len(plan.todo), len(plan.skipped),
-                    len(plan.damaged))  # fmt: skip
+        logger.info(
+            "%s images in %d shards: %d to run, %d already complete, %d damaged",
+            "?" if None in sizes else sum(sizes),
+            len(shards),
+            len(plan.todo),
+            len(plan.skipped),
+            len(plan.damaged),
+        )
         mark = time.perf_counter()
         client = stack.enter_context(dask_client(config)) if plan.todo else None
         shipped = ship_config(config, client) if client is not None else config
@@ -431,10 +462,14 @@ def run(config: PrepConfig | None = None, **kwargs) -> dict:
         manifest = writer.finalize(config=config.to_dict())
         phases["finalize"] = time.perf_counter() - mark
         summary = summarize(done, plan.skipped, failed, seconds, manifest)
-        summary.update(out=config.out, dashboard=dashboard, preview=_write_preview(config) if config.preview else None,
-                       phase_seconds={k: round(v, 3) for k, v in phases.items()},
-                       damaged_shards={shard_name(i): why for i, why in plan.damaged.items()},
-                       discarded_shards=[shard_name(i) for i in plan.discard])  # fmt: skip
+        summary.update(
+            out=config.out,
+            dashboard=dashboard,
+            preview=_write_preview(config) if config.preview else None,
+            phase_seconds={k: round(v, 3) for k, v in phases.items()},
+            damaged_shards={shard_name(i): why for i, why in plan.damaged.items()},
+            discarded_shards=[shard_name(i) for i in plan.discard],
+        )
     if failed:
         logger.error("%d shards failed; rerun the same command to redo them", len(failed))
     return summary

@@ -42,13 +42,35 @@ def samples(photos: list[Path], per_shard: int, corrupt_at: int = 1) -> list[lis
                 w, h = im.size
             if s == 0 and i == corrupt_at:
                 data = data[:600]  # header, then nothing: a corrupt member
-            rows.append(dict(key=_key(s, i), url=f"https://example.org/{photo.parent.name}/{photo.name}",
-                             caption=f"a person showing {photo.parent.name}", status="success", error_message=None,
-                             jpg=data, width=w, height=h, original_width=w, original_height=h))  # fmt: skip
+            rows.append(
+                dict(
+                    key=_key(s, i),
+                    url=f"https://example.org/{photo.parent.name}/{photo.name}",
+                    caption=f"a person showing {photo.parent.name}",
+                    status="success",
+                    error_message=None,
+                    jpg=data,
+                    width=w,
+                    height=h,
+                    original_width=w,
+                    original_height=h,
+                )
+            )
         n = len(rows)
-        rows.append(dict(key=_key(s, n), url=f"https://example.org/gone/{s}.jpg", caption="a lost photo",
-                         status="failed_to_download", error_message=FAILED_ERROR, jpg=None, width=None,
-                         height=None, original_width=None, original_height=None))  # fmt: skip
+        rows.append(
+            dict(
+                key=_key(s, n),
+                url=f"https://example.org/gone/{s}.jpg",
+                caption="a lost photo",
+                status="failed_to_download",
+                error_message=FAILED_ERROR,
+                jpg=None,
+                width=None,
+                height=None,
+                original_width=None,
+                original_height=None,
+            )
+        )
         shards.append(rows)
     return shards
 
@@ -63,15 +85,19 @@ def _meta_table(rows: list[dict], with_image: bool) -> pa.Table:
     cols["txt"] = [r["caption"] if r["jpg"] is not None else None for r in rows]
     for name in META:
         if name != "key":
-            cols[name] = pa.array([r[name] for r in rows], pa.int64() if "width" in name or "height" in name
-                                  else pa.string())  # fmt: skip
+            cols[name] = pa.array(
+                [r[name] for r in rows], pa.int64() if "width" in name or "height" in name else pa.string()
+            )
     return pa.table(cols)
 
 
 def _stats(out: Path, shard: int, rows: list[dict]) -> None:
     ok = sum(r["status"] == "success" for r in rows)
-    (out / f"{shard:05d}_stats.json").write_text(json.dumps(
-        {"count": len(rows), "successes": ok, "failed_to_download": len(rows) - ok, "status_dict": {}}))  # fmt: skip
+    (out / f"{shard:05d}_stats.json").write_text(
+        json.dumps(
+            {"count": len(rows), "successes": ok, "failed_to_download": len(rows) - ok, "status_dict": {}}
+        )
+    )
 
 
 def write_webdataset(out: Path, photos: list[Path], per_shard: int = 3) -> list[list[dict]]:
@@ -84,8 +110,11 @@ def write_webdataset(out: Path, photos: list[Path], per_shard: int = 3) -> list[
                     continue  # img2dataset stores only downloaded samples in the tar
                 meta = {k: r[k] for k in META}
                 meta["caption"] = r["caption"]
-                for ext, payload in (("jpg", r["jpg"]), ("txt", r["caption"].encode()),
-                                     ("json", json.dumps(meta, indent=4).encode())):  # fmt: skip
+                for ext, payload in (
+                    ("jpg", r["jpg"]),
+                    ("txt", r["caption"].encode()),
+                    ("json", json.dumps(meta, indent=4).encode()),
+                ):
                     info = tarfile.TarInfo(f"{r['key']}.{ext}")
                     info.size = len(payload)
                     info.mtime = 0
@@ -95,8 +124,9 @@ def write_webdataset(out: Path, photos: list[Path], per_shard: int = 3) -> list[
     return shards
 
 
-def write_parquet(out: Path, photos: list[Path], per_shard: int = 3, row_group_size: int = 2,
-                  image_column: str = "jpg") -> list[list[dict]]:  # fmt: skip
+def write_parquet(
+    out: Path, photos: list[Path], per_shard: int = 3, row_group_size: int = 2, image_column: str = "jpg"
+) -> list[list[dict]]:
     out.mkdir(parents=True, exist_ok=True)
     shards = samples(photos, per_shard)
     for s, rows in enumerate(shards):

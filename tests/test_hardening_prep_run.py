@@ -48,14 +48,35 @@ def photos(tmp_path_factory, data_dir):
 
 
 def cfg(src, out, **kw) -> PrepConfig:
-    base = dict(input=str(src), out=str(out), annotator=STANDIN, label_from_dir=True, shard_size=2, workers=1,
-                progress=False)  # fmt: skip
+    base = dict(
+        input=str(src),
+        out=str(out),
+        annotator=STANDIN,
+        label_from_dir=True,
+        shard_size=2,
+        workers=1,
+        progress=False,
+    )
     return PrepConfig(**{**base, **kw})
 
 
 def cli_args(src, out, *extra) -> list[str]:
-    return ["run", "--input", str(src), "--out", str(out), "--annotator", STANDIN, "--label-from-dir",
-            "--shard-size", "2", "--workers", "1", "--no-progress", *extra]  # fmt: skip
+    return [
+        "run",
+        "--input",
+        str(src),
+        "--out",
+        str(out),
+        "--annotator",
+        STANDIN,
+        "--label-from-dir",
+        "--shard-size",
+        "2",
+        "--workers",
+        "1",
+        "--no-progress",
+        *extra,
+    ]
 
 
 class Serial:
@@ -262,8 +283,11 @@ def test_damaged_complete_shards_are_redone_and_their_rows_come_back(photos, tmp
 def test_leftover_temporaries_of_dead_writes_are_removed_on_rerun(photos, tmp_path, serial):
     out = tmp_path / "m"
     run(cfg(photos, out))
-    old = [out / "images" / ".shard-00000.parquet.dead.tmp", out / "hands" / "_stats" / ".shard-00001.json.dead.tmp",
-           out / "._manifest.json.dead.tmp"]  # fmt: skip
+    old = [
+        out / "images" / ".shard-00000.parquet.dead.tmp",
+        out / "hands" / "_stats" / ".shard-00001.json.dead.tmp",
+        out / "._manifest.json.dead.tmp",
+    ]
     for p in old:
         p.write_bytes(b"half")
         os.utime(p, (1, 1))
@@ -298,15 +322,22 @@ def test_every_driver_check_fails_before_any_work_with_one_line(
     empty = tmp_path / "empty"
     empty.mkdir()
     cases = {
-        "missing checkpoint": (cli_args(photos, out, "--mask-method", "sam", "--sam-checkpoint", str(tmp_path / "no.pth")),
-                               f"SAM checkpoint not found: {tmp_path / 'no.pth'}"),
-        "bad checkpoint": (cli_args(photos, out, "--sam-checkpoint", str(garbage)),
-                           f"cannot load SAM checkpoint {garbage}"),
+        "missing checkpoint": (
+            cli_args(photos, out, "--mask-method", "sam", "--sam-checkpoint", str(tmp_path / "no.pth")),
+            f"SAM checkpoint not found: {tmp_path / 'no.pth'}",
+        ),
+        "bad checkpoint": (
+            cli_args(photos, out, "--sam-checkpoint", str(garbage)),
+            f"cannot load SAM checkpoint {garbage}",
+        ),
         "annotator": (cli_args(photos, out, "--annotator", "no_such_module:Annotator"), "no_such_module"),
         "out is a file": (cli_args(photos, afile), f"--out {afile} is a file, not a folder"),
-        "out below a file": (cli_args(photos, afile / "m"), f"--out {afile / 'm'}: a part of that path is a file"),
+        "out below a file": (
+            cli_args(photos, afile / "m"),
+            f"--out {afile / 'm'}: a part of that path is a file",
+        ),
         "empty input": (cli_args(empty, out), f"no images found in {empty}"),
-    }  # fmt: skip
+    }
     real_load = prep.runner.load_records
     for name, (argv, expected) in cases.items():
         # the output checks come before the input is even listed

@@ -60,8 +60,10 @@ def test_hands_found_in_39_of_40_hagrid_mini_photos(hagrid):
     only_wrist = {r["image_id"] for r in images if r["num_hands"]} - {
         h["image_id"] for h in hands if h["keypoint_source"] == "mediapipe"
     }
-    print(f"\nhagrid_mini: hands in {status['ok']}/40 photos; {len(hands)} hands by source {dict(sources)}; "
-          f"{len(only_wrist)} photos found only by the wrist-guided pass")  # fmt: skip
+    print(
+        f"\nhagrid_mini: hands in {status['ok']}/40 photos; {len(hands)} hands by source {dict(sources)}; "
+        f"{len(only_wrist)} photos found only by the wrist-guided pass"
+    )
     assert status["ok"] >= 39 and status["error"] == 0  # plain MediaPipe: 36 of 40
     assert len(only_wrist) >= 3  # the second pass is what closes the gap
 
@@ -106,8 +108,10 @@ def test_masks_follow_the_hands(hagrid):
         coverage.append(_mask_coverage(mask, np.array(h["crop_keypoints"])))
         area.append(mask.mean())
     coverage, area = np.array(coverage), np.array(area)
-    print(f"\nGrabCut masks: keypoint coverage mean {coverage.mean():.3f}, min {coverage.min():.3f}; "
-          f"area share mean {area.mean():.3f}, range {area.min():.3f}-{area.max():.3f}")  # fmt: skip
+    print(
+        f"\nGrabCut masks: keypoint coverage mean {coverage.mean():.3f}, min {coverage.min():.3f}; "
+        f"area share mean {area.mean():.3f}, range {area.min():.3f}-{area.max():.3f}"
+    )
     assert (area > 0.03).all() and (area < 0.85).all()  # non-empty, never the whole crop
     assert coverage.mean() >= 0.9 and np.mean(coverage >= 0.7) >= 0.9
     for r in images:
@@ -248,8 +252,13 @@ def test_annotation_keypoints_skip_the_detector(data_dir):
     norm = kps.copy()
     norm[:, 0] /= 384
     norm[:, 1] /= 512
-    record = _record(data_dir / "hagrid_mini" / ROCK, "ann", label="rock",
-                     hands=[HandAnnotation(keypoints=norm, handedness="Left")], normalized=True)  # fmt: skip
+    record = _record(
+        data_dir / "hagrid_mini" / ROCK,
+        "ann",
+        label="rock",
+        hands=[HandAnnotation(keypoints=norm, handedness="Left")],
+        normalized=True,
+    )
     row, hands = a.annotate(record)
     assert a.hands._hands is None and a.timings["pose"] == 0.0  # no MediaPipe ran
     assert row["status"] == "ok" and row["body_keypoints"] is None and row["hands_mask"] is None

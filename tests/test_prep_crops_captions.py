@@ -115,8 +115,26 @@ def test_captions_read_naturally():
         gesture_phrase("thumbs_sideways") == "a thumbs sideways gesture"
         and gesture_phrase("no_gesture") is None
     )
-    labels = ["call", "dislike", "fist", "four", "like", "mute", "ok", "one", "palm", "peace", "peace_inverted",
-              "rock", "stop", "stop_inverted", "three", "three2", "two_up", "two_up_inverted"]  # fmt: skip
+    labels = [
+        "call",
+        "dislike",
+        "fist",
+        "four",
+        "like",
+        "mute",
+        "ok",
+        "one",
+        "palm",
+        "peace",
+        "peace_inverted",
+        "rock",
+        "stop",
+        "stop_inverted",
+        "three",
+        "three2",
+        "two_up",
+        "two_up_inverted",
+    ]
     captions = {image_caption(label, ["right"], 0) for label in labels}
     assert len(captions) == len(labels) and not any("_" in c for c in captions)
 

@@ -26,8 +26,10 @@ def results(data_dir):
         for image_id, file_name in files.items():
             record = ImageRecord(image_id=str(image_id), source_uri=str(root / file_name), dataset="coco")
             rows[image_id] = annotator.annotate(record)[1]
-        out[name] = [(np.array(a["keypoints"], dtype=np.float64).reshape(21, 3), rows[a["image_id"]])
-                     for a in coco["annotations"]]  # fmt: skip
+        out[name] = [
+            (np.array(a["keypoints"], dtype=np.float64).reshape(21, 3), rows[a["image_id"]])
+            for a in coco["annotations"]
+        ]
     annotator.close()
     return out
 
@@ -51,9 +53,13 @@ def test_pck_against_ground_truth(results):
     }
     found = {name: sum(bool(h) for _, h in items) for name, items in results.items()}
     overall = np.concatenate(list(scores.values())).mean()
-    print("\nPCK@0.2 (misses count as wrong): " + ", ".join(
-        f"{n} {scores[n].mean():.3f} ({found[n]}/{len(results[n])} hands found)" for n in DATASETS
-    ) + f"; all {overall:.3f}")  # fmt: skip
+    print(
+        "\nPCK@0.2 (misses count as wrong): "
+        + ", ".join(
+            f"{n} {scores[n].mean():.3f} ({found[n]}/{len(results[n])} hands found)" for n in DATASETS
+        )
+        + f"; all {overall:.3f}"
+    )
     # Measured: freihand 0.655 (7/8 found), onehand10k 0.984 (4/4), all 0.745. FreiHAND places its wrist
     # joint further up the forearm than MediaPipe does, which costs it about a fifth of its keypoints.
     assert found["freihand"] >= 7 and found["onehand10k"] == 4
@@ -75,8 +81,12 @@ def test_ground_truth_keypoints_pass_through_in_annotation_mode(data_dir):
     image = next(im for im in coco["images"] if im["id"] == ann["image_id"])
     gt = np.array(ann["keypoints"], dtype=np.float64).reshape(21, 3)
     annotator = Annotator(PrepConfig(keypoint_source="annotation", mask_method="grabcut", body_pose=False))
-    record = ImageRecord(image_id="gt", source_uri=str(root / image["file_name"]), dataset="coco",
-                         hands=[HandAnnotation(keypoints=gt)])  # fmt: skip
+    record = ImageRecord(
+        image_id="gt",
+        source_uri=str(root / image["file_name"]),
+        dataset="coco",
+        hands=[HandAnnotation(keypoints=gt)],
+    )
     row, (hand,) = annotator.annotate(record)
     assert annotator.hands._hands is None and hand["keypoint_source"] == "annotation"
     labelled = gt[:, 2] > 0

@@ -41,8 +41,14 @@ def test_native_noise_is_dropped_and_the_rest_forwarded(flag, filtered):
     if flag:
         env["HANDFIRST_NATIVE_LOGS"] = flag
     lines = [NOISE[0], KEPT[0], NOISE[1], NOISE[2], KEPT[1], NOISE[3], KEPT[2]]
-    proc = subprocess.run([sys.executable, "-c", SCRIPT], input="\n".join(lines), capture_output=True, text=True,
-                          env=env, timeout=60)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT],
+        input="\n".join(lines),
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == str(filtered)
     assert proc.stderr.splitlines() == (KEPT if filtered else lines)
@@ -57,8 +63,20 @@ def test_a_prep_run_prints_no_native_log_lines(data_dir, tmp_path):
     for src in sorted((data_dir / "hagrid_mini" / "four").glob("*.jpg"))[:3]:
         (photos / src.name).write_bytes(src.read_bytes())
     env = {k: v for k, v in os.environ.items() if k != "HANDFIRST_NATIVE_LOGS"}
-    cmd = [sys.executable, "-m", "prep", "run", "--input", str(photos), "--out", str(tmp_path / "m"),
-           "--workers", "1", "--no-progress", "--no-wrist-refine"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "prep",
+        "run",
+        "--input",
+        str(photos),
+        "--out",
+        str(tmp_path / "m"),
+        "--workers",
+        "1",
+        "--no-progress",
+        "--no-wrist-refine",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "images      3 this run" in proc.stdout

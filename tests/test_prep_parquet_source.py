@@ -12,8 +12,14 @@ from prep.config import PrepConfig
 from prep.process import process_shard
 from prep.sources import load_units
 
-FAST = dict(keypoint_source="annotation", body_pose=False, mask_method="none", wrist_refine=False, pad_retry=0,
-            progress=False)  # fmt: skip
+FAST = dict(
+    keypoint_source="annotation",
+    body_pose=False,
+    mask_method="none",
+    wrist_refine=False,
+    pad_retry=0,
+    progress=False,
+)
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +50,11 @@ def test_units_are_row_groups_read_from_footers(parquet_dir, tmp_path, monkeypat
         monkeypatch.setattr(pq.ParquetFile, name, refuse)
     units = load_units(config(parquet_dir, tmp_path))
     assert [(u.uri.rsplit("/", 1)[1], u.part, u.count, u.first) for u in units] == [
-        ("00000.parquet", 0, 2, 0), ("00000.parquet", 1, 2, 2), ("00001.parquet", 0, 2, 0), ("00001.parquet", 1, 1, 2)]  # fmt: skip
+        ("00000.parquet", 0, 2, 0),
+        ("00000.parquet", 1, 2, 2),
+        ("00001.parquet", 0, 2, 0),
+        ("00001.parquet", 1, 1, 2),
+    ]
     assert load_units(config(f"{parquet_dir}/{{00000..00001}}.parquet", tmp_path)) == units
     capped = load_units(config(parquet_dir, tmp_path, limit=3))  # --limit: the first 3 rows
     assert [(u.part, u.count, u.take) for u in capped] == [(0, 2, None), (1, 2, 1)]
@@ -88,8 +98,20 @@ def test_any_table_with_a_named_image_column(photos, tmp_path):
 
 
 def test_a_missing_image_column_is_one_line_at_the_cli(parquet_dir, tmp_path, capsys):
-    code = prep_main(["run", "--format", "parquet", "--input", str(parquet_dir), "--out", str(tmp_path / "m"),
-                      "--parquet-image-column", "png", "--no-progress"])  # fmt: skip
+    code = prep_main(
+        [
+            "run",
+            "--format",
+            "parquet",
+            "--input",
+            str(parquet_dir),
+            "--out",
+            str(tmp_path / "m"),
+            "--parquet-image-column",
+            "png",
+            "--no-progress",
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code != 0 and len(err) == 1
     assert "00000.parquet: no image column 'png' (--parquet-image-column)" in err[0] and "'jpg'" in err[0]

@@ -25,8 +25,20 @@ def photos(tmp_path, data_dir):
 
 
 def cfg(src, out, **kw):
-    return PrepConfig(**{**dict(input=str(src), out=str(out), annotator=STANDIN, label_from_dir=True, shard_size=2,
-                                workers=1, progress=False), **kw})  # fmt: skip
+    return PrepConfig(
+        **{
+            **dict(
+                input=str(src),
+                out=str(out),
+                annotator=STANDIN,
+                label_from_dir=True,
+                shard_size=2,
+                workers=1,
+                progress=False,
+            ),
+            **kw,
+        }
+    )
 
 
 @pytest.fixture

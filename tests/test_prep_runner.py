@@ -43,8 +43,15 @@ def mixed_input(tmp_path, data_dir):
 
 
 def cfg(src, out, **kw):
-    base = dict(input=str(src), out=str(out), annotator=STANDIN, label_from_dir=True, shard_size=5, workers=2,
-                progress=False)  # fmt: skip
+    base = dict(
+        input=str(src),
+        out=str(out),
+        annotator=STANDIN,
+        label_from_dir=True,
+        shard_size=5,
+        workers=2,
+        progress=False,
+    )
     return PrepConfig(**{**base, **kw})
 
 
@@ -198,8 +205,25 @@ def test_worker_killed_then_resume_completes_without_duplicates(mixed_input, tmp
 
 
 def test_cli_runs_and_reports(mixed_input, tmp_path, capsys):
-    rc = cli_main(["run", "--input", str(mixed_input), "--out", str(tmp_path / "m"), "--annotator", STANDIN,
-                   "--label-from-dir", "--shard-size", "8", "--workers", "1", "--limit", "9", "--no-progress"])  # fmt: skip
+    rc = cli_main(
+        [
+            "run",
+            "--input",
+            str(mixed_input),
+            "--out",
+            str(tmp_path / "m"),
+            "--annotator",
+            STANDIN,
+            "--label-from-dir",
+            "--shard-size",
+            "8",
+            "--workers",
+            "1",
+            "--limit",
+            "9",
+            "--no-progress",
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 0 and "images      9 this run" in out and "2 run, 0 already complete, 0 failed" in out
     assert len(image_ids(tmp_path / "m")) == 9
@@ -222,8 +246,12 @@ def test_a_failed_shards_leftovers_are_removed(mixed_input, tmp_path):
     (tmp_path / "m" / "hands" / "_stats" / "shard-00001.json").unlink()  # died between tables' stats
     remove_shard(ManifestWriter(config.out), 1)
     left = sorted(p.relative_to(tmp_path / "m").as_posix() for p in (tmp_path / "m").rglob("shard-*"))
-    assert left == ["hands/_stats/shard-00000.json", "hands/shard-00000.parquet", "images/_stats/shard-00000.json",
-                    "images/shard-00000.parquet"]  # fmt: skip
+    assert left == [
+        "hands/_stats/shard-00000.json",
+        "hands/shard-00000.parquet",
+        "images/_stats/shard-00000.json",
+        "images/shard-00000.parquet",
+    ]
 
 
 def test_bad_settings_are_refused_before_any_work(tmp_path):
@@ -294,8 +322,16 @@ def test_external_scheduler_is_used_and_left_running(mixed_input, tmp_path, monk
             # its one worker ran both shards with one annotator, built once
             assert list(client.run(_standins_built).values()) == [1]
         with pytest.raises(RuntimeError, match="no worker of tcp://.* offers a GPU resource"):
-            run(cfg(mixed_input, tmp_path / "m2", scheduler=cluster.scheduler_address, gpu_resource=True,
-                    mask_method="sam", limit=2))  # fmt: skip
+            run(
+                cfg(
+                    mixed_input,
+                    tmp_path / "m2",
+                    scheduler=cluster.scheduler_address,
+                    gpu_resource=True,
+                    mask_method="sam",
+                    limit=2,
+                )
+            )
 
 
 # ---------------------------------------------------------------- the real annotator, end to end
@@ -331,8 +367,14 @@ def test_real_rerun_redoes_only_the_dead_shard_with_identical_rows(hagrid_manife
     shutil.copytree(hagrid_manifest, out)
     before = {t: read_table(out, t) for t in ("images", "hands")}
     (out / "images" / "_stats" / "shard-00002.json").unlink()  # as if its worker died before finishing
-    summary = run(input=str(data_dir / "hagrid_mini"), out=str(out), label_from_dir=True, shard_size=10,
-                  workers=1, progress=False)  # fmt: skip
+    summary = run(
+        input=str(data_dir / "hagrid_mini"),
+        out=str(out),
+        label_from_dir=True,
+        shard_size=10,
+        workers=1,
+        progress=False,
+    )
     assert summary["shards"] == {"run": 1, "skipped": 3, "failed": 0} and summary["images"] == 10
     after = {t: read_table(out, t) for t in ("images", "hands")}
     for t, id_col in (("images", "image_id"), ("hands", "hand_id")):

@@ -73,16 +73,25 @@ def test_auto_picks_sam_only_with_a_checkpoint(checkpoint):
 def test_annotator_masks_with_sam_once_per_image(checkpoint, onehand):
     path, gt = onehand
     torch.manual_seed(0)
-    config = PrepConfig(sam_checkpoint=str(checkpoint), sam_model_type="vit_tiny", keypoint_source="annotation",
-                        body_pose=False, crop_size=128)  # fmt: skip
+    config = PrepConfig(
+        sam_checkpoint=str(checkpoint),
+        sam_model_type="vit_tiny",
+        keypoint_source="annotation",
+        body_pose=False,
+        crop_size=128,
+    )
     annotator = Annotator(config)
     calls = []
     real_set_image = annotator.masker.set_image
     annotator.masker.set_image = lambda image: (calls.append(image.shape), real_set_image(image))[1]
     shifted = gt.copy()
     shifted[:, 0] += 40  # a second hand, so one image embedding must serve two prompts
-    record = ImageRecord(image_id="sam", source_uri=str(path), dataset="coco",
-                         hands=[HandAnnotation(keypoints=gt), HandAnnotation(keypoints=shifted)])  # fmt: skip
+    record = ImageRecord(
+        image_id="sam",
+        source_uri=str(path),
+        dataset="coco",
+        hands=[HandAnnotation(keypoints=gt), HandAnnotation(keypoints=shifted)],
+    )
     row, hands = annotator.annotate(record)
     assert len(calls) == 1 and len(hands) == 2
     for hand in hands:

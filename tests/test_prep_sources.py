@@ -117,10 +117,16 @@ def _coco(tmp_path, images, annotations=()):
 
 @pytest.mark.parametrize(
     "file_name,reason",
-    [("../outside.jpg", "leaves the dataset root"), ("a/../../outside.jpg", "leaves the dataset root"),
-     ("..\\outside.jpg", "leaves the dataset root"), ("/etc/passwd", "absolute"), ("C:\\x.jpg", "absolute"),
-     ("file:///etc/passwd", "absolute"), ("", "empty")],
-)  # fmt: skip
+    [
+        ("../outside.jpg", "leaves the dataset root"),
+        ("a/../../outside.jpg", "leaves the dataset root"),
+        ("..\\outside.jpg", "leaves the dataset root"),
+        ("/etc/passwd", "absolute"),
+        ("C:\\x.jpg", "absolute"),
+        ("file:///etc/passwd", "absolute"),
+        ("", "empty"),
+    ],
+)
 def test_coco_path_traversal_becomes_an_error_record(tmp_path, file_name, reason):
     _coco(tmp_path, [{"id": 1, "file_name": "ok.jpg"}, {"id": 2, "file_name": file_name}])
     ok, bad = records(input=str(tmp_path), format="coco")
@@ -148,11 +154,20 @@ def test_coco_malformed_entries_become_error_records(tmp_path):
     good = {"image_id": 1, "keypoints": [1.0] * 63, "bbox": [0, 0, 2, 2]}
     _coco(
         tmp_path,
-        [{"id": 1, "file_name": "ok.jpg"}, {"id": 2, "file_name": "ok.jpg"}, {"id": 3, "file_name": "ok.jpg"},
-         {"id": 1, "file_name": "ok.jpg"}, {"id": 4, "file_name": "ok.jpg"}],
-        [good, {"image_id": 2, "keypoints": [1.0] * 60}, {"image_id": 3, "keypoints": [1] * 63, "bbox": [1, 2]},
-         {"image_id": 4, "keypoints": [{"x": 1}] * 63}],
-    )  # fmt: skip
+        [
+            {"id": 1, "file_name": "ok.jpg"},
+            {"id": 2, "file_name": "ok.jpg"},
+            {"id": 3, "file_name": "ok.jpg"},
+            {"id": 1, "file_name": "ok.jpg"},
+            {"id": 4, "file_name": "ok.jpg"},
+        ],
+        [
+            good,
+            {"image_id": 2, "keypoints": [1.0] * 60},
+            {"image_id": 3, "keypoints": [1] * 63, "bbox": [1, 2]},
+            {"image_id": 4, "keypoints": [{"x": 1}] * 63},
+        ],
+    )
     recs = records(input=str(tmp_path), format="coco")
     assert [r.image_id for r in recs] == ["1", "2", "3", "1__dup1", "4"]
     assert recs[0].error is None and recs[0].hands[0].bbox == [0, 0, 2, 2]
@@ -239,8 +254,14 @@ def make_hagrid(root, data_dir, layout):
             n += 1
             boxes = [[0.1 + 0.4 * i, 0.2, 0.2, 0.25] for i in range(hands)]
             marks = [[[0.1 + 0.4 * i + 0.01 * k, 0.2 + 0.01 * k] for k in range(21)] for i in range(hands)]
-            ann[image_id] = {"bboxes": boxes, "labels": [gesture] + ["no_gesture"] * (hands - 1), "user_id": user,
-                             "landmarks": marks, "leading_hand": "left", "united_bbox": None}  # fmt: skip
+            ann[image_id] = {
+                "bboxes": boxes,
+                "labels": [gesture] + ["no_gesture"] * (hands - 1),
+                "user_id": user,
+                "landmarks": marks,
+                "leading_hand": "left",
+                "united_bbox": None,
+            }
         (root / "annotations" / split).mkdir(parents=True, exist_ok=True)
         (root / "annotations" / split / f"{gesture}.json").write_text(json.dumps(ann))
 

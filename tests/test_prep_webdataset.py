@@ -13,8 +13,14 @@ from prep.sources.units import expand_braces
 
 # No body pose, no masks, no wrist search: the source's rows without paying for the whole pipeline
 # (images without annotated keypoints still get MediaPipe Hands).
-FAST = dict(keypoint_source="annotation", body_pose=False, mask_method="none", wrist_refine=False, pad_retry=0,
-            progress=False)  # fmt: skip
+FAST = dict(
+    keypoint_source="annotation",
+    body_pose=False,
+    mask_method="none",
+    wrist_refine=False,
+    pad_retry=0,
+    progress=False,
+)
 
 
 @pytest.fixture(scope="module")

@@ -121,8 +121,15 @@ def coco_records(config: PrepConfig) -> Iterator[ImageRecord]:
                     image_id, uri, "coco", describe(exc, what, where), split=split, label=_label(img)
                 )
                 continue
-            yield ImageRecord(image_id=image_id, source_uri=uri, dataset="coco", split=split,
-                              label=_label(img), subject_id=_subject(img), hands=hands)  # fmt: skip
+            yield ImageRecord(
+                image_id=image_id,
+                source_uri=uri,
+                dataset="coco",
+                split=split,
+                label=_label(img),
+                subject_id=_subject(img),
+                hands=hands,
+            )
         orphans = sum(len(v) for k, v in by_image.items() if k not in known)
         if orphans:
             logger.warning(

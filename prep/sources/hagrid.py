@@ -168,5 +168,13 @@ def hagrid_records(config: PrepConfig) -> Iterator[ImageRecord]:
                 split = split_for_user(user, config.split_fractions)
             else:  # no user_id: nothing ties the image to a person, the folder's split is as good as any
                 split = folder_split
-            yield ImageRecord(image_id=image_id, source_uri=uri, dataset="hagrid", split=split, label=gesture,
-                              subject_id=user, hands=hands, normalized=True)  # fmt: skip
+            yield ImageRecord(
+                image_id=image_id,
+                source_uri=uri,
+                dataset="hagrid",
+                split=split,
+                label=gesture,
+                subject_id=user,
+                hands=hands,
+                normalized=True,
+            )

@@ -158,5 +158,11 @@ def interhand_records(config: PrepConfig) -> Iterator[ImageRecord]:
                 yield error_record(image_id, uri, "interhand", message, split=split)
                 continue
             subject = img.get("subject")
-            yield ImageRecord(image_id=image_id, source_uri=uri, dataset="interhand", split=split,
-                              subject_id=str(subject) if subject is not None else None, hands=hands)  # fmt: skip
+            yield ImageRecord(
+                image_id=image_id,
+                source_uri=uri,
+                dataset="interhand",
+                split=split,
+                subject_id=str(subject) if subject is not None else None,
+                hands=hands,
+            )

@@ -86,8 +86,14 @@ def parquet_records(unit: SourceUnit, config: PrepConfig) -> Iterator[ImageRecor
             why = f"row {position}: column {column!r} holds no image bytes ({type(data).__name__})"
             yield error_record(image_id, uri, "parquet", why, split=config.split, **fields)
         else:
-            yield ImageRecord(image_id=image_id, source_uri=uri, dataset="parquet", split=config.split,
-                              data=bytes(data), **fields)  # fmt: skip
+            yield ImageRecord(
+                image_id=image_id,
+                source_uri=uri,
+                dataset="parquet",
+                split=config.split,
+                data=bytes(data),
+                **fields,
+            )
 
 
 PARQUET = UnitSource(parquet_units, parquet_records)

@@ -105,8 +105,11 @@ def input_files(spec: str, suffixes: tuple[str, ...], what: str) -> list[str]:
         if GLOB_CHARS.search(path):
             found = sorted(p for p in fs.glob(path) if p.lower().endswith(suffixes) and fs.isfile(p))
         elif fs.isdir(path):
-            found = sorted(p for p in fs.find(path) if p.lower().endswith(suffixes)
-                           and not any(part.startswith(".") for part in p.split("/")))  # fmt: skip
+            found = sorted(
+                p
+                for p in fs.find(path)
+                if p.lower().endswith(suffixes) and not any(part.startswith(".") for part in p.split("/"))
+            )
         elif fs.isfile(path):
             found = [path]
         else:

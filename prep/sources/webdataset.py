@@ -102,8 +102,12 @@ def _record(
     meta = {**(meta_row or {}), **meta}
     ext = next((e for e in IMAGE_EXTS if e in parts), None)
     member = f"{key}.{ext or 'jpg'}"
-    fields = dict(split=config.split, source_key=str(meta.get("key") or posixpath.basename(key)),
-                  source_url=meta.get("url"), source_caption=_text(parts.get("txt")) or meta.get("caption"))  # fmt: skip
+    fields = dict(
+        split=config.split,
+        source_key=str(meta.get("key") or posixpath.basename(key)),
+        source_url=meta.get("url"),
+        source_caption=_text(parts.get("txt")) or meta.get("caption"),
+    )
     uri = f"tar://{member}::{unit.uri}"
     image_id = safe_id(posixpath.basename(key))
     status = meta.get("status", SUCCESS)
@@ -138,8 +142,11 @@ def tar_records(unit: SourceUnit, config: PrepConfig) -> Iterator[ImageRecord]:
             continue
         if row.get("status") == SUCCESS:
             where = f"the tar breaks off ({broken})" if broken else "the tar does not hold it"
-            row = {**row, "status": "missing from the tar",
-                   "error_message": f"img2dataset lists it as a success, but {where}"}  # fmt: skip
+            row = {
+                **row,
+                "status": "missing from the tar",
+                "error_message": f"img2dataset lists it as a success, but {where}",
+            }
         yield _record(key, {}, row, unit, config)
     if broken:  # samples past the break that no sample list names: one error row says so
         raise TarBrokenError(f"tar is truncated or corrupt after {len(seen)} samples ({broken})")
