@@ -143,6 +143,7 @@ class Phases:
         finally:
             elapsed = time.perf_counter() - start
             self.state["seconds"][name] = self.state["seconds"].get(name, 0.0) + elapsed
+            self.state.setdefault("load_at_end", {})[name] = round(os.getloadavg()[0], 2)
             self.save()
         self.state["done"][name] = out
         self.save()
@@ -434,6 +435,9 @@ def picture(path: str, runs: dict, vae_pics: tuple, s1: dict, work: str, rows: l
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+    # A 256-colour palette keeps the committed picture small (about a third of the RGB file).
+    with Image.open(path) as im:
+        im.convert("RGB").quantize(256).save(path, optimize=True)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -514,6 +518,9 @@ def main(argv=None) -> int:
     load_before = os.getloadavg()[0]
     phases = Phases(work, args.resume)
     phases.state.setdefault("notes", []).extend(args.note)
+    # The machine's load when the first invocation started; each phase records the load at its end.
+    load_before = phases.state.setdefault("load_before", load_before)
+    phases.save()
 
     import dataclasses
 
@@ -542,7 +549,7 @@ def main(argv=None) -> int:
             "phases_not_run": [k for k in PHASES if k not in done],
             "invocations": phases.state["invocations"],
             "notes": phases.state.setdefault("notes", []),
-            "machine": machine(load_before),
+            "machine": {**machine(load_before), "load_at_phase_end": phases.state.get("load_at_end", {})},
             "settings": chain,
             "phases_s": seconds,
             "chain_training_s": round(sum(seconds[k] for k in chain_keys), 1),
