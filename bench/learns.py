@@ -495,14 +495,18 @@ def main(argv=None) -> int:
         os.environ["CUDA_VISIBLE_DEVICES"] = ""  # accelerate would pick a GPU by itself
     import torch
 
-    from bench._common import GPU_SKIPPED, machine
+    from bench._common import machine
+
+    no_cuda = (
+        "no CUDA device was available to this session; rerun bench/learns.py --device cuda on a CUDA machine"
+    )
 
     if args.device == "cuda" and not torch.cuda.is_available():
         previous = {}
         if os.path.isfile(result_path):
             with open(result_path, encoding="utf-8") as f:
                 previous = json.load(f)
-        previous["cuda"] = {"run": False, "why": GPU_SKIPPED}
+        previous["cuda"] = {"run": False, "why": no_cuda}
         os.makedirs(RESULTS, exist_ok=True)
         with open(result_path, "w", encoding="utf-8") as f:
             json.dump(previous, f, indent=2)
@@ -558,7 +562,7 @@ def main(argv=None) -> int:
             "stage1": done.get("score_stage1"),
             "two_stage": done.get("two_stage"),
             "targets": targets(done, seconds),
-            "cuda": {"run": False, "why": GPU_SKIPPED} if args.device == "cpu" else {"run": True},
+            "cuda": {"run": False, "why": no_cuda} if args.device == "cpu" else {"run": True},
         }  # fmt: skip
         os.makedirs(RESULTS, exist_ok=True)
         with open(result_path, "w", encoding="utf-8") as f:
