@@ -284,6 +284,12 @@ def stage1(hand_run: str, manifest: str, res: int, steps: int, seed: int = 0) ->
     poses = [c["keypoints"] for c in cases]
 
     real, _ = score_set(detector, min_size, [c["crop"] for c in cases], poses)
+    # The same crops through the VAE (posterior mode and back): what the detector sees at best in a
+    # sample that reproduced its training latent exactly, so the VAE's share of a miss can be told apart.
+    from generation.training.vae import reconstruct, to_uint8
+
+    pixels = torch.stack([torch.from_numpy(c["crop"]).permute(2, 0, 1).float() / 127.5 - 1.0 for c in cases])
+    vae_recs, _ = score_set(detector, min_size, list(to_uint8(reconstruct(pipe.vae, pixels))), poses)
     images, masks = sample_cases(pipe, cases, steps, seed, guidance)
     train, matches = score_set(
         detector, min_size, images, poses, list(zip(masks, [c["mask"] for c in cases]))
@@ -326,7 +332,7 @@ def stage1(hand_run: str, manifest: str, res: int, steps: int, seed: int = 0) ->
         if real["detected"]:
             unseen[name]["detection_ratio_vs_real"] = unseen[name]["detected_share"] / real["detected_share"]
     detector.close()
-    result = {"real_crops": real, "training_poses": train, "pose_control": control, "unseen_poses": unseen,
+    result = {"real_crops": real, "vae_reconstructions": vae_recs, "training_poses": train, "pose_control": control, "unseen_poses": unseen,
               "sampling": {"steps": steps, "guidance_scale": guidance, "seed": seed, "resolution": res,
                            "detector_upscale_px": min_size}}  # fmt: skip
     pictures = {"cases": cases[:8], "images": images[:8], "masks": masks[:8]}
