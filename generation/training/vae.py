@@ -83,6 +83,24 @@ def latent_std(vae, pixels: torch.Tensor, batch_size: int = 16) -> float:
     return float(torch.cat(means).std())
 
 
+class AutoencoderStep(torch.nn.Module):
+    """The trained module: one encode, posterior sample, decode in `forward`, so that a multi-GPU run's
+    DDP wrapper sees the whole step (calling ``vae.encode`` on the unwrapped model would skip its
+    gradient synchronisation)."""
+
+    def __init__(self, vae):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, pixels: torch.Tensor, generator: torch.Generator | None = None):
+        """(B, 3, H, W) in [-1, 1] -> (reconstruction, KL divergence to N(0, I) per sample)."""
+        posterior = self.vae.encode(pixels).latent_dist
+        return self.vae.decode(posterior.sample(generator=generator)).sample, posterior.kl()
+
+    def enable_gradient_checkpointing(self) -> None:
+        self.vae.enable_gradient_checkpointing()
+
+
 class _Samples(torch.utils.data.Dataset):
     """In-memory (3, S, S) tensors in [-1, 1]: the hand crops (S = resolution) and the fitted images."""
 
@@ -159,11 +177,12 @@ class VaeTask(TrainTask):
             )
         self.vae = self.components.vae
         self.vae.requires_grad_(True)
+        self.step = AutoencoderStep(self.vae)
         self.facts.update(components=self.components.source,
                           vae_parameters=sum(p.numel() for p in self.vae.parameters()))  # fmt: skip
 
     def trainable(self) -> torch.nn.Module:
-        return self.vae
+        return self.step
 
     # ---- loss ------------------------------------------------------------------------------------
     def augment(self, pixels: list[torch.Tensor], generator: torch.Generator) -> torch.Tensor:
@@ -181,12 +200,9 @@ class VaeTask(TrainTask):
 
     def loss(self, model, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
         x = self.augment(batch["pixels"], generator)
-        vae = getattr(model, "module", model)
-        posterior = vae.encode(x).latent_dist
-        z = posterior.sample(generator=generator)
-        rec = vae.decode(z).sample
+        rec, kl = model(x, generator)
         mse = F.mse_loss(rec.float(), x.float())
-        kl = posterior.kl().mean() / x[0].numel()  # per pixel value, so kl_weight does not depend on the size
+        kl = kl.mean() / x[0].numel()  # per pixel value, so kl_weight does not depend on the size
         return {"loss": mse + self.config.kl_weight * kl, "mse": mse, "kl": kl}
 
     # ---- validation and export -------------------------------------------------------------------
@@ -195,7 +211,7 @@ class VaeTask(TrainTask):
         from PIL import Image
 
         crops = self.validation_crops()
-        rec = reconstruct(model, crops)
+        rec = reconstruct(model.vae, crops)
         originals, recs = to_uint8(crops), to_uint8(rec)
         n = len(originals)
         tiles = list(originals) + list(recs)
@@ -208,7 +224,7 @@ class VaeTask(TrainTask):
 
     def save_final(self, model, out_dir: str) -> None:
         """The run folder becomes a Stable Diffusion folder; the VAE's scaling factor is measured."""
-        vae = model.float().eval()
+        vae = model.vae.float().eval()
         pixels = torch.stack(self.crops + [img[:, : self.facts["resolution"], : self.facts["resolution"]]
                                            for img in self.images])  # fmt: skip
         std = latent_std(vae, pixels)
