@@ -196,8 +196,12 @@ def score_set(detector, min_size: int, images, poses, masks=None) -> dict:
         if match is not None:
             found += 1
             pcks.append(float((keypoint_errors(match, pose) <= 0.2).mean()))
-    out = {"n": len(images), "detected": found, "detected_share": found / max(len(images), 1),
-           "pck_0.2": float(np.mean(pcks)) if pcks else None}  # fmt: skip
+    out = {
+        "n": len(images),
+        "detected": found,
+        "detected_share": found / max(len(images), 1),
+        "pck_0.2": float(np.mean(pcks)) if pcks else None,
+    }
     if masks is not None:
         out["mask_iou"] = float(np.mean([mask_iou(p, t) for p, t in masks]))
     return out, per
@@ -245,8 +249,14 @@ def freihand_cases(res: int, caption: str) -> list[dict]:
         kps = np.asarray(ann["keypoints"], np.float64).reshape(21, 3)
         box = square_crop_box(kps[:, :2], size=res, margin=margin)
         crop_kps = box.to_crop(kps[:, :2])
-        cases.append({"keypoints": np.concatenate([crop_kps, np.ones((21, 1))], axis=1), "caption": caption,
-                      "mask": None, "hand_id": f"freihand/{ann['id']}"})  # fmt: skip
+        cases.append(
+            {
+                "keypoints": np.concatenate([crop_kps, np.ones((21, 1))], axis=1),
+                "caption": caption,
+                "mask": None,
+                "hand_id": f"freihand/{ann['id']}",
+            }
+        )
     return cases
 
 
@@ -254,8 +264,14 @@ def sample_cases(pipe, cases: list[dict], steps: int, seed: int, guidance: float
     """One sample per case, every one from the same seed (the same starting noise)."""
     images, masks = [], []
     for case in cases:
-        out = pipe(case["caption"], keypoints=case["keypoints"][None], num_inference_steps=steps,
-                   guidance_scale=guidance, seed=seed, output_type="np")  # fmt: skip
+        out = pipe(
+            case["caption"],
+            keypoints=case["keypoints"][None],
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            seed=seed,
+            output_type="np",
+        )
         images.append((np.clip(out.images[0], 0, 1) * 255).round().astype(np.uint8))
         masks.append(np.asarray(out.masks_binary[0], bool))
     return images, masks
@@ -275,9 +291,18 @@ def stage1(hand_run: str, manifest: str, res: int, steps: int, seed: int = 0) ->
     guidance = 3.0
     cases = []
     for s in HandCropDataset(manifest, resolution=res, shuffle=False, rank=0, world_size=1):
-        cases.append({"keypoints": s["keypoints"].numpy().astype(np.float64), "caption": s["caption"] or "a hand",
-                      "mask": s["mask"][0].numpy() > 0.5, "hand_id": s["hand_id"],
-                      "crop": ((s["pixel_values"].permute(1, 2, 0).numpy() + 1) * 127.5).round().clip(0, 255).astype(np.uint8)})  # fmt: skip
+        cases.append(
+            {
+                "keypoints": s["keypoints"].numpy().astype(np.float64),
+                "caption": s["caption"] or "a hand",
+                "mask": s["mask"][0].numpy() > 0.5,
+                "hand_id": s["hand_id"],
+                "crop": ((s["pixel_values"].permute(1, 2, 0).numpy() + 1) * 127.5)
+                .round()
+                .clip(0, 255)
+                .astype(np.uint8),
+            }
+        )
     config = PrepConfig()
     detector = HandDetector(config)
     min_size = config.wrist_crop_min_size
@@ -312,9 +337,12 @@ def stage1(hand_run: str, manifest: str, res: int, steps: int, seed: int = 0) ->
             other.append(p_other)
             wins += p_own > p_other
             pairs += 1
-    control = {"pairs": pairs, "pck_own": float(np.mean(own)) if own else None,
-               "pck_other": float(np.mean(other)) if other else None,
-               "share_own_better": wins / pairs if pairs else None}  # fmt: skip
+    control = {
+        "pairs": pairs,
+        "pck_own": float(np.mean(own)) if own else None,
+        "pck_other": float(np.mean(other)) if other else None,
+        "share_own_better": wins / pairs if pairs else None,
+    }
 
     unseen = {}
     variants = {
@@ -332,9 +360,20 @@ def stage1(hand_run: str, manifest: str, res: int, steps: int, seed: int = 0) ->
         if real["detected"]:
             unseen[name]["detection_ratio_vs_real"] = unseen[name]["detected_share"] / real["detected_share"]
     detector.close()
-    result = {"real_crops": real, "vae_reconstructions": vae_recs, "training_poses": train, "pose_control": control, "unseen_poses": unseen,
-              "sampling": {"steps": steps, "guidance_scale": guidance, "seed": seed, "resolution": res,
-                           "detector_upscale_px": min_size}}  # fmt: skip
+    result = {
+        "real_crops": real,
+        "vae_reconstructions": vae_recs,
+        "training_poses": train,
+        "pose_control": control,
+        "unseen_poses": unseen,
+        "sampling": {
+            "steps": steps,
+            "guidance_scale": guidance,
+            "seed": seed,
+            "resolution": res,
+            "detector_upscale_px": min_size,
+        },
+    }
     pictures = {"cases": cases[:8], "images": images[:8], "masks": masks[:8]}
     return result, pictures
 
@@ -353,16 +392,77 @@ def two_stage(manifest: str, hand_run: str, body_run: str, work: str, rows: int,
     reports = {}
     for blend in BLENDS:
         out = os.path.join(work, "generated", blend)
-        cli("generate", "--from-manifest", manifest, "--split", "all", "--limit", str(rows), "--hand-model",
-            hand_run, "--body-model", body_run, "--out", out, "--blend", blend, "--steps", str(steps),
-            "--seed", "0", "--min-hand-size", "6", "--log-level", "WARNING")  # fmt: skip
-        cli("evaluate", "--manifest", manifest, "--generated", out, "--out", os.path.join(work, "eval", blend),
-            "--split", "all", "--limit", str(rows), "--label", blend, "--no-progress", "--log-level", "WARNING")  # fmt: skip
-    cli("evaluate", "--manifest", manifest, "--generated", "real", "--out", os.path.join(work, "eval", "real"),
-        "--split", "all", "--limit", str(rows), "--label", "real", "--no-progress", "--log-level", "WARNING")  # fmt: skip
+        cli(
+            "generate",
+            "--from-manifest",
+            manifest,
+            "--split",
+            "all",
+            "--limit",
+            str(rows),
+            "--hand-model",
+            hand_run,
+            "--body-model",
+            body_run,
+            "--out",
+            out,
+            "--blend",
+            blend,
+            "--steps",
+            str(steps),
+            "--seed",
+            "0",
+            "--min-hand-size",
+            "6",
+            "--log-level",
+            "WARNING",
+        )
+        cli(
+            "evaluate",
+            "--manifest",
+            manifest,
+            "--generated",
+            out,
+            "--out",
+            os.path.join(work, "eval", blend),
+            "--split",
+            "all",
+            "--limit",
+            str(rows),
+            "--label",
+            blend,
+            "--no-progress",
+            "--log-level",
+            "WARNING",
+        )
+    cli(
+        "evaluate",
+        "--manifest",
+        manifest,
+        "--generated",
+        "real",
+        "--out",
+        os.path.join(work, "eval", "real"),
+        "--split",
+        "all",
+        "--limit",
+        str(rows),
+        "--label",
+        "real",
+        "--no-progress",
+        "--log-level",
+        "WARNING",
+    )
     names = ["real", *BLENDS]
-    cli("evaluate", "--compare", *[os.path.join(work, "eval", n) for n in names], "--out",
-        os.path.join(work, "eval", "compare"), "--title", f"mini chain, {rows} hagrid_mini training rows")  # fmt: skip
+    cli(
+        "evaluate",
+        "--compare",
+        *[os.path.join(work, "eval", n) for n in names],
+        "--out",
+        os.path.join(work, "eval", "compare"),
+        "--title",
+        f"mini chain, {rows} hagrid_mini training rows",
+    )
     for n in names:
         with open(os.path.join(work, "eval", n, "report.json"), encoding="utf-8") as f:
             hands = json.load(f)["hands"]
@@ -386,8 +486,11 @@ def picture(path: str, runs: dict, vae_pics: tuple, s1: dict, work: str, rows: l
 
     fig = plt.figure(figsize=(12, 10.5), dpi=72)
     grid = fig.add_gridspec(4, 3, height_ratios=[1.0, 0.8, 1.6, 1.0])
-    curves = [("vae", "mse", "train-vae: pixel MSE"), ("hand", "noise_loss", "stage 1: noise MSE / mask BCE"),
-              ("body", "mse", "stage 2: noise MSE")]  # fmt: skip
+    curves = [
+        ("vae", "mse", "train-vae: pixel MSE"),
+        ("hand", "noise_loss", "stage 1: noise MSE / mask BCE"),
+        ("body", "mse", "stage 2: noise MSE"),
+    ]
     for k, (name, key, title) in enumerate(curves):
         ax = fig.add_subplot(grid[0, k])
         recs = [r for r in read_metrics(runs[name]) if key in r]
@@ -411,8 +514,11 @@ def picture(path: str, runs: dict, vae_pics: tuple, s1: dict, work: str, rows: l
 
     originals, recs = vae_pics
     ax = fig.add_subplot(grid[1, :])
-    strip(ax, [np.concatenate([o, r], axis=0) for o, r in zip(originals, recs)],
-          "VAE: held-in hand crops (top) and reconstructions (bottom), 64 px")  # fmt: skip
+    strip(
+        ax,
+        [np.concatenate([o, r], axis=0) for o, r in zip(originals, recs)],
+        "VAE: held-in hand crops (top) and reconstructions (bottom), 64 px",
+    )
     tiles = []
     for case, img, mask in zip(s1["cases"], s1["images"], s1["masks"]):
         drawn = draw_hand(img.copy(), case["keypoints"])
@@ -432,8 +538,11 @@ def picture(path: str, runs: dict, vae_pics: tuple, s1: dict, work: str, rows: l
         col = []
         for blend in BLENDS:
             p = os.path.join(work, "generated", blend, f"{image_id}.png")
-            col.append(np.asarray(Image.open(p).convert("RGB").resize((96, 128))) if os.path.isfile(p)
-                       else np.zeros((128, 96, 3), np.uint8))  # fmt: skip
+            col.append(
+                np.asarray(Image.open(p).convert("RGB").resize((96, 128)))
+                if os.path.isfile(p)
+                else np.zeros((128, 96, 3), np.uint8)
+            )
         row_tiles.append(np.concatenate(col, axis=1))
     if row_tiles:
         ax = fig.add_subplot(grid[3, :])
@@ -469,26 +578,37 @@ def targets(done: dict, seconds: dict) -> dict:
     chain = ("train_vae", "train_hand", "train_body")
     return {
         "vae_psnr_db >= 22": met(vae.get("psnr_db_held_in_crops"), TARGETS["vae_psnr_db"]),
-        "stage1 detection >= 0.7 x real": met(train.get("detection_ratio_vs_real"), TARGETS["stage1_detection_ratio"]),
+        "stage1 detection >= 0.7 x real": met(
+            train.get("detection_ratio_vs_real"), TARGETS["stage1_detection_ratio"]
+        ),
         "stage1 pck_0.2 >= 0.5": met(train.get("pck_0.2"), TARGETS["stage1_pck_0.2"]),
         "stage1 mask_iou >= 0.5": met(train.get("mask_iou"), TARGETS["stage1_mask_iou"]),
         "pose control: pck own > other": None
         if control.get("pck_own") is None
         else bool(control["pck_own"] > control["pck_other"]),
-        "chain <= 60 min": None if not all(k in done for k in chain) else sum(seconds[k] for k in chain) <= 3600,
+        "chain <= 60 min": None
+        if not all(k in done for k in chain)
+        else sum(seconds[k] for k in chain) <= 3600,
         "stage 1 <= 25 min": None if "train_hand" not in done else seconds["train_hand"] <= 1500,
-    }  # fmt: skip
+    }
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--work", default=None, help="working folder, emptied first (default: out/learns, kept)")
-    p.add_argument("--resume", action="store_true",
-                   help="keep --work: skip the phases a cut-off invocation finished, continue its training runs")  # fmt: skip
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep --work: skip the phases a cut-off invocation finished, continue its training runs",
+    )
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--quick", action="store_true", help="a few steps per phase, to check the plumbing")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch threads (1: on a shared, loaded machine 2 threads ran stage 1 up to 10x slower)")  # fmt: skip
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (1: on a shared, loaded machine 2 threads ran stage 1 up to 10x slower)",
+    )
     p.add_argument("--note", action="append", default=[], help="a line recorded in the result (repeatable)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -569,7 +689,7 @@ def main(argv=None) -> int:
             "two_stage": done.get("two_stage"),
             "targets": targets(done, seconds),
             "cuda": {"run": False, "why": no_cuda} if args.device == "cpu" else {"run": True},
-        }  # fmt: skip
+        }
         os.makedirs(RESULTS, exist_ok=True)
         with open(result_path, "w", encoding="utf-8") as f:
             json.dump(result, f, indent=2, default=float)
@@ -578,14 +698,24 @@ def main(argv=None) -> int:
     def run_prep() -> dict:
         if os.path.exists(manifest):
             shutil.rmtree(manifest)  # a cut-off prep: start it again
-        summary = prep.run(input=os.path.join(DATA, "hagrid_mini"), out=manifest, label_from_dir=True,
-                           shard_size=10, workers=2, progress=False)  # fmt: skip
+        summary = prep.run(
+            input=os.path.join(DATA, "hagrid_mini"),
+            out=manifest,
+            label_from_dir=True,
+            shard_size=10,
+            workers=2,
+            progress=False,
+        )
         return {"images": summary["images"]}
 
     phases.run("prep", run_prep)
     write_result()
-    vae_cfg = VaeTrainConfig(out=runs["vae"], validate_every=250, checkpoint_every=250, **{
-        **common, "pretrained": None, **chain["vae"]})  # fmt: skip
+    vae_cfg = VaeTrainConfig(
+        out=runs["vae"],
+        validate_every=250,
+        checkpoint_every=250,
+        **{**common, "pretrained": None, **chain["vae"]},
+    )
     phases.run("train_vae", lambda: dataclasses.asdict(train_vae(vae_cfg)))
 
     def score_vae() -> dict:
@@ -595,34 +725,66 @@ def main(argv=None) -> int:
         task = VaeTask(VaeTrainConfig(manifest=manifest, preset="mini", image_resolution=0))
         task.check_data()
         crops = torch.stack(task.crops)
-        save_pictures(pics + "_vae.npz", originals=list(to_uint8(crops[:8])),
-                      recs=list(to_uint8(reconstruct(vae, crops[:8]))))  # fmt: skip
-        return {"psnr_db_held_in_crops": round(reconstruction_psnr(vae, crops), 2), "crops": len(task.crops),
-                "scaling_factor": vae.config.scaling_factor, "parameters": sum(q.numel() for q in vae.parameters())}  # fmt: skip
+        save_pictures(
+            pics + "_vae.npz",
+            originals=list(to_uint8(crops[:8])),
+            recs=list(to_uint8(reconstruct(vae, crops[:8]))),
+        )
+        return {
+            "psnr_db_held_in_crops": round(reconstruction_psnr(vae, crops), 2),
+            "crops": len(task.crops),
+            "scaling_factor": vae.config.scaling_factor,
+            "parameters": sum(q.numel() for q in vae.parameters()),
+        }
 
     phases.run("score_vae", score_vae)
     write_result()
 
-    hand_cfg = HandTrainConfig(out=runs["hand"], cache_latents=True, validate_every=600, checkpoint_every=300,
-                               **common, **chain["hand"])  # fmt: skip
+    hand_cfg = HandTrainConfig(
+        out=runs["hand"],
+        cache_latents=True,
+        validate_every=600,
+        checkpoint_every=300,
+        **common,
+        **chain["hand"],
+    )
     phases.run("train_hand", lambda: dataclasses.asdict(train_hand(hand_cfg)))
 
     def score_stage1() -> dict:
         s1, s1_pics = stage1(runs["hand"], manifest, chain["vae"]["resolution"], chain["sample_steps"])
-        save_pictures(pics + "_stage1.npz", crops=[c["crop"] for c in s1_pics["cases"]],
-                      keypoints=[c["keypoints"] for c in s1_pics["cases"]],
-                      manifest_masks=[c["mask"] for c in s1_pics["cases"]], images=s1_pics["images"],
-                      masks=s1_pics["masks"])  # fmt: skip
+        save_pictures(
+            pics + "_stage1.npz",
+            crops=[c["crop"] for c in s1_pics["cases"]],
+            keypoints=[c["keypoints"] for c in s1_pics["cases"]],
+            manifest_masks=[c["mask"] for c in s1_pics["cases"]],
+            images=s1_pics["images"],
+            masks=s1_pics["masks"],
+        )
         return s1
 
     phases.run("score_stage1", score_stage1)
     write_result()
 
-    body_cfg = BodyTrainConfig(out=runs["body"], train_base_unet=True, validate_every=350, checkpoint_every=200,
-                               num_validation_images=2, **common, **chain["body"])  # fmt: skip
+    body_cfg = BodyTrainConfig(
+        out=runs["body"],
+        train_base_unet=True,
+        validate_every=350,
+        checkpoint_every=200,
+        num_validation_images=2,
+        **common,
+        **chain["body"],
+    )
     phases.run("train_body", lambda: dataclasses.asdict(train_body(body_cfg)))
-    phases.run("two_stage", two_stage, manifest, runs["hand"], runs["body"], work, chain["generate_rows"],
-               chain["sample_steps"])  # fmt: skip
+    phases.run(
+        "two_stage",
+        two_stage,
+        manifest,
+        runs["hand"],
+        runs["body"],
+        work,
+        chain["generate_rows"],
+        chain["sample_steps"],
+    )
     result = write_result()
 
     from manifests.reader import open_manifest
@@ -633,10 +795,18 @@ def main(argv=None) -> int:
     png = os.path.join(RESULTS, f"learns{suffix}.png")
     vae_pics = np.load(pics + "_vae.npz")
     s1_pics = np.load(pics + "_stage1.npz")
-    cases = [{"crop": c, "keypoints": k, "mask": m} for c, k, m in
-             zip(s1_pics["crops"], s1_pics["keypoints"], s1_pics["manifest_masks"])]  # fmt: skip
-    picture(png, runs, (list(vae_pics["originals"]), list(vae_pics["recs"])),
-            {"cases": cases, "images": list(s1_pics["images"]), "masks": list(s1_pics["masks"])}, work, first_rows)  # fmt: skip
+    cases = [
+        {"crop": c, "keypoints": k, "mask": m}
+        for c, k, m in zip(s1_pics["crops"], s1_pics["keypoints"], s1_pics["manifest_masks"])
+    ]
+    picture(
+        png,
+        runs,
+        (list(vae_pics["originals"]), list(vae_pics["recs"])),
+        {"cases": cases, "images": list(s1_pics["images"]), "masks": list(s1_pics["masks"])},
+        work,
+        first_rows,
+    )
     shutil.copy(
         os.path.join(work, "eval", "compare", "compare.md"),
         os.path.join(RESULTS, f"learns{suffix}_compare.md"),

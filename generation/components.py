@@ -315,7 +315,11 @@ def build_sd(
 
 
 def build_mini(
-    resolution: int = 64, prediction_type: str | None = None, seed: int = 0, pretrained: str | None = None, **kw
+    resolution: int = 64,
+    prediction_type: str | None = None,
+    seed: int = 0,
+    pretrained: str | None = None,
+    **kw,
 ) -> SDComponents:
     """The mini preset: a `train-vae` folder when `pretrained` is given (loaded like ``sd``), else
     randomly initialised mini-size components (what `train-vae` starts from)."""
@@ -372,9 +376,12 @@ def tokenize(tokenizer, prompts: list[str]) -> torch.Tensor:
             "tokenizer_config.json (SD's CLIP tokenizer has 77)"
         )
     return tokenizer(
-        list(prompts), padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+        list(prompts),
+        padding="max_length",
+        max_length=tokenizer.model_max_length,
+        truncation=True,
         return_tensors="pt",
-    ).input_ids  # fmt: skip
+    ).input_ids
 
 
 @torch.no_grad()

@@ -136,16 +136,30 @@ class VaeTask(TrainTask):
             )
             self.crops = [s["pixel_values"] for s in data]
         if c.image_resolution:
-            data = BodyDataset(manifest, resolution=c.image_resolution, fit="cover", crop="center",
-                               split=c.split, status="ok", shuffle=False, rank=0, world_size=1)  # fmt: skip
+            data = BodyDataset(
+                manifest,
+                resolution=c.image_resolution,
+                fit="cover",
+                crop="center",
+                split=c.split,
+                status="ok",
+                shuffle=False,
+                rank=0,
+                world_size=1,
+            )
             self.images = [s["pixel_values"] for s in data]
         if len(self.crops) + len(self.images) < c.batch_size:
             raise DataCheckError(
                 f"{manifest.url}: {len(self.crops)} hand crops and {len(self.images)} images (split {c.split}); "
                 f"train-vae needs at least --batch-size {c.batch_size} samples"
             )
-        self.facts = {"manifest": manifest.url, "hand_crops": len(self.crops), "images": len(self.images),
-                      "resolution": res, "image_resolution": c.image_resolution}  # fmt: skip
+        self.facts = {
+            "manifest": manifest.url,
+            "hand_crops": len(self.crops),
+            "images": len(self.images),
+            "resolution": res,
+            "image_resolution": c.image_resolution,
+        }
         logger.info("train-vae data: %d hand crops, %d images", len(self.crops), len(self.images))
 
     def describe(self) -> dict:
@@ -178,8 +192,9 @@ class VaeTask(TrainTask):
         self.vae = self.components.vae
         self.vae.requires_grad_(True)
         self.step = AutoencoderStep(self.vae)
-        self.facts.update(components=self.components.source,
-                          vae_parameters=sum(p.numel() for p in self.vae.parameters()))  # fmt: skip
+        self.facts.update(
+            components=self.components.source, vae_parameters=sum(p.numel() for p in self.vae.parameters())
+        )
 
     def trainable(self) -> torch.nn.Module:
         return self.step
@@ -225,14 +240,21 @@ class VaeTask(TrainTask):
     def save_final(self, model, out_dir: str) -> None:
         """The run folder becomes a Stable Diffusion folder; the VAE's scaling factor is measured."""
         vae = model.vae.float().eval()
-        pixels = torch.stack(self.crops + [img[:, : self.facts["resolution"], : self.facts["resolution"]]
-                                           for img in self.images])  # fmt: skip
+        pixels = torch.stack(
+            self.crops
+            + [img[:, : self.facts["resolution"], : self.facts["resolution"]] for img in self.images]
+        )
         std = latent_std(vae, pixels)
         vae.register_to_config(scaling_factor=1.0 / std)
         self.components.vae = vae
         save_components(self.components, out_dir)
-        logger.info("saved the SD folder (%s) to %s; latent std %.3f -> scaling_factor %.4f",
-                    ", ".join(SD_SUBFOLDERS), out_dir, std, 1.0 / std)  # fmt: skip
+        logger.info(
+            "saved the SD folder (%s) to %s; latent std %.3f -> scaling_factor %.4f",
+            ", ".join(SD_SUBFOLDERS),
+            out_dir,
+            std,
+            1.0 / std,
+        )
 
 
 def train_vae(config: VaeTrainConfig) -> TrainResult:
