@@ -22,7 +22,9 @@ class BlendConfig(Settings):
     mode: str = setting(
         "sequential", "latent blending: sequential (the method), fixed or none", choices=BLEND_MODE_NAMES
     )
-    d0: int = setting(1, "sequential: initial dilation of the hand mask, latent pixels", ge=0, le=64)
+    # 0: a dilated start keeps a ring of the hand canvas's grey outside each hand in the latents for the
+    # first steps (docs/fidelity.md, "Blending start").
+    d0: int = setting(0, "sequential: initial dilation of the hand mask, latent pixels", ge=0, le=64)
     expand_pixels: int = setting(
         3, "sequential: total erosion over the expansion window, latent pixels", ge=0, le=256
     )

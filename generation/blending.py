@@ -14,8 +14,8 @@ Modes (a registry, see `BLEND_MODES`):
   step by step, repainting the seam while the inside of the hand keeps the stage-1 details.
 
 The erosion is in absolute latent pixels (8 image pixels each for Stable Diffusion's VAE), so on its
-own it would erase any hand at most ``2 * (expand_pixels - d0)`` latent pixels wide (4 with the
-defaults: hands under ~40 image px), and stage 2 would then repaint the whole hand. ``min_core``
+own it would erase any hand at most ``2 * (expand_pixels - d0)`` latent pixels wide (6 with the
+defaults: hands under ~48 image px), and stage 2 would then repaint the whole hand. ``min_core``
 prevents that, region by region: each connected region of the dilated mask (8-connectivity; hands that
 touch form one region) is eroded by at most its own inner radius minus ``min_core``, so it always keeps
 a core of at least ``2 * min_core - 1`` latent pixels square (a region smaller than that is not eroded

@@ -95,7 +95,7 @@ def test_small_hand_keeps_a_core_while_the_large_one_is_eroded_by_exactly_expand
     # Small: capped at radius 3 - min_core 2 = 1 pixel, leaving the 3x3 core = the hand itself.
     assert small.sum() == 9 and torch.equal(small, mask[..., :12, :12])
     # Without the cap (min_core=0) the same schedule erases the small hand: what the cap is for.
-    uncapped = keep_mask(mask, steps - 1, steps, BlendConfig(expand_pixels=3, min_core=0))
+    uncapped = keep_mask(mask, steps - 1, steps, BlendConfig(d0=1, expand_pixels=3, min_core=0))
     assert uncapped[..., :12, :12].sum() == 0 and torch.equal(uncapped[..., 12:, 12:], large)
 
 

@@ -72,7 +72,7 @@ def _call(pipe, **kw):
     return pipe(**{**args, **kw})
 
 
-def _known(pipe, out, encoding="windows", d0=1):
+def _known(pipe, out, encoding="windows", d0=BlendConfig().d0):
     """Latents of the pasted hands and the hand mask at latent resolution, as the pipeline makes them."""
     hw = out.latents.shape[-2:]
     by_index = dict(zip(out.hand_indices, out.hand_boxes))
@@ -130,7 +130,7 @@ def test_sequential_keeps_exactly_the_scheduled_mask_at_every_step(pipe, monkeyp
 
     monkeypatch.setattr(pipe, "blend_hook", spy)
     out = _call(pipe, blend=cfg, num_inference_steps=steps, seed=seed, return_masks=True)
-    z_hands, mask = _known(pipe, out)
+    z_hands, mask = _known(pipe, out, d0=cfg.d0)
     noise = randn_tensor(z_hands.shape, generator=torch.Generator().manual_seed(seed + 1))
     timesteps = pipe.scheduler.timesteps
     assert [i for i, _, _ in seen] == list(range(steps))
