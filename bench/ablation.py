@@ -9,7 +9,8 @@ stage-2 runs, and its generated and evaluated none / fixed / sequential rows), t
    (``--condition-channels pose --draw-hand-skeletons``): an OpenPose-full ControlNet at our scale;
 2. ``handfirst-gen baseline --method controlnet-openpose`` with that ControlNet, and ``--method sd``
    with the same base UNet from the prompt alone, on the rows, seed and framing `generate` used;
-3. the blending start: ``--blend sequential --d0 0`` beside the default ``--d0 1``;
+3. the blending start: ``--blend sequential`` with ``--d0 1`` and ``--d0 0`` (its default since this
+   ablation; the `sequential` row of learns uses whichever default it ran with);
 4. ``evaluate`` of each, and one ``--compare`` table of real, both baselines, none, fixed,
    sequential (d0 1) and sequential (d0 0).
 
@@ -160,7 +161,9 @@ def main() -> int:
             "--no-progress",
             *common,
         ],
-        "sequential-d0-0": [
+    }
+    for d0 in (1, 0):
+        variants[f"sequential-d0-{d0}"] = [
             "generate",
             "--hand-model",
             hand,
@@ -169,12 +172,11 @@ def main() -> int:
             "--blend",
             "sequential",
             "--d0",
-            "0",
+            str(d0),
             "--min-hand-size",
             "6",
             *common,
-        ],
-    }
+        ]
     for name, command in variants.items():
         t0 = time.perf_counter()
         out = os.path.join(work, "generated", name)
@@ -198,7 +200,15 @@ def main() -> int:
         seconds[name] = round(time.perf_counter() - t0, 1)
 
     # 4. One table.
-    order = ["real", "baseline-sd", "baseline-openpose", "none", "fixed", "sequential", "sequential-d0-0"]
+    order = [
+        "real",
+        "baseline-sd",
+        "baseline-openpose",
+        "none",
+        "fixed",
+        "sequential-d0-1",
+        "sequential-d0-0",
+    ]
     title = f"mini scale, {rows} hagrid_mini training rows: one-stage baselines against two stages"
     cli(
         "evaluate",
@@ -216,7 +226,7 @@ def main() -> int:
         rows_out[name]["body_pck_0.2"] = report.get("body", {}).get("pck_0.2")
     ring = {
         n: ring_greyness(os.path.join(work, "generated", n), names[:rows])
-        for n in ("sequential", "sequential-d0-0")
+        for n in ("sequential-d0-1", "sequential-d0-0")
     }
     result = {
         "benchmark": "ablation",
