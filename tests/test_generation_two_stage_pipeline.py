@@ -72,8 +72,10 @@ def _call(pipe, **kw):
     return pipe(**{**args, **kw})
 
 
-def _known(pipe, out, encoding="windows", d0=BlendConfig().d0):
-    """Latents of the pasted hands and the hand mask at latent resolution, as the pipeline makes them."""
+def _known(pipe, out, encoding="windows", d0=None):
+    """Latents of the pasted hands and the hand mask at latent resolution, as the pipeline makes them
+    (`d0`: the blend's initial dilation, default BlendConfig's)."""
+    d0 = BlendConfig().d0 if d0 is None else d0
     hw = out.latents.shape[-2:]
     by_index = dict(zip(out.hand_indices, out.hand_boxes))
     boxes = [by_index[i] for i in out.paste_order] if encoding == "windows" else None
