@@ -241,8 +241,6 @@ def given_options(cls, args: argparse.Namespace) -> dict:
 
 
 def from_args(cls, args: argparse.Namespace, base: dict | None = None):
-    """Build `cls` from `base` (e.g. a --config JSON) overridden by the options given on the command line."""
-    values = {**(base or {}), **given_options(cls, args)}
-    if hasattr(cls, "from_dict"):
-        return cls.from_dict(values)
-    return cls(**values)
+    """Build the `Settings` class `cls` from `base` (e.g. a --config JSON), overridden by the options
+    given on the command line."""
+    return cls.from_dict({**(base or {}), **given_options(cls, args)})

@@ -39,11 +39,10 @@ from .crops import (
     hand_crop_box,
     make_crop,
     needs_full_resolution,
-    stored_size,
     union_mask,
 )
 from .hands import FullCrop, Hand, HandDetector, hands_from_annotation
-from .imageio import MAX_FILE_BYTES, DecodedImage, load_image
+from .imageio import DecodedImage, load_image, reduced_size
 from .masks import make_masker
 from .records import HandAnnotation, ImageRecord
 
@@ -211,7 +210,7 @@ class Annotator:
         """One record -> (images row, hands rows). Raises a `prep.errors.PrepError` for a bad image."""
         cfg = self.config
         with self._timed("decode"):
-            max_bytes = getattr(cfg, "max_file_bytes", MAX_FILE_BYTES)
+            max_bytes = cfg.max_file_bytes
             # Decoded at the stored image's size (a JPEG in draft mode): detection and masks work on it
             # (MediaPipe's models see at most 256 px, GrabCut at most `grabcut_size`), so a full-HD photo
             # costs about what a 512-px one does, and the same photo at another resolution is searched
@@ -275,7 +274,7 @@ class Annotator:
 
         with self._timed("encode"):
             row = _base_row(record)
-            size = stored_size(width, height, cfg.max_image_side)
+            size = reduced_size(width, height, cfg.max_image_side)
             row.update(
                 width=width,
                 height=height,

@@ -23,7 +23,6 @@ from manifests.geometry import CropBox, paste_crop, render_heatmap, square_crop_
 
 from .config import PrepConfig
 from .imageio import DecodedImage
-from .imageio import reduced_size as stored_size  # noqa: F401  (the stored `image` column's size)
 
 
 @dataclass

@@ -178,7 +178,8 @@ def test_the_cli_takes_several_manifests_with_weights(tmp_path, capsys):
     import argparse
 
     from generation.cli import main
-    from generation.training.config import add_config_arguments, config_from_args
+    from manifests.settings import add_arguments as add_config_arguments
+    from manifests.settings import from_args as config_from_args
 
     args = ["--manifest", "a", "b", "--manifest-weights", "1", "3"]
     parser = argparse.ArgumentParser()

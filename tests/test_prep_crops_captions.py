@@ -7,7 +7,8 @@ from PIL import Image
 from manifests.geometry import CropBox, heatmap_peaks
 from prep.captions import gesture_phrase, hand_caption, image_caption
 from prep.config import PrepConfig
-from prep.crops import antialiased_crop, make_crop, stored_size, union_mask
+from prep.crops import antialiased_crop, make_crop, union_mask
+from prep.imageio import reduced_size as stored_size
 
 
 def _hand(center, size, rng) -> np.ndarray:

@@ -12,21 +12,22 @@ import sys
 
 def add_training_arguments(parser, config_cls) -> None:
     """``--config FILE`` plus one option per field of the `TrainConfig` subclass `config_cls`."""
-    from ..training.config import add_config_arguments
+    from manifests.settings import add_arguments
 
     parser.add_argument(
         "--config", help=f"JSON file of {config_cls.__name__} settings; command-line options override it"
     )
-    add_config_arguments(parser, config_cls)
+    add_arguments(parser, config_cls)
 
 
 def run_training(command: str, config_cls, args, train) -> int:
     """Build `config_cls` from ``--config`` overridden by the given options, call ``train(config)``
     and print a one-line summary; known errors are printed as ``handfirst-gen COMMAND: error: ...``
     and give exit code 1."""
+    from manifests.settings import from_args
+
     from ..components import ModelFolderError
     from ..spec import read_json_file
-    from ..training.config import config_from_args
     from ..training.errors import TrainingError
 
     try:
@@ -35,7 +36,7 @@ def run_training(command: str, config_cls, args, train) -> int:
             # A run's config.json works too. Its `overwrite` was what that invocation did to its folder,
             # not a setting of the run: taken over, it would clash with --resume.
             base = {k: v for k, v in base["config"].items() if k != "overwrite"}
-        config = config_from_args(config_cls, args, base)
+        config = from_args(config_cls, args, base)
         result = train(config)
     except (TrainingError, ModelFolderError, ValueError, FileNotFoundError) as exc:
         print(f"handfirst-gen {command}: error: {exc}", file=sys.stderr)

@@ -61,8 +61,6 @@ def _training_resolution(model: str) -> int | None:
 
 
 def run(args) -> int:
-    from types import SimpleNamespace
-
     import torch
     from PIL import Image
 
@@ -78,23 +76,22 @@ def run(args) -> int:
 
     try:
         settings = from_args(SampleBodySettings, args).validate()
-        args = SimpleNamespace(**{**vars(args), **settings.to_dict()})  # the checked values, by option name
-        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        dtype = torch.float16 if args.fp16 else torch.float32
+        device = settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = torch.float16 if settings.fp16 else torch.float32
         pipe = BodyOutpaintPipeline.from_pretrained(args.model, dtype=dtype).to(device)
-        resolution = args.resolution
-        if resolution is None:  # 0 is an error below, not the default
+        resolution = settings.resolution
+        if resolution is None:  # 0 was refused by validate(), not taken as the default
             resolution = _training_resolution(args.model) or 512
-        if resolution < 1:
-            raise ValueError(f"--resolution must be >= 1, got {resolution}")
         # Before any manifest image is drawn at that size.
-        check_image_cost(resolution, resolution, args.steps, args.max_pixels, args.max_pixel_steps)
-        generator = make_generator(args.seed)
+        check_image_cost(
+            resolution, resolution, settings.steps, settings.max_pixels, settings.max_pixel_steps
+        )
+        generator = make_generator(settings.seed)
         os.makedirs(args.out, exist_ok=True)
         for image_id in args.image_id:
             image_path = path_in(args.out, image_id, ".png", "image_id")  # never a path outside --out
             inputs = manifest_inputs(args.manifest, image_id, resolution)
-            prompt = inputs["prompt"] if args.prompt is None else args.prompt
+            prompt = inputs["prompt"] if settings.prompt is None else settings.prompt
             drawn = ConditionInputs(
                 inputs["body_keypoints"],
                 inputs["hand_image"],
@@ -107,14 +104,14 @@ def run(args) -> int:
             out = pipe(
                 prompt,
                 condition=condition,
-                negative_prompt=args.negative_prompt,
-                num_inference_steps=args.steps,
-                guidance_scale=args.guidance_scale,
-                controlnet_conditioning_scale=args.conditioning_scale,
-                generator=generator.manual_seed(args.seed),
+                negative_prompt=settings.negative_prompt,
+                num_inference_steps=settings.steps,
+                guidance_scale=settings.guidance_scale,
+                controlnet_conditioning_scale=settings.conditioning_scale,
+                generator=generator.manual_seed(settings.seed),
                 output_type="pil",
-                max_pixels=args.max_pixels,
-                max_pixel_steps=args.max_pixel_steps,
+                max_pixels=settings.max_pixels,
+                max_pixel_steps=settings.max_pixel_steps,
             )
             out.images[0].save(image_path)
             sheet = contact_sheet(

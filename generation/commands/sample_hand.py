@@ -90,8 +90,6 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from types import SimpleNamespace
-
     import torch
 
     from manifests.settings import from_args
@@ -101,25 +99,24 @@ def run(args) -> int:
 
     try:
         settings = from_args(SampleHandSettings, args).validate()
-        args = SimpleNamespace(**{**vars(args), **settings.to_dict()})  # the checked values, by option name
         poses = load_poses(args.keypoints)
-        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        dtype = torch.float16 if args.fp16 else torch.float32
+        device = settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        dtype = torch.float16 if settings.fp16 else torch.float32
         pipe = HandGenerationPipeline.from_pretrained(args.model, dtype=dtype).to(device)
         out = pipe(
-            args.prompt,
+            settings.prompt,
             keypoints=poses,
-            size=args.size,
-            num_inference_steps=args.steps,
-            guidance_scale=args.guidance_scale,
-            pose_guidance_scale=args.pose_guidance_scale,
-            negative_prompt=args.negative_prompt,
-            num_images_per_prompt=args.num_images_per_pose,
-            seed=args.seed,
-            mask_threshold=args.mask_threshold,
+            size=settings.size,
+            num_inference_steps=settings.steps,
+            guidance_scale=settings.guidance_scale,
+            pose_guidance_scale=settings.pose_guidance_scale,
+            negative_prompt=settings.negative_prompt,
+            num_images_per_prompt=settings.num_images_per_pose,
+            seed=settings.seed,
+            mask_threshold=settings.mask_threshold,
             output_type="pil",
-            max_pixels=args.max_pixels,
-            max_pixel_steps=args.max_pixel_steps,
+            max_pixels=settings.max_pixels,
+            max_pixel_steps=settings.max_pixel_steps,
         )
     except (PoseFileError, ModelFolderError, ValueError) as exc:
         print(f"handfirst-gen sample-hand: error: {exc}", file=sys.stderr)
@@ -129,7 +126,7 @@ def run(args) -> int:
         stem = os.path.join(args.out, f"hand_{i:03d}")
         image.save(stem + ".png")
         mask.save(stem + "_mask.png")
-        if args.save_probabilities:
+        if settings.save_probabilities:
             prob.save(stem + "_mask_prob.png")
     print(f"wrote {len(out.images)} hand(s) and mask(s) to {args.out}")
     return 0

@@ -14,8 +14,6 @@ from importlib import import_module
 
 _EXPORTS = {
     "TrainConfig": "config",
-    "add_config_arguments": "config",
-    "config_from_args": "config",
     "setting": "config",
     "DataCheckError": "errors",
     "NonFiniteLossError": "errors",

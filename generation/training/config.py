@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from manifests.settings import SettingError, Settings, add_arguments, from_args, setting
+from manifests.settings import SettingError, Settings, setting
 
 from ..guards import SEED_LIMIT
 
@@ -195,8 +195,3 @@ def normalise_sources(config) -> None:
         config.manifest_weights = tuple(config.manifest_weights)
     if isinstance(config.init_from, os.PathLike):
         config.init_from = os.fspath(config.init_from)
-
-
-# The CLI side is the shared mechanism's; these names are what the commands import.
-add_config_arguments = add_arguments
-config_from_args = from_args
