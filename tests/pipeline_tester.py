@@ -6,9 +6,11 @@ A test class mixes this in and says how to build its tiny pipeline and how to ca
 - ``get_pipeline()``: the tiny pipeline, built with a fixed seed;
 - ``get_inputs(seed, index)``: the keyword arguments of a one-image call (`index` varies the request,
   so a batch is not one request repeated); ``seed`` fixes the noise. It is called afresh for every
-  call, since a generator in the arguments is consumed by the call;
-- ``batch_inputs(items)``: one call's arguments drawing every item of `items` (a list of
-  ``get_inputs`` results), or leave ``batch_size = 0`` when the pipeline draws one image per call.
+  call, since a generator in the arguments is consumed by the call.
+
+A pipeline that draws several images in one call also mixes in `BatchTesterMixin`, with
+``batch_inputs(items)``: one call's arguments drawing every item of `items` (a list of ``get_inputs``
+results).
 
 The output compared is ``result.images`` as float numpy in [0, 1].
 """
@@ -22,18 +24,11 @@ import torch
 
 class PipelineTesterMixin:
     pipeline_class = None
-    batch_size = 2
-    # Batched and single calls run the same arithmetic in different tensor shapes, so they agree to
-    # float32 rounding, not bit for bit.
-    batch_atol = 1e-5
 
     def get_pipeline(self):
         raise NotImplementedError
 
     def get_inputs(self, seed: int = 0, index: int = 0) -> dict:
-        raise NotImplementedError
-
-    def batch_inputs(self, items: list[dict]) -> dict:
         raise NotImplementedError
 
     @pytest.fixture(scope="class")
@@ -59,16 +54,6 @@ class PipelineTesterMixin:
         assert isinstance(pt, torch.Tensor) and pt.dtype == torch.float32
         np.testing.assert_allclose(pt.permute(0, 2, 3, 1).numpy(), np_images, atol=1e-6)
 
-    def test_a_batch_matches_its_single_calls(self, tester_pipe):
-        if not self.batch_size:
-            pytest.skip(f"{type(self).__name__}: the pipeline draws one image per call")
-        items = [self.get_inputs(seed=10 + i, index=i) for i in range(self.batch_size)]
-        batch = self.images(tester_pipe, **self.batch_inputs(items))
-        assert batch.shape[0] == self.batch_size
-        for i in range(self.batch_size):
-            single = self.images(tester_pipe, **self.get_inputs(seed=10 + i, index=i))[0]
-            np.testing.assert_allclose(batch[i], single, atol=self.batch_atol)
-
     def test_save_and_load_give_identical_images(self, tester_pipe, tmp_path):
         tester_pipe.save_pretrained(tmp_path / "saved")
         weights = list((tmp_path / "saved").rglob("*.safetensors"))
@@ -93,3 +78,23 @@ class PipelineTesterMixin:
         # numbers for float64, so the image is not compared with the float32 one.)
         out = pipe(**{**self.get_inputs(seed=7), "output_type": "pt"}).images
         assert out.dtype == torch.float32 and torch.isfinite(out).all()
+
+
+class BatchTesterMixin:
+    """For pipelines that batch: one call drawing several requests gives each single call's image."""
+
+    batch_size = 2
+    # Batched and single calls run the same arithmetic in different tensor shapes, so they agree to
+    # float32 rounding, not bit for bit.
+    batch_atol = 1e-5
+
+    def batch_inputs(self, items: list[dict]) -> dict:
+        raise NotImplementedError
+
+    def test_a_batch_matches_its_single_calls(self, tester_pipe):
+        items = [self.get_inputs(seed=10 + i, index=i) for i in range(self.batch_size)]
+        batch = self.images(tester_pipe, **self.batch_inputs(items))
+        assert batch.shape[0] == self.batch_size
+        for i in range(self.batch_size):
+            single = self.images(tester_pipe, **self.get_inputs(seed=10 + i, index=i))[0]
+            np.testing.assert_allclose(batch[i], single, atol=self.batch_atol)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from pipeline_tester import PipelineTesterMixin
+from pipeline_tester import BatchTesterMixin, PipelineTesterMixin
 
 from generation.body_model import build_body_model
 from generation.components import build_components
@@ -201,7 +201,7 @@ def test_controlnet_and_condition_config_must_agree():
         BodyOutpaintPipeline.from_components(comps, controlnet, ConditionConfig(channels=("pose", "mask")))
 
 
-class TestBodyPipelineCommon(PipelineTesterMixin):
+class TestBodyPipelineCommon(PipelineTesterMixin, BatchTesterMixin):
     pipeline_class = BodyOutpaintPipeline
 
     def get_pipeline(self):

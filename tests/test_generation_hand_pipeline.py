@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from pipeline_tester import PipelineTesterMixin
+from pipeline_tester import BatchTesterMixin, PipelineTesterMixin
 
 from generation import HandGenerationPipeline
 from generation.components import ModelFolderError, build_components, sampling_scheduler
@@ -138,7 +138,7 @@ def test_absent_keypoints_are_not_range_checked(pipe, keypoints):
     assert out.images.shape == (1, 64, 64, 3)
 
 
-class TestHandPipelineCommon(PipelineTesterMixin):
+class TestHandPipelineCommon(PipelineTesterMixin, BatchTesterMixin):
     pipeline_class = HandGenerationPipeline
 
     def get_pipeline(self):

@@ -388,7 +388,6 @@ def test_a_body_without_hands_and_hands_without_a_body(pipe):
 
 class TestTwoStagePipelineCommon(PipelineTesterMixin):
     pipeline_class = TwoStageHandBodyPipeline
-    batch_size = 0  # one person per call
 
     def get_pipeline(self):
         hand, body = _parts()
