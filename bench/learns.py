@@ -6,7 +6,8 @@ From an empty folder, one process runs and times:
 2. train-vae: a 3.9M-parameter `AutoencoderKL` (SD layout) on the hand crops (64 px) and 64 px squares
    of the images fitted to 128 px; reconstruction PSNR on the held-in crops;
 3. train-hand (stage 1) from that folder (`--preset mini --pretrained`), 64 px crops, cached latents;
-   then samples for every training pose (one seed for all), scored with prep's own hand detector on
+   then samples for every training pose (one seed for all, repeated for each of `SEEDS`), scored with
+   prep's own hand detector on
    the sample upscaled as the wrist pass upscales its crops (`CropBox` to ``wrist_crop_min_size``, the
    palm detector then searching it as prep does): detection share against the real crops at the same
    resolution, PCK@0.2 against the conditioning keypoints, predicted mask IoU with the manifest mask;
@@ -53,15 +54,22 @@ TARGETS = {
     "stage1_pck_0.2": 0.5,
     "stage1_mask_iou": 0.5,
 }
+# Stage-1 scores are pooled over these seeds. Every sample of one seed starts from the same noise, so a
+# seed's count moves all 46 samples together: seeds 0-3 of one stage-1 run found 22, 31, 30 and 16 hands.
+SEEDS = (0, 1, 2, 3)
 
 # Settings of the mini chain, and why (the issue leaves them to us). CPU budget: the whole chain in at
 # most about 60 minutes on 2 cores, stage 1 in at most about 25.
 CHAIN = {
     "cpu": {
-        # 64 px crops: 8x8 latents still separate the 21 keypoint heatmaps. 1000 constant-rate steps of the
-        # 3.9M VAE (batch 8) gave 23.4 dB on the crops; 1200 with a cosine decay end sharper.
+        # 64 px crops: 8x8 latents still separate the 21 keypoint heatmaps. The VAE bounds what stage 1
+        # can draw: with a pixel MSE loss (1200 cosine steps, 24.2 dB) prep's detector found only 6 of the
+        # 46 real crops after encode/decode, and stage-1 samples 3/46. train-vae's L1 + edge loss at 3000
+        # steps reached 26.5 dB and 30/46 (samples 21/46), and its PSNR was still rising, so 5000 steps
+        # (about 18 idle minutes at ~4.6 steps/s, 2 threads). 128 px (16x16 latents) ran 4.3x slower
+        # per step, with no more detections per minute in a side-by-side 6-minute run.
         "vae": {
-            "steps": 1200,
+            "steps": 5000,
             "batch_size": 8,
             "learning_rate": 1e-3,
             "lr_schedule": "cosine",
@@ -69,14 +77,17 @@ CHAIN = {
             "resolution": 64,
             "image_resolution": 128,
         },
-        # 8.6M-parameter UNet at ~6 steps/s on one thread (batch 8, cached latents). 2400 constant-rate
-        # steps drew masks of IoU 0.82 but few detectable hands (4/46) with the noise loss still falling,
-        # so stage 1 gets 6000 steps (~17 min idle, ~1000 epochs of the 46 crops), cosine-decayed from
+        # 8.6M-parameter UNet at ~7 steps/s on two idle threads (batch 8, cached latents). 2400
+        # constant-rate steps drew masks of IoU 0.82 but few detectable hands with the noise loss still
+        # falling; 6000 cosine steps drew 21/46 detectable hands from the 3000-step VAE above. Sampling
+        # settings moved that little (guidance 1 / 2 / 3 / 5: 18 / 19 / 21 / 21; 50 steps: 22), so
+        # stage 1 gets 8000 steps (~19 idle minutes, ~1400 epochs of the 46 crops), cosine-decayed from
         # the mini rate 5e-4.
-        "hand": {"steps": 6000, "batch_size": 8, "lr_schedule": "cosine", "lr_warmup_steps": 100},
+        "hand": {"steps": 8000, "batch_size": 8, "lr_schedule": "cosine", "lr_warmup_steps": 100},
         # 128 px images (16x16 latents): hands stay a few latent pixels wide. The base UNet is trained
-        # with the ControlNet, since it is from scratch and a frozen random decoder cannot paint.
-        "body": {"steps": 700, "batch_size": 4, "resolution": 128, "lr_warmup_steps": 50},
+        # with the ControlNet, since it is from scratch and a frozen random decoder cannot paint. 700
+        # steps painted texture without a body; the time left in the hour goes here.
+        "body": {"steps": 1500, "batch_size": 4, "resolution": 128, "lr_warmup_steps": 50},
         "sample_steps": 25,
         "generate_rows": 16,
     },
@@ -277,7 +288,38 @@ def sample_cases(pipe, cases: list[dict], steps: int, seed: int, guidance: float
     return images, masks
 
 
-def stage1(hand_run: str, manifest: str, res: int, steps: int, seed: int = 0) -> tuple[dict, dict]:
+def pooled(per_seed: list[dict]) -> dict:
+    """`score_set` results of several seeds as one: detections and PCK over every sample, mask IoU the mean."""
+    n = sum(r["n"] for r in per_seed)
+    found = sum(r["detected"] for r in per_seed)
+    pcks = [r["pck_0.2"] * r["detected"] for r in per_seed if r["detected"]]
+    out = {
+        "n": n,
+        "detected": found,
+        "detected_share": found / max(n, 1),
+        "pck_0.2": sum(pcks) / found if found else None,
+        "detected_per_seed": [r["detected"] for r in per_seed],
+    }
+    if "mask_iou" in per_seed[0]:
+        out["mask_iou"] = float(np.mean([r["mask_iou"] for r in per_seed]))
+    return out
+
+
+def pose_control(matches: list, poses: list) -> tuple[list[float], list[float]]:
+    """Samples of one seed share their starting noise, so sample i and pose j != i differ only in the
+    pose: PCK of each detected hand against its own pose and against every other pose."""
+    own, other = [], []
+    for i, match in enumerate(matches):
+        if match is None:
+            continue
+        for j in range(len(poses)):
+            if j != i:
+                own.append(float((keypoint_errors(match, poses[i]) <= 0.2).mean()))
+                other.append(float((keypoint_errors(match, poses[j]) <= 0.2).mean()))
+    return own, other
+
+
+def stage1(hand_run: str, manifest: str, res: int, steps: int, seeds=SEEDS) -> tuple[dict, dict]:
     import torch
 
     from generation import HandGenerationPipeline
@@ -285,7 +327,7 @@ def stage1(hand_run: str, manifest: str, res: int, steps: int, seed: int = 0) ->
     from prep.config import PrepConfig
     from prep.hands import HandDetector
 
-    torch.manual_seed(seed)
+    torch.manual_seed(seeds[0])
     pipe = HandGenerationPipeline.from_pretrained(hand_run)
     pipe.set_progress_bar_config(disable=True)
     guidance = 3.0
@@ -315,33 +357,26 @@ def stage1(hand_run: str, manifest: str, res: int, steps: int, seed: int = 0) ->
 
     pixels = torch.stack([torch.from_numpy(c["crop"]).permute(2, 0, 1).float() / 127.5 - 1.0 for c in cases])
     vae_recs, _ = score_set(detector, min_size, list(to_uint8(reconstruct(pipe.vae, pixels))), poses)
-    images, masks = sample_cases(pipe, cases, steps, seed, guidance)
-    train, matches = score_set(
-        detector, min_size, images, poses, list(zip(masks, [c["mask"] for c in cases]))
-    )
+
+    per_seed, own, other, first = [], [], [], None
+    for seed in seeds:
+        images, masks = sample_cases(pipe, cases, steps, seed, guidance)
+        scored, matches = score_set(
+            detector, min_size, images, poses, list(zip(masks, [c["mask"] for c in cases]))
+        )
+        per_seed.append(scored)
+        o, t = pose_control(matches, poses)
+        own, other = own + o, other + t
+        first = first or (images, masks)
+    train = pooled(per_seed)
     train["detection_ratio_vs_real"] = (
         train["detected_share"] / real["detected_share"] if real["detected"] else None
     )
-
-    # Pose control: the samples share one seed, so sample i and pose j != i differ only in the pose.
-    own, other, wins, pairs = [], [], 0, 0
-    for i, match in enumerate(matches):
-        if match is None:
-            continue
-        for j in range(len(cases)):
-            if j == i:
-                continue
-            p_own = float((keypoint_errors(match, poses[i]) <= 0.2).mean())
-            p_other = float((keypoint_errors(match, poses[j]) <= 0.2).mean())
-            own.append(p_own)
-            other.append(p_other)
-            wins += p_own > p_other
-            pairs += 1
     control = {
-        "pairs": pairs,
+        "pairs": len(own),
         "pck_own": float(np.mean(own)) if own else None,
         "pck_other": float(np.mean(other)) if other else None,
-        "share_own_better": wins / pairs if pairs else None,
+        "share_own_better": float(np.mean(np.asarray(own) > np.asarray(other))) if own else None,
     }
 
     unseen = {}
@@ -354,9 +389,12 @@ def stage1(hand_run: str, manifest: str, res: int, steps: int, seed: int = 0) ->
         if not vcases:
             unseen[name] = {"skipped": "no FreiHAND file under ../shared/data/keypoints_gt"}
             continue
-        v_images, v_masks = sample_cases(pipe, vcases, steps, seed, guidance)
-        pairs_ = None if vcases[0]["mask"] is None else list(zip(v_masks, [c["mask"] for c in vcases]))
-        unseen[name], _ = score_set(detector, min_size, v_images, [c["keypoints"] for c in vcases], pairs_)
+        runs = []
+        for seed in seeds:
+            v_images, v_masks = sample_cases(pipe, vcases, steps, seed, guidance)
+            pairs_ = None if vcases[0]["mask"] is None else list(zip(v_masks, [c["mask"] for c in vcases]))
+            runs.append(score_set(detector, min_size, v_images, [c["keypoints"] for c in vcases], pairs_)[0])
+        unseen[name] = pooled(runs)
         if real["detected"]:
             unseen[name]["detection_ratio_vs_real"] = unseen[name]["detected_share"] / real["detected_share"]
     detector.close()
@@ -369,17 +407,14 @@ def stage1(hand_run: str, manifest: str, res: int, steps: int, seed: int = 0) ->
         "sampling": {
             "steps": steps,
             "guidance_scale": guidance,
-            "seed": seed,
+            "seeds": list(seeds),
             "resolution": res,
             "detector_upscale_px": min_size,
         },
     }
+    images, masks = first
     pictures = {"cases": cases[:8], "images": images[:8], "masks": masks[:8]}
     return result, pictures
-
-
-# ---------------------------------------------------------------------------------------------------
-# Stage 2 through the CLIs
 
 
 def cli(*args: str) -> None:
@@ -531,7 +566,7 @@ def picture(path: str, runs: dict, vae_pics: tuple, s1: dict, work: str, rows: l
     strip(
         ax,
         tiles,
-        "stage 1, training poses, one seed: real crop / sample / sample + conditioning skeleton / predicted mask / manifest mask",
+        "stage 1, training poses, seed 0: real crop / sample / sample + conditioning skeleton / predicted mask / manifest mask",
     )
     row_tiles = []
     for image_id in rows:
