@@ -19,6 +19,7 @@ Stage 1 (hands) and stage 2 (body) both build from here.
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -366,6 +367,19 @@ def sampling_scheduler(train_scheduler, kind: str = "ddim"):
     if kind not in kinds:
         raise ValueError(f"unknown sampling scheduler {kind!r}; expected one of {sorted(kinds)}")
     return kinds[kind].from_config(train_scheduler.config)
+
+
+def scheduler_step_kwargs(scheduler, generator, eta: float = 0.0) -> dict:
+    """The extra arguments `scheduler.step` takes: ``generator`` for the stochastic samplers (DDPM's
+    ancestral step draws fresh noise, which must come from the caller's seed, not the global RNG) and
+    DDIM's ``eta``."""
+    params = set(inspect.signature(scheduler.step).parameters)
+    kwargs = {}
+    if "eta" in params:
+        kwargs["eta"] = eta
+    if "generator" in params:
+        kwargs["generator"] = generator
+    return kwargs
 
 
 def tokenize(tokenizer, prompts: list[str]) -> torch.Tensor:

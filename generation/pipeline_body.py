@@ -8,7 +8,6 @@ blend the known hand latents in (sequential mask expansion) without a second cop
 
 from __future__ import annotations
 
-import inspect
 import logging
 from collections.abc import Callable, Sequence
 
@@ -31,7 +30,7 @@ from .body_model import (
     repaint_mask,
     vae_scale_factor,
 )
-from .components import check_saved_pipeline, encode_text, sampling_scheduler
+from .components import check_saved_pipeline, encode_text, sampling_scheduler, scheduler_step_kwargs
 from .condition import (
     ConditionConfig,
     ConditionInputs,
@@ -231,15 +230,6 @@ class BodyOutpaintPipeline(DiffusionPipeline):
         elif tuple(latents.shape) != shape:
             raise ValueError(f"latents have shape {tuple(latents.shape)}, expected {shape}")
         return latents.to(device, dtype) * self.scheduler.init_noise_sigma
-
-    def prepare_extra_step_kwargs(self, generator, eta: float = 0.0) -> dict:
-        params = set(inspect.signature(self.scheduler.step).parameters)
-        kwargs = {}
-        if "eta" in params:
-            kwargs["eta"] = eta
-        if "generator" in params:
-            kwargs["generator"] = generator
-        return kwargs
 
     def denoise(
         self,
@@ -513,7 +503,7 @@ class BodyOutpaintPipeline(DiffusionPipeline):
             uncond_condition=uncond_condition,
             inpaint=inpaint,
             on_step_end=step_fn,
-            extra_step_kwargs=self.prepare_extra_step_kwargs(generator, eta),
+            extra_step_kwargs=scheduler_step_kwargs(self.scheduler, generator, eta),
         )
         # A NaN model denoises to NaN, which would decode to a black image.
         check_finite(latents, "the body model's denoised latents", self._denoisers(), "unet and controlnet")

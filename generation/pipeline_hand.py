@@ -27,7 +27,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from manifests.geometry import render_heatmap
 
-from .components import check_saved_pipeline, encode_text
+from .components import check_saved_pipeline, encode_text, scheduler_step_kwargs
 from .guards import (
     DEFAULT_MAX_PIXEL_STEPS,
     DEFAULT_MAX_PIXELS,
@@ -335,7 +335,9 @@ class HandGenerationPipeline(DiffusionPipeline):
             generator = make_generator(seed, device)
         latents = self.prepare_latents(total, size, dtype, device, generator, latents)
 
-        # 6. Denoising loop; the mask is read from the fully conditioned branch of the last step.
+        # 6. Denoising loop; the mask is read from the fully conditioned branch of the last step. A
+        # stochastic sampler (DDPM) draws its step noise from the same generator, so the seed decides it.
+        step_kwargs = scheduler_step_kwargs(self.scheduler, generator)
         mask_logits = None
         for t in self.progress_bar(timesteps):
             model_in = self.scheduler.scale_model_input(torch.cat([latents] * branches), t)
@@ -352,7 +354,7 @@ class HandGenerationPipeline(DiffusionPipeline):
             else:
                 noise = chunks[0]
             mask_logits = mask_all.chunk(branches)[-1]
-            latents = self.scheduler.step(noise, t, latents, return_dict=False)[0]
+            latents = self.scheduler.step(noise, t, latents, **step_kwargs, return_dict=False)[0]
 
         # A NaN model denoises to NaN, which would decode to black crops and empty masks.
         check_finite(latents, "the hand model's denoised latents", self.unet, "unet")
