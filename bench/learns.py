@@ -358,20 +358,27 @@ def stage1(hand_run: str, manifest: str, res: int, steps: int, seeds=SEEDS) -> t
     pixels = torch.stack([torch.from_numpy(c["crop"]).permute(2, 0, 1).float() / 127.5 - 1.0 for c in cases])
     vae_recs, _ = score_set(detector, min_size, list(to_uint8(reconstruct(pipe.vae, pixels))), poses)
 
-    per_seed, own, other, first = [], [], [], None
-    for seed in seeds:
-        images, masks = sample_cases(pipe, cases, steps, seed, guidance)
-        scored, matches = score_set(
-            detector, min_size, images, poses, list(zip(masks, [c["mask"] for c in cases]))
-        )
-        per_seed.append(scored)
-        o, t = pose_control(matches, poses)
+    def sample_and_score(vcases: list[dict]) -> tuple[dict, list, tuple]:
+        """Every case sampled at each seed and scored: (pooled score, per-seed matches, seed 0's draws)."""
+        targets = [c["keypoints"] for c in vcases]
+        runs, matches, first = [], [], None
+        for seed in seeds:
+            images, masks = sample_cases(pipe, vcases, steps, seed, guidance)
+            pairs = None if vcases[0]["mask"] is None else list(zip(masks, [c["mask"] for c in vcases]))
+            scored, found = score_set(detector, min_size, images, targets, pairs)
+            runs.append(scored)
+            matches.append(found)
+            first = first or (images, masks)
+        out = pooled(runs)
+        if real["detected"]:
+            out["detection_ratio_vs_real"] = out["detected_share"] / real["detected_share"]
+        return out, matches, first
+
+    train, matches, (images, masks) = sample_and_score(cases)
+    own, other = [], []
+    for found in matches:
+        o, t = pose_control(found, poses)
         own, other = own + o, other + t
-        first = first or (images, masks)
-    train = pooled(per_seed)
-    train["detection_ratio_vs_real"] = (
-        train["detected_share"] / real["detected_share"] if real["detected"] else None
-    )
     control = {
         "pairs": len(own),
         "pck_own": float(np.mean(own)) if own else None,
@@ -386,17 +393,10 @@ def stage1(hand_run: str, manifest: str, res: int, steps: int, seeds=SEEDS) -> t
         "freihand": freihand_cases(res, "a right hand"),
     }
     for name, vcases in variants.items():
-        if not vcases:
+        if vcases:
+            unseen[name] = sample_and_score(vcases)[0]
+        else:
             unseen[name] = {"skipped": "no FreiHAND file under ../shared/data/keypoints_gt"}
-            continue
-        runs = []
-        for seed in seeds:
-            v_images, v_masks = sample_cases(pipe, vcases, steps, seed, guidance)
-            pairs_ = None if vcases[0]["mask"] is None else list(zip(v_masks, [c["mask"] for c in vcases]))
-            runs.append(score_set(detector, min_size, v_images, [c["keypoints"] for c in vcases], pairs_)[0])
-        unseen[name] = pooled(runs)
-        if real["detected"]:
-            unseen[name]["detection_ratio_vs_real"] = unseen[name]["detected_share"] / real["detected_share"]
     detector.close()
     result = {
         "real_crops": real,
@@ -412,7 +412,6 @@ def stage1(hand_run: str, manifest: str, res: int, steps: int, seeds=SEEDS) -> t
             "detector_upscale_px": min_size,
         },
     }
-    images, masks = first
     pictures = {"cases": cases[:8], "images": images[:8], "masks": masks[:8]}
     return result, pictures
 

@@ -171,6 +171,18 @@ def test_hand_model_choices_are_the_mask_head_registry():
     assert set(field_choices(fields["mask_head_type"])) == set(MASK_HEADS)
 
 
+def test_training_loss_choices_are_the_loss_registries():
+    from generation.training.hand_config import HandTrainConfig
+    from generation.training.losses import MASK_LOSSES, RECONSTRUCTION_LOSSES
+    from generation.training.vae_config import VaeTrainConfig
+    from manifests.settings import field_choices
+
+    vae = {f.name: f for f in dataclasses.fields(VaeTrainConfig)}
+    hand = {f.name: f for f in dataclasses.fields(HandTrainConfig)}
+    assert set(field_choices(vae["reconstruction_loss"])) == set(RECONSTRUCTION_LOSSES)
+    assert set(field_choices(hand["mask_loss"])) == set(MASK_LOSSES)
+
+
 def test_one_default_sigma():
     import inspect
 
