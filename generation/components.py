@@ -221,6 +221,23 @@ def scheduler_config(prediction_type: str = "epsilon", num_train_timesteps: int 
     }
 
 
+def noise_schedule_overrides(prediction_type: str | None = None, zero_terminal_snr: bool = False) -> dict:
+    """Scheduler-config overrides for a training run: its prediction type, and optionally a schedule
+    rescaled to zero signal at the last timestep, sampled with "trailing" timesteps.
+
+    SD's schedule keeps sqrt(alpha_bar_T) = 0.068 of the image at t = T, so a model learns to read the
+    image's low frequencies (brightness, colour) from the starting noise, which at sampling time is pure
+    noise: one seed then draws every image too bright or too dark (Lin et al. 2024, "Common Diffusion
+    Noise Schedules and Sample Steps are Flawed"). At zero terminal SNR the first step must take them
+    from the condition instead. Epsilon prediction is undefined there, so it needs v or sample
+    prediction (the settings check that).
+    """
+    overrides = {"prediction_type": prediction_type} if prediction_type else {}
+    if zero_terminal_snr:
+        overrides.update(rescale_betas_zero_snr=True, timestep_spacing="trailing")
+    return overrides
+
+
 def _bytes_to_unicode() -> dict[int, str]:
     """GPT-2 / CLIP byte-level alphabet: every byte maps to a printable unicode character."""
     bs = (
@@ -282,7 +299,13 @@ def tiny_tokenizer(folder: str | None = None) -> CLIPTokenizer:
 # Builders, one per preset
 
 
-def build_tiny(resolution: int = 64, prediction_type: str | None = None, seed: int = 0, **_) -> SDComponents:
+def build_tiny(
+    resolution: int = 64,
+    prediction_type: str | None = None,
+    seed: int = 0,
+    zero_terminal_snr: bool = False,
+    **_,
+) -> SDComponents:
     """Randomly initialised small components for `resolution`-pixel images (a multiple of 8)."""
     if resolution % 8:
         raise ValueError(f"resolution must be a multiple of 8 (the VAE's downsampling), got {resolution}")
@@ -295,14 +318,21 @@ def build_tiny(resolution: int = 64, prediction_type: str | None = None, seed: i
     unet = UNet2DConditionModel.from_config(
         tiny_unet_config(resolution // 8, cross_attention_dim=text_encoder.config.hidden_size)
     )
-    scheduler = DDPMScheduler.from_config(scheduler_config(prediction_type or "epsilon"))
+    scheduler = DDPMScheduler.from_config(
+        scheduler_config(), **noise_schedule_overrides(prediction_type, zero_terminal_snr)
+    )
     return SDComponents(unet, vae, text_encoder, tokenizer, scheduler, source="tiny")
 
 
 def build_sd(
-    pretrained: str | None = None, prediction_type: str | None = None, unet_subfolder: str = "unet", **_
+    pretrained: str | None = None,
+    prediction_type: str | None = None,
+    unet_subfolder: str = "unet",
+    zero_terminal_snr: bool = False,
+    **_,
 ) -> SDComponents:
-    """Load a local Stable Diffusion folder; `prediction_type` overrides the scheduler's if given."""
+    """Load a local Stable Diffusion folder; `prediction_type` overrides the scheduler's if given, and
+    `zero_terminal_snr` rescales its schedule (`noise_schedule_overrides`)."""
     check_model_folder(
         pretrained, subfolders=("vae", "text_encoder", "tokenizer", "scheduler", unet_subfolder)
     )
@@ -310,7 +340,7 @@ def build_sd(
     text_encoder = CLIPTextModel.from_pretrained(pretrained, subfolder="text_encoder")
     vae = AutoencoderKL.from_pretrained(pretrained, subfolder="vae")
     unet = UNet2DConditionModel.from_pretrained(pretrained, subfolder=unet_subfolder)
-    overrides = {"prediction_type": prediction_type} if prediction_type else {}
+    overrides = noise_schedule_overrides(prediction_type, zero_terminal_snr)
     scheduler = DDPMScheduler.from_pretrained(pretrained, subfolder="scheduler", **overrides)
     return SDComponents(unet, vae, text_encoder, tokenizer, scheduler, source=os.path.abspath(pretrained))
 
@@ -320,12 +350,15 @@ def build_mini(
     prediction_type: str | None = None,
     seed: int = 0,
     pretrained: str | None = None,
+    zero_terminal_snr: bool = False,
     **kw,
 ) -> SDComponents:
     """The mini preset: a `train-vae` folder when `pretrained` is given (loaded like ``sd``), else
     randomly initialised mini-size components (what `train-vae` starts from)."""
     if pretrained:
-        return build_sd(pretrained, prediction_type=prediction_type, **kw)
+        return build_sd(
+            pretrained, prediction_type=prediction_type, zero_terminal_snr=zero_terminal_snr, **kw
+        )
     if resolution % 8:
         raise ValueError(f"resolution must be a multiple of 8 (the VAE's downsampling), got {resolution}")
     torch.manual_seed(seed)
@@ -337,7 +370,9 @@ def build_mini(
     unet = UNet2DConditionModel.from_config(
         mini_unet_config(resolution // 8, cross_attention_dim=text_encoder.config.hidden_size)
     )
-    scheduler = DDPMScheduler.from_config(scheduler_config(prediction_type or "epsilon"))
+    scheduler = DDPMScheduler.from_config(
+        scheduler_config(), **noise_schedule_overrides(prediction_type, zero_terminal_snr)
+    )
     return SDComponents(unet, vae, text_encoder, tokenizer, scheduler, source="mini")
 
 

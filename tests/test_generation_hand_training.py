@@ -284,6 +284,52 @@ def test_v_prediction_target_and_training(synthetic_manifest, tmp_path):
     )
 
 
+def test_zero_terminal_snr_schedule_is_trained_and_saved(synthetic_manifest, tmp_path):
+    from generation.components import build_components
+
+    # SD's schedule leaves 6.8% of the image in the last training step's input; sampling starts from
+    # pure noise, so the starting noise's low frequencies are read as the image's brightness.
+    sd_like = build_components("tiny").scheduler
+    assert float(sd_like.alphas_cumprod[-1]) ** 0.5 == pytest.approx(0.068, abs=0.001)
+
+    run = str(tmp_path / "zsnr")
+    result = train_hand(
+        HandTrainConfig(
+            manifest=str(synthetic_manifest),
+            out=run,
+            steps=2,
+            prediction_type="v_prediction",
+            zero_terminal_snr=True,
+            **FAST,
+        )
+    )
+    assert result.finished
+    assert all(np.isfinite(r["loss"]) for r in _losses(run))
+    pipe = HandGenerationPipeline.from_pretrained(run)
+    config = pipe.scheduler.config
+    assert config.rescale_betas_zero_snr and config.timestep_spacing == "trailing"
+    assert config.prediction_type == "v_prediction"
+    assert float(pipe.scheduler.alphas_cumprod[-1]) == 0.0  # no signal left at t = T
+    pipe.scheduler.set_timesteps(5)
+    assert int(pipe.scheduler.timesteps[0]) == 999  # sampling starts where training saw pure noise
+    image = pipe(
+        "a hand", keypoints=np.full((1, 21, 3), 0.5), num_inference_steps=2, seed=0, output_type="np"
+    )
+    assert np.isfinite(image.images).all()
+
+
+@pytest.mark.parametrize("prediction", [[], ["--prediction-type", "epsilon"]])
+def test_zero_terminal_snr_refuses_epsilon_prediction(synthetic_manifest, tmp_path, capsys, prediction):
+    from generation.cli import main
+
+    run = tmp_path / "r"
+    argv = ["train-hand", "--manifest", str(synthetic_manifest), "--out", str(run), "--steps", "1"]
+    assert main(argv + ["--zero-terminal-snr", *prediction]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "--zero-terminal-snr needs --prediction-type v_prediction or sample" in err
+    assert len(err.splitlines()) == 1 and not run.exists()
+
+
 def test_mask_losses():
     target = torch.zeros(1, 1, 8, 8)
     target[..., 2:6, 2:6] = 1

@@ -28,7 +28,13 @@ from manifests.draw import contact_sheet, draw_hand, overlay_mask
 from manifests.geometry import DEFAULT_SIGMA, keypoint_coverage, rescale_sigma
 from manifests.reader import open_manifest
 
-from ..components import build_components, encode_text, freeze, sampling_scheduler
+from ..components import (
+    build_components,
+    encode_text,
+    freeze,
+    noise_schedule_overrides,
+    sampling_scheduler,
+)
 from ..hand_model import HandUNet
 from ..pipeline_hand import HandGenerationPipeline
 from .config import PRESET_RESOLUTION
@@ -285,6 +291,7 @@ class HandTask(TrainTask):
             pretrained=c.pretrained,
             resolution=self.facts["resolution"],
             prediction_type=c.prediction_type,
+            zero_terminal_snr=c.zero_terminal_snr,
             seed=c.seed,
         )
         unet_cfg = comps.unet.config
@@ -315,7 +322,7 @@ class HandTask(TrainTask):
                 f"latent pixels, these manifests give {self.facts['heatmap_sigma']:.4g} at {self.facts['resolution']} px; "
                 "train at the run's --resolution or prepare the manifests with its heatmap settings"
             )
-        overrides = {"prediction_type": c.prediction_type} if c.prediction_type else {}
+        overrides = noise_schedule_overrides(c.prediction_type, c.zero_terminal_snr)
         # The run saved its sampling scheduler; training draws from the same noise schedule as DDPM.
         scheduler = DDPMScheduler.from_config(pipe.scheduler.config, **overrides)
         comps = SimpleNamespace(

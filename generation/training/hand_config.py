@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from manifests.settings import SettingError
+
 from .config import (
     TrainConfig,
     check_manifest_and_weights,
@@ -16,6 +18,9 @@ from .config import (
     normalise_sources,
     setting,
 )
+
+# Prediction types defined at zero signal-to-noise (the image cannot be recovered from epsilon there).
+ZERO_SNR_PREDICTIONS = ("v_prediction", "sample")
 
 
 @dataclass
@@ -57,6 +62,11 @@ class HandTrainConfig(TrainConfig):
         "what the UNet predicts (default: the scheduler's)",
         choices=("epsilon", "v_prediction", "sample"),
     )
+    zero_terminal_snr: bool = setting(
+        False,
+        "rescale the noise schedule to zero signal at the last timestep and sample with trailing timesteps, "
+        "so the starting noise cannot set the image's brightness (needs --prediction-type v_prediction)",
+    )
     mask_head_type: str = setting(
         "conv", "mask head: conv (conv3x3-SiLU-conv1x1) or channel (one conv)", choices=("conv", "channel")
     )
@@ -79,4 +89,10 @@ class HandTrainConfig(TrainConfig):
     def validate(self) -> HandTrainConfig:
         super().validate()
         check_manifest_and_weights(self)
+        if self.zero_terminal_snr and self.prediction_type not in ZERO_SNR_PREDICTIONS:
+            raise SettingError(
+                f"--zero-terminal-snr needs --prediction-type {' or '.join(ZERO_SNR_PREDICTIONS)}: "
+                "epsilon prediction is undefined at zero signal (got "
+                f"{self.prediction_type or 'the scheduler default'})"
+            )
         return self
