@@ -166,6 +166,12 @@ def test_bad_settings_and_missing_base_model_are_clear_errors(manifest, tmp_path
         _config(manifest, tmp_path / "r", base_kind="inpainting", condition_channels=("pose",)).validate()
     with pytest.raises(ValueError, match="multiple of 16"):
         _config(manifest, tmp_path / "r", resolution=72).validate()
+    with pytest.raises(
+        ValueError, match="--zero-terminal-snr needs --prediction-type v_prediction or sample"
+    ):
+        _config(manifest, tmp_path / "r", zero_terminal_snr=True, train_base_unet=True).validate()
+    with pytest.raises(ValueError, match="a frozen base keeps the schedule it was trained on"):
+        _config(manifest, tmp_path / "r", prediction_type="v_prediction", zero_terminal_snr=True).validate()
     with pytest.raises(DataCheckError, match="cannot serve body training"):
         BodyTask(_config(tmp_path / "no-manifest", tmp_path / "r")).check_data()
     task = BodyTask(_config(manifest, tmp_path / "r", preset="sd", pretrained=str(tmp_path / "no-sd")))
@@ -173,6 +179,25 @@ def test_bad_settings_and_missing_base_model_are_clear_errors(manifest, tmp_path
         task.build(Accelerator(cpu=True))
     with pytest.raises(ModelFolderError, match="body model folder not found"):
         BodyOutpaintPipeline.from_pretrained(tmp_path / "no-run")
+
+
+def test_zero_terminal_snr_trains_the_base_and_is_saved_with_the_pipeline(manifest, tmp_path):
+    run = tmp_path / "zsnr"
+    cfg = _config(
+        manifest,
+        run,
+        steps=2,
+        checkpoint_every=0,
+        prediction_type="v_prediction",
+        zero_terminal_snr=True,
+        train_base_unet=True,
+    )
+    assert train_body(cfg.validate()).finished
+    assert all(np.isfinite(r["loss"]) for r in read_metrics(str(run)) if "loss" in r)
+    scheduler = BodyOutpaintPipeline.from_pretrained(run).scheduler
+    assert scheduler.config.prediction_type == "v_prediction"
+    assert scheduler.config.rescale_betas_zero_snr and scheduler.config.timestep_spacing == "trailing"
+    assert float(scheduler.alphas_cumprod[-1]) == 0.0
 
 
 def test_tiny_model_overfits_a_fixed_batch(manifest, tmp_path):

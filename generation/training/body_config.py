@@ -13,12 +13,15 @@ from .config import (
     PRESET_RESOLUTION,
     TrainConfig,
     check_manifest_and_weights,
+    check_noise_schedule,
     init_from_setting,
     manifest_weights_setting,
     manifests_setting,
     normalise_sources,
+    prediction_type_setting,
     recorded_run,
     setting,
+    zero_terminal_snr_setting,
 )
 
 # Mirrors of `generation.condition.CONDITION_GROUPS` and `generation.body_model.BASE_KINDS` (checked
@@ -92,6 +95,8 @@ class BodyTrainConfig(TrainConfig):
     border_width: int = setting(
         1, "half-width of that band in latent pixels (one latent pixel = 8 image pixels)", ge=0, le=64
     )
+    prediction_type: str | None = prediction_type_setting()
+    zero_terminal_snr: bool = zero_terminal_snr_setting()
     text_dropout: float = setting(0.1, "probability of training with an empty caption (text CFG)", ge=0, lt=1)
     condition_dropout: float = setting(
         0.05, "probability of training with an all-zero condition image (condition CFG)", ge=0, lt=1
@@ -127,6 +132,12 @@ class BodyTrainConfig(TrainConfig):
         if self.init_from and self.init_controlnet:
             raise SettingError(
                 "--init-from and --init-controlnet exclude each other (the run brings its own ControlNet)"
+            )
+        check_noise_schedule(self)
+        if (self.prediction_type or self.zero_terminal_snr) and not self.train_base_unet:
+            raise SettingError(
+                "--prediction-type and --zero-terminal-snr change what the base UNet must predict; a frozen "
+                "base keeps the schedule it was trained on: add --train-base-unet"
             )
         if self.base_kind == "inpainting" and not {"hands", "mask"} <= set(self.condition_channels):
             raise SettingError("--base-kind inpainting needs the 'hands' and 'mask' condition channels")

@@ -43,7 +43,13 @@ from manifests.reader import open_manifest
 
 from ..blending import dilate, erode
 from ..body_model import BASE_KINDS, build_body_model, masked_image, model_input, predict_noise, repaint_mask
-from ..components import SDComponents, build_components, encode_text, freeze
+from ..components import (
+    SDComponents,
+    build_components,
+    encode_text,
+    freeze,
+    noise_schedule_overrides,
+)
 from ..condition import ConditionConfig, build_condition, condition_tiles, inputs_from_body_sample
 from ..guards import make_generator, offset_seed
 from ..pipeline_body import BodyOutpaintPipeline
@@ -285,7 +291,12 @@ class BodyTask(TrainTask):
         if c.init_from:
             return self._build_from_run()
         comps = build_components(
-            c.preset, pretrained=c.pretrained, resolution=c.resolved_resolution, seed=c.seed
+            c.preset,
+            pretrained=c.pretrained,
+            resolution=c.resolved_resolution,
+            seed=c.seed,
+            prediction_type=c.prediction_type,
+            zero_terminal_snr=c.zero_terminal_snr,
         )
         torch.manual_seed(c.seed)
         controlnet = build_body_model(
@@ -308,7 +319,8 @@ class BodyTask(TrainTask):
                 f"--init-from {c.init_from}: its model was trained with {differ}, this run asks for "
                 f"{ {k: wanted[k] for k in differ} }; pass the run's settings"
             )
-        scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+        overrides = noise_schedule_overrides(c.prediction_type, c.zero_terminal_snr)
+        scheduler = DDPMScheduler.from_config(pipe.scheduler.config, **overrides)
         comps = SDComponents(
             pipe.unet,
             pipe.vae,

@@ -154,6 +154,38 @@ def check_manifest_and_weights(config) -> None:
         )
 
 
+# Prediction types defined at zero signal-to-noise (the image cannot be recovered from epsilon there).
+ZERO_SNR_PREDICTIONS = ("v_prediction", "sample")
+
+
+# The noise-schedule fields of the diffusion tasks (`HandTrainConfig`, `BodyTrainConfig`), declared once.
+def prediction_type_setting():
+    return setting(
+        None,
+        "what the UNet predicts (default: the scheduler's)",
+        choices=("epsilon", "v_prediction", "sample"),
+    )
+
+
+def zero_terminal_snr_setting():
+    return setting(
+        False,
+        "rescale the noise schedule to zero signal at the last timestep and sample with trailing timesteps, "
+        "so the starting noise cannot set the image's brightness (needs --prediction-type v_prediction)",
+    )
+
+
+def check_noise_schedule(config) -> None:
+    """Epsilon prediction is undefined at zero SNR: --zero-terminal-snr needs v or sample prediction,
+    named explicitly since the default is whatever the base folder's scheduler says."""
+    if config.zero_terminal_snr and config.prediction_type not in ZERO_SNR_PREDICTIONS:
+        raise SettingError(
+            f"--zero-terminal-snr needs --prediction-type {' or '.join(ZERO_SNR_PREDICTIONS)}: "
+            "epsilon prediction is undefined at zero signal (got "
+            f"{config.prediction_type or 'the scheduler default'})"
+        )
+
+
 # The multi-source fields of the task configs (`HandTrainConfig`, `BodyTrainConfig`), declared once.
 def manifests_setting(what: str):
     return setting(

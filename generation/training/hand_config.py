@@ -7,20 +7,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from manifests.settings import SettingError
-
 from .config import (
     TrainConfig,
     check_manifest_and_weights,
+    check_noise_schedule,
     init_from_setting,
     manifest_weights_setting,
     manifests_setting,
     normalise_sources,
+    prediction_type_setting,
     setting,
+    zero_terminal_snr_setting,
 )
-
-# Prediction types defined at zero signal-to-noise (the image cannot be recovered from epsilon there).
-ZERO_SNR_PREDICTIONS = ("v_prediction", "sample")
 
 
 @dataclass
@@ -57,16 +55,8 @@ class HandTrainConfig(TrainConfig):
     mask_loss: str = setting("bce", "bce or bce+dice", choices=("bce", "bce+dice"))
     text_dropout: float = setting(0.1, "probability of training with an empty caption (text CFG)", ge=0, lt=1)
     pose_dropout: float = setting(0.1, "probability of training with zero heatmaps (pose CFG)", ge=0, lt=1)
-    prediction_type: str | None = setting(
-        None,
-        "what the UNet predicts (default: the scheduler's)",
-        choices=("epsilon", "v_prediction", "sample"),
-    )
-    zero_terminal_snr: bool = setting(
-        False,
-        "rescale the noise schedule to zero signal at the last timestep and sample with trailing timesteps, "
-        "so the starting noise cannot set the image's brightness (needs --prediction-type v_prediction)",
-    )
+    prediction_type: str | None = prediction_type_setting()
+    zero_terminal_snr: bool = zero_terminal_snr_setting()
     mask_head_type: str = setting(
         "conv", "mask head: conv (conv3x3-SiLU-conv1x1) or channel (one conv)", choices=("conv", "channel")
     )
@@ -89,10 +79,5 @@ class HandTrainConfig(TrainConfig):
     def validate(self) -> HandTrainConfig:
         super().validate()
         check_manifest_and_weights(self)
-        if self.zero_terminal_snr and self.prediction_type not in ZERO_SNR_PREDICTIONS:
-            raise SettingError(
-                f"--zero-terminal-snr needs --prediction-type {' or '.join(ZERO_SNR_PREDICTIONS)}: "
-                "epsilon prediction is undefined at zero signal (got "
-                f"{self.prediction_type or 'the scheduler default'})"
-            )
+        check_noise_schedule(self)
         return self
