@@ -551,7 +551,7 @@ def picture(path: str, runs: dict, vae_pics: tuple, s1: dict, work: str, rows: l
     grid = fig.add_gridspec(4, 3, height_ratios=[1.0, 0.8, 1.6, 1.0])
     curves = [
         ("vae", "mse", "train-vae: pixel MSE"),
-        ("hand", "noise_loss", "stage 1: noise MSE / mask BCE"),
+        ("hand", "noise_loss", "stage 1: denoising MSE / mask BCE"),
         ("body", "mse", "stage 2: noise MSE"),
     ]
     for k, (name, key, title) in enumerate(curves):
