@@ -396,6 +396,17 @@ def freeze(module: torch.nn.Module, device, dtype: torch.dtype) -> torch.nn.Modu
     return module.to(device) if module.dtype == dtype else module.to(device, dtype=dtype)
 
 
+def record_sample_size(unet, pixels: int, vae_scale_factor: int) -> None:
+    """Write the side a UNet is trained at into its config (`sample_size`, in latent pixels).
+
+    Pipelines and `generate` draw at ``sample_size x vae_scale_factor`` by default. A base folder's
+    value is the side its own training used (8 latents in a 64 px train-vae folder, 64 in SD 1.5), so a
+    run at another side must replace it, or its model is sampled at a size it never saw."""
+    size = pixels // vae_scale_factor
+    if unet.config.sample_size != size:
+        unet.register_to_config(sample_size=size)
+
+
 def sampling_scheduler(train_scheduler, kind: str = "ddim"):
     """A sampling scheduler sharing the training scheduler's noise schedule and prediction type."""
     kinds = {"ddim": DDIMScheduler, "ddpm": DDPMScheduler}

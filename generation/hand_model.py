@@ -110,6 +110,11 @@ class HandUNet(ModelMixin, ConfigMixin):
     def _grab_decoder_features(self, module, args):
         self._decoder_features = args[0]
 
+    def record_sample_size(self, size: int) -> None:
+        """Record the latent side this model is trained at (what `default_size` and `generate` use)."""
+        if self.config.unet_config.get("sample_size") != size:
+            self.register_to_config(unet_config={**self.config.unet_config, "sample_size": size})
+
     @classmethod
     def from_unet(
         cls,

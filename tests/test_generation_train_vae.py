@@ -10,6 +10,9 @@ from safetensors.torch import load_file
 from generation import HandGenerationPipeline
 from generation.cli import main
 from generation.components import build_components
+from generation.generate.pipeline import body_resolution
+from generation.pipeline_body import BodyOutpaintPipeline
+from generation.pipeline_two_stage import TwoStageHandBodyPipeline
 from generation.training.vae import VaeTask, latent_std, reconstruct
 from generation.training.vae_config import VaeTrainConfig
 
@@ -105,6 +108,8 @@ def test_train_vae_folder_loads_as_pretrained_for_train_hand_and_train_body(
                 *common,
                 "--out",
                 str(tmp_path / "hand"),
+                "--resolution",
+                "32",
                 "--num-validation-poses",
                 "1",
                 "--validation-steps",
@@ -121,7 +126,7 @@ def test_train_vae_folder_loads_as_pretrained_for_train_hand_and_train_body(
                 "--out",
                 str(tmp_path / "body"),
                 "--resolution",
-                "64",
+                "32",
                 "--num-validation-images",
                 "1",
                 "--validation-steps",
@@ -138,6 +143,14 @@ def test_train_vae_folder_loads_as_pretrained_for_train_hand_and_train_body(
     assert pipe.vae.config.scaling_factor == pytest.approx(saved)
     body_vae = load_file(str(tmp_path / "body" / "vae" / "diffusion_pytorch_model.safetensors"))
     assert torch.equal(body_vae[name], trained[name])
+    # The base folder's UNet says 64 px (its sample size); both runs trained at 32 px, and their saved
+    # pipelines must draw at 32 px by default (generate and the two-stage pipeline read these sizes).
+    assert json.loads((vae_run / "unet" / "config.json").read_text())["sample_size"] * 8 == 64
+    assert pipe.default_size == 32
+    body = BodyOutpaintPipeline.from_pretrained(str(tmp_path / "body"))
+    assert body_resolution(body) == 32
+    two_stage = TwoStageHandBodyPipeline.from_runs(str(tmp_path / "hand"), str(tmp_path / "body"))
+    assert two_stage.hand_crop_size == 32
 
 
 def test_train_vae_resume_continues_exactly(tmp_path, synthetic_manifest):

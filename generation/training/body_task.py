@@ -49,6 +49,7 @@ from ..components import (
     encode_text,
     freeze,
     noise_schedule_overrides,
+    record_sample_size,
 )
 from ..condition import ConditionConfig, build_condition, condition_tiles, inputs_from_body_sample
 from ..guards import make_generator, offset_seed
@@ -335,6 +336,8 @@ class BodyTask(TrainTask):
     def build(self, accelerator) -> None:
         c = self.config
         comps, controlnet = self._build()
+        # The base folder's sample size is its own training side; the saved pipeline draws at this run's.
+        record_sample_size(comps.unet, c.resolved_resolution, comps.vae_scale_factor)
         dtype = weight_dtype(accelerator)
         self.dtype = dtype
         self.vae = freeze(comps.vae, accelerator.device, dtype)

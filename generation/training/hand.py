@@ -349,6 +349,8 @@ class HandTask(TrainTask):
         self.tokenizer = comps.tokenizer
         self.scheduler = comps.scheduler
         self.source = comps.source
+        # The base folder's sample size is its own training side; the saved pipeline draws at this run's.
+        self.model.record_sample_size(self.facts["resolution"] // comps.vae_scale_factor)
         self.facts["components"] = comps.source
         self.facts["prediction_type"] = self.scheduler.config.prediction_type
         self.empty_embedding = encode_text(self.tokenizer, self.text_encoder, [""])
