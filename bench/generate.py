@@ -37,12 +37,13 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from generation.body_model import build_body_model  # noqa: E402
-from generation.components import build_components, sampling_scheduler  # noqa: E402
-from generation.hand_model import HandUNet  # noqa: E402
-from generation.pipeline_body import BodyOutpaintPipeline  # noqa: E402
-from generation.pipeline_hand import HandGenerationPipeline, keypoints_to_heatmaps  # noqa: E402
-from generation.pipeline_two_stage import TwoStageHandBodyPipeline  # noqa: E402
+from generation.models.body import build_body_model  # noqa: E402
+from generation.models.hand import HandUNet  # noqa: E402
+from generation.models.loading import build_components  # noqa: E402
+from generation.models.schedulers import sampling_scheduler  # noqa: E402
+from generation.pipelines.body import BodyOutpaintPipeline  # noqa: E402
+from generation.pipelines.hand import HandGenerationPipeline, keypoints_to_heatmaps  # noqa: E402
+from generation.pipelines.two_stage import TwoStageHandBodyPipeline  # noqa: E402
 from manifests.synthetic import synthetic_hand  # noqa: E402
 
 PROMPT = "a person showing a peace sign"

@@ -86,13 +86,9 @@ def sd15_sized_components(seed: int = 0):
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel
 
-    from generation.components import (
-        SDComponents,
-        scheduler_config,
-        sd15_unet_config,
-        tiny_text_config,
-        tiny_tokenizer,
-    )
+    from generation.models.loading import SDComponents
+    from generation.models.presets import sd15_unet_config, tiny_text_config, tiny_tokenizer
+    from generation.models.schedulers import scheduler_config
 
     torch.manual_seed(seed)
     tokenizer = tiny_tokenizer()
@@ -119,12 +115,12 @@ def two_stage(images: int, steps: int = 30, size: int = 512) -> dict:
     import torch
 
     from bench.generate import PROMPT, request
-    from generation.body_model import build_body_model
-    from generation.components import sampling_scheduler
-    from generation.hand_model import HandUNet
-    from generation.pipeline_body import BodyOutpaintPipeline
-    from generation.pipeline_hand import HandGenerationPipeline
-    from generation.pipeline_two_stage import TwoStageHandBodyPipeline
+    from generation.models.body import build_body_model
+    from generation.models.hand import HandUNet
+    from generation.models.schedulers import sampling_scheduler
+    from generation.pipelines.body import BodyOutpaintPipeline
+    from generation.pipelines.hand import HandGenerationPipeline
+    from generation.pipelines.two_stage import TwoStageHandBodyPipeline
 
     c = sd15_sized_components(0)
     hand = HandGenerationPipeline(

@@ -97,8 +97,8 @@ def _accelerator_run(
 ) -> dict:
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
-    from generation.body_model import controlnet_from_unet, predict_noise, vae_scale_factor
-    from generation.condition import conditioning_channels
+    from generation.models.body import controlnet_from_unet, predict_noise, vae_scale_factor
+    from generation.pipelines.condition import conditioning_channels
 
     cuda = device == "cuda"
     if cuda:
@@ -158,7 +158,7 @@ SD_VAE_CONFIG = {
 
 
 def gpu_side(steps: int = 20, batch: int = 8) -> list[dict]:
-    from generation.components import sd15_unet_config
+    from generation.models.presets import sd15_unet_config
 
     return [
         _accelerator_run("cuda", ckpt, steps, batch, sd15_unet_config(), SD_VAE_CONFIG, 512)

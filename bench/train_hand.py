@@ -108,8 +108,8 @@ def _gpu_run(checkpointing: bool, steps: int, batch: int) -> dict:
     import torch.nn.functional as F
     from diffusers import UNet2DConditionModel
 
-    from generation.components import sd15_unet_config
-    from generation.hand_model import HandUNet
+    from generation.models.hand import HandUNet
+    from generation.models.presets import sd15_unet_config
 
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()

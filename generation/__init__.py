@@ -8,11 +8,11 @@ from importlib import import_module
 
 # public name -> module that defines it
 _EXPORTS = {
-    "BodyOutpaintPipeline": "generation.pipeline_body",
-    "HandGenerationPipeline": "generation.pipeline_hand",
-    "HandGenerationPipelineOutput": "generation.pipeline_hand",
-    "HandUNet": "generation.hand_model",
-    "TwoStageHandBodyPipeline": "generation.pipeline_two_stage",
+    "BodyOutpaintPipeline": "generation.pipelines.body",
+    "HandGenerationPipeline": "generation.pipelines.hand",
+    "HandGenerationPipelineOutput": "generation.pipelines.hand",
+    "HandUNet": "generation.models.hand",
+    "TwoStageHandBodyPipeline": "generation.pipelines.two_stage",
 }
 
 __all__ = sorted(_EXPORTS)

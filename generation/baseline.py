@@ -6,7 +6,7 @@ on the whole pose. ``handfirst-gen baseline`` makes the other side of that compa
 - ``controlnet-openpose``: diffusers' `StableDiffusionControlNetPipeline` with a local OpenPose
   ControlNet (e.g. ``control_v11p_sd15_openpose``) on a local Stable Diffusion folder. The condition
   is OpenPose-full: the body as OpenPose-18 plus both hands' 21-point skeletons, drawn by
-  `generation.condition.render_openpose` (the renderer the body outpainter's pose channels use);
+  `generation.pipelines.condition.render_openpose` (the renderer the body outpainter's pose channels use);
 - ``sd``: the same Stable Diffusion folder with the prompt only, the floor.
 
 Requests come from `generation.generate.requests_from_manifest` (same selection, same output size,
@@ -133,7 +133,8 @@ def _device(settings: BaselineSettings) -> str:
 def _components(settings: BaselineSettings) -> dict:
     import torch
 
-    from .components import build_components, sampling_scheduler
+    from .models.loading import build_components
+    from .models.schedulers import sampling_scheduler
 
     c = build_components("sd", pretrained=settings.pretrained)
     dtype = getattr(torch, settings.dtype)
@@ -153,7 +154,7 @@ def _load_controlnet_pipeline(settings: BaselineSettings):
     import torch
     from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
 
-    from .components import ModelFolderError
+    from .models.loading import ModelFolderError
 
     if not os.path.isfile(os.path.join(settings.controlnet, "config.json")):
         raise ModelFolderError(
@@ -179,7 +180,7 @@ def _load_sd_pipeline(settings: BaselineSettings):
 
 def render_condition(request: Request) -> np.ndarray:
     """The OpenPose-full condition of a request: (H, W, 3) uint8 RGB at the output size."""
-    from .condition import render_openpose
+    from .pipelines.condition import render_openpose
 
     spec = request.spec
     return render_openpose(

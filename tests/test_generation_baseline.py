@@ -14,8 +14,8 @@ from generation.cli import main
 @pytest.fixture(scope="module")
 def tiny_folders(tmp_path_factory):
     """A tiny Stable Diffusion folder and a tiny 3-channel ControlNet folder, as a user would have them."""
-    from generation.body_model import controlnet_from_unet
-    from generation.components import build_components, save_components
+    from generation.models.body import controlnet_from_unet
+    from generation.models.loading import build_components, save_components
 
     root = tmp_path_factory.mktemp("baseline_models")
     c = build_components("tiny", resolution=64, seed=0)
@@ -104,7 +104,12 @@ def test_sd_floor_and_bad_method_settings(synthetic_manifest, tiny_folders, tmp_
 def test_openpose_full_is_the_outpainters_pose_channels_with_hand_skeletons():
     import torch
 
-    from generation.condition import ConditionConfig, ConditionInputs, build_condition, render_openpose
+    from generation.pipelines.condition import (
+        ConditionConfig,
+        ConditionInputs,
+        build_condition,
+        render_openpose,
+    )
 
     rng = np.random.default_rng(0)
     body = np.concatenate([rng.uniform(10, 90, (33, 2)), np.ones((33, 1))], axis=1)

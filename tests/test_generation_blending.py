@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from generation.blending import (
+from generation.pipelines.blending import (
     BlendConfig,
     blend_latents,
     capped_erode,

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from generation.condition import (
+from generation.pipelines.condition import (
     ConditionConfig,
     ConditionInputs,
     NoBodyPoseError,

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from generation.body_model import (
+from generation.models.body import (
     BASE_KINDS,
     build_body_model,
     embedding_channels_for,
@@ -11,8 +11,8 @@ from generation.body_model import (
     model_input,
     predict_noise,
 )
-from generation.components import ModelFolderError, build_components
-from generation.condition import ConditionConfig, conditioning_channels
+from generation.models.loading import ModelFolderError, build_components
+from generation.pipelines.condition import ConditionConfig, conditioning_channels
 
 
 def _inputs(in_channels: int, cond_channels: int = 7, res: int = 64, seed: int = 0):
@@ -136,7 +136,7 @@ def test_missing_base_model_folder_is_a_clear_error(tmp_path):
 def _pretrained_openpose(tmp_path, unet, seed: int = 1) -> str:
     """A 3-channel ControlNet for `unet` whose every weight (zero convolutions too) is non-zero, saved
     as a diffusers folder: the stand-in for control_v11p_sd15_openpose."""
-    from generation.body_model import controlnet_from_unet
+    from generation.models.body import controlnet_from_unet
 
     source = controlnet_from_unet(unet, conditioning_channels=3, scale_factor=8)
     g = torch.Generator().manual_seed(seed)
@@ -150,8 +150,8 @@ def _pretrained_openpose(tmp_path, unet, seed: int = 1) -> str:
 def test_a_pretrained_controlnet_is_widened_and_unchanged_with_the_hand_channels_at_zero(tmp_path):
     from diffusers import ControlNetModel
 
-    from generation.body_model import controlnet_from_pretrained
-    from generation.condition import channel_slices
+    from generation.models.body import controlnet_from_pretrained
+    from generation.pipelines.condition import channel_slices
 
     comps = build_components("tiny", resolution=64)
     path = _pretrained_openpose(tmp_path, comps.unet)
@@ -177,7 +177,7 @@ def test_a_pretrained_controlnet_is_widened_and_unchanged_with_the_hand_channels
 
 
 def test_a_pretrained_controlnet_that_does_not_fit_is_a_clear_error(tmp_path):
-    from generation.body_model import ControlNetInitError, controlnet_from_pretrained
+    from generation.models.body import ControlNetInitError, controlnet_from_pretrained
 
     comps = build_components("tiny", resolution=64)
     path = _pretrained_openpose(tmp_path, comps.unet)

@@ -5,10 +5,10 @@ import pytest
 import torch
 from pipeline_tester import BatchTesterMixin, PipelineTesterMixin
 
-from generation.body_model import build_body_model
-from generation.components import build_components
-from generation.condition import ConditionConfig, NoBodyPoseError
-from generation.pipeline_body import BodyOutpaintPipeline
+from generation.models.body import build_body_model
+from generation.models.loading import build_components
+from generation.pipelines.body import BodyOutpaintPipeline
+from generation.pipelines.condition import ConditionConfig, NoBodyPoseError
 
 RES = 64
 PROMPT = "a person showing a call gesture"
@@ -148,7 +148,7 @@ def test_uncond_condition_zero_guides_on_the_condition(pipe):
 
 def test_precomputed_condition_equals_drawn_condition(pipe):
     inp = _inputs()
-    from generation.condition import ConditionInputs
+    from generation.pipelines.condition import ConditionInputs
 
     cond = pipe.prepare_condition(
         [ConditionInputs(inp["body_keypoints"], inp["hand_image"], inp["hand_mask"])]

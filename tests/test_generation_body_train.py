@@ -9,18 +9,13 @@ import torch
 from accelerate import Accelerator
 from manifest_edits import rewrite
 
-from generation.body_model import BASE_KINDS
 from generation.cli import main as gen_main
-from generation.components import ModelFolderError
-from generation.condition import CONDITION_GROUPS
-from generation.pipeline_body import BodyOutpaintPipeline, manifest_inputs
+from generation.models.body import BASE_KINDS
+from generation.models.loading import ModelFolderError
+from generation.pipelines.body import BodyOutpaintPipeline, manifest_inputs
+from generation.pipelines.condition import CONDITION_GROUPS
 from generation.training.body_config import BASE_KIND_NAMES, CONDITION_GROUP_NAMES, BodyTrainConfig
-from generation.training.body_task import (
-    BodyTask,
-    hand_border_weight,
-    train_body,
-    weighted_mse,
-)
+from generation.training.body_task import BodyTask, hand_border_weight, train_body, weighted_mse
 from generation.training.errors import DataCheckError
 from generation.training.metrics import read_metrics
 from manifests.datasets import BodyDataset
@@ -379,8 +374,8 @@ def test_sample_body_command_writes_images(manifest, tmp_path, capsys):
 def test_train_body_starts_from_a_pretrained_controlnet(manifest, tmp_path, capsys):
     from diffusers import ControlNetModel
 
-    from generation.body_model import controlnet_from_unet
-    from generation.components import build_components
+    from generation.models.body import controlnet_from_unet
+    from generation.models.loading import build_components
 
     comps = build_components("tiny", resolution=64)
     source = controlnet_from_unet(comps.unet, conditioning_channels=3, scale_factor=8)

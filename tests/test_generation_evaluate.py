@@ -154,7 +154,7 @@ def test_generated_folder_with_misses(eval_manifest, tmp_path):
 def _tiny_clip(folder: Path) -> str:
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
 
-    from generation.components import tiny_tokenizer
+    from generation.models.presets import tiny_tokenizer
 
     tok = tiny_tokenizer()
     text = dict(

@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from generation.components import build_components
-from generation.hand_model import HandUNet
+from generation.models.hand import HandUNet
+from generation.models.loading import build_components
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,9 @@ from PIL import Image
 from pipeline_tester import BatchTesterMixin, PipelineTesterMixin
 
 from generation import HandGenerationPipeline
-from generation.components import ModelFolderError, build_components, sampling_scheduler
-from generation.hand_model import HandUNet
+from generation.models.hand import HandUNet
+from generation.models.loading import ModelFolderError, build_components
+from generation.models.schedulers import sampling_scheduler
 from manifests.geometry import render_heatmap
 from manifests.synthetic import synthetic_hand
 

@@ -285,7 +285,7 @@ def test_v_prediction_target_and_training(synthetic_manifest, tmp_path):
 
 
 def test_zero_terminal_snr_schedule_is_trained_and_saved(synthetic_manifest, tmp_path):
-    from generation.components import build_components
+    from generation.models.loading import build_components
 
     # SD's schedule leaves 6.8% of the image in the last training step's input; sampling starts from
     # pure noise, so the starting noise's low frequencies are read as the image's brightness.
@@ -354,7 +354,7 @@ def test_full_size_path_loads_a_local_sd_folder(synthetic_manifest, tmp_path):
     """--preset sd goes through from_pretrained(path, subfolder=...); a tiny folder stands in for SD 1.5."""
     from diffusers import PNDMScheduler
 
-    from generation.components import ModelFolderError, build_components, save_components
+    from generation.models.loading import ModelFolderError, build_components, save_components
 
     tiny = build_components("tiny", seed=5)
     folder = save_components(tiny, str(tmp_path / "sd"))

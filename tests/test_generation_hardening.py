@@ -12,14 +12,8 @@ from test_generation_two_stage_pipeline import _call, _parts
 
 from generation import HandGenerationPipeline, TwoStageHandBodyPipeline
 from generation.cli import main
-from generation.components import ModelFolderError
-from generation.guards import (
-    CostLimitError,
-    NonFiniteOutputError,
-    check_image_cost,
-    check_seed,
-    offset_seed,
-)
+from generation.guards import CostLimitError, NonFiniteOutputError, check_image_cost, check_seed, offset_seed
+from generation.models.loading import ModelFolderError
 from manifests.synthetic import synthetic_hand
 
 SEED_RANGE = r"\[0, 2\*\*64\)"
@@ -123,8 +117,8 @@ def test_a_huge_request_is_refused_before_anything_is_drawn(pipes, pose_file, mo
     def never(*args, **kwargs):
         raise AssertionError("drew or allocated before checking the cost")
 
-    monkeypatch.setattr("generation.pipeline_hand.keypoints_to_heatmaps", never)
-    monkeypatch.setattr("generation.pipeline_two_stage.keypoints_to_heatmaps", never)
+    monkeypatch.setattr("generation.pipelines.hand.keypoints_to_heatmaps", never)
+    monkeypatch.setattr("generation.pipelines.two_stage.keypoints_to_heatmaps", never)
     monkeypatch.setattr(two, "place_hands", never)
     kps = json.loads(pose_file.read_text())
     with pytest.raises(
@@ -270,7 +264,7 @@ def test_sample_body_checks_size_cost_and_seed_before_drawing(
     def never(*args, **kwargs):
         raise AssertionError("a manifest image was drawn before the checks")
 
-    monkeypatch.setattr("generation.pipeline_body.manifest_inputs", never)
+    monkeypatch.setattr("generation.pipelines.body.manifest_inputs", never)
     out = tmp_path / "out"
     base = [
         "sample-body",

@@ -11,7 +11,7 @@ import torch
 from accelerate import Accelerator
 
 from generation import HandGenerationPipeline
-from generation.pipeline_body import BodyOutpaintPipeline
+from generation.pipelines.body import BodyOutpaintPipeline
 from generation.training import DataCheckError
 from generation.training.body_config import BodyTrainConfig
 from generation.training.body_task import BodyTask, train_body

@@ -9,10 +9,10 @@ from safetensors.torch import load_file
 
 from generation import HandGenerationPipeline
 from generation.cli import main
-from generation.components import build_components
 from generation.generate.pipeline import body_resolution
-from generation.pipeline_body import BodyOutpaintPipeline
-from generation.pipeline_two_stage import TwoStageHandBodyPipeline
+from generation.models.loading import build_components
+from generation.pipelines.body import BodyOutpaintPipeline
+from generation.pipelines.two_stage import TwoStageHandBodyPipeline
 from generation.training.vae import VaeTask, latent_std, reconstruct
 from generation.training.vae_config import VaeTrainConfig
 

@@ -313,7 +313,7 @@ def test_small_hand_refused_in_a_batch_the_rest_written(tiny_runs, tmp_path, cap
 
 
 def test_models_that_do_not_fit_together(tiny_runs, tmp_path, capsys):
-    from generation.pipeline_body import BodyOutpaintPipeline
+    from generation.pipelines.body import BodyOutpaintPipeline
 
     body = BodyOutpaintPipeline.from_pretrained(tiny_runs[1])
     body.vae.register_to_config(scaling_factor=0.13025)

@@ -9,13 +9,16 @@ from diffusers.utils.torch_utils import randn_tensor
 from pipeline_tester import PipelineTesterMixin
 
 from generation import TwoStageHandBodyPipeline
-from generation.blending import BlendConfig, keep_mask, mask_to_latent
-from generation.body_model import build_body_model
-from generation.components import build_components, sampling_scheduler, tiny_vae_config
-from generation.hand_model import HandUNet
-from generation.pipeline_body import BodyOutpaintPipeline
-from generation.pipeline_hand import HandGenerationPipeline
-from generation.pipeline_two_stage import HandTooSmallError, ModelMismatchError, PlacedHand
+from generation.models.body import build_body_model
+from generation.models.hand import HandUNet
+from generation.models.loading import build_components
+from generation.models.presets import tiny_vae_config
+from generation.models.schedulers import sampling_scheduler
+from generation.pipelines.blending import BlendConfig, keep_mask, mask_to_latent
+from generation.pipelines.body import BodyOutpaintPipeline
+from generation.pipelines.hand import HandGenerationPipeline
+from generation.pipelines.placing import HandTooSmallError, PlacedHand, paste_hands
+from generation.pipelines.two_stage import ModelMismatchError
 from manifests.geometry import CropBox
 from manifests.synthetic import synthetic_hand
 
@@ -244,15 +247,15 @@ def test_overlapping_hands_have_a_defined_order(pipe):
     )
     masks = np.ones((2, 64, 64), bool)
     # Listed larger first; larger_on_top still pastes it last.
-    canvas, mask, order = pipe.paste_hands([large, small], images[::-1], masks, (96, 128), "larger_on_top")
+    canvas, mask, order = paste_hands([large, small], images[::-1], masks, (96, 128), "larger_on_top")
     assert order == [0, 1]
     assert tuple(canvas[40, 40]) == (0, 0, 255) and tuple(canvas[15, 15]) == (255, 0, 0) and mask[40, 40]
-    canvas, _, order = pipe.paste_hands([large, small], images[::-1], masks, (96, 128), "given")
+    canvas, _, order = paste_hands([large, small], images[::-1], masks, (96, 128), "given")
     assert order == [1, 0] and tuple(canvas[40, 40]) == (255, 0, 0)
 
 
 def test_pixel_composite_keeps_the_hand_interiors():
-    from generation.pipeline_two_stage import feathered_alpha
+    from generation.pipelines.placing import feathered_alpha
 
     hand, body = _parts()
     p = TwoStageHandBodyPipeline.from_pipelines(hand, body)
@@ -294,7 +297,7 @@ def test_save_and_load_round_trip(pipe, tmp_path):
 
 
 def test_missing_model_folders_are_named(tmp_path):
-    from generation.components import ModelFolderError
+    from generation.models.loading import ModelFolderError
 
     with pytest.raises(ModelFolderError, match="two-stage pipeline folder not found"):
         TwoStageHandBodyPipeline.from_pretrained(tmp_path / "nowhere")

@@ -87,11 +87,11 @@ def test_setting_like_copies_default_help_and_range():
 
 def _config_classes():
     from generation.baseline import BaselineSettings
-    from generation.blend_config import BlendConfig
     from generation.commands.sample_body import SampleBodySettings
     from generation.commands.sample_hand import SampleHandSettings
     from generation.evaluate.run import EvalConfig
     from generation.generate import GenerateSettings
+    from generation.pipelines.blend_config import BlendConfig
     from generation.training.body_config import BodyTrainConfig
     from generation.training.hand_config import HandTrainConfig
     from generation.training.vae_config import VaeTrainConfig
@@ -142,8 +142,8 @@ def test_each_config_validates_its_defaults():
 
 
 def test_blend_mode_names_are_the_blending_registry():
-    from generation.blend_config import BLEND_MODE_NAMES
-    from generation.blending import BLEND_MODES
+    from generation.pipelines.blend_config import BLEND_MODE_NAMES
+    from generation.pipelines.blending import BLEND_MODES
 
     assert set(BLEND_MODE_NAMES) == set(BLEND_MODES)
 
@@ -163,7 +163,7 @@ def test_prep_choices_are_the_registries():
 
 
 def test_hand_model_choices_are_the_mask_head_registry():
-    from generation.hand_model import MASK_HEADS
+    from generation.models.hand import MASK_HEADS
     from generation.training.hand_config import HandTrainConfig
     from manifests.settings import field_choices
 
@@ -186,7 +186,7 @@ def test_training_loss_choices_are_the_loss_registries():
 def test_one_default_sigma():
     import inspect
 
-    from generation.hand_model import HandUNet
+    from generation.models.hand import HandUNet
     from manifests.geometry import DEFAULT_SIGMA, render_heatmap
     from prep.config import PrepConfig
 
@@ -196,8 +196,8 @@ def test_one_default_sigma():
 
 
 def test_generate_blending_options_are_the_blend_config():
-    from generation.blend_config import BlendConfig
     from generation.generate import GenerateSettings
+    from generation.pipelines.blend_config import BlendConfig
 
     assert GenerateSettings().blend_config() == BlendConfig()
 
@@ -325,7 +325,7 @@ def test_evaluate_refuses_bad_settings(tmp_path):
 
 def test_generate_mask_fallback_choices_are_the_pipeline_registry():
     from generation.generate import GenerateSettings
-    from generation.pipeline_two_stage import MASK_FALLBACKS
+    from generation.pipelines.placing import MASK_FALLBACKS
     from manifests.settings import field_choices
 
     fields = {f.name: f for f in dataclasses.fields(GenerateSettings)}

@@ -26,7 +26,7 @@ def run_training(command: str, config_cls, args, train) -> int:
     and give exit code 1."""
     from manifests.settings import from_args
 
-    from ..components import ModelFolderError
+    from ..models.loading import ModelFolderError
     from ..spec import read_json_file
     from ..training.errors import TrainingError
 

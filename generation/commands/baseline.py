@@ -39,8 +39,8 @@ def run(args) -> int:
     from manifests.settings import from_args
 
     from ..baseline import BaselineSettings, run_baseline
-    from ..components import ModelFolderError
     from ..generate import RequestError
+    from ..models.loading import ModelFolderError
 
     try:
         settings = from_args(BaselineSettings, args).validate()

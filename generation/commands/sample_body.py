@@ -69,10 +69,10 @@ def run(args) -> int:
     from manifests.names import path_in
     from manifests.settings import from_args
 
-    from ..components import ModelFolderError
-    from ..condition import ConditionInputs, condition_tiles
     from ..guards import check_image_cost, make_generator
-    from ..pipeline_body import BodyOutpaintPipeline, manifest_inputs
+    from ..models.loading import ModelFolderError
+    from ..pipelines.body import BodyOutpaintPipeline, manifest_inputs
+    from ..pipelines.condition import ConditionInputs, condition_tiles
 
     try:
         settings = from_args(SampleBodySettings, args).validate()

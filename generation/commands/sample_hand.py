@@ -94,8 +94,8 @@ def run(args) -> int:
 
     from manifests.settings import from_args
 
-    from ..components import ModelFolderError
-    from ..pipeline_hand import HandGenerationPipeline
+    from ..models.loading import ModelFolderError
+    from ..pipelines.hand import HandGenerationPipeline
 
     try:
         settings = from_args(SampleHandSettings, args).validate()

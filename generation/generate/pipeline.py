@@ -29,7 +29,7 @@ def load_pipeline(hand_model: str, body_model: str, settings: GenerateSettings):
     """The two-stage pipeline from two run folders, on the settings' device and dtype."""
     import torch
 
-    from ..pipeline_two_stage import TwoStageHandBodyPipeline
+    from ..pipelines.two_stage import TwoStageHandBodyPipeline
 
     # A name -> dtype table, not getattr(torch, ...): the setting may come from a replayed sidecar.
     dtypes = {name: getattr(torch, name) for name in DTYPES}

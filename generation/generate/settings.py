@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 from manifests.settings import Settings, setting, setting_like
 
-from ..blend_config import BlendConfig
 from ..guards import DEFAULT_MAX_PIXEL_STEPS, DEFAULT_MAX_PIXELS
+from ..pipelines.blend_config import BlendConfig
 from ..training.config import MAX_SEED
 
 DTYPES = ("float32", "float16", "bfloat16")

@@ -24,7 +24,7 @@ from .config import (
     zero_terminal_snr_setting,
 )
 
-# Mirrors of `generation.condition.CONDITION_GROUPS` and `generation.body_model.BASE_KINDS` (checked
+# Mirrors of `generation.pipelines.condition.CONDITION_GROUPS` and `generation.models.body.BASE_KINDS` (checked
 # equal by the tests) so that building the CLI does not import torch.
 CONDITION_GROUP_NAMES = ("pose", "hands", "mask")
 BASE_KIND_NAMES = ("standard", "inpainting")

@@ -3,7 +3,7 @@
 Each sample is one `images` row through `manifests.datasets.BodyDataset` (the full image at the
 training resolution by an aspect-preserving resize plus crop or pad, with the hands' mask and the
 body and hand keypoints moved by the same transform). The condition image is drawn from that
-sample's own pose and hands (`generation.condition`), so the model learns to paint the image back
+sample's own pose and hands (`generation.pipelines.condition`), so the model learns to paint the image back
 around its hands.
 
 Per micro-batch (all randomness from the loop's generator):
@@ -41,19 +41,14 @@ from manifests.draw import contact_sheet
 from manifests.errors import ManifestError
 from manifests.reader import open_manifest
 
-from ..blending import dilate, erode
-from ..body_model import BASE_KINDS, build_body_model, masked_image, model_input, predict_noise, repaint_mask
-from ..components import (
-    SDComponents,
-    build_components,
-    encode_text,
-    freeze,
-    noise_schedule_overrides,
-    record_sample_size,
-)
-from ..condition import ConditionConfig, build_condition, condition_tiles, inputs_from_body_sample
 from ..guards import make_generator, offset_seed
-from ..pipeline_body import BodyOutpaintPipeline
+from ..models.body import BASE_KINDS, build_body_model, masked_image, model_input, predict_noise, repaint_mask
+from ..models.loading import SDComponents, build_components, freeze, record_sample_size
+from ..models.schedulers import noise_schedule_overrides
+from ..models.text import encode_text
+from ..pipelines.blending import dilate, erode
+from ..pipelines.body import BodyOutpaintPipeline
+from ..pipelines.condition import ConditionConfig, build_condition, condition_tiles, inputs_from_body_sample
 from .body_config import BodyTrainConfig
 from .errors import DataCheckError
 from .loop import TrainResult, read_source_run, train, weight_dtype

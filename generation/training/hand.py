@@ -28,15 +28,11 @@ from manifests.draw import contact_sheet, draw_hand, overlay_mask
 from manifests.geometry import DEFAULT_SIGMA, keypoint_coverage, rescale_sigma
 from manifests.reader import open_manifest
 
-from ..components import (
-    build_components,
-    encode_text,
-    freeze,
-    noise_schedule_overrides,
-    sampling_scheduler,
-)
-from ..hand_model import HandUNet
-from ..pipeline_hand import HandGenerationPipeline
+from ..models.hand import HandUNet
+from ..models.loading import build_components, freeze
+from ..models.schedulers import noise_schedule_overrides, sampling_scheduler
+from ..models.text import encode_text
+from ..pipelines.hand import HandGenerationPipeline
 from .config import PRESET_RESOLUTION
 from .errors import DataCheckError
 from .hand_config import HandTrainConfig

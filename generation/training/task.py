@@ -82,7 +82,7 @@ class TrainTask:
     def final_entries(self, run: str) -> list[str]:
         """Names in `run` that `save_final` writes, removed with the rest of the run by ``--overwrite``.
         Default: a diffusers pipeline's ``model_index.json`` and the component folders it lists."""
-        from ..components import pipeline_parts
+        from ..models.loading import pipeline_parts
 
         index = os.path.join(run, "model_index.json")
         return ["model_index.json", *pipeline_parts(index)] if os.path.isfile(index) else []

@@ -34,7 +34,7 @@ from manifests.datasets import BodyDataset, HandCropDataset
 from manifests.draw import contact_sheet
 from manifests.reader import open_manifest
 
-from ..components import SD_SUBFOLDERS, build_components, save_components
+from ..models.loading import SD_SUBFOLDERS, build_components, save_components
 from .errors import DataCheckError
 from .loop import TrainResult, train
 from .losses import edge_loss, reconstruction_loss

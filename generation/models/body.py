@@ -2,7 +2,7 @@
 
 The ControlNet starts as a copy of the base UNet's encoder (`ControlNetModel.from_unet`) with
 zero-initialised output convolutions, so at step 0 it adds exactly nothing to the UNet. Its
-conditioning embedding takes the stacked condition image of `generation.condition` at pixel resolution.
+conditioning embedding takes the stacked condition image of `generation.pipelines.condition` at pixel resolution.
 
 Two base kinds (`BASE_KINDS`):
 - ``standard``: a text-to-image UNet; the model input is the noisy latents (4 channels).
@@ -131,7 +131,7 @@ def build_body_model(
 ) -> ControlNetModel:
     """Fit the base UNet to `kind` (in place) and initialise a ControlNet for the condition image: a
     copy of the UNet's encoder, or with `init_controlnet` a pretrained one (`controlnet_from_pretrained`)."""
-    from .condition import conditioning_channels
+    from ..pipelines.condition import conditioning_channels
 
     unet = fit_base_unet(components, kind)
     if init_controlnet:
@@ -161,8 +161,8 @@ def controlnet_from_pretrained(
     channel starts at zero, so at step 0 with the hand channels at zero the residuals are exactly the
     source ControlNet's.
     """
-    from .components import ModelFolderError
-    from .condition import channel_slices, conditioning_channels
+    from ..pipelines.condition import channel_slices, conditioning_channels
+    from .loading import ModelFolderError
 
     if not os.path.isfile(os.path.join(path, "config.json")):
         raise ModelFolderError(

@@ -9,7 +9,7 @@ The pipeline holds the components of both models, registered flat (``hand_unet``
 back; the two stages run as `HandGenerationPipeline` and `BodyOutpaintPipeline` views over those same
 modules (``self.hand_pipeline`` / ``self.body_pipeline``), so neither loop is copied here.
 
-Blending (sequential mask expansion, explained in ``generation.blending``): after every stage-2
+Blending (sequential mask expansion, explained in ``generation.pipelines.blending``): after every stage-2
 scheduler step ``z <- K_i * noised(z_hands, t_next) + (1 - K_i) * z``, where ``z_hands`` is the stage-2
 VAE's encoding of the pasted hand canvas and ``noised`` uses the same noise the stage-2 latents started
 from (as diffusers' inpainting pipeline does), so the kept region lies on the sampling trajectory. After
@@ -21,10 +21,9 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import cv2
 import numpy as np
 import PIL.Image
 import torch
@@ -35,20 +34,11 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from manifests.geometry import (
     CropBox,
-    hand_silhouette,
-    keypoint_bbox,
-    keypoint_coverage,
-    paste_crop,
-    square_crop_box,
 )
 from manifests.pose import BODY_FORMATS, keypoint_array
 from manifests.schema import NUM_HAND_KEYPOINTS
 
-from .blending import BlendConfig, blend_latents, keep_mask, mask_to_latent
-from .body_model import masked_image, vae_scale_factor
-from .components import check_saved_pipeline
-from .condition import CONDITION_GROUPS, ConditionInputs, build_condition
-from .guards import (
+from ..guards import (
     DEFAULT_MAX_PIXEL_STEPS,
     DEFAULT_MAX_PIXELS,
     check_image_cost,
@@ -56,9 +46,24 @@ from .guards import (
     make_generator,
     offset_seed,
 )
-from .hand_model import HandUNet
-from .pipeline_body import BodyOutpaintPipeline
-from .pipeline_hand import HandGenerationPipeline, keypoints_to_heatmaps
+from ..models.body import masked_image, vae_scale_factor
+from ..models.hand import HandUNet
+from ..models.loading import check_saved_pipeline
+from .blending import BlendConfig, blend_latents, keep_mask, mask_to_latent
+from .body import BodyOutpaintPipeline
+from .condition import CONDITION_GROUPS, ConditionInputs, build_condition
+from .hand import HandGenerationPipeline, keypoints_to_heatmaps
+from .placing import (
+    MASK_FALLBACKS,
+    OVERLAP_ORDERS,
+    SMALL_HAND_POLICIES,
+    HandTooSmallError,
+    PlacedHand,
+    feathered_alpha,
+    fix_masks,
+    paste_hands,
+    place_hands,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -71,66 +76,7 @@ class ModelMismatchError(ValueError):
     """The hand generator and the body outpainter do not share a latent space."""
 
 
-class HandTooSmallError(ValueError):
-    """A hand is too small in the output to be drawn at the stage-1 crop size (``small_hands="refuse"``)."""
-
-
-# ---------------------------------------------------------------------------------------------------
-# Registries of small policies
-
-
-def _larger_on_top(sizes: Sequence[float]) -> list[int]:
-    # Without depth, the larger hand is the likelier one in front: paste it last. Stable for ties.
-    return sorted(range(len(sizes)), key=lambda i: (sizes[i], i))
-
-
-def _given(sizes: Sequence[float]) -> list[int]:
-    return list(range(len(sizes)))
-
-
-# name -> (hand sizes) -> paste order (indices; a later hand covers an earlier one where they overlap)
-OVERLAP_ORDERS: dict[str, Callable[[Sequence[float]], list[int]]] = {
-    "larger_on_top": _larger_on_top,
-    "given": _given,
-}
-
-SMALL_HAND_POLICIES = ("skip", "refuse")
 HAND_ENCODINGS = ("windows", "canvas")
-
-
-def skeleton_mask(keypoints: np.ndarray, size: int) -> np.ndarray:
-    """An (S, S) bool hand mask drawn from (21, 3) crop keypoints (`manifests.geometry.hand_silhouette`),
-    with bones 9% of the visible hand's extent thick, as the synthetic manifest draws hands."""
-    x0, y0, x1, y1 = keypoint_bbox(_visible(keypoints))
-    return hand_silhouette(keypoints, (size, size), max(2, int(round(0.09 * max(x1 - x0, y1 - y0)))))
-
-
-def mask_coverage(mask: np.ndarray, keypoints: np.ndarray) -> float:
-    """Share of the visible crop keypoints on the stage-1 mask, grown by one pixel since fingertips sit
-    on its border; a keypoint past the crop is looked up at the border."""
-    return keypoint_coverage(mask, keypoints, grow=1, outside="clip")
-
-
-# What to do with a stage-1 mask that misses the hand (fewer than `min_mask_coverage` of its keypoints
-# fall on it), as an undertrained mask head gives: name -> (mask, crop keypoints, size) -> mask, or
-# None to keep the stage-1 mask whatever its coverage.
-MASK_FALLBACKS: dict[str, Callable[[np.ndarray, np.ndarray, int], np.ndarray] | None] = {
-    "skeleton": lambda mask, kps, size: skeleton_mask(kps, size),
-    "none": None,
-}
-
-
-@dataclass
-class PlacedHand:
-    """One hand of the request, where stage 1 draws it and where it lands in the output."""
-
-    index: int  # position in the request's hand list
-    handedness: str | None
-    keypoints: np.ndarray  # (21, 3) output pixels
-    size: float  # longer side of the visible keypoints' box, output pixels
-    box: CropBox  # square crop box in output pixels, resampled to the stage-1 crop size
-    crop_keypoints: np.ndarray  # (21, 3) stage-1 crop pixels
-    prompt: str = ""
 
 
 @dataclass
@@ -166,23 +112,6 @@ class TwoStageOutput(BaseOutput):
     keep_masks: torch.Tensor | None = None
     latents: torch.Tensor | None = None
     timings: dict = field(default_factory=dict)
-
-
-def _visible(kps: np.ndarray) -> np.ndarray:
-    valid = kps[:, 2] > 0
-    return kps[valid] if valid.any() else kps
-
-
-def feathered_alpha(mask: np.ndarray, feather: int) -> np.ndarray:
-    """(H, W) bool hand mask -> (H, W) float32 alpha in [0, 1] covering the hand *interior*: the mask
-    eroded by `feather` px, then Gaussian-blurred with sigma `feather` / 2, so the ramp ends inside the
-    hand and the border stays the stage-2 painting."""
-    m = mask.astype(np.uint8)
-    if feather <= 0:
-        return m.astype(np.float32)
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * feather + 1, 2 * feather + 1))
-    inner = cv2.erode(m, kernel).astype(np.float32)
-    return np.clip(cv2.GaussianBlur(inner, (0, 0), sigmaX=feather / 2.0), 0.0, 1.0) * (m > 0)
 
 
 class TwoStageHandBodyPipeline(DiffusionPipeline):
@@ -456,61 +385,22 @@ class TwoStageHandBodyPipeline(DiffusionPipeline):
         min_hand_size: float,
         small_hands: str,
     ) -> tuple[list[PlacedHand], list[dict]]:
-        """Crop box and crop keypoints per hand (prep's geometry: `square_crop_box` of the visible
-        keypoints with the model's `crop_margin`); hands under `min_hand_size` are skipped or refused."""
-        placed, skipped = [], []
-        for i, (kps, side, prompt) in enumerate(zip(hands, handedness, prompts)):
-            visible = _visible(kps)
-            x0, y0, x1, y1 = keypoint_bbox(visible)
-            size = float(max(x1 - x0, y1 - y0))
-            box = square_crop_box(visible, size=crop_size, margin=self.config.crop_margin)
-            if size < min_hand_size:
-                reason = (
-                    f"hand {i} ({side or 'unknown side'}) spans {size:.1f} px, {min_hand_size - size:.1f} px less "
-                    f"than min_hand_size={min_hand_size:g} px; stage 1 would draw it at {crop_size} px and shrink "
-                    f"it {crop_size / box.side:.1f}x to a {box.side:.1f} px box "
-                    f"({box.side / self.vae_scale_factor:.1f} latent pixels)"
-                )
-                if small_hands == "refuse":
-                    raise HandTooSmallError(
-                        reason + " (small_hands='refuse'; use 'skip' to leave it to stage 2)"
-                    )
-                logger.warning("%s: skipped, stage 2 paints it", reason)
-                skipped.append({"index": i, "handedness": side, "reason": reason})
-                continue
-            placed.append(PlacedHand(i, side, kps, size, box, box.to_crop(kps), prompt))
-        return placed, skipped
-
-    def paste_hands(
-        self,
-        placed: Sequence[PlacedHand],
-        images: np.ndarray,
-        masks: np.ndarray,
-        canvas_hw: tuple[int, int],
-        overlap_order: str,
-    ) -> tuple[np.ndarray, np.ndarray, list[int]]:
-        """Resize each (S, S, 3) uint8 hand and (S, S) bool mask back into its box on an (H, W) canvas.
-
-        Returns (canvas (H, W, 3) uint8 with the hands' pixels, zeros elsewhere; mask (H, W) bool; the
-        paste order as request indices). Where hands overlap, the one pasted later wins the pixels.
-        """
-        h, w = canvas_hw
-        canvas = np.zeros((h, w, 3), np.uint8)
-        union = np.zeros((h, w), bool)
-        order = OVERLAP_ORDERS[overlap_order]([p.size for p in placed])
-        for k in order:
-            box = placed[k].box
-            pixels, coverage = paste_crop(canvas, images[k], box)
-            soft, _ = paste_crop(np.zeros((h, w), np.uint8), masks[k].astype(np.uint8) * 255, box)
-            inside = coverage & (soft > 127)
-            canvas[inside] = pixels[inside]
-            union |= inside
-        return canvas, union, [placed[k].index for k in order]
+        """`placing.place_hands` with the hand model's crop margin."""
+        return place_hands(
+            hands,
+            handedness,
+            prompts,
+            crop_size,
+            self.config.crop_margin,
+            min_hand_size,
+            small_hands,
+            self.vae_scale_factor,
+        )
 
     def build_condition(
         self, body_keypoints, body_format: str, canvas: np.ndarray, mask: np.ndarray, hand_keypoints
     ) -> torch.Tensor:
-        """The stage-2 condition (1, C, H, W) in [0, 1], drawn by `generation.condition` exactly as in
+        """The stage-2 condition (1, C, H, W) in [0, 1], drawn by `generation.pipelines.condition` exactly as in
         training. Without a body pose the pose group is an empty skeleton (hand skeletons are still
         drawn when the model was trained with them)."""
         cfg = self.body_pipeline.condition_config
@@ -771,18 +661,11 @@ class TwoStageHandBodyPipeline(DiffusionPipeline):
             )
             hand_images = (np.clip(stage1.images, 0, 1) * 255).round().astype(np.uint8)
             hand_masks = np.asarray(stage1.masks_binary, bool).copy()
-        mask_sources = []
-        fallback = MASK_FALLBACKS[mask_fallback]
-        for k, p in enumerate(placed):
-            if fallback is not None and mask_coverage(hand_masks[k], p.crop_keypoints) < min_mask_coverage:
-                hand_masks[k] = fallback(hand_masks[k], p.crop_keypoints, crop_size)
-                mask_sources.append(mask_fallback)
-            else:
-                mask_sources.append("stage1")
+        mask_sources = fix_masks(placed, hand_masks, mask_fallback, min_mask_coverage)
         t_stage1 = time.perf_counter() - t0
 
         # 4. Paste hands and masks into the (work-size) canvas.
-        canvas, hand_mask, paste_order = self.paste_hands(
+        canvas, hand_mask, paste_order = paste_hands(
             placed, hand_images, hand_masks, (work_h, work_w), overlap_order
         )
 

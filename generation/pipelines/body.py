@@ -21,7 +21,8 @@ from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from .body_model import (
+from ..guards import DEFAULT_MAX_PIXEL_STEPS, DEFAULT_MAX_PIXELS, check_finite, check_image_cost
+from ..models.body import (
     BaseKind,
     infer_base_kind,
     masked_image,
@@ -30,7 +31,9 @@ from .body_model import (
     repaint_mask,
     vae_scale_factor,
 )
-from .components import check_saved_pipeline, encode_text, sampling_scheduler, scheduler_step_kwargs
+from ..models.loading import check_saved_pipeline
+from ..models.schedulers import sampling_scheduler, scheduler_step_kwargs
+from ..models.text import encode_text
 from .condition import (
     ConditionConfig,
     ConditionInputs,
@@ -39,7 +42,6 @@ from .condition import (
     conditioning_channels,
     inputs_from_body_sample,
 )
-from .guards import DEFAULT_MAX_PIXEL_STEPS, DEFAULT_MAX_PIXELS, check_finite, check_image_cost
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +165,7 @@ class BodyOutpaintPipeline(DiffusionPipeline):
         scheduler: str = "ddim",
         unet: UNet2DConditionModel | None = None,
     ) -> BodyOutpaintPipeline:
-        """Assemble from `generation.components.SDComponents` (training scheduler converted for sampling);
+        """Assemble from `generation.models.loading.SDComponents` (training scheduler converted for sampling);
         `unet` replaces the components' base UNet (a fine-tuned one)."""
         cfg = condition_config or ConditionConfig()
         return cls(

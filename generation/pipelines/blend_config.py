@@ -1,4 +1,4 @@
-"""The settings of latent blending, apart from `generation.blending` so that building a CLI does not
+"""The settings of latent blending, apart from `generation.pipelines.blending` so that building a CLI does not
 import torch. `GenerateSettings` declares its blending options from these fields (one default each).
 """
 
@@ -8,14 +8,14 @@ from dataclasses import dataclass
 
 from manifests.settings import SettingError, Settings, setting
 
-# The names of `generation.blending.BLEND_MODES`, in the order the CLI offers them (a test keeps the two
+# The names of `generation.pipelines.blending.BLEND_MODES`, in the order the CLI offers them (a test keeps the two
 # equal).
 BLEND_MODE_NAMES = ("sequential", "fixed", "none")
 
 
 @dataclass
 class BlendConfig(Settings):
-    """How stage-1 hand latents are blended into stage 2's (see `generation.blending`)."""
+    """How stage-1 hand latents are blended into stage 2's (see `generation.pipelines.blending`)."""
 
     CLI_FLAGS = False  # generate offers these as --blend, --d0, ...; the Python API names the fields
 

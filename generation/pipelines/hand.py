@@ -27,8 +27,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from manifests.geometry import render_heatmap
 
-from .components import check_saved_pipeline, encode_text, scheduler_step_kwargs
-from .guards import (
+from ..guards import (
     DEFAULT_MAX_PIXEL_STEPS,
     DEFAULT_MAX_PIXELS,
     check_finite,
@@ -36,7 +35,10 @@ from .guards import (
     check_seed,
     make_generator,
 )
-from .hand_model import HandUNet
+from ..models.hand import HandUNet
+from ..models.loading import check_saved_pipeline
+from ..models.schedulers import scheduler_step_kwargs
+from ..models.text import encode_text
 
 logger = logging.getLogger(__name__)
 
