@@ -284,6 +284,7 @@ class TwoStageHandBodyPipeline(DiffusionPipeline):
 
     def check_inputs(
         self,
+        *,
         width,
         height,
         hands,
@@ -566,179 +567,110 @@ class TwoStageHandBodyPipeline(DiffusionPipeline):
         Returns `TwoStageOutput` (or a tuple ``(images, output)`` with ``return_dict=False``).
         """
         t_start = time.perf_counter()
-        # 0. Resolve the request.
         if spec is not None:
-            width = spec.width if width is None else width
-            height = spec.height if height is None else height
-            body_keypoints = spec.body if body_keypoints is None else body_keypoints
+            given = {"width": width, "height": height, "body_keypoints": body_keypoints, "hands": hands}
+            given.update(handedness=handedness, prompt=prompt, negative_prompt=negative_prompt)
+            width, height, body_keypoints, hands, handedness, prompt, negative_prompt = resolve_spec(
+                spec, **given
+            ).values()
             body_format = spec.body_format or body_format
-            hands = [h.keypoints for h in spec.hands] if hands is None else hands
-            handedness = [h.handedness for h in spec.hands] if handedness is None else handedness
-            prompt = spec.prompt if prompt is None else prompt
-            negative_prompt = spec.negative_prompt if negative_prompt is None else negative_prompt
             seed = spec.seed if seed is None and generator is None else seed
         hands = list(hands or [])
-        if isinstance(blend, str):
-            blend = BlendConfig(mode=blend)
-        elif isinstance(blend, dict):
-            blend = BlendConfig(**blend)
-        elif blend is None:
-            blend = BlendConfig()
+        blend = as_blend_config(blend)
         hand_steps = num_inference_steps if hand_num_inference_steps is None else hand_num_inference_steps
-
-        # 1. Check inputs.
         self.check_inputs(
-            width,
-            height,
-            hands,
-            handedness,
-            body_keypoints,
-            body_format,
-            hand_prompt,
-            blend,
-            output_type,
-            num_inference_steps,
-            hand_steps,
-            small_hands,
-            min_hand_size,
-            overlap_order,
-            feather,
-            hand_encoding,
-            mask_fallback,
-            min_mask_coverage,
-            seed,
-            generator,
-            max_pixels,
-            max_pixel_steps,
+            width=width,
+            height=height,
+            hands=hands,
+            handedness=handedness,
+            body_keypoints=body_keypoints,
+            body_format=body_format,
+            hand_prompts=hand_prompt,
+            blend=blend,
+            output_type=output_type,
+            num_inference_steps=num_inference_steps,
+            hand_num_inference_steps=hand_steps,
+            small_hands=small_hands,
+            min_hand_size=min_hand_size,
+            overlap_order=overlap_order,
+            feather=feather,
+            hand_encoding=hand_encoding,
+            mask_fallback=mask_fallback,
+            min_mask_coverage=min_mask_coverage,
+            seed=seed,
+            generator=generator,
+            max_pixels=max_pixels,
+            max_pixel_steps=max_pixel_steps,
         )
         hands = [keypoint_array(k, NUM_HAND_KEYPOINTS, f"hand {i}") for i, k in enumerate(hands)]
         handedness = list(handedness) if handedness is not None else [None] * len(hands)
-        templates = (
-            hand_prompt
-            if isinstance(hand_prompt, list)
-            else [hand_prompt or DEFAULT_HAND_PROMPT] * len(hands)
-        )
-        prompts = [
-            " ".join(t.replace("{side}", side or "").split()) for t, side in zip(templates, handedness)
-        ]
         if body_keypoints is not None:
             body_keypoints = keypoint_array(body_keypoints, BODY_FORMATS[body_format], "body keypoints")
         seed = 0 if seed is None and generator is None else seed
         hand_generator = generator or make_generator(seed)
         body_generator = generator or make_generator(offset_seed(seed, 1))
-        crop_size = self.hand_crop_size
         multiple = self.size_multiple
         work_h, work_w = -(-height // multiple) * multiple, -(-width // multiple) * multiple
+        limits = {"max_pixels": max_pixels, "max_pixel_steps": max_pixel_steps}
 
-        # 2. Crop box per hand, keypoints into the crop, heatmaps at the stage-1 latent size.
-        placed, skipped = self.place_hands(hands, handedness, prompts, crop_size, min_hand_size, small_hands)
-
-        # 3. Stage 1, batched over the hands.
+        # Stage 1: a crop box per hand, the hands drawn in one batch, masks that miss their hand replaced.
+        prompts = hand_prompts(hand_prompt, handedness)
+        placed, skipped = self.place_hands(
+            hands, handedness, prompts, self.hand_crop_size, min_hand_size, small_hands
+        )
         t0 = time.perf_counter()
-        hand_images = np.zeros((0, crop_size, crop_size, 3), np.uint8)
-        hand_masks = np.zeros((0, crop_size, crop_size), bool)
-        if placed:
-            heatmaps = keypoints_to_heatmaps(
-                np.stack([p.crop_keypoints for p in placed]),
-                crop_size,
-                crop_size // self.hand_pipeline.vae_scale_factor,
-                self.hand_unet.config.heatmap_sigma,
-                self.hand_unet.config.num_keypoints,
-            )
-            stage1 = self.hand_pipeline(
-                [p.prompt for p in placed],
-                heatmaps=heatmaps,
-                size=crop_size,
-                num_inference_steps=hand_steps,
-                guidance_scale=guidance_scale if hand_guidance_scale is None else hand_guidance_scale,
-                pose_guidance_scale=pose_guidance_scale,
-                negative_prompt=[hand_negative_prompt or ""] * len(placed),
-                generator=hand_generator,
-                output_type="np",
-                mask_threshold=mask_threshold,
-                max_pixels=max_pixels,
-                max_pixel_steps=max_pixel_steps,
-            )
-            hand_images = (np.clip(stage1.images, 0, 1) * 255).round().astype(np.uint8)
-            hand_masks = np.asarray(stage1.masks_binary, bool).copy()
+        hand_images, hand_masks = self.draw_hands(
+            placed,
+            num_inference_steps=hand_steps,
+            guidance_scale=guidance_scale if hand_guidance_scale is None else hand_guidance_scale,
+            pose_guidance_scale=pose_guidance_scale,
+            negative_prompt=hand_negative_prompt,
+            generator=hand_generator,
+            mask_threshold=mask_threshold,
+            **limits,
+        )
         mask_sources = fix_masks(placed, hand_masks, mask_fallback, min_mask_coverage)
         t_stage1 = time.perf_counter() - t0
 
-        # 4. Paste hands and masks into the (work-size) canvas.
+        # The hands pasted into the (work-size) canvas, and the stage-2 condition drawn from it.
         canvas, hand_mask, paste_order = paste_hands(
             placed, hand_images, hand_masks, (work_h, work_w), overlap_order
         )
-
-        # 5. The stage-2 condition: body pose, pasted hands, hand mask.
-        hand_kps_drawn = [p.keypoints for p in placed]
-        condition = self.build_condition(body_keypoints, body_format, canvas, hand_mask, hand_kps_drawn)
-
-        # 6. Stage 2 with blending after every scheduler step (through the body pipeline's step hook).
-        t0 = time.perf_counter()
-        device = self._execution_device
-        latent_hw = (work_h // self.vae_scale_factor, work_w // self.vae_scale_factor)
-        noise = randn_tensor(
-            (1, self.vae.config.latent_channels, *latent_hw),
-            generator=body_generator,
-            device=device,
-            dtype=self.unet.dtype,
+        condition = self.build_condition(
+            body_keypoints, body_format, canvas, hand_mask, [p.keypoints for p in placed]
         )
+
+        # Stage 2, blending after every scheduler step (through the body pipeline's step hook).
+        t0 = time.perf_counter()
         record: list | None = [] if return_masks else None
         clock = {"blend": 0.0}
-        hook = None
-        if placed and hand_mask.any() and blend.mode != "none":
-            boxes = None
-            if hand_encoding == "windows":
-                by_index = {p.index: p.box for p in placed}
-                boxes = [by_index[i] for i in paste_order]
-            hand_latents = self.encode_hands(canvas, hand_mask, boxes, margin=blend.d0 + 1)
-            mask_latent = mask_to_latent(torch.from_numpy(hand_mask)[None, None].float(), latent_hw).to(
-                device
-            )
-            hook = self.blend_hook(
-                hand_latents, mask_latent, noise, blend, num_inference_steps, record, clock
-            )
-        elif record is not None:
-            record.extend([None] * num_inference_steps)
-        latents = self.body_pipeline(
+        latents = self.paint_body(
             prompt or "",
-            condition=condition,
-            height=work_h,
-            width=work_w,
+            condition,
+            canvas,
+            hand_mask,
+            [{p.index: p.box for p in placed}[i] for i in paste_order],
+            blend=blend,
+            hand_encoding=hand_encoding,
             num_inference_steps=num_inference_steps,
             guidance_scale=guidance_scale,
             negative_prompt=negative_prompt,
             controlnet_conditioning_scale=controlnet_conditioning_scale,
             uncond_condition=uncond_condition,
             generator=body_generator,
-            latents=noise,
-            output_type="latent",
-            on_step_end=hook,
-            max_pixels=max_pixels,
-            max_pixel_steps=max_pixel_steps,
-        ).images
+            record=record,
+            clock=clock,
+            **limits,
+        )
         t_stage2 = time.perf_counter() - t0
 
-        # 7. Decode, crop to the requested size, optionally composite the hand interiors in pixels.
+        # Decode, crop to the requested size, optionally composite the hand interiors in pixels.
         t0 = time.perf_counter()
-        image = self.body_pipeline.decode_latents(latents, "np")[0][:height, :width]
         canvas, hand_mask = canvas[:height, :width], hand_mask[:height, :width]
-        if pixel_composite and hand_mask.any():
-            alpha = feathered_alpha(hand_mask, int(feather))[..., None]
-            image = alpha * (canvas.astype(np.float32) / 255.0) + (1.0 - alpha) * image
-        image = np.clip(image, 0.0, 1.0).astype(np.float32)
+        image = self.decode(latents, height, width, canvas, hand_mask, pixel_composite, feather)
         t_decode = time.perf_counter() - t0
 
-        # 8. Format and return.
-        if output_type == "pil":
-            images = [PIL.Image.fromarray((image * 255).round().astype(np.uint8))]
-        elif output_type == "np":
-            images = image[None]
-        else:
-            images = torch.from_numpy(image).permute(2, 0, 1)[None]
-        keep = None
-        if record and record[0] is not None:
-            keep = torch.stack(record)
+        images = format_images(image, output_type)
         self.maybe_free_model_hooks()
         out = TwoStageOutput(
             images=images,
@@ -751,7 +683,7 @@ class TwoStageHandBodyPipeline(DiffusionPipeline):
             paste_order=paste_order,
             skipped_hands=skipped,
             mask_sources=mask_sources,
-            keep_masks=keep,
+            keep_masks=torch.stack(record) if record and record[0] is not None else None,
             latents=latents,
             timings={
                 "stage1": t_stage1,
@@ -764,6 +696,168 @@ class TwoStageHandBodyPipeline(DiffusionPipeline):
         if not return_dict:
             return images, out
         return out
+
+    # ---------------------------------------------------------------- steps of the call
+
+    def draw_hands(
+        self,
+        placed: Sequence[PlacedHand],
+        *,
+        num_inference_steps: int,
+        guidance_scale: float,
+        pose_guidance_scale: float,
+        negative_prompt: str | None,
+        generator,
+        mask_threshold: float,
+        max_pixels: int,
+        max_pixel_steps: int,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Stage 1, batched over the placed hands: (N, S, S, 3) uint8 crops and (N, S, S) bool masks."""
+        crop_size = self.hand_crop_size
+        if not placed:
+            return np.zeros((0, crop_size, crop_size, 3), np.uint8), np.zeros((0, crop_size, crop_size), bool)
+        heatmaps = keypoints_to_heatmaps(
+            np.stack([p.crop_keypoints for p in placed]),
+            crop_size,
+            crop_size // self.hand_pipeline.vae_scale_factor,
+            self.hand_unet.config.heatmap_sigma,
+            self.hand_unet.config.num_keypoints,
+        )
+        stage1 = self.hand_pipeline(
+            [p.prompt for p in placed],
+            heatmaps=heatmaps,
+            size=crop_size,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            pose_guidance_scale=pose_guidance_scale,
+            negative_prompt=[negative_prompt or ""] * len(placed),
+            generator=generator,
+            output_type="np",
+            mask_threshold=mask_threshold,
+            max_pixels=max_pixels,
+            max_pixel_steps=max_pixel_steps,
+        )
+        images = (np.clip(stage1.images, 0, 1) * 255).round().astype(np.uint8)
+        return images, np.asarray(stage1.masks_binary, bool).copy()
+
+    def paint_body(
+        self,
+        prompt: str,
+        condition: torch.Tensor,
+        canvas: np.ndarray,
+        hand_mask: np.ndarray,
+        boxes: Sequence[CropBox],
+        *,
+        blend: BlendConfig,
+        hand_encoding: str,
+        num_inference_steps: int,
+        generator,
+        record: list | None,
+        clock: dict,
+        **body_kwargs,
+    ) -> torch.Tensor:
+        """Stage 2 on the work canvas: its final latents (1, C, h, w). The known hand latents (the hands'
+        `boxes` in paste order, encoded per `hand_encoding`) are blended in after every step unless blending
+        is off or no hand was pasted; `record` collects each step's keep-mask (None when not blending)."""
+        work_h, work_w = hand_mask.shape
+        latent_hw = (work_h // self.vae_scale_factor, work_w // self.vae_scale_factor)
+        noise = randn_tensor(
+            (1, self.vae.config.latent_channels, *latent_hw),
+            generator=generator,
+            device=self._execution_device,
+            dtype=self.unet.dtype,
+        )
+        hook = None
+        if boxes and hand_mask.any() and blend.mode != "none":
+            windows = boxes if hand_encoding == "windows" else None
+            hand_latents = self.encode_hands(canvas, hand_mask, windows, margin=blend.d0 + 1)
+            mask_latent = mask_to_latent(torch.from_numpy(hand_mask)[None, None].float(), latent_hw)
+            hook = self.blend_hook(
+                hand_latents,
+                mask_latent.to(self._execution_device),
+                noise,
+                blend,
+                num_inference_steps,
+                record,
+                clock,
+            )
+        elif record is not None:
+            record.extend([None] * num_inference_steps)
+        return self.body_pipeline(
+            prompt,
+            condition=condition,
+            height=work_h,
+            width=work_w,
+            num_inference_steps=num_inference_steps,
+            generator=generator,
+            latents=noise,
+            output_type="latent",
+            on_step_end=hook,
+            **body_kwargs,
+        ).images
+
+    def decode(
+        self,
+        latents: torch.Tensor,
+        height: int,
+        width: int,
+        canvas: np.ndarray,
+        hand_mask: np.ndarray,
+        pixel_composite: bool,
+        feather: int,
+    ) -> np.ndarray:
+        """(H, W, 3) float32 image in [0, 1] cropped to `height` x `width`; with `pixel_composite` the
+        hand interiors of the (H, W) `canvas` are feathered back over it."""
+        image = self.body_pipeline.decode_latents(latents, "np")[0][:height, :width]
+        if pixel_composite and hand_mask.any():
+            alpha = feathered_alpha(hand_mask, int(feather))[..., None]
+            image = alpha * (canvas.astype(np.float32) / 255.0) + (1.0 - alpha) * image
+        return np.clip(image, 0.0, 1.0).astype(np.float32)
+
+
+def resolve_spec(spec, **given) -> dict:
+    """A request's width, height, body_keypoints, hands, handedness, prompt and negative_prompt (in that
+    order): each from `given` unless None there, else from the `generation.spec.PoseSpec`."""
+    from_spec = {
+        "width": spec.width,
+        "height": spec.height,
+        "body_keypoints": spec.body,
+        "hands": [h.keypoints for h in spec.hands],
+        "handedness": [h.handedness for h in spec.hands],
+        "prompt": spec.prompt,
+        "negative_prompt": spec.negative_prompt,
+    }
+    return {k: v if given.get(k) is None else given[k] for k, v in from_spec.items()}
+
+
+def as_blend_config(blend: BlendConfig | dict | str | None) -> BlendConfig:
+    """A `BlendConfig` from itself, a dict of its fields, a mode name or None (the defaults)."""
+    if isinstance(blend, str):
+        return BlendConfig(mode=blend)
+    if isinstance(blend, dict):
+        return BlendConfig(**blend)
+    return BlendConfig() if blend is None else blend
+
+
+def hand_prompts(hand_prompt: str | list[str] | None, handedness: Sequence[str | None]) -> list[str]:
+    """One stage-1 caption per hand: `hand_prompt` (one for all or one each, default
+    `DEFAULT_HAND_PROMPT`) with "{side}" replaced by the hand's side."""
+    templates = (
+        hand_prompt
+        if isinstance(hand_prompt, list)
+        else [hand_prompt or DEFAULT_HAND_PROMPT] * len(handedness)
+    )
+    return [" ".join(t.replace("{side}", side or "").split()) for t, side in zip(templates, handedness)]
+
+
+def format_images(image: np.ndarray, output_type: str):
+    """One (H, W, 3) float image in [0, 1] as `output_type`: a list of one PIL image, (1, H, W, 3) numpy,
+    or a (1, 3, H, W) tensor."""
+    if output_type == "pil":
+        return [PIL.Image.fromarray((image * 255).round().astype(np.uint8))]
+    if output_type == "np":
+        return image[None]
+    return torch.from_numpy(image).permute(2, 0, 1)[None]
 
 
 # ---------------------------------------------------------------------------------------------------
