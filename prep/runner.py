@@ -23,11 +23,12 @@ from manifests.storage import filesystem
 from manifests.writer import ManifestWriter, shard_name
 
 from . import plan_cache
+from .annotators import annotator_module
 from .config import PrepConfig
 from .errors import ModelLoadError
 from .lock import OutputLock, OutputLockedError
 from .plan import ResumePlan, Shard, pending_shards, plan_shards, plan_units
-from .process import annotator_module, process_shard
+from .shard import process_shard
 from .sources import AnnotationFileError, load_records, load_units
 
 logger = logging.getLogger(__name__)
@@ -76,7 +77,7 @@ def make_config(config: PrepConfig | None = None, **kwargs) -> PrepConfig:
 
 
 def uses_sam(config: PrepConfig) -> bool:
-    return config.mask_method == "sam" or (config.mask_method == "auto" and bool(config.sam_checkpoint))
+    return config.resolved_mask_method() == "sam"
 
 
 @contextmanager

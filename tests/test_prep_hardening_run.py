@@ -29,8 +29,8 @@ from prep.cli import main as cli_main
 from prep.config import PrepConfig
 from prep.lock import LOCK_FILE, OutputLock, OutputLockedError
 from prep.plan import OutputConflictError, plan_shards
-from prep.process import process_shard
 from prep.runner import ClusterSetupError, run
+from prep.shard import process_shard
 from prep.sources import load_records
 
 STANDIN = "prep_standin:StandInAnnotator"

@@ -19,8 +19,8 @@ from manifests.writer import ManifestWriter
 from prep.cli import main as cli_main
 from prep.config import PrepConfig
 from prep.plan import OutputConflictError, pending_shards, plan_shards
-from prep.process import process_shard
 from prep.runner import run
+from prep.shard import process_shard
 from prep.sources import load_records
 
 STANDIN = "prep_standin:StandInAnnotator"

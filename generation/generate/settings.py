@@ -8,8 +8,7 @@ from dataclasses import dataclass
 from manifests.settings import Settings, setting, setting_like
 
 from ..blend_config import BlendConfig
-from ..guards import DEFAULT_MAX_PIXEL_STEPS, DEFAULT_MAX_PIXELS
-from ..training.config import MAX_SEED
+from ..guards import DEFAULT_MAX_PIXEL_STEPS, DEFAULT_MAX_PIXELS, MAX_SEED
 
 DTYPES = ("float32", "float16", "bfloat16")
 
