@@ -80,8 +80,8 @@ def warm_up(config, records) -> int:
 
 def timed_cluster_run(config, workers: int) -> dict:
     """Plan and run every shard on a warm `workers`-process LocalCluster; wall time excludes start-up."""
+    from prep.cluster import dask_client, run_shards
     from prep.plan import plan_shards
-    from prep.runner import dask_client, run_shards
     from prep.sources import load_records
 
     config = dataclasses.replace(config, workers=workers)

@@ -117,7 +117,7 @@ def _bare_processes(pool, shards, config) -> float:
 def _on_cluster(shards, config, client) -> dict:
     from distributed import get_task_stream
 
-    from prep.runner import run_shards
+    from prep.cluster import run_shards
 
     t0 = time.perf_counter()
     with get_task_stream(client) as stream:
@@ -146,8 +146,9 @@ def _on_cluster(shards, config, client) -> dict:
 
 
 def fastpath(src: str, work: str, images: int, rounds: int) -> dict:
+    from prep.cluster import dask_client
     from prep.config import PrepConfig
-    from prep.runner import dask_client, plan_shards
+    from prep.plan import plan_shards
     from prep.shard import process_shard
     from prep.sources import load_records
 

@@ -24,7 +24,7 @@ _LAZY = {
     "load_image": "imageio",
     "hand_caption": "captions",
     "image_caption": "captions",
-    "dask_client": "runner",
+    "dask_client": "cluster",
 }
 
 

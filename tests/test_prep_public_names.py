@@ -72,8 +72,8 @@ def test_detection_config_finds_poses_only():
     ],
 )
 def test_the_runner_and_the_masks_read_auto_alike(method, checkpoint, resolved):
+    from prep.cluster import uses_sam
     from prep.masks import resolve_mask_method
-    from prep.runner import uses_sam
 
     config = PrepConfig(mask_method=method, sam_checkpoint=checkpoint)
     assert config.resolved_mask_method() == resolve_mask_method(config) == resolved
