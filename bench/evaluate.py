@@ -7,7 +7,7 @@ Measures, side by side in one process:
 - evaluation on a 2-worker Dask LocalCluster (one detector per worker process).
 
 It confirms that detection runs through prep's per-worker-loaded annotator: after the Dask run it
-asks every worker for the contents of `prep.process`'s annotator cache (exactly one Annotator per
+asks every worker for the contents of `prep.annotators`' annotator cache (exactly one Annotator per
 worker, configured to detect without masks) and checks that the detections came from those workers.
 
     .venv/bin/python bench/evaluate.py [--input ../shared/data/hagrid_mini] [--workers 2]
@@ -33,7 +33,7 @@ def _cache_report():
     """Runs on a worker: the annotators prep's cache holds in this process."""
     import os
 
-    from prep import process
+    from prep import annotators
 
     return {
         "pid": os.getpid(),
@@ -44,7 +44,7 @@ def _cache_report():
                 "mask_method": a.config.mask_method,
                 "images_timed_s": round(a.timings["pose"] + a.timings["hands"], 3),
             }
-            for a in process._CACHE.values()
+            for a in annotators._CACHE.values()
         ],
     }
 
@@ -73,7 +73,7 @@ def main(argv=None) -> dict:
     import prep
     from generation.evaluate import EvalConfig, evaluate
     from generation.evaluate.detect import get_detector
-    from generation.evaluate.run import _prep_config
+    from generation.evaluate.run import detection_prep_config
     from manifests.decode import image_array
     from manifests.reader import open_manifest
 
@@ -104,7 +104,7 @@ def main(argv=None) -> dict:
         )
         warm_image = image_array(first.to_pylist()[0])
         evaluate(manifest, "real", os.path.join(tmp, "warm"), split="all", limit=2, progress=False)
-        annotator = get_detector(_prep_config(m, EvalConfig()))
+        annotator = get_detector(detection_prep_config(m, EvalConfig()))
         before = annotator.timings["pose"] + annotator.timings["hands"]
         local = evaluate(manifest, "real", os.path.join(tmp, "local"), split="all", progress=False)
         local_model_s = annotator.timings["pose"] + annotator.timings["hands"] - before
@@ -122,7 +122,7 @@ def main(argv=None) -> dict:
             Client(cluster) as client,
         ):
             # Load each worker's detector (through the same cache) before timing.
-            client.run(_warm, _prep_config(m, EvalConfig(workers=args.workers)), warm_image)
+            client.run(_warm, detection_prep_config(m, EvalConfig(workers=args.workers)), warm_image)
             dask_run = evaluate(
                 manifest,
                 "real",

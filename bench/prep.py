@@ -72,7 +72,7 @@ def stage_ms(stats: list[dict], images: int) -> dict:
 def warm_up(config, records) -> int:
     """Build the annotator and process a few records into a scratch shard: first calls (models, lazy
     imports, codecs, the Parquet writer) are paid before any clock starts."""
-    from prep.process import process_shard
+    from prep.shard import process_shard
 
     process_shard(0, records, dataclasses.replace(config, out=f"{config.out}-warmup-{os.getpid()}"), "warmup")
     return os.getpid()
@@ -80,8 +80,8 @@ def warm_up(config, records) -> int:
 
 def timed_cluster_run(config, workers: int) -> dict:
     """Plan and run every shard on a warm `workers`-process LocalCluster; wall time excludes start-up."""
+    from prep.cluster import dask_client, run_shards
     from prep.plan import plan_shards
-    from prep.runner import dask_client, run_shards
     from prep.sources import load_records
 
     config = dataclasses.replace(config, workers=workers)
@@ -107,7 +107,7 @@ def timed_cluster_run(config, workers: int) -> dict:
 def in_process_run(config) -> dict:
     """Every shard in this process, one after another, pinned to one CPU (no Dask)."""
     from prep.plan import plan_shards
-    from prep.process import process_shard
+    from prep.shard import process_shard
     from prep.sources import load_records
 
     shards = plan_shards(load_records(config), config)

@@ -84,7 +84,7 @@ def machine() -> dict:
 
 def _in_process(shards, config) -> tuple[float, float]:
     """(images/s, CPU ms per image) of `shards` processed one after the other in this process."""
-    from prep.process import process_shard
+    from prep.shard import process_shard
 
     n = sum(s.num_images for s in shards)
     t0, c0 = time.perf_counter(), time.process_time()
@@ -95,13 +95,13 @@ def _in_process(shards, config) -> tuple[float, float]:
 
 def _bare_init(records, config) -> None:
     """A bare worker process (no Dask): its annotator built before any clock starts."""
-    from prep.process import process_shard
+    from prep.shard import process_shard
 
     process_shard(0, records, dataclasses.replace(config, out=f"{config.out}-warm-{os.getpid()}"))
 
 
 def _bare_shard(shard, config) -> int:
-    from prep.process import process_shard
+    from prep.shard import process_shard
 
     return process_shard(shard.index, shard.records, config, shard.fingerprint)["images"]
 
@@ -117,7 +117,7 @@ def _bare_processes(pool, shards, config) -> float:
 def _on_cluster(shards, config, client) -> dict:
     from distributed import get_task_stream
 
-    from prep.runner import run_shards
+    from prep.cluster import run_shards
 
     t0 = time.perf_counter()
     with get_task_stream(client) as stream:
@@ -146,9 +146,10 @@ def _on_cluster(shards, config, client) -> dict:
 
 
 def fastpath(src: str, work: str, images: int, rounds: int) -> dict:
+    from prep.cluster import dask_client
     from prep.config import PrepConfig
-    from prep.process import process_shard
-    from prep.runner import dask_client, plan_shards
+    from prep.plan import plan_shards
+    from prep.shard import process_shard
     from prep.sources import load_records
 
     out = os.path.join(work, "fastpath")

@@ -49,12 +49,12 @@ from .generate import (
 from .guards import (
     DEFAULT_MAX_PIXEL_STEPS,
     DEFAULT_MAX_PIXELS,
+    MAX_SEED,
     check_finite,
     check_image_cost,
     make_generator,
 )
 from .selection import DEFAULT_SPLIT
-from .training.config import MAX_SEED
 
 logger = logging.getLogger(__name__)
 

@@ -1,16 +1,19 @@
 """`handfirst-gen` / `python -m generation`: thin argparse layers over the generation API.
 
 Each subcommand is a module in `generation.commands` with ``HELP``, ``add_arguments(parser)`` and
-``run(args) -> int``; it is imported only when chosen, so ``--help`` stays fast. Adding a subcommand
-is one line in `COMMANDS`.
+``run(args) -> int``; it is imported only when chosen, so ``--help`` stays fast (`manifests.dispatch`,
+as for `handfirst-prep` and `handfirst-manifests`). Adding a subcommand is one line in `COMMANDS`.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import sys
-from importlib import import_module
+
+from manifests.dispatch import build_parser as build_command_parser
+from manifests.dispatch import dispatch
+
+PROG = "handfirst-gen"
 
 # subcommand -> (module, one-line description)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -46,39 +49,23 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def _overview() -> str:
-    width = max(len(n) for n in COMMANDS)
-    lines = [f"  {name.ljust(width)}  {desc}" for name, (_, desc) in COMMANDS.items()]
-    return (
-        "usage: handfirst-gen COMMAND [options]\n\ncommands:\n"
-        + "\n".join(lines)
-        + ("\n\n`handfirst-gen COMMAND --help` lists a command's options.")
-    )
-
-
-def build_parser(name: str) -> tuple[argparse.ArgumentParser, object]:
-    module = import_module(COMMANDS[name][0])
-    parser = argparse.ArgumentParser(prog=f"handfirst-gen {name}", description=module.HELP)
+def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", default="INFO", help="logging level")
-    module.add_arguments(parser)
-    return parser, module
 
 
-def main(argv=None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help"):
-        print(_overview())
-        return 0
-    if argv[0] not in COMMANDS:
-        print(f"handfirst-gen: unknown command {argv[0]!r}\n\n{_overview()}", file=sys.stderr)
-        return 2
-    parser, module = build_parser(argv[0])
-    args = parser.parse_args(argv[1:])
+def _configure(args: argparse.Namespace) -> None:
     logging.basicConfig(
         level=getattr(logging, str(args.log_level).upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    return int(module.run(args) or 0)
+
+
+def build_parser(name: str) -> tuple[argparse.ArgumentParser, object]:
+    return build_command_parser(PROG, COMMANDS, name, _common)
+
+
+def main(argv=None) -> int:
+    return dispatch(PROG, COMMANDS, argv, _common, _configure)
 
 
 if __name__ == "__main__":

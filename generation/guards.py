@@ -19,6 +19,7 @@ import math
 import numbers
 
 SEED_LIMIT = 2**64  # torch.Generator.manual_seed takes [0, 2**64) (negatives wrap around silently)
+MAX_SEED = SEED_LIMIT - 1  # the largest seed a setting accepts
 DEFAULT_MAX_PIXELS = 2048 * 2048
 DEFAULT_MAX_PIXEL_STEPS = 100 * DEFAULT_MAX_PIXELS
 

@@ -28,8 +28,6 @@ from .storage import atomic_write_bytes, filesystem, join
 
 logger = logging.getLogger(__name__)
 
-HELP = "write a Hugging Face dataset card (README.md + preview.png) so the folder loads with datasets and pushes to the Hub"
-
 # Licence of the photos each source adapter reads, as the Hub's metadata spells it.
 SOURCE_LICENCES = {
     "hagrid": {
@@ -185,16 +183,3 @@ def write_card(path: str, name: str | None = None, license: str | None = None, p
     card = join(root, "README.md")
     atomic_write_bytes(fs, card, text.encode("utf-8"))
     return m.url.rstrip("/") + "/README.md"
-
-
-def add_arguments(parser) -> None:
-    parser.add_argument("path", help="manifest root (with images/ and hands/); local or URL")
-    parser.add_argument("--name", help="dataset name in the card (default: the folder's name)")
-    parser.add_argument("--license", help="licence id for the Hub metadata (default: the source's, if known)")
-    parser.add_argument("--no-preview", action="store_true", help="do not render preview.png")
-
-
-def run(args) -> int:
-    url = write_card(args.path, name=args.name, license=args.license, preview=not args.no_preview)
-    print(f"wrote {url}")
-    return 0

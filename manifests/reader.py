@@ -38,18 +38,9 @@ from .decode import (  # noqa: F401  (re-exported: the reader's decode helpers)
     mask_array,
 )
 from .errors import CorruptShardError, ManifestError, MissingFileError
-from .layout import (
-    ShardFile,
-    TableScan,
-    infer_table,
-    is_local,
-    raise_for,
-    root_problems,
-    scan_table,
-    url_for,
-)
+from .layout import ShardFile, TableScan, infer_table, raise_for, root_problems, scan_table
 from .schema import TABLES, schema_for
-from .storage import filesystem, join
+from .storage import filesystem, is_local, join, url_for
 
 logger = logging.getLogger(__name__)
 

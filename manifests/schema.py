@@ -7,7 +7,11 @@ x right, y down) unless a field says "crop". Every field is documented in ``docs
 
 from __future__ import annotations
 
+import logging
+
 import pyarrow as pa
+
+logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = "1.1"
 
@@ -156,3 +160,62 @@ def schema_for(table: str) -> pa.Schema:
         return SCHEMAS[table]
     except KeyError:
         raise ValueError(f"unknown manifest table {table!r}; expected one of {TABLES}") from None
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in str(version).split("."))
+
+
+def _norm_type(t: pa.DataType) -> pa.DataType:
+    """List types compare by value type only (Parquet round trips may rename the list's item field)."""
+    if pa.types.is_list(t):
+        return pa.list_(_norm_type(t.value_type))
+    return t
+
+
+def schema_problems(schema: pa.Schema, table: str) -> list[str]:
+    """Reasons why a shard's arrow `schema` does not match this code's `table` schema (empty if it does).
+
+    A shard must carry `handfirst.schema_version` metadata with our major version and every field of
+    the schema with the same type. Extra fields are accepted only from a newer minor version (an
+    additive change); with the same version they mean the writer and the schema disagree.
+    """
+    reasons = []
+    md = schema.metadata or {}
+    raw_version = md.get(b"handfirst.schema_version")
+    version = raw_version.decode() if raw_version else None
+    if version is None:
+        reasons.append(
+            "no 'handfirst.schema_version' in the Parquet schema metadata (not written by handfirst?)"
+        )
+    else:
+        try:
+            ours, theirs = version_tuple(SCHEMA_VERSION), version_tuple(version)
+        except ValueError:
+            ours, theirs = (0,), (-1,)
+        if theirs[:1] != ours[:1]:
+            reasons.append(
+                f"schema version {version}, but this code reads version {SCHEMA_VERSION} (major {ours[0]})"
+            )
+    raw_table = md.get(b"handfirst.table")
+    if raw_table is not None and raw_table.decode() != table:
+        reasons.append(f"holds table {raw_table.decode()!r}, expected {table!r}")
+    expected = schema_for(table)
+    try:
+        older = missing_allowed(version_tuple(version), table) if version else set()
+    except ValueError:
+        older = set()
+    for f in expected:
+        if f.name not in schema.names:
+            if f.name not in older:  # a field added after the shard's minor version reads as nulls
+                reasons.append(f"field {f.name!r} is missing")
+        elif _norm_type(schema.field(f.name).type) != _norm_type(f.type):
+            reasons.append(f"field {f.name!r} has type {schema.field(f.name).type}, expected {f.type}")
+    extra = [n for n in schema.names if n not in expected.names]
+    if extra:
+        newer_minor = version is not None and version != SCHEMA_VERSION and not reasons
+        if newer_minor:
+            logger.info("ignoring fields %s of schema version %s", extra, version)
+        else:
+            reasons.append(f"fields not in schema {SCHEMA_VERSION}: {extra}")
+    return reasons

@@ -20,10 +20,8 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import posixpath
-import sys
 from collections import defaultdict
 from collections.abc import Mapping
 
@@ -205,32 +203,3 @@ def format_score(result: dict) -> str:
         f"handedness accuracy {_fmt(result['handedness_accuracy'], True)}"
     )
     return "\n".join(lines)
-
-
-HELP = (
-    "score the manifest's hand keypoints against COCO-style ground truth (recall, precision, PCK, mean error)"
-)
-
-
-def add_arguments(parser) -> None:
-    parser.add_argument("manifest", help="manifest root (local path or fsspec URL)")
-    parser.add_argument(
-        "--truth", required=True, help="COCO-style keypoints JSON (21 hand keypoints, MediaPipe order)"
-    )
-    parser.add_argument("--json", action="store_true", help="print the result as JSON instead of text")
-    parser.add_argument(
-        "--gate",
-        type=float,
-        default=MatchConfig.gate,
-        help="max mean keypoint distance of a match, in truth box sizes (default %(default)s)",
-    )
-
-
-def run(args) -> int:
-    try:
-        result = score_manifest(args.manifest, args.truth, MatchConfig(gate=args.gate))
-    except TruthError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(json.dumps(result, indent=2) if args.json else format_score(result))
-    return 0

@@ -34,3 +34,13 @@ def write_json(fs, path: str, obj) -> None:
 def read_json(fs, path: str):
     with fs.open(path, "rb") as f:
         return json.loads(f.read())
+
+
+def is_local(fs) -> bool:
+    protocol = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    return "file" in protocol or "local" in protocol
+
+
+def url_for(fs, path: str) -> str:
+    """Location to show in messages: the plain path for local files, the full URL otherwise."""
+    return path if is_local(fs) else fs.unstrip_protocol(path)

@@ -37,10 +37,10 @@ from tqdm.auto import tqdm
 from . import decode
 from .errors import Problem, RowDecodeError
 from .geometry import CropBox, heatmap_peaks
-from .layout import ShardFile, TableScan, infer_table, root_problems, scan_table, url_for
+from .layout import ShardFile, TableScan, infer_table, root_problems, scan_table
 from .names import unsafe_name
 from .schema import NO_MASK, NUM_HAND_KEYPOINTS, STATUSES, TABLES
-from .storage import filesystem, join
+from .storage import filesystem, join, url_for
 
 logger = logging.getLogger(__name__)
 

@@ -15,6 +15,19 @@ warnings.filterwarnings(
 )
 
 
+# The public names that live in modules with heavy imports (Dask, pyarrow, MediaPipe), each imported
+# on first use: name -> module.
+_LAZY = {
+    "ANNOTATORS": "annotators",
+    "get_annotator": "annotators",
+    "detection_config": "annotators",
+    "load_image": "imageio",
+    "hand_caption": "captions",
+    "image_caption": "captions",
+    "dask_client": "cluster",
+}
+
+
 def run(config: PrepConfig | None = None, **kwargs) -> dict:
     """Annotate a dataset into a manifest; see `prep.runner.run` (imported lazily: it pulls in Dask)."""
     from .runner import run as _run
@@ -22,4 +35,12 @@ def run(config: PrepConfig | None = None, **kwargs) -> dict:
     return _run(config, **kwargs)
 
 
-__all__ = ["HandAnnotation", "ImageRecord", "PrepConfig", "run"]
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+
+
+__all__ = ["HandAnnotation", "ImageRecord", "PrepConfig", "run", *_LAZY]

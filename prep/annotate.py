@@ -30,7 +30,7 @@ from manifests.schema import HANDS_SCHEMA, IMAGES_SCHEMA, NO_MASK
 
 from .body import BodyPose, BodyPoseDetector
 from .captions import hand_caption, image_caption
-from .config import PrepConfig
+from .config import KEYPOINT_SOURCES, PrepConfig
 from .crops import (
     box_to_full,
     box_to_reduced,
@@ -49,7 +49,6 @@ from .records import HandAnnotation, ImageRecord
 log = logging.getLogger(__name__)
 
 STAGES = ("decode", "pose", "hands", "masks", "crops_heatmaps", "encode")
-KEYPOINT_SOURCES = ("detect", "annotation")
 IMAGE_COLUMNS = tuple(IMAGES_SCHEMA.names)
 HAND_COLUMNS = tuple(HANDS_SCHEMA.names)
 

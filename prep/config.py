@@ -175,7 +175,7 @@ class PrepConfig(Settings):
     # Running (additions)
     annotator: str = setting(
         "prep.annotate:Annotator",
-        "Per-image annotator: a name from prep.process.ANNOTATORS (mediapipe) or an explicit module:Class whose "
+        "Per-image annotator: a name from prep.annotators.ANNOTATORS (mediapipe) or an explicit module:Class whose "
         "module also defines error_row. Only the user chooses it; evaluate never takes it from a manifest.",
     )
     retries: int = setting(
@@ -281,6 +281,12 @@ class PrepConfig(Settings):
 
     def resolved_heatmap_size(self) -> int:
         return self.heatmap_size or max(1, self.crop_size // 8)
+
+    def resolved_mask_method(self) -> str:
+        """The mask method a run uses: ``auto`` is sam when a SAM checkpoint is given, else grabcut."""
+        if self.mask_method == "auto":
+            return "sam" if self.sam_checkpoint else "grabcut"
+        return self.mask_method
 
 
 # Settings that change how a run executes but not a single output row (excluded from fingerprint()).

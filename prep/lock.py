@@ -29,8 +29,7 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from manifests.layout import is_local
-from manifests.storage import filesystem, join
+from manifests.storage import filesystem, is_local, join
 
 logger = logging.getLogger(__name__)
 

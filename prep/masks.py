@@ -310,9 +310,7 @@ class SamMasker:
 
 
 def resolve_mask_method(config: PrepConfig) -> str:
-    method = config.mask_method
-    if method == "auto":
-        return "sam" if config.sam_checkpoint else "grabcut"
+    method = config.resolved_mask_method()
     if method not in MASK_METHODS and method != "none":
         raise ValueError(
             f"unknown mask_method {method!r}; expected auto, none or one of {sorted(MASK_METHODS)}"

@@ -1,50 +1,28 @@
-"""`prep.run(...)`: plan shards, run one Dask task per shard, show progress, finalize the manifest.
-
-By default a LocalCluster of `workers` processes with one thread each is started (MediaPipe and
-OpenCV are not thread-safe enough to share a process, and processes sidestep the GIL);
-`scheduler="tcp://host:8786"` uses an existing cluster instead. Only records (ids, URIs, dataset
-annotations) travel through the scheduler; each task reads its own images and writes its own shard.
+"""`prep.run(...)`: check the settings, plan shards, run one Dask task per shard (`prep.cluster`),
+finalize the manifest.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import logging
-import os
-import socket
 import time
 from collections import Counter
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 
-from manifests.layout import is_local
-from manifests.settings import flag
 from manifests.storage import filesystem
 from manifests.writer import ManifestWriter, shard_name
 
 from . import plan_cache
+from .annotators import annotator_module
+from .cluster import ClusterSetupError, dask_client, run_shards, ship_config, uses_sam
 from .config import PrepConfig
 from .errors import ModelLoadError
 from .lock import OutputLock, OutputLockedError
 from .plan import ResumePlan, Shard, pending_shards, plan_shards, plan_units
-from .process import annotator_module, process_shard
 from .sources import AnnotationFileError, load_records, load_units
 
 logger = logging.getLogger(__name__)
-
-# Seconds to wait for an external scheduler to answer (distributed's default is 30, and it retries a
-# refused connection all that time): a wrong address should fail fast.
-SCHEDULER_CONNECT_TIMEOUT_S = 10.0
-
-# How often the driver re-reads the cluster's thread count while it hands out shards.
-SLOTS_REFRESH_S = 1.0
-
-# Settings that name a file or folder a worker opens (the driver resolves them before shipping).
-PATH_SETTINGS = ("input", "out", "sam_checkpoint", "annotations")
-
-
-class ClusterSetupError(RuntimeError):
-    """The Dask cluster cannot run this job as configured (e.g. no worker offers a needed resource)."""
 
 
 class OutputError(ValueError):
@@ -73,149 +51,6 @@ def make_config(config: PrepConfig | None = None, **kwargs) -> PrepConfig:
     elif kwargs:  # a bare replace() would also drop attributes set on the instance
         config = dataclasses.replace(config, **kwargs)
     return config.validate()
-
-
-def uses_sam(config: PrepConfig) -> bool:
-    return config.mask_method == "sam" or (config.mask_method == "auto" and bool(config.sam_checkpoint))
-
-
-@contextmanager
-def dask_client(config: PrepConfig):
-    """A distributed Client: to `config.scheduler`, or to a LocalCluster started (and stopped) here."""
-    import dask
-    from distributed import Client, LocalCluster
-
-    if config.scheduler:
-        try:
-            client = Client(config.scheduler, timeout=SCHEDULER_CONNECT_TIMEOUT_S)
-        except ValueError as exc:  # malformed address: no port, unknown scheme
-            raise ClusterSetupError(
-                f"--scheduler {config.scheduler} is not a Dask scheduler address: {exc}"
-            ) from None
-        except (OSError, TimeoutError) as exc:
-            reason = " ".join(str(exc).split()) or type(exc).__name__
-            raise ClusterSetupError(
-                f"cannot reach the Dask scheduler {config.scheduler} within {SCHEDULER_CONNECT_TIMEOUT_S:g} s "
-                f"({reason[:200]}); is it running, and is the address right?"
-            ) from None
-        with client:
-            if config.gpu_resource and uses_sam(config):
-                workers = client.scheduler_info().get("workers", {}).values()
-                if not any(w.get("resources", {}).get("GPU") for w in workers):
-                    raise ClusterSetupError(
-                        f"gpu_resource is set but no worker of {config.scheduler} offers a GPU resource "
-                        "(start workers with --resources GPU=1)"
-                    )
-            yield client
-        return
-    resources = {"GPU": 1} if config.gpu_resource else None
-    # A worker that dies is restarted by its nanny and its task retried up to `retries` more times.
-    # Workers leave Ctrl-C to the driver (prep.worker_setup); restarted ones get the preload too.
-    settings = {
-        "distributed.scheduler.allowed-failures": config.retries,
-        "distributed.worker.preload": [
-            *dask.config.get("distributed.worker.preload", []),
-            "prep.worker_setup",
-        ],
-    }
-    with dask.config.set(settings):
-        with (
-            LocalCluster(
-                n_workers=config.workers,
-                threads_per_worker=1,
-                processes=True,
-                dashboard_address=":0",
-                resources=resources,
-                silence_logs=logging.ERROR,
-            ) as cluster,
-            Client(cluster) as client,
-        ):
-            try:
-                yield client
-            except KeyboardInterrupt:
-                # Closing stops workers still busy with a shard; the nanny's "still alive after 4 s,
-                # killing" is then what the user asked for, not a warning.
-                logging.getLogger("distributed.nanny").setLevel(logging.ERROR)
-                raise
-
-
-def _progress(total: int, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, unit="img", desc="prep", disable=not enabled, smoothing=0.1)
-
-
-def run_shards(todo, config: PrepConfig, client=None) -> tuple[list[dict], dict[int, str], str | None]:
-    """Run the shard tasks; (stats of completed shards, {index: reason} of failed ones, dashboard URL).
-
-    Uses `client` when given (it stays open), else connects or starts a cluster for this call.
-    """
-    if client is None:
-        with dask_client(config) as own:
-            return run_shards(todo, config, own)
-    from distributed import as_completed
-
-    done, failed = [], {}
-    dashboard = client.dashboard_link
-    hint = "" if importlib.util.find_spec("bokeh") else " (its plots need bokeh: pip install bokeh)"
-    logger.info("Dask scheduler %s, dashboard %s%s", client.scheduler.address, dashboard, hint)
-    extra = {"resources": {"GPU": 1}} if config.gpu_resource and uses_sam(config) else {}
-    token = f"{time.time_ns():x}"
-    queue = list(reversed(todo))
-    futures = {}
-    pending = as_completed()
-
-    threads = {"n": 0, "read": -float("inf")}
-
-    def slots() -> int:
-        # Re-read as workers come and go, but at most once a second: the read is a round trip to the
-        # scheduler, and paid on every finished shard it delayed the next one (measured by
-        # bench/scale.py as the idle gap between a worker's tasks).
-        if time.monotonic() - threads["read"] >= SLOTS_REFRESH_S:
-            threads.update(n=max(1, sum(client.nthreads().values())), read=time.monotonic())
-        return threads["n"]
-
-    def fill():
-        # One shard in flight per worker thread: the graph stays small, and a worker that dies takes
-        # down only the shard it was running (Dask counts every task assigned to a dead worker as
-        # suspect, so queued bystanders would use up their retries too).
-        while queue and len(futures) < slots():
-            shard = queue.pop()
-            fut = client.submit(
-                process_shard,
-                shard.index,
-                shard.records,
-                config,
-                shard.fingerprint,
-                shard.config_fingerprint,
-                shard.unit,
-                key=f"prep-{shard_name(shard.index)}-{token}",
-                retries=config.retries,
-                pure=False,
-                **extra,
-            )
-            futures[fut] = shard
-            pending.add(fut)
-
-    fill()
-    hands = errors = 0
-    sizes = [s.num_images for s in todo]
-    with _progress(None if None in sizes else sum(sizes), config.progress) as bar:
-        for fut in pending:
-            shard = futures.pop(fut)
-            try:
-                stats = fut.result()
-            except Exception as exc:  # noqa: BLE001 - a lost shard is reported, the others go on
-                failed[shard.index] = f"{type(exc).__name__}: {exc}"
-                logger.error("%s failed after retries: %s", shard_name(shard.index), failed[shard.index])
-            else:
-                done.append(stats)
-                hands += stats["hands"]
-                errors += stats["status_counts"].get("error", 0)
-                bar.update(stats["images"])
-                bar.set_postfix(hands=hands, errors=errors, refresh=False)
-            fill()
-    return done, failed, dashboard
 
 
 def _write_preview(config: PrepConfig) -> str | None:
@@ -290,58 +125,6 @@ def lock_output(config: PrepConfig) -> OutputLock:
         return OutputLock(config.out).acquire()
     except OSError as exc:
         raise OutputError(f"--out {config.out}: cannot write there: {exc.strerror or exc}") from None
-
-
-def is_local_host(host: str) -> bool:
-    """True if `host` (a name or address) is this machine."""
-    import psutil
-
-    if (
-        host in ("localhost", socket.gethostname(), socket.getfqdn())
-        or host.startswith("127.")
-        or host == "::1"
-    ):
-        return True
-    return host in {a.address.split("%")[0] for addrs in psutil.net_if_addrs().values() for a in addrs}
-
-
-def local_paths(config: PrepConfig) -> dict[str, str]:
-    """{setting: value} of the path settings that name local files (not fsspec URLs)."""
-    return {
-        name: value
-        for name in PATH_SETTINGS
-        if (value := getattr(config, name, None)) and is_local(filesystem(str(value))[0])
-    }
-
-
-def ship_config(config: PrepConfig, client) -> PrepConfig:
-    """The config the workers of an external cluster get: local paths made absolute on the driver.
-
-    A relative path would be resolved in each worker's own working directory. A local path is refused
-    when a worker runs on another host, unless `shared_filesystem` says every worker mounts it at
-    the same place (otherwise shards would land on that worker's own disk). The workers are those
-    connected when the run starts; one that joins later on another host is not checked.
-    """
-    if not config.scheduler:
-        return config  # a LocalCluster's workers share the driver's working directory
-    from distributed.comm import get_address_host
-
-    paths = local_paths(config)
-    if not paths:
-        return config
-    workers = list(client.nthreads())  # every worker's address (scheduler_info may list only some)
-    hosts = sorted({get_address_host(w) for w in workers} or {get_address_host(client.scheduler.address)})
-    remote = [h for h in hosts if not is_local_host(h)]
-    if remote and not config.shared_filesystem:
-        names = ", ".join(f"{flag(k)} {v}" for k, v in paths.items())
-        raise ClusterSetupError(
-            f"--scheduler {config.scheduler} runs workers on other hosts ({', '.join(remote[:3])}), but {names} "
-            f"{'is a local path' if len(paths) == 1 else 'are local paths'} they would look for on their own disks; "
-            "use URLs every worker reaches (s3://...), or pass --shared-filesystem if every worker mounts them "
-            "at the same paths"
-        )
-    resolved = {k: os.path.abspath(os.path.expanduser(v)) for k, v in paths.items() if "://" not in v}
-    return dataclasses.replace(config, **resolved)
 
 
 def _start_output(writer: ManifestWriter, plan: ResumePlan, started: float) -> None:

@@ -410,7 +410,7 @@ def test_manifest_opened_once_and_table_shipped_pickled(eval_manifest, tmp_path,
     import manifests.reader
     from generation.evaluate import evaluate
     from generation.evaluate.detect import detect_unit
-    from generation.evaluate.run import EvalConfig, _prep_config
+    from generation.evaluate.run import EvalConfig, detection_prep_config
 
     real_open = manifests.reader.open_manifest
     calls = []
@@ -433,7 +433,7 @@ def test_manifest_opened_once_and_table_shipped_pickled(eval_manifest, tmp_path,
     table = pickle.loads(pickle.dumps(m.images))  # what a Dask worker receives
     unit = m.images.units()[-1]
     ids = m.images.read_unit(unit, ["image_id"])["image_id"].to_pylist()
-    dets = detect_unit(table, unit, ids, "real", _prep_config(m, EvalConfig()))
+    dets = detect_unit(table, unit, ids, "real", detection_prep_config(m, EvalConfig()))
     assert [d.image_id for d in dets] == ids and not calls
 
 
@@ -482,10 +482,10 @@ def test_evaluation_detects_through_annotator_detect(eval_manifest, monkeypatch)
     """`Annotator.detect` runs the body, then the hands given that body, timing both; evaluation's
     detection is that very call."""
     from generation.evaluate.detect import detect_unit, get_detector, load_real
-    from generation.evaluate.run import EvalConfig, _prep_config
+    from generation.evaluate.run import EvalConfig, detection_prep_config
 
     m = open_manifest(str(eval_manifest))
-    config = _prep_config(m, EvalConfig())
+    config = detection_prep_config(m, EvalConfig())
     annotator = get_detector(config)
     row = m.read(
         "images", ["image_id", "image", "image_width", "image_height", "width", "height"]

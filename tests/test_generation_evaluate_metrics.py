@@ -271,7 +271,7 @@ def test_detector_choice():
     from generation.evaluate.detect import DEFAULT_DETECTOR, detector_names
     from generation.evaluate.run import choose_detector
     from manifests.settings import SettingError
-    from prep.process import ANNOTATORS, DEFAULT_ANNOTATOR
+    from prep.annotators import ANNOTATORS, DEFAULT_ANNOTATOR
 
     assert DEFAULT_DETECTOR == DEFAULT_ANNOTATOR and set(ANNOTATORS) <= set(detector_names())
     assert choose_detector(EvalConfig()).annotator == "mediapipe"

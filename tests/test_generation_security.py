@@ -277,14 +277,14 @@ def test_evaluate_never_imports_the_annotator_a_manifest_names(
 
 
 def test_the_annotator_comes_from_the_registry_or_the_command_line(synthetic_manifest):
-    from generation.evaluate.run import EvalConfig, _prep_config
+    from generation.evaluate.run import EvalConfig, detection_prep_config
     from manifests.reader import open_manifest
+    from prep.annotators import ANNOTATORS, DEFAULT_ANNOTATOR, AnnotatorError, annotator_module
     from prep.config import PrepConfig
-    from prep.process import ANNOTATORS, DEFAULT_ANNOTATOR, AnnotatorError, annotator_module
 
     m = open_manifest(str(synthetic_manifest))
-    assert _prep_config(m, EvalConfig()).annotator == PrepConfig().annotator
-    user = _prep_config(m, EvalConfig(detection={"annotator": "prep_standin:StandInAnnotator"}))
+    assert detection_prep_config(m, EvalConfig()).annotator == PrepConfig().annotator
+    user = detection_prep_config(m, EvalConfig(detection={"annotator": "prep_standin:StandInAnnotator"}))
     assert user.annotator == "prep_standin:StandInAnnotator"
 
     module, cls = annotator_module(PrepConfig(annotator=DEFAULT_ANNOTATOR))

@@ -152,11 +152,10 @@ def test_cli_validate_json_and_exit_zero(synthetic_manifest, capsys):
 
 
 def test_help_lists_every_registered_command(capsys):
-    with pytest.raises(SystemExit) as exit_:
-        main(["--help"])
-    assert exit_.value.code == 0
+    assert main(["--help"]) == 0
     out = capsys.readouterr().out
     assert all(name in out for name in COMMANDS) and {"validate", "stats", "preview", "card"} <= set(COMMANDS)
+    assert main(["nope"]) == 2 and "unknown command 'nope'" in capsys.readouterr().err
 
 
 def test_a_subcommand_registered_by_module_name(tmp_path, monkeypatch, capsys):
@@ -166,6 +165,24 @@ def test_a_subcommand_registered_by_module_name(tmp_path, monkeypatch, capsys):
         "def run(args):\n    print('hello', args.name)\n    return 3\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setitem(COMMANDS, "hello", "fake_manifest_command")  # the one line a new subcommand needs
+    monkeypatch.setitem(
+        COMMANDS, "hello", ("fake_manifest_command", "say hello")
+    )  # the one line a new subcommand needs
     assert main(["hello", "world"]) == 3
     assert capsys.readouterr().out == "hello world\n"
+
+
+def test_cli_options_are_checked_settings(synthetic_manifest, tmp_path, capsys):
+    """Every subcommand's options are `Settings` fields: a value outside its range is one error line."""
+    from manifests.commands.validate import ValidateSettings
+
+    assert main(["validate", str(synthetic_manifest), "--workers", "0"]) == 2
+    assert "workers (--workers) must be >= 1, got 0" in capsys.readouterr().err
+    assert main(["preview", str(synthetic_manifest)]) == 2
+    assert "--out" in capsys.readouterr().err and not (tmp_path / "sheet.png").exists()
+    assert main(["score", str(synthetic_manifest)]) == 2
+    assert "--truth" in capsys.readouterr().err
+    # --no-decode, --json, and -v before or after the subcommand.
+    assert main(["-v", "validate", str(synthetic_manifest), "--no-decode", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == []
+    assert ValidateSettings().decode is True

@@ -21,6 +21,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+import prep.cluster
 import prep.runner
 from manifests.errors import ManifestError
 from manifests.reader import open_manifest
@@ -29,8 +30,8 @@ from prep.cli import main as cli_main
 from prep.config import PrepConfig
 from prep.lock import LOCK_FILE, OutputLock, OutputLockedError
 from prep.plan import OutputConflictError, plan_shards
-from prep.process import process_shard
 from prep.runner import ClusterSetupError, run
+from prep.shard import process_shard
 from prep.sources import load_records
 
 STANDIN = "prep_standin:StandInAnnotator"
@@ -387,7 +388,7 @@ def test_relative_paths_reach_external_workers_resolved_and_remote_workers_need_
     cluster, worker_cwd = other_cwd_cluster
     monkeypatch.chdir(tmp_path)
     # workers on another host: a local --out would land on their disks
-    monkeypatch.setattr(prep.runner, "is_local_host", lambda host: False)
+    monkeypatch.setattr(prep.cluster, "is_local_host", lambda host: False)
     with pytest.raises(
         ClusterSetupError,
         match=rf"runs workers on other hosts \(127\.0\.0\.1\), but --input {re.escape(str(photos))}, --out m are local",
@@ -402,7 +403,7 @@ def test_relative_paths_reach_external_workers_resolved_and_remote_workers_need_
 
 
 def test_an_unreachable_scheduler_is_one_line_after_a_short_wait(photos, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(prep.runner, "SCHEDULER_CONNECT_TIMEOUT_S", 0.3)
+    monkeypatch.setattr(prep.cluster, "SCHEDULER_CONNECT_TIMEOUT_S", 0.3)
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
@@ -439,7 +440,7 @@ def test_ctrl_c_exits_130_with_one_line_and_the_rerun_resumes(photos, tmp_path, 
         def set_postfix(self, **k):
             pass
 
-    monkeypatch.setattr(prep.runner, "_progress", InterruptAfterFirstShard)
+    monkeypatch.setattr(prep.cluster, "_progress", InterruptAfterFirstShard)
     rc = cli_main(cli_args(photos, out, "--limit", "4"))
     line = one_error_line(capsys)
     assert rc == 130

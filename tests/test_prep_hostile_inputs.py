@@ -35,8 +35,8 @@ from prep.cli import main as prep_main
 from prep.config import PrepConfig
 from prep.errors import AnnotationError, ImageReadError, ImageTooLargeError
 from prep.imageio import MAX_FILE_BYTES, load_image, read_bytes
-from prep.process import process_shard
 from prep.records import HandAnnotation, ImageRecord
+from prep.shard import process_shard
 from prep.sources import AnnotationFileError, load_records
 
 MAX = 40_000_000

@@ -9,7 +9,7 @@ from img2dataset_layout import FAILED_ERROR, write_parquet
 
 from prep.cli import main as prep_main
 from prep.config import PrepConfig
-from prep.process import process_shard
+from prep.shard import process_shard
 from prep.sources import load_units
 
 FAST = dict(

@@ -19,8 +19,8 @@ from manifests.writer import ManifestWriter
 from prep.cli import main as cli_main
 from prep.config import PrepConfig
 from prep.plan import OutputConflictError, pending_shards, plan_shards
-from prep.process import process_shard
 from prep.runner import run
+from prep.shard import process_shard
 from prep.sources import load_records
 
 STANDIN = "prep_standin:StandInAnnotator"
@@ -147,24 +147,24 @@ def test_run_accounts_for_every_input_and_rerun_changes_nothing(mixed_input, tmp
 
 
 def test_the_driver_reads_the_cluster_size_once_a_second_not_once_a_shard(mixed_input, tmp_path, monkeypatch):
-    # Each read is a round trip to the scheduler; paid on every finished shard, it stood between a
+    # Each read is a round trip to the scheduler; paid on every finished shard, it would stand between a
     # worker's task and its next one (bench/scale.py measures that idle gap).
     import distributed
 
-    import prep.runner
+    import prep.cluster
 
     calls = []
     nthreads = distributed.Client.nthreads
     monkeypatch.setattr(
         distributed.Client, "nthreads", lambda self, *a, **k: calls.append(1) or nthreads(self, *a, **k)
     )
-    monkeypatch.setattr(prep.runner, "SLOTS_REFRESH_S", 1e9)  # no refresh within this run
+    monkeypatch.setattr(prep.cluster, "SLOTS_REFRESH_S", 1e9)  # no refresh within this run
     summary = run(cfg(mixed_input, tmp_path / "m", shard_size=2))  # 8 shards on 2 workers
     assert summary["shards"] == {"run": 8, "skipped": 0, "failed": 0}
     assert len(calls) == 1
     assert set(summary["phase_seconds"]) == {"plan", "resume_check", "cluster_start", "shards", "finalize"}
     calls.clear()
-    monkeypatch.setattr(prep.runner, "SLOTS_REFRESH_S", 0.0)  # the old behaviour: a read per refill
+    monkeypatch.setattr(prep.cluster, "SLOTS_REFRESH_S", 0.0)  # a read per refill
     run(cfg(mixed_input, tmp_path / "m2", shard_size=2))
     assert len(calls) >= 8
 
@@ -265,28 +265,25 @@ def test_bad_settings_are_refused_before_any_work(tmp_path):
 def test_cli_options_come_from_the_config():
     import dataclasses
 
-    from prep.cli import build_parser, config_from_args
+    from prep.cli import build_parser
+    from prep.commands.run import config_from_args
 
     api_only = {f.name for f in dataclasses.fields(PrepConfig) if not f.metadata.get("cli", True)}
     assert api_only == {"caption_templates", "split_fractions"}
     assert all(f.metadata["help"] for f in dataclasses.fields(PrepConfig))  # every setting is documented
-    options = {a.dest for a in build_parser()._subparsers._group_actions[0].choices["run"]._actions}
+    options = {a.dest for a in build_parser("run")._actions}
     assert {f.name for f in dataclasses.fields(PrepConfig)} - api_only <= options
 
-    assert (
-        config_from_args(build_parser().parse_args(["run"])) == PrepConfig()
-    )  # defaults come from the config
-    args = build_parser().parse_args(
-        ["run", "--crop-size", "256", "--heatmap-size", "16", "--no-wrist-refine"]
-    )
+    assert config_from_args(build_parser().parse_args([])) == PrepConfig()  # defaults come from the config
+    args = build_parser().parse_args(["--crop-size", "256", "--heatmap-size", "16", "--no-wrist-refine"])
     config = config_from_args(args)
     assert (config.crop_size, config.heatmap_size, config.wrist_refine) == (256, 16, False)
     with pytest.raises(SystemExit):
-        build_parser().parse_args(["run", "--format", "voc"])
+        build_parser().parse_args(["--format", "voc"])
 
 
 def test_sam_shards_ask_for_a_gpu_resource_and_local_workers_offer_it(mixed_input, tmp_path):
-    from prep.runner import dask_client, run_shards
+    from prep.cluster import dask_client, run_shards
 
     config = cfg(mixed_input, tmp_path / "m", gpu_resource=True, mask_method="sam", limit=6, workers=1)
     shards = plan_shards(load_records(config), config)

@@ -7,7 +7,7 @@ import pytest
 from img2dataset_layout import FAILED_ERROR, write_webdataset
 
 from prep.config import PrepConfig
-from prep.process import process_shard
+from prep.shard import process_shard
 from prep.sources import load_records, load_units
 from prep.sources.units import expand_braces
 

@@ -10,7 +10,7 @@ from manifests.settings import Settings, setting, setting_like
 from manifests.settings import add_arguments as add_settings
 
 from ..generate.settings import GenerateSettings
-from ..training.config import MAX_SEED
+from ..guards import MAX_SEED
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """Pose detection in images to evaluate: a registry of detectors, prep's annotators by default.
 
 A detector (`DETECTORS`, chosen with ``--detector NAME``) is an object with a ``name``, a
-``description``, the prep ``annotator`` it runs (a `prep.process.ANNOTATORS` name or an explicit
+``description``, the prep ``annotator`` it runs (a `prep.annotators.ANNOTATORS` name or an explicit
 ``module:Class``; None for a detector that is not a prep annotator) and ``load(prep_config)``, which
 returns this worker process's model: an object whose ``detect(image)`` maps (H, W, 3) uint8 RGB pixels
 to (hands, body), hands with ``keypoints`` (21, 3) in MediaPipe order, ``handedness`` and
@@ -11,10 +11,10 @@ The loaded model is built once per worker and never shipped through the schedule
 itself travels with each task, so it must pickle (a frozen dataclass, say).
 
 Every prep annotator is a detector (`AnnotatorDetector`): `prep.annotate.Annotator.detect` through
-`prep.process.get_annotator` (the cache prep's Dask tasks use), configured to detect
-(``keypoint_source="detect"``) and to make no masks, so it runs the body and then the hands, with the
+`prep.get_annotator` (the cache prep's Dask tasks use) on `prep.detection_config`, configured to
+detect (``keypoint_source="detect"``) and to make no masks, so it runs the body and then the hands, with the
 wrist-guided second pass around the body's wrists, exactly as prep annotates. A detector is never one
-named by a manifest (see `run._prep_config`); a plug-in adds its entry to `DETECTORS` with
+named by a manifest (see `run.detection_prep_config`); a plug-in adds its entry to `DETECTORS` with
 `register_detector`, or names its annotator class on the command line (``--detect annotator=module:Class``).
 
 A task (`detect_unit`) is one row group of the manifest's images table, opened once by the caller
@@ -42,17 +42,12 @@ REAL = "real"
 GENERATED_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 
-DEFAULT_DETECTOR = "mediapipe"  # prep.process.DEFAULT_ANNOTATOR, the annotator prep uses by default
-
-
-def detector_config(config):
-    """`config` (a PrepConfig) set to detect keypoints and skip masks: evaluation needs poses only."""
-    return dataclasses.replace(config, keypoint_source="detect", mask_method="none")
+DEFAULT_DETECTOR = "mediapipe"  # prep.annotators.DEFAULT_ANNOTATOR, the annotator prep uses by default
 
 
 @dataclass(frozen=True)
 class AnnotatorDetector:
-    """A prep annotator (`prep.process.ANNOTATORS` name or explicit ``module:Class``) as a detector."""
+    """A prep annotator (`prep.annotators.ANNOTATORS` name or explicit ``module:Class``) as a detector."""
 
     annotator: str
     description: str = ""
@@ -63,9 +58,9 @@ class AnnotatorDetector:
 
     def load(self, config):
         """This worker's annotator for `config` (a PrepConfig), through prep's per-worker cache."""
-        from prep.process import get_annotator
+        from prep import detection_config, get_annotator
 
-        return get_annotator(dataclasses.replace(detector_config(config), annotator=self.annotator))
+        return get_annotator(dataclasses.replace(detection_config(config), annotator=self.annotator))
 
 
 DESCRIPTIONS = {"mediapipe": "prep.annotate.Annotator: MediaPipe Pose, then MediaPipe Hands + wrist pass"}
@@ -85,7 +80,7 @@ def register_detector(detector) -> None:
 
 def detectors() -> dict:
     """Every detector by name: prep's registered annotators, then the plug-ins."""
-    from prep.process import ANNOTATORS
+    from prep import ANNOTATORS
 
     for name in ANNOTATORS:
         DETECTORS.setdefault(name, AnnotatorDetector(name, DESCRIPTIONS.get(name, f"prep annotator {name}")))

@@ -13,7 +13,7 @@ Steps:
    task per row group of the images table, in this process or on Dask (`workers > 1` or a
    `scheduler`). The detection thresholds and switches are the ones the manifest was made with (its
    ``_manifest.json`` config), overridable with `detection`; a manifest never chooses the detector or
-   any other code, file or address (see `_prep_config`). When the detector is the annotator the
+   any other code, file or address (see `detection_prep_config`). When the detector is the annotator the
    manifest records, the report notes the evaluator bias.
 3. **Score** with the metric registry (`generation.evaluate.metrics`, one file per metric): the
    ``detections`` metrics get each image's detections and targets (pose accuracy against the
@@ -169,7 +169,7 @@ def _plain(value) -> bool:
     return value is None or isinstance(value, (bool, int, float))
 
 
-def _prep_config(manifest, config: EvalConfig):
+def detection_prep_config(manifest, config: EvalConfig):
     """The PrepConfig of the detector: the manifest's recorded settings, then the user's `detection`.
 
     A manifest may come from anyone, so only its plain values (numbers, booleans, nulls: thresholds,
@@ -177,7 +177,7 @@ def _prep_config(manifest, config: EvalConfig):
     a path, a scheduler address) is never used: the annotator is prep's registry default unless the
     user names one on the command line (``--detect annotator=...``).
     """
-    from prep.config import PrepConfig
+    from prep import PrepConfig
 
     names = {f.name for f in dataclasses.fields(PrepConfig)}
     recorded = {k: v for k, v in manifest.config.items() if k in names and _plain(v)}
@@ -225,10 +225,10 @@ def evaluator_bias(manifest, detector) -> str | None:
     """The note for a report whose detector is the annotator that made the manifest's targets, or None.
 
     The manifest's recorded ``annotator`` and ``keypoint_source`` are compared as strings, after
-    mapping registry names to their ``module:Class`` (`prep.process.ANNOTATORS`); nothing they name
+    mapping registry names to their ``module:Class`` (`prep.ANNOTATORS`); nothing they name
     is imported.
     """
-    from prep.process import ANNOTATORS
+    from prep import ANNOTATORS
 
     ours = getattr(detector, "annotator", None)
     theirs = manifest.config.get("annotator")
@@ -261,7 +261,7 @@ def run_detection(
             return results
         from distributed import as_completed
 
-        from prep.runner import dask_client
+        from prep import dask_client
 
         with dask_client(prep_config) as client:
             logger.info("Dask scheduler %s, dashboard %s", client.scheduler.address, client.dashboard_link)
@@ -412,7 +412,7 @@ def evaluate(manifest: str, generated: str, out: str, config: EvalConfig | None 
         raise FileNotFoundError(f"generated images folder {generated} does not exist (or pass 'real')")
     t_start = time.perf_counter()
     m = open_manifest(manifest)
-    prep_config = _prep_config(m, config)
+    prep_config = detection_prep_config(m, config)
     detector = choose_detector(config)
     reasons: dict[str, str] = {}  # metric column -> why it is null
     ctx, runs = start_metrics(config, generated, reasons)

@@ -126,9 +126,7 @@ def _from_manifest(batch: _Batch) -> list[Item]:
 def _from_images(batch: _Batch) -> list[Item]:
     """A photo in which nothing is detected is a failure of that photo only (unless it is the only one)."""
     from manifests.names import unsafe_name
-    from prep.config import PrepConfig
-
-    from ..evaluate.detect import get_detector
+    from prep import detection_config, get_annotator
 
     settings, paths = batch.settings, batch.sources.from_image
     stems = [os.path.splitext(os.path.basename(p))[0] for p in paths]
@@ -141,7 +139,7 @@ def _from_images(batch: _Batch) -> list[Item]:
         raise RequestError(
             f"several photos share the name(s) {clashes}; their outputs would overwrite each other"
         )
-    detector = get_detector(PrepConfig())
+    detector = get_annotator(detection_config())
     size = batch.pipe_size if settings.size is None else settings.size
     items = []
     for path, name in zip(paths, stems):
@@ -224,11 +222,9 @@ def generate_batch(
     models = model_record(pipe, hand_model, body_model)
     annotator = None
     if settings.detect:
-        from prep.config import PrepConfig
+        from prep import detection_config, get_annotator
 
-        from ..evaluate.detect import get_detector
-
-        annotator = get_detector(PrepConfig())
+        annotator = get_annotator(detection_config())
 
     os.makedirs(out_dir, exist_ok=True)
     bar = tqdm(total=len(items), desc="generate", unit="img", disable=not progress or len(items) < 2)

@@ -62,7 +62,7 @@ def body_resolution(pipe) -> int:
 
 
 def hand_prompts_for(request: Request, settings: GenerateSettings) -> list[str]:
-    from prep.captions import hand_caption
+    from prep import hand_caption
 
     if settings.hand_prompt is not None:
         return [settings.hand_prompt] * len(request.spec.hands)

@@ -191,18 +191,14 @@ def request_from_image(
     path: str, size: int | None, seed: int = 0, prompt: str | None = None, gesture=None, annotator=None
 ) -> Request:
     """Poses of a photo through prep's detectors (MediaPipe Pose, then Hands with the wrist pass)."""
-    from prep.captions import image_caption
-    from prep.config import PrepConfig
-    from prep.imageio import load_image
-
-    from ..evaluate.detect import get_detector
+    from prep import PrepConfig, detection_config, get_annotator, image_caption, load_image
 
     try:
         decoded, _ = load_image(path, PrepConfig().max_pixels)
     except Exception as exc:  # noqa: BLE001 - prep raises its own error types for unreadable images
         raise RequestError(f"{path}: cannot read the photo ({type(exc).__name__}: {exc})") from None
     image = decoded.pixels
-    hands, body = (annotator or get_detector(PrepConfig())).detect(image)
+    hands, body = (annotator or get_annotator(detection_config())).detect(image)
     if not hands and body is None:
         raise RequestError(f"{path}: no hands and no body pose detected; nothing to regenerate")
     h, w = image.shape[:2]

@@ -7,9 +7,8 @@ from dataclasses import dataclass
 
 from manifests.settings import Settings, setting, setting_like
 
-from ..guards import DEFAULT_MAX_PIXEL_STEPS, DEFAULT_MAX_PIXELS
+from ..guards import DEFAULT_MAX_PIXEL_STEPS, DEFAULT_MAX_PIXELS, MAX_SEED
 from ..pipelines.blend_config import BlendConfig
-from ..training.config import MAX_SEED
 
 DTYPES = ("float32", "float16", "bfloat16")
 

@@ -13,12 +13,10 @@ from dataclasses import dataclass
 
 from manifests.settings import SettingError, Settings, setting
 
-from ..guards import SEED_LIMIT
+from ..guards import MAX_SEED
 
 MIXED_PRECISION = ("no", "fp16", "bf16")
 LR_SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
-# torch.Generator.manual_seed takes seeds in [0, 2**64) (`generation.guards`).
-MAX_SEED = SEED_LIMIT - 1
 
 
 # Learning rate per preset when --learning-rate is not given: the tiny random models need a large one

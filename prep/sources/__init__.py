@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from itertools import islice
+from typing import TYPE_CHECKING
 
-from ..config import PrepConfig
 from ..records import ImageRecord
 from .base import AnnotationFileError, UnsafePathError, dedupe
 from .coco import coco_records
@@ -23,6 +23,9 @@ from .interhand import interhand_records
 from .parquet import PARQUET
 from .units import SourceUnit, UnitSource, all_records, apply_limit, expand_unit
 from .webdataset import WEBDATASET
+
+if TYPE_CHECKING:
+    from ..config import PrepConfig
 
 # Sources whose input is listed by units on the driver and expanded inside the worker tasks.
 UNIT_SOURCES: dict[str, UnitSource] = {"webdataset": WEBDATASET, "parquet": PARQUET}

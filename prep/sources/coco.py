@@ -18,10 +18,10 @@ from __future__ import annotations
 import logging
 import posixpath
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..config import PrepConfig
 from ..records import HandAnnotation, ImageRecord
 from .base import (
     AnnotationFileError,
@@ -39,6 +39,9 @@ from .base import (
     split_from_name,
     to_uri,
 )
+
+if TYPE_CHECKING:
+    from ..config import PrepConfig
 
 logger = logging.getLogger(__name__)
 

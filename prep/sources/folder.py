@@ -10,10 +10,13 @@ import logging
 import posixpath
 from collections import Counter
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
-from ..config import PrepConfig
 from ..records import ImageRecord
 from .base import IMAGE_EXTENSIONS, open_input, relative, safe_id, short_hash, to_uri
+
+if TYPE_CHECKING:
+    from ..config import PrepConfig
 
 logger = logging.getLogger(__name__)
 

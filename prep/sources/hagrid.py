@@ -29,10 +29,10 @@ import hashlib
 import logging
 import posixpath
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..config import PrepConfig
 from ..records import HandAnnotation, ImageRecord
 from .base import (
     AnnotationFileError,
@@ -46,6 +46,9 @@ from .base import (
     safe_relpath,
     to_uri,
 )
+
+if TYPE_CHECKING:
+    from ..config import PrepConfig
 
 logger = logging.getLogger(__name__)
 

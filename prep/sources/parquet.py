@@ -15,14 +15,17 @@ from __future__ import annotations
 import logging
 import posixpath
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pyarrow.parquet as pq
 
-from ..config import PrepConfig
 from ..imageio import open_regular_file
 from ..records import ImageRecord
 from .base import AnnotationFileError, error_record, safe_id
 from .units import SourceUnit, UnitSource, input_files
+
+if TYPE_CHECKING:
+    from ..config import PrepConfig
 
 logger = logging.getLogger(__name__)
 

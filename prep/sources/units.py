@@ -18,14 +18,17 @@ import posixpath
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import fsspec
 
 from manifests.names import safe_name
 
-from ..config import PrepConfig
 from ..records import ImageRecord
 from .base import dedupe, error_record, to_uri
+
+if TYPE_CHECKING:
+    from ..config import PrepConfig
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,33 @@
+"""`handfirst-manifests stats`: counts and distributions of a manifest."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from ..settings import Settings, from_args, setting
+from ..settings import add_arguments as add_settings
+
+HELP = "counts by status, label, split, handedness; hand size and score distributions"
+
+
+@dataclass
+class StatsSettings(Settings):
+    json: bool = setting(False, "print JSON instead of tables")
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("path", help="manifest root or table directory; local or URL")
+    add_settings(parser, StatsSettings, title="stats settings")
+
+
+def run(args) -> int:
+    from ..stats import format_stats, manifest_stats
+
+    settings = from_args(StatsSettings, args).validate()
+    stats = manifest_stats(args.path)
+    print(
+        json.dumps(stats, indent=2) if settings.json else format_stats(stats),
+        end="\n" if settings.json else "",
+    )
+    return 0

@@ -1,0 +1,175 @@
+"""Stage 2's samples: one full image per `images` row, framed at a training resolution, with its hands."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..decode import body_keypoints, hand_keypoints, hands_mask_array, image_array
+from ..errors import ManifestError
+from ..pose import to_openpose18
+from ..reader import Manifest, RowGroupUnit
+from ..storage import url_for
+from ..transforms import FitTransform
+from .stream import ManifestIterableDataset, to_mask_tensor, to_pixel_values
+
+HANDEDNESS_CODES = {"left": 0, "right": 1}
+
+
+class BodyDataset(ManifestIterableDataset):
+    """Full images for the stage-2 body outpainter, at a training resolution.
+
+    One `FitTransform` (aspect-preserving resize, then crop (``fit="cover"``) or pad
+    (``fit="contain"``)) maps the original image's pixel frame to the (H, W) canvas; it is applied
+    identically to the image, the hands mask and every keypoint. With ``crop="hands"`` the cover
+    crop is centred on the hands instead of the image centre. Each sample is a dict:
+    - ``pixel_values``: (3, H, W) float32 in [-1, 1];
+    - ``hands_mask``: (1, H, W) float32 in {0, 1};
+    - ``body_keypoints``: (33, 3) float32 MediaPipe Pose [x, y, visibility] in canvas pixels
+      (all zero with ``has_body`` False when no body was found);
+    - ``openpose``: (18, 3) float32 OpenPose [x, y, score] in canvas pixels (score 0 = not drawn);
+    - ``hand_keypoints``: (max_hands, 21, 3) float32 in canvas pixels; ``hand_valid`` (max_hands,)
+      bool; ``handedness`` (max_hands,) int64 (0 left, 1 right, -1 unknown or padding);
+    - ``transform``: (3,) float32 [scale, tx, ty]: canvas = scale * original + t;
+    - ``caption``, ``label``, ``image_id``: str.
+
+    The rendered pose condition is left to the trainer: `transform_for` gives the transform of
+    any row, and `manifests.draw.draw_openpose` draws ``openpose``. Hands come from the hands shard
+    with the same name as the image's shard (the writer keeps them together); an image whose
+    ``num_hands`` disagrees with the rows found there raises `ManifestError`, as does an image with
+    more than ``max_hands`` hands.
+    """
+
+    table = "images"
+    columns = [
+        "image_id",
+        "width",
+        "height",
+        "image",
+        "image_width",
+        "image_height",
+        "hands_mask",
+        "body_keypoints",
+        "caption",
+        "label",
+        "num_hands",
+    ]
+    hand_columns = ["image_id", "hand_index", "keypoints", "handedness"]
+
+    def __init__(
+        self,
+        manifest: Manifest | str,
+        *,
+        resolution: int | tuple[int, int] = 512,
+        fit: str = "cover",
+        crop: str = "center",
+        max_hands: int = 4,
+        label=None,
+        split=None,
+        status="ok",
+        filter=None,
+        shuffle: bool = True,
+        seed: int = 0,
+        rank: int | None = None,
+        world_size: int | None = None,
+        shuffle_window: int = 4,
+    ):
+        super().__init__(
+            manifest,
+            label=label,
+            split=split,
+            status=status,
+            filter=filter,
+            shuffle=shuffle,
+            seed=seed,
+            rank=rank,
+            world_size=world_size,
+            shuffle_window=shuffle_window,
+        )
+        if crop not in ("center", "hands"):
+            raise ValueError(f"crop must be 'center' or 'hands', got {crop!r}")
+        self.out_h, self.out_w = (
+            (resolution, resolution) if isinstance(resolution, int) else tuple(resolution)
+        )
+        self.fit = fit
+        self.crop = crop
+        self.max_hands = int(max_hands)
+        FitTransform.fit(1, 1, self.out_w, self.out_h, fit)  # checks the mode early
+        self.hands = self.manifest.table("hands")
+        self._hand_shards = {s.name: i for i, s in enumerate(self.hands.shards)}
+        self._hand_cache: dict[str, dict[str, list]] = {}
+
+    def _hands_of_shard(self, name: str) -> dict[str, list]:
+        """image_id -> [(hand_index, keypoints, handedness), ...] for the hands shard `name`."""
+        if name not in self._hand_cache:
+            by_image: dict[str, list] = {}
+            if name in self._hand_shards:
+                idx = self._hand_shards[name]
+                for unit in [u for u in self.hands.units() if u.shard == idx]:
+                    for r in self.hands.read_unit(unit, self.hand_columns).to_pylist():
+                        by_image.setdefault(r["image_id"], []).append(r)
+            if len(self._hand_cache) >= 4:
+                self._hand_cache.pop(next(iter(self._hand_cache)))
+            self._hand_cache[name] = by_image
+        return self._hand_cache[name]
+
+    def transform_for(self, row: dict, hand_points: np.ndarray | None = None) -> FitTransform:
+        """The transform of an images row (original pixels -> canvas); `hand_points` (N, >=2) set the
+        focus when ``crop="hands"``."""
+        focus = None
+        if self.crop == "hands" and hand_points is not None and len(hand_points):
+            pts = np.asarray(hand_points)[:, :2]
+            focus = tuple((pts.min(axis=0) + pts.max(axis=0)) / 2.0)
+        return FitTransform.fit(
+            int(row["width"]), int(row["height"]), self.out_w, self.out_h, self.fit, focus
+        )
+
+    def make_sample(self, row: dict, unit: RowGroupUnit) -> dict:
+        where = f"{url_for(self.source.fs, unit.path)} image {row['image_id']}"
+        hands = sorted(
+            self._hands_of_shard(unit.name).get(row["image_id"], []), key=lambda r: r["hand_index"] or 0
+        )
+        expected = int(row["num_hands"] or 0)
+        if len(hands) != expected:
+            raise ManifestError(
+                f"{where}: num_hands={expected}, but hands/{unit.name} holds {len(hands)} rows for it"
+            )
+        if len(hands) > self.max_hands:
+            raise ManifestError(f"{where}: {len(hands)} hands, more than max_hands={self.max_hands}")
+        hand_kps = [hand_keypoints(h) for h in hands]
+        t = self.transform_for(row, np.concatenate(hand_kps) if hand_kps else None)
+
+        image = t.warp(image_array(row))
+        mask = (
+            t.warp_mask(hands_mask_array(row))
+            if row["hands_mask"] is not None
+            else np.zeros((self.out_h, self.out_w), bool)
+        )
+        body = body_keypoints(row)
+        has_body = body is not None
+        body = t.points(body) if has_body else np.zeros((33, 3), np.float32)
+        openpose = to_openpose18(body) if has_body else np.zeros((18, 3), np.float32)
+        hk = np.zeros((self.max_hands, 21, 3), np.float32)
+        valid = np.zeros(self.max_hands, bool)
+        handed = np.full(self.max_hands, -1, np.int64)
+        for i, (h, kps) in enumerate(zip(hands, hand_kps)):
+            hk[i], valid[i] = t.points(kps), True
+            handed[i] = HANDEDNESS_CODES.get(h["handedness"], -1)
+        return {
+            "pixel_values": to_pixel_values(image),
+            "hands_mask": to_mask_tensor(mask),
+            "body_keypoints": torch.from_numpy(body),
+            "has_body": has_body,
+            "openpose": torch.from_numpy(openpose),
+            "hand_keypoints": torch.from_numpy(hk),
+            "hand_valid": torch.from_numpy(valid),
+            "handedness": torch.from_numpy(handed),
+            "num_hands": len(hands),
+            "transform": torch.from_numpy(t.params),
+            "caption": row["caption"] or "",
+            "label": row["label"] or "",
+            "image_id": row["image_id"],
+        }
+
+
+# Keeps the mixture's draws apart from the shuffles its sources make with the same seed.
