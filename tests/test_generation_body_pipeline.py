@@ -10,6 +10,8 @@ from generation.components import build_components
 from generation.condition import ConditionConfig, NoBodyPoseError
 from generation.pipeline_body import BodyOutpaintPipeline
 
+pytestmark = pytest.mark.slow  # every test here draws images with the body pipeline
+
 RES = 64
 PROMPT = "a person showing a call gesture"
 

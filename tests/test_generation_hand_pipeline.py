@@ -12,6 +12,8 @@ from generation.hand_model import HandUNet
 from manifests.geometry import render_heatmap
 from manifests.synthetic import synthetic_hand
 
+pytestmark = pytest.mark.slow  # every test here draws hand crops with the hand pipeline
+
 
 @pytest.fixture(scope="module")
 def pipe():
