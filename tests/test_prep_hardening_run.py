@@ -351,6 +351,7 @@ def other_cwd_cluster(tmp_path_factory):
         yield cluster, there
 
 
+@pytest.mark.slow  # an external Dask scheduler and workers
 def test_relative_paths_reach_external_workers_resolved_and_remote_workers_need_a_shared_filesystem(
     photos, tmp_path, monkeypatch, other_cwd_cluster
 ):

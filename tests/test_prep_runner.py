@@ -208,6 +208,7 @@ def test_worker_killed_then_resume_completes_without_duplicates(mixed_input, tmp
     assert Counter(r["status"] for r in read_table(out, "images")) == {"no_hands": 12, "error": 4}
 
 
+@pytest.mark.slow  # Dask clusters, several seconds
 def test_cli_runs_and_reports(mixed_input, tmp_path, capsys):
     rc = cli_main(
         [
@@ -286,6 +287,7 @@ def test_cli_options_come_from_the_config():
         build_parser().parse_args(["--format", "voc"])
 
 
+@pytest.mark.slow  # Dask clusters, several seconds
 def test_sam_shards_ask_for_a_gpu_resource_and_local_workers_offer_it(mixed_input, tmp_path):
     from prep.cluster import dask_client, run_shards
 
