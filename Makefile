@@ -1,6 +1,8 @@
 # The two commands of the README's quick start:
 #   make demo   set up .venv, preprocess sample photos into a manifest plus a preview sheet
 #   make test   set up .venv, run the whole test suite
+# and for the edit loop:
+#   make test-fast   every test not marked slow (nothing that trains or generates)
 # Both create .venv and install into it on first use.
 
 PYTHON ?= python3
@@ -13,7 +15,7 @@ OUT ?= out/demo
 DEMO_ARGS ?= --label-from-dir --shard-size 10
 PYTEST_ARGS ?=
 
-.PHONY: demo test venv lint clean
+.PHONY: demo test test-fast venv lint clean
 
 venv: $(VENV)/.installed
 
@@ -32,6 +34,10 @@ demo: venv
 # pytest exits 5 when it collected no test: say so instead of failing obscurely.
 test: venv
 	$(BIN)/pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
+
+test-fast: venv
+	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
 
 lint: venv

@@ -10,12 +10,24 @@ DATA = Path(os.environ.get("HANDFIRST_DATA", ROOT.parent / "shared" / "data"))
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
+# Fixtures that train models, build pipelines that draw images, or run the real annotator over a folder
+# of photos: a test that uses one is `slow`, like the tests marked so by hand or by their module.
+SLOW_FIXTURES = frozenset(
+    {"tiny_runs", "hagrid_manifest", "eval_manifest", "pipe", "pipes", "folders", "hand_run", "vae_run"}
+)
+
+
 def pytest_collection_modifyitems(items):
     """Every test that reads ../shared/data (through `data_dir` or a fixture built on it) carries the
-    `data` marker, so ``-m "not data"`` runs exactly the tests that need no sample photos."""
+    `data` marker, so ``-m "not data"`` runs exactly the tests that need no sample photos. Every test
+    that uses a `SLOW_FIXTURES` fixture carries the `slow` marker, so ``-m "not slow"`` (make test-fast)
+    leaves out every test that trains or generates."""
     for item in items:
-        if "data_dir" in getattr(item, "fixturenames", ()):
+        names = getattr(item, "fixturenames", ())
+        if "data_dir" in names:
             item.add_marker(pytest.mark.data)
+        if SLOW_FIXTURES.intersection(names):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")

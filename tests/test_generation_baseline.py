@@ -10,6 +10,8 @@ from PIL import Image
 
 from generation.cli import main
 
+pytestmark = pytest.mark.slow  # every test here draws the one-stage baselines
+
 
 @pytest.fixture(scope="module")
 def tiny_folders(tmp_path_factory):

@@ -10,6 +10,8 @@ from generation.models.loading import build_components
 from generation.pipelines.body import BodyOutpaintPipeline
 from generation.pipelines.condition import ConditionConfig, NoBodyPoseError
 
+pytestmark = pytest.mark.slow  # every test here draws images with the body pipeline
+
 RES = 64
 PROMPT = "a person showing a call gesture"
 

@@ -21,6 +21,8 @@ from generation.training.metrics import read_metrics
 from manifests.datasets import BodyDataset
 from manifests.synthetic import make_synthetic_manifest
 
+pytestmark = pytest.mark.slow  # every test here trains the stage-2 outpainter
+
 SKIN = np.array([224, 172, 138], np.float32)  # the synthetic manifest paints hands in this colour
 
 

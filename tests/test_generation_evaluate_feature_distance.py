@@ -107,6 +107,7 @@ def test_too_few_images_is_a_clear_error():
         dd.compute()
 
 
+@pytest.mark.slow  # builds InceptionV3
 def test_inception_loads_local_weights_only(tmp_path, monkeypatch):
     """The real InceptionV3 class with a random state dict saved to a local file."""
     fe = pytest.importorskip("torch_fidelity.feature_extractor_inceptionv3")

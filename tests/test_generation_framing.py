@@ -14,6 +14,8 @@ from manifests.datasets import BodyDataset
 from manifests.reader import open_manifest
 from manifests.transforms import frame_at_training_scale, training_scale
 
+pytestmark = pytest.mark.slow  # every test here generates at the body model's training scale
+
 SIDE = 128  # the training side; the fractions below do not depend on it beyond rounding
 
 
@@ -46,10 +48,10 @@ def test_hands_in_generated_requests_are_as_large_as_in_training_on_hagrid_mini(
     framed = np.median(request_fractions(hagrid_manifest, training_fit("no such run")))  # default: cover
     longest = np.median(request_fractions(hagrid_manifest, None))  # the whole frame at longer side SIDE
     # Measured (46 hands; frames 384x512 to 384x834 and 512x384 to 683x384): the median hand is 0.161 of
-    # the training side in training crops and in requests; drawn at longer side SIDE it was 0.105 (1.53x
+    # the training side in training crops and in requests; drawn at longer side SIDE it is 0.105 (1.53x
     # smaller).
     assert framed / train == pytest.approx(1.0, abs=0.10)
-    assert longest / train < 0.85  # the old framing fails the same check
+    assert longest / train < 0.85  # the whole frame at longer side SIDE fails the same check
     sizes = {
         (r.spec.width, r.spec.height)
         for r in requests_from_manifest(str(hagrid_manifest), None, SIDE, "all", None, 0, "cover")

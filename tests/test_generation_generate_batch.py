@@ -8,7 +8,7 @@ import os
 import numpy as np
 import pytest
 from PIL import Image
-from test_generation_two_stage_generate import _spec
+from two_stage_helpers import pose_spec_file
 
 from generation.generate import GenerateSettings, RequestError, Sources, UsageError, generate_batch
 
@@ -38,14 +38,14 @@ def test_a_batch_has_exactly_one_source(given, message):
 def test_a_batch_without_models_is_refused_before_anything_loads(tmp_path):
     out = tmp_path / "out"
     with pytest.raises(UsageError, match="--hand-model and --body-model are required"):
-        generate_batch(Sources(spec=[_spec(tmp_path / "s.json")]), str(out), hand_model="h")
+        generate_batch(Sources(spec=[pose_spec_file(tmp_path / "s.json")]), str(out), hand_model="h")
     with pytest.raises(ValueError, match="steps"):  # settings are checked first of all
         generate_batch(Sources(spec=["s.json"]), str(out), settings=GenerateSettings(steps=0))
     assert not out.exists()
 
 
 def test_one_failing_request_is_recorded_the_others_written_and_a_rerun_resumes(tiny_runs, tmp_path, caplog):
-    good = _spec(tmp_path / "good.json")
+    good = pose_spec_file(tmp_path / "good.json")
     tiny = _tiny_hand_spec(good, tmp_path / "tiny.json")
     settings = GenerateSettings(steps=2, detect=False, small_hands="refuse", min_hand_size=8)
     out = tmp_path / "batch"
@@ -80,7 +80,7 @@ def test_one_failing_request_is_recorded_the_others_written_and_a_rerun_resumes(
 def test_a_replay_takes_its_models_and_settings_from_the_sidecar_and_is_always_redone(tiny_runs, tmp_path):
     out = tmp_path / "out"
     first = generate_batch(
-        Sources(spec=[_spec(tmp_path / "wave.json")]),
+        Sources(spec=[pose_spec_file(tmp_path / "wave.json")]),
         str(out),
         *tiny_runs,
         GenerateSettings(steps=2, detect=False),

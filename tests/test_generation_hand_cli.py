@@ -11,6 +11,8 @@ from generation.cli import COMMANDS, main
 from generation.commands.sample_hand import PoseFileError, load_poses
 from manifests.synthetic import synthetic_hand
 
+pytestmark = pytest.mark.slow  # every test here trains and samples through the CLI
+
 
 def _pose(seed: int) -> list:
     return synthetic_hand(np.random.default_rng(seed), (32, 32), 36)[:, :2].round(2).tolist()

@@ -13,6 +13,8 @@ from generation.models.schedulers import sampling_scheduler
 from manifests.geometry import render_heatmap
 from manifests.synthetic import synthetic_hand
 
+pytestmark = pytest.mark.slow  # every test here draws hand crops with the hand pipeline
+
 
 @pytest.fixture(scope="module")
 def pipe():

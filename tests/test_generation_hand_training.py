@@ -18,6 +18,8 @@ from generation.training.metrics import read_metrics
 from manifests.synthetic import make_synthetic_manifest
 from manifests.writer import ManifestWriter
 
+pytestmark = pytest.mark.slow  # every test here trains the stage-1 hand generator
+
 # Fast settings for every run here: no periodic checkpoints/validation, 1-step validation sampling.
 FAST = dict(
     batch_size=4,

@@ -1,4 +1,4 @@
-"""Generation inputs that used to crash or run away: seeds outside torch's range, what one image may cost,
+"""Generation inputs that could crash or run away: seeds outside torch's range, what one image may cost,
 sizes of 0, empty pose files, incomplete model folders and NaN weights. Each is one clear error line."""
 
 import json
@@ -7,8 +7,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from test_generation_two_stage_generate import _spec
-from test_generation_two_stage_pipeline import _call, _parts
+from two_stage_helpers import call_two_stage, pose_spec_file, tiny_two_stage_parts
 
 from generation import HandGenerationPipeline, TwoStageHandBodyPipeline
 from generation.cli import main
@@ -21,7 +20,7 @@ SEED_RANGE = r"\[0, 2\*\*64\)"
 
 @pytest.fixture(scope="module")
 def pipes():
-    hand, body = _parts()
+    hand, body = tiny_two_stage_parts()
     for p in (hand, body):
         p.set_progress_bar_config(disable=True)
     two = TwoStageHandBodyPipeline.from_pipelines(hand, body, crop_margin=0.25)
@@ -87,9 +86,9 @@ def test_pipelines_refuse_a_huge_seed_and_take_the_largest_valid_one(pipes, pose
     with pytest.raises(ValueError, match=SEED_RANGE):
         hand("a hand", keypoints=kps, num_inference_steps=1, seed=2**70)
     with pytest.raises(ValueError, match=SEED_RANGE):
-        _call(two, seed=2**70)
-    # Stage 2 used to seed with seed + 1 = 2**64, which torch refuses with an OverflowError.
-    out = _call(two, seed=2**64 - 1, num_inference_steps=1)
+        call_two_stage(two, seed=2**70)
+    # Stage 2 seeds with seed + 1 wrapped into [0, 2**64): unwrapped, 2**64 is an OverflowError in torch.
+    out = call_two_stage(two, seed=2**64 - 1, num_inference_steps=1)
     assert out.images.shape == (1, 96, 128, 3)
 
 
@@ -130,11 +129,11 @@ def test_a_huge_request_is_refused_before_anything_is_drawn(pipes, pose_file, mo
         match=r"image \(stage-2 canvas\) 8192x8192 is 67,108,864 pixels, over "
         r"max_pixels 4,194,304 \(2048x2048\)",
     ):
-        _call(two, width=8192, height=8192)
+        call_two_stage(two, width=8192, height=8192)
     with pytest.raises(CostLimitError, match="over max_pixel_steps"):
-        _call(two, num_inference_steps=100_000)
+        call_two_stage(two, num_inference_steps=100_000)
     with pytest.raises(CostLimitError, match="max_pixels 12,287"):
-        _call(two, max_pixels=128 * 96 - 1)
+        call_two_stage(two, max_pixels=128 * 96 - 1)
     with pytest.raises(CostLimitError, match="over max_pixels"):
         body("a person", condition=torch.zeros(1, 5, 4096, 4096), num_inference_steps=1)
 
@@ -150,7 +149,7 @@ def test_zero_sizes_and_steps_are_errors_not_the_default(pipes, pose_file):
     with pytest.raises(ValueError, match="height must be a positive integer, got 0"):
         body("a person", condition=condition, height=0, num_inference_steps=1)
     with pytest.raises(ValueError, match="hand_num_inference_steps must be >= 1, got 0"):
-        _call(two, hand_num_inference_steps=0)
+        call_two_stage(two, hand_num_inference_steps=0)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -177,7 +176,7 @@ def test_nan_weights_stop_each_pipeline_with_the_model_named(pipes, pose_file):
         with pytest.raises(
             NonFiniteOutputError, match=r"body model's denoised latents.*controlnet_mid_block"
         ):
-            _call(two, num_inference_steps=1)
+            call_two_stage(two, num_inference_steps=1)
     # Finite weights and non-finite latents: the message points at the precision instead.
     condition = torch.zeros(1, body.controlnet.config.conditioning_channels, 64, 64)
     with pytest.raises(NonFiniteOutputError, match="weights are finite, so the values overflowed"):
@@ -293,8 +292,8 @@ def test_sample_body_checks_size_cost_and_seed_before_drawing(
 
 
 def test_generate_refuses_a_huge_canvas_and_a_huge_seed_per_image(folders, tmp_path, capsys):
-    big = _spec(tmp_path / "big.json", width=8192, height=8192)
-    seed = _spec(tmp_path / "seed.json", seed=2**70)
+    big = pose_spec_file(tmp_path / "big.json", width=8192, height=8192)
+    seed = pose_spec_file(tmp_path / "seed.json", seed=2**70)
     out = tmp_path / "out"
     rc = main(
         [
@@ -327,7 +326,7 @@ def test_request_reaches_the_pipeline_with_its_bounds(folders, tmp_path):
     from generation.generate import GenerateSettings, Request, call_arguments
     from generation.spec import load_spec
 
-    spec = load_spec(_spec(tmp_path / "s.json"))
+    spec = load_spec(pose_spec_file(tmp_path / "s.json"))
     kwargs = call_arguments(Request(spec), GenerateSettings(max_pixels=123, max_pixel_steps=456, steps=7))
     assert kwargs["max_pixels"] == 123 and kwargs["max_pixel_steps"] == 456
     assert kwargs["hand_num_inference_steps"] == 7
@@ -349,6 +348,7 @@ def _snapshot(folder) -> dict:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
+@pytest.mark.slow  # trains
 def test_train_refuses_user_files_and_another_tasks_run_whatever_the_options(
     synthetic_manifest, tmp_path, capsys
 ):
@@ -378,6 +378,7 @@ def test_train_refuses_user_files_and_another_tasks_run_whatever_the_options(
     assert not (tmp_path / "new").exists()
 
 
+@pytest.mark.slow  # trains
 def test_an_existing_run_needs_resume_or_overwrite(synthetic_manifest, tmp_path, capsys):
     from generation.training.checkpoint import list_checkpoints
     from generation.training.metrics import read_metrics
@@ -416,6 +417,7 @@ def test_an_existing_run_needs_resume_or_overwrite(synthetic_manifest, tmp_path,
     assert [r["step"] for r in read_metrics(str(run)) if "loss" in r] == [1, 2]
 
 
+@pytest.mark.slow  # trains
 def test_a_resume_with_a_new_learning_rate_trains_with_it_and_config_json_says_so(
     synthetic_manifest, tmp_path
 ):
@@ -441,12 +443,13 @@ def test_a_resume_with_a_new_learning_rate_trains_with_it_and_config_json_says_s
         HandTrainConfig(**{**kw, "learning_rate": 5e-4, "ema_decay": 0.9}, resume="latest")
     ).finished
     lrs = [r["lr"] for r in read_metrics(str(tmp_path / "run")) if "loss" in r]
-    assert lrs == [1e-3, 1e-3, 5e-4, 5e-4]  # the checkpoint used to bring 1e-3 back for steps 3 and 4
+    assert lrs == [1e-3, 1e-3, 5e-4, 5e-4]  # the checkpoint must not bring 1e-3 back for steps 3 and 4
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["config"]["learning_rate"] == 5e-4
     assert config["changed_on_resume"] == {"learning_rate": [1e-3, 5e-4], "ema_decay": [0.99, 0.9]}
 
 
+@pytest.mark.slow  # trains
 def test_training_takes_the_largest_seed(synthetic_manifest, tmp_path):
     from generation.training.hand import HandTrainConfig, train_hand
 
@@ -461,7 +464,7 @@ def test_training_takes_the_largest_seed(synthetic_manifest, tmp_path):
         validation_steps=1,
         seed=2**64 - 1,
     )
-    assert train_hand(config).finished  # numpy's global seed and seed * 7919 used to overflow
+    assert train_hand(config).finished  # numpy's global seed and seed * 7919 must not overflow
     from generation.training.body_config import BodyTrainConfig
     from generation.training.body_task import train_body
 

@@ -213,6 +213,7 @@ def test_body_init_from_and_init_controlnet_exclude_each_other():
 # ----- training on several manifests ---------------------------------------------------------------
 
 
+@pytest.mark.slow  # trains
 def test_train_hand_on_two_manifests_records_them_and_resumes_exactly(sources, tmp_path):
     kw = dict(FAST, manifest=sources, manifest_weights=(1.0, 2.0), steps=4, seed=5)
     whole = train_hand(HandTrainConfig(out=str(tmp_path / "whole"), **kw))
@@ -342,6 +343,7 @@ def test_train_hand_cli_init_from_a_missing_run_is_one_line(sources, tmp_path, c
     assert code != 0 and "--init-from" in err and "not a folder" in err and "Traceback" not in err
 
 
+@pytest.mark.slow  # trains
 def test_body_init_from_gives_the_source_controlnet_and_checks_the_condition(sources, tmp_path):
     run = str(tmp_path / "body")
     train_body(BodyTrainConfig(out=run, manifest=sources[0], steps=1, seed=3, **BODY_FAST))
@@ -368,6 +370,7 @@ def test_body_init_from_gives_the_source_controlnet_and_checks_the_condition(sou
         other.build(Accelerator(cpu=True))
 
 
+@pytest.mark.slow  # trains
 def test_manifests_whose_crops_have_other_margins_are_refused(sources, tmp_path):
     from manifests.reader import open_manifest
     from manifests.writer import ManifestWriter

@@ -16,6 +16,8 @@ from generation.pipelines.two_stage import TwoStageHandBodyPipeline
 from generation.training.vae import VaeTask, latent_std, reconstruct
 from generation.training.vae_config import VaeTrainConfig
 
+pytestmark = pytest.mark.slow  # every test here trains autoencoders
+
 FAST = ["--checkpoint-every", "0", "--validate-every", "0", "--log-level", "WARNING"]
 
 
@@ -251,7 +253,7 @@ def test_edge_loss_is_zero_on_a_match_and_grows_with_blur():
 
 def test_edge_term_separates_blur_that_the_pixel_loss_barely_sees():
     """A blurred reconstruction costs little pixel MSE, and a lot more once the edge term is added: the
-    reason train-vae carries it (a pixel loss alone trained VAEs whose hands prep no longer detects)."""
+    reason train-vae carries it (a pixel loss alone trains VAEs whose hands prep no longer detects)."""
     from generation.training.losses import edge_loss, reconstruction_loss
 
     sharp, blurred = _step_edge(), _step_edge(5)

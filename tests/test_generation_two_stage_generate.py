@@ -5,11 +5,15 @@ import json
 import os
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
+from two_stage_helpers import pose_spec_file
 
 from generation.cli import main
 from generation.generate import output_size, request_from_sidecar
+
+pytestmark = pytest.mark.slow  # every test here generates with trained tiny models
 
 STEPS = ["--steps", "2", "--no-detect"]
 
@@ -18,23 +22,8 @@ def _models(tiny_runs):
     return ["--hand-model", tiny_runs[0], "--body-model", tiny_runs[1]]
 
 
-def _spec(path, width=152, height=120, scale=0.3, seed=3, **changes):
-    """examples/pose.json scaled into a small canvas (a size that is not a multiple of 16)."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    with open(os.path.join(root, "examples", "pose.json")) as f:
-        obj = json.load(f)
-    obj.update(width=width, height=height, seed=seed)
-    obj["body"]["keypoints"] = [[x * scale, y * scale * 0.75, v] for x, y, v in obj["body"]["keypoints"]]
-    for hand in obj["hands"]:
-        hand["keypoints"] = [[x * scale, y * scale * 0.75] for x, y in hand["keypoints"]]
-    obj.update(changes)
-    with open(path, "w") as f:
-        json.dump(obj, f)
-    return str(path)
-
-
 def test_generate_from_spec_writes_image_sidecar_overview_and_stage1(tiny_runs, tmp_path, capsys):
-    a, b = _spec(tmp_path / "wave.json"), _spec(tmp_path / "other.json", seed=4)
+    a, b = pose_spec_file(tmp_path / "wave.json"), pose_spec_file(tmp_path / "other.json", seed=4)
     out = tmp_path / "out"
     assert main(["generate", "--spec", a, b, *_models(tiny_runs), "--out", str(out), *STEPS]) == 0
     assert "generated 2 image(s)" in capsys.readouterr().out
@@ -246,7 +235,7 @@ def test_generate_from_a_photo(tiny_runs, data_dir, tmp_path, capsys):
 
 def test_clear_errors(tiny_runs, tmp_path, capsys):
     out = str(tmp_path / "err")
-    spec = _spec(tmp_path / "ok.json")
+    spec = pose_spec_file(tmp_path / "ok.json")
     assert (
         main(
             [
@@ -282,7 +271,7 @@ def test_clear_errors(tiny_runs, tmp_path, capsys):
 
 
 def test_small_hand_refused_in_a_batch_the_rest_written(tiny_runs, tmp_path, capsys):
-    good = _spec(tmp_path / "good.json")
+    good = pose_spec_file(tmp_path / "good.json")
     tiny = json.loads(open(good).read())
     wrist = np.array(tiny["hands"][1]["keypoints"][0])
     tiny["hands"][1]["keypoints"] = (
@@ -322,7 +311,7 @@ def test_models_that_do_not_fit_together(tiny_runs, tmp_path, capsys):
         [
             "generate",
             "--spec",
-            _spec(tmp_path / "s.json"),
+            pose_spec_file(tmp_path / "s.json"),
             "--hand-model",
             tiny_runs[0],
             "--body-model",

@@ -7,72 +7,26 @@ import torch
 from diffusers import AutoencoderKL
 from diffusers.utils.torch_utils import randn_tensor
 from pipeline_tester import PipelineTesterMixin
+from two_stage_helpers import PROMPT, H, W, call_two_stage, tiny_two_stage_parts, two_stage_request
 
 from generation import TwoStageHandBodyPipeline
-from generation.models.body import build_body_model
 from generation.models.hand import HandUNet
-from generation.models.loading import build_components
 from generation.models.presets import tiny_vae_config
-from generation.models.schedulers import sampling_scheduler
 from generation.pipelines.blending import BlendConfig, keep_mask, mask_to_latent
-from generation.pipelines.body import BodyOutpaintPipeline
-from generation.pipelines.hand import HandGenerationPipeline
 from generation.pipelines.placing import HandTooSmallError, PlacedHand, paste_hands
 from generation.pipelines.two_stage import ModelMismatchError
 from manifests.geometry import CropBox
 from manifests.synthetic import synthetic_hand
 
-W, H = 128, 96
-PROMPT = "a person showing a peace sign"
-
-
-def _parts(seed=0):
-    torch.manual_seed(seed)
-    c = build_components("tiny", resolution=64, seed=seed)
-    hand = HandGenerationPipeline(
-        HandUNet.from_unet(c.unet, heatmap_sigma=1.0),
-        c.vae,
-        c.text_encoder,
-        c.tokenizer,
-        sampling_scheduler(c.scheduler),
-    )
-    b = build_components("tiny", resolution=64, seed=seed + 1)
-    controlnet = build_body_model(b, "standard")
-    with torch.no_grad():  # zero convolutions with some weight, so the condition reaches the output
-        for conv in [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block]:
-            conv.weight.normal_(0, 0.3)
-    return hand, BodyOutpaintPipeline.from_components(b, controlnet)
+pytestmark = pytest.mark.slow  # every test here draws images with the two-stage pipeline
 
 
 @pytest.fixture(scope="module")
 def pipe():
-    hand, body = _parts()
+    hand, body = tiny_two_stage_parts()
     p = TwoStageHandBodyPipeline.from_pipelines(hand, body, crop_margin=0.25)
     p.set_progress_bar_config(disable=True)
     return p
-
-
-def _request(hand_size=48.0, seed=0):
-    rng = np.random.default_rng(seed)
-    right = synthetic_hand(rng, (36, 48), hand_size)
-    left = synthetic_hand(rng, (92, 48), hand_size)
-    left[:, 0] = 2 * 92 - left[:, 0]
-    body = np.zeros((33, 3))
-    body[:, 0] = rng.uniform(20, 108, 33)
-    body[:, 1] = np.linspace(4, 92, 33)
-    body[:, 2] = 1.0
-    return {
-        "hands": [right, left],
-        "handedness": ["right", "left"],
-        "body_keypoints": body,
-        "width": W,
-        "height": H,
-    }
-
-
-def _call(pipe, **kw):
-    args = {"prompt": PROMPT, **_request(), "num_inference_steps": 3, "output_type": "np", "seed": 0}
-    return pipe(**{**args, **kw})
 
 
 def _known(pipe, out, encoding="windows", d0=None):
@@ -88,7 +42,7 @@ def _known(pipe, out, encoding="windows", d0=None):
 
 
 def test_output_size_hands_and_masks(pipe):
-    out = _call(pipe, return_masks=True)
+    out = call_two_stage(pipe, return_masks=True)
     assert out.images.shape == (1, H, W, 3) and out.images.dtype == np.float32
     assert 0 <= out.images.min() and out.images.max() <= 1
     assert out.hand_indices == [0, 1] and not out.skipped_hands
@@ -108,7 +62,7 @@ def test_output_size_hands_and_masks(pipe):
 
 @pytest.mark.parametrize("encoding", ["windows", "canvas"])
 def test_fixed_blending_puts_the_hand_latents_in_exactly(pipe, encoding):
-    out = _call(pipe, blend="fixed", output_type="np", hand_encoding=encoding)
+    out = call_two_stage(pipe, blend="fixed", output_type="np", hand_encoding=encoding)
     z_hands, mask = _known(pipe, out, encoding)
     region = mask[0, 0] > 0
     assert region.sum() >= 4, "the test needs a hand region at latent resolution"
@@ -134,7 +88,7 @@ def test_sequential_keeps_exactly_the_scheduled_mask_at_every_step(pipe, monkeyp
         return wrapped
 
     monkeypatch.setattr(pipe, "blend_hook", spy)
-    out = _call(pipe, blend=cfg, num_inference_steps=steps, seed=seed, return_masks=True)
+    out = call_two_stage(pipe, blend=cfg, num_inference_steps=steps, seed=seed, return_masks=True)
     z_hands, mask = _known(pipe, out, d0=cfg.d0)
     noise = randn_tensor(z_hands.shape, generator=torch.Generator().manual_seed(seed + 1))
     timesteps = pipe.scheduler.timesteps
@@ -154,8 +108,11 @@ def test_sequential_keeps_exactly_the_scheduled_mask_at_every_step(pipe, monkeyp
 
 
 def test_hand_windows_cover_every_kept_latent(pipe):
-    out = _call(
-        pipe, **_request(hand_size=24.0), blend=BlendConfig(mode="sequential", d0=1), return_masks=True
+    out = call_two_stage(
+        pipe,
+        **two_stage_request(hand_size=24.0),
+        blend=BlendConfig(mode="sequential", d0=1),
+        return_masks=True,
     )
     z_windows, _ = _known(pipe, out, "windows", d0=1)
     covered = (z_windows[0] != 0).any(dim=0)
@@ -171,10 +128,10 @@ def test_hand_windows_cover_every_kept_latent(pipe):
 def test_none_never_touches_the_latents(pipe, monkeypatch):
     calls = []
     monkeypatch.setattr(pipe, "blend_hook", lambda *a, **k: calls.append(1))
-    out = _call(pipe, blend="none", return_masks=True)
+    out = call_two_stage(pipe, blend="none", return_masks=True)
     assert calls == [] and out.keep_masks is None and out.timings["blend"] == 0.0
     # Exactly stage 2 alone on the same condition and noise.
-    req = _request()
+    req = two_stage_request()
     condition = pipe.build_condition(
         req["body_keypoints"],
         "mediapipe33",
@@ -196,10 +153,10 @@ def test_none_never_touches_the_latents(pipe, monkeypatch):
 
 
 def test_same_seed_same_image_other_seed_other_image(pipe):
-    a, b = _call(pipe, seed=5), _call(pipe, seed=5)
+    a, b = call_two_stage(pipe, seed=5), call_two_stage(pipe, seed=5)
     np.testing.assert_array_equal(a.images, b.images)
     np.testing.assert_array_equal(a.hand_images[0], b.hand_images[0])
-    c = _call(pipe, seed=6)
+    c = call_two_stage(pipe, seed=6)
     assert np.abs(c.latents - a.latents).max() > 1e-3
 
 
@@ -207,7 +164,7 @@ def test_crop_geometry_is_prep_s(pipe):
     from prep.config import PrepConfig
     from prep.crops import hand_crop_box
 
-    kps = _request()["hands"][0].copy()
+    kps = two_stage_request()["hands"][0].copy()
     kps[[4, 8], 2] = 0.0  # invisible points do not shape the box, in prep or here
     kps[4, :2] = (0.0, 0.0)
     placed, _ = pipe.place_hands([kps], ["right"], ["a hand"], 64, 0.0, "skip")
@@ -223,7 +180,7 @@ def test_crop_geometry_matches_a_prep_manifest(hagrid_manifest):
     from manifests.decode import crop_keypoints, hand_keypoints
     from manifests.reader import open_manifest
 
-    hand, body = _parts()
+    hand, body = tiny_two_stage_parts()
     m = open_manifest(str(hagrid_manifest))
     pipe = TwoStageHandBodyPipeline.from_pipelines(hand, body, crop_margin=m.config["crop_margin"])
     rows = m.read("hands", ["hand_id", "keypoints", "crop_box", "crop_size", "crop_keypoints"]).to_pylist()
@@ -257,11 +214,11 @@ def test_overlapping_hands_have_a_defined_order(pipe):
 def test_pixel_composite_keeps_the_hand_interiors():
     from generation.pipelines.placing import feathered_alpha
 
-    hand, body = _parts()
+    hand, body = tiny_two_stage_parts()
     p = TwoStageHandBodyPipeline.from_pipelines(hand, body)
     p.set_progress_bar_config(disable=True)
-    plain = _call(p, pixel_composite=False)
-    out = _call(p, pixel_composite=True, feather=2)
+    plain = call_two_stage(p, pixel_composite=False)
+    out = call_two_stage(p, pixel_composite=True, feather=2)
     alpha = feathered_alpha(out.hand_mask, 2)
     full, none = alpha >= 1.0, alpha <= 0.0
     assert full.sum() > 10
@@ -270,7 +227,7 @@ def test_pixel_composite_keeps_the_hand_interiors():
 
 
 def test_non_multiple_size_is_padded_and_cropped(pipe):
-    req = {**_request(), "width": 120, "height": 90}
+    req = {**two_stage_request(), "width": 120, "height": 90}
     req["body_keypoints"][:, 1] *= 88 / 92
     out = pipe(PROMPT, **req, num_inference_steps=2, output_type="pil", seed=0)
     assert out.images[0].size == (120, 90) and out.hand_mask.shape == (90, 120)
@@ -278,14 +235,14 @@ def test_non_multiple_size_is_padded_and_cropped(pipe):
 
 
 def test_small_hands_are_skipped_or_refused_with_the_size(pipe):
-    req = _request()
+    req = two_stage_request()
     req["hands"][1] = synthetic_hand(np.random.default_rng(1), (92, 48), 10.0)
-    out = _call(pipe, **req, min_hand_size=16.0)
+    out = call_two_stage(pipe, **req, min_hand_size=16.0)
     assert out.hand_indices == [0] and [s["index"] for s in out.skipped_hands] == [1]
     reason = out.skipped_hands[0]["reason"]
     assert reason.startswith("hand 1 (left) spans") and "px less than min_hand_size=16 px" in reason
     with pytest.raises(HandTooSmallError, match=r"hand 1 \(left\) spans [\d.]+ px, [\d.]+ px less"):
-        _call(pipe, **req, min_hand_size=16.0, small_hands="refuse")
+        call_two_stage(pipe, **req, min_hand_size=16.0, small_hands="refuse")
 
 
 def test_save_and_load_round_trip(pipe, tmp_path):
@@ -307,11 +264,11 @@ def test_missing_model_folders_are_named(tmp_path):
 
 
 def test_models_with_different_latent_spaces_are_refused():
-    hand, body = _parts()
+    hand, body = tiny_two_stage_parts()
     body.vae.register_to_config(scaling_factor=0.13025)
     with pytest.raises(ModelMismatchError, match="VAE scaling factor differs: hand 0.18215, body 0.13025"):
         TwoStageHandBodyPipeline.from_pipelines(hand, body)
-    hand, body = _parts()
+    hand, body = tiny_two_stage_parts()
     wide_vae = AutoencoderKL.from_config({**tiny_vae_config(64), "latent_channels": 8})
     with pytest.raises(
         ModelMismatchError, match="hand UNet works on 4-channel latents but the body VAE makes 8"
@@ -353,7 +310,7 @@ def test_models_with_different_latent_spaces_are_refused():
     ],
 )
 def test_bad_inputs_are_named(pipe, change, message):
-    req = {**_request(), "body_format": "mediapipe33"}
+    req = {**two_stage_request(), "body_format": "mediapipe33"}
     change(req)
     with pytest.raises(ValueError, match=message):
         pipe(PROMPT, **req, num_inference_steps=1)
@@ -361,24 +318,24 @@ def test_bad_inputs_are_named(pipe, change, message):
 
 def test_bad_settings_are_named(pipe):
     with pytest.raises(ValueError, match="mode must be one of sequential, fixed, none; got 'soft'"):
-        _call(pipe, blend="soft")
+        call_two_stage(pipe, blend="soft")
     with pytest.raises(ValueError, match="unknown overlap_order 'depth'"):
-        _call(pipe, overlap_order="depth")
+        call_two_stage(pipe, overlap_order="depth")
     with pytest.raises(ValueError, match="small_hands must be one of"):
-        _call(pipe, small_hands="drop")
+        call_two_stage(pipe, small_hands="drop")
     with pytest.raises(ValueError, match="unknown hand_encoding 'latent'"):
-        _call(pipe, hand_encoding="latent")
+        call_two_stage(pipe, hand_encoding="latent")
     with pytest.raises(ValueError, match="pass `generator` or `seed`, not both"):
-        _call(pipe, generator=torch.Generator().manual_seed(0))
+        call_two_stage(pipe, generator=torch.Generator().manual_seed(0))
 
 
 def test_a_body_without_hands_and_hands_without_a_body(pipe):
-    no_hands = _call(pipe, hands=[], handedness=[], return_masks=True)
+    no_hands = call_two_stage(pipe, hands=[], handedness=[], return_masks=True)
     assert (
         no_hands.images.shape == (1, H, W, 3) and no_hands.hand_indices == [] and not no_hands.hand_mask.any()
     )
     assert no_hands.keep_masks is None and no_hands.timings["stage1"] < no_hands.timings["stage2"]
-    no_body = _call(pipe, body_keypoints=None)
+    no_body = call_two_stage(pipe, body_keypoints=None)
     assert no_body.images.shape == (1, H, W, 3) and no_body.hand_indices == [0, 1]
     # The pose channels of the condition are empty; the hands and mask channels are not.
     cond = pipe.build_condition(None, "mediapipe33", no_body.hand_canvas, no_body.hand_mask, [])
@@ -393,8 +350,8 @@ class TestTwoStagePipelineCommon(PipelineTesterMixin):
     pipeline_class = TwoStageHandBodyPipeline
 
     def get_pipeline(self):
-        hand, body = _parts()
+        hand, body = tiny_two_stage_parts()
         return TwoStageHandBodyPipeline.from_pipelines(hand, body, crop_margin=0.25)
 
     def get_inputs(self, seed=0, index=0):
-        return {"prompt": PROMPT, **_request(seed=index), "num_inference_steps": 3, "seed": seed}
+        return {"prompt": PROMPT, **two_stage_request(seed=index), "num_inference_steps": 3, "seed": seed}

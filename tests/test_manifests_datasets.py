@@ -104,7 +104,10 @@ def test_loader_interleaving_model_matches_torch(manifest):
 # ----- exact resume ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("num_workers, batch_size, label", [(0, 3, None), (3, 2, ["call", "four"])])
+@pytest.mark.parametrize(
+    "num_workers, batch_size, label",
+    [(0, 3, None), pytest.param(3, 2, ["call", "four"], marks=pytest.mark.slow)],  # 3 worker processes
+)
 def test_resume_continues_exactly_where_it_stopped(manifest, num_workers, batch_size, label):
     def loader():
         return ManifestDataLoader(

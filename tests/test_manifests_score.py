@@ -157,6 +157,7 @@ def test_gate_and_truth_errors(tmp_path):
         load_truth(str(tmp_path / "x.json"))
 
 
+@pytest.mark.slow  # a prep run with MediaPipe
 @pytest.mark.data
 def test_cli_scores_a_prep_manifest_of_onehand10k(tmp_path, data_dir, capsys):
     """The real pipeline: prep detects the hands of the onehand10k photos; `score` measures them."""

@@ -95,6 +95,11 @@ def _config_classes():
     from generation.training.body_config import BodyTrainConfig
     from generation.training.hand_config import HandTrainConfig
     from generation.training.vae_config import VaeTrainConfig
+    from manifests.commands.card import CardSettings
+    from manifests.commands.preview import PreviewSettings
+    from manifests.commands.score import ScoreSettings
+    from manifests.commands.stats import StatsSettings
+    from manifests.commands.validate import ValidateSettings
     from prep.config import PrepConfig
 
     return [
@@ -108,6 +113,11 @@ def _config_classes():
         BaselineSettings,
         SampleHandSettings,
         SampleBodySettings,
+        ValidateSettings,
+        StatsSettings,
+        PreviewSettings,
+        ScoreSettings,
+        CardSettings,
     ]
 
 
@@ -125,17 +135,36 @@ def test_every_numeric_setting_declares_its_range_and_every_setting_its_help():
     assert unbounded == []
 
 
-def test_each_config_validates_its_defaults():
-    from generation.training.body_config import BodyTrainConfig
-    from generation.training.hand_config import HandTrainConfig
+def _just_outside(f: dataclasses.Field):
+    """A value just outside the first bound `f` declares, or None when it declares none."""
+    for key, step in (("ge", -1), ("gt", -1), ("le", 1), ("lt", 1)):
+        if key in f.metadata:
+            return f.metadata[key] + step
+    return None
 
+
+def test_each_config_validates_its_defaults_and_refuses_each_bound_crossed():
+    needs = {
+        "HandTrainConfig": {"manifest": "m"},
+        "BodyTrainConfig": {"manifest": "m"},
+        "VaeTrainConfig": {"manifest": "m"},
+        "BaselineSettings": {"pretrained": "sd", "controlnet": "openpose"},
+        "PreviewSettings": {"out": "sheet.png"},
+        "ScoreSettings": {"truth": "truth.json"},
+    }
+    crossed = 0
     for cls in _config_classes():
-        needs = {HandTrainConfig: {"manifest": "m"}, BodyTrainConfig: {"manifest": "m"}}
-        if cls.__name__ == "VaeTrainConfig":
-            needs[cls] = {"manifest": "m"}
-        if cls.__name__ == "BaselineSettings":
-            needs[cls] = {"pretrained": "sd", "controlnet": "openpose"}
-        cls(**needs.get(cls, {})).validate()
+        config = cls(**needs.get(cls.__name__, {}))
+        assert config.validate() is config
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            bad = _just_outside(f)
+            if bad is None or typing.get_origin(hints[f.name]) in (tuple, list):
+                continue
+            with pytest.raises(SettingError, match=rf"^{f.name}\b"):
+                dataclasses.replace(config, **{f.name: bad}).validate()
+            crossed += 1
+    assert crossed > 100  # every bounded number of every settings class
 
 
 # --- registries and their mirrors -------------------------------------------------------------------

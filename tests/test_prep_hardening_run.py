@@ -2,8 +2,9 @@
 what it keeps, paths that mean the same on every worker, and one clear line for every bad input.
 
 Most runs here go through `prep.run` with the stand-in annotator (`tests/prep_standin.py`) and a
-serial in-process shard runner instead of a Dask cluster, so each takes a fraction of a second; the
-tests about schedulers and interrupts use real Dask clusters.
+serial in-process shard runner instead of a Dask cluster (`tests/serial_shards.py`, itself checked
+against the Dask runner here), so each takes a fraction of a second; the tests about schedulers and
+interrupts use real Dask clusters.
 """
 
 from __future__ import annotations
@@ -15,11 +16,11 @@ import shutil
 import socket
 import subprocess
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from serial_shards import SerialShards, use_serial_shards
 
 import prep.cluster
 import prep.runner
@@ -80,41 +81,9 @@ def cli_args(src, out, *extra) -> list[str]:
     ]
 
 
-class Serial:
-    """Runs shards one after another in this process instead of on a Dask cluster.
-
-    `stop_after = n` raises KeyboardInterrupt (what SIGINT raises) once n shards are written.
-    """
-
-    def __init__(self):
-        self.stop_after: int | None = None
-        self.ran: list[int] = []
-
-    def run_shards(self, todo, config, client=None):
-        done = []
-        for shard in todo:
-            if self.stop_after is not None and len(done) == self.stop_after:
-                raise KeyboardInterrupt
-            args = (shard.index, shard.records, config, shard.fingerprint, shard.config_fingerprint)
-            done.append(process_shard(*args))
-            self.ran.append(shard.index)
-        return done, {}, None
-
-
-def use_serial(monkeypatch) -> Serial:
-    @contextmanager
-    def no_cluster(config):
-        yield None
-
-    s = Serial()
-    monkeypatch.setattr(prep.runner, "run_shards", s.run_shards)
-    monkeypatch.setattr(prep.runner, "dask_client", no_cluster)
-    return s
-
-
 @pytest.fixture
-def serial(monkeypatch) -> Serial:
-    return use_serial(monkeypatch)
+def serial(monkeypatch) -> SerialShards:
+    return use_serial_shards(monkeypatch)
 
 
 def stats_of(root, table="images") -> dict[str, dict]:
@@ -179,7 +148,7 @@ def test_overwrite_leaves_no_shard_of_the_old_settings_even_when_interrupted(pho
 def test_validate_and_the_reader_name_shards_written_under_other_settings(photos, tmp_path, serial):
     out = tmp_path / "m"
     run(cfg(photos, out, crop_size=128))
-    # what an interrupted rerun with --crop-size 256 used to leave: shard 1 redone under it, the rest not
+    # a manifest of mixed settings: shard 1 written under --crop-size 256, the rest under 128
     other = cfg(photos, out, crop_size=256)
     shard = plan_shards(load_records(other), other)[1]
     process_shard(shard.index, shard.records, other, shard.fingerprint, shard.config_fingerprint)
@@ -382,6 +351,7 @@ def other_cwd_cluster(tmp_path_factory):
         yield cluster, there
 
 
+@pytest.mark.slow  # an external Dask scheduler and workers
 def test_relative_paths_reach_external_workers_resolved_and_remote_workers_need_a_shared_filesystem(
     photos, tmp_path, monkeypatch, other_cwd_cluster
 ):
@@ -420,6 +390,7 @@ def test_an_unreachable_scheduler_is_one_line_after_a_short_wait(photos, tmp_pat
 # ------------------------------------------------------------------ interrupts
 
 
+@pytest.mark.slow  # a Dask cluster, several seconds
 def test_ctrl_c_exits_130_with_one_line_and_the_rerun_resumes(photos, tmp_path, monkeypatch, capsys):
     """The real runner on a real LocalCluster; Ctrl-C lands in the driver's result loop."""
     out = tmp_path / "m"
@@ -450,11 +421,12 @@ def test_ctrl_c_exits_130_with_one_line_and_the_rerun_resumes(photos, tmp_path, 
     )
     assert not (out / LOCK_FILE).exists()
     monkeypatch.undo()
-    serial = use_serial(monkeypatch)
+    serial = use_serial_shards(monkeypatch)
     summary = run(cfg(photos, out, limit=4))
     assert summary["shards"] == {"run": 1, "skipped": 1, "failed": 0} and serial.ran == [1]
 
 
+@pytest.mark.slow  # a Dask cluster, several seconds
 def test_sigint_to_the_process_group_stops_workers_quietly(photos, tmp_path):
     """Ctrl-C in a terminal: SIGINT reaches the driver and every worker process of its LocalCluster."""
     import signal
@@ -493,3 +465,29 @@ def test_sigint_to_the_process_group_stops_workers_quietly(photos, tmp_path):
     *before, last = err.strip().splitlines()
     assert last == expected and all(line.startswith("INFO ") for line in before), err  # no worker noise
     assert not (out / LOCK_FILE).exists()
+
+
+@pytest.mark.slow  # a Dask cluster, several seconds
+def test_the_serial_stand_in_writes_what_the_dask_runner_writes(photos, tmp_path):
+    """The stand-in the other tests use gives the real `run_shards`' stats and rows for the same shards."""
+    from prep.cluster import run_shards
+    from prep.runner import plan_input
+
+    volatile = {"timings", "seconds", "cpu_seconds", "worker"}
+    results = {}
+    for name, runner in (("dask", run_shards), ("serial", SerialShards().run_shards)):
+        config = cfg(photos, tmp_path / name)
+        done, failed, _ = runner(plan_input(config), config)
+        assert failed == {}
+        stats = sorted(
+            ({k: v for k, v in s.items() if k not in volatile} for s in done), key=lambda s: s["index"]
+        )
+        tables = {
+            p.relative_to(tmp_path / name).as_posix(): pq.read_table(p)
+            for p in sorted((tmp_path / name).rglob("*.parquet"))
+        }
+        results[name] = stats, tables
+    (dask_stats, dask_tables), (serial_stats, serial_tables) = results["dask"], results["serial"]
+    assert [s["index"] for s in dask_stats] == [0, 1, 2, 3] and dask_stats == serial_stats
+    assert sorted(dask_tables) == sorted(serial_tables) and len(dask_tables) == 8
+    assert all(dask_tables[k].equals(serial_tables[k]) for k in dask_tables)

@@ -277,7 +277,7 @@ def _first_image(**values):
 
 
 def _moved(dx):
-    """Keypoints, bbox and crop box moved together by dx, as the old prep wrote far-off annotations."""
+    """Keypoints, bbox and crop box moved together by dx: far-off annotations that still agree with each other."""
 
     def change(h):
         kps = np.array(h["keypoints"])

@@ -54,6 +54,7 @@ def test_native_noise_is_dropped_and_the_rest_forwarded(flag, filtered):
     assert proc.stderr.splitlines() == (KEPT if filtered else lines)
 
 
+@pytest.mark.slow  # a prep run in a subprocess with MediaPipe
 def test_a_prep_run_prints_no_native_log_lines(data_dir, tmp_path):
     """The real annotator on Dask workers: the tqdm bar and the summary, not MediaPipe's C++ logging."""
     import os

@@ -63,6 +63,7 @@ def test_a_complete_rerun_does_not_parse_the_input(photos, tmp_path, planned):
     assert again["manifest"]["images"] == 6
 
 
+@pytest.mark.slow  # several Dask runs
 def test_a_changed_input_or_an_incomplete_output_plans_again(photos, tmp_path, planned):
     out = tmp_path / "m"
     run(cfg(photos, out))

@@ -123,6 +123,7 @@ def test_resume_plan_skips_complete_redoes_dead_and_changed(mixed_input, tmp_pat
     assert plan.discard == [2] and [s.index for s in plan.todo] == [1] and sorted(plan.skipped) == [0]
 
 
+@pytest.mark.slow  # Dask clusters, several seconds
 def test_run_accounts_for_every_input_and_rerun_changes_nothing(mixed_input, tmp_path):
     out = tmp_path / "m"
     summary = run(cfg(mixed_input, out))
@@ -146,6 +147,7 @@ def test_run_accounts_for_every_input_and_rerun_changes_nothing(mixed_input, tmp
     assert read_table(out, "images") == rows
 
 
+@pytest.mark.slow  # Dask clusters, several seconds
 def test_the_driver_reads_the_cluster_size_once_a_second_not_once_a_shard(mixed_input, tmp_path, monkeypatch):
     # Each read is a round trip to the scheduler; paid on every finished shard, it would stand between a
     # worker's task and its next one (bench/scale.py measures that idle gap).
@@ -169,6 +171,7 @@ def test_the_driver_reads_the_cluster_size_once_a_second_not_once_a_shard(mixed_
     assert len(calls) >= 8
 
 
+@pytest.mark.slow  # Dask clusters, several seconds
 def test_worker_killed_mid_run_is_retried_within_the_run(mixed_input, tmp_path):
     victim = sorted((mixed_input / "g1").glob("*.jpg"))[0]
     (victim.parent / (victim.name + ".die-once")).write_text("")
@@ -179,6 +182,7 @@ def test_worker_killed_mid_run_is_retried_within_the_run(mixed_input, tmp_path):
     assert len(ids) == len(set(ids)) == 16
 
 
+@pytest.mark.slow  # Dask clusters, several seconds
 def test_worker_killed_then_resume_completes_without_duplicates(mixed_input, tmp_path):
     out = tmp_path / "m"
     records = load_records(cfg(mixed_input, out))
@@ -204,6 +208,7 @@ def test_worker_killed_then_resume_completes_without_duplicates(mixed_input, tmp
     assert Counter(r["status"] for r in read_table(out, "images")) == {"no_hands": 12, "error": 4}
 
 
+@pytest.mark.slow  # Dask clusters, several seconds
 def test_cli_runs_and_reports(mixed_input, tmp_path, capsys):
     rc = cli_main(
         [
@@ -282,6 +287,7 @@ def test_cli_options_come_from_the_config():
         build_parser().parse_args(["--format", "voc"])
 
 
+@pytest.mark.slow  # Dask clusters, several seconds
 def test_sam_shards_ask_for_a_gpu_resource_and_local_workers_offer_it(mixed_input, tmp_path):
     from prep.cluster import dask_client, run_shards
 
@@ -302,6 +308,7 @@ def _standins_built() -> int:
     return prep_standin.StandInAnnotator.built
 
 
+@pytest.mark.slow  # Dask clusters, several seconds
 def test_external_scheduler_is_used_and_left_running(mixed_input, tmp_path, monkeypatch):
     from distributed import Client, LocalCluster
 
