@@ -264,7 +264,7 @@ def test_sample_body_checks_size_cost_and_seed_before_drawing(
     def never(*args, **kwargs):
         raise AssertionError("a manifest image was drawn before the checks")
 
-    monkeypatch.setattr("generation.pipelines.body.manifest_inputs", never)
+    monkeypatch.setattr("generation.pipelines.body_inputs.manifest_inputs", never)
     out = tmp_path / "out"
     base = [
         "sample-body",

@@ -71,7 +71,8 @@ def run(args) -> int:
 
     from ..guards import check_image_cost, make_generator
     from ..models.loading import ModelFolderError
-    from ..pipelines.body import BodyOutpaintPipeline, manifest_inputs
+    from ..pipelines.body import BodyOutpaintPipeline
+    from ..pipelines.body_inputs import manifest_inputs
     from ..pipelines.condition import ConditionInputs, condition_tiles
 
     try:

@@ -96,7 +96,7 @@ class _Batch:
 
     sources: Sources
     settings: GenerateSettings
-    body_model: str
+    fit: str | None  # how the body model framed its training images (None: not recorded)
     pipe_size: int
     fail: Callable[[str, dict, Exception, str], None]
 
@@ -110,13 +110,18 @@ def _from_specs(batch: _Batch) -> list[Item]:
 
 
 def _from_manifest(batch: _Batch) -> list[Item]:
-    from ..training.body_config import training_fit
-
     settings, src = batch.settings, batch.sources
     # Without --size, rows are drawn whole at the scale the body model was trained at, so hands are as
     # large as in its training crops (docs/fidelity.md, "Framing"); --size is the longer side.
     size = batch.pipe_size if settings.size is None else settings.size
-    fit = training_fit(batch.body_model) if settings.size is None else None
+    fit = None
+    if settings.size is None:
+        if batch.fit is None:
+            raise UsageError(
+                "the body model records no fit (how train-body framed its images), so its training scale is "
+                f"unknown: pass {flag('size')}, or retrain it"
+            )
+        fit = batch.fit
     requests = requests_from_manifest(
         src.from_manifest, src.image_id, size, src.split, src.limit, batch.seed, fit
     )
@@ -212,7 +217,7 @@ def generate_batch(
         result.failures.append({"name": name, "source": source, "error": error})
         on_failure(name, exc)
 
-    items = SOURCES[sources.kind](_Batch(sources, settings, body_model, body_resolution(pipe), fail))
+    items = SOURCES[sources.kind](_Batch(sources, settings, pipe.config.fit, body_resolution(pipe), fail))
     # Spec files and photos are refused by name before this with their own message; this catches the
     # rest (two replayed sidecars of one name).
     counts = Counter(request.name for request, _ in items)

@@ -73,7 +73,7 @@ class GenerateSettings(Settings):
     )
     crop_margin: float | None = setting(
         None,
-        "hand crop margin (default: the one of the hand model's training manifest, else 0.25)",
+        "hand crop margin (default: the one the hand model records, the margin of its training crops)",
         ge=0,
         le=4,
     )

@@ -19,7 +19,6 @@ the last step ``t_next`` is "clean" and the known latents go in as they are.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -69,7 +68,6 @@ logger = logging.getLogger(__name__)
 
 OUTPUT_TYPES = ("pil", "np", "pt")
 DEFAULT_HAND_PROMPT = "a {side} hand"
-DEFAULT_CROP_MARGIN = 0.25  # prep's default `crop_margin`
 
 
 class ModelMismatchError(ValueError):
@@ -121,8 +119,9 @@ class TwoStageHandBodyPipeline(DiffusionPipeline):
     Components: the hand generator's ``hand_unet`` (`HandUNet`), ``hand_vae``, ``hand_text_encoder``,
     ``hand_tokenizer``, ``hand_scheduler``, and the body outpainter's ``vae``, ``text_encoder``,
     ``tokenizer``, ``unet``, ``controlnet``, ``scheduler``. Config: the body outpainter's condition
-    settings (as in `BodyOutpaintPipeline`) and ``crop_margin``, the margin of the square hand crops
-    the hand generator was trained on (prep's ``crop_margin``).
+    settings and ``fit`` (as in `BodyOutpaintPipeline`) and ``crop_margin``, the margin of the square hand
+    crops: by default the one the hand generator records (`HandUNet` ``crop_margin``, the margin of the
+    crops it was trained on).
     """
 
     model_cpu_offload_seq = "hand_text_encoder->hand_unet->hand_vae->text_encoder->controlnet->unet->vae"
@@ -145,7 +144,8 @@ class TwoStageHandBodyPipeline(DiffusionPipeline):
         min_visibility: float = 0.3,
         stick_width: float = 4 / 512,
         joint_radius: float = 4 / 512,
-        crop_margin: float = DEFAULT_CROP_MARGIN,
+        fit: str | None = None,
+        crop_margin: float | None = None,
     ):
         super().__init__()
         self.register_modules(
@@ -167,10 +167,17 @@ class TwoStageHandBodyPipeline(DiffusionPipeline):
             "min_visibility": float(min_visibility),
             "stick_width": float(stick_width),
             "joint_radius": float(joint_radius),
+            "fit": fit,
         }
-        self.register_to_config(**body_settings, crop_margin=float(crop_margin))
+        crop_margin = hand_unet.config.get("crop_margin") if crop_margin is None else crop_margin
+        if crop_margin is None:
+            raise ValueError(
+                "the hand generator records no crop_margin (the margin of the hand crops it was trained on): "
+                "pass crop_margin (--crop-margin), the --crop-margin of its training manifest, or retrain it"
+            )
         if not 0.0 <= crop_margin <= 4.0:
             raise ValueError(f"crop_margin must be in [0, 4], got {crop_margin}")
+        self.register_to_config(**body_settings, crop_margin=float(crop_margin))
         self.check_models()
         # Views over the registered modules: the stages' own loops run on the same weights.
         self.hand_pipeline = HandGenerationPipeline(
@@ -188,9 +195,10 @@ class TwoStageHandBodyPipeline(DiffusionPipeline):
         cls,
         hand: HandGenerationPipeline,
         body: BodyOutpaintPipeline,
-        crop_margin: float = DEFAULT_CROP_MARGIN,
+        crop_margin: float | None = None,
     ) -> TwoStageHandBodyPipeline:
-        """Compose a loaded hand generator and body outpainter (their modules are shared, not copied)."""
+        """Compose a loaded hand generator and body outpainter (their modules are shared, not copied);
+        `crop_margin` defaults to the one the hand generator records."""
         return cls(
             hand_unet=hand.unet,
             hand_vae=hand.vae,
@@ -212,6 +220,7 @@ class TwoStageHandBodyPipeline(DiffusionPipeline):
                     "min_visibility",
                     "stick_width",
                     "joint_radius",
+                    "fit",
                 )
             },
         )
@@ -231,12 +240,10 @@ class TwoStageHandBodyPipeline(DiffusionPipeline):
         cls, hand_run: str, body_run: str, crop_margin: float | None = None, **load_kwargs
     ) -> TwoStageHandBodyPipeline:
         """Load a `train-hand` run folder and a `train-body` run folder (or any saved pipelines of the two
-        kinds). `crop_margin` defaults to the margin recorded in the hand run's training manifest, else
-        prep's default 0.25. `load_kwargs` (e.g. ``torch_dtype``) go to both `from_pretrained` calls."""
+        kinds). `crop_margin` defaults to the one the hand model records. `load_kwargs` (e.g.
+        ``torch_dtype``) go to both `from_pretrained` calls."""
         hand = HandGenerationPipeline.from_pretrained(hand_run, **load_kwargs)
         body = BodyOutpaintPipeline.from_pretrained(body_run, **load_kwargs)
-        if crop_margin is None:
-            crop_margin = run_crop_margin(hand_run)
         return cls.from_pipelines(hand, body, crop_margin=crop_margin)
 
     def set_progress_bar_config(self, **kwargs):
@@ -858,32 +865,6 @@ def format_images(image: np.ndarray, output_type: str):
     if output_type == "np":
         return image[None]
     return torch.from_numpy(image).permute(2, 0, 1)[None]
-
-
-# ---------------------------------------------------------------------------------------------------
-# Run folders
-
-
-def run_crop_margin(hand_run: str) -> float:
-    """The crop margin of the manifest a `train-hand` run was trained on (its `_manifest.json` config),
-    or prep's default when the run or the manifest does not say."""
-    import json
-
-    try:
-        with open(os.path.join(hand_run, "config.json"), encoding="utf-8") as f:
-            manifest = json.load(f)["data"]["manifest"]
-        from manifests.storage import filesystem, join, read_json
-
-        fs, root = filesystem(str(manifest))
-        info = read_json(fs, join(root.rstrip("/"), "_manifest.json"))
-        margin = (info.get("config") or {}).get("crop_margin")
-        if margin is not None:
-            return float(margin)
-    except (OSError, KeyError, TypeError, ValueError) as exc:
-        logger.info("crop margin of %s not recorded (%s); using %s", hand_run, exc, DEFAULT_CROP_MARGIN)
-        return DEFAULT_CROP_MARGIN
-    logger.info("the manifest of %s records no crop_margin; using %s", hand_run, DEFAULT_CROP_MARGIN)
-    return DEFAULT_CROP_MARGIN
 
 
 __all__ = [

@@ -19,7 +19,6 @@ from .config import (
     manifests_setting,
     normalise_sources,
     prediction_type_setting,
-    recorded_run,
     setting,
     zero_terminal_snr_setting,
 )
@@ -142,13 +141,3 @@ class BodyTrainConfig(TrainConfig):
         if self.base_kind == "inpainting" and not {"hands", "mask"} <= set(self.condition_channels):
             raise SettingError("--base-kind inpainting needs the 'hands' and 'mask' condition channels")
         return self
-
-
-def training_fit(run: str) -> str:
-    """The `fit` a train-body run folder trained with (its config.json), so generation can draw frames
-    at the same scale (`manifests.transforms.training_scale`); train-body's default when the folder
-    records none (a pipeline saved by other means)."""
-    declared = BodyTrainConfig.__dataclass_fields__["fit"]
-    recorded = recorded_run(run).get("config")
-    fit = recorded.get("fit") if isinstance(recorded, dict) else None
-    return fit if fit in declared.metadata["choices"] else declared.default

@@ -37,8 +37,9 @@ from .config import PRESET_RESOLUTION
 from .errors import DataCheckError
 from .hand_config import HandTrainConfig
 from .latent_cache import LatentCache, fingerprint, vae_fingerprint
-from .loop import TrainResult, read_source_run, train, weight_dtype
+from .loop import TrainResult, train, weight_dtype
 from .losses import diffusion_target, mask_loss
+from .run_folder import read_source_run
 from .task import TrainTask
 
 logger = logging.getLogger(__name__)
@@ -86,6 +87,13 @@ def _first_rows(manifest, table: str, columns, n: int, **filters) -> list[dict]:
         if len(out) >= n:
             break
     return out
+
+
+def prep_crop_margin() -> float:
+    """The crop margin prep declares by default, for a manifest that records none."""
+    from prep.config import PrepConfig
+
+    return float(PrepConfig.__dataclass_fields__["crop_margin"].default)
 
 
 class HandTask(TrainTask):
@@ -202,14 +210,22 @@ class HandTask(TrainTask):
                 + ", ".join(f"{src['manifest']}: {s:.4g}" for src, s in zip(sources, sigmas))
                 + "); prepare them with the same heatmap sigma and size"
             )
-        # The margin sets how large the hand is in its crop; generation crops with one margin (the first
-        # manifest's, `pipeline_two_stage.run_crop_margin`), so mixed margins would teach other scales.
+        # The margin sets how large the hand is in its crop; the model records one margin, which generation
+        # crops with, so mixed margins would teach other scales.
         margins = {src["crop_margin"] for src in sources} - {None}
         if len(margins) > 1:
             raise DataCheckError(
                 "the manifests' hand crops have different margins ("
                 + ", ".join(f"{src['manifest']}: {src['crop_margin']}" for src in sources)
                 + "); prepare them with the same --crop-margin"
+            )
+        if margins:
+            crop_margin = margins.pop()
+        else:
+            crop_margin = prep_crop_margin()
+            logger.info(
+                "train-hand: the manifests record no crop_margin; the model records prep's default %s",
+                crop_margin,
             )
         first = sources[0]
         self.facts = {
@@ -223,6 +239,7 @@ class HandTask(TrainTask):
             "heatmap_sigma": sigmas[0],
             "rerender_heatmaps": first["stored_heatmap_size"] != latent,
             "manifest_created_at": first["manifest_created_at"],
+            "crop_margin": crop_margin,
         }
         if len(sources) > 1:
             self.facts["sources"] = [
@@ -347,6 +364,7 @@ class HandTask(TrainTask):
         self.source = comps.source
         # The base folder's sample size is its own training side; the saved pipeline draws at this run's.
         self.model.record_sample_size(self.facts["resolution"] // comps.vae_scale_factor)
+        self.model.record_crop_margin(self.facts["crop_margin"])
         self.facts["components"] = comps.source
         self.facts["prediction_type"] = self.scheduler.config.prediction_type
         self.empty_embedding = encode_text(self.tokenizer, self.text_encoder, [""])
