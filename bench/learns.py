@@ -719,7 +719,7 @@ def main(argv=None) -> int:
 
     import prep
     from generation.training.body_config import BodyTrainConfig
-    from generation.training.body_task import train_body
+    from generation.training.body import train_body
     from generation.training.hand import HandTrainConfig, train_hand
     from generation.training.vae import VaeTask, reconstruct, reconstruction_psnr, to_uint8, train_vae
     from generation.training.vae_config import VaeTrainConfig

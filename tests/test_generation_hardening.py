@@ -463,7 +463,7 @@ def test_training_takes_the_largest_seed(synthetic_manifest, tmp_path):
     )
     assert train_hand(config).finished  # numpy's global seed and seed * 7919 used to overflow
     from generation.training.body_config import BodyTrainConfig
-    from generation.training.body_task import train_body
+    from generation.training.body import train_body
 
     body = BodyTrainConfig(
         manifest=str(synthetic_manifest),

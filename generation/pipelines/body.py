@@ -30,7 +30,7 @@ from ..models.body import (
     repaint_mask,
     vae_scale_factor,
 )
-from ..models.loading import check_saved_pipeline
+from ..models.loading import CheckedFromPretrained
 from ..models.schedulers import sampling_scheduler, scheduler_step_kwargs
 from ..models.text import encode_text
 from .body_inputs import condition_items, output_size, per_item
@@ -53,7 +53,7 @@ UNCOND_CONDITIONS = {
 }
 
 
-class BodyOutpaintPipeline(DiffusionPipeline):
+class BodyOutpaintPipeline(CheckedFromPretrained, DiffusionPipeline):
     """Paint the person and the scene around given hands, following a body pose.
 
     Components: `vae`, `text_encoder`, `tokenizer`, `unet` (frozen SD base, 4- or 9-channel input),
@@ -65,6 +65,8 @@ class BodyOutpaintPipeline(DiffusionPipeline):
     """
 
     model_cpu_offload_seq = "text_encoder->controlnet->unet->vae"
+    folder_kind = "body model"
+    saved_by = "a finished train-body run folder, or a folder written by BodyOutpaintPipeline.save_pretrained"
     _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds"]
 
     def __init__(
@@ -109,16 +111,6 @@ class BodyOutpaintPipeline(DiffusionPipeline):
                 f"config {self.condition_config.channels} draws {want}"
             )
         self.base_kind: BaseKind = infer_base_kind(unet, vae.config.latent_channels)
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
-        """Load a saved pipeline (a `train-body` run folder); a missing local folder is a clear error."""
-        path = check_saved_pipeline(
-            pretrained_model_name_or_path,
-            "body model",
-            "a finished train-body run folder, or a folder written by BodyOutpaintPipeline.save_pretrained",
-        )
-        return super().from_pretrained(path, **kwargs)
 
     @classmethod
     def from_components(

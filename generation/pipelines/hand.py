@@ -36,7 +36,7 @@ from ..guards import (
     make_generator,
 )
 from ..models.hand import HandUNet
-from ..models.loading import check_saved_pipeline
+from ..models.loading import CheckedFromPretrained
 from ..models.schedulers import scheduler_step_kwargs
 from ..models.text import encode_text
 
@@ -99,7 +99,7 @@ def keypoints_to_heatmaps(
     return torch.from_numpy(np.stack(maps))
 
 
-class HandGenerationPipeline(DiffusionPipeline):
+class HandGenerationPipeline(CheckedFromPretrained, DiffusionPipeline):
     """Stage 1: denoise hand-crop latents conditioned on pose heatmaps and text; read out the mask.
 
     Components: `HandUNet` unet, `AutoencoderKL` vae, `CLIPTextModel` text_encoder, `CLIPTokenizer`
@@ -107,6 +107,10 @@ class HandGenerationPipeline(DiffusionPipeline):
     """
 
     model_cpu_offload_seq = "text_encoder->unet->vae"
+    folder_kind = "hand model"
+    saved_by = (
+        "a finished train-hand run folder, or a folder written by HandGenerationPipeline.save_pretrained"
+    )
 
     def __init__(
         self,
@@ -122,16 +126,6 @@ class HandGenerationPipeline(DiffusionPipeline):
         )
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
-        """Load a saved pipeline (a `train-hand` run folder); a missing local folder is a clear error."""
-        path = check_saved_pipeline(
-            pretrained_model_name_or_path,
-            "hand model",
-            "a finished train-hand run folder, or a folder written by HandGenerationPipeline.save_pretrained",
-        )
-        return super().from_pretrained(path, **kwargs)
 
     @property
     def default_size(self) -> int:

@@ -47,7 +47,7 @@ from ..guards import (
 )
 from ..models.body import masked_image, vae_scale_factor
 from ..models.hand import HandUNet
-from ..models.loading import check_saved_pipeline
+from ..models.loading import CheckedFromPretrained
 from .blending import BlendConfig, blend_latents, keep_mask, mask_to_latent
 from .body import BodyOutpaintPipeline
 from .condition import CONDITION_GROUPS, ConditionInputs, build_condition
@@ -112,7 +112,7 @@ class TwoStageOutput(BaseOutput):
     timings: dict = field(default_factory=dict)
 
 
-class TwoStageHandBodyPipeline(DiffusionPipeline):
+class TwoStageHandBodyPipeline(CheckedFromPretrained, DiffusionPipeline):
     """Stage 1 draws each hand of the target pose as a crop plus mask; stage 2 paints the person around
     the pasted hands with a ControlNet, blending the known hand latents in at every step.
 
@@ -125,6 +125,8 @@ class TwoStageHandBodyPipeline(DiffusionPipeline):
     """
 
     model_cpu_offload_seq = "hand_text_encoder->hand_unet->hand_vae->text_encoder->controlnet->unet->vae"
+    folder_kind = "two-stage pipeline"
+    saved_by = "written by TwoStageHandBodyPipeline.save_pretrained"
 
     def __init__(
         self,
@@ -224,16 +226,6 @@ class TwoStageHandBodyPipeline(DiffusionPipeline):
                 )
             },
         )
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
-        """Load a folder written by `save_pretrained`; a missing local folder is a clear error."""
-        path = check_saved_pipeline(
-            pretrained_model_name_or_path,
-            "two-stage pipeline",
-            "written by TwoStageHandBodyPipeline.save_pretrained",
-        )
-        return super().from_pretrained(path, **kwargs)
 
     @classmethod
     def from_runs(

@@ -44,19 +44,7 @@ from .task import TrainTask
 
 logger = logging.getLogger(__name__)
 
-# Columns the task reads; the binary ones must not be null.
-HAND_COLUMNS = (
-    "hand_id",
-    "crop",
-    "crop_size",
-    "mask",
-    "heatmap",
-    "heatmap_shape",
-    "heatmap_dtype",
-    "heatmap_sigma",
-    "crop_keypoints",
-    "caption",
-)
+# The binary columns of `HandCropDataset.columns` (what the task reads), which must not be null.
 BINARY_COLUMNS = ("crop", "mask", "heatmap")
 
 
@@ -135,7 +123,7 @@ class HandTask(TrainTask):
                 f"{manifest.url}: no hands table; train-hand needs a manifest with hand crops"
             )
         hands = manifest.hands
-        missing = [col for col in HAND_COLUMNS if col not in hands.schema.names]
+        missing = [col for col in HandCropDataset.columns if col not in hands.schema.names]
         if missing:
             raise DataCheckError(
                 f"{hands.url}: the hands table lacks column(s) {missing} that train-hand needs"
