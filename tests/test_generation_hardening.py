@@ -462,8 +462,8 @@ def test_training_takes_the_largest_seed(synthetic_manifest, tmp_path):
         seed=2**64 - 1,
     )
     assert train_hand(config).finished  # numpy's global seed and seed * 7919 used to overflow
-    from generation.training.body_config import BodyTrainConfig
     from generation.training.body import train_body
+    from generation.training.body_config import BodyTrainConfig
 
     body = BodyTrainConfig(
         manifest=str(synthetic_manifest),

@@ -13,8 +13,8 @@ from accelerate import Accelerator
 from generation import HandGenerationPipeline
 from generation.pipelines.body import BodyOutpaintPipeline
 from generation.training import DataCheckError
-from generation.training.body_config import BodyTrainConfig
 from generation.training.body import BodyTask, train_body
+from generation.training.body_config import BodyTrainConfig
 from generation.training.checkpoint import list_checkpoints
 from generation.training.errors import RunFolderError
 from generation.training.hand import HandTask, HandTrainConfig, train_hand

@@ -157,7 +157,7 @@ def resume_changes(run: str, config: TrainConfig) -> dict:
         # reads as the value it means and is not reported as a change.
         old = json.loads(json.dumps(type(config).from_dict(old).to_dict(), default=str))
     except (TypeError, ValueError):
-        pass  # a record this version no longer reads: compare it as written
+        pass  # a record the config class cannot read: compare it as written
     new = json.loads(json.dumps(config.to_dict(), default=str))  # tuples as lists, as the file holds them
     return {k: [old.get(k), v] for k, v in new.items() if old.get(k) != v and k not in _RESUMABLE_CHANGES}
 
