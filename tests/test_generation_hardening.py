@@ -324,11 +324,11 @@ def test_generate_refuses_a_huge_canvas_and_a_huge_seed_per_image(folders, tmp_p
 
 
 def test_request_reaches_the_pipeline_with_its_bounds(folders, tmp_path):
-    from generation.generate import GenerateSettings, Request, call_arguments
+    from generation.generate import GenerateConfig, Request, call_arguments
     from generation.spec import load_spec
 
     spec = load_spec(_spec(tmp_path / "s.json"))
-    kwargs = call_arguments(Request(spec), GenerateSettings(max_pixels=123, max_pixel_steps=456, steps=7))
+    kwargs = call_arguments(Request(spec), GenerateConfig(max_pixels=123, max_pixel_steps=456, steps=7))
     assert kwargs["max_pixels"] == 123 and kwargs["max_pixel_steps"] == 456
     assert kwargs["hand_num_inference_steps"] == 7
 

@@ -23,10 +23,10 @@ import numpy as np
 
 from .outputs import output_paths, save_png, versions, weights_fingerprint, write_image_and_sidecar
 from .requests import Request
-from .settings import DTYPES, GenerateSettings
+from .settings import DTYPES, GenerateConfig
 
 
-def load_pipeline(hand_model: str, body_model: str, settings: GenerateSettings):
+def load_pipeline(hand_model: str, body_model: str, settings: GenerateConfig):
     """The two-stage pipeline from two run folders, on the settings' device and dtype."""
     import torch
 
@@ -62,7 +62,7 @@ def body_resolution(pipe) -> int:
     return int(pipe.unet.config.sample_size) * pipe.vae_scale_factor
 
 
-def hand_prompts_for(request: Request, settings: GenerateSettings) -> list[str]:
+def hand_prompts_for(request: Request, settings: GenerateConfig) -> list[str]:
     from prep.captions import hand_caption
 
     if settings.hand_prompt is not None:
@@ -72,9 +72,9 @@ def hand_prompts_for(request: Request, settings: GenerateSettings) -> list[str]:
     return [hand_caption(settings.gesture, h.handedness) for h in request.spec.hands]
 
 
-def call_arguments(request: Request, settings: GenerateSettings) -> dict:
+def call_arguments(request: Request, settings: GenerateConfig) -> dict:
     """The exact keyword arguments of the pipeline call: every setting that names the argument it feeds
-    (``call=`` in `GenerateSettings`), then the prompts, seed, blending and stage-1 steps, which fall
+    (``call=`` in `GenerateConfig`), then the prompts, seed, blending and stage-1 steps, which fall
     back on the request's."""
     spec = request.spec
     kwargs = {
@@ -100,7 +100,7 @@ def detect_for_overview(image: np.ndarray, annotator) -> tuple:
 
 
 def generate_one(
-    pipe, request: Request, settings: GenerateSettings, out_dir: str, models: dict, annotator=None
+    pipe, request: Request, settings: GenerateConfig, out_dir: str, models: dict, annotator=None
 ) -> dict:
     """Run the pipeline for one request and write its files; returns the sidecar dict."""
     spec = request.spec

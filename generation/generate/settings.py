@@ -1,4 +1,4 @@
-"""`GenerateSettings`: every setting of `handfirst-gen generate`, one CLI option each, recorded in each
+"""`GenerateConfig`: every setting of `handfirst-gen generate`, one CLI option each, recorded in each
 sidecar so that ``--replay`` redoes an image exactly."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ DTYPES = ("float32", "float16", "bfloat16")
 
 
 @dataclass
-class GenerateSettings(Settings):
+class GenerateConfig(Settings):
     """Every setting of `handfirst-gen generate` (one CLI option each); recorded in each sidecar.
 
     A setting passed to the pipeline as it is names the `TwoStageHandBodyPipeline.__call__` argument it
@@ -130,7 +130,7 @@ class GenerateSettings(Settings):
         call="max_pixel_steps",
     )
 
-    def validate(self) -> GenerateSettings:
+    def validate(self) -> GenerateConfig:
         super().validate()
         self.blend_config()  # the blending options' own rules (expand_start <= expand_end)
         return self
