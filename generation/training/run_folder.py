@@ -1,7 +1,7 @@
 """The run folder of a training run (``--out``): what may be written where, and its config.json.
 
 **The run folder** (``--out``). A folder is a run of a task when its ``config.json`` is a JSON object
-whose ``"task"`` is the task's name (``"hand"``, ``"body"``, ...): `_write_config` writes it before any
+whose ``"task"`` is the task's name (``"hand"``, ``"body"``, ...): `write_run_config` writes it before any
 model is loaded, so every run that got past its data check carries it. `train` writes into:
 
 - a missing or empty folder (dot-files do not count): a new run;
