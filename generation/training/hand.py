@@ -39,6 +39,7 @@ from .hand_config import HandTrainConfig
 from .latent_cache import LatentCache, fingerprint, vae_fingerprint
 from .loop import TrainResult, train, weight_dtype
 from .losses import diffusion_target, mask_loss
+from .manifest_reads import first_rows, null_counts
 from .run_folder import read_source_run
 from .task import TrainTask
 
@@ -46,35 +47,6 @@ logger = logging.getLogger(__name__)
 
 # The binary columns of `HandCropDataset.columns` (what the task reads), which must not be null.
 BINARY_COLUMNS = ("crop", "mask", "heatmap")
-
-
-def _null_counts(table, columns) -> dict[str, int]:
-    """Nulls per column over the whole table, from Parquet footers (no data read)."""
-    counts = dict.fromkeys(columns, 0)
-    for frag in table.dataset.get_fragments():
-        md = frag.metadata
-        names = [md.schema.column(i).name for i in range(md.num_columns)]
-        for g in range(md.num_row_groups):
-            rg = md.row_group(g)
-            for col in columns:
-                if col in names:
-                    stats = rg.column(names.index(col)).statistics
-                    if stats is not None and stats.has_null_count:
-                        counts[col] += stats.null_count
-    return counts
-
-
-def _first_rows(manifest, table: str, columns, n: int, **filters) -> list[dict]:
-    """The first `n` rows of `table` passing `filters`, in manifest order, reading row groups only until
-    `n` are found (validation needs a handful of rows, not a pass over the table)."""
-    out: list[dict] = []
-    if n <= 0:
-        return out
-    for _, rows in manifest.iter_row_groups(table, columns, **filters):
-        out += rows.slice(0, n - len(out)).to_pylist()
-        if len(out) >= n:
-            break
-    return out
 
 
 def prep_crop_margin() -> float:
@@ -129,7 +101,7 @@ class HandTask(TrainTask):
                 f"{hands.url}: the hands table lacks column(s) {missing} that train-hand needs"
             )
         total = hands.num_rows
-        nulls = _null_counts(hands, BINARY_COLUMNS)
+        nulls = null_counts(hands, BINARY_COLUMNS)
         full = [col for col, n in nulls.items() if total and n >= total]
         if full:
             raise DataCheckError(
@@ -467,9 +439,9 @@ class HandTask(TrainTask):
             m = open_manifest(self.config.manifest[0])
             cols = ["hand_id", "crop_keypoints", "crop_size", "caption"]
             n = self.config.num_validation_poses
-            rows = _first_rows(m, "hands", cols, n, split="val") if self.config.split != "val" else []
+            rows = first_rows(m, "hands", cols, n, split="val") if self.config.split != "val" else []
             if not rows:
-                rows = _first_rows(
+                rows = first_rows(
                     m, "hands", cols, n, filter=self._filter_expression(0), **self._filter_kwargs()
                 )
             res = self.facts["resolution"]
