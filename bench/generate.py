@@ -57,7 +57,7 @@ def build_pipeline(seed: int = 0) -> TwoStageHandBodyPipeline:
     )
     b = build_components("tiny", resolution=64, seed=seed + 1)
     body = BodyOutpaintPipeline.from_components(b, build_body_model(b, "standard"))
-    pipe = TwoStageHandBodyPipeline.from_pipelines(hand, body)
+    pipe = TwoStageHandBodyPipeline.from_pipelines(hand, body, crop_margin=0.25)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

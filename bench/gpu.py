@@ -128,7 +128,7 @@ def two_stage(images: int, steps: int = 30, size: int = 512) -> dict:
     )
     b = sd15_sized_components(1)
     body = BodyOutpaintPipeline.from_components(b, build_body_model(b, "standard"))
-    pipe = TwoStageHandBodyPipeline.from_pipelines(hand, body).to("cuda", torch.bfloat16)
+    pipe = TwoStageHandBodyPipeline.from_pipelines(hand, body, crop_margin=0.25).to("cuda", torch.bfloat16)
     pipe.set_progress_bar_config(disable=True)
     args = {"prompt": PROMPT, **request(size), "num_inference_steps": steps, "output_type": "np", "seed": 0}
     pipe(**args)  # warm-up

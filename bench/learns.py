@@ -55,19 +55,15 @@ TARGETS = {
     "stage1_mask_iou": 0.5,
 }
 # Stage-1 scores are pooled over these seeds. Every sample of one seed starts from the same noise, so a
-# seed's count moves all 46 samples together: seeds 0-3 of one stage-1 run found 22, 31, 30 and 16 hands.
+# seed's count moves all 46 samples together.
 SEEDS = (0, 1, 2, 3)
 
-# Settings of the mini chain, and why (the issue leaves them to us). CPU budget: the whole chain in at
-# most about 60 minutes on 2 cores, stage 1 in at most about 25.
+# Settings of the mini chain. CPU budget: the whole chain in at most about 60 minutes on 2 cores, stage 1
+# in at most about 25. The measurements behind them are in the README, "Does it learn?".
 CHAIN = {
     "cpu": {
         # 64 px crops: 8x8 latents still separate the 21 keypoint heatmaps. The VAE bounds what stage 1
-        # can draw: with a pixel MSE loss (1200 cosine steps, 24.2 dB) prep's detector found only 6 of the
-        # 46 real crops after encode/decode, and stage-1 samples 3/46. train-vae's L1 + edge loss at 3000
-        # steps reached 26.5 dB and 30/46 (samples 21/46), and its PSNR was still rising, so 5000 steps
-        # (about 18 idle minutes at ~4.6 steps/s, 2 threads). 128 px (16x16 latents) ran 4.3x slower
-        # per step, with no more detections per minute in a side-by-side 6-minute run.
+        # can draw: L1 + edge loss, 5000 steps (about 18 idle minutes at ~4.6 steps/s on 2 threads).
         "vae": {
             "steps": 5000,
             "batch_size": 8,
@@ -77,16 +73,9 @@ CHAIN = {
             "resolution": 64,
             "image_resolution": 128,
         },
-        # 8.6M-parameter UNet at ~7 steps/s on two idle threads (batch 8, cached latents). 2400
-        # constant-rate steps drew masks of IoU 0.82 but few detectable hands with the noise loss still
-        # falling; 6000 cosine steps drew 21/46 detectable hands from the 3000-step VAE above. Sampling
-        # settings moved that little (guidance 1 / 2 / 3 / 5: 18 / 19 / 21 / 21; 50 steps: 22), so
-        # stage 1 gets 8000 steps (~19 idle minutes, ~1400 epochs of the 46 crops), cosine-decayed from
-        # the mini rate 5e-4. On SD's noise schedule the seed decided more than any setting: seeds 0-3
-        # drew 22 / 31 / 30 / 16 detectable hands, and every sample of seed 3 was too bright, since 6.8%
-        # of the image is left at t = T and the model reads the brightness from the starting noise.
-        # Zero terminal SNR with v-prediction (same steps, side by side on the same VAE) drew
-        # 33 / 35 / 33 / 32.
+        # 8.6M-parameter UNet at ~7 steps/s on two idle threads (batch 8, cached latents): 8000 steps
+        # (~19 idle minutes, ~1400 epochs of the 46 crops), cosine-decayed from the mini rate 5e-4, on zero
+        # terminal SNR with v-prediction, so the starting noise does not set the image's brightness.
         "hand": {
             "steps": 8000,
             "batch_size": 8,
@@ -96,8 +85,8 @@ CHAIN = {
             "zero_terminal_snr": True,
         },
         # 128 px images (16x16 latents): hands stay a few latent pixels wide. The base UNet is trained
-        # with the ControlNet, since it is from scratch and a frozen random decoder cannot paint. 700
-        # steps painted texture without a body; the time left in the hour goes here.
+        # with the ControlNet, since it is from scratch and a frozen random decoder cannot paint; the time
+        # left in the hour goes here.
         "body": {"steps": 1500, "batch_size": 4, "resolution": 128, "lr_warmup_steps": 50},
         "sample_steps": 25,
         "generate_rows": 16,
@@ -718,8 +707,8 @@ def main(argv=None) -> int:
     import dataclasses
 
     import prep
+    from generation.training.body import train_body
     from generation.training.body_config import BodyTrainConfig
-    from generation.training.body_task import train_body
     from generation.training.hand import HandTrainConfig, train_hand
     from generation.training.vae import VaeTask, reconstruct, reconstruction_psnr, to_uint8, train_vae
     from generation.training.vae_config import VaeTrainConfig

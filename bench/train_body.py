@@ -38,8 +38,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import torch  # noqa: E402
 
 from bench._common import GPU_SKIPPED, machine, print_gpu, run_speed, write_result  # noqa: E402
+from generation.training.body import train_body  # noqa: E402
 from generation.training.body_config import BodyTrainConfig  # noqa: E402
-from generation.training.body_task import train_body  # noqa: E402
 from manifests.synthetic import make_synthetic_manifest  # noqa: E402
 
 VARIANTS = {

@@ -59,14 +59,14 @@ from .selection import DEFAULT_SPLIT
 logger = logging.getLogger(__name__)
 
 
-def _needs_controlnet(settings: BaselineSettings) -> None:
+def _needs_controlnet(settings: BaselineConfig) -> None:
     if not settings.controlnet:
         raise SettingError(
             "--method controlnet-openpose needs --controlnet DIR (a local diffusers ControlNet)"
         )
 
 
-def _no_controlnet(settings: BaselineSettings) -> None:
+def _no_controlnet(settings: BaselineConfig) -> None:
     if settings.controlnet:
         raise SettingError("--method sd draws from the prompt alone; drop --controlnet")
 
@@ -81,7 +81,7 @@ class Method:
 
 
 @dataclass
-class BaselineSettings(Settings):
+class BaselineConfig(Settings):
     """Every setting of `handfirst-gen baseline` (one CLI option each); recorded in each sidecar."""
 
     method: str = setting(
@@ -116,7 +116,7 @@ class BaselineSettings(Settings):
     )
     overwrite: bool = setting(False, "redo images whose PNG and sidecar exist (default: skip them)")
 
-    def validate(self) -> BaselineSettings:
+    def validate(self) -> BaselineConfig:
         super().validate()
         if not self.pretrained:
             raise SettingError("--pretrained is required (a local Stable Diffusion folder)")
@@ -124,13 +124,13 @@ class BaselineSettings(Settings):
         return self
 
 
-def _device(settings: BaselineSettings) -> str:
+def _device(settings: BaselineConfig) -> str:
     import torch
 
     return settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _components(settings: BaselineSettings) -> dict:
+def _components(settings: BaselineConfig) -> dict:
     import torch
 
     from .models.loading import build_components
@@ -150,7 +150,7 @@ def _components(settings: BaselineSettings) -> dict:
     }
 
 
-def _load_controlnet_pipeline(settings: BaselineSettings):
+def _load_controlnet_pipeline(settings: BaselineConfig):
     import torch
     from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
 
@@ -172,7 +172,7 @@ def _load_controlnet_pipeline(settings: BaselineSettings):
     return pipe.to(_device(settings))
 
 
-def _load_sd_pipeline(settings: BaselineSettings):
+def _load_sd_pipeline(settings: BaselineConfig):
     from diffusers import StableDiffusionPipeline
 
     return StableDiffusionPipeline(**_components(settings)).to(_device(settings))
@@ -199,7 +199,7 @@ def drawn_size(width: int, height: int, multiple: int = 8) -> tuple[int, int]:
     return -(-int(width) // multiple) * multiple, -(-int(height) // multiple) * multiple
 
 
-def _common(request: Request, settings: BaselineSettings, generator) -> dict:
+def _common(request: Request, settings: BaselineConfig, generator) -> dict:
     width, height = drawn_size(request.spec.width, request.spec.height)
     return {
         "prompt": request.spec.prompt,
@@ -213,7 +213,7 @@ def _common(request: Request, settings: BaselineSettings, generator) -> dict:
     }
 
 
-def _draw_controlnet(pipe, request: Request, settings: BaselineSettings, generator):
+def _draw_controlnet(pipe, request: Request, settings: BaselineConfig, generator):
     from PIL import Image
 
     condition = render_condition(request)
@@ -228,7 +228,7 @@ def _draw_controlnet(pipe, request: Request, settings: BaselineSettings, generat
     return out.images, {"condition": condition}
 
 
-def _draw_sd(pipe, request: Request, settings: BaselineSettings, generator):
+def _draw_sd(pipe, request: Request, settings: BaselineConfig, generator):
     return pipe(**_common(request, settings, generator)).images, {}
 
 
@@ -253,7 +253,7 @@ def _decode(pipe, latents) -> np.ndarray:
     return (pixels * 255).round().astype(np.uint8)
 
 
-def baseline_one(pipe, request: Request, settings: BaselineSettings, out_dir: str, models: dict) -> dict:
+def baseline_one(pipe, request: Request, settings: BaselineConfig, out_dir: str, models: dict) -> dict:
     """Draw one request with the baseline and write its PNG, condition and sidecar; returns the sidecar."""
     spec = request.spec
     paths = output_paths(out_dir, request.name)  # refuses an unsafe name before any work
@@ -296,7 +296,7 @@ def baseline_one(pipe, request: Request, settings: BaselineSettings, out_dir: st
 def run_baseline(
     manifest: str,
     out_dir: str,
-    settings: BaselineSettings,
+    settings: BaselineConfig,
     image_ids: list[str] | None = None,
     split: str | None = DEFAULT_SPLIT,
     limit: int | None = None,

@@ -4,7 +4,7 @@
   clear `ValueError` naming that range instead of an ``OverflowError`` deep inside torch.
 - `check_image_cost`: a request is refused *before* anything is allocated when one image's canvas
   exceeds `max_pixels`, or its canvas times its denoising steps exceeds `max_pixel_steps`. Both are
-  settings (`GenerateSettings`, ``sample-hand`` / ``sample-body`` options, pipeline arguments), so a
+  settings (`GenerateConfig`, ``sample-hand`` / ``sample-body`` options, pipeline arguments), so a
   large machine can raise them; the defaults let SD 1.5 draw up to 2048 x 2048 with 100 steps.
 - `check_finite`: a model with NaN weights (or a float16 overflow) denoises to NaN latents, which
   decode to black images; the pipelines call this on the final latents and the decoded pixels and

@@ -110,8 +110,8 @@ def test_inpainting_input_is_latents_mask_masked_latents_in_diffusers_order():
 def test_base_unet_frozen_unless_asked(train_base_unet, tmp_path):
     from accelerate import Accelerator
 
+    from generation.training.body import BodyTask
     from generation.training.body_config import BodyTrainConfig
-    from generation.training.body_task import BodyTask
 
     task = BodyTask(BodyTrainConfig(manifest="m", out=str(tmp_path / "r"), train_base_unet=train_base_unet))
     task.build(Accelerator(cpu=True))

@@ -12,10 +12,11 @@ from manifest_edits import rewrite
 from generation.cli import main as gen_main
 from generation.models.body import BASE_KINDS
 from generation.models.loading import ModelFolderError
-from generation.pipelines.body import BodyOutpaintPipeline, manifest_inputs
+from generation.pipelines.body import BodyOutpaintPipeline
+from generation.pipelines.body_inputs import manifest_inputs
 from generation.pipelines.condition import CONDITION_GROUPS
+from generation.training.body import BodyTask, hand_border_weight, train_body, weighted_mse
 from generation.training.body_config import BASE_KIND_NAMES, CONDITION_GROUP_NAMES, BodyTrainConfig
-from generation.training.body_task import BodyTask, hand_border_weight, train_body, weighted_mse
 from generation.training.errors import DataCheckError
 from generation.training.metrics import read_metrics
 from manifests.datasets import BodyDataset

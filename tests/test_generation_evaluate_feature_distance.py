@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from generation.evaluate.feature_distance import DistributionDistance, KIDSettings, load_inception
+from generation.evaluate.feature_distance import DistributionDistance, KIDConfig, load_inception
 
 
 def _gaussian(n, d, seed):
@@ -57,7 +57,7 @@ def test_kid_closed_form_for_shifted_1d_gaussian():
     assert e_xx + e_yy - 2 * e_xy == pytest.approx((d**3 + 3 * d) ** 2 + 3 * d**4 + 3 * d**2)
     diag_x, diag_y = ((x**2 + 1) ** 3).sum(), ((y**2 + 1) ** 3).sum()
     expected = (n * n * e_xx - diag_x + n * n * e_yy - diag_y) / (n * (n - 1)) - 2 * e_xy
-    dd = DistributionDistance(None, 1, kid=KIDSettings(subsets=2, subset_size=10_000))
+    dd = DistributionDistance(None, 1, kid=KIDConfig(subsets=2, subset_size=10_000))
     dd.update_features(x[:, None], real=True)
     dd.update_features(y[:, None], real=False)
     r = dd.compute()
@@ -67,7 +67,7 @@ def test_kid_closed_form_for_shifted_1d_gaussian():
 
 def test_kid_point_masses_and_identical_sets():
     a, b = np.full((50, 4), 1.0), np.full((50, 4), 3.0)
-    dd = DistributionDistance(None, 4, kid=KIDSettings(subsets=3, subset_size=20))
+    dd = DistributionDistance(None, 4, kid=KIDConfig(subsets=3, subset_size=20))
     dd.update_features(a, real=True)
     dd.update_features(b, real=False)
     k = lambda u, v: (u @ v / 4 + 1) ** 3  # noqa: E731
@@ -76,7 +76,7 @@ def test_kid_point_masses_and_identical_sets():
     assert r["kid"] == pytest.approx(expected) and r["fid"] == pytest.approx(16.0)
 
     x = _gaussian(200, 4, 4)
-    same = DistributionDistance(None, 4, kid=KIDSettings(subsets=5, subset_size=200))
+    same = DistributionDistance(None, 4, kid=KIDConfig(subsets=5, subset_size=200))
     same.update_features(x, real=True)
     same.update_features(x, real=False)
     assert abs(same.compute()["kid"]) < 0.01 * expected

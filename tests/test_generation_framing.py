@@ -9,7 +9,6 @@ from PIL import Image
 
 from generation.cli import main
 from generation.generate import output_size, requests_from_manifest
-from generation.training.body_config import training_fit
 from manifests.datasets import BodyDataset
 from manifests.reader import open_manifest
 from manifests.transforms import frame_at_training_scale, training_scale
@@ -45,7 +44,7 @@ def request_fractions(manifest, fit) -> list[float]:
 
 def test_hands_in_generated_requests_are_as_large_as_in_training_on_hagrid_mini(hagrid_manifest):
     train = np.median(training_fractions(hagrid_manifest))
-    framed = np.median(request_fractions(hagrid_manifest, training_fit("no such run")))  # default: cover
+    framed = np.median(request_fractions(hagrid_manifest, "cover"))  # train-body's default
     longest = np.median(request_fractions(hagrid_manifest, None))  # the whole frame at longer side SIDE
     # Measured (46 hands; frames 384x512 to 384x834 and 512x384 to 683x384): the median hand is 0.161 of
     # the training side in training crops and in requests; drawn at longer side SIDE it is 0.105 (1.53x
@@ -69,12 +68,6 @@ def test_the_framing_rule_is_the_body_datasets_scale(synthetic_manifest):
     assert frame_at_training_scale(384, 512, 512, "cover") == (512, 683)
     assert frame_at_training_scale(384, 512, 512, "contain") == (384, 512)
     assert output_size(384, 512, 512) == (384, 512) and output_size(384, 512, 512, "cover") == (512, 683)
-
-
-def test_training_fit_reads_the_body_run(tmp_path):
-    (tmp_path / "config.json").write_text(json.dumps({"task": "body", "config": {"fit": "contain"}}))
-    assert training_fit(str(tmp_path)) == "contain"
-    assert training_fit(str(tmp_path / "missing")) == "cover"  # train-body's default
 
 
 def test_generate_from_manifest_draws_at_the_body_models_training_scale(

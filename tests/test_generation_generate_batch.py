@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 from two_stage_helpers import pose_spec_file
 
-from generation.generate import GenerateSettings, RequestError, Sources, UsageError, generate_batch
+from generation.generate import GenerateConfig, RequestError, Sources, UsageError, generate_batch
 
 
 def _tiny_hand_spec(good: str, path) -> str:
@@ -40,14 +40,14 @@ def test_a_batch_without_models_is_refused_before_anything_loads(tmp_path):
     with pytest.raises(UsageError, match="--hand-model and --body-model are required"):
         generate_batch(Sources(spec=[pose_spec_file(tmp_path / "s.json")]), str(out), hand_model="h")
     with pytest.raises(ValueError, match="steps"):  # settings are checked first of all
-        generate_batch(Sources(spec=["s.json"]), str(out), settings=GenerateSettings(steps=0))
+        generate_batch(Sources(spec=["s.json"]), str(out), settings=GenerateConfig(steps=0))
     assert not out.exists()
 
 
 def test_one_failing_request_is_recorded_the_others_written_and_a_rerun_resumes(tiny_runs, tmp_path, caplog):
     good = pose_spec_file(tmp_path / "good.json")
     tiny = _tiny_hand_spec(good, tmp_path / "tiny.json")
-    settings = GenerateSettings(steps=2, detect=False, small_hands="refuse", min_hand_size=8)
+    settings = GenerateConfig(steps=2, detect=False, small_hands="refuse", min_hand_size=8)
     out = tmp_path / "batch"
     heard = []
     result = generate_batch(
@@ -83,7 +83,7 @@ def test_a_replay_takes_its_models_and_settings_from_the_sidecar_and_is_always_r
         Sources(spec=[pose_spec_file(tmp_path / "wave.json")]),
         str(out),
         *tiny_runs,
-        GenerateSettings(steps=2, detect=False),
+        GenerateConfig(steps=2, detect=False),
     )
     assert first.written == ["wave"]
     image = np.asarray(Image.open(out / "wave.png"))
@@ -110,6 +110,6 @@ def test_photos_that_share_a_name_are_refused_before_anything_is_written(tiny_ru
     photos = [str(tmp_path / "a" / "same.png"), str(tmp_path / "b" / "same.png")]
     with pytest.raises(RequestError, match=r"several photos share the name\(s\) \['same'\]"):
         generate_batch(
-            Sources(from_image=photos), str(out), *tiny_runs, GenerateSettings(steps=1, detect=False)
+            Sources(from_image=photos), str(out), *tiny_runs, GenerateConfig(steps=1, detect=False)
         )
     assert not out.exists()

@@ -263,7 +263,7 @@ def test_sample_body_checks_size_cost_and_seed_before_drawing(
     def never(*args, **kwargs):
         raise AssertionError("a manifest image was drawn before the checks")
 
-    monkeypatch.setattr("generation.pipelines.body.manifest_inputs", never)
+    monkeypatch.setattr("generation.pipelines.body_inputs.manifest_inputs", never)
     out = tmp_path / "out"
     base = [
         "sample-body",
@@ -323,11 +323,11 @@ def test_generate_refuses_a_huge_canvas_and_a_huge_seed_per_image(folders, tmp_p
 
 
 def test_request_reaches_the_pipeline_with_its_bounds(folders, tmp_path):
-    from generation.generate import GenerateSettings, Request, call_arguments
+    from generation.generate import GenerateConfig, Request, call_arguments
     from generation.spec import load_spec
 
     spec = load_spec(pose_spec_file(tmp_path / "s.json"))
-    kwargs = call_arguments(Request(spec), GenerateSettings(max_pixels=123, max_pixel_steps=456, steps=7))
+    kwargs = call_arguments(Request(spec), GenerateConfig(max_pixels=123, max_pixel_steps=456, steps=7))
     assert kwargs["max_pixels"] == 123 and kwargs["max_pixel_steps"] == 456
     assert kwargs["hand_num_inference_steps"] == 7
 
@@ -465,8 +465,8 @@ def test_training_takes_the_largest_seed(synthetic_manifest, tmp_path):
         seed=2**64 - 1,
     )
     assert train_hand(config).finished  # numpy's global seed and seed * 7919 must not overflow
+    from generation.training.body import train_body
     from generation.training.body_config import BodyTrainConfig
-    from generation.training.body_task import train_body
 
     body = BodyTrainConfig(
         manifest=str(synthetic_manifest),

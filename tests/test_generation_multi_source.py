@@ -13,8 +13,8 @@ from accelerate import Accelerator
 from generation import HandGenerationPipeline
 from generation.pipelines.body import BodyOutpaintPipeline
 from generation.training import DataCheckError
+from generation.training.body import BodyTask, train_body
 from generation.training.body_config import BodyTrainConfig
-from generation.training.body_task import BodyTask, train_body
 from generation.training.checkpoint import list_checkpoints
 from generation.training.errors import RunFolderError
 from generation.training.hand import HandTask, HandTrainConfig, train_hand
@@ -163,7 +163,7 @@ def test_one_manifest_as_a_string_still_works_and_means_a_one_tuple(tmp_path):
     assert HandTrainConfig(manifest="m").manifest == ("m",)
     assert BodyTrainConfig(manifest=tmp_path).manifest == (str(tmp_path),)
     # A config.json written when `manifest` was a string: read back, and not a change on resume.
-    from generation.training.loop import resume_changes
+    from generation.training.run_folder import resume_changes
 
     run = tmp_path / "run"
     run.mkdir()

@@ -12,7 +12,9 @@ from two_stage_helpers import PROMPT, H, W, call_two_stage, tiny_two_stage_parts
 from generation import TwoStageHandBodyPipeline
 from generation.models.hand import HandUNet
 from generation.models.presets import tiny_vae_config
+from generation.pipelines import two_stage
 from generation.pipelines.blending import BlendConfig, keep_mask, mask_to_latent
+from generation.pipelines.hand_latents import encode_hands
 from generation.pipelines.placing import HandTooSmallError, PlacedHand, paste_hands
 from generation.pipelines.two_stage import ModelMismatchError
 from manifests.geometry import CropBox
@@ -36,7 +38,7 @@ def _known(pipe, out, encoding="windows", d0=None):
     hw = out.latents.shape[-2:]
     by_index = dict(zip(out.hand_indices, out.hand_boxes))
     boxes = [by_index[i] for i in out.paste_order] if encoding == "windows" else None
-    z_hands = pipe.encode_hands(out.hand_canvas, out.hand_mask, boxes, margin=d0 + 1)
+    z_hands = encode_hands(pipe.body_pipeline, out.hand_canvas, out.hand_mask, boxes, margin=d0 + 1)
     mask = mask_to_latent(torch.from_numpy(out.hand_mask)[None, None].float(), tuple(hw))
     return z_hands, mask
 
@@ -74,7 +76,7 @@ def test_sequential_keeps_exactly_the_scheduled_mask_at_every_step(pipe, monkeyp
     cfg = BlendConfig(mode="sequential", d0=1, expand_pixels=2, expand_start=0.0, expand_end=1.0)
     steps, seed = 5, 7
     seen = []
-    original = pipe.blend_hook
+    original = two_stage.blend_hook
 
     def spy(*args, **kwargs):
         hook = original(*args, **kwargs)
@@ -87,7 +89,7 @@ def test_sequential_keeps_exactly_the_scheduled_mask_at_every_step(pipe, monkeyp
 
         return wrapped
 
-    monkeypatch.setattr(pipe, "blend_hook", spy)
+    monkeypatch.setattr(two_stage, "blend_hook", spy)
     out = call_two_stage(pipe, blend=cfg, num_inference_steps=steps, seed=seed, return_masks=True)
     z_hands, mask = _known(pipe, out, d0=cfg.d0)
     noise = randn_tensor(z_hands.shape, generator=torch.Generator().manual_seed(seed + 1))
@@ -127,7 +129,7 @@ def test_hand_windows_cover_every_kept_latent(pipe):
 
 def test_none_never_touches_the_latents(pipe, monkeypatch):
     calls = []
-    monkeypatch.setattr(pipe, "blend_hook", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(two_stage, "blend_hook", lambda *a, **k: calls.append(1))
     out = call_two_stage(pipe, blend="none", return_masks=True)
     assert calls == [] and out.keep_masks is None and out.timings["blend"] == 0.0
     # Exactly stage 2 alone on the same condition and noise.

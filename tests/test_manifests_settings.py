@@ -86,20 +86,20 @@ def test_setting_like_copies_default_help_and_range():
 
 
 def _config_classes():
-    from generation.baseline import BaselineSettings
-    from generation.commands.sample_body import SampleBodySettings
-    from generation.commands.sample_hand import SampleHandSettings
+    from generation.baseline import BaselineConfig
+    from generation.commands.sample_body import SampleBodyConfig
+    from generation.commands.sample_hand import SampleHandConfig
     from generation.evaluate.run import EvalConfig
-    from generation.generate import GenerateSettings
+    from generation.generate import GenerateConfig
     from generation.pipelines.blend_config import BlendConfig
     from generation.training.body_config import BodyTrainConfig
     from generation.training.hand_config import HandTrainConfig
     from generation.training.vae_config import VaeTrainConfig
-    from manifests.commands.card import CardSettings
-    from manifests.commands.preview import PreviewSettings
-    from manifests.commands.score import ScoreSettings
-    from manifests.commands.stats import StatsSettings
-    from manifests.commands.validate import ValidateSettings
+    from manifests.commands.card import CardConfig
+    from manifests.commands.preview import PreviewConfig
+    from manifests.commands.score import ScoreConfig
+    from manifests.commands.stats import StatsConfig
+    from manifests.commands.validate import ValidateConfig
     from prep.config import PrepConfig
 
     return [
@@ -107,17 +107,17 @@ def _config_classes():
         HandTrainConfig,
         BodyTrainConfig,
         VaeTrainConfig,
-        GenerateSettings,
+        GenerateConfig,
         EvalConfig,
         BlendConfig,
-        BaselineSettings,
-        SampleHandSettings,
-        SampleBodySettings,
-        ValidateSettings,
-        StatsSettings,
-        PreviewSettings,
-        ScoreSettings,
-        CardSettings,
+        BaselineConfig,
+        SampleHandConfig,
+        SampleBodyConfig,
+        ValidateConfig,
+        StatsConfig,
+        PreviewConfig,
+        ScoreConfig,
+        CardConfig,
     ]
 
 
@@ -148,9 +148,9 @@ def test_each_config_validates_its_defaults_and_refuses_each_bound_crossed():
         "HandTrainConfig": {"manifest": "m"},
         "BodyTrainConfig": {"manifest": "m"},
         "VaeTrainConfig": {"manifest": "m"},
-        "BaselineSettings": {"pretrained": "sd", "controlnet": "openpose"},
-        "PreviewSettings": {"out": "sheet.png"},
-        "ScoreSettings": {"truth": "truth.json"},
+        "BaselineConfig": {"pretrained": "sd", "controlnet": "openpose"},
+        "PreviewConfig": {"out": "sheet.png"},
+        "ScoreConfig": {"truth": "truth.json"},
     }
     crossed = 0
     for cls in _config_classes():
@@ -225,10 +225,10 @@ def test_one_default_sigma():
 
 
 def test_generate_blending_options_are_the_blend_config():
-    from generation.generate import GenerateSettings
+    from generation.generate import GenerateConfig
     from generation.pipelines.blend_config import BlendConfig
 
-    assert GenerateSettings().blend_config() == BlendConfig()
+    assert GenerateConfig().blend_config() == BlendConfig()
 
 
 # --- the bad settings, through the Python API and the CLIs ----------------------------------
@@ -287,9 +287,9 @@ def test_prep_refuses_bad_structured_settings():
     ],
 )
 def test_generate_settings_refuse_bad_values(changes, message):
-    from generation.generate import GenerateSettings
+    from generation.generate import GenerateConfig
 
-    settings = GenerateSettings(**changes)  # constructing never raises: validate() is the one check
+    settings = GenerateConfig(**changes)  # constructing never raises: validate() is the one check
     with pytest.raises(SettingError, match=message):
         settings.validate()
 
@@ -353,9 +353,9 @@ def test_evaluate_refuses_bad_settings(tmp_path):
 
 
 def test_generate_mask_fallback_choices_are_the_pipeline_registry():
-    from generation.generate import GenerateSettings
+    from generation.generate import GenerateConfig
     from generation.pipelines.placing import MASK_FALLBACKS
     from manifests.settings import field_choices
 
-    fields = {f.name: f for f in dataclasses.fields(GenerateSettings)}
+    fields = {f.name: f for f in dataclasses.fields(GenerateConfig)}
     assert set(field_choices(fields["mask_fallback"])) == set(MASK_FALLBACKS)

@@ -174,7 +174,7 @@ def test_a_subcommand_registered_by_module_name(tmp_path, monkeypatch, capsys):
 
 def test_cli_options_are_checked_settings(synthetic_manifest, tmp_path, capsys):
     """Every subcommand's options are `Settings` fields: a value outside its range is one error line."""
-    from manifests.commands.validate import ValidateSettings
+    from manifests.commands.validate import ValidateConfig
 
     assert main(["validate", str(synthetic_manifest), "--workers", "0"]) == 2
     assert "workers (--workers) must be >= 1, got 0" in capsys.readouterr().err
@@ -185,4 +185,4 @@ def test_cli_options_are_checked_settings(synthetic_manifest, tmp_path, capsys):
     # --no-decode, --json, and -v before or after the subcommand.
     assert main(["-v", "validate", str(synthetic_manifest), "--no-decode", "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == []
-    assert ValidateSettings().decode is True
+    assert ValidateConfig().decode is True

@@ -37,8 +37,10 @@ def pose_spec_file(path, width=152, height=120, scale=0.3, seed=3, **changes):
 def tiny_two_stage_parts(seed=0):
     torch.manual_seed(seed)
     c = build_components("tiny", resolution=64, seed=seed)
+    hand_unet = HandUNet.from_unet(c.unet, heatmap_sigma=1.0)
+    hand_unet.record_crop_margin(0.25)  # as train-hand does
     hand = HandGenerationPipeline(
-        HandUNet.from_unet(c.unet, heatmap_sigma=1.0),
+        hand_unet,
         c.vae,
         c.text_encoder,
         c.tokenizer,

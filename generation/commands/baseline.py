@@ -15,7 +15,7 @@ HELP = (
 def add_arguments(parser) -> None:
     from manifests.settings import add_arguments as add_settings
 
-    from ..baseline import BaselineSettings
+    from ..baseline import BaselineConfig
     from ..selection import DEFAULT_SPLIT
 
     parser.add_argument("--from-manifest", required=True, metavar="DIR", help="manifest root written by prep")
@@ -32,18 +32,18 @@ def add_arguments(parser) -> None:
         "--limit", type=int, default=None, help="the first N selected rows (as generate --limit N)"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_settings(parser, BaselineSettings, title="baseline settings")
+    add_settings(parser, BaselineConfig, title="baseline settings")
 
 
 def run(args) -> int:
     from manifests.settings import from_args
 
-    from ..baseline import BaselineSettings, run_baseline
+    from ..baseline import BaselineConfig, run_baseline
     from ..generate import RequestError
     from ..models.loading import ModelFolderError
 
     try:
-        settings = from_args(BaselineSettings, args).validate()
+        settings = from_args(BaselineConfig, args).validate()
         if args.limit is not None and args.limit < 1:
             raise ValueError(f"--limit must be >= 1, got {args.limit}")
         result = run_baseline(

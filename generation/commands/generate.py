@@ -26,7 +26,7 @@ HELP = (
 def add_arguments(parser) -> None:
     from manifests.settings import add_arguments
 
-    from ..generate import GenerateSettings
+    from ..generate import GenerateConfig
     from ..selection import DEFAULT_SPLIT
 
     src = parser.add_argument_group("what to generate (one of)")
@@ -56,20 +56,20 @@ def add_arguments(parser) -> None:
     parser.add_argument("--body-model", help="train-body run folder (or saved BodyOutpaintPipeline)")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--config", help="JSON file of generate settings; command-line options override it")
-    add_arguments(parser, GenerateSettings)
+    add_arguments(parser, GenerateConfig)
 
 
 def run(args) -> int:
     from manifests.settings import from_args
 
-    from ..generate import GenerateSettings, Sources, UsageError, generate_batch, settings_base
+    from ..generate import GenerateConfig, Sources, UsageError, generate_batch, settings_base
 
     def report(name: str, exc: Exception) -> None:
         print(f"{PROG}: {name}: {exc}", file=sys.stderr)
 
     try:
         sources = Sources.from_args(args)
-        settings = from_args(GenerateSettings, args, settings_base(args.config, args.replay))
+        settings = from_args(GenerateConfig, args, settings_base(args.config, args.replay))
         result = generate_batch(
             sources, args.out, args.hand_model, args.body_model, settings, on_failure=report
         )

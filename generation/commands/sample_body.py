@@ -9,12 +9,12 @@ from dataclasses import dataclass
 from manifests.settings import Settings, setting, setting_like
 from manifests.settings import add_arguments as add_settings
 
-from ..generate.settings import GenerateSettings
+from ..generate.settings import GenerateConfig
 from ..guards import MAX_SEED
 
 
 @dataclass
-class SampleBodySettings(Settings):
+class SampleBodyConfig(Settings):
     """Every sampling setting of `handfirst-gen sample-body` (one CLI option each)."""
 
     resolution: int | None = setting(None, "square side (default: the training resolution)", ge=8)
@@ -26,8 +26,8 @@ class SampleBodySettings(Settings):
     seed: int = setting(0, "random seed", ge=0, le=MAX_SEED)
     device: str | None = setting(None, "cuda / cpu / mps (default: cuda if available)")
     fp16: bool = setting(False, "load in float16 (GPU)")
-    max_pixels: int = setting_like(GenerateSettings, "max_pixels")
-    max_pixel_steps: int = setting_like(GenerateSettings, "max_pixel_steps")
+    max_pixels: int = setting_like(GenerateConfig, "max_pixels")
+    max_pixel_steps: int = setting_like(GenerateConfig, "max_pixel_steps")
 
 
 HELP = (
@@ -44,7 +44,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--manifest", required=True, help="manifest root written by prep")
     parser.add_argument("--image-id", required=True, nargs="+", help="image_id(s) of the images table")
     parser.add_argument("--out", required=True, help="output folder")
-    add_settings(parser, SampleBodySettings, title="sampling settings")
+    add_settings(parser, SampleBodyConfig, title="sampling settings")
 
 
 def _training_resolution(model: str) -> int | None:
@@ -71,11 +71,12 @@ def run(args) -> int:
 
     from ..guards import check_image_cost, make_generator
     from ..models.loading import ModelFolderError
-    from ..pipelines.body import BodyOutpaintPipeline, manifest_inputs
+    from ..pipelines.body import BodyOutpaintPipeline
+    from ..pipelines.body_inputs import manifest_inputs
     from ..pipelines.condition import ConditionInputs, condition_tiles
 
     try:
-        settings = from_args(SampleBodySettings, args).validate()
+        settings = from_args(SampleBodyConfig, args).validate()
         device = settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = torch.float16 if settings.fp16 else torch.float32
         pipe = BodyOutpaintPipeline.from_pretrained(args.model, dtype=dtype).to(device)

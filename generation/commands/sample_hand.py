@@ -9,12 +9,12 @@ from dataclasses import dataclass
 from manifests.settings import Settings, setting, setting_like
 from manifests.settings import add_arguments as add_settings
 
-from ..generate.settings import GenerateSettings
+from ..generate.settings import GenerateConfig
 from ..guards import MAX_SEED
 
 
 @dataclass
-class SampleHandSettings(Settings):
+class SampleHandConfig(Settings):
     """Every sampling setting of `handfirst-gen sample-hand` (one CLI option each)."""
 
     prompt: str = setting("a hand", "caption for every pose")
@@ -29,8 +29,8 @@ class SampleHandSettings(Settings):
     device: str | None = setting(None, "cuda / cpu / mps (default: cuda if available)")
     fp16: bool = setting(False, "load in float16 (GPU)")
     save_probabilities: bool = setting(False, "also write hand_NNN_mask_prob.png")
-    max_pixels: int = setting_like(GenerateSettings, "max_pixels")
-    max_pixel_steps: int = setting_like(GenerateSettings, "max_pixel_steps")
+    max_pixels: int = setting_like(GenerateConfig, "max_pixels")
+    max_pixel_steps: int = setting_like(GenerateConfig, "max_pixel_steps")
 
 
 HELP = (
@@ -86,7 +86,7 @@ def add_arguments(parser) -> None:
         "--keypoints", required=True, help="pose.json: 21 [x, y] crop pixels, or a list of such lists"
     )
     parser.add_argument("--out", required=True, help="output folder for hand_NNN.png and hand_NNN_mask.png")
-    add_settings(parser, SampleHandSettings, title="sampling settings")
+    add_settings(parser, SampleHandConfig, title="sampling settings")
 
 
 def run(args) -> int:
@@ -98,7 +98,7 @@ def run(args) -> int:
     from ..pipelines.hand import HandGenerationPipeline
 
     try:
-        settings = from_args(SampleHandSettings, args).validate()
+        settings = from_args(SampleHandConfig, args).validate()
         poses = load_poses(args.keypoints)
         device = settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = torch.float16 if settings.fp16 else torch.float32

@@ -18,6 +18,6 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from ..training.body_task import train_body
+    from ..training.body import train_body
 
     return run_training("train-body", BodyTrainConfig, args, train_body)

@@ -87,7 +87,7 @@ def to_uint8_batch(images: list[np.ndarray], size: int = INCEPTION_SIZE) -> torc
 
 
 @dataclass
-class KIDSettings:
+class KIDConfig:
     subsets: int = 100  # random subsets averaged by KID
     subset_size: int = 1000  # capped at the smaller set's size
     degree: int = 3  # polynomial kernel (x.y / d + coef) ** degree, as in Binkowski et al. 2018
@@ -105,13 +105,13 @@ class DistributionDistance:
         self,
         extractor: Callable[[torch.Tensor], torch.Tensor] | None,
         num_features: int,
-        kid: KIDSettings | None = None,
+        kid: KIDConfig | None = None,
         device: str = "cpu",
         image_size: int = INCEPTION_SIZE,
     ):
         self.extractor = extractor
         self.num_features = int(num_features)
-        self.kid = kid or KIDSettings()
+        self.kid = kid or KIDConfig()
         self.device = device
         self.image_size = image_size
         self._features: dict[bool, list[torch.Tensor]] = {True: [], False: []}

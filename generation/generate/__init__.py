@@ -1,11 +1,11 @@
 """`handfirst-gen generate` as a Python API: requests from spec files, manifest rows, photos or replayed
 sidecars, the two-stage pipeline, and the files written per image.
 
->>> from generation.generate import GenerateSettings, Sources, generate_batch
+>>> from generation.generate import GenerateConfig, Sources, generate_batch
 >>> result = generate_batch(Sources(spec=["pose.json"]), "out", "runs/hand", "runs/body",
-...                         GenerateSettings(steps=30))
+...                         GenerateConfig(steps=30))
 
-- `settings`: `GenerateSettings`, every setting (one CLI option each);
+- `settings`: `GenerateConfig`, every setting (one CLI option each);
 - `requests`: `Request` and the sources that build them (spec files, manifest rows, photos);
 - `sidecars`: replay, a sidecar read back into its request, settings and models;
 - `pipeline`: the pipeline loaded from two run folders and `generate_one`, one request's files
@@ -38,13 +38,13 @@ from .requests import (
     requests_from_manifest,
     requests_from_specs,
 )
-from .settings import DTYPES, GenerateSettings
+from .settings import DTYPES, GenerateConfig
 from .sidecars import request_from_sidecar, settings_base
 
 __all__ = [
     "DTYPES",
     "BatchResult",
-    "GenerateSettings",
+    "GenerateConfig",
     "HandSpec",
     "Request",
     "RequestError",

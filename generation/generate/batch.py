@@ -28,7 +28,7 @@ from ..selection import DEFAULT_SPLIT
 from .outputs import is_done
 from .pipeline import body_resolution, generate_one, load_pipeline, model_record
 from .requests import Request, RequestError, request_from_image, requests_from_manifest, requests_from_specs
-from .settings import GenerateSettings
+from .settings import GenerateConfig
 from .sidecars import request_from_sidecar, settings_base
 
 logger = logging.getLogger(__name__)
@@ -87,7 +87,7 @@ class BatchResult:
 
 
 # (a request, the settings to make it with)
-Item = tuple[Request, GenerateSettings]
+Item = tuple[Request, GenerateConfig]
 
 
 @dataclass
@@ -95,8 +95,8 @@ class _Batch:
     """What a source needs to build its requests."""
 
     sources: Sources
-    settings: GenerateSettings
-    body_model: str
+    settings: GenerateConfig
+    fit: str | None  # how the body model framed its training images (None: not recorded)
     pipe_size: int
     fail: Callable[[str, dict, Exception, str], None]
 
@@ -110,13 +110,18 @@ def _from_specs(batch: _Batch) -> list[Item]:
 
 
 def _from_manifest(batch: _Batch) -> list[Item]:
-    from ..training.body_config import training_fit
-
     settings, src = batch.settings, batch.sources
     # Without --size, rows are drawn whole at the scale the body model was trained at, so hands are as
     # large as in its training crops (docs/fidelity.md, "Framing"); --size is the longer side.
     size = batch.pipe_size if settings.size is None else settings.size
-    fit = training_fit(batch.body_model) if settings.size is None else None
+    fit = None
+    if settings.size is None:
+        if batch.fit is None:
+            raise UsageError(
+                "the body model records no fit (how train-body framed its images), so its training scale is "
+                f"unknown: pass {flag('size')}, or retrain it"
+            )
+        fit = batch.fit
     requests = requests_from_manifest(
         src.from_manifest, src.image_id, size, src.split, src.limit, batch.seed, fit
     )
@@ -180,13 +185,13 @@ def generate_batch(
     out_dir: str,
     hand_model: str | None = None,
     body_model: str | None = None,
-    settings: GenerateSettings | None = None,
+    settings: GenerateConfig | None = None,
     progress: bool = True,
     on_failure: Callable[[str, Exception], None] = _log_failure,
 ) -> BatchResult:
     """Generate every request of `sources` into `out_dir` with the two-stage pipeline.
 
-    `settings` default to a replay's first sidecar's, else `GenerateSettings()`; each replayed image
+    `settings` default to a replay's first sidecar's, else `GenerateConfig()`; each replayed image
     is redone with its own sidecar's settings. `on_failure(name, error)` hears of each failed request
     as it fails (default: a logged warning). Raises `UsageError`, or `ValueError` / `OSError` (bad
     settings, model folders, specs, manifest rows, names) before anything is generated; a request that
@@ -195,7 +200,7 @@ def generate_batch(
     from tqdm.auto import tqdm
 
     if settings is None:
-        settings = GenerateSettings.from_dict(settings_base(replay=sources.replay) or {})
+        settings = GenerateConfig.from_dict(settings_base(replay=sources.replay) or {})
     settings.validate()  # every setting in range before loading anything
     if sources.replay and not (hand_model and body_model):
         models = request_from_sidecar(sources.replay[0])[2]
@@ -210,7 +215,7 @@ def generate_batch(
         result.failures.append({"name": name, "source": source, "error": error})
         on_failure(name, exc)
 
-    items = SOURCES[sources.kind](_Batch(sources, settings, body_model, body_resolution(pipe), fail))
+    items = SOURCES[sources.kind](_Batch(sources, settings, pipe.config.fit, body_resolution(pipe), fail))
     # Spec files and photos are refused by name before this with their own message; this catches the
     # rest (two replayed sidecars of one name).
     counts = Counter(request.name for request, _ in items)

@@ -17,15 +17,16 @@ from __future__ import annotations
 
 import datetime
 import os
+from dataclasses import fields
 
 import numpy as np
 
 from .outputs import output_paths, save_png, versions, weights_fingerprint, write_image_and_sidecar
 from .requests import Request
-from .settings import DTYPES, GenerateSettings
+from .settings import DTYPES, GenerateConfig
 
 
-def load_pipeline(hand_model: str, body_model: str, settings: GenerateSettings):
+def load_pipeline(hand_model: str, body_model: str, settings: GenerateConfig):
     """The two-stage pipeline from two run folders, on the settings' device and dtype."""
     import torch
 
@@ -61,7 +62,7 @@ def body_resolution(pipe) -> int:
     return int(pipe.unet.config.sample_size) * pipe.vae_scale_factor
 
 
-def hand_prompts_for(request: Request, settings: GenerateSettings) -> list[str]:
+def hand_prompts_for(request: Request, settings: GenerateConfig) -> list[str]:
     from prep import hand_caption
 
     if settings.hand_prompt is not None:
@@ -71,37 +72,25 @@ def hand_prompts_for(request: Request, settings: GenerateSettings) -> list[str]:
     return [hand_caption(settings.gesture, h.handedness) for h in request.spec.hands]
 
 
-def call_arguments(request: Request, settings: GenerateSettings) -> dict:
-    """The exact keyword arguments of the pipeline call (recorded in the sidecar)."""
+def call_arguments(request: Request, settings: GenerateConfig) -> dict:
+    """The exact keyword arguments of the pipeline call: every setting that names the argument it feeds
+    (``call=`` in `GenerateConfig`), then the prompts, seed, blending and stage-1 steps, which fall
+    back on the request's."""
     spec = request.spec
-    seed = settings.seed if settings.seed is not None else spec.seed
-    return {
-        "prompt": settings.prompt if settings.prompt is not None else spec.prompt,
-        "negative_prompt": settings.negative_prompt
-        if settings.negative_prompt is not None
-        else spec.negative_prompt,
-        "hand_prompt": hand_prompts_for(request, settings),
-        "num_inference_steps": settings.steps,
-        "hand_num_inference_steps": settings.steps if settings.hand_steps is None else settings.hand_steps,
-        "guidance_scale": settings.guidance_scale,
-        "hand_guidance_scale": settings.hand_guidance_scale,
-        "pose_guidance_scale": settings.pose_guidance_scale,
-        "controlnet_conditioning_scale": settings.conditioning_scale,
-        "uncond_condition": settings.uncond_condition,
-        "mask_threshold": settings.mask_threshold,
-        "blend": settings.blend_config().to_dict(),
-        "pixel_composite": settings.pixel_composite,
-        "feather": settings.feather,
-        "small_hands": settings.small_hands,
-        "min_hand_size": settings.min_hand_size,
-        "mask_fallback": settings.mask_fallback,
-        "min_mask_coverage": settings.min_mask_coverage,
-        "overlap_order": settings.overlap_order,
-        "hand_encoding": settings.hand_encoding,
-        "seed": int(seed),
-        "max_pixels": settings.max_pixels,
-        "max_pixel_steps": settings.max_pixel_steps,
+    kwargs = {
+        f.metadata["call"]: getattr(settings, f.name) for f in fields(settings) if f.metadata.get("call")
     }
+    kwargs.update(
+        prompt=spec.prompt if settings.prompt is None else settings.prompt,
+        negative_prompt=spec.negative_prompt
+        if settings.negative_prompt is None
+        else settings.negative_prompt,
+        hand_prompt=hand_prompts_for(request, settings),
+        hand_num_inference_steps=settings.steps if settings.hand_steps is None else settings.hand_steps,
+        blend=settings.blend_config(),
+        seed=int(spec.seed if settings.seed is None else settings.seed),
+    )
+    return kwargs
 
 
 def detect_for_overview(image: np.ndarray, annotator) -> tuple:
@@ -111,7 +100,7 @@ def detect_for_overview(image: np.ndarray, annotator) -> tuple:
 
 
 def generate_one(
-    pipe, request: Request, settings: GenerateSettings, out_dir: str, models: dict, annotator=None
+    pipe, request: Request, settings: GenerateConfig, out_dir: str, models: dict, annotator=None
 ) -> dict:
     """Run the pipeline for one request and write its files; returns the sidecar dict."""
     spec = request.spec
@@ -173,7 +162,7 @@ def generate_one(
         "spec": spec.to_dict(),
         "hand_prompts": request.hand_prompts,
         "settings": settings.to_dict(),
-        "call": kwargs,
+        "call": {**kwargs, "blend": kwargs["blend"].to_dict()},
         "models": models,
         "result": {
             "hand_indices": out.hand_indices,

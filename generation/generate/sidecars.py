@@ -6,10 +6,10 @@ import json
 
 from ..spec import SpecError, parse_spec, read_json_file
 from .requests import Request, RequestError
-from .settings import GenerateSettings
+from .settings import GenerateConfig
 
 
-def request_from_sidecar(path: str) -> tuple[Request, GenerateSettings, dict]:
+def request_from_sidecar(path: str) -> tuple[Request, GenerateConfig, dict]:
     """A sidecar -> (the request, its settings, its model record) to redo the image exactly.
 
     A sidecar is read only when the user names it (``--replay``), so the model folders it records are
@@ -23,7 +23,7 @@ def request_from_sidecar(path: str) -> tuple[Request, GenerateSettings, dict]:
             raise TypeError(f"a JSON object, got {type(data).__name__}")
         spec = parse_spec(data["spec"], name=data["name"])
         # Sidecars written before `min_core` existed eroded without a cap: replay them that way.
-        settings = GenerateSettings.from_dict({"min_core": 0, **data["settings"]})
+        settings = GenerateConfig.from_dict({"min_core": 0, **data["settings"]})
         return Request(spec, data.get("source") or {}, data.get("hand_prompts")), settings, data["models"]
     except SpecError as exc:
         raise RequestError(f"{path}: {exc}") from None

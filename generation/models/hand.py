@@ -69,6 +69,9 @@ class HandUNet(ModelMixin, ConfigMixin):
     - mask_head_type: a `MASK_HEADS` name; mask_head_channels: its hidden width ("conv" only).
     - heatmap_sigma: Gaussian sigma (heatmap pixels) the model was trained with; pipelines render raw
       keypoints with it so sampling matches training.
+    - crop_margin: the margin of the square hand crops the model was trained on (prep's ``crop_margin``),
+      recorded by `train-hand`; the two-stage pipeline crops the requested hands with it. None when not
+      recorded.
     """
 
     _supports_gradient_checkpointing = True
@@ -82,6 +85,7 @@ class HandUNet(ModelMixin, ConfigMixin):
         mask_head_type: str = "conv",
         mask_head_channels: int = 32,
         heatmap_sigma: float = DEFAULT_SIGMA,
+        crop_margin: float | None = None,
     ):
         super().__init__()
         if unet_config is None:
@@ -114,6 +118,11 @@ class HandUNet(ModelMixin, ConfigMixin):
         """Record the latent side this model is trained at (what `default_size` and `generate` use)."""
         if self.config.unet_config.get("sample_size") != size:
             self.register_to_config(unet_config={**self.config.unet_config, "sample_size": size})
+
+    def record_crop_margin(self, margin: float) -> None:
+        """Record the margin of the hand crops this model is trained on (what the two-stage pipeline
+        crops with)."""
+        self.register_to_config(crop_margin=float(margin))
 
     @classmethod
     def from_unet(

@@ -106,6 +106,21 @@ def check_saved_pipeline(path, what: str, saved_by: str) -> str:
     return path
 
 
+class CheckedFromPretrained:
+    """A diffusers pipeline mixin: `from_pretrained` checks a local folder first (`check_saved_pipeline`),
+    so a missing or incomplete folder is one clear error. The class names what it loads in
+    ``folder_kind`` and what writes such a folder in ``saved_by``."""
+
+    folder_kind: str = "pipeline"
+    saved_by: str = "written by save_pretrained"
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """Load a saved pipeline; a missing local folder is a clear error."""
+        path = check_saved_pipeline(pretrained_model_name_or_path, cls.folder_kind, cls.saved_by)
+        return super().from_pretrained(path, **kwargs)
+
+
 def pipeline_parts(index_file: str) -> list[str]:
     """The component subfolder names a saved pipeline's model_index.json lists (its non-null
     ``[library, class]`` entries); `ModelFolderError` when the file is unreadable."""

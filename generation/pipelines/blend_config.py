@@ -1,5 +1,5 @@
 """The settings of latent blending, apart from `generation.pipelines.blending` so that building a CLI does not
-import torch. `GenerateSettings` declares its blending options from these fields (one default each).
+import torch. `GenerateConfig` declares its blending options from these fields (one default each).
 """
 
 from __future__ import annotations

@@ -18,7 +18,6 @@ from diffusers.image_processor import VaeImageProcessor
 from diffusers.pipelines.pipeline_utils import ImagePipelineOutput
 from diffusers.schedulers import KarrasDiffusionSchedulers
 from diffusers.utils.torch_utils import randn_tensor
-from PIL import Image
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from ..guards import DEFAULT_MAX_PIXEL_STEPS, DEFAULT_MAX_PIXELS, check_finite, check_image_cost
@@ -31,16 +30,16 @@ from ..models.body import (
     repaint_mask,
     vae_scale_factor,
 )
-from ..models.loading import check_saved_pipeline
+from ..models.loading import CheckedFromPretrained
 from ..models.schedulers import sampling_scheduler, scheduler_step_kwargs
 from ..models.text import encode_text
+from .body_inputs import condition_items, output_size, per_item
 from .condition import (
     ConditionConfig,
     ConditionInputs,
     build_condition,
     channel_slices,
     conditioning_channels,
-    inputs_from_body_sample,
 )
 
 log = logging.getLogger(__name__)
@@ -54,55 +53,20 @@ UNCOND_CONDITIONS = {
 }
 
 
-def _as_array(x, name: str) -> np.ndarray:
-    if isinstance(x, Image.Image):
-        x = x.convert("L" if name == "hand_mask" else "RGB")
-    if isinstance(x, torch.Tensor):
-        x = x.detach().cpu().numpy()
-    return np.asarray(x)
-
-
-def _ndim(x) -> int:
-    return -1 if x is None else np.asarray(x).ndim
-
-
-# Per input: does this value hold one entry per batch item (True) or a single entry to broadcast?
-_IS_PER_ITEM = {
-    "body_keypoints": lambda v: (
-        isinstance(v, (list, tuple)) and len(v) > 0 and (v[0] is None or _ndim(v[0]) == 2)
-    ),
-    "hand_image": lambda v: isinstance(v, (list, tuple)),
-    "hand_mask": lambda v: isinstance(v, (list, tuple)),
-    # One item is a list of (21, k) hands; a batch is a list of such lists (possibly empty ones).
-    "hand_keypoints": lambda v: (
-        isinstance(v, (list, tuple))
-        and len(v) > 0
-        and isinstance(v[0], (list, tuple))
-        and (len(v[0]) == 0 or _ndim(v[0][0]) == 2)
-    ),
-    "negative_prompt": lambda v: isinstance(v, (list, tuple)),
-}
-
-
-def _per_item(value, batch: int, name: str) -> list:
-    """A single value broadcast to `batch`, or a list with one value per item."""
-    if _IS_PER_ITEM[name](value):
-        if len(value) != batch:
-            raise ValueError(f"{name} has {len(value)} entries for a batch of {batch} prompts")
-        return list(value)
-    return [value] * batch
-
-
-class BodyOutpaintPipeline(DiffusionPipeline):
+class BodyOutpaintPipeline(CheckedFromPretrained, DiffusionPipeline):
     """Paint the person and the scene around given hands, following a body pose.
 
     Components: `vae`, `text_encoder`, `tokenizer`, `unet` (frozen SD base, 4- or 9-channel input),
     `controlnet` (its `conditioning_channels` must match the condition config) and `scheduler`.
     The condition settings are pipeline config (saved in model_index.json) so sampling draws the
-    condition exactly as training did.
+    condition exactly as training did, and so is ``fit``, how `train-body` framed its images to the
+    square (``cover`` or ``contain``, `manifests.transforms`), so generation frames manifest rows at the
+    scale the model learned; None when not recorded.
     """
 
     model_cpu_offload_seq = "text_encoder->controlnet->unet->vae"
+    folder_kind = "body model"
+    saved_by = "a finished train-body run folder, or a folder written by BodyOutpaintPipeline.save_pretrained"
     _callback_tensor_inputs = ["latents", "prompt_embeds", "negative_prompt_embeds"]
 
     def __init__(
@@ -118,6 +82,7 @@ class BodyOutpaintPipeline(DiffusionPipeline):
         min_visibility: float = 0.3,
         stick_width: float = 4 / 512,
         joint_radius: float = 4 / 512,
+        fit: str | None = None,
     ):
         super().__init__()
         self.register_modules(
@@ -135,6 +100,7 @@ class BodyOutpaintPipeline(DiffusionPipeline):
             min_visibility=float(min_visibility),
             stick_width=float(stick_width),
             joint_radius=float(joint_radius),
+            fit=fit,
         )
         self.vae_scale_factor = vae_scale_factor(vae)
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
@@ -147,16 +113,6 @@ class BodyOutpaintPipeline(DiffusionPipeline):
         self.base_kind: BaseKind = infer_base_kind(unet, vae.config.latent_channels)
 
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
-        """Load a saved pipeline (a `train-body` run folder); a missing local folder is a clear error."""
-        path = check_saved_pipeline(
-            pretrained_model_name_or_path,
-            "body model",
-            "a finished train-body run folder, or a folder written by BodyOutpaintPipeline.save_pretrained",
-        )
-        return super().from_pretrained(path, **kwargs)
-
-    @classmethod
     def from_components(
         cls,
         components,
@@ -164,9 +120,10 @@ class BodyOutpaintPipeline(DiffusionPipeline):
         condition_config: ConditionConfig | None = None,
         scheduler: str = "ddim",
         unet: UNet2DConditionModel | None = None,
+        fit: str | None = None,
     ) -> BodyOutpaintPipeline:
         """Assemble from `generation.models.loading.SDComponents` (training scheduler converted for sampling);
-        `unet` replaces the components' base UNet (a fine-tuned one)."""
+        `unet` replaces the components' base UNet (a fine-tuned one); `fit` is the training framing."""
         cfg = condition_config or ConditionConfig()
         return cls(
             vae=components.vae,
@@ -180,6 +137,7 @@ class BodyOutpaintPipeline(DiffusionPipeline):
             min_visibility=cfg.min_visibility,
             stick_width=cfg.stick_width,
             joint_radius=cfg.joint_radius,
+            fit=fit,
         )
 
     @property
@@ -305,6 +263,7 @@ class BodyOutpaintPipeline(DiffusionPipeline):
 
     def check_inputs(
         self,
+        *,
         prompt,
         prompt_embeds,
         condition_items,
@@ -351,22 +310,6 @@ class BodyOutpaintPipeline(DiffusionPipeline):
         multiple = self.vae_scale_factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
         if height % multiple or width % multiple:
             raise ValueError(f"height and width must be multiples of {multiple}, got {width}x{height}")
-
-    def _condition_items(self, batch, body_keypoints, hand_image, hand_mask, hand_keypoints, body_format):
-        if hand_image is None or hand_mask is None:
-            if body_keypoints is None and hand_image is None and hand_mask is None:
-                return None
-            raise ValueError("give the body pose together with both `hand_image` and `hand_mask`")
-        bodies = _per_item(body_keypoints, batch, "body_keypoints")
-        images = _per_item(hand_image, batch, "hand_image")
-        masks = _per_item(hand_mask, batch, "hand_mask")
-        hands = _per_item(hand_keypoints if hand_keypoints is not None else [], batch, "hand_keypoints")
-        return [
-            ConditionInputs(
-                b, _as_array(img, "hand_image"), _as_array(m, "hand_mask"), h, body_format, f"batch item {i}"
-            )
-            for i, (b, img, m, h) in enumerate(zip(bodies, images, masks, hands))
-        ]
 
     # ---------------------------------------------------------------- call
 
@@ -418,74 +361,34 @@ class BodyOutpaintPipeline(DiffusionPipeline):
         Returns `ImagePipelineOutput(images=...)`: PIL images, (B, H, W, 3) float numpy in [0, 1],
         (B, 3, H, W) torch in [0, 1] ("pt"), or the latents ("latent").
         """
-        # 1. Batch size and output size.
         if prompt_embeds is not None:
             batch = prompt_embeds.shape[0]
         else:
             batch = 1 if isinstance(prompt, str) else len(prompt or [])
-        if condition is not None:
-            height = condition.shape[-2] if height is None else height
-            width = condition.shape[-1] if width is None else width
-        elif hand_mask is not None:
-            first = hand_mask[0] if isinstance(hand_mask, (list, tuple)) else hand_mask
-            h0, w0 = _as_array(first, "hand_mask").shape[:2]
-            height, width = (h0 if height is None else height), (w0 if width is None else width)
-        items = self._condition_items(
-            batch, body_keypoints, hand_image, hand_mask, hand_keypoints, body_format
-        )
-
-        # 2. Check inputs.
+        height, width = output_size(condition, hand_mask, height, width)
+        items = condition_items(batch, body_keypoints, hand_image, hand_mask, hand_keypoints, body_format)
         self.check_inputs(
-            prompt,
-            prompt_embeds,
-            items,
-            condition,
-            height,
-            width,
-            guidance_scale,
-            negative_prompt_embeds,
-            num_inference_steps,
-            max_pixels,
-            max_pixel_steps,
+            prompt=prompt,
+            prompt_embeds=prompt_embeds,
+            condition_items=items,
+            condition=condition,
+            height=height,
+            width=width,
+            guidance_scale=guidance_scale,
+            negative_prompt_embeds=negative_prompt_embeds,
+            num_inference_steps=num_inference_steps,
+            max_pixels=max_pixels,
+            max_pixel_steps=max_pixel_steps,
         )
         device = self._execution_device
-        dtype = self.unet.dtype
+        prompt_embeds, negative_prompt_embeds = self.prompt_embeddings(
+            prompt, prompt_embeds, negative_prompt, negative_prompt_embeds, batch, guidance_scale, device
+        )
+        condition, inpaint = self.condition_inputs(condition, items, batch, device)
 
-        # 3. Encode the prompt (and the negative prompt for classifier-free guidance).
-        if prompt_embeds is None:
-            prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-            prompt_embeds = self.encode_prompt(prompts, device)
-        if guidance_scale > 1 and negative_prompt_embeds is None:
-            negatives = _per_item(negative_prompt or "", batch, "negative_prompt")
-            negative_prompt_embeds = self.encode_prompt([str(n) for n in negatives], device)
-        prompt_embeds = prompt_embeds.to(device, dtype)
-        if negative_prompt_embeds is not None:
-            negative_prompt_embeds = negative_prompt_embeds.to(device, dtype)
-
-        # 4. Draw the condition image (and the inpainting inputs for a 9-channel base).
-        if condition is None:
-            condition = self.prepare_condition(items)
-        if condition.shape[0] == 1 and batch > 1:
-            condition = condition.expand(batch, -1, -1, -1)
-        if condition.shape[0] != batch:
-            raise ValueError(f"`condition` has batch {condition.shape[0]} for {batch} prompts")
-        condition = condition.to(device, dtype)
-        inpaint = None
-        if self.base_kind.takes_masked_image:
-            slices = channel_slices(self.condition_config)
-            if "hands" not in slices or "mask" not in slices:
-                raise ValueError("an inpainting base needs the 'hands' and 'mask' condition channels")
-            inpaint = self.prepare_inpaint_inputs(condition[:, slices["hands"]], condition[:, slices["mask"]])
-
-        # 5. Timesteps.
         self.scheduler.set_timesteps(num_inference_steps, device=device)
-        timesteps = self.scheduler.timesteps
-
-        # 6. Initial latents.
         latents = self.prepare_latents(batch, height, width, prompt_embeds.dtype, device, generator, latents)
-
-        # 7. Denoise; the diffusers-style callback is folded into the step hook.
-        step_fn = on_step_end
+        step_fn = on_step_end  # the diffusers-style callback is folded into the step hook
         if callback_on_step_end is not None:
             step_fn = self._wrap_callback(
                 on_step_end,
@@ -496,7 +399,7 @@ class BodyOutpaintPipeline(DiffusionPipeline):
             )
         latents = self.denoise(
             latents,
-            timesteps,
+            self.scheduler.timesteps,
             prompt_embeds,
             condition,
             guidance_scale=guidance_scale,
@@ -510,12 +413,56 @@ class BodyOutpaintPipeline(DiffusionPipeline):
         # A NaN model denoises to NaN, which would decode to a black image.
         check_finite(latents, "the body model's denoised latents", self._denoisers(), "unet and controlnet")
 
-        # 8. Decode.
         images = self.decode_latents(latents, output_type)
         self.maybe_free_model_hooks()
         if not return_dict:
             return (images,)
         return ImagePipelineOutput(images=images)
+
+    # ---------------------------------------------------------------- steps of the call
+
+    def prompt_embeddings(
+        self,
+        prompt,
+        prompt_embeds,
+        negative_prompt,
+        negative_prompt_embeds,
+        batch: int,
+        guidance_scale,
+        device,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The prompt's text embeddings (and the negative prompt's, for classifier-free guidance), on
+        `device` in the UNet's dtype; given embeddings are used as they are."""
+        dtype = self.unet.dtype
+        if prompt_embeds is None:
+            prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+            prompt_embeds = self.encode_prompt(prompts, device)
+        if guidance_scale > 1 and negative_prompt_embeds is None:
+            negatives = per_item(negative_prompt or "", batch, "negative_prompt")
+            negative_prompt_embeds = self.encode_prompt([str(n) for n in negatives], device)
+        prompt_embeds = prompt_embeds.to(device, dtype)
+        if negative_prompt_embeds is not None:
+            negative_prompt_embeds = negative_prompt_embeds.to(device, dtype)
+        return prompt_embeds, negative_prompt_embeds
+
+    def condition_inputs(self, condition, items, batch: int, device) -> tuple[torch.Tensor, tuple | None]:
+        """The (B, C, H, W) condition image (drawn from `items` unless given) and, for an inpainting base,
+        its (repaint mask, masked-image latents)."""
+        if condition is None:
+            condition = self.prepare_condition(items)
+        if condition.shape[0] == 1 and batch > 1:
+            condition = condition.expand(batch, -1, -1, -1)
+        if condition.shape[0] != batch:
+            raise ValueError(f"`condition` has batch {condition.shape[0]} for {batch} prompts")
+        condition = condition.to(device, self.unet.dtype)
+        if not self.base_kind.takes_masked_image:
+            return condition, None
+        slices = channel_slices(self.condition_config)
+        if "hands" not in slices or "mask" not in slices:
+            raise ValueError("an inpainting base needs the 'hands' and 'mask' condition channels")
+        return condition, self.prepare_inpaint_inputs(
+            condition[:, slices["hands"]], condition[:, slices["mask"]]
+        )
 
     def _denoisers(self) -> torch.nn.ModuleDict:
         """The two networks of the denoising loop, as one module for the weight diagnosis."""
@@ -539,41 +486,3 @@ class BodyOutpaintPipeline(DiffusionPipeline):
             return out.get("latents", latents)
 
         return step_fn
-
-
-def manifest_inputs(
-    manifest, image_id: str, resolution: int | tuple[int, int] = 512, fit: str = "cover", crop: str = "hands"
-) -> dict:
-    """Pipeline inputs that regenerate one manifest image around its own hands.
-
-    The image goes through the same `BodyDataset` transform as in training. Returns keyword
-    arguments for `BodyOutpaintPipeline.__call__`: ``prompt`` (the caption), ``body_keypoints``
-    ((33, 3) canvas pixels, None without a body), ``hand_image`` ((H, W, 3) uint8, the photo),
-    ``hand_mask`` ((H, W) bool) and ``hand_keypoints`` (a list of (21, 3)).
-    """
-    import pyarrow.dataset as ds
-
-    from manifests.datasets import BodyDataset
-
-    data = BodyDataset(
-        manifest,
-        resolution=resolution,
-        fit=fit,
-        crop=crop,
-        status=None,
-        filter=ds.field("image_id") == image_id,
-        shuffle=False,
-        rank=0,
-        world_size=1,
-    )
-    item = next(iter(data), None)
-    if item is None:
-        raise ValueError(f"{manifest}: no image with image_id {image_id!r}")
-    inputs = inputs_from_body_sample(item)
-    return {
-        "prompt": item["caption"],
-        "body_keypoints": inputs.body_keypoints,
-        "hand_image": inputs.hand_image,
-        "hand_mask": inputs.hand_mask,
-        "hand_keypoints": list(inputs.hand_keypoints),
-    }

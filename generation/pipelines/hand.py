@@ -36,7 +36,7 @@ from ..guards import (
     make_generator,
 )
 from ..models.hand import HandUNet
-from ..models.loading import check_saved_pipeline
+from ..models.loading import CheckedFromPretrained
 from ..models.schedulers import scheduler_step_kwargs
 from ..models.text import encode_text
 
@@ -99,7 +99,7 @@ def keypoints_to_heatmaps(
     return torch.from_numpy(np.stack(maps))
 
 
-class HandGenerationPipeline(DiffusionPipeline):
+class HandGenerationPipeline(CheckedFromPretrained, DiffusionPipeline):
     """Stage 1: denoise hand-crop latents conditioned on pose heatmaps and text; read out the mask.
 
     Components: `HandUNet` unet, `AutoencoderKL` vae, `CLIPTextModel` text_encoder, `CLIPTokenizer`
@@ -107,6 +107,10 @@ class HandGenerationPipeline(DiffusionPipeline):
     """
 
     model_cpu_offload_seq = "text_encoder->unet->vae"
+    folder_kind = "hand model"
+    saved_by = (
+        "a finished train-hand run folder, or a folder written by HandGenerationPipeline.save_pretrained"
+    )
 
     def __init__(
         self,
@@ -123,16 +127,6 @@ class HandGenerationPipeline(DiffusionPipeline):
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
 
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
-        """Load a saved pipeline (a `train-hand` run folder); a missing local folder is a clear error."""
-        path = check_saved_pipeline(
-            pretrained_model_name_or_path,
-            "hand model",
-            "a finished train-hand run folder, or a folder written by HandGenerationPipeline.save_pretrained",
-        )
-        return super().from_pretrained(path, **kwargs)
-
     @property
     def default_size(self) -> int:
         return int(self.unet.config.unet_config["sample_size"]) * self.vae_scale_factor
@@ -140,6 +134,7 @@ class HandGenerationPipeline(DiffusionPipeline):
     # ------------------------------------------------------------------------------------------------
     def check_inputs(
         self,
+        *,
         prompt,
         heatmaps,
         keypoints,
@@ -262,32 +257,64 @@ class HandGenerationPipeline(DiffusionPipeline):
                 pixels x steps (see `generation.guards.check_image_cost`).
         """
         size = self.default_size if size is None else size  # 0 is an error, not the default
-        # 1. Check inputs.
         self.check_inputs(
-            prompt,
-            heatmaps,
-            keypoints,
-            size,
-            num_inference_steps,
-            guidance_scale,
-            pose_guidance_scale,
-            negative_prompt,
-            output_type,
-            mask_threshold,
-            generator,
-            seed,
-            num_images_per_prompt,
-            max_pixels,
-            max_pixel_steps,
+            prompt=prompt,
+            heatmaps=heatmaps,
+            keypoints=keypoints,
+            size=size,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            pose_guidance_scale=pose_guidance_scale,
+            negative_prompt=negative_prompt,
+            output_type=output_type,
+            mask_threshold=mask_threshold,
+            generator=generator,
+            seed=seed,
+            num_images_per_prompt=num_images_per_prompt,
+            max_pixels=max_pixels,
+            max_pixel_steps=max_pixel_steps,
         )
         device = self._execution_device
         dtype = self.unet.dtype
-        latent_size = size // self.vae_scale_factor
+        heatmaps, prompts, negatives = self.batch_inputs(
+            prompt, heatmaps, keypoints, negative_prompt, size, num_images_per_prompt
+        )
+        heatmaps = heatmaps.to(device=device, dtype=dtype)
+        embeds, poses = self.guidance_branches(
+            prompts, negatives, heatmaps, guidance_scale, pose_guidance_scale, device
+        )
 
-        # 2. Pose heatmaps, and the batch size that poses and prompts agree on.
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        if seed is not None:
+            generator = make_generator(seed, device)
+        latents = self.prepare_latents(len(prompts), size, dtype, device, generator, latents)
+        latents, mask_logits = self.denoise(
+            latents, embeds, poses, guidance_scale, pose_guidance_scale, generator
+        )
+        # A NaN model denoises to NaN, which would decode to black crops and empty masks.
+        check_finite(latents, "the hand model's denoised latents", self.unet, "unet")
+        check_finite(mask_logits, "the hand model's mask logits", self.unet, "unet")
+        images, masks, binary = self.decode(latents, mask_logits, size, output_type, mask_threshold)
+
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return images, masks, binary
+        return HandGenerationPipelineOutput(images=images, masks=masks, masks_binary=binary, latents=latents)
+
+    # ---------------------------------------------------------------- steps of the call
+
+    def batch_inputs(
+        self, prompt, heatmaps, keypoints, negative_prompt, size: int, num_images_per_prompt: int
+    ) -> tuple[torch.Tensor, list[str], list[str]]:
+        """Pose heatmaps (keypoints rendered at latent size), prompts and negative prompts, broadcast to
+        the batch that poses and prompts agree on and repeated `num_images_per_prompt` times."""
         if keypoints is not None:
             heatmaps = keypoints_to_heatmaps(
-                keypoints, size, latent_size, self.unet.config.heatmap_sigma, self.unet.config.num_keypoints
+                keypoints,
+                size,
+                size // self.vae_scale_factor,
+                self.unet.config.heatmap_sigma,
+                self.unet.config.num_keypoints,
             )
         heatmaps = heatmaps if torch.is_tensor(heatmaps) else torch.as_tensor(np.asarray(heatmaps))
         heatmaps = heatmaps[None] if heatmaps.ndim == 3 else heatmaps
@@ -307,62 +334,57 @@ class HandGenerationPipeline(DiffusionPipeline):
         )
         if len(negatives) != batch:
             raise ValueError(f"{len(negatives)} negative prompts for a batch of {batch}")
-        heatmaps = heatmaps.repeat_interleave(num_images_per_prompt, dim=0).to(device=device, dtype=dtype)
+        heatmaps = heatmaps.repeat_interleave(num_images_per_prompt, dim=0)
         prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
         negatives = [p for p in negatives for _ in range(num_images_per_prompt)]
-        total = batch * num_images_per_prompt
+        return heatmaps, prompts, negatives
 
-        # 3. Text embeddings, stacked with the guidance branches: [cond] / [uncond, cond] /
-        #    [no text + no pose, no text + pose, text + pose].
-        text_cfg, pose_cfg = guidance_scale > 1.0, pose_guidance_scale > 1.0
+    def guidance_branches(
+        self, prompts, negatives, heatmaps, guidance_scale: float, pose_guidance_scale: float, device
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Text embeddings and poses stacked with the guidance branches: [cond] / [uncond, cond] /
+        [no text + no pose, no text + pose, text + pose]."""
+        dtype = heatmaps.dtype
         cond = self.encode_prompt(prompts, device).to(dtype)
-        zero_pose = torch.zeros_like(heatmaps)
-        if pose_cfg:
+        if pose_guidance_scale > 1.0:
             uncond = self.encode_prompt(negatives, device).to(dtype)
-            embeds = torch.cat([uncond, uncond, cond])
-            poses = torch.cat([zero_pose, heatmaps, heatmaps])
-        elif text_cfg:
+            return torch.cat([uncond, uncond, cond]), torch.cat(
+                [torch.zeros_like(heatmaps), heatmaps, heatmaps]
+            )
+        if guidance_scale > 1.0:
             uncond = self.encode_prompt(negatives, device).to(dtype)
-            embeds, poses = torch.cat([uncond, cond]), torch.cat([heatmaps, heatmaps])
-        else:
-            embeds, poses = cond, heatmaps
-        branches = embeds.shape[0] // total
+            return torch.cat([uncond, cond]), torch.cat([heatmaps, heatmaps])
+        return cond, heatmaps
 
-        # 4. Timesteps.
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
-        timesteps = self.scheduler.timesteps
-
-        # 5. Initial noise.
-        if seed is not None:
-            generator = make_generator(seed, device)
-        latents = self.prepare_latents(total, size, dtype, device, generator, latents)
-
-        # 6. Denoising loop; the mask is read from the fully conditioned branch of the last step. A
-        # stochastic sampler (DDPM) draws its step noise from the same generator, so the seed decides it.
+    def denoise(
+        self, latents, embeds, poses, guidance_scale: float, pose_guidance_scale: float, generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The denoising loop over the scheduler's timesteps: final latents, and the mask logits of the
+        fully conditioned branch at the last step. A stochastic sampler (DDPM) draws its step noise from
+        the same generator, so the seed decides it."""
+        branches = embeds.shape[0] // latents.shape[0]
         step_kwargs = scheduler_step_kwargs(self.scheduler, generator)
         mask_logits = None
-        for t in self.progress_bar(timesteps):
+        for t in self.progress_bar(self.scheduler.timesteps):
             model_in = self.scheduler.scale_model_input(torch.cat([latents] * branches), t)
             noise, mask_all = self.unet(model_in, t, embeds, poses, return_dict=False)
             chunks = noise.chunk(branches)
-            if pose_cfg:
+            if branches == 3:
                 noise = (
                     chunks[0]
                     + pose_guidance_scale * (chunks[1] - chunks[0])
                     + guidance_scale * (chunks[2] - chunks[1])
                 )
-            elif text_cfg:
+            elif branches == 2:
                 noise = chunks[0] + guidance_scale * (chunks[1] - chunks[0])
             else:
                 noise = chunks[0]
             mask_logits = mask_all.chunk(branches)[-1]
             latents = self.scheduler.step(noise, t, latents, **step_kwargs, return_dict=False)[0]
+        return latents, mask_logits
 
-        # A NaN model denoises to NaN, which would decode to black crops and empty masks.
-        check_finite(latents, "the hand model's denoised latents", self.unet, "unet")
-        check_finite(mask_logits, "the hand model's mask logits", self.unet, "unet")
-
-        # 7. Decode images and upsample masks.
+    def decode(self, latents, mask_logits, size: int, output_type: str, mask_threshold: float):
+        """Images, mask probabilities and binary masks at `size` in the `output_type` layout."""
         mask_prob = torch.sigmoid(mask_logits.float())
         if output_type == "latent":
             images, masks = latents, mask_prob
@@ -371,17 +393,11 @@ class HandGenerationPipeline(DiffusionPipeline):
             check_finite(decoded, "the VAE's decoded hand pixels", self.vae, "vae")
             # Pixels leave in float32 whatever the models' precision (the documented output).
             images = self.image_processor.postprocess(decoded.float(), output_type=output_type)
-            masks = F.interpolate(mask_prob, size=(size, size), mode="bilinear", align_corners=False).clamp(
-                0, 1
-            )
+            masks = F.interpolate(mask_prob, size=(size, size), mode="bilinear", align_corners=False)
+            masks = masks.clamp(0, 1)
         binary = masks > mask_threshold
         masks, binary = _format_masks(masks, binary, output_type)
-
-        # 8. Release offloaded models and return.
-        self.maybe_free_model_hooks()
-        if not return_dict:
-            return images, masks, binary
-        return HandGenerationPipelineOutput(images=images, masks=masks, masks_binary=binary, latents=latents)
+        return images, masks, binary
 
 
 def _format_masks(masks: torch.Tensor, binary: torch.Tensor, output_type: str):

@@ -19,16 +19,12 @@ the last step ``t_next`` is "clean" and the known latents go in as they are.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
-import PIL.Image
 import torch
 from diffusers import AutoencoderKL, ControlNetModel, DiffusionPipeline, UNet2DConditionModel
-from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPTextModel, CLIPTokenizer
 
@@ -41,22 +37,20 @@ from manifests.schema import NUM_HAND_KEYPOINTS
 from ..guards import (
     DEFAULT_MAX_PIXEL_STEPS,
     DEFAULT_MAX_PIXELS,
-    check_image_cost,
-    check_seed,
     make_generator,
     offset_seed,
 )
-from ..models.body import masked_image, vae_scale_factor
+from ..models.body import vae_scale_factor
 from ..models.hand import HandUNet
-from ..models.loading import check_saved_pipeline
-from .blending import BlendConfig, blend_latents, keep_mask, mask_to_latent
+from ..models.loading import CheckedFromPretrained
+from .blending import BlendConfig, mask_to_latent
 from .body import BodyOutpaintPipeline
 from .condition import CONDITION_GROUPS, ConditionInputs, build_condition
 from .hand import HandGenerationPipeline, keypoints_to_heatmaps
+from .hand_latents import blend_hook, encode_hands
 from .placing import (
     MASK_FALLBACKS,
     OVERLAP_ORDERS,
-    SMALL_HAND_POLICIES,
     HandTooSmallError,
     PlacedHand,
     feathered_alpha,
@@ -64,68 +58,37 @@ from .placing import (
     paste_hands,
     place_hands,
 )
+from .two_stage_inputs import (
+    TwoStageOutput,
+    as_blend_config,
+    check_request,
+    format_images,
+    hand_prompts,
+    resolve_spec,
+)
 
 logger = logging.getLogger(__name__)
-
-OUTPUT_TYPES = ("pil", "np", "pt")
-DEFAULT_HAND_PROMPT = "a {side} hand"
-DEFAULT_CROP_MARGIN = 0.25  # prep's default `crop_margin`
 
 
 class ModelMismatchError(ValueError):
     """The hand generator and the body outpainter do not share a latent space."""
 
 
-HAND_ENCODINGS = ("windows", "canvas")
-
-
-@dataclass
-class TwoStageOutput(BaseOutput):
-    """Result of one `TwoStageHandBodyPipeline` call (one image).
-
-    - images: "pil" list of one RGB image; "np" (1, H, W, 3) float32 in [0, 1]; "pt" (1, 3, H, W).
-    - hand_images / hand_masks: stage-1 crops, (S, S, 3) uint8 and (S, S) bool, one per generated hand
-      in request order (`hand_indices` says which request hand each is).
-    - hand_canvas (H, W, 3) uint8 / hand_mask (H, W) bool: the hands pasted into the output frame.
-    - hand_boxes: the crop boxes (output pixels) of the generated hands; paste_order: request indices
-      in the order they were pasted (later ones on top).
-    - skipped_hands: [{"index", "handedness", "reason"}] for hands left to stage 2.
-    - mask_sources: per generated hand, "stage1" (the hand generator's mask) or the `MASK_FALLBACKS`
-      name that replaced a mask missing the hand.
-    - keep_masks: (N, h, w) float32 keep-masks K_i per stage-2 step at latent resolution, when asked
-      for (None with blending ``none``).
-    - latents: (1, 4, h, w) final stage-2 latents (work canvas, before cropping to H x W).
-    - timings: seconds for "stage1", "stage2" (including blending), "blend" (the blending alone),
-      "decode" and "total".
-    """
-
-    images: list[PIL.Image.Image] | np.ndarray | torch.Tensor
-    hand_images: list[np.ndarray]
-    hand_masks: list[np.ndarray]
-    hand_canvas: np.ndarray
-    hand_mask: np.ndarray
-    hand_boxes: list[CropBox]
-    hand_indices: list[int]
-    paste_order: list[int]
-    skipped_hands: list[dict] = field(default_factory=list)
-    mask_sources: list[str] = field(default_factory=list)
-    keep_masks: torch.Tensor | None = None
-    latents: torch.Tensor | None = None
-    timings: dict = field(default_factory=dict)
-
-
-class TwoStageHandBodyPipeline(DiffusionPipeline):
+class TwoStageHandBodyPipeline(CheckedFromPretrained, DiffusionPipeline):
     """Stage 1 draws each hand of the target pose as a crop plus mask; stage 2 paints the person around
     the pasted hands with a ControlNet, blending the known hand latents in at every step.
 
     Components: the hand generator's ``hand_unet`` (`HandUNet`), ``hand_vae``, ``hand_text_encoder``,
     ``hand_tokenizer``, ``hand_scheduler``, and the body outpainter's ``vae``, ``text_encoder``,
     ``tokenizer``, ``unet``, ``controlnet``, ``scheduler``. Config: the body outpainter's condition
-    settings (as in `BodyOutpaintPipeline`) and ``crop_margin``, the margin of the square hand crops
-    the hand generator was trained on (prep's ``crop_margin``).
+    settings and ``fit`` (as in `BodyOutpaintPipeline`) and ``crop_margin``, the margin of the square hand
+    crops: by default the one the hand generator records (`HandUNet` ``crop_margin``, the margin of the
+    crops it was trained on).
     """
 
     model_cpu_offload_seq = "hand_text_encoder->hand_unet->hand_vae->text_encoder->controlnet->unet->vae"
+    folder_kind = "two-stage pipeline"
+    saved_by = "written by TwoStageHandBodyPipeline.save_pretrained"
 
     def __init__(
         self,
@@ -145,7 +108,8 @@ class TwoStageHandBodyPipeline(DiffusionPipeline):
         min_visibility: float = 0.3,
         stick_width: float = 4 / 512,
         joint_radius: float = 4 / 512,
-        crop_margin: float = DEFAULT_CROP_MARGIN,
+        fit: str | None = None,
+        crop_margin: float | None = None,
     ):
         super().__init__()
         self.register_modules(
@@ -167,10 +131,17 @@ class TwoStageHandBodyPipeline(DiffusionPipeline):
             "min_visibility": float(min_visibility),
             "stick_width": float(stick_width),
             "joint_radius": float(joint_radius),
+            "fit": fit,
         }
-        self.register_to_config(**body_settings, crop_margin=float(crop_margin))
+        crop_margin = hand_unet.config.get("crop_margin") if crop_margin is None else crop_margin
+        if crop_margin is None:
+            raise ValueError(
+                "the hand generator records no crop_margin (the margin of the hand crops it was trained on): "
+                "pass crop_margin (--crop-margin), the --crop-margin of its training manifest, or retrain it"
+            )
         if not 0.0 <= crop_margin <= 4.0:
             raise ValueError(f"crop_margin must be in [0, 4], got {crop_margin}")
+        self.register_to_config(**body_settings, crop_margin=float(crop_margin))
         self.check_models()
         # Views over the registered modules: the stages' own loops run on the same weights.
         self.hand_pipeline = HandGenerationPipeline(
@@ -188,9 +159,10 @@ class TwoStageHandBodyPipeline(DiffusionPipeline):
         cls,
         hand: HandGenerationPipeline,
         body: BodyOutpaintPipeline,
-        crop_margin: float = DEFAULT_CROP_MARGIN,
+        crop_margin: float | None = None,
     ) -> TwoStageHandBodyPipeline:
-        """Compose a loaded hand generator and body outpainter (their modules are shared, not copied)."""
+        """Compose a loaded hand generator and body outpainter (their modules are shared, not copied);
+        `crop_margin` defaults to the one the hand generator records."""
         return cls(
             hand_unet=hand.unet,
             hand_vae=hand.vae,
@@ -212,31 +184,20 @@ class TwoStageHandBodyPipeline(DiffusionPipeline):
                     "min_visibility",
                     "stick_width",
                     "joint_radius",
+                    "fit",
                 )
             },
         )
-
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
-        """Load a folder written by `save_pretrained`; a missing local folder is a clear error."""
-        path = check_saved_pipeline(
-            pretrained_model_name_or_path,
-            "two-stage pipeline",
-            "written by TwoStageHandBodyPipeline.save_pretrained",
-        )
-        return super().from_pretrained(path, **kwargs)
 
     @classmethod
     def from_runs(
         cls, hand_run: str, body_run: str, crop_margin: float | None = None, **load_kwargs
     ) -> TwoStageHandBodyPipeline:
         """Load a `train-hand` run folder and a `train-body` run folder (or any saved pipelines of the two
-        kinds). `crop_margin` defaults to the margin recorded in the hand run's training manifest, else
-        prep's default 0.25. `load_kwargs` (e.g. ``torch_dtype``) go to both `from_pretrained` calls."""
+        kinds). `crop_margin` defaults to the one the hand model records. `load_kwargs` (e.g.
+        ``torch_dtype``) go to both `from_pretrained` calls."""
         hand = HandGenerationPipeline.from_pretrained(hand_run, **load_kwargs)
         body = BodyOutpaintPipeline.from_pretrained(body_run, **load_kwargs)
-        if crop_margin is None:
-            crop_margin = run_crop_margin(hand_run)
         return cls.from_pipelines(hand, body, crop_margin=crop_margin)
 
     def set_progress_bar_config(self, **kwargs):
@@ -282,98 +243,10 @@ class TwoStageHandBodyPipeline(DiffusionPipeline):
                 + " (train both from the same base model)"
             )
 
-    def check_inputs(
-        self,
-        *,
-        width,
-        height,
-        hands,
-        handedness,
-        body_keypoints,
-        body_format,
-        hand_prompts,
-        blend,
-        output_type,
-        num_inference_steps,
-        hand_num_inference_steps,
-        small_hands,
-        min_hand_size,
-        overlap_order,
-        feather,
-        hand_encoding="windows",
-        mask_fallback="skeleton",
-        min_mask_coverage=0.5,
-        seed=None,
-        generator=None,
-        max_pixels=DEFAULT_MAX_PIXELS,
-        max_pixel_steps=DEFAULT_MAX_PIXEL_STEPS,
-    ):
+    def check_inputs(self, **request) -> None:
+        """The models fit together, and the request passes `two_stage_inputs.check_request`."""
         self.check_models()
-        if not (isinstance(width, int) and isinstance(height, int)) or width < 8 or height < 8:
-            raise ValueError(f"width and height must be integers >= 8, got {width!r} x {height!r}")
-        for name, steps in (
-            ("num_inference_steps", num_inference_steps),
-            ("hand_num_inference_steps", hand_num_inference_steps),
-        ):
-            if int(steps) < 1:
-                raise ValueError(f"{name} must be >= 1, got {steps}")
-        # What this one image costs, before anything is drawn or allocated: the stage-2 canvas (rounded
-        # up to the size multiple) times its steps, plus every hand crop times the stage-1 steps.
-        m = self.size_multiple
-        crop = self.hand_crop_size
-        check_image_cost(
-            -(-width // m) * m,
-            -(-height // m) * m,
-            int(num_inference_steps),
-            max_pixels,
-            max_pixel_steps,
-            what="image (stage-2 canvas)",
-            extra_pixel_steps=len(hands) * crop * crop * int(hand_num_inference_steps),
-        )
-        if seed is not None:
-            check_seed(seed)
-        if body_format not in BODY_FORMATS:
-            raise ValueError(f"unknown body format {body_format!r}; expected one of {sorted(BODY_FORMATS)}")
-        if body_keypoints is not None:
-            where = f"body keypoints ({body_format})"
-            keypoint_array(body_keypoints, BODY_FORMATS[body_format], where, frame=(width, height))
-        if body_keypoints is None and not hands:
-            raise ValueError("nothing to draw: give a body pose, hands, or both")
-        for i, kps in enumerate(hands):
-            keypoint_array(kps, NUM_HAND_KEYPOINTS, f"hand {i}", frame=(width, height))
-        if handedness is not None and len(handedness) != len(hands):
-            raise ValueError(f"{len(handedness)} handedness values for {len(hands)} hands")
-        for i, side in enumerate(handedness or []):
-            if side not in ("left", "right", None):
-                raise ValueError(f"hand {i}: handedness must be 'left', 'right' or None, got {side!r}")
-        if isinstance(hand_prompts, list) and len(hand_prompts) != len(hands):
-            raise ValueError(f"{len(hand_prompts)} hand prompts for {len(hands)} hands")
-        if not isinstance(blend, BlendConfig):
-            raise TypeError(
-                f"blend must be a BlendConfig, a dict of its fields or a mode name, got {blend!r}"
-            )
-        if output_type not in OUTPUT_TYPES:
-            raise ValueError(f"unknown output_type {output_type!r}; expected one of {OUTPUT_TYPES}")
-        if small_hands not in SMALL_HAND_POLICIES:
-            raise ValueError(f"small_hands must be one of {SMALL_HAND_POLICIES}, got {small_hands!r}")
-        if min_hand_size < 0:
-            raise ValueError(f"min_hand_size must be >= 0, got {min_hand_size}")
-        if overlap_order not in OVERLAP_ORDERS:
-            raise ValueError(
-                f"unknown overlap_order {overlap_order!r}; expected one of {sorted(OVERLAP_ORDERS)}"
-            )
-        if feather < 0:
-            raise ValueError(f"feather must be >= 0 pixels, got {feather}")
-        if hand_encoding not in HAND_ENCODINGS:
-            raise ValueError(f"unknown hand_encoding {hand_encoding!r}; expected one of {HAND_ENCODINGS}")
-        if mask_fallback not in MASK_FALLBACKS:
-            raise ValueError(
-                f"unknown mask_fallback {mask_fallback!r}; expected one of {sorted(MASK_FALLBACKS)}"
-            )
-        if not 0.0 <= min_mask_coverage <= 1.0:
-            raise ValueError(f"min_mask_coverage must be in [0, 1], got {min_mask_coverage}")
-        if generator is not None and seed is not None:
-            raise ValueError("pass `generator` or `seed`, not both")
+        check_request(size_multiple=self.size_multiple, hand_crop_size=self.hand_crop_size, **request)
 
     # ---------------------------------------------------------------- steps
 
@@ -420,73 +293,6 @@ class TwoStageHandBodyPipeline(DiffusionPipeline):
         )
         parts = [CONDITION_GROUPS[name][1](empty, cfg) for name in cfg.channels]
         return torch.from_numpy(np.ascontiguousarray(np.concatenate(parts, axis=2).transpose(2, 0, 1)))[None]
-
-    @torch.no_grad()
-    def encode_hands(
-        self, canvas: np.ndarray, mask: np.ndarray, boxes: Sequence[CropBox] | None = None, margin: int = 2
-    ) -> torch.Tensor:
-        """Stage-2 VAE latents of the hand canvas (off-hand pixels grey, as an inpainting masked image):
-        (1, C, H/f, W/f), scaled, from the posterior mode so they are deterministic.
-
-        With `boxes` (the hands' crop boxes, in paste order) only a window around each hand is encoded,
-        the box snapped out to the latent grid plus `margin` latent pixels, and its latents are placed at
-        their spot (zeros elsewhere; a later hand's window wins where two overlap). The encoder's cost
-        then follows the hands' area instead of the canvas'. Blending reads these latents only inside the
-        keep-masks, which lie within the boxes grown by the initial dilation, so `margin` must be at least
-        that dilation. Without `boxes` the whole canvas is encoded.
-        """
-        f = self.vae_scale_factor
-        pixels = torch.from_numpy(canvas).permute(2, 0, 1)[None].float() / 255.0
-        image = masked_image(pixels, torch.from_numpy(mask)[None, None].float())
-        if boxes is None:
-            return self.body_pipeline.encode_image(image)
-        h, w = mask.shape[0] // f, mask.shape[1] // f
-        latents = torch.zeros(
-            (1, self.vae.config.latent_channels, h, w), dtype=self.vae.dtype, device=self.vae.device
-        )
-        for box in boxes:
-            x0, y0, x1, y1 = box.box
-            lx0, ly0 = max(0, int(np.floor(x0 / f)) - margin), max(0, int(np.floor(y0 / f)) - margin)
-            lx1, ly1 = min(w, int(np.ceil(x1 / f)) + margin), min(h, int(np.ceil(y1 / f)) + margin)
-            if lx1 > lx0 and ly1 > ly0:
-                window = image[..., ly0 * f : ly1 * f, lx0 * f : lx1 * f]
-                latents[..., ly0:ly1, lx0:lx1] = self.body_pipeline.encode_image(window)
-        return latents
-
-    def blend_hook(
-        self,
-        hand_latents: torch.Tensor,
-        hand_mask_latent: torch.Tensor,
-        noise: torch.Tensor,
-        blend: BlendConfig,
-        num_steps: int,
-        record: list | None = None,
-        clock: dict | None = None,
-    ):
-        """The `BodyOutpaintPipeline.denoise` step hook: ``z <- K_i * noised(z_hands, t_next) + (1 - K_i) * z``.
-
-        `hand_latents` (1, 4, h, w) scaled latents, `hand_mask_latent` (1, 1, h, w) in {0, 1}, `noise`
-        the stage-2 initial noise. `record` collects each K_i (h, w) on the CPU; `clock["blend"]`
-        accumulates the seconds spent here.
-        """
-        scheduler = self.body_pipeline.scheduler
-
-        def on_step_end(i: int, t, latents: torch.Tensor) -> torch.Tensor:
-            t0 = time.perf_counter()
-            keep = keep_mask(hand_mask_latent, i, num_steps, blend)
-            if keep is not None:
-                known = hand_latents.to(latents)
-                if i + 1 < num_steps:
-                    t_next = scheduler.timesteps[i + 1 : i + 2]
-                    known = scheduler.add_noise(known, noise.to(latents), t_next)
-                latents = blend_latents(latents, known, keep.to(latents))
-            if record is not None:
-                record.append(None if keep is None else keep[0, 0].float().cpu())
-            if clock is not None:
-                clock["blend"] = clock.get("blend", 0.0) + time.perf_counter() - t0
-            return latents
-
-        return on_step_end
 
     # ---------------------------------------------------------------- call
 
@@ -770,9 +576,10 @@ class TwoStageHandBodyPipeline(DiffusionPipeline):
         hook = None
         if boxes and hand_mask.any() and blend.mode != "none":
             windows = boxes if hand_encoding == "windows" else None
-            hand_latents = self.encode_hands(canvas, hand_mask, windows, margin=blend.d0 + 1)
+            hand_latents = encode_hands(self.body_pipeline, canvas, hand_mask, windows, margin=blend.d0 + 1)
             mask_latent = mask_to_latent(torch.from_numpy(hand_mask)[None, None].float(), latent_hw)
-            hook = self.blend_hook(
+            hook = blend_hook(
+                self.body_pipeline.scheduler,
                 hand_latents,
                 mask_latent.to(self._execution_device),
                 noise,
@@ -813,77 +620,6 @@ class TwoStageHandBodyPipeline(DiffusionPipeline):
             alpha = feathered_alpha(hand_mask, int(feather))[..., None]
             image = alpha * (canvas.astype(np.float32) / 255.0) + (1.0 - alpha) * image
         return np.clip(image, 0.0, 1.0).astype(np.float32)
-
-
-def resolve_spec(spec, **given) -> dict:
-    """A request's width, height, body_keypoints, hands, handedness, prompt and negative_prompt (in that
-    order): each from `given` unless None there, else from the `generation.spec.PoseSpec`."""
-    from_spec = {
-        "width": spec.width,
-        "height": spec.height,
-        "body_keypoints": spec.body,
-        "hands": [h.keypoints for h in spec.hands],
-        "handedness": [h.handedness for h in spec.hands],
-        "prompt": spec.prompt,
-        "negative_prompt": spec.negative_prompt,
-    }
-    return {k: v if given.get(k) is None else given[k] for k, v in from_spec.items()}
-
-
-def as_blend_config(blend: BlendConfig | dict | str | None) -> BlendConfig:
-    """A `BlendConfig` from itself, a dict of its fields, a mode name or None (the defaults)."""
-    if isinstance(blend, str):
-        return BlendConfig(mode=blend)
-    if isinstance(blend, dict):
-        return BlendConfig(**blend)
-    return BlendConfig() if blend is None else blend
-
-
-def hand_prompts(hand_prompt: str | list[str] | None, handedness: Sequence[str | None]) -> list[str]:
-    """One stage-1 caption per hand: `hand_prompt` (one for all or one each, default
-    `DEFAULT_HAND_PROMPT`) with "{side}" replaced by the hand's side."""
-    templates = (
-        hand_prompt
-        if isinstance(hand_prompt, list)
-        else [hand_prompt or DEFAULT_HAND_PROMPT] * len(handedness)
-    )
-    return [" ".join(t.replace("{side}", side or "").split()) for t, side in zip(templates, handedness)]
-
-
-def format_images(image: np.ndarray, output_type: str):
-    """One (H, W, 3) float image in [0, 1] as `output_type`: a list of one PIL image, (1, H, W, 3) numpy,
-    or a (1, 3, H, W) tensor."""
-    if output_type == "pil":
-        return [PIL.Image.fromarray((image * 255).round().astype(np.uint8))]
-    if output_type == "np":
-        return image[None]
-    return torch.from_numpy(image).permute(2, 0, 1)[None]
-
-
-# ---------------------------------------------------------------------------------------------------
-# Run folders
-
-
-def run_crop_margin(hand_run: str) -> float:
-    """The crop margin of the manifest a `train-hand` run was trained on (its `_manifest.json` config),
-    or prep's default when the run or the manifest does not say."""
-    import json
-
-    try:
-        with open(os.path.join(hand_run, "config.json"), encoding="utf-8") as f:
-            manifest = json.load(f)["data"]["manifest"]
-        from manifests.storage import filesystem, join, read_json
-
-        fs, root = filesystem(str(manifest))
-        info = read_json(fs, join(root.rstrip("/"), "_manifest.json"))
-        margin = (info.get("config") or {}).get("crop_margin")
-        if margin is not None:
-            return float(margin)
-    except (OSError, KeyError, TypeError, ValueError) as exc:
-        logger.info("crop margin of %s not recorded (%s); using %s", hand_run, exc, DEFAULT_CROP_MARGIN)
-        return DEFAULT_CROP_MARGIN
-    logger.info("the manifest of %s records no crop_margin; using %s", hand_run, DEFAULT_CROP_MARGIN)
-    return DEFAULT_CROP_MARGIN
 
 
 __all__ = [

@@ -1,4 +1,4 @@
-"""Settings of stage-2 training (`train-body`): `TrainConfig` plus data, model, condition and loss fields.
+"""Settings of stage-2 training (`train-body`): `StageTrainConfig` plus data, model, condition and loss fields.
 
 Kept apart from the task so the CLI can build its options without importing torch.
 """
@@ -11,17 +11,10 @@ from manifests.settings import SettingError
 
 from .config import (
     PRESET_RESOLUTION,
-    TrainConfig,
-    check_manifest_and_weights,
-    check_noise_schedule,
+    StageTrainConfig,
     init_from_setting,
-    manifest_weights_setting,
     manifests_setting,
-    normalise_sources,
-    prediction_type_setting,
-    recorded_run,
     setting,
-    zero_terminal_snr_setting,
 )
 
 # Mirrors of `generation.pipelines.condition.CONDITION_GROUPS` and `generation.models.body.BASE_KINDS` (checked
@@ -32,25 +25,15 @@ MISSING_BODY = ("skip", "refuse")
 
 
 @dataclass
-class BodyTrainConfig(TrainConfig):
-    """`TrainConfig` plus the body outpainter's settings."""
+class BodyTrainConfig(StageTrainConfig):
+    """`StageTrainConfig` plus the body outpainter's settings."""
 
     out: str = setting(
         "runs/body", "run folder: checkpoints, metrics.jsonl, config.json, validation grids, final pipeline"
     )
-    learning_rate: float | None = setting(
-        None, "peak learning rate (default: 1e-3 for --preset tiny, 1e-5 for sd)", gt=0, le=10
-    )
     manifest: tuple[str, ...] = manifests_setting("manifest root(s)")
-    manifest_weights: tuple[float, ...] | None = manifest_weights_setting()
     init_from: str | None = init_from_setting("train-body")
     split: str | None = setting(None, "train only on images of this split (e.g. train); default all")
-    preset: str = setting(
-        "tiny",
-        "tiny (small random components, CPU friendly), mini (from-scratch sizes; --pretrained a train-vae run) "
-        "or sd (load --pretrained)",
-        choices=("tiny", "mini", "sd"),
-    )
     pretrained: str | None = setting(
         None,
         "local Stable Diffusion folder (diffusers layout) for --preset sd; SD-inpainting for --base-kind inpainting",
@@ -95,24 +78,13 @@ class BodyTrainConfig(TrainConfig):
     border_width: int = setting(
         1, "half-width of that band in latent pixels (one latent pixel = 8 image pixels)", ge=0, le=64
     )
-    prediction_type: str | None = prediction_type_setting()
-    zero_terminal_snr: bool = zero_terminal_snr_setting()
-    text_dropout: float = setting(0.1, "probability of training with an empty caption (text CFG)", ge=0, lt=1)
     condition_dropout: float = setting(
         0.05, "probability of training with an all-zero condition image (condition CFG)", ge=0, lt=1
     )
-    shuffle_window: int = setting(4, "row groups whose rows are shuffled together", ge=1)
     num_validation_images: int = setting(
         4, "fixed images drawn in each validation grid (the split's first usable ones)", ge=0, le=256
     )
-    validation_steps: int = setting(20, "denoising steps for validation images", ge=1, le=1000)
     validation_guidance_scale: float = setting(3.0, "text guidance for validation images", ge=0, le=100)
-    sampler: str = setting(
-        "ddim", "scheduler saved with the final pipeline: ddim or ddpm", choices=("ddim", "ddpm")
-    )
-
-    def __post_init__(self):
-        normalise_sources(self)
 
     @property
     def resolved_resolution(self) -> int:
@@ -120,7 +92,6 @@ class BodyTrainConfig(TrainConfig):
 
     def validate(self) -> BodyTrainConfig:
         super().validate()
-        check_manifest_and_weights(self)
         res = self.resolved_resolution
         if res % 16:
             raise SettingError(f"resolution (--resolution) must be a multiple of 16, got {res}")
@@ -133,7 +104,6 @@ class BodyTrainConfig(TrainConfig):
             raise SettingError(
                 "--init-from and --init-controlnet exclude each other (the run brings its own ControlNet)"
             )
-        check_noise_schedule(self)
         if (self.prediction_type or self.zero_terminal_snr) and not self.train_base_unet:
             raise SettingError(
                 "--prediction-type and --zero-terminal-snr change what the base UNet must predict; a frozen "
@@ -142,13 +112,3 @@ class BodyTrainConfig(TrainConfig):
         if self.base_kind == "inpainting" and not {"hands", "mask"} <= set(self.condition_channels):
             raise SettingError("--base-kind inpainting needs the 'hands' and 'mask' condition channels")
         return self
-
-
-def training_fit(run: str) -> str:
-    """The `fit` a train-body run folder trained with (its config.json), so generation can draw frames
-    at the same scale (`manifests.transforms.training_scale`); train-body's default when the folder
-    records none (a pipeline saved by other means)."""
-    declared = BodyTrainConfig.__dataclass_fields__["fit"]
-    recorded = recorded_run(run).get("config")
-    fit = recorded.get("fit") if isinstance(recorded, dict) else None
-    return fit if fit in declared.metadata["choices"] else declared.default

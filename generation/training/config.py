@@ -156,23 +156,6 @@ def check_manifest_and_weights(config) -> None:
 ZERO_SNR_PREDICTIONS = ("v_prediction", "sample")
 
 
-# The noise-schedule fields of the diffusion tasks (`HandTrainConfig`, `BodyTrainConfig`), declared once.
-def prediction_type_setting():
-    return setting(
-        None,
-        "what the UNet predicts (default: the scheduler's)",
-        choices=("epsilon", "v_prediction", "sample"),
-    )
-
-
-def zero_terminal_snr_setting():
-    return setting(
-        False,
-        "rescale the noise schedule to zero signal at the last timestep and sample with trailing timesteps, "
-        "so the starting noise cannot set the image's brightness (needs --prediction-type v_prediction)",
-    )
-
-
 def check_noise_schedule(config) -> None:
     """Epsilon prediction is undefined at zero SNR: --zero-terminal-snr needs v or sample prediction,
     named explicitly since the default is whatever the base folder's scheduler says."""
@@ -184,22 +167,12 @@ def check_noise_schedule(config) -> None:
         )
 
 
-# The multi-source fields of the task configs (`HandTrainConfig`, `BodyTrainConfig`), declared once.
+# The per-stage multi-source fields of `StageTrainConfig`'s subclasses (their help names the stage).
 def manifests_setting(what: str):
     return setting(
         (),
         f"{what} written by prep (local path or fsspec URL); several are mixed, sample by sample, by a "
         "seeded draw with --manifest-weights (required, no default)",
-    )
-
-
-def manifest_weights_setting():
-    return setting(
-        None,
-        "sampling weight of each --manifest, in order (default: their sizes, so each sample is seen once "
-        "per epoch)",
-        gt=0,
-        le=1e9,
     )
 
 
@@ -225,3 +198,51 @@ def normalise_sources(config) -> None:
         config.manifest_weights = tuple(config.manifest_weights)
     if isinstance(config.init_from, os.PathLike):
         config.init_from = os.fspath(config.init_from)
+
+
+@dataclass
+class StageTrainConfig(TrainConfig):
+    """The settings both diffusion stages train with (`HandTrainConfig`, `BodyTrainConfig`), declared
+    once; each stage adds its own ``manifest``, ``init_from``, ``out``, ``pretrained`` and ``resolution``."""
+
+    learning_rate: float | None = setting(
+        None, "peak learning rate (default: 1e-3 for --preset tiny, 1e-5 for sd)", gt=0, le=10
+    )
+    manifest_weights: tuple[float, ...] | None = setting(
+        None,
+        "sampling weight of each --manifest, in order (default: their sizes, so each sample is seen once "
+        "per epoch)",
+        gt=0,
+        le=1e9,
+    )
+    preset: str = setting(
+        "tiny",
+        "tiny (small random components, CPU friendly), mini (from-scratch sizes; --pretrained a train-vae run) "
+        "or sd (load --pretrained)",
+        choices=("tiny", "mini", "sd"),
+    )
+    prediction_type: str | None = setting(
+        None,
+        "what the UNet predicts (default: the scheduler's)",
+        choices=("epsilon", "v_prediction", "sample"),
+    )
+    zero_terminal_snr: bool = setting(
+        False,
+        "rescale the noise schedule to zero signal at the last timestep and sample with trailing timesteps, "
+        "so the starting noise cannot set the image's brightness (needs --prediction-type v_prediction)",
+    )
+    text_dropout: float = setting(0.1, "probability of training with an empty caption (text CFG)", ge=0, lt=1)
+    shuffle_window: int = setting(4, "row groups whose rows are shuffled together", ge=1)
+    validation_steps: int = setting(20, "denoising steps for validation images", ge=1, le=1000)
+    sampler: str = setting(
+        "ddim", "scheduler saved with the final pipeline: ddim or ddpm", choices=("ddim", "ddpm")
+    )
+
+    def __post_init__(self):
+        normalise_sources(self)
+
+    def validate(self) -> StageTrainConfig:
+        super().validate()
+        check_manifest_and_weights(self)
+        check_noise_schedule(self)
+        return self

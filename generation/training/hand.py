@@ -37,55 +37,23 @@ from .config import PRESET_RESOLUTION
 from .errors import DataCheckError
 from .hand_config import HandTrainConfig
 from .latent_cache import LatentCache, fingerprint, vae_fingerprint
-from .loop import TrainResult, read_source_run, train, weight_dtype
+from .loop import TrainResult, train, weight_dtype
 from .losses import diffusion_target, mask_loss
+from .manifest_reads import first_rows, null_counts
+from .run_folder import read_source_run
 from .task import TrainTask
 
 logger = logging.getLogger(__name__)
 
-# Columns the task reads; the binary ones must not be null.
-HAND_COLUMNS = (
-    "hand_id",
-    "crop",
-    "crop_size",
-    "mask",
-    "heatmap",
-    "heatmap_shape",
-    "heatmap_dtype",
-    "heatmap_sigma",
-    "crop_keypoints",
-    "caption",
-)
+# The binary columns of `HandCropDataset.columns` (what the task reads), which must not be null.
 BINARY_COLUMNS = ("crop", "mask", "heatmap")
 
 
-def _null_counts(table, columns) -> dict[str, int]:
-    """Nulls per column over the whole table, from Parquet footers (no data read)."""
-    counts = dict.fromkeys(columns, 0)
-    for frag in table.dataset.get_fragments():
-        md = frag.metadata
-        names = [md.schema.column(i).name for i in range(md.num_columns)]
-        for g in range(md.num_row_groups):
-            rg = md.row_group(g)
-            for col in columns:
-                if col in names:
-                    stats = rg.column(names.index(col)).statistics
-                    if stats is not None and stats.has_null_count:
-                        counts[col] += stats.null_count
-    return counts
+def prep_crop_margin() -> float:
+    """The crop margin prep declares by default, for a manifest that records none."""
+    from prep.config import PrepConfig
 
-
-def _first_rows(manifest, table: str, columns, n: int, **filters) -> list[dict]:
-    """The first `n` rows of `table` passing `filters`, in manifest order, reading row groups only until
-    `n` are found (validation needs a handful of rows, not a pass over the table)."""
-    out: list[dict] = []
-    if n <= 0:
-        return out
-    for _, rows in manifest.iter_row_groups(table, columns, **filters):
-        out += rows.slice(0, n - len(out)).to_pylist()
-        if len(out) >= n:
-            break
-    return out
+    return float(PrepConfig.__dataclass_fields__["crop_margin"].default)
 
 
 class HandTask(TrainTask):
@@ -127,13 +95,13 @@ class HandTask(TrainTask):
                 f"{manifest.url}: no hands table; train-hand needs a manifest with hand crops"
             )
         hands = manifest.hands
-        missing = [col for col in HAND_COLUMNS if col not in hands.schema.names]
+        missing = [col for col in HandCropDataset.columns if col not in hands.schema.names]
         if missing:
             raise DataCheckError(
                 f"{hands.url}: the hands table lacks column(s) {missing} that train-hand needs"
             )
         total = hands.num_rows
-        nulls = _null_counts(hands, BINARY_COLUMNS)
+        nulls = null_counts(hands, BINARY_COLUMNS)
         full = [col for col, n in nulls.items() if total and n >= total]
         if full:
             raise DataCheckError(
@@ -202,14 +170,22 @@ class HandTask(TrainTask):
                 + ", ".join(f"{src['manifest']}: {s:.4g}" for src, s in zip(sources, sigmas))
                 + "); prepare them with the same heatmap sigma and size"
             )
-        # The margin sets how large the hand is in its crop; generation crops with one margin (the first
-        # manifest's, `pipeline_two_stage.run_crop_margin`), so mixed margins would teach other scales.
+        # The margin sets how large the hand is in its crop; the model records one margin, which generation
+        # crops with, so mixed margins would teach other scales.
         margins = {src["crop_margin"] for src in sources} - {None}
         if len(margins) > 1:
             raise DataCheckError(
                 "the manifests' hand crops have different margins ("
                 + ", ".join(f"{src['manifest']}: {src['crop_margin']}" for src in sources)
                 + "); prepare them with the same --crop-margin"
+            )
+        if margins:
+            crop_margin = margins.pop()
+        else:
+            crop_margin = prep_crop_margin()
+            logger.info(
+                "train-hand: the manifests record no crop_margin; the model records prep's default %s",
+                crop_margin,
             )
         first = sources[0]
         self.facts = {
@@ -223,6 +199,7 @@ class HandTask(TrainTask):
             "heatmap_sigma": sigmas[0],
             "rerender_heatmaps": first["stored_heatmap_size"] != latent,
             "manifest_created_at": first["manifest_created_at"],
+            "crop_margin": crop_margin,
         }
         if len(sources) > 1:
             self.facts["sources"] = [
@@ -347,6 +324,7 @@ class HandTask(TrainTask):
         self.source = comps.source
         # The base folder's sample size is its own training side; the saved pipeline draws at this run's.
         self.model.record_sample_size(self.facts["resolution"] // comps.vae_scale_factor)
+        self.model.record_crop_margin(self.facts["crop_margin"])
         self.facts["components"] = comps.source
         self.facts["prediction_type"] = self.scheduler.config.prediction_type
         self.empty_embedding = encode_text(self.tokenizer, self.text_encoder, [""])
@@ -461,9 +439,9 @@ class HandTask(TrainTask):
             m = open_manifest(self.config.manifest[0])
             cols = ["hand_id", "crop_keypoints", "crop_size", "caption"]
             n = self.config.num_validation_poses
-            rows = _first_rows(m, "hands", cols, n, split="val") if self.config.split != "val" else []
+            rows = first_rows(m, "hands", cols, n, split="val") if self.config.split != "val" else []
             if not rows:
-                rows = _first_rows(
+                rows = first_rows(
                     m, "hands", cols, n, filter=self._filter_expression(0), **self._filter_kwargs()
                 )
             res = self.facts["resolution"]

@@ -1,4 +1,4 @@
-"""Settings of stage-1 training (`train-hand`): `TrainConfig` plus data, model and loss fields.
+"""Settings of stage-1 training (`train-hand`): `StageTrainConfig` plus data, model and loss fields.
 
 Kept apart from the task so the CLI can build its options without importing torch.
 """
@@ -8,38 +8,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .config import (
-    TrainConfig,
-    check_manifest_and_weights,
-    check_noise_schedule,
+    StageTrainConfig,
     init_from_setting,
-    manifest_weights_setting,
     manifests_setting,
-    normalise_sources,
-    prediction_type_setting,
     setting,
-    zero_terminal_snr_setting,
 )
 
 
 @dataclass
-class HandTrainConfig(TrainConfig):
-    """`TrainConfig` plus the hand generator's data, model and loss settings."""
+class HandTrainConfig(StageTrainConfig):
+    """`StageTrainConfig` plus the hand generator's data, model and loss settings."""
 
-    learning_rate: float | None = setting(
-        None, "peak learning rate (default: 1e-3 for --preset tiny, 1e-5 for sd)", gt=0, le=10
-    )
     out: str = setting(
         "runs/hand", "run folder: checkpoints, metrics.jsonl, config.json, validation grids, final pipeline"
     )
     manifest: tuple[str, ...] = manifests_setting("manifest root(s), or their hands tables,")
-    manifest_weights: tuple[float, ...] | None = manifest_weights_setting()
     init_from: str | None = init_from_setting("train-hand")
-    preset: str = setting(
-        "tiny",
-        "tiny (small random components, CPU friendly), mini (from-scratch sizes; --pretrained a train-vae run) "
-        "or sd (load --pretrained)",
-        choices=("tiny", "mini", "sd"),
-    )
     pretrained: str | None = setting(None, "local Stable Diffusion folder (diffusers layout) for --preset sd")
     resolution: int | None = setting(
         None,
@@ -53,31 +37,14 @@ class HandTrainConfig(TrainConfig):
     min_mask_score: float | None = setting(None, "skip hands whose mask score is below this", ge=0, le=1)
     mask_loss_weight: float = setting(1.0, "lambda: weight of the mask loss added to the noise MSE", ge=0)
     mask_loss: str = setting("bce", "bce or bce+dice", choices=("bce", "bce+dice"))
-    text_dropout: float = setting(0.1, "probability of training with an empty caption (text CFG)", ge=0, lt=1)
     pose_dropout: float = setting(0.1, "probability of training with zero heatmaps (pose CFG)", ge=0, lt=1)
-    prediction_type: str | None = prediction_type_setting()
-    zero_terminal_snr: bool = zero_terminal_snr_setting()
     mask_head_type: str = setting(
         "conv", "mask head: conv (conv3x3-SiLU-conv1x1) or channel (one conv)", choices=("conv", "channel")
     )
     mask_head_channels: int = setting(32, "hidden channels of the conv mask head", ge=1, le=4096)
     cache_latents: bool = setting(False, "VAE-encode every crop once and train from the cached posteriors")
     latent_cache_dir: str | None = setting(None, "where to keep the latent cache (default RUN/latent_cache)")
-    shuffle_window: int = setting(4, "row groups whose rows are shuffled together", ge=1)
     num_validation_poses: int = setting(
         4, "fixed poses drawn in each validation grid (val split first)", ge=0, le=256
     )
-    validation_steps: int = setting(20, "denoising steps for validation images", ge=1, le=1000)
     validation_guidance_scale: float = setting(5.0, "text guidance for validation images", ge=0, le=100)
-    sampler: str = setting(
-        "ddim", "scheduler saved with the final pipeline: ddim or ddpm", choices=("ddim", "ddpm")
-    )
-
-    def __post_init__(self):
-        normalise_sources(self)
-
-    def validate(self) -> HandTrainConfig:
-        super().validate()
-        check_manifest_and_weights(self)
-        check_noise_schedule(self)
-        return self

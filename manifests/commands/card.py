@@ -11,7 +11,7 @@ HELP = "write a Hugging Face dataset card (README.md + preview.png) so the folde
 
 
 @dataclass
-class CardSettings(Settings):
+class CardConfig(Settings):
     name: str | None = setting(None, "dataset name in the card (default: the folder's name)")
     license: str | None = setting(None, "licence id for the Hub metadata (default: the source's, if known)")
     preview: bool = setting(True, "render preview.png (--no-preview skips it)")
@@ -19,13 +19,13 @@ class CardSettings(Settings):
 
 def add_arguments(parser) -> None:
     parser.add_argument("path", help="manifest root (with images/ and hands/); local or URL")
-    add_settings(parser, CardSettings, title="card settings")
+    add_settings(parser, CardConfig, title="card settings")
 
 
 def run(args) -> int:
     from ..card import write_card
 
-    s = from_args(CardSettings, args).validate()
+    s = from_args(CardConfig, args).validate()
     url = write_card(args.path, name=s.name, license=s.license, preview=s.preview)
     print(f"wrote {url}")
     return 0

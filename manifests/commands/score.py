@@ -16,14 +16,14 @@ HELP = (
 
 
 @dataclass
-class ScoreSettings(Settings):
+class ScoreConfig(Settings):
     truth: str | None = setting(
         None, "COCO-style keypoints JSON (21 hand keypoints, MediaPipe order); required"
     )
     json: bool = setting(False, "print the result as JSON instead of text")
     gate: float = setting(MatchConfig.gate, "max mean keypoint distance of a match, in truth box sizes", gt=0)
 
-    def validate(self) -> ScoreSettings:
+    def validate(self) -> ScoreConfig:
         super().validate()
         if not self.truth:
             raise SettingError("truth (--truth) is required: the keypoints JSON to score against")
@@ -32,13 +32,13 @@ class ScoreSettings(Settings):
 
 def add_arguments(parser) -> None:
     parser.add_argument("manifest", help="manifest root (local path or fsspec URL)")
-    add_settings(parser, ScoreSettings, title="score settings")
+    add_settings(parser, ScoreConfig, title="score settings")
 
 
 def run(args) -> int:
     from ..score import TruthError, format_score, score_manifest
 
-    settings = from_args(ScoreSettings, args).validate()
+    settings = from_args(ScoreConfig, args).validate()
     try:
         result = score_manifest(args.manifest, settings.truth, MatchConfig(gate=settings.gate))
     except TruthError as exc:

@@ -12,19 +12,19 @@ HELP = "counts by status, label, split, handedness; hand size and score distribu
 
 
 @dataclass
-class StatsSettings(Settings):
+class StatsConfig(Settings):
     json: bool = setting(False, "print JSON instead of tables")
 
 
 def add_arguments(parser) -> None:
     parser.add_argument("path", help="manifest root or table directory; local or URL")
-    add_settings(parser, StatsSettings, title="stats settings")
+    add_settings(parser, StatsConfig, title="stats settings")
 
 
 def run(args) -> int:
     from ..stats import format_stats, manifest_stats
 
-    settings = from_args(StatsSettings, args).validate()
+    settings = from_args(StatsConfig, args).validate()
     stats = manifest_stats(args.path)
     print(
         json.dumps(stats, indent=2) if settings.json else format_stats(stats),

@@ -13,7 +13,7 @@ HELP = "check a manifest against the contract (exit 1 and list shard/row/reason 
 
 
 @dataclass
-class ValidateSettings(Settings):
+class ValidateConfig(Settings):
     decode: bool = setting(True, "decode crops, masks, heatmaps and images (--no-decode skips them)")
     workers: int = setting(1, "processes for the decode pass", ge=1, le=4096)
     max_problems: int = setting(1000, "stop listing after this many problems", ge=1)
@@ -24,13 +24,13 @@ def add_arguments(parser) -> None:
     parser.add_argument(
         "path", help="manifest root (with images/ and hands/) or one table directory; local or URL"
     )
-    add_settings(parser, ValidateSettings, title="validate settings")
+    add_settings(parser, ValidateConfig, title="validate settings")
 
 
 def run(args) -> int:
     from ..validate import validate_manifest
 
-    settings = from_args(ValidateSettings, args).validate()
+    settings = from_args(ValidateConfig, args).validate()
     problems = validate_manifest(
         args.path, decode=settings.decode, workers=settings.workers, max_problems=settings.max_problems
     )

@@ -49,11 +49,11 @@ class Distance:
     """Inception features of (real, generated) pairs, batch by batch; FID and KID at the end."""
 
     def __init__(self, ctx, views, what: str, suffix: str):
-        from ..feature_distance import DistributionDistance, KIDSettings
+        from ..feature_distance import DistributionDistance, KIDConfig
 
         config = ctx.config
         net = ctx.models["inception"]
-        kid = KIDSettings(subsets=config.kid_subsets, subset_size=config.kid_subset_size)
+        kid = KIDConfig(subsets=config.kid_subsets, subset_size=config.kid_subset_size)
         self.distance = DistributionDistance(net, net.num_features, kid=kid, device=config.device)
         self.ctx, self.views, self.what, self.suffix = ctx, views, what, suffix
         self._pending: list[tuple[np.ndarray, np.ndarray, bool]] = []

@@ -51,8 +51,9 @@ from ..pipelines.body import BodyOutpaintPipeline
 from ..pipelines.condition import ConditionConfig, build_condition, condition_tiles, inputs_from_body_sample
 from .body_config import BodyTrainConfig
 from .errors import DataCheckError
-from .loop import TrainResult, read_source_run, train, weight_dtype
+from .loop import TrainResult, train, weight_dtype
 from .losses import diffusion_target
+from .run_folder import read_source_run
 from .task import TrainTask
 
 logger = logging.getLogger(__name__)
@@ -415,7 +416,12 @@ class BodyTask(TrainTask):
     def _pipeline(self, model) -> BodyOutpaintPipeline:
         unet, controlnet = self._parts(model)
         pipe = BodyOutpaintPipeline.from_components(
-            self.components, controlnet, self.condition_config, self.config.sampler, unet=unet
+            self.components,
+            controlnet,
+            self.condition_config,
+            self.config.sampler,
+            unet=unet,
+            fit=self.config.fit,
         )
         pipe.set_progress_bar_config(disable=True)
         return pipe
@@ -464,7 +470,7 @@ class BodyTask(TrainTask):
             if not self.config.train_base_unet:
                 unet = comps.unet
         pipe = BodyOutpaintPipeline.from_components(
-            comps, controlnet, self.condition_config, self.config.sampler, unet=unet
+            comps, controlnet, self.condition_config, self.config.sampler, unet=unet, fit=self.config.fit
         )
         if self.dtype != torch.float32:
             pipe.to(torch_dtype=torch.float32)
