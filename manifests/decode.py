@@ -32,11 +32,20 @@ def keypoints_array(value, num: int | None = None, what: str = "keypoints") -> n
     return arr
 
 
+def _shape(shape) -> tuple[int, int] | None:
+    """A stated (height, width) as ints, or None when the row states none usable."""
+    try:
+        h, w = (int(v) for v in shape)
+    except (TypeError, ValueError):
+        return None
+    return (h, w) if h > 0 and w > 0 else None
+
+
 def _image(data, shape, what: str) -> np.ndarray:
     if data is None:
         raise RowDecodeError(f"{what}: value is null")
     try:
-        arr = codecs.decode_image(data)
+        arr = codecs.decode_image(data, _shape(shape))
     except codecs.DecodeError as exc:
         raise RowDecodeError(f"{what}: {exc}") from exc
     if shape is not None and arr.shape[:2] != tuple(shape):
@@ -52,7 +61,7 @@ def _mask(data, shape, what: str, method: str | None = None) -> np.ndarray:
     if data is None:
         raise RowDecodeError(f"{what}: value is null")
     try:
-        arr = codecs.decode_mask(data)
+        arr = codecs.decode_mask(data, _shape(shape))
     except codecs.DecodeError as exc:
         raise RowDecodeError(f"{what}: {exc}") from exc
     if shape is not None and arr.shape != tuple(shape):

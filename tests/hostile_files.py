@@ -5,7 +5,9 @@ to a reader that trusts it. Sizes are arguments, so unit tests build them small 
 from __future__ import annotations
 
 import io
+import struct
 import tarfile
+import zlib
 from pathlib import Path
 
 import pyarrow as pa
@@ -69,3 +71,38 @@ def sparse_tar(path: Path, member_bytes: int, key: str = "k") -> Path:
     body = b"".join(sparse_member(f"{key}.{ext}", member_bytes) for ext in SPARSE_EXTS)
     path.write_bytes(body + b"\0" * 1024)
     return path
+
+
+def _png_chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+
+def png_bomb(side: int) -> bytes:
+    """A 1-bit greyscale PNG of `side` x `side` zeros: 20 KB at 13000 px, gigabytes once decoded to RGB.
+    Written row by row, so building it costs no more than the file."""
+    row = b"\0" * (1 + (side + 7) // 8)
+    z = zlib.compressobj(9)
+    data = b"".join(z.compress(row) for _ in range(side)) + z.flush()
+    header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", header)
+        + _png_chunk(b"IDAT", data)
+        + _png_chunk(b"IEND", b"")
+    )
+
+
+def png_bomb_manifest(src: Path, dst: Path, side: int, rows: int = 1) -> Path:
+    """A copy of the manifest at `src` whose first `rows` hands' crops and masks, and first `rows`
+    images' images and hands masks, are `side`-pixel PNG bombs (the rows keep their stated shapes)."""
+    from manifest_edits import rewrite
+
+    bomb = png_bomb(side)
+
+    def edit(idx, images, hands):
+        for rows_of, columns in ((hands, ("crop", "mask")), (images, ("image", "hands_mask"))):
+            for i in range(min(rows, len(rows_of)) if idx == 0 else 0):
+                rows_of[i] = dict(rows_of[i], **dict.fromkeys(columns, bomb))
+        return images, hands
+
+    return rewrite(src, dst, edit)

@@ -384,6 +384,15 @@ def test_train_refuses_user_files_and_another_tasks_run_whatever_the_options(
     assert not (tmp_path / "new").exists()
 
 
+def test_train_hand_on_a_png_bomb_is_one_line_naming_the_shard_and_row(synthetic_manifest, tmp_path, capsys):
+    from hostile_files import png_bomb_manifest
+
+    root = png_bomb_manifest(synthetic_manifest, tmp_path / "bombs", 3000, rows=1000)  # all of shard 0
+    assert _train_hand(root, tmp_path / "run", "--steps", "50") == 1
+    line = _one_error_line(capsys, "train-hand")
+    assert "hands/shard-00000.parquet row group" in line and "crop: image header is 3000x3000" in line
+
+
 def test_an_existing_run_needs_resume_or_overwrite(synthetic_manifest, tmp_path, capsys):
     from generation.training.checkpoint import list_checkpoints
     from generation.training.metrics import read_metrics

@@ -278,3 +278,19 @@ def test_memory_filesystem_dataset():
         import fsspec
 
         fsspec.filesystem("memory").rm("/handfirst-test", recursive=True)
+
+
+@pytest.mark.parametrize("dataset", [HandCropDataset, BodyDataset])
+def test_a_png_bomb_is_refused_from_its_header_naming_the_shard_and_row(dataset, tmp_path):
+    from hostile_files import png_bomb_manifest
+
+    from manifests.errors import RowDecodeError
+
+    src = tmp_path / "m"
+    make_synthetic_manifest(str(src), num_images=4, shard_size=2)
+    root = png_bomb_manifest(src, tmp_path / "bombs", 3000)
+    with pytest.raises(RowDecodeError) as caught:
+        list(dataset(open_manifest(str(root)), shuffle=False))
+    message = str(caught.value)
+    assert "shard-00000.parquet row group 0:" in message and "synthetic_00000" in message
+    assert "header is 3000x3000" in message and "not decoded" in message
