@@ -49,8 +49,11 @@ from .body_model import masked_image, vae_scale_factor
 from .components import check_saved_pipeline
 from .condition import CONDITION_GROUPS, ConditionInputs, build_condition
 from .guards import (
+    DEFAULT_HAND_BATCH,
+    DEFAULT_MAX_HANDS,
     DEFAULT_MAX_PIXEL_STEPS,
     DEFAULT_MAX_PIXELS,
+    check_hand_count,
     check_image_cost,
     check_seed,
     make_generator,
@@ -377,8 +380,13 @@ class TwoStageHandBodyPipeline(DiffusionPipeline):
         generator=None,
         max_pixels=DEFAULT_MAX_PIXELS,
         max_pixel_steps=DEFAULT_MAX_PIXEL_STEPS,
+        max_hands=DEFAULT_MAX_HANDS,
+        hand_batch_size=DEFAULT_HAND_BATCH,
     ):
         self.check_models()
+        check_hand_count(len(hands), max_hands)
+        if isinstance(hand_batch_size, bool) or not isinstance(hand_batch_size, int) or hand_batch_size < 1:
+            raise ValueError(f"hand_batch_size must be an integer >= 1, got {hand_batch_size!r}")
         if not (isinstance(width, int) and isinstance(height, int)) or width < 8 or height < 8:
             raise ValueError(f"width and height must be integers >= 8, got {width!r} x {height!r}")
         for name, steps in (
@@ -637,6 +645,8 @@ class TwoStageHandBodyPipeline(DiffusionPipeline):
         return_dict: bool = True,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         max_pixel_steps: int = DEFAULT_MAX_PIXEL_STEPS,
+        max_hands: int = DEFAULT_MAX_HANDS,
+        hand_batch_size: int = DEFAULT_HAND_BATCH,
     ):
         """Generate one image of a person whose hands follow the given hand poses.
 
@@ -673,6 +683,8 @@ class TwoStageHandBodyPipeline(DiffusionPipeline):
             max_pixels / max_pixel_steps: refuse an image whose stage-2 canvas is over this many pixels,
                 or whose canvas x steps plus hand crops x stage-1 steps is over this many pixel-steps
                 (`generation.guards.check_image_cost`), before anything is drawn.
+            max_hands / hand_batch_size: refuse an image with more than `max_hands` hands; stage 1
+                draws them `hand_batch_size` at a time (one batch, the same images, up to that many).
         Returns `TwoStageOutput` (or a tuple ``(images, output)`` with ``return_dict=False``).
         """
         t_start = time.perf_counter()
@@ -720,6 +732,8 @@ class TwoStageHandBodyPipeline(DiffusionPipeline):
             generator,
             max_pixels,
             max_pixel_steps,
+            max_hands,
+            hand_batch_size,
         )
         hands = [keypoint_array(k, NUM_HAND_KEYPOINTS, f"hand {i}") for i, k in enumerate(hands)]
         handedness = list(handedness) if handedness is not None else [None] * len(hands)
@@ -743,34 +757,36 @@ class TwoStageHandBodyPipeline(DiffusionPipeline):
         # 2. Crop box per hand, keypoints into the crop, heatmaps at the stage-1 latent size.
         placed, skipped = self.place_hands(hands, handedness, prompts, crop_size, min_hand_size, small_hands)
 
-        # 3. Stage 1, batched over the hands.
+        # 3. Stage 1, batched over the hands, `hand_batch_size` at a time.
         t0 = time.perf_counter()
-        hand_images = np.zeros((0, crop_size, crop_size, 3), np.uint8)
-        hand_masks = np.zeros((0, crop_size, crop_size), bool)
-        if placed:
+        hand_images = [np.zeros((0, crop_size, crop_size, 3), np.uint8)]
+        hand_masks = [np.zeros((0, crop_size, crop_size), bool)]
+        for start in range(0, len(placed), hand_batch_size):
+            chunk = placed[start : start + hand_batch_size]
             heatmaps = keypoints_to_heatmaps(
-                np.stack([p.crop_keypoints for p in placed]),
+                np.stack([p.crop_keypoints for p in chunk]),
                 crop_size,
                 crop_size // self.hand_pipeline.vae_scale_factor,
                 self.hand_unet.config.heatmap_sigma,
                 self.hand_unet.config.num_keypoints,
             )
             stage1 = self.hand_pipeline(
-                [p.prompt for p in placed],
+                [p.prompt for p in chunk],
                 heatmaps=heatmaps,
                 size=crop_size,
                 num_inference_steps=hand_steps,
                 guidance_scale=guidance_scale if hand_guidance_scale is None else hand_guidance_scale,
                 pose_guidance_scale=pose_guidance_scale,
-                negative_prompt=[hand_negative_prompt or ""] * len(placed),
+                negative_prompt=[hand_negative_prompt or ""] * len(chunk),
                 generator=hand_generator,
                 output_type="np",
                 mask_threshold=mask_threshold,
                 max_pixels=max_pixels,
                 max_pixel_steps=max_pixel_steps,
             )
-            hand_images = (np.clip(stage1.images, 0, 1) * 255).round().astype(np.uint8)
-            hand_masks = np.asarray(stage1.masks_binary, bool).copy()
+            hand_images.append((np.clip(stage1.images, 0, 1) * 255).round().astype(np.uint8))
+            hand_masks.append(np.asarray(stage1.masks_binary, bool))
+        hand_images, hand_masks = np.concatenate(hand_images), np.concatenate(hand_masks)
         mask_sources = []
         fallback = MASK_FALLBACKS[mask_fallback]
         for k, p in enumerate(placed):

@@ -101,6 +101,8 @@ def call_arguments(request: Request, settings: GenerateSettings) -> dict:
         "seed": int(seed),
         "max_pixels": settings.max_pixels,
         "max_pixel_steps": settings.max_pixel_steps,
+        "max_hands": settings.max_hands,
+        "hand_batch_size": settings.hand_batch_size,
     }
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from manifests.settings import Settings, setting, setting_like
 
 from ..blend_config import BlendConfig
-from ..guards import DEFAULT_MAX_PIXEL_STEPS, DEFAULT_MAX_PIXELS
+from ..guards import DEFAULT_HAND_BATCH, DEFAULT_MAX_HANDS, DEFAULT_MAX_PIXEL_STEPS, DEFAULT_MAX_PIXELS
 from ..training.config import MAX_SEED
 
 DTYPES = ("float32", "float16", "bfloat16")
@@ -101,6 +101,13 @@ class GenerateSettings(Settings):
         DEFAULT_MAX_PIXEL_STEPS,
         "refuse an image whose canvas x --steps plus hand crops x hand steps is over this (2048x2048 x 100)",
         ge=1,
+    )
+
+    max_hands: int = setting(
+        DEFAULT_MAX_HANDS, "refuse an image that asks for more hands than this", ge=1, le=100_000
+    )
+    hand_batch_size: int = setting(
+        DEFAULT_HAND_BATCH, "stage 1 draws an image's hands this many at a time (memory)", ge=1, le=4096
     )
 
     def validate(self) -> GenerateSettings:
