@@ -431,6 +431,23 @@ def test_an_existing_run_needs_resume_or_overwrite(synthetic_manifest, tmp_path,
     assert [r["step"] for r in read_metrics(str(run)) if "loss" in r] == [1, 2]
 
 
+def test_overwrite_deletes_only_what_the_task_writes_not_what_model_index_json_lists(
+    synthetic_manifest, tmp_path
+):
+    run = tmp_path / "run"
+    assert _train_hand(synthetic_manifest, run, "--steps", "1") == 0
+    index = json.loads((run / "model_index.json").read_text())
+    index.update(user_plots=["diffusers", "ConfigMixin"], **{"my_notes.txt": ["diffusers", "ConfigMixin"]})
+    (run / "model_index.json").write_text(json.dumps(index))
+    (run / "user_plots").mkdir()
+    (run / "user_plots" / "loss.png").write_bytes(b"mine")
+    (run / "my_notes.txt").write_text("mine")
+    assert _train_hand(synthetic_manifest, run, "--steps", "1", "--overwrite") == 0
+    assert (run / "user_plots" / "loss.png").read_bytes() == b"mine"
+    assert (run / "my_notes.txt").read_text() == "mine"
+    assert (run / "unet").is_dir() and "user_plots" not in json.loads((run / "model_index.json").read_text())
+
+
 def test_a_resume_with_a_new_learning_rate_trains_with_it_and_config_json_says_so(
     synthetic_manifest, tmp_path
 ):

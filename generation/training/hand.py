@@ -95,6 +95,7 @@ def _first_rows(manifest, table: str, columns, n: int, **filters) -> list[dict]:
 class HandTask(TrainTask):
     name = "hand"
     oom_hints = ("--cache-latents (frees the VAE encoder's activations)", "--resolution")
+    pipeline_class = HandGenerationPipeline
 
     def __init__(self, config: HandTrainConfig):
         super().__init__(config)
