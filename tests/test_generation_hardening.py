@@ -393,6 +393,35 @@ def test_train_hand_on_a_png_bomb_is_one_line_naming_the_shard_and_row(synthetic
     assert "hands/shard-00000.parquet row group" in line and "crop: image header is 3000x3000" in line
 
 
+class _Marker:
+    """A pickle that, once loaded, creates the file `path`."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_init_from_a_folder_of_pickled_weights_is_one_line_and_unpickles_nothing(
+    tiny_runs, synthetic_manifest, tmp_path, capsys
+):
+    import pickle
+    import shutil
+
+    source = tmp_path / "pickled"
+    shutil.copytree(tiny_runs[0], source, ignore=shutil.ignore_patterns("checkpoints", "validation"))
+    marker = tmp_path / "unpickled"
+    for weights in source.glob("*/*.safetensors"):
+        weights.unlink()
+        name = "pytorch_model.bin" if weights.name == "model.safetensors" else "diffusion_pytorch_model.bin"
+        (weights.parent / name).write_bytes(pickle.dumps(_Marker(marker)))
+    assert _train_hand(synthetic_manifest, tmp_path / "run", "--steps", "1", "--init-from", str(source)) == 1
+    line = _one_error_line(capsys, "train-hand")
+    assert "holds pickled weights (" in line and "model.bin) and no .safetensors" in line
+    assert not marker.exists() and not (tmp_path / "run" / "model_index.json").exists()
+
+
 def test_an_existing_run_needs_resume_or_overwrite(synthetic_manifest, tmp_path, capsys):
     from generation.training.checkpoint import list_checkpoints
     from generation.training.metrics import read_metrics
