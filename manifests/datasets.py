@@ -48,6 +48,7 @@ from .decode import (
     hands_mask_array,
     heatmap_array,
     image_array,
+    image_size,
     mask_array,
 )
 from .errors import ManifestError, RowDecodeError
@@ -349,7 +350,7 @@ class HandCropDataset(ManifestIterableDataset):
 
     def make_sample(self, row: dict, unit: RowGroupUnit) -> dict:
         crop = crop_array(row) if self.load_pixels else None
-        mask, kps = mask_array(row), crop_keypoints(row)
+        mask, kps = mask_array(row), crop_keypoints(row, finite=True)
         size = int(row["crop_size"])
         res = int(self.resolution or size)
         if res != size:
@@ -484,9 +485,7 @@ class BodyDataset(ManifestIterableDataset):
         if self.crop == "hands" and hand_points is not None and len(hand_points):
             pts = np.asarray(hand_points)[:, :2]
             focus = tuple((pts.min(axis=0) + pts.max(axis=0)) / 2.0)
-        return FitTransform.fit(
-            int(row["width"]), int(row["height"]), self.out_w, self.out_h, self.fit, focus
-        )
+        return FitTransform.fit(*image_size(row), self.out_w, self.out_h, self.fit, focus)
 
     def make_sample(self, row: dict, unit: RowGroupUnit) -> dict:
         where = f"{url_for(self.source.fs, unit.path)} image {row['image_id']}"
@@ -500,7 +499,7 @@ class BodyDataset(ManifestIterableDataset):
             )
         if len(hands) > self.max_hands:
             raise ManifestError(f"{where}: {len(hands)} hands, more than max_hands={self.max_hands}")
-        hand_kps = [hand_keypoints(h) for h in hands]
+        hand_kps = [hand_keypoints(h, finite=True) for h in hands]
         t = self.transform_for(row, np.concatenate(hand_kps) if hand_kps else None)
 
         image = t.warp(image_array(row))
@@ -509,7 +508,7 @@ class BodyDataset(ManifestIterableDataset):
             if row["hands_mask"] is not None
             else np.zeros((self.out_h, self.out_w), bool)
         )
-        body = body_keypoints(row)
+        body = body_keypoints(row, finite=True)
         has_body = body is not None
         body = t.points(body) if has_body else np.zeros((33, 3), np.float32)
         openpose = to_openpose18(body) if has_body else np.zeros((18, 3), np.float32)
