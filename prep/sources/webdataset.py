@@ -65,6 +65,11 @@ def sidecar(tar_uri: str, config: PrepConfig) -> dict[str, dict]:
             for group in range(pf.metadata.num_row_groups):
                 for row, reasons in row_group_rows(f, group, wanted, config, SIDECAR_COLUMNS):
                     if row.get("key") is None:
+                        if reasons:
+                            logger.warning(
+                                "%s: row group %d of the sample list is unread: %s", uri, group, reasons[0]
+                            )
+                            break
                         continue
                     if reasons:
                         row = {
