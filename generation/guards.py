@@ -6,6 +6,8 @@
   exceeds `max_pixels`, or its canvas times its denoising steps exceeds `max_pixel_steps`. Both are
   settings (`GenerateConfig`, ``sample-hand`` / ``sample-body`` options, pipeline arguments), so a
   large machine can raise them; the defaults let SD 1.5 draw up to 2048 x 2048 with 100 steps.
+- `check_hand_count`: an image asks for at most `max_hands` hands (a setting), checked with the cost,
+  since stage 1's memory follows the hands it batches.
 - `check_finite`: a model with NaN weights (or a float16 overflow) denoises to NaN latents, which
   decode to black images; the pipelines call this on the final latents and the decoded pixels and
   stop with a `NonFiniteOutputError` that says which model and what to do.
@@ -22,6 +24,8 @@ SEED_LIMIT = 2**64  # torch.Generator.manual_seed takes [0, 2**64) (negatives wr
 MAX_SEED = SEED_LIMIT - 1  # the largest seed a setting accepts
 DEFAULT_MAX_PIXELS = 2048 * 2048
 DEFAULT_MAX_PIXEL_STEPS = 100 * DEFAULT_MAX_PIXELS
+DEFAULT_MAX_HANDS = 64  # hands per image; stage 1 draws them `DEFAULT_HAND_BATCH` at a time
+DEFAULT_HAND_BATCH = 8
 
 
 class CostLimitError(ValueError):
@@ -93,6 +97,14 @@ def check_image_cost(
             f"{what} {detail} is {cost:,} pixel-steps, over max_pixel_steps {max_pixel_steps:,}; "
             "use fewer steps, a smaller size, or raise max_pixel_steps"
         )
+
+
+def check_hand_count(hands: int, max_hands: int = DEFAULT_MAX_HANDS, what: str = "image") -> None:
+    """Refuse an image with more than `max_hands` hands (`CostLimitError`), before anything is drawn."""
+    if isinstance(max_hands, bool) or not isinstance(max_hands, int) or max_hands < 1:
+        raise ValueError(f"max_hands must be an integer >= 1, got {max_hands!r}")
+    if hands > max_hands:
+        raise CostLimitError(f"{what} asks for {hands:,} hands, over max_hands {max_hands}; raise max_hands")
 
 
 def _nonfinite_weights(module) -> list[str]:

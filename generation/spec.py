@@ -21,6 +21,7 @@ names, so it must be a safe file name (`manifests.names.check_name`).
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -81,7 +82,12 @@ def _points(value, count: int, where: str, width: int, height: int) -> np.ndarra
 
 
 def _whole(value, where: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or float(value) != int(value):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not math.isfinite(value)
+        or float(value) != int(value)
+    ):
         raise SpecError(f"{where}: expected a whole number, got {value!r}")
     return int(value)
 
@@ -171,14 +177,19 @@ def parse_spec(obj: dict, name: str = "sample") -> PoseSpec:
 
 
 def read_json_file(path, error: type[Exception], what: str):
-    """The parsed JSON of a user-given file; `error` names the file for a missing file or bad JSON."""
+    """The parsed JSON of a user-given file; `error` names the file for a missing file, bad UTF-8, bad
+    JSON or nesting too deep to parse. NaN and Infinity parse, and the field that holds one says so."""
     try:
         with open(path, encoding="utf-8") as f:
             return json.load(f)
     except FileNotFoundError:
         raise error(f"{path}: no such {what} file") from None
+    except UnicodeDecodeError as exc:
+        raise error(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
     except json.JSONDecodeError as exc:
         raise error(f"{path}: not valid JSON ({exc})") from None
+    except RecursionError:
+        raise error(f"{path}: JSON nested too deeply to read") from None
 
 
 def load_spec(path: str | Path) -> PoseSpec:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 
 from .errors import ManifestError
 from .reader import Manifest, is_manifest_root, open_manifest
@@ -27,6 +28,11 @@ from .stats import manifest_stats
 from .storage import atomic_write_bytes, filesystem, join
 
 logger = logging.getLogger(__name__)
+
+
+class CardExistsError(ManifestError):
+    """The manifest root holds a README.md or preview.png that the card command did not write."""
+
 
 # Licence of the photos each source adapter reads, as the Hub's metadata spells it.
 SOURCE_LICENCES = {
@@ -92,10 +98,28 @@ def front_matter(tables: list[str], licence: dict, rows: int, name: str) -> str:
     return "\n".join(lines)
 
 
+# Marks a README.md this command wrote; another README.md is the user's and is not replaced.
+CARD_MARK = "<!-- written by handfirst-manifests card -->"
+MARKDOWN_SPECIALS = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~])")
+
+
+def escape_markdown(text) -> str:
+    """`text` as literal markdown on one line: every markdown character backslash-escaped."""
+    return MARKDOWN_SPECIALS.sub(r"\\\1", " ".join(str(text).split()))
+
+
+def _fence(code: str) -> str:
+    """A code fence longer than any run of backticks in `code`, so `code` cannot close it."""
+    return "`" * max(3, 1 + max((len(run) for run in re.findall("`+", code)), default=0))
+
+
 def _counts_table(title: str, counts: dict) -> list[str]:
     if not counts:
         return []
-    rows = [f"| {k} | {v} |" for k, v in sorted(counts.items(), key=lambda kv: (-kv[1], str(kv[0])))]
+    rows = [
+        f"| {escape_markdown(k)} | {v} |"
+        for k, v in sorted(counts.items(), key=lambda kv: (-kv[1], str(kv[0])))
+    ]
     return [f"| {title} | rows |", "|---|---:|", *rows, ""]
 
 
@@ -113,23 +137,28 @@ def card_text(m: Manifest, name: str, license: str | None = None, preview: str |
     datasets = sorted(stats.get("images", {}).get("counts", {}).get("dataset", {}))
     licence = licence_for(datasets, license)
     rows = stats["rows"].get("images", stats["rows"].get("hands", 0))
-    body = [front_matter(tables, licence, rows, name), "", f"# {name}", ""]
+    body = [front_matter(tables, licence, rows, name), CARD_MARK, "", f"# {escape_markdown(name)}", ""]
+    code = "\n".join(
+        [
+            "import datasets",
+            f'hands = datasets.load_dataset({name!r}, "hands", split="train")     # the default config',
+            f'images = datasets.load_dataset({name!r}, "images", split="train")',
+        ]
+    )
     body += [
         "Hand annotations made by the `prep` pipeline of handfirst: "
         "MediaPipe hand keypoints and body pose, hand masks, square hand crops, keypoint heatmaps and "
         "captions, in two Parquet tables (`images`: one row per input photo, whatever happened to it; "
         "`hands`: one row per hand).",
         "",
-        "```python",
-        "import datasets",
-        f'hands = datasets.load_dataset("{name}", "hands", split="train")     # the default config',
-        f'images = datasets.load_dataset("{name}", "images", split="train")',
-        "```",
+        f"{_fence(code)}python",
+        code,
+        _fence(code),
         "",
     ]
     if preview:
         body += [f"![Preview: hand crops with keypoints and masks, images with the body pose]({preview})", ""]
-    body += ["## Licence", "", licence["text"], ""]
+    body += ["## Licence", "", escape_markdown(licence["text"]), ""]
     body += ["## Counts", "", *(f"- {t}: {n} rows" for t, n in stats["rows"].items()), ""]
     image_counts = stats.get("images", {}).get("counts", {})
     hand_counts = stats.get("hands", {}).get("counts", {})
@@ -157,12 +186,38 @@ def card_text(m: Manifest, name: str, license: str | None = None, preview: str |
     return "\n".join(body)
 
 
-def write_card(path: str, name: str | None = None, license: str | None = None, preview: bool = True) -> str:
+def _is_card(fs, path: str) -> bool:
+    with fs.open(path, "rb") as f:
+        return CARD_MARK.encode() in f.read(64 * 2**10)
+
+
+def _check_ours(fs, path: str, root: str, overwrite: bool, ours, what: str) -> None:
+    """Refuse to replace a file this command did not write, unless `overwrite`."""
+    if overwrite or not fs.exists(path):
+        return
+    try:
+        mine = fs.isfile(path) and ours(fs, path)
+    except Exception:  # noqa: BLE001 - unreadable: not one of ours
+        mine = False
+    if not mine:
+        raise CardExistsError(
+            f"{root}: {what} exists and was not written by this command; move it away or pass --overwrite"
+        )
+
+
+def write_card(
+    path: str,
+    name: str | None = None,
+    license: str | None = None,
+    preview: bool = True,
+    overwrite: bool = False,
+) -> str:
     """Write ``README.md`` (and ``preview.png`` unless `preview` is False) into the manifest root.
 
-    Returns the card's URL. Both files are written atomically.
+    Returns the card's URL. Both files are written atomically. A ``README.md`` or ``preview.png`` this
+    command did not write is refused (`CardExistsError`) unless `overwrite`.
     """
-    from .preview import make_preview
+    from .preview import is_preview_png, make_preview
 
     fs, root = filesystem(str(path))
     root = root.rstrip("/")
@@ -172,6 +227,10 @@ def write_card(path: str, name: str | None = None, license: str | None = None, p
             f"{m.url}: a card describes a manifest root (with images/ and hands/), not one table"
         )
     name = name or root.rsplit("/", 1)[-1]
+    card = join(root, "README.md")
+    _check_ours(fs, card, root, overwrite, _is_card, "README.md")
+    if preview:
+        _check_ours(fs, join(root, "preview.png"), root, overwrite, is_preview_png, "preview.png")
     picture = None
     if preview:
         try:
@@ -180,6 +239,5 @@ def write_card(path: str, name: str | None = None, license: str | None = None, p
         except Exception as exc:  # noqa: BLE001 - a card without a picture beats no card
             logger.warning("%s: no preview in the card: %s", m.url, exc)
     text = card_text(m, name, license=license, preview=picture)
-    card = join(root, "README.md")
     atomic_write_bytes(fs, card, text.encode("utf-8"))
     return m.url.rstrip("/") + "/README.md"

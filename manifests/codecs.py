@@ -38,12 +38,39 @@ def encode_png(image: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def decode_image(data: bytes) -> np.ndarray:
-    """Bytes of a JPEG/PNG -> (H, W, 3) uint8 RGB."""
+# Pixels a value whose row states no shape may decode to (the rows of a manifest always state one).
+MAX_UNSTATED_PIXELS = 40_000_000
+
+
+def _open_checked(data: bytes, shape, what: str) -> Image.Image:
+    """Open encoded bytes and check the header's size before anything is decoded: against the row's
+    stated (height, width), or against `MAX_UNSTATED_PIXELS` when the row states none. A few KB of PNG
+    can hold gigapixels of zeros."""
+    im = Image.open(io.BytesIO(data))
+    w, h = im.size
+    if shape is not None and (h, w) != tuple(shape):
+        im.close()
+        raise DecodeError(
+            f"{what} header is {h}x{w} (height x width), row states {tuple(shape)}; not decoded"
+        )
+    if shape is None and w * h > MAX_UNSTATED_PIXELS:
+        im.close()
+        raise DecodeError(f"{what} header is {h}x{w}, over {MAX_UNSTATED_PIXELS} pixels; not decoded")
+    return im
+
+
+def decode_image(data: bytes, shape=None) -> np.ndarray:
+    """Bytes of a JPEG/PNG -> (H, W, 3) uint8 RGB; `shape` (H, W) is checked from the header first."""
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            return np.asarray(im.convert("RGB"))
+        im = _open_checked(data, shape, "image")
+    except DecodeError:
+        raise
     except Exception as exc:  # PIL raises many types for bad bytes
+        raise DecodeError(f"cannot decode image bytes ({len(data)} bytes): {exc}") from exc
+    try:
+        with im:
+            return np.asarray(im.convert("RGB"))
+    except Exception as exc:
         raise DecodeError(f"cannot decode image bytes ({len(data)} bytes): {exc}") from exc
 
 
@@ -59,10 +86,16 @@ def encode_mask(mask: np.ndarray) -> bytes:
     return buf.tobytes()
 
 
-def decode_mask(data: bytes) -> np.ndarray:
-    """PNG bytes -> (H, W) bool."""
+def decode_mask(data: bytes, shape=None) -> np.ndarray:
+    """PNG bytes -> (H, W) bool; `shape` (H, W) is checked from the header first."""
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        im = _open_checked(data, shape, "mask")
+    except DecodeError:
+        raise
+    except Exception as exc:
+        raise DecodeError(f"cannot decode mask bytes ({len(data)} bytes): {exc}") from exc
+    try:
+        with im:
             return np.asarray(im.convert("L")) > 127
     except Exception as exc:
         raise DecodeError(f"cannot decode mask bytes ({len(data)} bytes): {exc}") from exc

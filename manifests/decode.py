@@ -32,11 +32,20 @@ def keypoints_array(value, num: int | None = None, what: str = "keypoints") -> n
     return arr
 
 
+def _shape(shape) -> tuple[int, int] | None:
+    """A stated (height, width) as ints, or None when the row states none usable."""
+    try:
+        h, w = (int(v) for v in shape)
+    except (TypeError, ValueError):
+        return None
+    return (h, w) if h > 0 and w > 0 else None
+
+
 def _image(data, shape, what: str) -> np.ndarray:
     if data is None:
         raise RowDecodeError(f"{what}: value is null")
     try:
-        arr = codecs.decode_image(data)
+        arr = codecs.decode_image(data, _shape(shape))
     except codecs.DecodeError as exc:
         raise RowDecodeError(f"{what}: {exc}") from exc
     if shape is not None and arr.shape[:2] != tuple(shape):
@@ -52,7 +61,7 @@ def _mask(data, shape, what: str, method: str | None = None) -> np.ndarray:
     if data is None:
         raise RowDecodeError(f"{what}: value is null")
     try:
-        arr = codecs.decode_mask(data)
+        arr = codecs.decode_mask(data, _shape(shape))
     except codecs.DecodeError as exc:
         raise RowDecodeError(f"{what}: {exc}") from exc
     if shape is not None and arr.shape != tuple(shape):
@@ -86,19 +95,39 @@ def heatmap_array(row: dict) -> np.ndarray:
         raise RowDecodeError(f"{what}: {exc}") from exc
 
 
-def hand_keypoints(row: dict) -> np.ndarray:
-    """hands row -> (21, 3) float32 [x, y, score] in original image pixels."""
-    return keypoints_array(row["keypoints"], NUM_HAND_KEYPOINTS, f"hand {_rid(row)} keypoints")
+def _finite(arr: np.ndarray | None, what: str, finite: bool) -> np.ndarray | None:
+    if finite and arr is not None and not np.isfinite(arr).all():
+        bad = np.flatnonzero(~np.isfinite(arr).all(axis=1)).tolist()
+        raise RowDecodeError(f"{what}: NaN or infinite values at points {bad}; the row is refused")
+    return arr
 
 
-def crop_keypoints(row: dict) -> np.ndarray:
-    """hands row -> (21, 3) float32 [x, y, score] in crop pixels."""
-    return keypoints_array(row["crop_keypoints"], NUM_HAND_KEYPOINTS, f"hand {_rid(row)} crop_keypoints")
+def hand_keypoints(row: dict, finite: bool = False) -> np.ndarray:
+    """hands row -> (21, 3) float32 [x, y, score] in original image pixels (`finite`: refuse NaN/inf)."""
+    what = f"hand {_rid(row)} keypoints"
+    return _finite(keypoints_array(row["keypoints"], NUM_HAND_KEYPOINTS, what), what, finite)
 
 
-def body_keypoints(row: dict) -> np.ndarray | None:
-    """images row -> (33, 3) float32 [x, y, visibility] in original pixels, or None if no body."""
-    return keypoints_array(row.get("body_keypoints"), NUM_BODY_KEYPOINTS, f"image {_rid(row)} body_keypoints")
+def crop_keypoints(row: dict, finite: bool = False) -> np.ndarray:
+    """hands row -> (21, 3) float32 [x, y, score] in crop pixels (`finite`: refuse NaN/inf)."""
+    what = f"hand {_rid(row)} crop_keypoints"
+    return _finite(keypoints_array(row["crop_keypoints"], NUM_HAND_KEYPOINTS, what), what, finite)
+
+
+def body_keypoints(row: dict, finite: bool = False) -> np.ndarray | None:
+    """images row -> (33, 3) float32 [x, y, visibility] in original pixels, or None if no body
+    (`finite`: refuse NaN/inf)."""
+    what = f"image {_rid(row)} body_keypoints"
+    return _finite(keypoints_array(row.get("body_keypoints"), NUM_BODY_KEYPOINTS, what), what, finite)
+
+
+def image_size(row: dict) -> tuple[int, int]:
+    """images row -> (width, height) of the original image, both whole and positive."""
+    w, h = row.get("width"), row.get("height")
+    ok = all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0 for v in (w, h))
+    if not ok:
+        raise RowDecodeError(f"image {_rid(row)}: width x height {w!r} x {h!r} is not a positive size")
+    return int(w), int(h)
 
 
 def image_array(row: dict) -> np.ndarray:

@@ -60,6 +60,15 @@ def keypoint_bbox(points: np.ndarray) -> np.ndarray:
     return np.concatenate([xy.min(axis=0), xy.max(axis=0)])
 
 
+def visible_bbox(keypoints: np.ndarray) -> np.ndarray:
+    """Tight [x0, y0, x1, y1] of the keypoints with score > 0: a point marked invisible (COCO's
+    ``0, 0, 0``) shapes no box, size or crop. All points count when none is visible or there is no
+    score column."""
+    pts = np.asarray(keypoints, dtype=np.float64)
+    visible = _visible_points(pts)
+    return keypoint_bbox(visible if len(visible) else pts)
+
+
 def square_crop_box(
     points: np.ndarray, size: int = 512, margin: float = 0.25, min_side: float = 8.0
 ) -> CropBox:

@@ -18,7 +18,7 @@ import logging
 import cv2
 import numpy as np
 import pyarrow.dataset as ds
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from . import decode
 from .draw import contact_sheet, draw_hand, draw_openpose, overlay_mask
@@ -186,6 +186,16 @@ def _stack(parts: list[np.ndarray]) -> np.ndarray:
     return np.concatenate(padded, axis=0)
 
 
+# The PNG text chunk that marks a sheet `make_preview` wrote (the card replaces only such a file).
+PREVIEW_SOFTWARE = "handfirst-manifests preview"
+
+
+def is_preview_png(fs, path: str) -> bool:
+    """Whether `path` is a preview sheet `make_preview` wrote (its text chunk, read from the header)."""
+    with fs.open(path, "rb") as f, Image.open(f) as im:
+        return im.format == "PNG" and im.info.get("Software") == PREVIEW_SOFTWARE
+
+
 def make_preview(
     manifest: Manifest | str,
     out: str | None = None,
@@ -241,7 +251,9 @@ def make_preview(
     result = _stack(parts)
     if out is not None:
         buf = io.BytesIO()
-        Image.fromarray(result).save(buf, format="PNG")
+        info = PngImagePlugin.PngInfo()
+        info.add_text("Software", PREVIEW_SOFTWARE)
+        Image.fromarray(result).save(buf, format="PNG", pnginfo=info)
         fs, path = filesystem(str(out))
         parent = path.rsplit("/", 1)[0] if "/" in path else ""
         if parent:

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from . import decode
 from .errors import Problem, RowDecodeError
-from .geometry import CropBox, heatmap_peaks
+from .geometry import CropBox, heatmap_peaks, visible_bbox
 from .layout import ShardFile, TableScan, infer_table, root_problems, scan_table
 from .names import unsafe_name
 from .schema import NO_MASK, NUM_HAND_KEYPOINTS, STATUSES, TABLES
@@ -289,15 +289,17 @@ def _check_hand_geometry(url, row, r, kps, ckps, image, cfg: ValidateConfig, out
     if bad:  # every check below compares coordinates; NaN would only make them say odd things
         out.add(url, f"hand {hid}: {' and '.join(bad)} contain NaN or infinity", row, "keypoints")
         return
-    x0, y0 = (float(v) for v in kps[:, :2].min(axis=0))
-    x1, y1 = (float(v) for v in kps[:, :2].max(axis=0))
+    # A point marked invisible (score 0, COCO's `0, 0, 0`) shapes neither the box nor the crop and may
+    # lie anywhere.
+    visible = kps[:, 2] > 0 if (kps[:, 2] > 0).any() else np.ones(len(kps), bool)
+    x0, y0, x1, y1 = (float(v) for v in visible_bbox(kps))
     size = max(x1 - x0, y1 - y0)
     if size < 1.0:
         out.add(url, f"hand {hid}: keypoints span {size:.3g} px (a zero-size hand)", row, "keypoints")
     if image is not None:
         w, h = image[4], image[5]
         margin = cfg.keypoint_margin * size + 2.0
-        if w and h and not _inside(kps, w, h, margin):
+        if w and h and not _inside(kps[visible], w, h, margin):
             out.add(
                 url,
                 f"hand {hid}: keypoints outside the {w}x{h} image (margin {margin:.1f} px)",
@@ -312,7 +314,7 @@ def _check_hand_geometry(url, row, r, kps, ckps, image, cfg: ValidateConfig, out
     if not s or s <= 0 or not _finite_box(box) or not box[2] - box[0] > 0 or not box[3] - box[1] > 0:
         out.add(url, f"hand {hid}: bad crop_size {s} or crop_box {box} (4 numbers with a positive side)", row)
         return
-    if not _inside(ckps, s, s, cfg.crop_margin * s):
+    if not _inside(ckps[visible], s, s, cfg.crop_margin * s):
         out.add(url, f"hand {hid}: crop_keypoints outside the {s}x{s} crop", row, "keypoints")
     expected = CropBox.from_box(r["crop_box"], s).to_crop(kps)
     err = float(np.abs(expected[:, :2] - ckps[:, :2]).max())

@@ -100,6 +100,13 @@ class PrepConfig(Settings):
         "Refuse input files larger than this many bytes, before decoding (only regular files are read).",
         ge=1,
     )
+    max_text_bytes: int = setting(
+        64 * 2**10,
+        "Longest caption or metadata value (img2dataset key, url, caption, status, .txt and .json members) "
+        "read from an input, in bytes; a longer one makes the sample an error row, before it is copied.",
+        ge=1,
+        le=2**30,
+    )
     max_image_side: int = setting(
         768,
         "Longest side of the JPEG stored in the images table's `image` column; larger photos are decoded at "

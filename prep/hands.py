@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from manifests.geometry import CropBox, keypoint_bbox
+from manifests.geometry import CropBox, visible_bbox
 
 from .body import POSE_ARM, BodyPose
 from .config import PrepConfig
@@ -68,8 +68,8 @@ class Hand:
 
     @property
     def bbox(self) -> np.ndarray:
-        """Tight [x0, y0, x1, y1] of the keypoints."""
-        return keypoint_bbox(self.keypoints)
+        """Tight [x0, y0, x1, y1] of the visible keypoints (score > 0)."""
+        return visible_bbox(self.keypoints)
 
     @property
     def size(self) -> float:
@@ -86,9 +86,13 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def reach_outside(keypoints: np.ndarray, image_shape: tuple[int, ...]) -> float:
-    """How far (px) the furthest keypoint lies past the image border; zero or less when all are inside."""
+    """How far (px) the furthest visible keypoint lies past the image border; zero or less when all are
+    inside (an invisible point, score 0, may lie anywhere)."""
     h, w = image_shape[:2]
-    xy = np.asarray(keypoints, dtype=np.float64)[:, :2]
+    xy = np.asarray(keypoints, dtype=np.float64)
+    if xy.shape[1] > 2 and (xy[:, 2] > 0).any():
+        xy = xy[xy[:, 2] > 0]
+    xy = xy[:, :2]
     return float(np.max(np.concatenate([-xy[:, 0], xy[:, 0] - w, -xy[:, 1], xy[:, 1] - h])))
 
 

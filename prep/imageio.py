@@ -29,9 +29,10 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import fsspec
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+from manifests.storage import url_to_fs
 
 from .errors import ImageDecodeError, ImageReadError, ImageTooLargeError
 
@@ -187,7 +188,7 @@ def _open_local(path: str, uri: str, max_bytes: int | None):
 
 def _open_remote(uri: str, max_bytes: int | None):
     """An open binary file for an fsspec URL whose `info` says it is a file within the byte cap."""
-    fs, path = fsspec.core.url_to_fs(uri)
+    fs, path = url_to_fs(uri)
     info = fs.info(path)
     if info.get("type") != "file":
         raise _not_regular(uri, f"{info.get('type') or 'unknown'} entry")

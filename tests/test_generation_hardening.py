@@ -378,6 +378,45 @@ def test_train_refuses_user_files_and_another_tasks_run_whatever_the_options(
     assert not (tmp_path / "new").exists()
 
 
+def test_train_hand_on_a_png_bomb_is_one_line_naming_the_shard_and_row(synthetic_manifest, tmp_path, capsys):
+    from hostile_files import png_bomb_manifest
+
+    root = png_bomb_manifest(synthetic_manifest, tmp_path / "bombs", 3000, rows=1000)  # all of shard 0
+    assert _train_hand(root, tmp_path / "run", "--steps", "50") == 1
+    line = _one_error_line(capsys, "train-hand")
+    assert "hands/shard-00000.parquet row group" in line and "crop: image header is 3000x3000" in line
+
+
+class _Marker:
+    """A pickle that, once loaded, creates the file `path`."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+@pytest.mark.slow  # trains
+def test_init_from_a_folder_of_pickled_weights_is_one_line_and_unpickles_nothing(
+    tiny_runs, synthetic_manifest, tmp_path, capsys
+):
+    import pickle
+    import shutil
+
+    source = tmp_path / "pickled"
+    shutil.copytree(tiny_runs[0], source, ignore=shutil.ignore_patterns("checkpoints", "validation"))
+    marker = tmp_path / "unpickled"
+    for weights in source.glob("*/*.safetensors"):
+        weights.unlink()
+        name = "pytorch_model.bin" if weights.name == "model.safetensors" else "diffusion_pytorch_model.bin"
+        (weights.parent / name).write_bytes(pickle.dumps(_Marker(marker)))
+    assert _train_hand(synthetic_manifest, tmp_path / "run", "--steps", "1", "--init-from", str(source)) == 1
+    line = _one_error_line(capsys, "train-hand")
+    assert "holds pickled weights (" in line and "model.bin) and no .safetensors" in line
+    assert not marker.exists() and not (tmp_path / "run" / "model_index.json").exists()
+
+
 @pytest.mark.slow  # trains
 def test_an_existing_run_needs_resume_or_overwrite(synthetic_manifest, tmp_path, capsys):
     from generation.training.checkpoint import list_checkpoints
@@ -415,6 +454,24 @@ def test_an_existing_run_needs_resume_or_overwrite(synthetic_manifest, tmp_path,
     )
     assert rc == 0
     assert [r["step"] for r in read_metrics(str(run)) if "loss" in r] == [1, 2]
+
+
+@pytest.mark.slow  # trains
+def test_overwrite_deletes_only_what_the_task_writes_not_what_model_index_json_lists(
+    synthetic_manifest, tmp_path
+):
+    run = tmp_path / "run"
+    assert _train_hand(synthetic_manifest, run, "--steps", "1") == 0
+    index = json.loads((run / "model_index.json").read_text())
+    index.update(user_plots=["diffusers", "ConfigMixin"], **{"my_notes.txt": ["diffusers", "ConfigMixin"]})
+    (run / "model_index.json").write_text(json.dumps(index))
+    (run / "user_plots").mkdir()
+    (run / "user_plots" / "loss.png").write_bytes(b"mine")
+    (run / "my_notes.txt").write_text("mine")
+    assert _train_hand(synthetic_manifest, run, "--steps", "1", "--overwrite") == 0
+    assert (run / "user_plots" / "loss.png").read_bytes() == b"mine"
+    assert (run / "my_notes.txt").read_text() == "mine"
+    assert (run / "unet").is_dir() and "user_plots" not in json.loads((run / "model_index.json").read_text())
 
 
 @pytest.mark.slow  # trains

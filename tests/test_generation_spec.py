@@ -109,3 +109,37 @@ def test_a_spec_file_whose_stem_is_not_a_safe_name_is_refused(spec, tmp_path):
         SpecError, match=r"\.hidden\.json: name '\.hidden' is not a safe file name: starts with '\.'"
     ):
         load_spec(path)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (b'{"width": Infinity, "height": 64, "hands": []}', "width: expected a whole number, got inf"),
+        (b'{"width": NaN, "height": 64, "hands": []}', "width: expected a whole number, got nan"),
+        (
+            b'{"width": 64, "height": 64, "body": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+            "JSON nested too deeply to read",
+        ),
+        (b'{"width": 64, "prompt": "\xff\xfe"}', "not UTF-8 text (byte 25: invalid start byte)"),
+    ],
+)
+def test_hostile_spec_files_name_the_file_and_the_field(tmp_path, text, message):
+    (tmp_path / "hostile.json").write_bytes(text)
+    with pytest.raises(SpecError) as caught:
+        load_spec(tmp_path / "hostile.json")
+    assert str(caught.value) == f"{tmp_path / 'hostile.json'}: {message}"
+
+
+def test_a_replayed_sidecar_whose_models_are_a_list_is_one_line(spec, tmp_path, capsys):
+    import json
+
+    from generation.cli import main
+
+    sidecar = {"name": "wave", "spec": spec, "settings": {}, "models": ["hand", "body"]}
+    (tmp_path / "replay.json").write_text(json.dumps(sidecar))
+    assert main(["generate", "--replay", str(tmp_path / "replay.json"), "--out", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"handfirst-gen generate: error: {tmp_path / 'replay.json'}: not a generate sidecar "
+        "(TypeError: models: a JSON object, got list)"
+    ]

@@ -357,3 +357,26 @@ class TestTwoStagePipelineCommon(PipelineTesterMixin):
 
     def get_inputs(self, seed=0, index=0):
         return {"prompt": PROMPT, **two_stage_request(seed=index), "num_inference_steps": 3, "seed": seed}
+
+
+def test_hands_per_image_are_bounded_and_stage_1_draws_them_in_batches(pipe, monkeypatch):
+    from generation.guards import CostLimitError
+
+    many = [two_stage_request()["hands"][0]] * 65
+    with pytest.raises(CostLimitError, match="asks for 65 hands, over max_hands 64"):
+        call_two_stage(pipe, hands=many, handedness=None, hand_num_inference_steps=1)
+    seen = []
+    draw = type(pipe.hand_pipeline).__call__
+
+    def counting(self, prompt, *a, **kw):
+        seen.append(len(prompt))
+        return draw(self, prompt, *a, **kw)
+
+    monkeypatch.setattr(type(pipe.hand_pipeline), "__call__", counting)
+    five = [two_stage_request(seed=s)["hands"][s % 2] for s in range(5)]
+    out = call_two_stage(pipe, hands=five, handedness=None, hand_batch_size=2)
+    assert seen == [2, 2, 1] and len(out.hand_images) == 5 and out.hand_indices == [0, 1, 2, 3, 4]
+    seen.clear()
+    whole = call_two_stage(pipe, hand_batch_size=2)  # two hands: one batch, the image of the default call
+    assert seen == [2]
+    np.testing.assert_array_equal(whole.images, call_two_stage(pipe).images)

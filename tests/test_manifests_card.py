@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 
 import pyarrow.parquet as pq
@@ -58,3 +59,56 @@ def test_licence_and_size_metadata():
         "100K<n<1M",
         "n>100M",
     ]
+
+
+@pytest.mark.parametrize("mine", ["README.md", "preview.png"])
+def test_a_readme_or_preview_the_card_did_not_write_is_refused_unless_overwrite(manifest, capsys, mine):
+    from PIL import Image
+
+    if mine == "README.md":
+        (manifest / mine).write_text("# my notes\n")
+    else:
+        Image.new("RGB", (4, 4)).save(manifest / mine)
+    before = (manifest / mine).read_bytes()
+    assert main(["card", str(manifest)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert (
+        len(err) == 1
+        and f"{mine} exists and was not written by this command" in err[0]
+        and "--overwrite" in err[0]
+    )
+    assert (manifest / mine).read_bytes() == before
+    assert not (
+        manifest / ("preview.png" if mine == "README.md" else "README.md")
+    ).exists()  # nothing written
+    assert main(["card", str(manifest), "--overwrite"]) == 0
+    assert (manifest / mine).read_bytes() != before
+    assert main(["card", str(manifest)]) == 0  # its own card and preview it replaces
+
+
+def test_the_name_and_labels_are_escaped_and_the_snippet_runs_nothing(manifest, tmp_path, capsys):
+    import ast
+
+    from manifest_edits import rewrite
+
+    label = "<img src=x onerror=alert(1)>|*x*"
+
+    def edit(idx, images, hands):
+        return [dict(r, label=label) for r in images], hands
+
+    root = rewrite(manifest, tmp_path / "labelled", edit)
+    name = 'x", "hands"); __import__("os").system("echo pwned"); ("\n# [link](http://e.org) ```'
+    assert main(["card", str(root), "--name", name, "--no-preview"]) == 0
+    card = (root / "README.md").read_text()
+    assert not re.search(r"(?<!\\)<img", card) and "\\<img src=x onerror=alert\\(1\\)\\>\\|\\*x\\*" in card
+    headings = [line for line in card.split("\n") if line.startswith("# ")]
+    assert (
+        len(headings) == 1
+        and headings[0].startswith('# x", "hands"\\);')
+        and "\\# \\[link\\]\\(http" in headings[0]
+    )
+    fence = card.split("\n", 1)[1].split("python\n", 1)[0].rsplit("\n", 1)[-1]
+    code = card.split(fence + "python\n", 1)[1].split("\n" + fence, 1)[0]
+    calls = [n for n in ast.walk(ast.parse(code)) if isinstance(n, ast.Call)]
+    assert [ast.unparse(c.func) for c in calls] == ["datasets.load_dataset"] * 2
+    assert all(c.args[0].value == name for c in calls)  # the name, as a string constant

@@ -281,3 +281,50 @@ def test_memory_filesystem_dataset():
         import fsspec
 
         fsspec.filesystem("memory").rm("/handfirst-test", recursive=True)
+
+
+@pytest.mark.parametrize("dataset", [HandCropDataset, BodyDataset])
+def test_a_png_bomb_is_refused_from_its_header_naming_the_shard_and_row(dataset, tmp_path):
+    from hostile_files import png_bomb_manifest
+
+    from manifests.errors import RowDecodeError
+
+    src = tmp_path / "m"
+    make_synthetic_manifest(str(src), num_images=4, shard_size=2)
+    root = png_bomb_manifest(src, tmp_path / "bombs", 3000)
+    with pytest.raises(RowDecodeError) as caught:
+        list(dataset(open_manifest(str(root)), shuffle=False))
+    message = str(caught.value)
+    assert "shard-00000.parquet row group 0:" in message and "synthetic_00000" in message
+    assert "header is 3000x3000" in message and "not decoded" in message
+
+
+@pytest.mark.parametrize(
+    "dataset, table, values, message",
+    [
+        (HandCropDataset, "hands", {"crop_keypoints": [[float("nan"), 1.0, 1.0]] * 21}, "NaN or infinite"),
+        (BodyDataset, "hands", {"keypoints": [[1.0, float("inf"), 1.0]] * 21}, "NaN or infinite"),
+        (BodyDataset, "images", {"width": -5}, "width x height -5 x"),
+    ],
+)
+def test_a_row_with_nan_keypoints_or_a_negative_size_is_refused_naming_the_shard(
+    dataset, table, values, message, tmp_path
+):
+    from manifest_edits import rewrite
+
+    from manifests.errors import RowDecodeError
+
+    src = tmp_path / "m"
+    make_synthetic_manifest(str(src), num_images=4, shard_size=2)
+
+    def edit(idx, images, hands):
+        rows = hands if table == "hands" else images
+        if idx == 0:
+            rows[0] = dict(rows[0], **values)
+        return images, hands
+
+    root = rewrite(src, tmp_path / "edited", edit)
+    with pytest.raises(RowDecodeError) as caught:
+        list(dataset(open_manifest(str(root)), shuffle=False))
+    text = str(caught.value)
+    assert "shard-00000.parquet row group 0: " in text and "synthetic_00000" in text and message in text

@@ -64,9 +64,21 @@ def test_wrong_heatmap_channels_and_crop_size(synthetic_manifest, tmp_path):
         in text
     )
     assert (
-        "shard-00000.parquet row 1: hand synthetic_00001_h0 crop: decoded to (64, 64), row states (32, 32)"
-        in text
+        "shard-00000.parquet row 1: hand synthetic_00001_h0 crop: image header is 64x64 (height x width), "
+        "row states (32, 32); not decoded" in text
     )
+
+
+def test_png_bombs_are_refused_from_their_header_before_decoding(synthetic_manifest, tmp_path):
+    from hostile_files import png_bomb_manifest
+
+    root = png_bomb_manifest(synthetic_manifest, tmp_path / "m", 3000)
+    found = {(p.file.rsplit("/", 2)[-2], p.row): p.reason for p in validate_manifest(str(root))}
+    crop = "image header is 3000x3000"
+    assert crop in found["hands", 0] and "hand synthetic_00000_h0 crop" in found["hands", 0]
+    assert crop in found["images", 0] and "image synthetic_00000 image" in found["images", 0]
+    assert all("not decoded" in reason for reason in found.values())
+    assert {k for k in found if "header" in found[k]} == {("hands", 0), ("images", 0)}
 
 
 def test_keypoints_outside_the_image(synthetic_manifest, tmp_path):

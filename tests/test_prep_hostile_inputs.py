@@ -4,6 +4,7 @@ never a hang, a huge read or a traceback."""
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import os
@@ -622,3 +623,39 @@ def test_hagrid_entries_of_the_wrong_shape_become_error_records(tmp_path, entry,
     _write_json(tmp_path / "annotations" / "train", "call.json", {"img": entry})
     (rec,) = load_records(PrepConfig(input=str(tmp_path), format="hagrid"))
     assert rec.error == f"annotations/train/call.json['img']: {reason}"
+
+
+@pytest.fixture
+def silent_server():
+    """A local port that accepts connections and never says a word."""
+    import socket
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    yield server.getsockname()[1]
+    server.close()
+
+
+@pytest.mark.parametrize(
+    "url, reason",
+    [
+        ("http://127.0.0.1:9/photos", "this kind of URL needs a package that is not installed"),
+        ("reference://photos", "cannot open it: TypeError"),
+        ("ftp://127.0.0.1:{port}/photos", "no answer from the server within 0.5 s"),
+    ],
+)
+def test_fsspec_inputs_that_cannot_be_opened_are_one_line(
+    url, reason, silent_server, tmp_path, capsys, monkeypatch
+):
+    import manifests.storage
+
+    if url.startswith("http"):
+        pytest.importorskip("requests")
+        if importlib.util.find_spec("aiohttp"):
+            pytest.skip("aiohttp is installed: http:// opens")
+    monkeypatch.setattr(manifests.storage, "CONNECT_TIMEOUT", 0.5)
+    url = url.format(port=silent_server)
+    assert prep_main(["run", "--input", url, "--out", str(tmp_path / "out"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"handfirst-prep: error: {url}: ") and reason in err[0]

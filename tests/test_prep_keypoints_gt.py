@@ -94,3 +94,32 @@ def test_ground_truth_keypoints_pass_through_in_annotation_mode(data_dir):
     np.testing.assert_allclose(kps[:, :2], gt[:, :2], atol=1e-3)
     assert ((kps[:, 2] > 0) == labelled).all()
     assert hand["mask_method"] == "grabcut" and hand["mask_score"] > 0.5
+
+
+def test_invisible_keypoints_shape_no_box_size_or_crop_and_validate_accepts_them(data_dir, tmp_path):
+    from manifests.validate import validate_manifest
+    from manifests.writer import ManifestWriter
+
+    root = data_dir / "keypoints_gt" / "onehand10k"
+    coco = json.loads((root / "test_onehand10k.json").read_text())
+    files = {im["id"]: im["file_name"] for im in coco["images"]}
+    annotator = Annotator(PrepConfig(keypoint_source="annotation", mask_method="grabcut", body_pose=False))
+    writer = ManifestWriter(str(tmp_path / "m"))
+    checked = 0
+    for n, ann in enumerate(coco["annotations"]):
+        gt = np.array(ann["keypoints"], dtype=np.float64).reshape(21, 3)
+        seen = gt[:, 2] > 0
+        if seen.all():
+            continue
+        record = ImageRecord(f"gt{n}", str(root / files[ann["image_id"]]), "coco", hands=[HandAnnotation(gt)])
+        row, (hand,) = annotator.annotate(record)
+        box = [*gt[seen, :2].min(axis=0), *gt[seen, :2].max(axis=0)]  # COCO's `0, 0, 0` points are left out
+        np.testing.assert_allclose(hand["bbox"], box, atol=1e-3)
+        assert hand["hand_size"] == pytest.approx(max(box[2] - box[0], box[3] - box[1]), abs=1e-3)
+        crop = np.array(hand["crop_keypoints"])
+        assert (crop[seen, :2] >= 0).all() and (crop[seen, :2] <= hand["crop_size"]).all()
+        writer.write_shard(checked, {"images": [row], "hands": [hand]})
+        checked += 1
+    writer.finalize({"source": "onehand10k"})
+    assert checked == 3
+    assert [p.reason for p in validate_manifest(str(tmp_path / "m"))] == []

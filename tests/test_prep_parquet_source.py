@@ -85,9 +85,11 @@ def test_any_table_with_a_named_image_column(photos, tmp_path):
     src = tmp_path / "plain.parquet"
     bound = max(len(p.read_bytes()) for p in photos[:2])
     cells = [p.read_bytes() for p in photos[:2]] + [None, b"x" * (bound + 1)]
-    pq.write_table(pa.table({"image_bytes": pa.array(cells, pa.binary())}), src)
+    # One row per row group: a page is decompressed whole, so a page over the bound refuses its row group
+    pq.write_table(pa.table({"image_bytes": pa.array(cells, pa.binary())}), src, row_group_size=1)
     cfg = config(src, tmp_path, parquet_image_column="image_bytes", max_file_bytes=bound)
-    process_shard(0, [], cfg, unit=load_units(cfg)[0])
+    for i, unit in enumerate(load_units(cfg)):
+        process_shard(i, [], cfg, unit=unit)
     got = rows(cfg.out)
     assert sorted(got) == ["plain-000000", "plain-000001", "plain-000002", "plain-000003"]  # no key column
     assert got["plain-000000"]["status"] != "error" and got["plain-000000"]["source_key"] is None
@@ -116,3 +118,32 @@ def test_a_missing_image_column_is_one_line_at_the_cli(parquet_dir, tmp_path, ca
     assert code != 0 and len(err) == 1
     assert "00000.parquet: no image column 'png' (--parquet-image-column)" in err[0] and "'jpg'" in err[0]
     assert not (tmp_path / "m" / "images").exists()
+
+
+def test_a_cell_bomb_is_refused_from_its_page_header_before_it_is_decompressed(tmp_path):
+    from hostile_files import parquet_cell_bomb
+
+    from prep.sources.parquet import parquet_records
+
+    src = parquet_cell_bomb(tmp_path / "bomb.parquet", 4 * 2**20)  # 4 MiB of zeros in a few KB
+    cfg = config(src, tmp_path, max_file_bytes=2**20)
+    got = {r.image_id: r for r in parquet_records(load_units(cfg)[0], cfg)}
+    assert sorted(got) == ["a", "b"]  # the keys are still read: only the oversized column is not
+    for r in got.values():
+        assert r.data is None and "column 'jpg' has a page of 4194" in r.error
+        assert "over max_file_bytes=1048576" in r.error
+
+
+def test_captions_and_metadata_over_max_text_bytes_are_error_rows(tmp_path):
+    from hostile_files import JPEG_START
+
+    from prep.sources.parquet import parquet_records
+
+    src = tmp_path / "long.parquet"
+    table = pa.table({"key": ["a", "b"], "jpg": [JPEG_START] * 2, "caption": ["x" * 5000, "short"]})
+    pq.write_table(table, src)
+    cfg = config(src, tmp_path, max_text_bytes=4096)
+    got = {r.image_id: r for r in parquet_records(load_units(cfg)[0], cfg)}
+    assert got["a"].error == "row 0: column 'caption' holds 5000 bytes, over max_text_bytes=4096"
+    assert got["a"].source_caption is None and got["a"].data is None
+    assert got["b"].error is None and got["b"].source_caption == "short"

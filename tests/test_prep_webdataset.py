@@ -153,3 +153,40 @@ def test_run_through_dask_from_a_url_brace_pattern_and_rerun_skips(shards_dir, h
             assert r["body_keypoints"] == folder_hands[photo]["body_keypoints"]
     again = prep.run(input=spec, out=str(out), format="webdataset", workers=1, progress=False)
     assert again["shards"] == {"run": 0, "skipped": 2, "failed": 0} and again["manifest"]["images"] == 7
+
+
+def test_a_sample_list_with_a_caption_over_max_text_bytes_makes_an_error_row(tmp_path):
+    from hostile_files import caption_sidecar
+
+    from prep.sources.webdataset import tar_records
+
+    tar = caption_sidecar(tmp_path / "s", 5000)
+    (record,) = tar_records(load_units(config(tar, tmp_path))[0], config(tar, tmp_path, max_text_bytes=4096))
+    assert record.data is None and record.source_caption is None
+    assert "column 'caption' holds 5000 bytes, over max_text_bytes=4096" in record.error
+    # a caption bomb in the sample list: refused from the page header, before it is decompressed
+    tar = caption_sidecar(tmp_path / "bomb", 4 * 2**20)
+    (record,) = tar_records(load_units(config(tar, tmp_path))[0], config(tar, tmp_path, max_file_bytes=2**20))
+    assert "column 'caption' has a page of 4194" in record.error and record.source_caption is None
+
+
+def test_a_txt_member_over_max_text_bytes_makes_an_error_row(tmp_path):
+    from hostile_files import caption_sidecar
+
+    from prep.sources.webdataset import tar_records
+
+    tar = caption_sidecar(tmp_path / "s", 10, txt=b"y" * 5000)
+    (record,) = tar_records(load_units(config(tar, tmp_path))[0], config(tar, tmp_path, max_text_bytes=4096))
+    assert record.error == "tar member k.txt: 5000 bytes exceeds max_text_bytes=4096"
+
+
+def test_sparse_members_are_bounded_per_sample_not_only_per_member(tmp_path):
+    from hostile_files import sparse_tar
+
+    from prep.sources.webdataset import tar_records
+
+    tar = sparse_tar(tmp_path / "sparse.tar", 600_000)  # eight members of 600 KB, each within the bound
+    cfg = config(tar, tmp_path, max_file_bytes=2**20)
+    (record,) = tar_records(load_units(cfg)[0], cfg)
+    assert record.data is None
+    assert "sample k holds more than max_file_bytes=1048576 in all its members" in record.error

@@ -24,6 +24,7 @@ def run_training(command: str, config_cls, args, train) -> int:
     """Build `config_cls` from ``--config`` overridden by the given options, call ``train(config)``
     and print a one-line summary; known errors are printed as ``handfirst-gen COMMAND: error: ...``
     and give exit code 1."""
+    from manifests.errors import ManifestError
     from manifests.settings import from_args
 
     from ..models.loading import ModelFolderError
@@ -38,7 +39,7 @@ def run_training(command: str, config_cls, args, train) -> int:
             base = {k: v for k, v in base["config"].items() if k != "overwrite"}
         config = from_args(config_cls, args, base)
         result = train(config)
-    except (TrainingError, ModelFolderError, ValueError, FileNotFoundError) as exc:
+    except (TrainingError, ModelFolderError, ManifestError, ValueError, FileNotFoundError) as exc:
         print(f"handfirst-gen {command}: error: {exc}", file=sys.stderr)
         return 1
     if int(os.environ.get("RANK", "0")) != 0:

@@ -7,7 +7,13 @@ from dataclasses import dataclass
 
 from manifests.settings import Settings, setting, setting_like
 
-from ..guards import DEFAULT_MAX_PIXEL_STEPS, DEFAULT_MAX_PIXELS, MAX_SEED
+from ..guards import (
+    DEFAULT_HAND_BATCH,
+    DEFAULT_MAX_HANDS,
+    DEFAULT_MAX_PIXEL_STEPS,
+    DEFAULT_MAX_PIXELS,
+    MAX_SEED,
+)
 from ..pipelines.blend_config import BlendConfig
 
 DTYPES = ("float32", "float16", "bfloat16")
@@ -127,6 +133,21 @@ class GenerateConfig(Settings):
         "refuse an image whose canvas x --steps plus hand crops x hand steps is over this (2048x2048 x 100)",
         ge=1,
         call="max_pixel_steps",
+    )
+
+    max_hands: int = setting(
+        DEFAULT_MAX_HANDS,
+        "refuse an image that asks for more hands than this",
+        ge=1,
+        le=100_000,
+        call="max_hands",
+    )
+    hand_batch_size: int = setting(
+        DEFAULT_HAND_BATCH,
+        "stage 1 draws an image's hands this many at a time (memory)",
+        ge=1,
+        le=4096,
+        call="hand_batch_size",
     )
 
     def validate(self) -> GenerateConfig:

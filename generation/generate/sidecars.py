@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 from ..spec import SpecError, parse_spec, read_json_file
 from .requests import Request, RequestError
 from .settings import GenerateConfig
@@ -24,11 +22,26 @@ def request_from_sidecar(path: str) -> tuple[Request, GenerateConfig, dict]:
         spec = parse_spec(data["spec"], name=data["name"])
         # Sidecars written before `min_core` existed eroded without a cap: replay them that way.
         settings = GenerateConfig.from_dict({"min_core": 0, **data["settings"]})
-        return Request(spec, data.get("source") or {}, data.get("hand_prompts")), settings, data["models"]
+        return (
+            Request(spec, data.get("source") or {}, data.get("hand_prompts")),
+            settings,
+            _models(data["models"]),
+        )
     except SpecError as exc:
         raise RequestError(f"{path}: {exc}") from None
     except (KeyError, TypeError, ValueError) as exc:
         raise RequestError(f"{path}: not a generate sidecar ({type(exc).__name__}: {exc})") from None
+
+
+def _models(models) -> dict:
+    """A sidecar's model record: an object whose `hand` and `body` objects name a `path`."""
+    if not isinstance(models, dict):
+        raise TypeError(f"models: a JSON object, got {type(models).__name__}")
+    for part in ("hand", "body"):
+        entry = models.get(part)
+        if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
+            raise TypeError(f"models.{part}: an object with a path string, got {entry!r:.80}")
+    return models
 
 
 def settings_base(config: str | None = None, replay: list[str] | None = None) -> dict | None:
@@ -36,8 +49,9 @@ def settings_base(config: str | None = None, replay: list[str] | None = None) ->
     works too, through its ``settings``), else the first replayed sidecar's with the crop margin its
     model record used, else None (the defaults)."""
     if config:
-        with open(config, encoding="utf-8") as f:
-            base = json.load(f)
+        base = read_json_file(config, RequestError, "--config")
+        if not isinstance(base, dict):
+            raise RequestError(f"{config}: --config must be a JSON object, got {type(base).__name__}")
         return base.get("settings", base)
     if replay:
         _, first, models = request_from_sidecar(replay[0])

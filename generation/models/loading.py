@@ -88,6 +88,10 @@ def check_model_folder(path: str, subfolders=SD_SUBFOLDERS, what: str = "Stable 
     return path
 
 
+# Weight files that torch unpickles; a saved pipeline part must hold safetensors instead.
+PICKLED_WEIGHTS = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
 def check_saved_pipeline(path, what: str, saved_by: str) -> str:
     """The folder a pipeline's `from_pretrained` is about to read, as a str; a clear `ModelFolderError`
     when it is a local path that is not a directory (``"{what} folder not found"``) or has no
@@ -146,6 +150,14 @@ def check_pipeline_parts(path: str) -> None:
             f"{path!r} lacks the part(s) {missing} that its model_index.json lists (missing or empty "
             "subfolder): the saved pipeline is incomplete; copy the whole folder again"
         )
+    for part, folder in folders.items():
+        names = os.listdir(folder)
+        pickled = sorted(n for n in names if n.endswith(PICKLED_WEIGHTS))
+        if pickled and not any(n.endswith(".safetensors") for n in names):
+            raise ModelFolderError(
+                f"{path!r}: its {part} holds pickled weights ({pickled[0]}) and no .safetensors; only "
+                "safetensors weights are loaded (a pickle can run code): convert them with safetensors first"
+            )
 
 
 # ---------------------------------------------------------------------------------------------------

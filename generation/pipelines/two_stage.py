@@ -35,6 +35,8 @@ from manifests.pose import BODY_FORMATS, keypoint_array
 from manifests.schema import NUM_HAND_KEYPOINTS
 
 from ..guards import (
+    DEFAULT_HAND_BATCH,
+    DEFAULT_MAX_HANDS,
     DEFAULT_MAX_PIXEL_STEPS,
     DEFAULT_MAX_PIXELS,
     make_generator,
@@ -334,6 +336,8 @@ class TwoStageHandBodyPipeline(CheckedFromPretrained, DiffusionPipeline):
         return_dict: bool = True,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         max_pixel_steps: int = DEFAULT_MAX_PIXEL_STEPS,
+        max_hands: int = DEFAULT_MAX_HANDS,
+        hand_batch_size: int = DEFAULT_HAND_BATCH,
     ):
         """Generate one image of a person whose hands follow the given hand poses.
 
@@ -370,6 +374,8 @@ class TwoStageHandBodyPipeline(CheckedFromPretrained, DiffusionPipeline):
             max_pixels / max_pixel_steps: refuse an image whose stage-2 canvas is over this many pixels,
                 or whose canvas x steps plus hand crops x stage-1 steps is over this many pixel-steps
                 (`generation.guards.check_image_cost`), before anything is drawn.
+            max_hands / hand_batch_size: refuse an image with more than `max_hands` hands; stage 1
+                draws them `hand_batch_size` at a time (one batch, the same images, up to that many).
         Returns `TwoStageOutput` (or a tuple ``(images, output)`` with ``return_dict=False``).
         """
         t_start = time.perf_counter()
@@ -407,6 +413,8 @@ class TwoStageHandBodyPipeline(CheckedFromPretrained, DiffusionPipeline):
             generator=generator,
             max_pixels=max_pixels,
             max_pixel_steps=max_pixel_steps,
+            max_hands=max_hands,
+            hand_batch_size=hand_batch_size,
         )
         hands = [keypoint_array(k, NUM_HAND_KEYPOINTS, f"hand {i}") for i, k in enumerate(hands)]
         handedness = list(handedness) if handedness is not None else [None] * len(hands)
@@ -419,7 +427,7 @@ class TwoStageHandBodyPipeline(CheckedFromPretrained, DiffusionPipeline):
         work_h, work_w = -(-height // multiple) * multiple, -(-width // multiple) * multiple
         limits = {"max_pixels": max_pixels, "max_pixel_steps": max_pixel_steps}
 
-        # Stage 1: a crop box per hand, the hands drawn in one batch, masks that miss their hand replaced.
+        # Stage 1: a crop box per hand, the hands drawn `hand_batch_size` at a time, masks that miss their hand replaced.
         prompts = hand_prompts(hand_prompt, handedness)
         placed, skipped = self.place_hands(
             hands, handedness, prompts, self.hand_crop_size, min_hand_size, small_hands
@@ -433,6 +441,7 @@ class TwoStageHandBodyPipeline(CheckedFromPretrained, DiffusionPipeline):
             negative_prompt=hand_negative_prompt,
             generator=hand_generator,
             mask_threshold=mask_threshold,
+            batch_size=hand_batch_size,
             **limits,
         )
         mask_sources = fix_masks(placed, hand_masks, mask_fallback, min_mask_coverage)
@@ -517,34 +526,39 @@ class TwoStageHandBodyPipeline(CheckedFromPretrained, DiffusionPipeline):
         mask_threshold: float,
         max_pixels: int,
         max_pixel_steps: int,
+        batch_size: int = DEFAULT_HAND_BATCH,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Stage 1, batched over the placed hands: (N, S, S, 3) uint8 crops and (N, S, S) bool masks."""
+        """Stage 1 over the placed hands, `batch_size` at a time (up to that many, the images of one
+        batch): (N, S, S, 3) uint8 crops and (N, S, S) bool masks."""
         crop_size = self.hand_crop_size
-        if not placed:
-            return np.zeros((0, crop_size, crop_size, 3), np.uint8), np.zeros((0, crop_size, crop_size), bool)
-        heatmaps = keypoints_to_heatmaps(
-            np.stack([p.crop_keypoints for p in placed]),
-            crop_size,
-            crop_size // self.hand_pipeline.vae_scale_factor,
-            self.hand_unet.config.heatmap_sigma,
-            self.hand_unet.config.num_keypoints,
-        )
-        stage1 = self.hand_pipeline(
-            [p.prompt for p in placed],
-            heatmaps=heatmaps,
-            size=crop_size,
-            num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale,
-            pose_guidance_scale=pose_guidance_scale,
-            negative_prompt=[negative_prompt or ""] * len(placed),
-            generator=generator,
-            output_type="np",
-            mask_threshold=mask_threshold,
-            max_pixels=max_pixels,
-            max_pixel_steps=max_pixel_steps,
-        )
-        images = (np.clip(stage1.images, 0, 1) * 255).round().astype(np.uint8)
-        return images, np.asarray(stage1.masks_binary, bool).copy()
+        images = [np.zeros((0, crop_size, crop_size, 3), np.uint8)]
+        masks = [np.zeros((0, crop_size, crop_size), bool)]
+        for start in range(0, len(placed), batch_size):
+            chunk = placed[start : start + batch_size]
+            heatmaps = keypoints_to_heatmaps(
+                np.stack([p.crop_keypoints for p in chunk]),
+                crop_size,
+                crop_size // self.hand_pipeline.vae_scale_factor,
+                self.hand_unet.config.heatmap_sigma,
+                self.hand_unet.config.num_keypoints,
+            )
+            stage1 = self.hand_pipeline(
+                [p.prompt for p in chunk],
+                heatmaps=heatmaps,
+                size=crop_size,
+                num_inference_steps=num_inference_steps,
+                guidance_scale=guidance_scale,
+                pose_guidance_scale=pose_guidance_scale,
+                negative_prompt=[negative_prompt or ""] * len(chunk),
+                generator=generator,
+                output_type="np",
+                mask_threshold=mask_threshold,
+                max_pixels=max_pixels,
+                max_pixel_steps=max_pixel_steps,
+            )
+            images.append((np.clip(stage1.images, 0, 1) * 255).round().astype(np.uint8))
+            masks.append(np.asarray(stage1.masks_binary, bool))
+        return np.concatenate(images), np.concatenate(masks)
 
     def paint_body(
         self,

@@ -15,7 +15,15 @@ from manifests.geometry import CropBox
 from manifests.pose import BODY_FORMATS, keypoint_array
 from manifests.schema import NUM_HAND_KEYPOINTS
 
-from ..guards import DEFAULT_MAX_PIXEL_STEPS, DEFAULT_MAX_PIXELS, check_image_cost, check_seed
+from ..guards import (
+    DEFAULT_HAND_BATCH,
+    DEFAULT_MAX_HANDS,
+    DEFAULT_MAX_PIXEL_STEPS,
+    DEFAULT_MAX_PIXELS,
+    check_hand_count,
+    check_image_cost,
+    check_seed,
+)
 from .blend_config import BlendConfig
 from .placing import MASK_FALLBACKS, OVERLAP_ORDERS, SMALL_HAND_POLICIES
 
@@ -89,9 +97,14 @@ def check_request(
     generator=None,
     max_pixels=DEFAULT_MAX_PIXELS,
     max_pixel_steps=DEFAULT_MAX_PIXEL_STEPS,
+    max_hands=DEFAULT_MAX_HANDS,
+    hand_batch_size=DEFAULT_HAND_BATCH,
 ):
     """Refuse a two-stage request with one clear error before anything is drawn or allocated: sizes,
     steps, what the image costs, poses, prompts, and every option against its registry."""
+    check_hand_count(len(hands), max_hands)
+    if isinstance(hand_batch_size, bool) or not isinstance(hand_batch_size, int) or hand_batch_size < 1:
+        raise ValueError(f"hand_batch_size must be an integer >= 1, got {hand_batch_size!r}")
     if not (isinstance(width, int) and isinstance(height, int)) or width < 8 or height < 8:
         raise ValueError(f"width and height must be integers >= 8, got {width!r} x {height!r}")
     for name, steps in (

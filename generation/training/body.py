@@ -164,6 +164,7 @@ class BodyDenoiser(torch.nn.Module):
 class BodyTask(TrainTask):
     name = "body"
     oom_hints = ("--resolution (now the training side)",)
+    pipeline_class = BodyOutpaintPipeline
 
     def __init__(self, config: BodyTrainConfig):
         super().__init__(config)

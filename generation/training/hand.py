@@ -59,6 +59,7 @@ def prep_crop_margin() -> float:
 class HandTask(TrainTask):
     name = "hand"
     oom_hints = ("--cache-latents (frees the VAE encoder's activations)", "--resolution")
+    pipeline_class = HandGenerationPipeline
 
     def __init__(self, config: HandTrainConfig):
         super().__init__(config)

@@ -17,8 +17,6 @@ Call order, all processes unless noted::
 
 from __future__ import annotations
 
-import os
-
 import torch
 
 
@@ -29,6 +27,8 @@ class TrainTask:
     name = "task"
     #: extra hints appended to the out-of-memory message, e.g. "--cache-latents"
     oom_hints: tuple[str, ...] = ()
+    #: the diffusers pipeline class `save_final` saves, whose components `final_entries` names
+    pipeline_class: type | None = None
 
     def __init__(self, config):
         self.config = config
@@ -81,11 +81,12 @@ class TrainTask:
 
     def final_entries(self, run: str) -> list[str]:
         """Names in `run` that `save_final` writes, removed with the rest of the run by ``--overwrite``.
-        Default: a diffusers pipeline's ``model_index.json`` and the component folders it lists."""
-        from ..models.loading import pipeline_parts
-
-        index = os.path.join(run, "model_index.json")
-        return ["model_index.json", *pipeline_parts(index)] if os.path.isfile(index) else []
+        Default: ``model_index.json`` and the component folders of `pipeline_class`, whatever else the
+        folder's ``model_index.json`` lists (entries a user added there are theirs)."""
+        if self.pipeline_class is None:
+            return []
+        modules, _ = self.pipeline_class._get_signature_keys(self.pipeline_class)
+        return ["model_index.json", *modules]
 
     def describe(self) -> dict:
         """Facts about the data / models to record in config.json (sizes, sources)."""

@@ -15,6 +15,9 @@ class CardConfig(Settings):
     name: str | None = setting(None, "dataset name in the card (default: the folder's name)")
     license: str | None = setting(None, "licence id for the Hub metadata (default: the source's, if known)")
     preview: bool = setting(True, "render preview.png (--no-preview skips it)")
+    overwrite: bool = setting(
+        False, "replace a README.md / preview.png this command did not write (default: refuse)"
+    )
 
 
 def add_arguments(parser) -> None:
@@ -26,6 +29,6 @@ def run(args) -> int:
     from ..card import write_card
 
     s = from_args(CardConfig, args).validate()
-    url = write_card(args.path, name=s.name, license=s.license, preview=s.preview)
+    url = write_card(args.path, name=s.name, license=s.license, preview=s.preview, overwrite=s.overwrite)
     print(f"wrote {url}")
     return 0

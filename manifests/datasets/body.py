@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..decode import body_keypoints, hand_keypoints, hands_mask_array, image_array
+from ..decode import body_keypoints, hand_keypoints, hands_mask_array, image_array, image_size
 from ..errors import ManifestError
 from ..pose import to_openpose18
 from ..reader import Manifest, RowGroupUnit
@@ -120,9 +120,7 @@ class BodyDataset(ManifestIterableDataset):
         if self.crop == "hands" and hand_points is not None and len(hand_points):
             pts = np.asarray(hand_points)[:, :2]
             focus = tuple((pts.min(axis=0) + pts.max(axis=0)) / 2.0)
-        return FitTransform.fit(
-            int(row["width"]), int(row["height"]), self.out_w, self.out_h, self.fit, focus
-        )
+        return FitTransform.fit(*image_size(row), self.out_w, self.out_h, self.fit, focus)
 
     def make_sample(self, row: dict, unit: RowGroupUnit) -> dict:
         where = f"{url_for(self.source.fs, unit.path)} image {row['image_id']}"
@@ -136,7 +134,7 @@ class BodyDataset(ManifestIterableDataset):
             )
         if len(hands) > self.max_hands:
             raise ManifestError(f"{where}: {len(hands)} hands, more than max_hands={self.max_hands}")
-        hand_kps = [hand_keypoints(h) for h in hands]
+        hand_kps = [hand_keypoints(h, finite=True) for h in hands]
         t = self.transform_for(row, np.concatenate(hand_kps) if hand_kps else None)
 
         image = t.warp(image_array(row))
@@ -145,7 +143,7 @@ class BodyDataset(ManifestIterableDataset):
             if row["hands_mask"] is not None
             else np.zeros((self.out_h, self.out_w), bool)
         )
-        body = body_keypoints(row)
+        body = body_keypoints(row, finite=True)
         has_body = body is not None
         body = t.points(body) if has_body else np.zeros((33, 3), np.float32)
         openpose = to_openpose18(body) if has_body else np.zeros((18, 3), np.float32)

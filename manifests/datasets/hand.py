@@ -88,7 +88,7 @@ class HandCropDataset(ManifestIterableDataset):
 
     def make_sample(self, row: dict, unit: RowGroupUnit) -> dict:
         crop = crop_array(row) if self.load_pixels else None
-        mask, kps = mask_array(row), crop_keypoints(row)
+        mask, kps = mask_array(row), crop_keypoints(row, finite=True)
         size = int(row["crop_size"])
         res = int(self.resolution or size)
         if res != size:

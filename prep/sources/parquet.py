@@ -7,7 +7,9 @@ as the source caption), `url`, and `status` / `error_message`: a row whose statu
 or whose image cell is null, becomes an `error` row that says so.
 
 Each row group is one shard (`prep.sources.units`): the driver reads only the footers (row counts
-and the schema, checked for the image column), and the worker reads its one row group.
+and the schema, checked for the image column), and the worker reads its one row group, only the
+columns it uses, in batches, with no page over `max_file_bytes` and no text cell over `max_text_bytes`
+(`prep.sources.parquet_pages`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import pyarrow.parquet as pq
 from ..imageio import open_regular_file
 from ..records import ImageRecord
 from .base import AnnotationFileError, error_record, safe_id
+from .parquet_pages import capped_rows, oversized_pages
 from .units import SourceUnit, UnitSource, input_files
 
 if TYPE_CHECKING:
@@ -64,39 +67,64 @@ def _cell(row: dict, names: tuple[str, ...]):
     return next((row[n] for n in names if row.get(n) is not None), None)
 
 
+def row_group_rows(f, group: int, columns: list[str], config: PrepConfig, text_columns) -> Iterator[tuple]:
+    """(row, reasons) for each row of row group `group` of the open Parquet file `f`, reading only
+    `columns`, with no page over `max_file_bytes` and no text cell over `max_text_bytes` in memory
+    (`prep.sources.parquet_pages`). A column with an oversized page is not read, and is a reason on
+    every row of the group."""
+    pf = pq.ParquetFile(f, buffer_size=2**20)
+    present = set(pf.schema_arrow.names)
+    columns = [c for c in dict.fromkeys(columns) if c in present]
+    meta = pf.metadata.row_group(group)
+    too_big = oversized_pages(f, meta, columns, config.max_file_bytes)
+    columns = [c for c in columns if c not in too_big]
+    total = sum(
+        meta.column(i).total_uncompressed_size
+        for i in range(meta.num_columns)
+        if meta.column(i).path_in_schema.split(".")[0] in columns
+    )
+    batch = max(1, min(meta.num_rows, meta.num_rows * config.max_file_bytes // max(total, 1)))
+    rows = capped_rows(
+        pf, group, columns, set(text_columns), config.max_text_bytes, batch, [*too_big.values()]
+    )
+    yield from rows
+
+
 def parquet_records(unit: SourceUnit, config: PrepConfig) -> Iterator[ImageRecord]:
     column = config.parquet_image_column
     stem = posixpath.splitext(posixpath.basename(unit.uri))[0]
+    text = [*(c for names in TEXT_COLUMNS.values() for c in names), *STATUS_COLUMNS]
     with open_regular_file(unit.uri, max_bytes=None) as f:
-        pf = pq.ParquetFile(f)
-        present = set(pf.schema_arrow.names)
-        wanted = [column, *(c for names in TEXT_COLUMNS.values() for c in names), *STATUS_COLUMNS]
-        rows = pf.read_row_group(unit.part, columns=[c for c in dict.fromkeys(wanted) if c in present])
-    for i, row in enumerate(rows.to_pylist()):
-        fields = {field: _cell(row, names) for field, names in TEXT_COLUMNS.items()}
-        fields = {k: None if v is None else str(v) for k, v in fields.items()}
-        position = unit.first + i
-        image_id = safe_id(fields["source_key"] or f"{stem}-{position:06d}")
-        uri = f"{unit.uri}#row={position}"
-        status = row.get("status") or SUCCESS
-        data = row.get(column)
-        if status != SUCCESS:
-            why = f"img2dataset status {status!r}" + (
-                f": {row['error_message']}" if row.get("error_message") else ""
-            )
-            yield error_record(image_id, uri, "parquet", why, split=config.split, **fields)
-        elif not isinstance(data, (bytes, bytearray)):
-            why = f"row {position}: column {column!r} holds no image bytes ({type(data).__name__})"
-            yield error_record(image_id, uri, "parquet", why, split=config.split, **fields)
-        else:
-            yield ImageRecord(
-                image_id=image_id,
-                source_uri=uri,
-                dataset="parquet",
-                split=config.split,
-                data=bytes(data),
-                **fields,
-            )
+        rows = row_group_rows(f, unit.part, [column, *text], config, text)
+        for i, (row, reasons) in enumerate(rows):
+            fields = {field: _cell(row, names) for field, names in TEXT_COLUMNS.items()}
+            fields = {k: None if v is None else str(v) for k, v in fields.items()}
+            position = unit.first + i
+            image_id = safe_id(fields["source_key"] or f"{stem}-{position:06d}")
+            uri = f"{unit.uri}#row={position}"
+            status = row.get("status") or SUCCESS
+            data = row.get(column)
+            if reasons:
+                why = f"row {position}: " + "; ".join(reasons)
+                yield error_record(image_id, uri, "parquet", why, split=config.split, **fields)
+            elif status != SUCCESS:
+                why = f"img2dataset status {status!r}" + (
+                    f": {row['error_message']}" if row.get("error_message") else ""
+                )
+                yield error_record(image_id, uri, "parquet", why, split=config.split, **fields)
+            elif not isinstance(data, (bytes, bytearray)):
+                why = f"row {position}: column {column!r} holds no image bytes ({type(data).__name__})"
+                yield error_record(image_id, uri, "parquet", why, split=config.split, **fields)
+            else:
+                yield ImageRecord(
+                    image_id=image_id,
+                    source_uri=uri,
+                    dataset="parquet",
+                    split=config.split,
+                    data=bytes(data),
+                    **fields,
+                )
+            del data, row
 
 
 PARQUET = UnitSource(parquet_units, parquet_records)

@@ -20,9 +20,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
-import fsspec
-
 from manifests.names import safe_name
+from manifests.storage import url_to_fs
 
 from ..records import ImageRecord
 from .base import dedupe, error_record, to_uri
@@ -104,7 +103,7 @@ def input_files(spec: str, suffixes: tuple[str, ...], what: str) -> list[str]:
     for item in expand_braces(str(spec)):
         # url_to_fs, unlike `open_input`, leaves a glob unexpanded, so that it is matched below.
         local = "://" not in item
-        fs, path = fsspec.core.url_to_fs(os.path.abspath(os.path.expanduser(item)) if local else item)
+        fs, path = url_to_fs(os.path.abspath(os.path.expanduser(item)) if local else item)
         if GLOB_CHARS.search(path):
             found = sorted(p for p in fs.glob(path) if p.lower().endswith(suffixes) and fs.isfile(p))
         elif fs.isdir(path):

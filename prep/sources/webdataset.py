@@ -29,6 +29,7 @@ import pyarrow.parquet as pq
 from ..imageio import open_regular_file
 from ..records import ImageRecord
 from .base import IMAGE_EXTENSIONS, error_record, safe_id
+from .parquet import row_group_rows
 from .units import SourceUnit, UnitSource, input_files
 
 if TYPE_CHECKING:
@@ -38,6 +39,8 @@ logger = logging.getLogger(__name__)
 
 SUCCESS = "success"
 IMAGE_EXTS = tuple(sorted(e.lstrip(".") for e in IMAGE_EXTENSIONS))
+TEXT_EXTS = ("txt", "json")
+SIDECAR_COLUMNS = ("key", "status", "error_message", "url", "caption")
 
 
 def tar_units(config: PrepConfig) -> list[SourceUnit]:
@@ -51,39 +54,68 @@ def split_member(name: str) -> tuple[str, str]:
     return posixpath.join(folder, stem), ext.lower()
 
 
-def sidecar(tar_uri: str) -> dict[str, dict]:
-    """{key: row} of img2dataset's `{shard}.parquet` beside a tar ({} when there is none)."""
+def sidecar(tar_uri: str, config: PrepConfig) -> dict[str, dict]:
+    """{key: row} of img2dataset's `{shard}.parquet` beside a tar ({} when there is none), read under the
+    same caps as a Parquet input: a row with a value over `max_text_bytes` keeps only an error status."""
     uri = tar_uri[: -len(".tar")] + ".parquet"
+    listed = {}
     try:
         with open_regular_file(uri, max_bytes=None) as f:
             pf = pq.ParquetFile(f)
-            wanted = [
-                c for c in ("key", "status", "error_message", "url", "caption") if c in pf.schema_arrow.names
-            ]
+            wanted = [c for c in SIDECAR_COLUMNS if c in pf.schema_arrow.names]
             if "key" not in wanted:
                 return {}
-            return {str(row["key"]): row for row in pf.read(columns=wanted).to_pylist()}
+            for group in range(pf.metadata.num_row_groups):
+                for row, reasons in row_group_rows(f, group, wanted, config, SIDECAR_COLUMNS):
+                    if row.get("key") is None:
+                        if reasons:
+                            logger.warning(
+                                "%s: row group %d of the sample list is unread: %s", uri, group, reasons[0]
+                            )
+                            break
+                        continue
+                    if reasons:
+                        row = {
+                            "key": row["key"],
+                            "status": "unreadable sample list",
+                            "error_message": "; ".join(reasons),
+                        }
+                    listed[str(row["key"])] = row
     except Exception as exc:  # noqa: BLE001 - the sidecar is optional; the tar alone still reads
         if "file not found" not in str(exc):
             logger.warning("%s: ignoring img2dataset's sample list: %s", uri, exc)
         return {}
+    return listed
 
 
-def _samples(tar: tarfile.TarFile, uri: str, max_bytes: int) -> Iterator[tuple[str, dict]]:
-    """(key, {extension: bytes or an error string}) for each run of members that share a key."""
-    key, parts = None, {}
+def _samples(tar: tarfile.TarFile, max_bytes: int, max_text: int) -> Iterator[tuple[str, dict]]:
+    """(key, {extension: bytes or an error string}) for each run of members that share a key.
+
+    Only the members a record uses are read (images, `.txt`, `.json`); text members within `max_text`
+    bytes, and all of a sample's members together within `max_bytes`, so a tar of sparse members
+    cannot expand past the bounds."""
+    key, parts, used = None, {}, 0
     for member in tar:
         k, ext = split_member(member.name)
         if k != key and key is not None:
             yield key, parts
-            parts = {}
+            parts, used = {}, 0
         key = k
+        if ext not in IMAGE_EXTS and ext not in TEXT_EXTS:
+            continue
+        cap, cap_name = (max_text, "max_text_bytes") if ext in TEXT_EXTS else (max_bytes, "max_file_bytes")
         if not member.isfile():
             parts[ext] = f"tar member {member.name} is not a regular file"
-        elif member.size > max_bytes:
-            parts[ext] = f"tar member {member.name}: {member.size} bytes exceeds max_file_bytes={max_bytes}"
+        elif member.size > cap:
+            parts[ext] = f"tar member {member.name}: {member.size} bytes exceeds {cap_name}={cap}"
+        elif used + member.size > max_bytes:
+            parts[ext] = (
+                f"tar member {member.name}: sample {posixpath.basename(k)} holds more than "
+                f"max_file_bytes={max_bytes} in all its members"
+            )
         else:
-            parts[ext] = tar.extractfile(member).read()
+            parts[ext] = tar.extractfile(member).read(cap + 1)
+            used += len(parts[ext])
     if key is not None:
         yield key, parts
 
@@ -119,6 +151,9 @@ def _record(
             f": {meta['error_message']}" if meta.get("error_message") else ""
         )
         return error_record(image_id, uri, "webdataset", why, **fields)
+    unread = [v for e, v in parts.items() if e in TEXT_EXTS and isinstance(v, str)]
+    if unread:
+        return error_record(image_id, uri, "webdataset", "; ".join(unread), **fields)
     data = parts.get(ext) if ext else None
     if not isinstance(data, bytes):
         why = data if isinstance(data, str) else f"sample {key} has no image member ({', '.join(IMAGE_EXTS)})"
@@ -128,13 +163,13 @@ def _record(
 
 def tar_records(unit: SourceUnit, config: PrepConfig) -> Iterator[ImageRecord]:
     """The samples of one tar in member order, then those img2dataset listed but did not store."""
-    listed = sidecar(unit.uri)
+    listed = sidecar(unit.uri, config)
     seen = set()
     broken = None
     with open_regular_file(unit.uri, max_bytes=None) as f:
         try:
             with tarfile.open(fileobj=f, mode="r|") as tar:
-                for key, parts in _samples(tar, unit.uri, config.max_file_bytes):
+                for key, parts in _samples(tar, config.max_file_bytes, config.max_text_bytes):
                     base = posixpath.basename(key)
                     seen.add(base)
                     yield _record(key, parts, listed.get(base), unit, config)
