@@ -17,15 +17,15 @@ import time
 from collections import Counter
 from contextlib import ExitStack, contextmanager
 
-from manifests.layout import is_local
+from manifests.schema import TABLES
 from manifests.settings import flag
-from manifests.storage import filesystem
-from manifests.writer import ManifestWriter, shard_name
+from manifests.storage import filesystem, is_local, join, read_json
+from manifests.writer import MANIFEST_FILE, ManifestWriter, shard_name
 
 from . import plan_cache
 from .config import PrepConfig
 from .errors import ModelLoadError
-from .lock import OutputLock, OutputLockedError
+from .lock import LOCK_FILE, OutputLock, OutputLockedError
 from .plan import ResumePlan, Shard, pending_shards, plan_shards, plan_units
 from .process import annotator_module, process_shard
 from .sources import AnnotationFileError, load_records, load_units
@@ -266,10 +266,38 @@ def check_sam(config: PrepConfig) -> None:
 
 
 def check_output(config: PrepConfig) -> None:
-    """`out` can be a manifest folder: not a regular file (checked before reading any input)."""
+    """`out` can be a manifest folder (checked before reading any input): not a regular file, and no
+    `_manifest.json` there that is not a handfirst manifest's (finalize would replace it)."""
     fs, path = filesystem(config.out)
     if fs.isfile(path):
         raise OutputError(f"--out {config.out} is a file, not a folder: give a folder for the manifest")
+    for table in (None, *TABLES):
+        mpath = join(path, *([table] if table else []), MANIFEST_FILE)
+        if not fs.exists(mpath):
+            continue
+        why = foreign_summary(fs, mpath, table)
+        if why:
+            shown = join(config.out, *([table] if table else []), MANIFEST_FILE)
+            raise OutputError(
+                f"--out {config.out} holds {shown}, which is not a handfirst manifest's ({why}); "
+                "use another --out, or move that file away"
+            )
+
+
+def foreign_summary(fs, path: str, table: str | None) -> str | None:
+    """Why the `_manifest.json` at `path` is not one a handfirst writer wrote (for `table`, or the
+    root's when None), or None when it is."""
+    try:
+        info = read_json(fs, path)
+    except (OSError, ValueError) as exc:
+        return " ".join(str(exc).removeprefix(f"{path}: ").split())[:200]
+    if not isinstance(info, dict) or "schema_version" not in info:
+        return "not a JSON object with a schema_version"
+    if table is None and not isinstance(info.get("tables"), dict):
+        return "no 'tables' summary"
+    if table is not None and info.get("table") != table:
+        return f"it does not describe the {table!r} table"
+    return None
 
 
 def open_output(config: PrepConfig, writer: ManifestWriter) -> None:
@@ -354,7 +382,7 @@ def _start_output(writer: ManifestWriter, plan: ResumePlan, started: float) -> N
             "--overwrite: removed %d shards written under other settings or beyond this run's plan",
             len(plan.discard),
         )
-    for path in writer.remove_temporaries(older_than=started):
+    for path in writer.remove_temporaries(older_than=started, root_files=(plan_cache.PLAN_FILE, LOCK_FILE)):
         logger.info("removed %s, left by a write that did not finish", path)
 
 

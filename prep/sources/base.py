@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import posixpath
@@ -11,7 +10,7 @@ from collections.abc import Iterable, Iterator
 
 from manifests.names import safe_name
 from manifests.names import short_hash as short_hash
-from manifests.storage import filesystem, join
+from manifests.storage import filesystem, join, loads_json
 
 from ..errors import ImageReadError
 from ..imageio import open_regular_file
@@ -95,8 +94,8 @@ def load_json(fs, path: str):
         reason = str(exc).removeprefix(f"{uri}: ")
         raise AnnotationFileError(f"{path}: cannot read annotation file: {reason}") from exc
     try:
-        return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        return loads_json(raw)
+    except ValueError as exc:  # bad JSON, bad UTF-8, or nested too deeply for the parser
         raise AnnotationFileError(f"{path}: malformed annotation JSON: {exc}") from exc
 
 

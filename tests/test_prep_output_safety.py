@@ -1,0 +1,198 @@
+"""prep and its output folder: nothing of the user's is deleted or replaced, and prep's own files
+(lock, plan, summaries, stats) are read as hostile files are: regular files only, bounded, never hanging.
+
+The runs use the serial stand-in of `test_prep_hardening_run` (no Dask) unless a test is about the cluster.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+import test_prep_hardening_run as hardening
+
+from manifests.cli import main as manifests_main
+from manifests.storage import temporary_name
+from prep.cli import main as cli_main
+from prep.lock import LOCK_FILE
+from prep.plan_cache import PLAN_FILE
+from prep.runner import run
+
+cfg, cli_args, one_error_line = hardening.cfg, hardening.cli_args, hardening.one_error_line
+photos, serial = hardening.photos, hardening.serial  # fixtures
+
+# ------------------------------------------------------------------ the user's files in --out
+
+
+def test_only_temporaries_that_prep_wrote_are_removed(photos, tmp_path, serial):
+    out = tmp_path / "m"
+    run(cfg(photos, out))
+    users = {
+        out / ".draft.tmp": b"x",
+        out / "images" / ".x.tmp": b"x",
+        out / "hands" / "_stats" / ".x.tmp": b"{}",
+        # prep's name pattern, but a target prep never writes there, or not what prep writes
+        out / (".notes.txt." + "0" * 32 + ".handfirst.tmp"): b"{}",
+        out / "images" / (".shard-00000.parquet." + "0" * 32 + ".handfirst.tmp"): b"my notes",
+    }
+    dead = {  # what writes that died leave: prep's name beside its target, prep's content or none
+        out / temporary_name("images/shard-00000.parquet"): b"PAR1\x15\x04",
+        out / temporary_name("hands/_stats/shard-00001.json"): b'{"rows": ',
+        out / temporary_name("_manifest.json"): b"",
+        out / temporary_name(PLAN_FILE): b"{",
+    }
+    for path, data in {**users, **dead}.items():
+        path.write_bytes(data)
+        os.utime(path, (1, 1))
+    run(cfg(photos, out))
+    assert {p: p.read_bytes() for p in users} == users
+    assert [p for p in dead if p.exists()] == []
+
+
+@pytest.mark.parametrize(
+    "where, content",
+    [
+        ("_manifest.json", "{}"),
+        ("_manifest.json", "[1, 2]"),
+        ("images/_manifest.json", '{"schema_version": "1"}'),
+    ],
+)
+def test_an_out_holding_a_manifest_json_that_is_not_handfirst_s_is_refused(
+    photos, tmp_path, serial, capsys, where, content
+):
+    out = tmp_path / "m"
+    (out / where).parent.mkdir(parents=True)
+    (out / where).write_text(content)
+    rc = cli_main(cli_args(photos, out))
+    line = one_error_line(capsys)
+    assert rc == 2 and f"holds {out / where}, which is not a handfirst manifest's" in line, line
+    assert (out / where).read_text() == content and serial.ran == []
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == sorted(
+        {where, *(["images"] if "/" in where else [])}
+    )
+
+
+def test_a_handfirst_manifest_in_out_is_resumed(photos, tmp_path, serial):
+    out = tmp_path / "m"
+    run(cfg(photos, out, limit=4))
+    assert run(cfg(photos, out, limit=4))["shards"] == {"run": 0, "skipped": 2, "failed": 0}
+
+
+# ------------------------------------------------------------------ prep's own files, read bounded
+
+
+def _fifo(path):
+    path.unlink(missing_ok=True)
+    os.mkfifo(path)
+
+
+def _dev_zero(path):
+    path.unlink(missing_ok=True)
+    path.symlink_to("/dev/zero")
+
+
+def _directory(path):
+    path.unlink(missing_ok=True)
+    path.mkdir()
+
+
+BREAKERS = {
+    "fifo": _fifo,
+    "dev_zero": _dev_zero,
+    "empty": lambda p: p.write_bytes(b""),
+    "garbage": lambda p: p.write_bytes(b"\x00garbage"),
+    "directory": _directory,
+}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("kind", sorted(BREAKERS))
+def test_a_broken_lock_is_refused_naming_the_file_to_delete(photos, tmp_path, serial, capsys, kind):
+    out = tmp_path / "m"
+    out.mkdir()
+    BREAKERS[kind](out / LOCK_FILE)
+    rc = cli_main(cli_args(photos, out))
+    line = one_error_line(capsys)
+    assert rc == 2 and f"{out / LOCK_FILE} is not a prep lock (" in line, line
+    assert f"if no prep run is using {out}, delete it" in line and serial.ran == []
+    assert os.path.lexists(out / LOCK_FILE)  # left to the user, who was told to delete it
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("kind", ["fifo", "dev_zero"])
+def test_prep_s_plan_and_stats_as_special_files_are_redone_and_never_block(photos, tmp_path, serial, kind):
+    out = tmp_path / "m"
+    run(cfg(photos, out))
+    BREAKERS[kind](out / PLAN_FILE)
+    BREAKERS[kind](out / "images" / "_stats" / "shard-00001.json")
+    summary = run(cfg(photos, out))
+    assert summary["shards"] == {"run": 1, "skipped": 3, "failed": 0}
+    assert "cannot be read" in summary["damaged_shards"]["shard-00001"]
+    assert json.loads((out / PLAN_FILE).read_text())["state"]  # written again, as a file
+    assert (out / "images" / "_stats" / "shard-00001.json").is_file()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("kind", ["fifo", "dev_zero"])
+def test_validate_stats_and_run_never_block_on_a_special_manifest_json(
+    photos, tmp_path, serial, capsys, kind
+):
+    out = tmp_path / "m"
+    run(cfg(photos, out, limit=2))
+    BREAKERS[kind](out / "_manifest.json")
+    BREAKERS[kind](out / "hands" / "_stats" / "shard-00000.json")
+    BREAKERS[kind](out / "images" / "shard-00000.parquet")
+    capsys.readouterr()
+    assert manifests_main(["validate", str(out)]) == 1
+    found = capsys.readouterr().out
+    assert f"{out / '_manifest.json'}: unreadable _manifest.json" in found
+    assert f"{out / 'hands' / '_stats' / 'shard-00000.json'}: unreadable stats file" in found
+    assert "not a regular file" in found
+    assert manifests_main(["stats", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "not a regular file" in err
+    rc = cli_main(cli_args(photos, out, "--limit", "2"))
+    line = one_error_line(capsys)
+    assert rc == 2 and "_manifest.json, which is not a handfirst manifest's (" in line
+    assert "not a regular file" in line
+
+
+# ------------------------------------------------------------------ deeply nested JSON
+
+DEEP = "[" * 100_000 + "]" * 100_000
+
+
+@pytest.mark.parametrize("fmt", ["coco", "hagrid"])
+def test_deeply_nested_annotation_json_is_one_line_naming_the_file(tmp_path, serial, capsys, fmt):
+    src = tmp_path / "in"
+    if fmt == "coco":
+        ann = src / "annotations" / "keypoints.json"
+    else:
+        ann = src / "annotations" / "train" / "call.json"
+        (src / "call").mkdir(parents=True)
+    ann.parent.mkdir(parents=True, exist_ok=True)
+    ann.write_text('{"images": ' + DEEP + "}" if fmt == "coco" else '{"a": ' + DEEP + "}")
+    rc = cli_main(cli_args(src, tmp_path / "m", "--format", fmt))
+    line = one_error_line(capsys)
+    assert rc == 2 and f"{ann}: malformed annotation JSON: JSON nested too deeply to parse" in line, line
+
+
+def test_a_shard_whose_stats_are_nested_too_deeply_is_redone(photos, tmp_path, serial):
+    out = tmp_path / "m"
+    run(cfg(photos, out))
+    (out / "hands" / "_stats" / "shard-00002.json").write_text('{"rows": ' + DEEP + "}")
+    summary = run(cfg(photos, out))
+    assert summary["shards"] == {"run": 1, "skipped": 3, "failed": 0}
+    assert list(summary["damaged_shards"]) == ["shard-00002"]
+    assert json.loads((out / "hands" / "_stats" / "shard-00002.json").read_text())["rows"] >= 0
+
+
+def test_manifests_read_nested_stats_as_a_finding(photos, tmp_path, serial, capsys):
+    out = tmp_path / "m"
+    run(cfg(photos, out, limit=2))
+    (out / "images" / "_stats" / "shard-00000.json").write_text(DEEP)
+    assert manifests_main(["validate", "--no-decode", str(out)]) == 1
+    assert "unreadable stats file: JSON nested too deeply to parse" in capsys.readouterr().out
+    shutil.rmtree(out)
