@@ -59,9 +59,9 @@ class PrepConfig(Settings):
     )
     overwrite: bool = setting(
         False,
-        "Replace shards in --out written under other row-shaping settings, or beyond this run's input; they "
-        "are deleted before any new shard is written, while shards already written under these settings are "
-        "kept, so rerunning the same command resumes (default: refuse such a rerun).",
+        "Replace shards in --out written under other row-shaping settings, from another input, or beyond "
+        "this run's input; they are deleted before any new shard is written, while shards already written "
+        "under these settings are kept, so rerunning the same command resumes (default: refuse such a rerun).",
         runtime=True,
     )
     # Work partitioning

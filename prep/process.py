@@ -22,7 +22,7 @@ from manifests.writer import ManifestWriter
 from .config import PrepConfig
 from .native_logs import filter_native_stderr, in_dask_worker
 from .records import ImageRecord
-from .sources import SourceUnit, unit_records
+from .sources import SourceUnit, input_identity, unit_records
 
 logger = logging.getLogger(__name__)
 
@@ -166,6 +166,7 @@ def process_shard(
         "index": index,
         "fingerprint": fingerprint,
         "config_fingerprint": config_fingerprint,
+        "input": input_identity(config),
         "images": len(image_rows),
         "hands": len(hand_rows),
         "status_counts": dict(status),

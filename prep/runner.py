@@ -28,7 +28,7 @@ from .errors import ModelLoadError
 from .lock import LOCK_FILE, OutputLock, OutputLockedError
 from .plan import ResumePlan, Shard, pending_shards, plan_shards, plan_units
 from .process import annotator_module, process_shard
-from .sources import AnnotationFileError, load_records, load_units
+from .sources import AnnotationFileError, input_identity, load_records, load_units
 
 logger = logging.getLogger(__name__)
 
@@ -453,16 +453,17 @@ def run(config: PrepConfig | None = None, **kwargs) -> dict:
     state = plan_cache.input_state(config)
     cached = plan_cache.load(writer.fs, writer.path, state)
     cfp = config.fingerprint()
+    identity = input_identity(config)
     shards = [Shard(i, [], fp, cfp) for i, fp, _ in cached] if cached else plan_input(config)
     phases = {"plan": time.perf_counter() - t0}  # wall seconds of each step, in the summary
     open_output(config, writer)
     with ExitStack() as stack:
         stack.callback(lock_output(config).release)
         mark = time.perf_counter()
-        plan = pending_shards(shards, writer, overwrite=config.overwrite)
+        plan = pending_shards(shards, writer, config.overwrite, identity)
         if cached and (plan.todo or plan.discard):  # work to do: it needs the records after all
             cached, shards = None, plan_input(config)
-            plan = pending_shards(shards, writer, overwrite=config.overwrite)
+            plan = pending_shards(shards, writer, config.overwrite, identity)
         if not cached:
             plan_cache.save(writer.fs, writer.path, state, shards)
         phases["resume_check"] = time.perf_counter() - mark

@@ -196,3 +196,26 @@ def test_manifests_read_nested_stats_as_a_finding(photos, tmp_path, serial, caps
     assert manifests_main(["validate", "--no-decode", str(out)]) == 1
     assert "unreadable stats file: JSON nested too deeply to parse" in capsys.readouterr().out
     shutil.rmtree(out)
+
+
+# ------------------------------------------------------------------ one input per manifest
+
+
+def test_another_input_does_not_silently_replace_a_manifest(photos, tmp_path, serial, capsys, data_dir):
+    out = tmp_path / "m"
+    run(cfg(photos, out, limit=4))
+    before = hardening.files_of(out)
+    serial.ran.clear()
+    other = data_dir / "photos"
+    rc = cli_main(cli_args(other, out, "--limit", "4"))
+    line = one_error_line(capsys)
+    assert rc == 2 and "shards shard-00000..shard-00001 were written from another input" in line, line
+    assert f"(--format folder --input {photos})" in line and "--overwrite" in line
+    assert hardening.files_of(out) == before and serial.ran == []
+    # the same folder named another way is the same input (its shards name other paths: redone)
+    (tmp_path / "link").symlink_to(photos)
+    assert run(cfg(tmp_path / "link", out, limit=4))["shards"]["failed"] == 0
+    summary = run(cfg(other, out, limit=4, overwrite=True))
+    assert summary["shards"] == {"run": 2, "skipped": 0, "failed": 0}
+    ids = {r["image_id"] for r in hardening.pq.read_table(out / "images").to_pylist()}
+    assert ids == {p.stem for p in sorted(other.iterdir())[:4]}

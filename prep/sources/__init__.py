@@ -10,8 +10,12 @@ images for the same input.
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Callable, Iterable, Iterator
 from itertools import islice
+
+from manifests.storage import filesystem
 
 from ..config import PrepConfig
 from ..records import ImageRecord
@@ -47,6 +51,24 @@ def unit_records(config: PrepConfig, unit: SourceUnit) -> Iterator[ImageRecord]:
     return expand_unit(UNIT_SOURCES[config.format], unit, config)
 
 
+def input_identity(config: PrepConfig) -> str:
+    """What a manifest's rows are made from, recorded in each shard's stats: the format, the input and
+    an absolute annotation file, local paths made absolute with symlinks resolved (URLs as given), so
+    a run naming the same input another way is the same input."""
+
+    def where(uri: str | None) -> str | None:
+        if not uri:
+            return None
+        if "://" not in uri:
+            return os.path.realpath(os.path.expanduser(uri))
+        fs, path = filesystem(uri)
+        return fs.unstrip_protocol(path)
+
+    annotations = config.annotations
+    absolute = annotations and (annotations.startswith("/") or "://" in annotations)
+    return json.dumps([config.format, where(config.input), where(annotations) if absolute else annotations])
+
+
 def load_records(config: PrepConfig) -> list[ImageRecord]:
     try:
         adapter = SOURCES[config.format]
@@ -66,6 +88,7 @@ __all__ = [
     "AnnotationFileError",
     "SourceUnit",
     "UnsafePathError",
+    "input_identity",
     "load_records",
     "load_units",
     "unit_records",
