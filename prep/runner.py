@@ -29,6 +29,7 @@ from .lock import LOCK_FILE, OutputLock, OutputLockedError
 from .plan import ResumePlan, Shard, pending_shards, plan_shards, plan_units
 from .process import annotator_module, process_shard
 from .sources import AnnotationFileError, input_identity, load_records, load_units
+from .sources.base import open_input, run_outputs
 
 logger = logging.getLogger(__name__)
 
@@ -271,6 +272,12 @@ def check_output(config: PrepConfig) -> None:
     fs, path = filesystem(config.out)
     if fs.isfile(path):
         raise OutputError(f"--out {config.out} is a file, not a folder: give a folder for the manifest")
+    in_fs, in_path = open_input(config.input)
+    if in_fs.isdir(in_path) and run_outputs(config, in_fs, in_path)("."):
+        raise OutputError(
+            f"--out {config.out} is the --input folder itself: its tables would be read back as input; "
+            "give another folder (one inside the input is fine: it is never read)"
+        )
     for table in (None, *TABLES):
         mpath = join(path, *([table] if table else []), MANIFEST_FILE)
         if not fs.exists(mpath):

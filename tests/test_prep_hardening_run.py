@@ -95,7 +95,14 @@ class Serial:
         for shard in todo:
             if self.stop_after is not None and len(done) == self.stop_after:
                 raise KeyboardInterrupt
-            args = (shard.index, shard.records, config, shard.fingerprint, shard.config_fingerprint)
+            args = (
+                shard.index,
+                shard.records,
+                config,
+                shard.fingerprint,
+                shard.config_fingerprint,
+                shard.unit,
+            )
             done.append(process_shard(*args))
             self.ran.append(shard.index)
         return done, {}, None

@@ -219,3 +219,78 @@ def test_another_input_does_not_silently_replace_a_manifest(photos, tmp_path, se
     assert summary["shards"] == {"run": 2, "skipped": 0, "failed": 0}
     ids = {r["image_id"] for r in hardening.pq.read_table(out / "images").to_pylist()}
     assert ids == {p.stem for p in sorted(other.iterdir())[:4]}
+
+
+# ------------------------------------------------------------------ what is read as input
+
+
+def test_an_input_below_a_dot_folder_is_read_by_every_source(tmp_path, data_dir):
+    from img2dataset_layout import write_parquet, write_webdataset
+    from test_prep_sources import make_hagrid
+
+    from prep.config import PrepConfig
+    from prep.sources import load_records
+
+    cache = tmp_path / ".cache" / "data"
+    photos = sorted((data_dir / "hagrid_mini").rglob("*.jpg"))[:4]
+    for p in photos:
+        (cache / "folder" / "g").mkdir(parents=True, exist_ok=True)
+        shutil.copy(p, cache / "folder" / "g" / p.name)
+    write_webdataset(cache / "webdataset", photos, per_shard=2)
+    write_parquet(cache / "parquet", photos, per_shard=2)
+    shutil.copytree(data_dir / "keypoints_gt" / "freihand", cache / "coco")
+    shutil.copytree(data_dir / "keypoints_gt" / "interhand2.6m", cache / "interhand")
+    make_hagrid(cache / "hagrid", data_dir, {("train", "call"): [("c00", "u0", 1), ("c01", "u1", 1)]})
+    # below the input root, hidden names are still skipped
+    (cache / "folder" / ".trash").mkdir()
+    shutil.copy(photos[0], cache / "folder" / ".trash" / "old.jpg")
+    shutil.copytree(cache / "webdataset", cache / "webdataset" / ".old")
+    expected = {"folder": 4, "webdataset": 6, "parquet": 6, "coco": 8, "interhand": 4, "hagrid": 2}
+    found = {
+        fmt: len(load_records(PrepConfig(input=str(cache / fmt), format=fmt, annotator=hardening.STANDIN)))
+        for fmt in expected
+    }
+    assert found == expected
+
+
+def test_the_output_inside_the_input_is_never_read_as_input(photos, tmp_path, serial, data_dir):
+    from img2dataset_layout import write_parquet
+
+    src = tmp_path / "in"
+    shutil.copytree(photos, src)
+    settings = dict(preview=str(src / "preview.png"))
+    first = run(cfg(src, src / "m", **settings))
+    assert (src / "preview.png").is_file() and first["manifest"]["images"] == 8
+    again = run(cfg(src, src / "m", **settings))
+    assert again["shards"] == {"run": 0, "skipped": 4, "failed": 0} and again["manifest"]["images"] == 8
+
+    tables = tmp_path / "pq"
+    write_parquet(tables, sorted((data_dir / "hagrid_mini").rglob("*.jpg"))[:4], per_shard=2)
+    for _ in range(2):
+        summary = run(cfg(tables, tables / "m", format="parquet"))
+        assert summary["manifest"]["images"] == 6
+
+
+def test_the_input_folder_itself_as_out_is_refused(photos, tmp_path, serial, capsys):
+    src = tmp_path / "in"
+    shutil.copytree(photos, src)
+    rc = cli_main(cli_args(src, src))
+    line = one_error_line(capsys)
+    assert rc == 2 and f"--out {src} is the --input folder itself" in line
+    assert sorted(p.name for p in src.iterdir()) == ["g0", "g1"]
+
+
+def test_a_brace_pattern_naming_too_many_files_is_one_line(tmp_path, serial, capsys, monkeypatch):
+    import prep.sources.units
+
+    monkeypatch.setattr(prep.sources.units, "MAX_PATTERN_NAMES", 1000, raising=False)
+    rc = cli_main(cli_args(f"{tmp_path}/s/{{00000..99999}}.tar", tmp_path / "m", "--format", "webdataset"))
+    line = one_error_line(capsys)
+    assert rc == 2 and "its braces name more than 1000 files" in line, line
+    assert not (tmp_path / "m").exists()
+
+
+def test_a_billion_name_brace_pattern_is_refused_without_building_it(tmp_path, serial, capsys):
+    rc = cli_main(cli_args(f"{tmp_path}/s/{{0..999999999}}.tar", tmp_path / "m", "--format", "webdataset"))
+    line = one_error_line(capsys)
+    assert rc == 2 and "its braces name more than 1000000 files" in line, line

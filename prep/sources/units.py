@@ -18,6 +18,7 @@ import posixpath
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
+from itertools import islice
 
 import fsspec
 
@@ -25,13 +26,15 @@ from manifests.names import safe_name
 
 from ..config import PrepConfig
 from ..records import ImageRecord
-from .base import dedupe, error_record, to_uri
+from .base import dedupe, error_record, is_hidden, relative, run_outputs, to_uri
 
 logger = logging.getLogger(__name__)
 
 GLOB_CHARS = re.compile(r"[*?\[]")
 _BRACE = re.compile(r"\{([^{}]*)\}")
 _RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)$")
+# Most names a brace pattern may expand to (img2dataset writes one tar per 10k samples: 10 billion samples).
+MAX_PATTERN_NAMES = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -73,53 +76,81 @@ def unit_fingerprint(unit: SourceUnit, config: PrepConfig) -> str:
     return h.hexdigest()[:16]
 
 
-def expand_braces(pattern: str) -> list[str]:
+def expand_braces(pattern: str) -> Iterator[str]:
     """Brace expansion as webdataset and img2dataset write shard lists: `{00000..00099}` (zero padding
-    kept) and `{a,b}`, nested and repeated; text without braces is returned as is."""
+    kept) and `{a,b}`, nested and repeated; text without braces is returned as is. Lazy: names are
+    made one at a time."""
     match = _BRACE.search(pattern)
     if match is None:
-        return [pattern]
+        yield pattern
+        return
     body, head, tail = match.group(1), pattern[: match.start()], pattern[match.end() :]
     if r := _RANGE.match(body):
         lo, hi = int(r.group(1)), int(r.group(2))
         width = len(r.group(1)) if r.group(1).startswith("0") else 0
         step = 1 if hi >= lo else -1
-        options = [f"{n:0{width}d}" for n in range(lo, hi + step, step)]
+        options = (f"{n:0{width}d}" for n in range(lo, hi + step, step))
     else:
-        options = body.split(",")
-    return [out for option in options for out in expand_braces(head + option + tail)]
+        options = iter(body.split(","))
+    for option in options:
+        yield from expand_braces(head + option + tail)
 
 
-def input_files(spec: str, suffixes: tuple[str, ...], what: str) -> list[str]:
+def _glob_base(path: str) -> str:
+    """The folder a glob pattern's matches lie under: its part before the first wildcard."""
+    return posixpath.dirname(path[: GLOB_CHARS.search(path).start()])
+
+
+def input_files(
+    spec: str, suffixes: tuple[str, ...], what: str, config: PrepConfig | None = None
+) -> list[str]:
     """The files an `--input` names, as URIs a worker opens, in order: a brace pattern's expansion
-    (in its own order), a glob's or a folder's files ending in `suffixes` (sorted), or one file.
+    (in its own order, at most `MAX_PATTERN_NAMES` names), a glob's or a folder's files ending in
+    `suffixes` (sorted; in a folder, hidden names below it are skipped), or one file. With `config`,
+    what the run writes (`--out`, `--preview`) is never among them.
 
-    Raises FileNotFoundError naming the input when nothing matches or a listed file is missing.
+    Raises FileNotFoundError naming the input when nothing matches or a listed file is missing, and
+    ValueError for a brace pattern of more than `MAX_PATTERN_NAMES` names.
     """
+    if sum(1 for _ in islice(expand_braces(str(spec)), MAX_PATTERN_NAMES + 1)) > MAX_PATTERN_NAMES:
+        raise ValueError(
+            f"{what} input {spec}: its braces name more than {MAX_PATTERN_NAMES} files; "
+            "split the input into several runs, or name a folder or a glob"
+        )
     files: list[str] = []
-    missing: list[str] = []
+    missing, first_missing = 0, None
     for item in expand_braces(str(spec)):
         # url_to_fs, unlike `open_input`, leaves a glob unexpanded, so that it is matched below.
         local = "://" not in item
         fs, path = fsspec.core.url_to_fs(os.path.abspath(os.path.expanduser(item)) if local else item)
         if GLOB_CHARS.search(path):
-            found = sorted(p for p in fs.glob(path) if p.lower().endswith(suffixes) and fs.isfile(p))
+            base = _glob_base(path)
+            written = run_outputs(config, fs, base) if config else (lambda rel: False)
+            found = sorted(
+                p
+                for p in fs.glob(path)
+                if p.lower().endswith(suffixes) and not written(relative(p, base)) and fs.isfile(p)
+            )
         elif fs.isdir(path):
+            written = run_outputs(config, fs, path) if config else (lambda rel: False)
             found = sorted(
                 p
                 for p in fs.find(path)
-                if p.lower().endswith(suffixes) and not any(part.startswith(".") for part in p.split("/"))
+                if p.lower().endswith(suffixes)
+                and not is_hidden(rel := relative(p, path))
+                and not written(rel)
             )
         elif fs.isfile(path):
             found = [path]
         else:
-            missing.append(item)
+            missing += 1
+            first_missing = first_missing or item
             continue
         files.extend(to_uri(fs, p) for p in found)
     if missing:
         raise FileNotFoundError(
-            f"{what} input not found: {missing[0]}"
-            + (f" (and {len(missing) - 1} more of {spec})" if len(missing) > 1 else "")
+            f"{what} input not found: {first_missing}"
+            + (f" (and {missing - 1} more of {spec})" if missing > 1 else "")
         )
     if not files:
         raise FileNotFoundError(f"no {'/'.join(suffixes)} files found in {spec} ({what} input)")

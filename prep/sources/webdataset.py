@@ -38,7 +38,7 @@ IMAGE_EXTS = tuple(sorted(e.lstrip(".") for e in IMAGE_EXTENSIONS))
 
 
 def tar_units(config: PrepConfig) -> list[SourceUnit]:
-    return [SourceUnit(uri) for uri in input_files(config.input, (".tar",), "webdataset")]
+    return [SourceUnit(uri) for uri in input_files(config.input, (".tar",), "webdataset", config)]
 
 
 def split_member(name: str) -> tuple[str, str]:
