@@ -255,6 +255,7 @@ class ManifestWriter:
             }
             if t == "images":
                 info["status_counts"] = dict(status)
+            self.fs.makedirs(join(self.path, t), exist_ok=True)  # a run whose every shard failed
             write_json(self.fs, join(self.path, t, MANIFEST_FILE), info)
             summary["tables"][t] = {k: info[k] for k in ("num_rows", "num_shards")} | (
                 {"status_counts": info["status_counts"]} if t == "images" else {}

@@ -80,6 +80,14 @@ class PrepConfig(Settings):
         "Address of an existing Dask scheduler, e.g. tcp://host:8786 (default: start a LocalCluster).",
         runtime=True,
     )
+    worker_timeout: float = setting(
+        60.0,
+        "With --scheduler: seconds to wait for a Dask worker when the cluster has none, at the start or when "
+        "every worker has left mid-run, before the run stops saying how many there are.",
+        gt=0,
+        le=86400,
+        runtime=True,
+    )
     shared_filesystem: bool = setting(
         False,
         "With --scheduler: local paths (--input, --out, --sam-checkpoint, --annotations) are on a filesystem "

@@ -40,6 +40,12 @@ SCHEDULER_CONNECT_TIMEOUT_S = 10.0
 # How often the driver re-reads the cluster's thread count while it hands out shards.
 SLOTS_REFRESH_S = 1.0
 
+# How long the driver waits for a shard to finish before it looks at the cluster (workers, lost attempts).
+WATCH_S = 1.0
+
+# Filesystems that live inside one process: the workers (other processes) cannot share them.
+PROCESS_LOCAL_PROTOCOLS = ("memory",)
+
 # Settings that name a file or folder a worker opens (the driver resolves them before shipping).
 PATH_SETTINGS = ("input", "out", "sam_checkpoint", "annotations")
 
@@ -80,6 +86,41 @@ def uses_sam(config: PrepConfig) -> bool:
     return config.mask_method == "sam" or (config.mask_method == "auto" and bool(config.sam_checkpoint))
 
 
+def probe_scheduler(address: str, timeout: float) -> None:
+    """Connect to the scheduler at `address` and complete distributed's handshake within `timeout`
+    seconds, or raise TimeoutError / OSError. `Client(timeout=...)` bounds the connection but not the
+    handshake, so a port that accepts and never answers would hold the run forever."""
+    import asyncio
+
+    from distributed.comm import connect
+    from distributed.security import Security
+
+    async def handshake():
+        comm = await asyncio.wait_for(
+            connect(address, timeout=timeout, **Security().get_connection_args("client")), timeout
+        )
+        await comm.close()
+
+    try:
+        asyncio.run(handshake())
+    except asyncio.TimeoutError:
+        raise TimeoutError("it accepted the connection but did not answer") from None
+
+
+def await_workers(client, config: PrepConfig) -> None:
+    """Return once the cluster has a worker, waiting at most `config.worker_timeout` seconds."""
+    if client.nthreads():
+        return
+    logger.info("%s has no workers yet; waiting up to %g s for one", config.scheduler, config.worker_timeout)
+    try:
+        client.wait_for_workers(1, timeout=config.worker_timeout)
+    except TimeoutError:
+        raise ClusterSetupError(
+            f"--scheduler {config.scheduler} has {len(client.nthreads())} workers after waiting "
+            f"{config.worker_timeout:g} s (--worker-timeout); start one with `dask worker {config.scheduler}`"
+        ) from None
+
+
 @contextmanager
 def dask_client(config: PrepConfig):
     """A distributed Client: to `config.scheduler`, or to a LocalCluster started (and stopped) here."""
@@ -88,6 +129,7 @@ def dask_client(config: PrepConfig):
 
     if config.scheduler:
         try:
+            probe_scheduler(config.scheduler, SCHEDULER_CONNECT_TIMEOUT_S)
             client = Client(config.scheduler, timeout=SCHEDULER_CONNECT_TIMEOUT_S)
         except ValueError as exc:  # malformed address: no port, unknown scheme
             raise ClusterSetupError(
@@ -100,6 +142,7 @@ def dask_client(config: PrepConfig):
                 f"({reason[:200]}); is it running, and is the address right?"
             ) from None
         with client:
+            await_workers(client, config)
             if config.gpu_resource and uses_sam(config):
                 workers = client.scheduler_info().get("workers", {}).values()
                 if not any(w.get("resources", {}).get("GPU") for w in workers):
@@ -146,16 +189,77 @@ def _progress(total: int, enabled: bool):
     return tqdm(total=total, unit="img", desc="prep", disable=not enabled, smoothing=0.1)
 
 
-def run_shards(todo, config: PrepConfig, client=None) -> tuple[list[dict], dict[int, str], str | None]:
+def shard_task(topic: str, index: int, *args) -> dict:
+    """`process_shard` as a Dask task: an exception is first logged to the scheduler's event `topic`
+    (the driver reports each attempt a retry replaces), then raised for Dask to retry the task."""
+    try:
+        return process_shard(index, *args)
+    except Exception as exc:
+        try:
+            from distributed import get_worker
+
+            get_worker().log_event(topic, {"shard": index, "error": f"{type(exc).__name__}: {exc}"[:500]})
+        except Exception:  # noqa: BLE001 - reporting must never replace the task's own error
+            pass
+        raise
+
+
+class ShardWatch:
+    """What happens to the run's tasks on the cluster, from the scheduler's events: an attempt that
+    raised (`shard_task`), or a worker that left while it ran a shard (Dask then runs it elsewhere)."""
+
+    def __init__(self, client, token: str):
+        self.client, self.topic = client, f"prep-{token}"
+        self.shard_of: dict[str, int] = {}  # task key -> shard index
+        self.lost: list[tuple[int, str]] = []  # (shard, why), appended by the client's event thread
+        client.subscribe_topic(self.topic, self._attempt_failed)
+        client.subscribe_topic("all", self._cluster_event)
+
+    def _attempt_failed(self, event) -> None:
+        msg = event[1]
+        if isinstance(msg, dict) and isinstance(msg.get("shard"), int):
+            self.lost.append((msg["shard"], str(msg.get("error"))))
+
+    def _cluster_event(self, event) -> None:
+        msg = event[1]
+        if not isinstance(msg, dict) or msg.get("action") != "remove-worker":
+            return
+        for key in msg.get("processing-tasks") or ():
+            if key in self.shard_of:
+                self.lost.append(
+                    (self.shard_of[key], f"its worker {msg.get('worker')} left while running it")
+                )
+
+    def drain(self) -> list[tuple[int, str]]:
+        n = len(self.lost)
+        lost = self.lost[:n]
+        del self.lost[:n]
+        return lost
+
+    def close(self) -> None:
+        for topic in (self.topic, "all"):
+            try:
+                self.client.unsubscribe_topic(topic)
+            except Exception:  # noqa: BLE001 - a closing client may already have dropped it
+                pass
+
+
+def run_shards(
+    todo, config: PrepConfig, client=None, retried: dict | None = None
+) -> tuple[list[dict], dict[int, str], str | None]:
     """Run the shard tasks; (stats of completed shards, {index: reason} of failed ones, dashboard URL).
 
     Uses `client` when given (it stays open), else connects or starts a cluster for this call.
+    Each attempt of a shard that is lost and run again (its task raised, or its worker left) is
+    logged and put in `retried` ({shard name: [why]}). When the cluster has had no worker for
+    `config.worker_timeout` seconds, the run stops with ClusterSetupError (completed shards are kept).
     """
     if client is None:
         with dask_client(config) as own:
-            return run_shards(todo, config, own)
-    from distributed import as_completed
+            return run_shards(todo, config, own, retried)
+    from distributed import wait
 
+    retried = {} if retried is None else retried
     done, failed = [], {}
     dashboard = client.dashboard_link
     hint = "" if importlib.util.find_spec("bokeh") else " (its plots need bokeh: pip install bokeh)"
@@ -164,7 +268,7 @@ def run_shards(todo, config: PrepConfig, client=None) -> tuple[list[dict], dict[
     token = f"{time.time_ns():x}"
     queue = list(reversed(todo))
     futures = {}
-    pending = as_completed()
+    watch = ShardWatch(client, token)
 
     threads = {"n": 0, "read": -float("inf")}
 
@@ -173,8 +277,8 @@ def run_shards(todo, config: PrepConfig, client=None) -> tuple[list[dict], dict[
         # scheduler, and paid on every finished shard it delayed the next one (measured by
         # bench/scale.py as the idle gap between a worker's tasks).
         if time.monotonic() - threads["read"] >= SLOTS_REFRESH_S:
-            threads.update(n=max(1, sum(client.nthreads().values())), read=time.monotonic())
-        return threads["n"]
+            threads.update(n=sum(client.nthreads().values()), read=time.monotonic())
+        return max(1, threads["n"])
 
     def fill():
         # One shard in flight per worker thread: the graph stays small, and a worker that dies takes
@@ -182,40 +286,80 @@ def run_shards(todo, config: PrepConfig, client=None) -> tuple[list[dict], dict[
         # suspect, so queued bystanders would use up their retries too).
         while queue and len(futures) < slots():
             shard = queue.pop()
+            key = f"prep-{shard_name(shard.index)}-{token}"
+            watch.shard_of[key] = shard.index
             fut = client.submit(
-                process_shard,
+                shard_task,
+                watch.topic,
                 shard.index,
                 shard.records,
                 config,
                 shard.fingerprint,
                 shard.config_fingerprint,
                 shard.unit,
-                key=f"prep-{shard_name(shard.index)}-{token}",
+                key=key,
                 retries=config.retries,
                 pure=False,
                 **extra,
             )
             futures[fut] = shard
-            pending.add(fut)
 
-    fill()
+    def report() -> None:
+        for index, why in watch.drain():
+            retried.setdefault(shard_name(index), []).append(why)
+            logger.warning(
+                "%s lost an attempt (%s); Dask retries it while retries remain", shard_name(index), why
+            )
+
+    no_workers_since = None
     hands = errors = 0
     sizes = [s.num_images for s in todo]
-    with _progress(None if None in sizes else sum(sizes), config.progress) as bar:
-        for fut in pending:
-            shard = futures.pop(fut)
-            try:
-                stats = fut.result()
-            except Exception as exc:  # noqa: BLE001 - a lost shard is reported, the others go on
-                failed[shard.index] = f"{type(exc).__name__}: {exc}"
-                logger.error("%s failed after retries: %s", shard_name(shard.index), failed[shard.index])
-            else:
-                done.append(stats)
-                hands += stats["hands"]
-                errors += stats["status_counts"].get("error", 0)
-                bar.update(stats["images"])
-                bar.set_postfix(hands=hands, errors=errors, refresh=False)
-            fill()
+    try:
+        fill()
+        with _progress(None if None in sizes else sum(sizes), config.progress) as bar:
+            while futures:
+                try:
+                    finished = wait(
+                        list(futures), timeout=SLOTS_REFRESH_S, return_when="FIRST_COMPLETED"
+                    ).done
+                except TimeoutError:
+                    finished = set()
+                report()
+                if not finished:
+                    slots()
+                    no_workers_since = None if threads["n"] else (no_workers_since or time.monotonic())
+                    if no_workers_since and time.monotonic() - no_workers_since > config.worker_timeout:
+                        client.cancel(list(futures))
+                        raise ClusterSetupError(
+                            f"the Dask cluster {client.scheduler.address} has had 0 workers for "
+                            f"{config.worker_timeout:g} s (--worker-timeout) with {len(futures) + len(queue)} "
+                            f"shards to do; the {len(done)} completed this run are kept: start workers and rerun"
+                        )
+                    continue
+                for fut in finished:
+                    shard = futures.pop(fut)
+                    try:
+                        stats = fut.result()
+                    except Exception as exc:  # noqa: BLE001 - a lost shard is reported, the others go on
+                        failed[shard.index] = f"{type(exc).__name__}: {exc}"
+                        logger.error(
+                            "%s failed after retries: %s", shard_name(shard.index), failed[shard.index]
+                        )
+                    else:
+                        done.append(stats)
+                        hands += stats["hands"]
+                        errors += stats["status_counts"].get("error", 0)
+                        bar.update(stats["images"])
+                        bar.set_postfix(hands=hands, errors=errors, refresh=False)
+                fill()
+        report()
+        for index in failed:  # the last attempt of a failed shard is its failure, not a retry
+            whys = retried.get(shard_name(index), [])
+            del whys[-1:]
+            if not whys:
+                retried.pop(shard_name(index), None)
+    finally:
+        watch.close()
     return done, failed, dashboard
 
 
@@ -267,8 +411,17 @@ def check_sam(config: PrepConfig) -> None:
 
 
 def check_output(config: PrepConfig) -> None:
-    """`out` can be a manifest folder (checked before reading any input): not a regular file, and no
+    """`out` can be a manifest folder (checked before reading any input): not a regular file, not in
+    this process's memory (no path setting may be: the workers are other processes), and no
     `_manifest.json` there that is not a handfirst manifest's (finalize would replace it)."""
+    for name in PATH_SETTINGS:
+        value = getattr(config, name, None)
+        protocols = filesystem(str(value))[0].protocol if value else ()
+        if set([protocols] if isinstance(protocols, str) else protocols) & set(PROCESS_LOCAL_PROTOCOLS):
+            raise OutputError(
+                f"{flag(name)} {value} is held in this process's memory, which prep's workers (other "
+                "processes) do not share: give a local path or a store every worker reaches (s3://...)"
+            )
     fs, path = filesystem(config.out)
     if fs.isfile(path):
         raise OutputError(f"--out {config.out} is a file, not a folder: give a folder for the manifest")
@@ -441,7 +594,8 @@ def run(config: PrepConfig | None = None, **kwargs) -> dict:
 
     Summary keys: images, hands, status_counts, seconds, images_per_s (this run's work),
     phase_seconds {plan, resume_check, cluster_start, shards, finalize} (wall time of each step),
-    stage_ms_per_image, shards {run, skipped, failed}, failed_shards {name: reason}, manifest
+    stage_ms_per_image, shards {run, skipped, failed}, failed_shards {name: reason}, retried_shards
+    {name: [why each earlier attempt was lost: an error, or its worker left]}, manifest
     {images, hands, status_counts} (the whole manifest after this run), out, dashboard, preview.
     A rerun on the same `out` skips complete shards; a failed or damaged shard is redone by the next
     run. An output written under other row-shaping settings is refused (OutputConflictError) unless
@@ -454,17 +608,22 @@ def run(config: PrepConfig | None = None, **kwargs) -> dict:
     check_output(config)
     check_annotator(config)
     check_sam(config)
-    writer = ManifestWriter(config.out)
-    # The plan of the last run on this output, when nothing it was made from has changed: a rerun
-    # whose shards are all complete then does not parse the input again (prep.plan_cache).
-    state = plan_cache.input_state(config)
-    cached = plan_cache.load(writer.fs, writer.path, state)
-    cfp = config.fingerprint()
-    identity = input_identity(config)
-    shards = [Shard(i, [], fp, cfp) for i, fp, _ in cached] if cached else plan_input(config)
-    phases = {"plan": time.perf_counter() - t0}  # wall seconds of each step, in the summary
-    open_output(config, writer)
     with ExitStack() as stack:
+        # An external scheduler is checked with the rest: it answers and has a worker before the input
+        # is read or anything is written to the output. A LocalCluster starts only for work to do.
+        mark = time.perf_counter()
+        client = stack.enter_context(dask_client(config)) if config.scheduler else None
+        phases = {"cluster_start": time.perf_counter() - mark}  # wall seconds of each step, in the summary
+        writer = ManifestWriter(config.out)
+        # The plan of the last run on this output, when nothing it was made from has changed: a rerun
+        # whose shards are all complete then does not parse the input again (prep.plan_cache).
+        state = plan_cache.input_state(config)
+        cached = plan_cache.load(writer.fs, writer.path, state)
+        cfp = config.fingerprint()
+        identity = input_identity(config)
+        shards = [Shard(i, [], fp, cfp) for i, fp, _ in cached] if cached else plan_input(config)
+        phases["plan"] = time.perf_counter() - t0 - phases["cluster_start"]
+        open_output(config, writer)
         stack.callback(lock_output(config).release)
         mark = time.perf_counter()
         plan = pending_shards(shards, writer, config.overwrite, identity)
@@ -484,12 +643,16 @@ def run(config: PrepConfig | None = None, **kwargs) -> dict:
             len(plan.damaged),
         )
         mark = time.perf_counter()
-        client = stack.enter_context(dask_client(config)) if plan.todo else None
+        if client is None and plan.todo:
+            client = stack.enter_context(dask_client(config))
         shipped = ship_config(config, client) if client is not None else config
-        phases["cluster_start"] = time.perf_counter() - mark
+        phases["cluster_start"] += time.perf_counter() - mark
         _start_output(writer, plan, started)
         mark = time.perf_counter()
-        done, failed, dashboard = run_shards(plan.todo, shipped, client) if plan.todo else ([], {}, None)
+        retried: dict[str, list[str]] = {}
+        done, failed, dashboard = (
+            run_shards(plan.todo, shipped, client, retried) if plan.todo else ([], {}, None)
+        )
         phases["shards"] = time.perf_counter() - mark
         for index in failed:
             remove_shard(writer, index)
@@ -505,6 +668,7 @@ def run(config: PrepConfig | None = None, **kwargs) -> dict:
             phase_seconds={k: round(v, 3) for k, v in phases.items()},
             damaged_shards={shard_name(i): why for i, why in plan.damaged.items()},
             discarded_shards=[shard_name(i) for i in plan.discard],
+            retried_shards=retried,
         )
     if failed:
         logger.error("%d shards failed; rerun the same command to redo them", len(failed))

@@ -294,3 +294,128 @@ def test_a_billion_name_brace_pattern_is_refused_without_building_it(tmp_path, s
     rc = cli_main(cli_args(f"{tmp_path}/s/{{0..999999999}}.tar", tmp_path / "m", "--format", "webdataset"))
     line = one_error_line(capsys)
     assert rc == 2 and "its braces name more than 1000000 files" in line, line
+
+
+# ------------------------------------------------------------------ clusters that answer
+
+
+@pytest.mark.timeout(120)
+def test_a_scheduler_that_never_answers_is_one_line_and_leaves_nothing(photos, tmp_path, monkeypatch, capsys):
+    import socket
+    import threading
+
+    import prep.runner
+
+    monkeypatch.setattr(prep.runner, "SCHEDULER_CONNECT_TIMEOUT_S", 1.0)
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    accepted = []
+
+    def accept_and_stay_silent():
+        while True:
+            try:
+                accepted.append(server.accept()[0])
+            except OSError:
+                return
+
+    threading.Thread(target=accept_and_stay_silent, daemon=True).start()
+    address = f"tcp://127.0.0.1:{server.getsockname()[1]}"
+    out = tmp_path / "m"
+    try:
+        rc = cli_main(cli_args(photos, out, "--scheduler", address))
+    finally:
+        server.close()
+        for conn in accepted:
+            conn.close()
+    line = one_error_line(capsys)
+    assert rc == 2 and f"cannot reach the Dask scheduler {address} within 1 s" in line, line
+    assert "it accepted the connection but did not answer" in line and accepted
+    assert not out.exists()  # no lock held, no plan written
+
+
+@pytest.mark.timeout(120)
+def test_a_scheduler_without_workers_is_waited_for_then_one_line(photos, tmp_path, capsys):
+    from distributed import LocalCluster
+
+    out = tmp_path / "m"
+    with LocalCluster(n_workers=0, dashboard_address=":0") as cluster:
+        address = cluster.scheduler_address
+        rc = cli_main(cli_args(photos, out, "--scheduler", address, "--worker-timeout", "0.5"))
+    line = one_error_line(capsys)
+    assert rc == 2 and f"--scheduler {address} has 0 workers after waiting 0.5 s (--worker-timeout)" in line
+    assert not out.exists()
+
+
+def test_workers_lost_mid_run_and_failed_attempts_are_logged_and_counted(photos, tmp_path, capsys, caplog):
+    src = tmp_path / "in"
+    shutil.copytree(photos, src)
+    victim = sorted(src.rglob("*.jpg"))[3]  # in shard 1
+    (victim.parent / (victim.name + ".die-once")).write_text("")
+    out = tmp_path / "m"
+    rc = cli_main([*cli_args(src, out), "--retries", "2", "--json"])
+    summary = json.loads(capsys.readouterr().out)
+    assert rc == 0 and summary["failed_shards"] == {} and summary["manifest"]["images"] == 8
+    (why,) = summary["retried_shards"]["shard-00001"]
+    assert why.startswith("its worker tcp://") and why.endswith(" left while running it")
+    assert list(summary["retried_shards"]) == ["shard-00001"]
+    assert f"shard-00001 lost an attempt ({why}); Dask retries it" in caplog.text
+
+    # an attempt that raises: every shard fails twice (one retry), and the first failure is a retry
+    (tmp_path / "m2" / "images").mkdir(parents=True)
+    (tmp_path / "m2" / "images" / "_stats").write_text("a file where prep writes a folder")
+    summary = run(cfg(src, tmp_path / "m2", retries=1, limit=4))
+    assert (
+        sorted(summary["failed_shards"])
+        == sorted(summary["retried_shards"])
+        == ["shard-00000", "shard-00001"]
+    )
+    assert all(len(whys) == 1 and "Error" in whys[0] for whys in summary["retried_shards"].values())
+    text = hardening.prep.cli.format_summary({**summary, "out": "m2"})
+    assert "2 failed, 2 retried" in text and "RETRIED     shard-00000: " in text
+
+
+def test_an_output_the_workers_do_not_share_is_refused(photos, tmp_path, serial, capsys):
+    rc = cli_main(cli_args(photos, "memory://prep-out/m"))
+    line = one_error_line(capsys)
+    assert rc == 2 and "--out memory://prep-out/m is held in this process's memory" in line, line
+    assert serial.ran == []
+
+
+# ------------------------------------------------------------------ ids
+
+
+def test_ids_are_unique_across_tars_row_groups_and_files_of_one_name(tmp_path, serial, data_dir):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from img2dataset_layout import write_webdataset
+
+    from manifests.validate import validate_manifest
+
+    photos = sorted((data_dir / "hagrid_mini").rglob("*.jpg"))[:2]
+    tars = tmp_path / "tars"
+    write_webdataset(tars / "a", photos, per_shard=2)
+    shutil.copytree(tars / "a", tars / "b")  # the same keys again, in a tar of the same name
+    jpg = photos[0].read_bytes()
+    tables = tmp_path / "tables"
+    for folder in ("x", "y"):  # x/part.parquet beside y/part.parquet, keyless: ids from the position
+        (tables / folder).mkdir(parents=True)
+        pq.write_table(pa.table({"jpg": [jpg, jpg]}), tables / folder / "part.parquet")
+    pq.write_table(pa.table({"jpg": [jpg] * 4, "key": ["k"] * 4}), tables / "keys.parquet", row_group_size=2)
+    cases = {"webdataset": (tars, 6), "parquet": (tables, 8)}
+    for fmt, (src, n) in cases.items():
+        out = tmp_path / f"m-{fmt}"
+        summary = run(cfg(src, out, format=fmt, label_from_dir=False))
+        ids = [r["image_id"] for r in pq.read_table(out / "images").to_pylist()]
+        assert summary["manifest"]["images"] == len(ids) == len(set(ids)) == n, ids
+        assert [p for p in validate_manifest(str(out), decode=False) if "image_id" in p.message] == []
+    assert sorted(ids) == [
+        "keys_rg0__k",
+        "keys_rg0__k__dup1",
+        "keys_rg1__k",
+        "keys_rg1__k__dup1",
+        "x__part_rg0__part-000000",
+        "x__part_rg0__part-000001",
+        "y__part_rg0__part-000000",
+        "y__part_rg0__part-000001",
+    ]

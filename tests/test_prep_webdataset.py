@@ -40,7 +40,8 @@ def config(input, tmp_path, **kw):
 
 
 def rows(out, table="images"):
-    return {r["image_id"]: r for r in pq.read_table(f"{out}/{table}").to_pylist()}
+    """{source key (the id of a row without one): row}; image ids are `{unit}__{key}`."""
+    return {r["source_key"] or r["image_id"]: r for r in pq.read_table(f"{out}/{table}").to_pylist()}
 
 
 def test_brace_expansion_keeps_zero_padding_and_lists():

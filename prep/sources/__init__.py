@@ -25,7 +25,7 @@ from .folder import folder_records
 from .hagrid import hagrid_records
 from .interhand import interhand_records
 from .parquet import PARQUET
-from .units import SourceUnit, UnitSource, all_records, apply_limit, expand_unit
+from .units import SourceUnit, UnitSource, all_records, apply_limit, expand_unit, unit_labels
 from .webdataset import WEBDATASET
 
 # Sources whose input is listed by units on the driver and expanded inside the worker tasks.
@@ -43,7 +43,7 @@ SOURCES: dict[str, Callable[[PrepConfig], Iterable[ImageRecord]]] = {
 def load_units(config: PrepConfig) -> list[SourceUnit] | None:
     """The units of a unit-read source, `config.limit` applied; None for a record source."""
     source = UNIT_SOURCES.get(config.format)
-    return None if source is None else apply_limit(source.units(config), config.limit)
+    return None if source is None else apply_limit(unit_labels(source.units(config)), config.limit)
 
 
 def unit_records(config: PrepConfig, unit: SourceUnit) -> Iterator[ImageRecord]:

@@ -46,11 +46,14 @@ class SourceUnit:
     count: int | None = None  # samples in the unit, when known from metadata (Parquet footers)
     first: int = 0  # position of the unit's first row in its file (row ids of keyless Parquet tables)
     take: int | None = None  # --limit: expand at most this many samples
+    file_label: str | None = None  # the file's name among the input's files (`unit_labels`); None: its stem
 
     @property
     def name(self) -> str:
-        """A short, filename-safe name of the unit: `00012` for `.../00012.tar`, `part-3_rg2` for a row group."""
-        stem = posixpath.splitext(posixpath.basename(self.uri.rstrip("/")))[0]
+        """A short, filename-safe name of the unit, unique among the input's units: `00012` for
+        `.../00012.tar`, `part-3_rg2` for a row group, `x__part_rg0` for `x/part.parquet` beside
+        `y/part.parquet`. It qualifies the ids of the unit's samples (`expand_unit`)."""
+        stem = self.file_label or posixpath.splitext(posixpath.basename(self.uri.rstrip("/")))[0]
         return safe_name(stem if self.part is None else f"{stem}_rg{self.part}")
 
     @property
@@ -58,7 +61,23 @@ class SourceUnit:
         return self.count if self.take is None else min(self.take, self.count or self.take)
 
     def identity(self) -> str:
-        return f"{self.uri}\0{self.part}\0{self.take}"
+        return f"{self.uri}\0{self.part}\0{self.take}\0ids:{self.name}"
+
+
+def unit_labels(units: list[SourceUnit]) -> list[SourceUnit]:
+    """The units, each file named so that no two files share a name: by its stem, or, when two
+    stems clash (`x/part.parquet`, `y/part.parquet`), by its path below the files' common folder."""
+    uris = list(dict.fromkeys(u.uri for u in units))
+    stems = {uri: posixpath.splitext(posixpath.basename(uri.rstrip("/")))[0] for uri in uris}
+    if len(set(stems.values())) == len(stems):
+        return units
+    common = (
+        posixpath.commonpath([posixpath.dirname(u) for u in uris]) if len(uris) > 1 else ""
+    )
+    labels = {
+        uri: posixpath.splitext(posixpath.relpath(uri, common or "/"))[0] for uri in uris
+    }
+    return [replace(u, file_label=labels[u.uri]) for u in units]
 
 
 @dataclass(frozen=True)
@@ -173,7 +192,10 @@ def apply_limit(units: list[SourceUnit], limit: int | None) -> list[SourceUnit]:
 
 
 def expand_unit(source: UnitSource, unit: SourceUnit, config: PrepConfig) -> Iterator[ImageRecord]:
-    """The unit's records, ids kept unique, at most `unit.take` of them.
+    """The unit's records, at most `unit.take` of them, each id qualified by the unit's name
+    (`{unit}__{key}`): ids are unique within a unit (`dedupe`) and unit names among the input's units,
+    so two tars with the same keys, or one key in two row groups, never write one id twice. The
+    sample's own key stays in `source_key`.
 
     A unit that stops being readable part way (a truncated tar, a corrupt row group) ends with one
     error record naming the unit and the reason, so the samples read before it are kept and the
@@ -186,7 +208,7 @@ def expand_unit(source: UnitSource, unit: SourceUnit, config: PrepConfig) -> Ite
             if unit.take is not None and n >= unit.take:
                 return
             n += 1
-            yield record
+            yield replace(record, image_id=f"{unit.name}__{record.image_id}")
     except OSError:
         raise
     except Exception as exc:  # noqa: BLE001 - a damaged container becomes an error row, not a lost shard
@@ -199,7 +221,7 @@ def all_records(source: UnitSource) -> Callable[[PrepConfig], Iterator[ImageReco
     """A plain `SOURCES` adapter over a unit source: every unit expanded in order (small inputs, tests)."""
 
     def records(config: PrepConfig) -> Iterator[ImageRecord]:
-        for unit in source.units(config):
+        for unit in unit_labels(source.units(config)):
             yield from expand_unit(source, unit, config)
 
     return records
