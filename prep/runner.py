@@ -320,7 +320,7 @@ def run_shards(
             while futures:
                 try:
                     finished = wait(
-                        list(futures), timeout=SLOTS_REFRESH_S, return_when="FIRST_COMPLETED"
+                        list(futures), timeout=WATCH_S, return_when="FIRST_COMPLETED"
                     ).done
                 except TimeoutError:
                     finished = set()
