@@ -15,6 +15,7 @@ import os
 import socket
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 
 from manifests.schema import TABLES
@@ -101,8 +102,9 @@ def probe_scheduler(address: str, timeout: float) -> None:
         )
         await comm.close()
 
-    try:
-        asyncio.run(handshake())
+    try:  # in a thread of its own: the caller may already run an event loop (a notebook)
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pool.submit(asyncio.run, handshake()).result()
     except asyncio.TimeoutError:
         raise TimeoutError("it accepted the connection but did not answer") from None
 
@@ -319,9 +321,7 @@ def run_shards(
         with _progress(None if None in sizes else sum(sizes), config.progress) as bar:
             while futures:
                 try:
-                    finished = wait(
-                        list(futures), timeout=WATCH_S, return_when="FIRST_COMPLETED"
-                    ).done
+                    finished = wait(list(futures), timeout=WATCH_S, return_when="FIRST_COMPLETED").done
                 except TimeoutError:
                     finished = set()
                 report()
