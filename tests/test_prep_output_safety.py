@@ -448,3 +448,31 @@ def test_hostile_prep_files_and_patterns_stay_within_memory(photos, tmp_path):
         proc.returncode = os.waitstatus_to_exitcode(status)
         assert proc.returncode == 2 and len(err) == 1 and "Traceback" not in err[0], (name, err)
         assert usage.ru_maxrss * 1024 < 1.5 * 2**30, (name, usage.ru_maxrss)
+
+
+@pytest.mark.timeout(180)
+def test_a_cluster_whose_workers_all_leave_stops_the_run_after_the_wait(photos, tmp_path, capsys):
+    import threading
+    import time
+
+    from distributed import LocalCluster
+
+    src = tmp_path / "in"
+    shutil.copytree(photos, src)
+    busy = sorted(src.rglob("*.jpg"))[2]  # shard 1 waits while `.block` exists
+    (busy.parent / (busy.name + ".block")).write_text("")
+    out = tmp_path / "m"
+    with LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=":0") as cluster:
+
+        def leave_once_busy():
+            while not (busy.parent / (busy.name + ".blocked")).exists():
+                time.sleep(0.05)
+            cluster.scale(0)
+
+        threading.Thread(target=leave_once_busy, daemon=True).start()
+        rc = cli_main(cli_args(src, out, "--scheduler", cluster.scheduler_address, "--worker-timeout", "1"))
+    line = one_error_line(capsys)
+    assert rc == 2 and f"the Dask cluster {cluster.scheduler_address} has had 0 workers for 1 s" in line, line
+    assert "with 3 shards to do; the 1 completed this run are kept" in line
+    assert sorted(p.name for p in (out / "images").glob("*.parquet")) == ["shard-00000.parquet"]
+    assert not (out / LOCK_FILE).exists()
