@@ -71,12 +71,8 @@ def unit_labels(units: list[SourceUnit]) -> list[SourceUnit]:
     stems = {uri: posixpath.splitext(posixpath.basename(uri.rstrip("/")))[0] for uri in uris}
     if len(set(stems.values())) == len(stems):
         return units
-    common = (
-        posixpath.commonpath([posixpath.dirname(u) for u in uris]) if len(uris) > 1 else ""
-    )
-    labels = {
-        uri: posixpath.splitext(posixpath.relpath(uri, common or "/"))[0] for uri in uris
-    }
+    common = posixpath.commonpath([posixpath.dirname(u) for u in uris]) if len(uris) > 1 else ""
+    labels = {uri: posixpath.splitext(posixpath.relpath(uri, common or "/"))[0] for uri in uris}
     return [replace(u, file_label=labels[u.uri]) for u in units]
 
 
