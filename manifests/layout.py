@@ -23,7 +23,7 @@ from .errors import (
     SchemaMismatchError,
 )
 from .schema import SCHEMA_VERSION, TABLES, schema_problems, version_tuple
-from .storage import join, read_json, url_for
+from .storage import join, open_regular, read_json, url_for
 from .writer import MANIFEST_FILE, STATS_DIR
 
 logger = logging.getLogger(__name__)
@@ -87,7 +87,7 @@ def read_json_object(fs, path: str, what: str) -> tuple[dict | None, Problem | N
 
 def _read_footer(fs, shard: ShardFile, table: str) -> list[Problem]:
     try:
-        with fs.open(shard.path, "rb") as f:
+        with open_regular(fs, shard.path, None) as f:
             pf = pq.ParquetFile(f)
             md = pf.metadata
             schema = pf.schema_arrow
@@ -117,7 +117,7 @@ def damaged_file(fs, path: str, stats: dict) -> str | None:
     if stats.get("bytes") is not None and size != stats["bytes"]:
         return f"its Parquet file has {size} bytes, its stats say {stats['bytes']} (truncated or overwritten)"
     try:
-        with fs.open(path, "rb") as f:
+        with open_regular(fs, path, None) as f:
             rows = pq.ParquetFile(f).metadata.num_rows
     except Exception as exc:  # noqa: BLE001 - pyarrow raises ArrowInvalid / OSError for a bad footer
         return f"its Parquet footer cannot be read: {' '.join(str(exc).split())}"
@@ -178,7 +178,7 @@ def infer_table(fs, path: str) -> str | None:
     shards, _ = list_shards(fs, path)
     for name in shards:
         try:
-            with fs.open(join(path, name), "rb") as f:
+            with open_regular(fs, join(path, name), None) as f:
                 t = shard_table(pq.read_schema(f))
             if t in TABLES:
                 return t

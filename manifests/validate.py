@@ -40,7 +40,7 @@ from .geometry import CropBox, heatmap_peaks, visible_bbox
 from .layout import ShardFile, TableScan, infer_table, root_problems, scan_table
 from .names import unsafe_name
 from .schema import NO_MASK, NUM_HAND_KEYPOINTS, STATUSES, TABLES
-from .storage import filesystem, join, url_for
+from .storage import filesystem, join, open_regular, url_for
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ def _rows(fs, shard, columns, out: _Collector):
     """Yield (row_index_in_file, row dict) of a shard; an unreadable row group is reported, not skipped silently."""
     base = 0
     try:
-        f = fs.open(shard.path, "rb")
+        f = open_regular(fs, shard.path, None)
         pf = pq.ParquetFile(f)
     except Exception as exc:
         out.add(shard.url, f"cannot open: {exc}", kind="corrupt")

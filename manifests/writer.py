@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 import time
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -24,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .schema import SCHEMA_VERSION, TABLES, schema_for
-from .storage import atomic_write_bytes, filesystem, join, read_json, write_json
+from .storage import TEMP_NAME, atomic_write_bytes, filesystem, join, open_regular, read_json, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -133,19 +134,29 @@ class ManifestWriter:
             if self.fs.exists(path):
                 self.fs.rm(path)
 
-    def remove_temporaries(self, older_than: float) -> list[str]:
-        """Delete hidden `.*.tmp` files (left by a write that died, e.g. on a full disk) last modified
-        before the time `older_than` (seconds since the epoch); returns the paths removed.
+    def remove_temporaries(self, older_than: float, root_files: tuple[str, ...] = ()) -> list[str]:
+        """Delete the temporaries of writes that died (e.g. on a full disk) last modified before the
+        time `older_than` (seconds since the epoch); returns the paths removed.
 
-        Call it only while no other writer works on this root (prep holds the output lock): a
-        temporary file of a live writer is about to be renamed into place.
+        Only files this writer makes are touched: a name `atomic_write_bytes` gives (``.{target}.{32
+        hex}.handfirst.tmp``) whose target is a file of the manifest layout in that folder, holding
+        what that target holds (a Parquet file starts with ``PAR1``, a JSON one with ``{``) or nothing
+        yet; `root_files` names other files written at the root through `write_json` (prep's plan).
+        Anything else a user keeps in the folder stays. Call it only while no other writer works
+        on this root (prep holds the output lock): a live writer's temporary is about to be renamed.
         """
         removed = []
-        for d in [self.path] + [join(self.path, t, sub) for t in TABLES for sub in ("", STATS_DIR)]:
-            d = d.rstrip("/")
+        for d, targets in self._temporary_targets(root_files).items():
             if not self.fs.isdir(d):
                 continue
-            for path in self.fs.glob(join(d, ".*.tmp")):
+            for path in self.fs.ls(d, detail=False):
+                match = TEMP_NAME.match(path.rstrip("/").rsplit("/", 1)[-1])
+                if (
+                    not match
+                    or not targets.match(match["name"])
+                    or not self._looks_written(path, match["name"])
+                ):
+                    continue
                 try:
                     modified = self.fs.modified(path).timestamp()
                 except (NotImplementedError, FileNotFoundError, OSError):
@@ -154,6 +165,26 @@ class ManifestWriter:
                     self.fs.rm(path)
                     removed.append(path)
         return removed
+
+    def _temporary_targets(self, root_files: tuple[str, ...]) -> dict[str, re.Pattern]:
+        """{folder: the names written there}."""
+        root = re.compile("^(" + "|".join(re.escape(n) for n in (MANIFEST_FILE, *root_files)) + ")$")
+        table = re.compile(rf"^({re.escape(MANIFEST_FILE)}|shard-\d{{5,}}\.parquet)$")
+        stats = re.compile(r"^shard-\d{5,}\.json$")
+        return {self.path: root} | {
+            d: pattern
+            for t in TABLES
+            for d, pattern in ((join(self.path, t), table), (join(self.path, t, STATS_DIR), stats))
+        }
+
+    def _looks_written(self, path: str, target: str) -> bool:
+        """Whether a temporary holds the start of what its target holds (or nothing yet)."""
+        try:
+            with open_regular(self.fs, path, None) as f:
+                head = f.read(4)
+        except (OSError, ValueError):
+            return False
+        return head == b"" or head.startswith(b"PAR1" if target.endswith(".parquet") else b"{")
 
     def write_shard(
         self,
@@ -224,6 +255,7 @@ class ManifestWriter:
             }
             if t == "images":
                 info["status_counts"] = dict(status)
+            self.fs.makedirs(join(self.path, t), exist_ok=True)  # a run whose every shard failed
             write_json(self.fs, join(self.path, t, MANIFEST_FILE), info)
             summary["tables"][t] = {k: info[k] for k in ("num_rows", "num_shards")} | (
                 {"status_counts": info["status_counts"]} if t == "images" else {}

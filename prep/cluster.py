@@ -15,6 +15,7 @@ import logging
 import os
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 from manifests.settings import flag
@@ -22,7 +23,7 @@ from manifests.storage import filesystem, is_local
 from manifests.writer import shard_name
 
 from .config import PrepConfig
-from .shard import process_shard
+from .shard_watch import ShardWatch, shard_task
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +34,11 @@ SCHEDULER_CONNECT_TIMEOUT_S = 10.0
 # How often the driver re-reads the cluster's thread count while it hands out shards.
 SLOTS_REFRESH_S = 1.0
 
+# How long the driver waits for a shard to finish before it looks at the cluster (workers, lost attempts).
+WATCH_S = 1.0
+
+# Filesystems that live inside one process: the workers (other processes) cannot share them.
+PROCESS_LOCAL_PROTOCOLS = ("memory",)
 
 # Settings that name a file or folder a worker opens (the driver resolves them before shipping).
 PATH_SETTINGS = ("input", "out", "sam_checkpoint", "annotations")
@@ -46,6 +52,42 @@ def uses_sam(config: PrepConfig) -> bool:
     return config.resolved_mask_method() == "sam"
 
 
+def probe_scheduler(address: str, timeout: float) -> None:
+    """Connect to the scheduler at `address` and complete distributed's handshake within `timeout`
+    seconds, or raise TimeoutError / OSError. `Client(timeout=...)` bounds the connection but not the
+    handshake, so a port that accepts and never answers would hold the run forever."""
+    import asyncio
+
+    from distributed.comm import connect
+    from distributed.security import Security
+
+    async def handshake():
+        comm = await asyncio.wait_for(
+            connect(address, timeout=timeout, **Security().get_connection_args("client")), timeout
+        )
+        await comm.close()
+
+    try:  # in a thread of its own: the caller may already run an event loop (a notebook)
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pool.submit(asyncio.run, handshake()).result()
+    except asyncio.TimeoutError:
+        raise TimeoutError("it accepted the connection but did not answer") from None
+
+
+def await_workers(client, config: PrepConfig) -> None:
+    """Return once the cluster has a worker, waiting at most `config.worker_timeout` seconds."""
+    if client.nthreads():
+        return
+    logger.info("%s has no workers yet; waiting up to %g s for one", config.scheduler, config.worker_timeout)
+    try:
+        client.wait_for_workers(1, timeout=config.worker_timeout)
+    except TimeoutError:
+        raise ClusterSetupError(
+            f"--scheduler {config.scheduler} has {len(client.nthreads())} workers after waiting "
+            f"{config.worker_timeout:g} s (--worker-timeout); start one with `dask worker {config.scheduler}`"
+        ) from None
+
+
 @contextmanager
 def dask_client(config: PrepConfig):
     """A distributed Client: to `config.scheduler`, or to a LocalCluster started (and stopped) here."""
@@ -54,6 +96,7 @@ def dask_client(config: PrepConfig):
 
     if config.scheduler:
         try:
+            probe_scheduler(config.scheduler, SCHEDULER_CONNECT_TIMEOUT_S)
             client = Client(config.scheduler, timeout=SCHEDULER_CONNECT_TIMEOUT_S)
         except ValueError as exc:  # malformed address: no port, unknown scheme
             raise ClusterSetupError(
@@ -66,6 +109,7 @@ def dask_client(config: PrepConfig):
                 f"({reason[:200]}); is it running, and is the address right?"
             ) from None
         with client:
+            await_workers(client, config)
             if config.gpu_resource and uses_sam(config):
                 workers = client.scheduler_info().get("workers", {}).values()
                 if not any(w.get("resources", {}).get("GPU") for w in workers):
@@ -112,16 +156,22 @@ def _progress(total: int, enabled: bool):
     return tqdm(total=total, unit="img", desc="prep", disable=not enabled, smoothing=0.1)
 
 
-def run_shards(todo, config: PrepConfig, client=None) -> tuple[list[dict], dict[int, str], str | None]:
+def run_shards(
+    todo, config: PrepConfig, client=None, retried: dict | None = None
+) -> tuple[list[dict], dict[int, str], str | None]:
     """Run the shard tasks; (stats of completed shards, {index: reason} of failed ones, dashboard URL).
 
     Uses `client` when given (it stays open), else connects or starts a cluster for this call.
+    Each attempt of a shard that is lost and run again (its task raised, or its worker left) is
+    logged and put in `retried` ({shard name: [why]}). When the cluster has had no worker for
+    `config.worker_timeout` seconds, the run stops with ClusterSetupError (completed shards are kept).
     """
     if client is None:
         with dask_client(config) as own:
-            return run_shards(todo, config, own)
-    from distributed import as_completed
+            return run_shards(todo, config, own, retried)
+    from distributed import wait
 
+    retried = {} if retried is None else retried
     done, failed = [], {}
     dashboard = client.dashboard_link
     hint = "" if importlib.util.find_spec("bokeh") else " (its plots need bokeh: pip install bokeh)"
@@ -130,7 +180,7 @@ def run_shards(todo, config: PrepConfig, client=None) -> tuple[list[dict], dict[
     token = f"{time.time_ns():x}"
     queue = list(reversed(todo))
     futures = {}
-    pending = as_completed()
+    watch = ShardWatch(client, token)
 
     threads = {"n": 0, "read": -float("inf")}
 
@@ -139,8 +189,8 @@ def run_shards(todo, config: PrepConfig, client=None) -> tuple[list[dict], dict[
         # scheduler, and paid on every finished shard it delayed the next one (measured by
         # bench/scale.py as the idle gap between a worker's tasks).
         if time.monotonic() - threads["read"] >= SLOTS_REFRESH_S:
-            threads.update(n=max(1, sum(client.nthreads().values())), read=time.monotonic())
-        return threads["n"]
+            threads.update(n=sum(client.nthreads().values()), read=time.monotonic())
+        return max(1, threads["n"])
 
     def fill():
         # One shard in flight per worker thread: the graph stays small, and a worker that dies takes
@@ -148,40 +198,78 @@ def run_shards(todo, config: PrepConfig, client=None) -> tuple[list[dict], dict[
         # suspect, so queued bystanders would use up their retries too).
         while queue and len(futures) < slots():
             shard = queue.pop()
+            key = f"prep-{shard_name(shard.index)}-{token}"
+            watch.shard_of[key] = shard.index
             fut = client.submit(
-                process_shard,
+                shard_task,
+                watch.topic,
                 shard.index,
                 shard.records,
                 config,
                 shard.fingerprint,
                 shard.config_fingerprint,
                 shard.unit,
-                key=f"prep-{shard_name(shard.index)}-{token}",
+                key=key,
                 retries=config.retries,
                 pure=False,
                 **extra,
             )
             futures[fut] = shard
-            pending.add(fut)
 
-    fill()
+    def report() -> None:
+        for index, why in watch.drain():
+            retried.setdefault(shard_name(index), []).append(why)
+            logger.warning(
+                "%s lost an attempt (%s); Dask retries it while retries remain", shard_name(index), why
+            )
+
+    no_workers_since = None
     hands = errors = 0
     sizes = [s.num_images for s in todo]
-    with _progress(None if None in sizes else sum(sizes), config.progress) as bar:
-        for fut in pending:
-            shard = futures.pop(fut)
-            try:
-                stats = fut.result()
-            except Exception as exc:  # noqa: BLE001 - a lost shard is reported, the others go on
-                failed[shard.index] = f"{type(exc).__name__}: {exc}"
-                logger.error("%s failed after retries: %s", shard_name(shard.index), failed[shard.index])
-            else:
-                done.append(stats)
-                hands += stats["hands"]
-                errors += stats["status_counts"].get("error", 0)
-                bar.update(stats["images"])
-                bar.set_postfix(hands=hands, errors=errors, refresh=False)
-            fill()
+    try:
+        fill()
+        with _progress(None if None in sizes else sum(sizes), config.progress) as bar:
+            while futures:
+                try:
+                    finished = wait(list(futures), timeout=WATCH_S, return_when="FIRST_COMPLETED").done
+                except TimeoutError:
+                    finished = set()
+                report()
+                if not finished:
+                    slots()
+                    no_workers_since = None if threads["n"] else (no_workers_since or time.monotonic())
+                    if no_workers_since and time.monotonic() - no_workers_since > config.worker_timeout:
+                        client.cancel(list(futures))
+                        raise ClusterSetupError(
+                            f"the Dask cluster {client.scheduler.address} has had 0 workers for "
+                            f"{config.worker_timeout:g} s (--worker-timeout) with {len(futures) + len(queue)} "
+                            f"shards to do; the {len(done)} completed this run are kept: start workers and rerun"
+                        )
+                    continue
+                for fut in finished:
+                    shard = futures.pop(fut)
+                    try:
+                        stats = fut.result()
+                    except Exception as exc:  # noqa: BLE001 - a lost shard is reported, the others go on
+                        failed[shard.index] = f"{type(exc).__name__}: {exc}"
+                        logger.error(
+                            "%s failed after retries: %s", shard_name(shard.index), failed[shard.index]
+                        )
+                    else:
+                        done.append(stats)
+                        hands += stats["hands"]
+                        errors += stats["status_counts"].get("error", 0)
+                        bar.update(stats["images"])
+                        bar.set_postfix(hands=hands, errors=errors, refresh=False)
+                fill()
+        report()
+        for index in failed:  # the last attempt of a failed shard is its failure, not a retry
+            whys = retried.get(shard_name(index), [])
+            del whys[-1:]
+            if not whys:
+                retried.pop(shard_name(index), None)
+    finally:
+        watch.close()
     return done, failed, dashboard
 
 

@@ -59,9 +59,9 @@ class PrepConfig(Settings):
     )
     overwrite: bool = setting(
         False,
-        "Replace shards in --out written under other row-shaping settings, or beyond this run's input; they "
-        "are deleted before any new shard is written, while shards already written under these settings are "
-        "kept, so rerunning the same command resumes (default: refuse such a rerun).",
+        "Replace shards in --out written under other row-shaping settings, from another input, or beyond "
+        "this run's input; they are deleted before any new shard is written, while shards already written "
+        "under these settings are kept, so rerunning the same command resumes (default: refuse such a rerun).",
         runtime=True,
     )
     # Work partitioning
@@ -78,6 +78,14 @@ class PrepConfig(Settings):
     scheduler: str | None = setting(
         None,
         "Address of an existing Dask scheduler, e.g. tcp://host:8786 (default: start a LocalCluster).",
+        runtime=True,
+    )
+    worker_timeout: float = setting(
+        60.0,
+        "With --scheduler: seconds to wait for a Dask worker when the cluster has none, at the start or when "
+        "every worker has left mid-run, before the run stops saying how many there are.",
+        gt=0,
+        le=86400,
         runtime=True,
     )
     shared_filesystem: bool = setting(

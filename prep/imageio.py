@@ -23,16 +23,15 @@ from __future__ import annotations
 
 import io
 import logging
-import os
-import stat
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import fsspec
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from manifests.storage import url_to_fs
+from manifests.storage import FileTooLargeError, NotRegularFileError, open_regular, url_to_fs
 
 from .errors import ImageDecodeError, ImageReadError, ImageTooLargeError
 
@@ -42,16 +41,6 @@ EXIF_ORIENTATION_TAG = 0x0112
 # Default of PrepConfig.max_file_bytes: far above any real photo (a 100-megapixel JPEG is ~60 MiB),
 # far below what would hurt a worker's memory.
 MAX_FILE_BYTES = 256 * 2**20
-
-# stat file-type test -> the words an error row uses for what was found instead of a regular file.
-SPECIAL_FILES = {
-    stat.S_ISDIR: "a directory",
-    stat.S_ISFIFO: "a FIFO (named pipe)",
-    stat.S_ISCHR: "a character device",
-    stat.S_ISBLK: "a block device",
-    stat.S_ISSOCK: "a socket",
-}
-
 
 # EXIF orientation -> the PIL transpose that shows the image upright (as `ImageOps.exif_transpose`).
 ORIENTATION_TRANSPOSE = {
@@ -144,71 +133,31 @@ class DecodedImage:
         return self.pixels if not self.reduced else np.asarray(self.full_image(), dtype=np.uint8)
 
 
-def _not_regular(uri: str, what: str) -> ImageReadError:
-    return ImageReadError(f"{uri}: {what}, not a regular file; only regular files are read")
-
-
-def _special(mode: int) -> str:
-    return next((words for test, words in SPECIAL_FILES.items() if test(mode)), "a special file")
-
-
 def _too_big(uri: str, size: int | str, max_bytes: int) -> ImageTooLargeError:
     return ImageTooLargeError(f"{uri}: {size} bytes exceeds max_file_bytes={max_bytes}")
 
 
-def _local_path(uri: str) -> str | None:
-    """The file system path of a local `uri` (plain path or file:// URL), None for other protocols."""
+def _filesystem(uri: str):
+    """(fs, path) of a local path, file:// URL or fsspec URL."""
     if "://" not in uri:
-        return uri
-    return uri[len("file://") :] if uri.startswith("file://") else None
-
-
-def _open_local(path: str, uri: str, max_bytes: int | None):
-    """An open binary file for a local regular file, refusing special files before opening them.
-
-    The first stat follows symlinks, so a link to /dev/zero is refused as the device it is. The open
-    itself is non-blocking and re-checked with fstat, so a FIFO swapped in between the two cannot
-    block the worker either.
-    """
-    info = os.stat(path)
-    if not stat.S_ISREG(info.st_mode):
-        raise _not_regular(uri, _special(info.st_mode))
-    if max_bytes is not None and info.st_size > max_bytes:
-        raise _too_big(uri, info.st_size, max_bytes)
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
-    try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            raise _not_regular(uri, _special(mode))
-        return os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
-
-
-def _open_remote(uri: str, max_bytes: int | None):
-    """An open binary file for an fsspec URL whose `info` says it is a file within the byte cap."""
-    fs, path = url_to_fs(uri)
-    info = fs.info(path)
-    if info.get("type") != "file":
-        raise _not_regular(uri, f"{info.get('type') or 'unknown'} entry")
-    size = info.get("size")
-    if max_bytes is not None and size is not None and size > max_bytes:
-        raise _too_big(uri, size, max_bytes)
-    return fs.open(path, "rb")
+        return fsspec.filesystem("file"), uri
+    return url_to_fs(uri)
 
 
 def open_regular_file(uri: str, max_bytes: int | None = MAX_FILE_BYTES):
     """Open a local path or fsspec URL for reading after checking it is a regular file within `max_bytes`
-    (None: no size bound, for annotation files, which can be far larger than any photo).
+    (None: no size bound, for annotation files, which can be far larger than any photo); see
+    `manifests.storage.open_regular`.
 
     Raises `ImageReadError` (missing, special file, unreadable) or `ImageTooLargeError`, naming `uri`.
     """
     try:
-        local = _local_path(uri)
-        return _open_local(local, uri, max_bytes) if local is not None else _open_remote(uri, max_bytes)
-    except (ImageReadError, ImageTooLargeError):
-        raise
+        fs, path = _filesystem(uri)
+        return open_regular(fs, path, max_bytes, label=uri, limit_name="max_file_bytes")
+    except NotRegularFileError as exc:
+        raise ImageReadError(str(exc)) from exc
+    except FileTooLargeError as exc:
+        raise ImageTooLargeError(str(exc)) from exc
     except FileNotFoundError as exc:
         raise ImageReadError(f"{uri}: file not found") from exc
     except Exception as exc:  # fsspec backends raise their own types (PermissionError, ClientError, ...)

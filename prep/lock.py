@@ -5,8 +5,10 @@ so pyarrow, dask and the manifest reader ignore it.
 
 What holds where:
 
-* Local disk (and NFS v3+, where ``O_EXCL`` creation is atomic): the file is created with
-  ``O_CREAT | O_EXCL``, so of two runs starting together exactly one gets it; the other fails with
+* Local disk (and NFS v3+, where ``link`` and ``O_EXCL`` creation are atomic): the file is written
+  whole under a temporary name and hard-linked into place (``O_CREAT | O_EXCL`` where the filesystem
+  has no hard links), so of two runs starting together exactly one gets it, and a lock is never seen
+  half-written; the other fails with
   `OutputLockedError` naming the holder. A lock whose pid no longer runs on this host (a run killed
   with SIGKILL, a machine that rebooted, a pid now used by a process younger than the lock) is
   stale and taken over. The takeover holds ``flock`` on the stale file and checks that the path
@@ -16,6 +18,10 @@ What holds where:
   create-if-absent, so the lock is best effort: it is checked, then written. It refuses a second run
   started after the first one wrote its lock, and names it; two runs started within the same moment
   may both proceed. Do not start two runs on one object-store output.
+
+The lock is read as any file prep wrote itself (`manifests.storage.read_bounded`): a regular file of
+at most `MAX_LOCK_BYTES`. A lock that is not one (empty, not a JSON object naming a pid and host, a
+directory, a FIFO, a link to a device) is refused with `OutputLockedError` naming the file to delete.
 """
 
 from __future__ import annotations
@@ -29,11 +35,12 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from manifests.storage import filesystem, is_local, join
+from manifests.storage import filesystem, is_local, join, loads_json, read_bounded, temporary_name
 
 logger = logging.getLogger(__name__)
 
 LOCK_FILE = "_prep.lock"
+MAX_LOCK_BYTES = 64 * 2**10
 
 
 class OutputLockedError(RuntimeError):
@@ -88,12 +95,26 @@ class OutputLock:
         return (json.dumps(holder) + "\n").encode()
 
     def _read(self) -> dict:
+        """The holder the lock names; {} when it is gone. A lock that is not one raises OutputLockedError."""
+        where = self.path if self.local else self.fs.unstrip_protocol(self.path)
         try:
-            with self.fs.open(self.path, "rb") as f:
-                holder = json.loads(f.read() or b"{}")
-        except (OSError, ValueError):
-            return {}  # vanished or half-written: the caller treats it as held by an unknown run
-        return holder if isinstance(holder, dict) else {}
+            raw = read_bounded(self.fs, self.path, MAX_LOCK_BYTES, label=where)
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            raise self._broken(where, " ".join(str(exc).removeprefix(f"{where}: ").split())) from None
+        try:
+            holder = loads_json(raw) if raw else None
+        except ValueError:
+            holder = None
+        if not isinstance(holder, dict) or not isinstance(holder.get("pid"), int) or not holder.get("host"):
+            raise self._broken(where, "empty" if not raw else "not a JSON object naming a pid and a host")
+        return holder
+
+    def _broken(self, where: str, why: str) -> OutputLockedError:
+        return OutputLockedError(
+            f"{where} is not a prep lock ({why}); if no prep run is using {self.root}, delete it and rerun"
+        )
 
     def _locked_error(self, holder: dict, hint: str) -> OutputLockedError:
         return OutputLockedError(
@@ -109,7 +130,23 @@ class OutputLock:
         )
 
     def _create_local(self) -> bool:
-        """Create the lock file exclusively; False if it already exists."""
+        """Create the lock file, written whole, if it does not exist; False if it already exists."""
+        tmp = temporary_name(self.path)
+        with open(tmp, "xb") as f:
+            f.write(self._content())
+        try:
+            os.link(tmp, self.path)
+        except FileExistsError:
+            return False
+        except OSError as exc:  # a filesystem without hard links
+            if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS):
+                raise
+            return self._create_exclusive()
+        finally:
+            os.unlink(tmp)
+        return True
+
+    def _create_exclusive(self) -> bool:
         try:
             fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
@@ -123,7 +160,7 @@ class OutputLock:
         import fcntl
 
         try:
-            fd = os.open(self.path, os.O_RDONLY)
+            fd = os.open(self.path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
         except FileNotFoundError:
             return True  # released meanwhile: just try to create it again
         try:
@@ -182,7 +219,11 @@ class OutputLock:
 
     def release(self) -> None:
         """Remove the lock file if it is still ours."""
-        if self._read().get("token") != self.token:
+        try:
+            ours = self._read().get("token") == self.token
+        except OutputLockedError:
+            ours = False
+        if not ours:
             logger.warning("%s no longer holds this run's lock; leaving it", self.path)
             return
         try:

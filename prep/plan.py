@@ -13,6 +13,7 @@ replaced atomically under the same name, so a redo never leaves duplicate rows.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -124,7 +125,18 @@ def _span(indices: list[int]) -> str:
     )
 
 
-def pending_shards(shards: list[Shard], writer: ManifestWriter, overwrite: bool = False) -> ResumePlan:
+def _describe_input(identity) -> str:
+    """`--format F --input X` from a recorded `input_identity`."""
+    try:
+        fmt, where, annotations = json.loads(identity)
+    except (TypeError, ValueError):
+        return str(identity)[:200]
+    return f"--format {fmt} --input {where}" + (f" --annotations {annotations}" if annotations else "")
+
+
+def pending_shards(
+    shards: list[Shard], writer: ManifestWriter, overwrite: bool = False, input_identity: str | None = None
+) -> ResumePlan:
     """Compare the plan with what `writer`'s output already holds.
 
     A complete shard is kept when it was written from the same images under the same settings and
@@ -133,9 +145,11 @@ def pending_shards(shards: list[Shard], writer: ManifestWriter, overwrite: bool 
 
     Raises OutputConflictError, unless `overwrite`, when the output holds complete shards written under
     other row-shaping settings (stats whose `config_fingerprint` differs, or, for shards written before
-    stats recorded it, whose shard fingerprint differs) or shards beyond this plan (a larger input or
-    --limit): mixing them in would make one manifest of two configurations. With `overwrite` they are
-    in `discard` and their shards are redone.
+    stats recorded it, whose shard fingerprint differs), from another input (stats whose `input`
+    differs from `input_identity`, `prep.sources.input_identity`) or shards beyond this plan (a larger
+    input or --limit): mixing them in would make one manifest of two configurations, and replacing
+    them would lose a manifest of other images. With `overwrite` they are in `discard` and their
+    shards are redone.
     """
     done = writer.done_shards()
     planned = {s.index: s for s in shards}
@@ -151,9 +165,17 @@ def pending_shards(shards: list[Shard], writer: ManifestWriter, overwrite: bool 
             return recorded != config_fp
         return stats[i].get("fingerprint") != planned[i].fingerprint  # stats from before config_fingerprint
 
+    def other_input(i: int) -> bool:
+        recorded = stats[i].get("input") if stats[i] else None
+        return bool(recorded and input_identity and recorded != input_identity)
+
     conflicting = [i for i in stats if other_settings(i)]
-    if (beyond or conflicting) and not overwrite:
+    elsewhere = [i for i in stats if other_input(i) and i not in conflicting]
+    if (beyond or conflicting or elsewhere) and not overwrite:
         reasons = []
+        if elsewhere:
+            recorded = _describe_input(stats[elsewhere[0]]["input"])
+            reasons.append(f"shards {_span(elsewhere)} were written from another input ({recorded})")
         if conflicting:
             legacy = any(not stats[i].get("config_fingerprint") for i in conflicting)
             reasons.append(
@@ -169,7 +191,7 @@ def pending_shards(shards: list[Shard], writer: ManifestWriter, overwrite: bool 
             f"{writer.root} already holds a manifest this run would mix with its own: {'; '.join(reasons)}. "
             "Rerun with --overwrite to replace it, or use another --out."
         )
-    plan = ResumePlan([], {}, discard=sorted(beyond + conflicting))
+    plan = ResumePlan([], {}, discard=sorted(beyond + conflicting + elsewhere))
     damage = dict(_threaded(lambda i: shard_damage(writer, i), [i for i in stats if i not in plan.discard]))
     for s in shards:
         if s.index in stats and s.index not in plan.discard:

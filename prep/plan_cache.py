@@ -22,7 +22,7 @@ from manifests.storage import join, read_json, write_json
 
 from .config import PrepConfig
 from .sources import UNIT_SOURCES
-from .sources.base import open_input
+from .sources.base import open_input, relative, run_outputs
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +37,11 @@ def input_state(config: PrepConfig) -> str | None:
         return None
     try:
         fs, root = open_input(config.input)
-        entries = fs.find(root, detail=True) if fs.isdir(root) else {root: fs.info(root)}
+        if fs.isdir(root):
+            written = run_outputs(config, fs, root)  # this run's own output, when it is inside the input
+            entries = {p: i for p, i in fs.find(root, detail=True).items() if not written(relative(p, root))}
+        else:
+            entries = {root: fs.info(root)}
         extra = {}
         if config.annotations:
             afs, apath = open_input(config.annotations)

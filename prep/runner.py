@@ -10,17 +10,28 @@ import time
 from collections import Counter
 from contextlib import ExitStack
 
-from manifests.storage import filesystem
-from manifests.writer import ManifestWriter, shard_name
+from manifests.schema import TABLES
+from manifests.settings import flag
+from manifests.storage import filesystem, join, read_json
+from manifests.writer import MANIFEST_FILE, ManifestWriter, shard_name
 
 from . import plan_cache
 from .annotators import annotator_module
-from .cluster import ClusterSetupError, dask_client, run_shards, ship_config, uses_sam
+from .cluster import (
+    PATH_SETTINGS,
+    PROCESS_LOCAL_PROTOCOLS,
+    ClusterSetupError,
+    dask_client,
+    run_shards,
+    ship_config,
+    uses_sam,
+)
 from .config import PrepConfig
 from .errors import ModelLoadError
-from .lock import OutputLock, OutputLockedError
+from .lock import LOCK_FILE, OutputLock, OutputLockedError
 from .plan import ResumePlan, Shard, pending_shards, plan_shards, plan_units
-from .sources import AnnotationFileError, load_records, load_units
+from .sources import AnnotationFileError, input_identity, load_records, load_units
+from .sources.base import open_input, run_outputs
 
 logger = logging.getLogger(__name__)
 
@@ -101,10 +112,53 @@ def check_sam(config: PrepConfig) -> None:
 
 
 def check_output(config: PrepConfig) -> None:
-    """`out` can be a manifest folder: not a regular file (checked before reading any input)."""
+    """`out` can be a manifest folder (checked before reading any input): not a regular file, not in
+    this process's memory (no path setting may be: the workers are other processes), and no
+    `_manifest.json` there that is not a handfirst manifest's (finalize would replace it)."""
+    for name in PATH_SETTINGS:
+        value = getattr(config, name, None)
+        protocols = filesystem(str(value))[0].protocol if value else ()
+        if set([protocols] if isinstance(protocols, str) else protocols) & set(PROCESS_LOCAL_PROTOCOLS):
+            raise OutputError(
+                f"{flag(name)} {value} is held in this process's memory, which prep's workers (other "
+                "processes) do not share: give a local path or a store every worker reaches (s3://...)"
+            )
     fs, path = filesystem(config.out)
     if fs.isfile(path):
         raise OutputError(f"--out {config.out} is a file, not a folder: give a folder for the manifest")
+    in_fs, in_path = open_input(config.input)
+    if in_fs.isdir(in_path) and run_outputs(config, in_fs, in_path)("."):
+        raise OutputError(
+            f"--out {config.out} is the --input folder itself: its tables would be read back as input; "
+            "give another folder (one inside the input is fine: it is never read)"
+        )
+    for table in (None, *TABLES):
+        mpath = join(path, *([table] if table else []), MANIFEST_FILE)
+        if not fs.exists(mpath):
+            continue
+        why = foreign_summary(fs, mpath, table)
+        if why:
+            shown = join(config.out, *([table] if table else []), MANIFEST_FILE)
+            raise OutputError(
+                f"--out {config.out} holds {shown}, which is not a handfirst manifest's ({why}); "
+                "use another --out, or move that file away"
+            )
+
+
+def foreign_summary(fs, path: str, table: str | None) -> str | None:
+    """Why the `_manifest.json` at `path` is not one a handfirst writer wrote (for `table`, or the
+    root's when None), or None when it is."""
+    try:
+        info = read_json(fs, path)
+    except (OSError, ValueError) as exc:
+        return " ".join(str(exc).removeprefix(f"{path}: ").split())[:200]
+    if not isinstance(info, dict) or "schema_version" not in info:
+        return "not a JSON object with a schema_version"
+    if table is None and not isinstance(info.get("tables"), dict):
+        return "no 'tables' summary"
+    if table is not None and info.get("table") != table:
+        return f"it does not describe the {table!r} table"
+    return None
 
 
 def open_output(config: PrepConfig, writer: ManifestWriter) -> None:
@@ -137,7 +191,7 @@ def _start_output(writer: ManifestWriter, plan: ResumePlan, started: float) -> N
             "--overwrite: removed %d shards written under other settings or beyond this run's plan",
             len(plan.discard),
         )
-    for path in writer.remove_temporaries(older_than=started):
+    for path in writer.remove_temporaries(older_than=started, root_files=(plan_cache.PLAN_FILE, LOCK_FILE)):
         logger.info("removed %s, left by a write that did not finish", path)
 
 
@@ -189,7 +243,8 @@ def run(config: PrepConfig | None = None, **kwargs) -> dict:
 
     Summary keys: images, hands, status_counts, seconds, images_per_s (this run's work),
     phase_seconds {plan, resume_check, cluster_start, shards, finalize} (wall time of each step),
-    stage_ms_per_image, shards {run, skipped, failed}, failed_shards {name: reason}, manifest
+    stage_ms_per_image, shards {run, skipped, failed}, failed_shards {name: reason}, retried_shards
+    {name: [why each earlier attempt was lost: an error, or its worker left]}, manifest
     {images, hands, status_counts} (the whole manifest after this run), out, dashboard, preview.
     A rerun on the same `out` skips complete shards; a failed or damaged shard is redone by the next
     run. An output written under other row-shaping settings is refused (OutputConflictError) unless
@@ -202,22 +257,28 @@ def run(config: PrepConfig | None = None, **kwargs) -> dict:
     check_output(config)
     check_annotator(config)
     check_sam(config)
-    writer = ManifestWriter(config.out)
-    # The plan of the last run on this output, when nothing it was made from has changed: a rerun
-    # whose shards are all complete then does not parse the input again (prep.plan_cache).
-    state = plan_cache.input_state(config)
-    cached = plan_cache.load(writer.fs, writer.path, state)
-    cfp = config.fingerprint()
-    shards = [Shard(i, [], fp, cfp) for i, fp, _ in cached] if cached else plan_input(config)
-    phases = {"plan": time.perf_counter() - t0}  # wall seconds of each step, in the summary
-    open_output(config, writer)
     with ExitStack() as stack:
+        # An external scheduler is checked with the rest: it answers and has a worker before the input
+        # is read or anything is written to the output. A LocalCluster starts only for work to do.
+        mark = time.perf_counter()
+        client = stack.enter_context(dask_client(config)) if config.scheduler else None
+        phases = {"cluster_start": time.perf_counter() - mark}  # wall seconds of each step, in the summary
+        writer = ManifestWriter(config.out)
+        # The plan of the last run on this output, when nothing it was made from has changed: a rerun
+        # whose shards are all complete then does not parse the input again (prep.plan_cache).
+        state = plan_cache.input_state(config)
+        cached = plan_cache.load(writer.fs, writer.path, state)
+        cfp = config.fingerprint()
+        identity = input_identity(config)
+        shards = [Shard(i, [], fp, cfp) for i, fp, _ in cached] if cached else plan_input(config)
+        phases["plan"] = time.perf_counter() - t0 - phases["cluster_start"]
+        open_output(config, writer)
         stack.callback(lock_output(config).release)
         mark = time.perf_counter()
-        plan = pending_shards(shards, writer, overwrite=config.overwrite)
+        plan = pending_shards(shards, writer, config.overwrite, identity)
         if cached and (plan.todo or plan.discard):  # work to do: it needs the records after all
             cached, shards = None, plan_input(config)
-            plan = pending_shards(shards, writer, overwrite=config.overwrite)
+            plan = pending_shards(shards, writer, config.overwrite, identity)
         if not cached:
             plan_cache.save(writer.fs, writer.path, state, shards)
         phases["resume_check"] = time.perf_counter() - mark
@@ -231,12 +292,16 @@ def run(config: PrepConfig | None = None, **kwargs) -> dict:
             len(plan.damaged),
         )
         mark = time.perf_counter()
-        client = stack.enter_context(dask_client(config)) if plan.todo else None
+        if client is None and plan.todo:
+            client = stack.enter_context(dask_client(config))
         shipped = ship_config(config, client) if client is not None else config
-        phases["cluster_start"] = time.perf_counter() - mark
+        phases["cluster_start"] += time.perf_counter() - mark
         _start_output(writer, plan, started)
         mark = time.perf_counter()
-        done, failed, dashboard = run_shards(plan.todo, shipped, client) if plan.todo else ([], {}, None)
+        retried: dict[str, list[str]] = {}
+        done, failed, dashboard = (
+            run_shards(plan.todo, shipped, client, retried) if plan.todo else ([], {}, None)
+        )
         phases["shards"] = time.perf_counter() - mark
         for index in failed:
             remove_shard(writer, index)
@@ -252,6 +317,7 @@ def run(config: PrepConfig | None = None, **kwargs) -> dict:
             phase_seconds={k: round(v, 3) for k, v in phases.items()},
             damaged_shards={shard_name(i): why for i, why in plan.damaged.items()},
             discarded_shards=[shard_name(i) for i in plan.discard],
+            retried_shards=retried,
         )
     if failed:
         logger.error("%d shards failed; rerun the same command to redo them", len(failed))

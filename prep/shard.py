@@ -20,7 +20,7 @@ from manifests.writer import ManifestWriter
 from .annotators import annotator_module, get_annotator
 from .config import PrepConfig
 from .records import ImageRecord
-from .sources import SourceUnit, unit_records
+from .sources import SourceUnit, input_identity, unit_records
 
 logger = logging.getLogger(__name__)
 
@@ -106,6 +106,7 @@ def process_shard(
         "index": index,
         "fingerprint": fingerprint,
         "config_fingerprint": config_fingerprint,
+        "input": input_identity(config),
         "images": len(image_rows),
         "hands": len(hand_rows),
         "status_counts": dict(status),

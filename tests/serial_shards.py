@@ -21,7 +21,7 @@ class SerialShards:
         self.stop_after: int | None = None
         self.ran: list[int] = []
 
-    def run_shards(self, todo, config, client=None):
+    def run_shards(self, todo, config, client=None, retried=None):
         done = []
         for shard in todo:
             if self.stop_after is not None and len(done) == self.stop_after:

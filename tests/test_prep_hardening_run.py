@@ -26,6 +26,7 @@ import prep.cluster
 import prep.runner
 from manifests.errors import ManifestError
 from manifests.reader import open_manifest
+from manifests.storage import temporary_name
 from manifests.validate import validate_manifest
 from prep.cli import main as cli_main
 from prep.config import PrepConfig
@@ -254,16 +255,16 @@ def test_leftover_temporaries_of_dead_writes_are_removed_on_rerun(photos, tmp_pa
     out = tmp_path / "m"
     run(cfg(photos, out))
     old = [
-        out / "images" / ".shard-00000.parquet.dead.tmp",
-        out / "hands" / "_stats" / ".shard-00001.json.dead.tmp",
-        out / "._manifest.json.dead.tmp",
+        out / temporary_name("images/shard-00000.parquet"),
+        out / temporary_name("hands/_stats/shard-00001.json"),
+        out / temporary_name("_manifest.json"),
     ]
     for p in old:
-        p.write_bytes(b"half")
+        p.write_bytes(b"PAR1" if p.name.startswith(".shard-00000.parquet") else b"{")
         os.utime(p, (1, 1))
     # written after this run started: not a leftover, maybe another writer's file about to be renamed
-    newer = out / "hands" / ".shard-00002.parquet.live.tmp"
-    newer.write_bytes(b"half")
+    newer = out / temporary_name("hands/shard-00002.parquet")
+    newer.write_bytes(b"PAR1")
     future = 4_000_000_000
     os.utime(newer, (future, future))
     run(cfg(photos, out))

@@ -39,7 +39,8 @@ def config(input, tmp_path, **kw):
 
 
 def rows(out):
-    return {r["image_id"]: r for r in pq.read_table(f"{out}/images").to_pylist()}
+    """{source key (the id of a row without one): row}; image ids are `{unit}__{key}`."""
+    return {r["source_key"] or r["image_id"]: r for r in pq.read_table(f"{out}/images").to_pylist()}
 
 
 def test_units_are_row_groups_read_from_footers(parquet_dir, tmp_path, monkeypatch):
@@ -91,11 +92,19 @@ def test_any_table_with_a_named_image_column(photos, tmp_path):
     for i, unit in enumerate(load_units(cfg)):
         process_shard(i, [], cfg, unit=unit)
     got = rows(cfg.out)
-    assert sorted(got) == ["plain-000000", "plain-000001", "plain-000002", "plain-000003"]  # no key column
-    assert got["plain-000000"]["status"] != "error" and got["plain-000000"]["source_key"] is None
-    assert "column 'image_bytes' holds no image bytes" in got["plain-000002"]["error"]
+    assert sorted(got) == [
+        "plain_rg0__plain-000000",
+        "plain_rg0__plain-000001",
+        "plain_rg0__plain-000002",
+        "plain_rg0__plain-000003",
+    ]  # no key column
     assert (
-        f"{bound + 1} bytes exceeds max_file_bytes={bound}" in got["plain-000003"]["error"]
+        got["plain_rg0__plain-000000"]["status"] != "error"
+        and got["plain_rg0__plain-000000"]["source_key"] is None
+    )
+    assert "column 'image_bytes' holds no image bytes" in got["plain_rg0__plain-000002"]["error"]
+    assert (
+        f"{bound + 1} bytes exceeds max_file_bytes={bound}" in got["plain_rg0__plain-000003"]["error"]
     )  # the byte bound holds
 
 

@@ -40,13 +40,14 @@ def config(input, tmp_path, **kw):
 
 
 def rows(out, table="images"):
-    return {r["image_id"]: r for r in pq.read_table(f"{out}/{table}").to_pylist()}
+    """{source key (the id of a row without one): row}; image ids are `{unit}__{key}`."""
+    return {r["source_key"] or r["image_id"]: r for r in pq.read_table(f"{out}/{table}").to_pylist()}
 
 
 def test_brace_expansion_keeps_zero_padding_and_lists():
-    assert expand_braces("s/{00008..00011}.tar") == [f"s/{n:05d}.tar" for n in range(8, 12)]
-    assert expand_braces("{a,b}/{1..2}.tar") == ["a/1.tar", "a/2.tar", "b/1.tar", "b/2.tar"]
-    assert expand_braces("plain.tar") == ["plain.tar"]
+    assert list(expand_braces("s/{00008..00011}.tar")) == [f"s/{n:05d}.tar" for n in range(8, 12)]
+    assert list(expand_braces("{a,b}/{1..2}.tar")) == ["a/1.tar", "a/2.tar", "b/1.tar", "b/2.tar"]
+    assert list(expand_braces("plain.tar")) == ["plain.tar"]
 
 
 def test_units_are_listed_without_opening_a_tar(shards_dir, tmp_path, monkeypatch):

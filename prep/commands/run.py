@@ -34,7 +34,8 @@ def format_summary(summary: dict) -> str:
         f"hands       {summary['hands']}",
         f"status      {json.dumps(summary['status_counts'], sort_keys=True)}",
         f"shards      {summary['shards']['run']} run, {summary['shards']['skipped']} already complete, "
-        f"{summary['shards']['failed']} failed",
+        f"{summary['shards']['failed']} failed"
+        + (f", {len(summary['retried_shards'])} retried" if summary.get("retried_shards") else ""),
         f"manifest    {summary['out']}: {summary['manifest']['images']} images, {summary['manifest']['hands']} hands, "
         f"{json.dumps(summary['manifest']['status_counts'], sort_keys=True)}",
     ]
@@ -43,6 +44,8 @@ def format_summary(summary: dict) -> str:
         lines.append(f"ms/image    {stages}")
     if summary.get("preview"):
         lines.append(f"preview     {summary['preview']}")
+    for name, whys in summary.get("retried_shards", {}).items():
+        lines.append(f"RETRIED     {name}: {'; '.join(whys)}")
     for name, why in summary.get("failed_shards", {}).items():
         lines.append(f"FAILED      {name}: {why}")
     return "\n".join(lines)

@@ -10,9 +10,13 @@ images for the same input.
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Callable, Iterable, Iterator
 from itertools import islice
 from typing import TYPE_CHECKING
+
+from manifests.storage import filesystem
 
 from ..records import ImageRecord
 from .base import AnnotationFileError, UnsafePathError, dedupe
@@ -21,7 +25,7 @@ from .folder import folder_records
 from .hagrid import hagrid_records
 from .interhand import interhand_records
 from .parquet import PARQUET
-from .units import SourceUnit, UnitSource, all_records, apply_limit, expand_unit
+from .units import SourceUnit, UnitSource, all_records, apply_limit, expand_unit, unit_labels
 from .webdataset import WEBDATASET
 
 if TYPE_CHECKING:
@@ -42,12 +46,30 @@ SOURCES: dict[str, Callable[[PrepConfig], Iterable[ImageRecord]]] = {
 def load_units(config: PrepConfig) -> list[SourceUnit] | None:
     """The units of a unit-read source, `config.limit` applied; None for a record source."""
     source = UNIT_SOURCES.get(config.format)
-    return None if source is None else apply_limit(source.units(config), config.limit)
+    return None if source is None else apply_limit(unit_labels(source.units(config)), config.limit)
 
 
 def unit_records(config: PrepConfig, unit: SourceUnit) -> Iterator[ImageRecord]:
     """The records of one unit (inside the worker task)."""
     return expand_unit(UNIT_SOURCES[config.format], unit, config)
+
+
+def input_identity(config: PrepConfig) -> str:
+    """What a manifest's rows are made from, recorded in each shard's stats: the format, the input and
+    an absolute annotation file, local paths made absolute with symlinks resolved (URLs as given), so
+    a run naming the same input another way is the same input."""
+
+    def where(uri: str | None) -> str | None:
+        if not uri:
+            return None
+        if "://" not in uri:
+            return os.path.realpath(os.path.expanduser(uri))
+        fs, path = filesystem(uri)
+        return fs.unstrip_protocol(path)
+
+    annotations = config.annotations
+    absolute = annotations and (annotations.startswith("/") or "://" in annotations)
+    return json.dumps([config.format, where(config.input), where(annotations) if absolute else annotations])
 
 
 def load_records(config: PrepConfig) -> list[ImageRecord]:
@@ -69,6 +91,7 @@ __all__ = [
     "AnnotationFileError",
     "SourceUnit",
     "UnsafePathError",
+    "input_identity",
     "load_records",
     "load_units",
     "unit_records",

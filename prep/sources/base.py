@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import posixpath
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from manifests.names import safe_name
 from manifests.names import short_hash as short_hash
-from manifests.storage import filesystem, join
+from manifests.storage import filesystem, is_local, join, loads_json
 
 from ..errors import ImageReadError
 from ..imageio import open_regular_file
@@ -51,6 +50,34 @@ def to_uri(fs, path: str) -> str:
 
 def relative(path: str, root: str) -> str:
     return posixpath.relpath(path, root) if root else path
+
+
+def is_hidden(rel: str) -> bool:
+    """Whether a path relative to the input root has a part starting with `.` (hidden below the root;
+    the folders above the root, such as ``~/.cache``, do not count)."""
+    return any(part.startswith(".") for part in rel.split("/"))
+
+
+def _location(fs, uri: str) -> str | None:
+    """`uri` as a path on `fs` (local paths absolute, symlinks resolved), None when it is on another
+    filesystem."""
+    if "://" not in uri and is_local(fs):
+        return os.path.realpath(os.path.expanduser(uri))
+    other, path = filesystem(uri)
+    return path if other.protocol == fs.protocol else None
+
+
+def run_outputs(config, fs, root: str) -> Callable[[str], bool]:
+    """A test of paths relative to the input root `root`: True for what a run writes under it (the
+    `--out` folder and the `--preview` file), which is never read as input."""
+    base = os.path.realpath(root) if is_local(fs) else root
+    inside = []
+    for target in (config.out, getattr(config, "preview", None)):
+        where = _location(fs, str(target)) if target else None
+        rel = posixpath.relpath(where, base) if where else ".."
+        if rel != ".." and not rel.startswith("../"):
+            inside.append(rel)
+    return lambda rel: any(rel == r or rel.startswith(r + "/") or r == "." for r in inside)
 
 
 def safe_relpath(name, root: str, what: str) -> str:
@@ -95,8 +122,8 @@ def load_json(fs, path: str):
         reason = str(exc).removeprefix(f"{uri}: ")
         raise AnnotationFileError(f"{path}: cannot read annotation file: {reason}") from exc
     try:
-        return json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        return loads_json(raw)
+    except ValueError as exc:  # bad JSON, bad UTF-8, or nested too deeply for the parser
         raise AnnotationFileError(f"{path}: malformed annotation JSON: {exc}") from exc
 
 

@@ -1,7 +1,8 @@
 """A plain folder of images, searched recursively (local or any fsspec filesystem).
 
 With `label_from_dir` the gesture label is the name of each image's parent folder, which is the
-`hagrid_mini` layout (`call/xxx.jpg`, `four/yyy.jpg`, ...). Hidden files and folders are skipped.
+`hagrid_mini` layout (`call/xxx.jpg`, `four/yyy.jpg`, ...). Hidden files and folders below the input
+are skipped, and so are the run's own `--out` folder and `--preview` file when they lie inside it.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 from ..records import ImageRecord
-from .base import IMAGE_EXTENSIONS, open_input, relative, safe_id, short_hash, to_uri
+from .base import IMAGE_EXTENSIONS, is_hidden, open_input, relative, run_outputs, safe_id, short_hash, to_uri
 
 if TYPE_CHECKING:
     from ..config import PrepConfig
@@ -31,9 +32,10 @@ def folder_records(config: PrepConfig) -> Iterator[ImageRecord]:
     if not fs.isdir(root):
         raise FileNotFoundError(f"input folder not found: {config.input}")
     images, skipped = [], 0
+    written = run_outputs(config, fs, root)
     for path in fs.find(root):
         rel = relative(path, root)
-        if any(part.startswith(".") for part in rel.split("/")):
+        if is_hidden(rel) or written(rel):
             continue
         if posixpath.splitext(rel)[1].lower() in IMAGE_EXTENSIONS:
             images.append(rel)

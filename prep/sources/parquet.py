@@ -41,7 +41,7 @@ STATUS_COLUMNS = ("status", "error_message")
 def parquet_units(config: PrepConfig) -> list[SourceUnit]:
     units = []
     column = config.parquet_image_column
-    for uri in input_files(config.input, (".parquet",), "parquet"):
+    for uri in input_files(config.input, (".parquet",), "parquet", config):
         try:
             with open_regular_file(uri, max_bytes=None) as f:
                 meta = pq.ParquetFile(f).metadata

@@ -44,7 +44,7 @@ SIDECAR_COLUMNS = ("key", "status", "error_message", "url", "caption")
 
 
 def tar_units(config: PrepConfig) -> list[SourceUnit]:
-    return [SourceUnit(uri) for uri in input_files(config.input, (".tar",), "webdataset")]
+    return [SourceUnit(uri) for uri in input_files(config.input, (".tar",), "webdataset", config)]
 
 
 def split_member(name: str) -> tuple[str, str]:
