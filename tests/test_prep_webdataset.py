@@ -191,3 +191,30 @@ def test_sparse_members_are_bounded_per_sample_not_only_per_member(tmp_path):
     (record,) = tar_records(load_units(cfg)[0], cfg)
     assert record.data is None
     assert "sample k holds more than max_file_bytes=1048576 in all its members" in record.error
+
+
+def test_a_sample_whose_json_is_nested_too_deeply_is_an_error_row_and_the_tar_goes_on(photos, tmp_path):
+    import io
+    import tarfile
+
+    from prep.sources import unit_records
+
+    deep = b"[" * 30_000 + b"]" * 30_000  # within max_text_bytes; past the JSON parser's recursion
+    members = {
+        "a.jpg": photos[0].read_bytes(),
+        "a.json": deep,
+        "b.jpg": photos[1].read_bytes(),
+        "b.json": b'{"key": "b", "status": "success"}',
+    }
+    tar = tmp_path / "s" / "00000.tar"
+    tar.parent.mkdir()
+    with tarfile.open(tar, "w") as tf:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    cfg = config(tar, tmp_path)
+    a, b = unit_records(cfg, load_units(cfg)[0])
+    assert a.image_id == "00000__a" and a.data is None
+    assert "unreadable json" in a.error and "nested too deeply" in a.error
+    assert b.image_id == "00000__b" and b.error is None and b.data == members["b.jpg"]

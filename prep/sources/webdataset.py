@@ -17,7 +17,6 @@ source goes through (`prep.imageio`). Members are read only when they are regula
 
 from __future__ import annotations
 
-import json
 import logging
 import posixpath
 import tarfile
@@ -25,6 +24,8 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import pyarrow.parquet as pq
+
+from manifests.storage import loads_json
 
 from ..imageio import open_regular_file
 from ..records import ImageRecord
@@ -130,7 +131,7 @@ def _record(
     meta = {}
     if isinstance(parts.get("json"), bytes):
         try:
-            meta = json.loads(parts["json"])
+            meta = loads_json(parts["json"])
         except ValueError as exc:
             meta = {"status": "unreadable json", "error_message": str(exc)}
         meta = meta if isinstance(meta, dict) else {}
