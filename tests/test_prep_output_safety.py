@@ -415,10 +415,10 @@ def test_ids_are_unique_across_tars_row_groups_and_files_of_one_name(tmp_path, s
         "keys_rg0__k__dup1",
         "keys_rg1__k",
         "keys_rg1__k__dup1",
-        "x__part_rg0__part-000000",
-        "x__part_rg0__part-000001",
-        "y__part_rg0__part-000000",
-        "y__part_rg0__part-000001",
+        "x__part_rg0__row-000000",
+        "x__part_rg0__row-000001",
+        "y__part_rg0__row-000000",
+        "y__part_rg0__row-000001",
     ]
 
 

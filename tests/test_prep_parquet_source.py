@@ -93,18 +93,18 @@ def test_any_table_with_a_named_image_column(photos, tmp_path):
         process_shard(i, [], cfg, unit=unit)
     got = rows(cfg.out)
     assert sorted(got) == [
-        "plain_rg0__plain-000000",
-        "plain_rg0__plain-000001",
-        "plain_rg0__plain-000002",
-        "plain_rg0__plain-000003",
+        "plain_rg0__row-000000",
+        "plain_rg0__row-000001",
+        "plain_rg0__row-000002",
+        "plain_rg0__row-000003",
     ]  # no key column
     assert (
-        got["plain_rg0__plain-000000"]["status"] != "error"
-        and got["plain_rg0__plain-000000"]["source_key"] is None
+        got["plain_rg0__row-000000"]["status"] != "error"
+        and got["plain_rg0__row-000000"]["source_key"] is None
     )
-    assert "column 'image_bytes' holds no image bytes" in got["plain_rg0__plain-000002"]["error"]
+    assert "column 'image_bytes' holds no image bytes" in got["plain_rg0__row-000002"]["error"]
     assert (
-        f"{bound + 1} bytes exceeds max_file_bytes={bound}" in got["plain_rg0__plain-000003"]["error"]
+        f"{bound + 1} bytes exceeds max_file_bytes={bound}" in got["plain_rg0__row-000003"]["error"]
     )  # the byte bound holds
 
 

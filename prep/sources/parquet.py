@@ -2,9 +2,10 @@
 
 `--input` is one Parquet file, a folder of them, a glob or a brace pattern, local or fsspec URLs.
 The image bytes are in the column `--parquet-image-column` (img2dataset: `jpg`). img2dataset's other
-columns are used where present: `key` (else the id is `{file stem}-{row}`), `txt` or `caption` (kept
-as the source caption), `url`, and `status` / `error_message`: a row whose status is not `success`,
-or whose image cell is null, becomes an `error` row that says so.
+columns are used where present: `key` (else the row's position in its file, `row-{n}`), `txt` or
+`caption` (kept as the source caption), `url`, and `status` / `error_message`: a row whose status is
+not `success`, or whose image cell is null, becomes an `error` row that says so. Either is qualified
+by the row group's unit name (`{unit}__{key}`, `part_rg2__row-000120`; `prep.sources.units`).
 
 Each row group is one shard (`prep.sources.units`): the driver reads only the footers (row counts
 and the schema, checked for the image column), and the worker reads its one row group, only the
@@ -15,7 +16,6 @@ columns it uses, in batches, with no page over `max_file_bytes` and no text cell
 from __future__ import annotations
 
 import logging
-import posixpath
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -92,7 +92,6 @@ def row_group_rows(f, group: int, columns: list[str], config: PrepConfig, text_c
 
 def parquet_records(unit: SourceUnit, config: PrepConfig) -> Iterator[ImageRecord]:
     column = config.parquet_image_column
-    stem = posixpath.splitext(posixpath.basename(unit.uri))[0]
     text = [*(c for names in TEXT_COLUMNS.values() for c in names), *STATUS_COLUMNS]
     with open_regular_file(unit.uri, max_bytes=None) as f:
         rows = row_group_rows(f, unit.part, [column, *text], config, text)
@@ -100,7 +99,8 @@ def parquet_records(unit: SourceUnit, config: PrepConfig) -> Iterator[ImageRecor
             fields = {field: _cell(row, names) for field, names in TEXT_COLUMNS.items()}
             fields = {k: None if v is None else str(v) for k, v in fields.items()}
             position = unit.first + i
-            image_id = safe_id(fields["source_key"] or f"{stem}-{position:06d}")
+            # the unit's name (`expand_unit`) already names the file: a keyless row adds its position only
+            image_id = safe_id(fields["source_key"] or f"row-{position:06d}")
             uri = f"{unit.uri}#row={position}"
             status = row.get("status") or SUCCESS
             data = row.get(column)
