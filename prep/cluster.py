@@ -5,6 +5,10 @@ By default a LocalCluster of `workers` processes with one thread each is started
 OpenCV are not thread-safe enough to share a process, and processes sidestep the GIL);
 `scheduler="tcp://host:8786"` uses an existing cluster instead. Only records (ids, URIs, dataset
 annotations) travel through the scheduler; each task reads its own images and writes its own shard.
+
+An external scheduler must answer distributed's handshake within `SCHEDULER_CONNECT_TIMEOUT_S` and
+have a worker within `worker_timeout` seconds; while shards run, each lost attempt (a task that
+raised, a worker that left) is reported from the scheduler's events (`prep.shard_watch`).
 """
 
 from __future__ import annotations
