@@ -3,6 +3,7 @@
 Layout of a manifest root::
 
     ROOT/_manifest.json                    dataset-level summary (both tables)
+    ROOT/README.md                         a short dataset card (`manifests.hub`): one config per table
     ROOT/images/shard-00000.parquet        one file per shard
     ROOT/images/_stats/shard-00000.json    written last: its presence marks the shard complete
     ROOT/images/_manifest.json             table-level summary
@@ -23,6 +24,7 @@ from collections.abc import Iterable, Mapping
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .hub import write_root_card
 from .schema import SCHEMA_VERSION, TABLES, schema_for
 from .storage import atomic_write_bytes, filesystem, join, read_json, write_json
 
@@ -197,7 +199,8 @@ class ManifestWriter:
         return stats
 
     def finalize(self, config: Mapping | None = None) -> dict:
-        """Aggregate shard stats into `_manifest.json` files (per table and at the root)."""
+        """Aggregate shard stats into `_manifest.json` files (per table and at the root), and write the
+        root's short ``README.md`` unless one not written by `manifests.hub` is there."""
         created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         summary = {
             "schema_version": SCHEMA_VERSION,
@@ -229,4 +232,5 @@ class ManifestWriter:
                 {"status_counts": info["status_counts"]} if t == "images" else {}
             )
         write_json(self.fs, join(self.path, MANIFEST_FILE), summary)
+        write_root_card(self.root)  # README.md: datasets.load_dataset(root) works; pandas refuses the root
         return summary
