@@ -32,6 +32,7 @@ from .body import HANDEDNESS_CODES, BodyDataset
 from .hand import HandCropDataset
 from .mixture import MixtureDataset
 from .stream import (
+    EmptySelectionError,
     ManifestDataLoader,
     ManifestIterableDataset,
     ResumableStream,
@@ -43,6 +44,7 @@ from .stream import (
 __all__ = [
     "HANDEDNESS_CODES",
     "BodyDataset",
+    "EmptySelectionError",
     "HandCropDataset",
     "ManifestDataLoader",
     "ManifestIterableDataset",

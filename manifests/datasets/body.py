@@ -73,6 +73,7 @@ class BodyDataset(ManifestIterableDataset):
         rank: int | None = None,
         world_size: int | None = None,
         shuffle_window: int = 4,
+        transform=None,
     ):
         super().__init__(
             manifest,
@@ -85,6 +86,7 @@ class BodyDataset(ManifestIterableDataset):
             rank=rank,
             world_size=world_size,
             shuffle_window=shuffle_window,
+            transform=transform,
         )
         if crop not in ("center", "hands"):
             raise ValueError(f"crop must be 'center' or 'hands', got {crop!r}")

@@ -65,6 +65,7 @@ class HandCropDataset(ManifestIterableDataset):
         rank: int | None = None,
         world_size: int | None = None,
         shuffle_window: int = 4,
+        transform=None,
         load_pixels: bool = True,
     ):
         super().__init__(
@@ -78,6 +79,7 @@ class HandCropDataset(ManifestIterableDataset):
             rank=rank,
             world_size=world_size,
             shuffle_window=shuffle_window,
+            transform=transform,
         )
         self.load_pixels = bool(load_pixels)
         if not self.load_pixels:
