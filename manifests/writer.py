@@ -66,17 +66,23 @@ def _table_stats(table_name: str, table: pa.Table) -> dict:
     return stats
 
 
-def _fill_hand_splits(tables: Mapping) -> Mapping:
-    """Hand rows (dicts) without a `split` get their image's split from the same shard's image rows."""
+# Fields a hands row copies from its image's row, so hand crops filter and caption without a join.
+FROM_IMAGE = ("split", "source_caption")
+
+
+def _fill_hand_fields(tables: Mapping) -> Mapping:
+    """Hand rows (dicts) lacking a `FROM_IMAGE` field get it from the same shard's image row."""
     hands, images = tables.get("hands"), tables.get("images")
     if hands is None or isinstance(hands, pa.Table) or images is None:
         return tables
     hands = list(hands)
-    if all("split" in h for h in hands):
+    if all(name in h for h in hands for name in FROM_IMAGE):
         return {**tables, "hands": hands}
     images = images.to_pylist() if isinstance(images, pa.Table) else list(images)
-    split_of = {r["image_id"]: r.get("split") for r in images}
-    hands = [h if "split" in h else {**h, "split": split_of.get(h.get("image_id"))} for h in hands]
+    by_id = {r["image_id"]: r for r in images}
+    hands = [
+        {**{name: by_id.get(h.get("image_id"), {}).get(name) for name in FROM_IMAGE}, **h} for h in hands
+    ]
     return {**tables, "images": images, "hands": hands}
 
 
@@ -169,7 +175,7 @@ class ManifestWriter:
         leave a new images file beside an old hands file under a stats file that calls the pair complete.
         """
         name = shard_name(index)
-        tables = _fill_hand_splits(tables)
+        tables = _fill_hand_fields(tables)
         encoded = {}
         for t in TABLES:  # encode everything before touching the disk: a schema error changes nothing
             table = to_table(tables.get(t, []), t)

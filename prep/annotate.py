@@ -251,6 +251,7 @@ class Annotator:
                     hand_id=f"{record.image_id}_h{i}",
                     image_id=record.image_id,
                     split=record.split,
+                    source_caption=record.source_caption,
                     hand_index=i,
                     handedness=hand.handedness,
                     handedness_score=hand.handedness_score,

@@ -32,16 +32,19 @@ from .body import HANDEDNESS_CODES, BodyDataset
 from .hand import HandCropDataset
 from .mixture import MixtureDataset
 from .stream import (
+    CAPTION_CHOICES,
     EmptySelectionError,
     ManifestDataLoader,
     ManifestIterableDataset,
     ResumableStream,
+    choose_caption,
     resolve_rank,
     to_mask_tensor,
     to_pixel_values,
 )
 
 __all__ = [
+    "CAPTION_CHOICES",
     "HANDEDNESS_CODES",
     "BodyDataset",
     "EmptySelectionError",
@@ -50,6 +53,7 @@ __all__ = [
     "ManifestIterableDataset",
     "MixtureDataset",
     "ResumableStream",
+    "choose_caption",
     "resolve_rank",
     "to_mask_tensor",
     "to_pixel_values",
