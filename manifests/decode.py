@@ -77,7 +77,10 @@ def keypoints_array(value, num: int | None = None, what: str = "keypoints") -> n
     if value is None:
         return None
     try:
-        arr = np.asarray(_nested(value), dtype=np.float32)
+        try:
+            arr = np.asarray(value, dtype=np.float32)
+        except ValueError:  # a numpy object array of arrays (pandas), or ragged lists
+            arr = np.asarray(_nested(value), dtype=np.float32)
     except (ValueError, TypeError) as exc:  # ragged lists, or values that are not numbers
         raise RowDecodeError(f"{what}: ragged keypoint list: {exc}") from exc
     if arr.ndim != 2 or arr.shape[1] != 3 or (num is not None and arr.shape[0] != num):
