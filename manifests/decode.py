@@ -137,6 +137,28 @@ def _mask(data, shape, what: str, method: str | None = None) -> np.ndarray:
     return arr
 
 
+# Which caption a sample carries: prep's own (`caption`), the source's (`source_caption`, img2dataset's
+# text), or both; a row without a source caption falls back to the generated one.
+CAPTION_CHOICES = ("generated", "source", "both")
+
+
+def choose_caption(generated: str | None, source: str | None, choice: str = "generated") -> str:
+    """The caption of a sample under `choice` (see `CAPTION_CHOICES`); "" when there is none."""
+    generated, source = generated or "", (source or "").strip()
+    if choice == "generated" or not source:
+        return generated
+    if choice == "source":
+        return source
+    return f"{generated}, {source}" if generated else source
+
+
+def check_caption_choice(choice: str) -> str:
+    """`choice` if it is one of `CAPTION_CHOICES`; ValueError naming them otherwise."""
+    if choice not in CAPTION_CHOICES:
+        raise ValueError(f"caption must be one of {', '.join(CAPTION_CHOICES)}; got {choice!r}")
+    return choice
+
+
 def crop_array(row) -> np.ndarray:
     """hands row -> crop (crop_size, crop_size, 3) uint8 RGB."""
     what = f"hand {_rid(row)} crop"

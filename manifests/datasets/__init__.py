@@ -28,16 +28,15 @@ keeping the sharding, the determinism and the exact resume above (its position i
 count).
 """
 
+from ..decode import CAPTION_CHOICES, choose_caption
 from .body import HANDEDNESS_CODES, BodyDataset
 from .hand import HandCropDataset
 from .mixture import MixtureDataset
 from .stream import (
-    CAPTION_CHOICES,
     EmptySelectionError,
     ManifestDataLoader,
     ManifestIterableDataset,
     ResumableStream,
-    choose_caption,
     resolve_rank,
     to_mask_tensor,
     to_pixel_values,

@@ -5,19 +5,21 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..decode import body_keypoints, hand_keypoints, hands_mask_array, image_array, image_size
+from ..decode import (
+    body_keypoints,
+    check_caption_choice,
+    choose_caption,
+    hand_keypoints,
+    hands_mask_array,
+    image_array,
+    image_size,
+)
 from ..errors import ManifestError
 from ..pose import to_openpose18
 from ..reader import Manifest, RowGroupUnit
 from ..storage import url_for
 from ..transforms import FitTransform
-from .stream import (
-    ManifestIterableDataset,
-    check_caption_choice,
-    choose_caption,
-    to_mask_tensor,
-    to_pixel_values,
-)
+from .stream import ManifestIterableDataset, to_mask_tensor, to_pixel_values
 
 HANDEDNESS_CODES = {"left": 0, "right": 1}
 

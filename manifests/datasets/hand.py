@@ -6,16 +6,17 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..decode import crop_array, crop_keypoints, heatmap_array, mask_array
-from ..geometry import render_heatmap, rescale_sigma
-from ..reader import Manifest, RowGroupUnit
-from .stream import (
-    ManifestIterableDataset,
+from ..decode import (
     check_caption_choice,
     choose_caption,
-    to_mask_tensor,
-    to_pixel_values,
+    crop_array,
+    crop_keypoints,
+    heatmap_array,
+    mask_array,
 )
+from ..geometry import render_heatmap, rescale_sigma
+from ..reader import Manifest, RowGroupUnit
+from .stream import ManifestIterableDataset, to_mask_tensor, to_pixel_values
 
 
 class HandCropDataset(ManifestIterableDataset):

@@ -24,27 +24,6 @@ from ..storage import url_for
 logger = logging.getLogger(__name__)
 
 
-# Which caption a sample carries: prep's own (`caption`), the source's (`source_caption`, img2dataset's
-# text), or both; a row without a source caption falls back to the generated one.
-CAPTION_CHOICES = ("generated", "source", "both")
-
-
-def choose_caption(generated: str | None, source: str | None, choice: str = "generated") -> str:
-    """The caption of a sample under `choice` (see `CAPTION_CHOICES`); "" when there is none."""
-    generated, source = generated or "", (source or "").strip()
-    if choice == "generated" or not source:
-        return generated
-    if choice == "source":
-        return source
-    return f"{generated}, {source}" if generated else source
-
-
-def check_caption_choice(choice: str) -> str:
-    if choice not in CAPTION_CHOICES:
-        raise ValueError(f"caption must be one of {', '.join(CAPTION_CHOICES)}; got {choice!r}")
-    return choice
-
-
 class EmptySelectionError(ValueError):
     """No row of the table passes the dataset's filters (a split the manifest does not have, say)."""
 
