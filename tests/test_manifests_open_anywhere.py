@@ -13,7 +13,7 @@ import pytest
 from manifest_edits import rewrite
 
 from manifests.card import write_card
-from manifests.datasets import BodyDataset, EmptySelectionError, HandCropDataset
+from manifests.datasets import BodyDataset, EmptySelectionError, HandCropDataset, MixtureDataset
 from manifests.decode import decode_hand, decode_image_row
 from manifests.hub import CARD_FILE, ROOT_CARD_MARK, table_files, write_root_card
 from manifests.reader import open_manifest
@@ -224,5 +224,7 @@ def test_len_and_transform(synthetic_manifest):
     assert len(bodies) == 10 and sorted(bodies) == sorted(
         r["image_id"] for r in pq.read_table(synthetic_manifest / "images").to_pylist() if r["status"] == "ok"
     )
+    mixed = MixtureDataset([full, train])
+    assert len(mixed) == 29 and bool(MixtureDataset([train]))
     with pytest.raises(TypeError, match="transform must be callable"):
         HandCropDataset(str(synthetic_manifest), transform="flip")
