@@ -280,12 +280,14 @@ class PrepConfig(Settings):
         }
         if bad:
             raise SettingError(f"caption_templates must map label strings to template strings, got {bad}")
-        for name, template in self.all_caption_templates().items():
+        flags = {
+            "*": "caption_template (--caption-template)",
+            "hand:*": "hand_caption_template (--hand-caption-template)",
+        }
+        for key, template in self.all_caption_templates().items():
             problem = template_problem(template)
             if problem:
-                where = {"*": "caption_template (--caption-template)", "hand:*": "hand_caption_template "
-                         "(--hand-caption-template)"}.get(name, f"caption_templates[{name!r}]")  # fmt: skip
-                raise SettingError(f"{where}: {problem}")
+                raise SettingError(f"{flags.get(key, f'caption_templates[{key!r}]')}: {problem}")
         fractions = self.split_fractions
         valid = all(
             isinstance(k, str)

@@ -231,13 +231,14 @@ class BodyTask(TrainTask):
             usable_images=images - skipped,
             skipped_no_body_pose=skipped,
             resolution=c.resolved_resolution,
-            caption=c.caption,
-            no_source_caption=sum(k for _, _, k in found),
         )
-        log_caption_fallbacks("train-body", c.caption, self.facts["no_source_caption"], images - skipped)
+        if c.caption != "generated":
+            self.facts["no_source_caption"] = sum(k for _, _, k in found)
+            log_caption_fallbacks("train-body", c.caption, self.facts["no_source_caption"], images - skipped)
         if len(found) > 1:
             self.facts["sources"] = [
-                {"manifest": url, "images": n, "skipped_no_body_pose": len(m), "no_source_caption": k}
+                {"manifest": url, "images": n, "skipped_no_body_pose": len(m)}
+                | ({"no_source_caption": k} if c.caption != "generated" else {})
                 for url, (n, m, k) in zip(c.manifest, found)
             ]
             self.facts["manifest_weights"] = list(c.manifest_weights) if c.manifest_weights else None

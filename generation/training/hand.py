@@ -210,17 +210,15 @@ class HandTask(TrainTask):
             "rerender_heatmaps": first["stored_heatmap_size"] != latent,
             "manifest_created_at": first["manifest_created_at"],
             "crop_margin": crop_margin,
-            "caption": c.caption,
-            "no_source_caption": sum(s["no_source_caption"] for s in sources),
         }
-        log_caption_fallbacks(
-            "train-hand", c.caption, self.facts["no_source_caption"], self.facts["hands_selected"]
-        )
+        skip = {"crop_sizes", "stored_sigma", "crop_margin"}
+        if c.caption == "generated":
+            skip.add("no_source_caption")
+        else:
+            missing = self.facts["no_source_caption"] = sum(s["no_source_caption"] for s in sources)
+            log_caption_fallbacks("train-hand", c.caption, missing, self.facts["hands_selected"])
         if len(sources) > 1:
-            self.facts["sources"] = [
-                {k: v for k, v in src.items() if k not in ("crop_sizes", "stored_sigma", "crop_margin")}
-                for src in sources
-            ]
+            self.facts["sources"] = [{k: v for k, v in src.items() if k not in skip} for src in sources]
             self.facts["manifest_weights"] = list(c.manifest_weights) if c.manifest_weights else None
         if self.source_run is not None:
             self.facts["init_from"] = os.path.abspath(c.init_from)
