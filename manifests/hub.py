@@ -2,8 +2,8 @@
 
 A manifest root holds two tables of different schemas, so no tool may read the root as one table:
 
-- `table_files` (and the glob `TABLE_GLOB`) name one table's Parquet shards, which pandas, pyarrow,
-  polars, DuckDB, dask and Hugging Face ``datasets`` all read:
+- `table_files` (or the glob ``ROOT/TABLE/*.parquet``) names one table's Parquet shards, which pandas,
+  pyarrow, polars, DuckDB, dask and Hugging Face ``datasets`` all read:
 
   >>> pd.read_parquet(table_files("out/m", "hands"))            # or pd.read_parquet("out/m/hands")
   >>> pl.read_parquet("out/m/hands/*.parquet")                  # polars and DuckDB take the glob
@@ -17,7 +17,7 @@ A manifest root holds two tables of different schemas, so no tool may read the r
   'M/README.md'``) instead of mixing the two tables' rows. ``handfirst-manifests card`` replaces it
   with the full card (counts, schema, settings, preview), whose YAML comes from here too.
 
-This module imports neither pyarrow's datasets nor ``datasets``: it only writes text.
+This module does not import ``datasets``: it writes the card's text, reading one Parquet footer per table.
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ from .storage import atomic_write_bytes, filesystem, join, url_for
 logger = logging.getLogger(__name__)
 
 CARD_FILE = "README.md"
-TABLE_GLOB = "{root}/{table}/*.parquet"
 # Binary columns holding an encoded picture (JPEG / PNG); `heatmap` is raw bytes and stays binary.
 IMAGE_COLUMNS = {"hands": ("crop", "mask"), "images": ("image", "hands_mask")}
 # Marks a README.md written by handfirst (this short one or the full card of `handfirst-manifests card`);
