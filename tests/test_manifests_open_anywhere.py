@@ -75,6 +75,8 @@ def test_polars_and_duckdb_read_a_table_by_its_glob_or_its_files(manifest):
 
         read.append("duckdb")
         assert duckdb.sql(f"select count(*) from read_parquet('{glob}')").fetchall() == [(hands,)]
+        files = {"files": table_files(str(manifest), "hands")}
+        assert duckdb.sql("select count(*) from read_parquet($files)", params=files).fetchall() == [(hands,)]
     except ImportError:
         pass
     if not read:
