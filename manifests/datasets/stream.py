@@ -253,13 +253,17 @@ class ManifestIterableDataset(ResumableStream):
                 if skip >= n:
                     skip -= n
                     continue
+            key = window[0]  # the window's shuffle seed, whichever of its units are read
+            window = [u for u in window if self._count_cache.get(u) != 0]  # known empty: not read again
+            if not window:
+                continue
             parts = [self.source.read_unit(self.units[u], self.columns, self.filter) for u in window]
             origin = [self.units[u] for u, t in zip(window, parts) for _ in range(t.num_rows)]
             table = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
             if table.num_rows == 0:
                 continue
             order = (
-                epoch_rng(self.seed, epoch, window[0]).permutation(table.num_rows)
+                epoch_rng(self.seed, epoch, key).permutation(table.num_rows)
                 if self.shuffle
                 else np.arange(table.num_rows)
             )
