@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from manifest_edits import rewrite
 
+import manifests
 from manifests.card import write_card
 from manifests.cli import main
 from manifests.datasets import BodyDataset, EmptySelectionError, HandCropDataset, MixtureDataset
@@ -50,6 +51,7 @@ def test_the_root_is_refused_by_pandas_and_pyarrow_instead_of_mixing_the_tables(
     assert len(pd.read_parquet(manifest / "hands")) == hands
     files = table_files(str(manifest), "hands")
     assert files == sorted(str(p) for p in (manifest / "hands").glob("shard-*.parquet"))
+    assert manifests.table_files(str(manifest), "hands") == files
     assert len(pd.read_parquet(files)) == hands and pq.read_table(files).num_rows == hands
     assert len(pd.read_parquet(table_files(str(manifest), "images"), columns=["image_id"])) == images
     with pytest.raises(ValueError, match="unknown manifest table 'hand'"):
