@@ -10,6 +10,9 @@ manifest imports neither torch nor cv2. The public API, by module:
 - `manifests.writer`: ``ManifestWriter`` (atomic shards, stats, ``_manifest.json``).
 - `manifests.reader`: ``open_manifest(path)`` -> ``Manifest`` (local path or fsspec URL; projection,
   filters, row-group iteration, lookups); `manifests.decode` turns row values into arrays and images.
+- `manifests.hub`: ``table_files(path, table)`` (one table's shard files, for pandas, polars, DuckDB,
+  ``datasets``; also ``manifests.table_files``) and the root ``README.md`` that makes a manifest a
+  Hugging Face dataset and keeps readers from taking the root for one table.
 - `manifests.validate`: ``validate_manifest(path)`` -> findings naming shard, row and reason.
 - `manifests.stats`: ``manifest_stats(path)``; `manifests.preview`: ``make_preview(path, out)``;
   `manifests.card`: ``write_card(path)`` (a Hugging Face dataset card).
@@ -24,3 +27,12 @@ manifest imports neither torch nor cv2. The public API, by module:
 
 ``python -m manifests`` / ``handfirst-manifests``: ``validate``, ``stats``, ``preview``, ``score``, ``card``.
 """
+
+
+def __getattr__(name: str):
+    """``manifests.table_files``, imported on first use (it pulls in pyarrow; the CLIs import this package)."""
+    if name == "table_files":
+        from .hub import table_files
+
+        return table_files
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 
 from .errors import ManifestError
+from .hub import CARD_MARK, hub_metadata, shard_schemas
 from .reader import Manifest, is_manifest_root, open_manifest
 from .schema import FIELD_DOCS, SCHEMAS, TABLES
 from .stats import manifest_stats
@@ -67,7 +69,7 @@ def _yaml_value(value) -> str:
     return json.dumps(value)  # a JSON string or number is a valid YAML flow scalar
 
 
-def front_matter(tables: list[str], licence: dict, rows: int, name: str) -> str:
+def front_matter(schemas: dict, licence: dict, rows: int, name: str) -> str:
     lines = ["---", f"pretty_name: {_yaml_value(name)}", f"license: {_yaml_value(licence['license'])}"]
     for key in ("license_name", "license_link"):
         if key in licence:
@@ -83,23 +85,12 @@ def front_matter(tables: list[str], licence: dict, rows: int, name: str) -> str:
         "- keypoints",
         "- segmentation",
         "- handfirst",
-        "configs:",
+        *hub_metadata(schemas),  # one config per table, hands first (the default), with its features
+        "---",
     ]
-    for table in tables:  # hands first: it is what the hand generator trains on
-        lines += [
-            f"- config_name: {table}",
-            "  data_files:",
-            "  - split: train",
-            f"    path: {table}/*.parquet",
-        ]
-        if table == tables[0]:
-            lines.append("  default: true")
-    lines.append("---")
     return "\n".join(lines)
 
 
-# Marks a README.md this command wrote; another README.md is the user's and is not replaced.
-CARD_MARK = "<!-- written by handfirst-manifests card -->"
 MARKDOWN_SPECIALS = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~])")
 
 
@@ -131,13 +122,35 @@ def _schema_table(table: str) -> list[str]:
     return [f"### `{table}`", "", "| field | type | meaning |", "|---|---|---|", *rows, ""]
 
 
+def published_config(config: dict, root: str) -> dict:
+    """The producing settings as a published card shows them: a path or URL inside the manifest
+    `root` becomes relative to it ("." for the root itself), any other one its last name, so no local
+    path (a home folder, a mount point) leaves the machine."""
+    local = "://" not in root
+    base = os.path.abspath(root) if local else root.rstrip("/")
+
+    def show(value):
+        if not isinstance(value, str) or ("/" not in value and "\\" not in value):
+            return value
+        full = value.rstrip("/") if "://" in value else os.path.abspath(value)
+        if full == base:
+            return "."
+        prefix = base + (os.sep if local else "/")
+        if full.startswith(prefix):
+            return full[len(prefix) :].replace(os.sep, "/")
+        return full.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
+
+    return {key: show(value) for key, value in config.items()}
+
+
 def card_text(m: Manifest, name: str, license: str | None = None, preview: str | None = None) -> str:
     stats = manifest_stats(m)
-    tables = [t for t in ("hands", "images") if t in m.tables]
+    fs, root = filesystem(m.url)
+    schemas = {t: s for t, s in shard_schemas(fs, root.rstrip("/")).items() if t in m.tables}
     datasets = sorted(stats.get("images", {}).get("counts", {}).get("dataset", {}))
     licence = licence_for(datasets, license)
     rows = stats["rows"].get("images", stats["rows"].get("hands", 0))
-    body = [front_matter(tables, licence, rows, name), CARD_MARK, "", f"# {escape_markdown(name)}", ""]
+    body = [front_matter(schemas, licence, rows, name), CARD_MARK, "", f"# {escape_markdown(name)}", ""]
     code = "\n".join(
         [
             "import datasets",
@@ -169,7 +182,14 @@ def card_text(m: Manifest, name: str, license: str | None = None, preview: str |
         ("handedness", hand_counts),
     ):
         body += _counts_table(title, section.get(title, {}))
-    body += ["## Schema", "", f"Schema version {stats.get('schema_version')}.", ""]
+    body += [
+        "## Schema",
+        "",
+        f"Schema version {stats.get('schema_version')}. The two tables have different schemas: read one "
+        'at a time (`pandas.read_parquet("hands")`; polars and DuckDB: `"hands/*.parquet"`), '
+        "never the root as one table.",
+        "",
+    ]
     for table in TABLES:
         if table in m.tables:
             body += _schema_table(table)
@@ -179,7 +199,7 @@ def card_text(m: Manifest, name: str, license: str | None = None, preview: str |
         f"Code version `{stats.get('code_version')}`, created {stats.get('created_at')}. Settings:",
         "",
         "```json",
-        json.dumps(m.config, indent=2, sort_keys=True, default=str),
+        json.dumps(published_config(m.config, m.url), indent=2, sort_keys=True, default=str),
         "```",
         "",
     ]

@@ -13,12 +13,13 @@ import pyarrow as pa
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = "1.1"
+SCHEMA_VERSION = "1.2"
 
 # Fields each minor version added, by table: a shard of an older minor version lacks them, and a
 # reader gives them as nulls (`missing_allowed`).
 FIELDS_ADDED = {
     (1, 1): {"images": ("source_key", "source_url", "source_caption")},
+    (1, 2): {"hands": ("source_caption",)},
 }
 
 TABLES = ("images", "hands")
@@ -85,6 +86,7 @@ HANDS_SCHEMA = pa.schema(
         pa.field("label", pa.string()),
         pa.field("split", pa.string()),
         pa.field("caption", pa.string()),
+        pa.field("source_caption", pa.string()),
     ],
     metadata={"handfirst.table": "hands", "handfirst.schema_version": SCHEMA_VERSION},
 )
@@ -141,6 +143,8 @@ FIELD_DOCS = {
         "label": "Gesture label of the image.",
         "split": "Split of the image (copied from its images row so hand crops filter without a join).",
         "caption": "Caption for this hand crop.",
+        "source_caption": "The source's own caption of the image (copied from its images row), or null. "
+        "Added in 1.2.",
     },
 }
 

@@ -3,6 +3,7 @@
 Layout of a manifest root::
 
     ROOT/_manifest.json                    dataset-level summary (both tables)
+    ROOT/README.md                         a short dataset card (`manifests.hub`): one config per table
     ROOT/images/shard-00000.parquet        one file per shard
     ROOT/images/_stats/shard-00000.json    written last: its presence marks the shard complete
     ROOT/images/_manifest.json             table-level summary
@@ -24,6 +25,7 @@ from collections.abc import Iterable, Mapping
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .hub import write_root_card
 from .schema import SCHEMA_VERSION, TABLES, schema_for
 from .storage import TEMP_NAME, atomic_write_bytes, filesystem, join, open_regular, read_json, write_json
 
@@ -65,17 +67,23 @@ def _table_stats(table_name: str, table: pa.Table) -> dict:
     return stats
 
 
-def _fill_hand_splits(tables: Mapping) -> Mapping:
-    """Hand rows (dicts) without a `split` get their image's split from the same shard's image rows."""
+# Fields a hands row copies from its image's row, so hand crops filter and caption without a join.
+FROM_IMAGE = ("split", "source_caption")
+
+
+def _fill_hand_fields(tables: Mapping) -> Mapping:
+    """Hand rows (dicts) lacking a `FROM_IMAGE` field get it from the same shard's image row."""
     hands, images = tables.get("hands"), tables.get("images")
     if hands is None or isinstance(hands, pa.Table) or images is None:
         return tables
     hands = list(hands)
-    if all("split" in h for h in hands):
+    if all(name in h for h in hands for name in FROM_IMAGE):
         return {**tables, "hands": hands}
     images = images.to_pylist() if isinstance(images, pa.Table) else list(images)
-    split_of = {r["image_id"]: r.get("split") for r in images}
-    hands = [h if "split" in h else {**h, "split": split_of.get(h.get("image_id"))} for h in hands]
+    by_id = {r["image_id"]: r for r in images}
+    hands = [
+        {**{name: by_id.get(h.get("image_id"), {}).get(name) for name in FROM_IMAGE}, **h} for h in hands
+    ]
     return {**tables, "images": images, "hands": hands}
 
 
@@ -198,7 +206,7 @@ class ManifestWriter:
         leave a new images file beside an old hands file under a stats file that calls the pair complete.
         """
         name = shard_name(index)
-        tables = _fill_hand_splits(tables)
+        tables = _fill_hand_fields(tables)
         encoded = {}
         for t in TABLES:  # encode everything before touching the disk: a schema error changes nothing
             table = to_table(tables.get(t, []), t)
@@ -228,7 +236,8 @@ class ManifestWriter:
         return stats
 
     def finalize(self, config: Mapping | None = None) -> dict:
-        """Aggregate shard stats into `_manifest.json` files (per table and at the root)."""
+        """Aggregate shard stats into `_manifest.json` files (per table and at the root), and write the
+        root's short ``README.md`` unless one not written by `manifests.hub` is there."""
         created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         summary = {
             "schema_version": SCHEMA_VERSION,
@@ -261,4 +270,5 @@ class ManifestWriter:
                 {"status_counts": info["status_counts"]} if t == "images" else {}
             )
         write_json(self.fs, join(self.path, MANIFEST_FILE), summary)
+        write_root_card(self.root)  # README.md: datasets.load_dataset(root) works; pandas refuses the root
         return summary

@@ -251,6 +251,7 @@ class Annotator:
                     hand_id=f"{record.image_id}_h{i}",
                     image_id=record.image_id,
                     split=record.split,
+                    source_caption=record.source_caption,
                     hand_index=i,
                     handedness=hand.handedness,
                     handedness_score=hand.handedness_score,
@@ -259,7 +260,9 @@ class Annotator:
                     bbox=[x0, y0, x1, y1],
                     hand_size=hand.size,
                     label=record.label,
-                    caption=hand_caption(record.label, hand.handedness, i == gesture, cfg.caption_templates),
+                    caption=hand_caption(
+                        record.label, hand.handedness, i == gesture, cfg.all_caption_templates()
+                    ),
                 )
                 if hand_mask is not None:
                     row.update(
@@ -277,7 +280,7 @@ class Annotator:
             row.update(
                 width=width,
                 height=height,
-                caption=image_caption(record.label, sides, gesture, cfg.caption_templates),
+                caption=image_caption(record.label, sides, gesture, cfg.all_caption_templates()),
                 status="ok" if hands else "no_hands",
                 num_hands=len(hands),
                 body_keypoints=None if body is None else _kp_list(body.keypoints),

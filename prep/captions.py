@@ -1,7 +1,12 @@
 """Natural captions from the gesture label and the hands' sides.
 
-Templates live in a registry keyed by label, with a default, and can be overridden per label through
-`PrepConfig.caption_templates` (label -> template string). A template may use:
+Templates live in a registry keyed by label, with a default. A run overrides them with
+`PrepConfig.caption_template` / `hand_caption_template` (``--caption-template``,
+``--hand-caption-template``: every gesture label) and per label with `PrepConfig.caption_templates`
+(a config file or Python: ``{"peace": ..., "hand:peace": ...}``; the keys ``*`` and ``hand:*`` are the
+two flags). The most specific wins: the run's template for the label, the run's ``*``, the
+registry's template for the label, the registry's default. ``none`` (no gesture) is a label of its
+own: ``*`` does not cover it. A template may use:
 
 - ``{gesture}``: the label's phrase ("a peace sign"), from `GESTURE_PHRASES` or the label in words;
 - ``{hands}``: "the right hand", "the left hand", "both hands" or "a hand" (side unknown);
@@ -71,6 +76,24 @@ HAND_TEMPLATES = {
     "none": "a {side} hand",
 }
 NO_HANDS_TEMPLATE = "a photo of a person"
+PLACEHOLDERS = ("gesture", "hands", "side")
+
+
+def template_problem(template: str) -> str | None:
+    """Why `template` cannot caption (a placeholder other than `PLACEHOLDERS`, a stray brace), or None."""
+    try:
+        template.format(**dict.fromkeys(PLACEHOLDERS, ""))
+    except (KeyError, IndexError, ValueError) as exc:
+        return f"{template!r} does not format ({type(exc).__name__}: {exc}); it may use {{gesture}}, {{hands}}, {{side}}"
+    return None
+
+
+def _template(overrides: dict | None, prefix: str, key: str, registry: dict, default: str) -> str:
+    overrides = overrides or {}
+    found = overrides.get(prefix + key)
+    if not found and key != "none":
+        found = overrides.get(prefix + "*")
+    return found or registry.get(key, default)
 
 
 def gesture_phrase(label: str | None) -> str | None:
@@ -107,7 +130,7 @@ def image_caption(
     key = "none" if gesture is None else label
     if gesture is not None and gesture_hand is not None and label not in TWO_HANDED:
         sides = [sides[gesture_hand]]
-    template = (overrides or {}).get(key) or IMAGE_TEMPLATES.get(key, DEFAULT_IMAGE_TEMPLATE)
+    template = _template(overrides, "", key, IMAGE_TEMPLATES, DEFAULT_IMAGE_TEMPLATE)
     return _clean(template.format(gesture=gesture or "", hands=_hands_phrase(sides), side=""))
 
 
@@ -117,7 +140,7 @@ def hand_caption(
     """Caption for one hand crop. `shows_gesture=False` for a hand that is not the one gesturing."""
     gesture = gesture_phrase(label) if shows_gesture else None
     key = "none" if gesture is None else label
-    template = (overrides or {}).get(f"hand:{key}") or HAND_TEMPLATES.get(key, DEFAULT_HAND_TEMPLATE)
+    template = _template(overrides, "hand:", key, HAND_TEMPLATES, DEFAULT_HAND_TEMPLATE)
     return _clean(
         template.format(gesture=gesture or "", hands="", side=side if side in ("left", "right") else "")
     )

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from manifests.geometry import DEFAULT_SIGMA
 from manifests.settings import SettingError, Settings, setting
 
+from .captions import template_problem
 from .imageio import MAX_FILE_BYTES
 
 
@@ -167,8 +168,21 @@ class PrepConfig(Settings):
         DEFAULT_SIGMA, "Gaussian sigma of the keypoint heatmaps, in heatmap pixels.", gt=0, le=1000
     )
     # Captions
+    caption_template: str | None = setting(
+        None,
+        "Image caption template for every gesture label, e.g. 'a photo of someone making {gesture} with {hands}' "
+        "(placeholders {gesture}, {hands}; default: prep.captions' templates).",
+    )
+    hand_caption_template: str | None = setting(
+        None,
+        "Hand-crop caption template for every gesture label, e.g. 'a close-up of a {side} hand making {gesture}' "
+        "(placeholders {gesture}, {side}; default: prep.captions' templates).",
+    )
     caption_templates: dict = setting(
-        default_factory=dict, help="Per-label caption template overrides (Python API only).", cli=False
+        default_factory=dict,
+        help="Per-label caption templates (label -> template, 'hand:label' for hand crops; a config file or "
+        "Python); they win over --caption-template and --hand-caption-template.",
+        cli=False,
     )
     # Sources (additions)
     annotations: str | None = setting(
@@ -274,6 +288,14 @@ class PrepConfig(Settings):
         }
         if bad:
             raise SettingError(f"caption_templates must map label strings to template strings, got {bad}")
+        flags = {
+            "*": "caption_template (--caption-template)",
+            "hand:*": "hand_caption_template (--hand-caption-template)",
+        }
+        for key, template in self.all_caption_templates().items():
+            problem = template_problem(template)
+            if problem:
+                raise SettingError(f"{flags.get(key, f'caption_templates[{key!r}]')}: {problem}")
         fractions = self.split_fractions
         valid = all(
             isinstance(k, str)
@@ -288,6 +310,11 @@ class PrepConfig(Settings):
                 f"split_fractions must map split names to finite fractions >= 0 with a positive sum, got {fractions}"
             )
         return self
+
+    def all_caption_templates(self) -> dict:
+        """The run's caption templates for `prep.captions` (``*`` / ``hand:*`` are the two flags)."""
+        flags = {"*": self.caption_template, "hand:*": self.hand_caption_template}
+        return {**{k: v for k, v in flags.items() if v is not None}, **self.caption_templates}
 
     def fingerprint(self) -> str:
         """Hash of the settings that change a shard's rows; a shard written under another is redone."""

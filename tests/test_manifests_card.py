@@ -10,6 +10,7 @@ import pytest
 
 from manifests.card import licence_for, size_category
 from manifests.cli import main
+from manifests.hub import ROOT_CARD_MARK
 
 
 @pytest.fixture()
@@ -78,9 +79,10 @@ def test_a_readme_or_preview_the_card_did_not_write_is_refused_unless_overwrite(
         and "--overwrite" in err[0]
     )
     assert (manifest / mine).read_bytes() == before
-    assert not (
-        manifest / ("preview.png" if mine == "README.md" else "README.md")
-    ).exists()  # nothing written
+    if mine == "README.md":  # nothing written
+        assert not (manifest / "preview.png").exists()
+    else:
+        assert ROOT_CARD_MARK in (manifest / "README.md").read_text()  # still the manifest's short card
     assert main(["card", str(manifest), "--overwrite"]) == 0
     assert (manifest / mine).read_bytes() != before
     assert main(["card", str(manifest)]) == 0  # its own card and preview it replaces

@@ -67,3 +67,23 @@ def test_a_manifest_of_schema_1_0_reads_with_the_fields_added_since_as_nulls(syn
         pq.write_table(t.replace_schema_metadata(t.schema.metadata), path)
     with pytest.raises(Exception, match="field 'caption' is missing"):
         open_manifest(str(old))
+
+
+def test_hands_of_schema_1_1_read_without_a_source_caption(synthetic_manifest, tmp_path):
+    import shutil
+
+    from manifests.datasets import HandCropDataset
+    from manifests.validate import validate_manifest
+
+    old = tmp_path / "old"
+    shutil.copytree(synthetic_manifest, old)
+    for path in (old / "hands").glob("*.parquet"):  # each hands shard as a 1.1 writer made it
+        t = pq.read_table(path).drop_columns(["source_caption"])
+        pq.write_table(
+            t.replace_schema_metadata({**t.schema.metadata, b"handfirst.schema_version": b"1.1"}), path
+        )
+    hands = open_manifest(str(old)).hands
+    assert hands.read(["hand_id", "source_caption"])["source_caption"].null_count == hands.num_rows == 15
+    assert validate_manifest(str(old)) == []
+    sample = next(iter(HandCropDataset(str(old), caption="source")))
+    assert sample["caption"].startswith("a hand showing")  # no source caption: the generated one

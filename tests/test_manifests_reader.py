@@ -222,7 +222,7 @@ def test_schema_from_another_version_is_refused(synthetic_manifest, tmp_path):
     _rewrite_shard(path, t.replace_schema_metadata(md))
     with pytest.raises(
         SchemaMismatchError,
-        match=r"hands/shard-00000\.parquet: schema version 2\.0, but this code reads version 1\.1",
+        match=r"hands/shard-00000\.parquet: schema version 2\.0, but this code reads version 1\.2",
     ):
         open_manifest(str(root))
 

@@ -124,7 +124,7 @@ def test_num_hands_and_status_disagreements(synthetic_manifest, tmp_path):
     [
         ("corrupt", "hands/shard-00001.parquet: corrupt or truncated Parquet file"),
         ("truncate", "images/shard-00000.parquet: corrupt or truncated Parquet file"),
-        ("version", "hands/shard-00002.parquet: schema version 0.9, but this code reads version 1.1"),
+        ("version", "hands/shard-00002.parquet: schema version 0.9, but this code reads version 1.2"),
         ("stats", "hands/_stats/shard-00000.json: stats file missing"),
         ("manifest", "hands/_manifest.json: _manifest.json missing"),
     ],

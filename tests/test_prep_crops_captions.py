@@ -150,6 +150,38 @@ def test_caption_templates_override_per_label():
     assert image_caption("fist", ["left"], 0, overrides) == "a person showing a fist with the left hand"
 
 
+def test_caption_templates_come_from_the_command_line():
+    from manifests.settings import SettingError
+    from prep.cli import build_parser
+    from prep.commands.run import config_from_args
+
+    args = [
+        "--caption-template",
+        "a photo of {gesture} by {hands}",
+        "--hand-caption-template",
+        "{side} hand: {gesture}",
+    ]
+    config = config_from_args(build_parser().parse_args(args)).validate()
+    templates = config.all_caption_templates()
+    assert image_caption("peace", ["right"], 0, templates) == "a photo of a peace sign by the right hand"
+    assert image_caption("mute", ["left"], 0, templates) == "a photo of a finger on the lips by the left hand"
+    assert (
+        image_caption("none", ["left"], 0, templates) == "a person with the left hand visible"
+    )  # no gesture
+    assert hand_caption("peace", "left", True, templates) == "left hand: a peace sign"
+    assert hand_caption("peace", "left", False, templates) == "a left hand"
+    per_label = PrepConfig(caption_template="a photo of {gesture}", caption_templates={"ok": "okay: {hands}"})
+    assert image_caption("ok", ["left"], 0, per_label.all_caption_templates()) == "okay: the left hand"
+    assert image_caption("fist", ["left"], 0, per_label.all_caption_templates()) == "a photo of a fist"
+    assert PrepConfig(caption_template="a {gesture}").fingerprint() != PrepConfig().fingerprint()
+    with pytest.raises(
+        SettingError, match=r"caption_template \(--caption-template\): 'a \{pose\}' does not format"
+    ):
+        PrepConfig(caption_template="a {pose}").validate()
+    with pytest.raises(SettingError, match=r"caption_templates\['hand:ok'\]: 'a \{' does not format"):
+        PrepConfig(caption_templates={"hand:ok": "a {"}).validate()
+
+
 def test_warp_crop_matches_crop_image_inside_the_image(data_dir):
     from manifests.geometry import crop_image
     from prep.crops import warp_crop

@@ -93,22 +93,23 @@ def manifest_inputs(
     """
     import pyarrow.dataset as ds
 
-    from manifests.datasets import BodyDataset
+    from manifests.datasets import BodyDataset, EmptySelectionError
 
-    data = BodyDataset(
-        manifest,
-        resolution=resolution,
-        fit=fit,
-        crop=crop,
-        status=None,
-        filter=ds.field("image_id") == image_id,
-        shuffle=False,
-        rank=0,
-        world_size=1,
-    )
-    item = next(iter(data), None)
-    if item is None:
-        raise ValueError(f"{manifest}: no image with image_id {image_id!r}")
+    try:
+        data = BodyDataset(
+            manifest,
+            resolution=resolution,
+            fit=fit,
+            crop=crop,
+            status=None,
+            filter=ds.field("image_id") == image_id,
+            shuffle=False,
+            rank=0,
+            world_size=1,
+        )
+    except EmptySelectionError:
+        raise ValueError(f"{manifest}: no image with image_id {image_id!r}") from None
+    item = next(iter(data))
     inputs = inputs_from_body_sample(item)
     return {
         "prompt": item["caption"],

@@ -53,6 +53,7 @@ from .body_config import BodyTrainConfig
 from .errors import DataCheckError
 from .loop import TrainResult, train, weight_dtype
 from .losses import diffusion_target
+from .manifest_reads import count_missing_source_captions, log_caption_fallbacks
 from .run_folder import read_source_run
 from .task import TrainTask
 
@@ -176,13 +177,14 @@ class BodyTask(TrainTask):
         self._validation: list[dict] | None = None
 
     # ---- data ------------------------------------------------------------------------------------
-    def _check_manifest(self, url: str) -> tuple[int, list[str]]:
-        """(images with status ok in the split, ids of those without a usable body pose) of one manifest;
-        refuses per ``missing_body``."""
+    def _check_manifest(self, url: str) -> tuple[int, list[str], int]:
+        """(images with status ok in the split, ids of those without a usable body pose, how many of the
+        usable ones have no source caption) of one manifest; refuses per ``missing_body``."""
         c = self.config
         try:
             manifest = open_manifest(url)
-            table = manifest.read("images", ["image_id", "body_keypoints"], split=c.split, status="ok")
+            columns = ["image_id", "body_keypoints", "source_caption"]
+            table = manifest.read("images", columns, split=c.split, status="ok")
         except (ManifestError, ValueError, OSError) as exc:
             raise DataCheckError(f"{url}: cannot serve body training: {exc}") from exc
         usable = body_pose_usable(table.column("body_keypoints"), c.min_visibility)
@@ -207,7 +209,11 @@ class BodyTask(TrainTask):
                 len(ids),
                 missing[:3],
             )
-        return len(ids), missing
+        return (
+            len(ids),
+            missing,
+            count_missing_source_captions(table.filter(pa.array(usable)).column("source_caption")),
+        )
 
     def check_data(self) -> None:
         """Count the usable images (a drawable body pose) of every manifest before any model is loaded;
@@ -216,20 +222,24 @@ class BodyTask(TrainTask):
         if c.init_from:
             self.source_run = read_source_run(c.init_from, self.name)
         found = [self._check_manifest(url) for url in c.manifest]
-        self._exclude = [missing for _, missing in found]
+        self._exclude = [missing for _, missing, _ in found]
         self._checked = True
-        images = sum(n for n, _ in found)
-        skipped = sum(len(m) for _, m in found)
+        images = sum(n for n, _, _ in found)
+        skipped = sum(len(m) for _, m, _ in found)
         self.facts.update(
             images=images,
             usable_images=images - skipped,
             skipped_no_body_pose=skipped,
             resolution=c.resolved_resolution,
         )
+        if c.caption != "generated":
+            self.facts["no_source_caption"] = sum(k for _, _, k in found)
+            log_caption_fallbacks("train-body", c.caption, self.facts["no_source_caption"], images - skipped)
         if len(found) > 1:
             self.facts["sources"] = [
                 {"manifest": url, "images": n, "skipped_no_body_pose": len(m)}
-                for url, (n, m) in zip(c.manifest, found)
+                | ({"no_source_caption": k} if c.caption != "generated" else {})
+                for url, (n, m, k) in zip(c.manifest, found)
             ]
             self.facts["manifest_weights"] = list(c.manifest_weights) if c.manifest_weights else None
         if c.init_from:
@@ -256,6 +266,7 @@ class BodyTask(TrainTask):
             rank=rank,
             world_size=world_size,
             shuffle_window=c.shuffle_window,
+            caption=c.caption,
         )
 
     def _dataset(self, rank: int | None, world_size: int | None, shuffle: bool = True):

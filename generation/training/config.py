@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from manifests.decode import CAPTION_CHOICES
 from manifests.settings import SettingError, Settings, setting
 
 from ..guards import MAX_SEED
@@ -232,6 +233,12 @@ class StageTrainConfig(TrainConfig):
         "so the starting noise cannot set the image's brightness (needs --prediction-type v_prediction)",
     )
     text_dropout: float = setting(0.1, "probability of training with an empty caption (text CFG)", ge=0, lt=1)
+    caption: str = setting(
+        "generated",
+        "the caption to train on: generated (prep's, from the label and the hands), source (the source's own, "
+        "e.g. img2dataset's text; a row without one uses the generated caption, counted in the log) or both",
+        choices=CAPTION_CHOICES,
+    )
     shuffle_window: int = setting(4, "row groups whose rows are shuffled together", ge=1)
     validation_steps: int = setting(20, "denoising steps for validation images", ge=1, le=1000)
     sampler: str = setting(

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler
 
-from manifests.datasets import HandCropDataset, MixtureDataset
+from manifests.datasets import HandCropDataset, MixtureDataset, choose_caption
 from manifests.draw import contact_sheet, draw_hand, overlay_mask
 from manifests.geometry import DEFAULT_SIGMA, keypoint_coverage, rescale_sigma
 from manifests.reader import open_manifest
@@ -39,7 +39,7 @@ from .hand_config import HandTrainConfig
 from .latent_cache import LatentCache, fingerprint, vae_fingerprint
 from .loop import TrainResult, train, weight_dtype
 from .losses import diffusion_target, mask_loss
-from .manifest_reads import first_rows, null_counts
+from .manifest_reads import count_missing_source_captions, first_rows, log_caption_fallbacks, null_counts
 from .run_folder import read_source_run
 from .task import TrainTask
 
@@ -116,7 +116,15 @@ class HandTask(TrainTask):
             for v in valid[1:]:
                 extra = extra & v
             self.extra_filters[source] = extra
-        light = ["hand_id", "crop_size", "heatmap_shape", "heatmap_sigma", "caption", "split"]
+        light = [
+            "hand_id",
+            "crop_size",
+            "heatmap_shape",
+            "heatmap_sigma",
+            "caption",
+            "source_caption",
+            "split",
+        ]
         rows = manifest.read("hands", light, filter=self._filter_expression(source), **self._filter_kwargs())
         if rows.num_rows == 0:
             shown = {
@@ -138,6 +146,7 @@ class HandTask(TrainTask):
             "stored_sigma": float(first["heatmap_sigma"] or DEFAULT_SIGMA),
             "manifest_created_at": manifest.info.get("created_at"),
             "crop_margin": (manifest.config or {}).get("crop_margin"),
+            "no_source_caption": count_missing_source_captions(rows.column("source_caption")),
         }
 
     def check_data(self) -> None:
@@ -202,11 +211,14 @@ class HandTask(TrainTask):
             "manifest_created_at": first["manifest_created_at"],
             "crop_margin": crop_margin,
         }
+        skip = {"crop_sizes", "stored_sigma", "crop_margin"}
+        if c.caption == "generated":
+            skip.add("no_source_caption")
+        else:
+            missing = self.facts["no_source_caption"] = sum(s["no_source_caption"] for s in sources)
+            log_caption_fallbacks("train-hand", c.caption, missing, self.facts["hands_selected"])
         if len(sources) > 1:
-            self.facts["sources"] = [
-                {k: v for k, v in src.items() if k not in ("crop_sizes", "stored_sigma", "crop_margin")}
-                for src in sources
-            ]
+            self.facts["sources"] = [{k: v for k, v in src.items() if k not in skip} for src in sources]
             self.facts["manifest_weights"] = list(c.manifest_weights) if c.manifest_weights else None
         if self.source_run is not None:
             self.facts["init_from"] = os.path.abspath(c.init_from)
@@ -236,6 +248,7 @@ class HandTask(TrainTask):
             world_size=world_size,
             shuffle_window=self.config.shuffle_window,
             load_pixels=load_pixels,
+            caption=self.config.caption,
             **self._filter_kwargs(),
         )
 
@@ -438,7 +451,7 @@ class HandTask(TrainTask):
         of the first manifest."""
         if getattr(self, "_poses", None) is None:
             m = open_manifest(self.config.manifest[0])
-            cols = ["hand_id", "crop_keypoints", "crop_size", "caption"]
+            cols = ["hand_id", "crop_keypoints", "crop_size", "caption", "source_caption"]
             n = self.config.num_validation_poses
             rows = first_rows(m, "hands", cols, n, split="val") if self.config.split != "val" else []
             if not rows:
@@ -452,7 +465,12 @@ class HandTask(TrainTask):
                 kps[:, :2] *= res / float(r["crop_size"])
                 kps[:, :2] = np.clip(kps[:, :2], 0, res)
                 self._poses.append(
-                    {"keypoints": kps, "caption": r["caption"] or "a hand", "hand_id": r["hand_id"]}
+                    {
+                        "keypoints": kps,
+                        "caption": choose_caption(r["caption"], r["source_caption"], self.config.caption)
+                        or "a hand",
+                        "hand_id": r["hand_id"],
+                    }
                 )
         return self._poses
 

@@ -1,7 +1,12 @@
-"""Cheap reads of a training manifest: null counts from the Parquet footers, and the first rows that
-pass a filter (for checks and validation grids, without a pass over the table)."""
+"""Cheap reads of a training manifest: null counts from the Parquet footers, the first rows that pass a
+filter (for checks and validation grids, without a pass over the table), and the rows that lack a
+source caption."""
 
 from __future__ import annotations
+
+import logging
+
+logger = logging.getLogger(__name__)
 
 
 def null_counts(table, columns) -> dict[str, int]:
@@ -31,3 +36,23 @@ def first_rows(manifest, table: str, columns, n: int, **filters) -> list[dict]:
         if len(out) >= n:
             break
     return out
+
+
+def count_missing_source_captions(column) -> int:
+    """Rows of a `source_caption` column (pyarrow) with no source caption: null or blank."""
+    return sum(1 for text in column.to_pylist() if not (text or "").strip())
+
+
+def log_caption_fallbacks(command: str, choice: str, missing: int, total: int) -> None:
+    """Say once, before training, how many selected rows train on the generated caption for lack of a
+    source caption under ``--caption source`` / ``both``."""
+    if choice == "generated" or not missing:
+        return
+    logger.warning(
+        "%s --caption %s: %d of %d selected rows have no source caption and use the generated one%s",
+        command,
+        choice,
+        missing,
+        total,
+        " (the manifest's source gives none)" if missing == total else "",
+    )

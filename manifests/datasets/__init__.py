@@ -28,10 +28,12 @@ keeping the sharding, the determinism and the exact resume above (its position i
 count).
 """
 
+from ..decode import CAPTION_CHOICES, choose_caption
 from .body import HANDEDNESS_CODES, BodyDataset
 from .hand import HandCropDataset
 from .mixture import MixtureDataset
 from .stream import (
+    EmptySelectionError,
     ManifestDataLoader,
     ManifestIterableDataset,
     ResumableStream,
@@ -41,13 +43,16 @@ from .stream import (
 )
 
 __all__ = [
+    "CAPTION_CHOICES",
     "HANDEDNESS_CODES",
     "BodyDataset",
+    "EmptySelectionError",
     "HandCropDataset",
     "ManifestDataLoader",
     "ManifestIterableDataset",
     "MixtureDataset",
     "ResumableStream",
+    "choose_caption",
     "resolve_rank",
     "to_mask_tensor",
     "to_pixel_values",

@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..decode import body_keypoints, hand_keypoints, hands_mask_array, image_array, image_size
+from ..decode import (
+    body_keypoints,
+    check_caption_choice,
+    choose_caption,
+    hand_keypoints,
+    hands_mask_array,
+    image_array,
+    image_size,
+)
 from ..errors import ManifestError
 from ..pose import to_openpose18
 from ..reader import Manifest, RowGroupUnit
@@ -31,7 +39,8 @@ class BodyDataset(ManifestIterableDataset):
     - ``hand_keypoints``: (max_hands, 21, 3) float32 in canvas pixels; ``hand_valid`` (max_hands,)
       bool; ``handedness`` (max_hands,) int64 (0 left, 1 right, -1 unknown or padding);
     - ``transform``: (3,) float32 [scale, tx, ty]: canvas = scale * original + t;
-    - ``caption``, ``label``, ``image_id``: str.
+    - ``caption``, ``label``, ``image_id``: str; ``caption`` as chosen by ``caption``
+      (``generated``, ``source`` or ``both``, as in `HandCropDataset`).
 
     The rendered pose condition is left to the trainer: `transform_for` gives the transform of
     any row, and `manifests.draw.draw_openpose` draws ``openpose``. Hands come from the hands shard
@@ -73,6 +82,8 @@ class BodyDataset(ManifestIterableDataset):
         rank: int | None = None,
         world_size: int | None = None,
         shuffle_window: int = 4,
+        transform=None,
+        caption: str = "generated",
     ):
         super().__init__(
             manifest,
@@ -85,6 +96,7 @@ class BodyDataset(ManifestIterableDataset):
             rank=rank,
             world_size=world_size,
             shuffle_window=shuffle_window,
+            transform=transform,
         )
         if crop not in ("center", "hands"):
             raise ValueError(f"crop must be 'center' or 'hands', got {crop!r}")
@@ -94,6 +106,9 @@ class BodyDataset(ManifestIterableDataset):
         self.fit = fit
         self.crop = crop
         self.max_hands = int(max_hands)
+        self.caption = check_caption_choice(caption)
+        if self.caption != "generated":
+            self.columns = [*type(self).columns, "source_caption"]
         FitTransform.fit(1, 1, self.out_w, self.out_h, fit)  # checks the mode early
         self.hands = self.manifest.table("hands")
         self._hand_shards = {s.name: i for i, s in enumerate(self.hands.shards)}
@@ -164,7 +179,7 @@ class BodyDataset(ManifestIterableDataset):
             "handedness": torch.from_numpy(handed),
             "num_hands": len(hands),
             "transform": torch.from_numpy(t.params),
-            "caption": row["caption"] or "",
+            "caption": choose_caption(row["caption"], row.get("source_caption"), self.caption),
             "label": row["label"] or "",
             "image_id": row["image_id"],
         }

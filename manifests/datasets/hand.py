@@ -6,7 +6,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..decode import crop_array, crop_keypoints, heatmap_array, mask_array
+from ..decode import (
+    check_caption_choice,
+    choose_caption,
+    crop_array,
+    crop_keypoints,
+    heatmap_array,
+    mask_array,
+)
 from ..geometry import render_heatmap, rescale_sigma
 from ..reader import Manifest, RowGroupUnit
 from .stream import ManifestIterableDataset, to_mask_tensor, to_pixel_values
@@ -22,7 +29,9 @@ class HandCropDataset(ManifestIterableDataset):
       scaled to the new heatmap size, so the blobs keep their size relative to the hand);
     - ``mask``: (1, R, R) float32 in {0, 1}, the hand mask;
     - ``keypoints``: (21, 3) float32, [x, y, score] in pixels of the R x R crop;
-    - ``caption``, ``label``, ``handedness``, ``hand_id``: str ("" where null).
+    - ``caption``, ``label``, ``handedness``, ``hand_id``: str ("" where null). ``caption`` is
+      prep's (``caption="generated"``, the default), the source's own (``"source"``: img2dataset's
+      text, or the generated one where the row has none) or both joined (``"both"``).
 
     ``resolution`` (default: the stored crop_size) resizes crop (bicubic), mask (bilinear then
     threshold) and keypoints with the same scale R / crop_size.
@@ -65,7 +74,9 @@ class HandCropDataset(ManifestIterableDataset):
         rank: int | None = None,
         world_size: int | None = None,
         shuffle_window: int = 4,
+        transform=None,
         load_pixels: bool = True,
+        caption: str = "generated",
     ):
         super().__init__(
             manifest,
@@ -78,10 +89,13 @@ class HandCropDataset(ManifestIterableDataset):
             rank=rank,
             world_size=world_size,
             shuffle_window=shuffle_window,
+            transform=transform,
         )
         self.load_pixels = bool(load_pixels)
-        if not self.load_pixels:
-            self.columns = [c for c in type(self).columns if c != "crop"]
+        self.caption = check_caption_choice(caption)
+        self.columns = [c for c in type(self).columns if c != "crop" or self.load_pixels]
+        if self.caption != "generated":
+            self.columns.append("source_caption")
         self.resolution = resolution
         self.heatmap_size = heatmap_size
         self.heatmap_sigma = heatmap_sigma
@@ -112,7 +126,7 @@ class HandCropDataset(ManifestIterableDataset):
             "heatmap": torch.from_numpy(heatmap),
             "mask": to_mask_tensor(mask),
             "keypoints": torch.from_numpy(kps),
-            "caption": row["caption"] or "",
+            "caption": choose_caption(row["caption"], row.get("source_caption"), self.caption),
             "label": row["label"] or "",
             "handedness": row["handedness"] or "",
             "hand_id": row["hand_id"],

@@ -6,6 +6,9 @@ the samples it delivered so a restart resumes exactly (see the package docstring
 
 from __future__ import annotations
 
+import logging
+from collections import Counter
+from collections.abc import Callable
 from typing import ClassVar
 
 import numpy as np
@@ -17,6 +20,12 @@ from ..errors import RowDecodeError
 from ..partition import epoch_rng, rank_units, resume_streams, windows, worker_units
 from ..reader import Manifest, RowGroupUnit, build_filter, open_manifest
 from ..storage import url_for
+
+logger = logging.getLogger(__name__)
+
+
+class EmptySelectionError(ValueError):
+    """No row of the table passes the dataset's filters (a split the manifest does not have, say)."""
 
 
 def resolve_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:
@@ -103,6 +112,17 @@ class ResumableStream(IterableDataset):
                 "drop_last": bool(state.get("drop_last", False)),
             }
 
+    def num_samples(self) -> int:
+        """Samples this rank yields in the current epoch."""
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        """`num_samples`: what this rank yields in the current epoch (a DataLoader's ``len`` uses it)."""
+        return self.num_samples()
+
+    def __bool__(self) -> bool:  # a dataset is never "false" for being empty; `len` counts rows
+        return True
+
     def worker_counts(self, num_workers: int, epoch: int) -> list[int]:
         """Samples each DataLoader worker yields in `epoch` on this rank."""
         raise NotImplementedError
@@ -134,7 +154,13 @@ class ResumableStream(IterableDataset):
 
 
 class ManifestIterableDataset(ResumableStream):
-    """Shared streaming, sharding, shuffling and resume logic; subclasses turn a row into a sample."""
+    """Shared streaming, sharding, shuffling and resume logic; subclasses turn a row into a sample.
+
+    ``transform`` (optional) is called on every sample dict and its result is yielded instead
+    (augmentations, tokenisation); with DataLoader workers it must be picklable. ``len(dataset)`` is
+    the number of samples this rank yields in the current epoch. Filters that select no row of the
+    table raise `EmptySelectionError`, with the table's rows per split.
+    """
 
     table: ClassVar[str]
     columns: ClassVar[list[str]]
@@ -153,6 +179,7 @@ class ManifestIterableDataset(ResumableStream):
         rank: int | None = None,
         world_size: int | None = None,
         shuffle_window: int = 4,
+        transform: Callable[[dict], object] | None = None,
     ):
         super().__init__(seed, *resolve_rank(rank, world_size))
         self.manifest = manifest if isinstance(manifest, Manifest) else open_manifest(manifest)
@@ -160,11 +187,33 @@ class ManifestIterableDataset(ResumableStream):
         self.filter = build_filter(
             self.table, label=label, split=split, status=status, min_hand_size=min_hand_size, filter=filter
         )
+        if transform is not None and not callable(transform):
+            raise TypeError(f"transform must be callable, got {type(transform).__name__}")
+        self.transform = transform
         self.shuffle = bool(shuffle)
         self.shuffle_window = max(1, int(shuffle_window))
         self.units: list[RowGroupUnit] = self.source.units()
         self.sizes = [u.num_rows for u in self.units]
         self._count_cache: dict[int, int] = {}
+        given = {"label": label, "split": split, "status": status, "min_hand_size": min_hand_size}
+        self._check_selection({k: v for k, v in given.items() if v is not None}, filter)
+
+    def _check_selection(self, given: dict, filter) -> None:
+        """Raise `EmptySelectionError` when no row passes the filters (stops at the first unit with one)."""
+        if not self.units:
+            logger.warning("%s: the %s table has no rows", self.source.url, self.table)
+            return
+        if self.filter is None or any(self._count(u) for u in range(len(self.units))):
+            return
+        splits = Counter(self.source.read(["split"]).column("split").to_pylist())
+        shown = {**given, **({"filter": str(filter)} if filter is not None else {})}
+        hint = ""
+        if "split" in given and set(splits) == {None}:
+            hint = "; its rows carry no split, so leave split out (None) to take them all"
+        raise EmptySelectionError(
+            f"{self.source.url}: no {self.table} row passes {shown}; rows per split: "
+            f"{ {k if k is not None else 'none': v for k, v in sorted(splits.items(), key=str)} }{hint}"
+        )
 
     # ----- planning ---------------------------------------------------------------------------
     def _count(self, unit: int) -> int:
@@ -204,13 +253,17 @@ class ManifestIterableDataset(ResumableStream):
                 if skip >= n:
                     skip -= n
                     continue
+            key = window[0]  # the window's shuffle seed, whichever of its units are read
+            window = [u for u in window if self._count_cache.get(u) != 0]  # known empty: not read again
+            if not window:
+                continue
             parts = [self.source.read_unit(self.units[u], self.columns, self.filter) for u in window]
             origin = [self.units[u] for u, t in zip(window, parts) for _ in range(t.num_rows)]
             table = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
             if table.num_rows == 0:
                 continue
             order = (
-                epoch_rng(self.seed, epoch, window[0]).permutation(table.num_rows)
+                epoch_rng(self.seed, epoch, key).permutation(table.num_rows)
                 if self.shuffle
                 else np.arange(table.num_rows)
             )
@@ -219,11 +272,12 @@ class ManifestIterableDataset(ResumableStream):
             for i in order:
                 row = {c: v[i] for c, v in cols.items()}
                 try:
-                    yield self.make_sample(row, origin[i])
+                    sample = self.make_sample(row, origin[i])
                 except RowDecodeError as exc:
                     raise RowDecodeError(
                         f"{url_for(self.source.fs, origin[i].path)} row group {origin[i].row_group}: {exc}"
                     ) from exc
+                yield sample if self.transform is None else self.transform(sample)
 
     def make_sample(self, row: dict, unit: RowGroupUnit) -> dict:
         raise NotImplementedError
