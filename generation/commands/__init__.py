@@ -38,7 +38,7 @@ def run_training(command: str, config_cls, args, train) -> int:
             base = {k: v for k, v in base["config"].items() if k != "overwrite"}
         config = from_args(config_cls, args, base)
         result = train(config)
-    except (TrainingError, ModelFolderError, ValueError, FileNotFoundError) as exc:
+    except (TrainingError, ModelFolderError, ValueError, OSError) as exc:
         print(f"handfirst-gen {command}: error: {exc}", file=sys.stderr)
         return 1
     if int(os.environ.get("RANK", "0")) != 0:
