@@ -21,10 +21,12 @@ a ``<image_id>.json`` sidecar (``source``, ``spec``, ``settings``, ``models``), 
     handfirst-gen evaluate --compare rep/real rep/baseline-openpose rep/none rep/fixed rep/sequential --out rep
 
 line up image by image. A rerun skips images whose PNG and sidecar exist (``overwrite`` redoes them).
+Under ``accelerate launch`` each process draws its share of the rows (`generation.processes`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import logging
 import os
@@ -54,6 +56,7 @@ from .guards import (
     check_image_cost,
     make_generator,
 )
+from .processes import this_process
 from .selection import DEFAULT_SPLIT
 
 logger = logging.getLogger(__name__)
@@ -62,7 +65,7 @@ logger = logging.getLogger(__name__)
 def _needs_controlnet(settings: BaselineConfig) -> None:
     if not settings.controlnet:
         raise SettingError(
-            "--method controlnet-openpose needs --controlnet DIR (a local diffusers ControlNet)"
+            "--method controlnet-openpose needs --controlnet DIR (a diffusers ControlNet folder or Hub id)"
         )
 
 
@@ -89,8 +92,17 @@ class BaselineConfig(Settings):
         "controlnet-openpose (OpenPose-full condition: body and hand skeletons) or sd (prompt only)",
         choices=lambda: tuple(METHODS),
     )
-    pretrained: str = setting("", "local Stable Diffusion folder (diffusers layout)")
-    controlnet: str | None = setting(None, "local diffusers OpenPose ControlNet folder (controlnet-openpose)")
+    pretrained: str = setting(
+        "", "Stable Diffusion: a diffusers folder or a Hub id in the local Hugging Face cache"
+    )
+    controlnet: str | None = setting(
+        None,
+        "OpenPose ControlNet (controlnet-openpose): a diffusers folder or a Hub id in the local Hugging Face "
+        "cache (e.g. lllyasviel/control_v11p_sd15_openpose)",
+    )
+    allow_download: bool = setting(
+        False, "fetch a --pretrained / --controlnet Hub id that is not in the local Hugging Face cache"
+    )
     steps: int = setting(30, "denoising steps", ge=1, le=1000)
     guidance_scale: float = setting(7.5, "text guidance (1 disables it)", ge=0, le=100)
     conditioning_scale: float = setting(1.0, "ControlNet residual scale", ge=0, le=10)
@@ -119,9 +131,26 @@ class BaselineConfig(Settings):
     def validate(self) -> BaselineConfig:
         super().validate()
         if not self.pretrained:
-            raise SettingError("--pretrained is required (a local Stable Diffusion folder)")
+            raise SettingError("--pretrained is required (a Stable Diffusion folder or Hub id)")
         METHODS[self.method].check(self)
         return self
+
+
+def model_folders(settings: BaselineConfig) -> dict:
+    """The local folders of ``--pretrained`` and ``--controlnet`` (Hub ids found in the local cache,
+    `generation.models.hub.find_model`), their layouts checked before anything loads."""
+    from .models.checks import check_controlnet_folder, check_sd_folder
+    from .models.hub import find_model
+
+    allow = settings.allow_download
+    folders = {
+        "pretrained": find_model(settings.pretrained, "Stable Diffusion folder", "--pretrained", allow)
+    }
+    facts = check_sd_folder(folders["pretrained"])
+    if settings.controlnet:
+        folders["controlnet"] = find_model(settings.controlnet, "ControlNet folder", "--controlnet", allow)
+        check_controlnet_folder(folders["controlnet"], facts.unet, "--controlnet")
+    return folders
 
 
 def _device(settings: BaselineConfig) -> str:
@@ -253,8 +282,11 @@ def _decode(pipe, latents) -> np.ndarray:
     return (pixels * 255).round().astype(np.uint8)
 
 
-def baseline_one(pipe, request: Request, settings: BaselineConfig, out_dir: str, models: dict) -> dict:
-    """Draw one request with the baseline and write its PNG, condition and sidecar; returns the sidecar."""
+def baseline_one(
+    pipe, request: Request, settings: BaselineConfig, out_dir: str, models: dict, process: dict | None = None
+) -> dict:
+    """Draw one request with the baseline and write its PNG, condition and sidecar; returns the sidecar.
+    `process` (``process_index``, ``num_processes``) says which of the launched processes drew it."""
     spec = request.spec
     paths = output_paths(out_dir, request.name)  # refuses an unsafe name before any work
     check_image_cost(
@@ -286,6 +318,7 @@ def baseline_one(pipe, request: Request, settings: BaselineConfig, out_dir: str,
         "models": models,
         "files": files,
         "device": str(pipe.device),
+        **(process or {"process_index": 0, "num_processes": 1}),
         "versions": versions(),
         "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
@@ -311,26 +344,29 @@ def run_baseline(
 
     settings.validate()
     method = METHODS[settings.method]
-    pipe = method.load(settings)
+    folders = model_folders(settings)
+    share = this_process()
+    pipe = method.load(dataclasses.replace(settings, **folders, device=settings.device or share.device))
     size = settings.size or native_size(pipe)
     requests = requests_from_manifest(
         manifest, image_ids, size, split, limit, settings.seed, fit=settings.fit
     )
     models = {
-        "pretrained": os.path.abspath(settings.pretrained),
-        "pretrained_fingerprint": weights_fingerprint(settings.pretrained),
+        "pretrained": os.path.abspath(folders["pretrained"]),
+        "pretrained_fingerprint": weights_fingerprint(folders["pretrained"]),
     }
     if settings.controlnet:
         models.update(
-            controlnet=os.path.abspath(settings.controlnet),
-            controlnet_fingerprint=weights_fingerprint(settings.controlnet),
+            controlnet=os.path.abspath(folders["controlnet"]),
+            controlnet_fingerprint=weights_fingerprint(folders["controlnet"]),
         )
+    requests = share.take(requests)  # under accelerate launch, this process's share of the rows
     pipe.set_progress_bar_config(disable=True)
     written, skipped = [], []
     for request in tqdm(requests, desc=f"baseline {settings.method}", unit="img", disable=not progress):
         if not settings.overwrite and is_done(out_dir, request.name):
             skipped.append(request.name)
             continue
-        baseline_one(pipe, request, settings, out_dir, models)
+        baseline_one(pipe, request, settings, out_dir, models, share.record())
         written.append(request.name)
     return {"written": written, "skipped": skipped}

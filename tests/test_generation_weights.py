@@ -110,7 +110,9 @@ def _train_hand(manifest, out, *extra):
 
 
 @pytest.mark.slow
-def test_pretrained_by_id_without_preset_trains_from_the_cached_folder(synthetic_manifest, hf_cache, tmp_path):
+def test_pretrained_by_id_without_preset_trains_from_the_cached_folder(
+    synthetic_manifest, hf_cache, tmp_path
+):
     run = tmp_path / "run"
     assert _train_hand(synthetic_manifest, run, "--pretrained", REPO) == 0
     record = json.loads((run / "config.json").read_text())

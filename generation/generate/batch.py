@@ -7,6 +7,8 @@
 - images already written (PNG plus sidecar) are skipped unless ``overwrite``, so an interrupted batch
   resumes; a replayed sidecar is always redone;
 - a replay takes the model folders its first sidecar records unless others are given;
+- under ``accelerate launch`` each process draws its share of the requests (`generation.processes`),
+  with its own failures file;
 - one bad request never stops the batch: it is recorded in ``failures.jsonl`` in the output folder
   (appended) and reported, and the others are written (a lone photo in which nothing is detected is
   an error instead: there are no others).
@@ -24,6 +26,7 @@ from dataclasses import dataclass, field, fields
 
 from manifests.settings import flag
 
+from ..processes import this_process
 from ..selection import DEFAULT_SPLIT
 from .outputs import is_done
 from .pipeline import body_resolution, generate_one, load_pipeline, model_record
@@ -80,10 +83,11 @@ class BatchResult:
     written: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     failures: list[dict] = field(default_factory=list)
+    failures_file: str = FAILURES  # this process's (`ProcessShare.failures_file`)
 
     @property
     def failures_path(self) -> str:
-        return os.path.join(self.out_dir, FAILURES)
+        return os.path.join(self.out_dir, self.failures_file)
 
 
 # (a request, the settings to make it with)
@@ -207,9 +211,10 @@ def generate_batch(
         hand_model, body_model = hand_model or models["hand"]["path"], body_model or models["body"]["path"]
     if not hand_model or not body_model:
         raise UsageError(f"{flag('hand_model')} and {flag('body_model')} are required")
-    pipe = load_pipeline(hand_model, body_model, settings)
+    share = this_process()
+    pipe = load_pipeline(hand_model, body_model, settings, device=share.device)
 
-    result = BatchResult(out_dir)
+    result = BatchResult(out_dir, failures_file=share.failures_file(FAILURES))
 
     def fail(name: str, source: dict, exc: Exception, error: str) -> None:
         result.failures.append({"name": name, "source": source, "error": error})
@@ -224,6 +229,9 @@ def generate_batch(
         raise RequestError(
             f"several requests share the name(s) {clashes}; their outputs would overwrite each other"
         )
+    if share.index:
+        result.failures.clear()  # requests that failed before the split are process 0's to record
+    items = share.take(items)
     models = model_record(pipe, hand_model, body_model)
     annotator = None
     if settings.detect:
@@ -239,7 +247,7 @@ def generate_batch(
             result.skipped.append(request.name)
         else:
             try:
-                generate_one(pipe, request, item_settings, out_dir, models, annotator)
+                generate_one(pipe, request, item_settings, out_dir, models, annotator, share.record())
                 result.written.append(request.name)
             except ValueError as exc:  # HandTooSmallError, SpecError, CostLimitError, ... of this request
                 fail(request.name, request.source, exc, f"{type(exc).__name__}: {exc}")

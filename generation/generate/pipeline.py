@@ -26,8 +26,9 @@ from .requests import Request
 from .settings import DTYPES, GenerateConfig
 
 
-def load_pipeline(hand_model: str, body_model: str, settings: GenerateConfig):
-    """The two-stage pipeline from two run folders, on the settings' device and dtype."""
+def load_pipeline(hand_model: str, body_model: str, settings: GenerateConfig, device: str | None = None):
+    """The two-stage pipeline from two run folders, on the settings' device (else `device`, this
+    process's under ``accelerate launch``, else cuda when available) and dtype."""
     import torch
 
     from ..pipelines.two_stage import TwoStageHandBodyPipeline
@@ -37,7 +38,7 @@ def load_pipeline(hand_model: str, body_model: str, settings: GenerateConfig):
     if settings.dtype not in dtypes:
         raise ValueError(f"dtype: {settings.dtype!r} is not one of {', '.join(DTYPES)}")
     dtype = dtypes[settings.dtype]
-    device = settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = settings.device or device or ("cuda" if torch.cuda.is_available() else "cpu")
     # float32 is the default: only ask for another dtype, which keeps older and newer diffusers quiet.
     load = {} if dtype == torch.float32 else {"torch_dtype": dtype}
     pipe = TwoStageHandBodyPipeline.from_runs(
@@ -100,9 +101,16 @@ def detect_for_overview(image: np.ndarray, annotator) -> tuple:
 
 
 def generate_one(
-    pipe, request: Request, settings: GenerateConfig, out_dir: str, models: dict, annotator=None
+    pipe,
+    request: Request,
+    settings: GenerateConfig,
+    out_dir: str,
+    models: dict,
+    annotator=None,
+    process: dict | None = None,
 ) -> dict:
-    """Run the pipeline for one request and write its files; returns the sidecar dict."""
+    """Run the pipeline for one request and write its files; returns the sidecar dict. `process`
+    (``process_index``, ``num_processes``) says which of the launched processes drew it."""
     spec = request.spec
     name = request.name
     settings.validate()
@@ -179,6 +187,7 @@ def generate_one(
             "stage1": f"{name}_stage1/",
         },
         "device": str(pipe.device),
+        **(process or {"process_index": 0, "num_processes": 1}),
         "dtype": settings.dtype,
         "versions": versions(),
         "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

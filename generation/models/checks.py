@@ -39,12 +39,16 @@ class BaseFacts:
         return self.unet_sample_size * self.vae_scale_factor
 
 
-def read_config(folder: str, part: str, option: str, name: str = "config.json") -> dict:
+def read_config(folder: str, part: str, option: str, name: str = "config.json", what: str = "model") -> dict:
     path = os.path.join(folder, part, name) if part else os.path.join(folder, name)
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
     except FileNotFoundError:
+        if not part:
+            raise ModelFolderError(
+                f"{option} {folder!r} is not a diffusers {what} folder (no {name})"
+            ) from None
         raise ModelFolderError(
             f"{option} {folder!r}: no {os.path.join(part, name)} (not a diffusers folder)"
         ) from None
@@ -118,7 +122,7 @@ def check_unet_inputs(facts: BaseFacts, want: int, option: str, what: str) -> No
 
 def check_controlnet_folder(folder: str, unet: dict | None, option: str = "--init-controlnet") -> dict:
     """A diffusers ControlNet folder whose architecture fits `unet` (a UNet config; None: not checked)."""
-    config = read_config(folder, "", option)
+    config = read_config(folder, "", option, what="ControlNet")
     if unet is not None:
         differ = [
             k

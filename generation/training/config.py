@@ -267,6 +267,8 @@ class StageTrainConfig(TrainConfig):
 
     def __post_init__(self):
         normalise_sources(self)
+        if not self.init_from:  # an --init-from run's preset is the run's (`resolve`)
+            self.preset = preset_for(self.preset, self.pretrained)
 
     def resolve(self):
         """`TrainConfig.resolve`, with the preset ``--pretrained`` implies (`preset_for`) when not
