@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 from ..spec import SpecError, parse_spec, read_json_file
 from .requests import Request, RequestError
 from .settings import GenerateConfig
@@ -36,9 +34,9 @@ def settings_base(config: str | None = None, replay: list[str] | None = None) ->
     works too, through its ``settings``), else the first replayed sidecar's with the crop margin its
     model record used, else None (the defaults)."""
     if config:
-        with open(config, encoding="utf-8") as f:
-            base = json.load(f)
-        return base.get("settings", base)
+        from manifests.settings import read_settings_file
+
+        return read_settings_file(config)
     if replay:
         _, first, models = request_from_sidecar(replay[0])
         base = first.to_dict()
