@@ -99,3 +99,22 @@ def test_two_processes_draw_each_row_once_and_give_the_single_process_files(
     )
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout.count("generated 0 image(s)") == 2 and again.stdout.count("3 already there") == 2
+
+
+@pytest.mark.slow
+def test_a_stage2_batch_gives_the_one_by_one_images(tiny_runs, synthetic_manifest, tmp_path, capsys):
+    one, batched = tmp_path / "one", tmp_path / "batched"
+    assert main(_args(synthetic_manifest, tiny_runs, one)) == 0
+    assert main([*_args(synthetic_manifest, tiny_runs, batched), "--batch-size", "3"]) == 0
+    assert "generated 6 image(s)" in capsys.readouterr().out
+    ones, batches = _images(one), _images(batched)
+    assert sorted(ones) == sorted(batches) and len(ones) == 6
+    for name in ones:
+        assert np.abs(ones[name] - batches[name]).max() <= 2, name  # float rounding only
+    sidecars = [json.loads((batched / f"{name}.json").read_text()) for name in batches]
+    assert [s["stage2_batch"] for s in sidecars] == [3] * 6
+    for name in ones:  # the stage-1 hands are each request's own, drawn alike
+        for f in os.listdir(one / f"{name}_stage1"):
+            a = np.asarray(Image.open(one / f"{name}_stage1" / f), np.int16)
+            b = np.asarray(Image.open(batched / f"{name}_stage1" / f), np.int16)
+            assert np.abs(a - b).max() <= 2, (name, f)
