@@ -240,11 +240,11 @@ def inference_memory(params: int, side: int, batch: int, dtype: str) -> dict:
 def _rows(manifest: str, image_ids, split, limit) -> int:
     from manifests.reader import open_manifest
 
-    from .selection import iter_selected
+    from .selection import select_rows
 
     if image_ids:
         return len(image_ids)
-    return sum(1 for _ in iter_selected(open_manifest(manifest), ["image_id"], split=split, limit=limit))
+    return len(select_rows(open_manifest(manifest), ["image_id"], split=split, limit=limit))
 
 
 def generate_plan(sources, hand_model: str, body_model: str, settings) -> str:
@@ -275,11 +275,12 @@ def generate_plan(sources, hand_model: str, body_model: str, settings) -> str:
             "images": images,
             "processes": processes,
             "images_per_process": -(-images // processes) if images else 0,
+            "stage2_batch_size": settings.batch_size,
             "body_denoising_steps_per_image": settings.steps,
             "hand_denoising_steps_per_hand": hand_steps,
             "longer_side_px": side,
         },
-        "memory_estimate_gib": inference_memory(total, side, 1, settings.dtype),
+        "memory_estimate_gib": inference_memory(total, side, settings.batch_size, settings.dtype),
         "failures_file": ProcessShare().failures_file(),
     }
     return json.dumps(plan, indent=2, default=str)
@@ -310,6 +311,7 @@ def baseline_plan(settings, manifest: str, image_ids, split, limit) -> str:
         "steps": {
             "images": images,
             "processes": int(os.environ.get("WORLD_SIZE", "1") or 1),
+            "batch_size": settings.batch_size,
             "denoising_steps_per_image": settings.steps,
             "longer_side_px": side,
         },

@@ -118,3 +118,17 @@ def test_a_stage2_batch_gives_the_one_by_one_images(tiny_runs, synthetic_manifes
             a = np.asarray(Image.open(one / f"{name}_stage1" / f), np.int16)
             b = np.asarray(Image.open(batched / f"{name}_stage1" / f), np.int16)
             assert np.abs(a - b).max() <= 2, (name, f)
+
+
+@pytest.mark.slow
+def test_generate_dry_run_counts_the_rows_and_writes_nothing(tiny_runs, synthetic_manifest, tmp_path, capsys):
+    out = tmp_path / "gen"
+    assert main([*_args(synthetic_manifest, tiny_runs, out), "--dry-run"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["steps"]["images"] == 6 and plan["steps"]["body_denoising_steps_per_image"] == 2
+    assert (
+        plan["models"]["parameters"]["hand"]["unet"] > 0
+        and plan["models"]["parameters"]["body"]["controlnet"] > 0
+    )
+    assert plan["memory_estimate_gib"]["estimate"] is True
+    assert not out.exists()
