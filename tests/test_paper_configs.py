@@ -153,3 +153,13 @@ def test_dry_run_counts_sd15_sizes_without_weights(tmp_path):
     memory = training_memory(config, {"trainable_total": n, "frozen_total": 206_000_000}, 64, n)
     assert 16 < memory["weights_grads_optimizer_ema"] < 17  # 20 bytes per trained parameter
     assert memory["total"] < 80
+
+
+def test_every_command_takes_a_config_file():
+    from generation.cli import COMMANDS
+    from generation.cli import build_parser as gen_parser
+    from prep.cli import build_parser as prep_parser
+
+    parsers = [prep_parser("run")] + [gen_parser(name)[0] for name in COMMANDS]
+    for parser in parsers:
+        assert "--config" in parser._option_string_actions, parser.prog
