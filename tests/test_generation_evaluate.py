@@ -520,7 +520,9 @@ def test_detection_spreads_over_a_real_dask_scheduler_with_two_workers(eval_mani
 
     from generation.evaluate import evaluate
 
-    here = evaluate(str(eval_manifest), "real", str(tmp_path / "here"), limit=LIMIT, split="all", progress=False)
+    here = evaluate(
+        str(eval_manifest), "real", str(tmp_path / "here"), limit=LIMIT, split="all", progress=False
+    )
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster:
         assert len(cluster.workers) == 2
         spread = evaluate(
