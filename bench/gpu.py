@@ -1,16 +1,26 @@
 """What a CUDA GPU does for handfirst, with random weights (speed does not depend on training).
 
+Section by section (each records its settings beside its figures):
+
 1. SAM ViT-H image embeddings per second through a Dask worker that offers `--resources GPU=1`
    (a LocalCluster of one such worker; the task asks for the resource, as prep's SAM shards do),
    1024-px images, `SamPredictor.set_image` (the embedding is where SAM spends its time).
 2. train-hand steps/s and peak memory of an SD-1.5-sized HandUNet at 512 px (64x64 latents), bf16
    autocast, batch 8, with and without gradient checkpointing (`bench/train_hand.py`'s GPU run).
-3. Two-stage generation: seconds per 512-px image at 30 steps, with SD-1.5-sized UNets and VAE for
-   both stages (the body stage's ControlNet built from its UNet), bf16.
+3. train-body steps/s and peak memory: SD-1.5-sized frozen UNet and VAE in bf16, the 7-channel
+   ControlNet trained under bf16 autocast, 512 px, batch 8, with and without gradient checkpointing
+   (`bench/train_body.py`'s GPU run).
+4. The anchor: the same step with diffusers' `examples/controlnet/train_controlnet.py` settings (a
+   3-channel condition, 512 px, train_batch_size 4, bf16 mixed precision, AdamW), with and without
+   gradient checkpointing, so our steps/s read against the reference trainer's.
+5. Two-stage generation: seconds per 512-px image at 30 steps, with SD-1.5-sized UNets and VAE for
+   both stages (the body stage's ControlNet built from its UNet), bf16, at stage-2 batch 1 and 4
+   (`generate --batch-size`, `TwoStageHandBodyPipeline.call_batch`).
 
 Without a CUDA device it prints "skipped: no CUDA device", writes that to the result file and exits 0.
 
-    .venv/bin/python bench/gpu.py [--sam-images 16] [--train-steps 20] [--generate-images 3]
+    .venv/bin/python bench/gpu.py [--sam-images 16] [--train-steps 20] [--generate-images 4]
+    .venv/bin/python bench/gpu.py --only train_hand train_body train_controlnet_anchor   # some parts
 
 Writes bench/results/gpu.json.
 """
@@ -79,6 +89,23 @@ def train_hand(steps: int) -> list[dict]:
     return gpu_side(steps=steps, batch=8)
 
 
+def train_body(steps: int) -> list[dict]:
+    from bench.train_body import gpu_side
+
+    return gpu_side(steps=steps, batch=8)
+
+
+def train_controlnet_anchor(steps: int) -> list[dict]:
+    """diffusers' train_controlnet.py step at its documented settings: 3 condition channels, batch 4."""
+    from bench.train_body import SD_VAE_CONFIG, _accelerator_run
+    from generation.models.presets import sd15_unet_config
+
+    return [
+        _accelerator_run("cuda", ckpt, steps, 4, sd15_unet_config(), SD_VAE_CONFIG, 512, channels=3)
+        for ckpt in (False, True)
+    ]
+
+
 def sd15_sized_components(seed: int = 0):
     """SD-1.5-sized UNet and VAE (random weights) with a small text encoder of SD's width (768): the
     text encoder runs once per image, so its depth does not move the per-image time."""
@@ -130,30 +157,50 @@ def two_stage(images: int, steps: int = 30, size: int = 512) -> dict:
     body = BodyOutpaintPipeline.from_components(b, build_body_model(b, "standard"))
     pipe = TwoStageHandBodyPipeline.from_pipelines(hand, body, crop_margin=0.25).to("cuda", torch.bfloat16)
     pipe.set_progress_bar_config(disable=True)
-    args = {"prompt": PROMPT, **request(size), "num_inference_steps": steps, "output_type": "np", "seed": 0}
-    pipe(**args)  # warm-up
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(images):
-        pipe(**args)
-    torch.cuda.synchronize()
-    return {
-        "size": size,
-        "steps": steps,
-        "dtype": "bf16",
-        "images": images,
-        "hands_per_image": 2,
-        "seconds_per_image": round((time.perf_counter() - t0) / images, 3),
-        "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
-    }
+    shared = {"num_inference_steps": steps, "output_type": "np"}
+    rows = []
+    for batch in (1, 4):  # generate --batch-size: stage 2 of `batch` requests together
+        requests = [{"prompt": PROMPT, **request(size), "seed": k} for k in range(batch)]
+        pipe.call_batch(requests, **shared)  # warm-up
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        calls = max(1, images // batch)
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            pipe.call_batch(requests, **shared)
+        torch.cuda.synchronize()
+        rows.append(
+            {
+                "size": size,
+                "steps": steps,
+                "dtype": "bf16",
+                "batch_size": batch,
+                "images": calls * batch,
+                "hands_per_image": 2,
+                "seconds_per_image": round((time.perf_counter() - t0) / (calls * batch), 3),
+                "peak_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
+            }
+        )
+    return rows
+
+
+# part -> its measurement (called with its count: images or steps)
+PARTS = {
+    "sam_embeddings": sam_through_dask,
+    "train_hand": train_hand,
+    "train_body": train_body,
+    "train_controlnet_anchor": train_controlnet_anchor,
+    "two_stage": two_stage,
+}
 
 
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sam-images", type=int, default=16)
     ap.add_argument("--train-steps", type=int, default=20)
-    ap.add_argument("--generate-images", type=int, default=3)
+    ap.add_argument("--generate-images", type=int, default=4)
     ap.add_argument("--out", default=RESULT)
+    ap.add_argument("--only", nargs="+", choices=tuple(PARTS), help="measure only these parts")
     args = ap.parse_args(argv)
     import torch
 
@@ -169,9 +216,12 @@ def main(argv=None) -> dict:
         result["skipped"] = SKIPPED
     else:
         result["device"] = torch.cuda.get_device_name()
-        result["sam_embeddings"] = sam_through_dask(args.sam_images)
-        result["train_hand"] = train_hand(args.train_steps)
-        result["two_stage"] = two_stage(args.generate_images)
+        counts = {"sam_embeddings": args.sam_images, "two_stage": args.generate_images}
+        for name, measure in PARTS.items():
+            if args.only and name not in args.only:
+                continue
+            result[name] = measure(counts.get(name, args.train_steps))
+            torch.cuda.empty_cache()
         print(json.dumps(result, indent=2))
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:

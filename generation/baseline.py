@@ -21,10 +21,12 @@ a ``<image_id>.json`` sidecar (``source``, ``spec``, ``settings``, ``models``), 
     handfirst-gen evaluate --compare rep/real rep/baseline-openpose rep/none rep/fixed rep/sequential --out rep
 
 line up image by image. A rerun skips images whose PNG and sidecar exist (``overwrite`` redoes them).
+Under ``accelerate launch`` each process draws its share of the rows (`generation.processes`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import logging
 import os
@@ -54,6 +56,7 @@ from .guards import (
     check_image_cost,
     make_generator,
 )
+from .processes import this_process
 from .selection import DEFAULT_SPLIT
 
 logger = logging.getLogger(__name__)
@@ -62,7 +65,7 @@ logger = logging.getLogger(__name__)
 def _needs_controlnet(settings: BaselineConfig) -> None:
     if not settings.controlnet:
         raise SettingError(
-            "--method controlnet-openpose needs --controlnet DIR (a local diffusers ControlNet)"
+            "--method controlnet-openpose needs --controlnet DIR (a diffusers ControlNet folder or Hub id)"
         )
 
 
@@ -89,8 +92,17 @@ class BaselineConfig(Settings):
         "controlnet-openpose (OpenPose-full condition: body and hand skeletons) or sd (prompt only)",
         choices=lambda: tuple(METHODS),
     )
-    pretrained: str = setting("", "local Stable Diffusion folder (diffusers layout)")
-    controlnet: str | None = setting(None, "local diffusers OpenPose ControlNet folder (controlnet-openpose)")
+    pretrained: str = setting(
+        "", "Stable Diffusion: a diffusers folder or a Hub id in the local Hugging Face cache"
+    )
+    controlnet: str | None = setting(
+        None,
+        "OpenPose ControlNet (controlnet-openpose): a diffusers folder or a Hub id in the local Hugging Face "
+        "cache (e.g. lllyasviel/control_v11p_sd15_openpose)",
+    )
+    allow_download: bool = setting(
+        False, "fetch a --pretrained / --controlnet Hub id that is not in the local Hugging Face cache"
+    )
     steps: int = setting(30, "denoising steps", ge=1, le=1000)
     guidance_scale: float = setting(7.5, "text guidance (1 disables it)", ge=0, le=100)
     conditioning_scale: float = setting(1.0, "ControlNet residual scale", ge=0, le=10)
@@ -108,6 +120,9 @@ class BaselineConfig(Settings):
         choices=("cover", "contain"),
     )
     negative_prompt: str = setting("", "negative prompt")
+    batch_size: int = setting(
+        1, "requests of one size drawn as one batch (each from its own seed, as one by one)", ge=1, le=256
+    )
     device: str | None = setting(None, "cuda / cpu / mps (default: cuda when available)")
     dtype: str = setting("float32", "model precision", choices=DTYPES)
     max_pixels: int = setting(DEFAULT_MAX_PIXELS, "refuse an image with more pixels than this", ge=1)
@@ -119,9 +134,26 @@ class BaselineConfig(Settings):
     def validate(self) -> BaselineConfig:
         super().validate()
         if not self.pretrained:
-            raise SettingError("--pretrained is required (a local Stable Diffusion folder)")
+            raise SettingError("--pretrained is required (a Stable Diffusion folder or Hub id)")
         METHODS[self.method].check(self)
         return self
+
+
+def model_folders(settings: BaselineConfig) -> dict:
+    """The local folders of ``--pretrained`` and ``--controlnet`` (Hub ids found in the local cache,
+    `generation.models.hub.find_model`), their layouts checked before anything loads."""
+    from .models.checks import check_controlnet_folder, check_sd_folder
+    from .models.hub import find_model
+
+    allow = settings.allow_download
+    folders = {
+        "pretrained": find_model(settings.pretrained, "Stable Diffusion folder", "--pretrained", allow)
+    }
+    facts = check_sd_folder(folders["pretrained"])
+    if settings.controlnet:
+        folders["controlnet"] = find_model(settings.controlnet, "ControlNet folder", "--controlnet", allow)
+        check_controlnet_folder(folders["controlnet"], facts.unet, "--controlnet")
+    return folders
 
 
 def _device(settings: BaselineConfig) -> str:
@@ -199,37 +231,44 @@ def drawn_size(width: int, height: int, multiple: int = 8) -> tuple[int, int]:
     return -(-int(width) // multiple) * multiple, -(-int(height) // multiple) * multiple
 
 
-def _common(request: Request, settings: BaselineConfig, generator) -> dict:
-    width, height = drawn_size(request.spec.width, request.spec.height)
+def _common(requests: list[Request], settings: BaselineConfig, generators: list) -> dict:
+    """The diffusers call for requests of one drawn size (a batch of one passes plain values)."""
+    width, height = drawn_size(requests[0].spec.width, requests[0].spec.height)
+    prompts = [r.spec.prompt for r in requests]
+    negatives = [settings.negative_prompt or r.spec.negative_prompt or None for r in requests]
+    one = len(requests) == 1
     return {
-        "prompt": request.spec.prompt,
-        "negative_prompt": settings.negative_prompt or request.spec.negative_prompt or None,
+        "prompt": prompts[0] if one else prompts,
+        "negative_prompt": negatives[0] if one else [n or "" for n in negatives],
         "height": height,
         "width": width,
         "num_inference_steps": settings.steps,
         "guidance_scale": settings.guidance_scale,
-        "generator": generator,
+        "generator": generators[0] if one else generators,
         "output_type": "latent",
     }
 
 
-def _draw_controlnet(pipe, request: Request, settings: BaselineConfig, generator):
+def _draw_controlnet(pipe, requests: list[Request], settings: BaselineConfig, generators: list):
     from PIL import Image
 
-    condition = render_condition(request)
-    width, height = drawn_size(request.spec.width, request.spec.height)
-    padded = np.zeros((height, width, 3), np.uint8)
-    padded[: condition.shape[0], : condition.shape[1]] = condition
+    conditions = [render_condition(r) for r in requests]
+    width, height = drawn_size(requests[0].spec.width, requests[0].spec.height)
+    images = []
+    for condition in conditions:
+        padded = np.zeros((height, width, 3), np.uint8)
+        padded[: condition.shape[0], : condition.shape[1]] = condition
+        images.append(Image.fromarray(padded))
     out = pipe(
-        image=Image.fromarray(padded),
+        image=images[0] if len(images) == 1 else images,
         controlnet_conditioning_scale=settings.conditioning_scale,
-        **_common(request, settings, generator),
+        **_common(requests, settings, generators),
     )
-    return out.images, {"condition": condition}
+    return out.images, [{"condition": c} for c in conditions]
 
 
-def _draw_sd(pipe, request: Request, settings: BaselineConfig, generator):
-    return pipe(**_common(request, settings, generator)).images, {}
+def _draw_sd(pipe, requests: list[Request], settings: BaselineConfig, generators: list):
+    return pipe(**_common(requests, settings, generators)).images, [{} for _ in requests]
 
 
 METHODS: dict[str, Method] = {
@@ -253,20 +292,45 @@ def _decode(pipe, latents) -> np.ndarray:
     return (pixels * 255).round().astype(np.uint8)
 
 
-def baseline_one(pipe, request: Request, settings: BaselineConfig, out_dir: str, models: dict) -> dict:
-    """Draw one request with the baseline and write its PNG, condition and sidecar; returns the sidecar."""
+def baseline_group(
+    pipe,
+    requests: list[Request],
+    settings: BaselineConfig,
+    out_dir: str,
+    models: dict,
+    process: dict | None = None,
+) -> list[dict]:
+    """Draw requests of one drawn size with the baseline as one batch (each from its own seed, as one
+    by one) and write each one's PNG, condition and sidecar; returns the sidecars. `process`
+    (``process_index``, ``num_processes``) says which of the launched processes drew them."""
+    for request in requests:
+        output_paths(out_dir, request.name)  # refuses an unsafe name before any work
+        check_image_cost(
+            request.spec.width,
+            request.spec.height,
+            settings.steps,
+            settings.max_pixels,
+            settings.max_pixel_steps,
+            what=f"image {request.name}",
+        )
+    generators = [make_generator(r.spec.seed if r.spec.seed is not None else settings.seed) for r in requests]
+    latents, extras = METHODS[settings.method].draw(pipe, requests, settings, generators)
+    return [
+        _write(pipe, r, settings, latents[k : k + 1], extras[k], out_dir, models, process, len(requests))
+        for k, r in enumerate(requests)
+    ]
+
+
+def baseline_one(
+    pipe, request: Request, settings: BaselineConfig, out_dir: str, models: dict, process: dict | None = None
+) -> dict:
+    """Draw one request with the baseline and write its files (`baseline_group` of one)."""
+    return baseline_group(pipe, [request], settings, out_dir, models, process)[0]
+
+
+def _write(pipe, request, settings, latents, extras, out_dir, models, process, batch) -> dict:
     spec = request.spec
-    paths = output_paths(out_dir, request.name)  # refuses an unsafe name before any work
-    check_image_cost(
-        spec.width,
-        spec.height,
-        settings.steps,
-        settings.max_pixels,
-        settings.max_pixel_steps,
-        what=f"image {request.name}",
-    )
-    generator = make_generator(spec.seed if spec.seed is not None else settings.seed)
-    latents, extras = METHODS[settings.method].draw(pipe, request, settings, generator)
+    paths = output_paths(out_dir, request.name)
     image = _decode(pipe, latents)[: spec.height, : spec.width]
     os.makedirs(out_dir, exist_ok=True)
     files = {}
@@ -286,6 +350,8 @@ def baseline_one(pipe, request: Request, settings: BaselineConfig, out_dir: str,
         "models": models,
         "files": files,
         "device": str(pipe.device),
+        "batch": batch,
+        **(process or {"process_index": 0, "num_processes": 1}),
         "versions": versions(),
         "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
@@ -311,26 +377,44 @@ def run_baseline(
 
     settings.validate()
     method = METHODS[settings.method]
-    pipe = method.load(settings)
+    folders = model_folders(settings)
+    share = this_process()
+    pipe = method.load(dataclasses.replace(settings, **folders, device=settings.device or share.device))
     size = settings.size or native_size(pipe)
     requests = requests_from_manifest(
         manifest, image_ids, size, split, limit, settings.seed, fit=settings.fit
     )
     models = {
-        "pretrained": os.path.abspath(settings.pretrained),
-        "pretrained_fingerprint": weights_fingerprint(settings.pretrained),
+        "pretrained": os.path.abspath(folders["pretrained"]),
+        "pretrained_fingerprint": weights_fingerprint(folders["pretrained"]),
     }
     if settings.controlnet:
         models.update(
-            controlnet=os.path.abspath(settings.controlnet),
-            controlnet_fingerprint=weights_fingerprint(settings.controlnet),
+            controlnet=os.path.abspath(folders["controlnet"]),
+            controlnet_fingerprint=weights_fingerprint(folders["controlnet"]),
         )
+    requests = share.take(requests)  # under accelerate launch, this process's share of the rows
     pipe.set_progress_bar_config(disable=True)
-    written, skipped = [], []
-    for request in tqdm(requests, desc=f"baseline {settings.method}", unit="img", disable=not progress):
-        if not settings.overwrite and is_done(out_dir, request.name):
-            skipped.append(request.name)
-            continue
-        baseline_one(pipe, request, settings, out_dir, models)
-        written.append(request.name)
+    skipped = [r.name for r in requests if not settings.overwrite and is_done(out_dir, r.name)]
+    pending = [r for r in requests if r.name not in set(skipped)]
+    written = []
+    bar = tqdm(total=len(pending), desc=f"baseline {settings.method}", unit="img", disable=not progress)
+    for group in _size_groups(pending, settings.batch_size):
+        baseline_group(pipe, group, settings, out_dir, models, share.record())
+        written += [r.name for r in group]
+        bar.update(len(group))
+    bar.close()
     return {"written": written, "skipped": skipped}
+
+
+def _size_groups(requests: list[Request], batch_size: int) -> list[list[Request]]:
+    """Consecutive requests of one drawn size, at most `batch_size` a group."""
+    groups: list[list[Request]] = []
+    for r in requests:
+        size = drawn_size(r.spec.width, r.spec.height)
+        last = groups[-1] if groups else None
+        if last and len(last) < batch_size and drawn_size(last[0].spec.width, last[0].spec.height) == size:
+            last.append(r)
+        else:
+            groups.append([r])
+    return groups

@@ -240,6 +240,38 @@ def given_options(cls, args: argparse.Namespace) -> dict:
     return values
 
 
+def read_settings_file(path: str, option: str = "--config") -> dict:
+    """The settings a ``--config FILE`` gives: a JSON object of field names (a run's config.json, whose
+    ``config`` holds them, and a generate sidecar, whose ``settings`` do, work too). Top-level keys that
+    start with ``_`` are notes (``"_comment"``) and are dropped. `SettingError` naming the file otherwise."""
+    from .storage import filesystem, read_json
+
+    try:
+        fs, local = filesystem(path)
+        data = read_json(fs, local)
+    except FileNotFoundError:
+        raise SettingError(f"{option} {path}: no such file") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise SettingError(f"{option} {path}: not a readable JSON file ({exc})") from None
+    if not isinstance(data, dict):
+        raise SettingError(f"{option} {path}: expected a JSON object of settings, got {type(data).__name__}")
+    for key in ("config", "settings"):
+        if isinstance(data.get(key), dict):
+            data = data[key]
+            break
+    return {k: v for k, v in data.items() if not k.startswith("_")}
+
+
+def add_config_option(parser: argparse.ArgumentParser, cls) -> None:
+    """``--config FILE``: a JSON file of `cls` settings (`read_settings_file`); options given override it."""
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help=f"JSON file of {cls.__name__} settings (keys as the options, with underscores); "
+        "options given on the command line override it",
+    )
+
+
 def from_args(cls, args: argparse.Namespace, base: dict | None = None):
     """Build the `Settings` class `cls` from `base` (e.g. a --config JSON), overridden by the options
     given on the command line."""

@@ -140,3 +140,26 @@ def test_fit_draws_frames_at_the_training_scale_as_generate_does(
     for request in requests_from_manifest(str(synthetic_manifest), None, 64, "all", 2, 0, fit="cover"):
         image = Image.open(out / f"{request.name}.png")
         assert image.size == (request.spec.width, request.spec.height) and min(image.size) == 64
+
+
+def test_a_batch_gives_the_one_by_one_images_and_dry_run_writes_nothing(
+    synthetic_manifest, tiny_folders, tmp_path, capsys
+):
+    sd, openpose = tiny_folders
+    one, batched = tmp_path / "one", tmp_path / "batched"
+    extra = ["--controlnet", openpose, "--limit", "4"]
+    assert main(_args(synthetic_manifest, one, sd, *extra)) == 0
+    assert main(_args(synthetic_manifest, batched, sd, *extra, "--batch-size", "4")) == 0
+    pngs = sorted(p.name for p in one.glob("*.png"))
+    assert pngs == sorted(p.name for p in batched.glob("*.png")) and len(pngs) == 8  # 4 images + conditions
+    for name in pngs:
+        a = np.asarray(Image.open(one / name), np.int16)
+        b = np.asarray(Image.open(batched / name), np.int16)
+        assert np.abs(a - b).max() <= 2, name  # float rounding only
+    sizes = {json.loads(p.read_text())["batch"] for p in batched.glob("*.json")}
+    assert sizes <= {1, 2, 3, 4} and max(sizes) > 1  # rows of one drawn size went through together
+    capsys.readouterr()
+    assert main(_args(synthetic_manifest, tmp_path / "dry", sd, *extra, "--dry-run")) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["steps"]["images"] == 4 and plan["models"]["parameters"]["controlnet"] > 0
+    assert not (tmp_path / "dry").exists()

@@ -511,3 +511,31 @@ def test_evaluation_detects_through_annotator_detect(eval_manifest, monkeypatch)
     scale = np.array([row["width"] / row["image_width"], row["height"] / row["image_height"]])
     np.testing.assert_allclose(det.hands[0].keypoints[:, :2], hands[0].keypoints[:, :2] * scale, rtol=1e-6)
     assert det.hands[0].confidence == pytest.approx(hands[0].handedness_score)
+
+
+def test_detection_spreads_over_a_real_dask_scheduler_with_two_workers(eval_manifest, tmp_path):
+    """evaluate --scheduler ADDRESS: detection runs in the cluster's worker processes (not here), and the
+    scores are the in-process ones."""
+    from distributed import LocalCluster
+
+    from generation.evaluate import evaluate
+
+    here = evaluate(
+        str(eval_manifest), "real", str(tmp_path / "here"), limit=LIMIT, split="all", progress=False
+    )
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster:
+        assert len(cluster.workers) == 2
+        spread = evaluate(
+            str(eval_manifest),
+            "real",
+            str(tmp_path / "spread"),
+            limit=LIMIT,
+            split="all",
+            progress=False,
+            scheduler=cluster.scheduler_address,
+        )
+    pids = spread["timing"]["detector_workers"]
+    assert pids and os.getpid() not in pids and here["timing"]["detector_workers"] in ([], [os.getpid()])
+    for kind in ("hands", "body"):
+        assert spread[kind] == here[kind]
+    assert spread["images"] == here["images"]

@@ -12,10 +12,13 @@ import sys
 
 def add_training_arguments(parser, config_cls) -> None:
     """``--config FILE`` plus one option per field of the `TrainConfig` subclass `config_cls`."""
-    from manifests.settings import add_arguments
+    from manifests.settings import add_arguments, add_config_option
 
+    add_config_option(parser, config_cls)
     parser.add_argument(
-        "--config", help=f"JSON file of {config_cls.__name__} settings; command-line options override it"
+        "--dry-run",
+        action="store_true",
+        help="print the resolved settings, model sizes, estimated memory and steps, and exit without writing",
     )
     add_arguments(parser, config_cls)
 
@@ -25,21 +28,25 @@ def run_training(command: str, config_cls, args, train) -> int:
     and print a one-line summary; known errors are printed as ``handfirst-gen COMMAND: error: ...``
     and give exit code 1."""
     from manifests.errors import ManifestError
-    from manifests.settings import from_args
+    from manifests.settings import from_args, read_settings_file
 
     from ..models.loading import ModelFolderError
-    from ..spec import read_json_file
     from ..training.errors import TrainingError
 
     try:
-        base = read_json_file(args.config, ValueError, "--config") if args.config else None
-        if isinstance(base, dict) and isinstance(base.get("config"), dict):
+        base = read_settings_file(args.config) if args.config else None
+        if base is not None:
             # A run's config.json works too. Its `overwrite` was what that invocation did to its folder,
             # not a setting of the run: taken over, it would clash with --resume.
-            base = {k: v for k, v in base["config"].items() if k != "overwrite"}
+            base.pop("overwrite", None)
         config = from_args(config_cls, args, base)
+        if getattr(args, "dry_run", False):
+            from ..dry_run import training_plan
+
+            print(training_plan(train, config))
+            return 0
         result = train(config)
-    except (TrainingError, ModelFolderError, ManifestError, ValueError, FileNotFoundError) as exc:
+    except (TrainingError, ModelFolderError, ManifestError, ValueError, OSError) as exc:
         print(f"handfirst-gen {command}: error: {exc}", file=sys.stderr)
         return 1
     if int(os.environ.get("RANK", "0")) != 0:

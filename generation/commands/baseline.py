@@ -14,6 +14,7 @@ HELP = (
 
 def add_arguments(parser) -> None:
     from manifests.settings import add_arguments as add_settings
+    from manifests.settings import add_config_option
 
     from ..baseline import BaselineConfig
     from ..selection import DEFAULT_SPLIT
@@ -32,20 +33,32 @@ def add_arguments(parser) -> None:
         "--limit", type=int, default=None, help="the first N selected rows (as generate --limit N)"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the resolved settings, rows, model sizes and estimated memory, and exit without writing",
+    )
+    add_config_option(parser, BaselineConfig)
     add_settings(parser, BaselineConfig, title="baseline settings")
 
 
 def run(args) -> int:
-    from manifests.settings import from_args
+    from manifests.settings import from_args, read_settings_file
 
     from ..baseline import BaselineConfig, run_baseline
     from ..generate import RequestError
     from ..models.loading import ModelFolderError
 
     try:
-        settings = from_args(BaselineConfig, args).validate()
+        base = read_settings_file(args.config) if args.config else None
+        settings = from_args(BaselineConfig, args, base).validate()
         if args.limit is not None and args.limit < 1:
             raise ValueError(f"--limit must be >= 1, got {args.limit}")
+        if args.dry_run:
+            from ..dry_run import baseline_plan
+
+            print(baseline_plan(settings, args.from_manifest, args.image_id, args.split, args.limit))
+            return 0
         result = run_baseline(
             args.from_manifest,
             args.out,

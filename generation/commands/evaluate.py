@@ -15,6 +15,7 @@ import sys
 from manifests.errors import ManifestError
 from manifests.matching import MatchConfig
 from manifests.settings import add_arguments as add_settings
+from manifests.settings import add_config_option, read_settings_file
 from manifests.settings import from_args as settings_from_args
 
 from ..evaluate.run import EvalConfig
@@ -55,6 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--title", help="heading of the --compare table")
     parser.add_argument("--json", action="store_true", help="print report.json instead of the Markdown table")
+    add_config_option(parser, EvalConfig)
     add_settings(parser, EvalConfig, title="evaluation settings")
     parser.add_argument(
         "--gate",
@@ -112,8 +114,9 @@ def _run(args: argparse.Namespace) -> int:
         raise SystemExit(
             "evaluate: give --manifest and --generated (a folder or 'real'), or --compare REPORT ..."
         )
-    config = settings_from_args(EvalConfig, args)
-    config = dataclasses.replace(config, detection=dict(args.detect), match=MatchConfig(gate=args.gate))
+    config = settings_from_args(EvalConfig, args, read_settings_file(args.config) if args.config else None)
+    detection = dict(args.detect) if args.detect else dict(config.detection or {})
+    config = dataclasses.replace(config, detection=detection, match=MatchConfig(gate=args.gate))
     if config.workers > 1 or config.scheduler:
         _quiet_dask()
     report = evaluate(args.manifest, args.generated, args.out, config)

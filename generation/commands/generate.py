@@ -24,7 +24,7 @@ HELP = (
 
 
 def add_arguments(parser) -> None:
-    from manifests.settings import add_arguments
+    from manifests.settings import add_arguments, add_config_option
 
     from ..generate import GenerateConfig
     from ..selection import DEFAULT_SPLIT
@@ -55,7 +55,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--hand-model", help="train-hand run folder (or saved HandGenerationPipeline)")
     parser.add_argument("--body-model", help="train-body run folder (or saved BodyOutpaintPipeline)")
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--config", help="JSON file of generate settings; command-line options override it")
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the resolved settings, rows, model sizes and estimated memory, and exit without writing",
+    )
+    add_config_option(parser, GenerateConfig)
     add_arguments(parser, GenerateConfig)
 
 
@@ -70,6 +75,13 @@ def run(args) -> int:
     try:
         sources = Sources.from_args(args)
         settings = from_args(GenerateConfig, args, settings_base(args.config, args.replay))
+        if args.dry_run:
+            from ..dry_run import generate_plan
+
+            if not args.hand_model or not args.body_model:
+                raise UsageError("--hand-model and --body-model are required")
+            print(generate_plan(sources, args.hand_model, args.body_model, settings))
+            return 0
         result = generate_batch(
             sources, args.out, args.hand_model, args.body_model, settings, on_failure=report
         )

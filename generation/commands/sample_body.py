@@ -6,7 +6,7 @@ import os
 import sys
 from dataclasses import dataclass
 
-from manifests.settings import Settings, setting, setting_like
+from manifests.settings import Settings, add_config_option, setting, setting_like
 from manifests.settings import add_arguments as add_settings
 
 from ..generate.settings import GenerateConfig
@@ -44,6 +44,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--manifest", required=True, help="manifest root written by prep")
     parser.add_argument("--image-id", required=True, nargs="+", help="image_id(s) of the images table")
     parser.add_argument("--out", required=True, help="output folder")
+    add_config_option(parser, SampleBodyConfig)
     add_settings(parser, SampleBodyConfig, title="sampling settings")
 
 
@@ -67,7 +68,7 @@ def run(args) -> int:
     from manifests.draw import contact_sheet
     from manifests.errors import ManifestError
     from manifests.names import path_in
-    from manifests.settings import from_args
+    from manifests.settings import from_args, read_settings_file
 
     from ..guards import check_image_cost, make_generator
     from ..models.loading import ModelFolderError
@@ -76,7 +77,8 @@ def run(args) -> int:
     from ..pipelines.condition import ConditionInputs, condition_tiles
 
     try:
-        settings = from_args(SampleBodyConfig, args).validate()
+        base = read_settings_file(args.config) if args.config else None
+        settings = from_args(SampleBodyConfig, args, base).validate()
         device = settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = torch.float16 if settings.fp16 else torch.float32
         pipe = BodyOutpaintPipeline.from_pretrained(args.model, dtype=dtype).to(device)

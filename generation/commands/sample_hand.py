@@ -6,7 +6,7 @@ import os
 import sys
 from dataclasses import dataclass
 
-from manifests.settings import Settings, setting, setting_like
+from manifests.settings import Settings, add_config_option, setting, setting_like
 from manifests.settings import add_arguments as add_settings
 
 from ..generate.settings import GenerateConfig
@@ -86,19 +86,21 @@ def add_arguments(parser) -> None:
         "--keypoints", required=True, help="pose.json: 21 [x, y] crop pixels, or a list of such lists"
     )
     parser.add_argument("--out", required=True, help="output folder for hand_NNN.png and hand_NNN_mask.png")
+    add_config_option(parser, SampleHandConfig)
     add_settings(parser, SampleHandConfig, title="sampling settings")
 
 
 def run(args) -> int:
     import torch
 
-    from manifests.settings import from_args
+    from manifests.settings import from_args, read_settings_file
 
     from ..models.loading import ModelFolderError
     from ..pipelines.hand import HandGenerationPipeline
 
     try:
-        settings = from_args(SampleHandConfig, args).validate()
+        base = read_settings_file(args.config) if args.config else None
+        settings = from_args(SampleHandConfig, args, base).validate()
         poses = load_poses(args.keypoints)
         device = settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = torch.float16 if settings.fp16 else torch.float32

@@ -7,6 +7,10 @@
 - images already written (PNG plus sidecar) are skipped unless ``overwrite``, so an interrupted batch
   resumes; a replayed sidecar is always redone;
 - a replay takes the model folders its first sidecar records unless others are given;
+- under ``accelerate launch`` each process draws its share of the requests (`generation.processes`),
+  with its own failures file;
+- ``batch_size`` > 1 draws consecutive requests of one output size through stage 2 together
+  (`stage2_groups`); a group with a bad request is drawn again one by one, so only that one fails;
 - one bad request never stops the batch: it is recorded in ``failures.jsonl`` in the output folder
   (appended) and reported, and the others are written (a lone photo in which nothing is detected is
   an error instead: there are no others).
@@ -24,9 +28,10 @@ from dataclasses import dataclass, field, fields
 
 from manifests.settings import flag
 
+from ..processes import this_process
 from ..selection import DEFAULT_SPLIT
 from .outputs import is_done
-from .pipeline import body_resolution, generate_one, load_pipeline, model_record
+from .pipeline import body_resolution, generate_group, generate_one, load_pipeline, model_record
 from .requests import Request, RequestError, request_from_image, requests_from_manifest, requests_from_specs
 from .settings import GenerateConfig
 from .sidecars import request_from_sidecar, settings_base
@@ -80,10 +85,11 @@ class BatchResult:
     written: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     failures: list[dict] = field(default_factory=list)
+    failures_file: str = FAILURES  # this process's (`ProcessShare.failures_file`)
 
     @property
     def failures_path(self) -> str:
-        return os.path.join(self.out_dir, FAILURES)
+        return os.path.join(self.out_dir, self.failures_file)
 
 
 # (a request, the settings to make it with)
@@ -176,6 +182,24 @@ SOURCES: dict[str, Callable[[_Batch], list[Item]]] = {
 }
 
 
+def stage2_groups(items: list[Item], batch_size: int) -> list[list[Item]]:
+    """Consecutive requests of one output size and the same settings, at most `batch_size` a group:
+    what stage 2 can draw as one batch."""
+    groups: list[list[Item]] = []
+    for item in items:
+        last = groups[-1] if groups else None
+        if last and len(last) < batch_size and _group_key(last[0]) == _group_key(item):
+            last.append(item)
+        else:
+            groups.append([item])
+    return groups
+
+
+def _group_key(item: Item) -> tuple:
+    request, item_settings = item
+    return (request.spec.width, request.spec.height, id(item_settings))
+
+
 def _log_failure(name: str, exc: Exception) -> None:
     logger.warning("%s: %s", name, exc)
 
@@ -207,9 +231,10 @@ def generate_batch(
         hand_model, body_model = hand_model or models["hand"]["path"], body_model or models["body"]["path"]
     if not hand_model or not body_model:
         raise UsageError(f"{flag('hand_model')} and {flag('body_model')} are required")
-    pipe = load_pipeline(hand_model, body_model, settings)
+    share = this_process()
+    pipe = load_pipeline(hand_model, body_model, settings, device=share.device)
 
-    result = BatchResult(out_dir)
+    result = BatchResult(out_dir, failures_file=share.failures_file(FAILURES))
 
     def fail(name: str, source: dict, exc: Exception, error: str) -> None:
         result.failures.append({"name": name, "source": source, "error": error})
@@ -224,6 +249,9 @@ def generate_batch(
         raise RequestError(
             f"several requests share the name(s) {clashes}; their outputs would overwrite each other"
         )
+    if share.index:
+        result.failures.clear()  # requests that failed before the split are process 0's to record
+    items = share.take(items)
     models = model_record(pipe, hand_model, body_model)
     annotator = None
     if settings.detect:
@@ -234,16 +262,33 @@ def generate_batch(
     os.makedirs(out_dir, exist_ok=True)
     bar = tqdm(total=len(items), desc="generate", unit="img", disable=not progress or len(items) < 2)
     t0 = time.perf_counter()
+
+    def draw_one(request: Request, item_settings: GenerateConfig) -> None:
+        try:
+            generate_one(pipe, request, item_settings, out_dir, models, annotator, share.record())
+            result.written.append(request.name)
+        except ValueError as exc:  # HandTooSmallError, SpecError, CostLimitError, ... of this request
+            fail(request.name, request.source, exc, f"{type(exc).__name__}: {exc}")
+
+    pending = []
     for request, item_settings in items:
         if not item_settings.overwrite and is_done(out_dir, request.name):
             result.skipped.append(request.name)
+            bar.update()
+        else:
+            pending.append((request, item_settings))
+    for group in stage2_groups(pending, settings.batch_size):
+        if len(group) == 1:
+            draw_one(*group[0])
         else:
             try:
-                generate_one(pipe, request, item_settings, out_dir, models, annotator)
-                result.written.append(request.name)
-            except ValueError as exc:  # HandTooSmallError, SpecError, CostLimitError, ... of this request
-                fail(request.name, request.source, exc, f"{type(exc).__name__}: {exc}")
-        bar.update()
+                requests = [request for request, _ in group]
+                generate_group(pipe, requests, group[0][1], out_dir, models, annotator, share.record())
+                result.written.extend(r.name for r in requests)
+            except ValueError:  # one bad request: draw the group one by one, so only it fails
+                for request, item_settings in group:
+                    draw_one(request, item_settings)
+        bar.update(len(group))
         elapsed = time.perf_counter() - t0
         bar.set_postfix(s_per_img=f"{elapsed / max(len(result.written), 1):.2f}", failed=len(result.failures))
     bar.close()

@@ -26,8 +26,9 @@ from .requests import Request
 from .settings import DTYPES, GenerateConfig
 
 
-def load_pipeline(hand_model: str, body_model: str, settings: GenerateConfig):
-    """The two-stage pipeline from two run folders, on the settings' device and dtype."""
+def load_pipeline(hand_model: str, body_model: str, settings: GenerateConfig, device: str | None = None):
+    """The two-stage pipeline from two run folders, on the settings' device (else `device`, this
+    process's under ``accelerate launch``, else cuda when available) and dtype."""
     import torch
 
     from ..pipelines.two_stage import TwoStageHandBodyPipeline
@@ -37,7 +38,7 @@ def load_pipeline(hand_model: str, body_model: str, settings: GenerateConfig):
     if settings.dtype not in dtypes:
         raise ValueError(f"dtype: {settings.dtype!r} is not one of {', '.join(DTYPES)}")
     dtype = dtypes[settings.dtype]
-    device = settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = settings.device or device or ("cuda" if torch.cuda.is_available() else "cpu")
     # float32 is the default: only ask for another dtype, which keeps older and newer diffusers quiet.
     load = {} if dtype == torch.float32 else {"torch_dtype": dtype}
     pipe = TwoStageHandBodyPipeline.from_runs(
@@ -72,6 +73,19 @@ def hand_prompts_for(request: Request, settings: GenerateConfig) -> list[str]:
     return [hand_caption(settings.gesture, h.handedness) for h in request.spec.hands]
 
 
+# Keywords of the full call that the sidecar keeps elsewhere (its spec) rather than under "call".
+FULL_CALL_ONLY = (
+    "hands",
+    "handedness",
+    "body_keypoints",
+    "body_format",
+    "width",
+    "height",
+    "output_type",
+    "return_masks",
+)
+
+
 def call_arguments(request: Request, settings: GenerateConfig) -> dict:
     """The exact keyword arguments of the pipeline call: every setting that names the argument it feeds
     (``call=`` in `GenerateConfig`), then the prompts, seed, blending and stage-1 steps, which fall
@@ -100,25 +114,80 @@ def detect_for_overview(image: np.ndarray, annotator) -> tuple:
 
 
 def generate_one(
-    pipe, request: Request, settings: GenerateConfig, out_dir: str, models: dict, annotator=None
+    pipe,
+    request: Request,
+    settings: GenerateConfig,
+    out_dir: str,
+    models: dict,
+    annotator=None,
+    process: dict | None = None,
 ) -> dict:
-    """Run the pipeline for one request and write its files; returns the sidecar dict."""
+    """Run the pipeline for one request and write its files; returns the sidecar dict. `process`
+    (``process_index``, ``num_processes``) says which of the launched processes drew it."""
+    settings.validate()
+    output_paths(out_dir, request.name)  # refuses an unsafe name before any work
+    kwargs = full_call(request, settings)
+    out = pipe(**kwargs)
+    return write_outputs(pipe, request, settings, out, kwargs, out_dir, models, annotator, process)
+
+
+def full_call(request: Request, settings: GenerateConfig) -> dict:
+    """`call_arguments` plus the request's pose and size: every keyword of the pipeline call."""
+    spec = request.spec
+    return {
+        "hands": [h.keypoints for h in spec.hands],
+        "handedness": [h.handedness for h in spec.hands],
+        "body_keypoints": spec.body,
+        "body_format": spec.body_format or "mediapipe33",
+        "width": spec.width,
+        "height": spec.height,
+        "output_type": "np",
+        "return_masks": True,
+        **call_arguments(request, settings),
+    }
+
+
+def generate_group(
+    pipe,
+    requests: list[Request],
+    settings: GenerateConfig,
+    out_dir: str,
+    models: dict,
+    annotator=None,
+    process: dict | None = None,
+) -> list[dict]:
+    """Requests of one output size drawn through stage 2 as one batch (`call_batch`), each written as
+    `generate_one` writes it; their sidecars."""
+    settings.validate()
+    for request in requests:
+        output_paths(out_dir, request.name)
+    calls = [full_call(r, settings) for r in requests]
+    keys = pipe.REQUEST_ARGUMENTS
+    shared = {k: v for k, v in calls[0].items() if k not in keys}
+    outs = pipe.call_batch([{k: c[k] for k in keys if k in c} for c in calls], **shared)
+    return [
+        write_outputs(pipe, r, settings, out, c, out_dir, models, annotator, process, batch=len(requests))
+        for r, out, c in zip(requests, outs, calls)
+    ]
+
+
+def write_outputs(
+    pipe,
+    request: Request,
+    settings: GenerateConfig,
+    out,
+    kwargs: dict,
+    out_dir: str,
+    models: dict,
+    annotator=None,
+    process: dict | None = None,
+    batch: int = 1,
+) -> dict:
+    """Write one request's image, stage-1 files, overview and sidecar from the pipeline's output."""
     spec = request.spec
     name = request.name
-    settings.validate()
-    paths = output_paths(out_dir, name)  # refuses an unsafe name before any work
-    kwargs = call_arguments(request, settings)
-    out = pipe(
-        hands=[h.keypoints for h in spec.hands],
-        handedness=[h.handedness for h in spec.hands],
-        body_keypoints=spec.body,
-        body_format=spec.body_format or "mediapipe33",
-        width=spec.width,
-        height=spec.height,
-        output_type="np",
-        return_masks=True,
-        **kwargs,
-    )
+    paths = output_paths(out_dir, name)
+    kwargs = {k: v for k, v in kwargs.items() if k not in FULL_CALL_ONLY}
     image = (out.images[0] * 255).round().astype(np.uint8)
     os.makedirs(out_dir, exist_ok=True)
     stage1 = paths["stage1"]
@@ -179,6 +248,8 @@ def generate_one(
             "stage1": f"{name}_stage1/",
         },
         "device": str(pipe.device),
+        "stage2_batch": batch,
+        **(process or {"process_index": 0, "num_processes": 1}),
         "dtype": settings.dtype,
         "versions": versions(),
         "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

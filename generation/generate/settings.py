@@ -118,6 +118,13 @@ class GenerateConfig(Settings):
         ge=8,
         le=8192,
     )
+    batch_size: int = setting(
+        1,
+        "requests of one output size drawn through stage 2 as one batch (stage 1 draws each request's hands "
+        "with its own seed); the images equal one-by-one drawing within float rounding",
+        ge=1,
+        le=256,
+    )
     device: str | None = setting(None, "cuda / cpu / mps (default: cuda when available)")
     dtype: str = setting("float32", "model precision", choices=DTYPES)
     detect: bool = setting(True, "detect the pose in the result for the overview sheet (MediaPipe)")

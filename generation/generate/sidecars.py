@@ -49,10 +49,9 @@ def settings_base(config: str | None = None, replay: list[str] | None = None) ->
     works too, through its ``settings``), else the first replayed sidecar's with the crop margin its
     model record used, else None (the defaults)."""
     if config:
-        base = read_json_file(config, RequestError, "--config")
-        if not isinstance(base, dict):
-            raise RequestError(f"{config}: --config must be a JSON object, got {type(base).__name__}")
-        return base.get("settings", base)
+        from manifests.settings import read_settings_file
+
+        return read_settings_file(config)
     if replay:
         _, first, models = request_from_sidecar(replay[0])
         base = first.to_dict()

@@ -29,6 +29,7 @@ import torch
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from .errors import ModelFolderError
 from .presets import (
     mini_unet_config,
     mini_vae_config,
@@ -66,10 +67,6 @@ class SDComponents:
     @property
     def vae_scale_factor(self) -> int:
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
-
-
-class ModelFolderError(FileNotFoundError):
-    """A model folder is missing or lacks a part it needs."""
 
 
 def check_model_folder(path: str, subfolders=SD_SUBFOLDERS, what: str = "Stable Diffusion folder") -> str:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -28,9 +29,6 @@ from diffusers import AutoencoderKL, ControlNetModel, DiffusionPipeline, UNet2DC
 from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from manifests.geometry import (
-    CropBox,
-)
 from manifests.pose import BODY_FORMATS, keypoint_array
 from manifests.schema import NUM_HAND_KEYPOINTS
 
@@ -70,6 +68,34 @@ from .two_stage_inputs import (
 )
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class _Drawn:
+    """One request between the stages: what `prepare` made (hands, canvas, condition) and what
+    `paint_bodies` adds (its final latents, keep-masks and blend clock)."""
+
+    prompt: str
+    negative_prompt: str | None
+    width: int
+    height: int
+    work_size: tuple[int, int]
+    generator: torch.Generator
+    blend: BlendConfig
+    hand_encoding: str
+    placed: list
+    skipped: list
+    hand_images: np.ndarray
+    hand_masks: np.ndarray
+    mask_sources: list
+    canvas: np.ndarray
+    hand_mask: np.ndarray
+    paste_order: list
+    condition: torch.Tensor
+    timings: dict
+    latents: torch.Tensor | None = None
+    record: list | None = None
+    clock: dict = field(default_factory=lambda: {"blend": 0.0})
 
 
 class ModelMismatchError(ValueError):
@@ -378,6 +404,156 @@ class TwoStageHandBodyPipeline(CheckedFromPretrained, DiffusionPipeline):
                 draws them `hand_batch_size` at a time (one batch, the same images, up to that many).
         Returns `TwoStageOutput` (or a tuple ``(images, output)`` with ``return_dict=False``).
         """
+        drawn = self.prepare(
+            prompt=prompt,
+            hands=hands,
+            handedness=handedness,
+            body_keypoints=body_keypoints,
+            body_format=body_format,
+            width=width,
+            height=height,
+            spec=spec,
+            negative_prompt=negative_prompt,
+            hand_prompt=hand_prompt,
+            hand_negative_prompt=hand_negative_prompt,
+            num_inference_steps=num_inference_steps,
+            hand_num_inference_steps=hand_num_inference_steps,
+            guidance_scale=guidance_scale,
+            hand_guidance_scale=hand_guidance_scale,
+            pose_guidance_scale=pose_guidance_scale,
+            mask_threshold=mask_threshold,
+            blend=blend,
+            feather=feather,
+            small_hands=small_hands,
+            min_hand_size=min_hand_size,
+            mask_fallback=mask_fallback,
+            min_mask_coverage=min_mask_coverage,
+            overlap_order=overlap_order,
+            hand_encoding=hand_encoding,
+            seed=seed,
+            generator=generator,
+            output_type=output_type,
+            max_pixels=max_pixels,
+            max_pixel_steps=max_pixel_steps,
+            max_hands=max_hands,
+            hand_batch_size=hand_batch_size,
+        )
+        self.paint_bodies(
+            [drawn],
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            controlnet_conditioning_scale=controlnet_conditioning_scale,
+            uncond_condition=uncond_condition,
+            return_masks=return_masks,
+            max_pixels=max_pixels,
+            max_pixel_steps=max_pixel_steps,
+        )
+        out = self.finish(drawn, pixel_composite, feather, output_type)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return out.images, out
+        return out
+
+    # Arguments of `__call__` that describe one request; `call_batch` takes them per request and every
+    # other argument once for the whole batch.
+    REQUEST_ARGUMENTS = (
+        "prompt",
+        "hands",
+        "handedness",
+        "body_keypoints",
+        "body_format",
+        "width",
+        "height",
+        "spec",
+        "negative_prompt",
+        "hand_prompt",
+        "seed",
+    )
+
+    @torch.no_grad()
+    def call_batch(
+        self,
+        requests: Sequence[dict],
+        num_inference_steps: int = 30,
+        guidance_scale: float = 7.5,
+        controlnet_conditioning_scale: float = 1.0,
+        uncond_condition: str = "same",
+        pixel_composite: bool = False,
+        feather: int = 3,
+        output_type: str = "pil",
+        return_masks: bool = False,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        max_pixel_steps: int = DEFAULT_MAX_PIXEL_STEPS,
+        **shared,
+    ) -> list[TwoStageOutput]:
+        """Several requests of one output size, stage 2 drawn as one batch: one `TwoStageOutput` per
+        request, equal to ``self(**request, **shared)`` within float rounding.
+
+        Each dict of `requests` holds `REQUEST_ARGUMENTS` (its pose, size, prompts and seed); the other
+        `__call__` arguments are given once and apply to all. Stage 1 draws each request's hands with
+        its own seed as a single call does; stage 2 starts each image from its own seed's noise and
+        blends each with its own hands, in one batch through the UNet and ControlNet."""
+        unknown = sorted({k for r in requests for k in r} - set(self.REQUEST_ARGUMENTS))
+        if unknown:
+            raise ValueError(f"per-request arguments must be among {self.REQUEST_ARGUMENTS}; got {unknown}")
+        steps = dict(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale)
+        limits = dict(max_pixels=max_pixels, max_pixel_steps=max_pixel_steps)
+        drawn = [
+            self.prepare(**r, **shared, **steps, **limits, feather=feather, output_type=output_type)
+            for r in requests
+        ]
+        sizes = {d.work_size for d in drawn}
+        if len(sizes) > 1:
+            raise ValueError(f"a batch draws one canvas size; these requests need {sorted(sizes)}")
+        self.paint_bodies(
+            drawn,
+            controlnet_conditioning_scale=controlnet_conditioning_scale,
+            uncond_condition=uncond_condition,
+            return_masks=return_masks,
+            **steps,
+            **limits,
+        )
+        outs = [self.finish(d, pixel_composite, feather, output_type) for d in drawn]
+        self.maybe_free_model_hooks()
+        return outs
+
+    def prepare(
+        self,
+        prompt=None,
+        hands=None,
+        handedness=None,
+        body_keypoints=None,
+        body_format: str = "mediapipe33",
+        width=None,
+        height=None,
+        spec=None,
+        negative_prompt=None,
+        hand_prompt=None,
+        hand_negative_prompt=None,
+        num_inference_steps: int = 30,
+        hand_num_inference_steps=None,
+        guidance_scale: float = 7.5,
+        hand_guidance_scale=None,
+        pose_guidance_scale: float = 1.0,
+        mask_threshold: float = 0.5,
+        blend=None,
+        feather: int = 3,
+        small_hands: str = "skip",
+        min_hand_size: float = 16.0,
+        mask_fallback: str = "skeleton",
+        min_mask_coverage: float = 0.5,
+        overlap_order: str = "larger_on_top",
+        hand_encoding: str = "windows",
+        seed=None,
+        generator=None,
+        output_type: str = "pil",
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        max_pixel_steps: int = DEFAULT_MAX_PIXEL_STEPS,
+        max_hands: int = DEFAULT_MAX_HANDS,
+        hand_batch_size: int = DEFAULT_HAND_BATCH,
+    ) -> _Drawn:
+        """One request up to stage 2: inputs checked, its hands drawn (stage 1), pasted, and the stage-2
+        condition built; the `_Drawn` state `paint_bodies` and `finish` take."""
         t_start = time.perf_counter()
         if spec is not None:
             given = {"width": width, "height": height, "body_keypoints": body_keypoints, "hands": hands}
@@ -425,9 +601,9 @@ class TwoStageHandBodyPipeline(CheckedFromPretrained, DiffusionPipeline):
         body_generator = generator or make_generator(offset_seed(seed, 1))
         multiple = self.size_multiple
         work_h, work_w = -(-height // multiple) * multiple, -(-width // multiple) * multiple
-        limits = {"max_pixels": max_pixels, "max_pixel_steps": max_pixel_steps}
 
-        # Stage 1: a crop box per hand, the hands drawn `hand_batch_size` at a time, masks that miss their hand replaced.
+        # Stage 1: a crop box per hand, the hands drawn `hand_batch_size` at a time, masks that miss their
+        # hand replaced.
         prompts = hand_prompts(hand_prompt, handedness)
         placed, skipped = self.place_hands(
             hands, handedness, prompts, self.hand_crop_size, min_hand_size, small_hands
@@ -442,7 +618,8 @@ class TwoStageHandBodyPipeline(CheckedFromPretrained, DiffusionPipeline):
             generator=hand_generator,
             mask_threshold=mask_threshold,
             batch_size=hand_batch_size,
-            **limits,
+            max_pixels=max_pixels,
+            max_pixel_steps=max_pixel_steps,
         )
         mask_sources = fix_masks(placed, hand_masks, mask_fallback, min_mask_coverage)
         t_stage1 = time.perf_counter() - t0
@@ -454,63 +631,58 @@ class TwoStageHandBodyPipeline(CheckedFromPretrained, DiffusionPipeline):
         condition = self.build_condition(
             body_keypoints, body_format, canvas, hand_mask, [p.keypoints for p in placed]
         )
-
-        # Stage 2, blending after every scheduler step (through the body pipeline's step hook).
-        t0 = time.perf_counter()
-        record: list | None = [] if return_masks else None
-        clock = {"blend": 0.0}
-        latents = self.paint_body(
-            prompt or "",
-            condition,
-            canvas,
-            hand_mask,
-            [{p.index: p.box for p in placed}[i] for i in paste_order],
+        return _Drawn(
+            prompt=prompt or "",
+            negative_prompt=negative_prompt,
+            width=width,
+            height=height,
+            work_size=(work_h, work_w),
+            generator=body_generator,
             blend=blend,
             hand_encoding=hand_encoding,
-            num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale,
-            negative_prompt=negative_prompt,
-            controlnet_conditioning_scale=controlnet_conditioning_scale,
-            uncond_condition=uncond_condition,
-            generator=body_generator,
-            record=record,
-            clock=clock,
-            **limits,
+            placed=placed,
+            skipped=skipped,
+            hand_images=hand_images,
+            hand_masks=hand_masks,
+            mask_sources=mask_sources,
+            canvas=canvas,
+            hand_mask=hand_mask,
+            paste_order=paste_order,
+            condition=condition,
+            timings={"start": t_start, "stage1": t_stage1},
         )
-        t_stage2 = time.perf_counter() - t0
 
-        # Decode, crop to the requested size, optionally composite the hand interiors in pixels.
+    def finish(self, drawn: _Drawn, pixel_composite: bool, feather: int, output_type: str) -> TwoStageOutput:
+        """Decode one request's stage-2 latents, crop to its size, optionally composite the hand
+        interiors in pixels; its `TwoStageOutput`."""
         t0 = time.perf_counter()
-        canvas, hand_mask = canvas[:height, :width], hand_mask[:height, :width]
-        image = self.decode(latents, height, width, canvas, hand_mask, pixel_composite, feather)
+        height, width = drawn.height, drawn.width
+        canvas, hand_mask = drawn.canvas[:height, :width], drawn.hand_mask[:height, :width]
+        image = self.decode(drawn.latents, height, width, canvas, hand_mask, pixel_composite, feather)
         t_decode = time.perf_counter() - t0
-
         images = format_images(image, output_type)
-        self.maybe_free_model_hooks()
-        out = TwoStageOutput(
+        record = drawn.record
+        return TwoStageOutput(
             images=images,
-            hand_images=list(hand_images),
-            hand_masks=list(hand_masks),
+            hand_images=list(drawn.hand_images),
+            hand_masks=list(drawn.hand_masks),
             hand_canvas=canvas,
             hand_mask=hand_mask,
-            hand_boxes=[p.box for p in placed],
-            hand_indices=[p.index for p in placed],
-            paste_order=paste_order,
-            skipped_hands=skipped,
-            mask_sources=mask_sources,
+            hand_boxes=[p.box for p in drawn.placed],
+            hand_indices=[p.index for p in drawn.placed],
+            paste_order=drawn.paste_order,
+            skipped_hands=drawn.skipped,
+            mask_sources=drawn.mask_sources,
             keep_masks=torch.stack(record) if record and record[0] is not None else None,
-            latents=latents,
+            latents=drawn.latents,
             timings={
-                "stage1": t_stage1,
-                "stage2": t_stage2,
-                "blend": clock["blend"],
+                "stage1": drawn.timings["stage1"],
+                "stage2": drawn.timings["stage2"],
+                "blend": drawn.clock["blend"],
                 "decode": t_decode,
-                "total": time.perf_counter() - t_start,
+                "total": time.perf_counter() - drawn.timings["start"],
             },
         )
-        if not return_dict:
-            return images, out
-        return out
 
     # ---------------------------------------------------------------- steps of the call
 
@@ -560,62 +732,82 @@ class TwoStageHandBodyPipeline(CheckedFromPretrained, DiffusionPipeline):
             masks.append(np.asarray(stage1.masks_binary, bool))
         return np.concatenate(images), np.concatenate(masks)
 
-    def paint_body(
+    def paint_bodies(
         self,
-        prompt: str,
-        condition: torch.Tensor,
-        canvas: np.ndarray,
-        hand_mask: np.ndarray,
-        boxes: Sequence[CropBox],
+        drawn: Sequence[_Drawn],
         *,
-        blend: BlendConfig,
-        hand_encoding: str,
         num_inference_steps: int,
-        generator,
-        record: list | None,
-        clock: dict,
+        return_masks: bool = False,
         **body_kwargs,
-    ) -> torch.Tensor:
-        """Stage 2 on the work canvas: its final latents (1, C, h, w). The known hand latents (the hands'
-        `boxes` in paste order, encoded per `hand_encoding`) are blended in after every step unless blending
-        is off or no hand was pasted; `record` collects each step's keep-mask (None when not blending)."""
-        work_h, work_w = hand_mask.shape
+    ) -> None:
+        """Stage 2 for requests of one work size, as one batch; each `_Drawn` gets its final latents
+        (1, C, h, w), its keep-masks (``record``: one per step, None when not blending) and its clock.
+
+        Each request starts from its own generator's noise and, unless blending is off or it pasted no
+        hand, has its known hand latents (its hands' boxes in paste order, encoded per its
+        `hand_encoding`) blended into its own slice of the batch after every step."""
+        t0 = time.perf_counter()
+        work_h, work_w = drawn[0].work_size
         latent_hw = (work_h // self.vae_scale_factor, work_w // self.vae_scale_factor)
-        noise = randn_tensor(
-            (1, self.vae.config.latent_channels, *latent_hw),
-            generator=generator,
-            device=self._execution_device,
-            dtype=self.unet.dtype,
-        )
-        hook = None
-        if boxes and hand_mask.any() and blend.mode != "none":
-            windows = boxes if hand_encoding == "windows" else None
-            hand_latents = encode_hands(self.body_pipeline, canvas, hand_mask, windows, margin=blend.d0 + 1)
-            mask_latent = mask_to_latent(torch.from_numpy(hand_mask)[None, None].float(), latent_hw)
-            hook = blend_hook(
-                self.body_pipeline.scheduler,
-                hand_latents,
-                mask_latent.to(self._execution_device),
-                noise,
-                blend,
-                num_inference_steps,
-                record,
-                clock,
+        device = self._execution_device
+        hooks, noises = [], []
+        for d in drawn:
+            noise = randn_tensor(
+                (1, self.vae.config.latent_channels, *latent_hw),
+                generator=d.generator,
+                device=device,
+                dtype=self.unet.dtype,
             )
-        elif record is not None:
-            record.extend([None] * num_inference_steps)
-        return self.body_pipeline(
-            prompt,
-            condition=condition,
+            noises.append(noise)
+            d.record, d.clock = ([] if return_masks else None), {"blend": 0.0}
+            boxes = [{p.index: p.box for p in d.placed}[i] for i in d.paste_order]
+            hook = None
+            if boxes and d.hand_mask.any() and d.blend.mode != "none":
+                windows = boxes if d.hand_encoding == "windows" else None
+                hand_latents = encode_hands(
+                    self.body_pipeline, d.canvas, d.hand_mask, windows, margin=d.blend.d0 + 1
+                )
+                mask_latent = mask_to_latent(torch.from_numpy(d.hand_mask)[None, None].float(), latent_hw)
+                hook = blend_hook(
+                    self.body_pipeline.scheduler,
+                    hand_latents,
+                    mask_latent.to(device),
+                    noise,
+                    d.blend,
+                    num_inference_steps,
+                    d.record,
+                    d.clock,
+                )
+            elif d.record is not None:
+                d.record.extend([None] * num_inference_steps)
+            hooks.append(hook)
+
+        def on_step_end(i: int, t, latents: torch.Tensor) -> torch.Tensor:
+            parts = [
+                hook(i, t, latents[k : k + 1]) if hook is not None else latents[k : k + 1]
+                for k, hook in enumerate(hooks)
+            ]
+            return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+        single = len(drawn) == 1
+        negatives = [d.negative_prompt or "" for d in drawn]
+        latents = self.body_pipeline(
+            drawn[0].prompt if single else [d.prompt for d in drawn],
+            condition=torch.cat([d.condition for d in drawn]),
             height=work_h,
             width=work_w,
             num_inference_steps=num_inference_steps,
-            generator=generator,
-            latents=noise,
+            negative_prompt=drawn[0].negative_prompt if single else negatives,
+            generator=drawn[0].generator if single else [d.generator for d in drawn],
+            latents=torch.cat(noises),
             output_type="latent",
-            on_step_end=hook,
+            on_step_end=None if all(h is None for h in hooks) else on_step_end,
             **body_kwargs,
         ).images
+        seconds = time.perf_counter() - t0
+        for k, d in enumerate(drawn):
+            d.latents = latents[k : k + 1]
+            d.timings["stage2"] = seconds / len(drawn)
 
     def decode(
         self,

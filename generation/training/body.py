@@ -43,6 +43,8 @@ from manifests.reader import open_manifest
 
 from ..guards import make_generator, offset_seed
 from ..models.body import BASE_KINDS, build_body_model, masked_image, model_input, predict_noise, repaint_mask
+from ..models.checks import check_controlnet_folder, check_sd_folder, check_unet_inputs
+from ..models.hub import find_model
 from ..models.loading import SDComponents, build_components, freeze, record_sample_size
 from ..models.schedulers import noise_schedule_overrides
 from ..models.text import encode_text
@@ -293,6 +295,28 @@ class BodyTask(TrainTask):
         return dict(self.facts)
 
     # ---- models ----------------------------------------------------------------------------------
+    def check_models(self) -> None:
+        """The base folder and ``--init-controlnet`` (Hub ids found in the cache) and their configs: the
+        UNet's input channels for ``--base-kind``, an 8x VAE, a ControlNet of the UNet's architecture.
+        Nothing to check when building from nothing or from an ``--init-from`` run."""
+        c = self.config
+        self.base = self.controlnet_folder = None
+        unet = None
+        if c.init_from:
+            return
+        if c.pretrained:
+            self.base = find_model(c.pretrained, "Stable Diffusion folder", "--pretrained", c.allow_download)
+            facts = check_sd_folder(self.base)
+            latent = facts.latent_channels
+            want = {"standard": latent, "inpainting": 2 * latent + 1}[c.base_kind]
+            check_unet_inputs(facts, want, "--pretrained", f"--base-kind {c.base_kind}")
+            unet = facts.unet
+        if c.init_controlnet:
+            self.controlnet_folder = find_model(
+                c.init_controlnet, "ControlNet folder", "--init-controlnet", c.allow_download
+            )
+            check_controlnet_folder(self.controlnet_folder, unet)
+
     def _build(self):
         """(components, controlnet), deterministic in the seed (a tiny inpainting UNet is rebuilt), or
         those of the finished run ``--init-from`` names."""
@@ -301,7 +325,7 @@ class BodyTask(TrainTask):
             return self._build_from_run()
         comps = build_components(
             c.preset,
-            pretrained=c.pretrained,
+            pretrained=getattr(self, "base", None) or c.pretrained,
             resolution=c.resolved_resolution,
             seed=c.seed,
             prediction_type=c.prediction_type,
@@ -309,7 +333,10 @@ class BodyTask(TrainTask):
         )
         torch.manual_seed(c.seed)
         controlnet = build_body_model(
-            comps, c.base_kind, self.condition_config, init_controlnet=c.init_controlnet
+            comps,
+            c.base_kind,
+            self.condition_config,
+            init_controlnet=getattr(self, "controlnet_folder", None) or c.init_controlnet,
         )
         return comps, controlnet
 

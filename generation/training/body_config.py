@@ -14,6 +14,7 @@ from .config import (
     StageTrainConfig,
     init_from_setting,
     manifests_setting,
+    preset_for,
     setting,
 )
 
@@ -36,15 +37,17 @@ class BodyTrainConfig(StageTrainConfig):
     split: str | None = setting(None, "train only on images of this split (e.g. train); default all")
     pretrained: str | None = setting(
         None,
-        "local Stable Diffusion folder (diffusers layout) for --preset sd; SD-inpainting for --base-kind inpainting",
+        "Stable Diffusion to start from: a diffusers folder, a Hub id in the local Hugging Face cache, or a "
+        "train-vae run folder; SD-inpainting for --base-kind inpainting",
     )
     resolution: int | None = setting(
         None, f"training side in pixels, a multiple of 16 (default {PRESET_RESOLUTION})", ge=16, le=4096
     )
     init_controlnet: str | None = setting(
         None,
-        "start from this local diffusers ControlNet (e.g. control_v11p_sd15_openpose) instead of a copy of the "
-        "UNet's encoder; its input is widened to the condition channels, new channels at zero",
+        "start from this diffusers ControlNet (a folder or a cached Hub id, e.g. "
+        "lllyasviel/control_v11p_sd15_openpose) instead of a copy of the UNet's encoder; its input is widened "
+        "to the condition channels, new channels at zero",
     )
     base_kind: str = setting(
         "standard",
@@ -88,7 +91,7 @@ class BodyTrainConfig(StageTrainConfig):
 
     @property
     def resolved_resolution(self) -> int:
-        return int(self.resolution or PRESET_RESOLUTION[self.preset])
+        return int(self.resolution or PRESET_RESOLUTION[preset_for(self.preset, self.pretrained)])
 
     def validate(self) -> BodyTrainConfig:
         super().validate()

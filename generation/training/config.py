@@ -108,6 +108,7 @@ class TrainConfig(Settings):
         source = recorded_run(self.init_from) if getattr(self, "init_from", None) else {}
         if source.get("config", {}).get("preset") in PRESET_LEARNING_RATES:
             self.preset = source["config"]["preset"]
+
         if getattr(self, "resolution", 0) is None and isinstance(
             source.get("data", {}).get("resolution"), int
         ):
@@ -115,6 +116,24 @@ class TrainConfig(Settings):
         if getattr(self, "learning_rate", 0) is None:
             self.learning_rate = PRESET_LEARNING_RATES.get(getattr(self, "preset", "sd"), 1e-5)
         return self
+
+
+def preset_for(preset: str | None, pretrained: str | None) -> str:
+    """The preset a run uses: the one ``--pretrained`` implies (a `train-vae` run folder: mini; any other
+    folder or a Hub id: sd), ``--preset`` only to build from nothing (tiny when not given). A ``--preset``
+    that contradicts the folder is a `SettingError`: weights are never silently ignored."""
+    if not pretrained:
+        return preset or "tiny"
+    vae_run = recorded_run(pretrained).get("task") == "vae" if os.path.isdir(pretrained) else False
+    implied = "mini" if vae_run else "sd"
+    if preset in (None, implied):
+        return implied
+    what = "a train-vae run (preset mini)" if vae_run else "a Stable Diffusion model (preset sd)"
+    if preset == "tiny":
+        why = "builds random components and would ignore its weights"
+    else:
+        why = "contradicts it"
+    raise SettingError(f"--preset {preset} {why}: --pretrained {pretrained!r} is {what}; drop --preset")
 
 
 def recorded_run(run: str) -> dict:
@@ -144,9 +163,11 @@ def check_manifest_and_weights(config) -> None:
         )
     if config.preset == "sd" and not config.pretrained and not getattr(config, "init_from", None):
         raise SettingError(
-            "--preset sd needs --pretrained PATH (a local Stable Diffusion folder in diffusers layout)"
+            "--preset sd needs --pretrained PATH (a Stable Diffusion folder in diffusers layout, or a Hub id)"
         )
     init_from = getattr(config, "init_from", None)
+    if not init_from:
+        preset_for(config.preset, config.pretrained)  # a --preset that contradicts --pretrained
     if init_from and os.path.abspath(init_from) == os.path.abspath(config.out):
         raise SettingError(
             f"--init-from {init_from!r} is the run folder itself (--out); use --resume latest to continue a run"
@@ -216,11 +237,17 @@ class StageTrainConfig(TrainConfig):
         gt=0,
         le=1e9,
     )
-    preset: str = setting(
-        "tiny",
-        "tiny (small random components, CPU friendly), mini (from-scratch sizes; --pretrained a train-vae run) "
-        "or sd (load --pretrained)",
+    preset: str | None = setting(
+        None,
+        "only to build from nothing: tiny (small random components, CPU friendly) or mini (from-scratch "
+        "sizes). Default: what --pretrained is (a Stable Diffusion folder or Hub id: sd; a train-vae run: "
+        "mini), else tiny; a --preset that contradicts --pretrained is an error",
         choices=("tiny", "mini", "sd"),
+    )
+    allow_download: bool = setting(
+        False,
+        "fetch a --pretrained / --init-controlnet Hub id that is not in the local Hugging Face cache "
+        "(default: only the cache is read, so HF_HUB_OFFLINE=1 runs work)",
     )
     prediction_type: str | None = setting(
         None,
@@ -247,6 +274,14 @@ class StageTrainConfig(TrainConfig):
 
     def __post_init__(self):
         normalise_sources(self)
+        if not self.init_from:  # an --init-from run's preset is the run's (`resolve`)
+            self.preset = preset_for(self.preset, self.pretrained)
+
+    def resolve(self):
+        """`TrainConfig.resolve`, with the preset ``--pretrained`` implies (`preset_for`) when not
+        started from another run."""
+        self.preset = preset_for(self.preset, self.pretrained)
+        return super().resolve()
 
     def validate(self) -> StageTrainConfig:
         super().validate()

@@ -28,7 +28,9 @@ from manifests.draw import contact_sheet, draw_hand, overlay_mask
 from manifests.geometry import DEFAULT_SIGMA, keypoint_coverage, rescale_sigma
 from manifests.reader import open_manifest
 
+from ..models.checks import check_sd_folder, check_unet_inputs
 from ..models.hand import HandUNet
+from ..models.hub import find_model
 from ..models.loading import build_components, freeze
 from ..models.schedulers import noise_schedule_overrides, sampling_scheduler
 from ..models.text import encode_text
@@ -270,12 +272,24 @@ class HandTask(TrainTask):
         )
 
     # ---- models ----------------------------------------------------------------------------------
+    def check_models(self) -> None:
+        """The base folder (a Hub id found in the cache) and its configs: a 4-channel text-to-image UNet
+        over an 8x VAE. Nothing to check when building from nothing or from an ``--init-from`` run."""
+        c = self.config
+        self.base = None
+        if c.pretrained and not c.init_from:
+            self.base = find_model(c.pretrained, "Stable Diffusion folder", "--pretrained", c.allow_download)
+            facts = check_sd_folder(self.base)
+            check_unet_inputs(
+                facts, facts.latent_channels, "--pretrained", "train-hand (a text-to-image UNet)"
+            )
+
     def _from_preset(self):
         """(frozen parts, HandUNet) for a new model: the preset's components, the UNet widened."""
         c = self.config
         comps = build_components(
             c.preset,
-            pretrained=c.pretrained,
+            pretrained=getattr(self, "base", None) or c.pretrained,
             resolution=self.facts["resolution"],
             prediction_type=c.prediction_type,
             zero_terminal_snr=c.zero_terminal_snr,

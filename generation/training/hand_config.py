@@ -24,7 +24,11 @@ class HandTrainConfig(StageTrainConfig):
     )
     manifest: tuple[str, ...] = manifests_setting("manifest root(s), or their hands tables,")
     init_from: str | None = init_from_setting("train-hand")
-    pretrained: str | None = setting(None, "local Stable Diffusion folder (diffusers layout) for --preset sd")
+    pretrained: str | None = setting(
+        None,
+        "Stable Diffusion to start from: a diffusers folder, a Hub id in the local Hugging Face cache "
+        "(e.g. stable-diffusion-v1-5/stable-diffusion-v1-5), or a train-vae run folder",
+    )
     resolution: int | None = setting(
         None,
         "crop side in pixels used for training (default: 64 for --preset tiny, else the manifest's crop_size)",

@@ -150,7 +150,9 @@ def _open_run(task: TrainTask, config: TrainConfig) -> tuple[Accelerator, str | 
     # point where all processes meet), so all of them see the folder as the user left it.
     folder_use = check_run_folder(run, task.name, config)
 
-    # Data first: a bad manifest must fail before minutes of model loading.
+    # Model folders and data first: a wrong path or a bad manifest must fail before the run folder is
+    # made and before minutes of model loading.
+    task.check_models()
     task.check_data()
 
     accelerator = Accelerator(

@@ -6,6 +6,8 @@ model is loaded, so every run that got past its data check carries it. `train` w
 
 - a missing or empty folder (dot-files do not count): a new run;
 - a run of the same task with ``--resume``: continues it (``latest``: its newest checkpoint);
+- a run of the same task that stopped before its first step (a failed start: its config.json and
+  nothing training writes, see `never_trained`): started again, so a corrected command needs no flag;
 - a run of the same task with ``--overwrite``: starts it over. Its config.json, metrics.jsonl,
   checkpoints/, validation/ and final model are deleted first; anything else (a latent cache, which
   checks its own fingerprint, or files of the user) stays.
@@ -42,6 +44,7 @@ VALIDATION_DIR = "validation"
 # Settings that may change between a run and its resumption without a warning.
 _RESUMABLE_CHANGES = {
     "resume",
+    "allow_download",
     "overwrite",
     "steps",
     "interrupt_after",
@@ -117,12 +120,31 @@ def check_run_folder(run: str, task: str, config: TrainConfig) -> str:
         return "resume"
     if config.overwrite:
         return "overwrite"
+    if never_trained(run, task):
+        logger.info(
+            "%s: a run that stopped before its first step (only its config.json); starting it again", run
+        )
+        return "new"
     found = ckpt.list_checkpoints(run)
     last = f"checkpoints up to step {found[-1][0]}" if found else "no checkpoint yet"
     raise RunFolderError(
         f"--out {run!r} already holds a {command} run ({last}); pass --resume latest to continue it, or "
         "--overwrite to start it over (deleting its checkpoints, metrics, validation images and final model)"
     )
+
+
+def never_trained(run: str, task: str) -> bool:
+    """Whether the run folder `run` holds a start that failed before training: a config.json of `task`
+    and none of the files training writes (metrics lines, checkpoints, validation images, a final
+    model). Such a folder blocks nothing: the corrected command starts it again."""
+    if recorded_task(run) != task:
+        return False
+    metrics = os.path.join(run, METRICS_FILE)
+    if os.path.isfile(metrics) and os.path.getsize(metrics) > 0:
+        return False
+    if ckpt.list_checkpoints(run):
+        return False
+    return not any(os.path.lexists(os.path.join(run, name)) for name in (VALIDATION_DIR, "model_index.json"))
 
 
 def clear_run(run: str, task: TrainTask) -> list[str]:

@@ -6,6 +6,7 @@ which loss, what a validation image shows and what the final artefact is.
 
 Call order, all processes unless noted::
 
+    task.check_models()                    # before the run folder is made: model folders, ids, configs
     task.check_data()                      # before any model is loaded; raise on bad data
     task.build(accelerator)                # load / build models; frozen ones to the device
     model = task.trainable()               # the nn.Module the optimizer trains (EMA follows it)
@@ -68,6 +69,10 @@ class TrainTask:
         raise NotImplementedError
 
     # -- optional ------------------------------------------------------------------------------------
+    def check_models(self) -> None:
+        """Find and check the model folders the run starts from (from their config files, no weights
+        loaded), before the run folder is made; raise a clear error naming the option."""
+
     def collate(self, samples: list[dict]) -> dict:
         return torch.utils.data.default_collate(samples)
 

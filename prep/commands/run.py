@@ -12,7 +12,7 @@ import json
 import sys
 
 from manifests.settings import add_arguments as add_settings
-from manifests.settings import from_args
+from manifests.settings import add_config_option, from_args, read_settings_file
 
 from ..config import PrepConfig
 
@@ -20,12 +20,15 @@ HELP = "Annotate a dataset into Parquet manifests (resumable)."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_option(parser, PrepConfig)
     add_settings(parser, PrepConfig, title="run settings")
     parser.add_argument("--json", action="store_true", help="Print the summary as JSON.")
 
 
 def config_from_args(args: argparse.Namespace) -> PrepConfig:
-    return from_args(PrepConfig, args)
+    """`PrepConfig` from ``--config FILE`` (if given) overridden by the options given."""
+    base = read_settings_file(args.config) if getattr(args, "config", None) else None
+    return from_args(PrepConfig, args, base)
 
 
 def format_summary(summary: dict) -> str:
@@ -63,10 +66,16 @@ def _interrupted_message(out: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from manifests.settings import SettingError
+
     from ..runner import SETUP_ERRORS
     from ..runner import run as run_prep
 
-    config = config_from_args(args)
+    try:
+        config = config_from_args(args)
+    except SettingError as exc:
+        print(f"handfirst-prep: error: {exc}", file=sys.stderr)
+        return 2
     try:
         summary = run_prep(config)
     except SETUP_ERRORS as exc:
