@@ -27,8 +27,8 @@ PEAK_BOUND_MB = 1536
 ADDRESS_SPACE_CAP = 12 * 2**30  # generous: torch alone maps a few GB of address space
 REPORT = """
 import resource
-peak = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)
-print("PEAK_KB", peak)
+from peak_memory import own_peak_kb
+print("PEAK_KB", max(own_peak_kb(), resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))
 """
 
 
@@ -50,7 +50,8 @@ def build(code: str) -> None:
 
 def run_measured(code: str) -> tuple[float, str]:
     """(peak RSS in MB, stdout) of `code` run in a fresh process under the address-space cap. The shell
-    sets the cap and execs Python, so the peak is that process's own (no fork of this one is counted)."""
+    sets the cap and execs Python; the peak is that program's own high-water mark (`own_peak_kb`), so the
+    size of this test process, which the fork copies before the exec, is not counted."""
     script = textwrap.dedent(code) + REPORT
     proc = subprocess.run(
         ["bash", "-c", f'ulimit -v {ADDRESS_SPACE_CAP // 1024} && exec "$0" -c "$1"', sys.executable, script],
