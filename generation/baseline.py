@@ -307,7 +307,7 @@ def run_baseline(
     Returns ``{"written": [...], "skipped": [...]}`` (names). Settings are checked and the requests
     made before the models load, so a bad input fails in seconds.
     """
-    from tqdm.auto import tqdm
+    from manifests.progress import progress_bar
 
     settings.validate()
     method = METHODS[settings.method]
@@ -327,7 +327,7 @@ def run_baseline(
         )
     pipe.set_progress_bar_config(disable=True)
     written, skipped = [], []
-    for request in tqdm(requests, desc=f"baseline {settings.method}", unit="img", disable=not progress):
+    for request in progress_bar(requests, desc=f"baseline {settings.method}", unit="img", enabled=progress):
         if not settings.overwrite and is_done(out_dir, request.name):
             skipped.append(request.name)
             continue

@@ -44,6 +44,11 @@ class SettingError(ValueError):
     """A setting outside its declared type, choices or range. The message names the field."""
 
 
+class UsageError(ValueError):
+    """The options given do not make one command (two sources where one is needed, an option that needs
+    another): the command lines answer it like an argparse usage error, with exit code 2."""
+
+
 def setting(
     default=MISSING,
     help: str = "",

@@ -107,9 +107,9 @@ def dask_client(config: PrepConfig):
 
 
 def _progress(total: int, enabled: bool):
-    from tqdm.auto import tqdm
+    from manifests.progress import progress_bar
 
-    return tqdm(total=total, unit="img", desc="prep", disable=not enabled, smoothing=0.1)
+    return progress_bar(total=total, unit="img", desc="prep", enabled=enabled, smoothing=0.1)
 
 
 def run_shards(todo, config: PrepConfig, client=None) -> tuple[list[dict], dict[int, str], str | None]:

@@ -10,6 +10,7 @@ import time
 from collections import Counter
 from contextlib import ExitStack
 
+from manifests.settings import SettingError
 from manifests.storage import filesystem
 from manifests.writer import ManifestWriter, shard_name
 
@@ -50,7 +51,10 @@ def make_config(config: PrepConfig | None = None, **kwargs) -> PrepConfig:
         config = PrepConfig(**kwargs)
     elif kwargs:  # a bare replace() would also drop attributes set on the instance
         config = dataclasses.replace(config, **kwargs)
-    return config.validate()
+    config.validate()
+    if config.input is None:
+        raise SettingError("input (--input) must be set: the dataset to annotate")
+    return config
 
 
 def _write_preview(config: PrepConfig) -> str | None:

@@ -10,10 +10,11 @@ import argparse
 import dataclasses
 import json
 import logging
-import sys
 
+from manifests.dispatch import fail
 from manifests.errors import ManifestError
 from manifests.matching import MatchConfig
+from manifests.settings import UsageError
 from manifests.settings import add_arguments as add_settings
 from manifests.settings import from_args as settings_from_args
 
@@ -88,12 +89,12 @@ EXPECTED_ERRORS = (ManifestError, ValueError, OSError)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the command; a bad input is printed as ``handfirst-gen evaluate: error: ...`` with exit code 1."""
+    """Run the command; a bad input is printed as ``handfirst-gen evaluate: error: ...`` with exit code 1
+    (2 for a setting or a usage error)."""
     try:
         return _run(args)
     except EXPECTED_ERRORS as exc:
-        print(f"handfirst-gen evaluate: error: {exc}", file=sys.stderr)
-        return 1
+        return fail("handfirst-gen evaluate", exc)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -101,16 +102,16 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.compare:
         if args.manifest or args.generated:
-            raise SystemExit(
-                "evaluate: --compare renders existing reports; do not combine it with --manifest/--generated"
+            raise UsageError(
+                "--compare renders existing reports; do not combine it with --manifest/--generated"
             )
         result = compare(args.compare, args.out, title=args.title)
         print(result["markdown"])
         print(f"wrote {args.out}/compare.md and compare.json")
         return 0
     if not args.manifest or not args.generated:
-        raise SystemExit(
-            "evaluate: give --manifest and --generated (a folder or 'real'), or --compare REPORT ..."
+        raise UsageError(
+            "give --manifest and --generated (a folder or 'real'), or --compare REPORT ..."
         )
     config = settings_from_args(EvalConfig, args)
     config = dataclasses.replace(config, detection=dict(args.detect), match=MatchConfig(gate=args.gate))

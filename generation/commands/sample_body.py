@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass
 
 from manifests.settings import Settings, setting, setting_like
@@ -64,6 +63,7 @@ def run(args) -> int:
     import torch
     from PIL import Image
 
+    from manifests.dispatch import fail
     from manifests.draw import contact_sheet
     from manifests.errors import ManifestError
     from manifests.names import path_in
@@ -120,6 +120,5 @@ def run(args) -> int:
             Image.fromarray(sheet).save(path_in(args.out, image_id, "_condition.png", "image_id"))
             print(f"wrote {image_path}")
     except (ModelFolderError, ManifestError, ValueError) as exc:
-        print(f"handfirst-gen sample-body: error: {exc}", file=sys.stderr)
-        return 1
+        return fail("handfirst-gen sample-body", exc)
     return 0

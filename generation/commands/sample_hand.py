@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass
 
 from manifests.settings import Settings, setting, setting_like
@@ -92,6 +91,7 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     import torch
 
+    from manifests.dispatch import fail
     from manifests.settings import from_args
 
     from ..models.loading import ModelFolderError
@@ -119,8 +119,7 @@ def run(args) -> int:
             max_pixel_steps=settings.max_pixel_steps,
         )
     except (PoseFileError, ModelFolderError, ValueError) as exc:
-        print(f"handfirst-gen sample-hand: error: {exc}", file=sys.stderr)
-        return 1
+        return fail("handfirst-gen sample-hand", exc)
     os.makedirs(args.out, exist_ok=True)
     for i, (image, mask, prob) in enumerate(zip(out.images, out.masks_binary, out.masks)):
         stem = os.path.join(args.out, f"hand_{i:03d}")

@@ -201,9 +201,9 @@ def detection_prep_config(manifest, config: EvalConfig):
 
 
 def _progress(total: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
+    from manifests.progress import progress_bar
 
-    return tqdm(total=total, unit="img", desc=desc, disable=not enabled, smoothing=0.1)
+    return progress_bar(total=total, unit="img", desc=desc, enabled=enabled, smoothing=0.1)
 
 
 def choose_detector(config: EvalConfig):

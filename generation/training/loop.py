@@ -43,9 +43,9 @@ from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
-from tqdm.auto import tqdm
 
 from manifests.datasets import ManifestDataLoader, ResumableStream
+from manifests.progress import progress_bar
 
 from ..guards import SEED_LIMIT, make_generator
 from . import checkpoint as ckpt
@@ -505,8 +505,8 @@ def train(task: TrainTask, config: TrainConfig | None = None) -> TrainResult:
     final_loss = None
     micro: dict[str, float] = {}
     n_micro, local_samples = 0, 0
-    bar = tqdm(
-        total=config.steps, initial=state.step, disable=not main, desc=f"train-{task.name}", unit="step"
+    bar = progress_bar(
+        total=config.steps, initial=state.step, enabled=main, desc=f"train-{task.name}", unit="step"
     )
     stopped_early = False
     try:
