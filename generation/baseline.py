@@ -33,10 +33,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from manifests.settings import SettingError, Settings, setting
+from manifests.settings import SettingError, Settings, precision_setting, setting, torch_dtype
 
 from .generate import (
-    DTYPES,
     Request,
     is_done,
     output_paths,
@@ -109,7 +108,7 @@ class BaselineSettings(Settings):
     )
     negative_prompt: str = setting("", "negative prompt")
     device: str | None = setting(None, "cuda / cpu / mps (default: cuda when available)")
-    dtype: str = setting("float32", "model precision", choices=DTYPES)
+    precision: str = precision_setting()
     max_pixels: int = setting(DEFAULT_MAX_PIXELS, "refuse an image with more pixels than this", ge=1)
     max_pixel_steps: int = setting(
         DEFAULT_MAX_PIXEL_STEPS, "refuse an image whose pixels x steps exceed this", ge=1
@@ -131,13 +130,12 @@ def _device(settings: BaselineSettings) -> str:
 
 
 def _components(settings: BaselineSettings) -> dict:
-    import torch
 
     from .models.loading import build_components
     from .models.schedulers import sampling_scheduler
 
     c = build_components("sd", pretrained=settings.pretrained)
-    dtype = getattr(torch, settings.dtype)
+    dtype = torch_dtype(settings.precision)
     return {
         "vae": c.vae.to(dtype=dtype),
         "text_encoder": c.text_encoder.to(dtype=dtype),
@@ -151,17 +149,16 @@ def _components(settings: BaselineSettings) -> dict:
 
 
 def _load_controlnet_pipeline(settings: BaselineSettings):
-    import torch
     from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
 
-    from .models.loading import ModelFolderError
+    from .models.loading import ModelFolderError, dtype_argument
 
     if not os.path.isfile(os.path.join(settings.controlnet, "config.json")):
         raise ModelFolderError(
             f"{settings.controlnet!r} is not a diffusers ControlNet folder (no config.json)"
         )
     controlnet = ControlNetModel.from_pretrained(
-        settings.controlnet, torch_dtype=getattr(torch, settings.dtype)
+        settings.controlnet, **dtype_argument(torch_dtype(settings.precision), ControlNetModel)
     )
     if controlnet.config.conditioning_channels != 3:
         raise ModelFolderError(

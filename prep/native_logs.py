@@ -58,9 +58,7 @@ def filter_native_stderr() -> bool:
             read_fd, write_fd = os.pipe()
             os.dup2(write_fd, 2)
             os.close(write_fd)
-            pump = threading.Thread(
-                target=_pump, args=(read_fd, real), name="native-log-filter", daemon=True
-            )
+            pump = threading.Thread(target=_pump, args=(read_fd, real), name="native-log-filter", daemon=True)
             pump.start()
             _saved.update(fd=real, pump=pump)
             _installed = True

@@ -110,9 +110,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"wrote {args.out}/compare.md and compare.json")
         return 0
     if not args.manifest or not args.generated:
-        raise UsageError(
-            "give --manifest and --generated (a folder or 'real'), or --compare REPORT ..."
-        )
+        raise UsageError("give --manifest and --generated (a folder or 'real'), or --compare REPORT ...")
     config = settings_from_args(EvalConfig, args)
     config = dataclasses.replace(config, detection=dict(args.detect), match=MatchConfig(gate=args.gate))
     if config.workers > 1 or config.scheduler:

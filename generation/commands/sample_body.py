@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from manifests.settings import Settings, setting, setting_like
+from manifests.settings import Settings, precision_setting, setting, setting_like
 from manifests.settings import add_arguments as add_settings
 
 from ..generate.settings import GenerateSettings
@@ -16,6 +16,8 @@ from ..guards import MAX_SEED
 class SampleBodySettings(Settings):
     """Every sampling setting of `handfirst-gen sample-body` (one CLI option each)."""
 
+    RENAMED = {"fp16": ("precision", {True: "fp16", False: "fp32"})}
+
     resolution: int | None = setting(None, "square side (default: the training resolution)", ge=8)
     prompt: str | None = setting(None, "caption (default: the manifest's)")
     negative_prompt: str | None = setting(None, "negative caption")
@@ -24,7 +26,7 @@ class SampleBodySettings(Settings):
     conditioning_scale: float = setting(1.0, "ControlNet residual scale", ge=0, le=10)
     seed: int = setting(0, "random seed", ge=0, le=MAX_SEED)
     device: str | None = setting(None, "cuda / cpu / mps (default: cuda if available)")
-    fp16: bool = setting(False, "load in float16 (GPU)")
+    precision: str = precision_setting()
     max_pixels: int = setting_like(GenerateSettings, "max_pixels")
     max_pixel_steps: int = setting_like(GenerateSettings, "max_pixel_steps")
 
@@ -67,7 +69,7 @@ def run(args) -> int:
     from manifests.draw import contact_sheet
     from manifests.errors import ManifestError
     from manifests.names import path_in
-    from manifests.settings import from_args
+    from manifests.settings import from_args, torch_dtype
 
     from ..guards import check_image_cost, make_generator
     from ..models.loading import ModelFolderError
@@ -77,8 +79,9 @@ def run(args) -> int:
     try:
         settings = from_args(SampleBodySettings, args).validate()
         device = settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        dtype = torch.float16 if settings.fp16 else torch.float32
-        pipe = BodyOutpaintPipeline.from_pretrained(args.model, dtype=dtype).to(device)
+        pipe = BodyOutpaintPipeline.from_pretrained(args.model, dtype=torch_dtype(settings.precision)).to(
+            device
+        )
         resolution = settings.resolution
         if resolution is None:  # 0 was refused by validate(), not taken as the default
             resolution = _training_resolution(args.model) or 512

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from manifests.settings import Settings, setting, setting_like
+from manifests.settings import Settings, precision_setting, setting, setting_like
 from manifests.settings import add_arguments as add_settings
 
 from ..generate.settings import GenerateSettings
@@ -15,6 +15,8 @@ from ..guards import MAX_SEED
 @dataclass
 class SampleHandSettings(Settings):
     """Every sampling setting of `handfirst-gen sample-hand` (one CLI option each)."""
+
+    RENAMED = {"fp16": ("precision", {True: "fp16", False: "fp32"})}
 
     prompt: str = setting("a hand", "caption for every pose")
     negative_prompt: str | None = setting(None, "negative caption")
@@ -26,7 +28,7 @@ class SampleHandSettings(Settings):
     mask_threshold: float = setting(0.5, "mask probability above which a pixel is hand", ge=0, le=1)
     seed: int = setting(0, "random seed", ge=0, le=MAX_SEED)
     device: str | None = setting(None, "cuda / cpu / mps (default: cuda if available)")
-    fp16: bool = setting(False, "load in float16 (GPU)")
+    precision: str = precision_setting()
     save_probabilities: bool = setting(False, "also write hand_NNN_mask_prob.png")
     max_pixels: int = setting_like(GenerateSettings, "max_pixels")
     max_pixel_steps: int = setting_like(GenerateSettings, "max_pixel_steps")
@@ -92,7 +94,7 @@ def run(args) -> int:
     import torch
 
     from manifests.dispatch import fail
-    from manifests.settings import from_args
+    from manifests.settings import from_args, torch_dtype
 
     from ..models.loading import ModelFolderError
     from ..pipelines.hand import HandGenerationPipeline
@@ -101,8 +103,9 @@ def run(args) -> int:
         settings = from_args(SampleHandSettings, args).validate()
         poses = load_poses(args.keypoints)
         device = settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        dtype = torch.float16 if settings.fp16 else torch.float32
-        pipe = HandGenerationPipeline.from_pretrained(args.model, dtype=dtype).to(device)
+        pipe = HandGenerationPipeline.from_pretrained(args.model, dtype=torch_dtype(settings.precision)).to(
+            device
+        )
         out = pipe(
             settings.prompt,
             keypoints=poses,

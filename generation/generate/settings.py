@@ -5,17 +5,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from manifests.settings import Settings, setting, setting_like
+from manifests.settings import Settings, precision_setting, setting, setting_like
 
 from ..guards import DEFAULT_MAX_PIXEL_STEPS, DEFAULT_MAX_PIXELS, MAX_SEED
 from ..pipelines.blend_config import BlendConfig
-
-DTYPES = ("float32", "float16", "bfloat16")
 
 
 @dataclass
 class GenerateSettings(Settings):
     """Every setting of `handfirst-gen generate` (one CLI option each); recorded in each sidecar."""
+
+    RENAMED = {"dtype": ("precision", {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"})}
 
     steps: int = setting(30, "stage-2 (body) denoising steps", ge=1, le=1000)
     hand_steps: int | None = setting(None, "stage-1 (hand) denoising steps (default: --steps)", ge=1, le=1000)
@@ -90,7 +90,7 @@ class GenerateSettings(Settings):
         le=8192,
     )
     device: str | None = setting(None, "cuda / cpu / mps (default: cuda when available)")
-    dtype: str = setting("float32", "model precision", choices=DTYPES)
+    precision: str = precision_setting()
     detect: bool = setting(True, "detect the pose in the result for the overview sheet (MediaPipe)")
     overwrite: bool = setting(False, "redo images whose PNG and sidecar exist (default: skip them)")
     max_pixels: int = setting(

@@ -11,11 +11,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from manifests.settings import SettingError, Settings, setting
+from manifests.settings import SettingError, Settings, precision_setting, setting
 
 from ..guards import MAX_SEED
 
-MIXED_PRECISION = ("no", "fp16", "bf16")
 LR_SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 
 
@@ -35,6 +34,8 @@ PRESET_RESOLUTION = {"tiny": 64, "mini": 64, "sd": 512}
 class TrainConfig(Settings):
     """Settings shared by every training task. Fields in order of how often people change them."""
 
+    RENAMED = {"mixed_precision": ("precision", {"no": "fp32", "fp16": "fp16", "bf16": "bf16"})}
+
     out: str = setting(
         "runs/train", "run folder: checkpoints, metrics.jsonl, config.json, validation grids, final model"
     )
@@ -48,8 +49,8 @@ class TrainConfig(Settings):
     gradient_accumulation_steps: int = setting(
         1, "micro-batches per optimizer step (effective batch = batch x this x GPUs)", ge=1, le=65536
     )
-    mixed_precision: str = setting(
-        "no", "no / fp16 / bf16 (bf16 on Ampere or newer GPUs)", choices=MIXED_PRECISION
+    precision: str = precision_setting(
+        "mixed precision: fp32 (none), fp16 or bf16 (bf16 on Ampere or newer GPUs)"
     )
     gradient_checkpointing: bool = setting(
         False, "recompute activations in the backward pass: less memory, ~30%% slower"

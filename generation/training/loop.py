@@ -112,8 +112,8 @@ def oom_message(config: TrainConfig, task: TrainTask, where: str) -> str:
     ]
     if not config.gradient_checkpointing:
         hints.append("--gradient-checkpointing")
-    if config.mixed_precision == "no":
-        hints.append("--mixed-precision bf16 (or fp16)")
+    if config.precision == "fp32":
+        hints.append("--precision bf16 (or fp16)")
     if not config.use_8bit_adam:
         hints.append("--use-8bit-adam (with bitsandbytes)")
     if config.ema:
@@ -382,7 +382,7 @@ def train(task: TrainTask, config: TrainConfig | None = None) -> TrainResult:
     task.check_data()
 
     accelerator = Accelerator(
-        mixed_precision=config.mixed_precision,
+        mixed_precision={"fp32": "no"}.get(config.precision, config.precision),
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         project_config=ProjectConfiguration(project_dir=run),
     )
@@ -525,7 +525,7 @@ def train(task: TrainTask, config: TrainConfig | None = None) -> TrainResult:
                     where = last_checkpoint or "none yet (nothing was saved)"
                     raise NonFiniteLossError(
                         f"non-finite loss at step {state.step + 1} ({detail}); stopping. Last good checkpoint: "
-                        f"{where}. Try a lower --learning-rate, --mixed-precision bf16 instead of fp16, or "
+                        f"{where}. Try a lower --learning-rate, --precision bf16 instead of fp16, or "
                         "check the data for broken crops."
                     )
                 accelerator.backward(loss)
