@@ -57,7 +57,10 @@ def program_name(script: str, package: str, argv0: str | None = None) -> str:
     """How a command line names itself: `script` when run as the console script (or called from
     Python), ``python -m PACKAGE`` when run with ``python -m``."""
     argv0 = sys.argv[0] if argv0 is None else argv0
-    return f"python -m {package}" if os.path.basename(argv0) == "__main__.py" else script
+    run_as_module = (
+        os.path.basename(argv0) == "__main__.py" and os.path.basename(os.path.dirname(argv0)) == package
+    )
+    return f"python -m {package}" if run_as_module else script
 
 
 def one_line(exc: BaseException) -> str:

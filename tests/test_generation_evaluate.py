@@ -320,9 +320,8 @@ def test_cli_evaluate_and_compare(eval_manifest, tmp_path, capsys):
     )
     md = (tmp_path / "cmp" / "compare.md").read_text()
     assert "| sanity |" in md and "| other |" in md
-    with pytest.raises(SystemExit, match="give --manifest and --generated"):
-        main(["evaluate", "--out", str(tmp_path / "x")])
-    capsys.readouterr()
+    assert main(["evaluate", "--out", str(tmp_path / "x")]) == 2  # a usage error
+    assert "give --manifest and --generated" in capsys.readouterr().err
     assert (
         main(
             [
@@ -345,7 +344,8 @@ def test_cli_evaluate_and_compare(eval_manifest, tmp_path, capsys):
 
 
 def test_cli_evaluate_reports_bad_inputs(eval_manifest, tmp_path, capsys):
-    """A missing manifest, generated folder or report and an unreadable weights file: one error line, exit 1."""
+    """A missing manifest, generated folder or report and an unreadable weights file: one error line, exit 1
+    (a bad setting: exit 2)."""
     from generation.cli import main
 
     (tmp_path / "garbage.pth").write_bytes(b"not torch weights")
@@ -395,7 +395,8 @@ def test_cli_evaluate_reports_bad_inputs(eval_manifest, tmp_path, capsys):
         (["--compare", str(tmp_path / "no_report.json")], "no_report.json"),
     ]
     for args, message in cases:
-        assert main(["evaluate", *args, "--out", str(tmp_path / "out"), "--no-progress"]) == 1, args
+        code = 2 if "--limit" in args else 1  # a setting outside its range is a usage error
+        assert main(["evaluate", *args, "--out", str(tmp_path / "out"), "--no-progress"]) == code, args
         err = capsys.readouterr().err
         assert err.startswith("handfirst-gen evaluate: error: ") and message in err, (args, err)
         assert len(err.strip().splitlines()) == 1, err
