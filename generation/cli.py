@@ -63,14 +63,33 @@ def _common(parser: argparse.ArgumentParser) -> None:
 LOG_LEVELS = {"DEBUG": 2, "INFO": 1, "WARNING": -1, "ERROR": -1}
 
 
+# The subcommands that load diffusers models ("Loading pipeline components..." bars below -v).
+DIFFUSERS_COMMANDS = (
+    "train-vae",
+    "train-hand",
+    "sample-hand",
+    "train-body",
+    "sample-body",
+    "generate",
+    "baseline",
+)
+
+
 def _configure(args: argparse.Namespace, own_process: bool) -> None:
+    """Logging at -q/-v/--log-level (`manifests.dispatch.configure_logging`); below -v, no diffusers
+    loading bars and, in a process of its own, none of MediaPipe's native log lines."""
     from prep.native_logs import ENV_FLAG, filter_native_stderr
 
     level = LOG_LEVELS[args.log_level] if args.log_level else verbosity(args)
     configure_logging(level, ("generation", "prep", "manifests"))
     if level >= 1:
         os.environ[ENV_FLAG] = "1"
-    elif own_process:  # MediaPipe's native lines (prep.native_logs); tests and notebooks keep their stderr
+        return
+    if args.command in DIFFUSERS_COMMANDS:  # it imports diffusers anyway; transformers reads the environment
+        from diffusers.utils import logging as diffusers_logging
+
+        diffusers_logging.disable_progress_bar()
+    if own_process:  # tests and notebooks keep their stderr
         filter_native_stderr()
 
 

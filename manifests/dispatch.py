@@ -113,8 +113,7 @@ def configure_logging(level: int, packages: tuple[str, ...]) -> None:
     Hugging Face libraries keep their INFO lines and loading bars to themselves."""
     root = {-1: logging.WARNING, 0: logging.WARNING, 1: logging.INFO, 2: logging.DEBUG}[level]
     own = {-1: logging.WARNING, 0: logging.INFO, 1: logging.INFO, 2: logging.DEBUG}[level]
-    logging.basicConfig(level=root, format=LOG_FORMAT)
-    logging.getLogger().setLevel(root)
+    logging.basicConfig(level=root, format=LOG_FORMAT)  # a no-op where handlers exist (pytest, notebooks)
     for name in packages:
         logging.getLogger(name).setLevel(own)
     if level < 0:
@@ -135,6 +134,7 @@ def build_parser(
     module = import_module(commands[name][0])
     parser = argparse.ArgumentParser(prog=f"{prog} {name}", description=module.HELP)
     add_shared_arguments(parser, prog)
+    parser.set_defaults(command=name)
     if common is not None:
         common(parser)
     module.add_arguments(parser)
