@@ -605,6 +605,7 @@ def train(task: TrainTask, config: TrainConfig | None = None) -> TrainResult:
         raise
     finally:
         bar.close()
+        metrics.close()
 
     finished = state.step >= config.steps and not stopped_early
     if finished:
