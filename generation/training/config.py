@@ -15,6 +15,7 @@ from manifests.settings import SettingError, Settings, precision_setting, settin
 
 from ..guards import MAX_SEED
 
+REPORT_TO = ("tensorboard", "wandb")
 LR_SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 
 
@@ -97,6 +98,12 @@ class TrainConfig(Settings):
     )
     num_workers: int = setting(0, "DataLoader worker processes", ge=0, le=1024)
     allow_tf32: bool = setting(True, "allow TF32 matmuls on Ampere+ GPUs")
+    report_to: str | None = setting(
+        None,
+        "also log the metrics to tensorboard (RUN/logs) or wandb, through accelerate's trackers; the package "
+        "must be installed (default: metrics.jsonl and curves.png only)",
+        choices=REPORT_TO,
+    )
 
     def resolve(self):
         """Fill settings whose default depends on others; returns the config.

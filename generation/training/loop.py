@@ -50,8 +50,8 @@ from manifests.progress import progress_bar
 from ..guards import SEED_LIMIT, make_generator
 from . import checkpoint as ckpt
 from .config import TrainConfig
-from .errors import NonFiniteLossError, RunFolderError, TrainingOOMError
-from .metrics import METRICS_FILE, MetricsLog
+from .errors import NonFiniteLossError, RunFolderError, TrackerMissingError, TrainingOOMError
+from .metrics import CURVES_FILE, METRICS_FILE, MetricsLog
 from .task import TrainTask
 
 logger = logging.getLogger(__name__)
@@ -69,9 +69,10 @@ _RESUMABLE_CHANGES = {
     "validate_every",
     "checkpoint_every",
     "checkpoints_total_limit",
+    "report_to",
 }
 # What a run writes besides the task's final model (`TrainTask.final_entries`); --overwrite deletes these.
-RUN_ENTRIES = (CONFIG_FILE, METRICS_FILE, ckpt.CHECKPOINTS_DIR, VALIDATION_DIR)
+RUN_ENTRIES = (CONFIG_FILE, METRICS_FILE, CURVES_FILE, "logs", ckpt.CHECKPOINTS_DIR, VALIDATION_DIR)
 
 
 @dataclass
@@ -293,6 +294,14 @@ def clear_run(run: str, task: TrainTask) -> list[str]:
     return removed
 
 
+def check_tracker(name: str | None) -> None:
+    """``--report-to NAME`` needs NAME's package: a one-line error before any work when it is missing."""
+    import importlib.util
+
+    if name and importlib.util.find_spec(name) is None:
+        raise TrackerMissingError(f"--report-to {name} needs the {name} package: pip install {name}")
+
+
 def resume_changes(run: str, config: TrainConfig) -> dict:
     """Settings of this invocation that differ from the ones `run`'s config.json records (old, new),
     leaving out those meant to change between invocations (`_RESUMABLE_CHANGES`)."""
@@ -381,10 +390,12 @@ def train(task: TrainTask, config: TrainConfig | None = None) -> TrainResult:
     # Data first: a bad manifest must fail before minutes of model loading.
     task.check_data()
 
+    check_tracker(config.report_to)
     accelerator = Accelerator(
         mixed_precision={"fp32": "no"}.get(config.precision, config.precision),
         gradient_accumulation_steps=config.gradient_accumulation_steps,
-        project_config=ProjectConfiguration(project_dir=run),
+        project_config=ProjectConfiguration(project_dir=run, logging_dir=os.path.join(run, "logs")),
+        log_with=config.report_to,
     )
     rank, main = accelerator.process_index, accelerator.is_main_process
     if main:
@@ -435,7 +446,12 @@ def train(task: TrainTask, config: TrainConfig | None = None) -> TrainResult:
     generator = make_generator((config.seed * 7919 + rank) % SEED_LIMIT, accelerator.device)
 
     state = ckpt.TrainerState()
-    metrics = MetricsLog(run, enabled=main)
+    if config.report_to:
+        accelerator.init_trackers(
+            f"{task.name}-{os.path.basename(os.path.abspath(run))}",
+            config=json.loads(json.dumps(config.to_dict(), default=str)),
+        )
+    metrics = MetricsLog(run, enabled=main, tracker=accelerator if config.report_to else None)
     if resume_dir:
         logger.info("resuming from %s", resume_dir)
         accelerator.load_state(resume_dir)

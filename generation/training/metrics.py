@@ -136,7 +136,9 @@ class CurvesDrawer:
 
 
 class MetricsLog:
-    def __init__(self, run: str, enabled: bool = True):
+    def __init__(self, run: str, enabled: bool = True, tracker=None):
+        """`tracker`: an `accelerate.Accelerator` whose trackers (``--report-to``) get every record too."""
+        self.tracker = tracker
         self.path = os.path.join(run, METRICS_FILE)
         self.curves = os.path.join(run, CURVES_FILE)
         self.enabled = enabled
@@ -165,6 +167,9 @@ class MetricsLog:
         else:
             self._records.append(clean)
         self._drawer.request(self._records)
+        if self.tracker is not None:
+            numbers = {k: v for k, v in clean.items() if k != "step" and isinstance(v, (int, float))}
+            self.tracker.log(numbers, step=int(record["step"]))
 
     def close(self) -> None:
         """Wait until ``curves.png`` shows every record written."""
