@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 
 from manifests.dispatch import fail
 from manifests.errors import ManifestError
@@ -107,7 +108,7 @@ def _run(args: argparse.Namespace) -> int:
             )
         result = compare(args.compare, args.out, title=args.title)
         print(result["markdown"])
-        print(f"wrote {args.out}/compare.md and compare.json")
+        print(f"wrote {args.out}/compare.md, compare.json" + (", compare.png" if result["picture"] else ""))
         return 0
     if not args.manifest or not args.generated:
         raise UsageError("give --manifest and --generated (a folder or 'real'), or --compare REPORT ...")
@@ -121,5 +122,6 @@ def _run(args: argparse.Namespace) -> int:
     else:
         with open(f"{args.out}/report.md", encoding="utf-8") as f:
             print(f.read())
-        print(f"wrote {args.out}/report.json, report.md, per_image.jsonl")
+        picture = ", report.png" if os.path.isfile(os.path.join(args.out, "report.png")) else ""
+        print(f"wrote {args.out}/report.json, report.md, per_image.jsonl{picture}")
     return 0
