@@ -141,7 +141,8 @@ def test_cli_errors_are_reported_not_raised(synthetic_manifest, tmp_path, capsys
         ]
     )
     assert rc == 1 and "Stable Diffusion folder not found" in capsys.readouterr().err
-    assert main(["train-hand", "--preset", "sd", "--manifest", str(synthetic_manifest), "--steps", "1"]) == 1
+    # Settings that do not go together: a usage error.
+    assert main(["train-hand", "--preset", "sd", "--manifest", str(synthetic_manifest), "--steps", "1"]) == 2
     assert "--preset sd needs --pretrained" in capsys.readouterr().err
     assert main(["paint"]) == 2 and "unknown command 'paint'" in capsys.readouterr().err
     assert main(["--help"]) == 0
