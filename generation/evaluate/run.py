@@ -263,10 +263,10 @@ def run_detection(
             return results
         from distributed import as_completed
 
-        from prep import dask_client
+        from prep import dask_client, log_cluster
 
         with dask_client(prep_config) as client:
-            logger.info("Dask scheduler %s, dashboard %s", client.scheduler.address, client.dashboard_link)
+            log_cluster(client)
             # The opened table (shard list, row groups) goes to every worker once, not with every task.
             [table] = client.scatter([manifest.images], broadcast=True, hash=False)
             futures = [
