@@ -33,7 +33,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from manifests.settings import SettingError, Settings, precision_setting, setting, torch_dtype
+from manifests.settings import (
+    OLD_PRECISION_NAMES,
+    SettingError,
+    Settings,
+    precision_setting,
+    setting,
+    torch_dtype,
+)
 
 from .generate import (
     Request,
@@ -82,6 +89,8 @@ class Method:
 @dataclass
 class BaselineSettings(Settings):
     """Every setting of `handfirst-gen baseline` (one CLI option each); recorded in each sidecar."""
+
+    RENAMED = {"dtype": OLD_PRECISION_NAMES["dtype"]}
 
     method: str = setting(
         "controlnet-openpose",

@@ -80,6 +80,12 @@ def setting(
 # The one name of precision across the commands: ``--precision {fp32,fp16,bf16}``.
 PRECISIONS = ("fp32", "fp16", "bf16")
 TORCH_DTYPE_NAMES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+# The names precision had before, for a settings class's `Settings.RENAMED`.
+OLD_PRECISION_NAMES = {
+    "dtype": ("precision", {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}),
+    "fp16": ("precision", {True: "fp16", False: "fp32"}),
+    "mixed_precision": ("precision", {"no": "fp32", "fp16": "fp16", "bf16": "bf16"}),
+}
 
 
 def precision_setting(help: str = "model precision (fp16 and bf16 on a GPU)"):

@@ -142,6 +142,15 @@ def test_generated_folder_with_misses(eval_manifest, tmp_path):
     assert r["hands"]["pck_0.2"] >= 0.9
     assert r["label"] == "gen" and absent in r["missing_images"]
     assert not any("aspect ratio" in note for note in r["notes"])  # 1.5x on both axes keeps the frame
+    # Each readable image's hand error ranks it for report.png: the blank image misses every hand (1.0),
+    # the image itself finds them where they are.
+    assert (
+        per[blank]["hand_error"] == 1.0
+        and per[same]["hand_error"] < 0.1
+        and per[corrupt]["hand_error"] is None
+    )
+    with Image.open(tmp_path / "report" / "report.png") as sheet:
+        assert sheet.width > 400 and sheet.height > 300
 
     with pytest.raises(ValueError, match="nothing to evaluate"):
         evaluate(
@@ -276,6 +285,10 @@ def test_compare_table(tmp_path):
     assert "kid_hands not computed: hand crops" in md
     assert [r["label"] for r in out["rows"]] == ["none", "fixed", "sequential"]
     assert json.loads((tmp_path / "cmp" / "compare.json").read_text())["rows"][2]["FID ↓"] == 70.0
+    # and a bar chart per metric column beside the table
+    assert out["picture"] == str(tmp_path / "cmp" / "compare.png")
+    with Image.open(out["picture"]) as chart:
+        assert chart.width > 600 and chart.height > 600
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(ValueError, match="not an evaluation report"):
         load_report(str(tmp_path / "bad.json"))

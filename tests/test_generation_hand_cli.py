@@ -40,6 +40,7 @@ def test_train_hand_then_sample_hand(synthetic_manifest, tmp_path, capsys):
     assert rc == 0
     assert "finished at step 20" in capsys.readouterr().out
     assert len([line for line in (run / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]) == 2
+    assert (run / "curves.png").stat().st_size > 1000  # the losses and the learning rate, as a picture
     assert isinstance(HandGenerationPipeline.from_pretrained(str(run)), HandGenerationPipeline)
 
     pose_file = tmp_path / "pose.json"

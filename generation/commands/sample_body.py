@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from manifests.settings import Settings, precision_setting, setting, setting_like
+from manifests.settings import OLD_PRECISION_NAMES, Settings, precision_setting, setting, setting_like
 from manifests.settings import add_arguments as add_settings
 
 from ..generate.settings import GenerateSettings
@@ -16,7 +16,7 @@ from ..guards import MAX_SEED
 class SampleBodySettings(Settings):
     """Every sampling setting of `handfirst-gen sample-body` (one CLI option each)."""
 
-    RENAMED = {"fp16": ("precision", {True: "fp16", False: "fp32"})}
+    RENAMED = {"fp16": OLD_PRECISION_NAMES["fp16"]}
 
     resolution: int | None = setting(None, "square side (default: the training resolution)", ge=8)
     prompt: str | None = setting(None, "caption (default: the manifest's)")

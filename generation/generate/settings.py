@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from manifests.settings import Settings, precision_setting, setting, setting_like
+from manifests.settings import OLD_PRECISION_NAMES, Settings, precision_setting, setting, setting_like
 
 from ..guards import DEFAULT_MAX_PIXEL_STEPS, DEFAULT_MAX_PIXELS, MAX_SEED
 from ..pipelines.blend_config import BlendConfig
@@ -15,7 +15,7 @@ from ..pipelines.blend_config import BlendConfig
 class GenerateSettings(Settings):
     """Every setting of `handfirst-gen generate` (one CLI option each); recorded in each sidecar."""
 
-    RENAMED = {"dtype": ("precision", {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"})}
+    RENAMED = {"dtype": OLD_PRECISION_NAMES["dtype"]}
 
     steps: int = setting(30, "stage-2 (body) denoising steps", ge=1, le=1000)
     hand_steps: int | None = setting(None, "stage-1 (hand) denoising steps (default: --steps)", ge=1, le=1000)

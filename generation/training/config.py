@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from manifests.settings import SettingError, Settings, precision_setting, setting
+from manifests.settings import OLD_PRECISION_NAMES, SettingError, Settings, precision_setting, setting
 
 from ..guards import MAX_SEED
 
@@ -35,7 +35,7 @@ PRESET_RESOLUTION = {"tiny": 64, "mini": 64, "sd": 512}
 class TrainConfig(Settings):
     """Settings shared by every training task. Fields in order of how often people change them."""
 
-    RENAMED = {"mixed_precision": ("precision", {"no": "fp32", "fp16": "fp16", "bf16": "bf16"})}
+    RENAMED = {"mixed_precision": OLD_PRECISION_NAMES["mixed_precision"]}
 
     out: str = setting(
         "runs/train", "run folder: checkpoints, metrics.jsonl, config.json, validation grids, final model"
