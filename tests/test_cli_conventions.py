@@ -6,34 +6,16 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from cli_runner import error_lines, module_env, run_module
 
 import generation.cli
 import manifests.cli
 import prep.cli
 from manifests.dispatch import build_parser, dispatch
 
-ROOT = Path(__file__).resolve().parents[1]
 CLIS = {"prep": prep.cli, "manifests": manifests.cli, "generation": generation.cli}
-
-
-def run_module(package: str, *args: str, cwd=None, env=None) -> subprocess.CompletedProcess:
-    """``python -m PACKAGE ARGS`` with this checkout first on the path."""
-    path = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
-    return subprocess.run(
-        [sys.executable, "-m", package, *args],
-        capture_output=True,
-        text=True,
-        cwd=cwd or ROOT,
-        env={**os.environ, "PYTHONPATH": path, **(env or {})},
-        timeout=300,
-    )
-
-
-def error_lines(proc: subprocess.CompletedProcess) -> list[str]:
-    return [line for line in proc.stderr.splitlines() if line.strip()]
 
 
 # ------------------------------------------------------------------ the shared options
@@ -251,12 +233,8 @@ print(os.environ.get("TQDM_DISABLE"), tl.is_progress_bar_enabled(), tl.get_verbo
     ],
 )
 def test_libraries_are_quiet_unless_verbose(level, expected):
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("HF_HUB_DISABLE", "TRANSFORMERS_VERB", "TQDM"))
-    }
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+    quiet_flags = ("HF_HUB_DISABLE", "TRANSFORMERS_VERB", "TQDM")
+    env = {k: v for k, v in module_env().items() if not k.startswith(quiet_flags)}
     proc = subprocess.run(
         [sys.executable, "-c", QUIET_PROBE, str(level)], capture_output=True, text=True, env=env, timeout=300
     )
@@ -292,7 +270,7 @@ print("after", file=sys.stderr)
 
 
 def test_native_lines_are_filtered_and_every_other_line_arrives_before_exit():
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    env = module_env()
     env.pop("HANDFIRST_NATIVE_LOGS", None)
     proc = subprocess.run(
         [sys.executable, "-c", NATIVE_PROBE], capture_output=True, text=True, env=env, timeout=300
