@@ -137,7 +137,7 @@ def test_out_of_memory_names_the_settings_to_lower(synthetic_manifest, tmp_path)
         "training step 1",
         "--batch-size (now 4",
         "--gradient-checkpointing",
-        "--mixed-precision bf16",
+        "--precision bf16",
         "--cache-latents",
     ):
         assert hint in message
