@@ -134,7 +134,7 @@ def build_parser(
     module = import_module(commands[name][0])
     parser = argparse.ArgumentParser(prog=f"{prog} {name}", description=module.HELP)
     add_shared_arguments(parser, prog)
-    parser.set_defaults(command=name)
+    parser.set_defaults(command=name, program=f"{prog} {name}")  # how the command names itself
     if common is not None:
         common(parser)
     module.add_arguments(parser)

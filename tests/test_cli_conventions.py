@@ -73,10 +73,9 @@ def test_gen_takes_v_and_keeps_log_level_as_another_spelling(tmp_path):
 
 def test_a_bad_setting_exits_2_in_every_program(tmp_path):
     proc = run_module("generation", "train-hand", "--manifest", str(tmp_path), "--batch-size", "0")
-    [line] = error_lines(proc)
-    assert proc.returncode == 2 and line.endswith(
-        "train-hand: error: batch_size (--batch-size) must be >= 1, got 0"
-    )
+    assert proc.returncode == 2 and error_lines(proc) == [
+        "python -m generation train-hand: error: batch_size (--batch-size) must be >= 1, got 0"
+    ]
     proc = run_module("manifests", "validate", str(tmp_path), "--workers", "0")
     assert proc.returncode == 2 and "workers (--workers) must be >= 1, got 0" in proc.stderr
 

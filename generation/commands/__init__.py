@@ -39,7 +39,7 @@ def run_training(command: str, config_cls, args, train) -> int:
         config = from_args(config_cls, args, base)
         result = train(config)
     except (TrainingError, ModelFolderError, ValueError, FileNotFoundError) as exc:
-        return fail(f"handfirst-gen {command}", exc)
+        return fail(args.program, exc)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # one summary line per run, not per process
     state = "finished" if result.finished else "stopped (resume with --resume latest)"

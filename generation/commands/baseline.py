@@ -55,7 +55,7 @@ def run(args) -> int:
             progress=not args.no_progress,
         )
     except (ModelFolderError, RequestError, ValueError, OSError) as exc:
-        return fail("handfirst-gen baseline", exc)
+        return fail(args.program, exc)
     print(
         f"{settings.method}: wrote {len(result['written'])} image(s), skipped {len(result['skipped'])} "
         f"already done, in {args.out}"

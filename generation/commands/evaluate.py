@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         return _run(args)
     except EXPECTED_ERRORS as exc:
-        return fail("handfirst-gen evaluate", exc)
+        return fail(args.program, exc)
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import sys
 
-PROG = "handfirst-gen generate"
-
 HELP = (
     "Generate images with the two-stage pipeline (stage-1 hands, stage-2 body outpainting with sequential "
     "mask expansion). Writes DIR/<name>.png at the requested size, DIR/<name>.json (sidecar: every setting, "
@@ -66,7 +64,7 @@ def run(args) -> int:
     from ..generate import GenerateSettings, Sources, generate_batch, settings_base
 
     def report(name: str, exc: Exception) -> None:
-        print(f"{PROG}: {name}: {exc}", file=sys.stderr)
+        print(f"{args.program}: {name}: {exc}", file=sys.stderr)
 
     try:
         sources = Sources.from_args(args)
@@ -75,7 +73,7 @@ def run(args) -> int:
             sources, args.out, args.hand_model, args.body_model, settings, on_failure=report
         )
     except (ValueError, OSError) as exc:  # settings, model folders, specs, manifest rows, names, sidecars
-        return fail(PROG, exc)  # exit 2 for a usage or setting error, 1 for the rest
+        return fail(args.program, exc)  # exit 2 for a usage or setting error, 1 for the rest
     tail = f", {len(result.failures)} failed (listed in {result.failures_path})" if result.failures else ""
     skipped = len(result.skipped)
     print(

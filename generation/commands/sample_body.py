@@ -72,16 +72,16 @@ def run(args) -> int:
     from manifests.settings import from_args, torch_dtype
 
     from ..guards import check_image_cost, make_generator
-    from ..models.loading import ModelFolderError
+    from ..models.loading import ModelFolderError, dtype_argument
     from ..pipelines.body import BodyOutpaintPipeline, manifest_inputs
     from ..pipelines.condition import ConditionInputs, condition_tiles
 
     try:
         settings = from_args(SampleBodySettings, args).validate()
         device = settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        pipe = BodyOutpaintPipeline.from_pretrained(args.model, dtype=torch_dtype(settings.precision)).to(
-            device
-        )
+        pipe = BodyOutpaintPipeline.from_pretrained(
+            args.model, **dtype_argument(torch_dtype(settings.precision))
+        ).to(device)
         resolution = settings.resolution
         if resolution is None:  # 0 was refused by validate(), not taken as the default
             resolution = _training_resolution(args.model) or 512
@@ -123,5 +123,5 @@ def run(args) -> int:
             Image.fromarray(sheet).save(path_in(args.out, image_id, "_condition.png", "image_id"))
             print(f"wrote {image_path}")
     except (ModelFolderError, ManifestError, ValueError) as exc:
-        return fail("handfirst-gen sample-body", exc)
+        return fail(args.program, exc)
     return 0

@@ -96,16 +96,16 @@ def run(args) -> int:
     from manifests.dispatch import fail
     from manifests.settings import from_args, torch_dtype
 
-    from ..models.loading import ModelFolderError
+    from ..models.loading import ModelFolderError, dtype_argument
     from ..pipelines.hand import HandGenerationPipeline
 
     try:
         settings = from_args(SampleHandSettings, args).validate()
         poses = load_poses(args.keypoints)
         device = settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        pipe = HandGenerationPipeline.from_pretrained(args.model, dtype=torch_dtype(settings.precision)).to(
-            device
-        )
+        pipe = HandGenerationPipeline.from_pretrained(
+            args.model, **dtype_argument(torch_dtype(settings.precision))
+        ).to(device)
         out = pipe(
             settings.prompt,
             keypoints=poses,
@@ -122,7 +122,7 @@ def run(args) -> int:
             max_pixel_steps=settings.max_pixel_steps,
         )
     except (PoseFileError, ModelFolderError, ValueError) as exc:
-        return fail("handfirst-gen sample-hand", exc)
+        return fail(args.program, exc)
     os.makedirs(args.out, exist_ok=True)
     for i, (image, mask, prob) in enumerate(zip(out.images, out.masks_binary, out.masks)):
         stem = os.path.join(args.out, f"hand_{i:03d}")

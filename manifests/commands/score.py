@@ -42,6 +42,6 @@ def run(args) -> int:
     try:
         result = score_manifest(args.manifest, settings.truth, MatchConfig(gate=settings.gate))
     except TruthError as exc:
-        return fail("handfirst-manifests score", exc)
+        return fail(args.program, exc)
     print(json.dumps(result, indent=2) if settings.json else format_score(result))
     return 0
