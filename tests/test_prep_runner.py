@@ -232,7 +232,7 @@ def test_cli_runs_and_reports(mixed_input, tmp_path, capsys):
 
 def test_cli_missing_input_exits_nonzero_with_a_clear_message(tmp_path, capsys):
     rc = cli_main(["run", "--input", str(tmp_path / "missing"), "--out", str(tmp_path / "m")])
-    assert rc == 2
+    assert rc == 1  # the run could not read its input: it failed
     assert f"input folder not found: {tmp_path / 'missing'}" in capsys.readouterr().err
     assert not (tmp_path / "m").exists()
 
