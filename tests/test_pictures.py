@@ -90,6 +90,15 @@ def test_report_to_a_tracker_that_is_not_installed_is_one_line(
     )
 
 
+def test_trackers_get_the_settings_as_scalars():
+    from generation.training.hand_config import HandTrainConfig
+    from generation.training.loop import tracker_config
+
+    values = tracker_config(HandTrainConfig(manifest=("a", "b"), report_to="tensorboard"))
+    assert values["manifest"] == '["a", "b"]' and values["report_to"] == "tensorboard"
+    assert all(v is None or isinstance(v, (bool, int, float, str)) for v in values.values())
+
+
 def test_report_to_names_only_accelerate_trackers():
     from generation.cli import build_parser
 

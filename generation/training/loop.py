@@ -294,6 +294,14 @@ def clear_run(run: str, task: TrainTask) -> list[str]:
     return removed
 
 
+def tracker_config(config: TrainConfig) -> dict:
+    """The run's settings as trackers take them: bool, int, float, str or None (lists and dicts as JSON)."""
+    scalar = (bool, int, float, str, type(None))
+    return {
+        k: v if isinstance(v, scalar) else json.dumps(v, default=str) for k, v in config.to_dict().items()
+    }
+
+
 def check_tracker(name: str | None) -> None:
     """``--report-to NAME`` needs NAME's package: a one-line error before any work when it is missing."""
     import importlib.util
@@ -448,8 +456,7 @@ def train(task: TrainTask, config: TrainConfig | None = None) -> TrainResult:
     state = ckpt.TrainerState()
     if config.report_to:
         accelerator.init_trackers(
-            f"{task.name}-{os.path.basename(os.path.abspath(run))}",
-            config=json.loads(json.dumps(config.to_dict(), default=str)),
+            f"{task.name}-{os.path.basename(os.path.abspath(run))}", config=tracker_config(config)
         )
     metrics = MetricsLog(run, enabled=main, tracker=accelerator if config.report_to else None)
     if resume_dir:
