@@ -155,7 +155,11 @@ def dispatch(
     `EXIT_FAILED`, of `USAGE_ERRORS` one line and `EXIT_USAGE`; anything else keeps its traceback.
     Ctrl-C is `EXIT_INTERRUPTED`."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    position = next((i for i, a in enumerate(argv) if not a.startswith("-")), None)
+    # The first registered name (an option's value may come before it: --log-level INFO generate), else
+    # the first word, which is then unknown.
+    position = next((i for i, a in enumerate(argv) if a in commands), None)
+    if position is None:
+        position = next((i for i, a in enumerate(argv) if not a.startswith("-")), None)
     if position is None:
         if "--version" in argv:
             print(f"{prog} {version()}")

@@ -63,7 +63,7 @@ def test_quiet_and_verbose_do_not_go_together():
 
 def test_gen_takes_v_and_keeps_log_level_as_another_spelling(tmp_path):
     for flags in (["-v"], ["--log-level", "debug"], ["-q"]):
-        proc = run_module("generation", "evaluate", *flags, "--out", str(tmp_path / "x"))
+        proc = run_module("generation", *flags, "evaluate", "--out", str(tmp_path / "x"))
         # past the parser: evaluate's own usage check answers
         assert proc.returncode == 2 and "give --manifest and --generated" in proc.stderr, (flags, proc.stderr)
 
