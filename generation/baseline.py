@@ -33,10 +33,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from manifests.settings import SettingError, Settings, setting
+from manifests.settings import (
+    OLD_PRECISION_NAMES,
+    SettingError,
+    Settings,
+    precision_setting,
+    setting,
+    torch_dtype,
+)
 
 from .generate import (
-    DTYPES,
     Request,
     is_done,
     output_paths,
@@ -84,6 +90,8 @@ class Method:
 class BaselineConfig(Settings):
     """Every setting of `handfirst-gen baseline` (one CLI option each); recorded in each sidecar."""
 
+    RENAMED = {"dtype": OLD_PRECISION_NAMES["dtype"]}
+
     method: str = setting(
         "controlnet-openpose",
         "controlnet-openpose (OpenPose-full condition: body and hand skeletons) or sd (prompt only)",
@@ -109,7 +117,7 @@ class BaselineConfig(Settings):
     )
     negative_prompt: str = setting("", "negative prompt")
     device: str | None = setting(None, "cuda / cpu / mps (default: cuda when available)")
-    dtype: str = setting("float32", "model precision", choices=DTYPES)
+    precision: str = precision_setting()
     max_pixels: int = setting(DEFAULT_MAX_PIXELS, "refuse an image with more pixels than this", ge=1)
     max_pixel_steps: int = setting(
         DEFAULT_MAX_PIXEL_STEPS, "refuse an image whose pixels x steps exceed this", ge=1
@@ -131,13 +139,12 @@ def _device(settings: BaselineConfig) -> str:
 
 
 def _components(settings: BaselineConfig) -> dict:
-    import torch
 
     from .models.loading import build_components
     from .models.schedulers import sampling_scheduler
 
     c = build_components("sd", pretrained=settings.pretrained)
-    dtype = getattr(torch, settings.dtype)
+    dtype = torch_dtype(settings.precision)
     return {
         "vae": c.vae.to(dtype=dtype),
         "text_encoder": c.text_encoder.to(dtype=dtype),
@@ -151,17 +158,16 @@ def _components(settings: BaselineConfig) -> dict:
 
 
 def _load_controlnet_pipeline(settings: BaselineConfig):
-    import torch
     from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
 
-    from .models.loading import ModelFolderError
+    from .models.loading import ModelFolderError, dtype_argument
 
     if not os.path.isfile(os.path.join(settings.controlnet, "config.json")):
         raise ModelFolderError(
             f"{settings.controlnet!r} is not a diffusers ControlNet folder (no config.json)"
         )
     controlnet = ControlNetModel.from_pretrained(
-        settings.controlnet, torch_dtype=getattr(torch, settings.dtype)
+        settings.controlnet, **dtype_argument(torch_dtype(settings.precision), ControlNetModel)
     )
     if controlnet.config.conditioning_channels != 3:
         raise ModelFolderError(
@@ -307,7 +313,7 @@ def run_baseline(
     Returns ``{"written": [...], "skipped": [...]}`` (names). Settings are checked and the requests
     made before the models load, so a bad input fails in seconds.
     """
-    from tqdm.auto import tqdm
+    from manifests.progress import progress_bar
 
     settings.validate()
     method = METHODS[settings.method]
@@ -327,7 +333,7 @@ def run_baseline(
         )
     pipe.set_progress_bar_config(disable=True)
     written, skipped = [], []
-    for request in tqdm(requests, desc=f"baseline {settings.method}", unit="img", disable=not progress):
+    for request in progress_bar(requests, desc=f"baseline {settings.method}", unit="img", enabled=progress):
         if not settings.overwrite and is_done(out_dir, request.name):
             skipped.append(request.name)
             continue

@@ -23,23 +23,22 @@ import numpy as np
 
 from .outputs import output_paths, save_png, versions, weights_fingerprint, write_image_and_sidecar
 from .requests import Request
-from .settings import DTYPES, GenerateConfig
+from .settings import GenerateConfig
 
 
 def load_pipeline(hand_model: str, body_model: str, settings: GenerateConfig):
     """The two-stage pipeline from two run folders, on the settings' device and dtype."""
     import torch
 
+    from manifests.settings import torch_dtype
+
+    from ..models.loading import dtype_argument
     from ..pipelines.two_stage import TwoStageHandBodyPipeline
 
-    # A name -> dtype table, not getattr(torch, ...): the setting may come from a replayed sidecar.
-    dtypes = {name: getattr(torch, name) for name in DTYPES}
-    if settings.dtype not in dtypes:
-        raise ValueError(f"dtype: {settings.dtype!r} is not one of {', '.join(DTYPES)}")
-    dtype = dtypes[settings.dtype]
+    dtype = torch_dtype(settings.precision)  # a name -> dtype table: the setting may come from a sidecar
     device = settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
     # float32 is the default: only ask for another dtype, which keeps older and newer diffusers quiet.
-    load = {} if dtype == torch.float32 else {"torch_dtype": dtype}
+    load = {} if dtype == torch.float32 else dtype_argument(dtype)
     pipe = TwoStageHandBodyPipeline.from_runs(
         hand_model, body_model, crop_margin=settings.crop_margin, **load
     )
@@ -179,7 +178,7 @@ def generate_one(
             "stage1": f"{name}_stage1/",
         },
         "device": str(pipe.device),
-        "dtype": settings.dtype,
+        "precision": settings.precision,
         "versions": versions(),
         "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
