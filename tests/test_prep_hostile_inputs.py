@@ -657,6 +657,6 @@ def test_fsspec_inputs_that_cannot_be_opened_are_one_line(
             pytest.skip("aiohttp is installed: http:// opens")
     monkeypatch.setattr(manifests.storage, "CONNECT_TIMEOUT", 0.5)
     url = url.format(port=silent_server)
-    assert prep_main(["run", "--input", url, "--out", str(tmp_path / "out"), "--no-progress"]) == 2
+    assert prep_main(["run", "--input", url, "--out", str(tmp_path / "out"), "--no-progress"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"handfirst-prep: error: {url}: ") and reason in err[0]
