@@ -35,10 +35,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from manifests.settings import SettingError, Settings, setting
+from manifests.settings import (
+    OLD_PRECISION_NAMES,
+    SettingError,
+    Settings,
+    precision_setting,
+    setting,
+    torch_dtype,
+)
 
 from .generate import (
-    DTYPES,
     Request,
     is_done,
     output_paths,
@@ -87,6 +93,8 @@ class Method:
 class BaselineConfig(Settings):
     """Every setting of `handfirst-gen baseline` (one CLI option each); recorded in each sidecar."""
 
+    RENAMED = {"dtype": OLD_PRECISION_NAMES["dtype"]}
+
     method: str = setting(
         "controlnet-openpose",
         "controlnet-openpose (OpenPose-full condition: body and hand skeletons) or sd (prompt only)",
@@ -124,7 +132,7 @@ class BaselineConfig(Settings):
         1, "requests of one size drawn as one batch (each from its own seed, as one by one)", ge=1, le=256
     )
     device: str | None = setting(None, "cuda / cpu / mps (default: cuda when available)")
-    dtype: str = setting("float32", "model precision", choices=DTYPES)
+    precision: str = precision_setting()
     max_pixels: int = setting(DEFAULT_MAX_PIXELS, "refuse an image with more pixels than this", ge=1)
     max_pixel_steps: int = setting(
         DEFAULT_MAX_PIXEL_STEPS, "refuse an image whose pixels x steps exceed this", ge=1
@@ -163,13 +171,12 @@ def _device(settings: BaselineConfig) -> str:
 
 
 def _components(settings: BaselineConfig) -> dict:
-    import torch
 
     from .models.loading import build_components
     from .models.schedulers import sampling_scheduler
 
     c = build_components("sd", pretrained=settings.pretrained)
-    dtype = getattr(torch, settings.dtype)
+    dtype = torch_dtype(settings.precision)
     return {
         "vae": c.vae.to(dtype=dtype),
         "text_encoder": c.text_encoder.to(dtype=dtype),
@@ -183,17 +190,16 @@ def _components(settings: BaselineConfig) -> dict:
 
 
 def _load_controlnet_pipeline(settings: BaselineConfig):
-    import torch
     from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
 
-    from .models.loading import ModelFolderError
+    from .models.loading import ModelFolderError, dtype_argument
 
     if not os.path.isfile(os.path.join(settings.controlnet, "config.json")):
         raise ModelFolderError(
             f"{settings.controlnet!r} is not a diffusers ControlNet folder (no config.json)"
         )
     controlnet = ControlNetModel.from_pretrained(
-        settings.controlnet, torch_dtype=getattr(torch, settings.dtype)
+        settings.controlnet, **dtype_argument(torch_dtype(settings.precision), ControlNetModel)
     )
     if controlnet.config.conditioning_channels != 3:
         raise ModelFolderError(
@@ -373,7 +379,7 @@ def run_baseline(
     Returns ``{"written": [...], "skipped": [...]}`` (names). Settings are checked and the requests
     made before the models load, so a bad input fails in seconds.
     """
-    from tqdm.auto import tqdm
+    from manifests.progress import progress_bar
 
     settings.validate()
     method = METHODS[settings.method]
@@ -398,7 +404,7 @@ def run_baseline(
     skipped = [r.name for r in requests if not settings.overwrite and is_done(out_dir, r.name)]
     pending = [r for r in requests if r.name not in set(skipped)]
     written = []
-    bar = tqdm(total=len(pending), desc=f"baseline {settings.method}", unit="img", disable=not progress)
+    bar = progress_bar(total=len(pending), desc=f"baseline {settings.method}", unit="img", enabled=progress)
     for group in _size_groups(pending, settings.batch_size):
         baseline_group(pipe, group, settings, out_dir, models, share.record())
         written += [r.name for r in group]

@@ -162,7 +162,7 @@ TASKS = {
 
 def training_memory(config, sizes: dict, latent_side: int, activated_params: int) -> dict:
     """Estimated GiB per GPU of a training run (see the module docstring)."""
-    half = config.mixed_precision in ("fp16", "bf16")
+    half = config.precision in ("fp16", "bf16")
     per_trainable = 4 + 4 + (2 if config.use_8bit_adam else 8) + (4 if config.ema else 0)
     states = sizes["trainable_total"] * per_trainable / GIB
     frozen = sizes["frozen_total"] * (2 if half else 4) / GIB
@@ -224,9 +224,9 @@ def training_plan(train, config) -> str:
 # ---- generation ----------------------------------------------------------------------------------
 
 
-def inference_memory(params: int, side: int, batch: int, dtype: str) -> dict:
+def inference_memory(params: int, side: int, batch: int, precision: str) -> dict:
     """Estimated GiB of drawing `batch` images of `side` px with models of `params` parameters."""
-    width = 4 if dtype == "float32" else 2
+    width = 4 if precision == "fp32" else 2
     weights = params * width / GIB
     activations = INFERENCE_ACTIVATION_GIB * 2 * batch * (side / 512) ** 2 * (width / 2)
     return {
@@ -280,7 +280,7 @@ def generate_plan(sources, hand_model: str, body_model: str, settings) -> str:
             "hand_denoising_steps_per_hand": hand_steps,
             "longer_side_px": side,
         },
-        "memory_estimate_gib": inference_memory(total, side, settings.batch_size, settings.dtype),
+        "memory_estimate_gib": inference_memory(total, side, settings.batch_size, settings.precision),
         "failures_file": ProcessShare().failures_file(),
     }
     return json.dumps(plan, indent=2, default=str)
@@ -316,7 +316,7 @@ def baseline_plan(settings, manifest: str, image_ids, split, limit) -> str:
             "longer_side_px": side,
         },
         "memory_estimate_gib": inference_memory(
-            sum(sizes.values()), side, settings.batch_size, settings.dtype
+            sum(sizes.values()), side, settings.batch_size, settings.precision
         ),
     }
     return json.dumps(plan, indent=2, default=str)

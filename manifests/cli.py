@@ -3,18 +3,15 @@
 Subcommands live in the `COMMANDS` registry (`manifests.dispatch`): one module each in
 `manifests.commands`, imported only when chosen; adding a subcommand is one line in the registry.
 
-Exit codes: 0 success; 1 `validate` found problems; 2 the manifest could not be opened or read
-(the message names the file), or a setting is outside its range.
+Exit codes (`manifests.dispatch`, shared with `handfirst-prep` and `handfirst-gen`): 0 success; 1
+`validate` found problems, or the manifest could not be opened or read (the message names the file);
+2 a usage error or a setting outside its range; 130 Ctrl-C.
 """
 
 from __future__ import annotations
 
-import logging
-import sys
-
-from .dispatch import dispatch
+from .dispatch import configure_logging, dispatch, program_name, verbosity
 from .errors import ManifestError
-from .settings import SettingError
 
 PROG = "handfirst-manifests"
 
@@ -37,22 +34,18 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def _common(parser) -> None:
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
-
-
 def _configure(args) -> None:
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
-    )
+    configure_logging(verbosity(args), ("manifests",))
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        return dispatch(PROG, COMMANDS, argv, _common, _configure)
-    except (ManifestError, FileNotFoundError, SettingError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return dispatch(
+        program_name(PROG, "manifests"),
+        COMMANDS,
+        argv,
+        configure=_configure,
+        errors=(ManifestError, FileNotFoundError),
+    )
 
 
 if __name__ == "__main__":

@@ -90,20 +90,34 @@ def contact_sheet(
     tile: int = 128,
     captions: list[str] | None = None,
     background: int = 32,
+    column_titles: list[str] | None = None,
 ) -> np.ndarray:
-    """Lay out RGB tiles in a grid, each resized to `tile` x `tile`, with an optional caption strip."""
+    """Lay out RGB tiles in a grid, each resized to `tile` x `tile`, with an optional caption strip under
+    each tile and an optional header naming each column (`column_titles`)."""
     if not tiles:
         return np.full((tile, tile, 3), background, np.uint8)
     cap_h = 14 if captions else 0
+    head_h = 16 if column_titles else 0
     rows = (len(tiles) + columns - 1) // columns
     cols = min(columns, len(tiles))
-    sheet = np.full((rows * (tile + cap_h), cols * tile, 3), background, np.uint8)
+    sheet = np.full((head_h + rows * (tile + cap_h), cols * tile, 3), background, np.uint8)
+    for c, title in enumerate((column_titles or [])[:cols]):
+        cv2.putText(
+            sheet,
+            str(title)[:22],
+            (c * tile + 2, 12),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.38,
+            (255, 255, 255),
+            1,
+            cv2.LINE_AA,
+        )
     for i, t in enumerate(tiles):
         r, c = divmod(i, columns)
         h, w = t.shape[:2]
         s = tile / max(h, w)
         small = cv2.resize(t, (max(1, round(w * s)), max(1, round(h * s))), interpolation=cv2.INTER_AREA)
-        y, x = r * (tile + cap_h), c * tile
+        y, x = head_h + r * (tile + cap_h), c * tile
         sheet[y : y + small.shape[0], x : x + small.shape[1]] = small
         if captions:
             cv2.putText(

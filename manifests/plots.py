@@ -246,3 +246,41 @@ def finger_table(summary: Mapping[str, list], threshold: float = 0.1) -> list[di
             }
         )
     return sorted(rows, key=lambda r: r[f"pck@{threshold:g} (%)"])
+
+
+def manifest_overview(manifest, suptitle: str | None = None):
+    """A 2x2 figure of a manifest (a root, a table directory or an open `Manifest`): hand size and mask score
+    histograms, hands by handedness and by gesture label. Only those cheap columns are read. A panel
+    whose table is missing says so."""
+    from .reader import Manifest, open_manifest
+    from .stats import counts
+
+    m = manifest if isinstance(manifest, Manifest) else open_manifest(manifest)
+    plt = _plt()
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
+    if "hands" in m.tables:
+        t = m.read("hands", ["hand_size", "mask_score", "handedness", "label"]).to_pydict()
+        histogram(axes[0, 0], t["hand_size"], "hand size", "hand size (px, original image)", "hands")
+        histogram(axes[0, 1], t["mask_score"], "mask score", "mask_score (0..1)", "hands", range_=(0, 1))
+        bar_counts(axes[1, 0], counts(t["handedness"]), "hands by handedness", "handedness", "hands")
+        bar_counts(axes[1, 1], counts(t["label"]), "hands by label", "label", "hands")
+    else:
+        for ax in axes.ravel():
+            ax.text(0.5, 0.5, "no hands table", ha="center", va="center", transform=ax.transAxes)
+            ax.set_axis_off()
+    fig.suptitle(suptitle or m.url, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def save_figure(fig, path: str, dpi: int = 100) -> str:
+    """Write `fig` to `path` (parent folders made; replaced whole, never half-written) and close it."""
+    import os
+
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    root, ext = os.path.splitext(path)
+    tmp = f"{root}.tmp{ext or '.png'}"
+    fig.savefig(tmp, dpi=dpi)
+    _plt().close(fig)
+    os.replace(tmp, path)
+    return path

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import sys
 import types
 import typing
 from collections.abc import Callable
@@ -42,6 +43,11 @@ BOUNDS = {  # metadata key -> (test, words for the error)
 
 class SettingError(ValueError):
     """A setting outside its declared type, choices or range. The message names the field."""
+
+
+class UsageError(ValueError):
+    """The options given do not make one command (two sources where one is needed, an option that needs
+    another): the command lines answer it like an argparse usage error, with exit code 2."""
 
 
 def setting(
@@ -69,6 +75,33 @@ def setting(
     if default_factory is not MISSING:
         return field(default_factory=default_factory, metadata=meta)
     return field(default=default, metadata=meta)
+
+
+# The one name of precision across the commands: ``--precision {fp32,fp16,bf16}``.
+PRECISIONS = ("fp32", "fp16", "bf16")
+TORCH_DTYPE_NAMES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+# The names precision had before, for a settings class's `Settings.RENAMED`.
+OLD_PRECISION_NAMES = {
+    "dtype": ("precision", {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}),
+    "fp16": ("precision", {True: "fp16", False: "fp32"}),
+    "mixed_precision": ("precision", {"no": "fp32", "fp16": "fp16", "bf16": "bf16"}),
+}
+
+
+def precision_setting(help: str = "model precision (fp16 and bf16 on a GPU)"):
+    """The ``precision`` field of a settings class: fp32, fp16 or bf16."""
+    return setting("fp32", help, choices=PRECISIONS)
+
+
+def torch_dtype(precision: str):
+    """The torch dtype of a `PRECISIONS` name."""
+    import torch
+
+    if precision not in TORCH_DTYPE_NAMES:
+        raise SettingError(
+            f"precision (--precision) must be one of {', '.join(PRECISIONS)}; got {precision!r}"
+        )
+    return getattr(torch, TORCH_DTYPE_NAMES[precision])
 
 
 def setting_like(cls, name: str, **changes):
@@ -169,6 +202,10 @@ class Settings:
     """
 
     CLI_FLAGS = True
+    # Deprecated setting names: old name -> (new name, {old value: new value}). `from_dict` takes the
+    # old key (a --config file, a sidecar, a run's config.json written before the rename) and
+    # `add_arguments` the old option, which warns and names the new one.
+    RENAMED: dict[str, tuple[str, dict]] = {}
 
     def validate(self):
         """Raise `SettingError` naming the first field outside its type, choices or range; returns self."""
@@ -182,6 +219,7 @@ class Settings:
     def from_dict(cls, data: dict):
         if not isinstance(data, dict):
             raise SettingError(f"{cls.__name__}: settings must be a JSON object, got {type(data).__name__}")
+        data = renamed_keys(cls, data)
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
@@ -189,8 +227,50 @@ class Settings:
         return cls(**data)
 
 
+def renamed_keys(cls, data: dict) -> dict:
+    """`data` with `cls.RENAMED`'s old keys under their new names (a new key given too wins)."""
+    renamed = getattr(cls, "RENAMED", {})
+    if not any(old in data for old in renamed):
+        return data
+    data = dict(data)
+    for old, (new, values) in renamed.items():
+        if old in data:
+            value = data.pop(old)
+            data.setdefault(new, values.get(value, value) if isinstance(value, (str, bool)) else value)
+    return data
+
+
 # ---------------------------------------------------------------------------------------------------
 # argparse
+
+
+class _DeprecatedOption(argparse.Action):
+    """An old option: stores its value under the new field, converted, and says which option to use."""
+
+    def __init__(self, option_strings, dest, values_map, new_flag, value=None, **kwargs):
+        self.values_map, self.new_flag, self.value = values_map, new_flag, value
+        super().__init__(option_strings, dest, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        value = self.values_map[self.value if self.nargs == 0 else values]
+        print(
+            f"{parser.prog}: warning: {option_string} is deprecated; use {self.new_flag} {value}",
+            file=sys.stderr,
+        )
+        setattr(namespace, self.dest, value)
+
+
+def add_renamed_arguments(parser: argparse.ArgumentParser, cls) -> None:
+    """The old options of `cls.RENAMED`, hidden from ``--help``: ``--fp16`` / ``--no-fp16`` for a bool,
+    ``--dtype VALUE`` for a choice."""
+    for old, (new, values) in getattr(cls, "RENAMED", {}).items():
+        common = {"dest": new, "values_map": values, "new_flag": flag(new), "help": argparse.SUPPRESS}
+        if set(values) <= {True, False}:
+            for option, value in ((flag(old), True), ("--no-" + old.replace("_", "-"), False)):
+                if value in values:
+                    parser.add_argument(option, nargs=0, value=value, action=_DeprecatedOption, **common)
+        else:
+            parser.add_argument(flag(old), choices=tuple(values), action=_DeprecatedOption, **common)
 
 
 def add_arguments(parser: argparse.ArgumentParser, cls, skip=(), title: str | None = None) -> None:
@@ -228,6 +308,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls, skip=(), title: str | No
             metavar=None if choices else f.name.split("_")[-1].upper(),
             help=help_text,
         )
+    add_renamed_arguments(parser, cls)
 
 
 def given_options(cls, args: argparse.Namespace) -> dict:

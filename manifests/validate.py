@@ -32,13 +32,13 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import pyarrow.parquet as pq
-from tqdm.auto import tqdm
 
 from . import decode
 from .errors import Problem, RowDecodeError
 from .geometry import CropBox, heatmap_peaks, visible_bbox
 from .layout import ShardFile, TableScan, infer_table, root_problems, scan_table
 from .names import unsafe_name
+from .progress import progress_bar
 from .schema import NO_MASK, NUM_HAND_KEYPOINTS, STATUSES, TABLES
 from .storage import filesystem, join, open_regular, url_for
 
@@ -160,7 +160,7 @@ def _inside(points: np.ndarray, width: float, height: float, margin: float) -> b
 def _check_images(fs, scan: TableScan, cfg: ValidateConfig, out: _Collector) -> dict:
     """Cheap checks of the images table; returns image_id -> (shard, row, split, num_hands, w, h)."""
     index: dict[str, tuple] = {}
-    for shard in tqdm(_readable(scan), desc="images", unit="shard", disable=None):
+    for shard in progress_bar(_readable(scan), desc="images", unit="shard", disable=None):
         status_counts: Counter = Counter()
         for row, r in _rows(fs, shard, LIGHT_COLUMNS["images"], out):
             if out.full:
@@ -217,7 +217,7 @@ def _check_hands(fs, scan: TableScan, images: dict | None, cfg: ValidateConfig, 
     """Cheap checks of the hands table; returns hand rows per image_id."""
     per_image: Counter = Counter()
     seen: dict[str, tuple] = {}
-    for shard in tqdm(_readable(scan), desc="hands", unit="shard", disable=None):
+    for shard in progress_bar(_readable(scan), desc="hands", unit="shard", disable=None):
         for row, r in _rows(fs, shard, LIGHT_COLUMNS["hands"], out):
             if out.full:
                 return per_image
@@ -373,7 +373,7 @@ def _decode_shard(table: str, url: str, shard_path: str, row_groups: list[int], 
 
 def _decode_pass(fs, scans: dict[str, TableScan], cfg: ValidateConfig, out: _Collector) -> None:
     tasks = [(t, s.url, s.path, s.row_groups) for t, scan in scans.items() for s in _readable(scan)]
-    bar = tqdm(total=len(tasks), desc="decode", unit="shard", disable=None)
+    bar = progress_bar(total=len(tasks), desc="decode", unit="shard", disable=None)
     if cfg.workers > 1 and len(tasks) > 1:
         with ProcessPoolExecutor(cfg.workers) as pool:
             futures = [pool.submit(_decode_shard, *task, cfg.max_problems) for task in tasks]

@@ -25,6 +25,7 @@ _LAZY = {
     "hand_caption": "captions",
     "image_caption": "captions",
     "dask_client": "cluster",
+    "log_cluster": "cluster",
 }
 
 

@@ -1,7 +1,8 @@
 """`handfirst-prep` / `python -m prep`: a thin argparse layer over `prep.run`.
 
 Subcommands live in the `COMMANDS` registry (`manifests.dispatch`, as for `handfirst-manifests` and
-`handfirst-gen`): one module each in `prep.commands`, imported only when chosen.
+`handfirst-gen`, with the same ``--version``, ``-q``/``-v`` and exit codes): one module each in
+`prep.commands`, imported only when chosen.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import logging
 import os
 
 from manifests.dispatch import build_parser as build_command_parser
-from manifests.dispatch import dispatch
+from manifests.dispatch import configure_logging, dispatch, program_name, verbosity
 
 from .native_logs import ENV_FLAG
 
@@ -23,15 +24,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "-v", "--verbose", action="count", default=0, help="More log output (-v info, -vv debug)."
-    )
-
-
 def build_parser(name: str = "run") -> argparse.ArgumentParser:
     """The parser of subcommand `name`, with the options every subcommand takes."""
-    return build_command_parser(PROG, COMMANDS, name, _common)[0]
+    return build_command_parser(PROG, COMMANDS, name)[0]
 
 
 def quiet_dask(level: int) -> None:
@@ -44,16 +39,15 @@ def quiet_dask(level: int) -> None:
 
 
 def _configure(args: argparse.Namespace) -> None:
-    level = {0: logging.WARNING, 1: logging.INFO}.get(args.verbose, logging.DEBUG)
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("prep").setLevel(min(level, logging.INFO))  # the dashboard address and shard plan
-    quiet_dask(logging.DEBUG if args.verbose >= 2 else logging.WARNING)
-    if args.verbose >= 2:  # debugging: let MediaPipe's native log lines through (prep.native_logs)
+    level = verbosity(args)
+    configure_logging(level, ("prep", "manifests"))
+    quiet_dask(logging.DEBUG if level >= 2 else logging.WARNING)
+    if level >= 1:  # let MediaPipe's native log lines through (prep.native_logs)
         os.environ[ENV_FLAG] = "1"
 
 
 def main(argv: list[str] | None = None) -> int:
-    return dispatch(PROG, COMMANDS, argv, _common, _configure)
+    return dispatch(program_name(PROG, "prep"), COMMANDS, argv, configure=_configure)
 
 
 if __name__ == "__main__":

@@ -154,10 +154,26 @@ def dask_client(config: PrepConfig):
                 raise
 
 
-def _progress(total: int, enabled: bool):
-    from tqdm.auto import tqdm
+def dashboard_link(client) -> str | None:
+    """The Dask dashboard's address, or None where it would not work: its pages need bokeh
+    (``pip install 'handfirst[dashboard]'``)."""
+    return client.dashboard_link if importlib.util.find_spec("bokeh") else None
 
-    return tqdm(total=total, unit="img", desc="prep", disable=not enabled, smoothing=0.1)
+
+def log_cluster(client) -> str | None:
+    """Log the scheduler's address and, where it works, the dashboard's; returns the dashboard's."""
+    dashboard = dashboard_link(client)
+    if dashboard:
+        logger.info("Dask scheduler %s, dashboard %s", client.scheduler.address, dashboard)
+    else:
+        logger.info("Dask scheduler %s (a dashboard needs bokeh)", client.scheduler.address)
+    return dashboard
+
+
+def _progress(total: int, enabled: bool):
+    from manifests.progress import progress_bar
+
+    return progress_bar(total=total, unit="img", desc="prep", enabled=enabled, smoothing=0.1)
 
 
 def run_shards(
@@ -177,9 +193,7 @@ def run_shards(
 
     retried = {} if retried is None else retried
     done, failed = [], {}
-    dashboard = client.dashboard_link
-    hint = "" if importlib.util.find_spec("bokeh") else " (its plots need bokeh: pip install bokeh)"
-    logger.info("Dask scheduler %s, dashboard %s%s", client.scheduler.address, dashboard, hint)
+    dashboard = log_cluster(client)
     extra = {"resources": {"GPU": 1}} if config.gpu_resource and uses_sam(config) else {}
     token = f"{time.time_ns():x}"
     queue = list(reversed(todo))

@@ -38,9 +38,10 @@ KEYPOINT_SOURCES = ("detect", "annotation")
 @dataclass
 class PrepConfig(Settings):
     # Input and output
-    input: str = setting(
-        "../shared/data/hagrid_mini",
-        "Input dataset: a folder (local path or fsspec URL) or, for coco, a keypoint JSON file.",
+    input: str | None = setting(
+        None,
+        "Input dataset: a folder (local path or fsspec URL) or, for coco, a keypoint JSON file "
+        "(required; no default).",
         runtime=True,
     )
     out: str = setting(

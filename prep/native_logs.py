@@ -8,14 +8,18 @@ about two per image per worker. In a worker process, `filter_native_stderr` puts
 and forwards every line except those (`NATIVE_NOISE`) to the real stderr, so Python log records,
 tracebacks and anything unexpected still come through.
 
-``HANDFIRST_NATIVE_LOGS=1`` (set by ``handfirst-prep -vv``) leaves stderr untouched. The driver
-process is never filtered: pytest and notebooks own its file descriptors.
+``HANDFIRST_NATIVE_LOGS=1`` (set by ``-v`` on the command lines) leaves stderr untouched. The prep
+driver is never filtered: pytest and notebooks own its file descriptors. `handfirst-gen`, which runs
+MediaPipe in its own process (generate's and evaluate's detections), filters its stderr when it runs
+as a program, and `restore_native_stderr` hands the real stderr back, every line forwarded, before it
+exits.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import sys
 import threading
 
 NATIVE_NOISE = re.compile(
@@ -27,6 +31,7 @@ ENV_FLAG = "HANDFIRST_NATIVE_LOGS"
 
 _installed = False
 _lock = threading.Lock()
+_saved: dict = {}  # the real stderr's fd and the pump thread, while the filter is in place
 
 
 def _pump(read_fd: int, write_fd: int) -> None:
@@ -53,11 +58,27 @@ def filter_native_stderr() -> bool:
             read_fd, write_fd = os.pipe()
             os.dup2(write_fd, 2)
             os.close(write_fd)
-            threading.Thread(
-                target=_pump, args=(read_fd, real), name="native-log-filter", daemon=True
-            ).start()
+            pump = threading.Thread(target=_pump, args=(read_fd, real), name="native-log-filter", daemon=True)
+            pump.start()
+            _saved.update(fd=real, pump=pump)
             _installed = True
     return True
+
+
+def restore_native_stderr(timeout: float = 5.0) -> None:
+    """Put the real stderr back on fd 2 and wait (up to `timeout` s) until the filter has forwarded
+    every line written before; nothing when no filter is in place."""
+    global _installed
+    with _lock:
+        if not _installed:
+            return
+        sys.stderr.flush()
+        os.dup2(_saved["fd"], 2)  # closes the pipe's write end: the pump reads to its end and stops
+        _saved["pump"].join(timeout)
+        if not _saved["pump"].is_alive():  # else a child process still holds the pipe: keep its target open
+            os.close(_saved["fd"])
+        _saved.clear()
+        _installed = False
 
 
 def in_dask_worker() -> bool:

@@ -11,7 +11,7 @@ from collections import Counter
 from contextlib import ExitStack
 
 from manifests.schema import TABLES
-from manifests.settings import flag
+from manifests.settings import SettingError, flag
 from manifests.storage import filesystem, join, read_json
 from manifests.writer import MANIFEST_FILE, ManifestWriter, shard_name
 
@@ -61,7 +61,10 @@ def make_config(config: PrepConfig | None = None, **kwargs) -> PrepConfig:
         config = PrepConfig(**kwargs)
     elif kwargs:  # a bare replace() would also drop attributes set on the instance
         config = dataclasses.replace(config, **kwargs)
-    return config.validate()
+    config.validate()
+    if config.input is None:
+        raise SettingError("input (--input) must be set: the dataset to annotate")
+    return config
 
 
 def _write_preview(config: PrepConfig) -> str | None:

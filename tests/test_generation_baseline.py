@@ -92,10 +92,11 @@ def test_sd_floor_and_bad_method_settings(synthetic_manifest, tiny_folders, tmp_
     names = sorted(p.name for p in (tmp_path / "sd").iterdir())
     assert len(names) == 4 and not any("condition" in n for n in names)
 
-    assert main(_args(synthetic_manifest, tmp_path / "x", sd)) == 1
+    # settings that do not go together: usage errors
+    assert main(_args(synthetic_manifest, tmp_path / "x", sd)) == 2
     assert "controlnet-openpose needs --controlnet DIR" in capsys.readouterr().err
     assert (
-        main(_args(synthetic_manifest, tmp_path / "x", sd, "--method", "sd", "--controlnet", openpose)) == 1
+        main(_args(synthetic_manifest, tmp_path / "x", sd, "--method", "sd", "--controlnet", openpose)) == 2
     )
     assert "--method sd draws from the prompt alone" in capsys.readouterr().err
     assert main(_args(synthetic_manifest, tmp_path / "x", sd, "--controlnet", sd)) == 1

@@ -250,7 +250,7 @@ def bf16_accelerator():
 
 def test_bf16_step_validation_and_full_precision_save(manifest, tmp_path, bf16_accelerator):
     torch.manual_seed(0)
-    task = BodyTask(_config(manifest, tmp_path / "run", mixed_precision="bf16"))
+    task = BodyTask(_config(manifest, tmp_path / "run", precision="bf16"))
     task.check_data()
     task.build(bf16_accelerator)
     assert task.unet.dtype == task.vae.dtype == torch.bfloat16

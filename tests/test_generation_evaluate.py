@@ -142,6 +142,15 @@ def test_generated_folder_with_misses(eval_manifest, tmp_path):
     assert r["hands"]["pck_0.2"] >= 0.9
     assert r["label"] == "gen" and absent in r["missing_images"]
     assert not any("aspect ratio" in note for note in r["notes"])  # 1.5x on both axes keeps the frame
+    # Each readable image's hand error ranks it for report.png: the blank image misses every hand (1.0),
+    # the image itself finds them where they are.
+    assert (
+        per[blank]["hand_error"] == 1.0
+        and per[same]["hand_error"] < 0.1
+        and per[corrupt]["hand_error"] is None
+    )
+    with Image.open(tmp_path / "report" / "report.png") as sheet:
+        assert sheet.width > 400 and sheet.height > 300
 
     with pytest.raises(ValueError, match="nothing to evaluate"):
         evaluate(
@@ -276,6 +285,10 @@ def test_compare_table(tmp_path):
     assert "kid_hands not computed: hand crops" in md
     assert [r["label"] for r in out["rows"]] == ["none", "fixed", "sequential"]
     assert json.loads((tmp_path / "cmp" / "compare.json").read_text())["rows"][2]["FID ↓"] == 70.0
+    # and a bar chart per metric column beside the table
+    assert out["picture"] == str(tmp_path / "cmp" / "compare.png")
+    with Image.open(out["picture"]) as chart:
+        assert chart.width > 600 and chart.height > 600
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(ValueError, match="not an evaluation report"):
         load_report(str(tmp_path / "bad.json"))
@@ -320,9 +333,8 @@ def test_cli_evaluate_and_compare(eval_manifest, tmp_path, capsys):
     )
     md = (tmp_path / "cmp" / "compare.md").read_text()
     assert "| sanity |" in md and "| other |" in md
-    with pytest.raises(SystemExit, match="give --manifest and --generated"):
-        main(["evaluate", "--out", str(tmp_path / "x")])
-    capsys.readouterr()
+    assert main(["evaluate", "--out", str(tmp_path / "x")]) == 2  # a usage error
+    assert "give --manifest and --generated" in capsys.readouterr().err
     assert (
         main(
             [
@@ -345,7 +357,8 @@ def test_cli_evaluate_and_compare(eval_manifest, tmp_path, capsys):
 
 
 def test_cli_evaluate_reports_bad_inputs(eval_manifest, tmp_path, capsys):
-    """A missing manifest, generated folder or report and an unreadable weights file: one error line, exit 1."""
+    """A missing manifest, generated folder or report and an unreadable weights file: one error line, exit 1
+    (a bad setting: exit 2)."""
     from generation.cli import main
 
     (tmp_path / "garbage.pth").write_bytes(b"not torch weights")
@@ -395,7 +408,8 @@ def test_cli_evaluate_reports_bad_inputs(eval_manifest, tmp_path, capsys):
         (["--compare", str(tmp_path / "no_report.json")], "no_report.json"),
     ]
     for args, message in cases:
-        assert main(["evaluate", *args, "--out", str(tmp_path / "out"), "--no-progress"]) == 1, args
+        code = 2 if "--limit" in args else 1  # a setting outside its range is a usage error
+        assert main(["evaluate", *args, "--out", str(tmp_path / "out"), "--no-progress"]) == code, args
         err = capsys.readouterr().err
         assert err.startswith("handfirst-gen evaluate: error: ") and message in err, (args, err)
         assert len(err.strip().splitlines()) == 1, err

@@ -42,6 +42,7 @@ def test_train_hand_then_sample_hand(synthetic_manifest, tmp_path, capsys):
     assert rc == 0
     assert "finished at step 20" in capsys.readouterr().out
     assert len([line for line in (run / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]) == 2
+    assert (run / "curves.png").stat().st_size > 1000  # the losses and the learning rate, as a picture
     assert isinstance(HandGenerationPipeline.from_pretrained(str(run)), HandGenerationPipeline)
 
     pose_file = tmp_path / "pose.json"
@@ -143,7 +144,8 @@ def test_cli_errors_are_reported_not_raised(synthetic_manifest, tmp_path, capsys
         ]
     )
     assert rc == 1 and "Stable Diffusion folder not found" in capsys.readouterr().err
-    assert main(["train-hand", "--preset", "sd", "--manifest", str(synthetic_manifest), "--steps", "1"]) == 1
+    # Settings that do not go together: a usage error.
+    assert main(["train-hand", "--preset", "sd", "--manifest", str(synthetic_manifest), "--steps", "1"]) == 2
     assert "--preset sd needs --pretrained" in capsys.readouterr().err
     assert main(["paint"]) == 2 and "unknown command 'paint'" in capsys.readouterr().err
     assert main(["--help"]) == 0

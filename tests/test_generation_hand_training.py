@@ -139,7 +139,7 @@ def test_out_of_memory_names_the_settings_to_lower(synthetic_manifest, tmp_path)
         "training step 1",
         "--batch-size (now 4",
         "--gradient-checkpointing",
-        "--mixed-precision bf16",
+        "--precision bf16",
         "--cache-latents",
     ):
         assert hint in message
@@ -326,7 +326,7 @@ def test_zero_terminal_snr_refuses_epsilon_prediction(synthetic_manifest, tmp_pa
 
     run = tmp_path / "r"
     argv = ["train-hand", "--manifest", str(synthetic_manifest), "--out", str(run), "--steps", "1"]
-    assert main(argv + ["--zero-terminal-snr", *prediction]) == 1
+    assert main(argv + ["--zero-terminal-snr", *prediction]) == 2  # settings that do not go together
     err = capsys.readouterr().err.strip()
     assert "--zero-terminal-snr needs --prediction-type v_prediction or sample" in err
     assert len(err.splitlines()) == 1 and not run.exists()

@@ -202,7 +202,8 @@ def test_sample_hand_bad_inputs_are_one_error_line_and_write_nothing(folders, po
         "over max_pixels 4,095": ["--max-pixels", "4095"],
     }
     for message, extra in cases.items():
-        assert main([*base, *extra]) == 1, extra
+        code = 2 if "must be" in message else 1  # a setting outside its range is a usage error
+        assert main([*base, *extra]) == code, extra
         assert message in _one_error_line(capsys, "sample-hand"), extra
     assert not out.exists()
     assert main([*base, "--max-pixels", "4096"]) == 0  # the bound is inclusive: a 64 px crop fits
@@ -286,7 +287,8 @@ def test_sample_body_checks_size_cost_and_seed_before_drawing(
         "guidance_scale (--guidance-scale) must be a finite number, got nan": ["--guidance-scale", "nan"],
     }
     for message, extra in cases.items():
-        assert main([*base, *extra]) == 1, extra
+        code = 2 if "must be" in message else 1  # a setting outside its range is a usage error
+        assert main([*base, *extra]) == code, extra
         assert message in _one_error_line(capsys, "sample-body"), extra
     assert not list(out.glob("*.png"))
 

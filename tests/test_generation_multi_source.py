@@ -188,7 +188,7 @@ def test_the_cli_takes_several_manifests_with_weights(tmp_path, capsys):
     assert config.manifest == ("a", "b") and config.manifest_weights == (1.0, 3.0)
     code = main(["train-hand", *args[:-1], "--out", str(tmp_path / "o")])  # one weight for two manifests
     err = capsys.readouterr().err
-    assert code == 1 and "1 weight(s) for 2 --manifest" in err and "Traceback" not in err
+    assert code == 2 and "1 weight(s) for 2 --manifest" in err and "Traceback" not in err  # a usage error
     assert not (tmp_path / "o").exists()
 
 

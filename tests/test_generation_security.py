@@ -340,8 +340,10 @@ def test_a_dtype_from_read_settings_picks_from_a_table_not_any_torch_attribute(t
     from generation.generate import GenerateConfig, load_pipeline
 
     # "load" would be torch.load through getattr(torch, ...); the table refuses it before any folder is read.
-    with pytest.raises(ValueError, match="dtype: 'load' is not one of float32, float16, bfloat16"):
-        load_pipeline(str(tmp_path / "hand"), str(tmp_path / "body"), GenerateConfig(dtype="load"))
+    with pytest.raises(
+        ValueError, match=r"precision \(--precision\) must be one of fp32, fp16, bf16; got 'load'"
+    ):
+        load_pipeline(str(tmp_path / "hand"), str(tmp_path / "body"), GenerateConfig(precision="load"))
 
 
 def test_generate_refuses_a_photo_whose_name_is_not_a_safe_name(tiny_runs, tmp_path, capsys):

@@ -270,7 +270,7 @@ def test_reconstruction_loss_kinds_and_their_errors(tmp_path, synthetic_manifest
     assert float(reconstruction_loss("mse")(a, b)) == pytest.approx(0.25)
     with pytest.raises(ValueError, match="unknown reconstruction loss 'ssim'.*'l1', 'mse'"):
         reconstruction_loss("ssim")
-    assert _train_vae(synthetic_manifest, tmp_path / "a", "--steps", "1", "--edge-weight", "-1") == 1
+    assert _train_vae(synthetic_manifest, tmp_path / "a", "--steps", "1", "--edge-weight", "-1") == 2
     assert "edge_weight (--edge-weight) must be >= 0, got -1.0" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:  # argparse refuses a value outside the choices
         _train_vae(synthetic_manifest, tmp_path / "b", "--steps", "1", "--reconstruction-loss", "ssim")

@@ -20,7 +20,9 @@ def test_every_registered_subcommand_is_a_module_with_help_arguments_and_run(cli
         assert callable(module.add_arguments) and callable(module.run), name
     assert cli.main(["--help"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith(f"usage: {cli.PROG} COMMAND") and all(name in out for name in cli.COMMANDS)
+    assert out.startswith(f"usage: {cli.PROG} [--version] [-q | -v] COMMAND") and all(
+        name in out for name in cli.COMMANDS
+    )
     assert cli.main(["no-such-command"]) == 2
     assert "unknown command 'no-such-command'" in capsys.readouterr().err
 

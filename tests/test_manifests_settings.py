@@ -337,7 +337,7 @@ def test_train_commands_refuse_bad_settings(tmp_path, capsys, argv, message):
         out = tmp_path / command
         code = main([command, "--manifest", str(tmp_path / "none"), "--out", str(out), *argv])
         err = capsys.readouterr().err
-        assert code == 1 and re.search(message, err), err
+        assert code == 2 and re.search(message, err), err  # a bad setting is a usage error
         assert not out.exists()
 
 

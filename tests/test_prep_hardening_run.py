@@ -112,7 +112,7 @@ def test_a_rerun_with_other_row_settings_is_refused_and_changes_nothing(photos, 
 
     rc = cli_main(cli_args(photos, out, "--crop-size", "256"))
     line = one_error_line(capsys)
-    assert rc == 2 and line.startswith(f"handfirst-prep: error: {out} already holds a manifest")
+    assert rc == 1 and line.startswith(f"handfirst-prep: error: {out} already holds a manifest")
     assert "shard-00000..shard-00003 were written under other row-shaping settings" in line
     assert "--overwrite" in line
     with pytest.raises(OutputConflictError):
@@ -171,7 +171,7 @@ def test_a_second_run_on_a_locked_output_is_refused_naming_the_holder(photos, tm
         rc = cli_main(cli_args(photos, out))
         line = one_error_line(capsys)
     assert (
-        rc == 2
+        rc == 1
         and f"{out} is in use by another prep run (pid {os.getpid()} on {socket.gethostname()}" in line
     )
     assert serial.ran == [] and sorted(p.name for p in out.iterdir()) == []  # released, nothing written
@@ -317,7 +317,7 @@ def test_every_driver_check_fails_before_any_work_with_one_line(
         rc = cli_main(argv)
         monkeypatch.setattr(prep.runner, "load_records", real_load)
         line = one_error_line(capsys)
-        assert rc == 2 and line.startswith("handfirst-prep: error: ") and expected in line, (name, line)
+        assert rc == 1 and line.startswith("handfirst-prep: error: ") and expected in line, (name, line)
         assert serial.ran == [] and not out.exists(), name
     assert afile.read_text() == "x"
 
@@ -381,11 +381,11 @@ def test_an_unreachable_scheduler_is_one_line_after_a_short_wait(photos, tmp_pat
     s.close()  # nothing listens there now
     rc = cli_main(cli_args(photos, tmp_path / "m", "--scheduler", f"tcp://127.0.0.1:{port}"))
     line = one_error_line(capsys)
-    assert rc == 2 and f"cannot reach the Dask scheduler tcp://127.0.0.1:{port} within 0.3 s" in line
+    assert rc == 1 and f"cannot reach the Dask scheduler tcp://127.0.0.1:{port} within 0.3 s" in line
     assert not (tmp_path / "m" / LOCK_FILE).exists()
     rc = cli_main(cli_args(photos, tmp_path / "m", "--scheduler", "head-node"))
     line = one_error_line(capsys)
-    assert rc == 2 and "--scheduler head-node is not a Dask scheduler address: missing port number" in line
+    assert rc == 1 and "--scheduler head-node is not a Dask scheduler address: missing port number" in line
 
 
 # ------------------------------------------------------------------ interrupts

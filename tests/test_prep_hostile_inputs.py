@@ -424,7 +424,8 @@ def test_broken_files_are_findings_and_one_clear_error(broken, name, tmp_path, c
     assert any(str(p).startswith(f"{root}/{expected}") for p in problems), [str(p) for p in problems]
     for args in (["stats", str(root)], ["preview", str(root), "--out", str(tmp_path / "p.png")]):
         code, err = _cli(args, capsys)
-        assert code == 2 and err.startswith(f"error: {root}/{expected}") and "Traceback" not in err
+        where = f"handfirst-manifests {args[0]}: error: {root}/{expected}"
+        assert code == 1 and err.startswith(where) and "Traceback" not in err, err
 
 
 def test_empty_tables_have_no_findings_and_plain_stats(broken, tmp_path, capsys):
@@ -500,7 +501,7 @@ def test_annotations_that_are_not_a_list_stop_the_run_naming_the_file(tmp_path, 
     reason = f"{tmp_path}/{name}: 'annotations' must be a list, got {type(value).__name__}"
     with pytest.raises(AnnotationFileError, match=re.escape(reason)):
         load_records(PrepConfig(input=str(tmp_path), format=fmt))
-    assert prep_main(["run", "--input", str(tmp_path), "--format", fmt, "--out", str(tmp_path / "out")]) == 2
+    assert prep_main(["run", "--input", str(tmp_path), "--format", fmt, "--out", str(tmp_path / "out")]) == 1
     assert capsys.readouterr().err == f"handfirst-prep: error: {reason}\n"
 
 
@@ -656,6 +657,6 @@ def test_fsspec_inputs_that_cannot_be_opened_are_one_line(
             pytest.skip("aiohttp is installed: http:// opens")
     monkeypatch.setattr(manifests.storage, "CONNECT_TIMEOUT", 0.5)
     url = url.format(port=silent_server)
-    assert prep_main(["run", "--input", url, "--out", str(tmp_path / "out"), "--no-progress"]) == 2
+    assert prep_main(["run", "--input", url, "--out", str(tmp_path / "out"), "--no-progress"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"handfirst-prep: error: {url}: ") and reason in err[0]

@@ -68,7 +68,7 @@ def test_an_out_holding_a_manifest_json_that_is_not_handfirst_s_is_refused(
     (out / where).write_text(content)
     rc = cli_main(cli_args(photos, out))
     line = one_error_line(capsys)
-    assert rc == 2 and f"holds {out / where}, which is not a handfirst manifest's" in line, line
+    assert rc == 1 and f"holds {out / where}, which is not a handfirst manifest's" in line, line
     assert (out / where).read_text() == content and serial.ran == []
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == sorted(
         {where, *(["images"] if "/" in where else [])}
@@ -116,7 +116,7 @@ def test_a_broken_lock_is_refused_naming_the_file_to_delete(photos, tmp_path, se
     BREAKERS[kind](out / LOCK_FILE)
     rc = cli_main(cli_args(photos, out))
     line = one_error_line(capsys)
-    assert rc == 2 and f"{out / LOCK_FILE} is not a prep lock (" in line, line
+    assert rc == 1 and f"{out / LOCK_FILE} is not a prep lock (" in line, line
     assert f"if no prep run is using {out}, delete it" in line and serial.ran == []
     assert os.path.lexists(out / LOCK_FILE)  # left to the user, who was told to delete it
 
@@ -151,12 +151,12 @@ def test_validate_stats_and_run_never_block_on_a_special_manifest_json(
     assert f"{out / '_manifest.json'}: unreadable _manifest.json" in found
     assert f"{out / 'hands' / '_stats' / 'shard-00000.json'}: unreadable stats file" in found
     assert "not a regular file" in found
-    assert manifests_main(["stats", str(out)]) == 2
+    assert manifests_main(["stats", str(out)]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and "not a regular file" in err
+    assert err.startswith("handfirst-manifests stats: error: ") and "not a regular file" in err
     rc = cli_main(cli_args(photos, out, "--limit", "2"))
     line = one_error_line(capsys)
-    assert rc == 2 and "_manifest.json, which is not a handfirst manifest's (" in line
+    assert rc == 1 and "_manifest.json, which is not a handfirst manifest's (" in line
     assert "not a regular file" in line
 
 
@@ -177,7 +177,7 @@ def test_deeply_nested_annotation_json_is_one_line_naming_the_file(tmp_path, ser
     ann.write_text('{"images": ' + DEEP + "}" if fmt == "coco" else '{"a": ' + DEEP + "}")
     rc = cli_main(cli_args(src, tmp_path / "m", "--format", fmt))
     line = one_error_line(capsys)
-    assert rc == 2 and f"{ann}: malformed annotation JSON: JSON nested too deeply to parse" in line, line
+    assert rc == 1 and f"{ann}: malformed annotation JSON: JSON nested too deeply to parse" in line, line
 
 
 def test_a_shard_whose_stats_are_nested_too_deeply_is_redone(photos, tmp_path, serial):
@@ -210,7 +210,7 @@ def test_another_input_does_not_silently_replace_a_manifest(photos, tmp_path, se
     other = data_dir / "photos"
     rc = cli_main(cli_args(other, out, "--limit", "4"))
     line = one_error_line(capsys)
-    assert rc == 2 and "shards shard-00000..shard-00001 were written from another input" in line, line
+    assert rc == 1 and "shards shard-00000..shard-00001 were written from another input" in line, line
     assert f"(--format folder --input {photos})" in line and "--overwrite" in line
     assert hardening.files_of(out) == before and serial.ran == []
     # the same folder named another way is the same input (its shards name other paths: redone)
@@ -277,7 +277,7 @@ def test_the_input_folder_itself_as_out_is_refused(photos, tmp_path, serial, cap
     shutil.copytree(photos, src)
     rc = cli_main(cli_args(src, src))
     line = one_error_line(capsys)
-    assert rc == 2 and f"--out {src} is the --input folder itself" in line
+    assert rc == 1 and f"--out {src} is the --input folder itself" in line
     assert sorted(p.name for p in src.iterdir()) == ["g0", "g1"]
 
 
@@ -287,14 +287,14 @@ def test_a_brace_pattern_naming_too_many_files_is_one_line(tmp_path, serial, cap
     monkeypatch.setattr(prep.sources.units, "MAX_PATTERN_NAMES", 1000, raising=False)
     rc = cli_main(cli_args(f"{tmp_path}/s/{{00000..99999}}.tar", tmp_path / "m", "--format", "webdataset"))
     line = one_error_line(capsys)
-    assert rc == 2 and "its braces name more than 1000 files" in line, line
+    assert rc == 1 and "its braces name more than 1000 files" in line, line
     assert not (tmp_path / "m").exists()
 
 
 def test_a_billion_name_brace_pattern_is_refused_without_building_it(tmp_path, serial, capsys):
     rc = cli_main(cli_args(f"{tmp_path}/s/{{0..999999999}}.tar", tmp_path / "m", "--format", "webdataset"))
     line = one_error_line(capsys)
-    assert rc == 2 and "its braces name more than 1000000 files" in line, line
+    assert rc == 1 and "its braces name more than 1000000 files" in line, line
 
 
 # ------------------------------------------------------------------ clusters that answer
@@ -330,7 +330,7 @@ def test_a_scheduler_that_never_answers_is_one_line_and_leaves_nothing(photos, t
         for conn in accepted:
             conn.close()
     line = one_error_line(capsys)
-    assert rc == 2 and f"cannot reach the Dask scheduler {address} within 1 s" in line, line
+    assert rc == 1 and f"cannot reach the Dask scheduler {address} within 1 s" in line, line
     assert "it accepted the connection but did not answer" in line and accepted
     assert not out.exists()  # no lock held, no plan written
 
@@ -344,7 +344,7 @@ def test_a_scheduler_without_workers_is_waited_for_then_one_line(photos, tmp_pat
         address = cluster.scheduler_address
         rc = cli_main(cli_args(photos, out, "--scheduler", address, "--worker-timeout", "0.5"))
     line = one_error_line(capsys)
-    assert rc == 2 and f"--scheduler {address} has 0 workers after waiting 0.5 s (--worker-timeout)" in line
+    assert rc == 1 and f"--scheduler {address} has 0 workers after waiting 0.5 s (--worker-timeout)" in line
     assert not out.exists()
 
 
@@ -379,7 +379,7 @@ def test_workers_lost_mid_run_and_failed_attempts_are_logged_and_counted(photos,
 def test_an_output_the_workers_do_not_share_is_refused(photos, tmp_path, serial, capsys):
     rc = cli_main(cli_args(photos, "memory://prep-out/m"))
     line = one_error_line(capsys)
-    assert rc == 2 and "--out memory://prep-out/m is held in this process's memory" in line, line
+    assert rc == 1 and "--out memory://prep-out/m is held in this process's memory" in line, line
     assert serial.ran == []
 
 
@@ -447,7 +447,7 @@ def test_hostile_prep_files_and_patterns_stay_within_memory(photos, tmp_path):
         err = proc.stderr.read().decode().strip().splitlines()
         _, status, usage = os.wait4(proc.pid, 0)  # this child's own peak, not that of earlier ones
         proc.returncode = os.waitstatus_to_exitcode(status)
-        assert proc.returncode == 2 and len(err) == 1 and "Traceback" not in err[0], (name, err)
+        assert proc.returncode == 1 and len(err) == 1 and "Traceback" not in err[0], (name, err)
         assert usage.ru_maxrss * 1024 < 1.5 * 2**30, (name, usage.ru_maxrss)
 
 
@@ -473,7 +473,7 @@ def test_a_cluster_whose_workers_all_leave_stops_the_run_after_the_wait(photos, 
         threading.Thread(target=leave_once_busy, daemon=True).start()
         rc = cli_main(cli_args(src, out, "--scheduler", cluster.scheduler_address, "--worker-timeout", "1"))
     line = one_error_line(capsys)
-    assert rc == 2 and f"the Dask cluster {cluster.scheduler_address} has had 0 workers for 1 s" in line, line
+    assert rc == 1 and f"the Dask cluster {cluster.scheduler_address} has had 0 workers for 1 s" in line, line
     assert "with 3 shards to do; the 1 completed this run are kept" in line
     assert sorted(p.name for p in (out / "images").glob("*.parquet")) == ["shard-00000.parquet"]
     assert not (out / LOCK_FILE).exists()

@@ -7,6 +7,7 @@ kill its worker process on demand. The real annotator's end-to-end run is `hagri
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 from collections import Counter
@@ -236,7 +237,7 @@ def test_cli_runs_and_reports(mixed_input, tmp_path, capsys):
 
 def test_cli_missing_input_exits_nonzero_with_a_clear_message(tmp_path, capsys):
     rc = cli_main(["run", "--input", str(tmp_path / "missing"), "--out", str(tmp_path / "m")])
-    assert rc == 2
+    assert rc == 1  # the run could not read its input: it failed
     assert f"input folder not found: {tmp_path / 'missing'}" in capsys.readouterr().err
     assert not (tmp_path / "m").exists()
 
@@ -320,7 +321,9 @@ def test_external_scheduler_is_used_and_left_running(mixed_input, tmp_path, monk
 
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster:
         summary = run(cfg(mixed_input, tmp_path / "m", scheduler=cluster.scheduler_address, limit=6))
-        assert summary["images"] == 6 and summary["dashboard"] == cluster.dashboard_link
+        # The dashboard's address where its pages work (bokeh installed), else none.
+        dashboard = cluster.dashboard_link if importlib.util.find_spec("bokeh") else None
+        assert summary["images"] == 6 and summary["dashboard"] == dashboard
         with Client(cluster) as client:  # the run did not shut the cluster down
             assert len(client.scheduler_info()["workers"]) == 1
             # its one worker ran both shards with one annotator, built once

@@ -7,7 +7,6 @@ The training commands share their option set-up and their `run` through `add_tra
 from __future__ import annotations
 
 import os
-import sys
 
 
 def add_training_arguments(parser, config_cls) -> None:
@@ -26,7 +25,8 @@ def add_training_arguments(parser, config_cls) -> None:
 def run_training(command: str, config_cls, args, train) -> int:
     """Build `config_cls` from ``--config`` overridden by the given options, call ``train(config)``
     and print a one-line summary; known errors are printed as ``handfirst-gen COMMAND: error: ...``
-    and give exit code 1."""
+    and give exit code 1 (2 for a setting, `manifests.dispatch.fail`)."""
+    from manifests.dispatch import fail
     from manifests.errors import ManifestError
     from manifests.settings import from_args, read_settings_file
 
@@ -47,10 +47,14 @@ def run_training(command: str, config_cls, args, train) -> int:
             return 0
         result = train(config)
     except (TrainingError, ModelFolderError, ManifestError, ValueError, OSError) as exc:
-        print(f"handfirst-gen {command}: error: {exc}", file=sys.stderr)
-        return 1
+        return fail(args.program, exc)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # one summary line per run, not per process
     state = "finished" if result.finished else "stopped (resume with --resume latest)"
-    print(f"{state} at step {result.step}; final loss {result.final_loss}; run folder {result.run}")
+    print(f"{state} at step {result.step}; final loss {rounded(result.final_loss)}; run folder {result.run}")
     return 0
+
+
+def rounded(value, digits: int = 4) -> str:
+    """A result number as people read it: 4 significant digits (``1.047``), ``n/a`` for None."""
+    return "n/a" if value is None else f"{value:.{digits}g}"

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-
 HELP = (
     "Draw a one-stage baseline for exactly the manifest rows generate --from-manifest draws (same split, limit, "
     "size, seeds and file names), so evaluate --compare lines it up image by image: controlnet-openpose "
@@ -43,6 +41,7 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    from manifests.dispatch import fail
     from manifests.settings import from_args, read_settings_file
 
     from ..baseline import BaselineConfig, run_baseline
@@ -69,8 +68,7 @@ def run(args) -> int:
             progress=not args.no_progress,
         )
     except (ModelFolderError, RequestError, ValueError, OSError) as exc:
-        print(f"handfirst-gen baseline: error: {exc}", file=sys.stderr)
-        return 1
+        return fail(args.program, exc)
     print(
         f"{settings.method}: wrote {len(result['written'])} image(s), skipped {len(result['skipped'])} "
         f"already done, in {args.out}"

@@ -10,12 +10,13 @@ import argparse
 import dataclasses
 import json
 import logging
-import sys
+import os
 
+from manifests.dispatch import fail
 from manifests.errors import ManifestError
 from manifests.matching import MatchConfig
+from manifests.settings import UsageError, add_config_option, read_settings_file
 from manifests.settings import add_arguments as add_settings
-from manifests.settings import add_config_option, read_settings_file
 from manifests.settings import from_args as settings_from_args
 
 from ..evaluate.run import EvalConfig
@@ -90,12 +91,12 @@ EXPECTED_ERRORS = (ManifestError, ValueError, OSError)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the command; a bad input is printed as ``handfirst-gen evaluate: error: ...`` with exit code 1."""
+    """Run the command; a bad input is printed as ``handfirst-gen evaluate: error: ...`` with exit code 1
+    (2 for a setting or a usage error)."""
     try:
         return _run(args)
     except EXPECTED_ERRORS as exc:
-        print(f"handfirst-gen evaluate: error: {exc}", file=sys.stderr)
-        return 1
+        return fail(args.program, exc)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -103,17 +104,15 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.compare:
         if args.manifest or args.generated:
-            raise SystemExit(
-                "evaluate: --compare renders existing reports; do not combine it with --manifest/--generated"
+            raise UsageError(
+                "--compare renders existing reports; do not combine it with --manifest/--generated"
             )
         result = compare(args.compare, args.out, title=args.title)
         print(result["markdown"])
-        print(f"wrote {args.out}/compare.md and compare.json")
+        print(f"wrote {args.out}/compare.md, compare.json" + (", compare.png" if result["picture"] else ""))
         return 0
     if not args.manifest or not args.generated:
-        raise SystemExit(
-            "evaluate: give --manifest and --generated (a folder or 'real'), or --compare REPORT ..."
-        )
+        raise UsageError("give --manifest and --generated (a folder or 'real'), or --compare REPORT ...")
     config = settings_from_args(EvalConfig, args, read_settings_file(args.config) if args.config else None)
     detection = dict(args.detect) if args.detect else dict(config.detection or {})
     config = dataclasses.replace(config, detection=detection, match=MatchConfig(gate=args.gate))
@@ -125,5 +124,6 @@ def _run(args: argparse.Namespace) -> int:
     else:
         with open(f"{args.out}/report.md", encoding="utf-8") as f:
             print(f.read())
-        print(f"wrote {args.out}/report.json, report.md, per_image.jsonl")
+        picture = ", report.png" if os.path.isfile(os.path.join(args.out, "report.png")) else ""
+        print(f"wrote {args.out}/report.json, report.md, per_image.jsonl{picture}")
     return 0

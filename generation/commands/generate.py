@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import sys
 
-PROG = "handfirst-gen generate"
-
 HELP = (
     "Generate images with the two-stage pipeline (stage-1 hands, stage-2 body outpainting with sequential "
     "mask expansion). Writes DIR/<name>.png at the requested size, DIR/<name>.json (sidecar: every setting, "
@@ -65,12 +63,13 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    from manifests.settings import from_args
+    from manifests.dispatch import fail
+    from manifests.settings import UsageError, from_args
 
-    from ..generate import GenerateConfig, Sources, UsageError, generate_batch, settings_base
+    from ..generate import GenerateConfig, Sources, generate_batch, settings_base
 
     def report(name: str, exc: Exception) -> None:
-        print(f"{PROG}: {name}: {exc}", file=sys.stderr)
+        print(f"{args.program}: {name}: {exc}", file=sys.stderr)
 
     try:
         sources = Sources.from_args(args)
@@ -85,12 +84,8 @@ def run(args) -> int:
         result = generate_batch(
             sources, args.out, args.hand_model, args.body_model, settings, on_failure=report
         )
-    except UsageError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
     except (ValueError, OSError) as exc:  # settings, model folders, specs, manifest rows, names, sidecars
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 1
+        return fail(args.program, exc)  # exit 2 for a usage or setting error, 1 for the rest
     tail = f", {len(result.failures)} failed (listed in {result.failures_path})" if result.failures else ""
     skipped = len(result.skipped)
     print(

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass
 
-from manifests.settings import Settings, add_config_option, setting, setting_like
+from manifests.settings import (
+    OLD_PRECISION_NAMES,
+    Settings,
+    add_config_option,
+    precision_setting,
+    setting,
+    setting_like,
+)
 from manifests.settings import add_arguments as add_settings
 
 from ..generate.settings import GenerateConfig
@@ -17,6 +23,8 @@ from ..guards import MAX_SEED
 class SampleBodyConfig(Settings):
     """Every sampling setting of `handfirst-gen sample-body` (one CLI option each)."""
 
+    RENAMED = {"fp16": OLD_PRECISION_NAMES["fp16"]}
+
     resolution: int | None = setting(None, "square side (default: the training resolution)", ge=8)
     prompt: str | None = setting(None, "caption (default: the manifest's)")
     negative_prompt: str | None = setting(None, "negative caption")
@@ -25,7 +33,7 @@ class SampleBodyConfig(Settings):
     conditioning_scale: float = setting(1.0, "ControlNet residual scale", ge=0, le=10)
     seed: int = setting(0, "random seed", ge=0, le=MAX_SEED)
     device: str | None = setting(None, "cuda / cpu / mps (default: cuda if available)")
-    fp16: bool = setting(False, "load in float16 (GPU)")
+    precision: str = precision_setting()
     max_pixels: int = setting_like(GenerateConfig, "max_pixels")
     max_pixel_steps: int = setting_like(GenerateConfig, "max_pixel_steps")
 
@@ -65,13 +73,14 @@ def run(args) -> int:
     import torch
     from PIL import Image
 
+    from manifests.dispatch import fail
     from manifests.draw import contact_sheet
     from manifests.errors import ManifestError
     from manifests.names import path_in
-    from manifests.settings import from_args, read_settings_file
+    from manifests.settings import from_args, read_settings_file, torch_dtype
 
     from ..guards import check_image_cost, make_generator
-    from ..models.loading import ModelFolderError
+    from ..models.loading import ModelFolderError, dtype_argument
     from ..pipelines.body import BodyOutpaintPipeline
     from ..pipelines.body_inputs import manifest_inputs
     from ..pipelines.condition import ConditionInputs, condition_tiles
@@ -80,8 +89,9 @@ def run(args) -> int:
         base = read_settings_file(args.config) if args.config else None
         settings = from_args(SampleBodyConfig, args, base).validate()
         device = settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        dtype = torch.float16 if settings.fp16 else torch.float32
-        pipe = BodyOutpaintPipeline.from_pretrained(args.model, dtype=dtype).to(device)
+        pipe = BodyOutpaintPipeline.from_pretrained(
+            args.model, **dtype_argument(torch_dtype(settings.precision))
+        ).to(device)
         resolution = settings.resolution
         if resolution is None:  # 0 was refused by validate(), not taken as the default
             resolution = _training_resolution(args.model) or 512
@@ -123,6 +133,5 @@ def run(args) -> int:
             Image.fromarray(sheet).save(path_in(args.out, image_id, "_condition.png", "image_id"))
             print(f"wrote {image_path}")
     except (ModelFolderError, ManifestError, ValueError) as exc:
-        print(f"handfirst-gen sample-body: error: {exc}", file=sys.stderr)
-        return 1
+        return fail(args.program, exc)
     return 0

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass
 
-from manifests.settings import Settings, add_config_option, setting, setting_like
+from manifests.settings import (
+    OLD_PRECISION_NAMES,
+    Settings,
+    add_config_option,
+    precision_setting,
+    setting,
+    setting_like,
+)
 from manifests.settings import add_arguments as add_settings
 
 from ..generate.settings import GenerateConfig
@@ -16,6 +22,8 @@ from ..guards import MAX_SEED
 @dataclass
 class SampleHandConfig(Settings):
     """Every sampling setting of `handfirst-gen sample-hand` (one CLI option each)."""
+
+    RENAMED = {"fp16": OLD_PRECISION_NAMES["fp16"]}
 
     prompt: str = setting("a hand", "caption for every pose")
     negative_prompt: str | None = setting(None, "negative caption")
@@ -27,7 +35,7 @@ class SampleHandConfig(Settings):
     mask_threshold: float = setting(0.5, "mask probability above which a pixel is hand", ge=0, le=1)
     seed: int = setting(0, "random seed", ge=0, le=MAX_SEED)
     device: str | None = setting(None, "cuda / cpu / mps (default: cuda if available)")
-    fp16: bool = setting(False, "load in float16 (GPU)")
+    precision: str = precision_setting()
     save_probabilities: bool = setting(False, "also write hand_NNN_mask_prob.png")
     max_pixels: int = setting_like(GenerateConfig, "max_pixels")
     max_pixel_steps: int = setting_like(GenerateConfig, "max_pixel_steps")
@@ -93,9 +101,10 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     import torch
 
-    from manifests.settings import from_args, read_settings_file
+    from manifests.dispatch import fail
+    from manifests.settings import from_args, read_settings_file, torch_dtype
 
-    from ..models.loading import ModelFolderError
+    from ..models.loading import ModelFolderError, dtype_argument
     from ..pipelines.hand import HandGenerationPipeline
 
     try:
@@ -103,8 +112,9 @@ def run(args) -> int:
         settings = from_args(SampleHandConfig, args, base).validate()
         poses = load_poses(args.keypoints)
         device = settings.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        dtype = torch.float16 if settings.fp16 else torch.float32
-        pipe = HandGenerationPipeline.from_pretrained(args.model, dtype=dtype).to(device)
+        pipe = HandGenerationPipeline.from_pretrained(
+            args.model, **dtype_argument(torch_dtype(settings.precision))
+        ).to(device)
         out = pipe(
             settings.prompt,
             keypoints=poses,
@@ -121,8 +131,7 @@ def run(args) -> int:
             max_pixel_steps=settings.max_pixel_steps,
         )
     except (PoseFileError, ModelFolderError, ValueError) as exc:
-        print(f"handfirst-gen sample-hand: error: {exc}", file=sys.stderr)
-        return 1
+        return fail(args.program, exc)
     os.makedirs(args.out, exist_ok=True)
     for i, (image, mask, prob) in enumerate(zip(out.images, out.masks_binary, out.masks)):
         stem = os.path.join(args.out, f"hand_{i:03d}")

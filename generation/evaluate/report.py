@@ -123,7 +123,8 @@ def markdown_table(reports: list[dict], title: str | None = None) -> str:
 
 
 def compare(paths: list[str], out: str, title: str | None = None) -> dict:
-    """Render several reports side by side into `out`/compare.md and compare.json; returns the data."""
+    """Render several reports side by side into `out`/compare.md, compare.json and compare.png (a bar chart
+    per metric column); returns the data and the picture's path (None when no column has a value)."""
     reports = [load_report(p) for p in paths]
     os.makedirs(out, exist_ok=True)
     md = markdown_table(reports, title or "Comparison")
@@ -137,4 +138,7 @@ def compare(paths: list[str], out: str, title: str | None = None) -> dict:
     data = {"rows": rows, "columns": [c.header for c in cols]}
     with open(os.path.join(out, "compare.json"), "w", encoding="utf-8") as f:
         json.dump(data, f, indent=2)
-    return {"markdown": md, **data}
+    from .pictures import compare_picture
+
+    picture = compare_picture(rows, cols, out)
+    return {"markdown": md, **data, "picture": picture}

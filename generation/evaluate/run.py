@@ -53,6 +53,8 @@ from .detect import (
     load_real,
 )
 from .metrics import ordered
+from .metrics.pose import hand_predictions
+from .pictures import hand_error
 from .registry import WEIGHTS, Context, MetricUnavailable, PixelSample, PoseSample, merge
 from .report import markdown_table
 
@@ -201,9 +203,9 @@ def detection_prep_config(manifest, config: EvalConfig):
 
 
 def _progress(total: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
+    from manifests.progress import progress_bar
 
-    return tqdm(total=total, unit="img", desc=desc, disable=not enabled, smoothing=0.1)
+    return progress_bar(total=total, unit="img", desc=desc, enabled=enabled, smoothing=0.1)
 
 
 def choose_detector(config: EvalConfig):
@@ -261,10 +263,10 @@ def run_detection(
             return results
         from distributed import as_completed
 
-        from prep import dask_client
+        from prep import dask_client, log_cluster
 
         with dask_client(prep_config) as client:
-            logger.info("Dask scheduler %s, dashboard %s", client.scheduler.address, client.dashboard_link)
+            log_cluster(client)
             # The opened table (shard list, row groups) goes to every worker once, not with every task.
             [table] = client.scatter([manifest.images], broadcast=True, hash=False)
             futures = [
@@ -444,7 +446,7 @@ def evaluate(manifest: str, generated: str, out: str, config: EvalConfig | None 
 
     on_detections = [(mt, acc) for mt, acc in runs if acc is not None and mt.source == "detections"]
     on_pixels = [(mt, acc) for mt, acc in runs if acc is not None and mt.source == "pixels"]
-    per_image, unreadable, stretched = [], [], []
+    per_image, unreadable, stretched, errors = [], [], [], {}
     for det in sorted(detections, key=lambda d: d.image_id):
         row = rows[det.image_id]
         if det.error:
@@ -455,7 +457,9 @@ def evaluate(manifest: str, generated: str, out: str, config: EvalConfig | None 
         record = {"image_id": det.image_id}
         for _, acc in on_detections:
             record.update(acc.update(sample) or {})
-        per_image.append({**record, "error": det.error})
+        if not det.error:
+            errors[det.image_id] = hand_error(hand_predictions(det), targets[det.image_id], config.match)
+        per_image.append({**record, "hand_error": errors.get(det.image_id), "error": det.error})
     if stretched:
         notes.append(
             f"{len(stretched)} generated images differ from their target frame's aspect ratio by more than "
@@ -512,7 +516,30 @@ def evaluate(manifest: str, generated: str, out: str, config: EvalConfig | None 
         "unreadable_images": unreadable[:100],
     }
     write_report(report, out, per_image)
+    write_report_picture(m, generated, out, errors, rows, targets, detections, label)
     return report
+
+
+def write_report_picture(
+    manifest, generated: str, out: str, errors, rows, targets, detections, label
+) -> None:
+    """``out/report.png`` (`pictures.report_picture`); a failure to draw is logged, never raised."""
+    import pyarrow.compute as pc
+
+    from .pictures import report_picture, worst_and_best
+
+    def load_image(image_id: str):
+        if generated != REAL:
+            return load_generated(find_generated(generated, image_id))
+        [row] = manifest.read("images", filter=pc.field("image_id") == image_id).to_pylist()
+        return load_real(row)
+
+    shown = set(sum(worst_and_best(errors), []))
+    frames = {i: (rows[i]["width"], rows[i]["height"]) for i in shown}
+    try:
+        report_picture(out, errors, load_image, frames, targets, {d.image_id: d for d in detections}, label)
+    except Exception as exc:  # noqa: BLE001 - the numbers are written; a picture must not undo that
+        logger.warning("could not draw %s/report.png: %s", out, exc)
 
 
 def write_report(report: dict, out: str, per_image: list[dict] | None = None) -> None:

@@ -38,11 +38,10 @@ from .requests import (
     requests_from_manifest,
     requests_from_specs,
 )
-from .settings import DTYPES, GenerateConfig
+from .settings import GenerateConfig
 from .sidecars import request_from_sidecar, settings_base
 
 __all__ = [
-    "DTYPES",
     "BatchResult",
     "GenerateConfig",
     "HandSpec",

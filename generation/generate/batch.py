@@ -26,6 +26,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 
+from manifests.settings import UsageError as CommandUsageError
 from manifests.settings import flag
 
 from ..processes import this_process
@@ -41,7 +42,7 @@ logger = logging.getLogger(__name__)
 FAILURES = "failures.jsonl"
 
 
-class UsageError(ValueError):
+class UsageError(CommandUsageError):
     """The arguments do not make one batch (not exactly one source, ``image_id`` without a manifest,
     no models): the CLI answers it like an argparse usage error, with exit code 2."""
 
@@ -221,7 +222,7 @@ def generate_batch(
     settings, model folders, specs, manifest rows, names) before anything is generated; a request that
     fails later is recorded in the result and in ``failures.jsonl``, never raised.
     """
-    from tqdm.auto import tqdm
+    from manifests.progress import progress_bar
 
     if settings is None:
         settings = GenerateConfig.from_dict(settings_base(replay=sources.replay) or {})
@@ -260,7 +261,7 @@ def generate_batch(
         annotator = get_annotator(detection_config())
 
     os.makedirs(out_dir, exist_ok=True)
-    bar = tqdm(total=len(items), desc="generate", unit="img", disable=not progress or len(items) < 2)
+    bar = progress_bar(total=len(items), desc="generate", unit="img", enabled=progress and len(items) > 1)
     t0 = time.perf_counter()
 
     def draw_one(request: Request, item_settings: GenerateConfig) -> None:

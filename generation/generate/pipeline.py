@@ -23,7 +23,7 @@ import numpy as np
 
 from .outputs import output_paths, save_png, versions, weights_fingerprint, write_image_and_sidecar
 from .requests import Request
-from .settings import DTYPES, GenerateConfig
+from .settings import GenerateConfig
 
 
 def load_pipeline(hand_model: str, body_model: str, settings: GenerateConfig, device: str | None = None):
@@ -31,16 +31,15 @@ def load_pipeline(hand_model: str, body_model: str, settings: GenerateConfig, de
     process's under ``accelerate launch``, else cuda when available) and dtype."""
     import torch
 
+    from manifests.settings import torch_dtype
+
+    from ..models.loading import dtype_argument
     from ..pipelines.two_stage import TwoStageHandBodyPipeline
 
-    # A name -> dtype table, not getattr(torch, ...): the setting may come from a replayed sidecar.
-    dtypes = {name: getattr(torch, name) for name in DTYPES}
-    if settings.dtype not in dtypes:
-        raise ValueError(f"dtype: {settings.dtype!r} is not one of {', '.join(DTYPES)}")
-    dtype = dtypes[settings.dtype]
+    dtype = torch_dtype(settings.precision)  # a name -> dtype table: the setting may come from a sidecar
     device = settings.device or device or ("cuda" if torch.cuda.is_available() else "cpu")
     # float32 is the default: only ask for another dtype, which keeps older and newer diffusers quiet.
-    load = {} if dtype == torch.float32 else {"torch_dtype": dtype}
+    load = {} if dtype == torch.float32 else dtype_argument(dtype)
     pipe = TwoStageHandBodyPipeline.from_runs(
         hand_model, body_model, crop_margin=settings.crop_margin, **load
     )
@@ -250,7 +249,7 @@ def write_outputs(
         "device": str(pipe.device),
         "stage2_batch": batch,
         **(process or {"process_index": 0, "num_processes": 1}),
-        "dtype": settings.dtype,
+        "precision": settings.precision,
         "versions": versions(),
         "created_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from manifests.settings import Settings, setting, setting_like
+from manifests.settings import OLD_PRECISION_NAMES, Settings, precision_setting, setting, setting_like
 
 from ..guards import (
     DEFAULT_HAND_BATCH,
@@ -16,8 +16,6 @@ from ..guards import (
 )
 from ..pipelines.blend_config import BlendConfig
 
-DTYPES = ("float32", "float16", "bfloat16")
-
 
 @dataclass
 class GenerateConfig(Settings):
@@ -26,6 +24,8 @@ class GenerateConfig(Settings):
     A setting passed to the pipeline as it is names the `TwoStageHandBodyPipeline.__call__` argument it
     feeds in its metadata (``call=``); `generate.pipeline.call_arguments` builds the call from those, and
     adds what the request fills in (prompts, seed, blending, the stage-1 steps)."""
+
+    RENAMED = {"dtype": OLD_PRECISION_NAMES["dtype"]}
 
     steps: int = setting(30, "stage-2 (body) denoising steps", ge=1, le=1000, call="num_inference_steps")
     hand_steps: int | None = setting(None, "stage-1 (hand) denoising steps (default: --steps)", ge=1, le=1000)
@@ -126,7 +126,7 @@ class GenerateConfig(Settings):
         le=256,
     )
     device: str | None = setting(None, "cuda / cpu / mps (default: cuda when available)")
-    dtype: str = setting("float32", "model precision", choices=DTYPES)
+    precision: str = precision_setting()
     detect: bool = setting(True, "detect the pose in the result for the overview sheet (MediaPipe)")
     overwrite: bool = setting(False, "redo images whose PNG and sidecar exist (default: skip them)")
     max_pixels: int = setting(

@@ -258,6 +258,19 @@ def build_components(preset: str = "tiny", **kwargs) -> SDComponents:
     return PRESETS[preset](**kwargs)
 
 
+def dtype_argument(dtype: torch.dtype, loader=None) -> dict:
+    """The ``from_pretrained`` keyword that loads in `dtype`: ``dtype`` where the installed diffusers
+    takes it (newer releases deprecate ``torch_dtype``), else ``torch_dtype``. `loader` is the class
+    whose ``from_pretrained`` is called (default `DiffusionPipeline`)."""
+    import re
+
+    from diffusers import DiffusionPipeline
+
+    doc = (loader or DiffusionPipeline).from_pretrained.__doc__ or ""
+    takes_dtype = re.search(r"^\s*dtype \(", doc, re.MULTILINE) is not None
+    return {"dtype" if takes_dtype else "torch_dtype": dtype}
+
+
 def freeze(module: torch.nn.Module, device, dtype: torch.dtype) -> torch.nn.Module:
     """Eval mode, no gradients, on `device` in `dtype` (cast only when it differs)."""
     module.requires_grad_(False).eval()

@@ -12,11 +12,11 @@ import os
 from dataclasses import dataclass
 
 from manifests.decode import CAPTION_CHOICES
-from manifests.settings import SettingError, Settings, setting
+from manifests.settings import OLD_PRECISION_NAMES, SettingError, Settings, precision_setting, setting
 
 from ..guards import MAX_SEED
 
-MIXED_PRECISION = ("no", "fp16", "bf16")
+REPORT_TO = ("tensorboard", "wandb")
 LR_SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 
 
@@ -36,6 +36,8 @@ PRESET_RESOLUTION = {"tiny": 64, "mini": 64, "sd": 512}
 class TrainConfig(Settings):
     """Settings shared by every training task. Fields in order of how often people change them."""
 
+    RENAMED = {"mixed_precision": OLD_PRECISION_NAMES["mixed_precision"]}
+
     out: str = setting(
         "runs/train", "run folder: checkpoints, metrics.jsonl, config.json, validation grids, final model"
     )
@@ -49,8 +51,8 @@ class TrainConfig(Settings):
     gradient_accumulation_steps: int = setting(
         1, "micro-batches per optimizer step (effective batch = batch x this x GPUs)", ge=1, le=65536
     )
-    mixed_precision: str = setting(
-        "no", "no / fp16 / bf16 (bf16 on Ampere or newer GPUs)", choices=MIXED_PRECISION
+    precision: str = precision_setting(
+        "mixed precision: fp32 (none), fp16 or bf16 (bf16 on Ampere or newer GPUs)"
     )
     gradient_checkpointing: bool = setting(
         False, "recompute activations in the backward pass: less memory, ~30%% slower"
@@ -97,6 +99,12 @@ class TrainConfig(Settings):
     )
     num_workers: int = setting(0, "DataLoader worker processes", ge=0, le=1024)
     allow_tf32: bool = setting(True, "allow TF32 matmuls on Ampere+ GPUs")
+    report_to: str | None = setting(
+        None,
+        "also log the metrics to tensorboard (RUN/logs) or wandb, through accelerate's trackers; the package "
+        "must be installed (default: metrics.jsonl and curves.png only)",
+        choices=REPORT_TO,
+    )
 
     def resolve(self):
         """Fill settings whose default depends on others; returns the config.

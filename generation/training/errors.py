@@ -22,3 +22,7 @@ class DataCheckError(TrainingError, ValueError):
 class RunFolderError(TrainingError, ValueError):
     """``--out`` is not a folder this run may write into (user files, another task's run, an existing
     run without ``--resume`` or ``--overwrite``)."""
+
+
+class TrackerMissingError(TrainingError):
+    """``--report-to`` names a tracker whose package is not installed."""

@@ -488,6 +488,9 @@ class HandTask(TrainTask):
                 )
         return self._poses
 
+    # The columns of the validation grid, one row per validation pose.
+    VALIDATION_COLUMNS = ("generated hand", "mask (grey: prob.)", "pose condition")
+
     @torch.no_grad()
     def validate(self, model, step: int, path: str) -> dict:
         from PIL import Image
@@ -514,7 +517,10 @@ class HandTask(TrainTask):
             tiles += [rgb, overlay_mask(gray, binary, alpha=0.25), draw_hand(np.zeros_like(rgb), kps)]
             coverage.append(keypoint_coverage(binary, kps, outside="clip"))
         captions = [f"{p['hand_id']}"[:22] for p in poses for _ in range(3)]
-        Image.fromarray(contact_sheet(tiles, columns=3, tile=128, captions=captions)).save(path)
+        sheet = contact_sheet(
+            tiles, columns=3, tile=128, captions=captions, column_titles=self.VALIDATION_COLUMNS
+        )
+        Image.fromarray(sheet).save(path)
         # Share of the conditioning keypoints that fall inside the predicted mask: 1 when mask and pose agree.
         return {"mask_keypoint_coverage": float(np.mean(coverage))}
 

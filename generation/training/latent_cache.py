@@ -23,7 +23,8 @@ import torch
 from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from safetensors import safe_open
 from safetensors.torch import save_file
-from tqdm.auto import tqdm
+
+from manifests.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +125,7 @@ class LatentCache:
             chunk += 1
 
         with torch.no_grad():
-            for batch_ids, pixels in tqdm(batches, desc="caching latents", unit="batch", total=total):
+            for batch_ids, pixels in progress_bar(batches, desc="caching latents", unit="batch", total=total):
                 moments = encode(pixels).to(torch.float16).cpu()
                 shape = list(moments.shape[1:])
                 pending.append(moments)

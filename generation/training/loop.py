@@ -19,6 +19,7 @@ The run folder it writes into is checked and described by `generation.training.r
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import os
@@ -31,13 +32,14 @@ from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, set_seed
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
-from tqdm.auto import tqdm
+
+from manifests.progress import progress_bar
 
 from ..guards import SEED_LIMIT, make_generator
 from . import checkpoint as ckpt
 from .batches import Batches, batch_size
 from .config import TrainConfig
-from .errors import NonFiniteLossError, TrainingOOMError
+from .errors import NonFiniteLossError, TrackerMissingError, TrainingOOMError
 from .metrics import MetricsLog
 from .run_folder import VALIDATION_DIR, check_run_folder, clear_run, resume_changes, write_run_config
 from .task import TrainTask
@@ -83,8 +85,8 @@ def oom_message(config: TrainConfig, task: TrainTask, where: str) -> str:
     ]
     if not config.gradient_checkpointing:
         hints.append("--gradient-checkpointing")
-    if config.mixed_precision == "no":
-        hints.append("--mixed-precision bf16 (or fp16)")
+    if config.precision == "fp32":
+        hints.append("--precision bf16 (or fp16)")
     if not config.use_8bit_adam:
         hints.append("--use-8bit-adam (with bitsandbytes)")
     if config.ema:
@@ -97,6 +99,22 @@ def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, torch.OutOfMemoryError) or (
         isinstance(exc, RuntimeError) and "out of memory" in str(exc)
     )
+
+
+def tracker_config(config: TrainConfig) -> dict:
+    """The run's settings as trackers take them: bool, int, float, str or None (lists and dicts as JSON)."""
+    scalar = (bool, int, float, str, type(None))
+    return {
+        k: v if isinstance(v, scalar) else json.dumps(v, default=str) for k, v in config.to_dict().items()
+    }
+
+
+def check_tracker(name: str | None) -> None:
+    """``--report-to NAME`` needs NAME's package: a one-line error before any work when it is missing."""
+    import importlib.util
+
+    if name and importlib.util.find_spec(name) is None:
+        raise TrackerMissingError(f"--report-to {name} needs the {name} package: pip install {name}")
 
 
 def apply_settings_after_resume(config: TrainConfig, optimizer, lr_scheduler, ema) -> None:
@@ -155,10 +173,12 @@ def _open_run(task: TrainTask, config: TrainConfig) -> tuple[Accelerator, str | 
     task.check_models()
     task.check_data()
 
+    check_tracker(config.report_to)
     accelerator = Accelerator(
-        mixed_precision=config.mixed_precision,
+        mixed_precision={"fp32": "no"}.get(config.precision, config.precision),
         gradient_accumulation_steps=config.gradient_accumulation_steps,
-        project_config=ProjectConfiguration(project_dir=run),
+        project_config=ProjectConfiguration(project_dir=run, logging_dir=os.path.join(run, "logs")),
+        log_with=config.report_to,
     )
     main = accelerator.is_main_process
     if main:
@@ -223,7 +243,13 @@ class _Session:
         self.generator = make_generator((config.seed * 7919 + self.rank) % SEED_LIMIT, accelerator.device)
 
         self.state = ckpt.TrainerState()
-        self.metrics = MetricsLog(self.run, enabled=self.main)
+        if config.report_to:
+            accelerator.init_trackers(
+                f"{task.name}-{os.path.basename(os.path.abspath(self.run))}", config=tracker_config(config)
+            )
+        self.metrics = MetricsLog(
+            self.run, enabled=self.main, tracker=accelerator if config.report_to else None
+        )
         if resume_dir:
             self._resume(resume_dir)
         # Resuming drops the lines past the checkpoint; a fresh start in a run folder (--resume latest
@@ -312,7 +338,7 @@ class _Session:
                 where = self.last_checkpoint or "none yet (nothing was saved)"
                 raise NonFiniteLossError(
                     f"non-finite loss at step {self.state.step + 1} ({detail}); stopping. Last good checkpoint: "
-                    f"{where}. Try a lower --learning-rate, --mixed-precision bf16 instead of fp16, or "
+                    f"{where}. Try a lower --learning-rate, --precision bf16 instead of fp16, or "
                     "check the data for broken crops."
                 )
             accelerator.backward(loss)
@@ -358,10 +384,10 @@ class _Session:
         logged_steps, last_log_time = 0, time.perf_counter()
         micro: dict[str, float] = {}
         n_micro, local_samples = 0, 0
-        bar = tqdm(
+        bar = progress_bar(
             total=config.steps,
             initial=state.step,
-            disable=not self.main,
+            enabled=self.main,
             desc=f"train-{self.task.name}",
             unit="step",
         )
@@ -418,6 +444,7 @@ class _Session:
                     return True
         finally:
             bar.close()
+            self.metrics.close()
         return False
 
     def finish(self, stopped_early: bool) -> TrainResult:

@@ -30,7 +30,7 @@ from accelerate import Accelerator
 from . import checkpoint as ckpt
 from .config import TrainConfig
 from .errors import RunFolderError
-from .metrics import METRICS_FILE
+from .metrics import CURVES_FILE, METRICS_FILE
 from .task import TrainTask
 
 logger = logging.getLogger(__name__)
@@ -53,11 +53,12 @@ _RESUMABLE_CHANGES = {
     "validate_every",
     "checkpoint_every",
     "checkpoints_total_limit",
+    "report_to",
 }
 
 
 # What a run writes besides the task's final model (`TrainTask.final_entries`); --overwrite deletes these.
-RUN_ENTRIES = (CONFIG_FILE, METRICS_FILE, ckpt.CHECKPOINTS_DIR, VALIDATION_DIR)
+RUN_ENTRIES = (CONFIG_FILE, METRICS_FILE, CURVES_FILE, "logs", ckpt.CHECKPOINTS_DIR, VALIDATION_DIR)
 
 
 def recorded_task(run: str) -> str | None:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-import sys
 from dataclasses import dataclass
 
+from ..dispatch import fail
 from ..matching import MatchConfig
 from ..settings import SettingError, Settings, from_args, setting
 from ..settings import add_arguments as add_settings
@@ -42,7 +42,6 @@ def run(args) -> int:
     try:
         result = score_manifest(args.manifest, settings.truth, MatchConfig(gate=settings.gate))
     except TruthError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return fail(args.program, exc)
     print(json.dumps(result, indent=2) if settings.json else format_score(result))
     return 0

@@ -14,6 +14,9 @@ HELP = "counts by status, label, split, handedness; hand size and score distribu
 @dataclass
 class StatsConfig(Settings):
     json: bool = setting(False, "print JSON instead of tables")
+    plot: str | None = setting(
+        None, "also write this PNG: hand size, mask score, handedness and label charts (default: none)"
+    )
 
 
 def add_arguments(parser) -> None:
@@ -30,4 +33,10 @@ def run(args) -> int:
         json.dumps(stats, indent=2) if settings.json else format_stats(stats),
         end="\n" if settings.json else "",
     )
+    if settings.plot:
+        from ..plots import manifest_overview, save_figure
+
+        save_figure(manifest_overview(args.path), settings.plot)
+        if not settings.json:
+            print(f"wrote {settings.plot}")
     return 0

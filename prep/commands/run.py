@@ -11,6 +11,7 @@ import argparse
 import json
 import sys
 
+from manifests.dispatch import EXIT_FAILED, EXIT_INTERRUPTED, fail
 from manifests.settings import add_arguments as add_settings
 from manifests.settings import add_config_option, from_args, read_settings_file
 
@@ -79,14 +80,12 @@ def run(args: argparse.Namespace) -> int:
     try:
         summary = run_prep(config)
     except SETUP_ERRORS as exc:
-        # One line: some library messages (torch's unpickler) span a paragraph.
-        print(f"handfirst-prep: error: {' '.join(str(exc).split())}", file=sys.stderr)
-        return 2
+        return fail("handfirst-prep", exc)  # exit 2 for a setting, 1 for an input or cluster it cannot use
     except KeyboardInterrupt:
         print(_interrupted_message(config.out), file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     print(json.dumps(summary, indent=2, default=str) if args.json else format_summary(summary))
     if summary["failed_shards"]:
         print("some shards failed; rerun the same command to redo them", file=sys.stderr)
-        return 1
+        return EXIT_FAILED
     return 0
