@@ -147,9 +147,7 @@ def test_dry_run_counts_sd15_sizes_without_weights(tmp_path):
         model = HandUNet.from_unet(UNet2DConditionModel.from_config(sd15_unet_config()))
     n = count(model)
     assert 859_520_964 < n < 860_000_000
-    config = HandTrainConfig(
-        manifest=("m",), precision="bf16", gradient_checkpointing=True, batch_size=8
-    )
+    config = HandTrainConfig(manifest=("m",), precision="bf16", gradient_checkpointing=True, batch_size=8)
     memory = training_memory(config, {"trainable_total": n, "frozen_total": 206_000_000}, 64, n)
     assert 16 < memory["weights_grads_optimizer_ema"] < 17  # 20 bytes per trained parameter
     assert memory["total"] < 80
