@@ -36,11 +36,11 @@ class GenerateSettings(Settings):
         None, "seed (default: the spec's seed; 0 for manifest rows and photos)", ge=0, le=MAX_SEED
     )
     blend: str = setting_like(BlendConfig, "mode")
-    d0: int = setting_like(BlendConfig, "d0")
-    expand_pixels: int = setting_like(BlendConfig, "expand_pixels")
+    d0: float = setting_like(BlendConfig, "d0")
+    band: float = setting_like(BlendConfig, "band")
     expand_start: float = setting_like(BlendConfig, "expand_start")
     expand_end: float = setting_like(BlendConfig, "expand_end")
-    min_core: int = setting_like(BlendConfig, "min_core")
+    min_core: float = setting_like(BlendConfig, "min_core")
     pixel_composite: bool = setting(False, "paste the stage-1 hand interiors back over the decoded image")
     feather: int = setting(
         3, "pixel composite: erosion and feathering of the hand mask, pixels", ge=0, le=256
@@ -111,7 +111,7 @@ class GenerateSettings(Settings):
         return BlendConfig(
             mode=self.blend,
             d0=self.d0,
-            expand_pixels=self.expand_pixels,
+            band=self.band,
             expand_start=self.expand_start,
             expand_end=self.expand_end,
             min_core=self.min_core,

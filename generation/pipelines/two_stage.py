@@ -19,6 +19,7 @@ the last step ``t_next`` is "clean" and the known latents go in as they are.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -49,7 +50,7 @@ from ..guards import (
 from ..models.body import masked_image, vae_scale_factor
 from ..models.hand import HandUNet
 from ..models.loading import check_saved_pipeline
-from .blending import BlendConfig, blend_latents, keep_mask, mask_to_latent
+from .blending import BlendConfig, KeepSchedule, blend_latents, upsample
 from .body import BodyOutpaintPipeline
 from .condition import CONDITION_GROUPS, ConditionInputs, build_condition
 from .hand import HandGenerationPipeline, keypoints_to_heatmaps
@@ -92,8 +93,12 @@ class TwoStageOutput(BaseOutput):
     - skipped_hands: [{"index", "handedness", "reason"}] for hands left to stage 2.
     - mask_sources: per generated hand, "stage1" (the hand generator's mask) or the `MASK_FALLBACKS`
       name that replaced a mask missing the hand.
-    - keep_masks: (N, h, w) float32 keep-masks K_i per stage-2 step at latent resolution, when asked
-      for (None with blending ``none``).
+    - keep_masks: (N, h, w) float32 keep weights K_i in [0, 1] per stage-2 step at latent resolution
+      (the image-resolution keep-masks area-averaged), when asked for (None with blending ``none``).
+    - kept_shares: (N, hands) float32, per step and generated hand (in `hand_indices` order), the share
+      of the hand's mask pixels that K_i keeps, when asked for (None with blending ``none``).
+    - keep_weight: (H, W) float32, the last step's K at image resolution (each pixel its latent
+      pixel's weight), when asked for (None with blending ``none``).
     - latents: (1, 4, h, w) final stage-2 latents (work canvas, before cropping to H x W).
     - timings: seconds for "stage1", "stage2" (including blending), "blend" (the blending alone),
       "decode" and "total".
@@ -110,6 +115,8 @@ class TwoStageOutput(BaseOutput):
     skipped_hands: list[dict] = field(default_factory=list)
     mask_sources: list[str] = field(default_factory=list)
     keep_masks: torch.Tensor | None = None
+    kept_shares: np.ndarray | None = None
+    keep_weight: np.ndarray | None = None
     latents: torch.Tensor | None = None
     timings: dict = field(default_factory=dict)
 
@@ -456,24 +463,23 @@ class TwoStageHandBodyPipeline(DiffusionPipeline):
     def blend_hook(
         self,
         hand_latents: torch.Tensor,
-        hand_mask_latent: torch.Tensor,
+        schedule: KeepSchedule,
         noise: torch.Tensor,
-        blend: BlendConfig,
-        num_steps: int,
-        record: list | None = None,
+        record: dict | None = None,
         clock: dict | None = None,
     ):
         """The `BodyOutpaintPipeline.denoise` step hook: ``z <- K_i * noised(z_hands, t_next) + (1 - K_i) * z``.
 
-        `hand_latents` (1, 4, h, w) scaled latents, `hand_mask_latent` (1, 1, h, w) in {0, 1}, `noise`
-        the stage-2 initial noise. `record` collects each K_i (h, w) on the CPU; `clock["blend"]`
-        accumulates the seconds spent here.
+        `hand_latents` (1, 4, h, w) scaled latents, `schedule` the `KeepSchedule` giving K_i (1, 1, h, w)
+        in [0, 1], `noise` the stage-2 initial noise. `record` collects each K_i (h, w) on the CPU
+        ("keep") and each hand's kept share ("shares"); `clock["blend"]` accumulates the seconds spent here.
         """
         scheduler = self.body_pipeline.scheduler
+        num_steps = schedule.num_steps
 
         def on_step_end(i: int, t, latents: torch.Tensor) -> torch.Tensor:
             t0 = time.perf_counter()
-            keep = keep_mask(hand_mask_latent, i, num_steps, blend)
+            keep = schedule.weights(i)
             if keep is not None:
                 known = hand_latents.to(latents)
                 if i + 1 < num_steps:
@@ -481,7 +487,8 @@ class TwoStageHandBodyPipeline(DiffusionPipeline):
                     known = scheduler.add_noise(known, noise.to(latents), t_next)
                 latents = blend_latents(latents, known, keep.to(latents))
             if record is not None:
-                record.append(None if keep is None else keep[0, 0].float().cpu())
+                record["keep"].append(None if keep is None else keep[0, 0].float().cpu())
+                record["shares"].append(schedule.kept_share(keep))
             if clock is not None:
                 clock["blend"] = clock.get("blend", 0.0) + time.perf_counter() - t0
             return latents
@@ -633,8 +640,8 @@ class TwoStageHandBodyPipeline(DiffusionPipeline):
         t_stage1 = time.perf_counter() - t0
 
         # The hands pasted into the (work-size) canvas, and the stage-2 condition drawn from it.
-        canvas, hand_mask, paste_order = paste_hands(
-            placed, hand_images, hand_masks, (work_h, work_w), overlap_order
+        canvas, hand_mask, paste_order, labels = paste_hands(
+            placed, hand_images, hand_masks, (work_h, work_w), overlap_order, labels=True
         )
         condition = self.build_condition(
             body_keypoints, body_format, canvas, hand_mask, [p.keypoints for p in placed]
@@ -642,13 +649,13 @@ class TwoStageHandBodyPipeline(DiffusionPipeline):
 
         # Stage 2, blending after every scheduler step (through the body pipeline's step hook).
         t0 = time.perf_counter()
-        record: list | None = [] if return_masks else None
+        record: dict | None = {"keep": [], "shares": []} if return_masks else None
         clock = {"blend": 0.0}
         latents = self.paint_body(
             prompt or "",
             condition,
             canvas,
-            hand_mask,
+            labels,
             [{p.index: p.box for p in placed}[i] for i in paste_order],
             blend=blend,
             hand_encoding=hand_encoding,
@@ -672,6 +679,7 @@ class TwoStageHandBodyPipeline(DiffusionPipeline):
 
         images = format_images(image, output_type)
         self.maybe_free_model_hooks()
+        keeps = record["keep"] if record and record["keep"] and record["keep"][0] is not None else None
         out = TwoStageOutput(
             images=images,
             hand_images=list(hand_images),
@@ -683,7 +691,9 @@ class TwoStageHandBodyPipeline(DiffusionPipeline):
             paste_order=paste_order,
             skipped_hands=skipped,
             mask_sources=mask_sources,
-            keep_masks=torch.stack(record) if record and record[0] is not None else None,
+            keep_masks=torch.stack(keeps) if keeps else None,
+            kept_shares=np.stack(record["shares"]).astype(np.float32) if keeps else None,
+            keep_weight=upsample(keeps[-1], (work_h, work_w))[:height, :width] if keeps else None,
             latents=latents,
             timings={
                 "stage1": t_stage1,
@@ -745,20 +755,23 @@ class TwoStageHandBodyPipeline(DiffusionPipeline):
         prompt: str,
         condition: torch.Tensor,
         canvas: np.ndarray,
-        hand_mask: np.ndarray,
+        labels: np.ndarray,
         boxes: Sequence[CropBox],
         *,
         blend: BlendConfig,
         hand_encoding: str,
         num_inference_steps: int,
         generator,
-        record: list | None,
+        record: dict | None,
         clock: dict,
         **body_kwargs,
     ) -> torch.Tensor:
-        """Stage 2 on the work canvas: its final latents (1, C, h, w). The known hand latents (the hands'
-        `boxes` in paste order, encoded per `hand_encoding`) are blended in after every step unless blending
-        is off or no hand was pasted; `record` collects each step's keep-mask (None when not blending)."""
+        """Stage 2 on the work canvas: its final latents (1, C, h, w). `labels` (H, W) says which pasted
+        hand owns each pixel (-1: none). The known hand latents (the hands' `boxes` in paste order,
+        encoded per `hand_encoding`) are blended in after every step unless blending is off or no hand
+        was pasted; `record` collects each step's keep weights ("keep", None when not blending) and
+        each hand's kept share ("shares")."""
+        hand_mask = labels >= 0
         work_h, work_w = hand_mask.shape
         latent_hw = (work_h // self.vae_scale_factor, work_w // self.vae_scale_factor)
         noise = randn_tensor(
@@ -770,19 +783,14 @@ class TwoStageHandBodyPipeline(DiffusionPipeline):
         hook = None
         if boxes and hand_mask.any() and blend.mode != "none":
             windows = boxes if hand_encoding == "windows" else None
-            hand_latents = self.encode_hands(canvas, hand_mask, windows, margin=blend.d0 + 1)
-            mask_latent = mask_to_latent(torch.from_numpy(hand_mask)[None, None].float(), latent_hw)
-            hook = self.blend_hook(
-                hand_latents,
-                mask_latent.to(self._execution_device),
-                noise,
-                blend,
-                num_inference_steps,
-                record,
-                clock,
-            )
+            schedule = KeepSchedule(labels, blend, num_inference_steps, latent_hw)
+            # The windows must hold every latent pixel a keep-mask touches: the hands grown by d0.
+            grow = blend.d0 * float(schedule.regions.sizes.max()) if blend.mode == "sequential" else 0.0
+            margin = 1 + math.ceil(grow / self.vae_scale_factor)
+            hand_latents = self.encode_hands(canvas, hand_mask, windows, margin=margin)
+            hook = self.blend_hook(hand_latents, schedule, noise, record, clock)
         elif record is not None:
-            record.extend([None] * num_inference_steps)
+            record["keep"].extend([None] * num_inference_steps)
         return self.body_pipeline(
             prompt,
             condition=condition,
