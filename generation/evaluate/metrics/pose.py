@@ -72,3 +72,37 @@ def body_gate_note(without_body: int, images: int, prep_config) -> str | None:
         "detected body's wrists; the crop columns (Crop det. %, Crop PCK@0.2) search each target hand's "
         "own crop box and need no body"
     )
+
+
+register(
+    Metric(
+        name="hand_pose",
+        make=lambda ctx: PoseAccuracy(ctx, "hands", "hand", "hands"),
+        columns=(
+            Column("Hands det. % ↑", ("hands", "detected_share"), True, "pct"),
+            Column("Hand PCK@0.1 ↑", ("hands", "pck_0.1"), True, "pct"),
+            Column("Hand PCK@0.2 ↑", ("hands", "pck_0.2"), True, "pct"),
+            Column("Hand err. px ↓", ("hands", "mean_error_px"), False, "f1"),
+            Column("Hand OKS AP ↑", ("hands", "oks_ap"), True, "pct"),
+        ),
+        legend="Pose: hands and bodies detected in each image with the report's detector (prep's MediaPipe "
+        "annotator by default), matched to the manifest's target poses (Hungarian, keypoint distance, "
+        "handedness tie-break). PCK over matched instances, threshold × the target's keypoint-box max side; "
+        "OKS AP@[.5:.95] (pycocotools; COCO-WholeBody hand sigmas, COCO-17 body sigmas). Body columns use "
+        "the COCO-17 layout.",
+        order=10,
+    )
+)
+
+register(
+    Metric(
+        name="body_pose",
+        make=lambda ctx: PoseAccuracy(ctx, "body", "body", "body"),
+        columns=(
+            Column("Body det. % ↑", ("body", "detected_share"), True, "pct"),
+            Column("Body PCK@0.2 ↑", ("body", "pck_0.2"), True, "pct"),
+            Column("Body OKS AP ↑", ("body", "oks_ap"), True, "pct"),
+        ),
+        order=20,
+    )
+)
