@@ -28,6 +28,8 @@ def request_from_sidecar(path: str) -> tuple[Request, GenerateSettings, dict]:
         spec = parse_spec(data["spec"], name=data["name"])
         settings = GenerateSettings.from_dict(current_blend_units(path, data["settings"]))
         return Request(spec, data.get("source") or {}, data.get("hand_prompts")), settings, data["models"]
+    except RequestError:
+        raise
     except SpecError as exc:
         raise RequestError(f"{path}: {exc}") from None
     except (KeyError, TypeError, ValueError) as exc:
@@ -45,7 +47,7 @@ def current_blend_units(path: str, settings: dict) -> dict:
         raise RequestError(
             f"{path}: made with keep-masks in latent pixels (expand_pixels={settings['expand_pixels']}, "
             f"d0={settings.get('d0')}, min_core={settings.get('min_core')}); blending now works in image "
-            f"pixels (band, d0: shares of each hand's size; min_core: share of its pixels kept), so "
+            f"pixels (band, d0: shares of each hand's size; min_core: share of what the whole mask keeps), so "
             f"blend={settings.get('blend')} cannot be replayed exactly (docs/fidelity.md)"
         )
     return {k: v for k, v in settings.items() if k not in BLEND_UNIT_SETTINGS}

@@ -98,6 +98,21 @@ class HandRegions:
         return self.keep(-d0 * self.sizes) > 0
 
 
+def dilate(mask: torch.Tensor, pixels: int) -> torch.Tensor:
+    """Grey dilation of a (B, 1, H, W) map in [0, 1] by a (2p+1)^2 square (the stage-2 trainer's hand-border
+    loss weight)."""
+    if pixels <= 0:
+        return mask
+    return F.max_pool2d(mask, 2 * pixels + 1, stride=1, padding=pixels)
+
+
+def erode(mask: torch.Tensor, pixels: int) -> torch.Tensor:
+    """Grey erosion of a (B, 1, H, W) map in [0, 1]; nested: erode(m, p + 1) <= erode(m, p)."""
+    if pixels <= 0:
+        return mask
+    return -F.max_pool2d(-mask, 2 * pixels + 1, stride=1, padding=pixels)
+
+
 def keep_ramp(signed: np.ndarray, level) -> np.ndarray:
     """Keep weight of pixels at signed distance `signed` for `level` (see `HandRegions.keep`)."""
     return np.clip(signed - level + np.float32(0.5), 0.0, 1.0).astype(np.float32, copy=False)
@@ -264,6 +279,8 @@ __all__ = [
     "KeepSchedule",
     "area_average",
     "blend_latents",
+    "dilate",
+    "erode",
     "keep_schedule",
     "ramp",
     "upsample",
