@@ -198,3 +198,31 @@ def test_keep_masks_are_nested_and_never_reach_outside_the_grown_hand(pasted, si
             if previous is not None:
                 assert (k <= previous).all(), (r.image_id, i)
             previous = k
+
+
+def test_overview_captions_each_keep_tile_with_the_kept_shares():
+    from generation.overview import mask_caption, overview_sheet
+
+    shares = np.array([[0.93, 0.88], [0.81, 0.702]])
+    assert mask_caption(1, 2, shares) == "K 2/2 81/70%" and mask_caption(0, 2) == "K 1/2"
+    blank = np.zeros((64, 48, 3), np.uint8)
+    with_shares = overview_sheet(
+        48,
+        64,
+        None,
+        None,
+        [],
+        [],
+        [],
+        [],
+        blank,
+        blank[..., 0] > 0,
+        np.ones((2, 8, 6)),
+        blank,
+        None,
+        kept_shares=shares,
+    )
+    without = overview_sheet(
+        48, 64, None, None, [], [], [], [], blank, blank[..., 0] > 0, np.ones((2, 8, 6)), blank, None
+    )
+    assert with_shares.shape == without.shape and not np.array_equal(with_shares, without)
