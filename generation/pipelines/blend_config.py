@@ -38,7 +38,7 @@ class BlendConfig(Settings):
         0.0, "sequential: initial growth of each hand's keep-mask, share of the hand's size", ge=0, le=1
     )
     band: float = setting(
-        0.06,
+        0.04,
         "sequential: how far the body grows into each hand over the window, share of the hand's size",
         ge=0,
         le=1,
@@ -50,7 +50,7 @@ class BlendConfig(Settings):
         0.8, "sequential: fraction where the growth ends and the keep-mask stays fixed", ge=0, le=1
     )
     min_core: float = setting(
-        0.5,
+        0.985,
         "sequential: each hand keeps at least this share of what the whole hand mask keeps of it (caps the "
         "growth; 0: no cap)",
         ge=0,
