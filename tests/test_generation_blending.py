@@ -226,3 +226,11 @@ def test_overview_captions_each_keep_tile_with_the_kept_shares():
         48, 64, None, None, [], [], [], [], blank, blank[..., 0] > 0, np.ones((2, 8, 6)), blank, None
     )
     assert with_shares.shape == without.shape and not np.array_equal(with_shares, without)
+
+
+def test_a_hand_covered_by_another_is_counted_with_nothing_kept():
+    labels = np.full((32, 32), -1, np.int32)
+    labels[4:28, 4:28] = 0  # hand 1 lay under hand 0 and has no pixel left
+    schedule = KeepSchedule(labels, BlendConfig(), 4, (4, 4), num_hands=2)
+    shares = schedule.kept_share(schedule.weights(3))
+    assert shares.shape == (2,) and shares[0] > 0.5 and shares[1] == 0.0

@@ -187,9 +187,14 @@ class KeepSchedule:
         cfg: BlendConfig,
         num_steps: int,
         latent_hw: tuple[int, int],
+        num_hands: int | None = None,
     ):
         # A `HandRegions` may be given instead of the labels, to build several schedules on one geometry.
-        self.regions = labels if isinstance(labels, HandRegions) else HandRegions.from_labels(labels)
+        # `num_hands`: how many hands there are, when the last ones may have no pixel left (covered).
+        if isinstance(labels, HandRegions):
+            self.regions = labels
+        else:
+            self.regions = HandRegions.from_labels(labels, num_hands)
         self.cfg, self.num_steps, self.latent_hw = cfg, int(num_steps), tuple(int(v) for v in latent_hw)
         hw = self.regions.labels.shape
         if hw[0] % self.latent_hw[0] or hw[1] % self.latent_hw[1]:

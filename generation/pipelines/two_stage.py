@@ -783,7 +783,7 @@ class TwoStageHandBodyPipeline(DiffusionPipeline):
         hook = None
         if boxes and hand_mask.any() and blend.mode != "none":
             windows = boxes if hand_encoding == "windows" else None
-            schedule = KeepSchedule(labels, blend, num_inference_steps, latent_hw)
+            schedule = KeepSchedule(labels, blend, num_inference_steps, latent_hw, num_hands=len(boxes))
             # The windows must hold every latent pixel a keep-mask touches: the hands grown by d0.
             grow = blend.d0 * float(schedule.regions.sizes.max()) if blend.mode == "sequential" else 0.0
             margin = 1 + math.ceil(grow / self.vae_scale_factor)
