@@ -163,7 +163,7 @@ def test_generate_then_evaluate_the_same_rows(tiny_runs, synthetic_manifest, tmp
                 "--out",
                 str(out),
                 "--size",
-                "64",
+                "128",
                 *STEPS,
                 *select,
             ]
@@ -191,6 +191,13 @@ def test_generate_then_evaluate_the_same_rows(tiny_runs, synthetic_manifest, tmp
     )
     result = json.loads((report / "report.json").read_text())
     assert result["images"] == {"evaluated": 3, "missing": 0, "unreadable": 0}
+    # The hand columns read generate's stage-1 files: fidelity where a keep weight was saved, the seam
+    # along the pasted hands' mask.
+    hands = result["hands"]
+    kept = [n for n in generated if (out / f"{n}_stage1" / "keep.png").is_file()]
+    assert hands["fidelity_count"] == len(kept) and hands["fidelity_unscored"] == 3 - len(kept)
+    assert kept and hands["fidelity"] is not None
+    assert hands["seam_mask"].get("pasted", 0) >= 1 and hands["crop_count"] >= 3
     per_image = [
         json.loads(line)["image_id"] for line in (report / "per_image.jsonl").read_text().splitlines()
     ]
