@@ -147,6 +147,12 @@ def test_hands_in_their_crop_boxes_are_found_without_a_body(hagrid_manifest, tmp
     # The seam and fidelity columns: the real photos have a seam and no stage-1 files.
     assert 0.5 < real["hands"]["seam"] < 3 and real["hands"]["fidelity"] is None
     assert "fidelity" in " ".join(real["reasons"])
+    lines = (tmp_path / "eval_grey" / "per_image.jsonl").read_text().splitlines()
+    per_image = [json.loads(line) for line in lines]
+    assert sum(r["crop_found_hands"] for r in per_image) == round(
+        boxes["hands"]["crop_count"] * boxes["hands"]["crop_detected_share"]
+    )
+    assert all("seam" in r and r["fidelity"] is None for r in per_image)
     table = compare([str(tmp_path / "eval_real"), str(tmp_path / "eval_grey")], str(tmp_path / "cmp"))
     md = (tmp_path / "cmp" / "compare.md").read_text()
     for header in ("Crop det. %", "Crop PCK@0.2", "Seam", "Fidelity dB"):

@@ -369,7 +369,9 @@ def metric_results(runs: list, reasons: dict) -> dict:
 
 
 def _pixel_pass(manifest, plan, rows, boxes, targets, generated: str, metrics: list, config: EvalConfig):
-    """Feed each evaluated image's real and generated pixels to the ``pixels`` metrics."""
+    """Feed each evaluated image's real and generated pixels to the ``pixels`` metrics; returns
+    {image_id: the per-image fields they gave}."""
+    fields: dict[str, dict] = {}
     total = sum(len(ids) for _, ids in plan)
     with _progress(total, "quality", config.progress) as bar:
         for unit, ids in plan:
@@ -401,8 +403,9 @@ def _pixel_pass(manifest, plan, rows, boxes, targets, generated: str, metrics: l
                     hands_mask_array(row) if row.get("hands_mask") is not None else None,
                 )
                 for _, acc in metrics:
-                    acc.update(sample)
+                    fields.setdefault(row["image_id"], {}).update(acc.update(sample) or {})
                 bar.update(1)
+    return fields
 
 
 def evaluate(manifest: str, generated: str, out: str, config: EvalConfig | None = None, **kwargs) -> dict:
@@ -470,7 +473,9 @@ def evaluate(manifest: str, generated: str, out: str, config: EvalConfig | None 
 
     t1 = time.perf_counter()
     if on_pixels:
-        _pixel_pass(m, plan, rows, boxes, targets, generated, on_pixels, config)
+        pixel_fields = _pixel_pass(m, plan, rows, boxes, targets, generated, on_pixels, config)
+        for record in per_image:
+            record.update(pixel_fields.get(record["image_id"], {}))
     results = metric_results(runs, reasons)
     quality_s = time.perf_counter() - t1
 
