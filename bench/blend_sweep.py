@@ -7,7 +7,7 @@ From an empty folder, one process:
 2. for each row, its hand masks pasted at the training framing (`generation.generate.pasted_masks`, the
    manifest's masks standing in for stage 1's) at 128 px (the mini chain) and 512 px (Stable
    Diffusion's scale);
-3. for ``none``, ``fixed`` and every ``sequential`` setting of the grid (`BANDS` x `MIN_CORES`), the
+3. for ``none``, ``fixed`` and every ``sequential`` setting of the grid (`BANDS` x `FLOORS`), the
    last step's keep weights K (`generation.pipelines.blending.KeepSchedule`, 30 steps) and:
    - ``kept``: the share of each hand's mask pixels kept (median; minimum and share >= 75% over the
      hands of 48 px or more at 512 px whose whole mask keeps 75%);
@@ -47,8 +47,9 @@ DATA = os.path.join(ROOT, "..", "shared", "data", "hagrid_mini")
 RESULT = os.path.join(ROOT, "bench", "results", "blend_sweep.json")
 SIDES = (128, 512)
 STEPS = 30
-BANDS = (0.01, 0.02, 0.04)
-MIN_CORES = (0.99, 0.985, 0.95, 0.9, 0.85)
+BANDS = (0.01, 0.02, 0.04, 0.08)
+# (min_core, min_kept): min_core alone (min_kept 1), then the floor of 75% or 80% of the hand's pixels
+FLOORS = ((0.99, 1.0), (0.985, 1.0), (0.95, 1.0), (0.9, 1.0), (0.985, 0.8), (0.985, 0.75))
 WINDOWS = ((0.2, 0.8), (0.0, 0.5), (0.5, 1.0))
 SHIFT = 40  # grey levels: the stage-1 stand-in's mismatch
 TARGET_SHARE, TARGET_SIZE = 0.75, 48.0
@@ -92,9 +93,9 @@ def configs() -> list[tuple[str, dict]]:
 
     out = [("none", BlendConfig(mode="none").to_dict()), ("fixed", BlendConfig(mode="fixed").to_dict())]
     for band in BANDS:
-        for core in MIN_CORES:
-            cfg = BlendConfig(mode="sequential", band=band, min_core=core, d0=0.0)
-            out.append((f"sequential band={band} min_core={core}", cfg.to_dict()))
+        for core, kept in FLOORS:
+            cfg = BlendConfig(mode="sequential", band=band, min_core=core, min_kept=kept, d0=0.0)
+            out.append((f"sequential band={band} min_core={core} min_kept={kept}", cfg.to_dict()))
     return out
 
 

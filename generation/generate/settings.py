@@ -41,6 +41,7 @@ class GenerateSettings(Settings):
     expand_start: float = setting_like(BlendConfig, "expand_start")
     expand_end: float = setting_like(BlendConfig, "expand_end")
     min_core: float = setting_like(BlendConfig, "min_core")
+    min_kept: float = setting_like(BlendConfig, "min_kept")
     pixel_composite: bool = setting(False, "paste the stage-1 hand interiors back over the decoded image")
     feather: int = setting(
         3, "pixel composite: erosion and feathering of the hand mask, pixels", ge=0, le=256
@@ -115,4 +116,5 @@ class GenerateSettings(Settings):
             expand_start=self.expand_start,
             expand_end=self.expand_end,
             min_core=self.min_core,
+            min_kept=self.min_kept,
         )

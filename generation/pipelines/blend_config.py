@@ -3,7 +3,7 @@ import torch. `GenerateSettings` declares its blending options from these fields
 
 Units: every keep-mask is built at image resolution, hand by hand. ``d0`` and ``band`` are shares of each
 hand's size (the longer side of its pasted mask's box); ``min_core`` is a share of what ``fixed`` keeps of
-each hand.
+each hand and ``min_kept`` a share of the hand's mask pixels: the growth stops at the lower of the two.
 The defaults were chosen by measurement (docs/fidelity.md, "Blending at the hand's own scale";
 bench/blend_sweep.py).
 """
@@ -53,6 +53,14 @@ class BlendConfig(Settings):
         0.985,
         "sequential: each hand keeps at least this share of what the whole hand mask keeps of it (caps the "
         "growth; 0: no cap)",
+        ge=0,
+        le=1,
+    )
+
+    min_kept: float = setting(
+        0.75,
+        "sequential: a hand may give the body its pixels down to this share of them, even past min_core "
+        "(1: min_core alone decides)",
         ge=0,
         le=1,
     )

@@ -17,8 +17,8 @@ Modes (a registry, see `BLEND_MODES`):
   schedule), then stays fixed. The body region thus grows into the hand's border step by step,
   repainting the seam while the inside of the hand keeps the stage-1 details. ``d0`` and ``band`` are
   shares of each hand's size (the longer side of its mask's box), so a 20 px hand at 128 px and an
-  80 px hand at 512 px lose the same share. ``min_core`` caps the shrinking hand by hand: each hand
-  keeps at least that share of its mask pixels.
+  80 px hand at 512 px lose the same share. ``min_core`` and ``min_kept`` cap the shrinking hand by
+  hand (see `KeepSchedule`).
 
 Geometry: `HandRegions` holds each pixel's signed distance to the pasted hands' border (Euclidean,
 ``scipy.ndimage.distance_transform_edt``; positive inside, shifted by half a pixel so that the rim is
@@ -175,10 +175,12 @@ class KeepSchedule:
     of each hand's mask pixels that K keeps (each pixel weighted by its latent pixel's K, over the
     hand's area).
 
-    ``min_core``: a hand's level never rises past the highest level at which it still keeps
-    ``min_core`` x the share its whole mask keeps (`level_caps`), so a shrinking hand stops where the
-    body would take more than ``1 - min_core`` of what ``fixed`` keeps of it. The cap is found hand by
-    hand with every other hand whole, so it is exact for hands that share no latent pixel.
+    ``min_core`` / ``min_kept``: a hand's level never rises past the highest level at which it still keeps
+    the lower of ``min_kept`` of its pixels and ``min_core`` x the share its whole mask keeps
+    (`level_caps`): a large hand may give the body its rim down to ``min_kept``, while a hand whose
+    whole mask keeps less than that (a small one, whose rim latent pixels are mostly mixed) gives at most
+    ``1 - min_core`` of what ``fixed`` keeps of it. The cap is found hand by hand with every other hand
+    whole, so it is exact for hands that share no latent pixel.
     """
 
     def __init__(
@@ -232,7 +234,7 @@ class KeepSchedule:
             kept = np.bincount(local, weights=keep_ramp(values, level), minlength=len(ids))
             return float((n_cell * (kept + other) / area).sum() / len(values))
 
-        floor = self.cfg.min_core * share(0.0)
+        floor = min(self.cfg.min_kept, self.cfg.min_core * share(0.0))
         lo, hi = 0.0, float(values.max()) + 0.5  # share(lo) >= floor; at hi the hand keeps nothing
         if share(hi) >= floor:
             return np.inf
