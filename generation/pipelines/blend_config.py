@@ -38,7 +38,7 @@ class BlendConfig(Settings):
         0.0, "sequential: initial growth of each hand's keep-mask, share of the hand's size", ge=0, le=1
     )
     band: float = setting(
-        0.01,
+        0.04,
         "sequential: how far the body grows into each hand over the window, share of the hand's size",
         ge=0,
         le=1,
