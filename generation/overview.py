@@ -3,7 +3,8 @@
 Rows (each a `manifests.draw.contact_sheet`):
 1. the target skeleton (body as OpenPose 18 plus the hand skeletons), each stage-1 hand with its mask,
    and the pasted hand canvas with the hand mask;
-2. the keep-masks K_i over the stage-2 steps (up to `max_mask_tiles`, evenly spaced), white = kept;
+2. the keep weights K_i over the stage-2 steps (up to `max_mask_tiles`, evenly spaced), white = kept,
+   each captioned with the share of every hand's mask pixels it keeps;
 3. the final image, and the final image with the pose detected in it drawn over.
 """
 
@@ -52,6 +53,14 @@ def mask_steps(num_steps: int, max_tiles: int) -> list[int]:
     return sorted({int(round(v)) for v in np.linspace(0, num_steps - 1, max_tiles)})
 
 
+def mask_caption(step: int, num_steps: int, kept_shares=None) -> str:
+    """ "K 3/30 98%" (with one kept share per hand, "98/91%") for the keep-mask tile of `step`."""
+    text = f"K {step + 1}/{num_steps}"
+    if kept_shares is None or not len(kept_shares):
+        return text
+    return text + " " + "/".join(f"{100 * v:.0f}" for v in np.asarray(kept_shares)[step]) + "%"
+
+
 def overview_sheet(
     width: int,
     height: int,
@@ -68,9 +77,11 @@ def overview_sheet(
     detected: tuple | None,
     tile: int = 192,
     max_mask_tiles: int = 8,
+    kept_shares=None,
 ) -> np.ndarray:
-    """(H', W', 3) uint8 sheet. `keep_masks` is (N, h, w) (torch or numpy) or None; `detected` is
-    (body33 or None, [hand (21, 3)], note) in the final image's pixels, or None when detection was off."""
+    """(H', W', 3) uint8 sheet. `keep_masks` is (N, h, w) (torch or numpy) or None; `kept_shares` (N,
+    hands) the share of each hand's pixels kept per step, or None; `detected` is (body33 or None,
+    [hand (21, 3)], note) in the final image's pixels, or None when detection was off."""
     blank = np.zeros((height, width, 3), np.uint8)
     tiles = [draw_pose(blank, body, body_format, hands)]
     captions = ["target pose"]
@@ -93,7 +104,7 @@ def overview_sheet(
                 strip,
                 columns=len(strip),
                 tile=tile // 2,
-                captions=[f"K step {i + 1}/{len(masks)}" for i in steps],
+                captions=[mask_caption(i, len(masks), kept_shares) for i in steps],
             )
         )
 

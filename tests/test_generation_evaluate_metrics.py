@@ -137,6 +137,8 @@ def test_registry_layout_keeps_the_existing_columns_and_adds_the_new_ones():
         "Hand PCK@0.2 ↑",
         "Hand err. px ↓",
         "Hand OKS AP ↑",
+        "Crop det. % ↑",
+        "Crop PCK@0.2 ↑",
         "Body det. % ↑",
         "Body PCK@0.2 ↑",
         "Body OKS AP ↑",
@@ -147,17 +149,22 @@ def test_registry_layout_keeps_the_existing_columns_and_adds_the_new_ones():
         "CLIP ↑",
         "Hand conf. ↑",
         "Wrist gap ↓",
+        "Seam ↓",
+        "Fidelity dB ↑",
         "Images",
         "Hands",
     ]
     assert [m.name for m in ordered()] == [
         "hand_pose",
+        "crop_detection",
         "body_pose",
         "fid",
         "fid_hands",
         "clip_score",
         "hand_confidence",
         "wrist_gap",
+        "seam",
+        "fidelity",
     ]
     assert {m.name: m.weights for m in ordered() if m.weights} == {
         "fid": "inception",
@@ -204,7 +211,12 @@ def test_a_new_metric_is_one_entry(monkeypatch, tmp_path):
     monkeypatch.setitem(METRICS, "toy", toy)
     reasons: dict = {}
     ctx, runs = start_metrics(EvalConfig(), "gen", reasons)
-    assert [m.name for m, _ in runs][-3:] == ["hand_confidence", "toy", "wrist_gap"]
+    names = [m.name for m, _ in runs]
+    assert names[names.index("hand_confidence") : names.index("wrist_gap") + 1] == [
+        "hand_confidence",
+        "toy",
+        "wrist_gap",
+    ]
     acc = dict((m.name, a) for m, a in runs)["toy"]
     assert acc.update(sample("a", [hand((0, 0)), hand((9, 9))])) == {"toy": 2}
     report = metric_results(runs, reasons)
@@ -214,7 +226,8 @@ def test_a_new_metric_is_one_entry(monkeypatch, tmp_path):
     report = {"label": "run", **report, "reasons": reasons, "settings": {}, "images": {"evaluated": 1}}
     md = markdown_table([report])
     header = next(line for line in md.splitlines() if line.startswith("| Method"))
-    assert header.split(" | ")[-4:-2] == ["Toy ↑", "Wrist gap ↓"] and "- Toy: detected hands." in md
+    cells = header.split(" | ")
+    assert cells[cells.index("Toy ↑") + 1] == "Wrist gap ↓" and "- Toy: detected hands." in md
     (tmp_path / "r.json").write_text(json.dumps(report))
     assert compare([str(tmp_path / "r.json")], str(tmp_path / "cmp"))["rows"][0]["Toy ↑"] == 2
 
@@ -341,8 +354,11 @@ def test_a_plugged_in_detector_scores_through_the_cli(synthetic_manifest, tmp_pa
     assert r["hands"]["mean_confidence"] == pytest.approx(0.75)
     assert r["settings"]["detector"] == "fixed" and r["settings"]["evaluator_bias"] is False
     assert not any(n.startswith("evaluator bias") for n in r["notes"])
-    row = next(line for line in (out / "report.md").read_text().splitlines() if line.startswith("| real |"))
-    assert row.split(" | ")[-4:-2] == ["0.75", "0.20"]
+    lines = (out / "report.md").read_text().splitlines()
+    header = next(line for line in lines if line.startswith("| Method |")).split(" | ")
+    row = next(line for line in lines if line.startswith("| real |")).split(" | ")
+    cells = dict(zip(header, row))
+    assert (cells["Hand conf. ↑"], cells["Wrist gap ↓"]) == ("0.75", "0.20")
     capsys.readouterr()
     with pytest.raises(SystemExit):
         main(

@@ -12,6 +12,7 @@ from two_stage_helpers import pose_spec_file
 
 from generation.cli import main
 from generation.generate import output_size, request_from_sidecar
+from generation.generate.requests import RequestError
 
 pytestmark = pytest.mark.slow  # every test here generates with trained tiny models
 
@@ -36,7 +37,13 @@ def test_generate_from_spec_writes_image_sidecar_overview_and_stage1(tiny_runs, 
         and side["call"]["num_inference_steps"] == 2
     )
     assert side["call"]["blend"]["mode"] == "sequential" and side["settings"]["steps"] == 2
-    assert side["call"]["blend"]["min_core"] == side["settings"]["min_core"] == 2
+    assert side["call"]["blend"]["min_core"] == side["settings"]["min_core"]
+    assert side["call"]["blend"]["band"] == side["settings"]["band"]
+    # Per generated hand, the share of its pixels kept at each of the 2 steps, never growing.
+    shares = side["result"]["kept_share"]
+    assert sorted(shares) == ["0", "1"] and all(
+        len(v) == 2 and 0 < v[1] <= v[0] <= 1 for v in shares.values()
+    )
     assert (
         side["models"]["hand"]["path"] == os.path.abspath(tiny_runs[0])
         and len(side["models"]["hand"]["fingerprint"]) == 40
@@ -52,6 +59,7 @@ def test_generate_from_spec_writes_image_sidecar_overview_and_stage1(tiny_runs, 
         "hand1_mask.png",
         "canvas.png",
         "canvas_mask.png",
+        "keep.png",
     ):
         assert (out / "wave_stage1" / name).is_file(), name
     with Image.open(out / "wave_stage1" / "hand0_mask.png") as im:
@@ -63,10 +71,19 @@ def test_generate_from_spec_writes_image_sidecar_overview_and_stage1(tiny_runs, 
     again = tmp_path / "again"
     assert main(["generate", "--replay", str(out / "wave.json"), "--out", str(again)]) == 0
     np.testing.assert_array_equal(np.asarray(Image.open(again / "wave.png")), first)
-    # A sidecar from before `min_core` existed replays without the cap, as it was made.
-    del side["settings"]["min_core"]
-    (tmp_path / "old.json").write_text(json.dumps(side))
-    assert request_from_sidecar(str(tmp_path / "old.json"))[1].blend_config().min_core == 0
+    # A sidecar made with keep-masks in latent pixels is refused in one line naming the setting; without
+    # blending it replays (the keep-masks played no part).
+    old = json.loads(json.dumps(side))
+    old["settings"].pop("band")
+    old["settings"].update(expand_pixels=3, d0=0, min_core=2)
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    with pytest.raises(RequestError, match=r"keep-masks in latent pixels \(expand_pixels=3") as err:
+        request_from_sidecar(str(tmp_path / "old.json"))
+    assert "\n" not in str(err.value)
+    assert main(["generate", "--replay", str(tmp_path / "old.json"), "--out", str(tmp_path / "o")]) == 1
+    old["settings"]["blend"] = "none"
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    assert request_from_sidecar(str(tmp_path / "old.json"))[1].blend_config().mode == "none"
 
     # A second run over the same folder resumes: nothing is redone.
     stamp = os.path.getmtime(out / "wave.png")
@@ -134,7 +151,7 @@ def test_generate_then_evaluate_the_same_rows(tiny_runs, synthetic_manifest, tmp
                 "--out",
                 str(out),
                 "--size",
-                "64",
+                "128",
                 *STEPS,
                 *select,
             ]
@@ -162,6 +179,13 @@ def test_generate_then_evaluate_the_same_rows(tiny_runs, synthetic_manifest, tmp
     )
     result = json.loads((report / "report.json").read_text())
     assert result["images"] == {"evaluated": 3, "missing": 0, "unreadable": 0}
+    # The hand columns read generate's stage-1 files: fidelity where a keep weight was saved, the seam
+    # along the pasted hands' mask.
+    hands = result["hands"]
+    kept = [n for n in generated if (out / f"{n}_stage1" / "keep.png").is_file()]
+    assert hands["fidelity_count"] == len(kept) and hands["fidelity_unscored"] == 3 - len(kept)
+    assert kept and hands["fidelity"] is not None
+    assert hands["seam_mask"].get("pasted", 0) >= 1 and hands["crop_count"] >= 3
     per_image = [
         json.loads(line)["image_id"] for line in (report / "per_image.jsonl").read_text().splitlines()
     ]

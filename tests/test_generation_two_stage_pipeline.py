@@ -13,7 +13,7 @@ from generation import TwoStageHandBodyPipeline
 from generation.models.hand import HandUNet
 from generation.models.presets import tiny_vae_config
 from generation.pipelines import two_stage
-from generation.pipelines.blending import BlendConfig, keep_mask, mask_to_latent
+from generation.pipelines.blending import BlendConfig, KeepSchedule, area_average
 from generation.pipelines.hand_latents import encode_hands
 from generation.pipelines.placing import HandTooSmallError, PlacedHand, paste_hands
 from generation.pipelines.two_stage import ModelMismatchError
@@ -31,16 +31,24 @@ def pipe():
     return p
 
 
-def _known(pipe, out, encoding="windows", d0=None):
-    """Latents of the pasted hands and the hand mask at latent resolution, as the pipeline makes them
-    (`d0`: the blend's initial dilation, default BlendConfig's)."""
-    d0 = BlendConfig().d0 if d0 is None else d0
+def _labels(pipe, out, request=None):
+    """The pasted hands' label map on the work canvas, as the pipeline makes it."""
+    req = request or two_stage_request()
+    placed, _ = pipe.place_hands(req["hands"], req["handedness"], ["", ""], 64, 16.0, "skip")
+    work = tuple(-(-v // pipe.size_multiple) * pipe.size_multiple for v in (req["height"], req["width"]))
+    *_, labels = paste_hands(
+        placed, np.stack(out.hand_images), np.stack(out.hand_masks), work, "larger_on_top", labels=True
+    )
+    return labels
+
+
+def _known(pipe, out, encoding="windows", margin=1):
+    """Latents of the pasted hands and the hand mask's area-averaged weights, as the pipeline makes them."""
     hw = out.latents.shape[-2:]
     by_index = dict(zip(out.hand_indices, out.hand_boxes))
     boxes = [by_index[i] for i in out.paste_order] if encoding == "windows" else None
-    z_hands = encode_hands(pipe.body_pipeline, out.hand_canvas, out.hand_mask, boxes, margin=d0 + 1)
-    mask = mask_to_latent(torch.from_numpy(out.hand_mask)[None, None].float(), tuple(hw))
-    return z_hands, mask
+    z_hands = encode_hands(pipe.body_pipeline, out.hand_canvas, out.hand_mask, boxes, margin=margin)
+    return z_hands, area_average(out.hand_mask, tuple(hw))
 
 
 def test_output_size_hands_and_masks(pipe):
@@ -65,15 +73,18 @@ def test_output_size_hands_and_masks(pipe):
 @pytest.mark.parametrize("encoding", ["windows", "canvas"])
 def test_fixed_blending_puts_the_hand_latents_in_exactly(pipe, encoding):
     out = call_two_stage(pipe, blend="fixed", output_type="np", hand_encoding=encoding)
-    z_hands, mask = _known(pipe, out, encoding)
-    region = mask[0, 0] > 0
-    assert region.sum() >= 4, "the test needs a hand region at latent resolution"
+    z_hands, weights = _known(pipe, out, encoding)
+    region, outside = weights[0, 0] == 1, weights[0, 0] == 0
+    assert region.sum() >= 2, "the test needs latent pixels wholly inside a hand"
     assert torch.equal(out.latents[0][:, region], z_hands[0][:, region])
-    assert not torch.allclose(out.latents[0][:, ~region], z_hands[0][:, ~region], atol=1e-3)
+    assert not torch.allclose(out.latents[0][:, outside], z_hands[0][:, outside], atol=1e-3)
+    # A latent pixel partly on the hand is the weighted mix: it is neither.
+    rim = (weights[0, 0] > 0) & (weights[0, 0] < 1)
+    assert rim.any() and not torch.allclose(out.latents[0][:, rim], z_hands[0][:, rim], atol=1e-3)
 
 
 def test_sequential_keeps_exactly_the_scheduled_mask_at_every_step(pipe, monkeypatch):
-    cfg = BlendConfig(mode="sequential", d0=1, expand_pixels=2, expand_start=0.0, expand_end=1.0)
+    cfg = BlendConfig(mode="sequential", d0=0.05, band=0.3, expand_start=0.0, expand_end=1.0, min_core=0.2)
     steps, seed = 5, 7
     seen = []
     original = two_stage.blend_hook
@@ -91,38 +102,53 @@ def test_sequential_keeps_exactly_the_scheduled_mask_at_every_step(pipe, monkeyp
 
     monkeypatch.setattr(two_stage, "blend_hook", spy)
     out = call_two_stage(pipe, blend=cfg, num_inference_steps=steps, seed=seed, return_masks=True)
-    z_hands, mask = _known(pipe, out, d0=cfg.d0)
+    z_hands, _ = _known(pipe, out, margin=2)
+    schedule = KeepSchedule(_labels(pipe, out), cfg, steps, tuple(out.latents.shape[-2:]))
     noise = randn_tensor(z_hands.shape, generator=torch.Generator().manual_seed(seed + 1))
     timesteps = pipe.scheduler.timesteps
     assert [i for i, _, _ in seen] == list(range(steps))
     sizes = []
     for i, before, after in seen:
-        k = keep_mask(mask, i, steps, cfg)[0, 0]
+        k = schedule.weights(i)[0, 0]
         assert torch.equal(out.keep_masks[i], k)
+        np.testing.assert_allclose(out.kept_shares[i], schedule.kept_share(k[None, None]), rtol=1e-6)
         kept = k > 0
-        sizes.append(int(kept.sum()))
+        sizes.append(float(k.sum()))
         known = (
             z_hands if i == steps - 1 else pipe.scheduler.add_noise(z_hands, noise, timesteps[i + 1 : i + 2])
         )
-        torch.testing.assert_close(after[0][:, kept], known[0][:, kept], rtol=0, atol=1e-6)
+        torch.testing.assert_close(after[0], k * known[0] + (1 - k) * before[0], rtol=0, atol=1e-5)
         assert torch.equal(after[0][:, ~kept], before[0][:, ~kept])
     assert sizes == sorted(sizes, reverse=True) and sizes[0] > sizes[-1] > 0, sizes
+    assert (np.diff(out.kept_shares, axis=0) <= 0).all() and (out.kept_shares[-1] > 0).all()
+    np.testing.assert_array_equal(out.keep_weight, _upsampled_last(out))
+
+
+def _upsampled_last(out):
+    from generation.pipelines.blending import upsample
+
+    h, w = out.images.shape[1:3]
+    work = tuple(8 * v for v in out.latents.shape[-2:])
+    return upsample(out.keep_masks[-1], work)[:h, :w]
 
 
 def test_hand_windows_cover_every_kept_latent(pipe):
     out = call_two_stage(
         pipe,
         **two_stage_request(hand_size=24.0),
-        blend=BlendConfig(mode="sequential", d0=1),
+        blend=BlendConfig(mode="sequential", d0=0.2),
         return_masks=True,
     )
-    z_windows, _ = _known(pipe, out, "windows", d0=1)
+    from generation.pipelines.blending import HandRegions
+
+    sizes = HandRegions.from_labels(_labels(pipe, out, two_stage_request(hand_size=24.0))).sizes
+    z_windows, _ = _known(pipe, out, "windows", margin=1 + int(np.ceil(0.2 * sizes.max() / 8)))
     covered = (z_windows[0] != 0).any(dim=0)
     assert (out.keep_masks[0] > 0).any() and not (out.keep_masks[0].bool() & ~covered).any()
     assert not covered.all(), "the windows should leave the canvas corners unencoded"
     # Inside the hands, a window's encoding is close to the whole canvas' (the encoder sees the same hand).
-    z_canvas, mask = _known(pipe, out, "canvas")
-    inside = mask[0, 0] > 0
+    z_canvas, weights = _known(pipe, out, "canvas")
+    inside = weights[0, 0] > 0
     diff = (z_windows[0][:, inside] - z_canvas[0][:, inside]).abs().mean()
     assert diff < 0.5 * z_canvas[0][:, inside].abs().mean(), float(diff)
 
@@ -380,3 +406,23 @@ def test_hands_per_image_are_bounded_and_stage_1_draws_them_in_batches(pipe, mon
     whole = call_two_stage(pipe, hand_batch_size=2)  # two hands: one batch, the image of the default call
     assert seen == [2]
     np.testing.assert_array_equal(whole.images, call_two_stage(pipe).images)
+
+
+def test_a_batch_blends_each_request_with_its_own_hands(pipe):
+    """call_batch: each request's keep weights and kept shares come from its own hands (two hand sizes,
+    so the schedules differ) and equal its single call's; the latents agree to float rounding."""
+    cfg = BlendConfig(mode="sequential", band=0.3, expand_start=0.0, expand_end=1.0, min_core=0.2)
+    requests = [
+        {**two_stage_request(hand_size=48.0), "prompt": PROMPT, "seed": 3},
+        {**two_stage_request(hand_size=28.0, seed=1), "prompt": PROMPT, "seed": 4},
+    ]
+    shared = dict(blend=cfg, num_inference_steps=4, output_type="np", return_masks=True)
+    batch = pipe.call_batch(requests, **shared)
+    singles = [pipe(**r, **shared) for r in requests]
+    assert not torch.equal(batch[0].keep_masks, batch[1].keep_masks)
+    for b, s in zip(batch, singles):
+        assert b.kept_shares.shape == (4, len(s.hand_indices)) and (b.kept_shares[-1] > 0).all()
+        assert torch.equal(b.keep_masks, s.keep_masks)
+        np.testing.assert_array_equal(b.kept_shares, s.kept_shares)
+        np.testing.assert_array_equal(b.keep_weight, s.keep_weight)
+        torch.testing.assert_close(b.latents, s.latents, rtol=0, atol=1e-4)

@@ -155,7 +155,13 @@ def test_generation_walkthrough_runs(hagrid_manifest, tmp_path, monkeypatch):
     images, text = outputs(nb)
     assert len(images) >= 9, f"expected the notebook's figures, got {len(images)}"
     # The notebook's own step-by-step results equal the pipeline's single call (it asserts this too).
-    for what in ("stage-1 hand images", "hand masks (after fallback)", "canvas", "keep-masks K_i"):
+    for what in (
+        "stage-1 hand images",
+        "hand masks (after fallback)",
+        "canvas",
+        "keep weights K_i",
+        "kept shares",
+    ):
         assert f"same: {what}" in text
     assert "DIFFERENT" not in text
     # generate wrote image + sidecar per evaluated image; evaluate wrote both reports.

@@ -115,6 +115,8 @@ class PixelSample:
     frame: tuple[int, int]  # (width, height) of the target frame the boxes are in
     hand_boxes: list  # crop boxes [x0, y0, x1, y1] of the target hands, target-frame pixels
     caption: str | None
+    target_hands: list = field(default_factory=list)  # manifests.matching.Instance of the target hands
+    hands_mask: np.ndarray | None = None  # (H, W) bool: the manifest's hand mask of the real frame
 
     @property
     def same(self) -> bool:
@@ -129,9 +131,21 @@ class Context:
     generated: str  # the generated folder, or "real"
     models: dict[str, Any] = field(default_factory=dict)  # WEIGHTS key -> loaded model
     notes: list[str] = field(default_factory=list)
+    detector: Any = None  # the run's `detect.DETECTORS` entry
+    prep_config: Any = None  # the PrepConfig it detects with
+    _detector_model: Any = None
 
     def note(self, text: str) -> None:
         self.notes.append(text)
+
+    def detector_model(self):
+        """The run's detector model in this process (loaded on first use, through prep's cache)."""
+        if self._detector_model is None:
+            from .detect import AnnotatorDetector
+
+            entry = self.detector or AnnotatorDetector(self.prep_config.annotator)
+            self._detector_model = entry.load(self.prep_config)
+        return self._detector_model
 
 
 class MetricUnavailable(Exception):

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from manifests.decode import hands_mask_array
 from manifests.matching import Instance, MatchConfig
 from manifests.names import UnsafeNameError
 from manifests.settings import SettingError, Settings, setting
@@ -328,7 +329,9 @@ def _plan(manifest, config: EvalConfig, generated: str):
 # Metrics
 
 
-def start_metrics(config: EvalConfig, generated: str, reasons: dict) -> tuple[Context, list]:
+def start_metrics(
+    config: EvalConfig, generated: str, reasons: dict, detector=None, prep_config=None
+) -> tuple[Context, list]:
     """(context, [(metric, accumulator)] in table order); the accumulator is None for a metric whose
     weights were not given, and its reasons are set here.
 
@@ -336,7 +339,7 @@ def start_metrics(config: EvalConfig, generated: str, reasons: dict) -> tuple[Co
     fails before the long passes.
     """
     metrics = ordered()
-    ctx = Context(config, generated)
+    ctx = Context(config, generated, detector=detector, prep_config=prep_config)
     for key in dict.fromkeys(m.weights for m in metrics if m.weights):
         path = getattr(config, key)
         if path:
@@ -367,13 +370,16 @@ def metric_results(runs: list, reasons: dict) -> dict:
     return out
 
 
-def _pixel_pass(manifest, plan, rows, boxes, generated: str, metrics: list, config: EvalConfig):
-    """Feed each evaluated image's real and generated pixels to the ``pixels`` metrics."""
+def _pixel_pass(manifest, plan, rows, boxes, targets, generated: str, metrics: list, config: EvalConfig):
+    """Feed each evaluated image's real and generated pixels to the ``pixels`` metrics; returns
+    {image_id: the per-image fields they gave}."""
+    fields: dict[str, dict] = {}
     total = sum(len(ids) for _, ids in plan)
     with _progress(total, "quality", config.progress) as bar:
         for unit, ids in plan:
             wanted = set(ids)
-            table = manifest.images.read_unit(unit, ["image_id", "image", "image_width", "image_height"])
+            columns = ["image_id", "image", "image_width", "image_height", "width", "height", "hands_mask"]
+            table = manifest.images.read_unit(unit, columns)
             for row in table.to_pylist():
                 if row["image_id"] not in wanted:
                     continue
@@ -395,10 +401,13 @@ def _pixel_pass(manifest, plan, rows, boxes, generated: str, metrics: list, conf
                     (info["width"], info["height"]),
                     boxes.get(row["image_id"], []),
                     info["caption"],
+                    targets.get(row["image_id"], []),
+                    hands_mask_array(row) if row.get("hands_mask") is not None else None,
                 )
                 for _, acc in metrics:
-                    acc.update(sample)
+                    fields.setdefault(row["image_id"], {}).update(acc.update(sample) or {})
                 bar.update(1)
+    return fields
 
 
 def evaluate(manifest: str, generated: str, out: str, config: EvalConfig | None = None, **kwargs) -> dict:
@@ -417,7 +426,7 @@ def evaluate(manifest: str, generated: str, out: str, config: EvalConfig | None 
     prep_config = detection_prep_config(m, config)
     detector = choose_detector(config)
     reasons: dict[str, str] = {}  # metric column -> why it is null
-    ctx, runs = start_metrics(config, generated, reasons)
+    ctx, runs = start_metrics(config, generated, reasons, detector, prep_config)
     notes = ctx.notes
     bias = evaluator_bias(m, detector)
     if bias:
@@ -468,7 +477,9 @@ def evaluate(manifest: str, generated: str, out: str, config: EvalConfig | None 
 
     t1 = time.perf_counter()
     if on_pixels:
-        _pixel_pass(m, plan, rows, boxes, generated, on_pixels, config)
+        pixel_fields = _pixel_pass(m, plan, rows, boxes, targets, generated, on_pixels, config)
+        for record in per_image:
+            record.update(pixel_fields.get(record["image_id"], {}))
     results = metric_results(runs, reasons)
     quality_s = time.perf_counter() - t1
 

@@ -10,7 +10,12 @@ Per request named NAME, `generate_one` writes into the output folder:
 - ``NAME_overview.png``: target skeleton, stage-1 hands, blending masks over time, final image with the
   pose detected in it;
 - ``NAME_stage1/``: ``hand{i}.png`` and ``hand{i}_mask.png`` per generated hand (i = the hand's index
-  in the request), plus ``canvas.png`` / ``canvas_mask.png``, the hands pasted into the output frame.
+  in the request), plus ``canvas.png`` / ``canvas_mask.png``, the hands pasted into the output frame,
+  and (with blending) ``keep.png``, the last step's keep weight K at image resolution (0-255), which
+  ``evaluate``'s ``hands.fidelity`` reads.
+
+The sidecar's ``result.kept_share`` lists, per generated hand and stage-2 step, the share of the hand's
+mask pixels the keep weights kept (empty without blending); the overview prints the first and last.
 """
 
 from __future__ import annotations
@@ -106,6 +111,12 @@ def call_arguments(request: Request, settings: GenerateConfig) -> dict:
     return kwargs
 
 
+def kept_share_record(hand_indices, kept_shares) -> dict:
+    """{request hand index (str): [share of its mask pixels kept at each step]} for the sidecar."""
+    shares = np.asarray(kept_shares, np.float64)
+    return {str(i): [round(float(v), 4) for v in shares[:, k]] for k, i in enumerate(hand_indices)}
+
+
 def detect_for_overview(image: np.ndarray, annotator) -> tuple:
     hands, body = annotator.detect(image)
     note = f"found {len(hands)} hands" + (" + body" if body is not None else "")
@@ -196,6 +207,11 @@ def write_outputs(
         save_png(mask.astype(np.uint8) * 255, os.path.join(stage1, f"hand{idx}_mask.png"))
     save_png(out.hand_canvas, os.path.join(stage1, "canvas.png"))
     save_png(out.hand_mask.astype(np.uint8) * 255, os.path.join(stage1, "canvas_mask.png"))
+    if out.keep_weight is not None:
+        save_png(
+            (np.clip(out.keep_weight, 0, 1) * 255).round().astype(np.uint8), os.path.join(stage1, "keep.png")
+        )
+    shares = {} if out.kept_shares is None else kept_share_record(out.hand_indices, out.kept_shares)
 
     from ..overview import overview_sheet
 
@@ -218,6 +234,7 @@ def write_outputs(
         out.keep_masks,
         image,
         detected,
+        kept_shares=out.kept_shares,
     )
     save_png(sheet, paths["overview"])
 
@@ -239,6 +256,7 @@ def write_outputs(
             "mask_sources": out.mask_sources,
             "hand_boxes": [b.box for b in out.hand_boxes],
             "hand_mask_pixels": int(out.hand_mask.sum()),
+            "kept_share": shares,
             "timings": {k: round(v, 4) for k, v in out.timings.items()},
             "detected": None if detected is None else detected[2],
         },

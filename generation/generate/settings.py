@@ -55,11 +55,12 @@ class GenerateConfig(Settings):
         None, "seed (default: the spec's seed; 0 for manifest rows and photos)", ge=0, le=MAX_SEED
     )
     blend: str = setting_like(BlendConfig, "mode")
-    d0: int = setting_like(BlendConfig, "d0")
-    expand_pixels: int = setting_like(BlendConfig, "expand_pixels")
+    d0: float = setting_like(BlendConfig, "d0")
+    band: float = setting_like(BlendConfig, "band")
     expand_start: float = setting_like(BlendConfig, "expand_start")
     expand_end: float = setting_like(BlendConfig, "expand_end")
-    min_core: int = setting_like(BlendConfig, "min_core")
+    min_core: float = setting_like(BlendConfig, "min_core")
+    min_kept: float = setting_like(BlendConfig, "min_kept")
     pixel_composite: bool = setting(
         False, "paste the stage-1 hand interiors back over the decoded image", call="pixel_composite"
     )
@@ -166,8 +167,9 @@ class GenerateConfig(Settings):
         return BlendConfig(
             mode=self.blend,
             d0=self.d0,
-            expand_pixels=self.expand_pixels,
+            band=self.band,
             expand_start=self.expand_start,
             expand_end=self.expand_end,
             min_core=self.min_core,
+            min_kept=self.min_kept,
         )

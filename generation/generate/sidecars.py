@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from ..pipelines.blend_config import LATENT_PIXEL_SETTINGS
 from ..spec import SpecError, parse_spec, read_json_file
 from .requests import Request, RequestError
 from .settings import GenerateConfig
+
+# Blending settings in latent pixels in a sidecar that records `expand_pixels` (other units today).
+BLEND_UNIT_SETTINGS = ("d0", "min_core", *LATENT_PIXEL_SETTINGS)
 
 
 def request_from_sidecar(path: str) -> tuple[Request, GenerateConfig, dict]:
@@ -20,13 +24,14 @@ def request_from_sidecar(path: str) -> tuple[Request, GenerateConfig, dict]:
         if not isinstance(data, dict):
             raise TypeError(f"a JSON object, got {type(data).__name__}")
         spec = parse_spec(data["spec"], name=data["name"])
-        # Sidecars written before `min_core` existed eroded without a cap: replay them that way.
-        settings = GenerateConfig.from_dict({"min_core": 0, **data["settings"]})
+        settings = GenerateConfig.from_dict(current_blend_units(path, data["settings"]))
         return (
             Request(spec, data.get("source") or {}, data.get("hand_prompts")),
             settings,
             _models(data["models"]),
         )
+    except RequestError:
+        raise
     except SpecError as exc:
         raise RequestError(f"{path}: {exc}") from None
     except (KeyError, TypeError, ValueError) as exc:
@@ -42,6 +47,23 @@ def _models(models) -> dict:
         if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
             raise TypeError(f"models.{part}: an object with a path string, got {entry!r:.80}")
     return models
+
+
+def current_blend_units(path: str, settings: dict) -> dict:
+    """A sidecar's settings in today's blending units. A sidecar made with latent-pixel keep-masks
+    (it records ``expand_pixels``) replays only without blending (``blend`` none, where the keep-masks
+    play no part: its old blending settings are dropped); with blending it is refused in one line that
+    names the setting whose unit changed."""
+    if not any(name in settings for name in LATENT_PIXEL_SETTINGS):
+        return settings
+    if settings.get("blend") != "none":
+        raise RequestError(
+            f"{path}: made with keep-masks in latent pixels (expand_pixels={settings['expand_pixels']}, "
+            f"d0={settings.get('d0')}, min_core={settings.get('min_core')}); blending now works in image "
+            f"pixels (band, d0: shares of each hand's size; min_core: share of what the whole mask keeps), so "
+            f"blend={settings.get('blend')} cannot be replayed exactly (docs/fidelity.md)"
+        )
+    return {k: v for k, v in settings.items() if k not in BLEND_UNIT_SETTINGS}
 
 
 def settings_base(config: str | None = None, replay: list[str] | None = None) -> dict | None:

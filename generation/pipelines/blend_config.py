@@ -1,5 +1,11 @@
 """The settings of latent blending, apart from `generation.pipelines.blending` so that building a CLI does not
 import torch. `GenerateConfig` declares its blending options from these fields (one default each).
+
+Units: every keep-mask is built at image resolution, hand by hand. ``d0`` and ``band`` are shares of each
+hand's size (the longer side of its pasted mask's box); ``min_core`` is a share of what ``fixed`` keeps of
+each hand and ``min_kept`` a share of the hand's mask pixels: the growth stops at the lower of the two.
+The defaults were chosen by measurement (docs/fidelity.md, "Blending at the hand's own scale";
+bench/blend_sweep.py).
 """
 
 from __future__ import annotations
@@ -12,6 +18,10 @@ from manifests.settings import SettingError, Settings, setting
 # equal).
 BLEND_MODE_NAMES = ("sequential", "fixed", "none")
 
+# Settings of sidecars whose keep-masks were built at latent resolution, in latent pixels. Such a
+# sidecar cannot be replayed with blending (docs/fidelity.md); `generation.generate.sidecars` refuses it.
+LATENT_PIXEL_SETTINGS = ("expand_pixels",)
+
 
 @dataclass
 class BlendConfig(Settings):
@@ -22,25 +32,37 @@ class BlendConfig(Settings):
     mode: str = setting(
         "sequential", "latent blending: sequential (the method), fixed or none", choices=BLEND_MODE_NAMES
     )
-    # 0: a dilated start keeps a ring of the hand canvas's grey outside each hand in the latents for the
-    # first steps (docs/fidelity.md, "Blending start").
-    d0: int = setting(0, "sequential: initial dilation of the hand mask, latent pixels", ge=0, le=64)
-    expand_pixels: int = setting(
-        3, "sequential: total erosion over the expansion window, latent pixels", ge=0, le=256
+    # 0: a grown start would keep the hand canvas's grey around each hand for the first steps
+    # (docs/fidelity.md, "Blending start").
+    d0: float = setting(
+        0.0, "sequential: initial growth of each hand's keep-mask, share of the hand's size", ge=0, le=1
+    )
+    band: float = setting(
+        0.04,
+        "sequential: how far the body grows into each hand over the window, share of the hand's size",
+        ge=0,
+        le=1,
     )
     expand_start: float = setting(
-        0.2, "sequential: fraction of the schedule where erosion starts", ge=0, le=1
+        0.2, "sequential: fraction of the schedule where the body starts growing into the hands", ge=0, le=1
     )
     expand_end: float = setting(
-        0.8, "sequential: fraction where erosion ends and the mask stays fixed", ge=0, le=1
+        0.8, "sequential: fraction where the growth ends and the keep-mask stays fixed", ge=0, le=1
     )
-    # 2 keeps 3x3 latent pixels (24x24 image px with SD's VAE) of every hand; 0 turns the cap off.
-    min_core: int = setting(
-        2,
-        "sequential: each hand region keeps a core this deep, latent pixels (its erosion is capped at its "
-        "inner radius minus this; 0: no cap, small hands may be erased)",
+    min_core: float = setting(
+        0.985,
+        "sequential: each hand keeps at least this share of what the whole hand mask keeps of it (caps the "
+        "growth; 0: no cap)",
         ge=0,
-        le=64,
+        le=1,
+    )
+
+    min_kept: float = setting(
+        0.75,
+        "sequential: a hand may give the body its pixels down to this share of them, even past min_core "
+        "(1: min_core alone decides)",
+        ge=0,
+        le=1,
     )
 
     def __post_init__(self):

@@ -1,6 +1,6 @@
 """The known hand latents of stage 2: the pasted hand canvas encoded by the body VAE (per hand window
 or whole), and the step hook that blends them into the stage-2 latents after every scheduler step
-(``z <- K_i * noised(z_hands, t_next) + (1 - K_i) * z``, keep-masks from `generation.pipelines.blending`)."""
+(``z <- K_i * noised(z_hands, t_next) + (1 - K_i) * z``, keep weights from `generation.pipelines.blending.KeepSchedule`)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,7 @@ import torch
 from manifests.geometry import CropBox
 
 from ..models.body import masked_image
-from .blend_config import BlendConfig
-from .blending import blend_latents, keep_mask
+from .blending import KeepSchedule, blend_latents
 
 
 @torch.no_grad()
@@ -55,23 +54,22 @@ def encode_hands(
 def blend_hook(
     scheduler,
     hand_latents: torch.Tensor,
-    hand_mask_latent: torch.Tensor,
+    schedule: KeepSchedule,
     noise: torch.Tensor,
-    blend: BlendConfig,
-    num_steps: int,
-    record: list | None = None,
+    record: dict | None = None,
     clock: dict | None = None,
 ):
     """The `BodyOutpaintPipeline.denoise` step hook over `scheduler` (the body pipeline's): ``z <- K_i * noised(z_hands, t_next) + (1 - K_i) * z``.
 
-    `hand_latents` (1, 4, h, w) scaled latents, `hand_mask_latent` (1, 1, h, w) in {0, 1}, `noise`
-    the stage-2 initial noise. `record` collects each K_i (h, w) on the CPU; `clock["blend"]`
-    accumulates the seconds spent here.
+    `hand_latents` (1, 4, h, w) scaled latents, `schedule` the `KeepSchedule` giving K_i (1, 1, h, w)
+    in [0, 1], `noise` the stage-2 initial noise. `record` collects each K_i (h, w) on the CPU
+    ("keep") and each hand's kept share ("shares"); `clock["blend"]` accumulates the seconds spent here.
     """
+    num_steps = schedule.num_steps
 
     def on_step_end(i: int, t, latents: torch.Tensor) -> torch.Tensor:
         t0 = time.perf_counter()
-        keep = keep_mask(hand_mask_latent, i, num_steps, blend)
+        keep = schedule.weights(i)
         if keep is not None:
             known = hand_latents.to(latents)
             if i + 1 < num_steps:
@@ -79,7 +77,8 @@ def blend_hook(
                 known = scheduler.add_noise(known, noise.to(latents), t_next)
             latents = blend_latents(latents, known, keep.to(latents))
         if record is not None:
-            record.append(None if keep is None else keep[0, 0].float().cpu())
+            record["keep"].append(None if keep is None else keep[0, 0].float().cpu())
+            record["shares"].append(schedule.kept_share(keep))
         if clock is not None:
             clock["blend"] = clock.get("blend", 0.0) + time.perf_counter() - t0
         return latents

@@ -150,15 +150,18 @@ def paste_hands(
     masks: np.ndarray,
     canvas_hw: tuple[int, int],
     overlap_order: str,
-) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    labels: bool = False,
+) -> tuple:
     """Resize each (S, S, 3) uint8 hand and (S, S) bool mask back into its box on an (H, W) canvas.
 
     Returns (canvas (H, W, 3) uint8 with the hands' pixels, zeros elsewhere; mask (H, W) bool; the
-    paste order as request indices). Where hands overlap, the one pasted later wins the pixels.
+    paste order as request indices), plus with `labels` an (H, W) int32 map of which hand owns each
+    pixel (its position in `placed`; -1 outside), what the keep-masks are built from. Where hands
+    overlap, the one pasted later wins the pixels.
     """
     h, w = canvas_hw
     canvas = np.zeros((h, w, 3), np.uint8)
-    union = np.zeros((h, w), bool)
+    owner = np.full((h, w), -1, np.int32)
     order = OVERLAP_ORDERS[overlap_order]([p.size for p in placed])
     for k in order:
         box = placed[k].box
@@ -166,8 +169,9 @@ def paste_hands(
         soft, _ = paste_crop(np.zeros((h, w), np.uint8), masks[k].astype(np.uint8) * 255, box)
         inside = coverage & (soft > 127)
         canvas[inside] = pixels[inside]
-        union |= inside
-    return canvas, union, [placed[k].index for k in order]
+        owner[inside] = k
+    out = (canvas, owner >= 0, [placed[k].index for k in order])
+    return (*out, owner) if labels else out
 
 
 def feathered_alpha(mask: np.ndarray, feather: int) -> np.ndarray:

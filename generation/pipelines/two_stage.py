@@ -19,6 +19,7 @@ the last step ``t_next`` is "clean" and the known latents go in as they are.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -43,7 +44,7 @@ from ..guards import (
 from ..models.body import vae_scale_factor
 from ..models.hand import HandUNet
 from ..models.loading import CheckedFromPretrained
-from .blending import BlendConfig, mask_to_latent
+from .blending import BlendConfig, KeepSchedule, upsample
 from .body import BodyOutpaintPipeline
 from .condition import CONDITION_GROUPS, ConditionInputs, build_condition
 from .hand import HandGenerationPipeline, keypoints_to_heatmaps
@@ -73,7 +74,8 @@ logger = logging.getLogger(__name__)
 @dataclass(eq=False)
 class _Drawn:
     """One request between the stages: what `prepare` made (hands, canvas, condition) and what
-    `paint_bodies` adds (its final latents, keep-masks and blend clock)."""
+    `paint_bodies` adds (its final latents, keep weights and kept shares, blend clock). `labels` (work
+    size, int32) says which pasted hand owns each pixel (its position in `placed`; -1: none)."""
 
     prompt: str
     negative_prompt: str | None
@@ -90,11 +92,12 @@ class _Drawn:
     mask_sources: list
     canvas: np.ndarray
     hand_mask: np.ndarray
+    labels: np.ndarray
     paste_order: list
     condition: torch.Tensor
     timings: dict
     latents: torch.Tensor | None = None
-    record: list | None = None
+    record: dict | None = None
     clock: dict = field(default_factory=lambda: {"blend": 0.0})
 
 
@@ -625,8 +628,8 @@ class TwoStageHandBodyPipeline(CheckedFromPretrained, DiffusionPipeline):
         t_stage1 = time.perf_counter() - t0
 
         # The hands pasted into the (work-size) canvas, and the stage-2 condition drawn from it.
-        canvas, hand_mask, paste_order = paste_hands(
-            placed, hand_images, hand_masks, (work_h, work_w), overlap_order
+        canvas, hand_mask, paste_order, labels = paste_hands(
+            placed, hand_images, hand_masks, (work_h, work_w), overlap_order, labels=True
         )
         condition = self.build_condition(
             body_keypoints, body_format, canvas, hand_mask, [p.keypoints for p in placed]
@@ -647,6 +650,7 @@ class TwoStageHandBodyPipeline(CheckedFromPretrained, DiffusionPipeline):
             mask_sources=mask_sources,
             canvas=canvas,
             hand_mask=hand_mask,
+            labels=labels,
             paste_order=paste_order,
             condition=condition,
             timings={"start": t_start, "stage1": t_stage1},
@@ -662,6 +666,7 @@ class TwoStageHandBodyPipeline(CheckedFromPretrained, DiffusionPipeline):
         t_decode = time.perf_counter() - t0
         images = format_images(image, output_type)
         record = drawn.record
+        keeps = record["keep"] if record and record["keep"] and record["keep"][0] is not None else None
         return TwoStageOutput(
             images=images,
             hand_images=list(drawn.hand_images),
@@ -673,7 +678,9 @@ class TwoStageHandBodyPipeline(CheckedFromPretrained, DiffusionPipeline):
             paste_order=drawn.paste_order,
             skipped_hands=drawn.skipped,
             mask_sources=drawn.mask_sources,
-            keep_masks=torch.stack(record) if record and record[0] is not None else None,
+            keep_masks=torch.stack(keeps) if keeps else None,
+            kept_shares=np.stack(record["shares"]).astype(np.float32) if keeps else None,
+            keep_weight=upsample(keeps[-1], drawn.work_size)[:height, :width] if keeps else None,
             latents=drawn.latents,
             timings={
                 "stage1": drawn.timings["stage1"],
@@ -741,11 +748,13 @@ class TwoStageHandBodyPipeline(CheckedFromPretrained, DiffusionPipeline):
         **body_kwargs,
     ) -> None:
         """Stage 2 for requests of one work size, as one batch; each `_Drawn` gets its final latents
-        (1, C, h, w), its keep-masks (``record``: one per step, None when not blending) and its clock.
+        (1, C, h, w), its record (``record``: each step's keep weights under "keep", None when not
+        blending, and each hand's kept share under "shares") and its clock.
 
         Each request starts from its own generator's noise and, unless blending is off or it pasted no
         hand, has its known hand latents (its hands' boxes in paste order, encoded per its
-        `hand_encoding`) blended into its own slice of the batch after every step."""
+        `hand_encoding`) blended into its own slice of the batch after every step, with keep weights
+        built from its own hands (`labels`, which pasted hand owns each pixel)."""
         t0 = time.perf_counter()
         work_h, work_w = drawn[0].work_size
         latent_hw = (work_h // self.vae_scale_factor, work_w // self.vae_scale_factor)
@@ -759,27 +768,26 @@ class TwoStageHandBodyPipeline(CheckedFromPretrained, DiffusionPipeline):
                 dtype=self.unet.dtype,
             )
             noises.append(noise)
-            d.record, d.clock = ([] if return_masks else None), {"blend": 0.0}
+            d.record = {"keep": [], "shares": []} if return_masks else None
+            d.clock = {"blend": 0.0}
             boxes = [{p.index: p.box for p in d.placed}[i] for i in d.paste_order]
             hook = None
             if boxes and d.hand_mask.any() and d.blend.mode != "none":
                 windows = boxes if d.hand_encoding == "windows" else None
-                hand_latents = encode_hands(
-                    self.body_pipeline, d.canvas, d.hand_mask, windows, margin=d.blend.d0 + 1
+                schedule = KeepSchedule(
+                    d.labels, d.blend, num_inference_steps, latent_hw, num_hands=len(boxes)
                 )
-                mask_latent = mask_to_latent(torch.from_numpy(d.hand_mask)[None, None].float(), latent_hw)
+                # The windows must hold every latent pixel a keep-mask touches: the hands grown by d0.
+                grow = (
+                    d.blend.d0 * float(schedule.regions.sizes.max()) if d.blend.mode == "sequential" else 0.0
+                )
+                margin = 1 + math.ceil(grow / self.vae_scale_factor)
+                hand_latents = encode_hands(self.body_pipeline, d.canvas, d.hand_mask, windows, margin=margin)
                 hook = blend_hook(
-                    self.body_pipeline.scheduler,
-                    hand_latents,
-                    mask_latent.to(device),
-                    noise,
-                    d.blend,
-                    num_inference_steps,
-                    d.record,
-                    d.clock,
+                    self.body_pipeline.scheduler, hand_latents, schedule, noise, d.record, d.clock
                 )
             elif d.record is not None:
-                d.record.extend([None] * num_inference_steps)
+                d.record["keep"].extend([None] * num_inference_steps)
             hooks.append(hook)
 
         def on_step_end(i: int, t, latents: torch.Tensor) -> torch.Tensor:

@@ -49,8 +49,12 @@ class TwoStageOutput(BaseOutput):
     - skipped_hands: [{"index", "handedness", "reason"}] for hands left to stage 2.
     - mask_sources: per generated hand, "stage1" (the hand generator's mask) or the `MASK_FALLBACKS`
       name that replaced a mask missing the hand.
-    - keep_masks: (N, h, w) float32 keep-masks K_i per stage-2 step at latent resolution, when asked
-      for (None with blending ``none``).
+    - keep_masks: (N, h, w) float32 keep weights K_i in [0, 1] per stage-2 step at latent resolution
+      (the image-resolution keep-masks area-averaged), when asked for (None with blending ``none``).
+    - kept_shares: (N, hands) float32, per step and generated hand (in `hand_indices` order), the share
+      of the hand's mask pixels that K_i keeps, when asked for (None with blending ``none``).
+    - keep_weight: (H, W) float32, the last step's K at image resolution (each pixel its latent
+      pixel's weight), when asked for (None with blending ``none``).
     - latents: (1, 4, h, w) final stage-2 latents (work canvas, before cropping to H x W).
     - timings: seconds for "stage1", "stage2" (including blending), "blend" (the blending alone),
       "decode" and "total".
@@ -67,6 +71,8 @@ class TwoStageOutput(BaseOutput):
     skipped_hands: list[dict] = field(default_factory=list)
     mask_sources: list[str] = field(default_factory=list)
     keep_masks: torch.Tensor | None = None
+    kept_shares: np.ndarray | None = None
+    keep_weight: np.ndarray | None = None
     latents: torch.Tensor | None = None
     timings: dict = field(default_factory=dict)
 
