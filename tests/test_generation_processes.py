@@ -113,6 +113,13 @@ def test_a_stage2_batch_gives_the_one_by_one_images(tiny_runs, synthetic_manifes
         assert np.abs(ones[name] - batches[name]).max() <= 2, name  # float rounding only
     sidecars = [json.loads((batched / f"{name}.json").read_text()) for name in batches]
     assert [s["stage2_batch"] for s in sidecars] == [3] * 6
+    assert all(s["process_index"] == 0 and s["num_processes"] == 1 for s in sidecars)
+    for name in ones:  # each request's kept shares come from its own hands, as one by one
+        a = json.loads((one / f"{name}.json").read_text())["result"]["kept_share"]
+        b = json.loads((batched / f"{name}.json").read_text())["result"]["kept_share"]
+        assert a and sorted(a) == sorted(b), name
+        for hand in a:
+            np.testing.assert_allclose(b[hand], a[hand], atol=1e-4, err_msg=name)
     for name in ones:  # the stage-1 hands are each request's own, drawn alike
         for f in os.listdir(one / f"{name}_stage1"):
             a = np.asarray(Image.open(one / f"{name}_stage1" / f), np.int16)

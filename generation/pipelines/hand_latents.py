@@ -31,8 +31,8 @@ def encode_hands(
     the box snapped out to the latent grid plus `margin` latent pixels, and its latents are placed at
     their spot (zeros elsewhere; a later hand's window wins where two overlap). The encoder's cost
     then follows the hands' area instead of the canvas'. Blending reads these latents only inside the
-    keep-masks, which lie within the boxes grown by the initial dilation, so `margin` must be at least
-    that dilation. Without `boxes` the whole canvas is encoded.
+    keep weights, which lie within the hands grown by ``d0`` (a share of each hand's size), so `margin`
+    must be at least that growth in latent pixels. Without `boxes` the whole canvas is encoded.
     """
     f, vae = body_pipeline.vae_scale_factor, body_pipeline.vae
     pixels = torch.from_numpy(canvas).permute(2, 0, 1)[None].float() / 255.0
