@@ -84,8 +84,9 @@ def test_every_sample_is_a_row_with_its_key_url_and_caption(shards_dir, photos, 
         assert r["source_uri"] == f"tar://{key}.jpg::{shards_dir}/{key[:5]}.tar"
         photo = next(p for p in photos if r["source_url"].endswith(f"/{p.parent.name}/{p.name}"))
         assert r["image"] == photo.read_bytes()  # the member's bytes, stored as they were (a 512-px JPEG)
-    hands = rows(cfg.out, "hands").values()  # each hand carries its image's source caption
-    assert hands and all(h["source_caption"] == ok[h["image_id"]]["source_caption"] for h in hands)
+    by_id = {r["image_id"]: r for r in ok.values()}
+    hands = pq.read_table(f"{cfg.out}/hands").to_pylist()  # each hand carries its image's source caption
+    assert hands and all(h["source_caption"] == by_id[h["image_id"]]["source_caption"] for h in hands)
     failed = got["000000003"]
     assert (
         failed["status"] == "error"
