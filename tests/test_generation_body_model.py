@@ -49,7 +49,7 @@ def test_controlnet_is_not_a_no_op_once_its_zero_convs_move():
     comps = build_components("tiny", resolution=64)
     controlnet = build_body_model(comps)
     with torch.no_grad():
-        # The condition embedding's last conv starts at zero too: the condition matters once it moves.
+        # Only the zero convolutions stand between the condition and the prediction.
         zero_convs = [
             *controlnet.controlnet_down_blocks,
             controlnet.controlnet_mid_block,
@@ -62,6 +62,47 @@ def test_controlnet_is_not_a_no_op_once_its_zero_convs_move():
         a = predict_noise(comps.unet, controlnet, sample, t, text, cond)
         b = predict_noise(comps.unet, controlnet, sample, t, text, torch.zeros_like(cond))
     assert not torch.allclose(a, b)
+
+
+def _first_gradient(controlnet, unet, cond) -> torch.Tensor:
+    """The gradient of one noise-MSE step on the ControlNet's zero convolutions, for condition `cond`."""
+    controlnet.zero_grad()
+    sample, t, text, _ = _inputs(4, seed=1)
+    target = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(2))
+    loss = ((predict_noise(unet, controlnet, sample, t, text, cond) - target) ** 2).mean()
+    loss.backward()
+    return torch.cat([b.weight.grad.flatten() for b in controlnet.controlnet_down_blocks])
+
+
+def test_the_condition_shapes_the_first_training_step():
+    """A fresh ControlNet must learn from its condition at once: its zero convolutions' first gradient
+    differs between two condition images (while the prediction at step 0 is still the base UNet's)."""
+    torch.manual_seed(0)
+    comps = build_components("tiny", resolution=64)
+    controlnet = build_body_model(comps)
+    _, _, _, cond = _inputs(4, seed=3)
+    other = torch.roll(cond, shifts=16, dims=-1)
+    with torch.no_grad():
+        sample, t, text, _ = _inputs(4, seed=1)
+        same = [predict_noise(comps.unet, controlnet, sample, t, text, c) for c in (cond, other)]
+    assert torch.equal(*same)
+    a, b = _first_gradient(controlnet, comps.unet, cond), _first_gradient(controlnet, comps.unet, other)
+    assert a.abs().sum() > 0
+    assert (a - b).abs().max() > 1e-3 * a.abs().max()
+
+
+def test_a_zero_condition_embedding_leaves_the_first_step_blind_to_the_condition():
+    """diffusers' initialisation (the embedding's last conv at zero), kept as a setting: the first
+    gradient is the same whatever the condition."""
+    torch.manual_seed(0)
+    comps = build_components("tiny", resolution=64)
+    controlnet = build_body_model(comps, condition_embedding_init="zero")
+    _, _, _, cond = _inputs(4, seed=3)
+    a = _first_gradient(controlnet, comps.unet, cond)
+    b = _first_gradient(controlnet, comps.unet, torch.roll(cond, shifts=16, dims=-1))
+    assert a.abs().sum() > 0 and torch.equal(a, b)
+    with pytest.raises(ValueError, match="condition embedding init"):
+        build_body_model(comps, condition_embedding_init="ones")
 
 
 def test_condition_config_sets_the_controlnet_input_width():

@@ -10,13 +10,18 @@ from accelerate import Accelerator
 from manifest_edits import rewrite
 
 from generation.cli import main as gen_main
-from generation.models.body import BASE_KINDS
+from generation.models.body import BASE_KINDS, CONDITION_EMBEDDING_INITS
 from generation.models.loading import ModelFolderError
 from generation.pipelines.body import BodyOutpaintPipeline
 from generation.pipelines.body_inputs import manifest_inputs
 from generation.pipelines.condition import CONDITION_GROUPS
 from generation.training.body import BodyTask, hand_border_weight, train_body, weighted_mse
-from generation.training.body_config import BASE_KIND_NAMES, CONDITION_GROUP_NAMES, BodyTrainConfig
+from generation.training.body_config import (
+    BASE_KIND_NAMES,
+    CONDITION_EMBEDDING_INIT_NAMES,
+    CONDITION_GROUP_NAMES,
+    BodyTrainConfig,
+)
 from generation.training.errors import DataCheckError
 from generation.training.metrics import read_metrics
 from manifests.datasets import BodyDataset
@@ -54,6 +59,7 @@ def _config(manifest, out, **kw):
 def test_config_mirrors_the_model_registries():
     assert CONDITION_GROUP_NAMES == tuple(CONDITION_GROUPS)
     assert BASE_KIND_NAMES == tuple(BASE_KINDS)
+    assert CONDITION_EMBEDDING_INIT_NAMES == tuple(CONDITION_EMBEDDING_INITS)
 
 
 def test_border_weight_marks_a_band_around_the_hand():

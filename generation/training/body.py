@@ -337,6 +337,7 @@ class BodyTask(TrainTask):
             c.base_kind,
             self.condition_config,
             init_controlnet=getattr(self, "controlnet_folder", None) or c.init_controlnet,
+            condition_embedding_init=c.condition_embedding_init,
         )
         return comps, controlnet
 

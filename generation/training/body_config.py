@@ -22,6 +22,7 @@ from .config import (
 # equal by the tests) so that building the CLI does not import torch.
 CONDITION_GROUP_NAMES = ("pose", "hands", "mask")
 BASE_KIND_NAMES = ("standard", "inpainting")
+CONDITION_EMBEDDING_INIT_NAMES = ("zero", "kaiming")  # `generation.models.body.CONDITION_EMBEDDING_INITS`
 MISSING_BODY = ("skip", "refuse")
 
 
@@ -48,6 +49,14 @@ class BodyTrainConfig(StageTrainConfig):
         "start from this diffusers ControlNet (a folder or a cached Hub id, e.g. "
         "lllyasviel/control_v11p_sd15_openpose) instead of a copy of the UNet's encoder; its input is widened "
         "to the condition channels, new channels at zero",
+    )
+    condition_embedding_init: str = setting(
+        "kaiming",
+        "how a new ControlNet's conditioning embedding starts: kaiming (scale-keeping; the condition shapes the "
+        "first gradient step) or zero (diffusers' default init, last conv at zero: the condition reaches the "
+        "features at about 1e-5 of their size, and beside a from-scratch base the ControlNet learned to "
+        "ignore it). The zero convolutions start at zero either way, so step 0 draws what the base UNet draws",
+        choices=CONDITION_EMBEDDING_INIT_NAMES,
     )
     base_kind: str = setting(
         "standard",
