@@ -53,6 +53,8 @@ TARGETS = {
     "stage1_detection_ratio": 0.7,  # samples' detection share / real crops' detection share
     "stage1_pck_0.2": 0.5,
     "stage1_mask_iou": 0.5,
+    "stage2_body_detected_share": 0.5,  # stage 2 alone around the manifest's hands, training rows
+    "stage2_body_pck_0.2": 0.5,
 }
 # Stage-1 scores are pooled over these seeds. Every sample of one seed starts from the same noise, so a
 # seed's count moves all 46 samples together.
@@ -434,6 +436,111 @@ def stage1(hand_run: str, manifest: str, res: int, steps: int, seeds=SEEDS) -> t
     return result, pictures
 
 
+# ---------------------------------------------------------------------------------------------------
+# Stage-2 scoring
+
+
+def body_pck(detected, target, min_visibility: float, threshold: float = 0.2) -> float:
+    """PCK of a detected MediaPipe-33 body against a target one, on COCO-17 keypoints, the target's
+    keypoints below `min_visibility` left out, distances over the target's box size (as `evaluate`)."""
+    from manifests.matching import Instance, mediapipe33_to_coco17
+
+    t = mediapipe33_to_coco17(np.asarray(target, np.float64))
+    inst = Instance(t, valid=t[:, 2] >= min_visibility)
+    p = mediapipe33_to_coco17(np.asarray(detected, np.float64))
+    err = np.linalg.norm(p[inst.valid, :2] - t[inst.valid, :2], axis=1) / inst.box_size()
+    return float((err <= threshold).mean()) if err.size else 0.0
+
+
+def stage2(body_run: str, manifest: str, steps: int, pairs: int = 16, seed: int = 0) -> dict:
+    """Stage 2 alone on the training rows, each drawn around its own manifest hands at the training
+    framing (`manifest_inputs`), scored with prep's body detector: detected share and PCK@0.2 against the
+    conditioning pose; the same on the real rows at that framing; and pose control (the same seed, row
+    i's caption and hands with row j's pose: PCK against the pose it was given vs row i's own)."""
+    import torch
+
+    from generation.evaluate.run import EvalConfig
+    from generation.pipelines.body import BodyOutpaintPipeline
+    from generation.pipelines.body_inputs import manifest_inputs
+    from generation.training.body_config import BodyTrainConfig
+    from manifests.reader import open_manifest
+    from prep.body import BodyPoseDetector
+    from prep.config import PrepConfig
+
+    pipe = BodyOutpaintPipeline.from_pretrained(body_run)
+    pipe.set_progress_bar_config(disable=True)
+    with open(os.path.join(body_run, "config.json"), encoding="utf-8") as f:
+        trained = json.load(f)["config"]
+    defaults = BodyTrainConfig()
+    side = int(trained["resolution"])
+    fit, crop = trained.get("fit", defaults.fit), trained.get("crop", defaults.crop)
+    min_vis = EvalConfig.__dataclass_fields__["min_body_visibility"].default
+    table = open_manifest(manifest).read("images", ["image_id", "body_keypoints"], status="ok")
+    ids = [
+        i
+        for i, b in zip(table.column("image_id").to_pylist(), table.column("body_keypoints").to_pylist())
+        if b is not None
+    ]
+    rows = [manifest_inputs(manifest, i, side, fit, crop) for i in ids]
+    detector = BodyPoseDetector(PrepConfig())
+
+    def draw(inp: dict, body) -> np.ndarray:
+        out = pipe(
+            inp["prompt"],
+            body_keypoints=body,
+            hand_image=inp["hand_image"],
+            hand_mask=inp["hand_mask"],
+            hand_keypoints=inp["hand_keypoints"],
+            num_inference_steps=steps,
+            guidance_scale=3.0,
+            generator=torch.Generator().manual_seed(seed),
+            output_type="np",
+        )
+        return (np.clip(out.images[0], 0, 1) * 255).round().astype(np.uint8)
+
+    def score(images: list, targets: list) -> dict:
+        found = [detector.detect(im) for im in images]
+        pcks = [body_pck(d.keypoints, t, min_vis) for d, t in zip(found, targets) if d is not None]
+        return {
+            "n": len(images),
+            "body_detected_share": sum(d is not None for d in found) / max(len(images), 1),
+            "body_pck_0.2": float(np.mean(pcks)) if pcks else None,
+        }
+
+    poses = [r["body_keypoints"] for r in rows]
+    real = score([r["hand_image"] for r in rows], poses)
+    drawn = score([draw(r, r["body_keypoints"]) for r in rows], poses)
+    own, other = [], []
+    n = len(rows)
+    for k in range(min(pairs, n * (n - 1))):
+        i, j = k % n, (k * 7 + 3) % n
+        if i == j:
+            j = (j + 1) % n
+        found = detector.detect(draw(rows[i], poses[j]))
+        if found is not None:
+            own.append(body_pck(found.keypoints, poses[j], min_vis))
+            other.append(body_pck(found.keypoints, poses[i], min_vis))
+    detector.close()
+    return {
+        "training_rows": drawn,
+        "real_rows": real,
+        "pose_control": {
+            "pairs": min(pairs, n * (n - 1)),
+            "detected": len(own),
+            "pck_own": float(np.mean(own)) if own else None,
+            "pck_other": float(np.mean(other)) if other else None,
+        },
+        "sampling": {
+            "steps": steps,
+            "guidance_scale": 3.0,
+            "seed": seed,
+            "side": side,
+            "fit": fit,
+            "crop": crop,
+        },
+    }
+
+
 def cli(*args: str) -> None:
     cmd = [os.path.join(os.path.dirname(sys.executable), "handfirst-gen"), *args]
     logger.info("%s", " ".join(cmd))
@@ -614,7 +721,16 @@ def met(value, target) -> bool | None:
     return None if value is None else bool(value >= target)
 
 
-PHASES = ("prep", "train_vae", "score_vae", "train_hand", "score_stage1", "train_body", "two_stage")
+PHASES = (
+    "prep",
+    "train_vae",
+    "score_vae",
+    "train_hand",
+    "score_stage1",
+    "train_body",
+    "score_stage2",
+    "two_stage",
+)
 
 
 def save_pictures(path: str, **arrays) -> None:
@@ -627,6 +743,9 @@ def targets(done: dict, seconds: dict) -> dict:
     s1 = done.get("score_stage1", {})
     train = s1.get("training_poses", {})
     control = s1.get("pose_control", {})
+    s2 = done.get("score_stage2", {})
+    rows2 = s2.get("training_rows", {})
+    control2 = s2.get("pose_control", {})
     chain = ("train_vae", "train_hand", "train_body")
     return {
         "vae_psnr_db >= 22": met(vae.get("psnr_db_held_in_crops"), TARGETS["vae_psnr_db"]),
@@ -638,6 +757,13 @@ def targets(done: dict, seconds: dict) -> dict:
         "pose control: pck own > other": None
         if control.get("pck_own") is None
         else bool(control["pck_own"] > control["pck_other"]),
+        "stage2 body detected >= 0.5": met(
+            rows2.get("body_detected_share"), TARGETS["stage2_body_detected_share"]
+        ),
+        "stage2 body pck_0.2 >= 0.5": met(rows2.get("body_pck_0.2"), TARGETS["stage2_body_pck_0.2"]),
+        "stage2 pose control: pck own > other": None
+        if control2.get("pck_own") is None
+        else bool(control2["pck_own"] > control2["pck_other"]),
         "chain <= 60 min": None
         if not all(k in done for k in chain)
         else sum(seconds[k] for k in chain) <= 3600,
@@ -738,6 +864,7 @@ def main(argv=None) -> int:
             "data": done.get("prep"),
             "vae": done.get("score_vae"),
             "stage1": done.get("score_stage1"),
+            "stage2": done.get("score_stage2"),
             "two_stage": done.get("two_stage"),
             "targets": targets(done, seconds),
             "cuda": {"run": False, "why": no_cuda} if args.device == "cpu" else {"run": True},
@@ -827,6 +954,8 @@ def main(argv=None) -> int:
         **chain["body"],
     )
     phases.run("train_body", lambda: dataclasses.asdict(train_body(body_cfg)))
+    phases.run("score_stage2", stage2, runs["body"], manifest, chain["sample_steps"])
+    write_result()
     phases.run(
         "two_stage",
         two_stage,
