@@ -470,9 +470,9 @@ def stage2(body_run: str, manifest: str, steps: int, pairs: int = 16, seed: int 
     pipe = BodyOutpaintPipeline.from_pretrained(body_run)
     pipe.set_progress_bar_config(disable=True)
     with open(os.path.join(body_run, "config.json"), encoding="utf-8") as f:
-        trained = json.load(f)["config"]
-    defaults = BodyTrainConfig()
-    side = int(trained["resolution"])
+        record = json.load(f)
+    trained, defaults = record["config"], BodyTrainConfig()
+    side = int(record["data"]["resolution"])
     fit, crop = trained.get("fit", defaults.fit), trained.get("crop", defaults.crop)
     min_vis = EvalConfig.__dataclass_fields__["min_body_visibility"].default
     table = open_manifest(manifest).read("images", ["image_id", "body_keypoints"], status="ok")
