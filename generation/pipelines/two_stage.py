@@ -451,18 +451,14 @@ class TwoStageHandBodyPipeline(CheckedFromPretrained, DiffusionPipeline):
     # ---------------------------------------------------------------- steps of the call
 
     def draw_hands(self, placed: Sequence[PlacedHand], **options) -> tuple[np.ndarray, np.ndarray]:
-        """Stage 1 over the placed hands (`two_stage_hands.draw_hands`): (N, S, S, 3) uint8 crops and
+        """Stage 1 over the placed hands (`two_stage_request.draw_hands`): (N, S, S, 3) uint8 crops and
         (N, S, S) bool masks."""
         return draw_hands(self, placed, **options)
 
-    def paint_bodies(
-        self, drawn: Sequence[Drawn], *, num_inference_steps: int, return_masks: bool = False, **body_kwargs
-    ) -> None:
+    def paint_bodies(self, drawn: Sequence[Drawn], **options) -> None:
         """Stage 2 for requests of one work size, as one batch (`two_stage_batch.paint_bodies`): each
         `Drawn` gets its final latents, its record of keep weights and kept shares, and its clock."""
-        paint_bodies(
-            self, drawn, num_inference_steps=num_inference_steps, return_masks=return_masks, **body_kwargs
-        )
+        paint_bodies(self, drawn, **options)
 
     def decode(
         self,
