@@ -73,7 +73,7 @@ def main(argv=None) -> dict:
     import prep
     from generation.evaluate import EvalConfig, evaluate
     from generation.evaluate.detect import get_detector
-    from generation.evaluate.run import detection_prep_config
+    from generation.evaluate.detection import detection_prep_config
     from manifests.decode import image_array
     from manifests.reader import open_manifest
 

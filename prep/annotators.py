@@ -3,7 +3,7 @@
 `config.annotator` is a name from `ANNOTATORS` or an explicit "module:Class" (the module also defines
 `error_row`), given by the user through the CLI or the Python API. Code that builds a config from
 settings it read (a manifest's `_manifest.json`) must not copy this field: importing a named module
-runs it (see `generation.evaluate.run.detection_prep_config`).
+runs it (see `generation.evaluate.detection.detection_prep_config`).
 
 The annotator (MediaPipe, SAM, ...) is built once per process and cached at module level, keyed by
 the annotator name and the settings fingerprint; Dask tasks carry only records and the config, never

@@ -199,7 +199,7 @@ def test_precision_names_torch_dtypes_and_diffusers_gets_dtype():
 
 
 def test_tqdm_disable_hides_every_progress_bar(monkeypatch):
-    from generation.evaluate.run import _progress as evaluate_bar
+    from generation.evaluate.detection import image_progress as evaluate_bar
     from manifests.progress import progress_bar
     from prep.cluster import _progress as prep_bar
 

@@ -424,7 +424,8 @@ def test_manifest_opened_once_and_table_shipped_pickled(eval_manifest, tmp_path,
     import manifests.reader
     from generation.evaluate import evaluate
     from generation.evaluate.detect import detect_unit
-    from generation.evaluate.run import EvalConfig, detection_prep_config
+    from generation.evaluate.detection import detection_prep_config
+    from generation.evaluate.run import EvalConfig
 
     real_open = manifests.reader.open_manifest
     calls = []
@@ -452,7 +453,7 @@ def test_manifest_opened_once_and_table_shipped_pickled(eval_manifest, tmp_path,
 
 
 def test_hand_targets_read_only_the_selected_images(synthetic_manifest, monkeypatch):
-    from generation.evaluate.run import hand_targets
+    from generation.evaluate.rows import hand_targets
 
     m = open_manifest(str(synthetic_manifest))
     everything = m.read("hands", ["image_id", "keypoints", "handedness", "crop_box"]).to_pylist()
@@ -496,7 +497,8 @@ def test_evaluation_detects_through_annotator_detect(eval_manifest, monkeypatch)
     """`Annotator.detect` runs the body, then the hands given that body, timing both; evaluation's
     detection is that very call."""
     from generation.evaluate.detect import detect_unit, get_detector, load_real
-    from generation.evaluate.run import EvalConfig, detection_prep_config
+    from generation.evaluate.detection import detection_prep_config
+    from generation.evaluate.run import EvalConfig
 
     m = open_manifest(str(eval_manifest))
     config = detection_prep_config(m, EvalConfig())

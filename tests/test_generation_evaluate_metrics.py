@@ -18,7 +18,8 @@ from generation.evaluate.registry import (
     merge,
     register,
 )
-from generation.evaluate.run import EvalConfig, metric_results, start_metrics
+from generation.evaluate.run import EvalConfig
+from generation.evaluate.scoring import metric_results, start_metrics
 
 WRIST_L, WRIST_R = 15, 16  # MediaPipe Pose left_wrist, right_wrist
 
@@ -257,7 +258,7 @@ def test_evaluator_bias_note_compares_recorded_names_only():
     import sys
 
     from generation.evaluate.detect import AnnotatorDetector, detectors
-    from generation.evaluate.run import evaluator_bias
+    from generation.evaluate.detection import evaluator_bias
 
     mediapipe = detectors()["mediapipe"]
 
@@ -282,7 +283,7 @@ def test_evaluator_bias_note_compares_recorded_names_only():
 
 def test_detector_choice():
     from generation.evaluate.detect import DEFAULT_DETECTOR, detector_names
-    from generation.evaluate.run import choose_detector
+    from generation.evaluate.detection import choose_detector
     from manifests.settings import SettingError
     from prep.annotators import ANNOTATORS, DEFAULT_ANNOTATOR
 

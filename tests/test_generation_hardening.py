@@ -117,7 +117,7 @@ def test_a_huge_request_is_refused_before_anything_is_drawn(pipes, pose_file, mo
         raise AssertionError("drew or allocated before checking the cost")
 
     monkeypatch.setattr("generation.pipelines.hand.keypoints_to_heatmaps", never)
-    monkeypatch.setattr("generation.pipelines.two_stage.keypoints_to_heatmaps", never)
+    monkeypatch.setattr("generation.pipelines.two_stage_request.keypoints_to_heatmaps", never)
     monkeypatch.setattr(two, "place_hands", never)
     kps = json.loads(pose_file.read_text())
     with pytest.raises(

@@ -277,7 +277,8 @@ def test_evaluate_never_imports_the_annotator_a_manifest_names(
 
 
 def test_the_annotator_comes_from_the_registry_or_the_command_line(synthetic_manifest):
-    from generation.evaluate.run import EvalConfig, detection_prep_config
+    from generation.evaluate.detection import detection_prep_config
+    from generation.evaluate.run import EvalConfig
     from manifests.reader import open_manifest
     from prep.annotators import ANNOTATORS, DEFAULT_ANNOTATOR, AnnotatorError, annotator_module
     from prep.config import PrepConfig

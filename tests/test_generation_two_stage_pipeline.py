@@ -12,7 +12,7 @@ from two_stage_helpers import PROMPT, H, W, call_two_stage, tiny_two_stage_parts
 from generation import TwoStageHandBodyPipeline
 from generation.models.hand import HandUNet
 from generation.models.presets import tiny_vae_config
-from generation.pipelines import two_stage
+from generation.pipelines import two_stage_batch
 from generation.pipelines.blending import BlendConfig, KeepSchedule, area_average
 from generation.pipelines.hand_latents import encode_hands
 from generation.pipelines.placing import HandTooSmallError, PlacedHand, paste_hands
@@ -87,7 +87,7 @@ def test_sequential_keeps_exactly_the_scheduled_mask_at_every_step(pipe, monkeyp
     cfg = BlendConfig(mode="sequential", d0=0.05, band=0.3, expand_start=0.0, expand_end=1.0, min_core=0.2)
     steps, seed = 5, 7
     seen = []
-    original = two_stage.blend_hook
+    original = two_stage_batch.blend_hook
 
     def spy(*args, **kwargs):
         hook = original(*args, **kwargs)
@@ -100,7 +100,7 @@ def test_sequential_keeps_exactly_the_scheduled_mask_at_every_step(pipe, monkeyp
 
         return wrapped
 
-    monkeypatch.setattr(two_stage, "blend_hook", spy)
+    monkeypatch.setattr(two_stage_batch, "blend_hook", spy)
     out = call_two_stage(pipe, blend=cfg, num_inference_steps=steps, seed=seed, return_masks=True)
     z_hands, _ = _known(pipe, out, margin=2)
     schedule = KeepSchedule(_labels(pipe, out), cfg, steps, tuple(out.latents.shape[-2:]))
@@ -155,7 +155,7 @@ def test_hand_windows_cover_every_kept_latent(pipe):
 
 def test_none_never_touches_the_latents(pipe, monkeypatch):
     calls = []
-    monkeypatch.setattr(two_stage, "blend_hook", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(two_stage_batch, "blend_hook", lambda *a, **k: calls.append(1))
     out = call_two_stage(pipe, blend="none", return_masks=True)
     assert calls == [] and out.keep_masks is None and out.timings["blend"] == 0.0
     # Exactly stage 2 alone on the same condition and noise.

@@ -1,4 +1,5 @@
-"""report.json -> a paper-style Markdown table; several reports side by side (`--compare`).
+"""report.json, report.md, per_image.jsonl and report.png of an evaluation; report.json -> a paper-style
+Markdown table; several reports side by side (`--compare`).
 
 One row per method (a report's ``label``), the columns of every registered metric
 (`generation.evaluate.metrics`) in table order, the best value of each column in bold when there are
@@ -9,10 +10,14 @@ table as notes, so the table can be pasted into a paper or README as it is.
 from __future__ import annotations
 
 import json
+import logging
 import os
 
+from .detect import REAL, find_generated, load_generated, load_real
 from .metrics import ordered
 from .registry import Column
+
+logger = logging.getLogger(__name__)
 
 REPORT_KEYS = ("hands", "body", "fid", "kid", "fid_hands", "kid_hands", "clip_score", "reasons", "settings")
 POSE_KEYS = ("detected_share", "pck_0.1", "pck_0.2", "mean_error_px", "oks_ap", "count")
@@ -142,3 +147,37 @@ def compare(paths: list[str], out: str, title: str | None = None) -> dict:
 
     picture = compare_picture(rows, cols, out)
     return {"markdown": md, **data, "picture": picture}
+
+
+def write_report_picture(
+    manifest, generated: str, out: str, errors, rows, targets, detections, label
+) -> None:
+    """``out/report.png`` (`pictures.report_picture`); a failure to draw is logged, never raised."""
+    import pyarrow.compute as pc
+
+    from .pictures import report_picture, worst_and_best
+
+    def load_image(image_id: str):
+        if generated != REAL:
+            return load_generated(find_generated(generated, image_id))
+        [row] = manifest.read("images", filter=pc.field("image_id") == image_id).to_pylist()
+        return load_real(row)
+
+    shown = set(sum(worst_and_best(errors), []))
+    frames = {i: (rows[i]["width"], rows[i]["height"]) for i in shown}
+    try:
+        report_picture(out, errors, load_image, frames, targets, {d.image_id: d for d in detections}, label)
+    except Exception as exc:  # noqa: BLE001 - the numbers are written; a picture must not undo that
+        logger.warning("could not draw %s/report.png: %s", out, exc)
+
+
+def write_report(report: dict, out: str, per_image: list[dict] | None = None) -> None:
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "report.json"), "w", encoding="utf-8") as f:
+        json.dump(report, f, indent=2, default=float)
+    with open(os.path.join(out, "report.md"), "w", encoding="utf-8") as f:
+        f.write(markdown_table([report], title=f"Evaluation: {report['label']}"))
+    if per_image is not None:
+        with open(os.path.join(out, "per_image.jsonl"), "w", encoding="utf-8") as f:
+            for row in per_image:
+                f.write(json.dumps(row) + "\n")

@@ -238,6 +238,27 @@ def build_condition(inputs: ConditionInputs, config: ConditionConfig | None = No
     return torch.from_numpy(np.ascontiguousarray(np.concatenate(parts, axis=2).transpose(2, 0, 1)))
 
 
+def request_condition(
+    body_keypoints,
+    body_format: str,
+    canvas: np.ndarray,
+    mask: np.ndarray,
+    hand_keypoints,
+    config: ConditionConfig,
+) -> torch.Tensor:
+    """The condition (1, C, H, W) of one generate request, drawn exactly as in training. Without a body
+    pose the pose group is an empty skeleton (hand skeletons are still drawn when `config` asks for
+    them)."""
+    if body_keypoints is not None:
+        inputs = ConditionInputs(
+            np.asarray(body_keypoints, np.float32), canvas, mask, list(hand_keypoints), body_format, "request"
+        )
+        return build_condition(inputs, config)[None]
+    empty = ConditionInputs(np.zeros((18, 3), np.float32), canvas, mask, list(hand_keypoints), "openpose18")
+    parts = [CONDITION_GROUPS[name][1](empty, config) for name in config.channels]
+    return torch.from_numpy(np.ascontiguousarray(np.concatenate(parts, axis=2).transpose(2, 0, 1)))[None]
+
+
 def condition_tiles(condition: torch.Tensor, config: ConditionConfig | None = None) -> list[np.ndarray]:
     """Split a (C, H, W) condition into one (H, W, 3) uint8 RGB tile per group, for grids and previews."""
     tiles = []

@@ -1,5 +1,6 @@
 """What the two-stage pipeline is asked and what it returns: the request's checks, its fields from a
-pose spec, the stage-1 hand prompts, the blending config, and `TwoStageOutput`."""
+pose spec, its arrays, generators and canvas size, the stage-1 hand prompts, the blending config, and
+`TwoStageOutput`."""
 
 from __future__ import annotations
 
@@ -23,7 +24,10 @@ from ..guards import (
     check_hand_count,
     check_image_cost,
     check_seed,
+    make_generator,
+    offset_seed,
 )
+from ..models.body import vae_scale_factor
 from .blend_config import BlendConfig
 from .placing import MASK_FALLBACKS, OVERLAP_ORDERS, SMALL_HAND_POLICIES
 
@@ -121,15 +125,15 @@ def check_request(
             raise ValueError(f"{name} must be >= 1, got {steps}")
     # What this one image costs, before anything is drawn or allocated: the stage-2 canvas (rounded
     # up to the size multiple) times its steps, plus every hand crop times the stage-1 steps.
-    m, crop = size_multiple, hand_crop_size
+    work_h, work_w = work_size(width, height, size_multiple)
     check_image_cost(
-        -(-width // m) * m,
-        -(-height // m) * m,
+        work_w,
+        work_h,
         int(num_inference_steps),
         max_pixels,
         max_pixel_steps,
         what="image (stage-2 canvas)",
-        extra_pixel_steps=len(hands) * crop * crop * int(hand_num_inference_steps),
+        extra_pixel_steps=len(hands) * hand_crop_size**2 * int(hand_num_inference_steps),
     )
     if seed is not None:
         check_seed(seed)
@@ -169,6 +173,66 @@ def check_request(
         raise ValueError(f"min_mask_coverage must be in [0, 1], got {min_mask_coverage}")
     if generator is not None and seed is not None:
         raise ValueError("pass `generator` or `seed`, not both")
+
+
+def work_size(width: int, height: int, multiple: int) -> tuple[int, int]:
+    """(height, width) of the stage-2 canvas: the output size rounded up to `multiple`."""
+    return -(-height // multiple) * multiple, -(-width // multiple) * multiple
+
+
+def request_arrays(
+    hands, handedness, body_keypoints, body_format: str
+) -> tuple[list, list, np.ndarray | None]:
+    """A checked request's hands as keypoint arrays, its handedness one per hand (None: not given) and
+    its body keypoints as an array (or None)."""
+    hands = [keypoint_array(k, NUM_HAND_KEYPOINTS, f"hand {i}") for i, k in enumerate(hands)]
+    handedness = list(handedness) if handedness is not None else [None] * len(hands)
+    if body_keypoints is not None:
+        body_keypoints = keypoint_array(body_keypoints, BODY_FORMATS[body_format], "body keypoints")
+    return hands, handedness, body_keypoints
+
+
+def request_generators(seed: int | None, generator) -> tuple[torch.Generator, torch.Generator]:
+    """(stage 1, stage 2) generators: `generator` for both in turn, else CPU generators seeded with
+    `seed` (default 0) and `seed` + 1."""
+    seed = 0 if seed is None and generator is None else seed
+    return generator or make_generator(seed), generator or make_generator(offset_seed(seed, 1))
+
+
+def hand_crop_margin(hand_unet, crop_margin: float | None = None) -> float:
+    """The margin of the square hand crops: `crop_margin`, else the one the hand generator records."""
+    crop_margin = hand_unet.config.get("crop_margin") if crop_margin is None else crop_margin
+    if crop_margin is None:
+        raise ValueError(
+            "the hand generator records no crop_margin (the margin of the hand crops it was trained on): "
+            "pass crop_margin (--crop-margin), the --crop-margin of its training manifest, or retrain it"
+        )
+    if not 0.0 <= crop_margin <= 4.0:
+        raise ValueError(f"crop_margin must be in [0, 4], got {crop_margin}")
+    return float(crop_margin)
+
+
+def latent_mismatches(hand_unet, hand_vae, vae) -> list[str]:
+    """What keeps the hand generator (`hand_unet`, `hand_vae`) and the body outpainter's `vae` from
+    sharing one latent space: channels, spatial factor and scaling factor (empty when they do)."""
+    hv, bv = hand_vae.config, vae.config
+    problems = []
+    if hand_unet.config.latent_channels != bv.latent_channels:
+        problems.append(
+            f"the hand UNet works on {hand_unet.config.latent_channels}-channel latents but the body "
+            f"VAE makes {bv.latent_channels}"
+        )
+    if hv.latent_channels != bv.latent_channels:
+        problems.append(
+            f"latent channels differ: hand VAE {hv.latent_channels}, body VAE {bv.latent_channels}"
+        )
+    if vae_scale_factor(hand_vae) != vae_scale_factor(vae):
+        problems.append(
+            f"VAE downsampling differs: hand {vae_scale_factor(hand_vae)}x, body {vae_scale_factor(vae)}x"
+        )
+    if abs(float(hv.scaling_factor) - float(bv.scaling_factor)) > 1e-6:
+        problems.append(f"VAE scaling factor differs: hand {hv.scaling_factor}, body {bv.scaling_factor}")
+    return problems
 
 
 def resolve_spec(spec, **given) -> dict:
