@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
+from pathlib import Path
 
 from generation.training.metrics import read_metrics
 
@@ -44,8 +46,26 @@ def print_gpu(gpu: dict) -> None:
         print("GPU:", gpu["skipped"])
 
 
+PROJECT = Path(__file__).resolve().parents[1]
+
+
+def portable(value):
+    """`value` with every absolute path made machine-free: relative to the project where it lies inside
+    it (``../shared/...`` for the shared data beside it), else only its last name. Results are committed
+    and published, so they carry no path of the machine that made them."""
+    if isinstance(value, dict):
+        return {k: portable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [portable(v) for v in value]
+    if not isinstance(value, str) or "/" not in value:
+        return value
+    for root, shown in ((PROJECT, ""), (PROJECT.parent / "shared", "../shared/")):
+        value = value.replace(f"{root}/", shown).replace(str(root), shown.rstrip("/") or ".")
+    return re.sub(r"(?<![\w.:/])/(?:[^\s/,;=]+/)+([^\s/,;=]+)", r"<outside the project>/\1", value)
+
+
 def write_result(path: str, result: dict) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
-        json.dump(result, f, indent=2)
+        json.dump(portable(result), f, indent=2)
     print(f"wrote {path}")

@@ -35,8 +35,7 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-
-from bench._common import machine  # noqa: E402
+from bench._common import machine, portable  # noqa: E402
 
 logger = logging.getLogger("bench.ablation")
 RESULTS = os.path.join(ROOT, "bench", "results")
@@ -251,7 +250,7 @@ def main() -> int:
     os.makedirs(RESULTS, exist_ok=True)
     suffix = "_quick" if args.quick else ""
     with open(os.path.join(RESULTS, f"ablation{suffix}.json"), "w", encoding="utf-8") as f:
-        json.dump(result, f, indent=2, default=float)
+        json.dump(portable(result), f, indent=2, default=float)
     with open(os.path.join(work, "eval", "ablation", "compare.md"), encoding="utf-8") as f:
         table = f.read()
     print(table)

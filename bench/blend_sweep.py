@@ -42,6 +42,7 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from bench._common import portable  # noqa: E402
 
 DATA = os.path.join(ROOT, "..", "shared", "data", "hagrid_mini")
 RESULT = os.path.join(ROOT, "bench", "results", "blend_sweep.json")
@@ -261,7 +262,7 @@ def main(argv=None) -> int:
     if args.rows is None:
         os.makedirs(os.path.dirname(RESULT), exist_ok=True)
         with open(RESULT, "w", encoding="utf-8") as f:
-            json.dump(result, f, indent=2)
+            json.dump(portable(result), f, indent=2)
         print(f"wrote {relative(RESULT)}")
     return 0
 

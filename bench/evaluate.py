@@ -27,6 +27,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from bench._common import portable  # noqa: E402
 
 
 def _cache_report():
@@ -177,7 +178,7 @@ def main(argv=None) -> dict:
     result["checks"] = checks
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w", encoding="utf-8") as f:
-        json.dump(result, f, indent=2)
+        json.dump(portable(result), f, indent=2)
     print(f"{n} hagrid_mini images; prep model time {prep_model_ms:.0f} ms/image")
     print(
         f"evaluate in process: {result['evaluate_in_process']['images_per_s']} images/s "

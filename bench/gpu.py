@@ -36,6 +36,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from bench._common import portable  # noqa: E402
 
 RESULT = os.path.join(ROOT, "bench", "results", "gpu.json")
 SKIPPED = "skipped: no CUDA device"
@@ -225,7 +226,7 @@ def main(argv=None) -> dict:
         print(json.dumps(result, indent=2))
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
-        json.dump(result, f, indent=2)
+        json.dump(portable(result), f, indent=2)
     return result
 
 

@@ -42,6 +42,7 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from bench._common import portable  # noqa: E402
 
 logger = logging.getLogger("bench.learns")
 
@@ -871,7 +872,7 @@ def main(argv=None) -> int:
         }
         os.makedirs(RESULTS, exist_ok=True)
         with open(result_path, "w", encoding="utf-8") as f:
-            json.dump(result, f, indent=2, default=float)
+            json.dump(portable(result), f, indent=2, default=float)
         return result
 
     def run_prep() -> dict:

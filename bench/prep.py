@@ -43,6 +43,7 @@ from collections import Counter
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from bench._common import portable  # noqa: E402
 
 INFERENCE = ("hands", "pose", "masks")
 STAGES = ("decode", "hands", "pose", "masks", "crops_heatmaps", "encode", "write")
@@ -497,7 +498,7 @@ def main(argv=None) -> dict:
 def _write(path: str, result: dict) -> dict:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:
-        json.dump(result, f, indent=2)
+        json.dump(portable(result), f, indent=2)
     print(json.dumps(result, indent=2))
     return result
 

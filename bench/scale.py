@@ -43,6 +43,8 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from bench._common import portable  # noqa: E402
+
 sys.path.append(os.path.dirname(os.path.abspath(__file__)))  # after ROOT: bench/prep.py is not `prep`
 
 from synth_source import write_tree  # noqa: E402
@@ -467,7 +469,7 @@ def main(argv=None) -> dict:
         result["target_values"] = TARGETS
         os.makedirs(os.path.dirname(args.out), exist_ok=True)
         with open(args.out, "w") as f:
-            json.dump(result, f, indent=2)
+            json.dump(portable(result), f, indent=2)
         print(json.dumps(result, indent=2))
     return result
 

@@ -59,6 +59,16 @@ def load_report(path: str) -> dict:
     return report
 
 
+def shown_path(value):
+    """A setting as the compare table shows it: a path inside the working folder relative to it, so a
+    table made here and published carries no path of this machine."""
+    if isinstance(value, str) and os.path.isabs(value):
+        rel = os.path.relpath(value)
+        if not rel.startswith(".."):
+            return rel
+    return value
+
+
 def markdown_table(reports: list[dict], title: str | None = None) -> str:
     """Paper-style Markdown: the table, then counts, settings and the reasons for '–' cells."""
     # Every column always, so tables of different runs line up; '–' cells are explained in the notes.
@@ -115,7 +125,7 @@ def markdown_table(reports: list[dict], title: str | None = None) -> str:
             if s.get(k) is not None
         }
         if settings:
-            line += "; settings: " + ", ".join(f"{k}={v}" for k, v in settings.items())
+            line += "; settings: " + ", ".join(f"{k}={shown_path(v)}" for k, v in settings.items())
         lines.append(line)
         by_reason: dict[str, list[str]] = {}
         for key, why in (r.get("reasons") or {}).items():
