@@ -327,13 +327,6 @@ def baseline_group(
     ]
 
 
-def baseline_one(
-    pipe, request: Request, settings: BaselineConfig, out_dir: str, models: dict, process: dict | None = None
-) -> dict:
-    """Draw one request with the baseline and write its files (`baseline_group` of one)."""
-    return baseline_group(pipe, [request], settings, out_dir, models, process)[0]
-
-
 def _write(pipe, request, settings, latents, extras, out_dir, models, process, batch) -> dict:
     spec = request.spec
     paths = output_paths(out_dir, request.name)

@@ -9,10 +9,11 @@ json only, no torch.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass
+
+from manifests.storage import filesystem, read_json
 
 from .errors import ModelFolderError
 
@@ -42,8 +43,7 @@ class BaseFacts:
 def read_config(folder: str, part: str, option: str, name: str = "config.json", what: str = "model") -> dict:
     path = os.path.join(folder, part, name) if part else os.path.join(folder, name)
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+        data = read_json(*filesystem(path))  # regular files only, bounded: a FIFO cannot hang the check
     except FileNotFoundError:
         if not part:
             raise ModelFolderError(

@@ -30,6 +30,7 @@ from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from .errors import ModelFolderError
+from .hub import looks_like_hub_id
 from .presets import (
     mini_unet_config,
     mini_vae_config,
@@ -97,8 +98,7 @@ def check_saved_pipeline(path, what: str, saved_by: str) -> str:
     A string that looks like a Hub id (``org/name``, not existing locally) is returned unchecked, so the
     ordinary diffusers loading path still handles it."""
     path = os.fspath(path)
-    looks_local = os.path.isabs(path) or path.startswith(".") or path.count("/") != 1 or os.path.exists(path)
-    if looks_local:
+    if not looks_like_hub_id(path):
         if not os.path.isdir(path):
             raise ModelFolderError(f"{what} folder not found: {path!r} is not a directory")
         if not os.path.isfile(os.path.join(path, "model_index.json")):
