@@ -1,0 +1,110 @@
+"""`bench/learns.py`'s own logic: the paper's predictions read from the comparison table, the comparison
+sheet of whole frames, and the phases that train in spawned processes (resume, failure)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench import learns  # noqa: E402
+
+
+def _table(**crop_and_seam) -> dict:
+    table = {}
+    for name in learns.COMPARISON:
+        crop, seam = crop_and_seam.get(name, (0.0, None))
+        table[name] = dict.fromkeys(learns.COMPARISON_COLUMNS)
+        table[name].update({"hands.crop_detected_share": crop, "hands.seam": seam})
+    return table
+
+
+def test_the_paper_predictions_read_the_comparison_and_stage_1():
+    done = {
+        "score_stage1": {"training_poses": {"detected_share": 0.5}},
+        "two_stage": _table(
+            real=(1.0, None),
+            baseline=(0.3, None),
+            none=(0.2, None),
+            fixed=(0.45, 0.30),
+            sequential=(0.35, 0.20),
+        ),
+    }
+    got = learns.paper_predictions(done)
+    assert got == {
+        "paper: fixed crop detection >= 0.8 x stage 1's samples": True,  # 0.45 >= 0.4
+        "paper: fixed crop detection > baseline and none": True,
+        "paper: sequential crop detection >= 0.8 x stage 1's samples": False,  # 0.35 < 0.4
+        "paper: sequential crop detection > baseline and none": True,
+        "paper: sequential seam < fixed seam": True,
+    }
+    done["two_stage"]["baseline"]["hands.crop_detected_share"] = 0.4
+    done["two_stage"]["fixed"]["hands.seam"] = None
+    got = learns.paper_predictions(done)
+    assert got["paper: sequential crop detection > baseline and none"] is False
+    assert got["paper: sequential seam < fixed seam"] is None
+    assert learns.paper_predictions({}) == {}
+
+
+def _frame(path: Path, value: int, side: int = 128) -> np.ndarray:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(value)
+    image = rng.integers(0, 256, (side, side, 3), dtype=np.uint8)
+    Image.fromarray(image).save(path)
+    return image
+
+
+def test_the_comparison_sheet_shows_whole_frames_160_px_high_with_the_target_on_one(tmp_path):
+    side = 128
+    for k, name in enumerate(("none", "fixed", "sequential")):
+        _frame(tmp_path / "generated" / name / "row0.png", k, side)
+    baseline = _frame(tmp_path / "generated" / "baseline" / "row0.png", 9, side)
+    body = np.zeros((33, 3))
+    body[:, :2], body[:, 2] = np.linspace(20, 100, 33)[:, None], 1.0
+    hand = np.column_stack([np.linspace(40, 80, 21), np.linspace(30, 90, 21), np.ones(21)])
+    spec = {
+        "width": side,
+        "height": side,
+        "body": {"format": "mediapipe33", "keypoints": body.tolist()},
+        "hands": [{"handedness": "right", "keypoints": hand.tolist()}],
+    }
+    (tmp_path / "generated" / "sequential" / "row0.json").write_text(json.dumps({"spec": spec}))
+
+    sheet = learns.comparison_sheet(str(tmp_path), ["row0", "not-generated"])
+
+    tile = learns.TILE
+    assert tile >= 160
+    header = sheet.shape[0] - tile - 4
+    assert header > 0  # one line: the row that was not generated is left out
+    assert sheet.shape[1] == 5 * (tile + 4)  # five cells, each as wide as the widest frame and a gap
+    frames = [
+        sheet[header : header + tile, k * (tile + 4) : k * (tile + 4) + tile].astype(int) for k in range(5)
+    ]
+    big = np.asarray(Image.fromarray(baseline).resize((tile, tile), Image.BICUBIC)).astype(int)
+    assert np.abs(frames[1] - big).max() == 0  # the baseline, upscaled whole
+    changed = np.abs(frames[0] - frames[4]).max(axis=2) > 0  # the target pose drawn on the sequential frame
+    assert 0.02 < changed.mean() < 0.6
+    assert learns.comparison_sheet(str(tmp_path), ["not-generated"]) is None
+
+
+def test_a_finished_background_phase_is_not_started_again(tmp_path):
+    phases = learns.Phases(str(tmp_path), resume=False)
+    phases.state["done"]["train_body"] = {"step": 7}
+    assert phases.start("train_body", int, "unused") is None
+    assert phases.join("train_body", None) == {"step": 7}
+
+
+def test_a_failed_background_phase_stops_the_chain_naming_its_log(tmp_path):
+    phases = learns.Phases(str(tmp_path), resume=False)
+    # int("x", result_path) raises in the child: it exits 1 without a result.
+    handle = phases.start("train_body", int, "x")
+    with pytest.raises(RuntimeError, match=r"phase train_body failed \(exit code 1\): see train_body.log"):
+        phases.join("train_body", handle)
+    assert "train_body" not in phases.state["done"]
