@@ -13,13 +13,19 @@ From an empty folder, one process runs and times:
    resolution, PCK@0.2 against the conditioning keypoints, predicted mask IoU with the manifest mask;
    the same on unseen poses (FreiHAND `keypoints_gt` hands, training poses rotated by 30 degrees and
    mirrored) and pose control (same seed, two poses: PCK against its own pose > against the other);
-4. train-body (stage 2) from the same folder at 128 px, base UNet trained too (it is from scratch);
-5. `handfirst-gen generate` on training rows under blend none / fixed / sequential, `evaluate` each and
-   the real photos, and the `--compare` table.
+4. train-body (stage 2) from the same folder at 128 px, base UNet trained too (it is from scratch), and
+   the one-stage baseline: the same trainer and settings on the pose and hand skeletons only. Both
+   train in spawned processes beside stage 1, one thread each, since the three need only the VAE;
+5. stage 2 alone on the training rows, drawn around each row's own hands: prep's body detector finds a
+   body, body PCK@0.2 against the conditioning pose, and pose control (same seed, another row's pose);
+6. the paper's comparison on the first training rows, one seed: `handfirst-gen baseline` with the
+   one-stage baseline and `handfirst-gen generate` under blend none / fixed / sequential, `evaluate` of
+   each and of the real photos, and the `--compare` table.
 
-Writes bench/results/learns.json (figures, targets met or not, phase times, machine and load),
-bench/results/learns.png (curves, reconstructions, stage-1 samples with skeletons and masks, two-stage
-outputs) and bench/results/learns_compare.md.
+Writes bench/results/learns.json (figures, targets met or not, the paper's predictions held or not,
+``comparison.<row>.<column>``, phase wall and CPU times, machine and load), bench/results/learns.png
+(curves, reconstructions, stage-1 samples with skeletons and masks, the comparison's whole frames) and
+bench/results/learns_compare.md.
 
     .venv/bin/python bench/learns.py [--work DIR] [--device cpu|cuda] [--quick]
 
