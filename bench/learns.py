@@ -95,10 +95,10 @@ CHAIN = {
         },
         # 128 px images (16x16 latents): hands stay a few latent pixels wide. The base UNet is trained
         # with the ControlNet, since it is from scratch and a frozen random decoder cannot paint. On zero
-        # terminal SNR with v-prediction, as stage 1. About 2 steps/s on one idle thread: 4000 steps (~400
-        # epochs of the 39 rows with a body) in about half an hour of one core.
+        # terminal SNR with v-prediction, as stage 1. About 1 step/s on one thread: 2500 steps (~250 epochs
+        # of the 39 rows with a body) in about 40 minutes of one core.
         "body": {
-            "steps": 4000,
+            "steps": 2500,
             "batch_size": 4,
             "resolution": 128,
             "lr_schedule": "cosine",
