@@ -617,6 +617,15 @@ def stage2(body_run: str, manifest: str, steps: int, pairs: int = 16, seed: int 
 
     poses = [r["body_keypoints"] for r in rows]
     real = score([r["hand_image"] for r in rows], poses)
+    # The real rows through the VAE (posterior mode and back): the most any stage-2 sample from this VAE
+    # can show the detector, so that the VAE's share of a miss can be told apart from stage 2's.
+    from generation.training.vae import reconstruct, to_uint8
+
+    pixels = torch.stack(
+        [torch.from_numpy(r["hand_image"]).permute(2, 0, 1).float() / 127.5 - 1.0 for r in rows]
+    )
+    with torch.no_grad():
+        vae_real = score(list(to_uint8(reconstruct(pipe.vae, pixels))), poses)
     drawn = score([draw(r, r["body_keypoints"]) for r in rows], poses)
     own, other = [], []
     n = len(rows)
@@ -632,6 +641,7 @@ def stage2(body_run: str, manifest: str, steps: int, pairs: int = 16, seed: int 
     return {
         "training_rows": drawn,
         "real_rows": real,
+        "vae_real_rows": vae_real,
         "pose_control": {
             "pairs": min(pairs, n * (n - 1)),
             "detected": len(own),
@@ -998,6 +1008,13 @@ def main(argv=None) -> int:
         help="torch threads (1: on a shared, loaded machine 2 threads ran stage 1 up to 10x slower)",
     )
     p.add_argument("--note", action="append", default=[], help="a line recorded in the result (repeatable)")
+    p.add_argument(
+        "--redo",
+        action="append",
+        default=[],
+        choices=PHASES,
+        help="with --resume: run this finished phase again, its time replaced (repeatable)",
+    )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     for name in ("distributed", "generation", "prep", "manifests", "accelerate", "diffusers"):
@@ -1036,6 +1053,10 @@ def main(argv=None) -> int:
     load_before = os.getloadavg()[0]
     phases = Phases(work, args.resume)
     phases.state.setdefault("notes", []).extend(args.note)
+    for name in args.redo:
+        phases.state["done"].pop(name, None)
+        for key in ("seconds", "cpu_seconds"):
+            phases.state[key].pop(name, None)
     # The machine's load when the first invocation started; each phase records the load at its end.
     load_before = phases.state.setdefault("load_before", load_before)
     phases.save()
