@@ -665,10 +665,11 @@ def cli(*args: str) -> None:
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
 
 
-# The rows of the paper's comparison, in table order, and the report columns kept for each in learns.json
+# The rows of the paper's comparison, in table order (``real_vae``: the real frames at the generated size
+# through the VAE, the most any generated image can show the detector), and the report columns kept for each in learns.json
 # (as ``comparison.<row>.<section>.<key>``): hands found in their own crop box and their PCK, hands found
 # in the whole image and their PCK, the seam and fidelity of the two-stage blends, the body.
-COMPARISON = ("real", "baseline", *BLENDS)
+COMPARISON = ("real", "real_vae", "baseline", *BLENDS)
 COMPARISON_COLUMNS = (
     "hands.crop_detected_share",
     "hands.crop_pck_0.2",
@@ -679,6 +680,37 @@ COMPARISON_COLUMNS = (
     "body.detected_share",
     "body.pck_0.2",
 )
+
+
+def vae_frames(manifest: str, vae_folder: str, generated: str, out: str) -> None:
+    """Each real row that `generated` holds, resized to that image's size and passed through the VAE
+    (posterior mode and back), saved as ``<image_id>.png`` in `out`. At 128 px a hand is one or two
+    latent pixels wide, so this row says how much of a miss the VAE alone explains."""
+    import torch
+    from diffusers import AutoencoderKL
+    from PIL import Image
+
+    from generation.training.vae import reconstruct, to_uint8
+    from manifests.decode import image_array
+    from manifests.reader import open_manifest
+
+    vae = AutoencoderKL.from_pretrained(os.path.join(vae_folder, "vae")).eval()
+    table = open_manifest(manifest).read(
+        "images", ["image_id", "image", "image_height", "image_width"], status="ok"
+    )
+    os.makedirs(out, exist_ok=True)
+    for row in table.to_pylist():
+        path = os.path.join(generated, f"{row['image_id']}.png")
+        if not os.path.isfile(path):
+            continue
+        with Image.open(path) as im:
+            size = im.size
+        real = np.asarray(Image.fromarray(image_array(row)).resize(size, Image.BICUBIC))
+        pixels = torch.from_numpy(real).permute(2, 0, 1)[None].float() / 127.5 - 1.0
+        with torch.no_grad():
+            Image.fromarray(to_uint8(reconstruct(vae, pixels))[0]).save(
+                os.path.join(out, f"{row['image_id']}.png")
+            )
 
 
 def two_stage(manifest: str, runs: dict, work: str, rows: int, steps: int) -> dict:
@@ -721,10 +753,12 @@ def two_stage(manifest: str, runs: dict, work: str, rows: int, steps: int) -> di
             "6",
             *common,
         ]
+    generated = {name: os.path.join(work, "generated", name) for name in COMPARISON}
+    for name, command in commands.items():
+        cli(*command, "--out", generated[name])
+    vae_frames(manifest, runs["vae"], generated["sequential"], generated["real_vae"])
     for name in COMPARISON:
-        out = "real" if name == "real" else os.path.join(work, "generated", name)
-        if name != "real":
-            cli(*commands[name], "--out", out)
+        out = "real" if name == "real" else generated[name]
         cli(
             "evaluate",
             "--manifest",
