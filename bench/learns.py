@@ -560,7 +560,7 @@ def body_pck(detected, target, min_visibility: float, threshold: float = 0.2) ->
     return float((err <= threshold).mean()) if err.size else 0.0
 
 
-def stage2(body_run: str, manifest: str, steps: int, pairs: int = 16, seed: int = 0) -> dict:
+def stage2(body_run: str, manifest: str, steps: int, pairs: int = 16, seed: int = 0) -> tuple[dict, dict]:
     """Stage 2 alone on the training rows, each drawn around its own manifest hands at the training
     framing (`manifest_inputs`), scored with prep's body detector: detected share and PCK@0.2 against the
     conditioning pose; the same on the real rows at that framing; and pose control (the same seed, row
@@ -626,7 +626,8 @@ def stage2(body_run: str, manifest: str, steps: int, pairs: int = 16, seed: int 
     )
     with torch.no_grad():
         vae_real = score(list(to_uint8(reconstruct(pipe.vae, pixels))), poses)
-    drawn = score([draw(r, r["body_keypoints"]) for r in rows], poses)
+    drawings = [draw(r, r["body_keypoints"]) for r in rows]
+    drawn = score(drawings, poses)
     own, other = [], []
     n = len(rows)
     for k in range(min(pairs, n * (n - 1))):
@@ -638,6 +639,7 @@ def stage2(body_run: str, manifest: str, steps: int, pairs: int = 16, seed: int 
             own.append(body_pck(found.keypoints, poses[j], min_vis))
             other.append(body_pck(found.keypoints, poses[i], min_vis))
     detector.close()
+    pictures = {"real": [r["hand_image"] for r in rows[:8]], "drawn": drawings[:8]}
     return {
         "training_rows": drawn,
         "real_rows": real,
@@ -656,7 +658,7 @@ def stage2(body_run: str, manifest: str, steps: int, pairs: int = 16, seed: int 
             "fit": fit,
             "crop": crop,
         },
-    }
+    }, pictures
 
 
 def cli(*args: str) -> None:
@@ -800,7 +802,7 @@ def two_stage(manifest: str, runs: dict, work: str, rows: int, steps: int) -> di
 # Picture
 
 
-def picture(path: str, runs: dict, vae_pics: tuple, s1: dict, work: str, rows: list[str]) -> None:
+def picture(path: str, runs: dict, vae_pics: tuple, s1: dict, work: str, rows: list[str], pics: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -867,7 +869,7 @@ def picture(path: str, runs: dict, vae_pics: tuple, s1: dict, work: str, rows: l
     fig.canvas.draw()
     top = np.asarray(fig.canvas.buffer_rgba())[..., :3]
     plt.close(fig)
-    parts = [top, comparison_sheet(work, rows)]
+    parts = [top, stage2_sheet(pics), comparison_sheet(work, rows)]
     parts = [p for p in parts if p is not None]
     width = max(p.shape[1] for p in parts)
     parts = [
@@ -885,9 +887,37 @@ def picture(path: str, runs: dict, vae_pics: tuple, s1: dict, work: str, rows: l
 TILE = 160  # px: the comparison frames are drawn at least this high, so the hands can be seen
 
 
+def labelled(image: np.ndarray, title: str) -> np.ndarray:
+    """`image` under a 24 px white band with `title` in it."""
+    import cv2
+
+    header = np.full((24, image.shape[1], 3), 255, np.uint8)
+    cv2.putText(header, title, (4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+    return np.concatenate([header, image])
+
+
+def stage2_sheet(pics: str) -> np.ndarray | None:
+    """Stage 2 alone at its training framing (`score_stage2`'s first rows): the real rows above, the
+    drawings below, at their own size. None when that phase saved no pictures."""
+    path = pics + "_stage2.npz"
+    if not os.path.isfile(path):
+        return None
+    saved = np.load(path)
+    gap = np.full((saved["real"].shape[1], 4, 3), 255, np.uint8)
+    lines = [
+        np.concatenate([t for tile in saved[k] for t in (tile, gap)][:-1], axis=1) for k in ("real", "drawn")
+    ]
+    band = np.full((4, lines[0].shape[1], 3), 255, np.uint8)
+    return labelled(
+        np.concatenate([lines[0], band, lines[1]]),
+        "stage 2 alone at its training framing, training rows, seed 0: real row (top) / drawn (bottom)",
+    )
+
+
 def comparison_sheet(work: str, rows: list[str]) -> np.ndarray | None:
     """The comparison's whole frames for `rows`, one line each: the target pose drawn on the sequential
-    output, the one-stage baseline, then the two stages under none / fixed / sequential, each `TILE` px
+    output, the real frame through the VAE, the one-stage baseline, then the two stages under none /
+    fixed / sequential, each `TILE` px
     high, under a header. None when nothing was generated."""
     import cv2
     from PIL import Image
@@ -895,11 +925,17 @@ def comparison_sheet(work: str, rows: list[str]) -> np.ndarray | None:
     from manifests.draw import draw_hand, draw_openpose
     from manifests.pose import to_openpose18
 
-    columns = ("target pose", "one-stage baseline", *(f"two stages, {b}" for b in BLENDS))
+    shown = ("real_vae", "baseline", *BLENDS)
+    columns = (
+        "target pose",
+        "real, through the VAE",
+        "one-stage baseline",
+        *(f"two stages, {b}" for b in BLENDS),
+    )
     lines = []
     for image_id in rows:
         frames = {}
-        for name in ("baseline", *BLENDS):
+        for name in shown:
             path = os.path.join(work, "generated", name, f"{image_id}.png")
             if os.path.isfile(path):
                 with Image.open(path) as im:
@@ -924,7 +960,7 @@ def comparison_sheet(work: str, rows: list[str]) -> np.ndarray | None:
             kp[:, :2] *= scale
             target = draw_hand(target, kp)
         blank = np.zeros_like(frames["sequential"])
-        lines.append([target] + [frames.get(n, blank) for n in ("baseline", *BLENDS)])
+        lines.append([target] + [frames.get(n, blank) for n in shown])
     if not lines:
         return None
     # Frames keep their aspect (generate draws whole frames), each centred in a cell as wide as the widest.
@@ -1233,7 +1269,13 @@ def main(argv=None) -> int:
 
     phases.join("train_body", background["train_body"])
     write_result()
-    phases.run("score_stage2", stage2, runs["body"], manifest, chain["sample_steps"])
+
+    def score_stage2() -> dict:
+        s2, s2_pics = stage2(runs["body"], manifest, chain["sample_steps"])
+        save_pictures(pics + "_stage2.npz", **s2_pics)
+        return s2
+
+    phases.run("score_stage2", score_stage2)
     write_result()
     phases.join("train_baseline", background["train_baseline"])
     torch.set_num_threads(args.threads)
@@ -1268,6 +1310,7 @@ def main(argv=None) -> int:
         {"cases": cases, "images": list(s1_pics["images"]), "masks": list(s1_pics["masks"])},
         work,
         first_rows,
+        pics,
     )
     shutil.copy(
         os.path.join(work, "eval", "compare", "compare.md"),

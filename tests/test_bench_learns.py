@@ -83,13 +83,14 @@ def test_the_comparison_sheet_shows_whole_frames_160_px_high_with_the_target_on_
     assert tile >= 160
     header = sheet.shape[0] - tile - 4
     assert header > 0  # one line: the row that was not generated is left out
-    assert sheet.shape[1] == 5 * (tile + 4)  # five cells, each as wide as the widest frame and a gap
+    assert sheet.shape[1] == 6 * (tile + 4)  # six cells, each as wide as the widest frame and a gap
     frames = [
-        sheet[header : header + tile, k * (tile + 4) : k * (tile + 4) + tile].astype(int) for k in range(5)
+        sheet[header : header + tile, k * (tile + 4) : k * (tile + 4) + tile].astype(int) for k in range(6)
     ]
     big = np.asarray(Image.fromarray(baseline).resize((tile, tile), Image.BICUBIC)).astype(int)
-    assert np.abs(frames[1] - big).max() == 0  # the baseline, upscaled whole
-    changed = np.abs(frames[0] - frames[4]).max(axis=2) > 0  # the target pose drawn on the sequential frame
+    assert frames[1].max() == 0  # no real_vae frame: a black tile keeps the columns in place
+    assert np.abs(frames[2] - big).max() == 0  # the baseline, upscaled whole
+    changed = np.abs(frames[0] - frames[5]).max(axis=2) > 0  # the target pose drawn on the sequential frame
     assert 0.02 < changed.mean() < 0.6
     assert learns.comparison_sheet(str(tmp_path), ["not-generated"]) is None
 
@@ -108,3 +109,16 @@ def test_a_failed_background_phase_stops_the_chain_naming_its_log(tmp_path):
     with pytest.raises(RuntimeError, match=r"phase train_body failed \(exit code 1\): see train_body.log"):
         phases.join("train_body", handle)
     assert "train_body" not in phases.state["done"]
+
+
+def test_the_stage_2_sheet_shows_the_real_rows_above_their_drawings(tmp_path):
+    rng = np.random.default_rng(0)
+    real, drawn = (rng.integers(0, 256, (3, 128, 128, 3), dtype=np.uint8) for _ in range(2))
+    learns.save_pictures(str(tmp_path / "pictures_stage2.npz"), real=list(real), drawn=list(drawn))
+
+    sheet = learns.stage2_sheet(str(tmp_path / "pictures"))
+
+    assert sheet.shape == (24 + 128 + 4 + 128, 3 * 128 + 2 * 4, 3)
+    assert (sheet[24 : 24 + 128, 132:260] == real[1]).all()  # at their own size, nothing resampled
+    assert (sheet[24 + 132 :, 264:] == drawn[2]).all()
+    assert learns.stage2_sheet(str(tmp_path / "nothing")) is None
