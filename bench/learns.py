@@ -475,9 +475,9 @@ def stage1(hand_run: str, manifest: str, res: int, steps: int, seeds=SEEDS) -> t
     real, _ = score_set(detector, min_size, [c["crop"] for c in cases], poses)
     # The same crops through the VAE (posterior mode and back): what the detector sees at best in a
     # sample that reproduced its training latent exactly, so the VAE's share of a miss can be told apart.
-    from generation.training.vae import reconstruct, to_uint8
+    from generation.training.vae import from_uint8, reconstruct, to_uint8
 
-    pixels = torch.stack([torch.from_numpy(c["crop"]).permute(2, 0, 1).float() / 127.5 - 1.0 for c in cases])
+    pixels = from_uint8([c["crop"] for c in cases])
     vae_recs, _ = score_set(detector, min_size, list(to_uint8(reconstruct(pipe.vae, pixels))), poses)
 
     def sample_and_score(vcases: list[dict]) -> tuple[dict, list, tuple]:
@@ -619,13 +619,12 @@ def stage2(body_run: str, manifest: str, steps: int, pairs: int = 16, seed: int 
     real = score([r["hand_image"] for r in rows], poses)
     # The real rows through the VAE (posterior mode and back): the most any stage-2 sample from this VAE
     # can show the detector, so that the VAE's share of a miss can be told apart from stage 2's.
-    from generation.training.vae import reconstruct, to_uint8
+    from generation.training.vae import from_uint8, reconstruct, to_uint8
 
-    pixels = torch.stack(
-        [torch.from_numpy(r["hand_image"]).permute(2, 0, 1).float() / 127.5 - 1.0 for r in rows]
-    )
     with torch.no_grad():
-        vae_real = score(list(to_uint8(reconstruct(pipe.vae, pixels))), poses)
+        vae_real = score(
+            list(to_uint8(reconstruct(pipe.vae, from_uint8([r["hand_image"] for r in rows])))), poses
+        )
     drawings = [draw(r, r["body_keypoints"]) for r in rows]
     drawn = score(drawings, poses)
     own, other = [], []
@@ -667,10 +666,10 @@ def cli(*args: str) -> None:
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
 
 
-# The rows of the paper's comparison, in table order (``real_vae``: the real frames at the generated size
-# through the VAE, the most any generated image can show the detector), and the report columns kept for each in learns.json
-# (as ``comparison.<row>.<section>.<key>``): hands found in their own crop box and their PCK, hands found
-# in the whole image and their PCK, the seam and fidelity of the two-stage blends, the body.
+# The rows of the paper's comparison, in table order (``real_vae``: the real frames at the generated
+# size through the VAE, the most any generated image can show the detector), and the report columns
+# kept for each as ``comparison.<row>.<column>`` in learns.json: hands found in their own crop box and
+# their PCK, hands found in the whole image and their PCK, the blends' seam and fidelity, the body.
 COMPARISON = ("real", "real_vae", "baseline", *BLENDS)
 COMPARISON_COLUMNS = (
     "hands.crop_detected_share",
@@ -692,7 +691,7 @@ def vae_frames(manifest: str, vae_folder: str, generated: str, out: str) -> None
     from diffusers import AutoencoderKL
     from PIL import Image
 
-    from generation.training.vae import reconstruct, to_uint8
+    from generation.training.vae import from_uint8, reconstruct, to_uint8
     from manifests.decode import image_array
     from manifests.reader import open_manifest
 
@@ -708,9 +707,8 @@ def vae_frames(manifest: str, vae_folder: str, generated: str, out: str) -> None
         with Image.open(path) as im:
             size = im.size
         real = np.asarray(Image.fromarray(image_array(row)).resize(size, Image.BICUBIC))
-        pixels = torch.from_numpy(real).permute(2, 0, 1)[None].float() / 127.5 - 1.0
         with torch.no_grad():
-            Image.fromarray(to_uint8(reconstruct(vae, pixels))[0]).save(
+            Image.fromarray(to_uint8(reconstruct(vae, from_uint8([real])))[0]).save(
                 os.path.join(out, f"{row['image_id']}.png")
             )
 
@@ -792,7 +790,9 @@ def two_stage(manifest: str, runs: dict, work: str, rows: int, steps: int) -> di
     for name in COMPARISON:
         with open(os.path.join(work, "eval", name, "report.json"), encoding="utf-8") as f:
             report = json.load(f)
-        table[name] = {c: report.get(c.split(".")[0], {}).get(c.split(".", 1)[1]) for c in COMPARISON_COLUMNS}
+        table[name] = {
+            c: report.get(c.split(".", 1)[0], {}).get(c.split(".", 1)[1]) for c in COMPARISON_COLUMNS
+        }
         table[name]["images"] = report["images"]["evaluated"]
         table[name]["hands"] = report["hands"].get("count")
     return table

@@ -13,7 +13,7 @@ from generation.generate.pipeline import body_resolution
 from generation.models.loading import build_components
 from generation.pipelines.body import BodyOutpaintPipeline
 from generation.pipelines.two_stage import TwoStageHandBodyPipeline
-from generation.training.vae import VaeTask, latent_std, reconstruct
+from generation.training.vae import VaeTask, from_uint8, latent_std, reconstruct, to_uint8
 from generation.training.vae_config import VaeTrainConfig
 
 pytestmark = pytest.mark.slow  # every test here trains autoencoders
@@ -285,3 +285,12 @@ def test_train_vae_logs_each_loss_term(vae_run):
     # the default loss is l1 + 0.5 x edge (+ a tiny KL): the logged total is made of the logged terms
     r = train[-1]
     assert r["loss"] == pytest.approx(r["pixel"] + 0.5 * r["edge"] + 1e-6 * r["kl"], rel=1e-4)
+
+
+def test_from_uint8_and_to_uint8_undo_each_other():
+    images = np.random.default_rng(0).integers(0, 256, (3, 8, 6, 3), dtype=np.uint8)
+    pixels = from_uint8(list(images))
+    assert pixels.shape == (3, 3, 8, 6) and pixels.dtype == torch.float32
+    assert pixels.min() >= -1.0 and pixels.max() <= 1.0
+    assert (pixels[1, 2] == torch.from_numpy(images[1, :, :, 2]).float() / 127.5 - 1.0).all()  # channel 2
+    assert (to_uint8(pixels) == images).all()

@@ -54,6 +54,12 @@ def to_uint8(pixels: torch.Tensor) -> np.ndarray:
     )
 
 
+def from_uint8(images) -> torch.Tensor:
+    """(B, H, W, 3) uint8 (an array or a list of same-size images) -> (B, 3, H, W) float32 in [-1, 1];
+    `to_uint8` undoes it."""
+    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     """Peak signal-to-noise ratio in dB of two uint8 image arrays (one MSE over all pixels)."""
     mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
