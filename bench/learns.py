@@ -917,8 +917,7 @@ def stage2_sheet(pics: str) -> np.ndarray | None:
 def comparison_sheet(work: str, rows: list[str]) -> np.ndarray | None:
     """The comparison's whole frames for `rows`, one line each: the target pose drawn on the sequential
     output, the real frame through the VAE, the one-stage baseline, then the two stages under none /
-    fixed / sequential, each `TILE` px
-    high, under a header. None when nothing was generated."""
+    fixed / sequential, each `TILE` px high, under a header. None when nothing was generated."""
     import cv2
     from PIL import Image
 
@@ -970,14 +969,12 @@ def comparison_sheet(work: str, rows: list[str]) -> np.ndarray | None:
         for k, tile in enumerate(line):
             x = k * tile_w + (tile_w - 4 - tile.shape[1]) // 2
             body[i * (TILE + 4) : i * (TILE + 4) + TILE, x : x + tile.shape[1]] = tile
-    header = np.full((44, body.shape[1], 3), 255, np.uint8)
-    title = f"{len(lines)} training rows, seed 0, whole frames"
-    cv2.putText(header, title, (4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+    names = np.full((20, body.shape[1], 3), 255, np.uint8)
     for k, name in enumerate(columns):
         cv2.putText(
-            header, name, (k * tile_w + 4, 36), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA
+            names, name, (k * tile_w + 4, 12), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA
         )
-    return np.concatenate([header, body])
+    return labelled(np.concatenate([names, body]), f"{len(lines)} training rows, seed 0, whole frames")
 
 
 # ---------------------------------------------------------------------------------------------------
