@@ -62,6 +62,12 @@ class FitTransform:
         return cls(float(s), float(tx), float(ty), int(frame_w), int(frame_h), int(out_w), int(out_h))
 
     @property
+    def window(self) -> dict:
+        """The map as a JSON object (``output = frame * scale + offset``, per axis), the form a generated
+        image's sidecar records it in (``source.window``)."""
+        return {"scale": [self.scale, self.scale], "offset": [self.tx, self.ty]}
+
+    @property
     def params(self) -> np.ndarray:
         """[scale, tx, ty] as float32, the form the datasets yield."""
         return np.array([self.scale, self.tx, self.ty], dtype=np.float32)
@@ -125,6 +131,15 @@ class FitTransform:
 
 # ---------------------------------------------------------------------------------------------------
 # Framing: how large stage 2 sees a frame, in training and in generation
+
+
+def hands_focus(points: np.ndarray | None) -> tuple[float, float] | None:
+    """The centre of the (N, >=2) hand keypoints' box, frame pixels, where `train-body --crop hands`
+    centres its square (None without points)."""
+    if points is None or not len(points):
+        return None
+    pts = np.asarray(points, dtype=np.float64)[:, :2]
+    return tuple(float(v) for v in (pts.min(axis=0) + pts.max(axis=0)) / 2.0)
 
 
 def training_scale(frame_w: int, frame_h: int, side: int, fit: str = "cover") -> float:

@@ -555,3 +555,55 @@ def test_detection_spreads_over_a_real_dask_scheduler_with_two_workers(eval_mani
     for kind in ("hands", "body"):
         assert spread[kind] == here[kind]
     assert spread["images"] == here["images"]
+
+
+def test_windowed_images_are_scored_through_their_sidecar_window(eval_manifest, tmp_path):
+    """An image that shows only the trainer's square around the hands (``generate --framing hands``)
+    is scored through the window its sidecar records: the photos cut to that square score as the whole
+    photos do. Without the sidecar the same pixels are taken for the whole frame, stretched, and the
+    hands are missed; a malformed window makes that image unreadable, with its reason."""
+    import io
+
+    from generation.evaluate import evaluate
+    from manifests.transforms import FitTransform, hands_focus
+
+    m = open_manifest(str(eval_manifest))
+    rows = {r["image_id"]: r for r in m.read("images").to_pylist()}
+    hands = m.read("hands", ["image_id", "keypoints"]).to_pylist()
+    selected = [r["image_id"] for r in _selected(eval_manifest) if r["num_hands"] > 0][:4]
+    windowed, plain = tmp_path / "windowed", tmp_path / "plain"
+    windowed.mkdir(), plain.mkdir()
+    for image_id in selected:
+        row = rows[image_id]
+        im = np.asarray(Image.open(io.BytesIO(row["image"])).convert("RGB"))
+        kps = np.concatenate([np.asarray(h["keypoints"]) for h in hands if h["image_id"] == image_id])
+        side = min(im.shape[:2])  # the stored photo's scale, cut to a square around the hands
+        t = FitTransform.fit(row["width"], row["height"], side, side, "cover", hands_focus(kps))
+        assert t.tx < 0 or t.ty < 0  # a part of the frame is cut off
+        for folder in (windowed, plain):
+            Image.fromarray(t.warp(im)).save(folder / f"{image_id}.png")
+        (windowed / f"{image_id}.json").write_text(json.dumps({"source": {"window": t.window}}))
+
+    def run(folder, name):
+        return evaluate(
+            str(eval_manifest), str(folder), str(tmp_path / name), limit=LIMIT, split="all", progress=False
+        )
+
+    real, win, flat = run("real", "real"), run(windowed, "windowed"), run(plain, "plain")
+    targets = sum(rows[i]["num_hands"] for i in selected)
+    assert win["images"]["evaluated"] == 4 and win["hands"]["count"] == targets
+    assert win["hands"]["detected_share"] >= 0.9 and win["hands"]["pck_0.2"] >= 0.9
+    assert win["hands"]["crop_detected_share"] >= real["hands"]["crop_detected_share"] - 0.25
+    assert not any("aspect ratio" in note for note in win["notes"])
+    # The same pixels read as the whole frame: hands land elsewhere, and the stretch is noted.
+    assert flat["hands"]["detected_share"] <= win["hands"]["detected_share"] - 0.5
+    assert any("aspect ratio" in note for note in flat["notes"])
+
+    (windowed / f"{selected[0]}.json").write_text(json.dumps({"source": {"window": {"scale": [0, 1]}}}))
+    broken = run(windowed, "broken")
+    assert broken["images"]["unreadable"] == 1
+    per = {
+        p["image_id"]: p
+        for p in map(json.loads, (tmp_path / "broken" / "per_image.jsonl").read_text().splitlines())
+    }
+    assert "source.window" in per[selected[0]]["error"]

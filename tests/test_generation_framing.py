@@ -11,7 +11,7 @@ from generation.cli import main
 from generation.generate import output_size, requests_from_manifest
 from manifests.datasets import BodyDataset
 from manifests.reader import open_manifest
-from manifests.transforms import frame_at_training_scale, training_scale
+from manifests.transforms import FitTransform, frame_at_training_scale, hands_focus, training_scale
 
 pytestmark = pytest.mark.slow  # every test here generates at the body model's training scale
 
@@ -95,7 +95,36 @@ def test_generate_from_manifest_draws_at_the_body_models_training_scale(
     with Image.open(out / "synthetic_00001.png") as im:
         assert im.size == (85, 64)
     side = json.loads((out / "synthetic_00001.json").read_text())
-    assert side["source"]["framing"] == {"side": 64, "fit": "cover"}
+    assert side["source"]["framing"] == {"side": 64, "fit": "cover", "mode": "whole"}
+    assert side["source"]["window"] == {"scale": [85 / 256, 64 / 192], "offset": [0.0, 0.0]}
+    # --framing hands: the trainer's 64 x 64 square centred on the hands, its window in the sidecar.
+    assert main([*args, "--out", str(tmp_path / "square"), "--framing", "hands"]) == 0
+    with Image.open(tmp_path / "square" / "synthetic_00001.png") as im:
+        assert im.size == (64, 64)
+    square = json.loads((tmp_path / "square" / "synthetic_00001.json").read_text())
+    assert square["source"]["framing"]["mode"] == "hands"
+    (scale, _), (tx, ty) = square["source"]["window"]["scale"], square["source"]["window"]["offset"]
+    assert scale == pytest.approx(64 / 192) and ty == 0.0 and -(256 * scale - 64) <= tx <= 0.0
     assert main([*args, "--out", str(tmp_path / "sized"), "--size", "128"]) == 0  # --size: the longer side
     with Image.open(tmp_path / "sized" / "synthetic_00001.png") as im:
         assert im.size == (128, 96)
+
+
+def test_hands_framing_is_the_body_datasets_square_around_the_hands(synthetic_manifest):
+    """``generate --framing hands`` asks for the very square train-body cuts: the same window as the body
+    dataset's transform, every hand keypoint on it at the spot the dataset puts it."""
+    data = BodyDataset(str(synthetic_manifest), resolution=64, fit="cover", crop="hands", shuffle=False)
+    m = open_manifest(str(synthetic_manifest))
+    rows = {r["image_id"]: r for r in m.read("images", status="ok").to_pylist()}
+    hands = m.read("hands", ["image_id", "keypoints"]).to_pylist()
+    requests = requests_from_manifest(str(synthetic_manifest), None, 64, "all", None, 0, "cover", "hands")
+    assert requests and all((r.spec.width, r.spec.height) == (64, 64) for r in requests)
+    for r in requests:
+        kps = np.concatenate([np.asarray(h["keypoints"]) for h in hands if h["image_id"] == r.name])
+        t = data.transform_for(rows[r.name], kps)
+        assert r.source["window"] == {"scale": [t.scale, t.scale], "offset": [t.tx, t.ty]}
+        assert t == FitTransform.fit(t.frame_w, t.frame_h, 64, 64, "cover", hands_focus(kps))
+        drawn = np.concatenate([h.keypoints for h in r.spec.hands])
+        np.testing.assert_allclose(drawn[:, :2], t.points(kps)[:, :2], atol=1e-4)
+    with pytest.raises(ValueError, match="unknown framing"):
+        requests_from_manifest(str(synthetic_manifest), None, 64, "all", None, 0, "cover", "person")

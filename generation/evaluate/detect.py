@@ -20,8 +20,9 @@ named by a manifest (see `run.detection_prep_config`); a plug-in adds its entry 
 A task (`detect_unit`) is one row group of the manifest's images table, opened once by the caller
 (and scattered to the Dask workers once, not re-opened per task): it reads that row group itself (light columns, plus the stored `image` column when scoring the real images), opens the
 generated images named ``<image_id>.png`` from the generated folder, detects, and returns keypoints
-already mapped into the target frame (the manifest's original ``width`` x ``height``): a generated
-image of another size is assumed to show the whole target frame and is rescaled per axis.
+already mapped into the target frame (the manifest's original ``width`` x ``height``) through the
+image's `framing.FrameMap`: a generated image of another size is taken to show the whole target frame,
+rescaled per axis, unless its sidecar records the window it shows (``generate --framing hands``).
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ import numpy as np
 from PIL import Image
 
 from manifests.names import path_in
+
+from .framing import FrameMap, frame_map
 
 logger = logging.getLogger(__name__)
 
@@ -113,6 +116,7 @@ class ImageDetections:
     body: np.ndarray | None = None  # (33, 3) [x, y, visibility] in target-frame pixels
     body_score: float | None = None
     size: tuple[int, int] | None = None  # (width, height) of the evaluated image
+    frame_map: FrameMap | None = None  # target frame -> evaluated image
     error: str | None = None
     worker_pid: int | None = None
 
@@ -142,30 +146,20 @@ def load_real(row: dict) -> np.ndarray:
     return image_array(row)
 
 
-def to_target_frame(
-    points: np.ndarray, image_size: tuple[int, int], target_size: tuple[int, int]
-) -> np.ndarray:
-    """(N, >=2) pixels of an image of (w, h) `image_size` -> pixels of the (W, H) target frame."""
-    out = np.array(points, dtype=np.float64, copy=True)
-    out[:, 0] *= target_size[0] / image_size[0]
-    out[:, 1] *= target_size[1] / image_size[1]
-    return out
-
-
-def detect_image(
-    annotator, image_id: str, image: np.ndarray, target_size: tuple[int, int]
-) -> ImageDetections:
-    """Detect in one image and map the keypoints into the (W, H) `target_size` frame."""
+def detect_image(annotator, image_id: str, image: np.ndarray, target) -> ImageDetections:
+    """Detect in one image and map the keypoints into its target frame: `target` is the image's
+    `FrameMap`, or the (W, H) frame that the image shows whole."""
     h, w = image.shape[:2]
+    fmap = target if isinstance(target, FrameMap) else FrameMap.whole(tuple(target), (w, h))
     hands, body = annotator.detect(image)
-    out = ImageDetections(image_id, size=(w, h), worker_pid=os.getpid())
+    out = ImageDetections(image_id, size=(w, h), frame_map=fmap, worker_pid=os.getpid())
     for hand in hands:
-        kps = to_target_frame(hand.keypoints, (w, h), target_size)
+        kps = fmap.to_frame(hand.keypoints)
         kps[:, 2] = 1.0
         conf = None if hand.handedness_score is None else float(hand.handedness_score)
         out.hands.append(HandDetection(kps, hand.handedness, 1.0 if conf is None else conf, conf))
     if body is not None:
-        out.body = to_target_frame(body.keypoints, (w, h), target_size)
+        out.body = fmap.to_frame(body.keypoints)
         out.body_score = float(body.score)
     return out
 
@@ -197,18 +191,21 @@ def detect_unit(
         image_id = row["image_id"]
         if image_id not in wanted:
             continue
+        frame = (row["width"], row["height"])
         try:
             if generated == REAL:
                 image = load_real(row)
+                target = frame
             else:
                 path = find_generated(generated, image_id)
                 if path is None:
                     raise FileNotFoundError(f"no generated image {image_id}.png in {generated}")
                 image = load_generated(path)
+                target = frame_map(generated, image_id, frame, image.shape[1::-1])
         except Exception as exc:  # noqa: BLE001 - an unreadable image is a scored miss, not a crash
             out.append(
                 ImageDetections(image_id, error=f"{type(exc).__name__}: {exc}", worker_pid=os.getpid())
             )
             continue
-        out.append(detect_image(model, image_id, image, (row["width"], row["height"])))
+        out.append(detect_image(model, image_id, image, target))
     return out

@@ -41,14 +41,18 @@ def worst_and_best(errors: dict[str, float | None], n: int = TILES) -> tuple[lis
     return worst, best
 
 
-def draw_skeletons(image: np.ndarray, frame: tuple[int, int], targets, detections) -> np.ndarray:
-    """`image` resized to the target `frame` (w, h), the target hands in white under the detected ones
-    (OpenPose colours)."""
+def draw_skeletons(image: np.ndarray, frame: tuple[int, int], targets, detections, fmap=None) -> np.ndarray:
+    """`image` shown in the target `frame` (w, h) through its `framing.FrameMap` `fmap` (default: the
+    whole frame, resized; a windowed image sits at its window), the target hands in white under the
+    detected ones (OpenPose colours)."""
     import cv2
 
     from manifests.draw import HAND_EDGES, draw_hand
 
-    out = np.ascontiguousarray(cv2.resize(image, frame, interpolation=cv2.INTER_AREA))
+    from .framing import FrameMap
+
+    fmap = fmap or FrameMap.whole(frame, image.shape[1::-1])
+    out = fmap.frame_image(image, frame)
     thickness = max(2, max(frame) // 160)
     for t in targets:
         pts = np.asarray(t.keypoints, dtype=np.float64)[:, :2]
@@ -82,7 +86,11 @@ def report_picture(
     for kind, ids in (("worst", worst), ("best", best)):
         for rank, image_id in enumerate(ids, 1):
             det = detections[image_id]
-            tiles.append(draw_skeletons(load_image(image_id), frames[image_id], targets[image_id], det.hands))
+            tiles.append(
+                draw_skeletons(
+                    load_image(image_id), frames[image_id], targets[image_id], det.hands, det.frame_map
+                )
+            )
             name = image_id if len(image_id) <= 16 else image_id[:15] + "…"
             titles.append(f"{kind} {rank}: {name} ({errors[image_id]:.3f})")
         for _ in range(columns - len(ids)):  # each kind on rows of its own

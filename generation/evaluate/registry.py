@@ -117,10 +117,18 @@ class PixelSample:
     caption: str | None
     target_hands: list = field(default_factory=list)  # manifests.matching.Instance of the target hands
     hands_mask: np.ndarray | None = None  # (H, W) bool: the manifest's hand mask of the real frame
+    frame_map: Any = None  # framing.FrameMap, target frame -> `generated`; None: the whole frame
 
     @property
     def same(self) -> bool:
         return self.generated is self.real
+
+    @property
+    def generated_map(self):
+        """The `framing.FrameMap` from the target frame to `generated`."""
+        from .framing import FrameMap
+
+        return self.frame_map or FrameMap.whole(self.frame, self.generated.shape[1::-1])
 
 
 @dataclass

@@ -11,6 +11,7 @@ from manifests.decode import hands_mask_array
 
 from .detect import REAL, find_generated, load_generated, load_real
 from .detection import image_progress
+from .framing import FrameMap, frame_map, visible_targets
 from .metrics import ordered
 from .metrics.pose import hand_predictions
 from .pictures import hand_error
@@ -81,24 +82,29 @@ def pixel_pass(manifest, plan, rows, boxes, targets, generated: str, metrics: li
                     continue
                 info = rows[row["image_id"]]
                 real = load_real(row)
+                frame = (info["width"], info["height"])
+                hands, hand_boxes = targets.get(row["image_id"], []), boxes.get(row["image_id"], [])
                 if generated == REAL:
-                    fake = real
+                    fake, fmap = real, FrameMap.whole(frame, real.shape[1::-1])
                 else:
                     try:
                         fake = load_generated(find_generated(generated, row["image_id"]))
+                        fmap = frame_map(generated, row["image_id"], frame, fake.shape[1::-1])
                     except Exception as exc:  # noqa: BLE001 - already counted as unreadable by detection
                         logger.warning("quality pass skips %s: %s", row["image_id"], exc)
                         bar.update(1)
                         continue
+                    hands, hand_boxes, _ = visible_targets(fmap, hands, hand_boxes, None)
                 sample = PixelSample(
                     row["image_id"],
                     real,
                     fake,
-                    (info["width"], info["height"]),
-                    boxes.get(row["image_id"], []),
+                    frame,
+                    hand_boxes,
                     info["caption"],
-                    targets.get(row["image_id"], []),
+                    hands,
                     hands_mask_array(row) if row.get("hands_mask") is not None else None,
+                    fmap,
                 )
                 for _, acc in metrics:
                     fields.setdefault(row["image_id"], {}).update(acc.update(sample) or {})
@@ -113,16 +119,19 @@ def score_detections(detections, rows: dict, targets: dict, metrics: list, confi
     per_image, unreadable, stretched, errors = [], [], [], {}
     for det in sorted(detections, key=lambda d: d.image_id):
         row = rows[det.image_id]
+        hands, body = targets[det.image_id], row["body_keypoints"]
         if det.error:
             unreadable.append(det.image_id)
+        elif det.frame_map is not None and det.frame_map.windowed:
+            hands, _, body = visible_targets(det.frame_map, hands, [], body)
         elif abs(det.size[0] / det.size[1] * row["height"] / row["width"] - 1.0) > ASPECT_TOLERANCE:
             stretched.append(det.image_id)
-        sample = PoseSample(det.image_id, det, targets[det.image_id], row["body_keypoints"])
+        sample = PoseSample(det.image_id, det, hands, body)
         record = {"image_id": det.image_id}
         for _, acc in metrics:
             record.update(acc.update(sample) or {})
         if not det.error:
-            errors[det.image_id] = hand_error(hand_predictions(det), targets[det.image_id], config.match)
+            errors[det.image_id] = hand_error(hand_predictions(det), hands, config.match)
         per_image.append({**record, "hand_error": errors.get(det.image_id), "error": det.error})
     return per_image, unreadable, stretched, errors
 

@@ -119,10 +119,13 @@ def _from_specs(batch: _Batch) -> list[Item]:
 def _from_manifest(batch: _Batch) -> list[Item]:
     settings, src = batch.settings, batch.sources
     # Without --size, rows are drawn whole at the scale the body model was trained at, so hands are as
-    # large as in its training crops (docs/fidelity.md, "Framing"); --size is the longer side.
+    # large as in its training crops (docs/fidelity.md, "Framing"); --size is the longer side. With
+    # --framing hands, each row is the trainer's square itself (side --size, default the training side).
     size = batch.pipe_size if settings.size is None else settings.size
     fit = None
-    if settings.size is None:
+    if settings.framing == "hands":
+        fit = batch.fit or "cover"  # the trainer's square; train-body frames with cover by default
+    elif settings.size is None:
         if batch.fit is None:
             raise UsageError(
                 "the body model records no fit (how train-body framed its images), so its training scale is "
@@ -130,7 +133,7 @@ def _from_manifest(batch: _Batch) -> list[Item]:
             )
         fit = batch.fit
     requests = requests_from_manifest(
-        src.from_manifest, src.image_id, size, src.split, src.limit, batch.seed, fit
+        src.from_manifest, src.image_id, size, src.split, src.limit, batch.seed, fit, settings.framing
     )
     return [(r, settings) for r in requests]
 
@@ -232,6 +235,10 @@ def generate_batch(
         hand_model, body_model = hand_model or models["hand"]["path"], body_model or models["body"]["path"]
     if not hand_model or not body_model:
         raise UsageError(f"{flag('hand_model')} and {flag('body_model')} are required")
+    if settings.framing != "whole" and sources.kind not in ("from_manifest", "replay"):
+        raise UsageError(
+            f"{flag('framing')} {settings.framing} frames manifest rows: it needs {flag('from_manifest')}"
+        )
     share = this_process()
     pipe = load_pipeline(hand_model, body_model, settings, device=share.device)
 

@@ -57,12 +57,53 @@ def output_size(width: int, height: int, longest: int, fit: str | None = None) -
     return max(8, int(round(width * scale))), max(8, int(round(height * scale)))
 
 
-def _scaled(kps, sx: float, sy: float, width: int, height: int) -> np.ndarray:
-    """Keypoints into the output frame; points off the canvas (MediaPipe predicts joints outside the
-    frame) get score 0, so they are neither drawn nor checked."""
+# How `generate --from-manifest` frames a row (``--framing``): the whole frame, or the body trainer's
+# square centred on the hands (`train-body --crop hands`), the canvas stage 2 was trained on.
+FRAMINGS = ("whole", "hands")
+
+
+@dataclass(frozen=True)
+class Window:
+    """The map from a (W, H) frame to an output image: ``output = frame * scale + offset`` per axis.
+    A manifest request's sidecar records it as ``source.window``, so evaluation maps the frame's
+    targets into an image that shows only a part of the frame."""
+
+    size: tuple[int, int]  # (w, h) of the output image
+    scale: tuple[float, float]
+    offset: tuple[float, float] = (0.0, 0.0)
+
+    @property
+    def record(self) -> dict:
+        return {"scale": list(self.scale), "offset": list(self.offset)}
+
+
+def frame_window(
+    frame: tuple[int, int], size: int, fit: str | None = None, framing: str = "whole", hand_points=None
+) -> Window:
+    """Where a (W, H) `frame` goes in its output image.
+
+    - ``whole``: the whole frame, at `output_size(W, H, size, fit)`;
+    - ``hands``: the `size` x `size` square that `train-body --fit FIT --crop hands` cuts from the
+      frame, centred on `hand_points` (N, >=2 frame pixels; the frame centre without), at the trainer's
+      scale (`manifests.transforms.FitTransform.fit`, as the body dataset frames its samples)."""
+    if framing not in FRAMINGS:
+        raise ValueError(f"unknown framing {framing!r}; expected one of {FRAMINGS}")
+    if framing == "hands":
+        from manifests.transforms import FitTransform, hands_focus
+
+        t = FitTransform.fit(frame[0], frame[1], size, size, fit or "cover", hands_focus(hand_points))
+        return Window((size, size), (t.scale, t.scale), (t.tx, t.ty))
+    w, h = output_size(frame[0], frame[1], size, fit)
+    return Window((w, h), (w / float(frame[0]), h / float(frame[1])))
+
+
+def _scaled(kps, window: Window) -> np.ndarray:
+    """Keypoints into the output image; points off the canvas (MediaPipe predicts joints outside the
+    frame, and a window shows only part of it) get score 0, so they are neither drawn nor checked."""
     arr = np.array(kps, dtype=np.float64, copy=True)
-    arr[:, 0] *= sx
-    arr[:, 1] *= sy
+    for axis in (0, 1):
+        arr[:, axis] = arr[:, axis] * window.scale[axis] + window.offset[axis]
+    width, height = window.size
     off = (arr[:, 0] < 0) | (arr[:, 0] > width) | (arr[:, 1] < 0) | (arr[:, 1] > height)
     arr[off | ~np.isfinite(arr[:, :2]).all(axis=1), 2] = 0.0
     arr[~np.isfinite(arr)] = 0.0
@@ -70,20 +111,19 @@ def _scaled(kps, sx: float, sy: float, width: int, height: int) -> np.ndarray:
 
 
 def _spec_from_pose(
-    name: str, frame: tuple[int, int], size: int, body, hands, prompt: str, seed: int, fit: str | None = None
+    name: str, window: Window, body, hands, prompt: str, seed: int
 ) -> tuple[PoseSpec, list[int]]:
-    """A PoseSpec of `output_size(*frame, size, fit)` from keypoints in a (W, H) `frame`; hands = [(side, (21, 3))].
+    """A PoseSpec of the `window`'s size from keypoints in its frame; hands = [(side, (21, 3))].
 
     Returns the spec and the indices of the hands it kept (a hand with no point on the canvas is
     dropped). A hand without a known side is taken as a right hand."""
-    w, h = output_size(frame[0], frame[1], size, fit)
-    sx, sy = w / float(frame[0]), h / float(frame[1])
+    w, h = window.size
     body_obj = None
     if body is not None:
-        body_obj = {"format": "mediapipe33", "keypoints": _scaled(body, sx, sy, w, h).tolist()}
+        body_obj = {"format": "mediapipe33", "keypoints": _scaled(body, window).tolist()}
     hand_objs, kept = [], []
     for i, (side, kps) in enumerate(hands):
-        scaled = _scaled(kps, sx, sy, w, h)
+        scaled = _scaled(kps, window)
         if not (scaled[:, 2] > 0).any():
             continue
         kept.append(i)
@@ -113,13 +153,16 @@ def requests_from_manifest(
     limit: int | None = None,
     seed: int = 0,
     fit: str | None = None,
+    framing: str = "whole",
 ) -> list[Request]:
     """One request per images row: the given `image_ids` (each must exist), else the ``ok`` rows of
     `split` ("all" or None: every split) in manifest order, the first `limit` of them, selected by
     `generation.selection` exactly as `handfirst-gen evaluate` selects them. Poses are scaled from the
     original frame to the whole frame at `output_size(W, H, size, fit)`: with `fit` (the body model's
     training framing, `size` its training side) at the scale the body trainer saw such a frame, so hands
-    are as large as in training; without, at longer side `size`. The stage-1 captions are the
+    are as large as in training; without, at longer side `size`. With `framing` ``hands`` each request is
+    instead the trainer's `size` square centred on the row's hands (`frame_window`). Each request's
+    source records its `Window`, so that evaluation maps the frame into it. The stage-1 captions are the
     manifest's hand captions, the prompt its image caption."""
     import pyarrow.dataset as pads
 
@@ -162,16 +205,11 @@ def requests_from_manifest(
             raise RequestError(f"{m.url}: image {image_id} has no width/height")
         body = body_keypoints(row) if row.get("body_keypoints") is not None else None
         hands = [(hr["handedness"], hand_keypoints(hr)) for hr in by_image.get(image_id, [])]
+        points = np.concatenate([k[np.isfinite(k[:, :2]).all(axis=1)] for _, k in hands]) if hands else None
+        window = frame_window((row["width"], row["height"]), size, fit, framing, points)
         try:
             spec, kept = _spec_from_pose(
-                image_id,
-                (row["width"], row["height"]),
-                size,
-                body,
-                hands,
-                row["caption"] or "a photo of a person",
-                seed,
-                fit,
+                image_id, window, body, hands, row["caption"] or "a photo of a person", seed
             )
         except SpecError as exc:
             raise RequestError(f"{m.url}: image {image_id}: {exc}") from None
@@ -181,7 +219,8 @@ def requests_from_manifest(
             "manifest": m.url,
             "image_id": image_id,
             "frame": [row["width"], row["height"]],
-            "framing": {"side": size, "fit": fit},
+            "framing": {"side": size, "fit": fit, "mode": framing},
+            "window": window.record,
         }
         out.append(Request(spec, source, hand_prompts=captions))
     return out
@@ -206,8 +245,7 @@ def request_from_image(
     name = os.path.splitext(os.path.basename(path))[0]
     spec, _ = _spec_from_pose(
         name,
-        (w, h),
-        size or max(w, h),
+        frame_window((w, h), size or max(w, h)),
         None if body is None else body.keypoints,
         [(hd.handedness, hd.keypoints) for hd in hands],
         prompt or image_caption(gesture, sides),

@@ -119,6 +119,13 @@ class GenerateConfig(Settings):
         ge=8,
         le=8192,
     )
+    framing: str = setting(
+        "whole",
+        "manifest rows: draw the whole frame, or (hands) the body model's training square centred on the "
+        "hands, the canvas stage 2 was trained on; the sidecar records the window (source.window) and "
+        "evaluate maps the frame's targets into it",
+        choices=("whole", "hands"),
+    )
     batch_size: int = setting(
         1,
         "requests of one output size drawn through stage 2 as one batch (stage 1 draws each request's hands "

@@ -18,7 +18,7 @@ from ..errors import ManifestError
 from ..pose import to_openpose18
 from ..reader import Manifest, RowGroupUnit
 from ..storage import url_for
-from ..transforms import FitTransform
+from ..transforms import FitTransform, hands_focus
 from .stream import ManifestIterableDataset, to_mask_tensor, to_pixel_values
 
 HANDEDNESS_CODES = {"left": 0, "right": 1}
@@ -131,10 +131,7 @@ class BodyDataset(ManifestIterableDataset):
     def transform_for(self, row: dict, hand_points: np.ndarray | None = None) -> FitTransform:
         """The transform of an images row (original pixels -> canvas); `hand_points` (N, >=2) set the
         focus when ``crop="hands"``."""
-        focus = None
-        if self.crop == "hands" and hand_points is not None and len(hand_points):
-            pts = np.asarray(hand_points)[:, :2]
-            focus = tuple((pts.min(axis=0) + pts.max(axis=0)) / 2.0)
+        focus = hands_focus(hand_points) if self.crop == "hands" else None
         return FitTransform.fit(*image_size(row), self.out_w, self.out_h, self.fit, focus)
 
     def make_sample(self, row: dict, unit: RowGroupUnit) -> dict:

@@ -3,7 +3,7 @@
 The whole-image pose columns find a small hand only when the detector first finds a body: prep's
 annotator finds hands under ~30 px through its wrist pass, which searches around the detected body's
 wrists. These columns look for each target hand where it should be, as the stage-1 score does: the
-target's crop box (the manifest's ``crop_box``, scaled to the evaluated image) is cut out and
+target's crop box (the manifest's ``crop_box``, mapped into the evaluated image) is cut out and
 upscaled to at least ``wrist_crop_min_size`` pixels (the size prep's wrist pass upscales its crops to),
 the run's detector searches it, and the detected hand nearest to the target (mean keypoint distance
 over the target's box size, `manifests.matching.Instance.box_size`) counts when it is within the match
@@ -60,13 +60,11 @@ class CropDetection:
             return {}
         model = self.ctx.detector_model()
         min_size = getattr(self.ctx.prep_config, "wrist_crop_min_size", 256)
-        image = sample.generated
-        sx, sy = image.shape[1] / sample.frame[0], image.shape[0] / sample.frame[1]
+        image, fmap = sample.generated, sample.generated_map
         found_here = 0
         for target, box in zip(sample.target_hands, sample.hand_boxes):
             self.targets += 1
-            scaled = [box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy]
-            found = [k / (sx, sy) for k in hands_in_crop(model, image, scaled, min_size)]
+            found = [fmap.to_frame(k) for k in hands_in_crop(model, image, fmap.box_to_image(box), min_size)]
             errors = crop_match(found, target, self.gate, self.min_box)
             if errors is not None:
                 found_here += 1

@@ -11,23 +11,18 @@ from __future__ import annotations
 import numpy as np
 
 from ..detect import REAL
+from ..framing import FrameMap
 from ..registry import Column, Metric, MetricUnavailable, PixelSample, register
 
 
-def crop(image: np.ndarray, box, frame: tuple[int, int], size: int) -> np.ndarray:
-    """Cut `box` ([x0, y0, x1, y1] in target-frame pixels) out of `image` (any size showing the frame)."""
+def crop(image: np.ndarray, box, fmap, size: int) -> np.ndarray:
+    """Cut `box` ([x0, y0, x1, y1] in target-frame pixels) out of `image`, whose pixels `fmap` (a
+    `framing.FrameMap`) maps the frame to, as a `size` x `size` square."""
     from PIL import Image
 
-    h, w = image.shape[:2]
-    sx, sy = w / frame[0], h / frame[1]
-    x0, y0, x1, y1 = box
     return np.asarray(
         Image.fromarray(image).transform(
-            (size, size),
-            Image.EXTENT,
-            (x0 * sx, y0 * sy, x1 * sx, y1 * sy),
-            resample=Image.BILINEAR,
-            fillcolor=0,
+            (size, size), Image.EXTENT, tuple(fmap.box_to_image(box)), resample=Image.BILINEAR, fillcolor=0
         )
     )
 
@@ -39,9 +34,10 @@ def whole_images(sample: PixelSample, config) -> list[tuple[np.ndarray, np.ndarr
 def hand_crops(sample: PixelSample, config) -> list[tuple[np.ndarray, np.ndarray]]:
     size = config.hand_crop_size
     out = []
+    real_map = FrameMap.whole(sample.frame, sample.real.shape[1::-1])
     for box in sample.hand_boxes:
-        real = crop(sample.real, box, sample.frame, size)
-        out.append((real, real if sample.same else crop(sample.generated, box, sample.frame, size)))
+        real = crop(sample.real, box, real_map, size)
+        out.append((real, real if sample.same else crop(sample.generated, box, sample.generated_map, size)))
     return out
 
 

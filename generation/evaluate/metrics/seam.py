@@ -81,8 +81,13 @@ class Seam:
         if not sample.same:
             mask = pasted_mask(self.generated, sample.image_id)
             source = "pasted" if mask is not None else source
-        if mask is None:
-            mask = sample.hands_mask
+        if mask is None and sample.hands_mask is not None:
+            fmap = sample.generated_map
+            mask = (
+                fmap.mask_to_image(sample.hands_mask, sample.frame)
+                if fmap.windowed
+                else resized_mask(sample.hands_mask, sample.generated.shape)
+            )
         if mask is None:
             return {"seam": None}
         score = seam_score(sample.generated, resized_mask(mask, sample.generated.shape))
