@@ -18,13 +18,15 @@ From an empty folder, one process runs and times:
    train in spawned processes beside stage 1, one thread each, since the three need only the VAE;
 5. stage 2 alone on the training rows, drawn around each row's own hands: prep's body detector finds a
    body, body PCK@0.2 against the conditioning pose, and pose control (same seed, another row's pose);
-6. the paper's comparison on the first training rows, one seed: `handfirst-gen baseline` with the
-   one-stage baseline and `handfirst-gen generate` under blend none / fixed / sequential, `evaluate` of
-   each and of the real photos, and the `--compare` table.
+6. the paper's comparison on the first training rows, one seed, each drawn on the canvas stage 2 was
+   trained on (``--framing hands``: the training square around the hands): `handfirst-gen baseline`
+   with the one-stage baseline and `handfirst-gen generate` under blend none / fixed / sequential,
+   `evaluate` of each (through the window each sidecar records), of the real photos and of the real
+   squares through the VAE, and the `--compare` table.
 
 Writes bench/results/learns.json (figures, targets met or not, the paper's predictions held or not,
 ``comparison.<row>.<column>``, phase wall and CPU times, machine and load), bench/results/learns.png
-(curves, reconstructions, stage-1 samples with skeletons and masks, the comparison's whole frames) and
+(curves, reconstructions, stage-1 samples with skeletons and masks, the comparison's images) and
 bench/results/learns_compare.md.
 
     .venv/bin/python bench/learns.py [--work DIR] [--device cpu|cuda] [--quick]
@@ -167,6 +169,10 @@ COMMON = {"log_every": 10}
 # The one-stage baseline (the paper's OpenPose-full ControlNet at our scale): stage 2's trainer and
 # settings, conditioned on the pose and the hand skeletons only, as bench/ablation.py trains it.
 BASELINE = {"condition_channels": ("pose",), "draw_hand_skeletons": True}
+
+
+# What a phase run again with --redo must find gone: the folders whose files it would otherwise keep.
+REDO_CLEARS = {"two_stage": ("generated", "eval")}
 
 
 class Phases:
@@ -684,8 +690,9 @@ COMPARISON_COLUMNS = (
 
 
 def vae_frames(manifest: str, vae_folder: str, generated: str, out: str) -> None:
-    """Each real row that `generated` holds, resized to that image's size and passed through the VAE
-    (posterior mode and back), saved as ``<image_id>.png`` in `out`. At 128 px a hand is one or two
+    """Each real row that `generated` holds, cut to the window its sidecar records (the generated
+    image's part of the frame, at its size) and passed through the VAE (posterior mode and back), saved
+    as ``<image_id>.png`` in `out` with a sidecar naming the same window. At 128 px a hand is one or two
     latent pixels wide, so this row says how much of a miss the VAE alone explains."""
     import torch
     from diffusers import AutoencoderKL
@@ -694,10 +701,11 @@ def vae_frames(manifest: str, vae_folder: str, generated: str, out: str) -> None
     from generation.training.vae import from_uint8, reconstruct, to_uint8
     from manifests.decode import image_array
     from manifests.reader import open_manifest
+    from manifests.transforms import FitTransform
 
     vae = AutoencoderKL.from_pretrained(os.path.join(vae_folder, "vae")).eval()
     table = open_manifest(manifest).read(
-        "images", ["image_id", "image", "image_height", "image_width"], status="ok"
+        "images", ["image_id", "image", "width", "height", "image_height", "image_width"], status="ok"
     )
     os.makedirs(out, exist_ok=True)
     for row in table.to_pylist():
@@ -706,11 +714,28 @@ def vae_frames(manifest: str, vae_folder: str, generated: str, out: str) -> None
             continue
         with Image.open(path) as im:
             size = im.size
-        real = np.asarray(Image.fromarray(image_array(row)).resize(size, Image.BICUBIC))
+        with open(os.path.splitext(path)[0] + ".json", encoding="utf-8") as f:
+            window = json.load(f)["source"].get("window") or {
+                "scale": [size[0] / row["width"], size[1] / row["height"]],
+                "offset": [0.0, 0.0],
+            }
+        (sx, _), (tx, ty) = window["scale"], window["offset"]
+        # A whole frame's two axis scales differ only by rounding of its size; a window's are equal.
+        t = FitTransform(float(sx), float(tx), float(ty), row["width"], row["height"], *size)
+        real = t.warp(image_array(row))
         with torch.no_grad():
             Image.fromarray(to_uint8(reconstruct(vae, from_uint8([real])))[0]).save(
                 os.path.join(out, f"{row['image_id']}.png")
             )
+        with open(os.path.join(out, f"{row['image_id']}.json"), "w", encoding="utf-8") as f:
+            json.dump({"source": {"window": window}}, f)
+
+
+# The comparison draws each row on the canvas stage 2 and the baseline were trained on: the square
+# around the hands that train-body cuts (``--framing hands``). Drawn whole, with the frame's overflow
+# around the square, both painted texture (bodies found in 1 of 16 rows, against 8 of 16 for the real
+# frames through the VAE).
+FRAMING = "hands"
 
 
 def two_stage(manifest: str, runs: dict, work: str, rows: int, steps: int) -> dict:
@@ -736,6 +761,8 @@ def two_stage(manifest: str, runs: dict, work: str, rows: int, steps: int) -> di
             fit,
             "--size",
             str(side),
+            "--framing",
+            FRAMING,
             "--no-progress",
             *common,
         ]
@@ -751,6 +778,8 @@ def two_stage(manifest: str, runs: dict, work: str, rows: int, steps: int) -> di
             blend,
             "--min-hand-size",
             "6",
+            "--framing",
+            FRAMING,
             *common,
         ]
     generated = {name: os.path.join(work, "generated", name) for name in COMPARISON}
@@ -915,7 +944,7 @@ def stage2_sheet(pics: str) -> np.ndarray | None:
 
 
 def comparison_sheet(work: str, rows: list[str]) -> np.ndarray | None:
-    """The comparison's whole frames for `rows`, one line each: the target pose drawn on the sequential
+    """The comparison's images for `rows`, whole, one line each: the target pose drawn on the sequential
     output, the real frame through the VAE, the one-stage baseline, then the two stages under none /
     fixed / sequential, each `TILE` px high, under a header. None when nothing was generated."""
     import cv2
@@ -962,7 +991,7 @@ def comparison_sheet(work: str, rows: list[str]) -> np.ndarray | None:
         lines.append([target] + [frames.get(n, blank) for n in shown])
     if not lines:
         return None
-    # Frames keep their aspect (generate draws whole frames), each centred in a cell as wide as the widest.
+    # Images keep their aspect, each centred in a cell as wide as the widest.
     tile_w = max(t.shape[1] for line in lines for t in line) + 4
     body = np.full((len(lines) * (TILE + 4), len(columns) * tile_w, 3), 255, np.uint8)
     for i, line in enumerate(lines):
@@ -974,7 +1003,10 @@ def comparison_sheet(work: str, rows: list[str]) -> np.ndarray | None:
         cv2.putText(
             names, name, (k * tile_w + 4, 12), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA
         )
-    return labelled(np.concatenate([names, body]), f"{len(lines)} training rows, seed 0, whole frames")
+    return labelled(
+        np.concatenate([names, body]),
+        f"{len(lines)} training rows, seed 0, each image whole: the training square around the hands",
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -1121,6 +1153,8 @@ def main(argv=None) -> int:
     phases = Phases(work, args.resume)
     phases.state.setdefault("notes", []).extend(args.note)
     for name in args.redo:
+        for folder in REDO_CLEARS.get(name, ()):  # generate skips the images already written
+            shutil.rmtree(os.path.join(work, folder), ignore_errors=True)
         phases.state["done"].pop(name, None)
         for key in ("seconds", "cpu_seconds"):
             phases.state[key].pop(name, None)

@@ -41,10 +41,12 @@ from manifests.settings import (
     Settings,
     precision_setting,
     setting,
+    setting_like,
     torch_dtype,
 )
 
 from .generate import (
+    GenerateConfig,
     Request,
     is_done,
     output_paths,
@@ -126,6 +128,12 @@ class BaselineConfig(Settings):
         "draw each whole frame at the scale a body model trained with this fit at --size sees it, as "
         "generate --from-manifest does for its body model (default: longer side --size)",
         choices=("cover", "contain"),
+    )
+    framing: str = setting_like(
+        GenerateConfig,
+        "framing",
+        help="draw the whole frame, or (hands) the --size square around the hands that a body model trained "
+        "with --fit cuts, as generate --framing hands does; the sidecar records the window",
     )
     negative_prompt: str = setting("", "negative prompt")
     batch_size: int = setting(
@@ -381,7 +389,7 @@ def run_baseline(
     pipe = method.load(dataclasses.replace(settings, **folders, device=settings.device or share.device))
     size = settings.size or native_size(pipe)
     requests = requests_from_manifest(
-        manifest, image_ids, size, split, limit, settings.seed, fit=settings.fit
+        manifest, image_ids, size, split, limit, settings.seed, fit=settings.fit, framing=settings.framing
     )
     models = {
         "pretrained": os.path.abspath(folders["pretrained"]),

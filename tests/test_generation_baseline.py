@@ -141,6 +141,24 @@ def test_fit_draws_frames_at_the_training_scale_as_generate_does(
     for request in requests_from_manifest(str(synthetic_manifest), None, 64, "all", 2, 0, fit="cover"):
         image = Image.open(out / f"{request.name}.png")
         assert image.size == (request.spec.width, request.spec.height) and min(image.size) == 64
+    # --framing hands: generate's square around the hands, its window in the sidecar for evaluate.
+    square = tmp_path / "square"
+    assert (
+        main(
+            [
+                *_args(synthetic_manifest, square, sd, "--controlnet", openpose, "--fit", "cover"),
+                "--size",
+                "64",
+                "--framing",
+                "hands",
+            ]
+        )
+        == 0
+    )
+    for request in requests_from_manifest(str(synthetic_manifest), None, 64, "all", 2, 0, "cover", "hands"):
+        assert Image.open(square / f"{request.name}.png").size == (64, 64)
+        sidecar = json.loads((square / f"{request.name}.json").read_text())
+        assert sidecar["source"]["window"] == request.source["window"]
 
 
 def test_a_batch_gives_the_one_by_one_images_and_dry_run_writes_nothing(
