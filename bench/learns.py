@@ -14,10 +14,12 @@ From an empty folder, one process runs and times:
    the same on unseen poses (FreiHAND `keypoints_gt` hands, training poses rotated by 30 degrees and
    mirrored) and pose control (same seed, two poses: PCK against its own pose > against the other);
 4. train-body (stage 2) from the same folder at 128 px, base UNet trained too (it is from scratch), and
-   the one-stage baseline: the same trainer and settings on the pose and hand skeletons only. Both
-   train in spawned processes beside stage 1, one thread each, since the three need only the VAE;
+   the one-stage baseline: the same trainer and settings on the pose and hand skeletons only. The
+   three trainings run side by side in spawned processes, one thread each, since they need only the
+   VAE; stage 1's scoring follows its training on both threads;
 5. stage 2 alone on the training rows, drawn around each row's own hands: prep's body detector finds a
    body, body PCK@0.2 against the conditioning pose, and pose control (same seed, another row's pose);
+   in a spawned process as soon as stage 2 is trained, beside the rest of the stage-1 training;
 6. the paper's comparison on the first training rows, one seed, each drawn on the canvas stage 2 was
    trained on (``--framing hands``: the training square around the hands): `handfirst-gen baseline`
    with the one-stage baseline and `handfirst-gen generate` under blend none / fixed / sequential,
@@ -38,6 +40,7 @@ every phase with a few steps, to check the plumbing (its results go to learns_qu
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -166,6 +169,9 @@ CHAIN = {
     },
 }
 COMMON = {"log_every": 10}
+# Text guidance of every sampling in the chain (stage 1's and stage 2's scoring, generate for both stages
+# and the baseline): SD's 7.5 over-drives these small from-scratch models.
+GUIDANCE = 3.0
 # The one-stage baseline (the paper's OpenPose-full ControlNet at our scale): stage 2's trainer and
 # settings, conditioned on the pose and the hand skeletons only, as bench/ablation.py trains it.
 BASELINE = {"condition_channels": ("pose",), "draw_hand_skeletons": True}
@@ -222,9 +228,10 @@ class Phases:
         logger.info("phase %s done in %.0f s (load %.2f)", name, elapsed, os.getloadavg()[0])
         return out
 
-    def start(self, name: str, target, *args):
-        """Start `target(*args, result_path)` in a spawned process, unless an earlier invocation finished
-        phase `name`: the handle `join` takes. The child writes {"result", "wall_s", "cpu_s"} there."""
+    def start(self, name: str, fn, *args):
+        """Start `fn(*args)` (a module-level function returning a JSON-ready result) in a spawned process
+        on one thread, its output going to ``WORK/NAME.log``, unless an earlier invocation finished phase
+        `name`: the handle `join` takes."""
         if name in self.state["done"]:
             return None
         import multiprocessing
@@ -232,8 +239,9 @@ class Phases:
         result_path = os.path.join(self.work, f"{name}.result.json")
         if os.path.exists(result_path):
             os.remove(result_path)
+        log_path = os.path.join(self.work, f"{name}.log")
         proc = multiprocessing.get_context("spawn").Process(
-            target=target, args=(*args, result_path), name=name
+            target=in_child, args=(fn, args, log_path, result_path), name=name
         )
         proc.start()
         logger.info("phase %s started in process %d", name, proc.pid)
@@ -258,15 +266,13 @@ class Phases:
         return out["result"]
 
 
-def train_body_in_child(config, log_path: str, result_path: str) -> None:
-    """A `Phases.start` child: `train_body(config)` on one thread, its output appended to `log_path`.
-    It stops when its parent is gone, so that a cut-off chain leaves no run writing into its folder."""
-    import dataclasses
+def in_child(fn, args: tuple, log_path: str, result_path: str) -> None:
+    """A `Phases.start` child: `fn(*args)` on one thread, its output appended to `log_path`, then
+    {"result", "wall_s", "cpu_s"} written to `result_path`. It stops when its parent is gone, so that a
+    cut-off chain leaves nothing writing into its run folders."""
     import threading
 
     import torch
-
-    from generation.training.body import train_body
 
     log = open(log_path, "a", encoding="utf-8")  # noqa: SIM115 (the child's stdout and stderr until it exits)
     os.dup2(log.fileno(), 1)
@@ -282,12 +288,30 @@ def train_body_in_child(config, log_path: str, result_path: str) -> None:
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
     start, cpu = time.perf_counter(), time.process_time()
-    result = dataclasses.asdict(train_body(config))
+    result = fn(*args)
     with open(result_path + ".tmp", "w", encoding="utf-8") as f:
         json.dump(
             {"result": result, "wall_s": time.perf_counter() - start, "cpu_s": time.process_time() - cpu}, f
         )
     os.replace(result_path + ".tmp", result_path)
+
+
+def train_body_phase(config) -> dict:
+    from generation.training.body import train_body
+
+    return dataclasses.asdict(train_body(config))
+
+
+def train_hand_phase(config) -> dict:
+    from generation.training.hand import train_hand
+
+    return dataclasses.asdict(train_hand(config))
+
+
+def score_stage2_phase(body_run: str, manifest: str, steps: int, pictures: str) -> dict:
+    s2, s2_pics = stage2(body_run, manifest, steps)
+    save_pictures(pictures, **s2_pics)
+    return s2
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -458,7 +482,7 @@ def stage1(hand_run: str, manifest: str, res: int, steps: int, seeds=SEEDS) -> t
     torch.manual_seed(seeds[0])
     pipe = HandGenerationPipeline.from_pretrained(hand_run)
     pipe.set_progress_bar_config(disable=True)
-    guidance = 3.0
+    guidance = GUIDANCE
     cases = []
     for s in HandCropDataset(manifest, resolution=res, shuffle=False, rank=0, world_size=1):
         cases.append(
@@ -606,7 +630,7 @@ def stage2(body_run: str, manifest: str, steps: int, pairs: int = 16, seed: int 
             hand_mask=inp["hand_mask"],
             hand_keypoints=inp["hand_keypoints"],
             num_inference_steps=steps,
-            guidance_scale=3.0,
+            guidance_scale=GUIDANCE,
             generator=torch.Generator().manual_seed(seed),
             output_type="np",
         )
@@ -657,7 +681,7 @@ def stage2(body_run: str, manifest: str, steps: int, pairs: int = 16, seed: int 
         },
         "sampling": {
             "steps": steps,
-            "guidance_scale": 3.0,
+            "guidance_scale": GUIDANCE,
             "seed": seed,
             "side": side,
             "fit": fit,
@@ -747,7 +771,8 @@ def two_stage(manifest: str, runs: dict, work: str, rows: int, steps: int) -> di
         trained = json.load(f)
     side, fit = int(trained["data"]["resolution"]), trained["config"]["fit"]
     rows_args = ["--from-manifest", manifest, "--split", "all", "--limit", str(rows)]
-    common = [*rows_args, "--steps", str(steps), "--seed", "0", "--log-level", "WARNING"]
+    common = [*rows_args, "--steps", str(steps), "--guidance-scale", str(GUIDANCE), "--seed", "0"]
+    common += ["--log-level", "WARNING"]
     commands = {
         "baseline": [
             "baseline",
@@ -1162,11 +1187,9 @@ def main(argv=None) -> int:
     load_before = phases.state.setdefault("load_before", load_before)
     phases.save()
 
-    import dataclasses
-
     import prep
     from generation.training.body_config import BodyTrainConfig
-    from generation.training.hand import HandTrainConfig, train_hand
+    from generation.training.hand import HandTrainConfig
     from generation.training.vae import VaeTask, reconstruct, reconstruction_psnr, to_uint8, train_vae
     from generation.training.vae_config import VaeTrainConfig
 
@@ -1255,9 +1278,9 @@ def main(argv=None) -> int:
     phases.run("score_vae", score_vae)
     write_result()
 
-    # From here three trainings share the two cores, one thread each: stage 1 in this process, stage 2
-    # and the one-stage baseline in two spawned ones. They need only the VAE folder.
-    torch.set_num_threads(1)
+    # From here the three trainings share the two cores, each in a spawned process on one thread: they
+    # need only the VAE folder. Stage 2's scoring starts as soon as stage 2 is trained, on the core that
+    # the end of the longer stage-1 run leaves free; stage 1's scoring then takes both threads here.
     body_common = {
         "train_base_unet": True,
         "validate_every": 500,
@@ -1266,13 +1289,6 @@ def main(argv=None) -> int:
         **common,
         **chain["body"],
     }
-    body_cfg = BodyTrainConfig(out=runs["body"], **body_common)
-    baseline_cfg = BodyTrainConfig(out=runs["baseline"], **body_common, **BASELINE)
-    background = {
-        name: phases.start(name, train_body_in_child, cfg, os.path.join(work, f"{name}.log"))
-        for name, cfg in (("train_body", body_cfg), ("train_baseline", baseline_cfg))
-    }
-
     hand_cfg = HandTrainConfig(
         out=runs["hand"],
         cache_latents=True,
@@ -1281,7 +1297,28 @@ def main(argv=None) -> int:
         **common,
         **chain["hand"],
     )
-    phases.run("train_hand", lambda: dataclasses.asdict(train_hand(hand_cfg)))
+    trainings = {
+        "train_hand": (train_hand_phase, hand_cfg),
+        "train_body": (train_body_phase, BodyTrainConfig(out=runs["body"], **body_common)),
+        "train_baseline": (
+            train_body_phase,
+            BodyTrainConfig(out=runs["baseline"], **body_common, **BASELINE),
+        ),
+    }
+    background = {name: phases.start(name, fn, cfg) for name, (fn, cfg) in trainings.items()}
+    phases.join("train_body", background["train_body"])
+    write_result()
+    background["score_stage2"] = phases.start(
+        "score_stage2",
+        score_stage2_phase,
+        runs["body"],
+        manifest,
+        chain["sample_steps"],
+        pics + "_stage2.npz",
+    )
+    for name in ("train_baseline", "train_hand"):
+        phases.join(name, background[name])
+        write_result()
 
     def score_stage1() -> dict:
         s1, s1_pics = stage1(runs["hand"], manifest, chain["vae"]["resolution"], chain["sample_steps"])
@@ -1297,19 +1334,7 @@ def main(argv=None) -> int:
 
     phases.run("score_stage1", score_stage1)
     write_result()
-
-    phases.join("train_body", background["train_body"])
-    write_result()
-
-    def score_stage2() -> dict:
-        s2, s2_pics = stage2(runs["body"], manifest, chain["sample_steps"])
-        save_pictures(pics + "_stage2.npz", **s2_pics)
-        return s2
-
-    phases.run("score_stage2", score_stage2)
-    write_result()
-    phases.join("train_baseline", background["train_baseline"])
-    torch.set_num_threads(args.threads)
+    phases.join("score_stage2", background["score_stage2"])
     write_result()
     phases.run(
         "two_stage",

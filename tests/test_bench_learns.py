@@ -102,9 +102,19 @@ def test_a_finished_background_phase_is_not_started_again(tmp_path):
     assert phases.join("train_body", None) == {"step": 7}
 
 
+def test_a_background_phase_returns_its_result_timed_by_the_child(tmp_path):
+    phases = learns.Phases(str(tmp_path), resume=False)
+    handle = phases.start("score_stage2", sum, [1, 2])
+    assert phases.join("score_stage2", handle) == 3
+    assert phases.state["done"]["score_stage2"] == 3
+    assert phases.state["seconds"]["score_stage2"] >= 0 and "score_stage2" in phases.state["cpu_seconds"]
+    assert (tmp_path / "score_stage2.log").is_file()
+    assert learns.Phases(str(tmp_path), resume=True).start("score_stage2", sum, [1, 2]) is None
+
+
 def test_a_failed_background_phase_stops_the_chain_naming_its_log(tmp_path):
     phases = learns.Phases(str(tmp_path), resume=False)
-    # int("x", result_path) raises in the child: it exits 1 without a result.
+    # int("x") raises in the child: it exits 1 without a result.
     handle = phases.start("train_body", int, "x")
     with pytest.raises(RuntimeError, match=r"phase train_body failed \(exit code 1\): see train_body.log"):
         phases.join("train_body", handle)
