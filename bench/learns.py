@@ -16,10 +16,9 @@ From an empty folder, one process runs and times:
 4. train-body (stage 2) from the same folder at 128 px, base UNet trained too (it is from scratch), and
    the one-stage baseline: the same trainer and settings on the pose and hand skeletons only. The
    three trainings run side by side in spawned processes, one thread each, since they need only the
-   VAE; stage 1's scoring follows its training on both threads;
+   VAE; each scoring starts in its own process as soon as its model is trained;
 5. stage 2 alone on the training rows, drawn around each row's own hands: prep's body detector finds a
    body, body PCK@0.2 against the conditioning pose, and pose control (same seed, another row's pose);
-   in a spawned process as soon as stage 2 is trained, beside the rest of the stage-1 training;
 6. the paper's comparison on the first training rows, one seed, each drawn on the canvas stage 2 was
    trained on (``--framing hands``: the training square around the hands): `handfirst-gen baseline`
    with the one-stage baseline and `handfirst-gen generate` under blend none / fixed / sequential,
@@ -72,12 +71,14 @@ TARGETS = {
 # seed's count moves all 46 samples together.
 SEEDS = (0, 1, 2, 3)
 
-# Settings of the mini chain. CPU budget: the whole chain in at most about 60 minutes on 2 cores, stage 1
-# in at most about 25. The measurements behind them are in the README, "Does it learn?".
+# Settings of the mini chain. CPU budget: the whole chain (VAE, both stages, the baseline, generation and
+# scoring) in about 90 minutes on 2 cores, stage 2 in at most about 40 minutes of one core. The
+# measurements behind them are in the README, "Does it learn?".
 CHAIN = {
     "cpu": {
         # 64 px crops: 8x8 latents still separate the 21 keypoint heatmaps. The VAE bounds what stage 1
-        # can draw: L1 + edge loss, 5000 steps (about 18 idle minutes at ~4.6 steps/s on 2 threads).
+        # can draw: L1 + edge loss, 5000 steps (about 30 idle minutes at ~2.8 steps/s on 2 threads). The
+        # images are cut from frames fitted to stage 2's side, the scale stage 2 draws bodies at.
         "vae": {
             "steps": 5000,
             "batch_size": 8,
@@ -85,27 +86,30 @@ CHAIN = {
             "lr_schedule": "cosine",
             "lr_warmup_steps": 50,
             "resolution": 64,
-            "image_resolution": 128,
+            "image_resolution": 160,
         },
-        # 8.6M-parameter UNet at ~7 steps/s on two idle threads (batch 8, cached latents): 8000 steps
-        # (~19 idle minutes, ~1400 epochs of the 46 crops), cosine-decayed from the mini rate 5e-4, on zero
-        # terminal SNR with v-prediction, so the starting noise does not set the image's brightness.
+        # 8.6M-parameter UNet at ~3.6 steps/s on one idle thread (batch 8, cached latents): 6000 steps
+        # (~28 minutes of one core, ~1000 epochs of the 46 crops), cosine-decayed from the mini rate 5e-4,
+        # on zero terminal SNR with v-prediction, so the starting noise does not set the image's
+        # brightness. 8000 steps gave 144/184 detected and PCK 0.96 in 37 minutes of one core.
         "hand": {
-            "steps": 8000,
+            "steps": 6000,
             "batch_size": 8,
             "lr_schedule": "cosine",
             "lr_warmup_steps": 100,
             "prediction_type": "v_prediction",
             "zero_terminal_snr": True,
         },
-        # 128 px images (16x16 latents): hands stay a few latent pixels wide. The base UNet is trained
-        # with the ControlNet, since it is from scratch and a frozen random decoder cannot paint. On zero
-        # terminal SNR with v-prediction, as stage 1. About 1 step/s on one thread: 2500 steps (~250 epochs
-        # of the 39 rows with a body) in about 40 minutes of one core.
+        # 160 px images (20x20 latents): the mini VAE keeps a body at 160 px (real rows through it: body
+        # found 60%, PCK 0.64) but not at 128 px (58%, 0.47, under the PCK target). The base UNet is
+        # trained with the ControlNet, since it is from scratch and a frozen random decoder cannot paint.
+        # On zero terminal SNR with v-prediction, as stage 1. At 128 px, batch 4, it ran ~1.4 steps/s
+        # on one thread; 160 px at batch 3 costs ~1.17x a step: 2500 steps (~190 epochs of the 39 rows
+        # with a body) in about 35 minutes of one core.
         "body": {
             "steps": 2500,
-            "batch_size": 4,
-            "resolution": 128,
+            "batch_size": 3,
+            "resolution": 160,
             "lr_schedule": "cosine",
             "lr_warmup_steps": 100,
             "prediction_type": "v_prediction",
@@ -120,7 +124,7 @@ CHAIN = {
             "batch_size": 32,
             "learning_rate": 1e-3,
             "resolution": 64,
-            "image_resolution": 128,
+            "image_resolution": 256,
         },
         "hand": {
             "steps": 10000,
@@ -265,6 +269,26 @@ class Phases:
         logger.info("phase %s done in %.0f s (%.0f s of CPU)", name, out["wall_s"], out["cpu_s"])
         return out["result"]
 
+    def run_graph(self, graph: dict, on_done=None, poll_s: float = 2.0) -> None:
+        """Run the phases of `graph` ({name: (fn, args, names it needs)}) each in a spawned process
+        (`start`), each as soon as the phases it needs are done, and `join` each as it ends, calling
+        `on_done(name)`. A failed phase raises `join`'s error (the others then stop with this process)."""
+        handles, waiting = {}, dict(graph)
+        while waiting or handles:
+            for name, (fn, args, needs) in list(waiting.items()):
+                if all(n in self.state["done"] for n in needs):
+                    handles[name] = self.start(name, fn, *args)
+                    del waiting[name]
+            if waiting and not handles:
+                raise ValueError(f"phases {sorted(waiting)} need phases that are not in the graph")
+            ended = [n for n, h in handles.items() if h is None or not h[0].is_alive()]
+            for name in ended:
+                self.join(name, handles.pop(name))
+                if on_done:
+                    on_done(name)
+            if not ended:
+                time.sleep(poll_s)
+
 
 def in_child(fn, args: tuple, log_path: str, result_path: str) -> None:
     """A `Phases.start` child: `fn(*args)` on one thread, its output appended to `log_path`, then
@@ -306,6 +330,19 @@ def train_hand_phase(config) -> dict:
     from generation.training.hand import train_hand
 
     return dataclasses.asdict(train_hand(config))
+
+
+def score_stage1_phase(hand_run: str, manifest: str, res: int, steps: int, pictures: str) -> dict:
+    s1, s1_pics = stage1(hand_run, manifest, res, steps)
+    save_pictures(
+        pictures,
+        crops=[c["crop"] for c in s1_pics["cases"]],
+        keypoints=[c["keypoints"] for c in s1_pics["cases"]],
+        manifest_masks=[c["mask"] for c in s1_pics["cases"]],
+        images=s1_pics["images"],
+        masks=s1_pics["masks"],
+    )
+    return s1
 
 
 def score_stage2_phase(body_run: str, manifest: str, steps: int, pictures: str) -> dict:
@@ -1279,8 +1316,7 @@ def main(argv=None) -> int:
     write_result()
 
     # From here the three trainings share the two cores, each in a spawned process on one thread: they
-    # need only the VAE folder. Stage 2's scoring starts as soon as stage 2 is trained, on the core that
-    # the end of the longer stage-1 run leaves free; stage 1's scoring then takes both threads here.
+    # need only the VAE folder. Each scoring starts as soon as its model is trained, beside the rest.
     body_common = {
         "train_base_unet": True,
         "validate_every": 500,
@@ -1297,45 +1333,29 @@ def main(argv=None) -> int:
         **common,
         **chain["hand"],
     )
-    trainings = {
-        "train_hand": (train_hand_phase, hand_cfg),
-        "train_body": (train_body_phase, BodyTrainConfig(out=runs["body"], **body_common)),
-        "train_baseline": (
-            train_body_phase,
-            BodyTrainConfig(out=runs["baseline"], **body_common, **BASELINE),
-        ),
-    }
-    background = {name: phases.start(name, fn, cfg) for name, (fn, cfg) in trainings.items()}
-    phases.join("train_body", background["train_body"])
-    write_result()
-    background["score_stage2"] = phases.start(
-        "score_stage2",
-        score_stage2_phase,
-        runs["body"],
-        manifest,
-        chain["sample_steps"],
-        pics + "_stage2.npz",
+    steps = chain["sample_steps"]
+    phases.run_graph(
+        {
+            "train_hand": (train_hand_phase, (hand_cfg,), ()),
+            "train_body": (train_body_phase, (BodyTrainConfig(out=runs["body"], **body_common),), ()),
+            "train_baseline": (
+                train_body_phase,
+                (BodyTrainConfig(out=runs["baseline"], **body_common, **BASELINE),),
+                (),
+            ),
+            "score_stage1": (
+                score_stage1_phase,
+                (runs["hand"], manifest, chain["vae"]["resolution"], steps, pics + "_stage1.npz"),
+                ("train_hand",),
+            ),
+            "score_stage2": (
+                score_stage2_phase,
+                (runs["body"], manifest, steps, pics + "_stage2.npz"),
+                ("train_body",),
+            ),
+        },
+        on_done=lambda _: write_result(),
     )
-    for name in ("train_baseline", "train_hand"):
-        phases.join(name, background[name])
-        write_result()
-
-    def score_stage1() -> dict:
-        s1, s1_pics = stage1(runs["hand"], manifest, chain["vae"]["resolution"], chain["sample_steps"])
-        save_pictures(
-            pics + "_stage1.npz",
-            crops=[c["crop"] for c in s1_pics["cases"]],
-            keypoints=[c["keypoints"] for c in s1_pics["cases"]],
-            manifest_masks=[c["mask"] for c in s1_pics["cases"]],
-            images=s1_pics["images"],
-            masks=s1_pics["masks"],
-        )
-        return s1
-
-    phases.run("score_stage1", score_stage1)
-    write_result()
-    phases.join("score_stage2", background["score_stage2"])
-    write_result()
     phases.run(
         "two_stage",
         two_stage,

@@ -132,3 +132,26 @@ def test_the_stage_2_sheet_shows_the_real_rows_above_their_drawings(tmp_path):
     assert (sheet[24 : 24 + 128, 132:260] == real[1]).all()  # at their own size, nothing resampled
     assert (sheet[24 + 132 :, 264:] == drawn[2]).all()
     assert learns.stage2_sheet(str(tmp_path / "nothing")) is None
+
+
+def test_a_phase_graph_starts_each_phase_once_what_it_needs_is_done(tmp_path):
+    phases = learns.Phases(str(tmp_path), resume=False)
+    phases.state["done"]["train_hand"] = 1  # done in an earlier invocation: neither started nor redone
+    ended = []
+    graph = {
+        "train_hand": (sum, ([1],), ()),
+        "train_body": (sum, ([1, 2],), ()),
+        "score_stage1": (sum, ([3, 4],), ("train_hand",)),
+        "score_stage2": (sum, ([5, 6],), ("train_body", "score_stage1")),
+    }
+    phases.run_graph(graph, on_done=ended.append, poll_s=0.05)
+    assert ended.index("train_body") < ended.index("score_stage2")
+    assert ended.index("score_stage1") < ended.index("score_stage2")
+    assert {k: phases.state["done"][k] for k in graph} == {
+        "train_hand": 1,
+        "train_body": 3,
+        "score_stage1": 7,
+        "score_stage2": 11,
+    }
+    with pytest.raises(ValueError, match=r"need phases that are not in the graph"):
+        phases.run_graph({"x": (sum, ([1],), ("nowhere",))})
