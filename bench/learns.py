@@ -1165,8 +1165,10 @@ def main(argv=None) -> int:
     p.add_argument(
         "--threads",
         type=int,
-        default=1,
-        help="torch threads (1: on a shared, loaded machine 2 threads ran stage 1 up to 10x slower)",
+        default=len(os.sched_getaffinity(0)),
+        help="torch threads of the VAE and of generation (default: every core this process may use; each "
+        "training and scoring beside another runs on one thread, since on a loaded machine two threads "
+        "ran stage 1 up to 10x slower)",
     )
     p.add_argument("--note", action="append", default=[], help="a line recorded in the result (repeatable)")
     p.add_argument(
