@@ -1255,7 +1255,7 @@ def main(argv=None) -> int:
             "invocations": phases.state["invocations"],
             "notes": phases.state.setdefault("notes", []),
             "machine": {**machine(load_before), "load_at_phase_end": phases.state.get("load_at_end", {})},
-            "settings": {**chain, "baseline": {**chain["body"], **BASELINE}},
+            "settings": {**chain, "baseline": {**chain["body"], **BASELINE}, "threads": args.threads},
             "phases_s": seconds,
             "phases_cpu_s": cpu_seconds,
             "chain_wall_s": round(chain_wall, 1),
