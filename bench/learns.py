@@ -759,6 +759,7 @@ def vae_frames(manifest: str, vae_folder: str, generated: str, out: str) -> None
     from diffusers import AutoencoderKL
     from PIL import Image
 
+    from generation.evaluate.framing import frame_map
     from generation.training.vae import from_uint8, reconstruct, to_uint8
     from manifests.decode import image_array
     from manifests.reader import open_manifest
@@ -775,21 +776,17 @@ def vae_frames(manifest: str, vae_folder: str, generated: str, out: str) -> None
             continue
         with Image.open(path) as im:
             size = im.size
-        with open(os.path.splitext(path)[0] + ".json", encoding="utf-8") as f:
-            window = json.load(f)["source"].get("window") or {
-                "scale": [size[0] / row["width"], size[1] / row["height"]],
-                "offset": [0.0, 0.0],
-            }
-        (sx, _), (tx, ty) = window["scale"], window["offset"]
+        frame = (row["width"], row["height"])
+        fmap = frame_map(generated, row["image_id"], frame, size)  # the sidecar's window, else whole
         # A whole frame's two axis scales differ only by rounding of its size; a window's are equal.
-        t = FitTransform(float(sx), float(tx), float(ty), row["width"], row["height"], *size)
+        t = FitTransform(fmap.scale[0], *fmap.offset, *frame, *size)
         real = t.warp(image_array(row))
         with torch.no_grad():
             Image.fromarray(to_uint8(reconstruct(vae, from_uint8([real])))[0]).save(
                 os.path.join(out, f"{row['image_id']}.png")
             )
         with open(os.path.join(out, f"{row['image_id']}.json"), "w", encoding="utf-8") as f:
-            json.dump({"source": {"window": window}}, f)
+            json.dump({"source": {"window": {"scale": list(fmap.scale), "offset": list(fmap.offset)}}}, f)
 
 
 # The comparison draws each row on the canvas stage 2 and the baseline were trained on: the square

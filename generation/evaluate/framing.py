@@ -19,7 +19,7 @@ from manifests.names import path_in
 
 
 class WindowError(ValueError):
-    """A sidecar's window is unreadable or does not fit its image."""
+    """A sidecar's window is unreadable or malformed."""
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,7 @@ class FrameMap:
 def frame_map(generated: str, image_id: str, frame: tuple[int, int], size: tuple[int, int]) -> FrameMap:
     """The `FrameMap` of the generated image `image_id` of (w, h) `size` for its (W, H) target `frame`:
     its sidecar's window if it records one, else the whole frame. Raises `WindowError` for a sidecar
-    that is not JSON, or a window that is malformed or made for another image size."""
+    that is not JSON, or a window that is malformed (not two finite scales > 0 and two offsets)."""
     path = path_in(generated, image_id, ".json", "image_id")
     if not os.path.isfile(path):
         return FrameMap.whole(frame, size)

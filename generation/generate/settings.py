@@ -15,6 +15,7 @@ from ..guards import (
     MAX_SEED,
 )
 from ..pipelines.blend_config import BlendConfig
+from .requests import FRAMINGS
 
 
 @dataclass
@@ -124,7 +125,7 @@ class GenerateConfig(Settings):
         "manifest rows: draw the whole frame, or (hands) the body model's training square centred on the "
         "hands, the canvas stage 2 was trained on; the sidecar records the window (source.window) and "
         "evaluate maps the frame's targets into it",
-        choices=("whole", "hands"),
+        choices=FRAMINGS,
     )
     batch_size: int = setting(
         1,
