@@ -1,14 +1,17 @@
-"""Stage-2 training throughput: the tiny preset on the CPU, three variants side by side.
+"""Stage-2 training throughput on the CPU (the tiny preset, or `--preset mini` as bench/learns.py trains it),
+four variants side by side.
 
 Every variant runs the real `train_body` loop (accelerate, EMA, BodyDataset with the condition drawn per
 sample, metrics.jsonl) on the same synthetic manifest:
 
 - ``standard``: the defaults (4-channel base, hand-border loss weight 1);
 - ``no_border_weight``: plain noise MSE, to price the border weighting;
-- ``inpainting``: the 9-channel inpainting base, which VAE-encodes the hand-only image every step too.
+- ``inpainting``: the 9-channel inpainting base, which VAE-encodes the hand-only image every step too;
+- ``cached``: ``--cache-latents``, the images' posteriors encoded once before the first step (not timed)
+  instead of the VAE encoder every step.
 
 Speeds come from the run's own metrics.jsonl, leaving out the first `--warmup` steps. Runs alternate
-(standard, no_border_weight, inpainting, standard, ...) `--repeats` times and the median is reported,
+(standard, no_border_weight, inpainting, cached, standard, ...) `--repeats` times and the median is reported,
 so drifting machine load affects all sides alike; ratios are against ``standard``.
 
 With CUDA available, `--gpu` also times an SD-1.5-sized UNet (frozen, bf16) plus its ControlNet (trained,
@@ -16,7 +19,8 @@ float32 weights under bf16 autocast) at 512 px (64x64 latents), including the SD
 without gradient checkpointing: steps/s and peak memory (random weights; text embeddings random, since the
 text encoder's cost is small and fixed).
 
-    .venv/bin/python bench/train_body.py [--images 24] [--steps 30] [--repeats 3] [--resolution 64] [--gpu]
+    .venv/bin/python bench/train_body.py [--images 24] [--steps 30] [--repeats 3] [--resolution 64]
+        [--preset tiny] [--batch-size 2] [--gpu]
 
 Prints a table and writes bench/results/train_body.json, with the load average beside the figures.
 """
@@ -46,6 +50,7 @@ VARIANTS = {
     "standard": {},
     "no_border_weight": {"border_weight": 0.0},
     "inpainting": {"base_kind": "inpainting"},
+    "cached": {"cache_latents": True},
 }
 
 
@@ -56,6 +61,7 @@ def run_once(manifest: str, out: str, args, overrides: dict) -> dict:
         steps=args.steps,
         batch_size=args.batch_size,
         resolution=args.resolution,
+        preset=args.preset,
         learning_rate=1e-3,
         log_every=1,
         checkpoint_every=0,
@@ -179,6 +185,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=2)
     p.add_argument("--resolution", type=int, default=64)
+    p.add_argument("--preset", default="tiny", choices=("tiny", "mini"), help="model size (random weights)")
     p.add_argument("--gpu", action="store_true", help="also time an SD-1.5-sized UNet + ControlNet on CUDA")
     p.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "train_body.json"))
     args = p.parse_args()
@@ -193,7 +200,7 @@ def main() -> None:
         gpu = {"skipped": GPU_SKIPPED}
     result = {
         "benchmark": "train_body",
-        "what": "train_body loop, tiny preset, CPU: standard vs no border weight vs inpainting base",
+        "what": "train_body loop on the CPU: standard vs no border weight vs inpainting base vs cached latents",
         "settings": {
             "images": args.images,
             "steps": args.steps,
@@ -201,6 +208,7 @@ def main() -> None:
             "repeats": args.repeats,
             "batch_size": args.batch_size,
             "resolution": args.resolution,
+            "preset": args.preset,
             "torch_threads": torch.get_num_threads(),
         },
         "machine": machine(load_before),

@@ -23,6 +23,7 @@ from generation.training.body_config import (
     BodyTrainConfig,
 )
 from generation.training.errors import DataCheckError
+from generation.training.latent_cache import LatentCache
 from generation.training.metrics import read_metrics
 from manifests.datasets import BodyDataset
 from manifests.synthetic import make_synthetic_manifest
@@ -242,6 +243,46 @@ def test_loss_terms_gradients_and_condition_dropout(manifest, tmp_path, kind):
     # Zero convolutions get gradients first; the frozen UNet gets none.
     assert model.controlnet_down_blocks[0].weight.grad.abs().sum() > 0
     assert all(p.grad is None for p in task.unet.parameters())
+
+
+def test_latent_cache_matches_the_vae_at_the_framing_and_is_reused(manifest, tmp_path):
+    """The cache holds each usable image's posterior at its training framing: the same losses as
+    encoding every step (float16 storage), reused by a rerun, rebuilt when the framing changes."""
+    plain = train_body(_config(manifest, tmp_path / "plain", checkpoint_every=0, crop="hands"))
+    cached = train_body(
+        _config(manifest, tmp_path / "cached", checkpoint_every=0, crop="hands", cache_latents=True)
+    )
+    assert plain.finished and cached.finished
+    facts = json.load(open(tmp_path / "cached" / "config.json"))["data"]
+    cache_dir = tmp_path / "cached" / "latent_cache"
+    assert facts["latent_cache"] == str(cache_dir)
+    cache = LatentCache(str(cache_dir))
+    assert len(cache) == facts["usable_images"] > 1, facts
+    a = [r for r in read_metrics(str(tmp_path / "plain")) if "loss" in r]
+    b = [r for r in read_metrics(str(tmp_path / "cached")) if "loss" in r]
+    assert [r["step"] for r in a] == [r["step"] for r in b] == [1, 2, 3, 4]
+    for ra, rb in zip(a, b):
+        assert rb["loss"] == pytest.approx(ra["loss"], rel=2e-2)
+
+    # The stored posterior is the VAE's on the sample the trainer draws, up to float16 rounding.
+    task = BodyTask(_config(manifest, tmp_path / "probe", crop="hands"))
+    task.check_data()
+    task.build(Accelerator(cpu=True))
+    sample = next(iter(task._dataset(rank=0, world_size=1, shuffle=False)))
+    with torch.no_grad():
+        expected = task._encode_moments(sample["pixels"][None])
+    torch.testing.assert_close(cache.get([sample["image_id"]]), expected, atol=2e-2, rtol=1e-2)
+
+    stamp = (cache_dir / "index.json").stat().st_mtime_ns
+    rerun = _config(manifest, tmp_path / "cached", steps=6, crop="hands", cache_latents=True, resume="latest")
+    assert train_body(rerun).finished
+    assert (cache_dir / "index.json").stat().st_mtime_ns == stamp
+    # Another framing gives other latents: the cache is rebuilt, never used for it.
+    other = _config(
+        manifest, tmp_path / "center", crop="center", cache_latents=True, latent_cache_dir=str(cache_dir)
+    )
+    assert train_body(other).finished
+    assert (cache_dir / "index.json").stat().st_mtime_ns != stamp
 
 
 @pytest.fixture

@@ -207,7 +207,8 @@ def test_latent_cache_matches_the_vae_and_is_reused(synthetic_manifest, tmp_path
     assert plain.finished and cached.finished
     cache_dir = tmp_path / "cached" / "latent_cache"
     cache = LatentCache(str(cache_dir))
-    assert len(cache) == json.load(open(tmp_path / "cached" / "config.json"))["data"]["hands_selected"]
+    facts = json.load(open(tmp_path / "cached" / "config.json"))["data"]
+    assert len(cache) == facts["hands_selected"] and facts["latent_cache"] == str(cache_dir)
     # Same draws from the generator: the cached posterior (float16) gives nearly the same losses.
     a, b = _losses(tmp_path / "plain"), _losses(tmp_path / "cached")
     for ra, rb in zip(a, b):

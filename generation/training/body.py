@@ -52,7 +52,9 @@ from ..pipelines.blending import dilate, erode
 from ..pipelines.body import BodyOutpaintPipeline
 from ..pipelines.condition import ConditionConfig, build_condition, condition_tiles, inputs_from_body_sample
 from .body_config import BodyTrainConfig
+from .config import latent_cache_root
 from .errors import DataCheckError
+from .latent_cache import LatentCache, cached_moments, ensure_caches
 from .loop import TrainResult, train, weight_dtype
 from .losses import diffusion_target
 from .manifest_reads import count_missing_source_captions, log_caption_fallbacks
@@ -166,7 +168,10 @@ class BodyDenoiser(torch.nn.Module):
 
 class BodyTask(TrainTask):
     name = "body"
-    oom_hints = ("--resolution (now the training side)",)
+    oom_hints = (
+        "--resolution (now the training side)",
+        "--cache-latents (frees the VAE encoder's activations)",
+    )
     pipeline_class = BodyOutpaintPipeline
 
     def __init__(self, config: BodyTrainConfig):
@@ -177,6 +182,7 @@ class BodyTask(TrainTask):
         self.source_run: dict | None = None
         self._checked = False
         self._validation: list[dict] | None = None
+        self.caches: list[LatentCache] = []
 
     # ---- data ------------------------------------------------------------------------------------
     def _check_manifest(self, url: str) -> tuple[int, list[str], int]:
@@ -234,6 +240,8 @@ class BodyTask(TrainTask):
             skipped_no_body_pose=skipped,
             resolution=c.resolved_resolution,
         )
+        if c.cache_latents:
+            self.facts["latent_cache"] = latent_cache_root(c)
         if c.caption != "generated":
             self.facts["no_source_caption"] = sum(k for _, _, k in found)
             log_caption_fallbacks("train-body", c.caption, self.facts["no_source_caption"], images - skipped)
@@ -281,7 +289,36 @@ class BodyTask(TrainTask):
     def dataset(self, accelerator):
         if not self._checked:
             self.check_data()
+        if self.config.cache_latents:
+            self._prepare_cache(accelerator)
         return self._dataset(accelerator.process_index, accelerator.num_processes)
+
+    def _prepare_cache(self, accelerator) -> None:
+        """Build (main process) or open the latent cache of every usable image at its training framing,
+        one per manifest. The pixels are still read: the hands condition channels are cut from them."""
+        c = self.config
+        keys = [
+            {
+                "manifest": manifest.url,
+                "manifest_created_at": manifest.info.get("created_at"),
+                "skipped": sorted(skipped),
+                "resolution": c.resolved_resolution,
+                "fit": c.fit,
+                "crop": c.crop,
+                "split": c.split,
+            }
+            for manifest, skipped in zip(map(open_manifest, c.manifest), self._exclude)
+        ]
+
+        def batches(i: int):
+            size = max(c.batch_size, 8)
+            data = self._source_dataset(i, 0, 1, shuffle=False)
+            loader = torch.utils.data.DataLoader(data, batch_size=size, num_workers=c.num_workers)
+            return ((list(b["image_id"]), b["pixels"]) for b in loader), None
+
+        self.caches = ensure_caches(
+            accelerator, latent_cache_root(c), keys, self.vae, self._encode_moments, batches
+        )
 
     def validation_samples(self) -> list[dict]:
         """The first manifest's first `num_validation_images` usable images of the split, in manifest
@@ -405,6 +442,14 @@ class BodyTask(TrainTask):
         return self.unet, inner
 
     # ---- loss ------------------------------------------------------------------------------------
+    def prepare_batch(self, batch: dict, device) -> dict:
+        if self.caches:
+            batch = {**batch, "moments": cached_moments(self.caches, batch["image_id"], batch.get("source"))}
+        return super().prepare_batch(batch, device)
+
+    def _encode_moments(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.vae.encode(pixels.to(self.vae.device, self.vae.dtype)).latent_dist.parameters
+
     def _latents(self, pixels: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
         """(B, 3, H, W) in [-1, 1] -> scaled float32 latents: a posterior sample, or the mode without a generator."""
         with torch.no_grad():
@@ -417,7 +462,10 @@ class BodyTask(TrainTask):
         pixels, condition, hand_mask = batch["pixels"], batch["condition"], batch["hand_mask"]
         device, bsz, gdev = pixels.device, pixels.shape[0], generator.device
 
-        latents = self._latents(pixels, generator)
+        if "moments" in batch:  # the cached posterior: the same draw `_latents` would make
+            latents = LatentCache.sample(batch["moments"], generator).float() * self.vae.config.scaling_factor
+        else:
+            latents = self._latents(pixels, generator)
         noise = randn_tensor(latents.shape, generator=generator, device=device, dtype=latents.dtype)
         t = torch.randint(
             0, self.scheduler.config.num_train_timesteps, (bsz,), generator=generator, device=gdev

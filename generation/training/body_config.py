@@ -12,7 +12,9 @@ from manifests.settings import SettingError
 from .config import (
     PRESET_RESOLUTION,
     StageTrainConfig,
+    cache_latents_setting,
     init_from_setting,
+    latent_cache_dir_setting,
     manifests_setting,
     preset_for,
     setting,
@@ -90,6 +92,8 @@ class BodyTrainConfig(StageTrainConfig):
     border_width: int = setting(
         1, "half-width of that band in latent pixels (one latent pixel = 8 image pixels)", ge=0, le=64
     )
+    cache_latents: bool = cache_latents_setting("training image (at its framing)")
+    latent_cache_dir: str | None = latent_cache_dir_setting()
     condition_dropout: float = setting(
         0.05, "probability of training with an all-zero condition image (condition CFG)", ge=0, lt=1
     )

@@ -214,6 +214,19 @@ def init_from_setting(command: str):
     )
 
 
+def cache_latents_setting(images: str):
+    return setting(False, f"VAE-encode every {images} once and train from the cached posteriors")
+
+
+def latent_cache_dir_setting():
+    return setting(None, "where to keep the latent cache (default RUN/latent_cache)")
+
+
+def latent_cache_root(config) -> str:
+    """Where a run with ``cache_latents`` keeps its cache."""
+    return config.latent_cache_dir or os.path.join(config.out, "latent_cache")
+
+
 def normalise_sources(config) -> None:
     """One manifest given as a string (older config.json files, the Python API) becomes a 1-tuple;
     lists read from JSON become tuples, so a config compares and serialises the same whichever way

@@ -35,10 +35,10 @@ from ..models.loading import build_components, freeze
 from ..models.schedulers import noise_schedule_overrides, sampling_scheduler
 from ..models.text import encode_text
 from ..pipelines.hand import HandGenerationPipeline
-from .config import PRESET_RESOLUTION
+from .config import PRESET_RESOLUTION, latent_cache_root
 from .errors import DataCheckError
 from .hand_config import HandTrainConfig
-from .latent_cache import LatentCache, fingerprint, vae_fingerprint
+from .latent_cache import LatentCache, cached_moments, ensure_caches
 from .loop import TrainResult, train, weight_dtype
 from .losses import diffusion_target, mask_loss
 from .manifest_reads import count_missing_source_captions, first_rows, log_caption_fallbacks, null_counts
@@ -213,6 +213,8 @@ class HandTask(TrainTask):
             "manifest_created_at": first["manifest_created_at"],
             "crop_margin": crop_margin,
         }
+        if c.cache_latents:
+            self.facts["latent_cache"] = latent_cache_root(c)
         skip = {"crop_sizes", "stored_sigma", "crop_margin"}
         if c.caption == "generated":
             skip.add("no_source_caption")
@@ -364,51 +366,37 @@ class HandTask(TrainTask):
         return self.vae.encode(pixels.to(self.vae.device, self.vae.dtype)).latent_dist.parameters
 
     def _prepare_cache(self, accelerator) -> None:
-        """Build (main process) or open the latent cache of the selected hands: one per manifest (hand ids
-        are unique within a manifest only), in ``source-<i>`` subfolders when there are several."""
+        """Build (main process) or open the latent cache of the selected hands, one per manifest."""
         c = self.config
-        root = c.latent_cache_dir or os.path.join(c.out, "latent_cache")
-        vae = vae_fingerprint(self.vae)
-        paths = (
-            [root]
-            if len(self._sources) == 1
-            else [os.path.join(root, f"source-{i}") for i in range(len(self._sources))]
-        )
-        for i, path in enumerate(paths):
-            src = self._sources[i]
-            keys = {
+        keys = [
+            {
                 "manifest": src["manifest"],
                 "manifest_created_at": src["manifest_created_at"],
                 "hands_selected": src["hands_selected"],
                 "resolution": self.facts["resolution"],
+                **self._filter_kwargs(),
+                "min_mask_score": c.min_mask_score,
             }
-            expected = fingerprint(
-                {**keys, **self._filter_kwargs(), "min_mask_score": c.min_mask_score, "vae": vae}
-            )
-            if accelerator.is_main_process and LatentCache.open_if_valid(path, expected) is None:
-                data = self._source_dataset(i, 0, 1, shuffle=False)
-                loader = torch.utils.data.DataLoader(
-                    data, batch_size=max(c.batch_size, 8), num_workers=c.num_workers
-                )
-                batches = ((list(b["hand_id"]), b["pixel_values"]) for b in loader)
-                total = -(-src["hands_selected"] // max(c.batch_size, 8))
-                LatentCache.build(path, batches, self._encode_moments, expected, total=total)
-        accelerator.wait_for_everyone()
-        self.caches = [LatentCache(path) for path in paths]
-        self.facts["latent_cache"] = root
+            for src in self._sources
+        ]
+
+        def batches(i: int):
+            size = max(c.batch_size, 8)
+            data = self._source_dataset(i, 0, 1, shuffle=False)
+            loader = torch.utils.data.DataLoader(data, batch_size=size, num_workers=c.num_workers)
+            total = -(-self._sources[i]["hands_selected"] // size)
+            return ((list(b["hand_id"]), b["pixel_values"]) for b in loader), total
+
+        self.caches = ensure_caches(
+            accelerator, latent_cache_root(c), keys, self.vae, self._encode_moments, batches
+        )
 
     # ---- loss ------------------------------------------------------------------------------------
     def prepare_batch(self, batch: dict, device) -> dict:
         if self.caches:
             batch = dict(batch)
             batch.pop("pixel_values", None)  # the cached posterior replaces the crop (not loaded anyway)
-            if len(self.caches) == 1:
-                batch["moments"] = self.caches[0].get(batch["hand_id"])
-            else:
-                sources = batch["source"].tolist()
-                batch["moments"] = torch.cat(
-                    [self.caches[k].get([hand_id]) for hand_id, k in zip(batch["hand_id"], sources)]
-                )
+            batch["moments"] = cached_moments(self.caches, batch["hand_id"], batch.get("source"))
         return super().prepare_batch(batch, device)
 
     def latents(self, batch: dict, generator: torch.Generator) -> torch.Tensor:

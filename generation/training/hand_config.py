@@ -9,7 +9,9 @@ from dataclasses import dataclass
 
 from .config import (
     StageTrainConfig,
+    cache_latents_setting,
     init_from_setting,
+    latent_cache_dir_setting,
     manifests_setting,
     setting,
 )
@@ -46,8 +48,8 @@ class HandTrainConfig(StageTrainConfig):
         "conv", "mask head: conv (conv3x3-SiLU-conv1x1) or channel (one conv)", choices=("conv", "channel")
     )
     mask_head_channels: int = setting(32, "hidden channels of the conv mask head", ge=1, le=4096)
-    cache_latents: bool = setting(False, "VAE-encode every crop once and train from the cached posteriors")
-    latent_cache_dir: str | None = setting(None, "where to keep the latent cache (default RUN/latent_cache)")
+    cache_latents: bool = cache_latents_setting("crop")
+    latent_cache_dir: str | None = latent_cache_dir_setting()
     num_validation_poses: int = setting(
         4, "fixed poses drawn in each validation grid (val split first)", ge=0, le=256
     )

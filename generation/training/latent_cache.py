@@ -1,7 +1,8 @@
 """Latent caching: VAE-encode the training images once, keyed by row id, in a side folder.
 
-VAE encoding dominates small-batch training of the hand generator, and the crops never change, so
-the posterior of every crop (mean and log-variance, (2C, h, w) float16) is computed once and stored in
+VAE encoding dominates small-batch training of the hand generator and is a fifth of a stage-2 step on
+a CPU, and neither trainer's images change between epochs (no random augmentation), so the posterior
+of every image (mean and log-variance, (2C, h, w) float16) is computed once and stored in
 ``CACHE/chunk-00000.safetensors`` files of `chunk_size` rows plus ``CACHE/index.json`` (row ids,
 shapes and the fingerprint of what was encoded). Training samples ``mean + std * noise`` from the
 stored posterior, exactly what ``vae.encode(x).latent_dist.sample()`` draws.
@@ -147,3 +148,39 @@ class LatentCache:
         os.replace(tmp, path)
         logger.info("cached %d latents in %s", len(ids), path)
         return cls(path)
+
+
+def cache_paths(root: str, sources: int) -> list[str]:
+    """One cache per manifest (row ids are unique within a manifest only): ``root`` itself, or
+    ``root/source-<i>`` when there are several."""
+    return [root] if sources == 1 else [os.path.join(root, f"source-{i}") for i in range(sources)]
+
+
+def ensure_caches(
+    accelerator,
+    root: str,
+    keys: list[dict],
+    vae,
+    encode: Callable,
+    batches: Callable[[int], tuple[Iterable[tuple[list[str], torch.Tensor]], int | None]],
+) -> list[LatentCache]:
+    """The caches of every source, opened if built from the same data (`keys[i]`, what selects and
+    frames source i's images) and the same `vae`, else built by the main process from
+    ``batches(i) -> ((ids, pixels) batches, number of batches)``; the other processes wait for it."""
+    vae_print = vae_fingerprint(vae)
+    paths = cache_paths(root, len(keys))
+    for i, (path, key) in enumerate(zip(paths, keys)):
+        expected = fingerprint({**key, "vae": vae_print})
+        if accelerator.is_main_process and LatentCache.open_if_valid(path, expected) is None:
+            data, total = batches(i)
+            LatentCache.build(path, data, encode, expected, total=total)
+    accelerator.wait_for_everyone()
+    return [LatentCache(path) for path in paths]
+
+
+def cached_moments(caches: list[LatentCache], ids: list[str], sources: torch.Tensor | None) -> torch.Tensor:
+    """(B, 2C, h, w) float32 posteriors of a batch's rows; `sources` (B,) names each row's manifest
+    when there are several caches."""
+    if len(caches) == 1:
+        return caches[0].get(ids)
+    return torch.cat([caches[k].get([rid]) for rid, k in zip(ids, sources.tolist())])
