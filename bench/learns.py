@@ -4,7 +4,7 @@ From an empty folder, one process runs and times:
 
 1. prep: the hagrid_mini manifest (`prep.run`, 40 photos, 46 hands; not part of the chain's budget);
 2. train-vae: a 3.9M-parameter `AutoencoderKL` (SD layout) on the hand crops (64 px) and 64 px squares
-   of the images fitted to 128 px; reconstruction PSNR on the held-in crops;
+   of the images fitted to stage 2's side (160 px); reconstruction PSNR on the held-in crops;
 3. train-hand (stage 1) from that folder (`--preset mini --pretrained`), 64 px crops, cached latents;
    then samples for every training pose (one seed for all, repeated for each of `SEEDS`), scored with
    prep's own hand detector on
@@ -13,7 +13,7 @@ From an empty folder, one process runs and times:
    resolution, PCK@0.2 against the conditioning keypoints, predicted mask IoU with the manifest mask;
    the same on unseen poses (FreiHAND `keypoints_gt` hands, training poses rotated by 30 degrees and
    mirrored) and pose control (same seed, two poses: PCK against its own pose > against the other);
-4. train-body (stage 2) from the same folder at 128 px, base UNet trained too (it is from scratch), and
+4. train-body (stage 2) from the same folder at 160 px, base UNet trained too (it is from scratch), and
    the one-stage baseline: the same trainer and settings on the pose and hand skeletons only. The
    three trainings run side by side in spawned processes, one thread each, since they need only the
    VAE; each scoring starts in its own process as soon as its model is trained;

@@ -1,0 +1,167 @@
+"""Stage-2 settings side by side: variants of the mini chain's stage-2 training, scored as learns scores it.
+
+Every variant trains `train_body` on a finished `bench/learns.py` folder (its manifest and its VAE), with
+the chain's stage-2 settings (`learns.CHAIN`) and the variant's overrides, then draws each training row
+around its own hands and scores it with prep's body detector (`learns.stage2`: body found, PCK@0.2 against
+the conditioning pose, pose control, and the same for the real rows and the real rows through the VAE).
+So a lever can be tried at the chain's cost without rerunning the chain, and the table that picks the
+chain's next settings comes from one invocation.
+
+Each training runs in a spawned process on one thread, `--parallel` at a time (the machine's cores by
+default); each scoring starts as soon as its model is trained. Phase times are wall and CPU seconds, as in
+learns.json; trainings side by side share the cores, so compare CPU seconds.
+
+    .venv/bin/python bench/body_sweep.py [--learns out/learns] [--variant chain --variant lr_1e-3 ...]
+        [--parallel 2] [--resume] [--quick]
+
+Writes bench/results/body_sweep.json and body_sweep.md (``--quick``: body_sweep_quick.*, a few steps on
+the ``learns --quick`` folder, to check the plumbing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+from bench._common import machine, write_result  # noqa: E402
+from bench.learns import CHAIN, COMMON, Phases, score_stage2_phase, train_body_phase  # noqa: E402
+
+# Overrides of CHAIN[...]["body"], by name. "chain" is the chain's own setting, the row to beat.
+VARIANTS = {
+    "chain": {},
+    "lr_1e-3": {"learning_rate": 1e-3},
+    "steps_x1.6": {"steps_scale": 1.6},
+    "no_ema": {"ema": False},
+    "cached": {"cache_latents": True},  # the same draws (float16 posteriors), fewer CPU minutes
+}
+COLUMNS = ("body found", "body PCK@0.2", "pose control own / other", "train CPU min")
+
+
+def body_config(learns: str, out: str, chain: dict, overrides: dict):
+    """The chain's stage-2 `BodyTrainConfig` on the learns folder `learns`, with `overrides`
+    (``steps_scale`` multiplies the chain's steps)."""
+    from generation.training.body_config import BodyTrainConfig
+
+    settings = {**chain["body"], **overrides}
+    if "steps_scale" in settings:
+        settings["steps"] = round(chain["body"]["steps"] * settings.pop("steps_scale"))
+    return BodyTrainConfig(
+        out=out,
+        manifest=(os.path.join(learns, "manifest"),),
+        pretrained=os.path.join(learns, "vae"),
+        preset="mini",
+        resume="latest",
+        train_base_unet=True,
+        validate_every=500,
+        checkpoint_every=250,
+        num_validation_images=2,
+        **COMMON,
+        **settings,
+    )
+
+
+def sweep_graph(learns: str, work: str, names: list[str], chain: dict, parallel: int) -> dict:
+    """The `Phases.run_graph` graph: ``train_NAME`` then ``score_NAME`` per variant; a training waits
+    for the one `parallel` places before it, so at most `parallel` train at once."""
+    graph = {}
+    for k, name in enumerate(names):
+        run = os.path.join(work, name)
+        before = (f"train_{names[k - parallel]}",) if k >= parallel else ()
+        graph[f"train_{name}"] = (
+            train_body_phase,
+            (body_config(learns, run, chain, VARIANTS[name]),),
+            before,
+        )
+        graph[f"score_{name}"] = (
+            score_stage2_phase,
+            (run, os.path.join(learns, "manifest"), chain["sample_steps"], run + "_pictures.npz"),
+            (f"train_{name}",),
+        )
+    return graph
+
+
+def table(rows: dict) -> str:
+    """The markdown table of `rows` ({variant: {"overrides", "stage2", "train_cpu_s"}})."""
+    lines = ["| variant | overrides | " + " | ".join(COLUMNS) + " |", "|---|---|" + "---:|" * len(COLUMNS)]
+    for name, r in rows.items():
+        s2 = r["stage2"]
+        drawn, pc = s2["training_rows"], s2["pose_control"]
+        pck = "–" if drawn["body_pck_0.2"] is None else f"{drawn['body_pck_0.2']:.2f}"
+        own = "–" if pc["pck_own"] is None else f"{pc['pck_own']:.2f} / {pc['pck_other']:.2f}"
+        over = ", ".join(f"{k}={v}" for k, v in r["overrides"].items()) or "(the chain's)"
+        cells = [f"{drawn['body_detected_share']:.0%}", pck, own, f"{r['train_cpu_s'] / 60:.1f}"]
+        lines.append(f"| {name} | {over} | " + " | ".join(cells) + " |")
+    first = next(iter(rows.values()))["stage2"]
+    lines.append("")
+    lines.append(
+        f"Real rows at this framing: body found {first['real_rows']['body_detected_share']:.0%}; through "
+        f"the VAE {first['vae_real_rows']['body_detected_share']:.0%}, PCK "
+        f"{first['vae_real_rows']['body_pck_0.2'] or 0:.2f} (the most a sample from this VAE can show)."
+    )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument(
+        "--learns", help="a finished bench/learns.py folder (default out/learns, or out/learns_quick)"
+    )
+    p.add_argument("--variant", action="append", choices=sorted(VARIANTS), help="repeatable; default all")
+    p.add_argument("--parallel", type=int, default=len(os.sched_getaffinity(0)), help="trainings at once")
+    p.add_argument("--work", help="run folders (default out/body_sweep[_quick])")
+    p.add_argument("--resume", action="store_true", help="keep finished phases of a cut-off invocation")
+    p.add_argument("--quick", action="store_true", help="a few steps each, to check the plumbing")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    suffix = "_quick" if args.quick else ""
+    chain = CHAIN["quick" if args.quick else "cpu"]
+    learns = args.learns or os.path.join(ROOT, "out", f"learns{suffix}")
+    for part in ("manifest", "vae"):
+        if not os.path.isdir(os.path.join(learns, part)):
+            p.error(f"{learns} has no {part}/: run bench/learns.py{' --quick' if args.quick else ''} first")
+    names = args.variant or list(VARIANTS)
+    work = args.work or os.path.join(ROOT, "out", f"body_sweep{suffix}")
+    if os.path.exists(work) and not args.resume:
+        shutil.rmtree(work)
+    os.makedirs(work, exist_ok=True)
+    load_before = os.getloadavg()[0]
+    phases = Phases(work, args.resume)
+    phases.run_graph(sweep_graph(learns, work, names, chain, max(1, args.parallel)))
+
+    done, cpu, wall = phases.state["done"], phases.state["cpu_seconds"], phases.state["seconds"]
+    rows = {
+        name: {
+            "overrides": VARIANTS[name],
+            "steps": done[f"train_{name}"]["step"],
+            "train_cpu_s": round(cpu[f"train_{name}"], 1),
+            "train_wall_s": round(wall[f"train_{name}"], 1),
+            "score_wall_s": round(wall[f"score_{name}"], 1),
+            "stage2": done[f"score_{name}"],
+        }
+        for name in names
+    }
+    result = {
+        "benchmark": "body_sweep",
+        "what": "stage-2 training variants on one learns folder's manifest and VAE, scored as learns.stage2",
+        "learns": os.path.relpath(learns, ROOT),
+        "chain_body": chain["body"],
+        "parallel": args.parallel,
+        "invocations": phases.state["invocations"],
+        "machine": machine(load_before),
+        "variants": rows,
+    }
+    out = os.path.join(ROOT, "bench", "results", f"body_sweep{suffix}")
+    write_result(out + ".json", result)
+    with open(out + ".md", "w", encoding="utf-8") as f:
+        f.write(table(rows))
+    print(table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""`bench/body_sweep.py`'s own logic: every variant is a valid stage-2 setting, the graph keeps at most
+`--parallel` trainings at once and scores each model after its training, and the table reads the scores."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench import body_sweep, learns  # noqa: E402
+
+
+@pytest.fixture
+def learns_folder(tmp_path):
+    """A learns folder as the sweep reads it: ``vae/`` is a train-vae run (its config.json says so)."""
+    (tmp_path / "learns" / "vae").mkdir(parents=True)
+    (tmp_path / "learns" / "vae" / "config.json").write_text(json.dumps({"task": "vae"}))
+    return tmp_path / "learns"
+
+
+@pytest.mark.parametrize("name", sorted(body_sweep.VARIANTS))
+def test_every_variant_is_the_chains_stage_2_with_its_overrides(name, tmp_path, learns_folder):
+    chain = learns.CHAIN["cpu"]
+    config = body_sweep.body_config(
+        str(tmp_path / "learns"), str(tmp_path / name), chain, body_sweep.VARIANTS[name]
+    )
+    config.validate()
+    assert config.manifest == (str(tmp_path / "learns" / "manifest"),)
+    assert config.pretrained == str(tmp_path / "learns" / "vae")
+    assert config.resolution == chain["body"]["resolution"] and config.train_base_unet
+    changed = {k for k in chain["body"] if getattr(config, k) != chain["body"][k]}
+    overrides = body_sweep.VARIANTS[name]
+    assert changed == ({"steps"} if "steps_scale" in overrides else set(overrides) & set(chain["body"]))
+    if "steps_scale" in overrides:
+        assert config.steps == round(chain["body"]["steps"] * overrides["steps_scale"])
+    for key, value in overrides.items():
+        if key != "steps_scale":
+            assert getattr(config, key) == value
+
+
+def test_the_graph_trains_at_most_parallel_at_once_and_scores_after_training(tmp_path, learns_folder):
+    names = ["chain", "lr_1e-3", "no_ema", "cached"]
+    graph = body_sweep.sweep_graph(str(learns_folder), str(tmp_path / "w"), names, learns.CHAIN["quick"], 2)
+    assert set(graph) == {f"{p}_{n}" for n in names for p in ("train", "score")}
+    needs = {k: v[2] for k, v in graph.items()}
+    assert needs["train_chain"] == needs["train_lr_1e-3"] == ()
+    assert needs["train_no_ema"] == ("train_chain",) and needs["train_cached"] == ("train_lr_1e-3",)
+    assert all(needs[f"score_{n}"] == (f"train_{n}",) for n in names)
+    assert graph["score_no_ema"][1][0] == str(tmp_path / "w" / "no_ema")  # scores the run it trained
+
+
+def test_the_table_shows_each_variants_scores_and_the_vae_cap():
+    def stage2(share, pck, own, other):
+        return {
+            "training_rows": {"body_detected_share": share, "body_pck_0.2": pck},
+            "pose_control": {"pck_own": own, "pck_other": other},
+            "real_rows": {"body_detected_share": 1.0},
+            "vae_real_rows": {"body_detected_share": 0.68, "body_pck_0.2": 0.55},
+        }
+
+    rows = {
+        "chain": {"overrides": {}, "train_cpu_s": 1800, "stage2": stage2(0.32, 0.14, 0.01, 0.04)},
+        "lr_1e-3": {
+            "overrides": {"learning_rate": 1e-3},
+            "train_cpu_s": 1830,
+            "stage2": stage2(0.0, None, None, None),
+        },
+    }
+    lines = body_sweep.table(rows).splitlines()
+    assert lines[2] == "| chain | (the chain's) | 32% | 0.14 | 0.01 / 0.04 | 30.0 |"
+    assert lines[3] == "| lr_1e-3 | learning_rate=0.001 | 0% | – | – | 30.5 |"
+    assert "through the VAE 68%, PCK 0.55" in lines[-1]
