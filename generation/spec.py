@@ -30,6 +30,7 @@ import numpy as np
 from manifests.names import UnsafeNameError, check_name
 from manifests.pose import BODY_FORMATS, KeypointError, keypoint_array
 from manifests.schema import NUM_HAND_KEYPOINTS
+from manifests.storage import MAX_JSON_BYTES, FileTooLargeError, NotRegularFileError, read_bounded, url_to_fs
 
 HANDEDNESS = ("left", "right")
 # The keys of each object of the schema; any other key is refused.
@@ -176,14 +177,18 @@ def parse_spec(obj: dict, name: str = "sample") -> PoseSpec:
     )
 
 
-def read_json_file(path, error: type[Exception], what: str):
-    """The parsed JSON of a user-given file; `error` names the file for a missing file, bad UTF-8, bad
-    JSON or nesting too deep to parse. NaN and Infinity parse, and the field that holds one says so."""
+def read_json_file(path, error: type[Exception], what: str, max_bytes: int = MAX_JSON_BYTES):
+    """The parsed JSON of a user-given file (a local path or an fsspec URL); `error` names the file for a
+    missing file, one that is not a regular file (a FIFO would block, /dev/zero never ends), one over
+    `max_bytes`, bad UTF-8, bad JSON or nesting too deep to parse. NaN and Infinity parse, and the field
+    that holds one says so."""
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
+        fs, where = url_to_fs(str(path))
+        return json.loads(read_bounded(fs, where, max_bytes, str(path)).decode("utf-8"))
     except FileNotFoundError:
         raise error(f"{path}: no such {what} file") from None
+    except (NotRegularFileError, FileTooLargeError) as exc:
+        raise error(str(exc)) from None
     except UnicodeDecodeError as exc:
         raise error(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
     except json.JSONDecodeError as exc:

@@ -2,12 +2,13 @@
 
 import copy
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from generation.spec import SpecError, load_spec, parse_spec
+from generation.spec import SpecError, load_spec, parse_spec, read_json_file
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "pose.json"
 
@@ -92,6 +93,20 @@ def test_missing_and_invalid_files(tmp_path):
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(SpecError, match="bad.json: not valid JSON"):
         load_spec(tmp_path / "bad.json")
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_spec_files_that_are_fifos_devices_or_too_large_are_refused_without_reading_them(tmp_path):
+    os.mkfifo(tmp_path / "pipe.json")  # no writer: opening it for reading would block forever
+    with pytest.raises(SpecError, match=r"pipe.json: a FIFO \(named pipe\), not a regular file"):
+        load_spec(tmp_path / "pipe.json")
+    (tmp_path / "zero.json").symlink_to("/dev/zero")  # would be read until memory runs out
+    with pytest.raises(SpecError, match="zero.json: a character device, not a regular file"):
+        load_spec(tmp_path / "zero.json")
+    (tmp_path / "big.json").write_text(json.dumps({"width": 64, "height": 64, "hands": []}))
+    with pytest.raises(SpecError, match=r"big.json: 40 bytes exceeds max_bytes=16"):
+        read_json_file(tmp_path / "big.json", SpecError, "spec", max_bytes=16)
+    assert read_json_file(f"file://{tmp_path / 'big.json'}", SpecError, "spec")["width"] == 64  # fsspec URLs
 
 
 @pytest.mark.parametrize(
