@@ -23,13 +23,12 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import shutil
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from bench._common import machine, write_result  # noqa: E402
-from bench.learns import CHAIN, COMMON, Phases, score_stage2_phase, train_body_phase  # noqa: E402
+from bench.learns import CHAIN, COMMON, open_work, score_stage2_phase, train_body_phase  # noqa: E402
 
 # Overrides of CHAIN[...]["body"], by name. "chain" is the chain's own setting, the row to beat.
 VARIANTS = {
@@ -126,11 +125,7 @@ def main(argv=None) -> int:
             p.error(f"{learns} has no {part}/: run bench/learns.py{' --quick' if args.quick else ''} first")
     names = args.variant or list(VARIANTS)
     work = args.work or os.path.join(ROOT, "out", f"body_sweep{suffix}")
-    if os.path.exists(work) and not args.resume:
-        shutil.rmtree(work)
-    os.makedirs(work, exist_ok=True)
-    load_before = os.getloadavg()[0]
-    phases = Phases(work, args.resume)
+    phases, load_before = open_work(work, args.resume)
     phases.run_graph(sweep_graph(learns, work, names, chain, max(1, args.parallel)))
 
     done, cpu, wall = phases.state["done"], phases.state["cpu_seconds"], phases.state["seconds"]

@@ -290,6 +290,16 @@ class Phases:
                 time.sleep(poll_s)
 
 
+def open_work(work: str, resume: bool) -> tuple[Phases, float]:
+    """The work folder's `Phases` (the folder emptied first unless `resume`) and the 1-minute load
+    average before anything ran."""
+    if os.path.exists(work) and not resume:
+        shutil.rmtree(work)
+    os.makedirs(work, exist_ok=True)
+    load_before = os.getloadavg()[0]
+    return Phases(work, resume), load_before
+
+
 def in_child(fn, args: tuple, log_path: str, result_path: str) -> None:
     """A `Phases.start` child: `fn(*args)` on one thread, its output appended to `log_path`, then
     {"result", "wall_s", "cpu_s"} written to `result_path`. It stops when its parent is gone, so that a
@@ -1207,11 +1217,7 @@ def main(argv=None) -> int:
     chain = CHAIN["quick" if args.quick else args.device]
     # out/learns (git-ignored) keeps the runs: the generation walkthrough notebook uses them.
     work = args.work or os.path.join(ROOT, "out", f"learns{suffix}")
-    if os.path.exists(work) and not args.resume:
-        shutil.rmtree(work)
-    os.makedirs(work, exist_ok=True)
-    load_before = os.getloadavg()[0]
-    phases = Phases(work, args.resume)
+    phases, load_before = open_work(work, args.resume)
     phases.state.setdefault("notes", []).extend(args.note)
     for name in args.redo:
         for folder in REDO_CLEARS.get(name, ()):  # generate skips the images already written
