@@ -37,6 +37,7 @@ VARIANTS = {
     "steps_x1.6": {"steps_scale": 1.6},
     "no_ema": {"ema": False},
     "cached": {"cache_latents": True},  # the same draws (float16 posteriors), fewer CPU minutes
+    "hflip": {"hflip": 0.5, "cache_latents": True},
 }
 COLUMNS = ("body found", "body PCK@0.2", "pose control own / other", "train CPU min")
 

@@ -32,6 +32,14 @@ MEDIAPIPE_POSE_NAMES = [
     "left_foot_index", "right_foot_index",
 ]  # fmt: skip
 
+
+def _mirror_name(name: str) -> str:
+    return name.replace("left", "\0").replace("right", "left").replace("\0", "right")
+
+
+# The MediaPipe Pose landmark each one becomes in the mirrored image: left and right swap (the nose stays).
+MEDIAPIPE_POSE_MIRROR = [MEDIAPIPE_POSE_NAMES.index(_mirror_name(n)) for n in MEDIAPIPE_POSE_NAMES]
+
 OPENPOSE18_NAMES = [
     "nose", "neck", "right_shoulder", "right_elbow", "right_wrist", "left_shoulder", "left_elbow",
     "left_wrist", "right_hip", "right_knee", "right_ankle", "left_hip", "left_knee", "left_ankle",

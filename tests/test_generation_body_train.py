@@ -285,6 +285,38 @@ def test_latent_cache_matches_the_vae_at_the_framing_and_is_reused(manifest, tmp
     assert (cache_dir / "index.json").stat().st_mtime_ns != stamp
 
 
+def test_mirrored_training_caches_both_orientations_and_validates_unmirrored(manifest, tmp_path):
+    cfg = _config(manifest, tmp_path / "run", hflip=0.5, cache_latents=True, steps=6)
+    assert train_body(cfg).finished
+    record = json.load(open(tmp_path / "run" / "config.json"))
+    assert record["config"]["hflip"] == 0.5
+    cache = LatentCache(str(tmp_path / "run" / "latent_cache"))
+    usable = record["data"]["usable_images"]
+    ids = cache.index["ids"]
+    assert len(ids) == 2 * usable and sum(i.endswith("#mirrored") for i in ids) == usable
+
+    task = BodyTask(cfg)
+    task.check_data()
+    task.build(Accelerator(cpu=True))
+    mirrored = next(iter(task._source_dataset(0, 0, 1, shuffle=False, hflip=1.0)))
+    with torch.no_grad():
+        expected = task._encode_moments(mirrored["pixels"][None])
+    torch.testing.assert_close(
+        cache.get([mirrored["image_id"] + "#mirrored"]), expected, atol=2e-2, rtol=1e-2
+    )
+    # Each batch looks up the orientation it drew.
+    data = task._dataset(rank=0, world_size=1)
+    data.set_epoch(1)
+    batch = task.collate([s for s, _ in zip(data, range(8))])
+    assert 0 < int(batch["flipped"].sum()) < 8
+    task.caches = [cache]
+    moments = task.prepare_batch(batch, torch.device("cpu"))["moments"]
+    for k, (image_id, flipped) in enumerate(zip(batch["image_id"], batch["flipped"].tolist())):
+        key = image_id + ("#mirrored" if flipped else "")
+        assert torch.equal(moments[k], cache.get([key])[0])
+    assert not any(s["flipped"] for s in task.validation_samples())
+
+
 @pytest.fixture
 def bf16_accelerator():
     # accelerate keeps one process-wide state: reset it so later tests can use full precision again.

@@ -8,8 +8,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from manifests.datasets import BodyDataset, HandCropDataset, ManifestDataLoader
+from manifests.datasets.body import mirror_caption
 from manifests.geometry import heatmap_peaks
 from manifests.partition import loader_order, rank_units, resume_streams, worker_consumption, worker_units
+from manifests.pose import MEDIAPIPE_POSE_MIRROR, MEDIAPIPE_POSE_NAMES, to_openpose18
 from manifests.reader import open_manifest
 from manifests.synthetic import make_synthetic_manifest
 
@@ -266,6 +268,70 @@ def test_body_cover_crop_centred_on_hands_keeps_them_in_frame(manifest):
         assert s["transform"][0] == pytest.approx(128 / 192)
         centre = (kps[..., 0].min() + kps[..., 0].max()) / 2
         assert -1 <= centre <= 65  # the focus is inside the 64-px-wide window (clamped at the image edge)
+
+
+def test_mirrored_body_samples_swap_sides_with_the_image(manifest):
+    """A flipped sample is the mirror image of the plain one: pixels and mask mirrored, every keypoint
+    at W - x, the body landmarks of one side now the other's, handedness and caption swapped."""
+    kw = dict(resolution=(96, 128), fit="contain", shuffle=False)
+    plain, mirrored = BodyDataset(manifest, **kw), BodyDataset(manifest, hflip=1.0, **kw)
+    checked_body = 0
+    for a, b in zip(plain, mirrored):
+        assert not a["flipped"] and b["flipped"] and a["image_id"] == b["image_id"]
+        assert torch.equal(b["pixel_values"], a["pixel_values"].flip(-1))
+        assert torch.equal(b["hands_mask"], a["hands_mask"].flip(-1))
+        valid = a["hand_valid"]
+        assert torch.equal(b["hand_valid"], valid)
+        ka, kb = a["hand_keypoints"][valid], b["hand_keypoints"][valid]
+        assert torch.allclose(kb[..., 0], 128 - ka[..., 0]) and torch.equal(kb[..., 1:], ka[..., 1:])
+        swap = {0: 1, 1: 0, -1: -1}
+        assert b["handedness"].tolist() == [swap[h] for h in a["handedness"].tolist()]
+        assert b["caption"] == mirror_caption(a["caption"])
+        if a["has_body"]:
+            checked_body += 1
+            left, right = MEDIAPIPE_POSE_NAMES.index("left_wrist"), MEDIAPIPE_POSE_NAMES.index("right_wrist")
+            assert b["body_keypoints"][right, 0] == pytest.approx(128 - float(a["body_keypoints"][left, 0]))
+            assert b["body_keypoints"][right, 1] == a["body_keypoints"][left, 1]
+            assert torch.equal(b["openpose"], torch.from_numpy(to_openpose18(b["body_keypoints"].numpy())))
+            # The person's right wrist (OpenPose 4) is now drawn where the left one (7) was, mirrored.
+            assert b["openpose"][4, 0] == pytest.approx(128 - float(a["openpose"][7, 0]))
+    assert checked_body > 5
+
+
+def test_mirroring_is_drawn_per_image_and_epoch_and_repeats_on_resume(manifest):
+    ds = BodyDataset(manifest, resolution=32, hflip=0.5, seed=3, shuffle=False)
+    ids = [s["image_id"] for s in BodyDataset(manifest, resolution=32, shuffle=False)]
+    draws = {e: [ds.flips(i, e) for i in ids] for e in range(3)}
+    assert all(0.2 < np.mean(d) < 0.8 for d in draws.values()) and draws[0] != draws[1]
+    for epoch in (0, 1):
+        ds.set_epoch(epoch)
+        assert [s["flipped"] for s in ds] == draws[epoch]  # the stream draws what `flips` says
+    assert BodyDataset(manifest, resolution=32, hflip=0.5, seed=3).flips(ids[0], 1) == draws[1][0]
+    with pytest.raises(ValueError, match=r"hflip is a probability in \[0, 1\], got 1.5"):
+        BodyDataset(manifest, resolution=32, hflip=1.5)
+
+
+@pytest.mark.parametrize(
+    "text, mirrored",
+    [
+        (
+            "a person showing a call-me sign with the left hand",
+            "a person showing a call-me sign with the right hand",
+        ),
+        ("Right hand up, LEFT hand down", "Left hand up, RIGHT hand down"),
+        ("leftover rightful copyright", "leftover rightful copyright"),
+    ],
+)
+def test_mirror_caption_swaps_the_side_words_only(text, mirrored):
+    assert mirror_caption(text) == mirrored
+    assert mirror_caption(mirrored) == text
+
+
+def test_the_pose_mirror_swaps_every_left_landmark_with_its_right_one():
+    for i, j in enumerate(MEDIAPIPE_POSE_MIRROR):
+        assert MEDIAPIPE_POSE_MIRROR[j] == i
+        a, b = MEDIAPIPE_POSE_NAMES[i], MEDIAPIPE_POSE_NAMES[j]
+        assert (a == b == "nose") or (a.replace("left", "right") == b or a.replace("right", "left") == b)
 
 
 def test_memory_filesystem_dataset():

@@ -119,7 +119,7 @@ def make_sample(item: dict, condition_config: ConditionConfig) -> dict:
     """One `BodyDataset` sample -> a training sample with its condition image drawn:
 
     {"pixels": (3, S, S) float32 in [-1, 1], "condition": (C, S, S) float32 in [0, 1],
-    "hand_mask": (1, S, S) float32 in {0, 1}, "caption": str, "image_id": str}.
+    "hand_mask": (1, S, S) float32 in {0, 1}, "caption": str, "image_id": str, "flipped": bool}.
     """
     inputs = inputs_from_body_sample(item)
     return {
@@ -128,7 +128,13 @@ def make_sample(item: dict, condition_config: ConditionConfig) -> dict:
         "hand_mask": item["hands_mask"],
         "caption": item["caption"],
         "image_id": item["image_id"],
+        "flipped": item["flipped"],
     }
+
+
+def cache_keys(image_ids, flipped) -> list[str]:
+    """Latent-cache keys of a batch: the image id, with ``#mirrored`` for a mirrored sample."""
+    return [i + "#mirrored" if bool(f) else i for i, f in zip(image_ids, flipped)]
 
 
 class BodyTrainingDataset(BodyDataset):
@@ -256,8 +262,15 @@ class BodyTask(TrainTask):
             self.facts["init_from"] = os.path.abspath(c.init_from)
 
     def _source_dataset(
-        self, source: int, rank: int | None, world_size: int | None, shuffle: bool = True
+        self,
+        source: int,
+        rank: int | None,
+        world_size: int | None,
+        shuffle: bool = True,
+        hflip: float | None = None,
     ) -> BodyTrainingDataset:
+        """Source `source`'s training samples; `hflip` overrides the setting (validation and the latent
+        cache pick the orientation themselves)."""
         c = self.config
         keep = ds.field("body_keypoints").is_valid()
         if self._exclude[source]:
@@ -277,6 +290,7 @@ class BodyTask(TrainTask):
             world_size=world_size,
             shuffle_window=c.shuffle_window,
             caption=c.caption,
+            hflip=c.hflip if hflip is None else hflip,
         )
 
     def _dataset(self, rank: int | None, world_size: int | None, shuffle: bool = True):
@@ -306,25 +320,33 @@ class BodyTask(TrainTask):
                 "fit": c.fit,
                 "crop": c.crop,
                 "split": c.split,
+                "mirrored_too": c.hflip > 0,
             }
             for manifest, skipped in zip(map(open_manifest, c.manifest), self._exclude)
         ]
 
         def batches(i: int):
             size = max(c.batch_size, 8)
-            data = self._source_dataset(i, 0, 1, shuffle=False)
-            loader = torch.utils.data.DataLoader(data, batch_size=size, num_workers=c.num_workers)
-            return ((list(b["image_id"]), b["pixels"]) for b in loader), None
+            for hflip in (0.0, 1.0) if c.hflip > 0 else (0.0,):
+                data = self._source_dataset(i, 0, 1, shuffle=False, hflip=hflip)
+                loader = torch.utils.data.DataLoader(data, batch_size=size, num_workers=c.num_workers)
+                for b in loader:
+                    yield cache_keys(b["image_id"], b["flipped"]), b["pixels"]
 
         self.caches = ensure_caches(
-            accelerator, latent_cache_root(c), keys, self.vae, self._encode_moments, batches
+            accelerator,
+            latent_cache_root(c),
+            keys,
+            self.vae,
+            self._encode_moments,
+            lambda i: (batches(i), None),
         )
 
     def validation_samples(self) -> list[dict]:
         """The first manifest's first `num_validation_images` usable images of the split, in manifest
         order, fixed across runs."""
         if self._validation is None:
-            data = self._source_dataset(0, rank=0, world_size=1, shuffle=False)
+            data = self._source_dataset(0, rank=0, world_size=1, shuffle=False, hflip=0.0)
             self._validation = list(itertools.islice(iter(data), self.config.num_validation_images))
         return self._validation
 
@@ -444,7 +466,8 @@ class BodyTask(TrainTask):
     # ---- loss ------------------------------------------------------------------------------------
     def prepare_batch(self, batch: dict, device) -> dict:
         if self.caches:
-            batch = {**batch, "moments": cached_moments(self.caches, batch["image_id"], batch.get("source"))}
+            ids = cache_keys(batch["image_id"], batch["flipped"])
+            batch = {**batch, "moments": cached_moments(self.caches, ids, batch.get("source"))}
         return super().prepare_batch(batch, device)
 
     def _encode_moments(self, pixels: torch.Tensor) -> torch.Tensor:

@@ -86,6 +86,13 @@ class BodyTrainConfig(StageTrainConfig):
     crop: str = setting(
         "hands", "with cover, centre the crop on the hands or the image centre", choices=("hands", "center")
     )
+    hflip: float = setting(
+        0.0,
+        "probability of training on the mirrored image, drawn per image and epoch; the body landmarks, "
+        "handedness and the caption's left/right swap with it (0: never)",
+        ge=0,
+        le=1,
+    )
     border_weight: float = setting(
         1.0, "extra loss weight in a band around the hand borders, where seams appear (0: plain MSE)", ge=0
     )

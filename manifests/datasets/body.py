@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+import zlib
+
 import numpy as np
 import torch
 
@@ -15,13 +18,27 @@ from ..decode import (
     image_size,
 )
 from ..errors import ManifestError
-from ..pose import to_openpose18
+from ..partition import epoch_rng
+from ..pose import MEDIAPIPE_POSE_MIRROR, to_openpose18
 from ..reader import Manifest, RowGroupUnit
 from ..storage import url_for
 from ..transforms import FitTransform, hands_focus
 from .stream import ManifestIterableDataset, to_mask_tensor, to_pixel_values
 
 HANDEDNESS_CODES = {"left": 0, "right": 1}
+MIRRORED_SIDE = {"left": "right", "right": "left"}
+_SIDE_WORD = re.compile(r"\b(left|right)\b", re.IGNORECASE)
+
+
+def mirror_caption(text: str) -> str:
+    """The caption of the mirrored image: the words "left" and "right" swapped, their case kept."""
+
+    def swap(match: re.Match) -> str:
+        word = match.group(0)
+        other = MIRRORED_SIDE[word.lower()]
+        return other.upper() if word.isupper() else other.capitalize() if word[0].isupper() else other
+
+    return _SIDE_WORD.sub(swap, text)
 
 
 class BodyDataset(ManifestIterableDataset):
@@ -38,9 +55,16 @@ class BodyDataset(ManifestIterableDataset):
     - ``openpose``: (18, 3) float32 OpenPose [x, y, score] in canvas pixels (score 0 = not drawn);
     - ``hand_keypoints``: (max_hands, 21, 3) float32 in canvas pixels; ``hand_valid`` (max_hands,)
       bool; ``handedness`` (max_hands,) int64 (0 left, 1 right, -1 unknown or padding);
-    - ``transform``: (3,) float32 [scale, tx, ty]: canvas = scale * original + t;
+    - ``transform``: (3,) float32 [scale, tx, ty]: canvas = scale * original + t (before the mirror of a
+      flipped sample);
+    - ``flipped``: bool, the sample was mirrored (``hflip``);
     - ``caption``, ``label``, ``image_id``: str; ``caption`` as chosen by ``caption``
       (``generated``, ``source`` or ``both``, as in `HandCropDataset`).
+
+    ``hflip`` is the probability of mirroring a sample left to right, drawn per (seed, epoch, image), so
+    a resumed run draws the same. A mirrored person's left hand is the original's right: besides image
+    and mask, the body landmarks swap sides (`MEDIAPIPE_POSE_MIRROR`), each hand's handedness swaps, and
+    the caption's "left" and "right" swap (`mirror_caption`). ``hflip=1`` mirrors every sample.
 
     The rendered pose condition is left to the trainer: `transform_for` gives the transform of
     any row, and `manifests.draw.draw_openpose` draws ``openpose``. Hands come from the hands shard
@@ -84,6 +108,7 @@ class BodyDataset(ManifestIterableDataset):
         shuffle_window: int = 4,
         transform=None,
         caption: str = "generated",
+        hflip: float = 0.0,
     ):
         super().__init__(
             manifest,
@@ -106,6 +131,10 @@ class BodyDataset(ManifestIterableDataset):
         self.fit = fit
         self.crop = crop
         self.max_hands = int(max_hands)
+        if not 0.0 <= float(hflip) <= 1.0:
+            raise ValueError(f"hflip is a probability in [0, 1], got {hflip!r}")
+        self.hflip = float(hflip)
+        self._stream_epoch = 0
         self.caption = check_caption_choice(caption)
         if self.caption != "generated":
             self.columns = [*type(self).columns, "source_caption"]
@@ -127,6 +156,16 @@ class BodyDataset(ManifestIterableDataset):
                 self._hand_cache.pop(next(iter(self._hand_cache)))
             self._hand_cache[name] = by_image
         return self._hand_cache[name]
+
+    def worker_stream(self, worker: int, num_workers: int, epoch: int, skip: int = 0):
+        self._stream_epoch = epoch  # the flip draws are per epoch; make_sample is given rows only
+        yield from super().worker_stream(worker, num_workers, epoch, skip)
+
+    def flips(self, image_id: str, epoch: int) -> bool:
+        """Whether `image_id`'s sample of `epoch` is mirrored."""
+        if self.hflip <= 0.0:
+            return False
+        return bool(epoch_rng(self.seed, epoch, zlib.crc32(image_id.encode())).random() < self.hflip)
 
     def transform_for(self, row: dict, hand_points: np.ndarray | None = None) -> FitTransform:
         """The transform of an images row (original pixels -> canvas); `hand_points` (N, >=2) set the
@@ -159,12 +198,24 @@ class BodyDataset(ManifestIterableDataset):
         has_body = body is not None
         body = t.points(body) if has_body else np.zeros((33, 3), np.float32)
         openpose = to_openpose18(body) if has_body else np.zeros((18, 3), np.float32)
+        sides = [h["handedness"] for h in hands]
+        caption = choose_caption(row["caption"], row.get("source_caption"), self.caption)
+        hand_kps = [t.points(kps) for kps in hand_kps]
+        flipped = self.flips(row["image_id"], self._stream_epoch)
+        if flipped:
+            image, mask = np.ascontiguousarray(image[:, ::-1]), np.ascontiguousarray(mask[:, ::-1])
+            for kps in (body, *hand_kps) if has_body else hand_kps:
+                kps[:, 0] = self.out_w - kps[:, 0]  # the continuous convention: pixel i spans [i, i + 1)
+            body = body[MEDIAPIPE_POSE_MIRROR] if has_body else body
+            openpose = to_openpose18(body) if has_body else openpose
+            sides = [MIRRORED_SIDE.get(side, side) for side in sides]
+            caption = mirror_caption(caption)
         hk = np.zeros((self.max_hands, 21, 3), np.float32)
         valid = np.zeros(self.max_hands, bool)
         handed = np.full(self.max_hands, -1, np.int64)
-        for i, (h, kps) in enumerate(zip(hands, hand_kps)):
-            hk[i], valid[i] = t.points(kps), True
-            handed[i] = HANDEDNESS_CODES.get(h["handedness"], -1)
+        for i, (side, kps) in enumerate(zip(sides, hand_kps)):
+            hk[i], valid[i] = kps, True
+            handed[i] = HANDEDNESS_CODES.get(side, -1)
         return {
             "pixel_values": to_pixel_values(image),
             "hands_mask": to_mask_tensor(mask),
@@ -176,7 +227,8 @@ class BodyDataset(ManifestIterableDataset):
             "handedness": torch.from_numpy(handed),
             "num_hands": len(hands),
             "transform": torch.from_numpy(t.params),
-            "caption": choose_caption(row["caption"], row.get("source_caption"), self.caption),
+            "flipped": flipped,
+            "caption": caption,
             "label": row["label"] or "",
             "image_id": row["image_id"],
         }
