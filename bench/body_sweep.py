@@ -12,7 +12,7 @@ default); each scoring starts as soon as its model is trained. Phase times are w
 learns.json; trainings side by side share the cores, so compare CPU seconds.
 
     .venv/bin/python bench/body_sweep.py [--learns out/learns] [--variant chain --variant lr_1e-3 ...]
-        [--parallel 2] [--resume] [--quick]
+        [--seed 0] [--parallel 2] [--resume] [--quick]
 
 Writes bench/results/body_sweep.json and body_sweep.md (``--quick``: body_sweep_quick.*, a few steps on
 the ``learns --quick`` folder, to check the plumbing).
@@ -42,9 +42,9 @@ VARIANTS = {
 COLUMNS = ("body found", "body PCK@0.2", "pose control own / other", "train CPU min")
 
 
-def body_config(learns: str, out: str, chain: dict, overrides: dict):
+def body_config(learns: str, out: str, chain: dict, overrides: dict, seed: int = 0):
     """The chain's stage-2 `BodyTrainConfig` on the learns folder `learns`, with `overrides`
-    (``steps_scale`` multiplies the chain's steps)."""
+    (``steps_scale`` multiplies the chain's steps) and the training `seed` (the chain's is 0)."""
     from generation.training.body_config import BodyTrainConfig
 
     settings = {**chain["body"], **overrides}
@@ -60,12 +60,13 @@ def body_config(learns: str, out: str, chain: dict, overrides: dict):
         validate_every=500,
         checkpoint_every=250,
         num_validation_images=2,
+        seed=seed,
         **COMMON,
         **settings,
     )
 
 
-def sweep_graph(learns: str, work: str, names: list[str], chain: dict, parallel: int) -> dict:
+def sweep_graph(learns: str, work: str, names: list[str], chain: dict, parallel: int, seed: int = 0) -> dict:
     """The `Phases.run_graph` graph: ``train_NAME`` then ``score_NAME`` per variant; a training waits
     for the one `parallel` places before it, so at most `parallel` train at once."""
     graph = {}
@@ -74,7 +75,7 @@ def sweep_graph(learns: str, work: str, names: list[str], chain: dict, parallel:
         before = (f"train_{names[k - parallel]}",) if k >= parallel else ()
         graph[f"train_{name}"] = (
             train_body_phase,
-            (body_config(learns, run, chain, VARIANTS[name]),),
+            (body_config(learns, run, chain, VARIANTS[name], seed),),
             before,
         )
         graph[f"score_{name}"] = (
@@ -114,6 +115,7 @@ def main(argv=None) -> int:
     p.add_argument("--variant", action="append", choices=sorted(VARIANTS), help="repeatable; default all")
     p.add_argument("--parallel", type=int, default=len(os.sched_getaffinity(0)), help="trainings at once")
     p.add_argument("--work", help="run folders (default out/body_sweep[_quick])")
+    p.add_argument("--seed", type=int, default=0, help="training seed of every variant (the chain's is 0)")
     p.add_argument("--resume", action="store_true", help="keep finished phases of a cut-off invocation")
     p.add_argument("--quick", action="store_true", help="a few steps each, to check the plumbing")
     args = p.parse_args(argv)
@@ -127,7 +129,7 @@ def main(argv=None) -> int:
     names = args.variant or list(VARIANTS)
     work = args.work or os.path.join(ROOT, "out", f"body_sweep{suffix}")
     phases, load_before = open_work(work, args.resume)
-    phases.run_graph(sweep_graph(learns, work, names, chain, max(1, args.parallel)))
+    phases.run_graph(sweep_graph(learns, work, names, chain, max(1, args.parallel), args.seed))
 
     done, cpu, wall = phases.state["done"], phases.state["cpu_seconds"], phases.state["seconds"]
     rows = {
@@ -147,6 +149,7 @@ def main(argv=None) -> int:
         "learns": os.path.relpath(learns, ROOT),
         "chain_body": chain["body"],
         "parallel": args.parallel,
+        "seed": args.seed,
         "invocations": phases.state["invocations"],
         "machine": machine(load_before),
         "variants": rows,

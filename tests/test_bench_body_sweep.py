@@ -52,6 +52,11 @@ def test_the_graph_trains_at_most_parallel_at_once_and_scores_after_training(tmp
     assert needs["train_no_ema"] == ("train_chain",) and needs["train_cached"] == ("train_lr_1e-3",)
     assert all(needs[f"score_{n}"] == (f"train_{n}",) for n in names)
     assert graph["score_no_ema"][1][0] == str(tmp_path / "w" / "no_ema")  # scores the run it trained
+    assert graph["train_chain"][1][0].seed == 0
+    seeded = body_sweep.sweep_graph(
+        str(learns_folder), str(tmp_path / "w"), names, learns.CHAIN["quick"], 2, 7
+    )
+    assert all(seeded[f"train_{n}"][1][0].seed == 7 for n in names)
 
 
 def test_the_table_shows_each_variants_scores_and_the_vae_cap():
