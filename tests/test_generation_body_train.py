@@ -23,7 +23,7 @@ from generation.training.body_config import (
     BodyTrainConfig,
 )
 from generation.training.errors import DataCheckError
-from generation.training.latent_cache import LatentCache
+from generation.training.latent_cache import LatentCache, encode_moments
 from generation.training.metrics import read_metrics
 from manifests.datasets import BodyDataset
 from manifests.synthetic import make_synthetic_manifest
@@ -270,7 +270,7 @@ def test_latent_cache_matches_the_vae_at_the_framing_and_is_reused(manifest, tmp
     task.build(Accelerator(cpu=True))
     sample = next(iter(task._dataset(rank=0, world_size=1, shuffle=False)))
     with torch.no_grad():
-        expected = task._encode_moments(sample["pixels"][None])
+        expected = encode_moments(task.vae, sample["pixels"][None])
     torch.testing.assert_close(cache.get([sample["image_id"]]), expected, atol=2e-2, rtol=1e-2)
 
     stamp = (cache_dir / "index.json").stat().st_mtime_ns
@@ -300,7 +300,7 @@ def test_mirrored_training_caches_both_orientations_and_validates_unmirrored(man
     task.build(Accelerator(cpu=True))
     mirrored = next(iter(task._source_dataset(0, 0, 1, shuffle=False, hflip=1.0)))
     with torch.no_grad():
-        expected = task._encode_moments(mirrored["pixels"][None])
+        expected = encode_moments(task.vae, mirrored["pixels"][None])
     torch.testing.assert_close(
         cache.get([mirrored["image_id"] + "#mirrored"]), expected, atol=2e-2, rtol=1e-2
     )

@@ -12,7 +12,7 @@ from generation import HandGenerationPipeline
 from generation.training import DataCheckError, NonFiniteLossError, TrainingOOMError, train
 from generation.training.checkpoint import list_checkpoints
 from generation.training.hand import HandTask, HandTrainConfig, train_hand
-from generation.training.latent_cache import LatentCache
+from generation.training.latent_cache import LatentCache, encode_moments
 from generation.training.losses import dice_loss, diffusion_target, mask_loss
 from generation.training.metrics import read_metrics
 from manifests.synthetic import make_synthetic_manifest
@@ -221,7 +221,7 @@ def test_latent_cache_matches_the_vae_and_is_reused(synthetic_manifest, tmp_path
     task.build(type("Acc", (), {"device": torch.device("cpu"), "mixed_precision": "no"})())
     sample = next(iter(task._dataset(0, 1, shuffle=False)))
     with torch.no_grad():
-        expected = task._encode_moments(sample["pixel_values"][None])
+        expected = encode_moments(task.vae, sample["pixel_values"][None])
     torch.testing.assert_close(cache.get([sample["hand_id"]]), expected, atol=2e-2, rtol=1e-2)
 
     # A second run with the same data and VAE reuses the cache instead of re-encoding.

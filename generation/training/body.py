@@ -338,7 +338,6 @@ class BodyTask(TrainTask):
             latent_cache_root(c),
             keys,
             self.vae,
-            self._encode_moments,
             lambda i: (batches(i), None),
         )
 
@@ -470,14 +469,17 @@ class BodyTask(TrainTask):
             batch = {**batch, "moments": cached_moments(self.caches, ids, batch.get("source"))}
         return super().prepare_batch(batch, device)
 
-    def _encode_moments(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.vae.encode(pixels.to(self.vae.device, self.vae.dtype)).latent_dist.parameters
-
-    def _latents(self, pixels: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        """(B, 3, H, W) in [-1, 1] -> scaled float32 latents: a posterior sample, or the mode without a generator."""
+    def _latents(
+        self, pixels: torch.Tensor, generator: torch.Generator | None, moments: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(B, 3, H, W) in [-1, 1] -> scaled float32 latents: a posterior sample, or the mode without a
+        generator; from the cached posterior `moments` (B, 2C, h, w) when given (the same draw)."""
         with torch.no_grad():
-            dist = self.vae.encode(pixels.to(self.vae.device, self.vae.dtype)).latent_dist
-            z = dist.sample(generator=generator) if generator is not None else dist.mode()
+            if moments is not None:
+                z = LatentCache.sample(moments, generator)
+            else:
+                dist = self.vae.encode(pixels.to(self.vae.device, self.vae.dtype)).latent_dist
+                z = dist.sample(generator=generator) if generator is not None else dist.mode()
         return z.float() * self.vae.config.scaling_factor
 
     def loss(self, model, batch: dict, generator: torch.Generator) -> dict[str, torch.Tensor]:
@@ -485,10 +487,7 @@ class BodyTask(TrainTask):
         pixels, condition, hand_mask = batch["pixels"], batch["condition"], batch["hand_mask"]
         device, bsz, gdev = pixels.device, pixels.shape[0], generator.device
 
-        if "moments" in batch:  # the cached posterior: the same draw `_latents` would make
-            latents = LatentCache.sample(batch["moments"], generator).float() * self.vae.config.scaling_factor
-        else:
-            latents = self._latents(pixels, generator)
+        latents = self._latents(pixels, generator, batch.get("moments"))
         noise = randn_tensor(latents.shape, generator=generator, device=device, dtype=latents.dtype)
         t = torch.randint(
             0, self.scheduler.config.num_train_timesteps, (bsz,), generator=generator, device=gdev

@@ -362,9 +362,6 @@ class HandTask(TrainTask):
     def trainable(self) -> torch.nn.Module:
         return self.model
 
-    def _encode_moments(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.vae.encode(pixels.to(self.vae.device, self.vae.dtype)).latent_dist.parameters
-
     def _prepare_cache(self, accelerator) -> None:
         """Build (main process) or open the latent cache of the selected hands, one per manifest."""
         c = self.config
@@ -387,9 +384,7 @@ class HandTask(TrainTask):
             total = -(-self._sources[i]["hands_selected"] // size)
             return ((list(b["hand_id"]), b["pixel_values"]) for b in loader), total
 
-        self.caches = ensure_caches(
-            accelerator, latent_cache_root(c), keys, self.vae, self._encode_moments, batches
-        )
+        self.caches = ensure_caches(accelerator, latent_cache_root(c), keys, self.vae, batches)
 
     # ---- loss ------------------------------------------------------------------------------------
     def prepare_batch(self, batch: dict, device) -> dict:

@@ -150,6 +150,11 @@ class LatentCache:
         return cls(path)
 
 
+def encode_moments(vae, pixels: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) pixels in [-1, 1] -> (B, 2C, h, w) posterior parameters (mean, log-variance)."""
+    return vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist.parameters
+
+
 def cache_paths(root: str, sources: int) -> list[str]:
     """One cache per manifest (row ids are unique within a manifest only): ``root`` itself, or
     ``root/source-<i>`` when there are several."""
@@ -161,19 +166,19 @@ def ensure_caches(
     root: str,
     keys: list[dict],
     vae,
-    encode: Callable,
     batches: Callable[[int], tuple[Iterable[tuple[list[str], torch.Tensor]], int | None]],
 ) -> list[LatentCache]:
     """The caches of every source, opened if built from the same data (`keys[i]`, what selects and
     frames source i's images) and the same `vae`, else built by the main process from
-    ``batches(i) -> ((ids, pixels) batches, number of batches)``; the other processes wait for it."""
+    ``batches(i) -> ((ids, pixels) batches, number of batches)`` through `vae` (`encode_moments`); the
+    other processes wait for it."""
     vae_print = vae_fingerprint(vae)
     paths = cache_paths(root, len(keys))
     for i, (path, key) in enumerate(zip(paths, keys)):
         expected = fingerprint({**key, "vae": vae_print})
         if accelerator.is_main_process and LatentCache.open_if_valid(path, expected) is None:
             data, total = batches(i)
-            LatentCache.build(path, data, encode, expected, total=total)
+            LatentCache.build(path, data, lambda pixels: encode_moments(vae, pixels), expected, total=total)
     accelerator.wait_for_everyone()
     return [LatentCache(path) for path in paths]
 
