@@ -103,11 +103,12 @@ CHAIN = {
         # 160 px images (20x20 latents): the mini VAE keeps a body at 160 px (real rows through it: body
         # found 60%, PCK 0.64) but not at 128 px (58%, 0.47, under the PCK target). The base UNet is
         # trained with the ControlNet, since it is from scratch and a frozen random decoder cannot paint.
-        # On zero terminal SNR with v-prediction, as stage 1. At 128 px, batch 4, it ran ~1.4 steps/s
-        # on one thread; 160 px at batch 3 costs ~1.17x a step: 2500 steps (~190 epochs of the 39 rows
-        # with a body) in about 35 minutes of one core.
+        # On zero terminal SNR with v-prediction, as stage 1. 2500 steps left blotchy shapes (bodies
+        # found 32%, PCK 0.14); 4000 (~300 epochs of the 39 rows with a body) drew the training people
+        # (58%, PCK 0.58) in bench/body_sweep.py's setting. With cached latents (1.2x a step) it takes
+        # about 70 minutes of one core.
         "body": {
-            "steps": 2500,
+            "steps": 4000,
             "batch_size": 3,
             "resolution": 160,
             "lr_schedule": "cosine",
@@ -1324,6 +1325,7 @@ def main(argv=None) -> int:
     # need only the VAE folder. Each scoring starts as soon as its model is trained, beside the rest.
     body_common = {
         "train_base_unet": True,
+        "cache_latents": True,
         "validate_every": 500,
         "checkpoint_every": 250,
         "num_validation_images": 2,
