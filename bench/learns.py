@@ -174,6 +174,15 @@ CHAIN = {
     },
 }
 COMMON = {"log_every": 10}
+# Stage 2's training settings beside CHAIN's, shared by the one-stage baseline and bench/body_sweep.py. The
+# base UNet is trained with the ControlNet, since it is from scratch; each image's VAE posterior is cached.
+BODY_TRAINING = {
+    "train_base_unet": True,
+    "cache_latents": True,
+    "validate_every": 500,
+    "checkpoint_every": 250,
+    "num_validation_images": 2,
+}
 # Text guidance of every sampling in the chain (stage 1's and stage 2's scoring, generate for both stages
 # and the baseline): SD's 7.5 over-drives these small from-scratch models.
 GUIDANCE = 3.0
@@ -1323,15 +1332,7 @@ def main(argv=None) -> int:
 
     # From here the three trainings share the two cores, each in a spawned process on one thread: they
     # need only the VAE folder. Each scoring starts as soon as its model is trained, beside the rest.
-    body_common = {
-        "train_base_unet": True,
-        "cache_latents": True,
-        "validate_every": 500,
-        "checkpoint_every": 250,
-        "num_validation_images": 2,
-        **common,
-        **chain["body"],
-    }
+    body_common = {**BODY_TRAINING, **common, **chain["body"]}
     hand_cfg = HandTrainConfig(
         out=runs["hand"],
         cache_latents=True,

@@ -33,9 +33,10 @@ def test_every_variant_is_the_chains_stage_2_with_its_overrides(name, tmp_path, 
     assert config.manifest == (str(tmp_path / "learns" / "manifest"),)
     assert config.pretrained == str(tmp_path / "learns" / "vae")
     assert config.resolution == chain["body"]["resolution"] and config.train_base_unet
-    changed = {k for k in chain["body"] if getattr(config, k) != chain["body"][k]}
+    shared = {**learns.BODY_TRAINING, **chain["body"]}  # the chain's stage-2 settings, as learns passes them
+    changed = {k for k in shared if getattr(config, k) != shared[k]}
     overrides = body_sweep.VARIANTS[name]
-    assert changed == ({"steps"} if "steps_scale" in overrides else set(overrides) & set(chain["body"]))
+    assert changed == ({"steps"} if "steps_scale" in overrides else set(overrides) & set(shared))
     if "steps_scale" in overrides:
         assert config.steps == round(chain["body"]["steps"] * overrides["steps_scale"])
     for key, value in overrides.items():
@@ -44,12 +45,12 @@ def test_every_variant_is_the_chains_stage_2_with_its_overrides(name, tmp_path, 
 
 
 def test_the_graph_trains_at_most_parallel_at_once_and_scores_after_training(tmp_path, learns_folder):
-    names = ["chain", "lr_1e-3", "no_ema", "cached"]
+    names = ["chain", "lr_1e-3", "no_ema", "uncached"]
     graph = body_sweep.sweep_graph(str(learns_folder), str(tmp_path / "w"), names, learns.CHAIN["quick"], 2)
     assert set(graph) == {f"{p}_{n}" for n in names for p in ("train", "score")}
     needs = {k: v[2] for k, v in graph.items()}
     assert needs["train_chain"] == needs["train_lr_1e-3"] == ()
-    assert needs["train_no_ema"] == ("train_chain",) and needs["train_cached"] == ("train_lr_1e-3",)
+    assert needs["train_no_ema"] == ("train_chain",) and needs["train_uncached"] == ("train_lr_1e-3",)
     assert all(needs[f"score_{n}"] == (f"train_{n}",) for n in names)
     assert graph["score_no_ema"][1][0] == str(tmp_path / "w" / "no_ema")  # scores the run it trained
     assert graph["train_chain"][1][0].seed == 0
