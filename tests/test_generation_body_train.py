@@ -15,6 +15,7 @@ from generation.models.loading import ModelFolderError
 from generation.pipelines.body import BodyOutpaintPipeline
 from generation.pipelines.body_inputs import manifest_inputs
 from generation.pipelines.condition import CONDITION_GROUPS
+from generation.training import latent_cache
 from generation.training.body import BodyTask, hand_border_weight, train_body, weighted_mse
 from generation.training.body_config import (
     BASE_KIND_NAMES,
@@ -285,9 +286,19 @@ def test_latent_cache_matches_the_vae_at_the_framing_and_is_reused(manifest, tmp
     assert (cache_dir / "index.json").stat().st_mtime_ns != stamp
 
 
-def test_mirrored_training_caches_both_orientations_and_validates_unmirrored(manifest, tmp_path):
+def test_mirrored_training_caches_both_orientations_and_validates_unmirrored(manifest, tmp_path, monkeypatch):
+    bars = []  # (total the bar was given, batches it counted): the cache's progress bar knows its length
+
+    def recording_bar(items, total=None, **kwargs):
+        bars.append([total, 0])
+        for item in items:
+            bars[-1][1] += 1
+            yield item
+
+    monkeypatch.setattr(latent_cache, "progress_bar", recording_bar)
     cfg = _config(manifest, tmp_path / "run", hflip=0.5, cache_latents=True, steps=6)
     assert train_body(cfg).finished
+    assert len(bars) == 1 and bars[0][0] == bars[0][1] >= 2, bars
     record = json.load(open(tmp_path / "run" / "config.json"))
     assert record["config"]["hflip"] == 0.5
     cache = LatentCache(str(tmp_path / "run" / "latent_cache"))

@@ -237,6 +237,7 @@ class BodyTask(TrainTask):
             self.source_run = read_source_run(c.init_from, self.name)
         found = [self._check_manifest(url) for url in c.manifest]
         self._exclude = [missing for _, missing, _ in found]
+        self._usable = [n - len(missing) for n, missing, _ in found]
         self._checked = True
         images = sum(n for n, _, _ in found)
         skipped = sum(len(m) for _, m, _ in found)
@@ -325,21 +326,20 @@ class BodyTask(TrainTask):
             for manifest, skipped in zip(map(open_manifest, c.manifest), self._exclude)
         ]
 
+        size = max(c.batch_size, 8)
+        orientations = (0.0, 1.0) if c.hflip > 0 else (0.0,)
+
         def batches(i: int):
-            size = max(c.batch_size, 8)
-            for hflip in (0.0, 1.0) if c.hflip > 0 else (0.0,):
+            for hflip in orientations:
                 data = self._source_dataset(i, 0, 1, shuffle=False, hflip=hflip)
                 loader = torch.utils.data.DataLoader(data, batch_size=size, num_workers=c.num_workers)
                 for b in loader:
                     yield cache_keys(b["image_id"], b["flipped"]), b["pixels"]
 
-        self.caches = ensure_caches(
-            accelerator,
-            latent_cache_root(c),
-            keys,
-            self.vae,
-            lambda i: (batches(i), None),
-        )
+        def counted(i: int):
+            return batches(i), len(orientations) * -(-self._usable[i] // size)
+
+        self.caches = ensure_caches(accelerator, latent_cache_root(c), keys, self.vae, counted)
 
     def validation_samples(self) -> list[dict]:
         """The first manifest's first `num_validation_images` usable images of the split, in manifest
