@@ -14,6 +14,7 @@ import numpy as np
 
 from ..selection import DEFAULT_SPLIT
 from ..spec import PoseSpec, SpecError, load_spec, parse_spec
+from ..window import FrameMap
 
 
 @dataclass
@@ -62,24 +63,9 @@ def output_size(width: int, height: int, longest: int, fit: str | None = None) -
 FRAMINGS = ("whole", "hands")
 
 
-@dataclass(frozen=True)
-class Window:
-    """The map from a (W, H) frame to an output image: ``output = frame * scale + offset`` per axis.
-    A manifest request's sidecar records it as ``source.window``, so evaluation maps the frame's
-    targets into an image that shows only a part of the frame."""
-
-    size: tuple[int, int]  # (w, h) of the output image
-    scale: tuple[float, float]
-    offset: tuple[float, float] = (0.0, 0.0)
-
-    @property
-    def record(self) -> dict:
-        return {"scale": list(self.scale), "offset": list(self.offset)}
-
-
 def frame_window(
     frame: tuple[int, int], size: int, fit: str | None = None, framing: str = "whole", hand_points=None
-) -> Window:
+) -> FrameMap:
     """Where a (W, H) `frame` goes in its output image.
 
     - ``whole``: the whole frame, at `output_size(W, H, size, fit)`;
@@ -92,17 +78,15 @@ def frame_window(
         from manifests.transforms import FitTransform, hands_focus
 
         t = FitTransform.fit(frame[0], frame[1], size, size, fit or "cover", hands_focus(hand_points))
-        return Window((size, size), (t.scale, t.scale), (t.tx, t.ty))
+        return FrameMap((t.scale, t.scale), (t.tx, t.ty), (size, size), windowed=True)
     w, h = output_size(frame[0], frame[1], size, fit)
-    return Window((w, h), (w / float(frame[0]), h / float(frame[1])))
+    return FrameMap.whole(frame, (w, h))
 
 
-def _scaled(kps, window: Window) -> np.ndarray:
+def _scaled(kps, window: FrameMap) -> np.ndarray:
     """Keypoints into the output image; points off the canvas (MediaPipe predicts joints outside the
     frame, and a window shows only part of it) get score 0, so they are neither drawn nor checked."""
-    arr = np.array(kps, dtype=np.float64, copy=True)
-    for axis in (0, 1):
-        arr[:, axis] = arr[:, axis] * window.scale[axis] + window.offset[axis]
+    arr = window.to_image(kps)
     width, height = window.size
     off = (arr[:, 0] < 0) | (arr[:, 0] > width) | (arr[:, 1] < 0) | (arr[:, 1] > height)
     arr[off | ~np.isfinite(arr[:, :2]).all(axis=1), 2] = 0.0
@@ -111,7 +95,7 @@ def _scaled(kps, window: Window) -> np.ndarray:
 
 
 def _spec_from_pose(
-    name: str, window: Window, body, hands, prompt: str, seed: int
+    name: str, window: FrameMap, body, hands, prompt: str, seed: int
 ) -> tuple[PoseSpec, list[int]]:
     """A PoseSpec of the `window`'s size from keypoints in its frame; hands = [(side, (21, 3))].
 
@@ -162,7 +146,7 @@ def requests_from_manifest(
     training framing, `size` its training side) at the scale the body trainer saw such a frame, so hands
     are as large as in training; without, at longer side `size`. With `framing` ``hands`` each request is
     instead the trainer's `size` square centred on the row's hands (`frame_window`). Each request's
-    source records its `Window`, so that evaluation maps the frame into it. The stage-1 captions are the
+    source records its window (`FrameMap.record`), so that evaluation maps the frame into it. The stage-1 captions are the
     manifest's hand captions, the prompt its image caption."""
     import pyarrow.dataset as pads
 
