@@ -39,7 +39,7 @@ VARIANTS = {
     "uncached": {"cache_latents": False},  # the same draws, from the VAE each step: more CPU minutes
     "hflip": {"hflip": 0.5},
 }
-COLUMNS = ("body found", "body PCK@0.2", "pose control own / other", "train CPU min")
+COLUMNS = ("steps", "body found", "body PCK@0.2", "pose control given / own row", "train CPU min")
 
 
 def body_config(learns: str, out: str, chain: dict, overrides: dict, seed: int = 0):
@@ -82,7 +82,8 @@ def sweep_graph(learns: str, work: str, names: list[str], chain: dict, parallel:
 
 
 def table(rows: dict) -> str:
-    """The markdown table of `rows` ({variant: {"overrides", "stage2", "train_cpu_s"}})."""
+    """The markdown table of `rows` ({variant: {"overrides", "steps", "stage2", "train_cpu_s"}}): the
+    steps trained say what "the chain's" setting was when the table was made."""
     lines = ["| variant | overrides | " + " | ".join(COLUMNS) + " |", "|---|---|" + "---:|" * len(COLUMNS)]
     for name, r in rows.items():
         s2 = r["stage2"]
@@ -90,7 +91,13 @@ def table(rows: dict) -> str:
         pck = "–" if drawn["body_pck_0.2"] is None else f"{drawn['body_pck_0.2']:.2f}"
         own = "–" if pc["pck_own"] is None else f"{pc['pck_own']:.2f} / {pc['pck_other']:.2f}"
         over = ", ".join(f"{k}={v}" for k, v in r["overrides"].items()) or "(the chain's)"
-        cells = [f"{drawn['body_detected_share']:.0%}", pck, own, f"{r['train_cpu_s'] / 60:.1f}"]
+        cells = [
+            str(r["steps"]),
+            f"{drawn['body_detected_share']:.0%}",
+            pck,
+            own,
+            f"{r['train_cpu_s'] / 60:.1f}",
+        ]
         lines.append(f"| {name} | {over} | " + " | ".join(cells) + " |")
     first = next(iter(rows.values()))["stage2"]
     lines.append("")

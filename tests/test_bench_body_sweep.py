@@ -70,14 +70,21 @@ def test_the_table_shows_each_variants_scores_and_the_vae_cap():
         }
 
     rows = {
-        "chain": {"overrides": {}, "train_cpu_s": 1800, "stage2": stage2(0.32, 0.14, 0.01, 0.04)},
+        "chain": {
+            "overrides": {},
+            "steps": 2500,
+            "train_cpu_s": 1800,
+            "stage2": stage2(0.32, 0.14, 0.01, 0.04),
+        },
         "lr_1e-3": {
             "overrides": {"learning_rate": 1e-3},
+            "steps": 2500,
             "train_cpu_s": 1830,
             "stage2": stage2(0.0, None, None, None),
         },
     }
     lines = body_sweep.table(rows).splitlines()
-    assert lines[2] == "| chain | (the chain's) | 32% | 0.14 | 0.01 / 0.04 | 30.0 |"
-    assert lines[3] == "| lr_1e-3 | learning_rate=0.001 | 0% | – | – | 30.5 |"
+    assert lines[0].startswith("| variant | overrides | steps | body found |")
+    assert lines[2] == "| chain | (the chain's) | 2500 | 32% | 0.14 | 0.01 / 0.04 | 30.0 |"
+    assert lines[3] == "| lr_1e-3 | learning_rate=0.001 | 2500 | 0% | – | – | 30.5 |"
     assert "through the VAE 68%, PCK 0.55" in lines[-1]
