@@ -105,8 +105,8 @@ CHAIN = {
         # trained with the ControlNet, since it is from scratch and a frozen random decoder cannot paint.
         # On zero terminal SNR with v-prediction, as stage 1. 2500 steps left blotchy shapes (bodies
         # found 32%, PCK 0.14); 4000 (~300 epochs of the 39 rows with a body) drew the training people
-        # (58%, PCK 0.58) in bench/body_sweep.py's setting. With cached latents (1.2x a step) it takes
-        # about 70 minutes of one core.
+        # (58%, PCK 0.58) in a side run. With cached latents (1.2x a step) it took 58 minutes of one
+        # core beside the other trainings, and met the three stage-2 targets (50%, PCK 0.54).
         "body": {
             "steps": 4000,
             "batch_size": 3,
