@@ -14,7 +14,8 @@ import numpy as np
 
 @dataclass(frozen=True)
 class FrameMap:
-    """Target-frame pixels -> pixels of an evaluated image of `size` (w, h)."""
+    """(W, H) frame pixels -> pixels of an image of `size` (w, h): the image `generate` draws from a
+    manifest row's frame, and the one `evaluate` scores against that frame's targets."""
 
     scale: tuple[float, float]
     offset: tuple[float, float]
