@@ -77,10 +77,12 @@ SEEDS = (0, 1, 2, 3)
 CHAIN = {
     "cpu": {
         # 64 px crops: 8x8 latents still separate the 21 keypoint heatmaps. The VAE bounds what stage 1
-        # can draw: L1 + edge loss, 5000 steps (about 30 idle minutes at ~2.8 steps/s on 2 threads). The
-        # images are cut from frames fitted to stage 2's side, the scale stage 2 draws bodies at.
+        # can draw: L1 + edge loss, 5000 steps. The images are cut from frames fitted to stage 2's side,
+        # the scale stage 2 draws bodies at. In bf16 (on this CPU's AMX units) a step takes 0.55x the
+        # float32 time: about 15 idle minutes on 2 threads instead of 27 (bench/cpu_precision.py).
         "vae": {
             "steps": 5000,
+            "precision": "bf16",
             "batch_size": 8,
             "learning_rate": 1e-3,
             "lr_schedule": "cosine",
@@ -106,9 +108,12 @@ CHAIN = {
         # On zero terminal SNR with v-prediction, as stage 1. 2500 steps left blotchy shapes (bodies
         # found 32%, PCK 0.14); 4000 (~300 epochs of the 39 rows with a body) drew the training people
         # (58%, PCK 0.58) in a side run. With cached latents (1.2x a step) it took 58 minutes of one
-        # core beside the other trainings, and met the three stage-2 targets (50%, PCK 0.54).
+        # core beside the other trainings, and met the three stage-2 targets (50%, PCK 0.54). bf16 with
+        # float32 attention takes about 0.9x the float32 step (bench/cpu_precision.py); stage 1's tiny
+        # 8x8 latents gain nothing from it, so stage 1 stays float32.
         "body": {
             "steps": 4000,
+            "precision": "bf16",
             "batch_size": 3,
             "resolution": 160,
             "lr_schedule": "cosine",
@@ -153,6 +158,7 @@ CHAIN = {
             "learning_rate": 1e-3,
             "resolution": 64,
             "image_resolution": 128,
+            "precision": "bf16",
         },
         "hand": {
             "steps": 10,
@@ -165,6 +171,7 @@ CHAIN = {
             "steps": 4,
             "batch_size": 2,
             "resolution": 128,
+            "precision": "bf16",
             "lr_warmup_steps": 0,
             "prediction_type": "v_prediction",
             "zero_terminal_snr": True,
@@ -480,20 +487,24 @@ def freihand_cases(res: int, caption: str) -> list[dict]:
     return cases
 
 
-def sample_cases(pipe, cases: list[dict], steps: int, seed: int, guidance: float):
-    """One sample per case, every one from the same seed (the same starting noise)."""
+def sample_cases(pipe, cases: list[dict], steps: int, seed: int, guidance: float, batch: int = 16):
+    """One sample per case, every one from the same seed (the same starting noise): `batch` cases a call,
+    each with its own generator seeded `seed`, so a case draws what it would draw alone."""
+    from generation.guards import make_generator
+
     images, masks = [], []
-    for case in cases:
+    for start in range(0, len(cases), batch):
+        chunk = cases[start : start + batch]
         out = pipe(
-            case["caption"],
-            keypoints=case["keypoints"][None],
+            [case["caption"] for case in chunk],
+            keypoints=np.stack([case["keypoints"] for case in chunk]),
             num_inference_steps=steps,
             guidance_scale=guidance,
-            seed=seed,
+            generator=[make_generator(seed) for _ in chunk],
             output_type="np",
         )
-        images.append((np.clip(out.images[0], 0, 1) * 255).round().astype(np.uint8))
-        masks.append(np.asarray(out.masks_binary[0], bool))
+        images += [(np.clip(im, 0, 1) * 255).round().astype(np.uint8) for im in out.images]
+        masks += [np.asarray(m, bool) for m in out.masks_binary]
     return images, masks
 
 
@@ -1268,7 +1279,12 @@ def main(argv=None) -> int:
             "invocations": phases.state["invocations"],
             "notes": phases.state.setdefault("notes", []),
             "machine": {**machine(load_before), "load_at_phase_end": phases.state.get("load_at_end", {})},
-            "settings": {**chain, "baseline": {**chain["body"], **BASELINE}, "threads": args.threads},
+            "settings": {
+                **chain,
+                "body_training": BODY_TRAINING,
+                "baseline": {**chain["body"], **BASELINE},
+                "threads": args.threads,
+            },
             "phases_s": seconds,
             "phases_cpu_s": cpu_seconds,
             "chain_wall_s": round(chain_wall, 1),

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from accelerate.utils import ProjectConfiguration, set_seed
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
@@ -36,6 +37,7 @@ from diffusers.training_utils import EMAModel
 from manifests.progress import progress_bar
 
 from ..guards import SEED_LIMIT, make_generator
+from ..models.attention import use_float32_attention
 from . import checkpoint as ckpt
 from .batches import Batches, batch_size
 from .config import TrainConfig
@@ -147,17 +149,22 @@ def train(task: TrainTask, config: TrainConfig | None = None) -> TrainResult:
     """Train `task` with `config` (default: ``task.config``); see the module docstring."""
     config = (config or task.config).resolve()
     config.validate()
-    accelerator, resume_dir = _open_run(task, config)
-    session = _Session(task, config, accelerator, resume_dir)
     try:
-        stopped_early = session.loop()
-    except Exception as exc:
-        if _is_oom(exc):
-            raise TrainingOOMError(
-                oom_message(config, task, f"training step {session.state.step + 1}")
-            ) from exc
-        raise
-    return session.finish(stopped_early)
+        accelerator, resume_dir = _open_run(task, config)
+        session = _Session(task, config, accelerator, resume_dir)
+        try:
+            stopped_early = session.loop()
+        except Exception as exc:
+            if _is_oom(exc):
+                raise TrainingOOMError(
+                    oom_message(config, task, f"training step {session.state.step + 1}")
+                ) from exc
+            raise
+        return session.finish(stopped_early)
+    finally:
+        # accelerate keeps one process-wide state that fixes every later Accelerator's mixed precision:
+        # forget it (the process group stays), so that a next run in this process may choose its own.
+        AcceleratorState._reset_state()
 
 
 def _open_run(task: TrainTask, config: TrainConfig) -> tuple[Accelerator, str | None]:
@@ -222,6 +229,10 @@ class _Session:
                 raise ValueError(f"{type(model).__name__} does not support gradient checkpointing")
             model.enable_gradient_checkpointing()
         model.train()
+        if accelerator.device.type == "cpu" and accelerator.mixed_precision == "bf16":
+            # bf16 speeds up a CPU's convolutions but slows its attention (see models/attention.py).
+            layers = use_float32_attention(model)
+            logger.info("CPU bf16: %d attention layers kept in float32", layers)
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         self.names, self.params = [n for n, _ in named], [p for _, p in named]
         optimizer = make_optimizer(config, self.params)
