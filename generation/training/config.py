@@ -52,7 +52,8 @@ class TrainConfig(Settings):
         1, "micro-batches per optimizer step (effective batch = batch x this x GPUs)", ge=1, le=65536
     )
     precision: str = precision_setting(
-        "mixed precision: fp32 (none), fp16 or bf16 (bf16 on Ampere or newer GPUs)"
+        "mixed precision: fp32 (none), fp16 or bf16 (bf16 on Ampere or newer GPUs, and on CPUs with "
+        "AMX, where attention stays float32)"
     )
     gradient_checkpointing: bool = setting(
         False, "recompute activations in the backward pass: less memory, ~30%% slower"
