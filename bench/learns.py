@@ -107,10 +107,11 @@ CHAIN = {
         # trained with the ControlNet, since it is from scratch and a frozen random decoder cannot paint.
         # On zero terminal SNR with v-prediction, as stage 1. 2500 steps left blotchy shapes (bodies
         # found 32%, PCK 0.14); 4000 (~300 epochs of the 39 rows with a body) drew the training people
-        # (58%, PCK 0.58) in a side run. With cached latents (1.2x a step) it took 58 minutes of one
-        # core beside the other trainings, and met the three stage-2 targets (50%, PCK 0.54). bf16 with
-        # float32 attention takes about 0.9x the float32 step (bench/cpu_precision.py); stage 1's tiny
-        # 8x8 latents gain nothing from it, so stage 1 stays float32.
+        # (58%, PCK 0.58) in a side run. With cached latents (1.2x a step) the float32 chain took 58
+        # minutes of one core beside the other trainings, and met the three stage-2 targets (50%, PCK
+        # 0.54). bf16 with float32 attention takes about 0.9x the float32 step (bench/cpu_precision.py):
+        # 53 minutes (53%, PCK 0.61; pose control missed, on 6 bodies found in 16 draws). Stage 1's
+        # tiny 8x8 latents gain nothing from it, so stage 1 stays float32.
         "body": {
             "steps": 4000,
             "precision": "bf16",
