@@ -78,8 +78,8 @@ CHAIN = {
     "cpu": {
         # 64 px crops: 8x8 latents still separate the 21 keypoint heatmaps. The VAE bounds what stage 1
         # can draw: L1 + edge loss, 5000 steps. The images are cut from frames fitted to stage 2's side,
-        # the scale stage 2 draws bodies at. In bf16 (on this CPU's AMX units) a step takes 0.55x the
-        # float32 time: about 15 idle minutes on 2 threads instead of 27 (bench/cpu_precision.py).
+        # the scale stage 2 draws bodies at. In bf16 (on this CPU's AMX units) a step takes 0.51x the
+        # float32 time (bench/cpu_precision.py): 17 minutes on 2 threads in the chain, against 37.
         "vae": {
             "steps": 5000,
             "precision": "bf16",
