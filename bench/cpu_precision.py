@@ -102,8 +102,6 @@ def time_steps(model, loss, optimizer, autocast: bool, steps: int) -> float:
 
 
 def measure(name: str, rounds: int, steps: int) -> dict:
-    from diffusers.models.attention_processor import AttnProcessor2_0
-
     from generation.models.attention import use_float32_attention
 
     torch.manual_seed(0)
@@ -113,12 +111,7 @@ def measure(name: str, rounds: int, steps: int) -> dict:
     times = {s: [] for s in SETTINGS}
     for _ in range(rounds):
         for setting, how in SETTINGS.items():
-            if how["float32_attention"]:
-                use_float32_attention(model)
-            else:
-                for module in model.modules():
-                    if hasattr(module, "set_processor"):
-                        module.set_processor(AttnProcessor2_0())
+            use_float32_attention(model, how["float32_attention"])
             times[setting].append(time_steps(model, loss, optimizer, how["autocast"], steps))
     best = {s: min(v) for s, v in times.items()}
     return {

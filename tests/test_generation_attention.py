@@ -4,7 +4,7 @@ import logging
 
 import pytest
 import torch
-from diffusers.models.attention_processor import Attention
+from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 from safetensors.torch import load_file
 
 from generation.cli import main
@@ -46,6 +46,8 @@ def test_use_float32_attention_sets_every_attention_layer_of_a_unet():
     expected = sum(isinstance(m, Attention) for m in unet.modules())
     assert expected > 0 and use_float32_attention(unet) == expected
     assert all(isinstance(p, Float32AttnProcessor) for p in unet.attn_processors.values())
+    assert use_float32_attention(unet, enabled=False) == expected
+    assert all(type(p) is AttnProcessor2_0 for p in unet.attn_processors.values())
 
 
 @pytest.mark.parametrize("precision, kept", [("bf16", True), ("fp32", False)])

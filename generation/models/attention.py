@@ -12,6 +12,11 @@ import torch
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
 
+def upcast(x):
+    """A floating-point tensor as float32; anything else (None, integer masks) as it is."""
+    return x.float() if torch.is_tensor(x) and x.is_floating_point() else x
+
+
 class Float32AttnProcessor(AttnProcessor2_0):
     """`AttnProcessor2_0` with autocast off: float32 inputs, weights and (B, N, C) float32 output."""
 
@@ -25,9 +30,6 @@ class Float32AttnProcessor(AttnProcessor2_0):
         *args,
         **kwargs,
     ) -> torch.Tensor:
-        def upcast(x):
-            return x.float() if torch.is_tensor(x) and x.is_floating_point() else x
-
         with torch.autocast(hidden_states.device.type, enabled=False):
             return super().__call__(
                 attn,
@@ -40,9 +42,10 @@ class Float32AttnProcessor(AttnProcessor2_0):
             )
 
 
-def use_float32_attention(model: torch.nn.Module) -> int:
-    """Give every diffusers `Attention` in `model` a `Float32AttnProcessor`; the number of layers changed."""
+def use_float32_attention(model: torch.nn.Module, enabled: bool = True) -> int:
+    """Give every diffusers `Attention` in `model` a `Float32AttnProcessor` (with `enabled` False,
+    diffusers' default `AttnProcessor2_0` back); the number of layers set."""
     layers = [m for m in model.modules() if isinstance(m, Attention)]
     for layer in layers:
-        layer.set_processor(Float32AttnProcessor())
+        layer.set_processor(Float32AttnProcessor() if enabled else AttnProcessor2_0())
     return len(layers)
