@@ -7,8 +7,8 @@ the conditioning pose, pose control, and the same for the real rows and the real
 So a lever can be tried at the chain's cost without rerunning the chain, and the table that picks the
 chain's next settings comes from one invocation.
 
-Each training runs in a spawned process on one thread, `--parallel` at a time (the machine's cores by
-default); each scoring starts as soon as its model is trained. Phase times are wall and CPU seconds, as in
+Each training and scoring runs in a spawned process on one thread, `--parallel` at a time (the machine's
+cores by default); a variant's scoring takes the first free core once its model is trained. Phase times are wall and CPU seconds, as in
 learns.json; trainings side by side share the cores, so compare CPU seconds.
 
     .venv/bin/python bench/body_sweep.py [--learns out/learns] [--variant chain --variant lr_1e-3 ...]
@@ -61,22 +61,23 @@ def body_config(learns: str, out: str, chain: dict, overrides: dict, seed: int =
     )
 
 
-def sweep_graph(learns: str, work: str, names: list[str], chain: dict, parallel: int, seed: int = 0) -> dict:
-    """The `Phases.run_graph` graph: ``train_NAME`` then ``score_NAME`` per variant; a training waits
-    for the one `parallel` places before it, so at most `parallel` train at once."""
+def sweep_graph(learns: str, work: str, names: list[str], chain: dict, seed: int = 0) -> dict:
+    """The `Phases.run_graph` graph: ``train_NAME`` then ``score_NAME`` per variant, one thread each, in
+    that priority order, so a variant's scoring takes the first free core before the next training."""
     graph = {}
-    for k, name in enumerate(names):
+    for name in names:
         run = os.path.join(work, name)
-        before = (f"train_{names[k - parallel]}",) if k >= parallel else ()
         graph[f"train_{name}"] = (
             train_body_phase,
             (body_config(learns, run, chain, VARIANTS[name], seed),),
-            before,
+            (),
+            1,
         )
         graph[f"score_{name}"] = (
             score_stage2_phase,
             (run, os.path.join(learns, "manifest"), chain["sample_steps"], run + "_pictures.npz"),
             (f"train_{name}",),
+            1,
         )
     return graph
 
@@ -115,7 +116,12 @@ def main(argv=None) -> int:
         "--learns", help="a finished bench/learns.py folder (default out/learns, or out/learns_quick)"
     )
     p.add_argument("--variant", action="append", choices=sorted(VARIANTS), help="repeatable; default all")
-    p.add_argument("--parallel", type=int, default=len(os.sched_getaffinity(0)), help="trainings at once")
+    p.add_argument(
+        "--parallel",
+        type=int,
+        default=len(os.sched_getaffinity(0)),
+        help="phases (trainings and scorings) at once",
+    )
     p.add_argument("--work", help="run folders (default out/body_sweep[_quick])")
     p.add_argument("--seed", type=int, default=0, help="training seed of every variant (the chain's is 0)")
     p.add_argument("--resume", action="store_true", help="keep finished phases of a cut-off invocation")
@@ -131,7 +137,7 @@ def main(argv=None) -> int:
     names = args.variant or list(VARIANTS)
     work = args.work or os.path.join(ROOT, "out", f"body_sweep{suffix}")
     phases, load_before = open_work(work, args.resume)
-    phases.run_graph(sweep_graph(learns, work, names, chain, max(1, args.parallel), args.seed))
+    phases.run_graph(sweep_graph(learns, work, names, chain, args.seed), cores=max(1, args.parallel))
 
     done, cpu, wall = phases.state["done"], phases.state["cpu_seconds"], phases.state["seconds"]
     rows = {

@@ -200,7 +200,23 @@ BASELINE = {"condition_channels": ("pose",), "draw_hand_skeletons": True}
 
 
 # What a phase run again with --redo must find gone: the folders whose files it would otherwise keep.
-REDO_CLEARS = {"two_stage": ("generated", "eval")}
+REDO_CLEARS = {
+    "generate_two_stage": tuple(
+        f"{kind}/{name}"
+        for kind in ("generated", "eval")
+        for name in ("real_vae", "none", "fixed", "sequential")
+    )
+    + ("eval/real",),
+    "generate_baseline": ("generated/baseline", "eval/baseline"),
+    "two_stage": ("eval/compare",),
+}
+
+
+def cpu_time() -> float:
+    """CPU seconds of this process and of its children that have ended (the ``handfirst-gen`` processes
+    a phase runs), so that a phase's CPU time counts the work it hands to the CLI."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
 
 
 class Phases:
@@ -237,23 +253,23 @@ class Phases:
         if name in self.state["done"]:
             logger.info("phase %s: done in an earlier invocation", name)
             return self.state["done"][name]
-        start, cpu = time.perf_counter(), time.process_time()
+        start, cpu = time.perf_counter(), cpu_time()
         logger.info("phase %s ...", name)
         try:
             out = fn(*args, **kwargs)
         finally:
             elapsed = time.perf_counter() - start
-            self.add_time(name, elapsed, time.process_time() - cpu)
+            self.add_time(name, elapsed, cpu_time() - cpu)
             self.save()
         self.state["done"][name] = out
         self.save()
         logger.info("phase %s done in %.0f s (load %.2f)", name, elapsed, os.getloadavg()[0])
         return out
 
-    def start(self, name: str, fn, *args):
+    def start(self, name: str, fn, *args, threads: int = 1):
         """Start `fn(*args)` (a module-level function returning a JSON-ready result) in a spawned process
-        on one thread, its output going to ``WORK/NAME.log``, unless an earlier invocation finished phase
-        `name`: the handle `join` takes."""
+        on `threads` threads, its output going to ``WORK/NAME.log``, unless an earlier invocation finished
+        phase `name`: the handle `join` takes."""
         if name in self.state["done"]:
             return None
         import multiprocessing
@@ -263,10 +279,10 @@ class Phases:
             os.remove(result_path)
         log_path = os.path.join(self.work, f"{name}.log")
         proc = multiprocessing.get_context("spawn").Process(
-            target=in_child, args=(fn, args, log_path, result_path), name=name
+            target=in_child, args=(fn, args, log_path, result_path, threads), name=name
         )
         proc.start()
-        logger.info("phase %s started in process %d", name, proc.pid)
+        logger.info("phase %s started in process %d on %d thread(s)", name, proc.pid, threads)
         return proc, result_path
 
     def join(self, name: str, handle):
@@ -287,16 +303,33 @@ class Phases:
         logger.info("phase %s done in %.0f s (%.0f s of CPU)", name, out["wall_s"], out["cpu_s"])
         return out["result"]
 
-    def run_graph(self, graph: dict, on_done=None, poll_s: float = 2.0) -> None:
-        """Run the phases of `graph` ({name: (fn, args, names it needs)}) each in a spawned process
-        (`start`), each as soon as the phases it needs are done, and `join` each as it ends, calling
-        `on_done(name)`. A failed phase raises `join`'s error (the others then stop with this process)."""
-        handles, waiting = {}, dict(graph)
+    @staticmethod
+    def startable(waiting: dict, done, busy: int, cores: int) -> list[str]:
+        """The phases of `waiting` ({name: (fn, args, needs, threads)}, in priority order) to start now,
+        with `busy` of `cores` threads taken: each whose needs are `done` while its threads fit beside
+        the phases already running and those started before it (a later phase may fill a gap an earlier
+        one does not fit), or the first ready one when nothing runs, so that a phase wider than the
+        machine still runs."""
+        out = []
+        for name, (_, _, needs, threads) in waiting.items():
+            if all(n in done for n in needs) and (busy + threads <= cores or (busy == 0 and not out)):
+                out.append(name)
+                busy += threads
+        return out
+
+    def run_graph(self, graph: dict, cores: int, on_done=None, poll_s: float = 2.0) -> None:
+        """Run the phases of `graph` ({name: (fn, args, names it needs, threads)}, in priority order)
+        each in a spawned process (`start`) as soon as the phases it needs are done and its threads fit
+        in `cores` beside the running ones (`startable`); `join` each as it ends, calling
+        `on_done(name)`. A failed phase raises `join`'s error (the others then stop with this process).
+        More threads than cores would only slow every phase: three one-thread trainings on two cores
+        took 1.3x the CPU per step that each took with a core to itself."""
+        handles, waiting, width = {}, dict(graph), {}
         while waiting or handles:
-            for name, (fn, args, needs) in list(waiting.items()):
-                if all(n in self.state["done"] for n in needs):
-                    handles[name] = self.start(name, fn, *args)
-                    del waiting[name]
+            busy = sum(width[n] for n in handles)
+            for name in self.startable(waiting, self.state["done"], busy, cores):
+                fn, args, _, threads = waiting.pop(name)
+                handles[name], width[name] = self.start(name, fn, *args, threads=threads), threads
             if waiting and not handles:
                 raise ValueError(f"phases {sorted(waiting)} need phases that are not in the graph")
             ended = [n for n, h in handles.items() if h is None or not h[0].is_alive()]
@@ -318,9 +351,9 @@ def open_work(work: str, resume: bool) -> tuple[Phases, float]:
     return Phases(work, resume), load_before
 
 
-def in_child(fn, args: tuple, log_path: str, result_path: str) -> None:
-    """A `Phases.start` child: `fn(*args)` on one thread, its output appended to `log_path`, then
-    {"result", "wall_s", "cpu_s"} written to `result_path`. It stops when its parent is gone, so that a
+def in_child(fn, args: tuple, log_path: str, result_path: str, threads: int = 1) -> None:
+    """A `Phases.start` child: `fn(*args)` on `threads` threads (the CLI processes it runs too), its
+    output appended to `log_path`, then {"result", "wall_s", "cpu_s"} written to `result_path`. It stops when its parent is gone, so that a
     cut-off chain leaves nothing writing into its run folders."""
     import threading
 
@@ -337,13 +370,14 @@ def in_child(fn, args: tuple, log_path: str, result_path: str) -> None:
         os._exit(1)
 
     threading.Thread(target=orphaned, daemon=True).start()
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
+    os.environ["OMP_NUM_THREADS"] = str(threads)  # the handfirst-gen processes `cli` starts
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
-    start, cpu = time.perf_counter(), time.process_time()
+    start, cpu = time.perf_counter(), cpu_time()
     result = fn(*args)
     with open(result_path + ".tmp", "w", encoding="utf-8") as f:
         json.dump(
-            {"result": result, "wall_s": time.perf_counter() - start, "cpu_s": time.process_time() - cpu}, f
+            {"result": result, "wall_s": time.perf_counter() - start, "cpu_s": cpu_time() - cpu}, f
         )
     os.replace(result_path + ".tmp", result_path)
 
@@ -659,11 +693,15 @@ def body_pck(detected, target, min_visibility: float, threshold: float = 0.2) ->
     return float((err <= threshold).mean()) if err.size else 0.0
 
 
-def stage2(body_run: str, manifest: str, steps: int, pairs: int = 16, seed: int = 0) -> tuple[dict, dict]:
+def stage2(
+    body_run: str, manifest: str, steps: int, pairs: int | None = None, seed: int = 0
+) -> tuple[dict, dict]:
     """Stage 2 alone on the training rows, each drawn around its own manifest hands at the training
     framing (`manifest_inputs`), scored with prep's body detector: detected share and PCK@0.2 against the
     conditioning pose; the same on the real rows at that framing; and pose control (the same seed, row
-    i's caption and hands with row j's pose: PCK against the pose it was given vs row i's own)."""
+    i's caption and hands with row j's pose: PCK against the pose it was given vs row i's own). By
+    default pose control draws every row once, each with another row's pose: 16 pairs found a body in 6
+    to 8 draws, and the verdict flipped between runs."""
     import torch
 
     from generation.evaluate.run import EvalConfig
@@ -728,7 +766,8 @@ def stage2(body_run: str, manifest: str, steps: int, pairs: int = 16, seed: int 
     drawn = score(drawings, poses)
     own, other = [], []
     n = len(rows)
-    for k in range(min(pairs, n * (n - 1))):
+    pairs = min(n if pairs is None else pairs, n * (n - 1))
+    for k in range(pairs):
         i, j = k % n, (k * 7 + 3) % n
         if i == j:
             j = (j + 1) % n
@@ -743,7 +782,7 @@ def stage2(body_run: str, manifest: str, steps: int, pairs: int = 16, seed: int 
         "real_rows": real,
         "vae_real_rows": vae_real,
         "pose_control": {
-            "pairs": min(pairs, n * (n - 1)),
+            "pairs": pairs,
             "detected": len(own),
             "pck_own": float(np.mean(own)) if own else None,
             "pck_other": float(np.mean(other)) if other else None,
@@ -828,75 +867,66 @@ def vae_frames(manifest: str, vae_folder: str, generated: str, out: str) -> None
 FRAMING = "hands"
 
 
-def two_stage(manifest: str, runs: dict, work: str, rows: int, steps: int) -> dict:
-    """The paper's comparison on the first `rows` training rows, one seed: the one-stage baseline
-    (``handfirst-gen baseline --method controlnet-openpose`` with the baseline run) and the two stages under
-    each blend (``handfirst-gen generate``), each evaluated, then one ``--compare`` table with the real
-    photos. Returns ``{row: {column: value}}`` for `COMPARISON_COLUMNS`."""
+def generate_args(manifest: str, rows: int, steps: int) -> list[str]:
+    """The `handfirst-gen` arguments every generated row of the comparison shares: the first `rows`
+    training rows, one seed, the chain's steps and guidance."""
+    return [
+        *("--from-manifest", manifest, "--split", "all", "--limit", str(rows)),
+        *("--steps", str(steps), "--guidance-scale", str(GUIDANCE), "--seed", "0"),
+        *("--log-level", "WARNING"),
+    ]
+
+
+def evaluate(manifest: str, work: str, rows: int, name: str) -> None:
+    """`handfirst-gen evaluate` of comparison row `name` (``real``: the manifest's photos) into
+    ``WORK/eval/NAME``."""
+    generated = "real" if name == "real" else os.path.join(work, "generated", name)
+    cli(
+        *("evaluate", "--manifest", manifest, "--generated", generated),
+        *("--out", os.path.join(work, "eval", name), "--split", "all", "--limit", str(rows)),
+        *("--label", name, "--no-progress", "--log-level", "WARNING"),
+    )
+
+
+def generate_two_stage(manifest: str, runs: dict, work: str, rows: int, steps: int) -> list[str]:
+    """The two stages under each blend (``handfirst-gen generate``) on the first `rows` training rows,
+    the real frames through the VAE at the generated window (`vae_frames`), each evaluated with the real
+    photos: the comparison rows it wrote."""
+    generated = os.path.join(work, "generated")
+    for blend in BLENDS:
+        cli(
+            *("generate", "--hand-model", runs["hand"], "--body-model", runs["body"], "--blend", blend),
+            *("--min-hand-size", "6", "--framing", FRAMING, *generate_args(manifest, rows, steps)),
+            *("--out", os.path.join(generated, blend)),
+        )
+    vae_frames(
+        manifest, runs["vae"], os.path.join(generated, "sequential"), os.path.join(generated, "real_vae")
+    )
+    names = [n for n in COMPARISON if n != "baseline"]
+    for name in names:
+        evaluate(manifest, work, rows, name)
+    return names
+
+
+def generate_baseline(manifest: str, runs: dict, work: str, rows: int, steps: int) -> list[str]:
+    """The one-stage baseline (``handfirst-gen baseline --method controlnet-openpose`` with the baseline
+    run) on the rows `generate_two_stage` draws, at the baseline's training size and fit, evaluated."""
     with open(os.path.join(runs["baseline"], "config.json"), encoding="utf-8") as f:
         trained = json.load(f)
     side, fit = int(trained["data"]["resolution"]), trained["config"]["fit"]
-    rows_args = ["--from-manifest", manifest, "--split", "all", "--limit", str(rows)]
-    common = [*rows_args, "--steps", str(steps), "--guidance-scale", str(GUIDANCE), "--seed", "0"]
-    common += ["--log-level", "WARNING"]
-    commands = {
-        "baseline": [
-            "baseline",
-            "--method",
-            "controlnet-openpose",
-            "--pretrained",
-            runs["baseline"],
-            "--controlnet",
-            os.path.join(runs["baseline"], "controlnet"),
-            "--fit",
-            fit,
-            "--size",
-            str(side),
-            "--framing",
-            FRAMING,
-            "--no-progress",
-            *common,
-        ]
-    }
-    for blend in BLENDS:
-        commands[blend] = [
-            "generate",
-            "--hand-model",
-            runs["hand"],
-            "--body-model",
-            runs["body"],
-            "--blend",
-            blend,
-            "--min-hand-size",
-            "6",
-            "--framing",
-            FRAMING,
-            *common,
-        ]
-    generated = {name: os.path.join(work, "generated", name) for name in COMPARISON}
-    for name, command in commands.items():
-        cli(*command, "--out", generated[name])
-    vae_frames(manifest, runs["vae"], generated["sequential"], generated["real_vae"])
-    for name in COMPARISON:
-        out = "real" if name == "real" else generated[name]
-        cli(
-            "evaluate",
-            "--manifest",
-            manifest,
-            "--generated",
-            out,
-            "--out",
-            os.path.join(work, "eval", name),
-            "--split",
-            "all",
-            "--limit",
-            str(rows),
-            "--label",
-            name,
-            "--no-progress",
-            "--log-level",
-            "WARNING",
-        )
+    cli(
+        *("baseline", "--method", "controlnet-openpose", "--pretrained", runs["baseline"]),
+        *("--controlnet", os.path.join(runs["baseline"], "controlnet"), "--fit", fit, "--size", str(side)),
+        *("--framing", FRAMING, "--no-progress", *generate_args(manifest, rows, steps)),
+        *("--out", os.path.join(work, "generated", "baseline")),
+    )
+    evaluate(manifest, work, rows, "baseline")
+    return ["baseline"]
+
+
+def two_stage(work: str, rows: int) -> dict:
+    """The paper's comparison from the evaluated rows (`generate_two_stage`, `generate_baseline`): one
+    ``--compare`` table with the real photos, and ``{row: {column: value}}`` for `COMPARISON_COLUMNS`."""
     cli(
         "evaluate",
         "--compare",
@@ -1116,6 +1146,8 @@ PHASES = (
     "train_body",
     "score_stage2",
     "train_baseline",
+    "generate_two_stage",
+    "generate_baseline",
     "two_stage",
 )
 
@@ -1195,9 +1227,9 @@ def main(argv=None) -> int:
         "--threads",
         type=int,
         default=len(os.sched_getaffinity(0)),
-        help="torch threads of the VAE and of generation (default: every core this process may use; each "
-        "training and scoring beside another runs on one thread, since on a loaded machine two threads "
-        "ran stage 1 up to 10x slower)",
+        help="torch threads of the VAE, and the cores the later phases share, one thread each "
+        "(default: every core this process may use; on a loaded machine two threads ran stage 1 up to "
+        "10x slower)",
     )
     p.add_argument("--note", action="append", default=[], help="a line recorded in the result (repeatable)")
     p.add_argument(
@@ -1347,8 +1379,10 @@ def main(argv=None) -> int:
     phases.run("score_vae", score_vae)
     write_result()
 
-    # From here the three trainings share the two cores, each in a spawned process on one thread: they
-    # need only the VAE folder. Each scoring starts as soon as its model is trained, beside the rest.
+    # From here the trainings, scorings and generations run in spawned processes, as many at once as
+    # the cores hold (one thread each): stage 1 beside stage 2, then the baseline in stage 1's place
+    # while the other core scores and generates. Stage 1 is the shortest training, so it goes first:
+    # three one-thread trainings at once took 1.3x the CPU per step, and 103 minutes for the chain.
     body_common = {**BODY_TRAINING, **common, **chain["body"]}
     hand_cfg = HandTrainConfig(
         out=runs["hand"],
@@ -1358,38 +1392,47 @@ def main(argv=None) -> int:
         **common,
         **chain["hand"],
     )
-    steps = chain["sample_steps"]
+    steps, rows = chain["sample_steps"], chain["generate_rows"]
     phases.run_graph(
         {
-            "train_hand": (train_hand_phase, (hand_cfg,), ()),
-            "train_body": (train_body_phase, (BodyTrainConfig(out=runs["body"], **body_common),), ()),
+            "train_hand": (train_hand_phase, (hand_cfg,), (), 1),
+            "train_body": (train_body_phase, (BodyTrainConfig(out=runs["body"], **body_common),), (), 1),
             "train_baseline": (
                 train_body_phase,
                 (BodyTrainConfig(out=runs["baseline"], **body_common, **BASELINE),),
                 (),
+                1,
             ),
             "score_stage1": (
                 score_stage1_phase,
                 (runs["hand"], manifest, chain["vae"]["resolution"], steps, pics + "_stage1.npz"),
                 ("train_hand",),
+                1,
             ),
             "score_stage2": (
                 score_stage2_phase,
                 (runs["body"], manifest, steps, pics + "_stage2.npz"),
                 ("train_body",),
+                1,
+            ),
+            "generate_two_stage": (
+                generate_two_stage,
+                (manifest, runs, work, rows, steps),
+                ("train_hand", "train_body"),
+                1,
+            ),
+            # The baseline trains last, so its generation has both cores to itself.
+            "generate_baseline": (
+                generate_baseline,
+                (manifest, runs, work, rows, steps),
+                ("train_baseline",),
+                2,
             ),
         },
+        cores=args.threads,
         on_done=lambda _: write_result(),
     )
-    phases.run(
-        "two_stage",
-        two_stage,
-        manifest,
-        runs,
-        work,
-        chain["generate_rows"],
-        chain["sample_steps"],
-    )
+    phases.run("two_stage", two_stage, work, rows)
     result = write_result()
 
     from manifests.reader import open_manifest

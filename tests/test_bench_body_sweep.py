@@ -44,19 +44,21 @@ def test_every_variant_is_the_chains_stage_2_with_its_overrides(name, tmp_path, 
             assert getattr(config, key) == value
 
 
-def test_the_graph_trains_at_most_parallel_at_once_and_scores_after_training(tmp_path, learns_folder):
+def test_the_graph_scores_each_variant_after_training_it_before_the_next_training(tmp_path, learns_folder):
     names = ["chain", "lr_1e-3", "no_ema", "uncached"]
-    graph = body_sweep.sweep_graph(str(learns_folder), str(tmp_path / "w"), names, learns.CHAIN["quick"], 2)
-    assert set(graph) == {f"{p}_{n}" for n in names for p in ("train", "score")}
+    graph = body_sweep.sweep_graph(str(learns_folder), str(tmp_path / "w"), names, learns.CHAIN["quick"])
+    assert list(graph) == [f"{p}_{n}" for n in names for p in ("train", "score")]  # the priority order
     needs = {k: v[2] for k, v in graph.items()}
-    assert needs["train_chain"] == needs["train_lr_1e-3"] == ()
-    assert needs["train_no_ema"] == ("train_chain",) and needs["train_uncached"] == ("train_lr_1e-3",)
-    assert all(needs[f"score_{n}"] == (f"train_{n}",) for n in names)
+    assert all(needs[f"train_{n}"] == () and needs[f"score_{n}"] == (f"train_{n}",) for n in names)
+    assert all(v[3] == 1 for v in graph.values())
+    # On two cores: two trainings, then the first one's scoring before the third training.
+    running = learns.Phases.startable(graph, set(), busy=0, cores=2)
+    assert running == ["train_chain", "train_lr_1e-3"]
+    rest = {k: v for k, v in graph.items() if k not in running}
+    assert learns.Phases.startable(rest, {"train_chain"}, busy=1, cores=2) == ["score_chain"]
     assert graph["score_no_ema"][1][0] == str(tmp_path / "w" / "no_ema")  # scores the run it trained
     assert graph["train_chain"][1][0].seed == 0
-    seeded = body_sweep.sweep_graph(
-        str(learns_folder), str(tmp_path / "w"), names, learns.CHAIN["quick"], 2, 7
-    )
+    seeded = body_sweep.sweep_graph(str(learns_folder), str(tmp_path / "w"), names, learns.CHAIN["quick"], 7)
     assert all(seeded[f"train_{n}"][1][0].seed == 7 for n in names)
 
 

@@ -112,6 +112,17 @@ def test_a_background_phase_returns_its_result_timed_by_the_child(tmp_path):
     assert learns.Phases(str(tmp_path), resume=True).start("score_stage2", sum, [1, 2]) is None
 
 
+def test_a_phases_cpu_time_counts_the_processes_it_runs(tmp_path):
+    import subprocess
+
+    burn = "import time\nwhile time.process_time() < 0.5: pass"
+    phases = learns.Phases(str(tmp_path), resume=False)
+    phases.run(
+        "generate_baseline", lambda: subprocess.run([sys.executable, "-c", burn], check=True).returncode
+    )
+    assert phases.state["cpu_seconds"]["generate_baseline"] >= 0.4  # before: this process alone, ~0
+
+
 def test_a_failed_background_phase_stops_the_chain_naming_its_log(tmp_path):
     phases = learns.Phases(str(tmp_path), resume=False)
     # int("x") raises in the child: it exits 1 without a result.
@@ -139,12 +150,12 @@ def test_a_phase_graph_starts_each_phase_once_what_it_needs_is_done(tmp_path):
     phases.state["done"]["train_hand"] = 1  # done in an earlier invocation: neither started nor redone
     ended = []
     graph = {
-        "train_hand": (sum, ([1],), ()),
-        "train_body": (sum, ([1, 2],), ()),
-        "score_stage1": (sum, ([3, 4],), ("train_hand",)),
-        "score_stage2": (sum, ([5, 6],), ("train_body", "score_stage1")),
+        "train_hand": (sum, ([1],), (), 1),
+        "train_body": (sum, ([1, 2],), (), 1),
+        "score_stage1": (sum, ([3, 4],), ("train_hand",), 1),
+        "score_stage2": (sum, ([5, 6],), ("train_body", "score_stage1"), 1),
     }
-    phases.run_graph(graph, on_done=ended.append, poll_s=0.05)
+    phases.run_graph(graph, cores=2, on_done=ended.append, poll_s=0.05)
     assert ended.index("train_body") < ended.index("score_stage2")
     assert ended.index("score_stage1") < ended.index("score_stage2")
     assert {k: phases.state["done"][k] for k in graph} == {
@@ -154,4 +165,31 @@ def test_a_phase_graph_starts_each_phase_once_what_it_needs_is_done(tmp_path):
         "score_stage2": 11,
     }
     with pytest.raises(ValueError, match=r"need phases that are not in the graph"):
-        phases.run_graph({"x": (sum, ([1],), ("nowhere",))})
+        phases.run_graph({"x": (sum, ([1],), ("nowhere",), 1)}, cores=2)
+
+
+def test_a_phase_graph_runs_no_more_threads_than_cores_filling_gaps_in_priority_order():
+    def graph(*entries):
+        return {name: (sum, (), needs, threads) for name, needs, threads in entries}
+
+    # The chain's graph on two cores: stage 1 beside stage 2, the baseline waiting for a core.
+    chain = graph(
+        ("train_hand", (), 1),
+        ("train_body", (), 1),
+        ("train_baseline", (), 1),
+        ("score_stage1", ("train_hand",), 1),
+    )
+    assert learns.Phases.startable(chain, set(), busy=0, cores=2) == ["train_hand", "train_body"]
+    # Stage 1 done: the baseline goes before stage 1's scoring, which waits for the next free core.
+    rest = {k: v for k, v in chain.items() if k not in ("train_hand", "train_body")}
+    assert learns.Phases.startable(rest, {"train_hand"}, busy=1, cores=2) == ["train_baseline"]
+    assert learns.Phases.startable(rest, {"train_hand"}, busy=0, cores=2) == [
+        "train_baseline",
+        "score_stage1",
+    ]
+    # A wide phase that does not fit lets a later narrow one take the free core ...
+    wide = graph(("wide", (), 2), ("narrow", (), 1))
+    assert learns.Phases.startable(wide, set(), busy=1, cores=2) == ["narrow"]
+    # ... and one wider than the machine still runs, alone.
+    assert learns.Phases.startable(wide, set(), busy=0, cores=1) == ["wide"]
+    assert learns.Phases.startable(graph(("late", ("wide",), 1)), set(), busy=0, cores=2) == []
