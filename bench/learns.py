@@ -110,8 +110,9 @@ CHAIN = {
         # (58%, PCK 0.58) in a side run. With cached latents (1.2x a step) the float32 chain took 58
         # minutes of one core beside the other trainings, and met the three stage-2 targets (50%, PCK
         # 0.54). bf16 with float32 attention takes about 0.9x the float32 step (bench/cpu_precision.py):
-        # 53 minutes (53%, PCK 0.61; pose control missed, on 6 bodies found in 16 draws). Stage 1's
-        # tiny 8x8 latents gain nothing from it, so stage 1 stays float32.
+        # 53 minutes beside two trainings (53%, PCK 0.61; pose control, each row once with another
+        # row's pose: a body in 18 of 38 draws, PCK 0.19 to the pose given against 0.12 to the row's
+        # own). Stage 1's tiny 8x8 latents gain nothing from it, so stage 1 stays float32.
         "body": {
             "steps": 4000,
             "precision": "bf16",
