@@ -377,9 +377,7 @@ def in_child(fn, args: tuple, log_path: str, result_path: str, threads: int = 1)
     start, cpu = time.perf_counter(), cpu_time()
     result = fn(*args)
     with open(result_path + ".tmp", "w", encoding="utf-8") as f:
-        json.dump(
-            {"result": result, "wall_s": time.perf_counter() - start, "cpu_s": cpu_time() - cpu}, f
-        )
+        json.dump({"result": result, "wall_s": time.perf_counter() - start, "cpu_s": cpu_time() - cpu}, f)
     os.replace(result_path + ".tmp", result_path)
 
 
