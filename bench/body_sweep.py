@@ -8,8 +8,9 @@ So a lever can be tried at the chain's cost without rerunning the chain, and the
 chain's next settings comes from one invocation.
 
 Each training and scoring runs in a spawned process on one thread, `--parallel` at a time (the machine's
-cores by default); a variant's scoring takes the first free core once its model is trained. Phase times are wall and CPU seconds, as in
-learns.json; trainings side by side share the cores, so compare CPU seconds.
+cores by default); a variant's scoring takes the first free core once its model is trained. Phase times
+are wall and CPU seconds, as in learns.json; trainings side by side share the cores, so compare CPU
+seconds.
 
     .venv/bin/python bench/body_sweep.py [--learns out/learns] [--variant chain --variant lr_1e-3 ...]
         [--seed 0] [--parallel 2] [--resume] [--quick]

@@ -354,8 +354,8 @@ def open_work(work: str, resume: bool) -> tuple[Phases, float]:
 
 def in_child(fn, args: tuple, log_path: str, result_path: str, threads: int = 1) -> None:
     """A `Phases.start` child: `fn(*args)` on `threads` threads (the CLI processes it runs too), its
-    output appended to `log_path`, then {"result", "wall_s", "cpu_s"} written to `result_path`. It stops when its parent is gone, so that a
-    cut-off chain leaves nothing writing into its run folders."""
+    output appended to `log_path`, then {"result", "wall_s", "cpu_s"} written to `result_path`. It
+    stops when its parent is gone, so that a cut-off chain leaves nothing writing into its run folders."""
     import threading
 
     import torch
