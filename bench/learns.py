@@ -200,19 +200,6 @@ GUIDANCE = 3.0
 BASELINE = {"condition_channels": ("pose",), "draw_hand_skeletons": True}
 
 
-# What a phase run again with --redo must find gone: the folders whose files it would otherwise keep.
-REDO_CLEARS = {
-    "generate_two_stage": tuple(
-        f"{kind}/{name}"
-        for kind in ("generated", "eval")
-        for name in ("real_vae", "none", "fixed", "sequential")
-    )
-    + ("eval/real",),
-    "generate_baseline": ("generated/baseline", "eval/baseline"),
-    "two_stage": ("eval/compare",),
-}
-
-
 def cpu_time() -> float:
     """CPU seconds of this process and of its children that have ended (the ``handfirst-gen`` processes
     a phase runs), so that a phase's CPU time counts the work it hands to the CLI."""
@@ -325,12 +312,12 @@ class Phases:
         `on_done(name)`. A failed phase raises `join`'s error (the others then stop with this process).
         More threads than cores would only slow every phase: three one-thread trainings on two cores
         took 1.3x the CPU per step that each took with a core to itself."""
-        handles, waiting, width = {}, dict(graph), {}
+        handles, waiting = {}, dict(graph)
         while waiting or handles:
-            busy = sum(width[n] for n in handles)
+            busy = sum(graph[n][3] for n in handles)
             for name in self.startable(waiting, self.state["done"], busy, cores):
                 fn, args, _, threads = waiting.pop(name)
-                handles[name], width[name] = self.start(name, fn, *args, threads=threads), threads
+                handles[name] = self.start(name, fn, *args, threads=threads)
             if waiting and not handles:
                 raise ValueError(f"phases {sorted(waiting)} need phases that are not in the graph")
             ended = [n for n, h in handles.items() if h is None or not h[0].is_alive()]
@@ -808,6 +795,15 @@ def cli(*args: str) -> None:
 # kept for each as ``comparison.<row>.<column>`` in learns.json: hands found in their own crop box and
 # their PCK, hands found in the whole image and their PCK, the blends' seam and fidelity, the body.
 COMPARISON = ("real", "real_vae", "baseline", *BLENDS)
+# The rows `generate_two_stage` writes and evaluates; `generate_baseline` does the baseline's.
+TWO_STAGE_ROWS = tuple(n for n in COMPARISON if n != "baseline")
+# What a phase run again with --redo must find gone: the folders whose files it would otherwise keep.
+REDO_CLEARS = {
+    "generate_two_stage": tuple(f"generated/{n}" for n in TWO_STAGE_ROWS if n != "real")
+    + tuple(f"eval/{n}" for n in TWO_STAGE_ROWS),
+    "generate_baseline": ("generated/baseline", "eval/baseline"),
+    "two_stage": ("eval/compare",),
+}
 COMPARISON_COLUMNS = (
     "hands.crop_detected_share",
     "hands.crop_pck_0.2",
@@ -901,10 +897,9 @@ def generate_two_stage(manifest: str, runs: dict, work: str, rows: int, steps: i
     vae_frames(
         manifest, runs["vae"], os.path.join(generated, "sequential"), os.path.join(generated, "real_vae")
     )
-    names = [n for n in COMPARISON if n != "baseline"]
-    for name in names:
+    for name in TWO_STAGE_ROWS:
         evaluate(manifest, work, rows, name)
-    return names
+    return list(TWO_STAGE_ROWS)
 
 
 def generate_baseline(manifest: str, runs: dict, work: str, rows: int, steps: int) -> list[str]:
