@@ -353,6 +353,38 @@ def test_8bit_adam_without_bitsandbytes_is_a_clear_error(monkeypatch):
     assert isinstance(make_optimizer(HandTrainConfig(learning_rate=1e-4), params), torch.optim.AdamW)
 
 
+def test_the_optimizer_is_fused_on_cpu_and_stays_fused_after_resuming_an_unfused_checkpoint():
+    """torch's default AdamW on CPU loops over the tensors (3x the fused kernel's time a step), and a
+    resumed checkpoint's param groups would bring that loop back; the fused update equals the loop's."""
+    from generation.training.loop import apply_settings_after_resume, make_optimizer
+
+    config = HandTrainConfig(learning_rate=1e-2)
+    torch.manual_seed(0)
+    weights = [torch.randn(3, 4), torch.randn(5)]
+    grads = [torch.randn_like(w) for w in weights]
+
+    def stepped(optimizer_of):
+        params = [torch.nn.Parameter(w.clone()) for w in weights]
+        optimizer = optimizer_of(params)
+        for _ in range(3):
+            for p, g in zip(params, grads):
+                p.grad = g.clone()
+            optimizer.step()
+        return optimizer, params
+
+    fused, fused_params = stepped(lambda params: make_optimizer(config, params))
+    assert fused.defaults["fused"] is True
+    looped, looped_params = stepped(lambda params: torch.optim.AdamW(params, lr=1e-2, weight_decay=1e-2))
+    for a, b in zip(fused_params, looped_params):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+    fused.load_state_dict(looped.state_dict())  # a checkpoint saved by the unfused optimizer
+    assert fused.param_groups[0]["fused"] is None
+    apply_settings_after_resume(config, fused, None, None)
+    assert fused.param_groups[0]["fused"] is True
+    fused.step()  # the restored CPU step counters suit the fused kernel
+
+
 def test_full_size_path_loads_a_local_sd_folder(synthetic_manifest, tmp_path):
     """--preset sd goes through from_pretrained(path, subfolder=...); a tiny folder stands in for SD 1.5."""
     from diffusers import PNDMScheduler

@@ -63,7 +63,15 @@ def weight_dtype(accelerator: Accelerator) -> torch.dtype:
     return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
 
 
+# Devices with torch's fused AdamW kernel: one pass over all tensors instead of a loop of small ops per
+# tensor, 3x faster a step on CPU, where torch's default is that loop (bench/optimizer_step.py).
+FUSED_ADAMW_DEVICES = ("cpu", "cuda")
+
+
 def make_optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:
+    """AdamW over `params`, fused where every parameter is a float on a `FUSED_ADAMW_DEVICES` device
+    (the model moves later, but only between such devices); bitsandbytes' 8-bit AdamW when asked."""
+    params = list(params)
     kwargs = dict(
         lr=config.learning_rate,
         betas=(config.adam_beta1, config.adam_beta2),
@@ -78,7 +86,8 @@ def make_optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:
                 "--use-8bit-adam needs bitsandbytes: pip install bitsandbytes (CUDA only)"
             ) from exc
         return bnb.optim.AdamW8bit(params, **kwargs)
-    return torch.optim.AdamW(params, **kwargs)
+    fused = all(p.is_floating_point() and p.device.type in FUSED_ADAMW_DEVICES for p in params)
+    return torch.optim.AdamW(params, fused=fused or None, **kwargs)
 
 
 def oom_message(config: TrainConfig, task: TrainTask, where: str) -> str:
@@ -133,6 +142,8 @@ def apply_settings_after_resume(config: TrainConfig, optimizer, lr_scheduler, em
             weight_decay=config.adam_weight_decay,
             eps=config.adam_epsilon,
             initial_lr=config.learning_rate,
+            # A checkpoint from before the fused kernel would bring back the per-tensor loop.
+            fused=optimizer.defaults.get("fused"),
         )
     sched = getattr(lr_scheduler, "scheduler", lr_scheduler)  # accelerate wraps the torch scheduler
     if hasattr(sched, "lr_lambdas"):
@@ -245,7 +256,11 @@ class _Session:
         self.ema = None
         if config.ema:
             self.ema = EMAModel(
-                self.params, decay=config.ema_decay, use_ema_warmup=config.ema_warmup, power=3 / 4
+                self.params,
+                decay=config.ema_decay,
+                use_ema_warmup=config.ema_warmup,
+                power=3 / 4,
+                foreach=True,  # one kernel per op over all shadow tensors, not a Python loop of them
             )
             self.ema.to(accelerator.device)
         self.model, self.optimizer, self.lr_scheduler = accelerator.prepare(model, optimizer, lr_scheduler)
