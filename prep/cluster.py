@@ -93,6 +93,25 @@ def await_workers(client, config: PrepConfig) -> None:
 
 
 @contextmanager
+def environ_restored():
+    """``os.environ`` back as it was when the block ends.
+
+    A Dask nanny writes ``distributed.nanny.pre-spawn-environ`` into its own process's ``os.environ``
+    before it spawns a worker, and leaves it there: with a LocalCluster that process is the driver, so
+    everything the driver starts afterwards inherits ``MALLOC_TRIM_THRESHOLD_=65536`` and
+    ``OMP_NUM_THREADS=1``. The first turns off glibc's adaptive mmap threshold: a torch process started
+    after a prep run (``bench/learns.py``'s trainings) mapped and unmapped every tensor over 128 KiB,
+    with a quarter of its CPU time in the kernel faulting pages in."""
+    saved = dict(os.environ)
+    try:
+        yield
+    finally:
+        for key in set(os.environ) - set(saved):
+            del os.environ[key]
+        os.environ.update(saved)
+
+
+@contextmanager
 def dask_client(config: PrepConfig):
     """A distributed Client: to `config.scheduler`, or to a LocalCluster started (and stopped) here."""
     import dask
@@ -133,7 +152,7 @@ def dask_client(config: PrepConfig):
             "prep.worker_setup",
         ],
     }
-    with dask.config.set(settings):
+    with dask.config.set(settings), environ_restored():
         with (
             LocalCluster(
                 n_workers=config.workers,

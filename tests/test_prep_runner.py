@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
 from collections import Counter
 
@@ -301,6 +302,27 @@ def test_sam_shards_ask_for_a_gpu_resource_and_local_workers_offer_it(mixed_inpu
         done, failed, _ = run_shards(shards, config, client)
     assert not failed and sum(s["images"] for s in done) == 6
     assert len(calls) == 2 and all(c["resources"] == {"GPU": 1} for c in calls)
+
+
+@pytest.mark.slow  # a Dask cluster, several seconds
+def test_a_local_cluster_leaves_the_drivers_environment_as_it_found_it(mixed_input, tmp_path, monkeypatch):
+    """The nannies write Dask's pre-spawn environment (MALLOC_TRIM_THRESHOLD_=65536, which turns off
+    glibc's adaptive mmap threshold, and OMP_NUM_THREADS=1) into the driver's os.environ, where every
+    process started after prep (a training) inherited it."""
+    import dask
+    import distributed  # noqa: F401 (its defaults join dask's config)
+
+    from prep.cluster import dask_client
+
+    for name in ("MALLOC_TRIM_THRESHOLD_", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HANDFIRST_TEST_KEPT", "1")
+    before = dict(os.environ)
+    pre_spawn = dask.config.get("distributed.nanny.pre-spawn-environ")
+    assert "MALLOC_TRIM_THRESHOLD_" in pre_spawn  # what the nannies set, or this test proves nothing
+    with dask_client(cfg(mixed_input, tmp_path / "m", limit=2, workers=1)) as client:
+        assert all(client.run(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_")).values())  # workers keep it
+    assert dict(os.environ) == before
 
 
 def _standins_built() -> int:
