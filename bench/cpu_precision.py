@@ -84,20 +84,22 @@ def body_case():
 CASES = {"vae": vae_case, "stage1_hand": hand_case, "stage2_body": body_case}
 
 
+def train_step(model, loss, optimizer, autocast: bool = True) -> None:
+    """One training step of a case: `loss(model)` (under CPU bf16 autocast when `autocast`), backward,
+    the optimizer's step, gradients cleared."""
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        value = loss(model)
+    value.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
 def time_steps(model, loss, optimizer, autocast: bool, steps: int) -> float:
     """Seconds per training step over `steps` steps (after one untimed step)."""
-
-    def step():
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-            value = loss(model)
-        value.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    step()
+    train_step(model, loss, optimizer, autocast)
     start = time.perf_counter()
     for _ in range(steps):
-        step()
+        train_step(model, loss, optimizer, autocast)
     return (time.perf_counter() - start) / steps
 
 
@@ -130,12 +132,18 @@ def cpu_flags() -> list[str]:
     return sorted(f for f in flags if f.startswith(("amx", "avx512_bf16")))
 
 
+def case_parser(doc: str, result: str, rounds: int = 3, steps: int = 6) -> argparse.ArgumentParser:
+    """The options of a benchmark that times `CASES` setting against setting: --rounds, --steps and
+    --out (bench/results/RESULT by default); its description is `doc`'s first paragraph."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=rounds, help="alternating rounds of every setting")
+    parser.add_argument("--steps", type=int, default=steps, help="timed steps per round (per process)")
+    parser.add_argument("--out", default=os.path.join(ROOT, "bench", "results", result))
+    return parser
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of every setting")
-    parser.add_argument("--steps", type=int, default=6, help="timed steps per round")
-    parser.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "cpu_precision.json"))
-    args = parser.parse_args(argv)
+    args = case_parser(__doc__, "cpu_precision.json").parse_args(argv)
     load_before = os.getloadavg()[0]
     torch.set_num_threads(1)
     models = {}

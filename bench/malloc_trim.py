@@ -40,7 +40,7 @@ def worker(model: str, steps: int) -> dict:
     """Time `steps` steps of `model` after two untimed ones, in this (fresh) process."""
     import torch
 
-    from bench.cpu_precision import CASES
+    from bench.cpu_precision import CASES, train_step
     from generation.models.attention import use_float32_attention
 
     torch.set_num_threads(1)
@@ -49,19 +49,11 @@ def worker(model: str, steps: int) -> dict:
     net.train()
     use_float32_attention(net)
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-5, fused=True)
-
-    def step():
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            value = loss(net)
-        value.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
     for _ in range(2):
-        step()
+        train_step(net, loss, optimizer)
     before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
     for _ in range(steps):
-        step()
+        train_step(net, loss, optimizer)
     wall, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF)
     user, system = after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime
     return {
@@ -98,13 +90,10 @@ def summarise(rounds: list[list[dict]]) -> dict:
 
 
 def main(argv=None) -> int:
-    from bench.cpu_precision import CASES
+    from bench.cpu_precision import CASES, case_parser
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = case_parser(__doc__, "malloc_trim.json", rounds=2, steps=12)
     parser.add_argument("--model", action="append", choices=sorted(CASES), help="default: all")
-    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds of every setting")
-    parser.add_argument("--steps", type=int, default=12, help="timed steps per process")
-    parser.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "malloc_trim.json"))
     parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:

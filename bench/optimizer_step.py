@@ -17,7 +17,6 @@ the ratio of fused to loop per model.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -27,7 +26,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from bench._common import machine, write_result  # noqa: E402
-from bench.cpu_precision import CASES  # noqa: E402
+from bench.cpu_precision import CASES, case_parser  # noqa: E402
 
 SETTINGS = {"loop": {"fused": None, "foreach": False}, "fused": {"fused": True, "foreach": True}}
 
@@ -37,6 +36,7 @@ def time_steps(model, loss, optimizer, ema, steps: int) -> tuple[float, float]:
     params = [p for p in model.parameters() if p.requires_grad]
 
     def step() -> float:
+        # train_step's work with the optimizer's and EMA's part timed on its own
         with torch.autocast("cpu", dtype=torch.bfloat16):
             value = loss(model)
         value.backward()
@@ -85,11 +85,7 @@ def measure(name: str, rounds: int, steps: int) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of both settings")
-    parser.add_argument("--steps", type=int, default=6, help="timed steps per round")
-    parser.add_argument("--out", default=os.path.join(ROOT, "bench", "results", "optimizer_step.json"))
-    args = parser.parse_args(argv)
+    args = case_parser(__doc__, "optimizer_step.json").parse_args(argv)
     load_before = os.getloadavg()[0]
     torch.set_num_threads(1)
     models = {}
