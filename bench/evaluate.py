@@ -77,6 +77,7 @@ def main(argv=None) -> dict:
     from generation.evaluate.detection import detection_prep_config
     from manifests.decode import image_array
     from manifests.reader import open_manifest
+    from prep.cluster import environ_restored
 
     with tempfile.TemporaryDirectory() as tmp:
         manifest = os.path.join(tmp, "manifest")
@@ -113,6 +114,7 @@ def main(argv=None) -> dict:
 
         # 2. On Dask workers, through a cluster we keep open to inspect the workers afterwards.
         with (
+            environ_restored(),  # the nannies' environment stays out of this process
             LocalCluster(
                 n_workers=args.workers,
                 threads_per_worker=1,

@@ -73,7 +73,10 @@ def _sam_embeddings(n: int) -> dict:
 def sam_through_dask(n: int) -> dict:
     from distributed import Client, LocalCluster
 
+    from prep.cluster import environ_restored
+
     with (
+        environ_restored(),  # the trainings after it start processes that would inherit the nannies' environment
         LocalCluster(
             n_workers=1, threads_per_worker=1, processes=True, resources={"GPU": 1}, dashboard_address=":0"
         ) as cluster,
