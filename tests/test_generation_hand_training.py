@@ -354,8 +354,9 @@ def test_8bit_adam_without_bitsandbytes_is_a_clear_error(monkeypatch):
 
 
 def test_the_optimizer_is_fused_on_cpu_and_stays_fused_after_resuming_an_unfused_checkpoint():
-    """torch's default AdamW on CPU loops over the tensors (3x the fused kernel's time a step), and a
-    resumed checkpoint's param groups would bring that loop back; the fused update equals the loop's."""
+    """torch's default AdamW on CPU loops over the tensors (slower than the fused kernel:
+    bench/optimizer_step.py), and a resumed checkpoint's param groups would bring that loop back; the
+    fused update equals the loop's."""
     from generation.training.loop import apply_settings_after_resume, make_optimizer
 
     config = HandTrainConfig(learning_rate=1e-2)
