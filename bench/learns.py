@@ -79,7 +79,7 @@ CHAIN = {
         # 64 px crops: 8x8 latents still separate the 21 keypoint heatmaps. The VAE bounds what stage 1
         # can draw: L1 + edge loss, 5000 steps. The images are cut from frames fitted to stage 2's side,
         # the scale stage 2 draws bodies at. In bf16 (on this CPU's AMX units) a step takes 0.51x the
-        # float32 time (bench/cpu_precision.py): 17 minutes on 2 threads in the chain, against 37.
+        # float32 time (bench/cpu_precision.py): 17 to 19 minutes on 2 threads in the chain, against 37.
         "vae": {
             "steps": 5000,
             "precision": "bf16",
@@ -93,8 +93,8 @@ CHAIN = {
         # 8.6M-parameter UNet at ~3.6 steps/s on one idle thread (batch 8, cached latents): 5000 steps
         # (~870 epochs of the 46 crops), cosine-decayed from the mini rate 5e-4, on zero terminal SNR
         # with v-prediction, so the starting noise does not set the image's brightness. 8000 and 6000
-        # steps gave 144/184 detected (PCK 0.96, 0.94); 5000 with fused AdamW, scored on a chain run's
-        # stage 1 (stopped after it), 153/184 (ratio 0.93, PCK 0.95, mask IoU 0.85) in 31 minutes.
+        # steps gave 144/184 detected (PCK 0.96, 0.94); 5000 with fused AdamW 153/184 (ratio 0.93,
+        # PCK 0.95, mask IoU 0.85) in 24 minutes beside stage 2, and it lies on the chain's critical path.
         "hand": {
             "steps": 5000,
             "batch_size": 8,
@@ -113,7 +113,10 @@ CHAIN = {
         # 0.54). bf16 with float32 attention takes about 0.9x the float32 step (bench/cpu_precision.py):
         # 53 minutes beside two trainings (53%, PCK 0.61; pose control, each row once with another
         # row's pose: a body in 18 of 38 draws, PCK 0.19 to the pose given against 0.12 to the row's
-        # own). Stage 1's tiny 8x8 latents gain nothing from it, so stage 1 stays float32.
+        # own). Those runs' processes carried Dask's allocator setting (prep.cluster.environ_restored);
+        # without it, and with fused AdamW, the committed run took 43 minutes of one core (53%, PCK 0.54;
+        # pose control a body in 13 of 38 draws, PCK 0.24 against 0.19). Stage 1's tiny 8x8 latents gain
+        # nothing from bf16, so stage 1 stays float32.
         "body": {
             "steps": 4000,
             "precision": "bf16",
@@ -1377,7 +1380,8 @@ def main(argv=None) -> int:
     # From here the trainings, scorings and generations run in spawned processes, as many at once as
     # the cores hold (one thread each): stage 1 beside stage 2, then the baseline in stage 1's place
     # while the other core scores and generates. Stage 1 is the shortest training, so it goes first:
-    # three one-thread trainings at once took 1.3x the CPU per step, and 103 minutes for the chain.
+    # three one-thread trainings at once took 1.3x the CPU per step (with Dask's allocator setting
+    # leaked into them), and 103 minutes for the chain; in this order it took 89.
     body_common = {**BODY_TRAINING, **common, **chain["body"]}
     hand_cfg = HandTrainConfig(
         out=runs["hand"],
