@@ -125,6 +125,9 @@ def main(argv=None) -> int:
         help="phases (trainings and scorings) at once",
     )
     p.add_argument("--work", help="run folders (default out/body_sweep[_quick])")
+    p.add_argument(
+        "--results", default="body_sweep", help="name of the .json and .md written in bench/results"
+    )
     p.add_argument("--seed", type=int, default=0, help="training seed of every variant (the chain's is 0)")
     p.add_argument("--resume", action="store_true", help="keep finished phases of a cut-off invocation")
     p.add_argument("--quick", action="store_true", help="a few steps each, to check the plumbing")
@@ -164,7 +167,7 @@ def main(argv=None) -> int:
         "machine": machine(load_before),
         "variants": rows,
     }
-    out = os.path.join(ROOT, "bench", "results", f"body_sweep{suffix}")
+    out = os.path.join(ROOT, "bench", "results", f"{args.results}{suffix}")
     write_result(out + ".json", result)
     with open(out + ".md", "w", encoding="utf-8") as f:
         f.write(table(rows))
