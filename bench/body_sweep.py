@@ -36,7 +36,8 @@ VARIANTS = {
     "chain": {},
     "lr_1e-3": {"learning_rate": 1e-3},
     "steps_x1.6": {"steps_scale": 1.6},
-    "steps_x0.9": {"steps_scale": 0.9},  # inside stage 2's 40 CPU-minutes, if the targets hold
+    # inside stage 2's 40 CPU-minutes; body found 50%, the target with no margin (body_sweep_steps.md)
+    "steps_x0.9": {"steps_scale": 0.9},
     "no_ema": {"ema": False},
     "uncached": {"cache_latents": False},  # the same draws, from the VAE each step: more CPU minutes
     "hflip": {"hflip": 0.5},
